@@ -1,0 +1,656 @@
+// Package authority owns the CA's signing keys and their lifecycle: the
+// self-signed root, the intermediate that signs SVIDs, and the JWT signing
+// keys. Keys are created through smallstep's softcas and a go.step.sm/crypto
+// KMS, persisted through a KeyStore, and rotated without a failed handshake:
+//
+//   - the intermediate is replaced at half its life; the bundle is unchanged;
+//   - a new root is prepared (published in the bundle) at half the active
+//     root's life and activated at five sixths, so every peer has it long
+//     before anything chains to it; the old root leaves the bundle once all
+//     it signed has expired;
+//   - JWT keys follow the same prepare, activate, retire steps.
+package authority
+
+import (
+	"context"
+	"crypto"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"math/big"
+	"net/url"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/smallstep/certificates/cas/apiv1"
+	"github.com/smallstep/certificates/cas/softcas"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"go.step.sm/crypto/kms"
+	kmsapi "go.step.sm/crypto/kms/apiv1"
+	_ "go.step.sm/crypto/kms/softkms" // the default, in-process KMS
+	"go.step.sm/crypto/pemutil"
+
+	"github.com/signet-id/signet/ca/store"
+)
+
+// KeyStore persists the CA's keys; the SQL store implements it.
+type KeyStore interface {
+	LoadCAKeys(ctx context.Context) ([]store.CAKey, uint64, error)
+	SaveCAKeys(ctx context.Context, keys []store.CAKey, bundleSequence uint64) error
+}
+
+// Key states.
+const (
+	statePrepared = "prepared"
+	stateActive   = "active"
+	stateOld      = "old"
+)
+
+// Key kinds.
+const (
+	kindRoot         = "x509_root"
+	kindIntermediate = "x509_intermediate"
+	kindJWT          = "jwt"
+)
+
+// backdate is how far NotBefore is set in the past, for clock skew.
+const backdate = 10 * time.Second
+
+// Config configures an Authority.
+type Config struct {
+	TrustDomain spiffeid.TrustDomain
+	// Store persists keys. Required.
+	Store KeyStore
+	// RootTTL is the root certificate lifetime. If zero, one year is used.
+	RootTTL time.Duration
+	// IntermediateTTL is the intermediate lifetime. If zero, 24 hours.
+	IntermediateTTL time.Duration
+	// JWTKeyTTL is the JWT signing key lifetime. If zero, 24 hours.
+	JWTKeyTTL time.Duration
+	// KeyType is one of "ec-p256" (default), "ec-p384", "rsa-2048",
+	// "rsa-3072", "rsa-4096".
+	KeyType string
+	// Now returns the current time. If nil, time.Now is used.
+	Now func() time.Time
+	// Log receives rotation events. If nil, logs are discarded.
+	Log hclog.Logger
+}
+
+// X509CA is the certificate and key that sign X509-SVIDs now.
+type X509CA struct {
+	Certificate *x509.Certificate
+	Signer      crypto.Signer
+	// CAS signs through smallstep's certificate authority service.
+	CAS *softcas.SoftCAS
+}
+
+// JWTKey is the key that signs JWT-SVIDs now.
+type JWTKey struct {
+	ID       string
+	Signer   crypto.Signer
+	NotAfter time.Time
+}
+
+// PublicJWTKey is a JWT bundle member.
+type PublicJWTKey struct {
+	ID        string
+	PublicKey crypto.PublicKey
+	NotAfter  time.Time
+}
+
+// Bundle is the trust domain's trust bundle.
+type Bundle struct {
+	TrustDomain spiffeid.TrustDomain
+	X509Roots   []*x509.Certificate
+	JWTKeys     []PublicJWTKey
+	Sequence    uint64
+}
+
+type key struct {
+	store.CAKey
+	cert   *x509.Certificate
+	signer crypto.Signer
+}
+
+// Authority holds the CA's keys. It is safe for concurrent use.
+type Authority struct {
+	cfg Config
+	km  kms.KeyManager
+	log hclog.Logger
+
+	mu       sync.RWMutex
+	keys     []*key
+	seq      uint64
+	x509CA   *X509CA
+	jwtKey   JWTKey
+	bundle   Bundle
+	changed  chan struct{}
+}
+
+// New loads the CA's keys from the store, creating the first ones if there
+// are none, and brings them up to date.
+func New(ctx context.Context, cfg Config) (*Authority, error) {
+	if cfg.TrustDomain.IsZero() {
+		return nil, errors.New("authority: trust domain is required")
+	}
+	if cfg.Store == nil {
+		return nil, errors.New("authority: store is required")
+	}
+	if cfg.RootTTL == 0 {
+		cfg.RootTTL = 365 * 24 * time.Hour
+	}
+	if cfg.IntermediateTTL == 0 {
+		cfg.IntermediateTTL = 24 * time.Hour
+	}
+	if cfg.JWTKeyTTL == 0 {
+		cfg.JWTKeyTTL = 24 * time.Hour
+	}
+	if cfg.KeyType == "" {
+		cfg.KeyType = "ec-p256"
+	}
+	if _, err := signatureAlgorithm(cfg.KeyType); err != nil {
+		return nil, err
+	}
+	if cfg.IntermediateTTL > cfg.RootTTL/6 {
+		return nil, fmt.Errorf("authority: intermediate TTL %s must be at most a sixth of the root TTL %s", cfg.IntermediateTTL, cfg.RootTTL)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Log == nil {
+		cfg.Log = hclog.NewNullLogger()
+	}
+	km, err := kms.New(ctx, kmsapi.Options{Type: kmsapi.SoftKMS})
+	if err != nil {
+		return nil, fmt.Errorf("authority: kms: %w", err)
+	}
+	a := &Authority{cfg: cfg, km: km, log: cfg.Log, changed: make(chan struct{})}
+	stored, seq, err := cfg.Store.LoadCAKeys(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("authority: %w", err)
+	}
+	a.seq = seq
+	for _, sk := range stored {
+		k, err := loadKey(sk)
+		if err != nil {
+			return nil, fmt.Errorf("authority: stored key %s: %w", sk.ID, err)
+		}
+		if k.cert != nil && sk.Kind == kindRoot {
+			if err := checkTrustDomain(k.cert, cfg.TrustDomain); err != nil {
+				return nil, fmt.Errorf("authority: stored root %s: %w", sk.ID, err)
+			}
+		}
+		a.keys = append(a.keys, k)
+	}
+	if _, err := a.Rotate(ctx); err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+func checkTrustDomain(cert *x509.Certificate, td spiffeid.TrustDomain) error {
+	want := td.ID().URL().String()
+	for _, u := range cert.URIs {
+		if u.String() == want {
+			return nil
+		}
+	}
+	return fmt.Errorf("certificate is not for trust domain %q; the data directory belongs to another trust domain", td.Name())
+}
+
+func loadKey(sk store.CAKey) (*key, error) {
+	priv, err := pemutil.ParseKey(sk.KeyPEM)
+	if err != nil {
+		return nil, err
+	}
+	signer, ok := priv.(crypto.Signer)
+	if !ok {
+		return nil, fmt.Errorf("key of type %T cannot sign", priv)
+	}
+	k := &key{CAKey: sk, signer: signer}
+	if len(sk.CertDER) > 0 {
+		if k.cert, err = x509.ParseCertificate(sk.CertDER); err != nil {
+			return nil, err
+		}
+	}
+	return k, nil
+}
+
+// Rotate brings the keys up to date with the clock: it creates, prepares,
+// activates and retires keys as their lifetimes say, persists any change,
+// and reports whether the trust bundle changed. Call it periodically; New
+// calls it once.
+func (a *Authority) Rotate(ctx context.Context) (bundleChanged bool, err error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	now := a.cfg.Now()
+	keys := append([]*key(nil), a.keys...)
+	before := bundleFingerprint(keys)
+	dirty := false
+
+	step := func(k []*key, changed bool, err error) error {
+		if err != nil {
+			return err
+		}
+		keys = k
+		dirty = dirty || changed
+		return nil
+	}
+	if err := step(a.rotateRoots(keys, now)); err != nil {
+		return false, fmt.Errorf("authority: rotate root: %w", err)
+	}
+	if err := step(a.rotateIntermediate(keys, now)); err != nil {
+		return false, fmt.Errorf("authority: rotate intermediate: %w", err)
+	}
+	if err := step(a.rotateJWT(keys, now)); err != nil {
+		return false, fmt.Errorf("authority: rotate JWT key: %w", err)
+	}
+	bundleChanged = bundleFingerprint(keys) != before
+	seq := a.seq
+	if bundleChanged {
+		seq++
+	}
+	if dirty || bundleChanged || a.x509CA == nil {
+		if dirty || bundleChanged {
+			stored := make([]store.CAKey, len(keys))
+			for i, k := range keys {
+				stored[i] = k.CAKey
+			}
+			// Persist before use: nothing is signed by a key that a restart
+			// would not find again.
+			if err := a.cfg.Store.SaveCAKeys(ctx, stored, seq); err != nil {
+				return false, fmt.Errorf("authority: %w", err)
+			}
+		}
+		a.keys, a.seq = keys, seq
+		if err := a.refresh(); err != nil {
+			return false, err
+		}
+	}
+	if bundleChanged {
+		close(a.changed)
+		a.changed = make(chan struct{})
+	}
+	return bundleChanged, nil
+}
+
+// refresh recomputes the derived views of a.keys; a.mu is held.
+func (a *Authority) refresh() error {
+	b := Bundle{TrustDomain: a.cfg.TrustDomain, Sequence: a.seq}
+	var x *X509CA
+	var jk JWTKey
+	for _, k := range a.keys {
+		switch k.Kind {
+		case kindRoot:
+			b.X509Roots = append(b.X509Roots, k.cert)
+		case kindIntermediate:
+			if k.State == stateActive {
+				cas, err := softcas.New(context.Background(), apiv1.Options{CertificateChain: []*x509.Certificate{k.cert}, Signer: k.signer})
+				if err != nil {
+					return fmt.Errorf("authority: %w", err)
+				}
+				x = &X509CA{Certificate: k.cert, Signer: k.signer, CAS: cas}
+			}
+		case kindJWT:
+			b.JWTKeys = append(b.JWTKeys, PublicJWTKey{ID: k.ID, PublicKey: k.signer.Public(), NotAfter: k.NotAfter})
+			if k.State == stateActive {
+				jk = JWTKey{ID: k.ID, Signer: k.signer, NotAfter: k.NotAfter}
+			}
+		}
+	}
+	if x == nil || jk.Signer == nil {
+		return errors.New("authority: no active signing keys")
+	}
+	a.x509CA, a.jwtKey, a.bundle = x, jk, b
+	return nil
+}
+
+func bundleFingerprint(keys []*key) string {
+	var s string
+	for _, k := range keys {
+		if k.Kind == kindRoot || k.Kind == kindJWT {
+			s += k.ID + ","
+		}
+	}
+	return s
+}
+
+func find(keys []*key, kind, state string) *key {
+	for _, k := range keys {
+		if k.Kind == kind && k.State == state {
+			return k
+		}
+	}
+	return nil
+}
+
+func without(keys []*key, drop *key) []*key {
+	out := make([]*key, 0, len(keys))
+	for _, k := range keys {
+		if k != drop {
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
+// lifeFraction is the instant at fraction f of k's life.
+func lifeFraction(k *key, num, den int64) time.Time {
+	life := k.NotAfter.Sub(k.NotBefore)
+	return k.NotBefore.Add(time.Duration(int64(life) / den * num))
+}
+
+func (a *Authority) rotateRoots(keys []*key, now time.Time) ([]*key, bool, error) {
+	changed := false
+	active := find(keys, kindRoot, stateActive)
+	prepared := find(keys, kindRoot, statePrepared)
+	if active == nil || !now.Before(active.NotAfter) {
+		// First start, or the CA was down past its root's life: nothing can
+		// chain to the old root any more, so start over with a new one.
+		if prepared != nil && now.Before(prepared.NotAfter) {
+			prepared.State, prepared.ActivatedAt = stateActive, now
+			a.log.Info("activated prepared root", "id", prepared.ID)
+			active = prepared
+			prepared = nil
+		} else {
+			k, err := a.newRoot(now)
+			if err != nil {
+				return nil, false, err
+			}
+			k.State, k.ActivatedAt = stateActive, now
+			keys = append(keys, k)
+			a.log.Info("created root", "id", k.ID, "not_after", k.NotAfter)
+			active = k
+		}
+		changed = true
+	}
+	if prepared == nil && !now.Before(lifeFraction(active, 1, 2)) {
+		k, err := a.newRoot(now)
+		if err != nil {
+			return nil, false, err
+		}
+		k.State = statePrepared
+		keys = append(keys, k)
+		prepared = k
+		changed = true
+		a.log.Info("prepared next root; published in the bundle", "id", k.ID)
+	}
+	if prepared != nil && !now.Before(lifeFraction(active, 5, 6)) {
+		active.State = stateOld
+		prepared.State, prepared.ActivatedAt = stateActive, now
+		changed = true
+		a.log.Info("activated next root", "id", prepared.ID, "previous", active.ID)
+	}
+	// Retire old roots once nothing chained to them can still be valid.
+	for _, k := range append([]*key(nil), keys...) {
+		if k.Kind == kindRoot && k.State == stateOld && (!now.Before(k.ChainedUntil) || !now.Before(k.NotAfter)) {
+			keys = without(keys, k)
+			changed = true
+			a.log.Info("retired root from the bundle", "id", k.ID)
+		}
+	}
+	return keys, changed, nil
+}
+
+func (a *Authority) rotateIntermediate(keys []*key, now time.Time) ([]*key, bool, error) {
+	root := find(keys, kindRoot, stateActive)
+	cur := find(keys, kindIntermediate, stateActive)
+	if cur != nil && cur.ParentID == root.ID && now.Before(lifeFraction(cur, 1, 2)) && now.Before(cur.NotAfter) {
+		return keys, false, nil
+	}
+	if cur != nil {
+		keys = without(keys, cur)
+	}
+	k, err := a.newIntermediate(root, now)
+	if err != nil {
+		return nil, false, err
+	}
+	k.State, k.ActivatedAt = stateActive, now
+	if k.NotAfter.After(root.ChainedUntil) {
+		root.ChainedUntil = k.NotAfter
+	}
+	keys = append(keys, k)
+	a.log.Info("created intermediate", "id", k.ID, "root", root.ID, "not_after", k.NotAfter)
+	return keys, true, nil
+}
+
+func (a *Authority) rotateJWT(keys []*key, now time.Time) ([]*key, bool, error) {
+	changed := false
+	active := find(keys, kindJWT, stateActive)
+	prepared := find(keys, kindJWT, statePrepared)
+	if active == nil || !now.Before(active.NotAfter) {
+		if active != nil {
+			keys = without(keys, active)
+		}
+		if prepared != nil && now.Before(prepared.NotAfter) {
+			active, prepared = prepared, nil
+		} else {
+			k, err := a.newJWTKey(now)
+			if err != nil {
+				return nil, false, err
+			}
+			keys = append(keys, k)
+			active = k
+		}
+		active.State, active.ActivatedAt = stateActive, now
+		changed = true
+	}
+	if prepared == nil && !now.Before(lifeFraction(active, 1, 2)) {
+		k, err := a.newJWTKey(now)
+		if err != nil {
+			return nil, false, err
+		}
+		k.State = statePrepared
+		keys = append(keys, k)
+		prepared = k
+		changed = true
+		a.log.Info("prepared next JWT key; published in the bundle", "kid", k.ID)
+	}
+	if prepared != nil && !now.Before(lifeFraction(active, 5, 6)) {
+		active.State = stateOld
+		prepared.State, prepared.ActivatedAt = stateActive, now
+		changed = true
+		a.log.Info("activated next JWT key", "kid", prepared.ID)
+	}
+	// A JWT-SVID never outlives the key that signed it, so an old key leaves
+	// the bundle when it expires.
+	for _, k := range append([]*key(nil), keys...) {
+		if k.Kind == kindJWT && k.State == stateOld && !now.Before(k.NotAfter) {
+			keys = without(keys, k)
+			changed = true
+		}
+	}
+	return keys, changed, nil
+}
+
+func signatureAlgorithm(keyType string) (kmsapi.SignatureAlgorithm, error) {
+	switch keyType {
+	case "ec-p256":
+		return kmsapi.ECDSAWithSHA256, nil
+	case "ec-p384":
+		return kmsapi.ECDSAWithSHA384, nil
+	case "rsa-2048", "rsa-3072", "rsa-4096":
+		return kmsapi.SHA256WithRSA, nil
+	}
+	return 0, fmt.Errorf("authority: unknown key type %q (want ec-p256, ec-p384, rsa-2048, rsa-3072 or rsa-4096)", keyType)
+}
+
+func (a *Authority) createKeyRequest() *kmsapi.CreateKeyRequest {
+	alg, _ := signatureAlgorithm(a.cfg.KeyType)
+	req := &kmsapi.CreateKeyRequest{SignatureAlgorithm: alg}
+	switch a.cfg.KeyType {
+	case "rsa-2048":
+		req.Bits = 2048
+	case "rsa-3072":
+		req.Bits = 3072
+	case "rsa-4096":
+		req.Bits = 4096
+	}
+	return req
+}
+
+func (a *Authority) caTemplate(now time.Time, ttl time.Duration, name string) *x509.Certificate {
+	return &x509.Certificate{
+		SerialNumber:          randomSerial(),
+		Subject:               pkix.Name{Organization: []string{"Signet"}, CommonName: name},
+		URIs:                  []*url.URL{a.cfg.TrustDomain.ID().URL()},
+		NotBefore:             now.Add(-backdate),
+		NotAfter:              now.Add(ttl),
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
+	}
+}
+
+func (a *Authority) newRoot(now time.Time) (*key, error) {
+	cas, err := softcas.New(context.Background(), apiv1.Options{IsCreator: true, KeyManager: a.km})
+	if err != nil {
+		return nil, err
+	}
+	tmpl := a.caTemplate(now, a.cfg.RootTTL, "Signet root CA "+a.cfg.TrustDomain.Name())
+	resp, err := cas.CreateCertificateAuthority(&apiv1.CreateCertificateAuthorityRequest{
+		Type:      apiv1.RootCA,
+		Template:  tmpl,
+		Lifetime:  a.cfg.RootTTL,
+		CreateKey: a.createKeyRequest(),
+	})
+	if err != nil {
+		return nil, err
+	}
+	return newKey(kindRoot, resp)
+}
+
+func (a *Authority) newIntermediate(root *key, now time.Time) (*key, error) {
+	ttl := a.cfg.IntermediateTTL
+	if remaining := root.NotAfter.Sub(now); remaining < ttl {
+		ttl = remaining
+	}
+	cas, err := softcas.New(context.Background(), apiv1.Options{IsCreator: true, KeyManager: a.km})
+	if err != nil {
+		return nil, err
+	}
+	tmpl := a.caTemplate(now, ttl, "Signet intermediate CA "+a.cfg.TrustDomain.Name())
+	tmpl.MaxPathLenZero = true
+	resp, err := cas.CreateCertificateAuthority(&apiv1.CreateCertificateAuthorityRequest{
+		Type:      apiv1.IntermediateCA,
+		Template:  tmpl,
+		Lifetime:  ttl,
+		CreateKey: a.createKeyRequest(),
+		Parent:    &apiv1.CreateCertificateAuthorityResponse{Certificate: root.cert, Signer: root.signer},
+	})
+	if err != nil {
+		return nil, err
+	}
+	k, err := newKey(kindIntermediate, resp)
+	if err != nil {
+		return nil, err
+	}
+	k.ParentID = root.ID
+	return k, nil
+}
+
+func newKey(kind string, resp *apiv1.CreateCertificateAuthorityResponse) (*key, error) {
+	pemKey, err := marshalKey(resp.PrivateKey)
+	if err != nil {
+		return nil, err
+	}
+	return &key{
+		CAKey: store.CAKey{
+			ID:        hex.EncodeToString(resp.Certificate.SubjectKeyId),
+			Kind:      kind,
+			KeyPEM:    pemKey,
+			CertDER:   resp.Certificate.Raw,
+			NotBefore: resp.Certificate.NotBefore,
+			NotAfter:  resp.Certificate.NotAfter,
+		},
+		cert:   resp.Certificate,
+		signer: resp.Signer,
+	}, nil
+}
+
+func (a *Authority) newJWTKey(now time.Time) (*key, error) {
+	// JWT-SVIDs are ES256 whatever the X.509 key type.
+	resp, err := a.km.CreateKey(&kmsapi.CreateKeyRequest{SignatureAlgorithm: kmsapi.ECDSAWithSHA256})
+	if err != nil {
+		return nil, err
+	}
+	signer, err := a.km.CreateSigner(&resp.CreateSignerRequest)
+	if err != nil {
+		return nil, err
+	}
+	pemKey, err := marshalKey(resp.PrivateKey)
+	if err != nil {
+		return nil, err
+	}
+	var kid [16]byte
+	rand.Read(kid[:])
+	return &key{
+		CAKey: store.CAKey{
+			ID:        hex.EncodeToString(kid[:]),
+			Kind:      kindJWT,
+			KeyPEM:    pemKey,
+			NotBefore: now,
+			NotAfter:  now.Add(a.cfg.JWTKeyTTL),
+		},
+		signer: signer,
+	}, nil
+}
+
+func marshalKey(priv crypto.PrivateKey) ([]byte, error) {
+	block, err := pemutil.Serialize(priv)
+	if err != nil {
+		return nil, fmt.Errorf("serialize key: %w", err)
+	}
+	return pem.EncodeToMemory(block), nil
+}
+
+func randomSerial() *big.Int {
+	n, _ := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 128))
+	return n
+}
+
+// X509CA returns the intermediate that signs X509-SVIDs now.
+func (a *Authority) X509CA() *X509CA {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	return a.x509CA
+}
+
+// JWTKey returns the key that signs JWT-SVIDs now.
+func (a *Authority) JWTKey() JWTKey {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	return a.jwtKey
+}
+
+// Bundle returns the trust bundle and a channel that is closed when it next
+// changes.
+func (a *Authority) Bundle() (Bundle, <-chan struct{}) {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	return a.bundle, a.changed
+}
+
+// Run rotates keys every interval until ctx is done. onChange is called
+// after each rotation that changed the bundle.
+func (a *Authority) Run(ctx context.Context, interval time.Duration) error {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			if _, err := a.Rotate(ctx); err != nil {
+				// A failed rotation leaves the current keys in use; the next
+				// tick tries again.
+				a.log.Error("key rotation failed", "error", err)
+			}
+		}
+	}
+}

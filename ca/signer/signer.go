@@ -1,0 +1,215 @@
+// Package signer turns checked requests into SVIDs: X509-SVIDs from CSRs
+// and JWT-SVIDs, each per its SPIFFE specification.
+package signer
+
+import (
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/asn1"
+	"errors"
+	"fmt"
+	"math/big"
+	"net/url"
+	"slices"
+	"time"
+
+	"github.com/smallstep/certificates/cas/apiv1"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"go.step.sm/crypto/jose"
+
+	"github.com/signet-id/signet/ca/authority"
+)
+
+// backdate is how far NotBefore is set in the past, for clock skew.
+const backdate = 10 * time.Second
+
+// CSRError is a refusal of a certificate request; its text is safe to return
+// to the caller.
+type CSRError struct{ Reason string }
+
+func (e *CSRError) Error() string { return "csr: " + e.Reason }
+
+func csrErr(format string, args ...any) error {
+	return &CSRError{Reason: fmt.Sprintf(format, args...)}
+}
+
+var oidBasicConstraints = asn1.ObjectIdentifier{2, 5, 29, 19}
+
+// ParseCSR parses a DER PKCS#10 request, checks its signature and key, and
+// refuses requests that ask to be a CA.
+func ParseCSR(der []byte) (*x509.CertificateRequest, error) {
+	if len(der) == 0 {
+		return nil, csrErr("empty")
+	}
+	csr, err := x509.ParseCertificateRequest(der)
+	if err != nil {
+		return nil, csrErr("malformed: %v", err)
+	}
+	if err := csr.CheckSignature(); err != nil {
+		return nil, csrErr("bad signature: %v", err)
+	}
+	if err := checkKey(csr.PublicKey); err != nil {
+		return nil, err
+	}
+	for _, ext := range csr.Extensions {
+		if ext.Id.Equal(oidBasicConstraints) {
+			var bc struct {
+				IsCA bool `asn1:"optional"`
+			}
+			if _, err := asn1.Unmarshal(ext.Value, &bc); err != nil || bc.IsCA {
+				return nil, csrErr("requests a CA certificate (basicConstraints CA=true)")
+			}
+		}
+	}
+	return csr, nil
+}
+
+func checkKey(pub any) error {
+	switch k := pub.(type) {
+	case *ecdsa.PublicKey:
+		if k.Curve != elliptic.P256() && k.Curve != elliptic.P384() {
+			return csrErr("ECDSA key on %s; want P-256 or P-384", k.Curve.Params().Name)
+		}
+	case ed25519.PublicKey:
+	case *rsa.PublicKey:
+		if k.N.BitLen() < 2048 {
+			return csrErr("RSA key of %d bits; want at least 2048", k.N.BitLen())
+		}
+	default:
+		return csrErr("key type %T is not allowed; want ECDSA P-256/P-384, Ed25519 or RSA >= 2048", pub)
+	}
+	return nil
+}
+
+// checkSANs allows a CSR whose SANs are empty or exactly what the entry
+// gives: the one SPIFFE ID and the entry's DNS names.
+func checkSANs(csr *x509.CertificateRequest, id spiffeid.ID, dnsNames []string) error {
+	if len(csr.EmailAddresses) > 0 || len(csr.IPAddresses) > 0 {
+		return csrErr("email or IP SANs are not allowed")
+	}
+	if len(csr.URIs) == 0 && len(csr.DNSNames) == 0 {
+		return nil
+	}
+	if len(csr.URIs) != 1 || csr.URIs[0].String() != id.String() {
+		return csrErr("URI SANs %v do not equal the entry's SPIFFE ID %s", csr.URIs, id)
+	}
+	want := slices.Clone(dnsNames)
+	got := slices.Clone(csr.DNSNames)
+	slices.Sort(want)
+	slices.Sort(got)
+	if !slices.Equal(want, got) {
+		return csrErr("DNS SANs %v do not equal the entry's %v", csr.DNSNames, dnsNames)
+	}
+	return nil
+}
+
+// X509Params describes one X509-SVID to sign.
+type X509Params struct {
+	CSR      *x509.CertificateRequest
+	SPIFFEID spiffeid.ID
+	DNSNames []string
+	TTL      time.Duration
+	Now      time.Time
+}
+
+// SignX509SVID signs an X509-SVID for p with ca and returns the SVID and
+// the intermediate. The lifetime is p.TTL capped by ca's remaining life.
+func SignX509SVID(ca *authority.X509CA, p X509Params) ([]*x509.Certificate, error) {
+	if err := checkSANs(p.CSR, p.SPIFFEID, p.DNSNames); err != nil {
+		return nil, err
+	}
+	if p.TTL <= 0 {
+		return nil, errors.New("signer: TTL must be positive")
+	}
+	notAfter := p.Now.Add(p.TTL)
+	if caEnd := ca.Certificate.NotAfter; notAfter.After(caEnd) {
+		notAfter = caEnd
+	}
+	if !notAfter.After(p.Now) {
+		return nil, errors.New("signer: signing CA has expired")
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          serial(),
+		Subject:               pkix.Name{Organization: []string{"Signet"}},
+		URIs:                  []*url.URL{p.SPIFFEID.URL()},
+		DNSNames:              p.DNSNames,
+		NotBefore:             p.Now.Add(-backdate),
+		NotAfter:              notAfter,
+		KeyUsage:              x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		BasicConstraintsValid: true,
+		IsCA:                  false,
+		PublicKey:             p.CSR.PublicKey,
+	}
+	if len(p.DNSNames) > 0 {
+		tmpl.Subject.CommonName = p.DNSNames[0]
+	}
+	// RSA keys need keyEncipherment for TLS 1.2 RSA key exchange.
+	if _, ok := p.CSR.PublicKey.(*rsa.PublicKey); ok {
+		tmpl.KeyUsage |= x509.KeyUsageKeyEncipherment
+	}
+	resp, err := ca.CAS.CreateCertificate(&apiv1.CreateCertificateRequest{
+		Template: tmpl,
+		Lifetime: notAfter.Sub(p.Now),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("signer: sign X509-SVID for %s: %w", p.SPIFFEID, err)
+	}
+	return append([]*x509.Certificate{resp.Certificate}, resp.CertificateChain...), nil
+}
+
+func serial() *big.Int {
+	n, _ := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 128))
+	return n
+}
+
+// JWTParams describes one JWT-SVID to sign.
+type JWTParams struct {
+	SPIFFEID spiffeid.ID
+	Audience []string
+	TTL      time.Duration
+	Now      time.Time
+}
+
+// SignJWTSVID signs an ES256 JWT-SVID with key and returns it and its
+// expiry, capped by the key's own.
+func SignJWTSVID(key authority.JWTKey, p JWTParams) (string, time.Time, error) {
+	if len(p.Audience) == 0 {
+		return "", time.Time{}, errors.New("signer: JWT-SVID needs at least one audience")
+	}
+	for _, a := range p.Audience {
+		if a == "" {
+			return "", time.Time{}, errors.New("signer: empty audience")
+		}
+	}
+	exp := p.Now.Add(p.TTL)
+	if exp.After(key.NotAfter) {
+		exp = key.NotAfter
+	}
+	if !exp.After(p.Now) {
+		return "", time.Time{}, errors.New("signer: JWT signing key has expired")
+	}
+	sig, err := jose.NewSigner(jose.SigningKey{
+		Algorithm: jose.ES256,
+		Key:       jose.JSONWebKey{Key: jose.NewOpaqueSigner(key.Signer), KeyID: key.ID},
+	}, (&jose.SignerOptions{}).WithType("JWT"))
+	if err != nil {
+		return "", time.Time{}, fmt.Errorf("signer: %w", err)
+	}
+	claims := jose.Claims{
+		Subject:  p.SPIFFEID.String(),
+		Audience: jose.Audience(p.Audience),
+		Expiry:   jose.NewNumericDate(exp),
+		IssuedAt: jose.NewNumericDate(p.Now),
+	}
+	tok, err := jose.Signed(sig).Claims(claims).Serialize()
+	if err != nil {
+		return "", time.Time{}, fmt.Errorf("signer: sign JWT-SVID for %s: %w", p.SPIFFEID, err)
+	}
+	return tok, exp.Truncate(time.Second), nil
+}

@@ -1,0 +1,211 @@
+// Package store keeps the CA's state in SQL: entries, join tokens, agents,
+// CA keys and the revision counter. The embedded default is SQLite (pure Go,
+// WAL, synchronous commits), so an acknowledged write survives kill -9.
+package store
+
+import (
+	"context"
+	"crypto/rand"
+	"database/sql"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	_ "modernc.org/sqlite" // registers the "sqlite" driver
+)
+
+// Typed errors callers branch on; the API turns them into gRPC codes.
+var (
+	ErrNotFound     = errors.New("not found")
+	ErrTokenUsed    = errors.New("join token already used")
+	ErrTokenExpired = errors.New("join token expired")
+)
+
+// ConflictError reports a write that would duplicate an existing row.
+type ConflictError struct{ Msg string }
+
+func (e *ConflictError) Error() string { return e.Msg }
+
+// Store is the SQL state of one CA. It is safe for concurrent use.
+type Store struct {
+	db *sql.DB
+}
+
+// Open opens (creating if needed) the SQLite database at path and applies
+// migrations.
+func Open(ctx context.Context, path string) (*Store, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	// _txlock=immediate takes the write lock at BEGIN, so two writers queue
+	// on busy_timeout instead of failing to upgrade a read lock.
+	dsn := "file:" + path + "?_txlock=immediate" +
+		"&_pragma=journal_mode(WAL)" +
+		"&_pragma=synchronous(FULL)" +
+		"&_pragma=busy_timeout(10000)" +
+		"&_pragma=foreign_keys(ON)"
+	db, err := sql.Open("sqlite", dsn)
+	if err != nil {
+		return nil, fmt.Errorf("store: open %s: %w", path, err)
+	}
+	db.SetMaxOpenConns(8)
+	s := &Store{db: db}
+	if err := s.migrate(ctx); err != nil {
+		db.Close()
+		return nil, err
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	return s, nil
+}
+
+// Close closes the database.
+func (s *Store) Close() error { return s.db.Close() }
+
+// migrations are applied in order, each once; never edit a released one.
+var migrations = []string{
+	// 1: initial schema.
+	`
+CREATE TABLE revision (id INTEGER PRIMARY KEY CHECK (id = 1), value INTEGER NOT NULL);
+INSERT INTO revision (id, value) VALUES (1, 0);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE entries (
+	id TEXT PRIMARY KEY,
+	spiffe_id TEXT NOT NULL,
+	parent_id TEXT NOT NULL,
+	selectors TEXT NOT NULL,
+	selector_key TEXT NOT NULL,
+	x509_ttl INTEGER NOT NULL,
+	jwt_ttl INTEGER NOT NULL,
+	dns_names TEXT NOT NULL,
+	revision INTEGER NOT NULL,
+	created_at INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX entries_unique ON entries (spiffe_id, parent_id, selector_key);
+CREATE INDEX entries_parent_revision ON entries (parent_id, revision);
+CREATE INDEX entries_spiffe_id ON entries (spiffe_id);
+CREATE TABLE entry_selectors (
+	entry_id TEXT NOT NULL REFERENCES entries(id) ON DELETE CASCADE,
+	type TEXT NOT NULL,
+	value TEXT NOT NULL
+);
+CREATE INDEX entry_selectors_tv ON entry_selectors (type, value);
+CREATE INDEX entry_selectors_entry ON entry_selectors (entry_id);
+CREATE TABLE deleted_entries (
+	id TEXT NOT NULL,
+	parent_id TEXT NOT NULL,
+	revision INTEGER NOT NULL,
+	deleted_at INTEGER NOT NULL
+);
+CREATE INDEX deleted_entries_parent_revision ON deleted_entries (parent_id, revision);
+CREATE TABLE join_tokens (
+	token_hash BLOB PRIMARY KEY,
+	node_name TEXT NOT NULL,
+	expires_at INTEGER NOT NULL,
+	used_at INTEGER
+);
+CREATE TABLE agents (
+	spiffe_id TEXT PRIMARY KEY,
+	node_name TEXT NOT NULL,
+	attestation_type TEXT NOT NULL,
+	serial TEXT NOT NULL,
+	prev_serial TEXT NOT NULL DEFAULT '',
+	expires_at INTEGER NOT NULL,
+	attested_at INTEGER NOT NULL,
+	evicted_at INTEGER
+);
+CREATE TABLE ca_keys (
+	id TEXT PRIMARY KEY,
+	kind TEXT NOT NULL,
+	state TEXT NOT NULL,
+	parent_id TEXT NOT NULL DEFAULT '',
+	key_pem BLOB NOT NULL,
+	cert_der BLOB,
+	not_before INTEGER NOT NULL,
+	not_after INTEGER NOT NULL,
+	activated_at INTEGER NOT NULL DEFAULT 0,
+	chained_until INTEGER NOT NULL DEFAULT 0
+);
+`,
+}
+
+func (s *Store) migrate(ctx context.Context) error {
+	if _, err := s.db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY)`); err != nil {
+		return fmt.Errorf("store: migrate: %w", err)
+	}
+	var have int
+	if err := s.db.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM schema_migrations`).Scan(&have); err != nil {
+		return fmt.Errorf("store: migrate: %w", err)
+	}
+	if have > len(migrations) {
+		return fmt.Errorf("store: database schema version %d is newer than this binary knows (%d)", have, len(migrations))
+	}
+	for v := have + 1; v <= len(migrations); v++ {
+		err := s.tx(ctx, func(tx *sql.Tx) error {
+			if _, err := tx.ExecContext(ctx, migrations[v-1]); err != nil {
+				return err
+			}
+			_, err := tx.ExecContext(ctx, `INSERT INTO schema_migrations (version) VALUES (?)`, v)
+			return err
+		})
+		if err != nil {
+			return fmt.Errorf("store: migration %d: %w", v, err)
+		}
+	}
+	return nil
+}
+
+func (s *Store) tx(ctx context.Context, fn func(*sql.Tx) error) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	if err := fn(tx); err != nil {
+		tx.Rollback()
+		return err
+	}
+	return tx.Commit()
+}
+
+// bumpRevision increments and returns the revision counter within tx.
+func bumpRevision(ctx context.Context, tx *sql.Tx) (int64, error) {
+	var rev int64
+	err := tx.QueryRowContext(ctx, `UPDATE revision SET value = value + 1 WHERE id = 1 RETURNING value`).Scan(&rev)
+	return rev, err
+}
+
+// Revision returns the current revision.
+func (s *Store) Revision(ctx context.Context) (int64, error) {
+	var rev int64
+	err := s.db.QueryRowContext(ctx, `SELECT value FROM revision WHERE id = 1`).Scan(&rev)
+	return rev, err
+}
+
+// Meta returns a value of the key/value table, or "" if unset.
+func (s *Store) Meta(ctx context.Context, key string) (string, error) {
+	var v string
+	err := s.db.QueryRowContext(ctx, `SELECT value FROM meta WHERE key = ?`, key).Scan(&v)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", nil
+	}
+	return v, err
+}
+
+// SetMeta sets a value of the key/value table.
+func (s *Store) SetMeta(ctx context.Context, key, value string) error {
+	_, err := s.db.ExecContext(ctx, `INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value`, key, value)
+	return err
+}
+
+func newID() string {
+	var b [16]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+func unix(t time.Time) int64 { return t.Unix() }
