@@ -123,13 +123,13 @@ type Authority struct {
 	km  kms.KeyManager
 	log hclog.Logger
 
-	mu       sync.RWMutex
-	keys     []*key
-	seq      uint64
-	x509CA   *X509CA
-	jwtKey   JWTKey
-	bundle   Bundle
-	changed  chan struct{}
+	mu      sync.RWMutex
+	keys    []*key
+	seq     uint64
+	x509CA  *X509CA
+	jwtKey  JWTKey
+	bundle  Bundle
+	changed chan struct{}
 }
 
 // New loads the CA's keys from the store, creating the first ones if there

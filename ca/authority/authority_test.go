@@ -13,7 +13,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-		"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/signet-id/signet/ca/authority"
 	"github.com/signet-id/signet/ca/signer"
@@ -233,4 +233,3 @@ func TestRootAndJWTRotationNeverBreaksVerification(t *testing.T) {
 		t.Errorf("bundle holds %d roots; old roots are not retired", len(final.X509Roots))
 	}
 }
-
