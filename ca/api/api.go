@@ -1,0 +1,169 @@
+// Package api serves the CA's two gRPC APIs: Node (for agents, over mTLS)
+// and Admin (for operators, on a Unix socket or over mTLS). Errors are
+// turned into gRPC codes here and nowhere else, and every decision is
+// audited before the answer is sent.
+package api
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/signet-id/signet/ca/audit"
+	"github.com/signet-id/signet/ca/authority"
+	"github.com/signet-id/signet/ca/store"
+	typesv1 "github.com/signet-id/signet/proto/signet/types/v1"
+)
+
+// Config is shared by the Node and Admin servers.
+type Config struct {
+	TrustDomain spiffeid.TrustDomain
+	Store       *store.Store
+	Authority   *authority.Authority
+	Audit       *audit.Log
+	Metrics     *Metrics
+	// Changes is notified after every entry write so Sync streams wake up.
+	Changes *Notifier
+	// AgentTTL is the agent SVID lifetime. If zero, one hour.
+	AgentTTL time.Duration
+	// X509TTL and JWTTTL are the SVID lifetimes for entries that set none.
+	// If zero, one hour and five minutes.
+	X509TTL time.Duration
+	JWTTTL  time.Duration
+	// Now returns the current time. If nil, time.Now is used.
+	Now func() time.Time
+	// Log receives errors the caller does not see. If nil, discarded.
+	Log hclog.Logger
+}
+
+func (c *Config) setDefaults() {
+	if c.AgentTTL == 0 {
+		c.AgentTTL = time.Hour
+	}
+	if c.X509TTL == 0 {
+		c.X509TTL = time.Hour
+	}
+	if c.JWTTTL == 0 {
+		c.JWTTTL = 5 * time.Minute
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.Log == nil {
+		c.Log = hclog.NewNullLogger()
+	}
+	if c.Changes == nil {
+		c.Changes = NewNotifier()
+	}
+	if c.Metrics == nil {
+		c.Metrics = NewMetrics(prometheus.NewRegistry())
+	}
+}
+
+// Notifier wakes every waiter when something changed.
+type Notifier struct {
+	mu sync.Mutex
+	ch chan struct{}
+}
+
+// NewNotifier returns a Notifier.
+func NewNotifier() *Notifier { return &Notifier{ch: make(chan struct{})} }
+
+// Wait returns a channel closed at the next Notify.
+func (n *Notifier) Wait() <-chan struct{} {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.ch
+}
+
+// Notify wakes all current waiters.
+func (n *Notifier) Notify() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	close(n.ch)
+	n.ch = make(chan struct{})
+}
+
+// Metrics are the CA's Prometheus metrics.
+type Metrics struct {
+	issued       *prometheus.CounterVec
+	signDuration *prometheus.HistogramVec
+	refusals     *prometheus.CounterVec
+	attestations *prometheus.CounterVec
+}
+
+// NewMetrics registers the API metrics with reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		issued: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "signet_ca_svids_issued_total", Help: "SVIDs issued, by type (x509, jwt, agent).",
+		}, []string{"type"}),
+		signDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "signet_ca_sign_duration_seconds", Help: "Time to check and sign one SVID request, by type.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 14),
+		}, []string{"type"}),
+		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "signet_ca_refusals_total", Help: "Requests refused, by API method.",
+		}, []string{"method"}),
+		attestations: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "signet_ca_node_attestations_total", Help: "Node attestations, by method and result.",
+		}, []string{"method", "result"}),
+	}
+	reg.MustRegister(m.issued, m.signDuration, m.refusals, m.attestations)
+	return m
+}
+
+// BundleProto returns the protobuf form of b.
+func BundleProto(b authority.Bundle) (*typesv1.Bundle, error) {
+	pb := &typesv1.Bundle{TrustDomain: b.TrustDomain.Name(), Sequence: b.Sequence, RefreshHintSeconds: 300}
+	for _, r := range b.X509Roots {
+		pb.X509Authorities = append(pb.X509Authorities, r.Raw)
+	}
+	for _, k := range b.JWTKeys {
+		der, err := x509.MarshalPKIXPublicKey(k.PublicKey)
+		if err != nil {
+			return nil, fmt.Errorf("api: marshal JWT key %s: %w", k.ID, err)
+		}
+		pb.JwtAuthorities = append(pb.JwtAuthorities, &typesv1.JWTKey{KeyId: k.ID, PublicKey: der, ExpiresAt: k.NotAfter.Unix()})
+	}
+	return pb, nil
+}
+
+// auditOrFail writes records; if that fails the caller must not get a
+// success it has no record of.
+func (c *Config) auditOrFail(recs ...audit.Record) error {
+	if err := c.Audit.Write(recs...); err != nil {
+		c.Log.Error("audit write failed", "error", err)
+		return status.Error(codes.Internal, "audit log unavailable")
+	}
+	return nil
+}
+
+// refuse audits a refusal and returns the gRPC error for it.
+func (c *Config) refuse(method string, code codes.Code, rec audit.Record) error {
+	rec.Event = audit.RequestRefuse
+	rec.Result = audit.Refused
+	c.Metrics.refusals.WithLabelValues(method).Inc()
+	if err := c.auditOrFail(rec); err != nil {
+		return err
+	}
+	return status.Error(code, rec.Reason)
+}
+
+// internal logs err and returns a gRPC error that does not leak details.
+func (c *Config) internal(ctx context.Context, what string, err error) error {
+	if errors.Is(err, context.Canceled) || errors.Is(ctx.Err(), context.Canceled) {
+		return status.Error(codes.Canceled, what+": canceled")
+	}
+	c.Log.Error(what, "error", err)
+	return status.Error(codes.Internal, what+" failed")
+}

@@ -1,0 +1,363 @@
+package api
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+
+	"github.com/signet-id/signet/ca/audit"
+	"github.com/signet-id/signet/ca/entry"
+	"github.com/signet-id/signet/ca/signer"
+	"github.com/signet-id/signet/ca/store"
+	agentv1 "github.com/signet-id/signet/proto/signet/agent/v1"
+)
+
+// MaxBatch is the most CSRs one MintX509SVIDs call may carry.
+const MaxBatch = 1000
+
+// resyncInterval bounds how long a Sync stream goes without re-reading the
+// store, in case a change notification was missed.
+const resyncInterval = time.Minute
+
+// NodeServer serves signet.agent.v1.Node.
+type NodeServer struct {
+	agentv1.UnimplementedNodeServer
+	cfg Config
+}
+
+// NewNodeServer returns a Node server.
+func NewNodeServer(cfg Config) *NodeServer {
+	cfg.setDefaults()
+	return &NodeServer{cfg: cfg}
+}
+
+// AgentID returns the SPIFFE ID of the join-token agent on node.
+func AgentID(td spiffeid.TrustDomain, node string) (spiffeid.ID, error) {
+	return spiffeid.FromSegments(td, "signet", "agent", "join", node)
+}
+
+// caller is an authenticated agent.
+type caller struct {
+	id     spiffeid.ID
+	serial string
+	agent  store.Agent
+}
+
+// peerSVID returns the verified client certificate of the call, if any. The
+// TLS handshake has verified it against the trust bundle already.
+func peerSVID(ctx context.Context) (*x509.Certificate, spiffeid.ID, error) {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return nil, spiffeid.ID{}, errors.New("no peer")
+	}
+	ti, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok || len(ti.State.PeerCertificates) == 0 {
+		return nil, spiffeid.ID{}, errors.New("no client certificate")
+	}
+	leaf := ti.State.PeerCertificates[0]
+	if len(leaf.URIs) != 1 {
+		return nil, spiffeid.ID{}, errors.New("client certificate has no single URI SAN")
+	}
+	id, err := spiffeid.FromURI(leaf.URIs[0])
+	if err != nil {
+		return nil, spiffeid.ID{}, fmt.Errorf("client certificate: %w", err)
+	}
+	return leaf, id, nil
+}
+
+func serialHex(c *x509.Certificate) string { return hex.EncodeToString(c.SerialNumber.Bytes()) }
+
+// authAgent checks that the call comes from a live agent with its current
+// SVID; an evicted or replaced agent is refused on every call.
+func (s *NodeServer) authAgent(ctx context.Context, method string) (caller, error) {
+	leaf, id, err := peerSVID(ctx)
+	if err != nil {
+		return caller{}, s.cfg.refuse(method, codes.Unauthenticated, audit.Record{Actor: "unauthenticated", Reason: method + ": " + err.Error()})
+	}
+	if id.TrustDomain() != s.cfg.TrustDomain || !strings.HasPrefix(id.Path(), "/signet/agent/") {
+		return caller{}, s.cfg.refuse(method, codes.PermissionDenied, audit.Record{Actor: id.String(), Reason: method + ": caller is not an agent"})
+	}
+	serial := serialHex(leaf)
+	a, err := s.cfg.Store.FetchAgent(ctx, id.String())
+	if errors.Is(err, store.ErrNotFound) {
+		return caller{}, s.cfg.refuse(method, codes.PermissionDenied, audit.Record{Actor: id.String(), Serial: serial, Reason: method + ": unknown agent"})
+	}
+	if err != nil {
+		return caller{}, s.cfg.internal(ctx, "fetch agent", err)
+	}
+	if !a.AcceptsSerial(serial) {
+		reason := method + ": agent SVID is no longer valid (agent evicted or re-attested)"
+		return caller{}, s.cfg.refuse(method, codes.PermissionDenied, audit.Record{Actor: id.String(), Serial: serial, Reason: reason})
+	}
+	return caller{id: id, serial: serial, agent: a}, nil
+}
+
+// AttestNode implements agentv1.NodeServer.
+func (s *NodeServer) AttestNode(ctx context.Context, req *agentv1.AttestNodeRequest) (*agentv1.AttestNodeResponse, error) {
+	now := s.cfg.Now()
+	fail := func(code codes.Code, method, node, reason string) error {
+		s.cfg.Metrics.attestations.WithLabelValues(method, audit.Failure).Inc()
+		if err := s.cfg.auditOrFail(audit.Record{Event: audit.NodeAttest, Actor: "unauthenticated", Node: node, Result: audit.Failure, Reason: reason}); err != nil {
+			return err
+		}
+		return status.Error(code, reason)
+	}
+	var node, method string
+	switch att := req.GetAttestation().(type) {
+	case *agentv1.AttestNodeRequest_JoinToken:
+		method = "join_token"
+		tok := att.JoinToken.GetToken()
+		if tok == "" {
+			return nil, fail(codes.InvalidArgument, method, "", "join token is empty")
+		}
+		n, err := s.cfg.Store.ConsumeJoinToken(ctx, tok, now)
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+			return nil, fail(codes.PermissionDenied, method, "", "unknown join token")
+		case errors.Is(err, store.ErrTokenUsed):
+			return nil, fail(codes.PermissionDenied, method, n, "join token already used")
+		case errors.Is(err, store.ErrTokenExpired):
+			return nil, fail(codes.PermissionDenied, method, n, "join token expired")
+		case err != nil:
+			return nil, s.cfg.internal(ctx, "consume join token", err)
+		}
+		node = n
+	default:
+		return nil, fail(codes.InvalidArgument, "unknown", "", "no supported attestation in request")
+	}
+	id, err := AgentID(s.cfg.TrustDomain, node)
+	if err != nil {
+		return nil, fail(codes.InvalidArgument, method, node, fmt.Sprintf("node name %q makes no valid SPIFFE ID", node))
+	}
+	csr, err := signer.ParseCSR(req.GetCsr())
+	if err != nil {
+		return nil, fail(codes.InvalidArgument, method, node, err.Error())
+	}
+	chain, err := s.signAgent(csr, id, now)
+	if err != nil {
+		return nil, fail(codes.InvalidArgument, method, node, err.Error())
+	}
+	prev, err := s.cfg.Store.RegisterAgent(ctx, store.Agent{
+		SPIFFEID: id.String(), NodeName: node, AttestationType: method,
+		Serial: serialHex(chain[0]), ExpiresAt: chain[0].NotAfter, AttestedAt: now,
+	})
+	if err != nil {
+		return nil, s.cfg.internal(ctx, "register agent", err)
+	}
+	recs := []audit.Record{{Event: audit.NodeAttest, Actor: id.String(), SPIFFEID: id.String(), Node: node, Serial: serialHex(chain[0]), Result: audit.Success}}
+	if prev != nil {
+		recs = append(recs, audit.Record{Event: audit.AgentEvict, Actor: id.String(), SPIFFEID: prev.SPIFFEID, Node: node, Serial: prev.Serial,
+			Result: audit.Success, Reason: "node attested again with a new join token"})
+	}
+	if err := s.cfg.auditOrFail(recs...); err != nil {
+		return nil, err
+	}
+	s.cfg.Metrics.attestations.WithLabelValues(method, audit.Success).Inc()
+	s.cfg.Metrics.issued.WithLabelValues("agent").Inc()
+	b, _ := s.cfg.Authority.Bundle()
+	bpb, err := BundleProto(b)
+	if err != nil {
+		return nil, s.cfg.internal(ctx, "bundle", err)
+	}
+	return &agentv1.AttestNodeResponse{SpiffeId: id.String(), SvidChain: rawChain(chain), Bundle: bpb}, nil
+}
+
+func (s *NodeServer) signAgent(csr *x509.CertificateRequest, id spiffeid.ID, now time.Time) ([]*x509.Certificate, error) {
+	return signer.SignX509SVID(s.cfg.Authority.X509CA(), signer.X509Params{CSR: csr, SPIFFEID: id, TTL: s.cfg.AgentTTL, Now: now})
+}
+
+func rawChain(chain []*x509.Certificate) [][]byte {
+	out := make([][]byte, len(chain))
+	for i, c := range chain {
+		out[i] = c.Raw
+	}
+	return out
+}
+
+// RenewAgent implements agentv1.NodeServer.
+func (s *NodeServer) RenewAgent(ctx context.Context, req *agentv1.RenewAgentRequest) (*agentv1.RenewAgentResponse, error) {
+	c, err := s.authAgent(ctx, "RenewAgent")
+	if err != nil {
+		return nil, err
+	}
+	csr, err := signer.ParseCSR(req.GetCsr())
+	if err != nil {
+		return nil, s.cfg.refuse("RenewAgent", codes.InvalidArgument, audit.Record{Actor: c.id.String(), Reason: err.Error()})
+	}
+	chain, err := s.signAgent(csr, c.id, s.cfg.Now())
+	if err != nil {
+		return nil, s.cfg.refuse("RenewAgent", codes.InvalidArgument, audit.Record{Actor: c.id.String(), Reason: err.Error()})
+	}
+	newSerial := serialHex(chain[0])
+	if err := s.cfg.Store.RenewAgent(ctx, c.id.String(), c.serial, newSerial, chain[0].NotAfter); err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			return nil, s.cfg.refuse("RenewAgent", codes.PermissionDenied, audit.Record{Actor: c.id.String(), Reason: "agent evicted during renewal"})
+		}
+		return nil, s.cfg.internal(ctx, "renew agent", err)
+	}
+	if err := s.cfg.auditOrFail(audit.Record{Event: audit.AgentRenew, Actor: c.id.String(), SPIFFEID: c.id.String(), Serial: newSerial, Result: audit.Success}); err != nil {
+		return nil, err
+	}
+	s.cfg.Metrics.issued.WithLabelValues("agent").Inc()
+	return &agentv1.RenewAgentResponse{SvidChain: rawChain(chain)}, nil
+}
+
+// ownEntry fetches an entry and checks it is parented to the caller. A
+// missing entry and another agent's entry get the same answer, so an agent
+// learns nothing about entries that are not its own.
+func (s *NodeServer) ownEntry(ctx context.Context, c caller, method, id string) (entry.Entry, error) {
+	e, err := s.cfg.Store.FetchEntry(ctx, id)
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return entry.Entry{}, s.cfg.internal(ctx, "fetch entry", err)
+	}
+	if err != nil || e.ParentID != c.id {
+		return entry.Entry{}, s.cfg.refuse(method, codes.PermissionDenied, audit.Record{
+			Actor: c.id.String(), EntryID: id, SPIFFEID: e.SPIFFEID.String(),
+			Reason: fmt.Sprintf("%s: entry %q is not parented to the calling agent", method, id),
+		})
+	}
+	return e, nil
+}
+
+// MintX509SVIDs implements agentv1.NodeServer.
+func (s *NodeServer) MintX509SVIDs(ctx context.Context, req *agentv1.MintX509SVIDsRequest) (*agentv1.MintX509SVIDsResponse, error) {
+	const method = "MintX509SVIDs"
+	c, err := s.authAgent(ctx, method)
+	if err != nil {
+		return nil, err
+	}
+	if n := len(req.GetRequests()); n == 0 || n > MaxBatch {
+		return nil, status.Errorf(codes.InvalidArgument, "want 1 to %d requests, got %d", MaxBatch, n)
+	}
+	type job struct {
+		e   entry.Entry
+		csr *x509.CertificateRequest
+	}
+	jobs := make([]job, len(req.GetRequests()))
+	for i, r := range req.GetRequests() {
+		e, err := s.ownEntry(ctx, c, method, r.GetEntryId())
+		if err != nil {
+			return nil, err
+		}
+		csr, err := signer.ParseCSR(r.GetCsr())
+		if err != nil {
+			return nil, s.cfg.refuse(method, codes.InvalidArgument, audit.Record{Actor: c.id.String(), EntryID: e.ID, SPIFFEID: e.SPIFFEID.String(),
+				Reason: fmt.Sprintf("requests[%d]: %v", i, err)})
+		}
+		jobs[i] = job{e: e, csr: csr}
+	}
+	now := s.cfg.Now()
+	ca := s.cfg.Authority.X509CA()
+	resp := &agentv1.MintX509SVIDsResponse{Svids: make([]*agentv1.X509SVID, len(jobs))}
+	recs := make([]audit.Record, len(jobs))
+	for i, j := range jobs {
+		start := time.Now()
+		ttl := j.e.X509TTL
+		if ttl == 0 {
+			ttl = s.cfg.X509TTL
+		}
+		chain, err := signer.SignX509SVID(ca, signer.X509Params{CSR: j.csr, SPIFFEID: j.e.SPIFFEID, DNSNames: j.e.DNSNames, TTL: ttl, Now: now})
+		if err != nil {
+			var ce *signer.CSRError
+			if errors.As(err, &ce) {
+				return nil, s.cfg.refuse(method, codes.InvalidArgument, audit.Record{Actor: c.id.String(), EntryID: j.e.ID, SPIFFEID: j.e.SPIFFEID.String(),
+					Reason: fmt.Sprintf("requests[%d]: %v", i, err)})
+			}
+			return nil, s.cfg.internal(ctx, "sign X509-SVID", err)
+		}
+		s.cfg.Metrics.signDuration.WithLabelValues("x509").Observe(time.Since(start).Seconds())
+		resp.Svids[i] = &agentv1.X509SVID{EntryId: j.e.ID, SpiffeId: j.e.SPIFFEID.String(), CertChain: rawChain(chain), ExpiresAt: chain[0].NotAfter.Unix()}
+		recs[i] = audit.Record{Event: audit.X509Issue, Actor: c.id.String(), SPIFFEID: j.e.SPIFFEID.String(), EntryID: j.e.ID, Serial: serialHex(chain[0]), Result: audit.Success}
+	}
+	if err := s.cfg.auditOrFail(recs...); err != nil {
+		return nil, err
+	}
+	s.cfg.Metrics.issued.WithLabelValues("x509").Add(float64(len(jobs)))
+	return resp, nil
+}
+
+// MintJWTSVID implements agentv1.NodeServer.
+func (s *NodeServer) MintJWTSVID(ctx context.Context, req *agentv1.MintJWTSVIDRequest) (*agentv1.MintJWTSVIDResponse, error) {
+	const method = "MintJWTSVID"
+	c, err := s.authAgent(ctx, method)
+	if err != nil {
+		return nil, err
+	}
+	e, err := s.ownEntry(ctx, c, method, req.GetEntryId())
+	if err != nil {
+		return nil, err
+	}
+	ttl := e.JWTTTL
+	if ttl == 0 {
+		ttl = s.cfg.JWTTTL
+	}
+	start := time.Now()
+	tok, exp, err := signer.SignJWTSVID(s.cfg.Authority.JWTKey(), signer.JWTParams{SPIFFEID: e.SPIFFEID, Audience: req.GetAudience(), TTL: ttl, Now: s.cfg.Now()})
+	if err != nil {
+		return nil, s.cfg.refuse(method, codes.InvalidArgument, audit.Record{Actor: c.id.String(), EntryID: e.ID, SPIFFEID: e.SPIFFEID.String(), Reason: err.Error()})
+	}
+	s.cfg.Metrics.signDuration.WithLabelValues("jwt").Observe(time.Since(start).Seconds())
+	if err := s.cfg.auditOrFail(audit.Record{Event: audit.JWTIssue, Actor: c.id.String(), SPIFFEID: e.SPIFFEID.String(), EntryID: e.ID, Result: audit.Success}); err != nil {
+		return nil, err
+	}
+	s.cfg.Metrics.issued.WithLabelValues("jwt").Inc()
+	return &agentv1.MintJWTSVIDResponse{SpiffeId: e.SPIFFEID.String(), Token: tok, ExpiresAt: exp.Unix()}, nil
+}
+
+// Sync implements agentv1.NodeServer: it sends what changed since the
+// agent's revision, then waits for entry or bundle changes and sends those,
+// until the agent goes away or is evicted.
+func (s *NodeServer) Sync(req *agentv1.SyncRequest, stream agentv1.Node_SyncServer) error {
+	ctx := stream.Context()
+	c, err := s.authAgent(ctx, "Sync")
+	if err != nil {
+		return err
+	}
+	rev := req.GetRevision()
+	var sentSeq uint64
+	first := true
+	for {
+		entriesChanged := s.cfg.Changes.Wait()
+		bundle, bundleChanged := s.cfg.Authority.Bundle()
+		ch, err := s.cfg.Store.EntriesSince(ctx, c.id.String(), rev)
+		if err != nil {
+			return s.cfg.internal(ctx, "sync entries", err)
+		}
+		msg := &agentv1.SyncResponse{Revision: ch.Revision, Full: ch.Full, DeletedEntryIds: ch.Deleted}
+		for _, e := range ch.Entries {
+			msg.Entries = append(msg.Entries, e.Proto())
+		}
+		if first || bundle.Sequence != sentSeq {
+			if msg.Bundle, err = BundleProto(bundle); err != nil {
+				return s.cfg.internal(ctx, "bundle", err)
+			}
+		}
+		if first || ch.Full || len(msg.Entries) > 0 || len(msg.DeletedEntryIds) > 0 || msg.Bundle != nil {
+			if err := stream.Send(msg); err != nil {
+				return err
+			}
+		}
+		first, rev, sentSeq = false, ch.Revision, bundle.Sequence
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-entriesChanged:
+		case <-bundleChanged:
+		case <-time.After(resyncInterval):
+		}
+		// An agent evicted while its stream is open loses the stream.
+		if _, err := s.authAgent(ctx, "Sync"); err != nil {
+			return err
+		}
+	}
+}

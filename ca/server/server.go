@@ -1,0 +1,395 @@
+// Package server assembles signet-ca: the store, the authority, the agent
+// and admin APIs, health and metrics, and the background tasks.
+package server
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
+
+	"github.com/signet-id/signet/ca/api"
+	"github.com/signet-id/signet/ca/audit"
+	"github.com/signet-id/signet/ca/authority"
+	"github.com/signet-id/signet/ca/signer"
+	"github.com/signet-id/signet/ca/store"
+	"github.com/signet-id/signet/internal/peercred"
+	adminv1 "github.com/signet-id/signet/proto/signet/admin/v1"
+	agentv1 "github.com/signet-id/signet/proto/signet/agent/v1"
+)
+
+// Config is everything signet-ca needs; cmd/signet-ca fills it from flags
+// and the config file.
+type Config struct {
+	TrustDomain spiffeid.TrustDomain
+	// DataDir holds the database and, by default, the admin socket and the
+	// audit log.
+	DataDir string
+	// ListenAddr serves the agent API (mTLS).
+	ListenAddr string
+	// AdminSocket is the admin API's Unix socket. If empty, DataDir/admin.sock.
+	AdminSocket string
+	// AdminListenAddr, if set, serves the admin API over mTLS to AdminIDs.
+	AdminListenAddr string
+	AdminIDs        []spiffeid.ID
+	// HealthAddr serves /healthz and /readyz (and /metrics when
+	// MetricsAddr is empty).
+	HealthAddr  string
+	MetricsAddr string
+	// AuditLog is the audit file; "-" is stderr. If empty, DataDir/audit.log.
+	AuditLog        string
+	RootTTL         time.Duration
+	IntermediateTTL time.Duration
+	JWTKeyTTL       time.Duration
+	AgentTTL        time.Duration
+	X509TTL         time.Duration
+	JWTTTL          time.Duration
+	KeyType         string
+	// RotateInterval is how often keys are checked for rotation. If zero,
+	// ten seconds.
+	RotateInterval time.Duration
+	Log            hclog.Logger
+	// Ready, if set, is called once every listener is up.
+	Ready func()
+}
+
+// CAID returns the SPIFFE ID of the CA's own serving certificate.
+func CAID(td spiffeid.TrustDomain) spiffeid.ID {
+	return spiffeid.RequireFromSegments(td, "signet", "ca")
+}
+
+// Run starts signet-ca and blocks until ctx is done or a part fails.
+func Run(ctx context.Context, cfg Config) error {
+	if cfg.Log == nil {
+		cfg.Log = hclog.NewNullLogger()
+	}
+	if cfg.RotateInterval == 0 {
+		cfg.RotateInterval = 10 * time.Second
+	}
+	if cfg.AdminSocket == "" {
+		cfg.AdminSocket = filepath.Join(cfg.DataDir, "admin.sock")
+	}
+	if cfg.AuditLog == "" {
+		cfg.AuditLog = filepath.Join(cfg.DataDir, "audit.log")
+	}
+	log := cfg.Log
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return fmt.Errorf("data dir: %w", err)
+	}
+	st, err := store.Open(ctx, filepath.Join(cfg.DataDir, "signet.db"))
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	auditLog, err := audit.Open(cfg.AuditLog)
+	if err != nil {
+		return err
+	}
+	defer auditLog.Close()
+	auth, err := authority.New(ctx, authority.Config{
+		TrustDomain: cfg.TrustDomain, Store: st, RootTTL: cfg.RootTTL, IntermediateTTL: cfg.IntermediateTTL,
+		JWTKeyTTL: cfg.JWTKeyTTL, KeyType: cfg.KeyType, Log: log.Named("authority"),
+	})
+	if err != nil {
+		return err
+	}
+	b, _ := auth.Bundle()
+	log.Info("CA ready", "trust_domain", cfg.TrustDomain.Name(), "roots", len(b.X509Roots), "intermediate_expires", auth.X509CA().Certificate.NotAfter)
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "signet_ca_intermediate_expiry_seconds", Help: "Seconds until the signing intermediate expires.",
+	}, func() float64 { return time.Until(auth.X509CA().Certificate.NotAfter).Seconds() }))
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "signet_ca_root_expiry_seconds", Help: "Seconds until the earliest root in the bundle expires.",
+	}, func() float64 {
+		b, _ := auth.Bundle()
+		min := time.Duration(1<<63 - 1)
+		for _, r := range b.X509Roots {
+			if d := time.Until(r.NotAfter); d < min {
+				min = d
+			}
+		}
+		return min.Seconds()
+	}))
+	apiCfg := api.Config{
+		TrustDomain: cfg.TrustDomain, Store: st, Authority: auth, Audit: auditLog, Metrics: api.NewMetrics(reg),
+		Changes: api.NewNotifier(), AgentTTL: cfg.AgentTTL, X509TTL: cfg.X509TTL, JWTTTL: cfg.JWTTTL, Log: log.Named("api"),
+	}
+
+	certs := &servingCert{auth: auth, id: CAID(cfg.TrustDomain)}
+	if _, err := certs.get(); err != nil {
+		return err
+	}
+	tlsCfg := &tls.Config{
+		MinVersion:     tls.VersionTLS12,
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return certs.get() },
+		// Agents attest before they have an SVID, so a client certificate
+		// is optional at the handshake; when one is sent it must verify, and
+		// every method but AttestNode requires one.
+		ClientAuth: tls.RequestClientCert,
+		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
+			if len(raw) == 0 {
+				return nil
+			}
+			b, _ := auth.Bundle()
+			_, _, err := x509svid.ParseAndVerify(raw, x509bundle.FromX509Authorities(b.TrustDomain, b.X509Roots))
+			return err
+		},
+	}
+
+	nodeSrv := grpc.NewServer(grpc.Creds(credentials.NewTLS(tlsCfg)),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}))
+	agentv1.RegisterNodeServer(nodeSrv, api.NewNodeServer(apiCfg))
+	nodeLis, err := net.Listen("tcp", cfg.ListenAddr)
+	if err != nil {
+		return fmt.Errorf("agent API: %w", err)
+	}
+	log.Info("agent API listening", "addr", nodeLis.Addr().String())
+
+	authz := api.NewAdminAuthorizer(apiCfg, cfg.AdminIDs)
+	adminImpl := api.NewAdminServer(apiCfg)
+	adminSrv := grpc.NewServer(grpc.Creds(peercred.TransportCredentials()),
+		grpc.UnaryInterceptor(authz.UnaryInterceptor), grpc.StreamInterceptor(authz.StreamInterceptor))
+	adminv1.RegisterAdminServer(adminSrv, adminImpl)
+	adminLis, err := listenUnix(cfg.AdminSocket)
+	if err != nil {
+		nodeLis.Close()
+		return fmt.Errorf("admin socket: %w", err)
+	}
+	log.Info("admin API listening", "socket", cfg.AdminSocket)
+
+	var adminTLSSrv *grpc.Server
+	var adminTLSLis net.Listener
+	if cfg.AdminListenAddr != "" {
+		adminTLS := tlsCfg.Clone()
+		adminTLS.ClientAuth = tls.RequireAnyClientCert
+		adminTLSSrv = grpc.NewServer(grpc.Creds(credentials.NewTLS(adminTLS)),
+			grpc.UnaryInterceptor(authz.UnaryInterceptor), grpc.StreamInterceptor(authz.StreamInterceptor))
+		adminv1.RegisterAdminServer(adminTLSSrv, adminImpl)
+		if adminTLSLis, err = net.Listen("tcp", cfg.AdminListenAddr); err != nil {
+			nodeLis.Close()
+			adminLis.Close()
+			return fmt.Errorf("admin listen: %w", err)
+		}
+		log.Info("admin API listening (mTLS)", "addr", adminTLSLis.Addr().String())
+	}
+
+	health := http.NewServeMux()
+	health.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
+	health.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
+		if _, err := st.Revision(r.Context()); err != nil {
+			http.Error(w, "store: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		if time.Until(auth.X509CA().Certificate.NotAfter) <= 0 {
+			http.Error(w, "signing CA expired", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	metricsHandler := promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
+	var httpServers []*http.Server
+	if cfg.MetricsAddr == "" || cfg.MetricsAddr == cfg.HealthAddr {
+		health.Handle("/metrics", metricsHandler)
+	} else {
+		m := http.NewServeMux()
+		m.Handle("/metrics", metricsHandler)
+		httpServers = append(httpServers, &http.Server{Addr: cfg.MetricsAddr, Handler: m, ReadHeaderTimeout: 10 * time.Second})
+	}
+	if cfg.HealthAddr != "" {
+		httpServers = append(httpServers, &http.Server{Addr: cfg.HealthAddr, Handler: health, ReadHeaderTimeout: 10 * time.Second})
+	}
+	var httpLis []net.Listener
+	for _, hs := range httpServers {
+		l, err := net.Listen("tcp", hs.Addr)
+		if err != nil {
+			nodeLis.Close()
+			adminLis.Close()
+			for _, l := range httpLis {
+				l.Close()
+			}
+			return fmt.Errorf("http %s: %w", hs.Addr, err)
+		}
+		httpLis = append(httpLis, l)
+		log.Info("health/metrics listening", "addr", l.Addr().String())
+	}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errc := make(chan error, 8)
+	var wg sync.WaitGroup
+	task := func(name string, fn func() error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := fn(); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, grpc.ErrServerStopped) {
+				errc <- fmt.Errorf("%s: %w", name, err)
+			}
+			cancel()
+		}()
+	}
+	task("agent API", func() error { return nodeSrv.Serve(nodeLis) })
+	task("admin API", func() error { return adminSrv.Serve(adminLis) })
+	if adminTLSSrv != nil {
+		task("admin API (mTLS)", func() error { return adminTLSSrv.Serve(adminTLSLis) })
+	}
+	for i, hs := range httpServers {
+		task("http", func() error { return hs.Serve(httpLis[i]) })
+	}
+	task("rotation", func() error { return auth.Run(ctx, cfg.RotateInterval) })
+	task("housekeeping", func() error { housekeeping(ctx, st, log); return nil })
+	if cfg.Ready != nil {
+		cfg.Ready()
+	}
+
+	<-ctx.Done()
+	log.Info("shutting down")
+	stopped := make(chan struct{})
+	go func() {
+		nodeSrv.GracefulStop()
+		adminSrv.GracefulStop()
+		if adminTLSSrv != nil {
+			adminTLSSrv.GracefulStop()
+		}
+		close(stopped)
+	}()
+	select {
+	case <-stopped:
+	case <-time.After(5 * time.Second):
+		// Sync streams live until their agents leave; do not wait for them.
+		nodeSrv.Stop()
+		adminSrv.Stop()
+		if adminTLSSrv != nil {
+			adminTLSSrv.Stop()
+		}
+	}
+	for _, hs := range httpServers {
+		sctx, c := context.WithTimeout(context.Background(), 2*time.Second)
+		hs.Shutdown(sctx)
+		c()
+	}
+	wg.Wait()
+	os.Remove(cfg.AdminSocket)
+	select {
+	case err := <-errc:
+		return err
+	default:
+		return nil
+	}
+}
+
+func listenUnix(path string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, err
+	}
+	// A socket left by a killed CA blocks bind; remove only a socket.
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode()&os.ModeSocket == 0 {
+			return nil, fmt.Errorf("%s exists and is not a socket", path)
+		}
+		os.Remove(path)
+	}
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		l.Close()
+		return nil, err
+	}
+	return l, nil
+}
+
+// housekeeping prunes expired join tokens and old deletion records.
+func housekeeping(ctx context.Context, st *store.Store, log hclog.Logger) {
+	t := time.NewTicker(time.Hour)
+	defer t.Stop()
+	for {
+		now := time.Now()
+		if err := st.PruneJoinTokens(ctx, now.Add(-24*time.Hour)); err != nil && ctx.Err() == nil {
+			log.Warn("prune join tokens", "error", err)
+		}
+		if err := st.PruneDeleted(ctx, now.Add(-7*24*time.Hour)); err != nil && ctx.Err() == nil {
+			log.Warn("prune deleted entries", "error", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// servingCert is the CA's own TLS certificate for the agent API, an SVID
+// for spiffe://<td>/signet/ca, re-signed at half life or when the
+// intermediate changes.
+type servingCert struct {
+	auth *authority.Authority
+	id   spiffeid.ID
+
+	mu     sync.Mutex
+	key    crypto.Signer
+	cert   *tls.Certificate
+	issuer *x509.Certificate
+	renew  time.Time
+}
+
+func (s *servingCert) get() (*tls.Certificate, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ca := s.auth.X509CA()
+	now := time.Now()
+	if s.cert != nil && s.issuer.Equal(ca.Certificate) && now.Before(s.renew) {
+		return s.cert, nil
+	}
+	if s.key == nil {
+		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			return nil, err
+		}
+		s.key = k
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, s.key)
+	if err != nil {
+		return nil, err
+	}
+	csr, err := x509.ParseCertificateRequest(der)
+	if err != nil {
+		return nil, err
+	}
+	chain, err := signer.SignX509SVID(ca, signer.X509Params{CSR: csr, SPIFFEID: s.id, TTL: time.Hour, Now: now})
+	if err != nil {
+		return nil, fmt.Errorf("serving certificate: %w", err)
+	}
+	c := &tls.Certificate{PrivateKey: s.key, Leaf: chain[0]}
+	for _, x := range chain {
+		c.Certificate = append(c.Certificate, x.Raw)
+	}
+	s.cert, s.issuer = c, ca.Certificate
+	s.renew = now.Add(chain[0].NotAfter.Sub(now) / 2)
+	return c, nil
+}

@@ -1,0 +1,183 @@
+// Command signet-ca is Signet's cluster CA: it attests node agents and signs
+// X509-SVIDs and JWT-SVIDs for the entries parented to them.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/signet-id/signet/ca/server"
+	"github.com/signet-id/signet/internal/config"
+)
+
+// fileConfig holds every setting; its json tags are both the config file
+// keys and the flag names.
+type fileConfig struct {
+	TrustDomain     string            `json:"trust-domain"`
+	DataDir         string            `json:"data-dir"`
+	Listen          string            `json:"listen"`
+	AdminSocket     string            `json:"admin-socket"`
+	AdminListen     string            `json:"admin-listen"`
+	AdminID         config.StringList `json:"admin-id"`
+	HealthAddr      string            `json:"health-addr"`
+	MetricsAddr     string            `json:"metrics-addr"`
+	AuditLog        string            `json:"audit-log"`
+	RootTTL         config.Duration   `json:"root-ttl"`
+	IntermediateTTL config.Duration   `json:"intermediate-ttl"`
+	JWTKeyTTL       config.Duration   `json:"jwt-key-ttl"`
+	AgentTTL        config.Duration   `json:"agent-ttl"`
+	X509TTL         config.Duration   `json:"x509-ttl"`
+	JWTTTL          config.Duration   `json:"jwt-ttl"`
+	KeyType         string            `json:"key-type"`
+	LogLevel        string            `json:"log-level"`
+	LogJSON         bool              `json:"log-json"`
+}
+
+func defaults() fileConfig {
+	return fileConfig{
+		Listen:          "127.0.0.1:8081",
+		HealthAddr:      "127.0.0.1:8082",
+		RootTTL:         config.Duration(365 * 24 * time.Hour),
+		IntermediateTTL: config.Duration(24 * time.Hour),
+		JWTKeyTTL:       config.Duration(24 * time.Hour),
+		AgentTTL:        config.Duration(time.Hour),
+		X509TTL:         config.Duration(time.Hour),
+		JWTTTL:          config.Duration(5 * time.Minute),
+		KeyType:         "ec-p256",
+		LogLevel:        "info",
+	}
+}
+
+func register(fs *flag.FlagSet, c *fileConfig, configPath *string) {
+	fs.StringVar(configPath, "config", "", "YAML config file; its keys are these flag names, and flags win over it")
+	fs.StringVar(&c.TrustDomain, "trust-domain", c.TrustDomain, "trust domain, e.g. example.org (required)")
+	fs.StringVar(&c.DataDir, "data-dir", c.DataDir, "directory for everything the CA keeps (required)")
+	fs.StringVar(&c.Listen, "listen", c.Listen, "address of the agent API (mTLS)")
+	fs.StringVar(&c.AdminSocket, "admin-socket", c.AdminSocket, "admin API Unix socket (default DATA-DIR/admin.sock)")
+	fs.StringVar(&c.AdminListen, "admin-listen", c.AdminListen, "also serve the admin API over mTLS on this address")
+	fs.Var(&c.AdminID, "admin-id", "SPIFFE ID allowed to use the admin API over mTLS (repeatable)")
+	fs.StringVar(&c.HealthAddr, "health-addr", c.HealthAddr, "address of /healthz and /readyz")
+	fs.StringVar(&c.MetricsAddr, "metrics-addr", c.MetricsAddr, "address of /metrics (default: the health address)")
+	fs.StringVar(&c.AuditLog, "audit-log", c.AuditLog, "audit log file, - for stderr (default DATA-DIR/audit.log)")
+	fs.Var(&c.RootTTL, "root-ttl", "root certificate lifetime")
+	fs.Var(&c.IntermediateTTL, "intermediate-ttl", "intermediate certificate lifetime")
+	fs.Var(&c.JWTKeyTTL, "jwt-key-ttl", "JWT signing key lifetime")
+	fs.Var(&c.AgentTTL, "agent-ttl", "agent SVID lifetime")
+	fs.Var(&c.X509TTL, "x509-ttl", "default X509-SVID lifetime")
+	fs.Var(&c.JWTTTL, "jwt-ttl", "default JWT-SVID lifetime")
+	fs.StringVar(&c.KeyType, "key-type", c.KeyType, "CA key type: ec-p256, ec-p384, rsa-2048, rsa-3072, rsa-4096")
+	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "trace, debug, info, warn or error")
+	fs.BoolVar(&c.LogJSON, "log-json", c.LogJSON, "log as JSON")
+}
+
+// parse reads flags and the config file; a flag given on the command line
+// wins over the file.
+func parse(args []string, stderr io.Writer) (server.Config, hclog.Logger, error) {
+	// First pass: find --config. Second pass: flags over the file's values.
+	var configPath string
+	scratch := defaults()
+	fs := flag.NewFlagSet("signet-ca", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	register(fs, &scratch, &configPath)
+	if err := fs.Parse(args); err != nil {
+		fs.SetOutput(stderr)
+		fs.Usage()
+		return server.Config{}, nil, err
+	}
+	c := defaults()
+	if configPath != "" {
+		if err := config.LoadFile(configPath, &c); err != nil {
+			return server.Config{}, nil, err
+		}
+	}
+	fs = flag.NewFlagSet("signet-ca", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	register(fs, &c, &configPath)
+	if err := fs.Parse(args); err != nil {
+		return server.Config{}, nil, err
+	}
+	if fs.NArg() > 0 {
+		return server.Config{}, nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	return validate(c)
+}
+
+func validate(c fileConfig) (server.Config, hclog.Logger, error) {
+	if c.TrustDomain == "" {
+		return server.Config{}, nil, errors.New("trust-domain: required")
+	}
+	td, err := spiffeid.TrustDomainFromString(c.TrustDomain)
+	if err != nil {
+		return server.Config{}, nil, fmt.Errorf("trust-domain: %q: %v", c.TrustDomain, err)
+	}
+	if c.DataDir == "" {
+		return server.Config{}, nil, errors.New("data-dir: required")
+	}
+	var adminIDs []spiffeid.ID
+	for _, s := range c.AdminID {
+		id, err := spiffeid.FromString(s)
+		if err != nil {
+			return server.Config{}, nil, fmt.Errorf("admin-id: %q: %v", s, err)
+		}
+		adminIDs = append(adminIDs, id)
+	}
+	if len(adminIDs) > 0 && c.AdminListen == "" {
+		return server.Config{}, nil, errors.New("admin-id: set, but admin-listen is not")
+	}
+	for key, d := range map[string]config.Duration{"root-ttl": c.RootTTL, "intermediate-ttl": c.IntermediateTTL,
+		"jwt-key-ttl": c.JWTKeyTTL, "agent-ttl": c.AgentTTL, "x509-ttl": c.X509TTL, "jwt-ttl": c.JWTTTL} {
+		if d <= 0 {
+			return server.Config{}, nil, fmt.Errorf("%s: must be positive", key)
+		}
+	}
+	if c.IntermediateTTL > c.RootTTL/6 {
+		return server.Config{}, nil, fmt.Errorf("intermediate-ttl: %s must be at most a sixth of root-ttl (%s)", c.IntermediateTTL, c.RootTTL)
+	}
+	if c.X509TTL > c.IntermediateTTL/2 || c.AgentTTL > c.IntermediateTTL/2 {
+		return server.Config{}, nil, fmt.Errorf("x509-ttl and agent-ttl must be at most half of intermediate-ttl (%s)", c.IntermediateTTL)
+	}
+	switch c.KeyType {
+	case "ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096":
+	default:
+		return server.Config{}, nil, fmt.Errorf("key-type: %q: want ec-p256, ec-p384, rsa-2048, rsa-3072 or rsa-4096", c.KeyType)
+	}
+	level := hclog.LevelFromString(c.LogLevel)
+	if level == hclog.NoLevel {
+		return server.Config{}, nil, fmt.Errorf("log-level: %q: want trace, debug, info, warn or error", c.LogLevel)
+	}
+	log := hclog.New(&hclog.LoggerOptions{Name: "signet-ca", Level: level, JSONFormat: c.LogJSON, Output: os.Stderr})
+	return server.Config{
+		TrustDomain: td, DataDir: c.DataDir, ListenAddr: c.Listen, AdminSocket: c.AdminSocket,
+		AdminListenAddr: c.AdminListen, AdminIDs: adminIDs, HealthAddr: c.HealthAddr, MetricsAddr: c.MetricsAddr,
+		AuditLog: c.AuditLog, RootTTL: time.Duration(c.RootTTL), IntermediateTTL: time.Duration(c.IntermediateTTL),
+		JWTKeyTTL: time.Duration(c.JWTKeyTTL), AgentTTL: time.Duration(c.AgentTTL), X509TTL: time.Duration(c.X509TTL),
+		JWTTTL: time.Duration(c.JWTTTL), KeyType: c.KeyType, Log: log,
+	}, log, nil
+}
+
+func main() {
+	cfg, log, err := parse(os.Args[1:], os.Stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(0)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "signet-ca:", err)
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := server.Run(ctx, cfg); err != nil {
+		log.Error("exiting", "error", err)
+		os.Exit(1)
+	}
+}

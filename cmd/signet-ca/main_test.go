@@ -1,0 +1,62 @@
+package main
+
+import (
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func writeConfig(t *testing.T, body string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "ca.yaml")
+	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestFlagWinsOverFile(t *testing.T) {
+	p := writeConfig(t, "trust-domain: file.org\ndata-dir: /tmp/x\nx509-ttl: 20m\nlisten: 127.0.0.1:9000\n")
+	cfg, _, err := parse([]string{"--config", p, "--listen", "127.0.0.1:9999"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.ListenAddr != "127.0.0.1:9999" {
+		t.Errorf("listen = %q; want the flag's value", cfg.ListenAddr)
+	}
+	if cfg.TrustDomain.Name() != "file.org" || cfg.X509TTL != 20*time.Minute {
+		t.Errorf("trust domain %q, x509 TTL %s; want the file's values", cfg.TrustDomain.Name(), cfg.X509TTL)
+	}
+	// Flags are applied after the file, wherever --config sits.
+	cfg, _, err = parse([]string{"--trust-domain", "flag.org", "--config", p}, io.Discard)
+	if err != nil || cfg.TrustDomain.Name() != "flag.org" {
+		t.Fatalf("trust domain = %q, %v; want flag.org", cfg.TrustDomain.Name(), err)
+	}
+}
+
+func TestBadConfigNamesTheKey(t *testing.T) {
+	for _, tt := range []struct {
+		file string
+		args []string
+		want string
+	}{
+		{file: "trust-domain: a.org\ndata-dir: /x\ntrust_domain: b\n", want: `unknown key "trust_domain"`},
+		{file: "trust-domain: a.org\ndata-dir: /x\nx509-ttl: soon\n", want: `key "x509-ttl"`},
+		{file: "trust-domain: a.org\ndata-dir: /x\nkey-type: dsa\n", want: "key-type"},
+		{file: "trust-domain: Not A Domain\ndata-dir: /x\n", want: "trust-domain"},
+		{file: "trust-domain: a.org\n", want: "data-dir: required"},
+		{file: "trust-domain: a.org\ndata-dir: /x\nlog-level: loud\n", want: "log-level"},
+		{file: "trust-domain: a.org\ndata-dir: /x\nintermediate-ttl: 2000h\n", want: "intermediate-ttl"},
+		{file: "trust-domain: a.org\ndata-dir: /x\n", args: []string{"--x509-ttl", "nope"}, want: "x509-ttl"},
+		{file: "trust-domain: a.org\ndata-dir: /x\n", args: []string{"--admin-id", "spiffe://a.org/admin"}, want: "admin-listen"},
+	} {
+		p := writeConfig(t, tt.file)
+		_, _, err := parse(append([]string{"--config", p}, tt.args...), io.Discard)
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("parse(%q, %v) error = %v; want %q", tt.file, tt.args, err, tt.want)
+		}
+	}
+}

@@ -1,0 +1,101 @@
+// Package config loads a component's YAML config file into its Config
+// struct, strictly: an unknown key or a bad value is an error that names the
+// key. Keys are the struct's json tags, the same names as the flags.
+package config
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"reflect"
+	"sort"
+	"strings"
+	"time"
+
+	"sigs.k8s.io/yaml"
+)
+
+// LoadFile reads the YAML file at path into dst, a pointer to a struct.
+func LoadFile(path string, dst any) error {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	if err := Load(raw, dst); err != nil {
+		return fmt.Errorf("config %s: %w", path, err)
+	}
+	return nil
+}
+
+// Load reads YAML into dst, a pointer to a struct.
+func Load(raw []byte, dst any) error {
+	js, err := yaml.YAMLToJSON(raw)
+	if err != nil {
+		return fmt.Errorf("not valid YAML: %w", err)
+	}
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(js, &m); err != nil {
+		return fmt.Errorf("want a mapping of keys to values: %w", err)
+	}
+	fields := map[string]reflect.Value{}
+	v := reflect.ValueOf(dst).Elem()
+	for i := 0; i < v.NumField(); i++ {
+		tag := strings.Split(v.Type().Field(i).Tag.Get("json"), ",")[0]
+		if tag != "" && tag != "-" {
+			fields[tag] = v.Field(i)
+		}
+	}
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		f, ok := fields[k]
+		if !ok {
+			return fmt.Errorf("unknown key %q", k)
+		}
+		if err := json.Unmarshal(m[k], f.Addr().Interface()); err != nil {
+			return fmt.Errorf("key %q: %v", k, err)
+		}
+	}
+	return nil
+}
+
+// Duration is a time.Duration written as "90s" or "1h" in files and flags.
+type Duration time.Duration
+
+// UnmarshalJSON implements json.Unmarshaler.
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("want a duration such as \"1h\" or \"90s\"")
+	}
+	return d.Set(s)
+}
+
+// Set implements flag.Value.
+func (d *Duration) Set(s string) error {
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("invalid duration %q", s)
+	}
+	if v < 0 {
+		return fmt.Errorf("negative duration %q", s)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+func (d Duration) String() string { return time.Duration(d).String() }
+
+// StringList is a repeatable flag and a YAML list.
+type StringList []string
+
+// Set implements flag.Value by appending.
+func (l *StringList) Set(s string) error {
+	*l = append(*l, s)
+	return nil
+}
+
+func (l StringList) String() string { return strings.Join(l, ",") }
