@@ -71,8 +71,9 @@ type Config struct {
 	// ten seconds.
 	RotateInterval time.Duration
 	Log            hclog.Logger
-	// Ready, if set, is called once every listener is up.
-	Ready func()
+	// Ready, if set, is called once every listener is up, with the agent
+	// API's address.
+	Ready func(agentAddr string)
 }
 
 // CAID returns the SPIFFE ID of the CA's own serving certificate.
@@ -263,7 +264,7 @@ func Run(ctx context.Context, cfg Config) error {
 	task("rotation", func() error { return auth.Run(ctx, cfg.RotateInterval) })
 	task("housekeeping", func() error { housekeeping(ctx, st, log); return nil })
 	if cfg.Ready != nil {
-		cfg.Ready()
+		cfg.Ready(nodeLis.Addr().String())
 	}
 
 	<-ctx.Done()
