@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"time"
 
 	"google.golang.org/grpc"
@@ -75,7 +76,12 @@ func (c *cli) run(ctx context.Context, args []string) int {
 		fmt.Fprintln(c.stderr, "signet: no admin socket: pass --admin-socket or set SIGNET_ADMIN_SOCKET")
 		return 2
 	}
-	conn, err := grpc.NewClient("unix://"+c.socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	sock, err := filepath.Abs(c.socket)
+	if err != nil {
+		fmt.Fprintln(c.stderr, "signet:", err)
+		return 1
+	}
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		fmt.Fprintln(c.stderr, "signet:", err)
 		return 1

@@ -84,6 +84,8 @@ func (tc) ServerHandshake(conn net.Conn) (net.Conn, credentials.AuthInfo, error)
 	return conn, AuthInfo{CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.NoSecurity}, Creds: c}, nil
 }
 
-func (tc) Info() credentials.ProtocolInfo { return credentials.ProtocolInfo{SecurityProtocol: "peercred"} }
+func (tc) Info() credentials.ProtocolInfo {
+	return credentials.ProtocolInfo{SecurityProtocol: "peercred"}
+}
 func (t tc) Clone() credentials.TransportCredentials { return t }
-func (tc) OverrideServerName(string) error            { return nil }
+func (tc) OverrideServerName(string) error           { return nil }

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Runs each fuzz target for FUZZTIME (default 30s). Seeds live in testdata/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+t=${FUZZTIME:-30s}
+go test -run '^$' -fuzz '^FuzzParse$' -fuzztime "$t" ./internal/selector/
+go test -run '^$' -fuzz '^FuzzFromProto$' -fuzztime "$t" ./ca/entry/
+go test -run '^$' -fuzz '^FuzzParseCSR$' -fuzztime "$t" ./ca/signer/
+go test -run '^$' -fuzz '^FuzzLoad$' -fuzztime "$t" ./internal/config/
