@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -49,14 +48,6 @@ func csr(t testing.TB) *x509.CertificateRequest {
 
 func x509Bundle(b authority.Bundle) *x509bundle.Bundle {
 	return x509bundle.FromX509Authorities(b.TrustDomain, b.X509Roots)
-}
-
-func jwtBundle(b authority.Bundle) *jwtbundle.Bundle {
-	jb := jwtbundle.New(b.TrustDomain)
-	for _, k := range b.JWTKeys {
-		jb.AddJWTAuthority(k.ID, k.PublicKey)
-	}
-	return jb
 }
 
 func TestNewPersistsRoot(t *testing.T) {
