@@ -179,7 +179,7 @@ func (s *AdminServer) UpdateEntries(ctx context.Context, req *adminv1.UpdateEntr
 			return nil, status.Errorf(codes.InvalidArgument, "entries[%d].id: required", i)
 		}
 	}
-	updated, err := s.cfg.Store.UpdateEntries(ctx, es)
+	updated, err := s.cfg.Store.UpdateEntries(ctx, es, s.cfg.Now())
 	if err != nil {
 		if st, ok := batchStatus(err); ok {
 			return nil, st

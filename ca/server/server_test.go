@@ -8,6 +8,9 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"encoding/json"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -43,14 +46,28 @@ type testCA struct {
 	roots *x509bundle.Bundle
 }
 
-func startCA(t *testing.T) *testCA {
+func freeAddr(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func startCA(t *testing.T, opts ...func(*server.Config)) *testCA {
 	t.Helper()
 	dir := t.TempDir()
+	cfg := server.Config{TrustDomain: td, DataDir: dir, ListenAddr: "127.0.0.1:0"}
+	for _, o := range opts {
+		o(&cfg)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	ready := make(chan string, 1)
 	done := make(chan error, 1)
 	go func() {
-		done <- server.Run(ctx, server.Config{TrustDomain: td, DataDir: dir, ListenAddr: "127.0.0.1:0", Ready: func(a string) { ready <- a }})
+		cfg.Ready = func(a string) { ready <- a }
+		done <- server.Run(ctx, cfg)
 	}()
 	t.Cleanup(func() {
 		cancel()
@@ -453,5 +470,112 @@ func TestBatchIsAllOrNothing(t *testing.T) {
 	list, _ = ca.admin.ListEntries(ctx, &adminv1.ListEntriesRequest{})
 	if len(list.GetEntries()) != 2 {
 		t.Fatalf("store holds %d entries; want 2", len(list.GetEntries()))
+	}
+}
+
+// mintSVID has agent mint an X509-SVID for entry e.
+func (ca *testCA) mintSVID(t *testing.T, agent *x509svid.SVID, e *typesv1.Entry) *x509svid.SVID {
+	t.Helper()
+	key, csr := newCSR(t)
+	resp, err := ca.nodeClient(t, agent).MintX509SVIDs(context.Background(), &agentv1.MintX509SVIDsRequest{Requests: []*agentv1.X509SVIDRequest{{EntryId: e.GetId(), Csr: csr}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	svid, err := x509svid.ParseRaw(concat(resp.GetSvids()[0].GetCertChain()), mustPKCS8(t, key))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return svid
+}
+
+func TestAdminOverMTLS(t *testing.T) {
+	adminAddr := freeAddr(t)
+	adminID := spiffeid.RequireFromPath(td, "/ops/admin")
+	ca := startCA(t, func(c *server.Config) {
+		c.AdminListenAddr = adminAddr
+		c.AdminIDs = []spiffeid.ID{adminID}
+	})
+	node1 := "spiffe://example.org/signet/agent/join/node1"
+	agent, err := ca.attest(t, ca.token(t, "node1", 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	adminSVID := ca.mintSVID(t, agent, ca.createEntry(t, adminID.String(), node1))
+	otherSVID := ca.mintSVID(t, agent, ca.createEntry(t, "spiffe://example.org/ops/intern", node1))
+	dial := func(svid *x509svid.SVID) adminv1.AdminClient {
+		authz := tlsconfig.AuthorizeID(server.CAID(td))
+		cfg := tlsconfig.TLSClientConfig(ca.roots, authz)
+		if svid != nil {
+			cfg = tlsconfig.MTLSClientConfig(svid, ca.roots, authz)
+		}
+		conn, err := grpc.NewClient(adminAddr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		return adminv1.NewAdminClient(conn)
+	}
+	ctx := context.Background()
+	resp, err := dial(adminSVID).ListAgents(ctx, &adminv1.ListAgentsRequest{})
+	if err != nil || len(resp.GetAgents()) != 1 {
+		t.Fatalf("admin SVID: ListAgents = %v, %v", resp, err)
+	}
+	_, err = dial(otherSVID).ListAgents(ctx, &adminv1.ListAgentsRequest{})
+	wantCode(t, err, codes.PermissionDenied)
+	_, err = dial(agent).CreateJoinToken(ctx, &adminv1.CreateJoinTokenRequest{NodeName: "x"})
+	wantCode(t, err, codes.PermissionDenied)
+	if _, err = dial(nil).ListAgents(ctx, &adminv1.ListAgentsRequest{}); err == nil {
+		t.Fatal("admin API answered a client without a certificate")
+	}
+}
+
+func TestEvictionEndsSyncAndMetricsCount(t *testing.T) {
+	health := freeAddr(t)
+	ca := startCA(t, func(c *server.Config) { c.HealthAddr = health })
+	node1 := "spiffe://example.org/signet/agent/join/node1"
+	agent, err := ca.attest(t, ca.token(t, "node1", 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca.mintSVID(t, agent, ca.createEntry(t, "spiffe://example.org/w", node1))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	stream, err := ca.nodeClient(t, agent).Sync(ctx, &agentv1.SyncRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ca.admin.EvictAgent(ctx, &adminv1.EvictAgentRequest{SpiffeId: node1}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = stream.Recv()
+	wantCode(t, err, codes.PermissionDenied)
+
+	resp, err := http.Get("http://" + health + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{
+		`signet_ca_svids_issued_total{type="x509"} 1`,
+		`signet_ca_svids_issued_total{type="agent"} 1`,
+		`signet_ca_node_attestations_total{method="join_token",result="success"} 1`,
+		`signet_ca_refusals_total{method="Sync"} 1`,
+		`signet_ca_sign_duration_seconds_count{type="x509"} 1`,
+		"signet_ca_intermediate_expiry_seconds",
+	} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	for path, want := range map[string]int{"/healthz": 200, "/readyz": 200} {
+		resp, err := http.Get("http://" + health + path)
+		if err != nil || resp.StatusCode != want {
+			t.Errorf("GET %s = %v, %v", path, resp, err)
+		}
+		resp.Body.Close()
 	}
 }

@@ -83,7 +83,7 @@ func insertEntry(ctx context.Context, ins, insSel *sql.Stmt, e entry.Entry) erro
 }
 
 // UpdateEntries replaces entries by id in one transaction.
-func (s *Store) UpdateEntries(ctx context.Context, entries []entry.Entry) ([]entry.Entry, error) {
+func (s *Store) UpdateEntries(ctx context.Context, entries []entry.Entry, now time.Time) ([]entry.Entry, error) {
 	out := make([]entry.Entry, len(entries))
 	err := s.tx(ctx, func(tx *sql.Tx) error {
 		rev, err := bumpRevision(ctx, tx)
@@ -116,7 +116,7 @@ func (s *Store) UpdateEntries(ctx context.Context, entries []entry.Entry) ([]ent
 			if oldParent != e.ParentID.String() {
 				// The old parent must drop the entry on its next sync.
 				if _, err := tx.ExecContext(ctx, `INSERT INTO deleted_entries (id, parent_id, revision, deleted_at) VALUES (?, ?, ?, ?)`,
-					e.ID, oldParent, rev, time.Now().Unix()); err != nil {
+					e.ID, oldParent, rev, unix(now)); err != nil {
 					return err
 				}
 			}

@@ -1,0 +1,246 @@
+package store_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/signet-id/signet/ca/entry"
+	"github.com/signet-id/signet/ca/store"
+	"github.com/signet-id/signet/internal/selector"
+)
+
+var (
+	td      = spiffeid.RequireTrustDomainFromString("example.org")
+	parent1 = spiffeid.RequireFromPath(td, "/signet/agent/join/n1")
+	parent2 = spiffeid.RequireFromPath(td, "/signet/agent/join/n2")
+	now     = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+)
+
+func open(t *testing.T, path string) *store.Store {
+	t.Helper()
+	s, err := store.Open(context.Background(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func mk(path string, parent spiffeid.ID, uid int) entry.Entry {
+	return entry.Entry{
+		SPIFFEID:  spiffeid.RequireFromPath(td, path),
+		ParentID:  parent,
+		Selectors: []selector.Selector{{Type: "unix", Value: fmt.Sprintf("uid:%d", uid)}},
+		DNSNames:  []string{"a.local"},
+		X509TTL:   30 * time.Minute,
+	}
+}
+
+func TestEntriesRoundTripAndPersist(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "s.db")
+	s := open(t, path)
+	ctx := context.Background()
+	created, err := s.CreateEntries(ctx, []entry.Entry{mk("/a", parent1, 1), mk("/b", parent2, 2)}, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if created[0].ID == "" || created[0].Revision != 1 || created[1].Revision != 1 {
+		t.Fatalf("created = %+v", created)
+	}
+	s.Close()
+
+	s = open(t, path) // reopen: migrations are idempotent, data persists
+	got, err := s.FetchEntry(ctx, created[0].ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.SPIFFEID != created[0].SPIFFEID || got.X509TTL != 30*time.Minute || len(got.DNSNames) != 1 || !got.CreatedAt.Equal(now) {
+		t.Errorf("FetchEntry = %+v; want %+v", got, created[0])
+	}
+	if _, err := s.FetchEntry(ctx, "nope"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("FetchEntry(nope) error = %v; want ErrNotFound", err)
+	}
+	sel := selector.Selector{Type: "unix", Value: "uid:2"}
+	list, next, err := s.ListEntries(ctx, store.ListFilter{Selector: &sel})
+	if err != nil || len(list) != 1 || list[0].ID != created[1].ID || next != "" {
+		t.Fatalf("ListEntries(selector uid:2) = %v, %q, %v", list, next, err)
+	}
+	list, _, _ = s.ListEntries(ctx, store.ListFilter{ParentID: parent1.String()})
+	if len(list) != 1 || list[0].ID != created[0].ID {
+		t.Fatalf("ListEntries(parent1) = %v", list)
+	}
+}
+
+func TestListPages(t *testing.T) {
+	s := open(t, filepath.Join(t.TempDir(), "s.db"))
+	ctx := context.Background()
+	var es []entry.Entry
+	for i := 0; i < 25; i++ {
+		es = append(es, mk(fmt.Sprintf("/w/%d", i), parent1, i))
+	}
+	if _, err := s.CreateEntries(ctx, es, now); err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	f := store.ListFilter{PageSize: 10}
+	pages := 0
+	for {
+		page, next, err := s.ListEntries(ctx, f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pages++
+		for _, e := range page {
+			if seen[e.ID] {
+				t.Fatalf("entry %s on two pages", e.ID)
+			}
+			seen[e.ID] = true
+		}
+		if next == "" {
+			break
+		}
+		f.PageToken = next
+	}
+	if len(seen) != 25 || pages != 3 {
+		t.Fatalf("saw %d entries on %d pages; want 25 on 3", len(seen), pages)
+	}
+}
+
+func TestEntriesSince(t *testing.T) {
+	s := open(t, filepath.Join(t.TempDir(), "s.db"))
+	ctx := context.Background()
+	c1, _ := s.CreateEntries(ctx, []entry.Entry{mk("/a", parent1, 1), mk("/b", parent2, 2)}, now)
+	full, err := s.EntriesSince(ctx, parent1.String(), 0)
+	if err != nil || !full.Full || len(full.Entries) != 1 || full.Revision != 1 {
+		t.Fatalf("EntriesSince(0) = %+v, %v", full, err)
+	}
+	c2, _ := s.CreateEntries(ctx, []entry.Entry{mk("/c", parent1, 3)}, now)
+	if _, err := s.DeleteEntries(ctx, []string{c1[0].ID}, now); err != nil {
+		t.Fatal(err)
+	}
+	// Moving an entry to another parent is a deletion for the old one.
+	moved := c2[0]
+	moved.ParentID = parent2
+	if _, err := s.UpdateEntries(ctx, []entry.Entry{moved}, now); err != nil {
+		t.Fatal(err)
+	}
+	ch, err := s.EntriesSince(ctx, parent1.String(), full.Revision)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ch.Full || len(ch.Entries) != 0 || len(ch.Deleted) != 2 {
+		t.Fatalf("EntriesSince(parent1, %d) = %+v; want two deletions", full.Revision, ch)
+	}
+	ch2, _ := s.EntriesSince(ctx, parent2.String(), full.Revision)
+	if len(ch2.Entries) != 1 || ch2.Entries[0].ID != moved.ID {
+		t.Fatalf("EntriesSince(parent2) = %+v; want the moved entry", ch2)
+	}
+	// A revision from the future (another database) gets a full sync.
+	if ch, _ := s.EntriesSince(ctx, parent1.String(), 1000); !ch.Full {
+		t.Error("EntriesSince(future revision) is not full")
+	}
+	// Once deletion history is pruned, older revisions get a full sync.
+	if err := s.PruneDeleted(ctx, now.Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if ch, _ := s.EntriesSince(ctx, parent1.String(), full.Revision); !ch.Full || len(ch.Entries) != 0 {
+		t.Errorf("EntriesSince after prune = %+v; want full and empty", ch)
+	}
+}
+
+func TestBatchAllOrNothing(t *testing.T) {
+	s := open(t, filepath.Join(t.TempDir(), "s.db"))
+	ctx := context.Background()
+	if _, err := s.CreateEntries(ctx, []entry.Entry{mk("/a", parent1, 1)}, now); err != nil {
+		t.Fatal(err)
+	}
+	_, err := s.CreateEntries(ctx, []entry.Entry{mk("/b", parent1, 2), mk("/a", parent1, 1)}, now)
+	var be *store.BatchError
+	var ce *store.ConflictError
+	if !errors.As(err, &be) || be.Index != 1 || !errors.As(err, &ce) {
+		t.Fatalf("duplicate batch error = %v; want a conflict at index 1", err)
+	}
+	list, _, _ := s.ListEntries(ctx, store.ListFilter{})
+	if len(list) != 1 {
+		t.Fatalf("%d entries after a failed batch; want 1", len(list))
+	}
+	if _, err := s.DeleteEntries(ctx, []string{list[0].ID, "missing"}, now); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("delete with a missing id: %v", err)
+	}
+	if list, _, _ := s.ListEntries(ctx, store.ListFilter{}); len(list) != 1 {
+		t.Fatal("a failed delete batch removed an entry")
+	}
+	if rev, _ := s.Revision(ctx); rev != 1 {
+		t.Errorf("revision %d after failed batches; want 1", rev)
+	}
+}
+
+func TestJoinTokens(t *testing.T) {
+	s := open(t, filepath.Join(t.TempDir(), "s.db"))
+	ctx := context.Background()
+	if err := s.CreateJoinToken(ctx, "tok", "n1", now.Add(time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CreateJoinToken(ctx, "old", "n2", now.Add(time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	if node, err := s.ConsumeJoinToken(ctx, "tok", now); err != nil || node != "n1" {
+		t.Fatalf("ConsumeJoinToken = %q, %v", node, err)
+	}
+	if _, err := s.ConsumeJoinToken(ctx, "tok", now); !errors.Is(err, store.ErrTokenUsed) {
+		t.Errorf("second use: %v; want ErrTokenUsed", err)
+	}
+	if _, err := s.ConsumeJoinToken(ctx, "old", now.Add(time.Minute)); !errors.Is(err, store.ErrTokenExpired) {
+		t.Errorf("expired: %v; want ErrTokenExpired", err)
+	}
+	if _, err := s.ConsumeJoinToken(ctx, "unknown", now); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("unknown: %v; want ErrNotFound", err)
+	}
+}
+
+func TestAgents(t *testing.T) {
+	s := open(t, filepath.Join(t.TempDir(), "s.db"))
+	ctx := context.Background()
+	a := store.Agent{SPIFFEID: parent1.String(), NodeName: "n1", AttestationType: "join_token", Serial: "01", ExpiresAt: now.Add(time.Hour), AttestedAt: now}
+	if prev, err := s.RegisterAgent(ctx, a); err != nil || prev != nil {
+		t.Fatalf("RegisterAgent = %v, %v", prev, err)
+	}
+	if err := s.RenewAgent(ctx, a.SPIFFEID, "01", "02", now.Add(2*time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := s.FetchAgent(ctx, a.SPIFFEID)
+	if !got.AcceptsSerial("01") || !got.AcceptsSerial("02") || got.AcceptsSerial("03") {
+		t.Errorf("after renewal: serial %q prev %q", got.Serial, got.PrevSerial)
+	}
+	if err := s.RenewAgent(ctx, a.SPIFFEID, "99", "04", now); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("renew from an unknown serial: %v", err)
+	}
+	a.Serial = "10"
+	prev, err := s.RegisterAgent(ctx, a)
+	if err != nil || prev == nil || prev.Serial != "02" {
+		t.Fatalf("re-register: prev = %+v, %v; want the replaced agent", prev, err)
+	}
+	got, _ = s.FetchAgent(ctx, a.SPIFFEID)
+	if got.AcceptsSerial("01") || got.AcceptsSerial("02") || !got.AcceptsSerial("10") {
+		t.Error("a replaced agent's serials are still accepted")
+	}
+	if err := s.EvictAgent(ctx, a.SPIFFEID, now); err != nil {
+		t.Fatal(err)
+	}
+	got, _ = s.FetchAgent(ctx, a.SPIFFEID)
+	if got.AcceptsSerial("10") || !got.Evicted() {
+		t.Error("an evicted agent's serial is accepted")
+	}
+	if err := s.EvictAgent(ctx, a.SPIFFEID, now); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("evicting twice: %v", err)
+	}
+	if err := s.RenewAgent(ctx, a.SPIFFEID, "10", "11", now); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("an evicted agent renewed: %v", err)
+	}
+}
