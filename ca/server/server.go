@@ -173,7 +173,7 @@ func Run(ctx context.Context, cfg Config) error {
 
 	authz := api.NewAdminAuthorizer(apiCfg, cfg.AdminIDs)
 	adminImpl := api.NewAdminServer(apiCfg)
-	adminSrv := grpc.NewServer(grpc.Creds(peercred.TransportCredentials()),
+	adminSrv := grpc.NewServer(grpc.Creds(peercred.TransportCredentials(false)),
 		grpc.UnaryInterceptor(authz.UnaryInterceptor), grpc.StreamInterceptor(authz.StreamInterceptor))
 	adminv1.RegisterAdminServer(adminSrv, adminImpl)
 	adminLis, err := listenUnix(cfg.AdminSocket)

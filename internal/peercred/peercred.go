@@ -1,5 +1,7 @@
 // Package peercred gives gRPC servers on Unix sockets the kernel's
-// credentials of the connecting process (SO_PEERCRED).
+// credentials of the connecting process (SO_PEERCRED) and a handle on that
+// very process (a pidfd), so that an answer computed from /proc/<pid> can be
+// checked to still concern the process that connected.
 package peercred
 
 import (
@@ -7,11 +9,19 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
 
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
 )
+
+// soPeerPIDFD is SO_PEERPIDFD (Linux 6.5+): a pidfd for the process that
+// connected, taken by the kernel at connect time, so PID reuse cannot fool it.
+const soPeerPIDFD = 77
 
 // Creds are a connecting process's credentials, as the kernel saw them when
 // it connected.
@@ -19,6 +29,70 @@ type Creds struct {
 	PID int32
 	UID uint32
 	GID uint32
+
+	// pidfd refers to the connecting process; -1 if none could be had.
+	pidfd int
+	// startTime is the process start time (clock ticks since boot) read when
+	// the connection was accepted; the fallback check when there is no
+	// SO_PEERPIDFD.
+	startTime uint64
+	// exact is true when pidfd came from SO_PEERPIDFD.
+	exact bool
+}
+
+// ErrProcessGone means the process that connected has exited, or its PID now
+// names another process.
+var ErrProcessGone = errors.New("peercred: the calling process is gone (exited or PID reused)")
+
+// Check reports whether the process that connected is still the one that
+// /proc/<PID> describes. Call it after reading /proc/<PID> and before
+// answering: if it returns nil, what was read belongs to the caller.
+func (c Creds) Check() error {
+	if c.pidfd >= 0 {
+		// A pidfd names one process; signal 0 fails with ESRCH once it has
+		// exited, even if its PID was reused since.
+		if err := unix.PidfdSendSignal(c.pidfd, 0, nil, 0); err != nil {
+			return ErrProcessGone
+		}
+		if c.exact {
+			return nil
+		}
+	}
+	st, err := StartTime(c.PID)
+	if err != nil || st != c.startTime {
+		return ErrProcessGone
+	}
+	return nil
+}
+
+// StartTime returns the start time of pid in clock ticks since boot (field
+// 22 of /proc/<pid>/stat).
+func StartTime(pid int32) (uint64, error) {
+	raw, err := os.ReadFile("/proc/" + strconv.Itoa(int(pid)) + "/stat")
+	if err != nil {
+		return 0, err
+	}
+	return parseStartTime(string(raw))
+}
+
+// parseStartTime reads field 22 of a /proc/<pid>/stat line. The command name
+// (field 2) is in parentheses and may itself hold spaces and parentheses, so
+// fields are counted from the last ')'.
+func parseStartTime(stat string) (uint64, error) {
+	i := strings.LastIndexByte(stat, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("peercred: malformed stat line")
+	}
+	fields := strings.Fields(stat[i+1:])
+	// fields[0] is field 3 (state); start time is field 22.
+	if len(fields) < 20 {
+		return 0, fmt.Errorf("peercred: stat line has %d fields after the command; want at least 20", len(fields))
+	}
+	v, err := strconv.ParseUint(fields[19], 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("peercred: start time %q: %v", fields[19], err)
+	}
+	return v, nil
 }
 
 // AuthInfo carries Creds through gRPC's peer information.
@@ -43,8 +117,14 @@ func FromContext(ctx context.Context) (Creds, bool) {
 	return ai.Creds, true
 }
 
-// Read returns the peer credentials of a Unix socket connection.
+// Read returns the peer credentials of a Unix socket connection, without a
+// process handle.
 func Read(conn net.Conn) (Creds, error) {
+	c, err := read(conn, false)
+	return c, err
+}
+
+func read(conn net.Conn, bind bool) (Creds, error) {
 	uc, ok := conn.(*net.UnixConn)
 	if !ok {
 		return Creds{}, fmt.Errorf("peercred: %T is not a Unix socket connection", conn)
@@ -55,33 +135,63 @@ func Read(conn net.Conn) (Creds, error) {
 	}
 	var cred *unix.Ucred
 	var sockErr error
+	pidfd := -1
 	if err := raw.Control(func(fd uintptr) {
 		cred, sockErr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+		if sockErr == nil && bind {
+			if v, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, soPeerPIDFD); err == nil {
+				pidfd = v
+			}
+		}
 	}); err != nil {
 		return Creds{}, fmt.Errorf("peercred: %w", err)
 	}
 	if sockErr != nil {
 		return Creds{}, fmt.Errorf("peercred: SO_PEERCRED: %w", sockErr)
 	}
-	return Creds{PID: cred.Pid, UID: cred.Uid, GID: cred.Gid}, nil
+	c := Creds{PID: cred.Pid, UID: cred.Uid, GID: cred.Gid, pidfd: -1}
+	if !bind {
+		return c, nil
+	}
+	if pidfd >= 0 {
+		c.pidfd, c.exact = pidfd, true
+		return c, nil
+	}
+	// Older kernels: open a pidfd now and remember the start time, so that a
+	// PID reused after this point is noticed.
+	if st, err := StartTime(c.PID); err == nil {
+		c.startTime = st
+	} else {
+		return Creds{}, fmt.Errorf("peercred: process %d: %w", c.PID, err)
+	}
+	if fd, err := unix.PidfdOpen(int(c.PID), 0); err == nil {
+		c.pidfd = fd
+	}
+	return c, nil
 }
 
 // TransportCredentials returns server credentials that read SO_PEERCRED on
-// every Unix socket connection. Connections of any other kind are refused.
-func TransportCredentials() credentials.TransportCredentials { return tc{} }
+// every Unix socket connection. With bind set they also keep a pidfd of the
+// caller (closed with the connection) so Creds.Check works. Connections of
+// any other kind are refused.
+func TransportCredentials(bind bool) credentials.TransportCredentials { return tc{bind: bind} }
 
-type tc struct{}
+type tc struct{ bind bool }
 
 func (tc) ClientHandshake(_ context.Context, _ string, conn net.Conn) (net.Conn, credentials.AuthInfo, error) {
 	return nil, nil, errors.New("peercred: client handshake is not supported")
 }
 
-func (tc) ServerHandshake(conn net.Conn) (net.Conn, credentials.AuthInfo, error) {
-	c, err := Read(conn)
+func (t tc) ServerHandshake(conn net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	c, err := read(conn, t.bind)
 	if err != nil {
 		return nil, nil, err
 	}
-	return conn, AuthInfo{CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.NoSecurity}, Creds: c}, nil
+	info := AuthInfo{CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.NoSecurity}, Creds: c}
+	if c.pidfd >= 0 {
+		return &pidfdConn{Conn: conn, pidfd: c.pidfd}, info, nil
+	}
+	return conn, info, nil
 }
 
 func (tc) Info() credentials.ProtocolInfo {
@@ -89,3 +199,15 @@ func (tc) Info() credentials.ProtocolInfo {
 }
 func (t tc) Clone() credentials.TransportCredentials { return t }
 func (tc) OverrideServerName(string) error           { return nil }
+
+// pidfdConn closes the caller's pidfd with the connection.
+type pidfdConn struct {
+	net.Conn
+	once  sync.Once
+	pidfd int
+}
+
+func (c *pidfdConn) Close() error {
+	c.once.Do(func() { unix.Close(c.pidfd) })
+	return c.Conn.Close()
+}
