@@ -51,4 +51,3 @@ func TestUnixGoneProcess(t *testing.T) {
 		t.Fatal("attested a process that does not exist")
 	}
 }
-

@@ -58,8 +58,7 @@ func defaults() fileConfig {
 	}
 }
 
-func register(fs *flag.FlagSet, c *fileConfig, configPath *string) {
-	fs.StringVar(configPath, "config", "", "YAML config file; its keys are these flag names, and flags win over it")
+func register(fs *flag.FlagSet, c *fileConfig) {
 	fs.StringVar(&c.TrustDomain, "trust-domain", c.TrustDomain, "trust domain, e.g. example.org (required)")
 	fs.StringVar(&c.DataDir, "data-dir", c.DataDir, "directory for everything the CA keeps (required)")
 	fs.StringVar(&c.Listen, "listen", c.Listen, "address of the agent API (mTLS)")
@@ -83,31 +82,9 @@ func register(fs *flag.FlagSet, c *fileConfig, configPath *string) {
 // parse reads flags and the config file; a flag given on the command line
 // wins over the file.
 func parse(args []string, stderr io.Writer) (server.Config, hclog.Logger, error) {
-	// First pass: find --config. Second pass: flags over the file's values.
-	var configPath string
-	scratch := defaults()
-	fs := flag.NewFlagSet("signet-ca", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	register(fs, &scratch, &configPath)
-	if err := fs.Parse(args); err != nil {
-		fs.SetOutput(stderr)
-		fs.Usage()
+	c, err := config.ParseFlags("signet-ca", args, stderr, defaults, register)
+	if err != nil {
 		return server.Config{}, nil, err
-	}
-	c := defaults()
-	if configPath != "" {
-		if err := config.LoadFile(configPath, &c); err != nil {
-			return server.Config{}, nil, err
-		}
-	}
-	fs = flag.NewFlagSet("signet-ca", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	register(fs, &c, &configPath)
-	if err := fs.Parse(args); err != nil {
-		return server.Config{}, nil, err
-	}
-	if fs.NArg() > 0 {
-		return server.Config{}, nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
 	return validate(c)
 }

@@ -5,7 +5,10 @@ package config
 
 import (
 	"encoding/json"
+	"errors"
+	"flag"
 	"fmt"
+	"io"
 	"os"
 	"reflect"
 	"sort"
@@ -99,3 +102,43 @@ func (l *StringList) Set(s string) error {
 }
 
 func (l StringList) String() string { return strings.Join(l, ",") }
+
+// ParseFlags reads a command's settings: defaults, then the YAML file named
+// by --config, then the flags given on the command line, which win over the
+// file wherever --config sits among them. register binds the flags to the
+// fields of a T; the file's keys are the flag names.
+func ParseFlags[T any](name string, args []string, stderr io.Writer, defaults func() T, register func(*flag.FlagSet, *T)) (T, error) {
+	var path string
+	newSet := func(c *T, out io.Writer) *flag.FlagSet {
+		fs := flag.NewFlagSet(name, flag.ContinueOnError)
+		fs.SetOutput(out)
+		fs.StringVar(&path, "config", "", "YAML config file; its keys are these flag names, and flags win over it")
+		register(fs, c)
+		return fs
+	}
+	// First pass: find --config.
+	scratch := defaults()
+	if err := newSet(&scratch, io.Discard).Parse(args); err != nil {
+		fs := newSet(&scratch, stderr)
+		if errors.Is(err, flag.ErrHelp) {
+			fs.Usage()
+		} else {
+			fmt.Fprintln(stderr, err)
+		}
+		return scratch, err
+	}
+	c := defaults()
+	if path != "" {
+		if err := LoadFile(path, &c); err != nil {
+			return c, err
+		}
+	}
+	fs := newSet(&c, stderr)
+	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	if fs.NArg() > 0 {
+		return c, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	return c, nil
+}

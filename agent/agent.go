@@ -1,0 +1,256 @@
+// Package agent assembles signet-agent: the manager that talks to the CA,
+// the SPIFFE Workload API on a Unix socket, health and metrics.
+package agent
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
+
+	"github.com/signet-id/signet/agent/attest"
+	"github.com/signet-id/signet/agent/manager"
+	"github.com/signet-id/signet/agent/workloadapi"
+	"github.com/signet-id/signet/internal/peercred"
+)
+
+// DefaultSocket is the Workload API socket unless configured.
+const DefaultSocket = "/run/signet/agent.sock"
+
+// Config is everything signet-agent needs.
+type Config struct {
+	TrustDomain   spiffeid.TrustDomain
+	CAAddress     string
+	DataDir       string
+	JoinToken     string
+	JoinTokenFile string
+	// TrustBundle holds the CA roots to trust at first start.
+	TrustBundle []*x509.Certificate
+	// SocketPath is the Workload API socket. If empty, DefaultSocket.
+	SocketPath string
+	// HealthAddr serves /healthz, /readyz (and /metrics unless MetricsAddr
+	// is set); empty disables them.
+	HealthAddr  string
+	MetricsAddr string
+	// AuditLog is the file for Workload API audit records; "-" is stderr.
+	// If empty, DataDir/audit.log.
+	AuditLog string
+	Log      hclog.Logger
+	// Ready, if set, is called once the Workload API socket is up.
+	Ready func(agentID spiffeid.ID)
+}
+
+// Run runs the agent until ctx is done.
+func Run(ctx context.Context, cfg Config) error {
+	if cfg.Log == nil {
+		cfg.Log = hclog.NewNullLogger()
+	}
+	if cfg.SocketPath == "" {
+		cfg.SocketPath = DefaultSocket
+	}
+	if cfg.AuditLog == "" {
+		cfg.AuditLog = filepath.Join(cfg.DataDir, "audit.log")
+	}
+	log := cfg.Log
+	mgr, err := manager.New(manager.Config{
+		TrustDomain: cfg.TrustDomain, CAAddress: cfg.CAAddress, DataDir: cfg.DataDir,
+		JoinToken: cfg.JoinToken, JoinTokenFile: cfg.JoinTokenFile, TrustBundle: cfg.TrustBundle, Log: log.Named("manager"),
+	})
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	// Attest (if needed) before opening the socket, so that the socket
+	// only appears once the agent can serve.
+	mgrErr := make(chan error, 1)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		mgrErr <- mgr.Run(ctx)
+	}()
+	for mgr.ID().IsZero() {
+		select {
+		case err := <-mgrErr:
+			if err == nil {
+				err = ctx.Err()
+			}
+			return err
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+
+	var auditOut *os.File
+	if cfg.AuditLog == "-" {
+		auditOut = os.Stderr
+	} else if auditOut, err = os.OpenFile(cfg.AuditLog, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600); err != nil {
+		return fmt.Errorf("audit log: %w", err)
+	}
+	auditor := workloadapi.NewAuditor(auditOut, 8192)
+	defer func() {
+		auditor.Close()
+		if auditOut != os.Stderr {
+			auditOut.Close()
+		}
+	}()
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	registerMetrics(reg, mgr, auditor)
+	unix := &attest.Unix{}
+	c := mgr.Cache()
+	unix.HashBinaries = func() bool {
+		snap, _ := c.Snapshot()
+		return snap.UsesKey("unix", "sha256")
+	}
+	h := workloadapi.New(workloadapi.Config{Cache: c, Attestor: unix, JWT: mgr, Audit: auditor, Log: log.Named("workloadapi"), Metrics: workloadapi.NewMetrics(reg)})
+	srv := grpc.NewServer(grpc.Creds(peercred.TransportCredentials(true)))
+	workload.RegisterSpiffeWorkloadAPIServer(srv, h)
+	lis, err := listenSocket(cfg.SocketPath)
+	if err != nil {
+		return fmt.Errorf("workload API socket: %w", err)
+	}
+	log.Info("Workload API listening", "socket", cfg.SocketPath, "spiffe_id", mgr.ID())
+
+	var httpSrv []*http.Server
+	if cfg.HealthAddr != "" {
+		mux := http.NewServeMux()
+		mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
+		mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
+			if ok, reason := mgr.Status(); !ok {
+				http.Error(w, reason, http.StatusServiceUnavailable)
+				return
+			}
+			fmt.Fprintln(w, "ok")
+		})
+		metrics := promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
+		if cfg.MetricsAddr == "" || cfg.MetricsAddr == cfg.HealthAddr {
+			mux.Handle("/metrics", metrics)
+		} else {
+			m := http.NewServeMux()
+			m.Handle("/metrics", metrics)
+			httpSrv = append(httpSrv, &http.Server{Addr: cfg.MetricsAddr, Handler: m, ReadHeaderTimeout: 10 * time.Second})
+		}
+		httpSrv = append(httpSrv, &http.Server{Addr: cfg.HealthAddr, Handler: mux, ReadHeaderTimeout: 10 * time.Second})
+	}
+	errc := make(chan error, 4)
+	for _, hs := range httpSrv {
+		l, err := net.Listen("tcp", hs.Addr)
+		if err != nil {
+			lis.Close()
+			return fmt.Errorf("http %s: %w", hs.Addr, err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := hs.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errc <- err
+				cancel()
+			}
+		}()
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := srv.Serve(lis); err != nil {
+			errc <- err
+			cancel()
+		}
+	}()
+	if cfg.Ready != nil {
+		cfg.Ready(mgr.ID())
+	}
+	<-ctx.Done()
+	log.Info("shutting down")
+	srv.Stop() // Workload API streams are endless; do not wait for them.
+	for _, hs := range httpSrv {
+		sctx, c := context.WithTimeout(context.Background(), 2*time.Second)
+		hs.Shutdown(sctx)
+		c()
+	}
+	wg.Wait()
+	os.Remove(cfg.SocketPath)
+	select {
+	case err := <-errc:
+		return err
+	case err := <-mgrErr:
+		return err
+	default:
+		return nil
+	}
+}
+
+func listenSocket(path string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, err
+	}
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode()&os.ModeSocket == 0 {
+			return nil, fmt.Errorf("%s exists and is not a socket", path)
+		}
+		os.Remove(path)
+	}
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, err
+	}
+	// Any local process may ask; the answer depends on who it is.
+	if err := os.Chmod(path, 0o777); err != nil {
+		l.Close()
+		return nil, err
+	}
+	return l, nil
+}
+
+func registerMetrics(reg prometheus.Registerer, mgr *manager.Manager, auditor *workloadapi.Auditor) {
+	c := mgr.Cache()
+	reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "signet_agent_entries", Help: "Entries the agent holds."}, func() float64 {
+			snap, _ := c.Snapshot()
+			return float64(len(snap.Items))
+		}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "signet_agent_x509_svids", Help: "X509-SVIDs the agent holds."}, func() float64 {
+			snap, _ := c.Snapshot()
+			n := 0
+			for _, it := range snap.Items {
+				if it.SVID != nil {
+					n++
+				}
+			}
+			return float64(n)
+		}),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "signet_agent_svids_minted_total", Help: "X509-SVIDs minted."}, func() float64 {
+			n, _, _ := mgr.Counts()
+			return float64(n)
+		}),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "signet_agent_mint_errors_total", Help: "Failed mint calls to the CA."}, func() float64 {
+			_, n, _ := mgr.Counts()
+			return float64(n)
+		}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "signet_agent_ready", Help: "1 when the agent is attested, synced and not evicted."}, func() float64 {
+			if ok, _ := mgr.Status(); ok {
+				return 1
+			}
+			return 0
+		}),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "signet_agent_audit_dropped_total", Help: "Audit records dropped because the buffer was full."}, func() float64 {
+			return float64(auditor.Dropped())
+		}),
+	)
+}

@@ -1,0 +1,330 @@
+// Package cache holds what the agent knows: the entries the CA gave it, the
+// trust bundle, and an X509-SVID (with its node-generated key) per entry. It
+// does no I/O. Readers take an immutable Snapshot and a channel closed at the
+// next change, so a Workload API stream needs no lock and no polling.
+package cache
+
+import (
+	"crypto"
+	"crypto/x509"
+	"encoding/json"
+	"math/rand/v2"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
+	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/signet-id/signet/ca/entry"
+	"github.com/signet-id/signet/internal/selector"
+)
+
+// Bundle is the trust domain's bundle as the agent serves it.
+type Bundle struct {
+	TrustDomain spiffeid.TrustDomain
+	X509Roots   []*x509.Certificate
+	JWTKeys     map[string]crypto.PublicKey
+	Sequence    uint64
+
+	// X509DER is the roots' DER, concatenated, as the Workload API sends it.
+	X509DER []byte
+	// JWKS is the JWT bundle as a JWKS document.
+	JWKS []byte
+}
+
+// NewBundle builds a Bundle and its wire forms.
+func NewBundle(td spiffeid.TrustDomain, roots []*x509.Certificate, jwtKeys map[string]crypto.PublicKey, seq uint64) (*Bundle, error) {
+	b := &Bundle{TrustDomain: td, X509Roots: roots, JWTKeys: jwtKeys, Sequence: seq}
+	for _, r := range roots {
+		b.X509DER = append(b.X509DER, r.Raw...)
+	}
+	jb := jwtbundle.FromJWTAuthorities(td, jwtKeys)
+	var err error
+	if b.JWKS, err = jb.Marshal(); err != nil {
+		return nil, err
+	}
+	if b.JWKS == nil {
+		b.JWKS, _ = json.Marshal(map[string]any{"keys": []any{}})
+	}
+	return b, nil
+}
+
+// SVID is an X509-SVID and its private key.
+type SVID struct {
+	Chain []*x509.Certificate
+	Key   crypto.Signer
+	// KeyPKCS8 is the key's PKCS#8 DER.
+	KeyPKCS8 []byte
+	// RotateAt is when a new SVID should replace this one: half its life,
+	// with jitter.
+	RotateAt time.Time
+}
+
+// NotAfter returns the SVID's expiry.
+func (s *SVID) NotAfter() time.Time { return s.Chain[0].NotAfter }
+
+// RotationTime returns the instant at half of the certificate's life, moved
+// by up to 5% of the lifetime either way, so that many SVIDs issued at once
+// do not all come due at once.
+func RotationTime(cert *x509.Certificate) time.Time {
+	life := cert.NotAfter.Sub(cert.NotBefore)
+	jitter := time.Duration((rand.Float64()*0.1 - 0.05) * float64(life))
+	return cert.NotBefore.Add(life/2 + jitter)
+}
+
+// Item is one entry and, once minted, its SVID. Items are immutable.
+type Item struct {
+	Entry entry.Entry
+	SVID  *SVID
+	// Proto is the Workload API form of the SVID, with the bundle; nil until
+	// the SVID exists.
+	Proto *workload.X509SVID
+	// bundle is the bundle Proto was built with.
+	bundle *Bundle
+}
+
+// Snapshot is the cache's state at one moment. It is immutable.
+type Snapshot struct {
+	Bundle *Bundle
+	// Items are sorted by SPIFFE ID, then entry ID.
+	Items []*Item
+	// Synced is true once the first sync from the CA was applied and every
+	// entry had its first minting attempt.
+	Synced bool
+
+	// keys holds every "type:key" that some entry's selectors use.
+	keys map[string]bool
+
+	mu      sync.Mutex
+	matches map[string][]*Item
+}
+
+// UsesKey reports whether any entry has a selector of this type and key,
+// such as ("unix", "sha256"): attestors skip work no entry asks for.
+func (s *Snapshot) UsesKey(typ, key string) bool { return s.keys[typ+":"+key] }
+
+// Match returns the items with an SVID whose entry's selectors are all among
+// sels. Results are cached per snapshot.
+func (s *Snapshot) Match(sels []selector.Selector) []*Item {
+	canon := selector.Canonical(sels)
+	keyParts := make([]string, len(canon))
+	for i, c := range canon {
+		keyParts[i] = c.String()
+	}
+	key := strings.Join(keyParts, "\x00")
+	s.mu.Lock()
+	if m, ok := s.matches[key]; ok {
+		s.mu.Unlock()
+		return m
+	}
+	s.mu.Unlock()
+	have := make(map[selector.Selector]struct{}, len(canon))
+	for _, c := range canon {
+		have[c] = struct{}{}
+	}
+	var out []*Item
+	for _, it := range s.Items {
+		if it.SVID == nil {
+			continue
+		}
+		ok := true
+		for _, want := range it.Entry.Selectors {
+			if _, found := have[want]; !found {
+				ok = false
+				break
+			}
+		}
+		if ok {
+			out = append(out, it)
+		}
+	}
+	s.mu.Lock()
+	if s.matches == nil || len(s.matches) > 1024 {
+		s.matches = map[string][]*Item{}
+	}
+	s.matches[key] = out
+	s.mu.Unlock()
+	return out
+}
+
+// MatchEntries is Match without the need for an SVID.
+func (s *Snapshot) MatchEntries(sels []selector.Selector) []entry.Entry {
+	var out []entry.Entry
+	for _, it := range s.Items {
+		if selector.SubsetOf(it.Entry.Selectors, sels) {
+			out = append(out, it.Entry)
+		}
+	}
+	return out
+}
+
+// Cache is the agent's state. It is safe for concurrent use.
+type Cache struct {
+	mu      sync.Mutex
+	items   map[string]*Item
+	bundle  *Bundle
+	synced  bool
+	snap    *Snapshot
+	changed chan struct{}
+}
+
+// New returns a cache serving bundle until the CA sends another.
+func New(bundle *Bundle) *Cache {
+	c := &Cache{items: map[string]*Item{}, bundle: bundle, changed: make(chan struct{})}
+	c.publishLocked()
+	return c
+}
+
+// Snapshot returns the current state and a channel closed when it changes.
+func (c *Cache) Snapshot() (*Snapshot, <-chan struct{}) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.snap, c.changed
+}
+
+// publishLocked makes a new snapshot of the state and wakes watchers.
+func (c *Cache) publishLocked() {
+	items := make([]*Item, 0, len(c.items))
+	for id, it := range c.items {
+		if it.SVID != nil && (it.Proto == nil || it.bundle != c.bundle) {
+			it = &Item{Entry: it.Entry, SVID: it.SVID, Proto: svidProto(it.Entry, it.SVID, c.bundle), bundle: c.bundle}
+			c.items[id] = it
+		}
+		items = append(items, it)
+	}
+	sort.Slice(items, func(i, j int) bool {
+		a, b := items[i].Entry, items[j].Entry
+		if a.SPIFFEID != b.SPIFFEID {
+			return a.SPIFFEID.String() < b.SPIFFEID.String()
+		}
+		return a.ID < b.ID
+	})
+	keys := map[string]bool{}
+	for _, it := range items {
+		for _, sel := range it.Entry.Selectors {
+			keys[sel.Type+":"+sel.Key()] = true
+		}
+	}
+	c.snap = &Snapshot{Bundle: c.bundle, Items: items, Synced: c.synced, keys: keys}
+	close(c.changed)
+	c.changed = make(chan struct{})
+}
+
+func svidProto(e entry.Entry, s *SVID, b *Bundle) *workload.X509SVID {
+	var chain []byte
+	for _, c := range s.Chain {
+		chain = append(chain, c.Raw...)
+	}
+	return &workload.X509SVID{SpiffeId: e.SPIFFEID.String(), X509Svid: chain, X509SvidKey: s.KeyPKCS8, Bundle: b.X509DER}
+}
+
+// Update is one sync message from the CA, already validated.
+type Update struct {
+	// Full replaces every entry with Entries.
+	Full    bool
+	Entries []entry.Entry
+	Deleted []string
+	// Bundle, if not nil, replaces the bundle.
+	Bundle *Bundle
+}
+
+// Apply applies a sync message. An entry whose identity-relevant fields
+// changed loses its SVID, so that it is minted again.
+func (c *Cache) Apply(u Update) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if u.Full {
+		keep := make(map[string]bool, len(u.Entries))
+		for _, e := range u.Entries {
+			keep[e.ID] = true
+		}
+		for id := range c.items {
+			if !keep[id] {
+				delete(c.items, id)
+			}
+		}
+	}
+	for _, id := range u.Deleted {
+		delete(c.items, id)
+	}
+	for _, e := range u.Entries {
+		old, ok := c.items[e.ID]
+		if ok && old.SVID != nil && sameIdentity(old.Entry, e) {
+			c.items[e.ID] = &Item{Entry: e, SVID: old.SVID, Proto: old.Proto, bundle: old.bundle}
+			continue
+		}
+		c.items[e.ID] = &Item{Entry: e}
+	}
+	if u.Bundle != nil {
+		c.bundle = u.Bundle
+	}
+	c.publishLocked()
+}
+
+func sameIdentity(a, b entry.Entry) bool {
+	if a.SPIFFEID != b.SPIFFEID || a.X509TTL != b.X509TTL || len(a.DNSNames) != len(b.DNSNames) {
+		return false
+	}
+	for i := range a.DNSNames {
+		if a.DNSNames[i] != b.DNSNames[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// Due returns the entries that need an SVID at now (none yet, or past its
+// rotation time), and the earliest future rotation time (zero if none).
+func (c *Cache) Due(now time.Time) ([]entry.Entry, time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var due []entry.Entry
+	var next time.Time
+	for _, it := range c.items {
+		switch {
+		case it.SVID == nil || !now.Before(it.SVID.RotateAt):
+			due = append(due, it.Entry)
+		case next.IsZero() || it.SVID.RotateAt.Before(next):
+			next = it.SVID.RotateAt
+		}
+	}
+	sort.Slice(due, func(i, j int) bool { return due[i].ID < due[j].ID })
+	return due, next
+}
+
+// SetSVIDs stores minted SVIDs by entry id; SVIDs for entries that went
+// away meanwhile are dropped.
+func (c *Cache) SetSVIDs(svids map[string]*SVID) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for id, s := range svids {
+		if it, ok := c.items[id]; ok {
+			c.items[id] = &Item{Entry: it.Entry, SVID: s}
+		}
+	}
+	c.publishLocked()
+}
+
+// MarkSynced records that the first sync and minting round are done.
+func (c *Cache) MarkSynced() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.synced {
+		c.synced = true
+		c.publishLocked()
+	}
+}
+
+// Entry returns one entry by id.
+func (c *Cache) Entry(id string) (entry.Entry, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	it, ok := c.items[id]
+	if !ok {
+		return entry.Entry{}, false
+	}
+	return it.Entry, true
+}

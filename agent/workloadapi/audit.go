@@ -1,0 +1,71 @@
+package workloadapi
+
+import (
+	"encoding/json"
+	"io"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Record is one audited Workload API answer.
+type Record struct {
+	Time      time.Time `json:"time"`
+	Event     string    `json:"event"`
+	PID       int32     `json:"pid"`
+	UID       uint32    `json:"uid"`
+	Selectors []string  `json:"selectors,omitempty"`
+	SPIFFEIDs []string  `json:"spiffe_ids,omitempty"`
+	Result    string    `json:"result"`
+	Reason    string    `json:"reason,omitempty"`
+}
+
+// Auditor writes records on its own goroutine, so that answering a workload
+// never waits for the disk. When its buffer is full it drops records and
+// counts them.
+type Auditor struct {
+	ch      chan Record
+	w       io.Writer
+	dropped atomic.Int64
+	done    chan struct{}
+	once    sync.Once
+}
+
+// NewAuditor starts an auditor writing JSON lines to w.
+func NewAuditor(w io.Writer, buffer int) *Auditor {
+	a := &Auditor{ch: make(chan Record, buffer), w: w, done: make(chan struct{})}
+	go a.run()
+	return a
+}
+
+func (a *Auditor) run() {
+	defer close(a.done)
+	enc := json.NewEncoder(a.w)
+	for r := range a.ch {
+		enc.Encode(r)
+	}
+}
+
+// Log queues r; it never blocks.
+func (a *Auditor) Log(r Record) {
+	if a == nil {
+		return
+	}
+	if r.Time.IsZero() {
+		r.Time = time.Now().UTC()
+	}
+	select {
+	case a.ch <- r:
+	default:
+		a.dropped.Add(1)
+	}
+}
+
+// Dropped returns how many records a full buffer dropped.
+func (a *Auditor) Dropped() int64 { return a.dropped.Load() }
+
+// Close writes what is queued and stops.
+func (a *Auditor) Close() {
+	a.once.Do(func() { close(a.ch) })
+	<-a.done
+}

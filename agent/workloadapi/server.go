@@ -1,0 +1,345 @@
+// Package workloadapi serves the SPIFFE Workload API on a Unix socket, from
+// the proto go-spiffe generates. Every call is attested from the socket's
+// peer credentials, answered from the agent's cache (no round trip to the
+// CA for X509-SVIDs), checked against PID reuse, and audited.
+package workloadapi
+
+import (
+	"context"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
+	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/signet-id/signet/agent/cache"
+	"github.com/signet-id/signet/internal/peercred"
+	"github.com/signet-id/signet/internal/selector"
+)
+
+// Attestor describes a calling process by its selectors.
+type Attestor interface {
+	Attest(ctx context.Context, caller peercred.Creds) ([]selector.Selector, error)
+}
+
+// JWTMinter gets JWT-SVIDs for entries.
+type JWTMinter interface {
+	FetchJWTSVID(ctx context.Context, entryID string, audience []string) (string, time.Time, error)
+}
+
+// Config configures a Handler.
+type Config struct {
+	Cache    *cache.Cache
+	Attestor Attestor
+	JWT      JWTMinter
+	// Audit receives one record per answer. If nil, nothing is audited.
+	Audit *Auditor
+	// SyncWait is how long a call made before the agent's first sync waits
+	// for it. If zero, ten seconds.
+	SyncWait time.Duration
+	Log      hclog.Logger
+	// Metrics, if set, count answers.
+	Metrics *Metrics
+}
+
+// Handler implements workload.SpiffeWorkloadAPIServer.
+type Handler struct {
+	workload.UnimplementedSpiffeWorkloadAPIServer
+	cfg Config
+}
+
+// New returns a Handler.
+func New(cfg Config) *Handler {
+	if cfg.SyncWait == 0 {
+		cfg.SyncWait = 10 * time.Second
+	}
+	if cfg.Log == nil {
+		cfg.Log = hclog.NewNullLogger()
+	}
+	return &Handler{cfg: cfg}
+}
+
+// caller is an attested caller of the Workload API.
+type caller struct {
+	creds     peercred.Creds
+	selectors []selector.Selector
+}
+
+func (c caller) selectorStrings() []string {
+	out := make([]string, len(c.selectors))
+	for i, s := range c.selectors {
+		out[i] = s.String()
+	}
+	return out
+}
+
+// attest checks the security header and attests the caller.
+func (h *Handler) attest(ctx context.Context, event string) (caller, error) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	if v := md.Get("workload.spiffe.io"); len(v) != 1 || v[0] != "true" {
+		h.refuse(caller{}, event, "security header missing from request")
+		return caller{}, status.Error(codes.InvalidArgument, "security header missing from request")
+	}
+	creds, ok := peercred.FromContext(ctx)
+	if !ok {
+		return caller{}, status.Error(codes.Internal, "no peer credentials on the connection")
+	}
+	sels, err := h.cfg.Attestor.Attest(ctx, creds)
+	c := caller{creds: creds, selectors: sels}
+	if err == nil {
+		err = creds.Check()
+	}
+	if err != nil {
+		h.refuse(c, event, "attestation failed: "+err.Error())
+		return caller{}, status.Error(codes.PermissionDenied, "could not attest the calling process")
+	}
+	return c, nil
+}
+
+func (h *Handler) refuse(c caller, event, reason string) {
+	h.cfg.Metrics.answer(event, "refused")
+	h.cfg.Audit.Log(Record{Event: event, PID: c.creds.PID, UID: c.creds.UID, Selectors: c.selectorStrings(), Result: "refused", Reason: reason})
+}
+
+func (h *Handler) grant(c caller, event string, ids []string) {
+	h.cfg.Metrics.answer(event, "success")
+	h.cfg.Audit.Log(Record{Event: event, PID: c.creds.PID, UID: c.creds.UID, Selectors: c.selectorStrings(), SPIFFEIDs: ids, Result: "success"})
+}
+
+var errNoIdentity = status.Error(codes.PermissionDenied, "no identity issued")
+
+// synced returns a snapshot after the first sync, or the current one once
+// SyncWait has passed.
+func (h *Handler) synced(ctx context.Context) (*cache.Snapshot, <-chan struct{}) {
+	deadline := time.NewTimer(h.cfg.SyncWait)
+	defer deadline.Stop()
+	for {
+		snap, changed := h.cfg.Cache.Snapshot()
+		if snap.Synced {
+			return snap, changed
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return snap, changed
+		case <-deadline.C:
+			return snap, changed
+		}
+	}
+}
+
+func ids(items []*cache.Item) []string {
+	out := make([]string, len(items))
+	for i, it := range items {
+		out[i] = it.Entry.SPIFFEID.String()
+	}
+	return out
+}
+
+func sameItems(a, b []*cache.Item) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// FetchX509SVID implements the Workload API: it sends the caller's SVIDs
+// and again whenever they or the bundle change.
+func (h *Handler) FetchX509SVID(_ *workload.X509SVIDRequest, stream workload.SpiffeWorkloadAPI_FetchX509SVIDServer) error {
+	const event = "workload.fetch_x509_svid"
+	ctx := stream.Context()
+	c, err := h.attest(ctx, event)
+	if err != nil {
+		return err
+	}
+	snap, changed := h.synced(ctx)
+	var sent []*cache.Item
+	for {
+		items := snap.Match(c.selectors)
+		if len(items) == 0 {
+			h.refuse(c, event, "no entry matches the caller's selectors")
+			return errNoIdentity
+		}
+		if !sameItems(items, sent) {
+			resp := &workload.X509SVIDResponse{Svids: make([]*workload.X509SVID, len(items))}
+			for i, it := range items {
+				resp.Svids[i] = it.Proto
+			}
+			if err := stream.Send(resp); err != nil {
+				return err
+			}
+			h.grant(c, event, ids(items))
+			sent = items
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-changed:
+			snap, changed = h.cfg.Cache.Snapshot()
+		}
+	}
+}
+
+// FetchX509Bundles implements the Workload API.
+func (h *Handler) FetchX509Bundles(_ *workload.X509BundlesRequest, stream workload.SpiffeWorkloadAPI_FetchX509BundlesServer) error {
+	const event = "workload.fetch_x509_bundles"
+	ctx := stream.Context()
+	c, err := h.attest(ctx, event)
+	if err != nil {
+		return err
+	}
+	snap, changed := h.synced(ctx)
+	var sent *cache.Bundle
+	for {
+		if len(snap.MatchEntries(c.selectors)) == 0 {
+			h.refuse(c, event, "no entry matches the caller's selectors")
+			return errNoIdentity
+		}
+		if snap.Bundle != sent {
+			b := snap.Bundle
+			if err := stream.Send(&workload.X509BundlesResponse{Bundles: map[string][]byte{b.TrustDomain.IDString(): b.X509DER}}); err != nil {
+				return err
+			}
+			h.grant(c, event, nil)
+			sent = b
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-changed:
+			snap, changed = h.cfg.Cache.Snapshot()
+		}
+	}
+}
+
+// FetchJWTBundles implements the Workload API.
+func (h *Handler) FetchJWTBundles(_ *workload.JWTBundlesRequest, stream workload.SpiffeWorkloadAPI_FetchJWTBundlesServer) error {
+	const event = "workload.fetch_jwt_bundles"
+	ctx := stream.Context()
+	c, err := h.attest(ctx, event)
+	if err != nil {
+		return err
+	}
+	snap, changed := h.synced(ctx)
+	var sent *cache.Bundle
+	for {
+		if len(snap.MatchEntries(c.selectors)) == 0 {
+			h.refuse(c, event, "no entry matches the caller's selectors")
+			return errNoIdentity
+		}
+		if snap.Bundle != sent {
+			b := snap.Bundle
+			if err := stream.Send(&workload.JWTBundlesResponse{Bundles: map[string][]byte{b.TrustDomain.IDString(): b.JWKS}}); err != nil {
+				return err
+			}
+			h.grant(c, event, nil)
+			sent = b
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-changed:
+			snap, changed = h.cfg.Cache.Snapshot()
+		}
+	}
+}
+
+// FetchJWTSVID implements the Workload API: one JWT-SVID per identity of
+// the caller (or only the one asked for).
+func (h *Handler) FetchJWTSVID(ctx context.Context, req *workload.JWTSVIDRequest) (*workload.JWTSVIDResponse, error) {
+	const event = "workload.fetch_jwt_svid"
+	c, err := h.attest(ctx, event)
+	if err != nil {
+		return nil, err
+	}
+	if len(req.GetAudience()) == 0 {
+		h.refuse(c, event, "audience is empty")
+		return nil, status.Error(codes.InvalidArgument, "audience must be specified")
+	}
+	for _, a := range req.GetAudience() {
+		if a == "" {
+			h.refuse(c, event, "empty audience")
+			return nil, status.Error(codes.InvalidArgument, "audience must not be empty")
+		}
+	}
+	if want := req.GetSpiffeId(); want != "" {
+		if _, err := spiffeid.FromString(want); err != nil {
+			h.refuse(c, event, "bad spiffe_id")
+			return nil, status.Errorf(codes.InvalidArgument, "spiffe_id %q: %v", want, err)
+		}
+	}
+	snap, _ := h.synced(ctx)
+	entries := snap.MatchEntries(c.selectors)
+	sort.Slice(entries, func(i, j int) bool { return entries[i].SPIFFEID.String() < entries[j].SPIFFEID.String() })
+	resp := &workload.JWTSVIDResponse{}
+	seen := map[string]bool{}
+	for _, e := range entries {
+		id := e.SPIFFEID.String()
+		if (req.GetSpiffeId() != "" && id != req.GetSpiffeId()) || seen[id] {
+			continue
+		}
+		seen[id] = true
+		tok, _, err := h.cfg.JWT.FetchJWTSVID(ctx, e.ID, req.GetAudience())
+		if err != nil {
+			h.cfg.Log.Warn("JWT-SVID unavailable", "spiffe_id", id, "error", err)
+			h.refuse(c, event, "JWT-SVID unavailable: "+err.Error())
+			return nil, status.Error(codes.Unavailable, "could not get a JWT-SVID from the CA")
+		}
+		resp.Svids = append(resp.Svids, &workload.JWTSVID{SpiffeId: id, Svid: tok})
+	}
+	if len(resp.Svids) == 0 {
+		h.refuse(c, event, "no entry matches the caller's selectors")
+		return nil, errNoIdentity
+	}
+	var got []string
+	for _, s := range resp.Svids {
+		got = append(got, s.SpiffeId)
+	}
+	h.grant(c, event, got)
+	return resp, nil
+}
+
+// ValidateJWTSVID implements the Workload API. Any local process may
+// validate a token: the answer holds nothing the token does not.
+func (h *Handler) ValidateJWTSVID(ctx context.Context, req *workload.ValidateJWTSVIDRequest) (*workload.ValidateJWTSVIDResponse, error) {
+	const event = "workload.validate_jwt_svid"
+	c, err := h.attest(ctx, event)
+	if err != nil {
+		return nil, err
+	}
+	if req.GetAudience() == "" {
+		h.refuse(c, event, "audience is empty")
+		return nil, status.Error(codes.InvalidArgument, "audience must be specified")
+	}
+	if req.GetSvid() == "" {
+		h.refuse(c, event, "svid is empty")
+		return nil, status.Error(codes.InvalidArgument, "svid must be specified")
+	}
+	snap, _ := h.cfg.Cache.Snapshot()
+	b := snap.Bundle
+	svid, err := jwtsvid.ParseAndValidate(req.GetSvid(), jwtbundle.FromJWTAuthorities(b.TrustDomain, b.JWTKeys), []string{req.GetAudience()})
+	if err != nil {
+		reason := strings.TrimPrefix(err.Error(), "jwtsvid: ")
+		h.refuse(c, event, "invalid JWT-SVID: "+reason)
+		return nil, status.Errorf(codes.InvalidArgument, "invalid JWT-SVID: %s", reason)
+	}
+	claims, err := structpb.NewStruct(svid.Claims)
+	if err != nil {
+		return nil, status.Error(codes.Internal, "claims do not convert")
+	}
+	h.grant(c, event, []string{svid.ID.String()})
+	return &workload.ValidateJWTSVIDResponse{SpiffeId: svid.ID.String(), Claims: claims}, nil
+}

@@ -1,0 +1,115 @@
+// Command signet-agent is Signet's node agent: it attests to signet-ca, keeps
+// SVIDs for the node's workloads, and serves them on the SPIFFE Workload API.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/signet-id/signet/agent"
+	"github.com/signet-id/signet/agent/manager"
+	"github.com/signet-id/signet/internal/config"
+)
+
+// fileConfig holds every setting; its json tags are the config file keys
+// and the flag names.
+type fileConfig struct {
+	TrustDomain   string `json:"trust-domain"`
+	CAAddress     string `json:"ca-address"`
+	JoinToken     string `json:"join-token"`
+	JoinTokenFile string `json:"join-token-file"`
+	TrustBundle   string `json:"trust-bundle"`
+	Socket        string `json:"socket"`
+	DataDir       string `json:"data-dir"`
+	HealthAddr    string `json:"health-addr"`
+	MetricsAddr   string `json:"metrics-addr"`
+	AuditLog      string `json:"audit-log"`
+	LogLevel      string `json:"log-level"`
+	LogJSON       bool   `json:"log-json"`
+}
+
+func defaults() fileConfig {
+	return fileConfig{
+		TrustDomain: "example.org",
+		CAAddress:   "127.0.0.1:8081",
+		Socket:      agent.DefaultSocket,
+		HealthAddr:  "127.0.0.1:8083",
+		LogLevel:    "info",
+	}
+}
+
+func register(fs *flag.FlagSet, c *fileConfig) {
+	fs.StringVar(&c.TrustDomain, "trust-domain", c.TrustDomain, "trust domain")
+	fs.StringVar(&c.CAAddress, "ca-address", c.CAAddress, "host:port of signet-ca's agent API")
+	fs.StringVar(&c.JoinToken, "join-token", c.JoinToken, "join token from `signet token create` (needed at first start)")
+	fs.StringVar(&c.JoinTokenFile, "join-token-file", c.JoinTokenFile, "file holding the join token; a new token written here re-attests an evicted agent")
+	fs.StringVar(&c.TrustBundle, "trust-bundle", c.TrustBundle, "PEM file of the CA roots (`signet bundle show`), needed at first start")
+	fs.StringVar(&c.Socket, "socket", c.Socket, "Workload API Unix socket")
+	fs.StringVar(&c.DataDir, "data-dir", c.DataDir, "directory for the agent SVID, its key and the trust bundle (required)")
+	fs.StringVar(&c.HealthAddr, "health-addr", c.HealthAddr, "address of /healthz, /readyz and /metrics; empty to disable")
+	fs.StringVar(&c.MetricsAddr, "metrics-addr", c.MetricsAddr, "address of /metrics (default: the health address)")
+	fs.StringVar(&c.AuditLog, "audit-log", c.AuditLog, "Workload API audit log, - for stderr (default DATA-DIR/audit.log)")
+	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "trace, debug, info, warn or error")
+	fs.BoolVar(&c.LogJSON, "log-json", c.LogJSON, "log as JSON")
+}
+
+func parse(args []string, stderr io.Writer) (agent.Config, error) {
+	c, err := config.ParseFlags("signet-agent", args, stderr, defaults, register)
+	if err != nil {
+		return agent.Config{}, err
+	}
+	td, err := spiffeid.TrustDomainFromString(c.TrustDomain)
+	if err != nil {
+		return agent.Config{}, fmt.Errorf("trust-domain: %q: %v", c.TrustDomain, err)
+	}
+	if c.DataDir == "" {
+		return agent.Config{}, errors.New("data-dir: required")
+	}
+	if c.CAAddress == "" {
+		return agent.Config{}, errors.New("ca-address: required")
+	}
+	if c.JoinToken != "" && c.JoinTokenFile != "" {
+		return agent.Config{}, errors.New("join-token and join-token-file: give one, not both")
+	}
+	cfg := agent.Config{
+		TrustDomain: td, CAAddress: c.CAAddress, DataDir: c.DataDir, JoinToken: c.JoinToken, JoinTokenFile: c.JoinTokenFile,
+		SocketPath: c.Socket, HealthAddr: c.HealthAddr, MetricsAddr: c.MetricsAddr, AuditLog: c.AuditLog,
+	}
+	if c.TrustBundle != "" {
+		if cfg.TrustBundle, err = manager.LoadBundleFile(c.TrustBundle); err != nil {
+			return agent.Config{}, fmt.Errorf("trust-bundle: %v", err)
+		}
+	}
+	level := hclog.LevelFromString(c.LogLevel)
+	if level == hclog.NoLevel {
+		return agent.Config{}, fmt.Errorf("log-level: %q: want trace, debug, info, warn or error", c.LogLevel)
+	}
+	cfg.Log = hclog.New(&hclog.LoggerOptions{Name: "signet-agent", Level: level, JSONFormat: c.LogJSON, Output: os.Stderr})
+	return cfg, nil
+}
+
+func main() {
+	cfg, err := parse(os.Args[1:], os.Stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(0)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "signet-agent:", err)
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := agent.Run(ctx, cfg); err != nil {
+		cfg.Log.Error("exiting", "error", err)
+		os.Exit(1)
+	}
+}
