@@ -66,13 +66,14 @@ type SVID struct {
 // NotAfter returns the SVID's expiry.
 func (s *SVID) NotAfter() time.Time { return s.Chain[0].NotAfter }
 
-// RotationTime returns the instant at half of the certificate's life, moved
-// by up to 5% of the lifetime either way, so that many SVIDs issued at once
-// do not all come due at once.
-func RotationTime(cert *x509.Certificate) time.Time {
-	life := cert.NotAfter.Sub(cert.NotBefore)
+// RotationTime returns when an SVID received at now should be replaced: at
+// half of its remaining life, moved by up to 5% of it either way, so that
+// many SVIDs issued together do not all come due together. (NotBefore is
+// backdated for clock skew, so it is not where the life starts.)
+func RotationTime(cert *x509.Certificate, now time.Time) time.Time {
+	life := cert.NotAfter.Sub(now)
 	jitter := time.Duration((rand.Float64()*0.1 - 0.05) * float64(life))
-	return cert.NotBefore.Add(life/2 + jitter)
+	return now.Add(life/2 + jitter)
 }
 
 // Item is one entry and, once minted, its SVID. Items are immutable.

@@ -27,6 +27,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc"
+	grpcbackoff "google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
@@ -77,6 +78,7 @@ type Manager struct {
 	revision    int64
 	bundleSeq   uint64
 	firstSync   bool
+	renewAt     time.Time
 	jwts        map[string]jwtCached
 
 	minted, mintErrors, renewals int64
@@ -120,6 +122,7 @@ func New(cfg Config) (*Manager, error) {
 	}
 	if svid != nil && time.Until(svid.Certificates[0].NotAfter) > 30*time.Second && svid.ID.TrustDomain() == cfg.TrustDomain {
 		m.svid = svid
+		m.renewAt = cache.RotationTime(svid.Certificates[0], time.Now())
 		m.log.Info("using stored agent SVID", "spiffe_id", svid.ID, "expires", svid.Certificates[0].NotAfter)
 	}
 	return m, nil
@@ -182,6 +185,9 @@ func (m *Manager) dial(svid bool) (*grpc.ClientConn, error) {
 	return grpc.NewClient(m.cfg.CAAddress,
 		grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 20 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
+		// Reconnect to a CA that comes back within seconds, not gRPC's
+		// default of up to two minutes.
+		grpc.WithConnectParams(grpc.ConnectParams{Backoff: grpcbackoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 2 * time.Second}, MinConnectTimeout: 5 * time.Second}),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)))
 }
 
@@ -208,6 +214,7 @@ func (m *Manager) setSVID(svid *x509svid.SVID) {
 	m.mu.Lock()
 	old := m.conn
 	m.svid, m.conn, m.client = svid, nil, nil
+	m.renewAt = cache.RotationTime(svid.Certificates[0], time.Now())
 	m.evicted = ""
 	close(m.connChanged)
 	m.connChanged = make(chan struct{})
@@ -380,7 +387,7 @@ func sleep(ctx context.Context, d time.Duration, wake <-chan struct{}) {
 // syncLoop keeps one Sync stream open, resuming from the last revision
 // after each reconnect.
 func (m *Manager) syncLoop(ctx context.Context) {
-	bo := backoff{max: 5 * time.Second}
+	bo := backoff{max: 2 * time.Second}
 	for ctx.Err() == nil {
 		client, connChanged, err := m.nodeClient()
 		if err != nil || m.isEvicted() {
@@ -504,7 +511,7 @@ func (m *Manager) bundleFromProto(pb *typesv1.Bundle) *cache.Bundle {
 // mintLoop mints SVIDs for entries that have none or are due for rotation,
 // in batches, and sleeps until the next rotation or change.
 func (m *Manager) mintLoop(ctx context.Context) {
-	bo := backoff{max: 30 * time.Second}
+	bo := backoff{max: 2 * time.Second}
 	for ctx.Err() == nil {
 		_, changed := m.cache.Snapshot()
 		due, next := m.cache.Due(time.Now())
@@ -518,7 +525,8 @@ func (m *Manager) mintLoop(ctx context.Context) {
 				}
 				d := bo.next()
 				m.log.Warn("minting SVIDs failed; keeping the cached ones", "due", len(due), "error", err, "retry_in", d)
-				sleep(ctx, d, nil)
+				// A sync message after a reconnect wakes this early.
+				sleep(ctx, d, changed)
 				continue
 			}
 			bo.reset()
@@ -574,7 +582,7 @@ func (m *Manager) mint(ctx context.Context, due []entry.Entry) error {
 			if err != nil {
 				return err
 			}
-			got[batch[i].ID] = &cache.SVID{Chain: svid.Certificates, Key: keys[i], KeyPKCS8: pkcs8, RotateAt: cache.RotationTime(svid.Certificates[0])}
+			got[batch[i].ID] = &cache.SVID{Chain: svid.Certificates, Key: keys[i], KeyPKCS8: pkcs8, RotateAt: cache.RotationTime(svid.Certificates[0], time.Now())}
 		}
 		m.cache.SetSVIDs(got)
 		m.mu.Lock()
@@ -623,7 +631,9 @@ func (m *Manager) renewLoop(ctx context.Context) {
 			continue
 		}
 		cert := svid.Certificates[0]
-		at := cert.NotBefore.Add(cert.NotAfter.Sub(cert.NotBefore) / 2)
+		m.mu.Lock()
+		at := m.renewAt
+		m.mu.Unlock()
 		if d := time.Until(at); d > 0 {
 			m.mu.Lock()
 			changed := m.connChanged

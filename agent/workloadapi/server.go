@@ -167,9 +167,22 @@ func (h *Handler) FetchX509SVID(_ *workload.X509SVIDRequest, stream workload.Spi
 	}
 	snap, changed := h.synced(ctx)
 	var sent []*cache.Item
+	// An identity whose entry arrived but whose SVID is still being minted
+	// is waited for, not refused.
+	pendingUntil := time.Now().Add(h.cfg.SyncWait)
 	for {
 		items := snap.Match(c.selectors)
 		if len(items) == 0 {
+			if len(snap.MatchEntries(c.selectors)) > 0 && time.Now().Before(pendingUntil) {
+				select {
+				case <-ctx.Done():
+					return nil
+				case <-changed:
+				case <-time.After(time.Until(pendingUntil)):
+				}
+				snap, changed = h.cfg.Cache.Snapshot()
+				continue
+			}
 			h.refuse(c, event, "no entry matches the caller's selectors")
 			return errNoIdentity
 		}

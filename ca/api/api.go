@@ -43,6 +43,9 @@ type Config struct {
 	Now func() time.Time
 	// Log receives errors the caller does not see. If nil, discarded.
 	Log hclog.Logger
+	// Stopping, when closed, ends Sync streams so that a graceful stop does
+	// not wait for agents to hang up.
+	Stopping <-chan struct{}
 }
 
 func (c *Config) setDefaults() {

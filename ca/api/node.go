@@ -351,6 +351,8 @@ func (s *NodeServer) Sync(req *agentv1.SyncRequest, stream agentv1.Node_SyncServ
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-s.cfg.Stopping:
+			return status.Error(codes.Unavailable, "CA shutting down")
 		case <-entriesChanged:
 		case <-bundleChanged:
 		case <-time.After(resyncInterval):

@@ -96,6 +96,8 @@ func Run(ctx context.Context, cfg Config) error {
 		cfg.AuditLog = filepath.Join(cfg.DataDir, "audit.log")
 	}
 	log := cfg.Log
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("data dir: %w", err)
 	}
@@ -139,6 +141,7 @@ func Run(ctx context.Context, cfg Config) error {
 	apiCfg := api.Config{
 		TrustDomain: cfg.TrustDomain, Store: st, Authority: auth, Audit: auditLog, Metrics: api.NewMetrics(reg),
 		Changes: api.NewNotifier(), AgentTTL: cfg.AgentTTL, X509TTL: cfg.X509TTL, JWTTTL: cfg.JWTTTL, Log: log.Named("api"),
+		Stopping: ctx.Done(),
 	}
 
 	certs := &servingCert{auth: auth, id: CAID(cfg.TrustDomain)}
@@ -239,8 +242,6 @@ func Run(ctx context.Context, cfg Config) error {
 		log.Info("health/metrics listening", "addr", l.Addr().String())
 	}
 
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	errc := make(chan error, 8)
 	var wg sync.WaitGroup
 	task := func(name string, fn func() error) {
