@@ -13,7 +13,7 @@ PROTOS := $(shell find proto -name '*.proto' | sort)
 all: build
 
 build:
-	$(GO) build -o $(BIN)/ ./cmd/...
+	$(GO) build -o $(BIN)/ ./cmd/... ./examples/...
 
 # demo starts signet-ca on its embedded SQLite store under ./.signet-demo and
 # drives it with the CLI; Ctrl-C stops it.

@@ -31,7 +31,7 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	out, err := exec.Command("go", "build", "-o", dir+"/", "github.com/signet-id/signet/cmd/...").CombinedOutput()
+	out, err := exec.Command("go", "build", "-o", dir+"/", "github.com/signet-id/signet/cmd/...", "github.com/signet-id/signet/examples/...").CombinedOutput()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "build: %v\n%s", err, out)
 		os.Exit(1)

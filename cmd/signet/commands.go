@@ -329,3 +329,15 @@ func (c *cli) bundleShow(ctx context.Context, client adminv1.AdminClient, args [
 	_, err = c.stdout.Write(out)
 	return err
 }
+
+func parseRoots(ders [][]byte) ([]*x509.Certificate, error) {
+	var roots []*x509.Certificate
+	for _, der := range ders {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			return nil, fmt.Errorf("bundle root: %w", err)
+		}
+		roots = append(roots, c)
+	}
+	return roots, nil
+}

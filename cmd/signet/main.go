@@ -22,6 +22,8 @@ import (
 const usage = `usage: signet [--admin-socket PATH] COMMAND [flags]
 
 commands:
+  dev [--data-dir .signet] [--socket DATA-DIR/agent.sock] [--trust-domain example.org]
+                                     run a CA and an agent in the foreground
   entry create --spiffe-id ID --parent-id ID --selector TYPE:KEY:VALUE [--selector ...] [--x509-ttl 1h] [--jwt-ttl 5m] [--dns NAME]
   entry create --file entries.json
   entry list [--spiffe-id ID] [--parent-id ID] [--selector S]
@@ -53,6 +55,9 @@ func (c *cli) run(ctx context.Context, args []string) int {
 		return 2
 	}
 	rest := fs.Args()
+	if len(rest) >= 1 && rest[0] == "dev" {
+		return c.dev(ctx, rest[1:])
+	}
 	if len(rest) < 2 {
 		fs.Usage()
 		return 2

@@ -1,0 +1,118 @@
+package e2e
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestDevRunsTheWholeSystem runs `signet dev` and the two example services
+// as processes, as `make demo` does: the services get identities selected
+// by their binaries' paths and greet each other over mTLS.
+func TestDevRunsTheWholeSystem(t *testing.T) {
+	dir := t.TempDir()
+	dev := exec.Command(filepath.Join(binDir, "signet"), "dev", "--data-dir", dir)
+	out, err := dev.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := dev.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		dev.Process.Signal(syscall.SIGINT)
+		dev.Wait()
+	}()
+	var socketLine, parent string
+	lines := make(chan string)
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
+	timeout := time.After(60 * time.Second)
+	for parent == "" || socketLine == "" {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				t.Fatal("signet dev exited")
+			}
+			if strings.Contains(l, "SPIFFE_ENDPOINT_SOCKET=") {
+				socketLine = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(l), "export "))
+			}
+			if i := strings.Index(l, "--parent-id "); i >= 0 {
+				parent = strings.Fields(l[i+len("--parent-id "):])[0]
+			}
+		case <-timeout:
+			t.Fatal("signet dev printed no socket and parent id within 60s")
+		}
+	}
+	go func() {
+		for range lines {
+		}
+	}()
+	if parent != "spiffe://example.org/signet/agent/join/dev" {
+		t.Fatalf("parent id %q", parent)
+	}
+	want := "SPIFFE_ENDPOINT_SOCKET=unix://" + filepath.Join(dir, "agent.sock")
+	if socketLine != want {
+		t.Fatalf("printed %q; want %q", socketLine, want)
+	}
+	env := append(os.Environ(), socketLine, "SIGNET_ADMIN_SOCKET="+filepath.Join(dir, "admin.sock"))
+	cli := func(args ...string) {
+		t.Helper()
+		cmd := exec.Command(filepath.Join(binDir, "signet"), args...)
+		cmd.Env = env
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("signet %v: %v\n%s", args, err, out)
+		}
+	}
+	uid := fmt.Sprintf("unix:uid:%d", os.Getuid())
+	cli("entry", "create", "--parent-id", parent, "--spiffe-id", "spiffe://example.org/demo/greeter-server",
+		"--selector", uid, "--selector", "unix:path:"+filepath.Join(binDir, "greeter-server"))
+	cli("entry", "create", "--parent-id", parent, "--spiffe-id", "spiffe://example.org/demo/greeter-client",
+		"--selector", uid, "--selector", "unix:path:"+filepath.Join(binDir, "greeter-client"))
+
+	addr := freeAddr(t)
+	srv := exec.Command(filepath.Join(binDir, "greeter-server"), "-addr", addr)
+	srv.Env = env
+	var srvLog strings.Builder
+	srv.Stderr = &srvLog
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { srv.Process.Signal(syscall.SIGTERM); srv.Wait() }()
+
+	var clientOut []byte
+	for end := time.Now().Add(30 * time.Second); time.Now().Before(end); time.Sleep(200 * time.Millisecond) {
+		c := exec.Command(filepath.Join(binDir, "greeter-client"), "-url", "https://"+addr+"/hello")
+		c.Env = env
+		if clientOut, err = c.CombinedOutput(); err == nil {
+			break
+		}
+	}
+	if err != nil {
+		t.Fatalf("greeter-client: %v\n%s\nserver:\n%s", err, clientOut, srvLog.String())
+	}
+	if !strings.Contains(string(clientOut), "hello spiffe://example.org/demo/greeter-client, from spiffe://example.org/demo/greeter-server") {
+		t.Fatalf("client output:\n%s", clientOut)
+	}
+
+	// A client binary with no entry is refused by the agent.
+	stranger := filepath.Join(t.TempDir(), "stranger")
+	raw, _ := os.ReadFile(filepath.Join(binDir, "greeter-client"))
+	os.WriteFile(stranger, raw, 0o755)
+	c := exec.Command(stranger, "-url", "https://"+addr+"/hello", "-wait", "3s")
+	c.Env = env
+	if out, err := c.CombinedOutput(); err == nil {
+		t.Fatalf("a binary without an entry got an identity:\n%s", out)
+	}
+}
