@@ -120,7 +120,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return snap.UsesKey("unix", "sha256")
 	}
 	h := workloadapi.New(workloadapi.Config{Cache: c, Attestor: unix, JWT: mgr, Audit: auditor, Log: log.Named("workloadapi"), Metrics: workloadapi.NewMetrics(reg)})
-	srv := grpc.NewServer(grpc.Creds(peercred.TransportCredentials(true)))
+	srv := grpc.NewServer(grpc.Creds(peercred.TransportCredentials(true)), workloadapi.ServerOption())
 	workload.RegisterSpiffeWorkloadAPIServer(srv, h)
 	lis, err := listenSocket(cfg.SocketPath)
 	if err != nil {

@@ -101,6 +101,27 @@ type Snapshot struct {
 
 	mu      sync.Mutex
 	matches map[string][]*Item
+	memo    map[string]any
+}
+
+// Memo returns the value stored under key in this snapshot, computing it
+// with fn the first time. Callers use it for answers derived from the
+// snapshot alone, such as a marshaled response.
+func (s *Snapshot) Memo(key string, fn func() any) any {
+	s.mu.Lock()
+	if v, ok := s.memo[key]; ok {
+		s.mu.Unlock()
+		return v
+	}
+	s.mu.Unlock()
+	v := fn()
+	s.mu.Lock()
+	if s.memo == nil || len(s.memo) > 1024 {
+		s.memo = map[string]any{}
+	}
+	s.memo[key] = v
+	s.mu.Unlock()
+	return v
 }
 
 // UsesKey reports whether any entry has a selector of this type and key,

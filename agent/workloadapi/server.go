@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/signet-id/signet/agent/cache"
@@ -187,11 +188,11 @@ func (h *Handler) FetchX509SVID(_ *workload.X509SVIDRequest, stream workload.Spi
 			return errNoIdentity
 		}
 		if !sameItems(items, sent) {
-			resp := &workload.X509SVIDResponse{Svids: make([]*workload.X509SVID, len(items))}
-			for i, it := range items {
-				resp.Svids[i] = it.Proto
+			wire, err := x509Response(snap, c.selectors, items)
+			if err != nil {
+				return status.Error(codes.Internal, "marshal response")
 			}
-			if err := stream.Send(resp); err != nil {
+			if err := stream.SendMsg(wire); err != nil {
 				return err
 			}
 			h.grant(c, event, ids(items))
@@ -355,4 +356,28 @@ func (h *Handler) ValidateJWTSVID(ctx context.Context, req *workload.ValidateJWT
 	}
 	h.grant(c, event, []string{svid.ID.String()})
 	return &workload.ValidateJWTSVIDResponse{SpiffeId: svid.ID.String(), Claims: claims}, nil
+}
+
+// x509Response is the marshaled FetchX509SVID answer for items, memoized in
+// the snapshot per selector set.
+func x509Response(snap *cache.Snapshot, sels []selector.Selector, items []*cache.Item) (wireMessage, error) {
+	var key strings.Builder
+	key.WriteString("x509svid")
+	for _, s := range selector.Canonical(sels) {
+		key.WriteByte(0)
+		key.WriteString(s.String())
+	}
+	type result struct {
+		wire wireMessage
+		err  error
+	}
+	r := snap.Memo(key.String(), func() any {
+		resp := &workload.X509SVIDResponse{Svids: make([]*workload.X509SVID, len(items))}
+		for i, it := range items {
+			resp.Svids[i] = it.Proto
+		}
+		b, err := proto.Marshal(resp)
+		return result{wireMessage(b), err}
+	}).(result)
+	return r.wire, r.err
 }
