@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"regexp"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -240,12 +239,25 @@ func (s *AdminServer) ListEntries(ctx context.Context, req *adminv1.ListEntriesR
 	return resp, nil
 }
 
-var nodeNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$`)
+// validNodeName accepts 1 to 253 letters, digits, '.', '_' or '-',
+// starting with a letter or digit: a node name that is also a path segment.
+func validNodeName(n string) bool {
+	if len(n) == 0 || len(n) > 253 || n[0] == '.' || n[0] == '_' || n[0] == '-' {
+		return false
+	}
+	for i := 0; i < len(n); i++ {
+		c := n[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
 
 // CreateJoinToken implements adminv1.AdminServer.
 func (s *AdminServer) CreateJoinToken(ctx context.Context, req *adminv1.CreateJoinTokenRequest) (*adminv1.CreateJoinTokenResponse, error) {
 	node := req.GetNodeName()
-	if !nodeNameRE.MatchString(node) {
+	if !validNodeName(node) {
 		return nil, status.Errorf(codes.InvalidArgument, "node_name %q: want letters, digits, '.', '_' or '-'", node)
 	}
 	ttl := time.Duration(req.GetTtlSeconds()) * time.Second

@@ -579,3 +579,16 @@ func TestEvictionEndsSyncAndMetricsCount(t *testing.T) {
 		resp.Body.Close()
 	}
 }
+
+func TestJoinTokenNodeNames(t *testing.T) {
+	ca := startCA(t)
+	for _, bad := range []string{"", "../etc", "a/b", "-x", "has space", strings.Repeat("n", 254)} {
+		_, err := ca.admin.CreateJoinToken(context.Background(), &adminv1.CreateJoinTokenRequest{NodeName: bad})
+		wantCode(t, err, codes.InvalidArgument)
+	}
+	for _, good := range []string{"node1", "ip-10-0-0-1.ec2.internal", "n_1"} {
+		if _, err := ca.admin.CreateJoinToken(context.Background(), &adminv1.CreateJoinTokenRequest{NodeName: good}); err != nil {
+			t.Errorf("node name %q refused: %v", good, err)
+		}
+	}
+}

@@ -4,7 +4,6 @@ package selector
 
 import (
 	"fmt"
-	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -28,11 +27,6 @@ func (s Selector) Key() string {
 
 type keyCheck func(v string) error
 
-var (
-	sha256Hex = regexp.MustCompile(`^[0-9a-f]{64}$`)
-	// dns1123 is a Kubernetes name or label value, generously.
-	k8sName = regexp.MustCompile(`^[A-Za-z0-9]([-A-Za-z0-9_.]{0,251}[A-Za-z0-9])?$`)
-)
 
 func anyValue(v string) error {
 	if v == "" {
@@ -56,14 +50,24 @@ func absPath(v string) error {
 }
 
 func digest(v string) error {
-	if !sha256Hex.MatchString(v) {
+	if len(v) != 64 || strings.Trim(v, "0123456789abcdef") != "" {
 		return fmt.Errorf("%q is not a lowercase hex SHA-256 digest", v)
 	}
 	return nil
 }
 
+func alnum(c byte) bool { return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' }
+
+// name accepts a Kubernetes name or label value, generously: 1 to 253
+// letters, digits, '-', '_' or '.', starting and ending with a letter or
+// digit.
 func name(v string) error {
-	if !k8sName.MatchString(v) {
+	ok := len(v) >= 1 && len(v) <= 253 && alnum(v[0]) && alnum(v[len(v)-1])
+	for i := 0; ok && i < len(v); i++ {
+		c := v[i]
+		ok = alnum(c) || c == '-' || c == '_' || c == '.'
+	}
+	if !ok {
 		return fmt.Errorf("%q is not a valid Kubernetes name", v)
 	}
 	return nil
