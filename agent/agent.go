@@ -17,7 +17,6 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
@@ -25,6 +24,7 @@ import (
 	"github.com/signet-id/signet/agent/attest"
 	"github.com/signet-id/signet/agent/manager"
 	"github.com/signet-id/signet/agent/workloadapi"
+	"github.com/signet-id/signet/internal/health"
 	"github.com/signet-id/signet/internal/peercred"
 )
 
@@ -128,43 +128,28 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	log.Info("Workload API listening", "socket", cfg.SocketPath, "spiffe_id", mgr.ID())
 
-	var httpSrv []*http.Server
-	if cfg.HealthAddr != "" {
-		mux := http.NewServeMux()
-		mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
-		mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
+	web, err := health.Listen(health.Config{
+		HealthAddr: cfg.HealthAddr, MetricsAddr: cfg.MetricsAddr, Registry: reg,
+		Ready: func(*http.Request) error {
 			if ok, reason := mgr.Status(); !ok {
-				http.Error(w, reason, http.StatusServiceUnavailable)
-				return
+				return errors.New(reason)
 			}
-			fmt.Fprintln(w, "ok")
-		})
-		metrics := promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
-		if cfg.MetricsAddr == "" || cfg.MetricsAddr == cfg.HealthAddr {
-			mux.Handle("/metrics", metrics)
-		} else {
-			m := http.NewServeMux()
-			m.Handle("/metrics", metrics)
-			httpSrv = append(httpSrv, &http.Server{Addr: cfg.MetricsAddr, Handler: m, ReadHeaderTimeout: 10 * time.Second})
-		}
-		httpSrv = append(httpSrv, &http.Server{Addr: cfg.HealthAddr, Handler: mux, ReadHeaderTimeout: 10 * time.Second})
+			return nil
+		},
+	})
+	if err != nil {
+		lis.Close()
+		return err
 	}
 	errc := make(chan error, 4)
-	for _, hs := range httpSrv {
-		l, err := net.Listen("tcp", hs.Addr)
-		if err != nil {
-			lis.Close()
-			return fmt.Errorf("http %s: %w", hs.Addr, err)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := web.Serve(); err != nil {
+			errc <- err
+			cancel()
 		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := hs.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				errc <- err
-				cancel()
-			}
-		}()
-	}
+	}()
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -179,11 +164,7 @@ func Run(ctx context.Context, cfg Config) error {
 	<-ctx.Done()
 	log.Info("shutting down")
 	srv.Stop() // Workload API streams are endless; do not wait for them.
-	for _, hs := range httpSrv {
-		sctx, c := context.WithTimeout(context.Background(), 2*time.Second)
-		hs.Shutdown(sctx)
-		c()
-	}
+	web.Shutdown()
 	wg.Wait()
 	os.Remove(cfg.SocketPath)
 	select {

@@ -209,40 +209,21 @@ func (h *Handler) FetchX509SVID(_ *workload.X509SVIDRequest, stream workload.Spi
 
 // FetchX509Bundles implements the Workload API.
 func (h *Handler) FetchX509Bundles(_ *workload.X509BundlesRequest, stream workload.SpiffeWorkloadAPI_FetchX509BundlesServer) error {
-	const event = "workload.fetch_x509_bundles"
-	ctx := stream.Context()
-	c, err := h.attest(ctx, event)
-	if err != nil {
-		return err
-	}
-	snap, changed := h.synced(ctx)
-	var sent *cache.Bundle
-	for {
-		if len(snap.MatchEntries(c.selectors)) == 0 {
-			h.refuse(c, event, "no entry matches the caller's selectors")
-			return errNoIdentity
-		}
-		if snap.Bundle != sent {
-			b := snap.Bundle
-			if err := stream.Send(&workload.X509BundlesResponse{Bundles: map[string][]byte{b.TrustDomain.IDString(): b.X509DER}}); err != nil {
-				return err
-			}
-			h.grant(c, event, nil)
-			sent = b
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-changed:
-			snap, changed = h.cfg.Cache.Snapshot()
-		}
-	}
+	return h.streamBundles(stream.Context(), "workload.fetch_x509_bundles", func(b *cache.Bundle) error {
+		return stream.Send(&workload.X509BundlesResponse{Bundles: map[string][]byte{b.TrustDomain.IDString(): b.X509DER}})
+	})
 }
 
 // FetchJWTBundles implements the Workload API.
 func (h *Handler) FetchJWTBundles(_ *workload.JWTBundlesRequest, stream workload.SpiffeWorkloadAPI_FetchJWTBundlesServer) error {
-	const event = "workload.fetch_jwt_bundles"
-	ctx := stream.Context()
+	return h.streamBundles(stream.Context(), "workload.fetch_jwt_bundles", func(b *cache.Bundle) error {
+		return stream.Send(&workload.JWTBundlesResponse{Bundles: map[string][]byte{b.TrustDomain.IDString(): b.JWKS}})
+	})
+}
+
+// streamBundles sends the bundle to an attested caller that has an identity,
+// and again whenever it changes.
+func (h *Handler) streamBundles(ctx context.Context, event string, send func(*cache.Bundle) error) error {
 	c, err := h.attest(ctx, event)
 	if err != nil {
 		return err
@@ -255,12 +236,11 @@ func (h *Handler) FetchJWTBundles(_ *workload.JWTBundlesRequest, stream workload
 			return errNoIdentity
 		}
 		if snap.Bundle != sent {
-			b := snap.Bundle
-			if err := stream.Send(&workload.JWTBundlesResponse{Bundles: map[string][]byte{b.TrustDomain.IDString(): b.JWKS}}); err != nil {
+			if err := send(snap.Bundle); err != nil {
 				return err
 			}
 			h.grant(c, event, nil)
-			sent = b
+			sent = snap.Bundle
 		}
 		select {
 		case <-ctx.Done():

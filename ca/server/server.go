@@ -22,7 +22,6 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -35,6 +34,7 @@ import (
 	"github.com/signet-id/signet/ca/authority"
 	"github.com/signet-id/signet/ca/signer"
 	"github.com/signet-id/signet/ca/store"
+	"github.com/signet-id/signet/internal/health"
 	"github.com/signet-id/signet/internal/peercred"
 	adminv1 "github.com/signet-id/signet/proto/signet/admin/v1"
 	agentv1 "github.com/signet-id/signet/proto/signet/agent/v1"
@@ -202,44 +202,28 @@ func Run(ctx context.Context, cfg Config) error {
 		log.Info("admin API listening (mTLS)", "addr", adminTLSLis.Addr().String())
 	}
 
-	health := http.NewServeMux()
-	health.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
-	health.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
-		if _, err := st.Revision(r.Context()); err != nil {
-			http.Error(w, "store: "+err.Error(), http.StatusServiceUnavailable)
-			return
-		}
-		if time.Until(auth.X509CA().Certificate.NotAfter) <= 0 {
-			http.Error(w, "signing CA expired", http.StatusServiceUnavailable)
-			return
-		}
-		fmt.Fprintln(w, "ok")
-	})
-	metricsHandler := promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
-	var httpServers []*http.Server
-	if cfg.MetricsAddr == "" || cfg.MetricsAddr == cfg.HealthAddr {
-		health.Handle("/metrics", metricsHandler)
-	} else {
-		m := http.NewServeMux()
-		m.Handle("/metrics", metricsHandler)
-		httpServers = append(httpServers, &http.Server{Addr: cfg.MetricsAddr, Handler: m, ReadHeaderTimeout: 10 * time.Second})
-	}
-	if cfg.HealthAddr != "" {
-		httpServers = append(httpServers, &http.Server{Addr: cfg.HealthAddr, Handler: health, ReadHeaderTimeout: 10 * time.Second})
-	}
-	var httpLis []net.Listener
-	for _, hs := range httpServers {
-		l, err := net.Listen("tcp", hs.Addr)
-		if err != nil {
-			nodeLis.Close()
-			adminLis.Close()
-			for _, l := range httpLis {
-				l.Close()
+	web, err := health.Listen(health.Config{
+		HealthAddr: cfg.HealthAddr, MetricsAddr: cfg.MetricsAddr, Registry: reg,
+		Ready: func(r *http.Request) error {
+			if _, err := st.Revision(r.Context()); err != nil {
+				return fmt.Errorf("store: %w", err)
 			}
-			return fmt.Errorf("http %s: %w", hs.Addr, err)
+			if time.Until(auth.X509CA().Certificate.NotAfter) <= 0 {
+				return errors.New("signing CA expired")
+			}
+			return nil
+		},
+	})
+	if err != nil {
+		nodeLis.Close()
+		adminLis.Close()
+		if adminTLSLis != nil {
+			adminTLSLis.Close()
 		}
-		httpLis = append(httpLis, l)
-		log.Info("health/metrics listening", "addr", l.Addr().String())
+		return err
+	}
+	for _, a := range web.Addrs() {
+		log.Info("health/metrics listening", "addr", a)
 	}
 
 	errc := make(chan error, 8)
@@ -259,9 +243,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if adminTLSSrv != nil {
 		task("admin API (mTLS)", func() error { return adminTLSSrv.Serve(adminTLSLis) })
 	}
-	for i, hs := range httpServers {
-		task("http", func() error { return hs.Serve(httpLis[i]) })
-	}
+	task("http", web.Serve)
 	task("rotation", func() error { return auth.Run(ctx, cfg.RotateInterval) })
 	task("housekeeping", func() error { housekeeping(ctx, st, log); return nil })
 	if cfg.Ready != nil {
@@ -289,11 +271,7 @@ func Run(ctx context.Context, cfg Config) error {
 			adminTLSSrv.Stop()
 		}
 	}
-	for _, hs := range httpServers {
-		sctx, c := context.WithTimeout(context.Background(), 2*time.Second)
-		hs.Shutdown(sctx)
-		c()
-	}
+	web.Shutdown()
 	wg.Wait()
 	os.Remove(cfg.AdminSocket)
 	select {

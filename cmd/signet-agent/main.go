@@ -12,12 +12,12 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/hashicorp/go-hclog"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/signet-id/signet/agent"
 	"github.com/signet-id/signet/agent/manager"
 	"github.com/signet-id/signet/internal/config"
+	"github.com/signet-id/signet/internal/systemlog"
 )
 
 // fileConfig holds every setting; its json tags are the config file keys
@@ -89,11 +89,9 @@ func parse(args []string, stderr io.Writer) (agent.Config, error) {
 			return agent.Config{}, fmt.Errorf("trust-bundle: %v", err)
 		}
 	}
-	level := hclog.LevelFromString(c.LogLevel)
-	if level == hclog.NoLevel {
-		return agent.Config{}, fmt.Errorf("log-level: %q: want trace, debug, info, warn or error", c.LogLevel)
+	if cfg.Log, err = systemlog.New("signet-agent", c.LogLevel, c.LogJSON, os.Stderr); err != nil {
+		return agent.Config{}, err
 	}
-	cfg.Log = hclog.New(&hclog.LoggerOptions{Name: "signet-agent", Level: level, JSONFormat: c.LogJSON, Output: os.Stderr})
 	return cfg, nil
 }
 

@@ -18,6 +18,7 @@ import (
 
 	"github.com/signet-id/signet/ca/server"
 	"github.com/signet-id/signet/internal/config"
+	"github.com/signet-id/signet/internal/systemlog"
 )
 
 // fileConfig holds every setting; its json tags are both the config file
@@ -128,11 +129,10 @@ func validate(c fileConfig) (server.Config, hclog.Logger, error) {
 	default:
 		return server.Config{}, nil, fmt.Errorf("key-type: %q: want ec-p256, ec-p384, rsa-2048, rsa-3072 or rsa-4096", c.KeyType)
 	}
-	level := hclog.LevelFromString(c.LogLevel)
-	if level == hclog.NoLevel {
-		return server.Config{}, nil, fmt.Errorf("log-level: %q: want trace, debug, info, warn or error", c.LogLevel)
+	log, err := systemlog.New("signet-ca", c.LogLevel, c.LogJSON, os.Stderr)
+	if err != nil {
+		return server.Config{}, nil, err
 	}
-	log := hclog.New(&hclog.LoggerOptions{Name: "signet-ca", Level: level, JSONFormat: c.LogJSON, Output: os.Stderr})
 	return server.Config{
 		TrustDomain: td, DataDir: c.DataDir, ListenAddr: c.Listen, AdminSocket: c.AdminSocket,
 		AdminListenAddr: c.AdminListen, AdminIDs: adminIDs, HealthAddr: c.HealthAddr, MetricsAddr: c.MetricsAddr,

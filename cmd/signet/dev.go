@@ -54,7 +54,11 @@ func (c *cli) dev(ctx context.Context, args []string) int {
 	}
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	log := systemlog.New("signet-dev", *logLevel, c.stderr)
+	log, err := systemlog.New("signet-dev", *logLevel, false, c.stderr)
+	if err != nil {
+		fmt.Fprintln(c.stderr, "signet dev:", err)
+		return 2
+	}
 	if err := runDev(ctx, c, log, td, dir, *socket); err != nil {
 		fmt.Fprintln(c.stderr, "signet dev:", err)
 		return 1

@@ -27,7 +27,6 @@ func (s Selector) Key() string {
 
 type keyCheck func(v string) error
 
-
 func anyValue(v string) error {
 	if v == "" {
 		return fmt.Errorf("empty value")

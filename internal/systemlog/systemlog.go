@@ -2,17 +2,17 @@
 package systemlog
 
 import (
+	"fmt"
 	"io"
 
 	"github.com/hashicorp/go-hclog"
 )
 
-// New returns a logger named name at level ("info" if unknown) writing text
-// to w.
-func New(name, level string, w io.Writer) hclog.Logger {
+// New returns a logger named name at level writing to w, as JSON if asked.
+func New(name, level string, json bool, w io.Writer) (hclog.Logger, error) {
 	l := hclog.LevelFromString(level)
 	if l == hclog.NoLevel {
-		l = hclog.Info
+		return nil, fmt.Errorf("log-level: %q: want trace, debug, info, warn or error", level)
 	}
-	return hclog.New(&hclog.LoggerOptions{Name: name, Level: l, Output: w})
+	return hclog.New(&hclog.LoggerOptions{Name: name, Level: l, JSONFormat: json, Output: w}), nil
 }
