@@ -138,7 +138,7 @@ done_ns=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["done_
 out new_entry "{\"ms\":$(( (done_ns - t0) / 1000000 ))}"
 
 for r in 1 2 3; do out first "$("$WL" first)"; done
-N=2000; (( E >= 1000 )) && N=200; (( E >= 5000 )) && N=40
+N=2000; (( E >= 1000 )) && N=400; (( E >= 5000 )) && N=200
 out latency_c1 "$("$WL" latency -n $N -c 1)"
 out latency_c8 "$("$WL" latency -n $N -c 8)"
 out jwt_c1 "$("$WL" jwt -n 500 -c 1 -aud bench -id spiffe://example.org/w/1)"

@@ -52,26 +52,26 @@ func NewBundle(td spiffeid.TrustDomain, roots []*x509.Certificate, jwtKeys map[s
 	return b, nil
 }
 
-// SVID is an X509-SVID and its private key.
+// SVID is an X509-SVID and its private key, kept in wire form only: with
+// thousands of SVIDs, parsed certificates and key objects would be most of
+// the agent's memory, and the Workload API sends DER anyway.
 type SVID struct {
-	Chain []*x509.Certificate
-	Key   crypto.Signer
-	// KeyPKCS8 is the key's PKCS#8 DER.
+	// ChainDER is the SVID and its intermediate, DER, concatenated.
+	ChainDER []byte
+	// KeyPKCS8 is the private key's PKCS#8 DER.
 	KeyPKCS8 []byte
+	NotAfter time.Time
 	// RotateAt is when a new SVID should replace this one: half its life,
 	// with jitter.
 	RotateAt time.Time
 }
 
-// NotAfter returns the SVID's expiry.
-func (s *SVID) NotAfter() time.Time { return s.Chain[0].NotAfter }
-
 // RotationTime returns when an SVID received at now should be replaced: at
 // half of its remaining life, moved by up to 5% of it either way, so that
 // many SVIDs issued together do not all come due together. (NotBefore is
 // backdated for clock skew, so it is not where the life starts.)
-func RotationTime(cert *x509.Certificate, now time.Time) time.Time {
-	life := cert.NotAfter.Sub(now)
+func RotationTime(notAfter, now time.Time) time.Time {
+	life := notAfter.Sub(now)
 	jitter := time.Duration((rand.Float64()*0.1 - 0.05) * float64(life))
 	return now.Add(life/2 + jitter)
 }
@@ -236,11 +236,7 @@ func (c *Cache) publishLocked() {
 }
 
 func svidProto(e entry.Entry, s *SVID, b *Bundle) *workload.X509SVID {
-	var chain []byte
-	for _, c := range s.Chain {
-		chain = append(chain, c.Raw...)
-	}
-	return &workload.X509SVID{SpiffeId: e.SPIFFEID.String(), X509Svid: chain, X509SvidKey: s.KeyPKCS8, Bundle: b.X509DER}
+	return &workload.X509SVID{SpiffeId: e.SPIFFEID.String(), X509Svid: s.ChainDER, X509SvidKey: s.KeyPKCS8, Bundle: b.X509DER}
 }
 
 // Update is one sync message from the CA, already validated.

@@ -48,7 +48,7 @@ func mkSVID(t *testing.T, id string, ttl time.Duration) *SVID {
 		t.Fatal(err)
 	}
 	cert, _ := x509.ParseCertificate(der)
-	return &SVID{Chain: []*x509.Certificate{cert}, Key: key, RotateAt: RotationTime(cert, now)}
+	return &SVID{ChainDER: der, NotAfter: cert.NotAfter, RotateAt: RotationTime(cert.NotAfter, now)}
 }
 
 func TestMatchNeedsEverySelectorAndAnSVID(t *testing.T) {
@@ -144,7 +144,7 @@ func TestBundleChangeRebuildsProtos(t *testing.T) {
 	c := New(testBundle(t, 1))
 	c.Apply(Update{Full: true, Entries: []entry.Entry{mkEntry("a", "/a", "unix:uid:1")}})
 	c.SetSVIDs(map[string]*SVID{"a": mkSVID(t, "spiffe://example.org/a", time.Hour)})
-	root := mkSVID(t, "spiffe://example.org", time.Hour).Chain[0]
+	root, _ := x509.ParseCertificate(mkSVID(t, "spiffe://example.org", time.Hour).ChainDER)
 	b2, err := NewBundle(td, []*x509.Certificate{root}, nil, 2)
 	if err != nil {
 		t.Fatal(err)

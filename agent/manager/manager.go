@@ -122,7 +122,7 @@ func New(cfg Config) (*Manager, error) {
 	}
 	if svid != nil && time.Until(svid.Certificates[0].NotAfter) > 30*time.Second && svid.ID.TrustDomain() == cfg.TrustDomain {
 		m.svid = svid
-		m.renewAt = cache.RotationTime(svid.Certificates[0], time.Now())
+		m.renewAt = cache.RotationTime(svid.Certificates[0].NotAfter, time.Now())
 		m.log.Info("using stored agent SVID", "spiffe_id", svid.ID, "expires", svid.Certificates[0].NotAfter)
 	}
 	return m, nil
@@ -214,7 +214,7 @@ func (m *Manager) setSVID(svid *x509svid.SVID) {
 	m.mu.Lock()
 	old := m.conn
 	m.svid, m.conn, m.client = svid, nil, nil
-	m.renewAt = cache.RotationTime(svid.Certificates[0], time.Now())
+	m.renewAt = cache.RotationTime(svid.Certificates[0].NotAfter, time.Now())
 	m.evicted = ""
 	close(m.connChanged)
 	m.connChanged = make(chan struct{})
@@ -582,7 +582,12 @@ func (m *Manager) mint(ctx context.Context, due []entry.Entry) error {
 			if err != nil {
 				return err
 			}
-			got[batch[i].ID] = &cache.SVID{Chain: svid.Certificates, Key: keys[i], KeyPKCS8: pkcs8, RotateAt: cache.RotationTime(svid.Certificates[0], time.Now())}
+			var chain []byte
+			for _, der := range s.GetCertChain() {
+				chain = append(chain, der...)
+			}
+			notAfter := svid.Certificates[0].NotAfter
+			got[batch[i].ID] = &cache.SVID{ChainDER: chain, KeyPKCS8: pkcs8, NotAfter: notAfter, RotateAt: cache.RotationTime(notAfter, time.Now())}
 		}
 		m.cache.SetSVIDs(got)
 		m.mu.Lock()
