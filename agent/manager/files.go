@@ -1,7 +1,6 @@
 package manager
 
 import (
-	"crypto"
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
@@ -80,9 +79,6 @@ func loadSVID(dir string) (*x509svid.SVID, error) {
 			return nil, nil
 		}
 		return nil, fmt.Errorf("agent SVID in %s: %w", dir, err)
-	}
-	if _, ok := svid.PrivateKey.(crypto.Signer); !ok {
-		return nil, fmt.Errorf("agent SVID in %s: key cannot sign", dir)
 	}
 	return svid, nil
 }
