@@ -149,17 +149,7 @@ func (s *Snapshot) Match(sels []selector.Selector) []*Item {
 	}
 	var out []*Item
 	for _, it := range s.Items {
-		if it.SVID == nil {
-			continue
-		}
-		ok := true
-		for _, want := range it.Entry.Selectors {
-			if _, found := have[want]; !found {
-				ok = false
-				break
-			}
-		}
-		if ok {
+		if it.SVID != nil && hasAll(have, it.Entry.Selectors) {
 			out = append(out, it)
 		}
 	}
@@ -174,13 +164,26 @@ func (s *Snapshot) Match(sels []selector.Selector) []*Item {
 
 // MatchEntries is Match without the need for an SVID.
 func (s *Snapshot) MatchEntries(sels []selector.Selector) []entry.Entry {
+	have := make(map[selector.Selector]struct{}, len(sels))
+	for _, c := range sels {
+		have[c] = struct{}{}
+	}
 	var out []entry.Entry
 	for _, it := range s.Items {
-		if selector.SubsetOf(it.Entry.Selectors, sels) {
+		if hasAll(have, it.Entry.Selectors) {
 			out = append(out, it.Entry)
 		}
 	}
 	return out
+}
+
+func hasAll(have map[selector.Selector]struct{}, want []selector.Selector) bool {
+	for _, w := range want {
+		if _, ok := have[w]; !ok {
+			return false
+		}
+	}
+	return true
 }
 
 // Cache is the agent's state. It is safe for concurrent use.

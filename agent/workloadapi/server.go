@@ -22,6 +22,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/signet-id/signet/agent/cache"
+	"github.com/signet-id/signet/ca/entry"
 	"github.com/signet-id/signet/internal/peercred"
 	"github.com/signet-id/signet/internal/selector"
 )
@@ -276,13 +277,20 @@ func (h *Handler) FetchJWTSVID(ctx context.Context, req *workload.JWTSVIDRequest
 		}
 	}
 	snap, _ := h.synced(ctx)
-	entries := snap.MatchEntries(c.selectors)
+	// One JWT-SVID per SPIFFE ID, in ID order; only the asked-for ID when
+	// the request names one (the common case: filter before sorting).
+	var entries []entry.Entry
+	for _, e := range snap.MatchEntries(c.selectors) {
+		if want := req.GetSpiffeId(); want == "" || e.SPIFFEID.String() == want {
+			entries = append(entries, e)
+		}
+	}
 	sort.Slice(entries, func(i, j int) bool { return entries[i].SPIFFEID.String() < entries[j].SPIFFEID.String() })
 	resp := &workload.JWTSVIDResponse{}
 	seen := map[string]bool{}
 	for _, e := range entries {
 		id := e.SPIFFEID.String()
-		if (req.GetSpiffeId() != "" && id != req.GetSpiffeId()) || seen[id] {
+		if seen[id] {
 			continue
 		}
 		seen[id] = true
