@@ -46,7 +46,7 @@ type testCA struct {
 	roots *x509bundle.Bundle
 }
 
-func freeAddr(t *testing.T) string {
+func freeAddr(t testing.TB) string {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -55,7 +55,7 @@ func freeAddr(t *testing.T) string {
 	return l.Addr().String()
 }
 
-func startCA(t *testing.T, opts ...func(*server.Config)) *testCA {
+func startCA(t testing.TB, opts ...func(*server.Config)) *testCA {
 	t.Helper()
 	dir := t.TempDir()
 	cfg := server.Config{TrustDomain: td, DataDir: dir, ListenAddr: "127.0.0.1:0"}
@@ -100,7 +100,7 @@ func startCA(t *testing.T, opts ...func(*server.Config)) *testCA {
 	return ca
 }
 
-func newCSR(t *testing.T) (*ecdsa.PrivateKey, []byte) {
+func newCSR(t testing.TB) (*ecdsa.PrivateKey, []byte) {
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
 	if err != nil {
@@ -110,7 +110,7 @@ func newCSR(t *testing.T) (*ecdsa.PrivateKey, []byte) {
 }
 
 // nodeClient dials the agent API; with svid nil it is an unattested agent.
-func (ca *testCA) nodeClient(t *testing.T, svid *x509svid.SVID) agentv1.NodeClient {
+func (ca *testCA) nodeClient(t testing.TB, svid *x509svid.SVID) agentv1.NodeClient {
 	t.Helper()
 	authz := tlsconfig.AuthorizeID(server.CAID(td))
 	cfg := tlsconfig.TLSClientConfig(ca.roots, authz)
@@ -125,7 +125,7 @@ func (ca *testCA) nodeClient(t *testing.T, svid *x509svid.SVID) agentv1.NodeClie
 	return agentv1.NewNodeClient(conn)
 }
 
-func (ca *testCA) token(t *testing.T, node string, ttl int64) string {
+func (ca *testCA) token(t testing.TB, node string, ttl int64) string {
 	t.Helper()
 	resp, err := ca.admin.CreateJoinToken(context.Background(), &adminv1.CreateJoinTokenRequest{NodeName: node, TtlSeconds: ttl})
 	if err != nil {
@@ -134,7 +134,7 @@ func (ca *testCA) token(t *testing.T, node string, ttl int64) string {
 	return resp.GetToken()
 }
 
-func (ca *testCA) attest(t *testing.T, token string) (*x509svid.SVID, error) {
+func (ca *testCA) attest(t testing.TB, token string) (*x509svid.SVID, error) {
 	t.Helper()
 	key, csr := newCSR(t)
 	resp, err := ca.nodeClient(t, nil).AttestNode(context.Background(), &agentv1.AttestNodeRequest{
@@ -161,7 +161,7 @@ func concat(ders [][]byte) []byte {
 	return out
 }
 
-func mustPKCS8(t *testing.T, key *ecdsa.PrivateKey) []byte {
+func mustPKCS8(t testing.TB, key *ecdsa.PrivateKey) []byte {
 	b, err := x509.MarshalPKCS8PrivateKey(key)
 	if err != nil {
 		t.Fatal(err)
@@ -169,7 +169,7 @@ func mustPKCS8(t *testing.T, key *ecdsa.PrivateKey) []byte {
 	return b
 }
 
-func (ca *testCA) createEntry(t *testing.T, id, parent string) *typesv1.Entry {
+func (ca *testCA) createEntry(t testing.TB, id, parent string) *typesv1.Entry {
 	t.Helper()
 	resp, err := ca.admin.CreateEntries(context.Background(), &adminv1.CreateEntriesRequest{Entries: []*typesv1.Entry{{
 		SpiffeId: id, ParentId: parent, Selectors: []*typesv1.Selector{{Type: "unix", Value: "uid:1000"}},
@@ -181,7 +181,7 @@ func (ca *testCA) createEntry(t *testing.T, id, parent string) *typesv1.Entry {
 }
 
 // auditEvents reads the audit log.
-func (ca *testCA) auditEvents(t *testing.T) []audit.Record {
+func (ca *testCA) auditEvents(t testing.TB) []audit.Record {
 	t.Helper()
 	f, err := os.Open(filepath.Join(ca.dir, "audit.log"))
 	if err != nil {
@@ -200,7 +200,7 @@ func (ca *testCA) auditEvents(t *testing.T) []audit.Record {
 	return out
 }
 
-func wantCode(t *testing.T, err error, code codes.Code) {
+func wantCode(t testing.TB, err error, code codes.Code) {
 	t.Helper()
 	if status.Code(err) != code {
 		t.Fatalf("error = %v; want code %s", err, code)
@@ -474,7 +474,7 @@ func TestBatchIsAllOrNothing(t *testing.T) {
 }
 
 // mintSVID has agent mint an X509-SVID for entry e.
-func (ca *testCA) mintSVID(t *testing.T, agent *x509svid.SVID, e *typesv1.Entry) *x509svid.SVID {
+func (ca *testCA) mintSVID(t testing.TB, agent *x509svid.SVID, e *typesv1.Entry) *x509svid.SVID {
 	t.Helper()
 	key, csr := newCSR(t)
 	resp, err := ca.nodeClient(t, agent).MintX509SVIDs(context.Background(), &agentv1.MintX509SVIDsRequest{Requests: []*agentv1.X509SVIDRequest{{EntryId: e.GetId(), Csr: csr}}})

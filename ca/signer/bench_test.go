@@ -93,3 +93,25 @@ func BenchmarkSignParsedCSR(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkRawCreateCertificateParallel is the raw baseline on every core,
+// to set beside the CA's batch path, which also signs on every core.
+func BenchmarkRawCreateCertificateParallel(b *testing.B) {
+	a := newAuthority(b, nil)
+	ca := a.X509CA()
+	pub := ecKey(b).Public()
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			now := time.Now()
+			tmpl := &x509.Certificate{
+				SerialNumber: big.NewInt(now.UnixNano()), URIs: []*url.URL{id.URL()}, NotBefore: now, NotAfter: now.Add(time.Hour),
+				KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+				BasicConstraintsValid: true,
+			}
+			if _, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Certificate, pub, ca.Signer); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
