@@ -223,12 +223,19 @@ func (s *NodeServer) ownEntry(ctx context.Context, c caller, method, id string) 
 		return entry.Entry{}, s.cfg.internal(ctx, "fetch entry", err)
 	}
 	if err != nil || e.ParentID != c.id {
-		return entry.Entry{}, s.cfg.refuse(method, codes.PermissionDenied, audit.Record{
-			Actor: c.id.String(), EntryID: id, SPIFFEID: e.SPIFFEID.String(),
-			Reason: fmt.Sprintf("%s: entry %q is not parented to the calling agent", method, id),
-		})
+		return entry.Entry{}, s.notOwned(c, method, id, e)
 	}
 	return e, nil
+}
+
+// notOwned audits and refuses a request for an entry that is missing or
+// parented to another agent.
+func (s *NodeServer) notOwned(c caller, method, id string, e entry.Entry) error {
+	rec := audit.Record{Actor: c.id.String(), EntryID: id, Reason: fmt.Sprintf("%s: entry %q is not parented to the calling agent", method, id)}
+	if !e.SPIFFEID.IsZero() {
+		rec.SPIFFEID = e.SPIFFEID.String()
+	}
+	return s.cfg.refuse(method, codes.PermissionDenied, rec)
 }
 
 // MintX509SVIDs implements agentv1.NodeServer.
@@ -241,11 +248,19 @@ func (s *NodeServer) MintX509SVIDs(ctx context.Context, req *agentv1.MintX509SVI
 	if n := len(req.GetRequests()); n == 0 || n > MaxBatch {
 		return nil, status.Errorf(codes.InvalidArgument, "want 1 to %d requests, got %d", MaxBatch, n)
 	}
-	entries := make([]entry.Entry, len(req.GetRequests()))
+	ids := make([]string, len(req.GetRequests()))
 	for i, r := range req.GetRequests() {
-		e, err := s.ownEntry(ctx, c, method, r.GetEntryId())
-		if err != nil {
-			return nil, err
+		ids[i] = r.GetEntryId()
+	}
+	found, err := s.cfg.Store.FetchEntries(ctx, ids)
+	if err != nil {
+		return nil, s.cfg.internal(ctx, "fetch entries", err)
+	}
+	entries := make([]entry.Entry, len(ids))
+	for i, id := range ids {
+		e, ok := found[id]
+		if !ok || e.ParentID != c.id {
+			return nil, s.notOwned(c, method, id, e)
 		}
 		entries[i] = e
 	}

@@ -385,3 +385,34 @@ func nonNil(s []string) []string {
 func isUniqueViolation(err error) bool {
 	return err != nil && strings.Contains(err.Error(), "UNIQUE constraint failed")
 }
+
+// FetchEntries returns the entries with these ids that exist, by id, in
+// one read.
+func (s *Store) FetchEntries(ctx context.Context, ids []string) (map[string]entry.Entry, error) {
+	out := make(map[string]entry.Entry, len(ids))
+	for start := 0; start < len(ids); start += 500 {
+		chunk := ids[start:min(start+500, len(ids))]
+		args := make([]any, len(chunk))
+		for i, id := range chunk {
+			args[i] = id
+		}
+		q := `SELECT ` + entryColumns + ` FROM entries WHERE id IN (?` + strings.Repeat(",?", len(chunk)-1) + `)`
+		rows, err := s.db.QueryContext(ctx, q, args...)
+		if err != nil {
+			return nil, fmt.Errorf("store: fetch entries: %w", err)
+		}
+		for rows.Next() {
+			e, err := scanEntry(rows)
+			if err != nil {
+				rows.Close()
+				return nil, fmt.Errorf("store: fetch entries: %w", err)
+			}
+			out[e.ID] = e
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return nil, fmt.Errorf("store: fetch entries: %w", err)
+		}
+	}
+	return out, nil
+}

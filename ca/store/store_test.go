@@ -66,6 +66,10 @@ func TestEntriesRoundTripAndPersist(t *testing.T) {
 	if _, err := s.FetchEntry(ctx, "nope"); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("FetchEntry(nope) error = %v; want ErrNotFound", err)
 	}
+	got2, err := s.FetchEntries(ctx, []string{created[0].ID, "nope", created[1].ID})
+	if err != nil || len(got2) != 2 || got2[created[1].ID].SPIFFEID != created[1].SPIFFEID {
+		t.Fatalf("FetchEntries = %v, %v; want the two existing entries", got2, err)
+	}
 	sel := selector.Selector{Type: "unix", Value: "uid:2"}
 	list, next, err := s.ListEntries(ctx, store.ListFilter{Selector: &sel})
 	if err != nil || len(list) != 1 || list[0].ID != created[1].ID || next != "" {
