@@ -7,7 +7,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -26,6 +25,7 @@ import (
 	"github.com/signet-id/signet/agent/workloadapi"
 	"github.com/signet-id/signet/internal/health"
 	"github.com/signet-id/signet/internal/peercred"
+	"github.com/signet-id/signet/internal/unixsock"
 )
 
 // DefaultSocket is the Workload API socket unless configured.
@@ -122,7 +122,8 @@ func Run(ctx context.Context, cfg Config) error {
 	h := workloadapi.New(workloadapi.Config{Cache: c, Attestor: unix, JWT: mgr, Audit: auditor, Log: log.Named("workloadapi"), Metrics: workloadapi.NewMetrics(reg)})
 	srv := grpc.NewServer(grpc.Creds(peercred.TransportCredentials(true)), workloadapi.ServerOption())
 	workload.RegisterSpiffeWorkloadAPIServer(srv, h)
-	lis, err := listenSocket(cfg.SocketPath)
+	// Any local process may ask; the answer depends on who it is.
+	lis, err := unixsock.Listen(cfg.SocketPath, 0o755, 0o777)
 	if err != nil {
 		return fmt.Errorf("workload API socket: %w", err)
 	}
@@ -175,28 +176,6 @@ func Run(ctx context.Context, cfg Config) error {
 	default:
 		return nil
 	}
-}
-
-func listenSocket(path string) (net.Listener, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return nil, err
-	}
-	if fi, err := os.Lstat(path); err == nil {
-		if fi.Mode()&os.ModeSocket == 0 {
-			return nil, fmt.Errorf("%s exists and is not a socket", path)
-		}
-		os.Remove(path)
-	}
-	l, err := net.Listen("unix", path)
-	if err != nil {
-		return nil, err
-	}
-	// Any local process may ask; the answer depends on who it is.
-	if err := os.Chmod(path, 0o777); err != nil {
-		l.Close()
-		return nil, err
-	}
-	return l, nil
 }
 
 func registerMetrics(reg prometheus.Registerer, mgr *manager.Manager, auditor *workloadapi.Auditor) {

@@ -253,11 +253,16 @@ func isAgentRefusal(err error) bool {
 		(st.Code() == codes.PermissionDenied && (strings.Contains(msg, "no longer valid") || strings.Contains(msg, "unknown agent")))
 }
 
-func newCSR(key crypto.Signer) ([]byte, error) {
-	return x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+// newKeyAndCSR makes a P-256 key here, on the node, and a CSR for it; the
+// key never leaves the agent.
+func newKeyAndCSR() (*ecdsa.PrivateKey, []byte, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, err
+	}
+	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	return key, csr, err
 }
-
-func newKey() (*ecdsa.PrivateKey, error) { return ecdsa.GenerateKey(elliptic.P256(), rand.Reader) }
 
 // token returns the configured join token, from the flag or the file.
 func (m *Manager) token() string {
@@ -275,11 +280,7 @@ func (m *Manager) attest(ctx context.Context, token string) error {
 	m.mu.Lock()
 	m.triedTokens[token] = true
 	m.mu.Unlock()
-	key, err := newKey()
-	if err != nil {
-		return err
-	}
-	csr, err := newCSR(key)
+	key, csr, err := newKeyAndCSR()
 	if err != nil {
 		return err
 	}
@@ -609,12 +610,7 @@ func csrs(batch []entry.Entry) ([]crypto.Signer, []*agentv1.X509SVIDRequest, err
 		go func() {
 			defer wg.Done()
 			for i := w; i < len(batch); i += workers {
-				k, err := newKey()
-				if err != nil {
-					errs[i] = err
-					continue
-				}
-				der, err := newCSR(k)
+				k, der, err := newKeyAndCSR()
 				keys[i], reqs[i], errs[i] = k, &agentv1.X509SVIDRequest{EntryId: batch[i].ID, Csr: der}, err
 			}
 		}()
@@ -669,11 +665,7 @@ func (m *Manager) renew(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	key, err := newKey()
-	if err != nil {
-		return err
-	}
-	csr, err := newCSR(key)
+	key, csr, err := newKeyAndCSR()
 	if err != nil {
 		return err
 	}

@@ -36,6 +36,7 @@ import (
 	"github.com/signet-id/signet/ca/store"
 	"github.com/signet-id/signet/internal/health"
 	"github.com/signet-id/signet/internal/peercred"
+	"github.com/signet-id/signet/internal/unixsock"
 	adminv1 "github.com/signet-id/signet/proto/signet/admin/v1"
 	agentv1 "github.com/signet-id/signet/proto/signet/agent/v1"
 )
@@ -179,7 +180,7 @@ func Run(ctx context.Context, cfg Config) error {
 	adminSrv := grpc.NewServer(grpc.Creds(peercred.TransportCredentials(false)),
 		grpc.UnaryInterceptor(authz.UnaryInterceptor), grpc.StreamInterceptor(authz.StreamInterceptor))
 	adminv1.RegisterAdminServer(adminSrv, adminImpl)
-	adminLis, err := listenUnix(cfg.AdminSocket)
+	adminLis, err := unixsock.Listen(cfg.AdminSocket, 0o700, 0o600)
 	if err != nil {
 		nodeLis.Close()
 		return fmt.Errorf("admin socket: %w", err)
@@ -280,28 +281,6 @@ func Run(ctx context.Context, cfg Config) error {
 	default:
 		return nil
 	}
-}
-
-func listenUnix(path string) (net.Listener, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return nil, err
-	}
-	// A socket left by a killed CA blocks bind; remove only a socket.
-	if fi, err := os.Lstat(path); err == nil {
-		if fi.Mode()&os.ModeSocket == 0 {
-			return nil, fmt.Errorf("%s exists and is not a socket", path)
-		}
-		os.Remove(path)
-	}
-	l, err := net.Listen("unix", path)
-	if err != nil {
-		return nil, err
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		l.Close()
-		return nil, err
-	}
-	return l, nil
 }
 
 // housekeeping prunes expired join tokens and old deletion records.
