@@ -542,6 +542,23 @@ func TestEvictionShowsAndNewTokenRecovers(t *testing.T) {
 	}
 	waitFor("ready", func() bool { code, _ := ready(); return code == 200 })
 	ctx := ctxT(t, 60*time.Second)
+	if _, err := workloadapi.FetchX509SVID(ctx, workloadapi.WithAddr(a.Addr)); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.Get("http://" + health + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{
+		"signet_agent_entries 1", "signet_agent_x509_svids 1", "signet_agent_svids_minted_total 1", "signet_agent_ready 1",
+		`signet_agent_workload_api_answers_total{call="workload.fetch_x509_svid",result="success"} 1`,
+	} {
+		if !strings.Contains(string(metrics), want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
 	if _, err := ca.Admin.EvictAgent(ctx, &adminv1.EvictAgentRequest{SpiffeId: a.ID.String()}); err != nil {
 		t.Fatal(err)
 	}
