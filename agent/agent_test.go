@@ -573,3 +573,46 @@ func TestEvictionShowsAndNewTokenRecovers(t *testing.T) {
 	os.WriteFile(tokFile, []byte(ca.Token("node1")+"\n"), 0o600)
 	waitFor("re-attested", func() bool { code, _ := ready(); return code == 200 })
 }
+
+// TestAgentWaitsForTheCA starts the agent before the CA is up: it attests
+// once the CA comes, instead of exiting.
+func TestAgentWaitsForTheCA(t *testing.T) {
+	ca := systest.StartCA(t)
+	tok := ca.Token("node1")
+	roots := ca.Roots()
+	ca.Stop()
+	dir := t.TempDir()
+	done := make(chan error, 1)
+	ready := make(chan spiffeid.ID, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		done <- agent.Run(ctx, agent.Config{TrustDomain: systest.TrustDomain, CAAddress: ca.Addr, DataDir: dir, JoinToken: tok,
+			TrustBundle: roots, SocketPath: filepath.Join(dir, "agent.sock"), Ready: func(id spiffeid.ID) { ready <- id }})
+	}()
+	time.Sleep(time.Second)
+	select {
+	case err := <-done:
+		t.Fatalf("agent exited while the CA was down: %v", err)
+	default:
+	}
+	ca.Start()
+	select {
+	case id := <-ready:
+		if id.String() != "spiffe://example.org/signet/agent/join/node1" {
+			t.Fatalf("agent ID %s", id)
+		}
+	case err := <-done:
+		t.Fatalf("agent exited: %v", err)
+	case <-time.After(20 * time.Second):
+		t.Fatal("agent did not attest within 20 s of the CA's start")
+	}
+	cancel()
+	<-done
+	// A used token is refused for good: the agent exits with the reason.
+	err := agent.Run(context.Background(), agent.Config{TrustDomain: systest.TrustDomain, CAAddress: ca.Addr, DataDir: t.TempDir(), JoinToken: tok,
+		TrustBundle: roots, SocketPath: filepath.Join(t.TempDir(), "agent.sock")})
+	if status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("agent with a used token: %v; want PermissionDenied", err)
+	}
+}

@@ -338,8 +338,19 @@ func (m *Manager) Run(ctx context.Context) error {
 		if tok == "" {
 			return errors.New("no valid agent SVID in the data directory and no join token (--join-token or --join-token-file)")
 		}
-		if err := m.attest(ctx, tok); err != nil {
-			return err
+		// A CA that is not up yet is waited for; a refused token is final.
+		bo := backoff{max: 5 * time.Second}
+		for {
+			err := m.attest(ctx, tok)
+			if err == nil {
+				break
+			}
+			if c := status.Code(err); c == codes.PermissionDenied || c == codes.InvalidArgument || ctx.Err() != nil {
+				return err
+			}
+			d := bo.next()
+			m.log.Warn("attestation failed; retrying", "error", err, "retry_in", d)
+			sleep(ctx, d, nil)
 		}
 	}
 	var wg sync.WaitGroup
