@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/signet-id/signet/agent/attest"
+	"github.com/signet-id/signet/agent/kubelet"
 	"github.com/signet-id/signet/agent/manager"
 	"github.com/signet-id/signet/agent/workloadapi"
 	"github.com/signet-id/signet/internal/health"
@@ -50,6 +51,9 @@ type Config struct {
 	// If empty, DataDir/audit.log.
 	AuditLog string
 	Log      hclog.Logger
+	// Kubelet, if set, adds the Kubernetes workload attestor: processes in
+	// pods also get k8s: selectors from the kubelet's view of their pod.
+	Kubelet *kubelet.Config
 	// Ready, if set, is called once the Workload API socket is up.
 	Ready func(agentID spiffeid.ID)
 }
@@ -119,7 +123,15 @@ func Run(ctx context.Context, cfg Config) error {
 		snap, _ := c.Snapshot()
 		return snap.UsesKey("unix", "sha256")
 	}
-	h := workloadapi.New(workloadapi.Config{Cache: c, Attestor: unix, JWT: mgr, Audit: auditor, Log: log.Named("workloadapi"), Metrics: workloadapi.NewMetrics(reg)})
+	var attestor workloadapi.Attestor = unix
+	if cfg.Kubelet != nil {
+		kc, err := kubelet.New(*cfg.Kubelet)
+		if err != nil {
+			return err
+		}
+		attestor = attest.Multi{unix, &attest.K8s{Pods: kc}}
+	}
+	h := workloadapi.New(workloadapi.Config{Cache: c, Attestor: attestor, JWT: mgr, Audit: auditor, Log: log.Named("workloadapi"), Metrics: workloadapi.NewMetrics(reg)})
 	srv := grpc.NewServer(grpc.Creds(peercred.TransportCredentials(true)), workloadapi.ServerOption())
 	workload.RegisterSpiffeWorkloadAPIServer(srv, h)
 	// Any local process may ask; the answer depends on who it is.

@@ -11,3 +11,4 @@ go test -run '^$' -fuzz '^FuzzEntriesFile$' -fuzztime "$t" ./cmd/signet/
 go test -run '^$' -fuzz '^FuzzParseStartTime$' -fuzztime "$t" ./internal/peercred/
 go test -run '^$' -fuzz '^FuzzParse$' -fuzztime "$t" ./agent/cgroup/
 go test -run '^$' -fuzz '^FuzzRender$' -fuzztime "$t" ./ca/identityrule/
+go test -run '^$' -fuzz '^FuzzParsePods$' -fuzztime "$t" ./agent/kubelet/

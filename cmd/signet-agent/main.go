@@ -15,6 +15,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/signet-id/signet/agent"
+	"github.com/signet-id/signet/agent/kubelet"
 	"github.com/signet-id/signet/agent/manager"
 	"github.com/signet-id/signet/internal/config"
 	"github.com/signet-id/signet/internal/systemlog"
@@ -23,18 +24,21 @@ import (
 // fileConfig holds every setting; its json tags are the config file keys
 // and the flag names.
 type fileConfig struct {
-	TrustDomain   string `json:"trust-domain"`
-	CAAddress     string `json:"ca-address"`
-	JoinToken     string `json:"join-token"`
-	JoinTokenFile string `json:"join-token-file"`
-	TrustBundle   string `json:"trust-bundle"`
-	Socket        string `json:"socket"`
-	DataDir       string `json:"data-dir"`
-	HealthAddr    string `json:"health-addr"`
-	MetricsAddr   string `json:"metrics-addr"`
-	AuditLog      string `json:"audit-log"`
-	LogLevel      string `json:"log-level"`
-	LogJSON       bool   `json:"log-json"`
+	TrustDomain      string `json:"trust-domain"`
+	CAAddress        string `json:"ca-address"`
+	JoinToken        string `json:"join-token"`
+	JoinTokenFile    string `json:"join-token-file"`
+	TrustBundle      string `json:"trust-bundle"`
+	Socket           string `json:"socket"`
+	DataDir          string `json:"data-dir"`
+	HealthAddr       string `json:"health-addr"`
+	MetricsAddr      string `json:"metrics-addr"`
+	AuditLog         string `json:"audit-log"`
+	KubeletURL       string `json:"kubelet-url"`
+	KubeletTokenFile string `json:"kubelet-token-file"`
+	KubeletCA        string `json:"kubelet-ca"`
+	LogLevel         string `json:"log-level"`
+	LogJSON          bool   `json:"log-json"`
 }
 
 func defaults() fileConfig {
@@ -43,7 +47,10 @@ func defaults() fileConfig {
 		CAAddress:   "127.0.0.1:8081",
 		Socket:      agent.DefaultSocket,
 		HealthAddr:  "127.0.0.1:8083",
-		LogLevel:    "info",
+		// The automounted service-account token: meant for the API server,
+		// which is what the kubelet accepts.
+		KubeletTokenFile: "/var/run/secrets/kubernetes.io/serviceaccount/token",
+		LogLevel:         "info",
 	}
 }
 
@@ -58,6 +65,9 @@ func register(fs *flag.FlagSet, c *fileConfig) {
 	fs.StringVar(&c.HealthAddr, "health-addr", c.HealthAddr, "address of /healthz, /readyz and /metrics; empty to disable")
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", c.MetricsAddr, "address of /metrics (default: the health address)")
 	fs.StringVar(&c.AuditLog, "audit-log", c.AuditLog, "Workload API audit log, - for stderr (default DATA-DIR/audit.log)")
+	fs.StringVar(&c.KubeletURL, "kubelet-url", c.KubeletURL, "kubelet base URL (https://NODE_IP:10250); enables k8s: workload selectors")
+	fs.StringVar(&c.KubeletTokenFile, "kubelet-token-file", c.KubeletTokenFile, "token the kubelet accepts")
+	fs.StringVar(&c.KubeletCA, "kubelet-ca", c.KubeletCA, "PEM roots that verify the kubelet's serving certificate")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "trace, debug, info, warn or error")
 	fs.BoolVar(&c.LogJSON, "log-json", c.LogJSON, "log as JSON")
 }
@@ -83,6 +93,12 @@ func parse(args []string, stderr io.Writer) (agent.Config, error) {
 	cfg := agent.Config{
 		TrustDomain: td, CAAddress: c.CAAddress, DataDir: c.DataDir, JoinToken: c.JoinToken, JoinTokenFile: c.JoinTokenFile,
 		SocketPath: c.Socket, HealthAddr: c.HealthAddr, MetricsAddr: c.MetricsAddr, AuditLog: c.AuditLog,
+	}
+	if c.KubeletURL != "" {
+		if c.KubeletCA == "" {
+			return agent.Config{}, errors.New("kubelet-ca: required with kubelet-url")
+		}
+		cfg.Kubelet = &kubelet.Config{URL: c.KubeletURL, TokenFile: c.KubeletTokenFile, CAFile: c.KubeletCA}
 	}
 	if c.TrustBundle != "" {
 		if cfg.TrustBundle, err = manager.LoadBundleFile(c.TrustBundle); err != nil {

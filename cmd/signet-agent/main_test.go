@@ -27,6 +27,7 @@ func TestAgentConfig(t *testing.T) {
 		{"data-dir: /x\ntrust-bundle: /does/not/exist\n", "trust-bundle"},
 		{"data-dir: /x\nlog-level: chatty\n", "log-level"},
 		{"data-dir: [1, 2]\n", `key "data-dir"`},
+		{"data-dir: /x\nkubelet-url: https://10.0.0.1:10250\n", "kubelet-ca: required"},
 	} {
 		os.WriteFile(cfgFile, []byte(tt.file), 0o600)
 		_, err := parse([]string{"--config", cfgFile}, io.Discard)

@@ -1,0 +1,156 @@
+package attest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/signet-id/signet/agent/cgroup"
+	"github.com/signet-id/signet/internal/peercred"
+	"github.com/signet-id/signet/internal/selector"
+)
+
+// PodLister lists this node's pods (the kubelet client).
+type PodLister interface {
+	Pods(ctx context.Context) ([]corev1.Pod, error)
+}
+
+// K8s attests processes in pods: the process's cgroup names its pod UID and
+// container ID, and the kubelet's view of that pod gives the selectors.
+type K8s struct {
+	Pods PodLister
+	// ProcRoot is where /proc is mounted. If empty, "/proc".
+	ProcRoot string
+	// MaxAge is how long a pod list is reused. If zero, one second. A pod
+	// or container the list does not know yet makes a fresh list at once.
+	MaxAge time.Duration
+
+	mu     sync.Mutex
+	pods   map[string]*corev1.Pod
+	listAt time.Time
+}
+
+// Attest returns the k8s selectors of a process in a pod, and none for a
+// process in no pod.
+func (k *K8s) Attest(ctx context.Context, c peercred.Creds) ([]selector.Selector, error) {
+	ctr, err := cgroup.Read(k.ProcRoot, c.PID)
+	if errors.Is(err, cgroup.ErrNotInPod) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("attest: process %d: %w", c.PID, err)
+	}
+	pod, status, err := k.find(ctx, ctr)
+	if err != nil {
+		return nil, fmt.Errorf("attest: process %d: %w", c.PID, err)
+	}
+	return podSelectors(pod, status), nil
+}
+
+func (k *K8s) find(ctx context.Context, ctr cgroup.Container) (*corev1.Pod, *corev1.ContainerStatus, error) {
+	maxAge := k.MaxAge
+	if maxAge == 0 {
+		maxAge = time.Second
+	}
+	for fresh := false; ; fresh = true {
+		k.mu.Lock()
+		stale := k.pods == nil || time.Since(k.listAt) > maxAge
+		k.mu.Unlock()
+		if fresh || stale {
+			if err := k.refresh(ctx); err != nil {
+				return nil, nil, err
+			}
+		}
+		k.mu.Lock()
+		pod := k.pods[ctr.PodUID]
+		k.mu.Unlock()
+		if pod != nil {
+			if ctr.ContainerID == "" {
+				return pod, nil, nil
+			}
+			if st := containerStatus(pod, ctr.ContainerID); st != nil {
+				return pod, st, nil
+			}
+		}
+		if fresh {
+			if pod == nil {
+				return nil, nil, fmt.Errorf("pod %s is not on this node's kubelet", ctr.PodUID)
+			}
+			return nil, nil, fmt.Errorf("container %.12s is not (yet) in pod %s/%s's status", ctr.ContainerID, pod.Namespace, pod.Name)
+		}
+	}
+}
+
+func (k *K8s) refresh(ctx context.Context) error {
+	pods, err := k.Pods.Pods(ctx)
+	if err != nil {
+		return err
+	}
+	m := make(map[string]*corev1.Pod, len(pods))
+	for i := range pods {
+		m[string(pods[i].UID)] = &pods[i]
+	}
+	k.mu.Lock()
+	k.pods, k.listAt = m, time.Now()
+	k.mu.Unlock()
+	return nil
+}
+
+func containerStatus(pod *corev1.Pod, id string) *corev1.ContainerStatus {
+	for _, list := range [][]corev1.ContainerStatus{pod.Status.ContainerStatuses, pod.Status.InitContainerStatuses, pod.Status.EphemeralContainerStatuses} {
+		for i := range list {
+			// "containerd://<id>", "cri-o://<id>", "docker://<id>".
+			if _, cid, ok := strings.Cut(list[i].ContainerID, "://"); ok && cid == id {
+				return &list[i]
+			}
+		}
+	}
+	return nil
+}
+
+func podSelectors(pod *corev1.Pod, st *corev1.ContainerStatus) []selector.Selector {
+	k := func(key, v string) selector.Selector { return selector.Selector{Type: "k8s", Value: key + ":" + v} }
+	sels := []selector.Selector{
+		k("ns", pod.Namespace), k("sa", pod.Spec.ServiceAccountName), k("pod-name", pod.Name),
+		k("pod-uid", string(pod.UID)), k("node-name", pod.Spec.NodeName),
+	}
+	labels := make([]string, 0, len(pod.Labels))
+	for l := range pod.Labels {
+		labels = append(labels, l)
+	}
+	sort.Strings(labels)
+	for _, l := range labels {
+		sels = append(sels, k("pod-label", l+":"+pod.Labels[l]))
+	}
+	if st != nil {
+		sels = append(sels, k("container-name", st.Name), k("container-image", st.Image))
+		if st.ImageID != "" && st.ImageID != st.Image {
+			sels = append(sels, k("container-image", st.ImageID))
+		}
+	}
+	return sels
+}
+
+// Multi runs several attestors and joins their selectors.
+type Multi []interface {
+	Attest(ctx context.Context, c peercred.Creds) ([]selector.Selector, error)
+}
+
+// Attest implements the Workload API's Attestor.
+func (m Multi) Attest(ctx context.Context, c peercred.Creds) ([]selector.Selector, error) {
+	var all []selector.Selector
+	for _, a := range m {
+		sels, err := a.Attest(ctx, c)
+		if err != nil {
+			return nil, err
+		}
+		all = append(all, sels...)
+	}
+	return all, nil
+}

@@ -1,0 +1,130 @@
+package attest
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/signet-id/signet/internal/peercred"
+	"github.com/signet-id/signet/internal/selector"
+)
+
+const (
+	podUID = "8dbc5577-d0b9-4d32-8f5f-8c3d3fb0b5a1"
+	ctrID  = "2d9be2b3cbd8c35c1e4ac2b0ebd9a01b8a3d3b4d5e6f708192a3b4c5d6e7f809"
+)
+
+type fakePods struct {
+	calls int
+	lists [][]corev1.Pod
+	err   error
+}
+
+func (f *fakePods) Pods(context.Context) ([]corev1.Pod, error) {
+	f.calls++
+	if f.err != nil {
+		return nil, f.err
+	}
+	i := min(f.calls-1, len(f.lists)-1)
+	return f.lists[i], nil
+}
+
+func testPod(withStatus bool) corev1.Pod {
+	p := corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "api-1", Namespace: "payments", UID: podUID, Labels: map[string]string{"app": "api", "tier": "web"}},
+		Spec:       corev1.PodSpec{ServiceAccountName: "api", NodeName: "node1"},
+	}
+	if withStatus {
+		p.Status.ContainerStatuses = []corev1.ContainerStatus{{Name: "main", Image: "registry.local/api:1", ImageID: "registry.local/api@sha256:00", ContainerID: "containerd://" + ctrID}}
+	}
+	return p
+}
+
+func procWithCgroup(t *testing.T, pid int, content string) string {
+	root := t.TempDir()
+	dir := filepath.Join(root, strconv.Itoa(pid))
+	os.MkdirAll(dir, 0o755)
+	os.WriteFile(filepath.Join(dir, "cgroup"), []byte(content), 0o644)
+	return root
+}
+
+func TestK8sAttestsAContainer(t *testing.T) {
+	root := procWithCgroup(t, 42, "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod"+strings.ReplaceAll(podUID, "-", "_")+".slice/cri-containerd-"+ctrID+".scope\n")
+	// The first list predates the container: the attestor lists again.
+	pods := &fakePods{lists: [][]corev1.Pod{{testPod(false)}, {testPod(true)}}}
+	k := &K8s{Pods: pods, ProcRoot: root}
+	sels, err := k.Attest(context.Background(), peercred.Creds{PID: 42})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"k8s:ns:payments", "k8s:sa:api", "k8s:pod-name:api-1", "k8s:pod-uid:" + podUID, "k8s:node-name:node1",
+		"k8s:pod-label:app:api", "k8s:pod-label:tier:web", "k8s:container-name:main", "k8s:container-image:registry.local/api:1",
+		"k8s:container-image:registry.local/api@sha256:00"}
+	var got []string
+	for _, s := range sels {
+		got = append(got, s.String())
+		if err := s.Validate(); err != nil {
+			t.Errorf("invalid selector: %v", err)
+		}
+	}
+	if strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Fatalf("selectors:\n got %v\nwant %v", got, want)
+	}
+	if pods.calls != 2 {
+		t.Errorf("kubelet listed %d times; want 2 (a miss lists again)", pods.calls)
+	}
+	// Cached now: no new list.
+	if _, err := k.Attest(context.Background(), peercred.Creds{PID: 42}); err != nil || pods.calls != 2 {
+		t.Errorf("second attest: %v, %d lists", err, pods.calls)
+	}
+}
+
+func TestK8sRefusals(t *testing.T) {
+	inPod := "0::/kubepods/burstable/pod" + podUID + "/" + ctrID + "\n"
+	for name, tt := range map[string]struct {
+		cgroup  string
+		pods    *fakePods
+		wantErr string
+		wantNil bool
+	}{
+		"host process":     {cgroup: "0::/system.slice/sshd.service\n", pods: &fakePods{lists: [][]corev1.Pod{{}}}, wantNil: true},
+		"pod not on node":  {cgroup: inPod, pods: &fakePods{lists: [][]corev1.Pod{{}}}, wantErr: "not on this node"},
+		"container not up": {cgroup: inPod, pods: &fakePods{lists: [][]corev1.Pod{{testPod(false)}}}, wantErr: "not (yet)"},
+		"kubelet down":     {cgroup: inPod, pods: &fakePods{err: errors.New("connection refused")}, wantErr: "connection refused"},
+		"bad cgroup":       {cgroup: "nonsense\n", pods: &fakePods{lists: [][]corev1.Pod{{}}}, wantErr: "want hierarchy"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			k := &K8s{Pods: tt.pods, ProcRoot: procWithCgroup(t, 7, tt.cgroup)}
+			sels, err := k.Attest(context.Background(), peercred.Creds{PID: 7})
+			if tt.wantNil {
+				if err != nil || sels != nil {
+					t.Fatalf("Attest = %v, %v; want no selectors", sels, err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("Attest = %v, %v; want error %q", sels, err, tt.wantErr)
+			}
+		})
+	}
+}
+
+func TestMultiJoins(t *testing.T) {
+	root := procWithCgroup(t, 9, "0::/kubepods/pod"+podUID+"/"+ctrID+"\n")
+	m := Multi{&K8s{Pods: &fakePods{lists: [][]corev1.Pod{{testPod(true)}}}, ProcRoot: root}, fixed{{Type: "unix", Value: "uid:0"}}}
+	sels, err := m.Attest(context.Background(), peercred.Creds{PID: 9})
+	if err != nil || len(sels) != 11 || sels[10].String() != "unix:uid:0" {
+		t.Fatalf("Multi = %v, %v", sels, err)
+	}
+}
+
+type fixed []selector.Selector
+
+func (f fixed) Attest(context.Context, peercred.Creds) ([]selector.Selector, error) { return f, nil }
