@@ -25,6 +25,7 @@ import (
 	"github.com/signet-id/signet/agent/manager"
 	"github.com/signet-id/signet/agent/workloadapi"
 	"github.com/signet-id/signet/internal/health"
+	"github.com/signet-id/signet/internal/logfile"
 	"github.com/signet-id/signet/internal/peercred"
 	"github.com/signet-id/signet/internal/unixsock"
 )
@@ -54,6 +55,9 @@ type Config struct {
 	// Kubelet, if set, adds the Kubernetes workload attestor: processes in
 	// pods also get k8s: selectors from the kubelet's view of their pod.
 	Kubelet *kubelet.Config
+	// ReopenLogs, when it receives, reopens the audit log (after a
+	// rotation; signet-agent sends on SIGHUP).
+	ReopenLogs <-chan struct{}
 	// Ready, if set, is called once the Workload API socket is up.
 	Ready func(agentID spiffeid.ID)
 }
@@ -100,17 +104,27 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 	}
 
-	var auditOut *os.File
-	if cfg.AuditLog == "-" {
-		auditOut = os.Stderr
-	} else if auditOut, err = os.OpenFile(cfg.AuditLog, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600); err != nil {
+	auditOut, err := logfile.Open(cfg.AuditLog)
+	if err != nil {
 		return fmt.Errorf("audit log: %w", err)
 	}
 	auditor := workloadapi.NewAuditor(auditOut, 8192)
 	defer func() {
 		auditor.Close()
-		if auditOut != os.Stderr {
-			auditOut.Close()
+		auditOut.Close()
+	}()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-cfg.ReopenLogs:
+				if err := auditOut.Reopen(); err != nil {
+					log.Error("reopening the audit log failed; still writing the old file", "error", err)
+				}
+			}
 		}
 	}()
 

@@ -216,3 +216,32 @@ func TestCLIBatchFile(t *testing.T) {
 		}
 	}
 }
+
+// TestAuditLogRotation renames the CA's audit log and sends SIGHUP: later
+// records go to a new file at the configured path.
+func TestAuditLogRotation(t *testing.T) {
+	dir := t.TempDir()
+	cmd := startCA(t, dir)
+	logPath := filepath.Join(dir, "audit.log")
+	signet(t, dir, "token", "create", "--node", "before")
+	if err := os.Rename(logPath, logPath+".1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	var cur []byte
+	for end := time.Now().Add(10 * time.Second); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
+		signet(t, dir, "token", "create", "--node", "after")
+		if cur, _ = os.ReadFile(logPath); strings.Contains(string(cur), `"node":"after"`) {
+			break
+		}
+	}
+	old, _ := os.ReadFile(logPath + ".1")
+	if !strings.Contains(string(old), `"node":"before"`) || !strings.Contains(string(cur), `"node":"after"`) {
+		t.Fatalf("rotated file:\n%s\ncurrent file:\n%s", old, cur)
+	}
+	if strings.Contains(string(cur), `"node":"before"`) {
+		t.Fatal("the new file holds records from before the rotation")
+	}
+}

@@ -8,9 +8,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"os"
 	"sync"
 	"time"
+
+	"github.com/signet-id/signet/internal/logfile"
 )
 
 // Event names.
@@ -54,20 +55,28 @@ type Log struct {
 	c   io.Closer
 	now func() time.Time
 	buf []byte
+
+	reopen func() error
 }
 
 // Open returns a Log appending to path, or to stderr when path is "" or "-".
 func Open(path string) (*Log, error) {
-	if path == "" || path == "-" {
-		return New(os.Stderr), nil
-	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	f, err := logfile.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("audit: %w", err)
 	}
 	l := New(f)
 	l.c = f
+	l.reopen = f.Reopen
 	return l, nil
+}
+
+// Reopen reopens the file after a rotation (see internal/logfile).
+func (l *Log) Reopen() error {
+	if l.reopen == nil {
+		return nil
+	}
+	return l.reopen()
 }
 
 // New returns a Log writing to w.

@@ -72,6 +72,9 @@ type Config struct {
 	// ten seconds.
 	RotateInterval time.Duration
 	Log            hclog.Logger
+	// ReopenLogs, when it receives, reopens the audit log (after a
+	// rotation; signet-ca sends on SIGHUP).
+	ReopenLogs <-chan struct{}
 	// Ready, if set, is called once every listener is up, with the agent
 	// API's address.
 	Ready func(agentAddr string)
@@ -247,6 +250,20 @@ func Run(ctx context.Context, cfg Config) error {
 	task("http", web.Serve)
 	task("rotation", func() error { return auth.Run(ctx, cfg.RotateInterval) })
 	task("housekeeping", func() error { housekeeping(ctx, st, log); return nil })
+	task("log reopen", func() error {
+		for {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-cfg.ReopenLogs:
+				if err := auditLog.Reopen(); err != nil {
+					log.Error("reopening the audit log failed; still writing the old file", "error", err)
+				} else {
+					log.Info("reopened the audit log")
+				}
+			}
+		}
+	})
 	if cfg.Ready != nil {
 		cfg.Ready(nodeLis.Addr().String())
 	}

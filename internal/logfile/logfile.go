@@ -1,0 +1,67 @@
+// Package logfile is an append-only file that can be reopened, so that
+// audit logs work with rename-based log rotation (logrotate without
+// copytruncate): after a rotation, send the process SIGHUP.
+package logfile
+
+import (
+	"fmt"
+	"os"
+	"sync"
+)
+
+// File appends to a path; "-" or "" means stderr. It is safe for
+// concurrent use.
+type File struct {
+	path string
+	mu   sync.Mutex
+	f    *os.File
+}
+
+// Open opens path for appending, creating it with mode 0600.
+func Open(path string) (*File, error) {
+	l := &File{path: path}
+	if path == "" || path == "-" {
+		l.f = os.Stderr
+		return l, nil
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("logfile: %w", err)
+	}
+	l.f = f
+	return l, nil
+}
+
+// Write appends p in one write call.
+func (l *File) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.f.Write(p)
+}
+
+// Reopen opens the path again (a rotated file's new name), then closes the
+// old file. On error the old file stays in use.
+func (l *File) Reopen() error {
+	if l.f == os.Stderr {
+		return nil
+	}
+	f, err := os.OpenFile(l.path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return fmt.Errorf("logfile: reopen: %w", err)
+	}
+	l.mu.Lock()
+	old := l.f
+	l.f = f
+	l.mu.Unlock()
+	return old.Close()
+}
+
+// Close closes the file (not stderr).
+func (l *File) Close() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.f == os.Stderr {
+		return nil
+	}
+	return l.f.Close()
+}
