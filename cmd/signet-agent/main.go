@@ -18,6 +18,7 @@ import (
 	"github.com/signet-id/signet/agent/kubelet"
 	"github.com/signet-id/signet/agent/manager"
 	"github.com/signet-id/signet/internal/config"
+	"github.com/signet-id/signet/internal/logfile"
 	"github.com/signet-id/signet/internal/systemlog"
 )
 
@@ -122,31 +123,9 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	cfg.ReopenLogs = sighup(ctx)
+	cfg.ReopenLogs = logfile.OnSIGHUP(ctx)
 	if err := agent.Run(ctx, cfg); err != nil {
 		cfg.Log.Error("exiting", "error", err)
 		os.Exit(1)
 	}
-}
-
-// sighup turns SIGHUP into a reopen request for the audit log.
-func sighup(ctx context.Context) <-chan struct{} {
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGHUP)
-	out := make(chan struct{}, 1)
-	go func() {
-		defer signal.Stop(sig)
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-sig:
-				select {
-				case out <- struct{}{}:
-				default:
-				}
-			}
-		}
-	}()
-	return out
 }

@@ -4,9 +4,12 @@
 package logfile
 
 import (
+	"context"
 	"fmt"
 	"os"
+	"os/signal"
 	"sync"
+	"syscall"
 )
 
 // File appends to a path; "-" or "" means stderr. It is safe for
@@ -64,4 +67,27 @@ func (l *File) Close() error {
 		return nil
 	}
 	return l.f.Close()
+}
+
+// OnSIGHUP returns a channel that receives when the process gets SIGHUP,
+// until ctx is done: the conventional "reopen your logs" signal.
+func OnSIGHUP(ctx context.Context) <-chan struct{} {
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGHUP)
+	out := make(chan struct{}, 1)
+	go func() {
+		defer signal.Stop(sig)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-sig:
+				select {
+				case out <- struct{}{}:
+				default:
+				}
+			}
+		}
+	}()
+	return out
 }
