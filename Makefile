@@ -8,7 +8,7 @@ PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 STATICCHECK_VERSION := v0.8.2
 PROTOS := $(shell find proto -name '*.proto' | sort)
 
-.PHONY: all build demo test test-unit test-e2e deps lint proto proto-check fuzz bench clean
+.PHONY: all build demo test deps lint proto proto-check fuzz bench clean
 
 all: build
 
@@ -63,7 +63,7 @@ fuzz:
 	./scripts/fuzz.sh
 
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem ./ca/signer/ ./ca/api/
+	$(GO) test -run '^$$' -bench . -benchmem ./ca/signer/ ./ca/server/
 
 clean:
-	rm -rf $(BIN) .signet-demo
+	rm -rf $(BIN) $(TOOLS) .signet-demo
