@@ -36,6 +36,8 @@ func TestMain(m *testing.M) {
 		fmt.Fprintf(os.Stderr, "build: %v\n%s", err, out)
 		os.Exit(1)
 	}
+	// Tests run these binaries as other users too.
+	os.Chmod(dir, 0o755)
 	binDir = dir
 	code := m.Run()
 	os.RemoveAll(dir)
