@@ -127,12 +127,15 @@ func runDev(ctx context.Context, c *cli, log hclog.Logger, td spiffeid.TrustDoma
 Point workloads at the agent:
   export SPIFFE_ENDPOINT_SOCKET=unix://%s
 
-Register workloads (the agent's SPIFFE ID is the parent):
+The agent's SPIFFE ID, the parent of the entries it serves:
+  %s
+
+Register workloads:
   export SIGNET_ADMIN_SOCKET=%s
   signet entry create --parent-id %s --spiffe-id spiffe://%s/my/service --selector unix:uid:%d
 
 Press Ctrl-C to stop.
-`, td.Name(), socket, adminSock, agentID, td.Name(), os.Getuid())
+`, td.Name(), socket, agentID, adminSock, agentID, td.Name(), os.Getuid())
 	var first error
 	select {
 	case <-ctx.Done():
