@@ -63,7 +63,7 @@ fuzz:
 	./scripts/fuzz.sh
 
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem ./ca/signer/ ./ca/server/
+	$(GO) test -run '^$$' -bench . -benchmem ./ca/signer/ ./ca/server/ ./agent/
 
 clean:
 	rm -rf $(BIN) $(TOOLS) .signet-demo
