@@ -1,6 +1,7 @@
 package workloadapi
 
 import (
+	"bufio"
 	"encoding/json"
 	"io"
 	"sync"
@@ -40,10 +41,17 @@ func NewAuditor(w io.Writer, buffer int) *Auditor {
 
 func (a *Auditor) run() {
 	defer close(a.done)
-	enc := json.NewEncoder(a.w)
+	// Records that queue up while one is written go out in one write; the
+	// buffer is flushed whenever the queue is empty, so nothing waits.
+	bw := bufio.NewWriterSize(a.w, 64<<10)
+	enc := json.NewEncoder(bw)
 	for r := range a.ch {
 		enc.Encode(r)
+		if len(a.ch) == 0 {
+			bw.Flush()
+		}
 	}
+	bw.Flush()
 }
 
 // Log queues r; it never blocks.
