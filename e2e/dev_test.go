@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/signet-id/signet/internal/systest"
 )
 
 // TestDevRunsTheWholeSystem runs `signet dev` and the two example services
@@ -81,7 +83,7 @@ func TestDevRunsTheWholeSystem(t *testing.T) {
 	cli("entry", "create", "--parent-id", parent, "--spiffe-id", "spiffe://example.org/demo/greeter-client",
 		"--selector", uid, "--selector", "unix:path:"+filepath.Join(binDir, "greeter-client"))
 
-	addr := freeAddr(t)
+	addr := systest.FreeAddr(t)
 	srv := exec.Command(filepath.Join(binDir, "greeter-server"), "-addr", addr)
 	srv.Env = env
 	var srvLog strings.Builder

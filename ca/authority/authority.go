@@ -636,8 +636,8 @@ func (a *Authority) Bundle() (Bundle, <-chan struct{}) {
 	return a.bundle, a.changed
 }
 
-// Run rotates keys every interval until ctx is done. onChange is called
-// after each rotation that changed the bundle.
+// Run rotates keys every interval until ctx is done; watchers learn of
+// bundle changes through Bundle's channel.
 func (a *Authority) Run(ctx context.Context, interval time.Duration) error {
 	t := time.NewTicker(interval)
 	defer t.Stop()

@@ -79,7 +79,7 @@ func FromProto(td spiffeid.TrustDomain, pb *typesv1.Entry) (Entry, error) {
 		return Entry{}, err
 	}
 	for i, n := range pb.GetDnsNames() {
-		if err := validDNSName(n); err != nil {
+		if err := ValidDNSName(n); err != nil {
 			return Entry{}, &FieldError{Field: fmt.Sprintf("dns_names[%d]", i), Err: err}
 		}
 		e.DNSNames = append(e.DNSNames, n)
@@ -118,7 +118,9 @@ func ttl(field string, secs int64) (time.Duration, error) {
 	return time.Duration(secs) * time.Second, nil
 }
 
-func validDNSName(n string) error {
+// ValidDNSName reports why n is not a DNS name (a leading "*." label is
+// allowed), or nil.
+func ValidDNSName(n string) error {
 	if n == "" || len(n) > 253 {
 		return fmt.Errorf("%q is not a DNS name", n)
 	}

@@ -13,6 +13,8 @@ import (
 	"text/template/parse"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/signet-id/signet/ca/entry"
 )
 
 // Spec is the part of an IdentityRule this package needs.
@@ -195,28 +197,10 @@ func (r *Rule) Render(pod Pod) (spiffeid.ID, []string, error) {
 			return spiffeid.ID{}, nil, fmt.Errorf("render: %w", err)
 		}
 		n := buf.String()
-		if !validDNSName(n) {
-			return spiffeid.ID{}, nil, fmt.Errorf("render: %q is not a DNS name", n)
+		if err := entry.ValidDNSName(n); err != nil {
+			return spiffeid.ID{}, nil, fmt.Errorf("render: %w", err)
 		}
 		names = append(names, n)
 	}
 	return id, names, nil
-}
-
-func validDNSName(n string) bool {
-	if n == "" || len(n) > 253 {
-		return false
-	}
-	for _, l := range strings.Split(n, ".") {
-		if l == "" || len(l) > 63 || l[0] == '-' || l[len(l)-1] == '-' {
-			return false
-		}
-		for i := 0; i < len(l); i++ {
-			c := l[i]
-			if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
-				return false
-			}
-		}
-	}
-	return true
 }

@@ -9,7 +9,6 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -32,6 +31,7 @@ import (
 	"github.com/signet-id/signet/ca/audit"
 	"github.com/signet-id/signet/ca/server"
 	"github.com/signet-id/signet/internal/peercred"
+	"github.com/signet-id/signet/internal/systest"
 	adminv1 "github.com/signet-id/signet/proto/signet/admin/v1"
 	agentv1 "github.com/signet-id/signet/proto/signet/agent/v1"
 	typesv1 "github.com/signet-id/signet/proto/signet/types/v1"
@@ -44,15 +44,6 @@ type testCA struct {
 	addr  string
 	admin adminv1.AdminClient
 	roots *x509bundle.Bundle
-}
-
-func freeAddr(t testing.TB) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }
 
 func startCA(t testing.TB, opts ...func(*server.Config)) *testCA {
@@ -489,7 +480,7 @@ func (ca *testCA) mintSVID(t testing.TB, agent *x509svid.SVID, e *typesv1.Entry)
 }
 
 func TestAdminOverMTLS(t *testing.T) {
-	adminAddr := freeAddr(t)
+	adminAddr := systest.FreeAddr(t)
 	adminID := spiffeid.RequireFromPath(td, "/ops/admin")
 	ca := startCA(t, func(c *server.Config) {
 		c.AdminListenAddr = adminAddr
@@ -530,7 +521,7 @@ func TestAdminOverMTLS(t *testing.T) {
 }
 
 func TestEvictionEndsSyncAndMetricsCount(t *testing.T) {
-	health := freeAddr(t)
+	health := systest.FreeAddr(t)
 	ca := startCA(t, func(c *server.Config) { c.HealthAddr = health })
 	node1 := "spiffe://example.org/signet/agent/join/node1"
 	agent, err := ca.attest(t, ca.token(t, "node1", 0))
