@@ -40,6 +40,11 @@ type Config struct {
 	DataDir       string
 	JoinToken     string
 	JoinTokenFile string
+	// PSATTokenFile, when set, attests the node with the projected
+	// service-account token in this file (node attestor k8s_psat) as node
+	// NodeName.
+	PSATTokenFile string
+	NodeName      string
 	// TrustBundle holds the CA roots to trust at first start.
 	TrustBundle []*x509.Certificate
 	// SocketPath is the Workload API socket. If empty, DefaultSocket.
@@ -76,7 +81,8 @@ func Run(ctx context.Context, cfg Config) error {
 	log := cfg.Log
 	mgr, err := manager.New(manager.Config{
 		TrustDomain: cfg.TrustDomain, CAAddress: cfg.CAAddress, DataDir: cfg.DataDir,
-		JoinToken: cfg.JoinToken, JoinTokenFile: cfg.JoinTokenFile, TrustBundle: cfg.TrustBundle, Log: log.Named("manager"),
+		JoinToken: cfg.JoinToken, JoinTokenFile: cfg.JoinTokenFile, PSATTokenFile: cfg.PSATTokenFile, NodeName: cfg.NodeName,
+		TrustBundle: cfg.TrustBundle, Log: log.Named("manager"),
 	})
 	if err != nil {
 		return err
@@ -138,14 +144,19 @@ func Run(ctx context.Context, cfg Config) error {
 		return snap.UsesKey("unix", "sha256")
 	}
 	var attestor workloadapi.Attestor = unix
+	var pods workloadapi.PodPuller
 	if cfg.Kubelet != nil {
 		kc, err := kubelet.New(*cfg.Kubelet)
 		if err != nil {
 			return err
 		}
 		attestor = attest.Multi{unix, &attest.K8s{Pods: kc}}
+		if cfg.PSATTokenFile != "" {
+			pods = mgr
+		}
 	}
-	h := workloadapi.New(workloadapi.Config{Cache: c, Attestor: attestor, JWT: mgr, Audit: auditor, Log: log.Named("workloadapi"), Metrics: workloadapi.NewMetrics(reg)})
+	h := workloadapi.New(workloadapi.Config{Cache: c, Attestor: attestor, JWT: mgr, Audit: auditor, Log: log.Named("workloadapi"),
+		Metrics: workloadapi.NewMetrics(reg), Pods: pods})
 	srv := grpc.NewServer(grpc.Creds(peercred.TransportCredentials(true)), workloadapi.ServerOption())
 	workload.RegisterSpiffeWorkloadAPIServer(srv, h)
 	// Any local process may ask; the answer depends on who it is.

@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Installs what the tests need on a fresh Debian or Ubuntu machine: openssl
-# (an independent X.509 verifier) and protoc (to check that the committed
-# generated code is current). Go modules come through the module proxy.
+# (an independent X.509 verifier), protoc (to check that the committed
+# generated code is current), and containerd + runc (the container runtime of
+# the real test node). Go modules come through the module proxy; the
+# Kubernetes binaries are built by e2e/testenv/build.sh.
 set -euo pipefail
 
 need=()
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+command -v containerd >/dev/null 2>&1 || need+=(containerd)
+command -v runc >/dev/null 2>&1 || need+=(runc)
 [ ${#need[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -15,5 +19,13 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 echo "install-deps: installing ${need[*]}"
 export DEBIAN_FRONTEND=noninteractive
+# The tests start containerd themselves, with their own configuration: keep
+# the package's maintainer scripts from starting the system service.
+policy=/usr/sbin/policy-rc.d
+own_policy=0
+if [ ! -e $policy ]; then
+  printf '#!/bin/sh\nexit 101\n' >$policy && chmod +x $policy && own_policy=1
+fi
+trap '[ $own_policy = 1 ] && rm -f $policy' EXIT
 apt-get update -qq
-apt-get install -y -qq "${need[@]}" >/dev/null
+apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null

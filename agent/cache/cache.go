@@ -244,34 +244,49 @@ func svidProto(e entry.Entry, s *SVID, b *Bundle) *workload.X509SVID {
 
 // Update is one sync message from the CA, already validated.
 type Update struct {
-	// Full replaces every entry with Entries.
+	// Full replaces every stored entry with Entries.
 	Full    bool
 	Entries []entry.Entry
 	Deleted []string
+	// PodsFull replaces every pod entry (Kubernetes mode: identities
+	// derived from the node's pods, IDs starting "k8s:") with PodEntries.
+	PodsFull    bool
+	PodEntries  []entry.Entry
+	PodsDeleted []string
 	// Bundle, if not nil, replaces the bundle.
 	Bundle *Bundle
 }
+
+// IsPodEntryID reports whether id names an identity derived from a pod.
+func IsPodEntryID(id string) bool { return strings.HasPrefix(id, "k8s:") }
 
 // Apply applies a sync message. An entry whose identity-relevant fields
 // changed loses its SVID, so that it is minted again.
 func (c *Cache) Apply(u Update) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if u.Full {
-		keep := make(map[string]bool, len(u.Entries))
-		for _, e := range u.Entries {
+	for _, set := range []struct {
+		full    bool
+		pods    bool
+		entries []entry.Entry
+	}{{u.Full, false, u.Entries}, {u.PodsFull, true, u.PodEntries}} {
+		if !set.full {
+			continue
+		}
+		keep := make(map[string]bool, len(set.entries))
+		for _, e := range set.entries {
 			keep[e.ID] = true
 		}
 		for id := range c.items {
-			if !keep[id] {
+			if IsPodEntryID(id) == set.pods && !keep[id] {
 				delete(c.items, id)
 			}
 		}
 	}
-	for _, id := range u.Deleted {
+	for _, id := range append(u.Deleted, u.PodsDeleted...) {
 		delete(c.items, id)
 	}
-	for _, e := range u.Entries {
+	for _, e := range append(u.Entries, u.PodEntries...) {
 		old, ok := c.items[e.ID]
 		if ok && old.SVID != nil && sameIdentity(old.Entry, e) {
 			c.items[e.ID] = &Item{Entry: e, SVID: old.SVID, Proto: old.Proto, bundle: old.bundle}

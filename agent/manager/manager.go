@@ -54,6 +54,11 @@ type Config struct {
 	// token changes.
 	JoinToken     string
 	JoinTokenFile string
+	// PSATTokenFile, when set, attests the node with this projected
+	// service-account token (Kubernetes mode, read anew at every
+	// attestation since the kubelet rotates it), for node NodeName.
+	PSATTokenFile string
+	NodeName      string
 	// TrustBundle holds the roots to trust before the data directory has a
 	// bundle of its own.
 	TrustBundle []*x509.Certificate
@@ -80,6 +85,7 @@ type Manager struct {
 	firstSync   bool
 	renewAt     time.Time
 	jwts        map[string]jwtCached
+	pulledAt    map[string]time.Time
 
 	minted, mintErrors, renewals int64
 }
@@ -114,7 +120,7 @@ func New(cfg Config) (*Manager, error) {
 	m := &Manager{
 		cfg: cfg, log: cfg.Log, cache: cache.New(b),
 		caID:        spiffeid.RequireFromSegments(cfg.TrustDomain, "signet", "ca"),
-		connChanged: make(chan struct{}), triedTokens: map[string]bool{}, jwts: map[string]jwtCached{},
+		connChanged: make(chan struct{}), triedTokens: map[string]bool{}, jwts: map[string]jwtCached{}, pulledAt: map[string]time.Time{},
 	}
 	svid, err := loadSVID(cfg.DataDir)
 	if err != nil {
@@ -229,7 +235,10 @@ func (m *Manager) markEvicted(reason string) {
 	first := m.evicted == ""
 	m.evicted = reason
 	m.mu.Unlock()
-	if first {
+	switch {
+	case first && m.cfg.PSATTokenFile != "":
+		m.log.Error("the CA no longer accepts this agent; it keeps serving cached SVIDs and attests again with its service-account token", "reason", reason)
+	case first:
 		m.log.Error("the CA no longer accepts this agent; it keeps serving cached SVIDs until they expire but gets no new ones. "+
 			"Give it a new join token (write it to --join-token-file, or restart with --join-token)", "reason", reason)
 	}
@@ -250,7 +259,7 @@ func isAgentRefusal(err error) bool {
 	}
 	msg := st.Message()
 	return st.Code() == codes.Unauthenticated ||
-		(st.Code() == codes.PermissionDenied && (strings.Contains(msg, "no longer valid") || strings.Contains(msg, "unknown agent")))
+		(st.Code() == codes.PermissionDenied && (strings.Contains(msg, "no longer valid") || strings.Contains(msg, "unknown agent") || strings.Contains(msg, "agent evicted")))
 }
 
 // newKeyAndCSR makes a P-256 key here, on the node, and a CSR for it; the
@@ -264,8 +273,17 @@ func newKeyAndCSR() (*ecdsa.PrivateKey, []byte, error) {
 	return key, csr, err
 }
 
-// token returns the configured join token, from the flag or the file.
+// token returns the configured join token, from the flag or the file, or
+// the projected service-account token.
 func (m *Manager) token() string {
+	if m.cfg.PSATTokenFile != "" {
+		raw, err := os.ReadFile(m.cfg.PSATTokenFile)
+		if err != nil {
+			m.log.Warn("reading the service-account token failed", "file", m.cfg.PSATTokenFile, "error", err)
+			return ""
+		}
+		return strings.TrimSpace(string(raw))
+	}
 	if m.cfg.JoinTokenFile != "" {
 		raw, err := os.ReadFile(m.cfg.JoinTokenFile)
 		if err == nil {
@@ -291,10 +309,14 @@ func (m *Manager) attest(ctx context.Context, token string) error {
 	defer conn.Close()
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	resp, err := agentv1.NewNodeClient(conn).AttestNode(ctx, &agentv1.AttestNodeRequest{
+	req := &agentv1.AttestNodeRequest{
 		Attestation: &agentv1.AttestNodeRequest_JoinToken{JoinToken: &agentv1.JoinTokenAttestation{Token: token}},
 		Csr:         csr,
-	})
+	}
+	if m.cfg.PSATTokenFile != "" {
+		req.Attestation = &agentv1.AttestNodeRequest_K8SPsat{K8SPsat: &agentv1.K8SPSATAttestation{Token: token, NodeName: m.cfg.NodeName}}
+	}
+	resp, err := agentv1.NewNodeClient(conn).AttestNode(ctx, req)
 	if err != nil {
 		return fmt.Errorf("attest: %w", err)
 	}
@@ -335,6 +357,9 @@ func parseSVID(chain [][]byte, key crypto.Signer) (*x509svid.SVID, error) {
 func (m *Manager) Run(ctx context.Context) error {
 	if m.ID().IsZero() {
 		tok := m.token()
+		if tok == "" && m.cfg.PSATTokenFile != "" {
+			return fmt.Errorf("no valid agent SVID in the data directory and no service-account token in %s", m.cfg.PSATTokenFile)
+		}
 		if tok == "" {
 			return errors.New("no valid agent SVID in the data directory and no join token (--join-token or --join-token-file)")
 		}
@@ -441,14 +466,22 @@ func (m *Manager) followSync(ctx context.Context, client agentv1.NodeClient, rev
 }
 
 func (m *Manager) applySync(msg *agentv1.SyncResponse) {
-	u := cache.Update{Full: msg.GetFull(), Deleted: msg.GetDeletedEntryIds()}
+	u := cache.Update{Full: msg.GetFull(), Deleted: msg.GetDeletedEntryIds(), PodsFull: msg.GetPodsFull(), PodsDeleted: msg.GetDeletedPodEntryIds()}
 	for _, pb := range msg.GetEntries() {
 		e, err := entry.FromProto(m.cfg.TrustDomain, pb)
-		if err != nil {
+		if err != nil || cache.IsPodEntryID(e.ID) {
 			m.log.Warn("ignoring invalid entry from the CA", "entry_id", pb.GetId(), "error", err)
 			continue
 		}
 		u.Entries = append(u.Entries, e)
+	}
+	for _, pb := range msg.GetPodEntries() {
+		e, err := entry.FromProto(m.cfg.TrustDomain, pb)
+		if err != nil || !cache.IsPodEntryID(e.ID) {
+			m.log.Warn("ignoring invalid pod entry from the CA", "entry_id", pb.GetId(), "error", err)
+			continue
+		}
+		u.PodEntries = append(u.PodEntries, e)
 	}
 	if pb := msg.GetBundle(); pb != nil {
 		if b := m.bundleFromProto(pb); b != nil {
@@ -575,6 +608,12 @@ func (m *Manager) mint(ctx context.Context, due []entry.Entry) error {
 			m.mu.Unlock()
 			if isAgentRefusal(err) {
 				m.markEvicted(status.Convert(err).Message())
+			}
+			if id := refusedPodEntry(err); id != "" {
+				// The pod left the node before its deletion reached us:
+				// forget it so that the other entries are minted.
+				m.cache.Apply(cache.Update{PodsDeleted: []string{id}})
+				m.log.Info("dropped the identity of a pod no longer on this node", "entry_id", id)
 			}
 			return err
 		}
@@ -704,9 +743,21 @@ func (m *Manager) renew(ctx context.Context) error {
 // reattestLoop, while the agent is evicted, attests again with any join
 // token it has not tried yet (a new one written to --join-token-file).
 func (m *Manager) reattestLoop(ctx context.Context) {
+	bo := backoff{max: 30 * time.Second}
 	for ctx.Err() == nil {
 		sleep(ctx, 2*time.Second, nil)
 		if !m.isEvicted() {
+			bo.reset()
+			continue
+		}
+		if m.cfg.PSATTokenFile != "" {
+			// A service-account token can be presented again; the CA
+			// decides whether this pod is still the node's agent.
+			if err := m.attest(ctx, m.token()); err != nil {
+				d := bo.next()
+				m.log.Error("attesting again failed", "error", err, "retry_in", d)
+				sleep(ctx, d, nil)
+			}
 			continue
 		}
 		tok := m.token()
@@ -768,4 +819,67 @@ func (m *Manager) Counts() (minted, mintErrors, renewals int64) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return m.minted, m.mintErrors, m.renewals
+}
+
+// refusedPodEntry returns the pod entry a mint refusal names, if any.
+func refusedPodEntry(err error) string {
+	st, ok := status.FromError(err)
+	if !ok || st.Code() != codes.PermissionDenied {
+		return ""
+	}
+	_, rest, ok := strings.Cut(st.Message(), `entry "`)
+	if !ok {
+		return ""
+	}
+	id, _, ok := strings.Cut(rest, `"`)
+	if !ok || !cache.IsPodEntryID(id) {
+		return ""
+	}
+	return id
+}
+
+// pullRetry is how soon the same pod may be asked about again.
+const pullRetry = 2 * time.Second
+
+// PullPod asks the CA for the identities of a pod on this node whose
+// push has not arrived yet (Kubernetes mode), and adds them to the cache;
+// the mint loop then signs them at once.
+func (m *Manager) PullPod(ctx context.Context, uid string) error {
+	now := time.Now()
+	m.mu.Lock()
+	if t, ok := m.pulledAt[uid]; ok && now.Sub(t) < pullRetry {
+		m.mu.Unlock()
+		return nil
+	}
+	for k, t := range m.pulledAt {
+		if now.Sub(t) >= pullRetry {
+			delete(m.pulledAt, k)
+		}
+	}
+	m.pulledAt[uid] = now
+	m.mu.Unlock()
+	client, _, err := m.nodeClient()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	resp, err := client.FetchPodEntries(ctx, &agentv1.FetchPodEntriesRequest{PodUid: uid})
+	if err != nil {
+		return err
+	}
+	var u cache.Update
+	for _, pb := range resp.GetEntries() {
+		e, err := entry.FromProto(m.cfg.TrustDomain, pb)
+		if err != nil || !cache.IsPodEntryID(e.ID) {
+			m.log.Warn("ignoring invalid pod entry from the CA", "entry_id", pb.GetId(), "error", err)
+			continue
+		}
+		u.PodEntries = append(u.PodEntries, e)
+	}
+	if len(u.PodEntries) > 0 {
+		m.cache.Apply(u)
+	}
+	m.log.Debug("pulled pod identities", "pod_uid", uid, "entries", len(u.PodEntries))
+	return nil
 }

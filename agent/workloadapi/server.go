@@ -50,6 +50,37 @@ type Config struct {
 	Log      hclog.Logger
 	// Metrics, if set, count answers.
 	Metrics *Metrics
+	// Pods, if set (Kubernetes mode), is asked for the identities of a
+	// caller's pod when none have arrived yet.
+	Pods PodPuller
+}
+
+// PodPuller gets the identities of a pod on this node from the CA and puts
+// them in the cache.
+type PodPuller interface {
+	PullPod(ctx context.Context, uid string) error
+}
+
+// pullPod asks for the caller's pod identities; it reports whether it
+// asked, so that the caller looks at the cache again.
+func (h *Handler) pullPod(ctx context.Context, c caller) bool {
+	if h.cfg.Pods == nil {
+		return false
+	}
+	var uid string
+	for _, s := range c.selectors {
+		if v, ok := strings.CutPrefix(s.Value, "pod-uid:"); ok && s.Type == "k8s" {
+			uid = v
+		}
+	}
+	if uid == "" {
+		return false
+	}
+	if err := h.cfg.Pods.PullPod(ctx, uid); err != nil {
+		h.cfg.Log.Warn("asking the CA for the pod's identities failed", "pod_uid", uid, "error", err)
+		return false
+	}
+	return true
 }
 
 // Handler implements workload.SpiffeWorkloadAPIServer.
@@ -172,8 +203,16 @@ func (h *Handler) FetchX509SVID(_ *workload.X509SVIDRequest, stream workload.Spi
 	// An identity whose entry arrived but whose SVID is still being minted
 	// is waited for, not refused.
 	pendingUntil := time.Now().Add(h.cfg.SyncWait)
+	pulled := false
 	for {
 		items := snap.Match(c.selectors)
+		if len(items) == 0 && len(snap.MatchEntries(c.selectors)) == 0 && !pulled {
+			pulled = true
+			if h.pullPod(ctx, c) {
+				snap, changed = h.cfg.Cache.Snapshot()
+				continue
+			}
+		}
 		if len(items) == 0 {
 			if len(snap.MatchEntries(c.selectors)) > 0 && time.Now().Before(pendingUntil) {
 				select {
@@ -231,6 +270,9 @@ func (h *Handler) streamBundles(ctx context.Context, event string, send func(*ca
 	}
 	snap, changed := h.synced(ctx)
 	var sent *cache.Bundle
+	if len(snap.MatchEntries(c.selectors)) == 0 && h.pullPod(ctx, c) {
+		snap, changed = h.cfg.Cache.Snapshot()
+	}
 	for {
 		if len(snap.MatchEntries(c.selectors)) == 0 {
 			h.refuse(c, event, "no entry matches the caller's selectors")
@@ -277,6 +319,9 @@ func (h *Handler) FetchJWTSVID(ctx context.Context, req *workload.JWTSVIDRequest
 		}
 	}
 	snap, _ := h.synced(ctx)
+	if len(snap.MatchEntries(c.selectors)) == 0 && h.pullPod(ctx, c) {
+		snap, _ = h.cfg.Cache.Snapshot()
+	}
 	// One JWT-SVID per SPIFFE ID, in ID order; only the asked-for ID when
 	// the request names one (the common case: filter before sorting).
 	var entries []entry.Entry

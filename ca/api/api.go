@@ -20,6 +20,8 @@ import (
 
 	"github.com/signet-id/signet/ca/audit"
 	"github.com/signet-id/signet/ca/authority"
+	"github.com/signet-id/signet/ca/entry"
+	"github.com/signet-id/signet/ca/nodeattest"
 	"github.com/signet-id/signet/ca/store"
 	typesv1 "github.com/signet-id/signet/proto/signet/types/v1"
 )
@@ -46,6 +48,35 @@ type Config struct {
 	// Stopping, when closed, ends Sync streams so that a graceful stop does
 	// not wait for agents to hang up.
 	Stopping <-chan struct{}
+
+	// Kubernetes mode: PSAT attests agents, Pods derives the identities of
+	// pods from IdentityRules, ClusterName goes into agent IDs. All nil or
+	// empty outside Kubernetes.
+	PSAT        PSATAttestor
+	Pods        PodIdentities
+	ClusterName string
+}
+
+// PSATAttestor verifies a Kubernetes projected service-account token for
+// an agent on node (nodeattest.PSAT).
+type PSATAttestor interface {
+	Attest(ctx context.Context, token, node string) (nodeattest.Agent, error)
+}
+
+// PodIdentities are identities derived from pods (k8s.Identities). Every
+// method takes the agent's node and answers only for pods bound to it.
+type PodIdentities interface {
+	// ForNode returns the identities of the pods bound to node.
+	ForNode(node string, parent spiffeid.ID) []entry.Entry
+	// Changed is closed at the next change of pods or rules.
+	Changed() <-chan struct{}
+	// Lookup returns the pod entries among ids whose pods are on node.
+	Lookup(ctx context.Context, ids []string, node string, parent spiffeid.ID) (map[string]entry.Entry, error)
+	// Pull returns the identities of pod uid, confirmed with the API
+	// server to be bound to node (k8s.ErrNotOnNode otherwise).
+	Pull(ctx context.Context, uid, node string, parent spiffeid.ID) ([]entry.Entry, error)
+	// AgentAlive reports whether node exists and runs an agent pod.
+	AgentAlive(node string) (bool, string)
 }
 
 func (c *Config) setDefaults() {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -19,6 +20,8 @@ import (
 
 	"github.com/signet-id/signet/ca/audit"
 	"github.com/signet-id/signet/ca/entry"
+	"github.com/signet-id/signet/ca/k8s"
+	"github.com/signet-id/signet/ca/nodeattest"
 	"github.com/signet-id/signet/ca/signer"
 	"github.com/signet-id/signet/ca/store"
 	agentv1 "github.com/signet-id/signet/proto/signet/agent/v1"
@@ -48,11 +51,28 @@ func AgentID(td spiffeid.TrustDomain, node string) (spiffeid.ID, error) {
 	return spiffeid.FromSegments(td, "signet", "agent", "join", node)
 }
 
+// K8sAgentID returns the SPIFFE ID of the PSAT-attested agent on node of
+// cluster. The cluster name is the CA's own setting, never the agent's.
+func K8sAgentID(td spiffeid.TrustDomain, cluster, node string) (spiffeid.ID, error) {
+	return spiffeid.FromSegments(td, "signet", "agent", "k8s", cluster, node)
+}
+
 // caller is an authenticated agent.
 type caller struct {
 	id     spiffeid.ID
 	serial string
 	agent  store.Agent
+	// node is set for Kubernetes agents: pod identities of this node only.
+	node string
+}
+
+// k8sNode returns the node of a Kubernetes agent ID of this CA's cluster.
+func (s *NodeServer) k8sNode(id spiffeid.ID) (string, bool) {
+	if s.cfg.ClusterName == "" {
+		return "", false
+	}
+	node, ok := strings.CutPrefix(id.Path(), "/signet/agent/k8s/"+s.cfg.ClusterName+"/")
+	return node, ok && node != "" && !strings.Contains(node, "/")
 }
 
 // peerSVID returns the verified client certificate of the call, if any. The
@@ -91,6 +111,9 @@ func (s *NodeServer) authAgent(ctx context.Context, method string) (caller, erro
 	}
 	serial := serialHex(leaf)
 	a, err := s.cfg.Store.FetchAgent(ctx, id.String())
+	if node, ok := s.k8sNode(id); ok && s.cfg.Pods != nil {
+		return s.authK8sAgent(ctx, method, leaf, id, node, a, err)
+	}
 	if errors.Is(err, store.ErrNotFound) {
 		return caller{}, s.cfg.refuse(method, codes.PermissionDenied, audit.Record{Actor: id.String(), Serial: serial, Reason: method + ": unknown agent"})
 	}
@@ -104,6 +127,38 @@ func (s *NodeServer) authAgent(ctx context.Context, method string) (caller, erro
 	return caller{id: id, serial: serial, agent: a}, nil
 }
 
+// authK8sAgent authorizes a Kubernetes agent. Several CA replicas share
+// no agent records, so an agent attested at another replica is accepted
+// on its SVID alone; on every call its node must exist and run an agent
+// pod, else the agent is evicted. An SVID issued before a local eviction
+// stays refused.
+func (s *NodeServer) authK8sAgent(ctx context.Context, method string, leaf *x509.Certificate, id spiffeid.ID, node string, a store.Agent, fetchErr error) (caller, error) {
+	serial := serialHex(leaf)
+	if fetchErr != nil && !errors.Is(fetchErr, store.ErrNotFound) {
+		return caller{}, s.cfg.internal(ctx, "fetch agent", fetchErr)
+	}
+	known := fetchErr == nil
+	if alive, reason := s.cfg.Pods.AgentAlive(node); !alive {
+		if known && !a.Evicted() {
+			if err := s.cfg.Store.EvictAgent(ctx, id.String(), s.cfg.Now()); err != nil && !errors.Is(err, store.ErrNotFound) {
+				return caller{}, s.cfg.internal(ctx, "evict agent", err)
+			}
+			if err := s.cfg.auditOrFail(audit.Record{Event: audit.AgentEvict, Actor: "signet-ca", SPIFFEID: id.String(), Node: node, Serial: a.Serial,
+				Result: audit.Success, Reason: reason}); err != nil {
+				return caller{}, err
+			}
+		}
+		return caller{}, s.cfg.refuse(method, codes.PermissionDenied, audit.Record{Actor: id.String(), Serial: serial, Node: node, Reason: method + ": agent evicted: " + reason})
+	}
+	if known && a.Evicted() && !leaf.NotBefore.After(a.EvictedAt) {
+		return caller{}, s.cfg.refuse(method, codes.PermissionDenied, audit.Record{Actor: id.String(), Serial: serial, Reason: method + ": agent SVID is no longer valid (agent evicted)"})
+	}
+	if !known {
+		a = store.Agent{SPIFFEID: id.String(), NodeName: node, AttestationType: "k8s_psat", Serial: serial}
+	}
+	return caller{id: id, serial: serial, agent: a, node: node}, nil
+}
+
 // AttestNode implements agentv1.NodeServer.
 func (s *NodeServer) AttestNode(ctx context.Context, req *agentv1.AttestNodeRequest) (*agentv1.AttestNodeResponse, error) {
 	now := s.cfg.Now()
@@ -115,6 +170,8 @@ func (s *NodeServer) AttestNode(ctx context.Context, req *agentv1.AttestNodeRequ
 		return status.Error(code, reason)
 	}
 	var node, method string
+	var id spiffeid.ID
+	var err error
 	switch att := req.GetAttestation().(type) {
 	case *agentv1.AttestNodeRequest_JoinToken:
 		method = "join_token"
@@ -134,12 +191,26 @@ func (s *NodeServer) AttestNode(ctx context.Context, req *agentv1.AttestNodeRequ
 			return nil, s.cfg.internal(ctx, "consume join token", err)
 		}
 		node = n
+		if id, err = AgentID(s.cfg.TrustDomain, node); err != nil {
+			return nil, fail(codes.InvalidArgument, method, node, fmt.Sprintf("node name %q makes no valid SPIFFE ID", node))
+		}
+	case *agentv1.AttestNodeRequest_K8SPsat:
+		method = "k8s_psat"
+		node = att.K8SPsat.GetNodeName()
+		if s.cfg.PSAT == nil || s.cfg.ClusterName == "" {
+			return nil, fail(codes.FailedPrecondition, method, node, "this CA does not run in Kubernetes mode")
+		}
+		if id, err = K8sAgentID(s.cfg.TrustDomain, s.cfg.ClusterName, node); err != nil {
+			return nil, fail(codes.InvalidArgument, method, node, fmt.Sprintf("node name %q makes no valid SPIFFE ID", node))
+		}
+		if _, err := s.cfg.PSAT.Attest(ctx, att.K8SPsat.GetToken(), node); err != nil {
+			if nodeattest.IsRefusal(err) {
+				return nil, fail(codes.PermissionDenied, method, node, err.Error())
+			}
+			return nil, s.cfg.internal(ctx, "PSAT attestation", err)
+		}
 	default:
 		return nil, fail(codes.InvalidArgument, "unknown", "", "no supported attestation in request")
-	}
-	id, err := AgentID(s.cfg.TrustDomain, node)
-	if err != nil {
-		return nil, fail(codes.InvalidArgument, method, node, fmt.Sprintf("node name %q makes no valid SPIFFE ID", node))
 	}
 	csr, err := signer.ParseCSR(req.GetCsr())
 	if err != nil {
@@ -159,7 +230,7 @@ func (s *NodeServer) AttestNode(ctx context.Context, req *agentv1.AttestNodeRequ
 	recs := []audit.Record{{Event: audit.NodeAttest, Actor: id.String(), SPIFFEID: id.String(), Node: node, Serial: serialHex(chain[0]), Result: audit.Success}}
 	if prev != nil {
 		recs = append(recs, audit.Record{Event: audit.AgentEvict, Actor: id.String(), SPIFFEID: prev.SPIFFEID, Node: node, Serial: prev.Serial,
-			Result: audit.Success, Reason: "node attested again with a new join token"})
+			Result: audit.Success, Reason: "node attested again (" + method + ")"})
 	}
 	if err := s.cfg.auditOrFail(recs...); err != nil {
 		return nil, err
@@ -218,6 +289,17 @@ func (s *NodeServer) RenewAgent(ctx context.Context, req *agentv1.RenewAgentRequ
 // missing entry and another agent's entry get the same answer, so an agent
 // learns nothing about entries that are not its own.
 func (s *NodeServer) ownEntry(ctx context.Context, c caller, method, id string) (entry.Entry, error) {
+	if k8s.IsPodEntryID(id) {
+		found, err := s.fetchEntries(ctx, c, []string{id})
+		if err != nil {
+			return entry.Entry{}, err
+		}
+		e, ok := found[id]
+		if !ok {
+			return entry.Entry{}, s.notOwned(c, method, id, e)
+		}
+		return e, nil
+	}
 	e, err := s.cfg.Store.FetchEntry(ctx, id)
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		return entry.Entry{}, s.cfg.internal(ctx, "fetch entry", err)
@@ -226,6 +308,78 @@ func (s *NodeServer) ownEntry(ctx context.Context, c caller, method, id string) 
 		return entry.Entry{}, s.notOwned(c, method, id, e)
 	}
 	return e, nil
+}
+
+// fetchEntries returns the entries with the given IDs: stored ones, and
+// for a Kubernetes agent the identities of pods on its node.
+func (s *NodeServer) fetchEntries(ctx context.Context, c caller, ids []string) (map[string]entry.Entry, error) {
+	var stored, pods []string
+	for _, id := range ids {
+		if k8s.IsPodEntryID(id) {
+			pods = append(pods, id)
+		} else {
+			stored = append(stored, id)
+		}
+	}
+	found := map[string]entry.Entry{}
+	if len(stored) > 0 {
+		var err error
+		if found, err = s.cfg.Store.FetchEntries(ctx, stored); err != nil {
+			return nil, s.cfg.internal(ctx, "fetch entries", err)
+		}
+	}
+	if len(pods) > 0 && c.node != "" {
+		derived, err := s.cfg.Pods.Lookup(ctx, pods, c.node, c.id)
+		if err != nil {
+			return nil, s.cfg.internal(ctx, "pod identities", err)
+		}
+		for id, e := range derived {
+			found[id] = e
+		}
+	}
+	return found, nil
+}
+
+// FetchPodEntries implements agentv1.NodeServer.
+func (s *NodeServer) FetchPodEntries(ctx context.Context, req *agentv1.FetchPodEntriesRequest) (*agentv1.FetchPodEntriesResponse, error) {
+	const method = "FetchPodEntries"
+	c, err := s.authAgent(ctx, method)
+	if err != nil {
+		return nil, err
+	}
+	uid := req.GetPodUid()
+	if c.node == "" {
+		return nil, s.cfg.refuse(method, codes.FailedPrecondition, audit.Record{Actor: c.id.String(), Reason: method + ": only Kubernetes agents have pods"})
+	}
+	if !validUID(uid) {
+		return nil, s.cfg.refuse(method, codes.InvalidArgument, audit.Record{Actor: c.id.String(), Reason: fmt.Sprintf("%s: pod UID %.80q is malformed", method, uid)})
+	}
+	entries, err := s.cfg.Pods.Pull(ctx, uid, c.node, c.id)
+	if errors.Is(err, k8s.ErrNotOnNode) {
+		return nil, s.cfg.refuse(method, codes.PermissionDenied, audit.Record{Actor: c.id.String(), Node: c.node,
+			Reason: fmt.Sprintf("%s: pod %s is not bound to node %s", method, uid, c.node)})
+	}
+	if err != nil {
+		return nil, s.cfg.internal(ctx, "pull pod identities", err)
+	}
+	resp := &agentv1.FetchPodEntriesResponse{}
+	for _, e := range entries {
+		resp.Entries = append(resp.Entries, e.Proto())
+	}
+	return resp, nil
+}
+
+// validUID accepts what Kubernetes puts in metadata.uid (a UUID).
+func validUID(uid string) bool {
+	if uid == "" || len(uid) > 64 {
+		return false
+	}
+	for _, r := range uid {
+		if !(r >= '0' && r <= '9' || r >= 'a' && r <= 'f' || r >= 'A' && r <= 'F' || r == '-') {
+			return false
+		}
+	}
+	return true
 }
 
 // notOwned audits and refuses a request for an entry that is missing or
@@ -252,9 +406,9 @@ func (s *NodeServer) MintX509SVIDs(ctx context.Context, req *agentv1.MintX509SVI
 	for i, r := range req.GetRequests() {
 		ids[i] = r.GetEntryId()
 	}
-	found, err := s.cfg.Store.FetchEntries(ctx, ids)
+	found, err := s.fetchEntries(ctx, c, ids)
 	if err != nil {
-		return nil, s.cfg.internal(ctx, "fetch entries", err)
+		return nil, err
 	}
 	entries := make([]entry.Entry, len(ids))
 	for i, id := range ids {
@@ -356,8 +510,13 @@ func (s *NodeServer) Sync(req *agentv1.SyncRequest, stream agentv1.Node_SyncServ
 	rev := req.GetRevision()
 	var sentSeq uint64
 	first := true
+	sentPods := map[string]entry.Entry{}
 	for {
 		entriesChanged := s.cfg.Changes.Wait()
+		var podsChanged <-chan struct{}
+		if c.node != "" {
+			podsChanged = s.cfg.Pods.Changed()
+		}
 		bundle, bundleChanged := s.cfg.Authority.Bundle()
 		ch, err := s.cfg.Store.EntriesSince(ctx, c.id.String(), rev)
 		if err != nil {
@@ -372,7 +531,11 @@ func (s *NodeServer) Sync(req *agentv1.SyncRequest, stream agentv1.Node_SyncServ
 				return s.cfg.internal(ctx, "bundle", err)
 			}
 		}
-		if first || ch.Full || len(msg.Entries) > 0 || len(msg.DeletedEntryIds) > 0 || msg.Bundle != nil {
+		if c.node != "" {
+			sentPods = podDiff(msg, s.cfg.Pods.ForNode(c.node, c.id), sentPods, first)
+		}
+		if first || ch.Full || len(msg.Entries) > 0 || len(msg.DeletedEntryIds) > 0 || msg.Bundle != nil ||
+			len(msg.PodEntries) > 0 || len(msg.DeletedPodEntryIds) > 0 {
 			if err := stream.Send(msg); err != nil {
 				return err
 			}
@@ -384,6 +547,7 @@ func (s *NodeServer) Sync(req *agentv1.SyncRequest, stream agentv1.Node_SyncServ
 		case <-s.cfg.Stopping:
 			return status.Error(codes.Unavailable, "CA shutting down")
 		case <-entriesChanged:
+		case <-podsChanged:
 		case <-bundleChanged:
 		case <-time.After(resyncInterval):
 		}
@@ -392,4 +556,29 @@ func (s *NodeServer) Sync(req *agentv1.SyncRequest, stream agentv1.Node_SyncServ
 			return err
 		}
 	}
+}
+
+// podDiff puts into msg what changed between the pod entries sent and cur,
+// and returns cur as the new sent set.
+func podDiff(msg *agentv1.SyncResponse, cur []entry.Entry, sent map[string]entry.Entry, full bool) map[string]entry.Entry {
+	now := make(map[string]entry.Entry, len(cur))
+	msg.PodsFull = full
+	for _, e := range cur {
+		now[e.ID] = e
+		if old, ok := sent[e.ID]; full || !ok || !samePodEntry(old, e) {
+			msg.PodEntries = append(msg.PodEntries, e.Proto())
+		}
+	}
+	if !full {
+		for id := range sent {
+			if _, ok := now[id]; !ok {
+				msg.DeletedPodEntryIds = append(msg.DeletedPodEntryIds, id)
+			}
+		}
+	}
+	return now
+}
+
+func samePodEntry(a, b entry.Entry) bool {
+	return a.SPIFFEID == b.SPIFFEID && a.X509TTL == b.X509TTL && a.JWTTTL == b.JWTTTL && slices.Equal(a.DNSNames, b.DNSNames)
 }

@@ -23,6 +23,7 @@ import (
 	"fmt"
 	"math/big"
 	"net/url"
+	"strings"
 	"sync"
 	"time"
 
@@ -79,6 +80,10 @@ type Config struct {
 	Now func() time.Time
 	// Log receives rotation events. If nil, logs are discarded.
 	Log hclog.Logger
+	// IsLeader, if set, says whether this replica rotates keys; the others
+	// only reload what the leader stored. If nil, this replica is the only
+	// one.
+	IsLeader func() bool
 }
 
 // X509CA is the certificate and key that sign X509-SVIDs now.
@@ -170,27 +175,79 @@ func New(ctx context.Context, cfg Config) (*Authority, error) {
 		return nil, fmt.Errorf("authority: kms: %w", err)
 	}
 	a := &Authority{cfg: cfg, km: km, log: cfg.Log, changed: make(chan struct{})}
-	stored, seq, err := cfg.Store.LoadCAKeys(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("authority: %w", err)
-	}
-	a.seq = seq
-	for _, sk := range stored {
-		k, err := loadKey(sk)
-		if err != nil {
-			return nil, fmt.Errorf("authority: stored key %s: %w", sk.ID, err)
-		}
-		if k.cert != nil && sk.Kind == kindRoot {
-			if err := checkTrustDomain(k.cert, cfg.TrustDomain); err != nil {
-				return nil, fmt.Errorf("authority: stored root %s: %w", sk.ID, err)
-			}
-		}
-		a.keys = append(a.keys, k)
+	if a.keys, a.seq, err = a.load(ctx); err != nil {
+		return nil, err
 	}
 	if _, err := a.Rotate(ctx); err != nil {
 		return nil, err
 	}
 	return a, nil
+}
+
+// load reads and parses every stored key.
+func (a *Authority) load(ctx context.Context) ([]*key, uint64, error) {
+	stored, seq, err := a.cfg.Store.LoadCAKeys(ctx)
+	if err != nil {
+		return nil, 0, fmt.Errorf("authority: %w", err)
+	}
+	var keys []*key
+	for _, sk := range stored {
+		k, err := loadKey(sk)
+		if err != nil {
+			return nil, 0, fmt.Errorf("authority: stored key %s: %w", sk.ID, err)
+		}
+		if k.cert != nil && sk.Kind == kindRoot {
+			if err := checkTrustDomain(k.cert, a.cfg.TrustDomain); err != nil {
+				return nil, 0, fmt.Errorf("authority: stored root %s: %w", sk.ID, err)
+			}
+		}
+		keys = append(keys, k)
+	}
+	return keys, seq, nil
+}
+
+// Reload adopts the stored keys when another replica changed them, and
+// reports whether the trust bundle changed.
+func (a *Authority) Reload(ctx context.Context) (bool, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.reloadLocked(ctx)
+}
+
+func (a *Authority) reloadLocked(ctx context.Context) (bool, error) {
+	keys, seq, err := a.load(ctx)
+	if err != nil {
+		return false, err
+	}
+	if seq == a.seq && keyStates(keys) == keyStates(a.keys) {
+		return false, nil
+	}
+	if len(keys) == 0 {
+		return false, errors.New("authority: the store lost every key")
+	}
+	before := bundleFingerprint(a.keys)
+	oldKeys, oldSeq := a.keys, a.seq
+	a.keys, a.seq = keys, seq
+	if err := a.refresh(); err != nil {
+		a.keys, a.seq = oldKeys, oldSeq
+		return false, err
+	}
+	changed := bundleFingerprint(keys) != before
+	if changed {
+		close(a.changed)
+		a.changed = make(chan struct{})
+	}
+	a.log.Info("reloaded keys another replica stored", "bundle_changed", changed, "sequence", seq)
+	return changed, nil
+}
+
+// keyStates identifies a key set and each key's state.
+func keyStates(keys []*key) string {
+	var b strings.Builder
+	for _, k := range keys {
+		b.WriteString(k.ID + "=" + k.State + ";")
+	}
+	return b.String()
 }
 
 func checkTrustDomain(cert *x509.Certificate, td spiffeid.TrustDomain) error {
@@ -228,6 +285,20 @@ func loadKey(sk store.CAKey) (*key, error) {
 func (a *Authority) Rotate(ctx context.Context) (bundleChanged bool, err error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	changed, err := a.rotateLocked(ctx)
+	if errors.Is(err, store.ErrConflict) {
+		// Another replica stored keys first: adopt them and look again.
+		reloaded, rerr := a.reloadLocked(ctx)
+		if rerr != nil {
+			return false, rerr
+		}
+		changed, err = a.rotateLocked(ctx)
+		changed = changed || reloaded
+	}
+	return changed, err
+}
+
+func (a *Authority) rotateLocked(ctx context.Context) (bundleChanged bool, err error) {
 	now := a.cfg.Now()
 	keys := append([]*key(nil), a.keys...)
 	before := bundleFingerprint(keys)
@@ -646,6 +717,12 @@ func (a *Authority) Run(ctx context.Context, interval time.Duration) error {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
+			if a.cfg.IsLeader != nil && !a.cfg.IsLeader() {
+				if _, err := a.Reload(ctx); err != nil {
+					a.log.Error("reloading keys failed", "error", err)
+				}
+				continue
+			}
 			if _, err := a.Rotate(ctx); err != nil {
 				// A failed rotation leaves the current keys in use; the next
 				// tick tries again.

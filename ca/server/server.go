@@ -78,6 +78,30 @@ type Config struct {
 	// Ready, if set, is called once every listener is up, with the agent
 	// API's address.
 	Ready func(agentAddr string)
+	// Kube, if set, runs the CA in Kubernetes mode.
+	Kube *KubeConfig
+}
+
+// KubeConfig configures Kubernetes mode: PSAT node attestation, identities
+// derived from pods and IdentityRules, the CA's keys in a Secret shared by
+// replicas, and leader election on a Lease.
+type KubeConfig struct {
+	// Kubeconfig is a kubeconfig file; InCluster uses the pod's account.
+	Kubeconfig string
+	InCluster  bool
+	// ClusterName goes into agent IDs: spiffe://<td>/signet/agent/k8s/<cluster>/<node>.
+	ClusterName string
+	// AgentServiceAccounts ("namespace/name") may attest as agents.
+	AgentServiceAccounts []string
+	// Audience agent tokens must carry. If empty, "signet-ca".
+	Audience string
+	// Namespace holds the keys Secret and the Lease. If empty, the pod's
+	// namespace, else "signet".
+	Namespace string
+	// SecretName and LeaseName default to "signet-ca-keys" and "signet-ca".
+	SecretName, LeaseName string
+	// Identity names this replica in the Lease. If empty, the hostname.
+	Identity string
 }
 
 // CAID returns the SPIFFE ID of the CA's own serving certificate.
@@ -115,10 +139,18 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	defer auditLog.Close()
-	auth, err := authority.New(ctx, authority.Config{
+	authCfg := authority.Config{
 		TrustDomain: cfg.TrustDomain, Store: st, RootTTL: cfg.RootTTL, IntermediateTTL: cfg.IntermediateTTL,
 		JWTKeyTTL: cfg.JWTKeyTTL, KeyType: cfg.KeyType, Log: log.Named("authority"),
-	})
+	}
+	var kube *kubeMode
+	if cfg.Kube != nil {
+		if kube, err = startKube(ctx, cfg, log.Named("k8s")); err != nil {
+			return err
+		}
+		authCfg.Store, authCfg.IsLeader = kube.keys, kube.leader.IsLeader
+	}
+	auth, err := authority.New(ctx, authCfg)
 	if err != nil {
 		return err
 	}
@@ -146,6 +178,9 @@ func Run(ctx context.Context, cfg Config) error {
 		TrustDomain: cfg.TrustDomain, Store: st, Authority: auth, Audit: auditLog, Metrics: api.NewMetrics(reg),
 		Changes: api.NewNotifier(), AgentTTL: cfg.AgentTTL, X509TTL: cfg.X509TTL, JWTTTL: cfg.JWTTTL, Log: log.Named("api"),
 		Stopping: ctx.Done(),
+	}
+	if kube != nil {
+		apiCfg.PSAT, apiCfg.Pods, apiCfg.ClusterName = kube.psat, kube.pods, cfg.Kube.ClusterName
 	}
 
 	certs := &servingCert{auth: auth, id: CAID(cfg.TrustDomain)}
@@ -250,6 +285,9 @@ func Run(ctx context.Context, cfg Config) error {
 	task("http", web.Serve)
 	task("rotation", func() error { return auth.Run(ctx, cfg.RotateInterval) })
 	task("housekeeping", func() error { housekeeping(ctx, st, log); return nil })
+	if kube != nil {
+		task("leader election", func() error { kube.leader.Run(ctx); return nil })
+	}
 	task("log reopen", func() error {
 		for {
 			select {

@@ -22,6 +22,8 @@ var (
 	ErrNotFound     = errors.New("not found")
 	ErrTokenUsed    = errors.New("join token already used")
 	ErrTokenExpired = errors.New("join token expired")
+	// ErrConflict: the stored state changed since it was read.
+	ErrConflict = errors.New("conflicting write")
 )
 
 // ConflictError reports a write that would duplicate an existing row.

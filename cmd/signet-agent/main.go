@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/signal"
 	"syscall"
@@ -38,6 +39,10 @@ type fileConfig struct {
 	KubeletURL       string `json:"kubelet-url"`
 	KubeletTokenFile string `json:"kubelet-token-file"`
 	KubeletCA        string `json:"kubelet-ca"`
+	KubeletInsecure  bool   `json:"kubelet-insecure-skip-verify"`
+	NodeAttestor     string `json:"node-attestor"`
+	TokenFile        string `json:"token-file"`
+	NodeName         string `json:"node-name"`
 	LogLevel         string `json:"log-level"`
 	LogJSON          bool   `json:"log-json"`
 }
@@ -52,6 +57,9 @@ func defaults() fileConfig {
 		// which is what the kubelet accepts.
 		KubeletTokenFile: "/var/run/secrets/kubernetes.io/serviceaccount/token",
 		LogLevel:         "info",
+		NodeAttestor:     "join_token",
+		// From the downward API in the DaemonSet (spec.nodeName).
+		NodeName: os.Getenv("NODE_NAME"),
 	}
 }
 
@@ -69,6 +77,10 @@ func register(fs *flag.FlagSet, c *fileConfig) {
 	fs.StringVar(&c.KubeletURL, "kubelet-url", c.KubeletURL, "kubelet base URL (https://NODE_IP:10250); enables k8s: workload selectors")
 	fs.StringVar(&c.KubeletTokenFile, "kubelet-token-file", c.KubeletTokenFile, "token the kubelet accepts")
 	fs.StringVar(&c.KubeletCA, "kubelet-ca", c.KubeletCA, "PEM roots that verify the kubelet's serving certificate")
+	fs.BoolVar(&c.KubeletInsecure, "kubelet-insecure-skip-verify", c.KubeletInsecure, "do not verify the kubelet's certificate (unsafe; for self-signed kubelet certificates only)")
+	fs.StringVar(&c.NodeAttestor, "node-attestor", c.NodeAttestor, "join_token or k8s_psat")
+	fs.StringVar(&c.TokenFile, "token-file", c.TokenFile, "k8s_psat: projected service-account token with the CA's audience")
+	fs.StringVar(&c.NodeName, "node-name", c.NodeName, "k8s_psat: this node's name (default $NODE_NAME)")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "trace, debug, info, warn or error")
 	fs.BoolVar(&c.LogJSON, "log-json", c.LogJSON, "log as JSON")
 }
@@ -95,11 +107,42 @@ func parse(args []string, stderr io.Writer) (agent.Config, error) {
 		TrustDomain: td, CAAddress: c.CAAddress, DataDir: c.DataDir, JoinToken: c.JoinToken, JoinTokenFile: c.JoinTokenFile,
 		SocketPath: c.Socket, HealthAddr: c.HealthAddr, MetricsAddr: c.MetricsAddr, AuditLog: c.AuditLog,
 	}
-	if c.KubeletURL != "" {
-		if c.KubeletCA == "" {
-			return agent.Config{}, errors.New("kubelet-ca: required with kubelet-url")
+	switch c.NodeAttestor {
+	case "join_token":
+		if c.TokenFile != "" {
+			return agent.Config{}, errors.New("token-file: only with node-attestor k8s_psat (join tokens go in join-token-file)")
 		}
-		cfg.Kubelet = &kubelet.Config{URL: c.KubeletURL, TokenFile: c.KubeletTokenFile, CAFile: c.KubeletCA}
+	case "k8s_psat":
+		if c.TokenFile == "" {
+			return agent.Config{}, errors.New("token-file: required with node-attestor k8s_psat")
+		}
+		if c.NodeName == "" {
+			return agent.Config{}, errors.New("node-name: required with node-attestor k8s_psat (or set NODE_NAME)")
+		}
+		if c.JoinToken != "" || c.JoinTokenFile != "" {
+			return agent.Config{}, errors.New("join-token: not used with node-attestor k8s_psat")
+		}
+		if c.TokenFile == c.KubeletTokenFile {
+			// The CA's token must never reach the kubelet, nor the
+			// kubelet's the CA.
+			return agent.Config{}, errors.New("token-file and kubelet-token-file: must be different tokens (the CA's audience vs the API server's)")
+		}
+		cfg.PSATTokenFile, cfg.NodeName = c.TokenFile, c.NodeName
+		if c.KubeletURL == "" {
+			ip := os.Getenv("NODE_IP")
+			if ip == "" {
+				return agent.Config{}, errors.New("kubelet-url: required with node-attestor k8s_psat (or set NODE_IP from the downward API)")
+			}
+			c.KubeletURL = "https://" + net.JoinHostPort(ip, "10250")
+		}
+	default:
+		return agent.Config{}, fmt.Errorf("node-attestor: %q: want join_token or k8s_psat", c.NodeAttestor)
+	}
+	if c.KubeletURL != "" {
+		if c.KubeletCA == "" && !c.KubeletInsecure {
+			return agent.Config{}, errors.New("kubelet-ca: required with kubelet-url (or, unsafely, kubelet-insecure-skip-verify)")
+		}
+		cfg.Kubelet = &kubelet.Config{URL: c.KubeletURL, TokenFile: c.KubeletTokenFile, CAFile: c.KubeletCA, InsecureSkipVerify: c.KubeletInsecure}
 	}
 	if c.TrustBundle != "" {
 		if cfg.TrustBundle, err = manager.LoadBundleFile(c.TrustBundle); err != nil {
@@ -108,6 +151,9 @@ func parse(args []string, stderr io.Writer) (agent.Config, error) {
 	}
 	if cfg.Log, err = systemlog.New("signet-agent", c.LogLevel, c.LogJSON, os.Stderr); err != nil {
 		return agent.Config{}, err
+	}
+	if c.KubeletInsecure {
+		cfg.Log.Warn("kubelet-insecure-skip-verify is set: the kubelet's certificate is not verified, so anyone on the path can answer as the kubelet and choose workload selectors")
 	}
 	return cfg, nil
 }

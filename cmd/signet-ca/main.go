@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -43,6 +44,15 @@ type fileConfig struct {
 	KeyType         string            `json:"key-type"`
 	LogLevel        string            `json:"log-level"`
 	LogJSON         bool              `json:"log-json"`
+
+	Kubeconfig          string            `json:"kubeconfig"`
+	InCluster           bool              `json:"in-cluster"`
+	ClusterName         string            `json:"cluster-name"`
+	AgentServiceAccount config.StringList `json:"agent-service-account"`
+	AgentAudience       string            `json:"agent-audience"`
+	Namespace           string            `json:"namespace"`
+	KeysSecret          string            `json:"keys-secret"`
+	LeaderLease         string            `json:"leader-lease"`
 }
 
 func defaults() fileConfig {
@@ -57,6 +67,9 @@ func defaults() fileConfig {
 		JWTTTL:          config.Duration(5 * time.Minute),
 		KeyType:         "ec-p256",
 		LogLevel:        "info",
+		AgentAudience:   "signet-ca",
+		KeysSecret:      "signet-ca-keys",
+		LeaderLease:     "signet-ca",
 	}
 }
 
@@ -79,6 +92,14 @@ func register(fs *flag.FlagSet, c *fileConfig) {
 	fs.StringVar(&c.KeyType, "key-type", c.KeyType, "CA key type: ec-p256, ec-p384, rsa-2048, rsa-3072, rsa-4096")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "trace, debug, info, warn or error")
 	fs.BoolVar(&c.LogJSON, "log-json", c.LogJSON, "log as JSON")
+	fs.StringVar(&c.Kubeconfig, "kubeconfig", c.Kubeconfig, "Kubernetes mode, with this kubeconfig file")
+	fs.BoolVar(&c.InCluster, "in-cluster", c.InCluster, "Kubernetes mode, with the pod's service account")
+	fs.StringVar(&c.ClusterName, "cluster-name", c.ClusterName, "cluster name in agent IDs (Kubernetes mode; required there)")
+	fs.Var(&c.AgentServiceAccount, "agent-service-account", "NAMESPACE/NAME of the agents' service account (Kubernetes mode; repeatable)")
+	fs.StringVar(&c.AgentAudience, "agent-audience", c.AgentAudience, "audience of the agents' projected tokens")
+	fs.StringVar(&c.Namespace, "namespace", c.Namespace, "namespace of the keys Secret and the Lease (default: the pod's)")
+	fs.StringVar(&c.KeysSecret, "keys-secret", c.KeysSecret, "Secret holding the CA's keys (Kubernetes mode)")
+	fs.StringVar(&c.LeaderLease, "leader-lease", c.LeaderLease, "Lease for leader election (Kubernetes mode)")
 }
 
 // parse reads flags and the config file; a flag given on the command line
@@ -130,6 +151,31 @@ func validate(c fileConfig) (server.Config, hclog.Logger, error) {
 	default:
 		return server.Config{}, nil, fmt.Errorf("key-type: %q: want ec-p256, ec-p384, rsa-2048, rsa-3072 or rsa-4096", c.KeyType)
 	}
+	var kube *server.KubeConfig
+	if c.Kubeconfig != "" || c.InCluster {
+		if c.Kubeconfig != "" && c.InCluster {
+			return server.Config{}, nil, errors.New("kubeconfig and in-cluster: choose one")
+		}
+		if c.ClusterName == "" {
+			return server.Config{}, nil, errors.New("cluster-name: required in Kubernetes mode")
+		}
+		if _, err := spiffeid.FromSegments(td, c.ClusterName); err != nil {
+			return server.Config{}, nil, fmt.Errorf("cluster-name: %q: %v", c.ClusterName, err)
+		}
+		if len(c.AgentServiceAccount) == 0 {
+			return server.Config{}, nil, errors.New("agent-service-account: at least one is required in Kubernetes mode")
+		}
+		for _, sa := range c.AgentServiceAccount {
+			if ns, name, ok := strings.Cut(sa, "/"); !ok || ns == "" || name == "" || strings.Contains(name, "/") {
+				return server.Config{}, nil, fmt.Errorf("agent-service-account: %q: want NAMESPACE/NAME", sa)
+			}
+		}
+		kube = &server.KubeConfig{Kubeconfig: c.Kubeconfig, InCluster: c.InCluster, ClusterName: c.ClusterName,
+			AgentServiceAccounts: c.AgentServiceAccount, Audience: c.AgentAudience, Namespace: c.Namespace,
+			SecretName: c.KeysSecret, LeaseName: c.LeaderLease}
+	} else if c.ClusterName != "" || len(c.AgentServiceAccount) > 0 {
+		return server.Config{}, nil, errors.New("cluster-name and agent-service-account need kubeconfig or in-cluster")
+	}
 	log, err := systemlog.New("signet-ca", c.LogLevel, c.LogJSON, os.Stderr)
 	if err != nil {
 		return server.Config{}, nil, err
@@ -139,7 +185,7 @@ func validate(c fileConfig) (server.Config, hclog.Logger, error) {
 		AdminListenAddr: c.AdminListen, AdminIDs: adminIDs, HealthAddr: c.HealthAddr, MetricsAddr: c.MetricsAddr,
 		AuditLog: c.AuditLog, RootTTL: time.Duration(c.RootTTL), IntermediateTTL: time.Duration(c.IntermediateTTL),
 		JWTKeyTTL: time.Duration(c.JWTKeyTTL), AgentTTL: time.Duration(c.AgentTTL), X509TTL: time.Duration(c.X509TTL),
-		JWTTTL: time.Duration(c.JWTTTL), KeyType: c.KeyType, Log: log,
+		JWTTTL: time.Duration(c.JWTTTL), KeyType: c.KeyType, Log: log, Kube: kube,
 	}, log, nil
 }
 

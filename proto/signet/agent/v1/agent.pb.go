@@ -33,6 +33,7 @@ type AttestNodeRequest struct {
 	// Types that are valid to be assigned to Attestation:
 	//
 	//	*AttestNodeRequest_JoinToken
+	//	*AttestNodeRequest_K8SPsat
 	Attestation isAttestNodeRequest_Attestation `protobuf_oneof:"attestation"`
 	// csr is a DER PKCS#10 request for the agent SVID. Its key never leaves
 	// the node.
@@ -87,6 +88,15 @@ func (x *AttestNodeRequest) GetJoinToken() *JoinTokenAttestation {
 	return nil
 }
 
+func (x *AttestNodeRequest) GetK8SPsat() *K8SPSATAttestation {
+	if x != nil {
+		if x, ok := x.Attestation.(*AttestNodeRequest_K8SPsat); ok {
+			return x.K8SPsat
+		}
+	}
+	return nil
+}
+
 func (x *AttestNodeRequest) GetCsr() []byte {
 	if x != nil {
 		return x.Csr
@@ -102,7 +112,13 @@ type AttestNodeRequest_JoinToken struct {
 	JoinToken *JoinTokenAttestation `protobuf:"bytes,1,opt,name=join_token,json=joinToken,proto3,oneof"`
 }
 
+type AttestNodeRequest_K8SPsat struct {
+	K8SPsat *K8SPSATAttestation `protobuf:"bytes,2,opt,name=k8s_psat,json=k8sPsat,proto3,oneof"`
+}
+
 func (*AttestNodeRequest_JoinToken) isAttestNodeRequest_Attestation() {}
+
+func (*AttestNodeRequest_K8SPsat) isAttestNodeRequest_Attestation() {}
 
 type JoinTokenAttestation struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -148,6 +164,62 @@ func (x *JoinTokenAttestation) GetToken() string {
 	return ""
 }
 
+// K8sPSATAttestation is a projected service-account token of the agent's
+// pod, with the CA's audience. The CA reviews it with the API server.
+type K8SPSATAttestation struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Token string                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	// node_name is the node the agent says it runs on; the CA checks it
+	// against the pod the token is bound to.
+	NodeName      string `protobuf:"bytes,2,opt,name=node_name,json=nodeName,proto3" json:"node_name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *K8SPSATAttestation) Reset() {
+	*x = K8SPSATAttestation{}
+	mi := &file_signet_agent_v1_agent_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *K8SPSATAttestation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*K8SPSATAttestation) ProtoMessage() {}
+
+func (x *K8SPSATAttestation) ProtoReflect() protoreflect.Message {
+	mi := &file_signet_agent_v1_agent_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use K8SPSATAttestation.ProtoReflect.Descriptor instead.
+func (*K8SPSATAttestation) Descriptor() ([]byte, []int) {
+	return file_signet_agent_v1_agent_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *K8SPSATAttestation) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *K8SPSATAttestation) GetNodeName() string {
+	if x != nil {
+		return x.NodeName
+	}
+	return ""
+}
+
 type AttestNodeResponse struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	SpiffeId string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
@@ -160,7 +232,7 @@ type AttestNodeResponse struct {
 
 func (x *AttestNodeResponse) Reset() {
 	*x = AttestNodeResponse{}
-	mi := &file_signet_agent_v1_agent_proto_msgTypes[2]
+	mi := &file_signet_agent_v1_agent_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -172,7 +244,7 @@ func (x *AttestNodeResponse) String() string {
 func (*AttestNodeResponse) ProtoMessage() {}
 
 func (x *AttestNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_signet_agent_v1_agent_proto_msgTypes[2]
+	mi := &file_signet_agent_v1_agent_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -185,7 +257,7 @@ func (x *AttestNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttestNodeResponse.ProtoReflect.Descriptor instead.
 func (*AttestNodeResponse) Descriptor() ([]byte, []int) {
-	return file_signet_agent_v1_agent_proto_rawDescGZIP(), []int{2}
+	return file_signet_agent_v1_agent_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *AttestNodeResponse) GetSpiffeId() string {
@@ -219,7 +291,7 @@ type SyncRequest struct {
 
 func (x *SyncRequest) Reset() {
 	*x = SyncRequest{}
-	mi := &file_signet_agent_v1_agent_proto_msgTypes[3]
+	mi := &file_signet_agent_v1_agent_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -231,7 +303,7 @@ func (x *SyncRequest) String() string {
 func (*SyncRequest) ProtoMessage() {}
 
 func (x *SyncRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_signet_agent_v1_agent_proto_msgTypes[3]
+	mi := &file_signet_agent_v1_agent_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -244,7 +316,7 @@ func (x *SyncRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncRequest.ProtoReflect.Descriptor instead.
 func (*SyncRequest) Descriptor() ([]byte, []int) {
-	return file_signet_agent_v1_agent_proto_rawDescGZIP(), []int{3}
+	return file_signet_agent_v1_agent_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *SyncRequest) GetRevision() int64 {
@@ -266,14 +338,23 @@ type SyncResponse struct {
 	// deleted_entry_ids are entries the agent must forget.
 	DeletedEntryIds []string `protobuf:"bytes,4,rep,name=deleted_entry_ids,json=deletedEntryIds,proto3" json:"deleted_entry_ids,omitempty"`
 	// bundle is set when the trust bundle changed (and on the first message).
-	Bundle        *v1.Bundle `protobuf:"bytes,5,opt,name=bundle,proto3" json:"bundle,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Bundle *v1.Bundle `protobuf:"bytes,5,opt,name=bundle,proto3" json:"bundle,omitempty"`
+	// pod_entries are identities derived from pods bound to the agent's node
+	// (Kubernetes mode) that are new or changed. They are not stored and have
+	// no revision: each stream starts with the complete set (pods_full).
+	PodEntries []*v1.Entry `protobuf:"bytes,6,rep,name=pod_entries,json=podEntries,proto3" json:"pod_entries,omitempty"`
+	// pods_full is true when pod_entries replaces every pod entry the agent
+	// holds.
+	PodsFull bool `protobuf:"varint,7,opt,name=pods_full,json=podsFull,proto3" json:"pods_full,omitempty"`
+	// deleted_pod_entry_ids are pod entries the agent must forget.
+	DeletedPodEntryIds []string `protobuf:"bytes,8,rep,name=deleted_pod_entry_ids,json=deletedPodEntryIds,proto3" json:"deleted_pod_entry_ids,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *SyncResponse) Reset() {
 	*x = SyncResponse{}
-	mi := &file_signet_agent_v1_agent_proto_msgTypes[4]
+	mi := &file_signet_agent_v1_agent_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -285,7 +366,7 @@ func (x *SyncResponse) String() string {
 func (*SyncResponse) ProtoMessage() {}
 
 func (x *SyncResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_signet_agent_v1_agent_proto_msgTypes[4]
+	mi := &file_signet_agent_v1_agent_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -298,7 +379,7 @@ func (x *SyncResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncResponse.ProtoReflect.Descriptor instead.
 func (*SyncResponse) Descriptor() ([]byte, []int) {
-	return file_signet_agent_v1_agent_proto_rawDescGZIP(), []int{4}
+	return file_signet_agent_v1_agent_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *SyncResponse) GetRevision() int64 {
@@ -336,6 +417,116 @@ func (x *SyncResponse) GetBundle() *v1.Bundle {
 	return nil
 }
 
+func (x *SyncResponse) GetPodEntries() []*v1.Entry {
+	if x != nil {
+		return x.PodEntries
+	}
+	return nil
+}
+
+func (x *SyncResponse) GetPodsFull() bool {
+	if x != nil {
+		return x.PodsFull
+	}
+	return false
+}
+
+func (x *SyncResponse) GetDeletedPodEntryIds() []string {
+	if x != nil {
+		return x.DeletedPodEntryIds
+	}
+	return nil
+}
+
+type FetchPodEntriesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	PodUid        string                 `protobuf:"bytes,1,opt,name=pod_uid,json=podUid,proto3" json:"pod_uid,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FetchPodEntriesRequest) Reset() {
+	*x = FetchPodEntriesRequest{}
+	mi := &file_signet_agent_v1_agent_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FetchPodEntriesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FetchPodEntriesRequest) ProtoMessage() {}
+
+func (x *FetchPodEntriesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_signet_agent_v1_agent_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FetchPodEntriesRequest.ProtoReflect.Descriptor instead.
+func (*FetchPodEntriesRequest) Descriptor() ([]byte, []int) {
+	return file_signet_agent_v1_agent_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *FetchPodEntriesRequest) GetPodUid() string {
+	if x != nil {
+		return x.PodUid
+	}
+	return ""
+}
+
+type FetchPodEntriesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// entries are the pod's identities; empty when no IdentityRule selects it.
+	Entries       []*v1.Entry `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FetchPodEntriesResponse) Reset() {
+	*x = FetchPodEntriesResponse{}
+	mi := &file_signet_agent_v1_agent_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FetchPodEntriesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FetchPodEntriesResponse) ProtoMessage() {}
+
+func (x *FetchPodEntriesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_signet_agent_v1_agent_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FetchPodEntriesResponse.ProtoReflect.Descriptor instead.
+func (*FetchPodEntriesResponse) Descriptor() ([]byte, []int) {
+	return file_signet_agent_v1_agent_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *FetchPodEntriesResponse) GetEntries() []*v1.Entry {
+	if x != nil {
+		return x.Entries
+	}
+	return nil
+}
+
 type X509SVIDRequest struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	EntryId string                 `protobuf:"bytes,1,opt,name=entry_id,json=entryId,proto3" json:"entry_id,omitempty"`
@@ -348,7 +539,7 @@ type X509SVIDRequest struct {
 
 func (x *X509SVIDRequest) Reset() {
 	*x = X509SVIDRequest{}
-	mi := &file_signet_agent_v1_agent_proto_msgTypes[5]
+	mi := &file_signet_agent_v1_agent_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -360,7 +551,7 @@ func (x *X509SVIDRequest) String() string {
 func (*X509SVIDRequest) ProtoMessage() {}
 
 func (x *X509SVIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_signet_agent_v1_agent_proto_msgTypes[5]
+	mi := &file_signet_agent_v1_agent_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -373,7 +564,7 @@ func (x *X509SVIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use X509SVIDRequest.ProtoReflect.Descriptor instead.
 func (*X509SVIDRequest) Descriptor() ([]byte, []int) {
-	return file_signet_agent_v1_agent_proto_rawDescGZIP(), []int{5}
+	return file_signet_agent_v1_agent_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *X509SVIDRequest) GetEntryId() string {
@@ -399,7 +590,7 @@ type MintX509SVIDsRequest struct {
 
 func (x *MintX509SVIDsRequest) Reset() {
 	*x = MintX509SVIDsRequest{}
-	mi := &file_signet_agent_v1_agent_proto_msgTypes[6]
+	mi := &file_signet_agent_v1_agent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -411,7 +602,7 @@ func (x *MintX509SVIDsRequest) String() string {
 func (*MintX509SVIDsRequest) ProtoMessage() {}
 
 func (x *MintX509SVIDsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_signet_agent_v1_agent_proto_msgTypes[6]
+	mi := &file_signet_agent_v1_agent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -424,7 +615,7 @@ func (x *MintX509SVIDsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MintX509SVIDsRequest.ProtoReflect.Descriptor instead.
 func (*MintX509SVIDsRequest) Descriptor() ([]byte, []int) {
-	return file_signet_agent_v1_agent_proto_rawDescGZIP(), []int{6}
+	return file_signet_agent_v1_agent_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *MintX509SVIDsRequest) GetRequests() []*X509SVIDRequest {
@@ -448,7 +639,7 @@ type X509SVID struct {
 
 func (x *X509SVID) Reset() {
 	*x = X509SVID{}
-	mi := &file_signet_agent_v1_agent_proto_msgTypes[7]
+	mi := &file_signet_agent_v1_agent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -460,7 +651,7 @@ func (x *X509SVID) String() string {
 func (*X509SVID) ProtoMessage() {}
 
 func (x *X509SVID) ProtoReflect() protoreflect.Message {
-	mi := &file_signet_agent_v1_agent_proto_msgTypes[7]
+	mi := &file_signet_agent_v1_agent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -473,7 +664,7 @@ func (x *X509SVID) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use X509SVID.ProtoReflect.Descriptor instead.
 func (*X509SVID) Descriptor() ([]byte, []int) {
-	return file_signet_agent_v1_agent_proto_rawDescGZIP(), []int{7}
+	return file_signet_agent_v1_agent_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *X509SVID) GetEntryId() string {
@@ -514,7 +705,7 @@ type MintX509SVIDsResponse struct {
 
 func (x *MintX509SVIDsResponse) Reset() {
 	*x = MintX509SVIDsResponse{}
-	mi := &file_signet_agent_v1_agent_proto_msgTypes[8]
+	mi := &file_signet_agent_v1_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -526,7 +717,7 @@ func (x *MintX509SVIDsResponse) String() string {
 func (*MintX509SVIDsResponse) ProtoMessage() {}
 
 func (x *MintX509SVIDsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_signet_agent_v1_agent_proto_msgTypes[8]
+	mi := &file_signet_agent_v1_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -539,7 +730,7 @@ func (x *MintX509SVIDsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MintX509SVIDsResponse.ProtoReflect.Descriptor instead.
 func (*MintX509SVIDsResponse) Descriptor() ([]byte, []int) {
-	return file_signet_agent_v1_agent_proto_rawDescGZIP(), []int{8}
+	return file_signet_agent_v1_agent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *MintX509SVIDsResponse) GetSvids() []*X509SVID {
@@ -559,7 +750,7 @@ type MintJWTSVIDRequest struct {
 
 func (x *MintJWTSVIDRequest) Reset() {
 	*x = MintJWTSVIDRequest{}
-	mi := &file_signet_agent_v1_agent_proto_msgTypes[9]
+	mi := &file_signet_agent_v1_agent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -571,7 +762,7 @@ func (x *MintJWTSVIDRequest) String() string {
 func (*MintJWTSVIDRequest) ProtoMessage() {}
 
 func (x *MintJWTSVIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_signet_agent_v1_agent_proto_msgTypes[9]
+	mi := &file_signet_agent_v1_agent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -584,7 +775,7 @@ func (x *MintJWTSVIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MintJWTSVIDRequest.ProtoReflect.Descriptor instead.
 func (*MintJWTSVIDRequest) Descriptor() ([]byte, []int) {
-	return file_signet_agent_v1_agent_proto_rawDescGZIP(), []int{9}
+	return file_signet_agent_v1_agent_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *MintJWTSVIDRequest) GetEntryId() string {
@@ -613,7 +804,7 @@ type MintJWTSVIDResponse struct {
 
 func (x *MintJWTSVIDResponse) Reset() {
 	*x = MintJWTSVIDResponse{}
-	mi := &file_signet_agent_v1_agent_proto_msgTypes[10]
+	mi := &file_signet_agent_v1_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -625,7 +816,7 @@ func (x *MintJWTSVIDResponse) String() string {
 func (*MintJWTSVIDResponse) ProtoMessage() {}
 
 func (x *MintJWTSVIDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_signet_agent_v1_agent_proto_msgTypes[10]
+	mi := &file_signet_agent_v1_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -638,7 +829,7 @@ func (x *MintJWTSVIDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MintJWTSVIDResponse.ProtoReflect.Descriptor instead.
 func (*MintJWTSVIDResponse) Descriptor() ([]byte, []int) {
-	return file_signet_agent_v1_agent_proto_rawDescGZIP(), []int{10}
+	return file_signet_agent_v1_agent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *MintJWTSVIDResponse) GetSpiffeId() string {
@@ -671,7 +862,7 @@ type RenewAgentRequest struct {
 
 func (x *RenewAgentRequest) Reset() {
 	*x = RenewAgentRequest{}
-	mi := &file_signet_agent_v1_agent_proto_msgTypes[11]
+	mi := &file_signet_agent_v1_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -683,7 +874,7 @@ func (x *RenewAgentRequest) String() string {
 func (*RenewAgentRequest) ProtoMessage() {}
 
 func (x *RenewAgentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_signet_agent_v1_agent_proto_msgTypes[11]
+	mi := &file_signet_agent_v1_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -696,7 +887,7 @@ func (x *RenewAgentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewAgentRequest.ProtoReflect.Descriptor instead.
 func (*RenewAgentRequest) Descriptor() ([]byte, []int) {
-	return file_signet_agent_v1_agent_proto_rawDescGZIP(), []int{11}
+	return file_signet_agent_v1_agent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *RenewAgentRequest) GetCsr() []byte {
@@ -715,7 +906,7 @@ type RenewAgentResponse struct {
 
 func (x *RenewAgentResponse) Reset() {
 	*x = RenewAgentResponse{}
-	mi := &file_signet_agent_v1_agent_proto_msgTypes[12]
+	mi := &file_signet_agent_v1_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -727,7 +918,7 @@ func (x *RenewAgentResponse) String() string {
 func (*RenewAgentResponse) ProtoMessage() {}
 
 func (x *RenewAgentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_signet_agent_v1_agent_proto_msgTypes[12]
+	mi := &file_signet_agent_v1_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -740,7 +931,7 @@ func (x *RenewAgentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewAgentResponse.ProtoReflect.Descriptor instead.
 func (*RenewAgentResponse) Descriptor() ([]byte, []int) {
-	return file_signet_agent_v1_agent_proto_rawDescGZIP(), []int{12}
+	return file_signet_agent_v1_agent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *RenewAgentResponse) GetSvidChain() [][]byte {
@@ -754,28 +945,40 @@ var File_signet_agent_v1_agent_proto protoreflect.FileDescriptor
 
 const file_signet_agent_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x1bsignet/agent/v1/agent.proto\x12\x0fsignet.agent.v1\x1a\x1bsignet/types/v1/types.proto\"|\n" +
+	"\x1bsignet/agent/v1/agent.proto\x12\x0fsignet.agent.v1\x1a\x1bsignet/types/v1/types.proto\"\xbe\x01\n" +
 	"\x11AttestNodeRequest\x12F\n" +
 	"\n" +
-	"join_token\x18\x01 \x01(\v2%.signet.agent.v1.JoinTokenAttestationH\x00R\tjoinToken\x12\x10\n" +
+	"join_token\x18\x01 \x01(\v2%.signet.agent.v1.JoinTokenAttestationH\x00R\tjoinToken\x12@\n" +
+	"\bk8s_psat\x18\x02 \x01(\v2#.signet.agent.v1.K8sPSATAttestationH\x00R\ak8sPsat\x12\x10\n" +
 	"\x03csr\x18\n" +
 	" \x01(\fR\x03csrB\r\n" +
 	"\vattestation\",\n" +
 	"\x14JoinTokenAttestation\x12\x14\n" +
-	"\x05token\x18\x01 \x01(\tR\x05token\"\x81\x01\n" +
+	"\x05token\x18\x01 \x01(\tR\x05token\"G\n" +
+	"\x12K8sPSATAttestation\x12\x14\n" +
+	"\x05token\x18\x01 \x01(\tR\x05token\x12\x1b\n" +
+	"\tnode_name\x18\x02 \x01(\tR\bnodeName\"\x81\x01\n" +
 	"\x12AttestNodeResponse\x12\x1b\n" +
 	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12\x1d\n" +
 	"\n" +
 	"svid_chain\x18\x02 \x03(\fR\tsvidChain\x12/\n" +
 	"\x06bundle\x18\x03 \x01(\v2\x17.signet.types.v1.BundleR\x06bundle\")\n" +
 	"\vSyncRequest\x12\x1a\n" +
-	"\brevision\x18\x01 \x01(\x03R\brevision\"\xcd\x01\n" +
+	"\brevision\x18\x01 \x01(\x03R\brevision\"\xd6\x02\n" +
 	"\fSyncResponse\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\x12\x12\n" +
 	"\x04full\x18\x02 \x01(\bR\x04full\x120\n" +
 	"\aentries\x18\x03 \x03(\v2\x16.signet.types.v1.EntryR\aentries\x12*\n" +
 	"\x11deleted_entry_ids\x18\x04 \x03(\tR\x0fdeletedEntryIds\x12/\n" +
-	"\x06bundle\x18\x05 \x01(\v2\x17.signet.types.v1.BundleR\x06bundle\">\n" +
+	"\x06bundle\x18\x05 \x01(\v2\x17.signet.types.v1.BundleR\x06bundle\x127\n" +
+	"\vpod_entries\x18\x06 \x03(\v2\x16.signet.types.v1.EntryR\n" +
+	"podEntries\x12\x1b\n" +
+	"\tpods_full\x18\a \x01(\bR\bpodsFull\x121\n" +
+	"\x15deleted_pod_entry_ids\x18\b \x03(\tR\x12deletedPodEntryIds\"1\n" +
+	"\x16FetchPodEntriesRequest\x12\x17\n" +
+	"\apod_uid\x18\x01 \x01(\tR\x06podUid\"K\n" +
+	"\x17FetchPodEntriesResponse\x120\n" +
+	"\aentries\x18\x01 \x03(\v2\x16.signet.types.v1.EntryR\aentries\">\n" +
 	"\x0fX509SVIDRequest\x12\x19\n" +
 	"\bentry_id\x18\x01 \x01(\tR\aentryId\x12\x10\n" +
 	"\x03csr\x18\x02 \x01(\fR\x03csr\"T\n" +
@@ -802,7 +1005,7 @@ const file_signet_agent_v1_agent_proto_rawDesc = "" +
 	"\x03csr\x18\x01 \x01(\fR\x03csr\"3\n" +
 	"\x12RenewAgentResponse\x12\x1d\n" +
 	"\n" +
-	"svid_chain\x18\x01 \x03(\fR\tsvidChain2\xb5\x03\n" +
+	"svid_chain\x18\x01 \x03(\fR\tsvidChain2\x9b\x04\n" +
 	"\x04Node\x12U\n" +
 	"\n" +
 	"AttestNode\x12\".signet.agent.v1.AttestNodeRequest\x1a#.signet.agent.v1.AttestNodeResponse\x12E\n" +
@@ -810,7 +1013,8 @@ const file_signet_agent_v1_agent_proto_rawDesc = "" +
 	"\rMintX509SVIDs\x12%.signet.agent.v1.MintX509SVIDsRequest\x1a&.signet.agent.v1.MintX509SVIDsResponse\x12X\n" +
 	"\vMintJWTSVID\x12#.signet.agent.v1.MintJWTSVIDRequest\x1a$.signet.agent.v1.MintJWTSVIDResponse\x12U\n" +
 	"\n" +
-	"RenewAgent\x12\".signet.agent.v1.RenewAgentRequest\x1a#.signet.agent.v1.RenewAgentResponseB;Z9github.com/signet-id/signet/proto/signet/agent/v1;agentv1b\x06proto3"
+	"RenewAgent\x12\".signet.agent.v1.RenewAgentRequest\x1a#.signet.agent.v1.RenewAgentResponse\x12d\n" +
+	"\x0fFetchPodEntries\x12'.signet.agent.v1.FetchPodEntriesRequest\x1a(.signet.agent.v1.FetchPodEntriesResponseB;Z9github.com/signet-id/signet/proto/signet/agent/v1;agentv1b\x06proto3"
 
 var (
 	file_signet_agent_v1_agent_proto_rawDescOnce sync.Once
@@ -824,46 +1028,54 @@ func file_signet_agent_v1_agent_proto_rawDescGZIP() []byte {
 	return file_signet_agent_v1_agent_proto_rawDescData
 }
 
-var file_signet_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_signet_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_signet_agent_v1_agent_proto_goTypes = []any{
-	(*AttestNodeRequest)(nil),     // 0: signet.agent.v1.AttestNodeRequest
-	(*JoinTokenAttestation)(nil),  // 1: signet.agent.v1.JoinTokenAttestation
-	(*AttestNodeResponse)(nil),    // 2: signet.agent.v1.AttestNodeResponse
-	(*SyncRequest)(nil),           // 3: signet.agent.v1.SyncRequest
-	(*SyncResponse)(nil),          // 4: signet.agent.v1.SyncResponse
-	(*X509SVIDRequest)(nil),       // 5: signet.agent.v1.X509SVIDRequest
-	(*MintX509SVIDsRequest)(nil),  // 6: signet.agent.v1.MintX509SVIDsRequest
-	(*X509SVID)(nil),              // 7: signet.agent.v1.X509SVID
-	(*MintX509SVIDsResponse)(nil), // 8: signet.agent.v1.MintX509SVIDsResponse
-	(*MintJWTSVIDRequest)(nil),    // 9: signet.agent.v1.MintJWTSVIDRequest
-	(*MintJWTSVIDResponse)(nil),   // 10: signet.agent.v1.MintJWTSVIDResponse
-	(*RenewAgentRequest)(nil),     // 11: signet.agent.v1.RenewAgentRequest
-	(*RenewAgentResponse)(nil),    // 12: signet.agent.v1.RenewAgentResponse
-	(*v1.Bundle)(nil),             // 13: signet.types.v1.Bundle
-	(*v1.Entry)(nil),              // 14: signet.types.v1.Entry
+	(*AttestNodeRequest)(nil),       // 0: signet.agent.v1.AttestNodeRequest
+	(*JoinTokenAttestation)(nil),    // 1: signet.agent.v1.JoinTokenAttestation
+	(*K8SPSATAttestation)(nil),      // 2: signet.agent.v1.K8sPSATAttestation
+	(*AttestNodeResponse)(nil),      // 3: signet.agent.v1.AttestNodeResponse
+	(*SyncRequest)(nil),             // 4: signet.agent.v1.SyncRequest
+	(*SyncResponse)(nil),            // 5: signet.agent.v1.SyncResponse
+	(*FetchPodEntriesRequest)(nil),  // 6: signet.agent.v1.FetchPodEntriesRequest
+	(*FetchPodEntriesResponse)(nil), // 7: signet.agent.v1.FetchPodEntriesResponse
+	(*X509SVIDRequest)(nil),         // 8: signet.agent.v1.X509SVIDRequest
+	(*MintX509SVIDsRequest)(nil),    // 9: signet.agent.v1.MintX509SVIDsRequest
+	(*X509SVID)(nil),                // 10: signet.agent.v1.X509SVID
+	(*MintX509SVIDsResponse)(nil),   // 11: signet.agent.v1.MintX509SVIDsResponse
+	(*MintJWTSVIDRequest)(nil),      // 12: signet.agent.v1.MintJWTSVIDRequest
+	(*MintJWTSVIDResponse)(nil),     // 13: signet.agent.v1.MintJWTSVIDResponse
+	(*RenewAgentRequest)(nil),       // 14: signet.agent.v1.RenewAgentRequest
+	(*RenewAgentResponse)(nil),      // 15: signet.agent.v1.RenewAgentResponse
+	(*v1.Bundle)(nil),               // 16: signet.types.v1.Bundle
+	(*v1.Entry)(nil),                // 17: signet.types.v1.Entry
 }
 var file_signet_agent_v1_agent_proto_depIdxs = []int32{
 	1,  // 0: signet.agent.v1.AttestNodeRequest.join_token:type_name -> signet.agent.v1.JoinTokenAttestation
-	13, // 1: signet.agent.v1.AttestNodeResponse.bundle:type_name -> signet.types.v1.Bundle
-	14, // 2: signet.agent.v1.SyncResponse.entries:type_name -> signet.types.v1.Entry
-	13, // 3: signet.agent.v1.SyncResponse.bundle:type_name -> signet.types.v1.Bundle
-	5,  // 4: signet.agent.v1.MintX509SVIDsRequest.requests:type_name -> signet.agent.v1.X509SVIDRequest
-	7,  // 5: signet.agent.v1.MintX509SVIDsResponse.svids:type_name -> signet.agent.v1.X509SVID
-	0,  // 6: signet.agent.v1.Node.AttestNode:input_type -> signet.agent.v1.AttestNodeRequest
-	3,  // 7: signet.agent.v1.Node.Sync:input_type -> signet.agent.v1.SyncRequest
-	6,  // 8: signet.agent.v1.Node.MintX509SVIDs:input_type -> signet.agent.v1.MintX509SVIDsRequest
-	9,  // 9: signet.agent.v1.Node.MintJWTSVID:input_type -> signet.agent.v1.MintJWTSVIDRequest
-	11, // 10: signet.agent.v1.Node.RenewAgent:input_type -> signet.agent.v1.RenewAgentRequest
-	2,  // 11: signet.agent.v1.Node.AttestNode:output_type -> signet.agent.v1.AttestNodeResponse
-	4,  // 12: signet.agent.v1.Node.Sync:output_type -> signet.agent.v1.SyncResponse
-	8,  // 13: signet.agent.v1.Node.MintX509SVIDs:output_type -> signet.agent.v1.MintX509SVIDsResponse
-	10, // 14: signet.agent.v1.Node.MintJWTSVID:output_type -> signet.agent.v1.MintJWTSVIDResponse
-	12, // 15: signet.agent.v1.Node.RenewAgent:output_type -> signet.agent.v1.RenewAgentResponse
-	11, // [11:16] is the sub-list for method output_type
-	6,  // [6:11] is the sub-list for method input_type
-	6,  // [6:6] is the sub-list for extension type_name
-	6,  // [6:6] is the sub-list for extension extendee
-	0,  // [0:6] is the sub-list for field type_name
+	2,  // 1: signet.agent.v1.AttestNodeRequest.k8s_psat:type_name -> signet.agent.v1.K8sPSATAttestation
+	16, // 2: signet.agent.v1.AttestNodeResponse.bundle:type_name -> signet.types.v1.Bundle
+	17, // 3: signet.agent.v1.SyncResponse.entries:type_name -> signet.types.v1.Entry
+	16, // 4: signet.agent.v1.SyncResponse.bundle:type_name -> signet.types.v1.Bundle
+	17, // 5: signet.agent.v1.SyncResponse.pod_entries:type_name -> signet.types.v1.Entry
+	17, // 6: signet.agent.v1.FetchPodEntriesResponse.entries:type_name -> signet.types.v1.Entry
+	8,  // 7: signet.agent.v1.MintX509SVIDsRequest.requests:type_name -> signet.agent.v1.X509SVIDRequest
+	10, // 8: signet.agent.v1.MintX509SVIDsResponse.svids:type_name -> signet.agent.v1.X509SVID
+	0,  // 9: signet.agent.v1.Node.AttestNode:input_type -> signet.agent.v1.AttestNodeRequest
+	4,  // 10: signet.agent.v1.Node.Sync:input_type -> signet.agent.v1.SyncRequest
+	9,  // 11: signet.agent.v1.Node.MintX509SVIDs:input_type -> signet.agent.v1.MintX509SVIDsRequest
+	12, // 12: signet.agent.v1.Node.MintJWTSVID:input_type -> signet.agent.v1.MintJWTSVIDRequest
+	14, // 13: signet.agent.v1.Node.RenewAgent:input_type -> signet.agent.v1.RenewAgentRequest
+	6,  // 14: signet.agent.v1.Node.FetchPodEntries:input_type -> signet.agent.v1.FetchPodEntriesRequest
+	3,  // 15: signet.agent.v1.Node.AttestNode:output_type -> signet.agent.v1.AttestNodeResponse
+	5,  // 16: signet.agent.v1.Node.Sync:output_type -> signet.agent.v1.SyncResponse
+	11, // 17: signet.agent.v1.Node.MintX509SVIDs:output_type -> signet.agent.v1.MintX509SVIDsResponse
+	13, // 18: signet.agent.v1.Node.MintJWTSVID:output_type -> signet.agent.v1.MintJWTSVIDResponse
+	15, // 19: signet.agent.v1.Node.RenewAgent:output_type -> signet.agent.v1.RenewAgentResponse
+	7,  // 20: signet.agent.v1.Node.FetchPodEntries:output_type -> signet.agent.v1.FetchPodEntriesResponse
+	15, // [15:21] is the sub-list for method output_type
+	9,  // [9:15] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_signet_agent_v1_agent_proto_init() }
@@ -873,6 +1085,7 @@ func file_signet_agent_v1_agent_proto_init() {
 	}
 	file_signet_agent_v1_agent_proto_msgTypes[0].OneofWrappers = []any{
 		(*AttestNodeRequest_JoinToken)(nil),
+		(*AttestNodeRequest_K8SPsat)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -880,7 +1093,7 @@ func file_signet_agent_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_signet_agent_v1_agent_proto_rawDesc), len(file_signet_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   13,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

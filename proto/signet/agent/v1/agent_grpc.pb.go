@@ -23,11 +23,12 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Node_AttestNode_FullMethodName    = "/signet.agent.v1.Node/AttestNode"
-	Node_Sync_FullMethodName          = "/signet.agent.v1.Node/Sync"
-	Node_MintX509SVIDs_FullMethodName = "/signet.agent.v1.Node/MintX509SVIDs"
-	Node_MintJWTSVID_FullMethodName   = "/signet.agent.v1.Node/MintJWTSVID"
-	Node_RenewAgent_FullMethodName    = "/signet.agent.v1.Node/RenewAgent"
+	Node_AttestNode_FullMethodName      = "/signet.agent.v1.Node/AttestNode"
+	Node_Sync_FullMethodName            = "/signet.agent.v1.Node/Sync"
+	Node_MintX509SVIDs_FullMethodName   = "/signet.agent.v1.Node/MintX509SVIDs"
+	Node_MintJWTSVID_FullMethodName     = "/signet.agent.v1.Node/MintJWTSVID"
+	Node_RenewAgent_FullMethodName      = "/signet.agent.v1.Node/RenewAgent"
+	Node_FetchPodEntries_FullMethodName = "/signet.agent.v1.Node/FetchPodEntries"
 )
 
 // NodeClient is the client API for Node service.
@@ -48,6 +49,10 @@ type NodeClient interface {
 	MintJWTSVID(ctx context.Context, in *MintJWTSVIDRequest, opts ...grpc.CallOption) (*MintJWTSVIDResponse, error)
 	// RenewAgent signs a new SVID for the calling agent.
 	RenewAgent(ctx context.Context, in *RenewAgentRequest, opts ...grpc.CallOption) (*RenewAgentResponse, error)
+	// FetchPodEntries returns the identities of one pod bound to the calling
+	// agent's node, confirmed with the Kubernetes API server. An agent asks
+	// when a workload calls before its pod's identities arrived on Sync.
+	FetchPodEntries(ctx context.Context, in *FetchPodEntriesRequest, opts ...grpc.CallOption) (*FetchPodEntriesResponse, error)
 }
 
 type nodeClient struct {
@@ -117,6 +122,16 @@ func (c *nodeClient) RenewAgent(ctx context.Context, in *RenewAgentRequest, opts
 	return out, nil
 }
 
+func (c *nodeClient) FetchPodEntries(ctx context.Context, in *FetchPodEntriesRequest, opts ...grpc.CallOption) (*FetchPodEntriesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(FetchPodEntriesResponse)
+	err := c.cc.Invoke(ctx, Node_FetchPodEntries_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // NodeServer is the server API for Node service.
 // All implementations must embed UnimplementedNodeServer
 // for forward compatibility.
@@ -135,6 +150,10 @@ type NodeServer interface {
 	MintJWTSVID(context.Context, *MintJWTSVIDRequest) (*MintJWTSVIDResponse, error)
 	// RenewAgent signs a new SVID for the calling agent.
 	RenewAgent(context.Context, *RenewAgentRequest) (*RenewAgentResponse, error)
+	// FetchPodEntries returns the identities of one pod bound to the calling
+	// agent's node, confirmed with the Kubernetes API server. An agent asks
+	// when a workload calls before its pod's identities arrived on Sync.
+	FetchPodEntries(context.Context, *FetchPodEntriesRequest) (*FetchPodEntriesResponse, error)
 	mustEmbedUnimplementedNodeServer()
 }
 
@@ -159,6 +178,9 @@ func (UnimplementedNodeServer) MintJWTSVID(context.Context, *MintJWTSVIDRequest)
 }
 func (UnimplementedNodeServer) RenewAgent(context.Context, *RenewAgentRequest) (*RenewAgentResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RenewAgent not implemented")
+}
+func (UnimplementedNodeServer) FetchPodEntries(context.Context, *FetchPodEntriesRequest) (*FetchPodEntriesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method FetchPodEntries not implemented")
 }
 func (UnimplementedNodeServer) mustEmbedUnimplementedNodeServer() {}
 func (UnimplementedNodeServer) testEmbeddedByValue()              {}
@@ -264,6 +286,24 @@ func _Node_RenewAgent_Handler(srv interface{}, ctx context.Context, dec func(int
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Node_FetchPodEntries_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(FetchPodEntriesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NodeServer).FetchPodEntries(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Node_FetchPodEntries_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NodeServer).FetchPodEntries(ctx, req.(*FetchPodEntriesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Node_ServiceDesc is the grpc.ServiceDesc for Node service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -286,6 +326,10 @@ var Node_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RenewAgent",
 			Handler:    _Node_RenewAgent_Handler,
+		},
+		{
+			MethodName: "FetchPodEntries",
+			Handler:    _Node_FetchPodEntries_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -1,0 +1,435 @@
+// Package k8s is the CA's Kubernetes mode: identities derived from pods
+// and IdentityRules (no per-pod entries are stored), CA keys in a Secret
+// shared by replicas, and leader election on a Lease.
+package k8s
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/dynamic/dynamicinformer"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/signet-id/signet/ca/entry"
+	"github.com/signet-id/signet/ca/identityrule"
+	"github.com/signet-id/signet/internal/selector"
+)
+
+// EntryPrefix starts the ID of every pod-derived entry:
+// "k8s:<pod UID>:<IdentityRule name>".
+const EntryPrefix = "k8s:"
+
+// IsPodEntryID reports whether id names a pod-derived entry.
+func IsPodEntryID(id string) bool { return strings.HasPrefix(id, EntryPrefix) }
+
+// ErrNotOnNode is returned for a pod that is not bound to the asking
+// agent's node.
+var ErrNotOnNode = errors.New("pod is not bound to the agent's node")
+
+// Config configures Identities.
+type Config struct {
+	Client      kubernetes.Interface
+	Dynamic     dynamic.Interface
+	TrustDomain spiffeid.TrustDomain
+	// AgentServiceAccounts ("namespace/name") are the accounts agent pods
+	// run as; an agent is alive while such a pod runs on its node.
+	AgentServiceAccounts []string
+	Log                  hclog.Logger
+}
+
+// Identities watches pods, namespaces, nodes and IdentityRules and derives
+// the identities of each node's pods.
+type Identities struct {
+	cfg        Config
+	factory    informers.SharedInformerFactory
+	dyn        dynamicinformer.DynamicSharedInformerFactory
+	pods       cache.SharedIndexInformer
+	namespaces cache.SharedIndexInformer
+	nodes      cache.SharedIndexInformer
+	rules      cache.SharedIndexInformer
+
+	mu       sync.Mutex
+	compiled map[string]*rule // by name
+	order    []*rule          // sorted by name
+	pulled   map[string]pulledPod
+	changed  chan struct{}
+	statusCh chan struct{}
+}
+
+type pulledPod struct {
+	pod *corev1.Pod
+	at  time.Time
+}
+
+// pulledTTL is how long a pod read from the API server on a pull is kept
+// for minting while the informer catches up.
+const pulledTTL = 2 * time.Minute
+
+const (
+	byNode = "node"
+	byUID  = "uid"
+)
+
+// New sets up the informers; Start runs them.
+func New(cfg Config) (*Identities, error) {
+	if cfg.Log == nil {
+		cfg.Log = hclog.NewNullLogger()
+	}
+	id := &Identities{
+		cfg: cfg, compiled: map[string]*rule{}, pulled: map[string]pulledPod{},
+		changed: make(chan struct{}), statusCh: make(chan struct{}, 1),
+	}
+	id.factory = informers.NewSharedInformerFactory(cfg.Client, 0)
+	id.pods = id.factory.Core().V1().Pods().Informer()
+	if err := id.pods.SetTransform(trimPod); err != nil {
+		return nil, err
+	}
+	if err := id.pods.AddIndexers(cache.Indexers{
+		byNode: func(obj any) ([]string, error) { return []string{obj.(*corev1.Pod).Spec.NodeName}, nil },
+		byUID:  func(obj any) ([]string, error) { return []string{string(obj.(*corev1.Pod).UID)}, nil },
+	}); err != nil {
+		return nil, err
+	}
+	id.namespaces = id.factory.Core().V1().Namespaces().Informer()
+	id.nodes = id.factory.Core().V1().Nodes().Informer()
+	if err := id.nodes.SetTransform(trimNode); err != nil {
+		return nil, err
+	}
+	id.dyn = dynamicinformer.NewDynamicSharedInformerFactory(cfg.Dynamic, 0)
+	id.rules = id.dyn.ForResource(IdentityRuleResource).Informer()
+	notify := cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { id.notify() },
+		UpdateFunc: func(any, any) { id.notify() },
+		DeleteFunc: func(any) { id.notify() },
+	}
+	for _, inf := range []cache.SharedIndexInformer{id.pods, id.namespaces, id.nodes} {
+		if _, err := inf.AddEventHandler(notify); err != nil {
+			return nil, err
+		}
+	}
+	ruleChanged := func(any) { id.recompile() }
+	if _, err := id.rules.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc: ruleChanged, UpdateFunc: func(_, n any) { ruleChanged(n) }, DeleteFunc: ruleChanged,
+	}); err != nil {
+		return nil, err
+	}
+	return id, nil
+}
+
+// trimPod keeps only what derivation and liveness checks read, so a large
+// cluster's pods cost little memory.
+func trimPod(obj any) (any, error) {
+	p, ok := obj.(*corev1.Pod)
+	if !ok {
+		return obj, nil
+	}
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{
+			Name: p.Name, Namespace: p.Namespace, UID: p.UID, ResourceVersion: p.ResourceVersion,
+			Labels: p.Labels, Annotations: p.Annotations, DeletionTimestamp: p.DeletionTimestamp,
+		},
+		Spec:   corev1.PodSpec{NodeName: p.Spec.NodeName, ServiceAccountName: p.Spec.ServiceAccountName},
+		Status: corev1.PodStatus{Phase: p.Status.Phase},
+	}, nil
+}
+
+func trimNode(obj any) (any, error) {
+	n, ok := obj.(*corev1.Node)
+	if !ok {
+		return obj, nil
+	}
+	return &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n.Name, UID: n.UID, ResourceVersion: n.ResourceVersion}}, nil
+}
+
+// Start runs the informers until ctx ends and waits for their first list.
+func (id *Identities) Start(ctx context.Context) error {
+	id.factory.Start(ctx.Done())
+	id.dyn.Start(ctx.Done())
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	if !cache.WaitForCacheSync(ctx.Done(), id.pods.HasSynced, id.namespaces.HasSynced, id.nodes.HasSynced, id.rules.HasSynced) {
+		return errors.New("k8s: informers did not sync (is the IdentityRule CRD installed, and may the CA list pods, namespaces and nodes?)")
+	}
+	id.recompile()
+	return nil
+}
+
+func (id *Identities) notify() {
+	id.mu.Lock()
+	close(id.changed)
+	id.changed = make(chan struct{})
+	id.mu.Unlock()
+}
+
+// Changed returns a channel closed at the next change of pods, namespaces,
+// nodes or rules.
+func (id *Identities) Changed() <-chan struct{} {
+	id.mu.Lock()
+	defer id.mu.Unlock()
+	return id.changed
+}
+
+func (id *Identities) recompile() {
+	m := map[string]*rule{}
+	for _, obj := range id.rules.GetStore().List() {
+		u, ok := obj.(*unstructured.Unstructured)
+		if !ok {
+			continue
+		}
+		r := compileRule(id.cfg.TrustDomain, u)
+		if r.err != nil {
+			id.cfg.Log.Warn("IdentityRule refused", "rule", r.name, "error", r.err)
+		}
+		m[r.name] = r
+	}
+	order := make([]*rule, 0, len(m))
+	for _, r := range m {
+		order = append(order, r)
+	}
+	sort.Slice(order, func(i, j int) bool { return order[i].name < order[j].name })
+	id.mu.Lock()
+	id.compiled, id.order = m, order
+	id.mu.Unlock()
+	select {
+	case id.statusCh <- struct{}{}:
+	default:
+	}
+	id.notify()
+}
+
+func (id *Identities) ruleList() []*rule {
+	id.mu.Lock()
+	defer id.mu.Unlock()
+	return id.order
+}
+
+func (id *Identities) namespaceLabels(ns string) labels.Set {
+	if obj, ok, _ := id.namespaces.GetStore().GetByKey(ns); ok {
+		if l := obj.(*corev1.Namespace).Labels; l != nil {
+			return l
+		}
+	}
+	// The API server gives every namespace this label.
+	return labels.Set{corev1.LabelMetadataName: ns}
+}
+
+func finished(p *corev1.Pod) bool {
+	return p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed
+}
+
+// derive returns the pod's identities under every rule that selects it.
+func (id *Identities) derive(p *corev1.Pod, parent spiffeid.ID, only string) []entry.Entry {
+	if finished(p) {
+		return nil
+	}
+	var out []entry.Entry
+	var nsl labels.Set
+	for _, r := range id.ruleList() {
+		if r.err != nil || (only != "" && r.name != only) || !r.pods.Matches(labels.Set(p.Labels)) {
+			continue
+		}
+		if nsl == nil {
+			nsl = id.namespaceLabels(p.Namespace)
+		}
+		if !r.namespaces.Matches(nsl) {
+			continue
+		}
+		sa := p.Spec.ServiceAccountName
+		if sa == "" {
+			sa = "default"
+		}
+		in := identityrule.Pod{Namespace: p.Namespace, ServiceAccount: sa, PodName: p.Name, PodUID: string(p.UID), NodeName: p.Spec.NodeName}
+		if r.allowMeta {
+			in.Labels, in.Annotations = p.Labels, p.Annotations
+		}
+		sid, dns, err := r.compiled.Render(in)
+		if err != nil {
+			id.cfg.Log.Warn("IdentityRule does not render for pod", "rule", r.name, "pod", p.Namespace+"/"+p.Name, "error", err)
+			continue
+		}
+		out = append(out, entry.Entry{
+			ID: EntryPrefix + string(p.UID) + ":" + r.name, SPIFFEID: sid, ParentID: parent,
+			Selectors: []selector.Selector{{Type: "k8s", Value: "pod-uid:" + string(p.UID)}},
+			DNSNames:  dns, X509TTL: r.x509TTL, JWTTTL: r.jwtTTL,
+		})
+	}
+	return out
+}
+
+// ForNode returns the identities of the pods bound to node, parented to
+// the node's agent.
+func (id *Identities) ForNode(node string, parent spiffeid.ID) []entry.Entry {
+	objs, _ := id.pods.GetIndexer().ByIndex(byNode, node)
+	var out []entry.Entry
+	for _, o := range objs {
+		out = append(out, id.derive(o.(*corev1.Pod), parent, "")...)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+// podOnNode finds pod uid bound to node: in the informer, among pods read
+// on earlier pulls, or else by asking the API server for the node's pods.
+func (id *Identities) podOnNode(ctx context.Context, uid, node string) (*corev1.Pod, error) {
+	if objs, _ := id.pods.GetIndexer().ByIndex(byUID, uid); len(objs) == 1 {
+		if p := objs[0].(*corev1.Pod); p.Spec.NodeName == node {
+			return p, nil
+		}
+	}
+	id.mu.Lock()
+	pp, ok := id.pulled[uid]
+	id.mu.Unlock()
+	if ok && time.Since(pp.at) < pulledTTL && pp.pod.Spec.NodeName == node {
+		return pp.pod, nil
+	}
+	list, err := id.cfg.Client.CoreV1().Pods("").List(ctx, metav1.ListOptions{FieldSelector: fields.OneTermEqualSelector("spec.nodeName", node).String()})
+	if err != nil {
+		return nil, fmt.Errorf("k8s: list pods on node %s: %w", node, err)
+	}
+	for i := range list.Items {
+		if string(list.Items[i].UID) != uid {
+			continue
+		}
+		p, _ := trimPod(&list.Items[i])
+		pod := p.(*corev1.Pod)
+		id.mu.Lock()
+		for k, v := range id.pulled {
+			if time.Since(v.at) > pulledTTL {
+				delete(id.pulled, k)
+			}
+		}
+		id.pulled[uid] = pulledPod{pod: pod, at: time.Now()}
+		id.mu.Unlock()
+		return pod, nil
+	}
+	return nil, ErrNotOnNode
+}
+
+// Pull returns the identities of pod uid, which must be bound to node; the
+// API server is asked when the informer does not know the pod yet.
+func (id *Identities) Pull(ctx context.Context, uid, node string, parent spiffeid.ID) ([]entry.Entry, error) {
+	p, err := id.podOnNode(ctx, uid, node)
+	if err != nil {
+		return nil, err
+	}
+	return id.derive(p, parent, ""), nil
+}
+
+// Lookup returns the pod entries with the given IDs, each only if its pod
+// is bound to node. Missing ones are left out of the map.
+func (id *Identities) Lookup(ctx context.Context, ids []string, node string, parent spiffeid.ID) (map[string]entry.Entry, error) {
+	out := make(map[string]entry.Entry, len(ids))
+	for _, eid := range ids {
+		uid, ruleName, ok := strings.Cut(strings.TrimPrefix(eid, EntryPrefix), ":")
+		if !ok || !IsPodEntryID(eid) {
+			continue
+		}
+		p, err := id.podOnNode(ctx, uid, node)
+		if errors.Is(err, ErrNotOnNode) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		for _, e := range id.derive(p, parent, ruleName) {
+			out[e.ID] = e
+		}
+	}
+	return out, nil
+}
+
+// AgentAlive reports whether node exists and runs a pod of an agent
+// service account; an agent without both is evicted.
+func (id *Identities) AgentAlive(node string) (bool, string) {
+	if _, ok, _ := id.nodes.GetStore().GetByKey(node); !ok {
+		return false, fmt.Sprintf("node %q no longer exists", node)
+	}
+	objs, _ := id.pods.GetIndexer().ByIndex(byNode, node)
+	for _, o := range objs {
+		p := o.(*corev1.Pod)
+		if !finished(p) && slices.Contains(id.cfg.AgentServiceAccounts, p.Namespace+"/"+p.Spec.ServiceAccountName) {
+			return true, ""
+		}
+	}
+	return false, fmt.Sprintf("no agent pod runs on node %q any more", node)
+}
+
+// RunStatus writes each IdentityRule's Ready condition (accepted, or the
+// reason it is refused) until ctx ends. Only the leader runs it.
+func (id *Identities) RunStatus(ctx context.Context) {
+	t := time.NewTicker(time.Minute)
+	defer t.Stop()
+	for {
+		id.writeStatuses(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-id.statusCh:
+		case <-t.C:
+		}
+	}
+}
+
+func (id *Identities) writeStatuses(ctx context.Context) {
+	for _, obj := range id.rules.GetStore().List() {
+		u := obj.(*unstructured.Unstructured)
+		id.mu.Lock()
+		r := id.compiled[u.GetName()]
+		id.mu.Unlock()
+		if r == nil {
+			continue
+		}
+		cond := metav1.Condition{Type: "Ready", Status: metav1.ConditionTrue, Reason: "Accepted", Message: "the rule is in effect", ObservedGeneration: u.GetGeneration()}
+		if r.err != nil {
+			cond.Status, cond.Reason, cond.Message = metav1.ConditionFalse, "Refused", r.err.Error()
+		}
+		var st IdentityRuleStatus
+		if raw, ok := u.Object["status"].(map[string]any); ok {
+			if conds, ok := raw["conditions"].([]any); ok {
+				for _, c := range conds {
+					if m, ok := c.(map[string]any); ok {
+						st.Conditions = append(st.Conditions, metav1.Condition{
+							Type: str(m["type"]), Status: metav1.ConditionStatus(str(m["status"])), Reason: str(m["reason"]), Message: str(m["message"]),
+						})
+						if g, ok := m["observedGeneration"].(int64); ok {
+							st.Conditions[len(st.Conditions)-1].ObservedGeneration = g
+						}
+					}
+				}
+			}
+		}
+		if old := meta.FindStatusCondition(st.Conditions, "Ready"); old != nil && old.Status == cond.Status && old.Message == cond.Message && old.ObservedGeneration == cond.ObservedGeneration {
+			continue
+		}
+		meta.SetStatusCondition(&st.Conditions, cond)
+		conds := make([]any, len(st.Conditions))
+		for i, c := range st.Conditions {
+			conds[i] = map[string]any{"type": c.Type, "status": string(c.Status), "reason": c.Reason, "message": c.Message,
+				"observedGeneration": c.ObservedGeneration, "lastTransitionTime": c.LastTransitionTime.UTC().Format(time.RFC3339)}
+		}
+		u = u.DeepCopy()
+		u.Object["status"] = map[string]any{"observedGeneration": u.GetGeneration(), "conditions": conds}
+		if _, err := id.cfg.Dynamic.Resource(IdentityRuleResource).UpdateStatus(ctx, u, metav1.UpdateOptions{}); err != nil && ctx.Err() == nil {
+			id.cfg.Log.Warn("writing IdentityRule status failed", "rule", u.GetName(), "error", err)
+		}
+	}
+}
+
+func str(v any) string { s, _ := v.(string); return s }

@@ -1,0 +1,77 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"os"
+	"strings"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/signet-id/signet/ca/k8s"
+	"github.com/signet-id/signet/ca/nodeattest"
+)
+
+// kubeMode is what Kubernetes mode adds to the CA.
+type kubeMode struct {
+	psat   *nodeattest.PSAT
+	pods   *k8s.Identities
+	keys   *k8s.SecretKeyStore
+	leader *k8s.Leader
+}
+
+const serviceAccountNamespaceFile = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+func startKube(ctx context.Context, cfg Config, log hclog.Logger) (*kubeMode, error) {
+	kc := cfg.Kube
+	if kc.ClusterName == "" {
+		return nil, errors.New("kubernetes mode needs --cluster-name")
+	}
+	if len(kc.AgentServiceAccounts) == 0 {
+		return nil, errors.New("kubernetes mode needs at least one --agent-service-account NAMESPACE/NAME")
+	}
+	for _, sa := range kc.AgentServiceAccounts {
+		if ns, name, ok := strings.Cut(sa, "/"); !ok || ns == "" || name == "" || strings.Contains(name, "/") {
+			return nil, errors.New("--agent-service-account " + sa + ": want NAMESPACE/NAME")
+		}
+	}
+	ns := kc.Namespace
+	if ns == "" {
+		if b, err := os.ReadFile(serviceAccountNamespaceFile); err == nil {
+			ns = strings.TrimSpace(string(b))
+		}
+	}
+	if ns == "" {
+		ns = "signet"
+	}
+	secret, lease := kc.SecretName, kc.LeaseName
+	if secret == "" {
+		secret = "signet-ca-keys"
+	}
+	if lease == "" {
+		lease = "signet-ca"
+	}
+	clients, err := k8s.NewClients(kc.Kubeconfig, kc.InCluster)
+	if err != nil {
+		return nil, err
+	}
+	pods, err := k8s.New(k8s.Config{
+		Client: clients.Client, Dynamic: clients.Dynamic, TrustDomain: cfg.TrustDomain,
+		AgentServiceAccounts: kc.AgentServiceAccounts, Log: log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := pods.Start(ctx); err != nil {
+		return nil, err
+	}
+	log.Info("watching pods and IdentityRules", "cluster", kc.ClusterName, "namespace", ns)
+	m := &kubeMode{
+		psat: &nodeattest.PSAT{Client: clients.Client, Audience: kc.Audience, ServiceAccounts: kc.AgentServiceAccounts},
+		pods: pods,
+		keys: &k8s.SecretKeyStore{Client: clients.Client, Namespace: ns, Name: secret},
+	}
+	m.leader = &k8s.Leader{Client: clients.Client, Namespace: ns, Name: lease, Identity: kc.Identity, Log: log,
+		OnStart: func(ctx context.Context) { pods.RunStatus(ctx) }}
+	return m, nil
+}
