@@ -272,7 +272,14 @@ func (s *NodeServer) RenewAgent(ctx context.Context, req *agentv1.RenewAgentRequ
 		return nil, s.cfg.refuse("RenewAgent", codes.InvalidArgument, audit.Record{Actor: c.id.String(), Reason: err.Error()})
 	}
 	newSerial := serialHex(chain[0])
-	if err := s.cfg.Store.RenewAgent(ctx, c.id.String(), c.serial, newSerial, chain[0].NotAfter); err != nil {
+	err = s.cfg.Store.RenewAgent(ctx, c.id.String(), c.serial, newSerial, chain[0].NotAfter)
+	if errors.Is(err, store.ErrNotFound) && c.node != "" {
+		// A Kubernetes agent attested (again) at another replica: record
+		// it here.
+		_, err = s.cfg.Store.RegisterAgent(ctx, store.Agent{SPIFFEID: c.id.String(), NodeName: c.node, AttestationType: "k8s_psat",
+			Serial: newSerial, ExpiresAt: chain[0].NotAfter, AttestedAt: s.cfg.Now()})
+	}
+	if err != nil {
 		if errors.Is(err, store.ErrNotFound) {
 			return nil, s.cfg.refuse("RenewAgent", codes.PermissionDenied, audit.Record{Actor: c.id.String(), Reason: "agent evicted during renewal"})
 		}

@@ -51,6 +51,7 @@ func startKube(ctx context.Context, cfg Config, log hclog.Logger) (*kubeMode, er
 	if lease == "" {
 		lease = "signet-ca"
 	}
+	k8s.RouteKlog(log.Named("client-go"))
 	clients, err := k8s.NewClients(kc.Kubeconfig, kc.InCluster)
 	if err != nil {
 		return nil, err

@@ -4,8 +4,14 @@
 package systest
 
 import (
+	"bytes"
 	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/x509"
+	"encoding/json"
 	"net"
 	"os"
 	"path/filepath"
@@ -13,13 +19,18 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/signet-id/signet/agent"
 	"github.com/signet-id/signet/ca/server"
 	adminv1 "github.com/signet-id/signet/proto/signet/admin/v1"
+	agentv1 "github.com/signet-id/signet/proto/signet/agent/v1"
 	typesv1 "github.com/signet-id/signet/proto/signet/types/v1"
 )
 
@@ -223,3 +234,93 @@ func (a *Agent) SetJoinToken(tok string) { a.cfg.JoinToken = tok }
 
 // Config returns the agent's configuration.
 func (a *Agent) Config() agent.Config { return a.cfg }
+
+// NodeClient dials the CA's agent API as an agent with svid, or as an
+// agent that has not attested yet when svid is nil.
+func (ca *CA) NodeClient(svid *x509svid.SVID) agentv1.NodeClient {
+	ca.t.Helper()
+	roots := x509bundle.FromX509Authorities(TrustDomain, ca.Roots())
+	authz := tlsconfig.AuthorizeID(server.CAID(TrustDomain))
+	cfg := tlsconfig.TLSClientConfig(roots, authz)
+	if svid != nil {
+		cfg = tlsconfig.MTLSClientConfig(svid, roots, authz)
+	}
+	conn, err := grpc.NewClient(ca.Addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
+	if err != nil {
+		ca.t.Fatal(err)
+	}
+	ca.t.Cleanup(func() { conn.Close() })
+	return agentv1.NewNodeClient(conn)
+}
+
+// NewCSR returns a fresh P-256 key and a CSR for it.
+func NewCSR(t testing.TB) (crypto.Signer, []byte) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return key, der
+}
+
+// AttestPSAT attests an agent with a Kubernetes service-account token and
+// returns its SVID.
+func (ca *CA) AttestPSAT(token, node string) (*x509svid.SVID, error) {
+	ca.t.Helper()
+	key, csr := NewCSR(ca.t)
+	resp, err := ca.NodeClient(nil).AttestNode(context.Background(), &agentv1.AttestNodeRequest{
+		Attestation: &agentv1.AttestNodeRequest_K8SPsat{K8SPsat: &agentv1.K8SPSATAttestation{Token: token, NodeName: node}},
+		Csr:         csr,
+	})
+	if err != nil {
+		return nil, err
+	}
+	var certs []*x509.Certificate
+	for _, der := range resp.GetSvidChain() {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			return nil, err
+		}
+		certs = append(certs, c)
+	}
+	id, err := spiffeid.FromString(resp.GetSpiffeId())
+	if err != nil {
+		return nil, err
+	}
+	return &x509svid.SVID{ID: id, Certificates: certs, PrivateKey: key}, nil
+}
+
+// AuditLog returns the CA's audit records so far.
+func (ca *CA) AuditLog() []map[string]any {
+	ca.t.Helper()
+	raw, err := os.ReadFile(filepath.Join(ca.cfg.DataDir, "audit.log"))
+	if err != nil {
+		ca.t.Fatal(err)
+	}
+	var recs []map[string]any
+	for _, line := range bytes.Split(raw, []byte("\n")) {
+		if len(line) == 0 {
+			continue
+		}
+		var m map[string]any
+		if err := json.Unmarshal(line, &m); err != nil {
+			ca.t.Fatalf("audit line %q: %v", line, err)
+		}
+		recs = append(recs, m)
+	}
+	return recs
+}
+
+// AuditRaw returns the CA's audit log as written.
+func (ca *CA) AuditRaw() string {
+	ca.t.Helper()
+	raw, err := os.ReadFile(filepath.Join(ca.cfg.DataDir, "audit.log"))
+	if err != nil {
+		ca.t.Fatal(err)
+	}
+	return string(raw)
+}
