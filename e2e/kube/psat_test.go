@@ -17,8 +17,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/signet-id/signet/e2e/testenv"
-	agentv1 "github.com/signet-id/signet/proto/signet/agent/v1"
 	"github.com/signet-id/signet/internal/systest"
+	agentv1 "github.com/signet-id/signet/proto/signet/agent/v1"
 )
 
 // TestPSATAttestation attests an agent with a real pod-bound token and
