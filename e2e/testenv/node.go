@@ -390,3 +390,10 @@ func removeCgroupTree(root string) {
 		os.Remove(dirs[i])
 	}
 }
+
+// PodLog returns what a container of a pod wrote, as the kubelet's CRI log
+// lines: "<RFC 3339 time> <stream> <F|P> <text>".
+func (n *Node) PodLog(namespace, name, uid, container string) (string, error) {
+	b, err := os.ReadFile(filepath.Join(n.dir, "pod-logs", namespace+"_"+name+"_"+uid, container, "0.log"))
+	return string(b), err
+}
