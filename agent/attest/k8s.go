@@ -30,6 +30,10 @@ type K8s struct {
 	// MaxAge is how long a pod list is reused. If zero, one second. A pod
 	// or container the list does not know yet makes a fresh list at once.
 	MaxAge time.Duration
+	// Patience is how long a container that the kubelet does not report
+	// yet (it just started) is waited for, asking again every 50 ms. If
+	// zero, three seconds.
+	Patience time.Duration
 
 	mu     sync.Mutex
 	pods   map[string]*corev1.Pod
@@ -58,10 +62,24 @@ func (k *K8s) find(ctx context.Context, ctr cgroup.Container) (*corev1.Pod, *cor
 	if maxAge == 0 {
 		maxAge = time.Second
 	}
-	for fresh := false; ; fresh = true {
+	patience := k.Patience
+	if patience == 0 {
+		patience = 3 * time.Second
+	}
+	giveUp := time.Now().Add(patience)
+	for attempt := 0; ; attempt++ {
+		fresh := attempt > 0
 		k.mu.Lock()
 		stale := k.pods == nil || time.Since(k.listAt) > maxAge
 		k.mu.Unlock()
+		if attempt > 1 {
+			// Not known yet: ask again shortly rather than fail the caller.
+			select {
+			case <-ctx.Done():
+				return nil, nil, ctx.Err()
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
 		if fresh || stale {
 			if err := k.refresh(ctx); err != nil {
 				return nil, nil, err
@@ -78,7 +96,7 @@ func (k *K8s) find(ctx context.Context, ctr cgroup.Container) (*corev1.Pod, *cor
 				return pod, st, nil
 			}
 		}
-		if fresh {
+		if fresh && !time.Now().Before(giveUp) {
 			if pod == nil {
 				return nil, nil, fmt.Errorf("pod %s is not on this node's kubelet", ctr.PodUID)
 			}

@@ -2,16 +2,22 @@ package attest
 
 import (
 	"context"
+	"encoding/pem"
 	"errors"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/signet-id/signet/agent/kubelet"
 	"github.com/signet-id/signet/internal/peercred"
 	"github.com/signet-id/signet/internal/selector"
 )
@@ -86,6 +92,21 @@ func TestK8sAttestsAContainer(t *testing.T) {
 	}
 }
 
+// TestK8sWaitsForANewContainer: a container the kubelet reports only on
+// its fourth list (it just started) is attested, not refused.
+func TestK8sWaitsForANewContainer(t *testing.T) {
+	root := procWithCgroup(t, 43, "4:memory:/kubepods/besteffort/pod"+podUID+"/"+ctrID+"\n")
+	pods := &fakePods{lists: [][]corev1.Pod{{}, {testPod(false)}, {testPod(false)}, {testPod(true)}}}
+	k := &K8s{Pods: pods, ProcRoot: root}
+	sels, err := k.Attest(context.Background(), peercred.Creds{PID: 43})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pods.calls != 4 || sels[len(sels)-2].String() != "k8s:container-image:registry.local/api:1" {
+		t.Fatalf("%d lists, selectors %v", pods.calls, sels)
+	}
+}
+
 func TestK8sRefusals(t *testing.T) {
 	inPod := "0::/kubepods/burstable/pod" + podUID + "/" + ctrID + "\n"
 	for name, tt := range map[string]struct {
@@ -101,7 +122,7 @@ func TestK8sRefusals(t *testing.T) {
 		"bad cgroup":       {cgroup: "nonsense\n", pods: &fakePods{lists: [][]corev1.Pod{{}}}, wantErr: "want hierarchy"},
 	} {
 		t.Run(name, func(t *testing.T) {
-			k := &K8s{Pods: tt.pods, ProcRoot: procWithCgroup(t, 7, tt.cgroup)}
+			k := &K8s{Pods: tt.pods, ProcRoot: procWithCgroup(t, 7, tt.cgroup), Patience: 200 * time.Millisecond}
 			sels, err := k.Attest(context.Background(), peercred.Creds{PID: 7})
 			if tt.wantNil {
 				if err != nil || sels != nil {
@@ -128,3 +149,42 @@ func TestMultiJoins(t *testing.T) {
 type fixed []selector.Selector
 
 func (f fixed) Attest(context.Context, peercred.Creds) ([]selector.Selector, error) { return f, nil }
+
+// TestK8sRecorded attests a process with the cgroup file and the kubelet
+// answer recorded on a real node, through the real kubelet client over TLS.
+func TestK8sRecorded(t *testing.T) {
+	payload, err := os.ReadFile("../kubelet/testdata/pods-recorded-kubelet-1.37.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cg, err := os.ReadFile("../cgroup/testdata/v1-cgroupfs-containerd-burstable-recorded.txt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write(payload) }))
+	defer srv.Close()
+	dir := t.TempDir()
+	caFile := filepath.Join(dir, "ca.pem")
+	os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o600)
+	tokFile := filepath.Join(dir, "token")
+	os.WriteFile(tokFile, []byte("t"), 0o600)
+	kc, err := kubelet.New(kubelet.Config{URL: srv.URL, TokenFile: tokFile, CAFile: caFile})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := &K8s{Pods: kc, ProcRoot: procWithCgroup(t, 29835, string(cg))}
+	sels, err := k.Attest(context.Background(), peercred.Creds{PID: 29835})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, s := range sels {
+		got = append(got, s.String())
+	}
+	for _, want := range []string{"k8s:ns:demo", "k8s:sa:web", "k8s:pod-name:web-1", "k8s:pod-uid:749b9371-8820-4411-b435-9ca8cfb3fa48",
+		"k8s:node-name:signet-node", "k8s:pod-label:app:web", "k8s:container-name:main"} {
+		if !slices.Contains(got, want) {
+			t.Errorf("selector %s missing from %v", want, got)
+		}
+	}
+}

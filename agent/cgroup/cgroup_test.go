@@ -19,6 +19,12 @@ func TestParseFiles(t *testing.T) {
 		"v2-cgroupfs-containerd.txt":     {uid, cid},
 		"v1-cgroupfs-docker.txt":         {uid, cid},
 		"v2-systemd-crio-guaranteed.txt": {uid, cid},
+		// Recorded on a real node (kubelet 1.37, containerd 1.6, cgroup v1
+		// hybrid, cgroupfs driver): a BestEffort and a Burstable container,
+		// and a pod sandbox (its ID is not a container of /pods).
+		"v1-cgroupfs-containerd-besteffort-recorded.txt": {"c4494d08-2da7-439a-8705-3e2c23ea2d3a", "04e30531b93fe850564d89e5363e7c80ca08050b5e28ba9f9d47ae4efb682b7d"},
+		"v1-cgroupfs-containerd-burstable-recorded.txt":  {"749b9371-8820-4411-b435-9ca8cfb3fa48", "5b49cc83534e9fc53f13e7b89fb05a7d64d3393267e0cdbf028eab20ee92bfd6"},
+		"v1-cgroupfs-sandbox-recorded.txt":               {"749b9371-8820-4411-b435-9ca8cfb3fa48", "754394a01f654d23a170c1570ce8e341d5c10fb1c44d0129bcdc9e60a039d29f"},
 	} {
 		raw, err := os.ReadFile(filepath.Join("testdata", file))
 		if err != nil {

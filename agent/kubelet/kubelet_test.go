@@ -95,3 +95,38 @@ func FuzzParsePods(f *testing.F) {
 		ParsePods(strings.NewReader(string(b))) // must not panic
 	})
 }
+
+// TestRecordedPods reads what a real kubelet (1.37) answered on /pods,
+// served over TLS.
+func TestRecordedPods(t *testing.T) {
+	raw, err := os.ReadFile("testdata/pods-recorded-kubelet-1.37.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write(raw) }))
+	defer srv.Close()
+	dir := t.TempDir()
+	caFile := filepath.Join(dir, "ca.pem")
+	os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o600)
+	tokFile := filepath.Join(dir, "token")
+	os.WriteFile(tokFile, []byte("t"), 0o600)
+	c, err := New(Config{URL: srv.URL, TokenFile: tokFile, CAFile: caFile})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pods, err := c.Pods(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, p := range pods {
+		got[p.Namespace+"/"+p.Name] = string(p.UID) + " " + p.Status.ContainerStatuses[0].ContainerID
+	}
+	want := map[string]string{
+		"demo/web-0": "c4494d08-2da7-439a-8705-3e2c23ea2d3a containerd://04e30531b93fe850564d89e5363e7c80ca08050b5e28ba9f9d47ae4efb682b7d",
+		"demo/web-1": "749b9371-8820-4411-b435-9ca8cfb3fa48 containerd://5b49cc83534e9fc53f13e7b89fb05a7d64d3393267e0cdbf028eab20ee92bfd6",
+	}
+	if len(got) != len(want) || got["demo/web-0"] != want["demo/web-0"] || got["demo/web-1"] != want["demo/web-1"] {
+		t.Fatalf("pods = %v", got)
+	}
+}
