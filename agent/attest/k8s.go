@@ -31,8 +31,8 @@ type K8s struct {
 	// or container the list does not know yet makes a fresh list at once.
 	MaxAge time.Duration
 	// Patience is how long a container that the kubelet does not report
-	// yet (it just started) is waited for, asking again every 50 ms. If
-	// zero, three seconds.
+	// yet (it just started) is waited for, asking again after 5 ms, then
+	// backing off to every 50 ms. If zero, three seconds.
 	Patience time.Duration
 
 	mu     sync.Mutex
@@ -57,6 +57,31 @@ func (k *K8s) Attest(ctx context.Context, c peercred.Creds) ([]selector.Selector
 	return podSelectors(pod, status), nil
 }
 
+type partialKey struct{}
+
+// AllowPartial returns a context in which the K8s attestor, for a
+// container the kubelet does not report yet, answers at once with the
+// pod's selectors only (no container-name or container-image) instead of
+// waiting for the container; *partial tells whether it did. The pod comes
+// from the process's own cgroup, so the pod-level selectors are as sure as
+// in a full answer; a caller whose entries need container selectors must
+// attest again without this context.
+func AllowPartial(ctx context.Context) (context.Context, *bool) {
+	p := new(bool)
+	return context.WithValue(ctx, partialKey{}, p), p
+}
+
+// MarkPartial records, in a context from AllowPartial, that an attestor
+// answered with pod-level selectors only; it reports false (and the
+// attestor must wait for the full answer) in any other context.
+func MarkPartial(ctx context.Context) bool {
+	p, ok := ctx.Value(partialKey{}).(*bool)
+	if ok {
+		*p = true
+	}
+	return ok
+}
+
 func (k *K8s) find(ctx context.Context, ctr cgroup.Container) (*corev1.Pod, *corev1.ContainerStatus, error) {
 	maxAge := k.MaxAge
 	if maxAge == 0 {
@@ -73,14 +98,17 @@ func (k *K8s) find(ctx context.Context, ctr cgroup.Container) (*corev1.Pod, *cor
 		stale := k.pods == nil || time.Since(k.listAt) > maxAge
 		k.mu.Unlock()
 		if attempt > 1 {
-			// Not known yet: ask again shortly rather than fail the caller.
+			// Not known yet (the container started a moment ago): ask
+			// again shortly rather than fail the caller, every 5 ms at
+			// first, backing off to 50 ms.
 			select {
 			case <-ctx.Done():
 				return nil, nil, ctx.Err()
-			case <-time.After(50 * time.Millisecond):
+			case <-time.After(min(5*time.Millisecond<<(attempt-2), 50*time.Millisecond)):
 			}
 		}
-		if fresh || stale {
+		listed := fresh || stale
+		if listed {
 			if err := k.refresh(ctx); err != nil {
 				return nil, nil, err
 			}
@@ -94,6 +122,9 @@ func (k *K8s) find(ctx context.Context, ctr cgroup.Container) (*corev1.Pod, *cor
 			}
 			if st := containerStatus(pod, ctr.ContainerID); st != nil {
 				return pod, st, nil
+			}
+			if listed && MarkPartial(ctx) {
+				return pod, nil, nil
 			}
 		}
 		if fresh && !time.Now().Before(giveUp) {

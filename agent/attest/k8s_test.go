@@ -188,3 +188,29 @@ func TestK8sRecorded(t *testing.T) {
 		}
 	}
 }
+
+// TestK8sPartial: allowed to, the attestor answers for a container the
+// kubelet does not report yet with its pod's selectors after one list,
+// and says so; without that it waits for the container.
+func TestK8sPartial(t *testing.T) {
+	root := procWithCgroup(t, 44, "0::/kubepods/besteffort/pod"+podUID+"/"+ctrID+"\n")
+	pods := &fakePods{lists: [][]corev1.Pod{{testPod(false)}, {testPod(false)}, {testPod(true)}}}
+	k := &K8s{Pods: pods, ProcRoot: root}
+	ctx, partial := AllowPartial(context.Background())
+	sels, err := k.Attest(ctx, peercred.Creds{PID: 44})
+	if err != nil || !*partial || pods.calls != 1 {
+		t.Fatalf("partial attest: %v, partial %v, %d lists", err, *partial, pods.calls)
+	}
+	for _, s := range sels {
+		if strings.HasPrefix(s.Value, "container-") {
+			t.Fatalf("partial answer has container selectors: %v", sels)
+		}
+	}
+	if !slices.ContainsFunc(sels, func(s selector.Selector) bool { return s.Value == "pod-uid:"+podUID }) {
+		t.Fatalf("no pod UID: %v", sels)
+	}
+	sels, err = k.Attest(context.Background(), peercred.Creds{PID: 44})
+	if err != nil || sels[len(sels)-3].String() != "k8s:container-name:main" {
+		t.Fatalf("full attest: %v %v", sels, err)
+	}
+}

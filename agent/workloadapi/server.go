@@ -21,6 +21,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
 
+	"github.com/signet-id/signet/agent/attest"
 	"github.com/signet-id/signet/agent/cache"
 	"github.com/signet-id/signet/ca/entry"
 	"github.com/signet-id/signet/internal/peercred"
@@ -104,6 +105,9 @@ func New(cfg Config) *Handler {
 type caller struct {
 	creds     peercred.Creds
 	selectors []selector.Selector
+	// partial: the caller's container was not at the kubelet yet, so the
+	// selectors are the pod's only (see attest.AllowPartial).
+	partial bool
 }
 
 func (c caller) selectorStrings() []string {
@@ -125,8 +129,9 @@ func (h *Handler) attest(ctx context.Context, event string) (caller, error) {
 	if !ok {
 		return caller{}, status.Error(codes.Internal, "no peer credentials on the connection")
 	}
-	sels, err := h.cfg.Attestor.Attest(ctx, creds)
-	c := caller{creds: creds, selectors: sels}
+	actx, partial := attest.AllowPartial(ctx)
+	sels, err := h.cfg.Attestor.Attest(actx, creds)
+	c := caller{creds: creds, selectors: sels, partial: *partial}
 	if err == nil {
 		err = creds.Check()
 	}
@@ -135,6 +140,21 @@ func (h *Handler) attest(ctx context.Context, event string) (caller, error) {
 		return caller{}, status.Error(codes.PermissionDenied, "could not attest the calling process")
 	}
 	return c, nil
+}
+
+// complete attests a caller again, waiting for its container to show at
+// the kubelet, when the first answer had the pod's selectors only.
+func (h *Handler) complete(ctx context.Context, c *caller, event string) error {
+	sels, err := h.cfg.Attestor.Attest(ctx, c.creds)
+	if err == nil {
+		err = c.creds.Check()
+	}
+	if err != nil {
+		h.refuse(*c, event, "attestation failed: "+err.Error())
+		return status.Error(codes.PermissionDenied, "could not attest the calling process")
+	}
+	c.selectors, c.partial = sels, false
+	return nil
 }
 
 func (h *Handler) refuse(c caller, event, reason string) {
@@ -206,11 +226,21 @@ func (h *Handler) FetchX509SVID(_ *workload.X509SVIDRequest, stream workload.Spi
 	pulled := false
 	for {
 		items := snap.Match(c.selectors)
-		if len(items) == 0 && len(snap.MatchEntries(c.selectors)) == 0 && !pulled {
-			pulled = true
-			if h.pullPod(ctx, c) {
+		if len(items) == 0 && len(snap.MatchEntries(c.selectors)) == 0 {
+			if c.partial {
+				// An entry may need the container's selectors.
+				if err := h.complete(ctx, &c, event); err != nil {
+					return err
+				}
 				snap, changed = h.cfg.Cache.Snapshot()
 				continue
+			}
+			if !pulled {
+				pulled = true
+				if h.pullPod(ctx, c) {
+					snap, changed = h.cfg.Cache.Snapshot()
+					continue
+				}
 			}
 		}
 		if len(items) == 0 {
@@ -237,6 +267,17 @@ func (h *Handler) FetchX509SVID(_ *workload.X509SVIDRequest, stream workload.Spi
 			}
 			h.grant(c, event, ids(items))
 			sent = items
+			if c.partial {
+				// The caller has its pod's identities; learn its container
+				// too, for entries that select on it.
+				if err := h.complete(ctx, &c, event); err != nil {
+					return err
+				}
+				// Audit the full attestation of the caller holding them.
+				h.grant(c, event, ids(items))
+				snap, changed = h.cfg.Cache.Snapshot()
+				continue
+			}
 		}
 		select {
 		case <-ctx.Done():
@@ -270,6 +311,11 @@ func (h *Handler) streamBundles(ctx context.Context, event string, send func(*ca
 	}
 	snap, changed := h.synced(ctx)
 	var sent *cache.Bundle
+	if len(snap.MatchEntries(c.selectors)) == 0 && c.partial {
+		if err := h.complete(ctx, &c, event); err != nil {
+			return err
+		}
+	}
 	if len(snap.MatchEntries(c.selectors)) == 0 && h.pullPod(ctx, c) {
 		snap, changed = h.cfg.Cache.Snapshot()
 	}
@@ -319,6 +365,11 @@ func (h *Handler) FetchJWTSVID(ctx context.Context, req *workload.JWTSVIDRequest
 		}
 	}
 	snap, _ := h.synced(ctx)
+	if len(snap.MatchEntries(c.selectors)) == 0 && c.partial {
+		if err := h.complete(ctx, &c, event); err != nil {
+			return nil, err
+		}
+	}
 	if len(snap.MatchEntries(c.selectors)) == 0 && h.pullPod(ctx, c) {
 		snap, _ = h.cfg.Cache.Snapshot()
 	}

@@ -47,6 +47,7 @@ func BenchmarkPodToSVID(b *testing.B) {
 func report(b *testing.B, name string, ms []float64) {
 	sort.Float64s(ms)
 	q := func(p float64) float64 { return ms[min(len(ms)-1, int(p*float64(len(ms))))] }
+	b.ReportMetric(ms[0], name+"-min-ms")
 	b.ReportMetric(q(0.5), name+"-p50-ms")
 	b.ReportMetric(q(0.9), name+"-p90-ms")
 	b.ReportMetric(ms[len(ms)-1], name+"-max-ms")

@@ -34,8 +34,12 @@ func TestWorkloadGetsItsPodIdentity(t *testing.T) {
 		total, total-time.Duration(r.MS*float64(time.Millisecond)), r.MS)
 
 	// The agent's audit record shows the kubelet's view of the process.
+	// The first answer may rest on the pod's selectors alone (the kubelet
+	// reports a new container a moment after it starts); the agent then
+	// completes the attestation, and audits it.
 	rec := findAudit(t, func(rec map[string]any) bool {
-		return rec["event"] == "workload.fetch_x509_svid" && rec["result"] == "success" && slices.Contains(strs(rec["spiffe_ids"]), r.SPIFFEID)
+		return rec["event"] == "workload.fetch_x509_svid" && rec["result"] == "success" && slices.Contains(strs(rec["spiffe_ids"]), r.SPIFFEID) &&
+			slices.Contains(strs(rec["selectors"]), "k8s:container-name:main")
 	})
 	sels := strs(rec["selectors"])
 	for _, want := range []string{"k8s:pod-uid:" + string(p.UID), "k8s:ns:demo", "k8s:sa:greeter", "k8s:container-name:main", "k8s:pod-name:hello", "k8s:node-name:signet-node"} {
