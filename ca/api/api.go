@@ -68,8 +68,9 @@ type PSATAttestor interface {
 type PodIdentities interface {
 	// ForNode returns the identities of the pods bound to node.
 	ForNode(node string, parent spiffeid.ID) []entry.Entry
-	// Changed is closed at the next change of pods or rules.
-	Changed() <-chan struct{}
+	// Changed returns channels closed at the next change of node's pods,
+	// and of anything that concerns every node (rules, namespaces, nodes).
+	Changed(node string) (pods, all <-chan struct{})
 	// Lookup returns the pod entries among ids whose pods are on node.
 	Lookup(ctx context.Context, ids []string, node string, parent spiffeid.ID) (map[string]entry.Entry, error)
 	// Pull returns the identities of pod uid, confirmed with the API

@@ -520,9 +520,9 @@ func (s *NodeServer) Sync(req *agentv1.SyncRequest, stream agentv1.Node_SyncServ
 	sentPods := map[string]entry.Entry{}
 	for {
 		entriesChanged := s.cfg.Changes.Wait()
-		var podsChanged <-chan struct{}
+		var podsChanged, clusterChanged <-chan struct{}
 		if c.node != "" {
-			podsChanged = s.cfg.Pods.Changed()
+			podsChanged, clusterChanged = s.cfg.Pods.Changed(c.node)
 		}
 		bundle, bundleChanged := s.cfg.Authority.Bundle()
 		ch, err := s.cfg.Store.EntriesSince(ctx, c.id.String(), rev)
@@ -555,6 +555,7 @@ func (s *NodeServer) Sync(req *agentv1.SyncRequest, stream agentv1.Node_SyncServ
 			return status.Error(codes.Unavailable, "CA shutting down")
 		case <-entriesChanged:
 		case <-podsChanged:
+		case <-clusterChanged:
 		case <-bundleChanged:
 		case <-time.After(resyncInterval):
 		}

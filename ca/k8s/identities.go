@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"sort"
 	"strings"
@@ -69,7 +70,10 @@ type Identities struct {
 	compiled map[string]*rule // by name
 	order    []*rule          // sorted by name
 	pulled   map[string]pulledPod
-	changed  chan struct{}
+	// all is closed on a change that may concern every node (rules,
+	// namespaces, nodes); byNode on a change of one node's pods.
+	all      chan struct{}
+	byNode   map[string]chan struct{}
 	statusCh chan struct{}
 }
 
@@ -94,7 +98,7 @@ func New(cfg Config) (*Identities, error) {
 	}
 	id := &Identities{
 		cfg: cfg, compiled: map[string]*rule{}, pulled: map[string]pulledPod{},
-		changed: make(chan struct{}), statusCh: make(chan struct{}, 1),
+		all: make(chan struct{}), byNode: map[string]chan struct{}{}, statusCh: make(chan struct{}, 1),
 	}
 	id.factory = informers.NewSharedInformerFactory(cfg.Client, 0)
 	id.pods = id.factory.Core().V1().Pods().Informer()
@@ -114,15 +118,48 @@ func New(cfg Config) (*Identities, error) {
 	}
 	id.dyn = dynamicinformer.NewDynamicSharedInformerFactory(cfg.Dynamic, 0)
 	id.rules = id.dyn.ForResource(IdentityRuleResource).Informer()
-	notify := cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(any) { id.notify() },
-		UpdateFunc: func(any, any) { id.notify() },
-		DeleteFunc: func(any) { id.notify() },
+	// Node status updates (heartbeats) do not matter: only a node's coming
+	// and going does. A namespace matters through its labels.
+	if _, err := id.nodes.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { id.notify("") },
+		DeleteFunc: func(any) { id.notify("") },
+	}); err != nil {
+		return nil, err
 	}
-	for _, inf := range []cache.SharedIndexInformer{id.pods, id.namespaces, id.nodes} {
-		if _, err := inf.AddEventHandler(notify); err != nil {
-			return nil, err
+	if _, err := id.namespaces.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc: func(any) { id.notify("") },
+		UpdateFunc: func(old, obj any) {
+			o, ok1 := old.(*corev1.Namespace)
+			n, ok2 := obj.(*corev1.Namespace)
+			if !ok1 || !ok2 || !maps.Equal(o.Labels, n.Labels) {
+				id.notify("")
+			}
+		},
+		DeleteFunc: func(any) { id.notify("") },
+	}); err != nil {
+		return nil, err
+	}
+	// A pod change concerns the node it is (or was) bound to.
+	podNode := func(obj any) string {
+		if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+			obj = d.Obj
 		}
+		if p, ok := obj.(*corev1.Pod); ok {
+			return p.Spec.NodeName
+		}
+		return ""
+	}
+	if _, err := id.pods.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc: func(obj any) { id.notifyPod(podNode(obj)) },
+		UpdateFunc: func(old, obj any) {
+			if n := podNode(old); n != podNode(obj) {
+				id.notifyPod(n)
+			}
+			id.notifyPod(podNode(obj))
+		},
+		DeleteFunc: func(obj any) { id.notifyPod(podNode(obj)) },
+	}); err != nil {
+		return nil, err
 	}
 	ruleChanged := func(any) { id.recompile() }
 	if _, err := id.rules.AddEventHandler(cache.ResourceEventHandlerFuncs{
@@ -171,19 +208,41 @@ func (id *Identities) Start(ctx context.Context) error {
 	return nil
 }
 
-func (id *Identities) notify() {
-	id.mu.Lock()
-	close(id.changed)
-	id.changed = make(chan struct{})
-	id.mu.Unlock()
-}
-
-// Changed returns a channel closed at the next change of pods, namespaces,
-// nodes or rules.
-func (id *Identities) Changed() <-chan struct{} {
+// notify wakes the waiters of node, or everyone for "".
+func (id *Identities) notify(node string) {
 	id.mu.Lock()
 	defer id.mu.Unlock()
-	return id.changed
+	if node == "" {
+		close(id.all)
+		id.all = make(chan struct{})
+		return
+	}
+	if ch, ok := id.byNode[node]; ok {
+		close(ch)
+		delete(id.byNode, node)
+	}
+}
+
+// notifyPod wakes the waiters of a pod's node; a pod not bound to a node
+// concerns no agent yet.
+func (id *Identities) notifyPod(node string) {
+	if node != "" {
+		id.notify(node)
+	}
+}
+
+// Changed returns two channels: the first is closed at the next change of
+// node's pods, the second at the next change of any rule, namespace labels
+// or the set of nodes. Either may change node's identities.
+func (id *Identities) Changed(node string) (<-chan struct{}, <-chan struct{}) {
+	id.mu.Lock()
+	defer id.mu.Unlock()
+	ch, ok := id.byNode[node]
+	if !ok {
+		ch = make(chan struct{})
+		id.byNode[node] = ch
+	}
+	return ch, id.all
 }
 
 func (id *Identities) recompile() {
@@ -211,7 +270,7 @@ func (id *Identities) recompile() {
 	case id.statusCh <- struct{}{}:
 	default:
 	}
-	id.notify()
+	id.notify("")
 }
 
 func (id *Identities) ruleList() []*rule {
