@@ -280,6 +280,9 @@ func (id *Identities) ruleList() []*rule {
 }
 
 func (id *Identities) namespaceLabels(ns string) labels.Set {
+	if id.namespaces == nil {
+		return labels.Set{corev1.LabelMetadataName: ns}
+	}
 	if obj, ok, _ := id.namespaces.GetStore().GetByKey(ns); ok {
 		if l := obj.(*corev1.Namespace).Labels; l != nil {
 			return l

@@ -11,6 +11,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
@@ -111,6 +112,24 @@ func TestPodIdentities(t *testing.T) {
 	if _, ok := viewB.ids()[webEntry]; ok {
 		t.Fatal("node-p2's agent got the identity of a pod on node-p1")
 	}
+
+	// A pod created unscheduled gets no identity anywhere until a binding
+	// puts it on a node, as the scheduler does; then it arrives at once.
+	pending := createPod(t, "shop", "late-1", "late", "", nil)
+	lateEntry := k8s.EntryPrefix + string(pending.UID) + ":default"
+	time.Sleep(300 * time.Millisecond)
+	if _, ok := viewA.ids()[lateEntry]; ok {
+		t.Fatal("an unscheduled pod's identity reached an agent")
+	}
+	start = time.Now()
+	if err := cluster.Client.CoreV1().Pods("shop").Bind(context.Background(), &corev1.Binding{
+		ObjectMeta: metav1.ObjectMeta{Name: "late-1", Namespace: "shop"},
+		Target:     corev1.ObjectReference{Kind: "Node", Name: "node-p1"},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "late-1's identity after its binding", func() bool { return viewA.ids()[lateEntry] == "spiffe://example.org/ns/shop/sa/late" })
+	t.Logf("pod bound -> identity on the agent's Sync stream: %s", time.Since(start))
 
 	// Minting: own pod yes, the other node's pod no (and audited).
 	clientA := ca.NodeClient(svidA)
