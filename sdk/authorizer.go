@@ -1,0 +1,285 @@
+package sdk
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"sync/atomic"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
+
+// Authorizer decides whether a peer may call, deny by default: if any
+// deny rule matches the peer and the call, the call is denied; else if any
+// allow rule matches, it is allowed; else it is denied. Rules declared in
+// code and central policies (SetCentral) are one rule set under that
+// decision. An Authorizer with no rules denies everyone. It is safe for
+// concurrent use, and central rules can change while it serves.
+type Authorizer struct {
+	td   spiffeid.TrustDomain
+	code []Rule
+	set  atomic.Pointer[ruleSet]
+}
+
+// NewAuthorizer returns an Authorizer for a service in trust domain td
+// (PeerNamespace and PeerServiceAccount match in td) with rules declared
+// in code.
+func NewAuthorizer(td spiffeid.TrustDomain, rules ...Rule) (*Authorizer, error) {
+	if td.IsZero() {
+		return nil, errors.New("sdk: trust domain is required")
+	}
+	a := &Authorizer{td: td, code: append([]Rule(nil), rules...)}
+	set, err := compile(td, a.code, nil)
+	if err != nil {
+		return nil, err
+	}
+	a.set.Store(set)
+	return a, nil
+}
+
+// SetCentral replaces the central rules (from AccessPolicies), keeping the
+// rules declared in code. On error the rules in force do not change.
+func (a *Authorizer) SetCentral(rules []Rule) error {
+	set, err := compile(a.td, a.code, rules)
+	if err != nil {
+		return err
+	}
+	a.set.Store(set)
+	return nil
+}
+
+// Allowed decides a gRPC call (method is the full method,
+// "/pkg.Service/Method").
+func (a *Authorizer) Allowed(peer spiffeid.ID, method string) bool {
+	return a.set.Load().decide(peer, "", method)
+}
+
+// AllowedHTTP decides an HTTP request.
+func (a *Authorizer) AllowedHTTP(peer spiffeid.ID, verb, path string) bool {
+	return a.set.Load().decide(peer, verb, path)
+}
+
+// MayConnect reports whether some call of peer could be allowed: no deny
+// rule for all methods matches it, and some allow rule does. Handshakes
+// of other peers are refused.
+func (a *Authorizer) MayConnect(peer spiffeid.ID) bool {
+	return a.set.Load().mayConnect(peer)
+}
+
+// crule is a compiled rule.
+type crule struct {
+	deny    bool
+	methods []methodPattern // none: every method
+}
+
+func (r *crule) matchesCall(verb, path string) bool {
+	if len(r.methods) == 0 {
+		return true
+	}
+	for _, m := range r.methods {
+		if m.matches(verb, path) {
+			return true
+		}
+	}
+	return false
+}
+
+// trieNode indexes pattern rules by path segment.
+type trieNode struct {
+	children map[string]*trieNode
+	star     *trieNode
+	rest     []*crule // a "**" here: one or more further segments
+	end      []*crule // the pattern ends here
+}
+
+func (n *trieNode) add(segs []string, r *crule) {
+	for i, s := range segs {
+		switch {
+		case s == "**" && i == len(segs)-1:
+			n.rest = append(n.rest, r)
+			return
+		case s == "*":
+			if n.star == nil {
+				n.star = &trieNode{}
+			}
+			n = n.star
+		default:
+			if n.children == nil {
+				n.children = map[string]*trieNode{}
+			}
+			c := n.children[s]
+			if c == nil {
+				c = &trieNode{}
+				n.children[s] = c
+			}
+			n = c
+		}
+	}
+	n.end = append(n.end, r)
+}
+
+// walk calls visit with every rule list whose pattern matches path
+// ("a/b/c", without the leading slash).
+func (n *trieNode) walk(path string, visit func([]*crule) bool) bool {
+	if path == "" {
+		return visit(n.end)
+	}
+	if len(n.rest) > 0 && !visit(n.rest) {
+		return false
+	}
+	seg, tail, more := strings.Cut(path, "/")
+	if !more {
+		tail = ""
+	}
+	if c := n.children[seg]; c != nil && !c.walk(tail, visit) {
+		return false
+	}
+	if n.star != nil && !n.star.walk(tail, visit) {
+		return false
+	}
+	return true
+}
+
+// ruleSet is the compiled form of every rule, indexed by what a peer is
+// matched on, so that a decision looks at the rules that can match and
+// not at all of them.
+type ruleSet struct {
+	td       string
+	exact    map[string][]*crule
+	tds      map[string][]*crule
+	ns       map[string][]*crule            // namespace in the local trust domain
+	sa       map[string]map[string][]*crule // namespace -> account
+	patterns map[string]*trieNode           // by trust domain
+}
+
+func compile(td spiffeid.TrustDomain, code, central []Rule) (*ruleSet, error) {
+	s := &ruleSet{td: td.Name(), exact: map[string][]*crule{}, tds: map[string][]*crule{}, ns: map[string][]*crule{},
+		sa: map[string]map[string][]*crule{}, patterns: map[string]*trieNode{}}
+	for i, r := range append(append([]Rule(nil), code...), central...) {
+		where := fmt.Sprintf("rule %d", i)
+		if i >= len(code) {
+			where = fmt.Sprintf("central rule %d", i-len(code))
+		}
+		if r.Action != ActionAllow && r.Action != ActionDeny {
+			return nil, fmt.Errorf("sdk: %s: action must be allow or deny", where)
+		}
+		if len(r.Peers) == 0 {
+			return nil, fmt.Errorf("sdk: %s: no peers", where)
+		}
+		cr := &crule{deny: r.Action == ActionDeny}
+		for _, m := range r.Methods {
+			mp, err := compileMethod(m)
+			if err != nil {
+				return nil, fmt.Errorf("sdk: %s: %w", where, err)
+			}
+			cr.methods = append(cr.methods, mp)
+		}
+		for _, p := range r.Peers {
+			if err := p.check(); err != nil {
+				return nil, fmt.Errorf("sdk: %s: %w", where, err)
+			}
+			switch p.kind {
+			case peerID:
+				s.exact[p.id] = append(s.exact[p.id], cr)
+			case peerTrustDomain:
+				s.tds[p.td] = append(s.tds[p.td], cr)
+			case peerNamespace:
+				s.ns[p.ns] = append(s.ns[p.ns], cr)
+			case peerServiceAccount:
+				if s.sa[p.ns] == nil {
+					s.sa[p.ns] = map[string][]*crule{}
+				}
+				s.sa[p.ns][p.sa] = append(s.sa[p.ns][p.sa], cr)
+			case peerPattern:
+				ptd, path, _ := strings.Cut(strings.TrimPrefix(p.pattern, "spiffe://"), "/")
+				root := s.patterns[ptd]
+				if root == nil {
+					root = &trieNode{}
+					s.patterns[ptd] = root
+				}
+				root.add(strings.Split(path, "/"), cr)
+			}
+		}
+	}
+	return s, nil
+}
+
+// visitPeer calls visit with each list of rules that match peer, until
+// visit returns false.
+func (s *ruleSet) visitPeer(peer spiffeid.ID, visit func([]*crule) bool) {
+	if peer.IsZero() {
+		return
+	}
+	if rs := s.exact[peer.String()]; len(rs) > 0 && !visit(rs) {
+		return
+	}
+	td := peer.TrustDomain().Name()
+	if rs := s.tds[td]; len(rs) > 0 && !visit(rs) {
+		return
+	}
+	path := peer.Path()
+	if td == s.td && (len(s.ns) > 0 || len(s.sa) > 0) {
+		if ns, sa, ok := nsSA(path); ok {
+			if rs := s.ns[ns]; len(rs) > 0 && !visit(rs) {
+				return
+			}
+			if rs := s.sa[ns][sa]; len(rs) > 0 && !visit(rs) {
+				return
+			}
+		}
+	}
+	if root := s.patterns[td]; root != nil && path != "" {
+		root.walk(path[1:], visit)
+	}
+}
+
+// nsSA reads "/ns/<ns>/sa/<sa>".
+func nsSA(path string) (ns, sa string, ok bool) {
+	rest, ok := strings.CutPrefix(path, "/ns/")
+	if !ok {
+		return "", "", false
+	}
+	ns, rest, ok = strings.Cut(rest, "/")
+	if !ok {
+		return "", "", false
+	}
+	sa, ok = strings.CutPrefix(rest, "sa/")
+	if !ok || sa == "" || strings.Contains(sa, "/") || ns == "" {
+		return "", "", false
+	}
+	return ns, sa, true
+}
+
+func (s *ruleSet) decide(peer spiffeid.ID, verb, path string) bool {
+	allow, deny := false, false
+	s.visitPeer(peer, func(rs []*crule) bool {
+		for _, r := range rs {
+			if r.matchesCall(verb, path) {
+				if r.deny {
+					deny = true
+					return false
+				}
+				allow = true
+			}
+		}
+		return true
+	})
+	return allow && !deny
+}
+
+func (s *ruleSet) mayConnect(peer spiffeid.ID) bool {
+	allow, deny := false, false
+	s.visitPeer(peer, func(rs []*crule) bool {
+		for _, r := range rs {
+			switch {
+			case r.deny && len(r.methods) == 0:
+				deny = true
+				return false
+			case !r.deny:
+				allow = true
+			}
+		}
+		return true
+	})
+	return allow && !deny
+}

@@ -1,0 +1,21 @@
+// Package sdk is what a service imports to take part in Signet:
+// mutually authenticated TLS on every connection and least-privilege
+// authorization of every call, in the service's own process, with no
+// proxy beside it.
+//
+// A Source holds the service's rotating X.509-SVID and trust bundle from
+// the SPIFFE Workload API (the local Signet agent, or any SPIFFE agent).
+// An Authorizer holds the rules: deny by default; a matching deny rule
+// always wins; else a matching allow rule allows. Servers refuse a peer at
+// the TLS handshake when its identity alone decides (no rule could allow
+// any of its calls), and otherwise per call, before handler code runs:
+// gRPC answers PermissionDenied, HTTP 403.
+//
+//	source, err := sdk.NewSource(ctx) // $SPIFFE_ENDPOINT_SOCKET
+//	authz, err := sdk.NewAuthorizer(source.TrustDomain(),
+//		sdk.Allow(sdk.PeerServiceAccount("shop", "frontend")).OnMethods("/shop.v1.Cart/*"))
+//	srv := grpc.NewServer(sdk.GRPCServerOptions(source, authz)...)
+//
+// The SDK builds on go-spiffe (workloadapi, tlsconfig, grpccredentials)
+// and logs nothing.
+package sdk

@@ -1,0 +1,355 @@
+package sdk_test
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"os/exec"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
+
+	"github.com/signet-id/signet/sdk"
+	"github.com/signet-id/signet/sdk/sdktest"
+)
+
+const (
+	serverID   = "spiffe://example.org/ns/shop/sa/cart"
+	frontID    = "spiffe://example.org/ns/shop/sa/front"
+	strangerID = "spiffe://example.org/ns/shop/sa/stranger"
+)
+
+var td = spiffeid.RequireTrustDomainFromString("example.org")
+
+type world struct {
+	ca, otherCA *sdktest.CA
+}
+
+func newWorld(t *testing.T) *world {
+	return &world{ca: sdktest.NewCA(t, "example.org"), otherCA: sdktest.NewCA(t, "other.org")}
+}
+
+func (w *world) source(t *testing.T, id string, ca *sdktest.CA, notAfter time.Time) (*sdk.Source, *sdktest.WorkloadAPI) {
+	t.Helper()
+	api := sdktest.NewWorkloadAPI(t, ca.Issue(t, id, time.Now().Add(-time.Hour), notAfter), ca)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	src, err := sdk.NewSource(ctx, sdk.WithAddr(api.Addr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { src.Close() })
+	return src, api
+}
+
+// grpcServer serves the gRPC health service behind the SDK; reached counts
+// the calls that got past authorization to handler code.
+func grpcServer(t *testing.T, src *sdk.Source, authz *sdk.Authorizer, reached *atomic.Int64, callers chan<- spiffeid.ID) string {
+	t.Helper()
+	record := func(ctx context.Context) {
+		reached.Add(1)
+		if id, ok := sdk.CallerID(ctx); ok && callers != nil {
+			select {
+			case callers <- id:
+			default:
+			}
+		}
+	}
+	opts := append(sdk.GRPCServerOptions(src, authz),
+		grpc.ChainUnaryInterceptor(func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+			record(ctx)
+			return h(ctx, req)
+		}),
+		grpc.ChainStreamInterceptor(func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+			record(ss.Context())
+			return h(srv, ss)
+		}))
+	srv := grpc.NewServer(opts...)
+	healthpb.RegisterHealthServer(srv, health.NewServer())
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(l)
+	t.Cleanup(srv.Stop)
+	return l.Addr().String()
+}
+
+func healthClient(t *testing.T, src *sdk.Source, addr string) healthpb.HealthClient {
+	t.Helper()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(sdk.ClientCredentials(src, tlsconfig.AuthorizeID(spiffeid.RequireFromString(serverID)))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return healthpb.NewHealthClient(conn)
+}
+
+func check(c healthpb.HealthClient) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, err := c.Check(ctx, &healthpb.HealthCheckRequest{})
+	return err
+}
+
+// TestGRPCRefusesBeforeHandlers: peers of another trust domain, with an
+// expired SVID, or that no rule allows never reach handler code; a rule
+// for one method allows that method only.
+func TestGRPCRefusesBeforeHandlers(t *testing.T) {
+	w := newWorld(t)
+	serverSrc, _ := w.source(t, serverID, w.ca, time.Now().Add(time.Hour))
+	authz, err := sdk.NewAuthorizer(td, sdk.Allow(sdk.PeerServiceAccount("shop", "front")).OnMethods("/grpc.health.v1.Health/Check"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var reached atomic.Int64
+	callers := make(chan spiffeid.ID, 1)
+	addr := grpcServer(t, serverSrc, authz, &reached, callers)
+
+	front, _ := w.source(t, frontID, w.ca, time.Now().Add(time.Hour))
+	fc := healthClient(t, front, addr)
+	if err := check(fc); err != nil {
+		t.Fatalf("allowed call: %v", err)
+	}
+	if got := <-callers; got.String() != frontID {
+		t.Fatalf("handler saw caller %s", got)
+	}
+	// Watch is not in the rule.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	stream, err := fc.Watch(ctx, &healthpb.HealthCheckRequest{})
+	if err == nil {
+		_, err = stream.Recv()
+	}
+	if status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("method outside the rule: %v, want PermissionDenied", err)
+	}
+
+	stranger, _ := w.source(t, strangerID, w.ca, time.Now().Add(time.Hour))
+	// The foreign peer trusts example.org (federated), so only the server
+	// can refuse it.
+	foreignAPI := sdktest.NewWorkloadAPI(t, w.otherCA.Issue(t, "spiffe://other.org/ns/shop/sa/front", time.Now().Add(-time.Hour), time.Now().Add(time.Hour)), w.otherCA, w.ca)
+	foreign, err := sdk.NewSource(context.Background(), sdk.WithAddr(foreignAPI.Addr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer foreign.Close()
+	expired, _ := w.source(t, frontID, w.ca, time.Now().Add(-time.Minute))
+	for name, src := range map[string]*sdk.Source{"not allowed": stranger, "another trust domain": foreign, "expired SVID": expired} {
+		if err := check(healthClient(t, src, addr)); status.Code(err) != codes.Unavailable {
+			t.Errorf("%s: %v, want a failed handshake (Unavailable)", name, err)
+		}
+	}
+	if n := reached.Load(); n != 1 {
+		t.Fatalf("%d calls reached handler code, want 1", n)
+	}
+}
+
+// TestNoPolicyDeniesEveryone: a server without rules refuses every peer.
+func TestNoPolicyDeniesEveryone(t *testing.T) {
+	w := newWorld(t)
+	serverSrc, _ := w.source(t, serverID, w.ca, time.Now().Add(time.Hour))
+	authz, _ := sdk.NewAuthorizer(td)
+	var reached atomic.Int64
+	addr := grpcServer(t, serverSrc, authz, &reached, nil)
+	front, _ := w.source(t, frontID, w.ca, time.Now().Add(time.Hour))
+	if err := check(healthClient(t, front, addr)); err == nil {
+		t.Fatal("a server without policy let a peer in")
+	}
+	if reached.Load() != 0 {
+		t.Fatal("handler code ran")
+	}
+}
+
+// TestPolicyChangeOnRunningServer: central rules change a running server's
+// decisions at once, on open connections too.
+func TestPolicyChangeOnRunningServer(t *testing.T) {
+	w := newWorld(t)
+	serverSrc, _ := w.source(t, serverID, w.ca, time.Now().Add(time.Hour))
+	authz, _ := sdk.NewAuthorizer(td, sdk.Allow(sdk.PeerNamespace("shop")))
+	var reached atomic.Int64
+	addr := grpcServer(t, serverSrc, authz, &reached, nil)
+	front, _ := w.source(t, frontID, w.ca, time.Now().Add(time.Hour))
+	fc := healthClient(t, front, addr)
+	if err := check(fc); err != nil {
+		t.Fatal(err)
+	}
+	if err := authz.SetCentral([]sdk.Rule{sdk.Deny(sdk.PeerID(frontID)).OnMethods("/grpc.health.v1.Health/Check")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := check(fc); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("after a central deny: %v, want PermissionDenied", err)
+	}
+	authz.SetCentral(nil)
+	if err := check(fc); err != nil {
+		t.Fatalf("after the deny is lifted: %v", err)
+	}
+}
+
+// TestLongLivedConnectionAcrossRotation: both sides rotate their SVIDs;
+// an open connection keeps working and new handshakes use the new SVIDs.
+func TestLongLivedConnectionAcrossRotation(t *testing.T) {
+	w := newWorld(t)
+	serverSrc, serverAPI := w.source(t, serverID, w.ca, time.Now().Add(time.Hour))
+	authz, _ := sdk.NewAuthorizer(td, sdk.Allow(sdk.PeerID(frontID)))
+	var reached atomic.Int64
+	addr := grpcServer(t, serverSrc, authz, &reached, nil)
+	front, frontAPI := w.source(t, frontID, w.ca, time.Now().Add(time.Hour))
+	fc := healthClient(t, front, addr)
+	if err := check(fc); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := serverSrc.GetX509SVID()
+	newServer := w.ca.Issue(t, serverID, time.Now().Add(-time.Minute), time.Now().Add(2*time.Hour))
+	serverAPI.SetSVID(newServer)
+	frontAPI.SetSVID(w.ca.Issue(t, frontID, time.Now().Add(-time.Minute), time.Now().Add(2*time.Hour)))
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		now, _ := serverSrc.GetX509SVID()
+		if !now.Certificates[0].Equal(before.Certificates[0]) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the source did not rotate")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	for range 10 {
+		if err := check(fc); err != nil {
+			t.Fatalf("call on the open connection after rotation: %v", err)
+		}
+	}
+	conn, err := sdk.Dial(context.Background(), "tcp", addr, front, tlsconfig.AuthorizeID(spiffeid.RequireFromString(serverID)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := sdk.PeerIDOfConn(conn); err != nil {
+		t.Fatal(err)
+	}
+	if !conn.(*tls.Conn).ConnectionState().PeerCertificates[0].Equal(newServer.Chain[0]) {
+		t.Fatal("a new handshake did not present the rotated server SVID")
+	}
+}
+
+// TestHTTPMiddleware: 403 before the handler for what the rules do not
+// allow; the handler sees its caller.
+func TestHTTPMiddleware(t *testing.T) {
+	w := newWorld(t)
+	serverSrc, _ := w.source(t, serverID, w.ca, time.Now().Add(time.Hour))
+	authz, _ := sdk.NewAuthorizer(td, sdk.Allow(sdk.PeerNamespace("shop")).OnMethods("GET /items", "GET /items/*"))
+	var reached atomic.Int64
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		reached.Add(1)
+		id, _ := sdk.CallerID(r.Context())
+		io.WriteString(w, id.String())
+	})
+	srv := sdk.NewHTTPServer("127.0.0.1:0", serverSrc, authz, h)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.ServeTLS(l, "", "")
+	t.Cleanup(func() { srv.Close() })
+	front, _ := w.source(t, frontID, w.ca, time.Now().Add(time.Hour))
+	client := sdk.HTTPClient(front, tlsconfig.AuthorizeID(spiffeid.RequireFromString(serverID)))
+	base := "https://" + l.Addr().String()
+	resp, err := client.Get(base + "/items/7")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || string(body) != frontID {
+		t.Fatalf("GET /items/7: %d %q", resp.StatusCode, body)
+	}
+	resp, err = client.Post(base+"/items", "text/plain", strings.NewReader("x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("POST /items: %d, want 403", resp.StatusCode)
+	}
+	other, _ := w.source(t, "spiffe://example.org/ns/billing/sa/x", w.ca, time.Now().Add(time.Hour))
+	if _, err := sdk.HTTPClient(other, tlsconfig.AuthorizeAny()).Get(base + "/items"); err == nil {
+		t.Fatal("a peer no rule allows completed a request")
+	}
+	if reached.Load() != 1 {
+		t.Fatalf("%d requests reached the handler, want 1", reached.Load())
+	}
+}
+
+// TestTCPListenDial: raw TCP with both identities known to each side.
+func TestTCPListenDial(t *testing.T) {
+	w := newWorld(t)
+	serverSrc, _ := w.source(t, serverID, w.ca, time.Now().Add(time.Hour))
+	authz, _ := sdk.NewAuthorizer(td, sdk.Allow(sdk.PeerID(frontID)))
+	l, err := sdk.Listen("tcp", "127.0.0.1:0", serverSrc, authz)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	got := make(chan string, 1)
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			got <- err.Error()
+			return
+		}
+		defer c.Close()
+		id, err := sdk.PeerIDOfConn(c)
+		if err != nil {
+			got <- err.Error()
+			return
+		}
+		got <- id.String()
+		c.Write([]byte("hi"))
+	}()
+	front, _ := w.source(t, frontID, w.ca, time.Now().Add(time.Hour))
+	c, err := sdk.Dial(context.Background(), "tcp", l.Addr().String(), front, tlsconfig.AuthorizeID(spiffeid.RequireFromString(serverID)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	buf := make([]byte, 2)
+	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "hi" {
+		t.Fatalf("read %q %v", buf, err)
+	}
+	if id := <-got; id != frontID {
+		t.Fatalf("server saw %s", id)
+	}
+	if id, _ := sdk.PeerIDOfConn(c); id.String() != serverID {
+		t.Fatalf("client saw %s", id)
+	}
+}
+
+// TestDependenciesStaySmall: the SDK pulls in neither Kubernetes nor the
+// CA or the agent.
+func TestDependenciesStaySmall(t *testing.T) {
+	out, err := exec.Command("go", "list", "-deps", "github.com/signet-id/signet/sdk").Output()
+	if err != nil {
+		var ee *exec.ExitError
+		errors.As(err, &ee)
+		t.Fatalf("go list: %v %s", err, ee.Stderr)
+	}
+	for _, dep := range strings.Fields(string(out)) {
+		if strings.HasPrefix(dep, "k8s.io/") || strings.HasPrefix(dep, "github.com/signet-id/signet/ca") ||
+			strings.HasPrefix(dep, "github.com/signet-id/signet/agent") || strings.HasPrefix(dep, "github.com/signet-id/signet/internal") ||
+			strings.HasPrefix(dep, "github.com/hashicorp/") || strings.HasPrefix(dep, "modernc.org/") {
+			t.Errorf("the sdk depends on %s", dep)
+		}
+	}
+}

@@ -1,0 +1,88 @@
+package sdk
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
+)
+
+// Option configures a Source.
+type Option interface{ apply(*config) }
+
+type config struct {
+	addr string
+}
+
+type optionFunc func(*config)
+
+func (f optionFunc) apply(c *config) { f(c) }
+
+// WithAddr sets the Workload API address ("unix:///run/signet/agent.sock").
+// Without it, SPIFFE_ENDPOINT_SOCKET is used.
+func WithAddr(addr string) Option { return optionFunc(func(c *config) { c.addr = addr }) }
+
+// Source is the service's rotating X.509-SVID and trust bundles, kept
+// current from the Workload API. One per process is enough; it is safe
+// for concurrent use. It implements go-spiffe's x509svid.Source and
+// x509bundle.Source.
+type Source struct {
+	x509 *workloadapi.X509Source
+	td   spiffeid.TrustDomain
+}
+
+// NewSource connects to the Workload API and blocks until the first SVID
+// and bundle arrive or ctx ends. Close it when done.
+func NewSource(ctx context.Context, opts ...Option) (*Source, error) {
+	var c config
+	for _, o := range opts {
+		o.apply(&c)
+	}
+	var clientOpts []workloadapi.ClientOption
+	if c.addr != "" {
+		clientOpts = append(clientOpts, workloadapi.WithAddr(c.addr))
+	}
+	x, err := workloadapi.NewX509Source(ctx, workloadapi.WithClientOptions(clientOpts...))
+	if err != nil {
+		return nil, fmt.Errorf("sdk: workload API: %w", err)
+	}
+	svid, err := x.GetX509SVID()
+	if err != nil {
+		x.Close()
+		return nil, fmt.Errorf("sdk: %w", err)
+	}
+	return &Source{x509: x, td: svid.ID.TrustDomain()}, nil
+}
+
+// Close stops following the Workload API.
+func (s *Source) Close() error { return s.x509.Close() }
+
+// ID returns the service's SPIFFE ID now.
+func (s *Source) ID() (spiffeid.ID, error) {
+	svid, err := s.x509.GetX509SVID()
+	if err != nil {
+		return spiffeid.ID{}, err
+	}
+	return svid.ID, nil
+}
+
+// TrustDomain returns the service's trust domain.
+func (s *Source) TrustDomain() spiffeid.TrustDomain { return s.td }
+
+// GetX509SVID implements x509svid.Source.
+func (s *Source) GetX509SVID() (*x509svid.SVID, error) { return s.x509.GetX509SVID() }
+
+// GetX509BundleForTrustDomain implements x509bundle.Source.
+func (s *Source) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509bundle.Bundle, error) {
+	return s.x509.GetX509BundleForTrustDomain(td)
+}
+
+// Updated returns a channel that receives when the SVID or bundles change.
+func (s *Source) Updated() <-chan struct{} { return s.x509.Updated() }
+
+// errDenied is the handshake error of a peer no rule allows.
+var errDenied = errors.New("sdk: peer not allowed by policy")

@@ -1,0 +1,73 @@
+package sdk
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"net"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+)
+
+// ServerTLSConfig returns a TLS configuration that presents the source's
+// SVID, requires a client SVID from a trusted bundle, and refuses at the
+// handshake every peer that authz would deny whatever it called.
+func ServerTLSConfig(src *Source, authz *Authorizer) *tls.Config {
+	return tlsconfig.MTLSServerConfig(src, src, handshakeAuthorizer(authz))
+}
+
+func handshakeAuthorizer(authz *Authorizer) tlsconfig.Authorizer {
+	return func(id spiffeid.ID, _ [][]*x509.Certificate) error {
+		if authz == nil || !authz.MayConnect(id) {
+			return fmt.Errorf("%w: %s", errDenied, id)
+		}
+		return nil
+	}
+}
+
+// ClientTLSConfig returns a TLS configuration that presents the source's
+// SVID and accepts only servers that server authorizes (go-spiffe's
+// tlsconfig.AuthorizeID, AuthorizeMemberOf, ...).
+func ClientTLSConfig(src *Source, server tlsconfig.Authorizer) *tls.Config {
+	return tlsconfig.MTLSClientConfig(src, src, server)
+}
+
+// Listen listens on a TCP address and returns a listener of mutually
+// authenticated TLS connections; peers authz would deny are refused at
+// the handshake. Use PeerIDOfConn to learn who is calling.
+func Listen(network, addr string, src *Source, authz *Authorizer) (net.Listener, error) {
+	l, err := net.Listen(network, addr)
+	if err != nil {
+		return nil, err
+	}
+	return tls.NewListener(l, ServerTLSConfig(src, authz)), nil
+}
+
+// Dial connects to a server over mutually authenticated TLS and completes
+// the handshake; server decides which server identities are acceptable.
+func Dial(ctx context.Context, network, addr string, src *Source, server tlsconfig.Authorizer) (net.Conn, error) {
+	d := tls.Dialer{Config: ClientTLSConfig(src, server)}
+	return d.DialContext(ctx, network, addr)
+}
+
+// PeerIDOfConn returns the SPIFFE ID of the peer of a connection from
+// Listen or Dial, completing the handshake if it has not happened yet.
+func PeerIDOfConn(c net.Conn) (spiffeid.ID, error) {
+	tc, ok := c.(*tls.Conn)
+	if !ok {
+		return spiffeid.ID{}, fmt.Errorf("sdk: not a TLS connection")
+	}
+	if err := tc.Handshake(); err != nil {
+		return spiffeid.ID{}, err
+	}
+	return peerIDOfState(tc.ConnectionState())
+}
+
+func peerIDOfState(st tls.ConnectionState) (spiffeid.ID, error) {
+	if len(st.PeerCertificates) == 0 || len(st.PeerCertificates[0].URIs) != 1 {
+		return spiffeid.ID{}, fmt.Errorf("sdk: peer has no SVID")
+	}
+	return spiffeid.FromURI(st.PeerCertificates[0].URIs[0])
+}
