@@ -28,6 +28,7 @@ import (
 	"github.com/signet-id/signet/internal/logfile"
 	"github.com/signet-id/signet/internal/peercred"
 	"github.com/signet-id/signet/internal/unixsock"
+	workloadv1 "github.com/signet-id/signet/proto/signet/workload/v1"
 )
 
 // DefaultSocket is the Workload API socket unless configured.
@@ -159,6 +160,8 @@ func Run(ctx context.Context, cfg Config) error {
 		Metrics: workloadapi.NewMetrics(reg), Pods: pods})
 	srv := grpc.NewServer(grpc.Creds(peercred.TransportCredentials(true)), workloadapi.ServerOption())
 	workload.RegisterSpiffeWorkloadAPIServer(srv, h)
+	workloadv1.RegisterPolicyServer(srv, workloadapi.NewPolicyServer(h))
+	workloadv1.RegisterDecisionsServer(srv, workloadapi.NewDecisionServer(h, mgr))
 	// Any local process may ask; the answer depends on who it is.
 	lis, err := unixsock.Listen(cfg.SocketPath, 0o755, 0o777)
 	if err != nil {

@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	typesv1 "github.com/signet-id/signet/proto/signet/types/v1"
 )
 
 var td = spiffeid.RequireTrustDomainFromString("example.org")
@@ -155,5 +157,49 @@ func BenchmarkDecide(b *testing.B) {
 		p := peers[i%len(peers)]
 		i++
 		a.Allowed(p, "/a.B/C")
+	}
+}
+
+func TestPolicies(t *testing.T) {
+	good := &typesv1.AccessPolicy{Name: "cart", Target: "spiffe://example.org/ns/shop/sa/cart", Rules: []*typesv1.PolicyRule{
+		{Action: "allow", Peers: []*typesv1.PolicyPeer{{ServiceAccount: "shop/front"}}, Methods: []string{"/shop.v1.Cart/*"}},
+		{Action: "deny", Peers: []*typesv1.PolicyPeer{{Pattern: "spiffe://example.org/ns/shop/sa/*"}}, Methods: []string{"/shop.v1.Cart/Empty"}},
+	}}
+	if err := CheckPolicy(td, good); err != nil {
+		t.Fatal(err)
+	}
+	rules, err := PolicyRules([]*typesv1.AccessPolicy{good})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, _ := NewAuthorizer(td)
+	a.SetCentral(rules)
+	front := id("spiffe://example.org/ns/shop/sa/front")
+	if !a.Allowed(front, "/shop.v1.Cart/Add") || a.Allowed(front, "/shop.v1.Cart/Empty") {
+		t.Fatal("policy rules decide wrongly")
+	}
+	for _, bad := range []*typesv1.AccessPolicy{
+		{Target: "spiffe://example.org/x", Rules: good.Rules},
+		{Name: "x", Target: "example.org/x", Rules: good.Rules},
+		{Name: "x", Target: "spiffe://example.org/x"},
+		{Name: "x", Target: "spiffe://example.org/x", Rules: []*typesv1.PolicyRule{{Action: "maybe", Peers: good.Rules[0].Peers}}},
+		{Name: "x", Target: "spiffe://example.org/x", Rules: []*typesv1.PolicyRule{{Action: "allow", Peers: []*typesv1.PolicyPeer{{Namespace: "a", Id: "spiffe://example.org/b"}}}}},
+		{Name: "x", Target: "spiffe://example.org/x", Rules: []*typesv1.PolicyRule{{Action: "allow", Peers: []*typesv1.PolicyPeer{{ServiceAccount: "nons"}}}}},
+		{Name: "x", Target: "spiffe://example.org/x", Rules: []*typesv1.PolicyRule{{Action: "allow", Peers: good.Rules[0].Peers, Methods: []string{"nope"}}}},
+	} {
+		if err := CheckPolicy(td, bad); err == nil {
+			t.Errorf("accepted %v", bad)
+		}
+	}
+	for target, want := range map[string]bool{
+		"spiffe://example.org/ns/shop/sa/cart": true,
+		"spiffe://example.org/ns/shop/**":      true,
+		"spiffe://example.org/ns/*/sa/cart":    true,
+		"spiffe://example.org/ns/pay/**":       false,
+		"spiffe://other.org/ns/shop/**":        false,
+	} {
+		if got := TargetMatches(target, id("spiffe://example.org/ns/shop/sa/cart")); got != want {
+			t.Errorf("TargetMatches(%s) = %v", target, got)
+		}
 	}
 }

@@ -20,6 +20,7 @@ import (
 
 	"github.com/signet-id/signet/ca/entry"
 	"github.com/signet-id/signet/internal/selector"
+	typesv1 "github.com/signet-id/signet/proto/signet/types/v1"
 )
 
 // Bundle is the trust domain's bundle as the agent serves it.
@@ -90,6 +91,8 @@ type Item struct {
 // Snapshot is the cache's state at one moment. It is immutable.
 type Snapshot struct {
 	Bundle *Bundle
+	// Policies are the access policies of this node's workloads.
+	Policies []*typesv1.AccessPolicy
 	// Items are sorted by SPIFFE ID, then entry ID.
 	Items []*Item
 	// Synced is true once the first sync from the CA was applied and every
@@ -188,12 +191,13 @@ func hasAll(have map[selector.Selector]struct{}, want []selector.Selector) bool 
 
 // Cache is the agent's state. It is safe for concurrent use.
 type Cache struct {
-	mu      sync.Mutex
-	items   map[string]*Item
-	bundle  *Bundle
-	synced  bool
-	snap    *Snapshot
-	changed chan struct{}
+	mu       sync.Mutex
+	items    map[string]*Item
+	bundle   *Bundle
+	policies []*typesv1.AccessPolicy
+	synced   bool
+	snap     *Snapshot
+	changed  chan struct{}
 }
 
 // New returns a cache serving bundle until the CA sends another.
@@ -233,7 +237,7 @@ func (c *Cache) publishLocked() {
 			keys[sel.Type+":"+sel.Key()] = true
 		}
 	}
-	c.snap = &Snapshot{Bundle: c.bundle, Items: items, Synced: c.synced, keys: keys}
+	c.snap = &Snapshot{Bundle: c.bundle, Policies: c.policies, Items: items, Synced: c.synced, keys: keys}
 	close(c.changed)
 	c.changed = make(chan struct{})
 }
@@ -255,6 +259,9 @@ type Update struct {
 	PodsDeleted []string
 	// Bundle, if not nil, replaces the bundle.
 	Bundle *Bundle
+	// Policies replace the access policies when PoliciesSet.
+	Policies    []*typesv1.AccessPolicy
+	PoliciesSet bool
 }
 
 // IsPodEntryID reports whether id names an identity derived from a pod.
@@ -296,6 +303,9 @@ func (c *Cache) Apply(u Update) {
 	}
 	if u.Bundle != nil {
 		c.bundle = u.Bundle
+	}
+	if u.PoliciesSet {
+		c.policies = u.Policies
 	}
 	c.publishLocked()
 }

@@ -466,7 +466,8 @@ func (m *Manager) followSync(ctx context.Context, client agentv1.NodeClient, rev
 }
 
 func (m *Manager) applySync(msg *agentv1.SyncResponse) {
-	u := cache.Update{Full: msg.GetFull(), Deleted: msg.GetDeletedEntryIds(), PodsFull: msg.GetPodsFull(), PodsDeleted: msg.GetDeletedPodEntryIds()}
+	u := cache.Update{Full: msg.GetFull(), Deleted: msg.GetDeletedEntryIds(), PodsFull: msg.GetPodsFull(), PodsDeleted: msg.GetDeletedPodEntryIds(),
+		Policies: msg.GetPolicies(), PoliciesSet: msg.GetPoliciesSet()}
 	for _, pb := range msg.GetEntries() {
 		e, err := entry.FromProto(m.cfg.TrustDomain, pb)
 		if err != nil || cache.IsPodEntryID(e.ID) {
@@ -882,4 +883,17 @@ func (m *Manager) PullPod(ctx context.Context, uid string) error {
 	}
 	m.log.Debug("pulled pod identities", "pod_uid", uid, "entries", len(u.PodEntries))
 	return nil
+}
+
+// ReportDecisions sends services' authorization decisions to the CA's
+// audit log and returns once it has written them.
+func (m *Manager) ReportDecisions(ctx context.Context, req *agentv1.ReportDecisionsRequest) error {
+	client, _, err := m.nodeClient()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	_, err = client.ReportDecisions(ctx, req)
+	return err
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/signet-id/signet/ca/store"
 	"github.com/signet-id/signet/internal/peercred"
 	"github.com/signet-id/signet/internal/selector"
+	"github.com/signet-id/signet/sdk"
 	adminv1 "github.com/signet-id/signet/proto/signet/admin/v1"
 	typesv1 "github.com/signet-id/signet/proto/signet/types/v1"
 )
@@ -327,4 +328,46 @@ func (s *AdminServer) GetBundle(ctx context.Context, _ *adminv1.GetBundleRequest
 		return nil, s.cfg.internal(ctx, "bundle", err)
 	}
 	return &adminv1.GetBundleResponse{Bundle: pb}, nil
+}
+
+// CreatePolicy implements adminv1.AdminServer.
+func (s *AdminServer) CreatePolicy(ctx context.Context, req *adminv1.CreatePolicyRequest) (*adminv1.CreatePolicyResponse, error) {
+	p := req.GetPolicy()
+	if err := sdk.CheckPolicy(s.cfg.TrustDomain, p); err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "policy: %v", err)
+	}
+	stored, err := s.cfg.Store.PutPolicy(ctx, p)
+	if err != nil {
+		return nil, s.cfg.internal(ctx, "put policy", err)
+	}
+	s.cfg.Changes.Notify()
+	if err := s.cfg.auditOrFail(audit.Record{Event: audit.PolicyPut, Actor: actor(ctx), Policy: p.GetName(), SPIFFEID: p.GetTarget(), Result: audit.Success}); err != nil {
+		return nil, err
+	}
+	return &adminv1.CreatePolicyResponse{Policy: stored}, nil
+}
+
+// ListPolicies implements adminv1.AdminServer.
+func (s *AdminServer) ListPolicies(ctx context.Context, _ *adminv1.ListPoliciesRequest) (*adminv1.ListPoliciesResponse, error) {
+	ps, err := s.cfg.Store.ListPolicies(ctx)
+	if err != nil {
+		return nil, s.cfg.internal(ctx, "list policies", err)
+	}
+	return &adminv1.ListPoliciesResponse{Policies: ps}, nil
+}
+
+// DeletePolicy implements adminv1.AdminServer.
+func (s *AdminServer) DeletePolicy(ctx context.Context, req *adminv1.DeletePolicyRequest) (*adminv1.DeletePolicyResponse, error) {
+	err := s.cfg.Store.DeletePolicy(ctx, req.GetName())
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, status.Errorf(codes.NotFound, "no policy %q", req.GetName())
+	}
+	if err != nil {
+		return nil, s.cfg.internal(ctx, "delete policy", err)
+	}
+	s.cfg.Changes.Notify()
+	if err := s.cfg.auditOrFail(audit.Record{Event: audit.PolicyDelete, Actor: actor(ctx), Policy: req.GetName(), Result: audit.Success}); err != nil {
+		return nil, err
+	}
+	return &adminv1.DeletePolicyResponse{}, nil
 }

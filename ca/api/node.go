@@ -24,7 +24,9 @@ import (
 	"github.com/signet-id/signet/ca/nodeattest"
 	"github.com/signet-id/signet/ca/signer"
 	"github.com/signet-id/signet/ca/store"
+	"github.com/signet-id/signet/sdk"
 	agentv1 "github.com/signet-id/signet/proto/signet/agent/v1"
+	typesv1 "github.com/signet-id/signet/proto/signet/types/v1"
 )
 
 // MaxBatch is the most CSRs one MintX509SVIDs call may carry.
@@ -518,6 +520,8 @@ func (s *NodeServer) Sync(req *agentv1.SyncRequest, stream agentv1.Node_SyncServ
 	var sentSeq uint64
 	first := true
 	sentPods := map[string]entry.Entry{}
+	storeIDs := map[string]spiffeid.ID{} // entry ID -> SPIFFE ID the agent holds
+	sentPolicies := "\x00"                // none sent yet
 	for {
 		entriesChanged := s.cfg.Changes.Wait()
 		var podsChanged, clusterChanged <-chan struct{}
@@ -541,8 +545,24 @@ func (s *NodeServer) Sync(req *agentv1.SyncRequest, stream agentv1.Node_SyncServ
 		if c.node != "" {
 			sentPods = podDiff(msg, s.cfg.Pods.ForNode(c.node, c.id), sentPods, first)
 		}
+		if ch.Full {
+			clear(storeIDs)
+		}
+		for _, id := range ch.Deleted {
+			delete(storeIDs, id)
+		}
+		for _, e := range ch.Entries {
+			storeIDs[e.ID] = e.SPIFFEID
+		}
+		pols, key, err := s.nodePolicies(ctx, storeIDs, sentPods)
+		if err != nil {
+			return s.cfg.internal(ctx, "sync policies", err)
+		}
+		if key != sentPolicies {
+			msg.Policies, msg.PoliciesSet, sentPolicies = pols, true, key
+		}
 		if first || ch.Full || len(msg.Entries) > 0 || len(msg.DeletedEntryIds) > 0 || msg.Bundle != nil ||
-			len(msg.PodEntries) > 0 || len(msg.DeletedPodEntryIds) > 0 {
+			len(msg.PodEntries) > 0 || len(msg.DeletedPodEntryIds) > 0 || msg.PoliciesSet {
 			if err := stream.Send(msg); err != nil {
 				return err
 			}
@@ -589,4 +609,81 @@ func podDiff(msg *agentv1.SyncResponse, cur []entry.Entry, sent map[string]entry
 
 func samePodEntry(a, b entry.Entry) bool {
 	return a.SPIFFEID == b.SPIFFEID && a.X509TTL == b.X509TTL && a.JWTTTL == b.JWTTTL && slices.Equal(a.DNSNames, b.DNSNames)
+}
+
+// nodePolicies returns the access policies whose targets match an identity
+// the agent holds, and a key that changes when they do.
+func (s *NodeServer) nodePolicies(ctx context.Context, stored map[string]spiffeid.ID, pods map[string]entry.Entry) ([]*typesv1.AccessPolicy, string, error) {
+	all, err := s.cfg.Store.ListPolicies(ctx)
+	if err != nil {
+		return nil, "", err
+	}
+	var out []*typesv1.AccessPolicy
+	var key strings.Builder
+	for _, p := range all {
+		if policyApplies(p.GetTarget(), stored, pods) {
+			out = append(out, p)
+			fmt.Fprintf(&key, "%s@%d;", p.GetName(), p.GetRevision())
+		}
+	}
+	return out, key.String(), nil
+}
+
+func policyApplies(target string, stored map[string]spiffeid.ID, pods map[string]entry.Entry) bool {
+	for _, id := range stored {
+		if sdk.TargetMatches(target, id) {
+			return true
+		}
+	}
+	for _, e := range pods {
+		if sdk.TargetMatches(target, e.SPIFFEID) {
+			return true
+		}
+	}
+	return false
+}
+
+// maxDecisions bounds one ReportDecisions call.
+const maxDecisions = 10000
+
+// ReportDecisions implements agentv1.NodeServer: authorization decisions
+// of the agent's workloads go to the audit log.
+func (s *NodeServer) ReportDecisions(ctx context.Context, req *agentv1.ReportDecisionsRequest) (*agentv1.ReportDecisionsResponse, error) {
+	const method = "ReportDecisions"
+	c, err := s.authAgent(ctx, method)
+	if err != nil {
+		return nil, err
+	}
+	if len(req.GetDecisions()) > maxDecisions {
+		return nil, status.Errorf(codes.InvalidArgument, "%d decisions: at most %d per call", len(req.GetDecisions()), maxDecisions)
+	}
+	recs := make([]audit.Record, 0, len(req.GetDecisions())+1)
+	for i, d := range req.GetDecisions() {
+		server, err := spiffeid.FromString(d.GetServer())
+		if err != nil || server.TrustDomain() != s.cfg.TrustDomain {
+			return nil, s.cfg.refuse(method, codes.InvalidArgument, audit.Record{Actor: c.id.String(), Reason: fmt.Sprintf("decisions[%d].server: not an ID of this trust domain", i)})
+		}
+		if _, err := spiffeid.FromString(d.GetPeer()); err != nil && d.GetPeer() != "" {
+			return nil, s.cfg.refuse(method, codes.InvalidArgument, audit.Record{Actor: c.id.String(), Reason: fmt.Sprintf("decisions[%d].peer: %v", i, err)})
+		}
+		m := d.GetMethod()
+		if len(m) > 512 {
+			m = m[:512]
+		}
+		r := audit.Record{Actor: c.id.String(), SPIFFEID: server.String(), Peer: d.GetPeer(), Method: m}
+		if d.GetAllowed() {
+			r.Event, r.Result, r.Count, r.Window = audit.AuthzAllow, audit.Success, d.GetCount(), time.Unix(d.GetTime(), 0).UTC()
+		} else {
+			r.Event, r.Result, r.Time = audit.AuthzDeny, audit.Refused, time.Unix(d.GetTime(), 0).UTC()
+		}
+		recs = append(recs, r)
+	}
+	if n := req.GetDropped(); n > 0 {
+		recs = append(recs, audit.Record{Event: audit.AuthzDropped, Actor: c.id.String(), Dropped: n, Result: audit.Failure,
+			Reason: "services dropped decision records (full buffers)"})
+	}
+	if err := s.cfg.auditOrFail(recs...); err != nil {
+		return nil, err
+	}
+	return &agentv1.ReportDecisionsResponse{}, nil
 }

@@ -26,6 +26,14 @@ const (
 	EntryDelete   = "entry.delete"
 	TokenCreate   = "token.create"
 	RequestRefuse = "request.refuse"
+	PolicyPut     = "policy.put"
+	PolicyDelete  = "policy.delete"
+	// AuthzDeny is one call a service refused; AuthzAllow a count of the
+	// calls it allowed a peer in a minute; AuthzDropped records a service
+	// lost (full buffer).
+	AuthzDeny    = "authz.deny"
+	AuthzAllow   = "authz.allow"
+	AuthzDropped = "authz.dropped"
 )
 
 // Results.
@@ -44,8 +52,17 @@ type Record struct {
 	EntryID  string    `json:"entry_id,omitempty"`
 	Serial   string    `json:"serial,omitempty"`
 	Node     string    `json:"node,omitempty"`
-	Result   string    `json:"result"`
-	Reason   string    `json:"reason,omitempty"`
+	// Policy names an access policy; Peer, Method and Count describe an
+	// authorization decision a service reported (Count: allowed calls in
+	// the minute from Window).
+	Policy  string    `json:"policy,omitempty"`
+	Peer    string    `json:"peer,omitempty"`
+	Method  string    `json:"method,omitempty"`
+	Count   int64     `json:"count,omitempty"`
+	Window  time.Time `json:"window,omitzero"`
+	Dropped int64     `json:"dropped,omitempty"`
+	Result  string    `json:"result"`
+	Reason  string    `json:"reason,omitempty"`
 }
 
 // Log writes records to one writer. It is safe for concurrent use.

@@ -134,6 +134,14 @@ CREATE TABLE ca_keys (
 	chained_until INTEGER NOT NULL DEFAULT 0
 );
 `,
+	// 2: access policies.
+	`
+CREATE TABLE access_policies (
+	name TEXT PRIMARY KEY,
+	policy BLOB NOT NULL,
+	revision INTEGER NOT NULL
+);
+`,
 }
 
 func (s *Store) migrate(ctx context.Context) error {

@@ -29,6 +29,7 @@ const (
 	Node_MintJWTSVID_FullMethodName     = "/signet.agent.v1.Node/MintJWTSVID"
 	Node_RenewAgent_FullMethodName      = "/signet.agent.v1.Node/RenewAgent"
 	Node_FetchPodEntries_FullMethodName = "/signet.agent.v1.Node/FetchPodEntries"
+	Node_ReportDecisions_FullMethodName = "/signet.agent.v1.Node/ReportDecisions"
 )
 
 // NodeClient is the client API for Node service.
@@ -53,6 +54,10 @@ type NodeClient interface {
 	// agent's node, confirmed with the Kubernetes API server. An agent asks
 	// when a workload calls before its pod's identities arrived on Sync.
 	FetchPodEntries(ctx context.Context, in *FetchPodEntriesRequest, opts ...grpc.CallOption) (*FetchPodEntriesResponse, error)
+	// ReportDecisions writes authorization decisions that services made to
+	// the CA's audit log. The agent has checked that each server is a
+	// workload it attested.
+	ReportDecisions(ctx context.Context, in *ReportDecisionsRequest, opts ...grpc.CallOption) (*ReportDecisionsResponse, error)
 }
 
 type nodeClient struct {
@@ -132,6 +137,16 @@ func (c *nodeClient) FetchPodEntries(ctx context.Context, in *FetchPodEntriesReq
 	return out, nil
 }
 
+func (c *nodeClient) ReportDecisions(ctx context.Context, in *ReportDecisionsRequest, opts ...grpc.CallOption) (*ReportDecisionsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReportDecisionsResponse)
+	err := c.cc.Invoke(ctx, Node_ReportDecisions_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // NodeServer is the server API for Node service.
 // All implementations must embed UnimplementedNodeServer
 // for forward compatibility.
@@ -154,6 +169,10 @@ type NodeServer interface {
 	// agent's node, confirmed with the Kubernetes API server. An agent asks
 	// when a workload calls before its pod's identities arrived on Sync.
 	FetchPodEntries(context.Context, *FetchPodEntriesRequest) (*FetchPodEntriesResponse, error)
+	// ReportDecisions writes authorization decisions that services made to
+	// the CA's audit log. The agent has checked that each server is a
+	// workload it attested.
+	ReportDecisions(context.Context, *ReportDecisionsRequest) (*ReportDecisionsResponse, error)
 	mustEmbedUnimplementedNodeServer()
 }
 
@@ -181,6 +200,9 @@ func (UnimplementedNodeServer) RenewAgent(context.Context, *RenewAgentRequest) (
 }
 func (UnimplementedNodeServer) FetchPodEntries(context.Context, *FetchPodEntriesRequest) (*FetchPodEntriesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method FetchPodEntries not implemented")
+}
+func (UnimplementedNodeServer) ReportDecisions(context.Context, *ReportDecisionsRequest) (*ReportDecisionsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ReportDecisions not implemented")
 }
 func (UnimplementedNodeServer) mustEmbedUnimplementedNodeServer() {}
 func (UnimplementedNodeServer) testEmbeddedByValue()              {}
@@ -304,6 +326,24 @@ func _Node_FetchPodEntries_Handler(srv interface{}, ctx context.Context, dec fun
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Node_ReportDecisions_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReportDecisionsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NodeServer).ReportDecisions(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Node_ReportDecisions_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NodeServer).ReportDecisions(ctx, req.(*ReportDecisionsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Node_ServiceDesc is the grpc.ServiceDesc for Node service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -330,6 +370,10 @@ var Node_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "FetchPodEntries",
 			Handler:    _Node_FetchPodEntries_Handler,
+		},
+		{
+			MethodName: "ReportDecisions",
+			Handler:    _Node_ReportDecisions_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

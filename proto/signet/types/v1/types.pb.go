@@ -432,6 +432,225 @@ func (x *Agent) GetEvicted() bool {
 	return false
 }
 
+// PolicyPeer selects peers; exactly one field is set.
+type PolicyPeer struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// id is one SPIFFE ID.
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// pattern is a SPIFFE ID whose path may hold "*" (one segment) and a
+	// final "**" (the rest).
+	Pattern     string `protobuf:"bytes,2,opt,name=pattern,proto3" json:"pattern,omitempty"`
+	TrustDomain string `protobuf:"bytes,3,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
+	// namespace and service_account ("namespace/name") match IDs shaped
+	// spiffe://<td>/ns/<namespace>/sa/<name> in the server's trust domain.
+	Namespace      string `protobuf:"bytes,4,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	ServiceAccount string `protobuf:"bytes,5,opt,name=service_account,json=serviceAccount,proto3" json:"service_account,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *PolicyPeer) Reset() {
+	*x = PolicyPeer{}
+	mi := &file_signet_types_v1_types_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PolicyPeer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PolicyPeer) ProtoMessage() {}
+
+func (x *PolicyPeer) ProtoReflect() protoreflect.Message {
+	mi := &file_signet_types_v1_types_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PolicyPeer.ProtoReflect.Descriptor instead.
+func (*PolicyPeer) Descriptor() ([]byte, []int) {
+	return file_signet_types_v1_types_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *PolicyPeer) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *PolicyPeer) GetPattern() string {
+	if x != nil {
+		return x.Pattern
+	}
+	return ""
+}
+
+func (x *PolicyPeer) GetTrustDomain() string {
+	if x != nil {
+		return x.TrustDomain
+	}
+	return ""
+}
+
+func (x *PolicyPeer) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *PolicyPeer) GetServiceAccount() string {
+	if x != nil {
+		return x.ServiceAccount
+	}
+	return ""
+}
+
+// PolicyRule allows or denies peers, for every method or some.
+type PolicyRule struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// action is "allow" or "deny".
+	Action string        `protobuf:"bytes,1,opt,name=action,proto3" json:"action,omitempty"`
+	Peers  []*PolicyPeer `protobuf:"bytes,2,rep,name=peers,proto3" json:"peers,omitempty"`
+	// methods are gRPC full methods ("/pkg.Service/Method", "/pkg.Service/*")
+	// or HTTP requests ("GET /items/*"); empty means every method.
+	Methods       []string `protobuf:"bytes,3,rep,name=methods,proto3" json:"methods,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PolicyRule) Reset() {
+	*x = PolicyRule{}
+	mi := &file_signet_types_v1_types_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PolicyRule) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PolicyRule) ProtoMessage() {}
+
+func (x *PolicyRule) ProtoReflect() protoreflect.Message {
+	mi := &file_signet_types_v1_types_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PolicyRule.ProtoReflect.Descriptor instead.
+func (*PolicyRule) Descriptor() ([]byte, []int) {
+	return file_signet_types_v1_types_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *PolicyRule) GetAction() string {
+	if x != nil {
+		return x.Action
+	}
+	return ""
+}
+
+func (x *PolicyRule) GetPeers() []*PolicyPeer {
+	if x != nil {
+		return x.Peers
+	}
+	return nil
+}
+
+func (x *PolicyRule) GetMethods() []string {
+	if x != nil {
+		return x.Methods
+	}
+	return nil
+}
+
+// AccessPolicy protects the servers its target names with its rules.
+type AccessPolicy struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name is unique.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// target is the SPIFFE ID, or pattern, of the servers the policy
+	// protects.
+	Target string        `protobuf:"bytes,2,opt,name=target,proto3" json:"target,omitempty"`
+	Rules  []*PolicyRule `protobuf:"bytes,3,rep,name=rules,proto3" json:"rules,omitempty"`
+	// revision is the store revision at which the policy last changed.
+	Revision      int64 `protobuf:"varint,4,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AccessPolicy) Reset() {
+	*x = AccessPolicy{}
+	mi := &file_signet_types_v1_types_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AccessPolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AccessPolicy) ProtoMessage() {}
+
+func (x *AccessPolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_signet_types_v1_types_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AccessPolicy.ProtoReflect.Descriptor instead.
+func (*AccessPolicy) Descriptor() ([]byte, []int) {
+	return file_signet_types_v1_types_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *AccessPolicy) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *AccessPolicy) GetTarget() string {
+	if x != nil {
+		return x.Target
+	}
+	return ""
+}
+
+func (x *AccessPolicy) GetRules() []*PolicyRule {
+	if x != nil {
+		return x.Rules
+	}
+	return nil
+}
+
+func (x *AccessPolicy) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
 var File_signet_types_v1_types_proto protoreflect.FileDescriptor
 
 const file_signet_types_v1_types_proto_rawDesc = "" +
@@ -472,7 +691,24 @@ const file_signet_types_v1_types_proto_rawDesc = "" +
 	"expires_at\x18\x05 \x01(\x03R\texpiresAt\x12\x1f\n" +
 	"\vattested_at\x18\x06 \x01(\x03R\n" +
 	"attestedAt\x12\x18\n" +
-	"\aevicted\x18\a \x01(\bR\aevictedB;Z9github.com/signet-id/signet/proto/signet/types/v1;typesv1b\x06proto3"
+	"\aevicted\x18\a \x01(\bR\aevicted\"\xa0\x01\n" +
+	"\n" +
+	"PolicyPeer\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
+	"\apattern\x18\x02 \x01(\tR\apattern\x12!\n" +
+	"\ftrust_domain\x18\x03 \x01(\tR\vtrustDomain\x12\x1c\n" +
+	"\tnamespace\x18\x04 \x01(\tR\tnamespace\x12'\n" +
+	"\x0fservice_account\x18\x05 \x01(\tR\x0eserviceAccount\"q\n" +
+	"\n" +
+	"PolicyRule\x12\x16\n" +
+	"\x06action\x18\x01 \x01(\tR\x06action\x121\n" +
+	"\x05peers\x18\x02 \x03(\v2\x1b.signet.types.v1.PolicyPeerR\x05peers\x12\x18\n" +
+	"\amethods\x18\x03 \x03(\tR\amethods\"\x89\x01\n" +
+	"\fAccessPolicy\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06target\x18\x02 \x01(\tR\x06target\x121\n" +
+	"\x05rules\x18\x03 \x03(\v2\x1b.signet.types.v1.PolicyRuleR\x05rules\x12\x1a\n" +
+	"\brevision\x18\x04 \x01(\x03R\brevisionB;Z9github.com/signet-id/signet/proto/signet/types/v1;typesv1b\x06proto3"
 
 var (
 	file_signet_types_v1_types_proto_rawDescOnce sync.Once
@@ -486,22 +722,27 @@ func file_signet_types_v1_types_proto_rawDescGZIP() []byte {
 	return file_signet_types_v1_types_proto_rawDescData
 }
 
-var file_signet_types_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_signet_types_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_signet_types_v1_types_proto_goTypes = []any{
-	(*Selector)(nil), // 0: signet.types.v1.Selector
-	(*Entry)(nil),    // 1: signet.types.v1.Entry
-	(*JWTKey)(nil),   // 2: signet.types.v1.JWTKey
-	(*Bundle)(nil),   // 3: signet.types.v1.Bundle
-	(*Agent)(nil),    // 4: signet.types.v1.Agent
+	(*Selector)(nil),     // 0: signet.types.v1.Selector
+	(*Entry)(nil),        // 1: signet.types.v1.Entry
+	(*JWTKey)(nil),       // 2: signet.types.v1.JWTKey
+	(*Bundle)(nil),       // 3: signet.types.v1.Bundle
+	(*Agent)(nil),        // 4: signet.types.v1.Agent
+	(*PolicyPeer)(nil),   // 5: signet.types.v1.PolicyPeer
+	(*PolicyRule)(nil),   // 6: signet.types.v1.PolicyRule
+	(*AccessPolicy)(nil), // 7: signet.types.v1.AccessPolicy
 }
 var file_signet_types_v1_types_proto_depIdxs = []int32{
 	0, // 0: signet.types.v1.Entry.selectors:type_name -> signet.types.v1.Selector
 	2, // 1: signet.types.v1.Bundle.jwt_authorities:type_name -> signet.types.v1.JWTKey
-	2, // [2:2] is the sub-list for method output_type
-	2, // [2:2] is the sub-list for method input_type
-	2, // [2:2] is the sub-list for extension type_name
-	2, // [2:2] is the sub-list for extension extendee
-	0, // [0:2] is the sub-list for field type_name
+	5, // 2: signet.types.v1.PolicyRule.peers:type_name -> signet.types.v1.PolicyPeer
+	6, // 3: signet.types.v1.AccessPolicy.rules:type_name -> signet.types.v1.PolicyRule
+	4, // [4:4] is the sub-list for method output_type
+	4, // [4:4] is the sub-list for method input_type
+	4, // [4:4] is the sub-list for extension type_name
+	4, // [4:4] is the sub-list for extension extendee
+	0, // [0:4] is the sub-list for field type_name
 }
 
 func init() { file_signet_types_v1_types_proto_init() }
@@ -515,7 +756,7 @@ func file_signet_types_v1_types_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_signet_types_v1_types_proto_rawDesc), len(file_signet_types_v1_types_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   5,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

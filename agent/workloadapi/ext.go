@@ -1,0 +1,152 @@
+package workloadapi
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/signet-id/signet/agent/cache"
+	agentv1 "github.com/signet-id/signet/proto/signet/agent/v1"
+	typesv1 "github.com/signet-id/signet/proto/signet/types/v1"
+	workloadv1 "github.com/signet-id/signet/proto/signet/workload/v1"
+	"github.com/signet-id/signet/sdk"
+)
+
+// DecisionSink takes services' authorization decisions to the CA.
+type DecisionSink interface {
+	ReportDecisions(ctx context.Context, req *agentv1.ReportDecisionsRequest) error
+}
+
+// PolicyServer serves signet.workload.v1.Policy: each caller gets the
+// access policies whose targets are among its own identities.
+type PolicyServer struct {
+	workloadv1.UnimplementedPolicyServer
+	h *Handler
+}
+
+// NewPolicyServer returns the Policy service of h's agent.
+func NewPolicyServer(h *Handler) *PolicyServer { return &PolicyServer{h: h} }
+
+// DecisionServer serves signet.workload.v1.Decisions.
+type DecisionServer struct {
+	workloadv1.UnimplementedDecisionsServer
+	h    *Handler
+	sink DecisionSink
+}
+
+// NewDecisionServer returns the Decisions service, forwarding to sink.
+func NewDecisionServer(h *Handler, sink DecisionSink) *DecisionServer {
+	return &DecisionServer{h: h, sink: sink}
+}
+
+// callerIDs returns the SPIFFE IDs the caller's selectors give it.
+func callerIDs(snap *cache.Snapshot, c caller) map[string]bool {
+	ids := map[string]bool{}
+	for _, e := range snap.MatchEntries(c.selectors) {
+		ids[e.SPIFFEID.String()] = true
+	}
+	return ids
+}
+
+// identified attests the caller and returns it with a snapshot in which
+// it has at least one identity (asking the CA for its pod's if needed).
+func (h *Handler) identified(ctx context.Context, event string) (caller, *cache.Snapshot, <-chan struct{}, error) {
+	c, err := h.attest(ctx, event)
+	if err != nil {
+		return caller{}, nil, nil, err
+	}
+	snap, changed := h.synced(ctx)
+	if len(snap.MatchEntries(c.selectors)) == 0 && c.partial {
+		if err := h.complete(ctx, &c, event); err != nil {
+			return caller{}, nil, nil, err
+		}
+	}
+	if len(snap.MatchEntries(c.selectors)) == 0 && h.pullPod(ctx, c) {
+		snap, changed = h.cfg.Cache.Snapshot()
+	}
+	if len(snap.MatchEntries(c.selectors)) == 0 {
+		h.refuse(c, event, "no entry matches the caller's selectors")
+		return caller{}, nil, nil, errNoIdentity
+	}
+	return c, snap, changed, nil
+}
+
+func policiesFor(all []*typesv1.AccessPolicy, ids map[string]bool) ([]*typesv1.AccessPolicy, string) {
+	var out []*typesv1.AccessPolicy
+	var key strings.Builder
+	for _, p := range all {
+		for id := range ids {
+			if matchTarget(p.GetTarget(), id) {
+				out = append(out, p)
+				fmt.Fprintf(&key, "%s@%d;", p.GetName(), p.GetRevision())
+				break
+			}
+		}
+	}
+	return out, key.String()
+}
+
+// Watch implements workloadv1.PolicyServer.
+func (s *PolicyServer) Watch(_ *workloadv1.WatchPoliciesRequest, stream workloadv1.Policy_WatchServer) error {
+	const event = "workload.watch_policies"
+	ctx := stream.Context()
+	c, snap, changed, err := s.h.identified(ctx, event)
+	if err != nil {
+		return err
+	}
+	sent := "\x00"
+	for {
+		ids := callerIDs(snap, c)
+		pols, key := policiesFor(snap.Policies, ids)
+		if key != sent {
+			if err := stream.Send(&workloadv1.WatchPoliciesResponse{Policies: pols}); err != nil {
+				return err
+			}
+			names := make([]string, len(pols))
+			for i, p := range pols {
+				names[i] = p.GetName()
+			}
+			s.h.grant(c, event, names)
+			sent = key
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-changed:
+			snap, changed = s.h.cfg.Cache.Snapshot()
+		}
+	}
+}
+
+// Report implements workloadv1.DecisionsServer: a caller reports only
+// decisions it made itself, as one of its own identities.
+func (s *DecisionServer) Report(ctx context.Context, req *agentv1.ReportDecisionsRequest) (*agentv1.ReportDecisionsResponse, error) {
+	const event = "workload.report_decisions"
+	c, snap, _, err := s.h.identified(ctx, event)
+	if err != nil {
+		return nil, err
+	}
+	ids := callerIDs(snap, c)
+	for i, d := range req.GetDecisions() {
+		if !ids[d.GetServer()] {
+			s.h.refuse(c, event, fmt.Sprintf("decisions[%d].server %q is not the caller", i, d.GetServer()))
+			return nil, status.Errorf(codes.PermissionDenied, "decisions[%d]: server %q is not one of the caller's identities", i, d.GetServer())
+		}
+	}
+	if err := s.sink.ReportDecisions(ctx, req); err != nil {
+		return nil, status.Errorf(codes.Unavailable, "the CA did not take the decisions: %v", status.Convert(err).Message())
+	}
+	return &agentv1.ReportDecisionsResponse{}, nil
+}
+
+func matchTarget(target, id string) bool {
+	if !strings.Contains(target, "*") {
+		return target == id
+	}
+	sid, err := spiffeid.FromString(id)
+	return err == nil && sdk.TargetMatches(target, sid)
+}
