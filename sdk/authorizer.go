@@ -19,6 +19,8 @@ type Authorizer struct {
 	td   spiffeid.TrustDomain
 	code []Rule
 	set  atomic.Pointer[ruleSet]
+	// rec, while Follow runs, takes the decisions for the audit log.
+	rec atomic.Pointer[recorder]
 }
 
 // NewAuthorizer returns an Authorizer for a service in trust domain td
@@ -57,6 +59,19 @@ func (a *Authorizer) Allowed(peer spiffeid.ID, method string) bool {
 // AllowedHTTP decides an HTTP request.
 func (a *Authorizer) AllowedHTTP(peer spiffeid.ID, verb, path string) bool {
 	return a.set.Load().decide(peer, verb, path)
+}
+
+// check decides a call and records the decision for the audit log.
+func (a *Authorizer) check(peer spiffeid.ID, verb, path string) bool {
+	ok := a.set.Load().decide(peer, verb, path)
+	if r := a.rec.Load(); r != nil {
+		m := path
+		if verb != "" {
+			m = verb + " " + path
+		}
+		r.note(peer.String(), m, ok)
+	}
+	return ok
 }
 
 // MayConnect reports whether some call of peer could be allowed: no deny

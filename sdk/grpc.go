@@ -35,7 +35,7 @@ func ClientCredentials(src *Source, server tlsconfig.Authorizer) credentials.Tra
 
 func authorize(ctx context.Context, authz *Authorizer, method string) (context.Context, error) {
 	id, ok := grpccredentials.PeerIDFromContext(ctx)
-	if !ok || !authz.Allowed(id, method) {
+	if !ok || !authz.check(id, "", method) {
 		return nil, status.Error(codes.PermissionDenied, "not allowed by policy")
 	}
 	return context.WithValue(ctx, peerKey{}, id), nil

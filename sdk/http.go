@@ -27,7 +27,7 @@ func Middleware(authz *Authorizer, next http.Handler) http.Handler {
 			return
 		}
 		id, err := peerIDOfState(*r.TLS)
-		if err != nil || !authz.AllowedHTTP(id, r.Method, r.URL.Path) {
+		if err != nil || !authz.check(id, r.Method, r.URL.Path) {
 			http.Error(w, "forbidden", http.StatusForbidden)
 			return
 		}

@@ -16,6 +16,7 @@ type Option interface{ apply(*config) }
 
 type config struct {
 	addr string
+	id   string
 }
 
 type optionFunc func(*config)
@@ -26,6 +27,10 @@ func (f optionFunc) apply(c *config) { f(c) }
 // Without it, SPIFFE_ENDPOINT_SOCKET is used.
 func WithAddr(addr string) Option { return optionFunc(func(c *config) { c.addr = addr }) }
 
+// WithID picks, for a workload that has several identities, the one to
+// serve and call as. Without it the first the agent sends is used.
+func WithID(id string) Option { return optionFunc(func(c *config) { c.id = id }) }
+
 // Source is the service's rotating X.509-SVID and trust bundles, kept
 // current from the Workload API. One per process is enough; it is safe
 // for concurrent use. It implements go-spiffe's x509svid.Source and
@@ -33,6 +38,7 @@ func WithAddr(addr string) Option { return optionFunc(func(c *config) { c.addr =
 type Source struct {
 	x509 *workloadapi.X509Source
 	td   spiffeid.TrustDomain
+	addr string
 }
 
 // NewSource connects to the Workload API and blocks until the first SVID
@@ -46,7 +52,18 @@ func NewSource(ctx context.Context, opts ...Option) (*Source, error) {
 	if c.addr != "" {
 		clientOpts = append(clientOpts, workloadapi.WithAddr(c.addr))
 	}
-	x, err := workloadapi.NewX509Source(ctx, workloadapi.WithClientOptions(clientOpts...))
+	sourceOpts := []workloadapi.X509SourceOption{workloadapi.WithClientOptions(clientOpts...)}
+	if c.id != "" {
+		sourceOpts = append(sourceOpts, workloadapi.WithDefaultX509SVIDPicker(func(svids []*x509svid.SVID) *x509svid.SVID {
+			for _, s := range svids {
+				if s.ID.String() == c.id {
+					return s
+				}
+			}
+			return svids[0]
+		}))
+	}
+	x, err := workloadapi.NewX509Source(ctx, sourceOpts...)
 	if err != nil {
 		return nil, fmt.Errorf("sdk: workload API: %w", err)
 	}
@@ -55,7 +72,11 @@ func NewSource(ctx context.Context, opts ...Option) (*Source, error) {
 		x.Close()
 		return nil, fmt.Errorf("sdk: %w", err)
 	}
-	return &Source{x509: x, td: svid.ID.TrustDomain()}, nil
+	if c.id != "" && svid.ID.String() != c.id {
+		x.Close()
+		return nil, fmt.Errorf("sdk: the workload has no identity %s (it is %s)", c.id, svid.ID)
+	}
+	return &Source{x509: x, td: svid.ID.TrustDomain(), addr: c.addr}, nil
 }
 
 // Close stops following the Workload API.

@@ -21,6 +21,11 @@ func ServerTLSConfig(src *Source, authz *Authorizer) *tls.Config {
 func handshakeAuthorizer(authz *Authorizer) tlsconfig.Authorizer {
 	return func(id spiffeid.ID, _ [][]*x509.Certificate) error {
 		if authz == nil || !authz.MayConnect(id) {
+			if authz != nil {
+				if r := authz.rec.Load(); r != nil {
+					r.note(id.String(), "(handshake)", false)
+				}
+			}
 			return fmt.Errorf("%w: %s", errDenied, id)
 		}
 		return nil

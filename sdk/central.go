@@ -1,0 +1,217 @@
+package sdk
+
+import (
+	"context"
+	"errors"
+	"os"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+
+	agentv1 "github.com/signet-id/signet/proto/signet/agent/v1"
+	workloadv1 "github.com/signet-id/signet/proto/signet/workload/v1"
+)
+
+// Limits of the decision buffer: what does not fit is dropped, counted and
+// reported with the next delivery. Requests never wait for the audit.
+const (
+	maxDenials    = 10000
+	maxAllowKeys  = 10000
+	flushInterval = 2 * time.Second
+)
+
+// Follow connects authz to the local agent until ctx ends, and returns
+// then: the central AccessPolicies that protect this service become
+// authz's central rules (SetCentral) as they change, and authz's decisions
+// go to the CA's audit log (every denial; allowed calls counted per peer
+// and minute), buffered and delivered at least once. Run it in a
+// goroutine; it reconnects by itself. A policy update that does not
+// compile leaves the rules in force and is reported to onError, as are
+// connection errors (onError may be nil).
+func (s *Source) Follow(ctx context.Context, authz *Authorizer, onError func(error)) error {
+	if onError == nil {
+		onError = func(error) {}
+	}
+	conn, err := grpc.NewClient(s.target(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	rec := &recorder{counts: map[allowKey]int64{}, server: s}
+	authz.rec.Store(rec)
+	defer authz.rec.CompareAndSwap(rec, nil)
+	ctx = metadata.AppendToOutgoingContext(ctx, "workload.spiffe.io", "true")
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		rec.run(ctx, workloadv1.NewDecisionsClient(conn), onError)
+	}()
+	policies := workloadv1.NewPolicyClient(conn)
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		err := watch(ctx, policies, authz)
+		if ctx.Err() != nil {
+			break
+		}
+		onError(err)
+		select {
+		case <-ctx.Done():
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+	wg.Wait()
+	return nil
+}
+
+func watch(ctx context.Context, c workloadv1.PolicyClient, authz *Authorizer) error {
+	stream, err := c.Watch(ctx, &workloadv1.WatchPoliciesRequest{})
+	if err != nil {
+		return err
+	}
+	for {
+		resp, err := stream.Recv()
+		if err != nil {
+			return err
+		}
+		rules, err := PolicyRules(resp.GetPolicies())
+		if err == nil {
+			err = authz.SetCentral(rules)
+		}
+		if err != nil {
+			return errors.Join(errors.New("sdk: central policy refused"), err)
+		}
+	}
+}
+
+// target is the gRPC address of the Workload API.
+func (s *Source) target() string {
+	if s.addr != "" {
+		return s.addr
+	}
+	return os.Getenv("SPIFFE_ENDPOINT_SOCKET")
+}
+
+type allowKey struct {
+	peer, method string
+	minute       int64
+}
+
+// recorder buffers decisions for the agent.
+type recorder struct {
+	server *Source
+
+	mu      sync.Mutex
+	denials []*agentv1.Decision
+	counts  map[allowKey]int64
+	dropped int64
+}
+
+func (r *recorder) note(peer, method string, allowed bool) {
+	now := time.Now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if allowed {
+		k := allowKey{peer: peer, method: method, minute: now.Unix() / 60 * 60}
+		if _, ok := r.counts[k]; !ok && len(r.counts) >= maxAllowKeys {
+			r.dropped++
+			return
+		}
+		r.counts[k]++
+		return
+	}
+	if len(r.denials) >= maxDenials {
+		r.dropped++
+		return
+	}
+	r.denials = append(r.denials, &agentv1.Decision{Peer: peer, Method: method, Time: now.Unix()})
+}
+
+// take removes what is ready to send: every denial, and allow counts of
+// minutes that ended (all of them when final).
+func (r *recorder) take(final bool) ([]*agentv1.Decision, map[allowKey]int64, int64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	den := r.denials
+	r.denials = nil
+	counts := map[allowKey]int64{}
+	current := time.Now().Unix() / 60 * 60
+	for k, n := range r.counts {
+		if final || k.minute < current {
+			counts[k] = n
+			delete(r.counts, k)
+		}
+	}
+	d := r.dropped
+	r.dropped = 0
+	return den, counts, d
+}
+
+// giveBack returns what failed to send, for the next attempt.
+func (r *recorder) giveBack(den []*agentv1.Decision, counts map[allowKey]int64, dropped int64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.dropped += dropped
+	for _, d := range den {
+		if len(r.denials) >= maxDenials {
+			r.dropped++
+			continue
+		}
+		r.denials = append(r.denials, d)
+	}
+	for k, n := range counts {
+		r.counts[k] += n
+	}
+}
+
+func (r *recorder) run(ctx context.Context, c workloadv1.DecisionsClient, onError func(error)) {
+	t := time.NewTicker(flushInterval)
+	defer t.Stop()
+	for {
+		final := false
+		select {
+		case <-ctx.Done():
+			final = true
+		case <-t.C:
+		}
+		r.flush(ctx, c, final, onError)
+		if final {
+			return
+		}
+	}
+}
+
+func (r *recorder) flush(ctx context.Context, c workloadv1.DecisionsClient, final bool, onError func(error)) {
+	den, counts, dropped := r.take(final)
+	if len(den) == 0 && len(counts) == 0 && dropped == 0 {
+		return
+	}
+	id, err := r.server.ID()
+	if err != nil {
+		r.giveBack(den, counts, dropped)
+		return
+	}
+	req := &agentv1.ReportDecisionsRequest{Dropped: dropped}
+	for _, d := range den {
+		d.Server = id.String()
+		req.Decisions = append(req.Decisions, d)
+	}
+	for k, n := range counts {
+		req.Decisions = append(req.Decisions, &agentv1.Decision{Server: id.String(), Peer: k.peer, Method: k.method, Allowed: true, Count: n, Time: k.minute})
+	}
+	sendCtx := ctx
+	if final {
+		// The service is stopping: one last try, briefly.
+		var cancel context.CancelFunc
+		sendCtx, cancel = context.WithTimeout(metadata.AppendToOutgoingContext(context.Background(), "workload.spiffe.io", "true"), 2*time.Second)
+		defer cancel()
+	}
+	if _, err := c.Report(sendCtx, req); err != nil {
+		r.giveBack(den, counts, dropped)
+		onError(err)
+	}
+}
