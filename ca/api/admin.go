@@ -19,9 +19,9 @@ import (
 	"github.com/signet-id/signet/ca/store"
 	"github.com/signet-id/signet/internal/peercred"
 	"github.com/signet-id/signet/internal/selector"
-	"github.com/signet-id/signet/sdk"
 	adminv1 "github.com/signet-id/signet/proto/signet/admin/v1"
 	typesv1 "github.com/signet-id/signet/proto/signet/types/v1"
+	"github.com/signet-id/signet/sdk"
 )
 
 // Join token lifetimes.

@@ -24,9 +24,9 @@ import (
 	"github.com/signet-id/signet/ca/nodeattest"
 	"github.com/signet-id/signet/ca/signer"
 	"github.com/signet-id/signet/ca/store"
-	"github.com/signet-id/signet/sdk"
 	agentv1 "github.com/signet-id/signet/proto/signet/agent/v1"
 	typesv1 "github.com/signet-id/signet/proto/signet/types/v1"
+	"github.com/signet-id/signet/sdk"
 )
 
 // MaxBatch is the most CSRs one MintX509SVIDs call may carry.
@@ -521,7 +521,7 @@ func (s *NodeServer) Sync(req *agentv1.SyncRequest, stream agentv1.Node_SyncServ
 	first := true
 	sentPods := map[string]entry.Entry{}
 	storeIDs := map[string]spiffeid.ID{} // entry ID -> SPIFFE ID the agent holds
-	sentPolicies := "\x00"                // none sent yet
+	sentPolicies := "\x00"               // none sent yet
 	for {
 		entriesChanged := s.cfg.Changes.Wait()
 		var podsChanged, clusterChanged <-chan struct{}
