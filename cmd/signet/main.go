@@ -32,6 +32,9 @@ commands:
   agent list
   agent evict --id SPIFFE-ID
   bundle show [--format pem|jwks|spiffe]
+  policy create --file policy.json   (an AccessPolicy: {"name", "target", "rules": [{"action", "peers", "methods"}]})
+  policy list
+  policy delete --name NAME
 
 Every command takes -o json. The admin socket defaults to $SIGNET_ADMIN_SOCKET.
 `
@@ -63,13 +66,16 @@ func (c *cli) run(ctx context.Context, args []string) int {
 		return 2
 	}
 	cmds := map[string]func(context.Context, adminv1.AdminClient, []string) error{
-		"entry create": c.entryCreate,
-		"entry list":   c.entryList,
-		"entry delete": c.entryDelete,
-		"token create": c.tokenCreate,
-		"agent list":   c.agentList,
-		"agent evict":  c.agentEvict,
-		"bundle show":  c.bundleShow,
+		"entry create":  c.entryCreate,
+		"entry list":    c.entryList,
+		"entry delete":  c.entryDelete,
+		"token create":  c.tokenCreate,
+		"agent list":    c.agentList,
+		"agent evict":   c.agentEvict,
+		"bundle show":   c.bundleShow,
+		"policy create": c.policyCreate,
+		"policy list":   c.policyList,
+		"policy delete": c.policyDelete,
 	}
 	name := rest[0] + " " + rest[1]
 	cmd, ok := cmds[name]
