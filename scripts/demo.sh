@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # make demo: the whole system locally. `signet dev` runs signet-ca (embedded
-# SQLite) and signet-agent in ./.signet-demo; two example services, selected
-# by their binaries' paths (unix:path), get SPIFFE identities from the agent
-# and talk over mTLS, each printing the other's SPIFFE ID. Ctrl-C stops it.
+# SQLite) and signet-agent in ./.signet-demo; example services on the SDK
+# (an HTTP pair and a gRPC pair), selected by their binaries' paths
+# (unix:path), get SPIFFE identities from the agent, talk over mutual TLS
+# and are authorized by central access policies: one call of each pair is
+# allowed, one denied, and both decisions land in the CA's audit log.
+# Ctrl-C stops it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BIN=$PWD/bin
+BIN=${SIGNET_BIN:-$PWD/bin}
 DATA=${SIGNET_DEMO_DIR:-$PWD/.signet-demo}
 TD=example.org
 PARENT=spiffe://$TD/signet/agent/join/dev
@@ -36,32 +39,52 @@ done
 cat "$DATA/dev.out"
 export SPIFFE_ENDPOINT_SOCKET=unix://$DATA/agent.sock
 
-step "$BIN/signet" entry create --parent-id "$PARENT" --spiffe-id "spiffe://$TD/demo/greeter-server" \
-  --selector "unix:uid:$(id -u)" --selector "unix:path:$BIN/greeter-server" --dns localhost
-step "$BIN/signet" entry create --parent-id "$PARENT" --spiffe-id "spiffe://$TD/demo/greeter-client" \
-  --selector "unix:uid:$(id -u)" --selector "unix:path:$BIN/greeter-client" --x509-ttl 30m
-
-printf '\n\033[1m$ greeter-server &\033[0m\n'
-"$BIN/greeter-server" -addr 127.0.0.1:8443 >"$DATA/server.log" 2>&1 &
-pids+=($!)
-tail -n +1 -f "$DATA/server.log" | sed -u 's/^/  [server] /' &
-pids+=($!)
-for _ in $(seq 100); do
-  grep -q listening "$DATA/server.log" && break
-  sleep 0.1
+# One identity per example binary, selected by its path and our uid.
+for svc in shop-http-server shop-http-client shop-grpc-server shop-grpc-client; do
+  step "$BIN/signet" entry create --parent-id "$PARENT" --spiffe-id "spiffe://$TD/demo/$svc" \
+    --selector "unix:uid:$(id -u)" --selector "unix:path:$BIN/$svc" -o json >/dev/null
 done
-step "$BIN/greeter-client" -url https://127.0.0.1:8443/hello -server-id "spiffe://$TD/demo/greeter-server" -count 2
-sleep 0.2
+"$BIN/signet" entry list
+
+# Central policies: the HTTP client may GET /items (not DELETE); the gRPC
+# client may call Health/Check (not List). The servers hold no rules of
+# their own, so everything else is denied.
+cat >"$DATA/http-policy.json" <<EOF
+{"name": "shop-http", "target": "spiffe://$TD/demo/shop-http-server",
+ "rules": [{"action": "allow", "peers": [{"id": "spiffe://$TD/demo/shop-http-client"}], "methods": ["GET /items"]}]}
+EOF
+cat >"$DATA/grpc-policy.json" <<EOF
+{"name": "shop-grpc", "target": "spiffe://$TD/demo/shop-grpc-server",
+ "rules": [{"action": "allow", "peers": [{"id": "spiffe://$TD/demo/shop-grpc-client"}], "methods": ["/grpc.health.v1.Health/Check"]}]}
+EOF
+step "$BIN/signet" policy create --file "$DATA/http-policy.json"
+step "$BIN/signet" policy create --file "$DATA/grpc-policy.json"
+
+for svc in shop-http-server shop-grpc-server; do
+  printf '\n\033[1m$ %s &\033[0m\n' "$svc"
+  "$BIN/$svc" >"$DATA/$svc.log" 2>&1 &
+  pids+=($!)
+  tail -n +1 -f "$DATA/$svc.log" | sed -u "s/^/  [$svc] /" &
+  pids+=($!)
+  for _ in $(seq 100); do
+    grep -q listening "$DATA/$svc.log" && break
+    sleep 0.1
+  done
+done
+sleep 0.5 # the servers receive their policies from the agent
+step "$BIN/shop-http-client" "GET /items" "DELETE /items"
+step "$BIN/shop-grpc-client"
+sleep 2.5 # decision records are delivered every 2 s
 
 echo
-echo "What the agent answered (its audit log):"
-tail -n 4 "$DATA/agent/audit.log"
+echo "What the services decided, in the CA's audit log:"
+grep -E '"authz\.(allow|deny)"' "$DATA/audit.log" | tail -n 6
 echo
 echo "What the CA issued (its audit log):"
-grep '"svid.x509.issue"' "$DATA/audit.log" | tail -n 3
+grep '"svid.x509.issue"' "$DATA/audit.log" | tail -n 2
 echo
 echo "The system keeps running; in another shell:"
 echo "  export SPIFFE_ENDPOINT_SOCKET=$SPIFFE_ENDPOINT_SOCKET SIGNET_ADMIN_SOCKET=$SIGNET_ADMIN_SOCKET"
-echo "  $BIN/signet entry list"
+echo "  $BIN/signet entry list; $BIN/signet policy list"
 echo "Press Ctrl-C to stop."
 wait "${pids[0]}"

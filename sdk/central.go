@@ -131,23 +131,13 @@ func (r *recorder) note(peer, method string, allowed bool) {
 	r.denials = append(r.denials, &agentv1.Decision{Peer: peer, Method: method, Time: now.Unix()})
 }
 
-// take removes what is ready to send: every denial, and allow counts of
-// minutes that ended (all of them when final).
-func (r *recorder) take(final bool) ([]*agentv1.Decision, map[allowKey]int64, int64) {
+// take removes what is buffered: every denial, and the allow counts so
+// far (a minute's count may go out in parts; each part names its minute).
+func (r *recorder) take() ([]*agentv1.Decision, map[allowKey]int64, int64) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	den := r.denials
-	r.denials = nil
-	counts := map[allowKey]int64{}
-	current := time.Now().Unix() / 60 * 60
-	for k, n := range r.counts {
-		if final || k.minute < current {
-			counts[k] = n
-			delete(r.counts, k)
-		}
-	}
-	d := r.dropped
-	r.dropped = 0
+	den, counts, d := r.denials, r.counts, r.dropped
+	r.denials, r.counts, r.dropped = nil, map[allowKey]int64{}, 0
 	return den, counts, d
 }
 
@@ -186,7 +176,7 @@ func (r *recorder) run(ctx context.Context, c workloadv1.DecisionsClient, onErro
 }
 
 func (r *recorder) flush(ctx context.Context, c workloadv1.DecisionsClient, final bool, onError func(error)) {
-	den, counts, dropped := r.take(final)
+	den, counts, dropped := r.take()
 	if len(den) == 0 && len(counts) == 0 && dropped == 0 {
 		return
 	}
