@@ -162,6 +162,7 @@ func Run(ctx context.Context, cfg Config) error {
 	workload.RegisterSpiffeWorkloadAPIServer(srv, h)
 	workloadv1.RegisterPolicyServer(srv, workloadapi.NewPolicyServer(h))
 	workloadv1.RegisterDecisionsServer(srv, workloadapi.NewDecisionServer(h, mgr))
+	workloadv1.RegisterKeysServer(srv, workloadapi.NewKeyServer(h, mgr))
 	// Any local process may ask; the answer depends on who it is.
 	lis, err := unixsock.Listen(cfg.SocketPath, 0o755, 0o777)
 	if err != nil {

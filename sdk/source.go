@@ -15,8 +15,9 @@ import (
 type Option interface{ apply(*config) }
 
 type config struct {
-	addr string
-	id   string
+	addr        string
+	id          string
+	workloadKey bool
 }
 
 type optionFunc func(*config)
@@ -36,7 +37,8 @@ func WithID(id string) Option { return optionFunc(func(c *config) { c.id = id })
 // for concurrent use. It implements go-spiffe's x509svid.Source and
 // x509bundle.Source.
 type Source struct {
-	x509 *workloadapi.X509Source
+	x509 *workloadapi.X509Source // nil with WithWorkloadKey
+	own  *ownKey
 	td   spiffeid.TrustDomain
 	addr string
 }
@@ -47,6 +49,14 @@ func NewSource(ctx context.Context, opts ...Option) (*Source, error) {
 	var c config
 	for _, o := range opts {
 		o.apply(&c)
+	}
+	if c.workloadKey {
+		own, err := newOwnKey(ctx, c.addr, c.id)
+		if err != nil {
+			return nil, err
+		}
+		svid, _ := own.getSVID()
+		return &Source{own: own, td: svid.ID.TrustDomain(), addr: c.addr}, nil
 	}
 	var clientOpts []workloadapi.ClientOption
 	if c.addr != "" {
@@ -80,11 +90,16 @@ func NewSource(ctx context.Context, opts ...Option) (*Source, error) {
 }
 
 // Close stops following the Workload API.
-func (s *Source) Close() error { return s.x509.Close() }
+func (s *Source) Close() error {
+	if s.own != nil {
+		return s.own.close()
+	}
+	return s.x509.Close()
+}
 
 // ID returns the service's SPIFFE ID now.
 func (s *Source) ID() (spiffeid.ID, error) {
-	svid, err := s.x509.GetX509SVID()
+	svid, err := s.GetX509SVID()
 	if err != nil {
 		return spiffeid.ID{}, err
 	}
@@ -95,15 +110,28 @@ func (s *Source) ID() (spiffeid.ID, error) {
 func (s *Source) TrustDomain() spiffeid.TrustDomain { return s.td }
 
 // GetX509SVID implements x509svid.Source.
-func (s *Source) GetX509SVID() (*x509svid.SVID, error) { return s.x509.GetX509SVID() }
+func (s *Source) GetX509SVID() (*x509svid.SVID, error) {
+	if s.own != nil {
+		return s.own.getSVID()
+	}
+	return s.x509.GetX509SVID()
+}
 
 // GetX509BundleForTrustDomain implements x509bundle.Source.
 func (s *Source) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509bundle.Bundle, error) {
+	if s.own != nil {
+		return s.own.getBundle(td)
+	}
 	return s.x509.GetX509BundleForTrustDomain(td)
 }
 
 // Updated returns a channel that receives when the SVID or bundles change.
-func (s *Source) Updated() <-chan struct{} { return s.x509.Updated() }
+func (s *Source) Updated() <-chan struct{} {
+	if s.own != nil {
+		return s.own.updated
+	}
+	return s.x509.Updated()
+}
 
 // errDenied is the handshake error of a peer no rule allows.
 var errDenied = errors.New("sdk: peer not allowed by policy")

@@ -897,3 +897,22 @@ func (m *Manager) ReportDecisions(ctx context.Context, req *agentv1.ReportDecisi
 	_, err = client.ReportDecisions(ctx, req)
 	return err
 }
+
+// SignWorkloadCSR has the CA sign a workload's own CSR for an entry the
+// workload attested to; the key stays with the workload.
+func (m *Manager) SignWorkloadCSR(ctx context.Context, entryID string, csr []byte) ([][]byte, error) {
+	client, _, err := m.nodeClient()
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	resp, err := client.MintX509SVIDs(ctx, &agentv1.MintX509SVIDsRequest{Requests: []*agentv1.X509SVIDRequest{{EntryId: entryID, Csr: csr}}})
+	if err != nil {
+		return nil, err
+	}
+	if len(resp.GetSvids()) != 1 {
+		return nil, errors.New("the CA answered with no SVID")
+	}
+	return resp.GetSvids()[0].GetCertChain(), nil
+}

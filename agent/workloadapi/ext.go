@@ -150,3 +150,49 @@ func matchTarget(target, id string) bool {
 	sid, err := spiffeid.FromString(id)
 	return err == nil && sdk.TargetMatches(target, sid)
 }
+
+// CSRSigner gets workloads' own CSRs signed by the CA.
+type CSRSigner interface {
+	SignWorkloadCSR(ctx context.Context, entryID string, csr []byte) ([][]byte, error)
+}
+
+// KeyServer serves signet.workload.v1.Keys.
+type KeyServer struct {
+	workloadv1.UnimplementedKeysServer
+	h      *Handler
+	signer CSRSigner
+}
+
+// NewKeyServer returns the Keys service, signing through signer.
+func NewKeyServer(h *Handler, signer CSRSigner) *KeyServer { return &KeyServer{h: h, signer: signer} }
+
+// SignX509SVID implements workloadv1.KeysServer.
+func (s *KeyServer) SignX509SVID(ctx context.Context, req *workloadv1.SignX509SVIDRequest) (*workloadv1.SignX509SVIDResponse, error) {
+	const event = "workload.sign_x509_svid"
+	c, snap, _, err := s.h.identified(ctx, event)
+	if err != nil {
+		return nil, err
+	}
+	var entryID, id string
+	for _, e := range snap.MatchEntries(c.selectors) {
+		if req.GetSpiffeId() == "" || e.SPIFFEID.String() == req.GetSpiffeId() {
+			entryID, id = e.ID, e.SPIFFEID.String()
+			break
+		}
+	}
+	if entryID == "" {
+		s.h.refuse(c, event, fmt.Sprintf("the caller has no identity %q", req.GetSpiffeId()))
+		return nil, status.Errorf(codes.PermissionDenied, "the caller has no identity %q", req.GetSpiffeId())
+	}
+	chain, err := s.signer.SignWorkloadCSR(ctx, entryID, req.GetCsr())
+	if err != nil {
+		st := status.Convert(err)
+		if st.Code() == codes.InvalidArgument {
+			s.h.refuse(c, event, "CSR refused: "+st.Message())
+			return nil, status.Error(codes.InvalidArgument, st.Message())
+		}
+		return nil, status.Errorf(codes.Unavailable, "the CA did not sign: %s", st.Message())
+	}
+	s.h.grant(c, event, []string{id})
+	return &workloadv1.SignX509SVIDResponse{SpiffeId: id, CertChain: chain}, nil
+}

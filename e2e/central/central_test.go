@@ -6,6 +6,8 @@ package central
 
 import (
 	"context"
+	"crypto"
+	"crypto/tls"
 	"net"
 	"strings"
 	"sync/atomic"
@@ -14,6 +16,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -193,5 +196,71 @@ func TestPolicyWatchAnswersOnlyTheCaller(t *testing.T) {
 	_, err = workloadv1.NewDecisionsClient(conn).Report(mctx, &agentv1.ReportDecisionsRequest{Decisions: []*agentv1.Decision{{Server: otherID, Peer: frontID, Method: check}}})
 	if status.Code(err) != codes.PermissionDenied {
 		t.Fatalf("reporting as another workload: %v, want PermissionDenied", err)
+	}
+}
+
+// TestWorkloadHeldKey: with WithWorkloadKey the service's key is made in
+// its process; the agent only passes the CSR to the CA, and the SVID
+// serves mutual TLS like any other.
+func TestWorkloadHeldKey(t *testing.T) {
+	ca := systest.StartCA(t)
+	agent := ca.StartAgent("node1")
+	ca.CreateEntry(cartID, agent.ID.String(), time.Hour, "unix:uid:0")
+	ca.CreateEntry(frontID, agent.ID.String(), time.Hour, "unix:uid:0")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	cart, err := sdk.NewSource(ctx, sdk.WithAddr(agent.Addr), sdk.WithID(cartID), sdk.WithWorkloadKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cart.Close()
+	svid, err := cart.GetX509SVID()
+	if err != nil || svid.ID.String() != cartID {
+		t.Fatalf("SVID %v, %v", svid, err)
+	}
+	pub, ok := svid.PrivateKey.Public().(interface{ Equal(crypto.PublicKey) bool })
+	if !ok || !pub.Equal(svid.Certificates[0].PublicKey) {
+		t.Fatal("the certificate is not for the key this process made")
+	}
+	// The agent's own SVIDs for this identity have other keys.
+	agentSVIDs, err := workloadapi.FetchX509SVIDs(ctx, workloadapi.WithAddr(agent.Addr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range agentSVIDs {
+		if pub.Equal(s.Certificates[0].PublicKey) {
+			t.Fatal("the agent holds the workload's key")
+		}
+	}
+	front, err := sdk.NewSource(ctx, sdk.WithAddr(agent.Addr), sdk.WithID(frontID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer front.Close()
+	authz, _ := sdk.NewAuthorizer(cart.TrustDomain(), sdk.Allow(sdk.PeerID(frontID)))
+	l, err := sdk.Listen("tcp", "127.0.0.1:0", cart, authz)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		c, err := l.Accept()
+		if err == nil {
+			sdk.PeerIDOfConn(c)
+			c.Write([]byte("ok"))
+			c.Close()
+		}
+	}()
+	c, err := sdk.Dial(ctx, "tcp", l.Addr().String(), front, tlsconfig.AuthorizeID(spiffeid.RequireFromString(cartID)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	buf := make([]byte, 2)
+	if _, err := c.Read(buf); err != nil || string(buf) != "ok" {
+		t.Fatalf("read %q %v", buf, err)
+	}
+	if !c.(*tls.Conn).ConnectionState().PeerCertificates[0].Equal(svid.Certificates[0]) {
+		t.Fatal("the server did not present the workload-held SVID")
 	}
 }

@@ -108,6 +108,113 @@ func (x *WatchPoliciesResponse) GetPolicies() []*v1.AccessPolicy {
 	return nil
 }
 
+type SignX509SVIDRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// csr is a DER PKCS#10 request for the caller's key.
+	Csr []byte `protobuf:"bytes,1,opt,name=csr,proto3" json:"csr,omitempty"`
+	// spiffe_id picks one of the caller's identities; empty: its first.
+	SpiffeId      string `protobuf:"bytes,2,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SignX509SVIDRequest) Reset() {
+	*x = SignX509SVIDRequest{}
+	mi := &file_signet_workload_v1_workload_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SignX509SVIDRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SignX509SVIDRequest) ProtoMessage() {}
+
+func (x *SignX509SVIDRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_signet_workload_v1_workload_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SignX509SVIDRequest.ProtoReflect.Descriptor instead.
+func (*SignX509SVIDRequest) Descriptor() ([]byte, []int) {
+	return file_signet_workload_v1_workload_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *SignX509SVIDRequest) GetCsr() []byte {
+	if x != nil {
+		return x.Csr
+	}
+	return nil
+}
+
+func (x *SignX509SVIDRequest) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+type SignX509SVIDResponse struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	SpiffeId string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	// cert_chain is the SVID followed by its intermediate, DER.
+	CertChain     [][]byte `protobuf:"bytes,2,rep,name=cert_chain,json=certChain,proto3" json:"cert_chain,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SignX509SVIDResponse) Reset() {
+	*x = SignX509SVIDResponse{}
+	mi := &file_signet_workload_v1_workload_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SignX509SVIDResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SignX509SVIDResponse) ProtoMessage() {}
+
+func (x *SignX509SVIDResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_signet_workload_v1_workload_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SignX509SVIDResponse.ProtoReflect.Descriptor instead.
+func (*SignX509SVIDResponse) Descriptor() ([]byte, []int) {
+	return file_signet_workload_v1_workload_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *SignX509SVIDResponse) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+func (x *SignX509SVIDResponse) GetCertChain() [][]byte {
+	if x != nil {
+		return x.CertChain
+	}
+	return nil
+}
+
 var File_signet_workload_v1_workload_proto protoreflect.FileDescriptor
 
 const file_signet_workload_v1_workload_proto_rawDesc = "" +
@@ -115,11 +222,20 @@ const file_signet_workload_v1_workload_proto_rawDesc = "" +
 	"!signet/workload/v1/workload.proto\x12\x12signet.workload.v1\x1a\x1bsignet/agent/v1/agent.proto\x1a\x1bsignet/types/v1/types.proto\"\x16\n" +
 	"\x14WatchPoliciesRequest\"R\n" +
 	"\x15WatchPoliciesResponse\x129\n" +
-	"\bpolicies\x18\x01 \x03(\v2\x1d.signet.types.v1.AccessPolicyR\bpolicies2h\n" +
+	"\bpolicies\x18\x01 \x03(\v2\x1d.signet.types.v1.AccessPolicyR\bpolicies\"D\n" +
+	"\x13SignX509SVIDRequest\x12\x10\n" +
+	"\x03csr\x18\x01 \x01(\fR\x03csr\x12\x1b\n" +
+	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\"R\n" +
+	"\x14SignX509SVIDResponse\x12\x1b\n" +
+	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12\x1d\n" +
+	"\n" +
+	"cert_chain\x18\x02 \x03(\fR\tcertChain2h\n" +
 	"\x06Policy\x12^\n" +
 	"\x05Watch\x12(.signet.workload.v1.WatchPoliciesRequest\x1a).signet.workload.v1.WatchPoliciesResponse0\x012h\n" +
 	"\tDecisions\x12[\n" +
-	"\x06Report\x12'.signet.agent.v1.ReportDecisionsRequest\x1a(.signet.agent.v1.ReportDecisionsResponseBAZ?github.com/signet-id/signet/proto/signet/workload/v1;workloadv1b\x06proto3"
+	"\x06Report\x12'.signet.agent.v1.ReportDecisionsRequest\x1a(.signet.agent.v1.ReportDecisionsResponse2i\n" +
+	"\x04Keys\x12a\n" +
+	"\fSignX509SVID\x12'.signet.workload.v1.SignX509SVIDRequest\x1a(.signet.workload.v1.SignX509SVIDResponseBAZ?github.com/signet-id/signet/proto/signet/workload/v1;workloadv1b\x06proto3"
 
 var (
 	file_signet_workload_v1_workload_proto_rawDescOnce sync.Once
@@ -133,22 +249,26 @@ func file_signet_workload_v1_workload_proto_rawDescGZIP() []byte {
 	return file_signet_workload_v1_workload_proto_rawDescData
 }
 
-var file_signet_workload_v1_workload_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
+var file_signet_workload_v1_workload_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
 var file_signet_workload_v1_workload_proto_goTypes = []any{
 	(*WatchPoliciesRequest)(nil),        // 0: signet.workload.v1.WatchPoliciesRequest
 	(*WatchPoliciesResponse)(nil),       // 1: signet.workload.v1.WatchPoliciesResponse
-	(*v1.AccessPolicy)(nil),             // 2: signet.types.v1.AccessPolicy
-	(*v11.ReportDecisionsRequest)(nil),  // 3: signet.agent.v1.ReportDecisionsRequest
-	(*v11.ReportDecisionsResponse)(nil), // 4: signet.agent.v1.ReportDecisionsResponse
+	(*SignX509SVIDRequest)(nil),         // 2: signet.workload.v1.SignX509SVIDRequest
+	(*SignX509SVIDResponse)(nil),        // 3: signet.workload.v1.SignX509SVIDResponse
+	(*v1.AccessPolicy)(nil),             // 4: signet.types.v1.AccessPolicy
+	(*v11.ReportDecisionsRequest)(nil),  // 5: signet.agent.v1.ReportDecisionsRequest
+	(*v11.ReportDecisionsResponse)(nil), // 6: signet.agent.v1.ReportDecisionsResponse
 }
 var file_signet_workload_v1_workload_proto_depIdxs = []int32{
-	2, // 0: signet.workload.v1.WatchPoliciesResponse.policies:type_name -> signet.types.v1.AccessPolicy
+	4, // 0: signet.workload.v1.WatchPoliciesResponse.policies:type_name -> signet.types.v1.AccessPolicy
 	0, // 1: signet.workload.v1.Policy.Watch:input_type -> signet.workload.v1.WatchPoliciesRequest
-	3, // 2: signet.workload.v1.Decisions.Report:input_type -> signet.agent.v1.ReportDecisionsRequest
-	1, // 3: signet.workload.v1.Policy.Watch:output_type -> signet.workload.v1.WatchPoliciesResponse
-	4, // 4: signet.workload.v1.Decisions.Report:output_type -> signet.agent.v1.ReportDecisionsResponse
-	3, // [3:5] is the sub-list for method output_type
-	1, // [1:3] is the sub-list for method input_type
+	5, // 2: signet.workload.v1.Decisions.Report:input_type -> signet.agent.v1.ReportDecisionsRequest
+	2, // 3: signet.workload.v1.Keys.SignX509SVID:input_type -> signet.workload.v1.SignX509SVIDRequest
+	1, // 4: signet.workload.v1.Policy.Watch:output_type -> signet.workload.v1.WatchPoliciesResponse
+	6, // 5: signet.workload.v1.Decisions.Report:output_type -> signet.agent.v1.ReportDecisionsResponse
+	3, // 6: signet.workload.v1.Keys.SignX509SVID:output_type -> signet.workload.v1.SignX509SVIDResponse
+	4, // [4:7] is the sub-list for method output_type
+	1, // [1:4] is the sub-list for method input_type
 	1, // [1:1] is the sub-list for extension type_name
 	1, // [1:1] is the sub-list for extension extendee
 	0, // [0:1] is the sub-list for field type_name
@@ -165,9 +285,9 @@ func file_signet_workload_v1_workload_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_signet_workload_v1_workload_proto_rawDesc), len(file_signet_workload_v1_workload_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   2,
+			NumMessages:   4,
 			NumExtensions: 0,
-			NumServices:   2,
+			NumServices:   3,
 		},
 		GoTypes:           file_signet_workload_v1_workload_proto_goTypes,
 		DependencyIndexes: file_signet_workload_v1_workload_proto_depIdxs,

@@ -248,3 +248,113 @@ var Decisions_ServiceDesc = grpc.ServiceDesc{
 	Streams:  []grpc.StreamDesc{},
 	Metadata: "signet/workload/v1/workload.proto",
 }
+
+const (
+	Keys_SignX509SVID_FullMethodName = "/signet.workload.v1.Keys/SignX509SVID"
+)
+
+// KeysClient is the client API for Keys service.
+//
+// For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+//
+// Keys signs X.509-SVIDs for keys the caller holds: the private key never
+// leaves the workload's process.
+type KeysClient interface {
+	// SignX509SVID signs the CSR as one of the caller's identities.
+	SignX509SVID(ctx context.Context, in *SignX509SVIDRequest, opts ...grpc.CallOption) (*SignX509SVIDResponse, error)
+}
+
+type keysClient struct {
+	cc grpc.ClientConnInterface
+}
+
+func NewKeysClient(cc grpc.ClientConnInterface) KeysClient {
+	return &keysClient{cc}
+}
+
+func (c *keysClient) SignX509SVID(ctx context.Context, in *SignX509SVIDRequest, opts ...grpc.CallOption) (*SignX509SVIDResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SignX509SVIDResponse)
+	err := c.cc.Invoke(ctx, Keys_SignX509SVID_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// KeysServer is the server API for Keys service.
+// All implementations must embed UnimplementedKeysServer
+// for forward compatibility.
+//
+// Keys signs X.509-SVIDs for keys the caller holds: the private key never
+// leaves the workload's process.
+type KeysServer interface {
+	// SignX509SVID signs the CSR as one of the caller's identities.
+	SignX509SVID(context.Context, *SignX509SVIDRequest) (*SignX509SVIDResponse, error)
+	mustEmbedUnimplementedKeysServer()
+}
+
+// UnimplementedKeysServer must be embedded to have
+// forward compatible implementations.
+//
+// NOTE: this should be embedded by value instead of pointer to avoid a nil
+// pointer dereference when methods are called.
+type UnimplementedKeysServer struct{}
+
+func (UnimplementedKeysServer) SignX509SVID(context.Context, *SignX509SVIDRequest) (*SignX509SVIDResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SignX509SVID not implemented")
+}
+func (UnimplementedKeysServer) mustEmbedUnimplementedKeysServer() {}
+func (UnimplementedKeysServer) testEmbeddedByValue()              {}
+
+// UnsafeKeysServer may be embedded to opt out of forward compatibility for this service.
+// Use of this interface is not recommended, as added methods to KeysServer will
+// result in compilation errors.
+type UnsafeKeysServer interface {
+	mustEmbedUnimplementedKeysServer()
+}
+
+func RegisterKeysServer(s grpc.ServiceRegistrar, srv KeysServer) {
+	// If the following call panics, it indicates UnimplementedKeysServer was
+	// embedded by pointer and is nil.  This will cause panics if an
+	// unimplemented method is ever invoked, so we test this at initialization
+	// time to prevent it from happening at runtime later due to I/O.
+	if t, ok := srv.(interface{ testEmbeddedByValue() }); ok {
+		t.testEmbeddedByValue()
+	}
+	s.RegisterService(&Keys_ServiceDesc, srv)
+}
+
+func _Keys_SignX509SVID_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SignX509SVIDRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeysServer).SignX509SVID(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Keys_SignX509SVID_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeysServer).SignX509SVID(ctx, req.(*SignX509SVIDRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+// Keys_ServiceDesc is the grpc.ServiceDesc for Keys service.
+// It's only intended for direct use with grpc.RegisterService,
+// and not to be introspected or modified (even as a copy)
+var Keys_ServiceDesc = grpc.ServiceDesc{
+	ServiceName: "signet.workload.v1.Keys",
+	HandlerType: (*KeysServer)(nil),
+	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "SignX509SVID",
+			Handler:    _Keys_SignX509SVID_Handler,
+		},
+	},
+	Streams:  []grpc.StreamDesc{},
+	Metadata: "signet/workload/v1/workload.proto",
+}
