@@ -1,0 +1,87 @@
+package central
+
+import (
+	"context"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffegrpc/grpccredentials"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/signet-id/signet/internal/systest"
+	"github.com/signet-id/signet/sdk"
+)
+
+// BenchmarkGRPCExample is the example gRPC service (health Check over
+// mutual TLS, SVIDs from a real agent) with the SDK's interceptors
+// (authorization and decision audit on every call, a policy of 100 rules)
+// and with the same mutual TLS but no interceptors, in one run.
+//
+//	go test -run '^$' -bench GRPCExample -benchtime 3s -count 3 ./e2e/central/
+func BenchmarkGRPCExample(b *testing.B) {
+	ca := systest.StartCA(b)
+	agent := ca.StartAgent("node1")
+	ca.CreateEntry(cartID, agent.ID.String(), time.Hour, "unix:uid:0")
+	ca.CreateEntry(frontID, agent.ID.String(), time.Hour, "unix:uid:0")
+	ctx := context.Background()
+	src := func(id string) *sdk.Source {
+		s, err := sdk.NewSource(ctx, sdk.WithAddr(agent.Addr), sdk.WithID(id))
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { s.Close() })
+		return s
+	}
+	cart, front := src(cartID), src(frontID)
+	rules := []sdk.Rule{sdk.Allow(sdk.PeerID(frontID)).OnMethods(check)}
+	for i := range 99 {
+		rules = append(rules, sdk.Allow(sdk.PeerServiceAccount("ns", "sa"+string(rune('a'+i%26))+string(rune('a'+i/26)))))
+	}
+	authz, err := sdk.NewAuthorizer(cart.TrustDomain(), rules...)
+	if err != nil {
+		b.Fatal(err)
+	}
+	followCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	go cart.Follow(followCtx, authz, nil)
+	for _, tt := range []struct {
+		name string
+		opts []grpc.ServerOption
+	}{
+		{"plain-mtls", []grpc.ServerOption{grpc.Creds(grpccredentials.MTLSServerCredentials(cart, cart, tlsconfig.AuthorizeMemberOf(cart.TrustDomain())))}},
+		{"sdk", sdk.GRPCServerOptions(cart, authz)},
+	} {
+		b.Run(tt.name, func(b *testing.B) {
+			srv := grpc.NewServer(tt.opts...)
+			healthpb.RegisterHealthServer(srv, health.NewServer())
+			l, _ := net.Listen("tcp", "127.0.0.1:0")
+			go srv.Serve(l)
+			defer srv.Stop()
+			conn, err := grpc.NewClient(l.Addr().String(), grpc.WithTransportCredentials(sdk.ClientCredentials(front, tlsconfig.AuthorizeID(spiffeid.RequireFromString(cartID)))))
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer conn.Close()
+			c := healthpb.NewHealthClient(conn)
+			if _, err := c.Check(ctx, &healthpb.HealthCheckRequest{}); err != nil {
+				b.Fatal(err)
+			}
+			b.SetParallelism(16)
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					if _, err := c.Check(ctx, &healthpb.HealthCheckRequest{}); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "req/s")
+		})
+	}
+}
