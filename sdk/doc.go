@@ -14,6 +14,7 @@
 //	source, err := sdk.NewSource(ctx) // $SPIFFE_ENDPOINT_SOCKET
 //	authz, err := sdk.NewAuthorizer(source.TrustDomain(),
 //		sdk.Allow(sdk.PeerServiceAccount("shop", "frontend")).OnMethods("/shop.v1.Cart/*"))
+//	go source.Follow(ctx, authz, nil) // central policies + decision audit
 //	srv := grpc.NewServer(sdk.GRPCServerOptions(source, authz)...)
 //
 // The SDK builds on go-spiffe (workloadapi, tlsconfig, grpccredentials)

@@ -150,3 +150,41 @@ func ExampleDial() {
 	}
 	defer conn.Close()
 }
+
+func ExampleSource_Follow() {
+	ctx := context.Background()
+	source, err := sdk.NewSource(ctx)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer source.Close()
+	// No rules in code: the central AccessPolicies that target this
+	// service decide, as they change; decisions go to the audit log.
+	authz, _ := sdk.NewAuthorizer(source.TrustDomain())
+	go source.Follow(ctx, authz, func(err error) { log.Printf("policies: %v", err) })
+	srv := grpc.NewServer(sdk.GRPCServerOptions(source, authz)...)
+	_ = srv
+}
+
+func ExampleWithWorkloadKey() {
+	// The private key is made here and never leaves this process; the
+	// agent only passes its CSR to the CA.
+	source, err := sdk.NewSource(context.Background(), sdk.WithWorkloadKey())
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer source.Close()
+}
+
+func ExampleMiddleware() {
+	source, err := sdk.NewSource(context.Background())
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer source.Close()
+	authz, _ := sdk.NewAuthorizer(source.TrustDomain(), sdk.Allow(sdk.PeerNamespace("ops")).OnMethods("* /admin/**"))
+	mux := http.NewServeMux()
+	mux.HandleFunc("/admin/", func(w http.ResponseWriter, r *http.Request) {})
+	srv := &http.Server{Addr: ":8443", TLSConfig: sdk.ServerTLSConfig(source, authz), Handler: sdk.Middleware(authz, mux)}
+	log.Fatal(srv.ListenAndServeTLS("", ""))
+}
