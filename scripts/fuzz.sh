@@ -12,3 +12,5 @@ go test -run '^$' -fuzz '^FuzzParseStartTime$' -fuzztime "$t" ./internal/peercre
 go test -run '^$' -fuzz '^FuzzParse$' -fuzztime "$t" ./agent/cgroup/
 go test -run '^$' -fuzz '^FuzzRender$' -fuzztime "$t" ./ca/identityrule/
 go test -run '^$' -fuzz '^FuzzParsePods$' -fuzztime "$t" ./agent/kubelet/
+go test -run '^$' -fuzz '^FuzzPolicy$' -fuzztime "$t" ./sdk/
+go test -run '^$' -fuzz '^FuzzDecide$' -fuzztime "$t" ./sdk/
