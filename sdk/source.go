@@ -82,9 +82,19 @@ func NewSource(ctx context.Context, opts ...Option) (*Source, error) {
 		x.Close()
 		return nil, fmt.Errorf("sdk: %w", err)
 	}
-	if c.id != "" && svid.ID.String() != c.id {
-		x.Close()
-		return nil, fmt.Errorf("sdk: the workload has no identity %s (it is %s)", c.id, svid.ID)
+	// A workload's identities may arrive one after another: wait for the
+	// one asked for.
+	for c.id != "" && svid.ID.String() != c.id {
+		select {
+		case <-ctx.Done():
+			x.Close()
+			return nil, fmt.Errorf("sdk: the workload has no identity %s (it is %s)", c.id, svid.ID)
+		case <-x.Updated():
+		}
+		if svid, err = x.GetX509SVID(); err != nil {
+			x.Close()
+			return nil, fmt.Errorf("sdk: %w", err)
+		}
 	}
 	return &Source{x509: x, td: svid.ID.TrustDomain(), addr: c.addr}, nil
 }
