@@ -2,12 +2,14 @@ package server
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"os"
 	"strings"
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/signet-id/signet/ca/authority"
 	"github.com/signet-id/signet/ca/k8s"
 	"github.com/signet-id/signet/ca/nodeattest"
 )
@@ -18,6 +20,10 @@ type kubeMode struct {
 	pods   *k8s.Identities
 	keys   *k8s.SecretKeyStore
 	leader *k8s.Leader
+	bundle *k8s.BundlePublisher
+	// auth is set once the authority exists (it needs the key store
+	// first); the leader publishes its bundle.
+	auth *authority.Authority
 }
 
 const serviceAccountNamespaceFile = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
@@ -44,7 +50,10 @@ func startKube(ctx context.Context, cfg Config, log hclog.Logger) (*kubeMode, er
 	if ns == "" {
 		ns = "signet"
 	}
-	secret, lease := kc.SecretName, kc.LeaseName
+	secret, lease, bundleCM := kc.SecretName, kc.LeaseName, kc.BundleConfigMap
+	if bundleCM == "" {
+		bundleCM = "signet-bundle"
+	}
 	if secret == "" {
 		secret = "signet-ca-keys"
 	}
@@ -72,7 +81,14 @@ func startKube(ctx context.Context, cfg Config, log hclog.Logger) (*kubeMode, er
 		pods: pods,
 		keys: &k8s.SecretKeyStore{Client: clients.Client, Namespace: ns, Name: secret},
 	}
+	m.bundle = &k8s.BundlePublisher{Client: clients.Client, Namespace: ns, Name: bundleCM, Log: log}
 	m.leader = &k8s.Leader{Client: clients.Client, Namespace: ns, Name: lease, Identity: kc.Identity, Log: log,
-		OnStart: func(ctx context.Context) { pods.RunStatus(ctx) }}
+		OnStart: func(ctx context.Context) {
+			go m.bundle.Run(ctx, func() ([]*x509.Certificate, <-chan struct{}) {
+				b, changed := m.auth.Bundle()
+				return b.X509Roots, changed
+			})
+			pods.RunStatus(ctx)
+		}}
 	return m, nil
 }

@@ -98,8 +98,11 @@ type KubeConfig struct {
 	// Namespace holds the keys Secret and the Lease. If empty, the pod's
 	// namespace, else "signet".
 	Namespace string
-	// SecretName and LeaseName default to "signet-ca-keys" and "signet-ca".
-	SecretName, LeaseName string
+	// SecretName, LeaseName and BundleConfigMap default to
+	// "signet-ca-keys", "signet-ca" and "signet-bundle" (the ConfigMap the
+	// leader keeps the trust bundle's roots in, key bundle.pem, for agents
+	// to mount at first start).
+	SecretName, LeaseName, BundleConfigMap string
 	// Identity names this replica in the Lease. If empty, the hostname.
 	Identity string
 }
@@ -153,6 +156,9 @@ func Run(ctx context.Context, cfg Config) error {
 	auth, err := authority.New(ctx, authCfg)
 	if err != nil {
 		return err
+	}
+	if kube != nil {
+		kube.auth = auth
 	}
 	b, _ := auth.Bundle()
 	log.Info("CA ready", "trust_domain", cfg.TrustDomain.Name(), "roots", len(b.X509Roots), "intermediate_expires", auth.X509CA().Certificate.NotAfter)

@@ -1,7 +1,9 @@
 package kube
 
 import (
+	"bytes"
 	"context"
+	"encoding/pem"
 	"testing"
 	"time"
 
@@ -32,6 +34,15 @@ func TestTwoReplicas(t *testing.T) {
 		return *l.Spec.HolderIdentity
 	}
 	eventually(t, 20*time.Second, "a leader", func() bool { h := holder(); return h == "ca-1" || h == "ca-2" })
+	// The leader publishes the bundle for agents to mount.
+	eventually(t, 10*time.Second, "the bundle ConfigMap", func() bool {
+		cm, err := cluster.Client.CoreV1().ConfigMaps(ns).Get(ctx, "signet-bundle", metav1.GetOptions{})
+		if err != nil {
+			return false
+		}
+		b, _ := pem.Decode([]byte(cm.Data["bundle.pem"]))
+		return b != nil && bytes.Equal(b.Bytes, roots1[0].Raw)
+	})
 	leader, other := ca1, ca2
 	otherName := "ca-2"
 	if holder() == "ca-2" {

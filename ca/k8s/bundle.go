@@ -1,0 +1,79 @@
+package k8s
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+)
+
+// BundleKey is the ConfigMap key of the trust bundle's X.509 roots (PEM).
+const BundleKey = "bundle.pem"
+
+// BundlePublisher keeps a ConfigMap holding the trust bundle's roots, so
+// that agents (and anything else) can mount it for their first start.
+type BundlePublisher struct {
+	Client    kubernetes.Interface
+	Namespace string
+	Name      string
+	Log       hclog.Logger
+}
+
+// Run publishes the roots that roots returns now and each time changed
+// fires, until ctx ends. Only the leader runs it.
+func (p *BundlePublisher) Run(ctx context.Context, roots func() ([]*x509.Certificate, <-chan struct{})) {
+	for {
+		rs, changed := roots()
+		if err := p.publish(ctx, rs); err != nil && ctx.Err() == nil {
+			p.Log.Warn("publishing the trust bundle failed; retrying", "configmap", p.Namespace+"/"+p.Name, "error", err)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(5 * time.Second):
+			}
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-changed:
+		case <-time.After(5 * time.Minute): // repair edits by others
+		}
+	}
+}
+
+func (p *BundlePublisher) publish(ctx context.Context, roots []*x509.Certificate) error {
+	var buf []byte
+	for _, r := range roots {
+		buf = append(buf, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: r.Raw})...)
+	}
+	cms := p.Client.CoreV1().ConfigMaps(p.Namespace)
+	cm, err := cms.Get(ctx, p.Name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		_, err = cms.Create(ctx, &corev1.ConfigMap{
+			ObjectMeta: metav1.ObjectMeta{Name: p.Name, Namespace: p.Namespace, Labels: map[string]string{"app.kubernetes.io/name": "signet"}},
+			Data:       map[string]string{BundleKey: string(buf)},
+		}, metav1.CreateOptions{})
+		return err
+	}
+	if err != nil {
+		return fmt.Errorf("read: %w", err)
+	}
+	if cm.Data[BundleKey] == string(buf) {
+		return nil
+	}
+	cm = cm.DeepCopy()
+	if cm.Data == nil {
+		cm.Data = map[string]string{}
+	}
+	cm.Data[BundleKey] = string(buf)
+	_, err = cms.Update(ctx, cm, metav1.UpdateOptions{})
+	return err
+}
