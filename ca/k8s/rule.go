@@ -19,7 +19,7 @@ import (
 // IdentityRuleResource is the IdentityRule CRD's resource.
 var IdentityRuleResource = schema.GroupVersionResource{Group: "signet.dev", Version: "v1alpha1", Resource: "identityrules"}
 
-// IdentityRuleSpec mirrors the CRD's spec (deploy/crds/identityrules.yaml).
+// IdentityRuleSpec mirrors the CRD's spec (deploy/base/crds/identityrules.yaml).
 type IdentityRuleSpec struct {
 	SPIFFEIDTemplate  string                `json:"spiffeIDTemplate"`
 	DNSNameTemplates  []string              `json:"dnsNameTemplates,omitempty"`

@@ -69,7 +69,7 @@ func setup() error {
 		return err
 	}
 	ctx := context.Background()
-	if err := apply(ctx, "../../deploy/crds/identityrules.signet.dev.yaml"); err != nil {
+	if err := apply(ctx, "../../deploy/base/crds/identityrules.signet.dev.yaml"); err != nil {
 		return err
 	}
 	crd := schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
@@ -86,7 +86,7 @@ func setup() error {
 	}
 	// The API server takes a moment to serve a new CRD's resource.
 	for {
-		err := apply(ctx, "../../deploy/rules/default.yaml")
+		err := apply(ctx, "../../deploy/base/rules/default.yaml")
 		if err == nil {
 			break
 		}

@@ -99,13 +99,13 @@ func setupCluster(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := applyFile(ctx, dyn, "../../deploy/crds/identityrules.signet.dev.yaml"); err != nil {
+	if err := applyFile(ctx, dyn, "../../deploy/base/crds/identityrules.signet.dev.yaml"); err != nil {
 		return err
 	}
 	deadline := time.Now().Add(30 * time.Second)
-	for applyFile(ctx, dyn, "../../deploy/rules/default.yaml") != nil {
+	for applyFile(ctx, dyn, "../../deploy/base/rules/default.yaml") != nil {
 		if time.Now().After(deadline) {
-			return applyFile(ctx, dyn, "../../deploy/rules/default.yaml")
+			return applyFile(ctx, dyn, "../../deploy/base/rules/default.yaml")
 		}
 		time.Sleep(200 * time.Millisecond)
 	}

@@ -1,0 +1,156 @@
+package kube
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	authzv1 "k8s.io/api/authorization/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/discovery/cached/memory"
+	"k8s.io/client-go/restmapper"
+	"sigs.k8s.io/yaml"
+)
+
+const base = "../../deploy/base"
+
+// baseObjects reads every object the kustomize base lists.
+func baseObjects(t *testing.T) []*unstructured.Unstructured {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join(base, "kustomization.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var k struct {
+		Resources []string `json:"resources"`
+	}
+	if err := yaml.Unmarshal(raw, &k); err != nil {
+		t.Fatal(err)
+	}
+	var out []*unstructured.Unstructured
+	for _, file := range k.Resources {
+		raw, err := os.ReadFile(filepath.Join(base, file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, doc := range strings.Split(string(raw), "\n---") {
+			var obj map[string]any
+			if err := yaml.Unmarshal([]byte(doc), &obj); err != nil {
+				t.Fatalf("%s: %v", file, err)
+			}
+			if obj != nil {
+				out = append(out, &unstructured.Unstructured{Object: obj})
+			}
+		}
+	}
+	return out
+}
+
+// applyObjects applies objects server-side, for real or as a dry run.
+func applyObjects(t *testing.T, objs []*unstructured.Unstructured, dryRun bool) {
+	t.Helper()
+	ctx := context.Background()
+	mapper := restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(cluster.Client.Discovery()))
+	opts := metav1.PatchOptions{FieldManager: "signet-e2e", Force: new(bool)}
+	*opts.Force = true
+	if dryRun {
+		opts.DryRun = []string{metav1.DryRunAll}
+	}
+	for _, u := range objs {
+		gvk := u.GroupVersionKind()
+		m, err := mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
+		if err != nil {
+			t.Fatalf("%s %s: %v", gvk.Kind, u.GetName(), err)
+		}
+		body, err := u.MarshalJSON()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var r = dyn.Resource(m.Resource)
+		if m.Scope.Name() == meta.RESTScopeNameNamespace {
+			if u.GetNamespace() == "" {
+				t.Fatalf("%s %s: namespaced but names no namespace", gvk.Kind, u.GetName())
+			}
+			_, err = r.Namespace(u.GetNamespace()).Patch(ctx, u.GetName(), types.ApplyPatchType, body, opts)
+		} else {
+			_, err = r.Patch(ctx, u.GetName(), types.ApplyPatchType, body, opts)
+		}
+		if err != nil {
+			t.Errorf("apply %s %s/%s: %v", gvk.Kind, u.GetNamespace(), u.GetName(), err)
+		}
+	}
+}
+
+// TestDeployBaseDryRun: every object of deploy/base passes a server-side
+// dry-run apply against the real API server (schemas, CRDs, RBAC shapes).
+func TestDeployBaseDryRun(t *testing.T) {
+	objs := baseObjects(t)
+	if len(objs) < 15 {
+		t.Fatalf("only %d objects in the base", len(objs))
+	}
+	applyObjects(t, objs, true)
+}
+
+// TestDeployRBAC: with the base's RBAC applied, SubjectAccessReviews show
+// that the agent can read its kubelet's pods and nothing else, and the CA
+// can do its work and no more.
+func TestDeployRBAC(t *testing.T) {
+	var rbac []*unstructured.Unstructured
+	for _, u := range baseObjects(t) {
+		switch u.GetKind() {
+		case "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding":
+			rbac = append(rbac, u)
+		}
+	}
+	applyObjects(t, rbac, false)
+	const agent, ca = "system:serviceaccount:signet-system:signet-agent", "system:serviceaccount:signet-system:signet-ca"
+	for _, tt := range []struct {
+		user string
+		attr authzv1.ResourceAttributes
+		want bool
+	}{
+		{agent, authzv1.ResourceAttributes{Verb: "get", Resource: "nodes", Subresource: "pods", Name: "node-a"}, true},
+		{agent, authzv1.ResourceAttributes{Verb: "get", Resource: "nodes", Subresource: "proxy", Name: "node-a"}, false},
+		{agent, authzv1.ResourceAttributes{Verb: "get", Resource: "secrets", Namespace: "signet-system", Name: "signet-ca-keys"}, false},
+		{agent, authzv1.ResourceAttributes{Verb: "list", Resource: "pods"}, false},
+		{agent, authzv1.ResourceAttributes{Verb: "create", Resource: "pods", Subresource: "exec", Namespace: "shop", Name: "web"}, false},
+		{ca, authzv1.ResourceAttributes{Verb: "create", Group: "authentication.k8s.io", Resource: "tokenreviews"}, true},
+		{ca, authzv1.ResourceAttributes{Verb: "watch", Resource: "pods"}, true},
+		{ca, authzv1.ResourceAttributes{Verb: "delete", Resource: "pods", Namespace: "shop", Name: "web"}, false},
+		{ca, authzv1.ResourceAttributes{Verb: "update", Group: "signet.dev", Resource: "identityrules", Subresource: "status", Name: "default"}, true},
+		{ca, authzv1.ResourceAttributes{Verb: "update", Group: "signet.dev", Resource: "identityrules", Name: "default"}, false},
+		{ca, authzv1.ResourceAttributes{Verb: "update", Resource: "secrets", Namespace: "signet-system", Name: "signet-ca-keys"}, true},
+		{ca, authzv1.ResourceAttributes{Verb: "get", Resource: "secrets", Namespace: "signet-system", Name: "other"}, false},
+		{ca, authzv1.ResourceAttributes{Verb: "get", Resource: "secrets", Namespace: "shop", Name: "signet-ca-keys"}, false},
+		{ca, authzv1.ResourceAttributes{Verb: "create", Resource: "secrets", Namespace: "shop"}, false},
+		{ca, authzv1.ResourceAttributes{Verb: "update", Group: "coordination.k8s.io", Resource: "leases", Namespace: "signet-system", Name: "signet-ca"}, true},
+		{ca, authzv1.ResourceAttributes{Verb: "update", Group: "coordination.k8s.io", Resource: "leases", Namespace: "kube-system", Name: "kube-scheduler"}, false},
+		{ca, authzv1.ResourceAttributes{Verb: "update", Resource: "configmaps", Namespace: "signet-system", Name: "signet-bundle"}, true},
+		{ca, authzv1.ResourceAttributes{Verb: "update", Resource: "configmaps", Namespace: "kube-system", Name: "signet-bundle"}, false},
+	} {
+		// RBAC changes take effect asynchronously: wait for the allowed ones.
+		deadline := time.Now().Add(15 * time.Second)
+		for {
+			sar, err := cluster.Client.AuthorizationV1().SubjectAccessReviews().Create(context.Background(), &authzv1.SubjectAccessReview{
+				Spec: authzv1.SubjectAccessReviewSpec{User: tt.user, Groups: []string{"system:serviceaccounts", "system:serviceaccounts:signet-system"}, ResourceAttributes: &tt.attr},
+			}, metav1.CreateOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if sar.Status.Allowed == tt.want {
+				break
+			}
+			if !tt.want || time.Now().After(deadline) {
+				t.Errorf("%s may %s %s/%s %s/%s: %v, want %v", tt.user, tt.attr.Verb, tt.attr.Resource, tt.attr.Subresource, tt.attr.Namespace, tt.attr.Name, sar.Status.Allowed, tt.want)
+				break
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+}
