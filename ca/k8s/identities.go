@@ -279,6 +279,9 @@ func (id *Identities) ruleList() []*rule {
 	return id.order
 }
 
+// NamespaceLabels returns a namespace's labels from the informer.
+func (id *Identities) NamespaceLabels(ns string) map[string]string { return id.namespaceLabels(ns) }
+
 func (id *Identities) namespaceLabels(ns string) labels.Set {
 	if id.namespaces == nil {
 		return labels.Set{corev1.LabelMetadataName: ns}

@@ -21,6 +21,8 @@ type kubeMode struct {
 	keys   *k8s.SecretKeyStore
 	leader *k8s.Leader
 	bundle *k8s.BundlePublisher
+	// caBundle, with a webhook, keeps the webhook configurations current.
+	caBundle *k8s.CABundleKeeper
 	// auth is set once the authority exists (it needs the key store
 	// first); the leader publishes its bundle.
 	auth *authority.Authority
@@ -81,13 +83,24 @@ func startKube(ctx context.Context, cfg Config, log hclog.Logger) (*kubeMode, er
 		pods: pods,
 		keys: &k8s.SecretKeyStore{Client: clients.Client, Namespace: ns, Name: secret},
 	}
+	if w := kc.Webhook; w != nil {
+		name := w.ConfigurationName
+		if name == "" {
+			name = "signet"
+		}
+		m.caBundle = &k8s.CABundleKeeper{Client: clients.Client, Name: name, Log: log}
+	}
 	m.bundle = &k8s.BundlePublisher{Client: clients.Client, Namespace: ns, Name: bundleCM, Log: log}
 	m.leader = &k8s.Leader{Client: clients.Client, Namespace: ns, Name: lease, Identity: kc.Identity, Log: log,
 		OnStart: func(ctx context.Context) {
-			go m.bundle.Run(ctx, func() ([]*x509.Certificate, <-chan struct{}) {
+			roots := func() ([]*x509.Certificate, <-chan struct{}) {
 				b, changed := m.auth.Bundle()
 				return b.X509Roots, changed
-			})
+			}
+			go m.bundle.Run(ctx, roots)
+			if m.caBundle != nil {
+				go m.caBundle.Run(ctx, roots)
+			}
 			pods.RunStatus(ctx)
 		}}
 	return m, nil

@@ -34,6 +34,7 @@ import (
 	"github.com/signet-id/signet/ca/authority"
 	"github.com/signet-id/signet/ca/signer"
 	"github.com/signet-id/signet/ca/store"
+	"github.com/signet-id/signet/ca/webhook"
 	"github.com/signet-id/signet/internal/health"
 	"github.com/signet-id/signet/internal/peercred"
 	"github.com/signet-id/signet/internal/unixsock"
@@ -105,6 +106,25 @@ type KubeConfig struct {
 	SecretName, LeaseName, BundleConfigMap string
 	// Identity names this replica in the Lease. If empty, the hostname.
 	Identity string
+	// Webhook, if set, serves admission control.
+	Webhook *WebhookConfig
+}
+
+// WebhookConfig configures the admission webhook server.
+type WebhookConfig struct {
+	// ListenAddr serves HTTPS for the API server.
+	ListenAddr string
+	// DNSNames go into the serving certificate (the Service's names, e.g.
+	// signet-ca-webhook.signet-system.svc).
+	DNSNames []string
+	// SocketDir is the agent's socket directory on the hosts.
+	SocketDir string
+	// AgentDaemonSet is the agent's DaemonSet, in the namespace of the
+	// first agent service account.
+	AgentDaemonSet string
+	// ConfigurationName names the Mutating- and ValidatingWebhookConfiguration
+	// whose caBundle the leader keeps current. If empty, "signet".
+	ConfigurationName string
 }
 
 // CAID returns the SPIFFE ID of the CA's own serving certificate.
@@ -289,6 +309,35 @@ func Run(ctx context.Context, cfg Config) error {
 		task("admin API (mTLS)", func() error { return adminTLSSrv.Serve(adminTLSLis) })
 	}
 	task("http", web.Serve)
+	if kube != nil && cfg.Kube.Webhook != nil {
+		w := cfg.Kube.Webhook
+		certs := &servingCert{auth: auth, id: spiffeid.RequireFromSegments(cfg.TrustDomain, "signet", "webhook"), dns: w.DNSNames}
+		if _, err := certs.get(); err != nil {
+			return fmt.Errorf("webhook certificate: %w", err)
+		}
+		socketDir := w.SocketDir
+		if socketDir == "" {
+			socketDir = "/run/signet"
+		}
+		ds := w.AgentDaemonSet
+		if ds == "" {
+			ds = "signet-agent"
+		}
+		hook := webhook.New(webhook.Config{TrustDomain: cfg.TrustDomain, SocketDir: socketDir, AgentServiceAccount: cfg.Kube.AgentServiceAccounts[0],
+			AgentDaemonSet: ds, NamespaceLabels: kube.pods.NamespaceLabels})
+		hookSrv := &http.Server{Handler: hook, ReadHeaderTimeout: 10 * time.Second, TLSConfig: &tls.Config{MinVersion: tls.VersionTLS12,
+			GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return certs.get() }}}
+		hookLis, err := net.Listen("tcp", w.ListenAddr)
+		if err != nil {
+			return fmt.Errorf("webhook listen: %w", err)
+		}
+		log.Info("admission webhook listening", "addr", hookLis.Addr().String())
+		task("webhook", func() error { return hookSrv.ServeTLS(hookLis, "", "") })
+		go func() {
+			<-ctx.Done()
+			hookSrv.Close()
+		}()
+	}
 	task("rotation", func() error { return auth.Run(ctx, cfg.RotateInterval) })
 	task("housekeeping", func() error { housekeeping(ctx, st, log); return nil })
 	if kube != nil {
@@ -370,6 +419,7 @@ func housekeeping(ctx context.Context, st *store.Store, log hclog.Logger) {
 type servingCert struct {
 	auth *authority.Authority
 	id   spiffeid.ID
+	dns  []string
 
 	mu     sync.Mutex
 	key    crypto.Signer
@@ -401,7 +451,7 @@ func (s *servingCert) get() (*tls.Certificate, error) {
 	if err != nil {
 		return nil, err
 	}
-	chain, err := signer.SignX509SVID(ca, signer.X509Params{CSR: csr, SPIFFEID: s.id, TTL: time.Hour, Now: now})
+	chain, err := signer.SignX509SVID(ca, signer.X509Params{CSR: csr, SPIFFEID: s.id, DNSNames: s.dns, TTL: time.Hour, Now: now})
 	if err != nil {
 		return nil, fmt.Errorf("serving certificate: %w", err)
 	}

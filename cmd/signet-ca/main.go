@@ -53,6 +53,11 @@ type fileConfig struct {
 	Namespace           string            `json:"namespace"`
 	KeysSecret          string            `json:"keys-secret"`
 	LeaderLease         string            `json:"leader-lease"`
+	WebhookListen       string            `json:"webhook-listen"`
+	WebhookDNS          config.StringList `json:"webhook-dns"`
+	WebhookConfig       string            `json:"webhook-configuration"`
+	AgentSocketDir      string            `json:"agent-socket-dir"`
+	AgentDaemonSet      string            `json:"agent-daemonset"`
 }
 
 func defaults() fileConfig {
@@ -70,6 +75,9 @@ func defaults() fileConfig {
 		AgentAudience:   "signet-ca",
 		KeysSecret:      "signet-ca-keys",
 		LeaderLease:     "signet-ca",
+		WebhookConfig:   "signet",
+		AgentSocketDir:  "/run/signet",
+		AgentDaemonSet:  "signet-agent",
 	}
 }
 
@@ -100,6 +108,11 @@ func register(fs *flag.FlagSet, c *fileConfig) {
 	fs.StringVar(&c.Namespace, "namespace", c.Namespace, "namespace of the keys Secret and the Lease (default: the pod's)")
 	fs.StringVar(&c.KeysSecret, "keys-secret", c.KeysSecret, "Secret holding the CA's keys (Kubernetes mode)")
 	fs.StringVar(&c.LeaderLease, "leader-lease", c.LeaderLease, "Lease for leader election (Kubernetes mode)")
+	fs.StringVar(&c.WebhookListen, "webhook-listen", c.WebhookListen, "serve the admission webhook (HTTPS) on this address (Kubernetes mode)")
+	fs.Var(&c.WebhookDNS, "webhook-dns", "DNS name of the webhook's Service, for its certificate (repeatable)")
+	fs.StringVar(&c.WebhookConfig, "webhook-configuration", c.WebhookConfig, "name of the Mutating/ValidatingWebhookConfiguration whose caBundle the CA keeps current")
+	fs.StringVar(&c.AgentSocketDir, "agent-socket-dir", c.AgentSocketDir, "the agents' socket directory on the hosts (injected into pods)")
+	fs.StringVar(&c.AgentDaemonSet, "agent-daemonset", c.AgentDaemonSet, "the agents' DaemonSet, the only one whose pods may use the agent service account")
 }
 
 // parse reads flags and the config file; a flag given on the command line
@@ -173,6 +186,13 @@ func validate(c fileConfig) (server.Config, hclog.Logger, error) {
 		kube = &server.KubeConfig{Kubeconfig: c.Kubeconfig, InCluster: c.InCluster, ClusterName: c.ClusterName,
 			AgentServiceAccounts: c.AgentServiceAccount, Audience: c.AgentAudience, Namespace: c.Namespace,
 			SecretName: c.KeysSecret, LeaseName: c.LeaderLease}
+		if c.WebhookListen != "" {
+			if len(c.WebhookDNS) == 0 {
+				return server.Config{}, nil, errors.New("webhook-dns: at least one name is required with webhook-listen")
+			}
+			kube.Webhook = &server.WebhookConfig{ListenAddr: c.WebhookListen, DNSNames: c.WebhookDNS, SocketDir: c.AgentSocketDir,
+				AgentDaemonSet: c.AgentDaemonSet, ConfigurationName: c.WebhookConfig}
+		}
 	} else if c.ClusterName != "" || len(c.AgentServiceAccount) > 0 {
 		return server.Config{}, nil, errors.New("cluster-name and agent-service-account need kubeconfig or in-cluster")
 	}

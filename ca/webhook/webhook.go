@@ -1,0 +1,246 @@
+// Package webhook is Signet's admission control, served by signet-ca: it
+// injects the agent's socket into pods of namespaces that ask for it, and
+// refuses pods that would reach the agent's socket directory by a hostPath
+// of their own, pods that borrow the agent's service account, and
+// IdentityRules whose templates could leave the trust domain or enter
+// signet/.
+package webhook
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"path"
+	"strings"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	admissionv1 "k8s.io/api/admission/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/signet-id/signet/ca/identityrule"
+)
+
+// Labels and names of the contract with users.
+const (
+	// InjectLabel on a namespace asks for the socket in its pods.
+	InjectLabel = "signet.dev/inject"
+	// VolumeName is the injected volume.
+	VolumeName = "signet-agent-socket"
+)
+
+// Config configures the admission handlers.
+type Config struct {
+	TrustDomain spiffeid.TrustDomain
+	// SocketDir is the agent's socket directory on the host, e.g. /run/signet.
+	SocketDir string
+	// AgentServiceAccount ("namespace/name") may be used only by the agent
+	// DaemonSet AgentDaemonSet (in the same namespace).
+	AgentServiceAccount string
+	AgentDaemonSet      string
+	// NamespaceLabels returns a namespace's labels.
+	NamespaceLabels func(ns string) map[string]string
+}
+
+// Handler serves the three admission endpoints.
+type Handler struct {
+	cfg Config
+	mux *http.ServeMux
+}
+
+// New returns the handler: /mutate-pods, /validate-pods,
+// /validate-identityrules.
+func New(cfg Config) *Handler {
+	h := &Handler{cfg: cfg, mux: http.NewServeMux()}
+	h.mux.HandleFunc("POST /mutate-pods", h.review(h.mutatePod))
+	h.mux.HandleFunc("POST /validate-pods", h.review(h.validatePod))
+	h.mux.HandleFunc("POST /validate-identityrules", h.review(h.validateRule))
+	return h
+}
+
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.mux.ServeHTTP(w, r) }
+
+// maxReview bounds an AdmissionReview body.
+const maxReview = 8 << 20
+
+func (h *Handler) review(fn func(*admissionv1.AdmissionRequest) *admissionv1.AdmissionResponse) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		body, err := io.ReadAll(io.LimitReader(r.Body, maxReview+1))
+		if err != nil || len(body) > maxReview {
+			http.Error(w, "bad request body", http.StatusBadRequest)
+			return
+		}
+		var rev admissionv1.AdmissionReview
+		if err := json.Unmarshal(body, &rev); err != nil || rev.Request == nil {
+			http.Error(w, "not an AdmissionReview", http.StatusBadRequest)
+			return
+		}
+		resp := fn(rev.Request)
+		resp.UID = rev.Request.UID
+		out := admissionv1.AdmissionReview{TypeMeta: rev.TypeMeta, Response: resp}
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(out)
+	}
+}
+
+func allow() *admissionv1.AdmissionResponse { return &admissionv1.AdmissionResponse{Allowed: true} }
+
+func deny(format string, args ...any) *admissionv1.AdmissionResponse {
+	return &admissionv1.AdmissionResponse{Allowed: false, Result: &metav1.Status{
+		Status: metav1.StatusFailure, Reason: metav1.StatusReasonForbidden, Code: http.StatusForbidden,
+		Message: "signet: " + fmt.Sprintf(format, args...),
+	}}
+}
+
+func (h *Handler) socketPath() string { return path.Join(h.cfg.SocketDir, "agent.sock") }
+
+// mutatePod adds the socket volume, a read-only mount at the same path in
+// every container, and SPIFFE_ENDPOINT_SOCKET, for pods of namespaces
+// labelled signet.dev/inject=enabled. Doing it twice changes nothing.
+func (h *Handler) mutatePod(req *admissionv1.AdmissionRequest) *admissionv1.AdmissionResponse {
+	if h.cfg.NamespaceLabels(req.Namespace)[InjectLabel] != "enabled" {
+		return allow()
+	}
+	var pod corev1.Pod
+	if err := json.Unmarshal(req.Object.Raw, &pod); err != nil {
+		return deny("pod: %v", err)
+	}
+	var patch []map[string]any
+	add := func(path string, v any) { patch = append(patch, map[string]any{"op": "add", "path": path, "value": v}) }
+	hasVolume := false
+	for _, v := range pod.Spec.Volumes {
+		hasVolume = hasVolume || v.Name == VolumeName
+	}
+	if !hasVolume {
+		dir := corev1.HostPathDirectory
+		vol := corev1.Volume{Name: VolumeName, VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: h.cfg.SocketDir, Type: &dir}}}
+		if len(pod.Spec.Volumes) == 0 {
+			add("/spec/volumes", []corev1.Volume{vol})
+		} else {
+			add("/spec/volumes/-", vol)
+		}
+	}
+	for kind, list := range map[string][]corev1.Container{"containers": pod.Spec.Containers, "initContainers": pod.Spec.InitContainers} {
+		for i, c := range list {
+			mounted := false
+			for _, m := range c.VolumeMounts {
+				mounted = mounted || m.Name == VolumeName
+			}
+			if !mounted {
+				m := corev1.VolumeMount{Name: VolumeName, MountPath: h.cfg.SocketDir, ReadOnly: true}
+				if len(c.VolumeMounts) == 0 {
+					add(fmt.Sprintf("/spec/%s/%d/volumeMounts", kind, i), []corev1.VolumeMount{m})
+				} else {
+					add(fmt.Sprintf("/spec/%s/%d/volumeMounts/-", kind, i), m)
+				}
+			}
+			hasEnv := false
+			for _, e := range c.Env {
+				hasEnv = hasEnv || e.Name == "SPIFFE_ENDPOINT_SOCKET"
+			}
+			if !hasEnv {
+				e := corev1.EnvVar{Name: "SPIFFE_ENDPOINT_SOCKET", Value: "unix://" + h.socketPath()}
+				if len(c.Env) == 0 {
+					add(fmt.Sprintf("/spec/%s/%d/env", kind, i), []corev1.EnvVar{e})
+				} else {
+					add(fmt.Sprintf("/spec/%s/%d/env/-", kind, i), e)
+				}
+			}
+		}
+	}
+	if len(patch) == 0 {
+		return allow()
+	}
+	raw, err := json.Marshal(patch)
+	if err != nil {
+		return deny("patch: %v", err)
+	}
+	pt := admissionv1.PatchTypeJSONPatch
+	return &admissionv1.AdmissionResponse{Allowed: true, Patch: raw, PatchType: &pt}
+}
+
+// within reports whether p is dir, under it, or one of its parents.
+func within(p, dir string) bool {
+	p, dir = path.Clean(p), path.Clean(dir)
+	return p == "/" || p == dir || strings.HasPrefix(p+"/", dir+"/") || strings.HasPrefix(dir+"/", p+"/")
+}
+
+// validatePod refuses pods that reach the socket directory by a hostPath
+// other than the injected one, and pods that use the agent's service
+// account without being the agent DaemonSet's.
+func (h *Handler) validatePod(req *admissionv1.AdmissionRequest) *admissionv1.AdmissionResponse {
+	var pod corev1.Pod
+	if err := json.Unmarshal(req.Object.Raw, &pod); err != nil {
+		return deny("pod: %v", err)
+	}
+	agentNS, agentSA, _ := strings.Cut(h.cfg.AgentServiceAccount, "/")
+	isAgent := false
+	if req.Namespace == agentNS && pod.Spec.ServiceAccountName == agentSA {
+		for _, o := range pod.OwnerReferences {
+			if o.Kind == "DaemonSet" && o.Name == h.cfg.AgentDaemonSet && o.Controller != nil && *o.Controller {
+				isAgent = true
+			}
+		}
+		if !isAgent {
+			return deny("the service account %s belongs to the signet-agent DaemonSet; pod %s may not use it", h.cfg.AgentServiceAccount, pod.Name)
+		}
+	}
+	if isAgent {
+		return allow()
+	}
+	injected := h.cfg.NamespaceLabels(req.Namespace)[InjectLabel] == "enabled"
+	for _, v := range pod.Spec.Volumes {
+		if v.HostPath == nil || !within(v.HostPath.Path, h.cfg.SocketDir) {
+			continue
+		}
+		if injected && v.Name == VolumeName && path.Clean(v.HostPath.Path) == path.Clean(h.cfg.SocketDir) && readOnlyMounts(&pod, v.Name) {
+			continue
+		}
+		return deny("volume %q mounts hostPath %s, which reaches the Signet agent's socket directory %s; label the namespace %s=enabled to have the socket injected instead",
+			v.Name, v.HostPath.Path, h.cfg.SocketDir, InjectLabel)
+	}
+	return allow()
+}
+
+func readOnlyMounts(pod *corev1.Pod, volume string) bool {
+	for _, list := range [][]corev1.Container{pod.Spec.Containers, pod.Spec.InitContainers, ephemeral(pod)} {
+		for _, c := range list {
+			for _, m := range c.VolumeMounts {
+				if m.Name == volume && !m.ReadOnly {
+					return false
+				}
+			}
+		}
+	}
+	return true
+}
+
+func ephemeral(pod *corev1.Pod) []corev1.Container {
+	var out []corev1.Container
+	for _, e := range pod.Spec.EphemeralContainers {
+		out = append(out, corev1.Container(e.EphemeralContainerCommon))
+	}
+	return out
+}
+
+// validateRule refuses IdentityRules the CA would refuse.
+func (h *Handler) validateRule(req *admissionv1.AdmissionRequest) *admissionv1.AdmissionResponse {
+	var rule struct {
+		Spec struct {
+			SPIFFEIDTemplate string   `json:"spiffeIDTemplate"`
+			DNSNameTemplates []string `json:"dnsNameTemplates"`
+			AllowPodMetadata bool     `json:"allowPodMetadata"`
+		} `json:"spec"`
+	}
+	if err := json.Unmarshal(req.Object.Raw, &rule); err != nil {
+		return deny("IdentityRule: %v", err)
+	}
+	_, err := identityrule.Compile(h.cfg.TrustDomain, identityrule.Spec{
+		SPIFFEIDTemplate: rule.Spec.SPIFFEIDTemplate, DNSNameTemplates: rule.Spec.DNSNameTemplates, AllowPodMetadata: rule.Spec.AllowPodMetadata,
+	})
+	if err != nil {
+		return deny("IdentityRule %s: %v", req.Name, err)
+	}
+	return allow()
+}

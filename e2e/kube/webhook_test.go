@@ -1,0 +1,151 @@
+package kube
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	admissionregv1 "k8s.io/api/admissionregistration/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/signet-id/signet/ca/k8s"
+	"github.com/signet-id/signet/ca/server"
+	"github.com/signet-id/signet/internal/systest"
+)
+
+// TestAdmissionWebhook: the API server calls the CA's webhook over TLS
+// (its certificate from Signet, the caBundle kept by the CA): pods of
+// labelled namespaces get the socket injected; pods that mount the socket
+// directory themselves, borrow the agent's account, and rules that leave
+// the trust domain are refused with a clear message.
+func TestAdmissionWebhook(t *testing.T) {
+	ctx := context.Background()
+	addr := systest.FreeAddr(t)
+	_, port, _ := strings.Cut(addr, ":")
+	const cfgName = "signet-e2e"
+	if err := createNamespace(ctx, "hook-ca"); err != nil {
+		t.Fatal(err)
+	}
+	systest.StartCA(t, func(c *server.Config) {
+		c.Kube = &server.KubeConfig{
+			Kubeconfig: cluster.Kubeconfig, ClusterName: clusterN, AgentServiceAccounts: []string{agentNS + "/" + agentSA},
+			Namespace: "hook-ca", Identity: "hook",
+			Webhook: &server.WebhookConfig{ListenAddr: addr, DNSNames: []string{"localhost"}, ConfigurationName: cfgName},
+		}
+	})
+	// Scope: namespaces labelled for this test, so other tests are not
+	// affected.
+	scope := &metav1.LabelSelector{MatchLabels: map[string]string{"signet-e2e-webhook": "yes"}}
+	fail, none := admissionregv1.Fail, admissionregv1.SideEffectClassNone
+	url := func(p string) *string { u := "https://localhost:" + port + p; return &u }
+	podRule := []admissionregv1.RuleWithOperations{{Operations: []admissionregv1.OperationType{admissionregv1.Create},
+		Rule: admissionregv1.Rule{APIGroups: []string{""}, APIVersions: []string{"v1"}, Resources: []string{"pods"}}}}
+	adm := cluster.Client.AdmissionregistrationV1()
+	if _, err := adm.MutatingWebhookConfigurations().Create(ctx, &admissionregv1.MutatingWebhookConfiguration{
+		ObjectMeta: metav1.ObjectMeta{Name: cfgName},
+		Webhooks: []admissionregv1.MutatingWebhook{{Name: "inject.signet.dev", ClientConfig: admissionregv1.WebhookClientConfig{URL: url("/mutate-pods")},
+			Rules: podRule, NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"signet.dev/inject": "enabled"}},
+			FailurePolicy: &fail, SideEffects: &none, AdmissionReviewVersions: []string{"v1"}}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := adm.ValidatingWebhookConfigurations().Create(ctx, &admissionregv1.ValidatingWebhookConfiguration{
+		ObjectMeta: metav1.ObjectMeta{Name: cfgName},
+		Webhooks: []admissionregv1.ValidatingWebhook{
+			{Name: "pods.signet.dev", ClientConfig: admissionregv1.WebhookClientConfig{URL: url("/validate-pods")},
+				Rules: podRule, NamespaceSelector: scope, FailurePolicy: &fail, SideEffects: &none, AdmissionReviewVersions: []string{"v1"}},
+			{Name: "identityrules.signet.dev", ClientConfig: admissionregv1.WebhookClientConfig{URL: url("/validate-identityrules")},
+				Rules: []admissionregv1.RuleWithOperations{{Operations: []admissionregv1.OperationType{admissionregv1.Create, admissionregv1.Update},
+					Rule: admissionregv1.Rule{APIGroups: []string{"signet.dev"}, APIVersions: []string{"v1alpha1"}, Resources: []string{"identityrules"}}}},
+				ObjectSelector: scope, FailurePolicy: &fail, SideEffects: &none, AdmissionReviewVersions: []string{"v1"}},
+		},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		adm.MutatingWebhookConfigurations().Delete(ctx, cfgName, metav1.DeleteOptions{})
+		adm.ValidatingWebhookConfigurations().Delete(ctx, cfgName, metav1.DeleteOptions{})
+	})
+	// The CA's leader fills in the caBundle.
+	eventually(t, 20*time.Second, "the caBundle", func() bool {
+		v, err := adm.ValidatingWebhookConfigurations().Get(ctx, cfgName, metav1.GetOptions{})
+		m, err2 := adm.MutatingWebhookConfigurations().Get(ctx, cfgName, metav1.GetOptions{})
+		return err == nil && err2 == nil && len(v.Webhooks[0].ClientConfig.CABundle) > 0 && len(m.Webhooks[0].ClientConfig.CABundle) > 0
+	})
+
+	for name, labels := range map[string]map[string]string{"hook-inject": {"signet.dev/inject": "enabled", "signet-e2e-webhook": "yes"}, "hook-plain": {"signet-e2e-webhook": "yes"}} {
+		if _, err := cluster.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if err := createSA(ctx, name, "default"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	createNode(t, "node-w1")
+	newPod := func(ns, name string, mutate func(*corev1.Pod)) (*corev1.Pod, error) {
+		no := false
+		p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+			Spec: corev1.PodSpec{NodeName: "node-w1", AutomountServiceAccountToken: &no,
+				Containers: []corev1.Container{{Name: "main", Image: "localhost/none:1"}}}}
+		if mutate != nil {
+			mutate(p)
+		}
+		return cluster.Client.CoreV1().Pods(ns).Create(ctx, p, metav1.CreateOptions{})
+	}
+	// Webhook configurations take effect asynchronously.
+	var injected *corev1.Pod
+	eventually(t, 20*time.Second, "the injection", func() bool {
+		p, err := newPod("hook-inject", "app-"+time.Now().Format("150405.000000000")[7:], nil)
+		if err == nil && len(p.Spec.Volumes) > 0 {
+			injected = p
+			return true
+		}
+		return false
+	})
+	v := injected.Spec.Volumes[0]
+	c := injected.Spec.Containers[0]
+	if v.Name != "signet-agent-socket" || v.HostPath == nil || v.HostPath.Path != "/run/signet" || len(c.VolumeMounts) != 1 ||
+		!c.VolumeMounts[0].ReadOnly || c.VolumeMounts[0].MountPath != "/run/signet" || len(c.Env) != 1 || c.Env[0].Value != "unix:///run/signet/agent.sock" {
+		t.Fatalf("injected pod: volumes %+v, container %+v", injected.Spec.Volumes, c)
+	}
+
+	_, err := newPod("hook-plain", "sneaky", func(p *corev1.Pod) {
+		p.Spec.Volumes = []corev1.Volume{{Name: "run", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: "/run"}}}}
+		p.Spec.Containers[0].VolumeMounts = []corev1.VolumeMount{{Name: "run", MountPath: "/host-run"}}
+	})
+	if err == nil || !strings.Contains(err.Error(), "reaches the Signet agent's socket directory") {
+		t.Fatalf("pod mounting /run: %v", err)
+	}
+	if _, err := newPod("hook-plain", "ok", nil); err != nil {
+		t.Fatalf("an ordinary pod: %v", err)
+	}
+
+	// The agent's account, outside the agent DaemonSet.
+	if err := createSA(ctx, "hook-plain", "x"); err != nil {
+		t.Fatal(err)
+	}
+	ns, _ := cluster.Client.CoreV1().Namespaces().Get(ctx, agentNS, metav1.GetOptions{})
+	ns.Labels["signet-e2e-webhook"] = "yes"
+	if _, err := cluster.Client.CoreV1().Namespaces().Update(ctx, ns, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ns, _ := cluster.Client.CoreV1().Namespaces().Get(ctx, agentNS, metav1.GetOptions{})
+		delete(ns.Labels, "signet-e2e-webhook")
+		cluster.Client.CoreV1().Namespaces().Update(ctx, ns, metav1.UpdateOptions{})
+	})
+	eventually(t, 10*time.Second, "the agent account refused", func() bool {
+		_, err := newPod(agentNS, "impostor-"+time.Now().Format("150405.000000000")[7:], func(p *corev1.Pod) { p.Spec.ServiceAccountName = agentSA })
+		return err != nil && strings.Contains(err.Error(), "belongs to the signet-agent DaemonSet")
+	})
+
+	// An IdentityRule that passes the schema but leaves the trust domain.
+	rule := ruleObject("hook-elsewhere", map[string]any{"spiffeIDTemplate": "spiffe://other.org/x/{{.PodName}}"})
+	rule.SetLabels(map[string]string{"signet-e2e-webhook": "yes"})
+	_, err = dyn.Resource(k8s.IdentityRuleResource).Create(ctx, rule, metav1.CreateOptions{})
+	if err == nil || !strings.Contains(err.Error(), "must start with") {
+		t.Fatalf("rule outside the trust domain: %v", err)
+	}
+}
