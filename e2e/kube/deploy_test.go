@@ -133,6 +133,9 @@ func TestDeployRBAC(t *testing.T) {
 		{ca, authzv1.ResourceAttributes{Verb: "update", Group: "coordination.k8s.io", Resource: "leases", Namespace: "kube-system", Name: "kube-scheduler"}, false},
 		{ca, authzv1.ResourceAttributes{Verb: "update", Resource: "configmaps", Namespace: "signet-system", Name: "signet-bundle"}, true},
 		{ca, authzv1.ResourceAttributes{Verb: "update", Resource: "configmaps", Namespace: "kube-system", Name: "signet-bundle"}, false},
+		{ca, authzv1.ResourceAttributes{Verb: "update", Group: "admissionregistration.k8s.io", Resource: "validatingwebhookconfigurations", Name: "signet"}, true},
+		{ca, authzv1.ResourceAttributes{Verb: "update", Group: "admissionregistration.k8s.io", Resource: "validatingwebhookconfigurations", Name: "someone-else"}, false},
+		{ca, authzv1.ResourceAttributes{Verb: "delete", Group: "admissionregistration.k8s.io", Resource: "mutatingwebhookconfigurations", Name: "signet"}, false},
 	} {
 		// RBAC changes take effect asynchronously: wait for the allowed ones.
 		deadline := time.Now().Add(15 * time.Second)
