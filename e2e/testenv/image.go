@@ -100,3 +100,9 @@ func (n *Node) ctr(args ...string) error {
 	}
 	return nil
 }
+
+// ImportTarball imports an image tarball (docker or OCI) into the node's
+// containerd.
+func (n *Node) ImportTarball(path string) error {
+	return n.ctr("images", "import", "--snapshotter", "overlayfs", path)
+}
