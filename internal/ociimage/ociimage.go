@@ -9,6 +9,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"time"
@@ -76,7 +77,8 @@ func Write(spec Spec, out string) error {
 	if err := tw.Close(); err != nil {
 		return fmt.Errorf("ociimage: %w", err)
 	}
-	layer, err := tarball.LayerFromReader(bytes.NewReader(buf.Bytes()))
+	data := buf.Bytes()
+	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data)), nil })
 	if err != nil {
 		return fmt.Errorf("ociimage: %w", err)
 	}
