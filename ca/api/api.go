@@ -78,6 +78,8 @@ type PodIdentities interface {
 	Pull(ctx context.Context, uid, node string, parent spiffeid.ID) ([]entry.Entry, error)
 	// AgentAlive reports whether node exists and runs an agent pod.
 	AgentAlive(node string) (bool, string)
+	// Policies are the AccessPolicy objects of the cluster.
+	Policies() []*typesv1.AccessPolicy
 }
 
 func (c *Config) setDefaults() {

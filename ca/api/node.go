@@ -618,6 +618,9 @@ func (s *NodeServer) nodePolicies(ctx context.Context, stored map[string]spiffei
 	if err != nil {
 		return nil, "", err
 	}
+	if s.cfg.Pods != nil {
+		all = append(all, s.cfg.Pods.Policies()...)
+	}
 	var out []*typesv1.AccessPolicy
 	var key strings.Builder
 	for _, p := range all {

@@ -65,6 +65,7 @@ type Identities struct {
 	namespaces cache.SharedIndexInformer
 	nodes      cache.SharedIndexInformer
 	rules      cache.SharedIndexInformer
+	policies   cache.SharedIndexInformer
 
 	mu       sync.Mutex
 	compiled map[string]*rule // by name
@@ -161,6 +162,12 @@ func New(cfg Config) (*Identities, error) {
 	}); err != nil {
 		return nil, err
 	}
+	id.policies = id.dyn.ForResource(AccessPolicyResource).Informer()
+	if _, err := id.policies.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc: func(any) { id.notify("") }, UpdateFunc: func(any, any) { id.notify("") }, DeleteFunc: func(any) { id.notify("") },
+	}); err != nil {
+		return nil, err
+	}
 	ruleChanged := func(any) { id.recompile() }
 	if _, err := id.rules.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc: ruleChanged, UpdateFunc: func(_, n any) { ruleChanged(n) }, DeleteFunc: ruleChanged,
@@ -201,8 +208,8 @@ func (id *Identities) Start(ctx context.Context) error {
 	id.dyn.Start(ctx.Done())
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
-	if !cache.WaitForCacheSync(ctx.Done(), id.pods.HasSynced, id.namespaces.HasSynced, id.nodes.HasSynced, id.rules.HasSynced) {
-		return errors.New("k8s: informers did not sync (is the IdentityRule CRD installed, and may the CA list pods, namespaces and nodes?)")
+	if !cache.WaitForCacheSync(ctx.Done(), id.pods.HasSynced, id.namespaces.HasSynced, id.nodes.HasSynced, id.rules.HasSynced, id.policies.HasSynced) {
+		return errors.New("k8s: informers did not sync (are the IdentityRule and AccessPolicy CRDs installed, and may the CA list pods, namespaces, nodes and both?)")
 	}
 	id.recompile()
 	return nil

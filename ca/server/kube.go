@@ -6,8 +6,13 @@ import (
 	"errors"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
+	authnv1 "k8s.io/api/authentication/v1"
+	authzv1 "k8s.io/api/authorization/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/signet-id/signet/ca/authority"
 	"github.com/signet-id/signet/ca/k8s"
@@ -20,6 +25,7 @@ type kubeMode struct {
 	pods   *k8s.Identities
 	keys   *k8s.SecretKeyStore
 	leader *k8s.Leader
+	client kubernetes.Interface
 	bundle *k8s.BundlePublisher
 	// caBundle, with a webhook, keeps the webhook configurations current.
 	caBundle *k8s.CABundleKeeper
@@ -79,9 +85,10 @@ func startKube(ctx context.Context, cfg Config, log hclog.Logger) (*kubeMode, er
 	}
 	log.Info("watching pods and IdentityRules", "cluster", kc.ClusterName, "namespace", ns)
 	m := &kubeMode{
-		psat: &nodeattest.PSAT{Client: clients.Client, Audience: kc.Audience, ServiceAccounts: kc.AgentServiceAccounts},
-		pods: pods,
-		keys: &k8s.SecretKeyStore{Client: clients.Client, Namespace: ns, Name: secret},
+		client: clients.Client,
+		psat:   &nodeattest.PSAT{Client: clients.Client, Audience: kc.Audience, ServiceAccounts: kc.AgentServiceAccounts},
+		pods:   pods,
+		keys:   &k8s.SecretKeyStore{Client: clients.Client, Namespace: ns, Name: secret},
 	}
 	if w := kc.Webhook; w != nil {
 		name := w.ConfigurationName
@@ -104,4 +111,23 @@ func startKube(ctx context.Context, cfg Config, log hclog.Logger) (*kubeMode, er
 			pods.RunStatus(ctx)
 		}}
 	return m, nil
+}
+
+// isClusterAdmin asks the API server whether user may do everything, as
+// the cluster-admin role allows.
+func (m *kubeMode) isClusterAdmin(user authnv1.UserInfo) (bool, error) {
+	extra := map[string]authzv1.ExtraValue{}
+	for k, v := range user.Extra {
+		extra[k] = authzv1.ExtraValue(v)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	sar, err := m.client.AuthorizationV1().SubjectAccessReviews().Create(ctx, &authzv1.SubjectAccessReview{Spec: authzv1.SubjectAccessReviewSpec{
+		User: user.Username, Groups: user.Groups, UID: user.UID, Extra: extra,
+		ResourceAttributes: &authzv1.ResourceAttributes{Verb: "*", Group: "*", Resource: "*"},
+	}}, metav1.CreateOptions{})
+	if err != nil {
+		return false, err
+	}
+	return sar.Status.Allowed, nil
 }

@@ -324,7 +324,7 @@ func Run(ctx context.Context, cfg Config) error {
 			ds = "signet-agent"
 		}
 		hook := webhook.New(webhook.Config{TrustDomain: cfg.TrustDomain, SocketDir: socketDir, AgentServiceAccount: cfg.Kube.AgentServiceAccounts[0],
-			AgentDaemonSet: ds, NamespaceLabels: kube.pods.NamespaceLabels})
+			AgentDaemonSet: ds, NamespaceLabels: kube.pods.NamespaceLabels, IsClusterAdmin: kube.isClusterAdmin})
 		hookSrv := &http.Server{Handler: hook, ReadHeaderTimeout: 10 * time.Second, TLSConfig: &tls.Config{MinVersion: tls.VersionTLS12,
 			GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return certs.get() }}}
 		hookLis, err := net.Listen("tcp", w.ListenAddr)

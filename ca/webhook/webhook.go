@@ -16,10 +16,13 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	admissionv1 "k8s.io/api/admission/v1"
+	authnv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
 	"github.com/signet-id/signet/ca/identityrule"
+	"github.com/signet-id/signet/ca/k8s"
 )
 
 // Labels and names of the contract with users.
@@ -41,6 +44,10 @@ type Config struct {
 	AgentDaemonSet      string
 	// NamespaceLabels returns a namespace's labels.
 	NamespaceLabels func(ns string) map[string]string
+	// IsClusterAdmin reports whether a user may do anything in the
+	// cluster (a SubjectAccessReview); only such users may label a
+	// namespace signet.dev/cross-namespace.
+	IsClusterAdmin func(user authnv1.UserInfo) (bool, error)
 }
 
 // Handler serves the three admission endpoints.
@@ -50,12 +57,14 @@ type Handler struct {
 }
 
 // New returns the handler: /mutate-pods, /validate-pods,
-// /validate-identityrules.
+// /validate-identityrules, /validate-accesspolicies, /validate-namespaces.
 func New(cfg Config) *Handler {
 	h := &Handler{cfg: cfg, mux: http.NewServeMux()}
 	h.mux.HandleFunc("POST /mutate-pods", h.review(h.mutatePod))
 	h.mux.HandleFunc("POST /validate-pods", h.review(h.validatePod))
 	h.mux.HandleFunc("POST /validate-identityrules", h.review(h.validateRule))
+	h.mux.HandleFunc("POST /validate-accesspolicies", h.review(h.validatePolicy))
+	h.mux.HandleFunc("POST /validate-namespaces", h.review(h.validateNamespace))
 	return h
 }
 
@@ -241,6 +250,51 @@ func (h *Handler) validateRule(req *admissionv1.AdmissionRequest) *admissionv1.A
 	})
 	if err != nil {
 		return deny("IdentityRule %s: %v", req.Name, err)
+	}
+	return allow()
+}
+
+// validatePolicy refuses AccessPolicies that target servers of other
+// namespaces, or allow peers of other namespaces where no cluster admin
+// allowed it.
+func (h *Handler) validatePolicy(req *admissionv1.AdmissionRequest) *admissionv1.AdmissionResponse {
+	var u unstructured.Unstructured
+	if err := u.UnmarshalJSON(req.Object.Raw); err != nil {
+		return deny("AccessPolicy: %v", err)
+	}
+	u.SetNamespace(req.Namespace)
+	p, err := k8s.PolicyFromObject(&u)
+	if err == nil {
+		cross := h.cfg.NamespaceLabels(req.Namespace)[k8s.CrossNamespaceLabel] == "allowed"
+		err = k8s.CheckNamespacedPolicy(h.cfg.TrustDomain, req.Namespace, cross, p)
+	}
+	if err != nil {
+		return deny("AccessPolicy %s/%s: %v", req.Namespace, req.Name, err)
+	}
+	return allow()
+}
+
+// validateNamespace lets only cluster admins set the cross-namespace label.
+func (h *Handler) validateNamespace(req *admissionv1.AdmissionRequest) *admissionv1.AdmissionResponse {
+	label := func(raw []byte) (string, bool) {
+		var ns corev1.Namespace
+		if len(raw) == 0 || json.Unmarshal(raw, &ns) != nil {
+			return "", false
+		}
+		v, ok := ns.Labels[k8s.CrossNamespaceLabel]
+		return v, ok
+	}
+	newV, newOK := label(req.Object.Raw)
+	oldV, oldOK := label(req.OldObject.Raw)
+	if !newOK || (oldOK && oldV == newV) {
+		return allow() // unset, removed or unchanged
+	}
+	admin, err := h.cfg.IsClusterAdmin(req.UserInfo)
+	if err != nil {
+		return deny("cannot check whether %s is a cluster admin: %v", req.UserInfo.Username, err)
+	}
+	if !admin {
+		return deny("only cluster admins may set the label %s on namespace %s", k8s.CrossNamespaceLabel, req.Name)
 	}
 	return allow()
 }

@@ -24,10 +24,11 @@ import (
 // podView follows one agent's Sync stream and keeps the pod entries it
 // was sent.
 type podView struct {
-	mu      sync.Mutex
-	entries map[string]*typesv1.Entry
-	changed chan struct{}
-	err     error
+	mu       sync.Mutex
+	entries  map[string]*typesv1.Entry
+	policies []string
+	changed  chan struct{}
+	err      error
 }
 
 func follow(t *testing.T, ca *systest.CA, svid *x509svid.SVID) *podView {
@@ -56,6 +57,12 @@ func follow(t *testing.T, ca *systest.CA, svid *x509svid.SVID) *podView {
 			}
 			for _, id := range msg.GetDeletedPodEntryIds() {
 				delete(v.entries, id)
+			}
+			if msg.GetPoliciesSet() {
+				v.policies = nil
+				for _, p := range msg.GetPolicies() {
+					v.policies = append(v.policies, p.GetName())
+				}
 			}
 			v.mu.Unlock()
 			select {
@@ -309,4 +316,49 @@ func TestIdentityRules(t *testing.T) {
 func csrOnly(t *testing.T) []byte {
 	_, csr := systest.NewCSR(t)
 	return csr
+}
+
+func (v *podView) policyNames() string {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return strings.Join(v.policies, ",")
+}
+
+// TestAccessPolicyObjects: AccessPolicies written in a namespace reach the
+// agents whose nodes run their targets; one that allows other namespaces
+// counts only once a cluster admin labelled the namespace.
+func TestAccessPolicyObjects(t *testing.T) {
+	ctx := context.Background()
+	ca := startCA(t, "ap-ca", "ap")
+	createPod(t, "team-a", "api-0", "api", "node-ap1", nil)
+	svid := attestAgent(t, ca, "node-ap1")
+	view := follow(t, ca, svid)
+	policies := dyn.Resource(k8s.AccessPolicyResource).Namespace("team-a")
+	obj := func(name string, peer map[string]any) *unstructured.Unstructured {
+		return &unstructured.Unstructured{Object: map[string]any{
+			"apiVersion": "signet.dev/v1alpha1", "kind": "AccessPolicy", "metadata": map[string]any{"name": name, "namespace": "team-a"},
+			"spec": map[string]any{"target": "spiffe://example.org/ns/team-a/sa/api", "rules": []any{
+				map[string]any{"action": "allow", "peers": []any{peer}, "methods": []any{"GET /items"}}}},
+		}}
+	}
+	if _, err := policies.Create(ctx, obj("own", map[string]any{"serviceAccount": "team-a/web"}), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := policies.Create(ctx, obj("wide", map[string]any{"namespace": "team-b"}), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "the namespace's policy at the agent", func() bool { return view.policyNames() == "team-a/own" })
+	time.Sleep(200 * time.Millisecond)
+	if got := view.policyNames(); got != "team-a/own" {
+		t.Fatalf("agent holds %q; the cross-namespace policy must wait for the label", got)
+	}
+	ns, _ := cluster.Client.CoreV1().Namespaces().Get(ctx, "team-a", metav1.GetOptions{})
+	if ns.Labels == nil {
+		ns.Labels = map[string]string{}
+	}
+	ns.Labels[k8s.CrossNamespaceLabel] = "allowed"
+	if _, err := cluster.Client.CoreV1().Namespaces().Update(ctx, ns, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "the cross-namespace policy after the label", func() bool { return view.policyNames() == "team-a/own,team-a/wide" })
 }

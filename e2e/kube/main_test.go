@@ -69,20 +69,24 @@ func setup() error {
 		return err
 	}
 	ctx := context.Background()
-	if err := apply(ctx, "../../deploy/base/crds/identityrules.signet.dev.yaml"); err != nil {
-		return err
+	for _, crd := range []string{"identityrules", "accesspolicies"} {
+		if err := apply(ctx, "../../deploy/base/crds/"+crd+".signet.dev.yaml"); err != nil {
+			return err
+		}
 	}
 	crd := schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
 	deadline := time.Now().Add(30 * time.Second)
-	for {
-		u, err := dyn.Resource(crd).Get(ctx, "identityrules.signet.dev", metav1.GetOptions{})
-		if err == nil && established(u) {
-			break
+	for _, name := range []string{"identityrules.signet.dev", "accesspolicies.signet.dev"} {
+		for {
+			u, err := dyn.Resource(crd).Get(ctx, name, metav1.GetOptions{})
+			if err == nil && established(u) {
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("CRD %s not established: %v", name, err)
+			}
+			time.Sleep(100 * time.Millisecond)
 		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("IdentityRule CRD not established: %v", err)
-		}
-		time.Sleep(100 * time.Millisecond)
 	}
 	// The API server takes a moment to serve a new CRD's resource.
 	for {

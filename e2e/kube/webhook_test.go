@@ -8,7 +8,11 @@ import (
 
 	admissionregv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 
 	"github.com/signet-id/signet/ca/k8s"
 	"github.com/signet-id/signet/ca/server"
@@ -60,6 +64,15 @@ func TestAdmissionWebhook(t *testing.T) {
 				Rules: []admissionregv1.RuleWithOperations{{Operations: []admissionregv1.OperationType{admissionregv1.Create, admissionregv1.Update},
 					Rule: admissionregv1.Rule{APIGroups: []string{"signet.dev"}, APIVersions: []string{"v1alpha1"}, Resources: []string{"identityrules"}}}},
 				ObjectSelector: scope, FailurePolicy: &fail, SideEffects: &none, AdmissionReviewVersions: []string{"v1"}},
+			{Name: "accesspolicies.signet.dev", ClientConfig: admissionregv1.WebhookClientConfig{URL: url("/validate-accesspolicies")},
+				Rules: []admissionregv1.RuleWithOperations{{Operations: []admissionregv1.OperationType{admissionregv1.Create, admissionregv1.Update},
+					Rule: admissionregv1.Rule{APIGroups: []string{"signet.dev"}, APIVersions: []string{"v1alpha1"}, Resources: []string{"accesspolicies"}}}},
+				NamespaceSelector: scope, FailurePolicy: &fail, SideEffects: &none, AdmissionReviewVersions: []string{"v1"}},
+			{Name: "namespaces.signet.dev", ClientConfig: admissionregv1.WebhookClientConfig{URL: url("/validate-namespaces")},
+				Rules: []admissionregv1.RuleWithOperations{{Operations: []admissionregv1.OperationType{admissionregv1.Create, admissionregv1.Update},
+					Rule: admissionregv1.Rule{APIGroups: []string{""}, APIVersions: []string{"v1"}, Resources: []string{"namespaces"}}}},
+				ObjectSelector: &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: k8s.CrossNamespaceLabel, Operator: metav1.LabelSelectorOpExists}}},
+				FailurePolicy:  &fail, SideEffects: &none, AdmissionReviewVersions: []string{"v1"}},
 		},
 	}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
@@ -148,4 +161,59 @@ func TestAdmissionWebhook(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "must start with") {
 		t.Fatalf("rule outside the trust domain: %v", err)
 	}
+
+	// AccessPolicies of hook-plain: only its own servers, only its own
+	// peers until a cluster admin labels it.
+	policies := dyn.Resource(k8s.AccessPolicyResource).Namespace("hook-plain")
+	policy := func(name, target string, peer map[string]any) *unstructured.Unstructured {
+		return &unstructured.Unstructured{Object: map[string]any{
+			"apiVersion": "signet.dev/v1alpha1", "kind": "AccessPolicy", "metadata": map[string]any{"name": name, "namespace": "hook-plain"},
+			"spec": map[string]any{"target": target, "rules": []any{map[string]any{"action": "allow", "peers": []any{peer}}}},
+		}}
+	}
+	own := "spiffe://example.org/ns/hook-plain/sa/api"
+	if _, err := policies.Create(ctx, policy("theirs", "spiffe://example.org/ns/payments/sa/api", map[string]any{"namespace": "hook-plain"}), metav1.CreateOptions{}); err == nil ||
+		!strings.Contains(err.Error(), "must be a server of namespace hook-plain") {
+		t.Fatalf("policy for another namespace's server: %v", err)
+	}
+	wide := policy("wide", own, map[string]any{"namespace": "payments"})
+	if _, err := policies.Create(ctx, wide, metav1.CreateOptions{}); err == nil || !strings.Contains(err.Error(), "allows peers outside namespace hook-plain") {
+		t.Fatalf("cross-namespace policy without the label: %v", err)
+	}
+	// alice may edit namespaces, but is no cluster admin.
+	if _, err := cluster.Client.RbacV1().ClusterRoles().Create(ctx, &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: "ns-editor"},
+		Rules: []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"namespaces"}, Verbs: []string{"get", "update", "patch"}}}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cluster.Client.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "alice-ns-editor"},
+		RoleRef:  rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: "ns-editor"},
+		Subjects: []rbacv1.Subject{{Kind: "User", Name: "alice"}}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	aliceCfg := rest.CopyConfig(cluster.Config)
+	aliceCfg.Impersonate = rest.ImpersonationConfig{UserName: "alice"}
+	alice, err := kubernetes.NewForConfig(aliceCfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	label := func(c kubernetes.Interface) error {
+		ns, err := c.CoreV1().Namespaces().Get(ctx, "hook-plain", metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		ns.Labels[k8s.CrossNamespaceLabel] = "allowed"
+		_, err = c.CoreV1().Namespaces().Update(ctx, ns, metav1.UpdateOptions{})
+		return err
+	}
+	eventually(t, 10*time.Second, "alice refused by the webhook (not by RBAC)", func() bool {
+		err := label(alice)
+		return err != nil && strings.Contains(err.Error(), "only cluster admins may set the label")
+	})
+	if err := label(cluster.Client); err != nil {
+		t.Fatalf("a cluster admin labelling: %v", err)
+	}
+	eventually(t, 10*time.Second, "the cross-namespace policy admitted after the label", func() bool {
+		_, err := policies.Create(ctx, wide, metav1.CreateOptions{})
+		return err == nil
+	})
 }

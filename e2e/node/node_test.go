@@ -99,8 +99,10 @@ func setupCluster(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := applyFile(ctx, dyn, "../../deploy/base/crds/identityrules.signet.dev.yaml"); err != nil {
-		return err
+	for _, crd := range []string{"identityrules", "accesspolicies"} {
+		if err := applyFile(ctx, dyn, "../../deploy/base/crds/"+crd+".signet.dev.yaml"); err != nil {
+			return err
+		}
 	}
 	deadline := time.Now().Add(30 * time.Second)
 	for applyFile(ctx, dyn, "../../deploy/base/rules/default.yaml") != nil {
