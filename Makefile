@@ -33,7 +33,7 @@ test: deps proto-check testenv
 	$(GO) test -count=1 -timeout 30m $$($(GO) list ./... | grep -v -e /e2e/testenv -e /e2e/node)
 	$(GO) test -count=1 -timeout 30m -p 1 $(NODE_PKGS)
 
-# testenv builds etcd, kube-apiserver and kubelet from the Go module proxy
+# testenv builds etcd, kube-apiserver, kubelet, helm and kustomize from the Go module proxy
 # into ~/.cache/signet-testenv (about 10-20 minutes the first time on two
 # cores, under a second after), so that no test waits for a build.
 testenv:

@@ -1,14 +1,18 @@
 package kube
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	authzv1 "k8s.io/api/authorization/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -16,6 +20,8 @@ import (
 	"k8s.io/client-go/discovery/cached/memory"
 	"k8s.io/client-go/restmapper"
 	"sigs.k8s.io/yaml"
+
+	"github.com/signet-id/signet/e2e/testenv"
 )
 
 const base = "../../deploy/base"
@@ -155,5 +161,92 @@ func TestDeployRBAC(t *testing.T) {
 			}
 			time.Sleep(100 * time.Millisecond)
 		}
+	}
+}
+
+// render runs a renderer from the test environment's cache and parses
+// its output.
+func render(t *testing.T, tool string, args ...string) []*unstructured.Unstructured {
+	t.Helper()
+	bin := filepath.Join(testenv.BinDir(), tool)
+	if _, err := os.Stat(bin); err != nil {
+		if err := testenv.Build(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cmd := exec.Command(bin, args...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("%s %v: %v\n%s", tool, args, err, stderr.String())
+	}
+	var objs []*unstructured.Unstructured
+	for _, doc := range strings.Split(string(out), "\n---") {
+		var obj map[string]any
+		if err := yaml.Unmarshal([]byte(doc), &obj); err != nil {
+			t.Fatalf("%s output: %v", tool, err)
+		}
+		if obj != nil {
+			objs = append(objs, &unstructured.Unstructured{Object: obj})
+		}
+	}
+	return objs
+}
+
+func byKey(objs []*unstructured.Unstructured) map[string]*unstructured.Unstructured {
+	m := map[string]*unstructured.Unstructured{}
+	for _, u := range objs {
+		m[u.GetKind()+" "+u.GetNamespace()+"/"+u.GetName()] = u
+	}
+	return m
+}
+
+// TestHelmAndKustomizeAgree: `kustomize build deploy/base` and
+// `helm template` of deploy/helm/signet with its default values give the
+// same objects, and both pass a server-side dry-run apply.
+func TestHelmAndKustomizeAgree(t *testing.T) {
+	kz := render(t, "kustomize", "build", base)
+	hm := render(t, "helm", "template", "signet", "../../deploy/helm/signet", "--namespace", "signet-system", "--include-crds")
+	k, h := byKey(kz), byKey(hm)
+	if len(k) < 20 {
+		t.Fatalf("kustomize rendered only %d objects", len(k))
+	}
+	for key, want := range k {
+		got, ok := h[key]
+		if !ok {
+			t.Errorf("helm does not render %s", key)
+			continue
+		}
+		if !equality.Semantic.DeepEqual(got.Object, want.Object) {
+			gj, _ := json.Marshal(got.Object)
+			wj, _ := json.Marshal(want.Object)
+			t.Errorf("%s differs:\nhelm:      %s\nkustomize: %s", key, gj, wj)
+		}
+	}
+	for key := range h {
+		if _, ok := k[key]; !ok {
+			t.Errorf("helm renders %s, kustomize does not", key)
+		}
+	}
+	applyObjects(t, kz, true)
+	applyObjects(t, hm, true)
+
+	// Values reach the objects.
+	custom := render(t, "helm", "template", "signet", "../../deploy/helm/signet", "--namespace", "id",
+		"--set", "trustDomain=corp.example", "--set", "webhook.enabled=false", "--set", "ca.replicas=3", "--set", "ca.keyType=ec-p384")
+	c := byKey(custom)
+	dep := c["Deployment id/signet-ca"]
+	if dep == nil {
+		t.Fatal("no CA Deployment with custom values")
+	}
+	raw, _ := json.Marshal(dep.Object)
+	for _, want := range []string{`"replicas":3`, "--trust-domain=corp.example", "--key-type=ec-p384", "--agent-service-account=id/signet-agent"} {
+		if !strings.Contains(string(raw), want) {
+			t.Errorf("custom values: %s missing from the CA Deployment", want)
+		}
+	}
+	if strings.Contains(string(raw), "--webhook-listen") || c["ValidatingWebhookConfiguration /signet"] != nil {
+		t.Error("webhook.enabled=false still renders the webhook")
 	}
 }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # build.sh: builds the Kubernetes pieces the end-to-end tests run (etcd,
-# kube-apiserver, kubelet) from the Go module proxy into a cache directory, and
+# kube-apiserver, kubelet, and helm and kustomize to render deploy/) from
+# the Go module proxy into a cache directory, and
 # prints that directory's bin/ on the last line. Binaries already present at the
 # wanted version are kept, so a second run takes well under a second.
 #
@@ -97,6 +98,19 @@ kube() { # command name
   say "$name built in $((SECONDS - t)) s"
 }
 
+# tool NAME PACKAGE@VERSION: a Go command the tests run (helm, kustomize).
+tool() {
+  local name=$1 pkg=$2
+  if [[ -x $BIN/$name && "$(cat "$BIN/$name.version" 2>/dev/null)" == "$pkg" ]]; then return; fi
+  say "building $pkg"
+  local t=$SECONDS
+  (cd "$SRC" && GOBIN=$BIN GOFLAGS=-trimpath go install "$pkg")
+  echo "$pkg" >"$BIN/$name.version"
+  say "$name built in $((SECONDS - t)) s"
+}
+
 etcd
 for c in $KUBE_CMDS; do kube "$c"; done
+tool helm helm.sh/helm/v3/cmd/helm@v3.22.0
+tool kustomize sigs.k8s.io/kustomize/kustomize/v5@v5.8.1
 echo "$BIN"
