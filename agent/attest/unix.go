@@ -6,8 +6,10 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/user"
 	"strconv"
@@ -69,6 +71,13 @@ func (u *Unix) Attest(ctx context.Context, c peercred.Creds) ([]selector.Selecto
 	}
 	exe := fmt.Sprintf("%s/%d/exe", u.proc(), c.PID)
 	path, err := os.Readlink(exe)
+	if errors.Is(err, fs.ErrPermission) {
+		// Reading another process's binary takes ptrace rights: an agent
+		// without CAP_SYS_PTRACE (the Kubernetes DaemonSet drops every
+		// capability) cannot for processes that hold capabilities it
+		// lacks. They get no path or sha256 selectors; the others stand.
+		return sels, nil
+	}
 	if err != nil {
 		return nil, fmt.Errorf("attest: process %d: binary path: %w", c.PID, err)
 	}

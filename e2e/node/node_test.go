@@ -111,7 +111,7 @@ func setupCluster(ctx context.Context) error {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	for _, ns := range []string{"signet-system", "demo"} {
+	for _, ns := range []string{"signet-system", "signet-proc", "demo"} {
 		if err := namespace(ctx, ns); err != nil {
 			return err
 		}
@@ -223,7 +223,9 @@ func startSignet() (*signetProcs, error) {
 	caAddr, caHealth := freeAddr(), freeAddr()
 	s.ca = exec.Command(filepath.Join(env.bin, "signet-ca"), "--trust-domain", "example.org", "--data-dir", s.caData,
 		"--listen", caAddr, "--health-addr", caHealth, "--kubeconfig", env.cluster.Kubeconfig, "--cluster-name", "e2e",
-		"--agent-service-account", "signet-system/signet-agent", "--namespace", "signet-system")
+		// Its Secret, Lease and bundle ConfigMap live apart from those of
+		// the CA that TestDeployment installs from deploy/.
+		"--agent-service-account", "signet-system/signet-agent", "--namespace", "signet-proc")
 	if err := startLogged(s.ca, filepath.Join(env.dir, "ca.log")); err != nil {
 		return nil, err
 	}

@@ -21,7 +21,7 @@ ETCD_VERSION=${ETCD_VERSION:-3.7.3}
 CACHE=${1:-${SIGNET_TESTENV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/signet-testenv}}
 BIN=$CACHE/bin
 SRC=$CACHE/src
-KUBE_CMDS=${KUBE_CMDS:-kube-apiserver kubelet}
+KUBE_CMDS=${KUBE_CMDS:-kube-apiserver kubelet kube-scheduler kube-controller-manager}
 
 say() { echo "testenv build: $*" >&2; }
 mkdir -p "$BIN" "$SRC"

@@ -22,6 +22,7 @@ import (
 	"syscall"
 	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -271,4 +272,53 @@ func (c *Cluster) Stop() {
 		c.procs[i].stop()
 	}
 	c.procs = nil
+}
+
+// StartControllers starts kube-scheduler and kube-controller-manager (the
+// controllers of DaemonSets, Deployments, ReplicaSets, ServiceAccounts,
+// the kube-root-ca.crt ConfigMaps, namespaces and garbage collection),
+// for tests that apply workloads as users do.
+func (c *Cluster) StartControllers() error {
+	bin := BinDir()
+	for _, b := range []string{"kube-scheduler", "kube-controller-manager"} {
+		if _, err := os.Stat(filepath.Join(bin, b)); err != nil {
+			if err := Build(); err != nil {
+				return err
+			}
+			break
+		}
+	}
+	sched, err := startProcess(c.Dir, "kube-scheduler", filepath.Join(bin, "kube-scheduler"),
+		"--kubeconfig="+c.Kubeconfig, "--leader-elect=false", "--secure-port=0")
+	if err != nil {
+		return err
+	}
+	c.procs = append(c.procs, sched)
+	kcm, err := startProcess(c.Dir, "kube-controller-manager", filepath.Join(bin, "kube-controller-manager"),
+		"--kubeconfig="+c.Kubeconfig, "--leader-elect=false", "--secure-port=0", "--use-service-account-credentials=false",
+		"--root-ca-file="+c.CAFile,
+		"--controllers=daemonset-controller,deployment-controller,replicaset-controller,serviceaccount-controller,"+
+			"root-ca-certificate-publisher-controller,namespace-controller,garbage-collector-controller")
+	if err != nil {
+		return err
+	}
+	c.procs = append(c.procs, kcm)
+	// Ready when the service-account controller made "default" in default.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	for {
+		for _, p := range []*process{sched, kcm} {
+			if p.exited() {
+				return fmt.Errorf("testenv: %s exited:\n%s", p.name, p.tail())
+			}
+		}
+		if _, err := c.Client.CoreV1().ServiceAccounts("default").Get(ctx, "default", metav1.GetOptions{}); err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("testenv: kube-controller-manager did not create the default ServiceAccount:\n%s", kcm.tail())
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 }
