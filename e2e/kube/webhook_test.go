@@ -2,6 +2,8 @@ package kube
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"strings"
 	"testing"
 	"time"
@@ -216,4 +218,77 @@ func TestAdmissionWebhook(t *testing.T) {
 		_, err := policies.Create(ctx, wide, metav1.CreateOptions{})
 		return err == nil
 	})
+}
+
+// TestWebhookCertificateRotates: the webhook's certificate follows the
+// CA's intermediate (here 20 s, replaced at half life), and the API server
+// keeps calling the webhook across the change.
+func TestWebhookCertificateRotates(t *testing.T) {
+	ctx := context.Background()
+	addr := systest.FreeAddr(t)
+	_, port, _ := strings.Cut(addr, ":")
+	const cfgName = "signet-e2e-rotate"
+	if err := createNamespace(ctx, "rot-ca"); err != nil {
+		t.Fatal(err)
+	}
+	ca := systest.StartCA(t, func(c *server.Config) {
+		c.IntermediateTTL, c.RotateInterval, c.X509TTL, c.AgentTTL = 20*time.Second, time.Second, 10*time.Second, 10*time.Second
+		c.Kube = &server.KubeConfig{
+			Kubeconfig: cluster.Kubeconfig, ClusterName: clusterN, AgentServiceAccounts: []string{agentNS + "/" + agentSA},
+			Namespace: "rot-ca", Identity: "rot",
+			Webhook: &server.WebhookConfig{ListenAddr: addr, DNSNames: []string{"localhost"}, ConfigurationName: cfgName},
+		}
+	})
+	fail, none := admissionregv1.Fail, admissionregv1.SideEffectClassNone
+	u := "https://localhost:" + port + "/mutate-pods"
+	adm := cluster.Client.AdmissionregistrationV1()
+	if _, err := adm.MutatingWebhookConfigurations().Create(ctx, &admissionregv1.MutatingWebhookConfiguration{
+		ObjectMeta: metav1.ObjectMeta{Name: cfgName},
+		Webhooks: []admissionregv1.MutatingWebhook{{Name: "inject.signet.dev", ClientConfig: admissionregv1.WebhookClientConfig{URL: &u},
+			Rules: []admissionregv1.RuleWithOperations{{Operations: []admissionregv1.OperationType{admissionregv1.Create},
+				Rule: admissionregv1.Rule{APIGroups: []string{""}, APIVersions: []string{"v1"}, Resources: []string{"pods"}}}},
+			NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"signet-e2e-rotate": "yes"}},
+			FailurePolicy:     &fail, SideEffects: &none, AdmissionReviewVersions: []string{"v1"}}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { adm.MutatingWebhookConfigurations().Delete(ctx, cfgName, metav1.DeleteOptions{}) })
+	if _, err := cluster.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "rot-app",
+		Labels: map[string]string{"signet-e2e-rotate": "yes", "signet.dev/inject": "enabled"}}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := createSA(ctx, "rot-app", "default"); err != nil {
+		t.Fatal(err)
+	}
+	createNode(t, "node-rot")
+	served := func() *x509.Certificate {
+		pool := x509.NewCertPool()
+		for _, r := range ca.Roots() {
+			pool.AddCert(r)
+		}
+		conn, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: pool, ServerName: "localhost"})
+		if err != nil {
+			t.Fatalf("webhook TLS: %v", err)
+		}
+		defer conn.Close()
+		return conn.ConnectionState().PeerCertificates[0]
+	}
+	injectedPod := func() bool {
+		no := false
+		p, err := cluster.Client.CoreV1().Pods("rot-app").Create(ctx, &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{GenerateName: "p-"},
+			Spec: corev1.PodSpec{NodeName: "node-rot", AutomountServiceAccountToken: &no, Containers: []corev1.Container{{Name: "main", Image: "localhost/none:1"}}},
+		}, metav1.CreateOptions{})
+		return err == nil && len(p.Spec.Volumes) > 0
+	}
+	eventually(t, 20*time.Second, "the webhook in use", injectedPod)
+	first := served()
+	eventually(t, 30*time.Second, "a new webhook certificate", func() bool { return !served().Equal(first) })
+	second := served()
+	if second.Issuer.String() == first.Issuer.String() && second.AuthorityKeyId != nil && string(second.AuthorityKeyId) == string(first.AuthorityKeyId) {
+		t.Fatal("the new certificate has the old issuer")
+	}
+	if !injectedPod() {
+		t.Fatal("the API server did not call the webhook after the rotation")
+	}
 }
