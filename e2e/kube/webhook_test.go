@@ -277,7 +277,7 @@ func TestWebhookCertificateRotates(t *testing.T) {
 		no := false
 		p, err := cluster.Client.CoreV1().Pods("rot-app").Create(ctx, &corev1.Pod{
 			ObjectMeta: metav1.ObjectMeta{GenerateName: "p-"},
-			Spec: corev1.PodSpec{NodeName: "node-rot", AutomountServiceAccountToken: &no, Containers: []corev1.Container{{Name: "main", Image: "localhost/none:1"}}},
+			Spec:       corev1.PodSpec{NodeName: "node-rot", AutomountServiceAccountToken: &no, Containers: []corev1.Container{{Name: "main", Image: "localhost/none:1"}}},
 		}, metav1.CreateOptions{})
 		return err == nil && len(p.Spec.Volumes) > 0
 	}
