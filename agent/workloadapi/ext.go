@@ -59,14 +59,9 @@ func (h *Handler) identified(ctx context.Context, event string) (caller, *cache.
 	if err != nil {
 		return caller{}, nil, nil, err
 	}
-	snap, changed := h.synced(ctx)
-	if len(snap.MatchEntries(c.selectors)) == 0 && c.partial {
-		if err := h.complete(ctx, &c, event); err != nil {
-			return caller{}, nil, nil, err
-		}
-	}
-	if len(snap.MatchEntries(c.selectors)) == 0 && h.pullPod(ctx, c) {
-		snap, changed = h.cfg.Cache.Snapshot()
+	snap, changed, err := h.lookUp(ctx, &c, event)
+	if err != nil {
+		return caller{}, nil, nil, err
 	}
 	if len(snap.MatchEntries(c.selectors)) == 0 {
 		h.refuse(c, event, "no entry matches the caller's selectors")

@@ -157,6 +157,23 @@ func (h *Handler) complete(ctx context.Context, c *caller, event string) error {
 	return nil
 }
 
+// lookUp returns a snapshot after the first sync in which the caller's
+// entries are found if it has any: when none match, its attestation is
+// completed (a container the kubelet did not list yet) and the CA is asked
+// for its pod's identities.
+func (h *Handler) lookUp(ctx context.Context, c *caller, event string) (*cache.Snapshot, <-chan struct{}, error) {
+	snap, changed := h.synced(ctx)
+	if len(snap.MatchEntries(c.selectors)) == 0 && c.partial {
+		if err := h.complete(ctx, c, event); err != nil {
+			return nil, nil, err
+		}
+	}
+	if len(snap.MatchEntries(c.selectors)) == 0 && h.pullPod(ctx, *c) {
+		snap, changed = h.cfg.Cache.Snapshot()
+	}
+	return snap, changed, nil
+}
+
 func (h *Handler) refuse(c caller, event, reason string) {
 	h.cfg.Metrics.answer(event, "refused")
 	h.cfg.Audit.Log(Record{Event: event, PID: c.creds.PID, UID: c.creds.UID, Selectors: c.selectorStrings(), Result: "refused", Reason: reason})
@@ -309,16 +326,11 @@ func (h *Handler) streamBundles(ctx context.Context, event string, send func(*ca
 	if err != nil {
 		return err
 	}
-	snap, changed := h.synced(ctx)
+	snap, changed, err := h.lookUp(ctx, &c, event)
+	if err != nil {
+		return err
+	}
 	var sent *cache.Bundle
-	if len(snap.MatchEntries(c.selectors)) == 0 && c.partial {
-		if err := h.complete(ctx, &c, event); err != nil {
-			return err
-		}
-	}
-	if len(snap.MatchEntries(c.selectors)) == 0 && h.pullPod(ctx, c) {
-		snap, changed = h.cfg.Cache.Snapshot()
-	}
 	for {
 		if len(snap.MatchEntries(c.selectors)) == 0 {
 			h.refuse(c, event, "no entry matches the caller's selectors")
@@ -364,14 +376,9 @@ func (h *Handler) FetchJWTSVID(ctx context.Context, req *workload.JWTSVIDRequest
 			return nil, status.Errorf(codes.InvalidArgument, "spiffe_id %q: %v", want, err)
 		}
 	}
-	snap, _ := h.synced(ctx)
-	if len(snap.MatchEntries(c.selectors)) == 0 && c.partial {
-		if err := h.complete(ctx, &c, event); err != nil {
-			return nil, err
-		}
-	}
-	if len(snap.MatchEntries(c.selectors)) == 0 && h.pullPod(ctx, c) {
-		snap, _ = h.cfg.Cache.Snapshot()
+	snap, _, err := h.lookUp(ctx, &c, event)
+	if err != nil {
+		return nil, err
 	}
 	// One JWT-SVID per SPIFFE ID, in ID order; only the asked-for ID when
 	// the request names one (the common case: filter before sorting).

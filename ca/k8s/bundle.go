@@ -26,34 +26,42 @@ type BundlePublisher struct {
 	Log       hclog.Logger
 }
 
-// Run publishes the roots that roots returns now and each time changed
-// fires, until ctx ends. Only the leader runs it.
-func (p *BundlePublisher) Run(ctx context.Context, roots func() ([]*x509.Certificate, <-chan struct{})) {
+// Run publishes the roots now, each time they change, and every minute
+// (repairing edits by others), until ctx ends. Only the leader runs it.
+func (p *BundlePublisher) Run(ctx context.Context, roots RootsFunc) {
+	followRoots(ctx, roots, p.publish, func(err error) {
+		p.Log.Warn("publishing the trust bundle failed; retrying", "configmap", p.Namespace+"/"+p.Name, "error", err)
+	})
+}
+
+// RootsFunc returns the trust bundle's roots and a channel closed when
+// they change (authority.Authority's Bundle, narrowed).
+type RootsFunc func() ([]*x509.Certificate, <-chan struct{})
+
+// followRoots calls apply with the roots as PEM now, when they change and
+// every minute; a failure is reported and tried again after 5 s.
+func followRoots(ctx context.Context, roots RootsFunc, apply func(context.Context, []byte) error, report func(error)) {
 	for {
 		rs, changed := roots()
-		if err := p.publish(ctx, rs); err != nil && ctx.Err() == nil {
-			p.Log.Warn("publishing the trust bundle failed; retrying", "configmap", p.Namespace+"/"+p.Name, "error", err)
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(5 * time.Second):
-			}
-			continue
+		var pemRoots []byte
+		for _, r := range rs {
+			pemRoots = append(pemRoots, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: r.Raw})...)
+		}
+		wait, retry := changed, time.Minute
+		if err := apply(ctx, pemRoots); err != nil && ctx.Err() == nil {
+			report(err)
+			wait, retry = nil, 5*time.Second
 		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-changed:
-		case <-time.After(5 * time.Minute): // repair edits by others
+		case <-wait:
+		case <-time.After(retry):
 		}
 	}
 }
 
-func (p *BundlePublisher) publish(ctx context.Context, roots []*x509.Certificate) error {
-	var buf []byte
-	for _, r := range roots {
-		buf = append(buf, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: r.Raw})...)
-	}
+func (p *BundlePublisher) publish(ctx context.Context, buf []byte) error {
 	cms := p.Client.CoreV1().ConfigMaps(p.Namespace)
 	cm, err := cms.Get(ctx, p.Name, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {

@@ -3,12 +3,10 @@ package k8s
 import (
 	"bytes"
 	"context"
-	"crypto/x509"
-	"encoding/pem"
 	"fmt"
-	"time"
 
 	"github.com/hashicorp/go-hclog"
+	admissionregv1 "k8s.io/api/admissionregistration/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -27,62 +25,51 @@ type CABundleKeeper struct {
 
 // Run updates the configurations now, when the roots change, and every
 // minute (configurations applied later, or edited), until ctx ends.
-func (k *CABundleKeeper) Run(ctx context.Context, roots func() ([]*x509.Certificate, <-chan struct{})) {
-	for {
-		rs, changed := roots()
-		var pemRoots []byte
-		for _, r := range rs {
-			pemRoots = append(pemRoots, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: r.Raw})...)
-		}
-		if err := k.update(ctx, pemRoots); err != nil && ctx.Err() == nil {
-			k.Log.Warn("updating the webhook caBundle failed", "name", k.Name, "error", err)
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-changed:
-		case <-time.After(time.Minute):
+func (k *CABundleKeeper) Run(ctx context.Context, roots RootsFunc) {
+	followRoots(ctx, roots, k.update, func(err error) {
+		k.Log.Warn("updating the webhook caBundle failed", "name", k.Name, "error", err)
+	})
+}
+
+// setCABundle points every client configuration at ca and reports whether
+// one changed.
+func setCABundle(ca []byte, configs ...*admissionregv1.WebhookClientConfig) bool {
+	changed := false
+	for _, c := range configs {
+		if !bytes.Equal(c.CABundle, ca) {
+			c.CABundle, changed = ca, true
 		}
 	}
+	return changed
 }
 
 func (k *CABundleKeeper) update(ctx context.Context, ca []byte) error {
 	adm := k.Client.AdmissionregistrationV1()
 	m, err := adm.MutatingWebhookConfigurations().Get(ctx, k.Name, metav1.GetOptions{})
-	switch {
-	case apierrors.IsNotFound(err):
-	case err != nil:
-		return fmt.Errorf("mutating: %w", err)
-	default:
-		changed := false
+	if err == nil {
+		var cfgs []*admissionregv1.WebhookClientConfig
 		for i := range m.Webhooks {
-			if !bytes.Equal(m.Webhooks[i].ClientConfig.CABundle, ca) {
-				m.Webhooks[i].ClientConfig.CABundle, changed = ca, true
-			}
+			cfgs = append(cfgs, &m.Webhooks[i].ClientConfig)
 		}
-		if changed {
-			if _, err := adm.MutatingWebhookConfigurations().Update(ctx, m, metav1.UpdateOptions{}); err != nil {
-				return fmt.Errorf("mutating: %w", err)
-			}
+		if setCABundle(ca, cfgs...) {
+			_, err = adm.MutatingWebhookConfigurations().Update(ctx, m, metav1.UpdateOptions{})
 		}
+	}
+	if err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("mutating: %w", err)
 	}
 	v, err := adm.ValidatingWebhookConfigurations().Get(ctx, k.Name, metav1.GetOptions{})
-	switch {
-	case apierrors.IsNotFound(err):
-		return nil
-	case err != nil:
+	if err == nil {
+		var cfgs []*admissionregv1.WebhookClientConfig
+		for i := range v.Webhooks {
+			cfgs = append(cfgs, &v.Webhooks[i].ClientConfig)
+		}
+		if setCABundle(ca, cfgs...) {
+			_, err = adm.ValidatingWebhookConfigurations().Update(ctx, v, metav1.UpdateOptions{})
+		}
+	}
+	if err != nil && !apierrors.IsNotFound(err) {
 		return fmt.Errorf("validating: %w", err)
-	}
-	changed := false
-	for i := range v.Webhooks {
-		if !bytes.Equal(v.Webhooks[i].ClientConfig.CABundle, ca) {
-			v.Webhooks[i].ClientConfig.CABundle, changed = ca, true
-		}
-	}
-	if changed {
-		if _, err := adm.ValidatingWebhookConfigurations().Update(ctx, v, metav1.UpdateOptions{}); err != nil {
-			return fmt.Errorf("validating: %w", err)
-		}
 	}
 	return nil
 }

@@ -31,6 +31,7 @@ import (
 	"github.com/signet-id/signet/ca/entry"
 	"github.com/signet-id/signet/ca/identityrule"
 	"github.com/signet-id/signet/internal/selector"
+	typesv1 "github.com/signet-id/signet/proto/signet/types/v1"
 )
 
 // EntryPrefix starts the ID of every pod-derived entry:
@@ -68,8 +69,9 @@ type Identities struct {
 	policies   cache.SharedIndexInformer
 
 	mu       sync.Mutex
-	compiled map[string]*rule // by name
-	order    []*rule          // sorted by name
+	valid    []*typesv1.AccessPolicy // AccessPolicy objects that pass the checks
+	compiled map[string]*rule        // by name
+	order    []*rule                 // sorted by name
 	pulled   map[string]pulledPod
 	// all is closed on a change that may concern every node (rules,
 	// namespaces, nodes); byNode on a change of one node's pods.
@@ -128,15 +130,15 @@ func New(cfg Config) (*Identities, error) {
 		return nil, err
 	}
 	if _, err := id.namespaces.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc: func(any) { id.notify("") },
+		AddFunc: func(any) { id.recheckPolicies() },
 		UpdateFunc: func(old, obj any) {
 			o, ok1 := old.(*corev1.Namespace)
 			n, ok2 := obj.(*corev1.Namespace)
 			if !ok1 || !ok2 || !maps.Equal(o.Labels, n.Labels) {
-				id.notify("")
+				id.recheckPolicies()
 			}
 		},
-		DeleteFunc: func(any) { id.notify("") },
+		DeleteFunc: func(any) { id.recheckPolicies() },
 	}); err != nil {
 		return nil, err
 	}
@@ -164,7 +166,7 @@ func New(cfg Config) (*Identities, error) {
 	}
 	id.policies = id.dyn.ForResource(AccessPolicyResource).Informer()
 	if _, err := id.policies.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc: func(any) { id.notify("") }, UpdateFunc: func(any, any) { id.notify("") }, DeleteFunc: func(any) { id.notify("") },
+		AddFunc: func(any) { id.recheckPolicies() }, UpdateFunc: func(any, any) { id.recheckPolicies() }, DeleteFunc: func(any) { id.recheckPolicies() },
 	}); err != nil {
 		return nil, err
 	}
@@ -212,6 +214,7 @@ func (id *Identities) Start(ctx context.Context) error {
 		return errors.New("k8s: informers did not sync (are the IdentityRule and AccessPolicy CRDs installed, and may the CA list pods, namespaces, nodes and both?)")
 	}
 	id.recompile()
+	id.recheckPolicies()
 	return nil
 }
 

@@ -83,10 +83,19 @@ func CheckNamespacedPolicy(td spiffeid.TrustDomain, ns string, crossAllowed bool
 
 // Policies returns the AccessPolicy objects that pass the checks, by name.
 // The admission webhook refuses the others; the CA ignores them too, in
-// case the webhook is not installed.
+// case the webhook is not installed. Sync streams call it on every wake, so
+// the checks run on informer events (recheckPolicies), not here.
 func (id *Identities) Policies() []*typesv1.AccessPolicy {
+	id.mu.Lock()
+	defer id.mu.Unlock()
+	return id.valid
+}
+
+// recheckPolicies checks every AccessPolicy object again (after a change
+// of the objects or of a namespace's labels) and wakes every Sync stream.
+func (id *Identities) recheckPolicies() {
 	if id.policies == nil {
-		return nil
+		return
 	}
 	var out []*typesv1.AccessPolicy
 	for _, obj := range id.policies.GetStore().List() {
@@ -105,5 +114,8 @@ func (id *Identities) Policies() []*typesv1.AccessPolicy {
 		out = append(out, p)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].GetName() < out[j].GetName() })
-	return out
+	id.mu.Lock()
+	id.valid = out
+	id.mu.Unlock()
+	id.notify("")
 }

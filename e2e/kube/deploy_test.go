@@ -13,12 +13,8 @@ import (
 
 	authzv1 "k8s.io/api/authorization/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
-	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/discovery/cached/memory"
-	"k8s.io/client-go/restmapper"
 	"sigs.k8s.io/yaml"
 
 	"github.com/signet-id/signet/e2e/testenv"
@@ -45,15 +41,11 @@ func baseObjects(t *testing.T) []*unstructured.Unstructured {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, doc := range strings.Split(string(raw), "\n---") {
-			var obj map[string]any
-			if err := yaml.Unmarshal([]byte(doc), &obj); err != nil {
-				t.Fatalf("%s: %v", file, err)
-			}
-			if obj != nil {
-				out = append(out, &unstructured.Unstructured{Object: obj})
-			}
+		objs, err := testenv.ParseYAML(raw)
+		if err != nil {
+			t.Fatalf("%s: %v", file, err)
 		}
+		out = append(out, objs...)
 	}
 	return out
 }
@@ -61,35 +53,8 @@ func baseObjects(t *testing.T) []*unstructured.Unstructured {
 // applyObjects applies objects server-side, for real or as a dry run.
 func applyObjects(t *testing.T, objs []*unstructured.Unstructured, dryRun bool) {
 	t.Helper()
-	ctx := context.Background()
-	mapper := restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(cluster.Client.Discovery()))
-	opts := metav1.PatchOptions{FieldManager: "signet-e2e", Force: new(bool)}
-	*opts.Force = true
-	if dryRun {
-		opts.DryRun = []string{metav1.DryRunAll}
-	}
-	for _, u := range objs {
-		gvk := u.GroupVersionKind()
-		m, err := mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
-		if err != nil {
-			t.Fatalf("%s %s: %v", gvk.Kind, u.GetName(), err)
-		}
-		body, err := u.MarshalJSON()
-		if err != nil {
-			t.Fatal(err)
-		}
-		var r = dyn.Resource(m.Resource)
-		if m.Scope.Name() == meta.RESTScopeNameNamespace {
-			if u.GetNamespace() == "" {
-				t.Fatalf("%s %s: namespaced but names no namespace", gvk.Kind, u.GetName())
-			}
-			_, err = r.Namespace(u.GetNamespace()).Patch(ctx, u.GetName(), types.ApplyPatchType, body, opts)
-		} else {
-			_, err = r.Patch(ctx, u.GetName(), types.ApplyPatchType, body, opts)
-		}
-		if err != nil {
-			t.Errorf("apply %s %s/%s: %v", gvk.Kind, u.GetNamespace(), u.GetName(), err)
-		}
+	if err := cluster.Apply(context.Background(), objs, dryRun); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -181,15 +146,9 @@ func render(t *testing.T, tool string, args ...string) []*unstructured.Unstructu
 	if err != nil {
 		t.Fatalf("%s %v: %v\n%s", tool, args, err, stderr.String())
 	}
-	var objs []*unstructured.Unstructured
-	for _, doc := range strings.Split(string(out), "\n---") {
-		var obj map[string]any
-		if err := yaml.Unmarshal([]byte(doc), &obj); err != nil {
-			t.Fatalf("%s output: %v", tool, err)
-		}
-		if obj != nil {
-			objs = append(objs, &unstructured.Unstructured{Object: obj})
-		}
+	objs, err := testenv.ParseYAML(out)
+	if err != nil {
+		t.Fatalf("%s output: %v", tool, err)
 	}
 	return objs
 }

@@ -16,11 +16,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
-	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/discovery/cached/memory"
 	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/restmapper"
-	"sigs.k8s.io/yaml"
 
 	"github.com/signet-id/signet/e2e/testenv"
 )
@@ -131,36 +127,13 @@ func TestDeployment(t *testing.T) {
 	if err != nil {
 		t.Fatalf("kustomize: %v", err)
 	}
-	var objs []*unstructured.Unstructured
-	for _, doc := range strings.Split(string(out), "\n---") {
-		var obj map[string]any
-		must(t, yaml.Unmarshal([]byte(doc), &obj))
-		if obj != nil {
-			objs = append(objs, &unstructured.Unstructured{Object: obj})
-		}
-	}
+	objs, err := testenv.ParseYAML(out)
+	must(t, err)
 	_, apiPort, _ := strings.Cut(strings.TrimPrefix(env.cluster.URL, "https://"), ":")
 	overlay(t, objs, apiPort)
+	must(t, env.cluster.Apply(ctx, objs, false))
 	dyn, err := dynamic.NewForConfig(env.cluster.Config)
 	must(t, err)
-	mapper := restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(env.cluster.Client.Discovery()))
-	force := true
-	for _, u := range objs {
-		gvk := u.GroupVersionKind()
-		m, err := mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
-		must(t, err)
-		body, _ := u.MarshalJSON()
-		r := dyn.Resource(m.Resource)
-		opts := metav1.PatchOptions{FieldManager: "signet-e2e", Force: &force}
-		if u.GetNamespace() != "" {
-			_, err = r.Namespace(u.GetNamespace()).Patch(ctx, u.GetName(), types.ApplyPatchType, body, opts)
-		} else {
-			_, err = r.Patch(ctx, u.GetName(), types.ApplyPatchType, body, opts)
-		}
-		if err != nil {
-			t.Fatalf("apply %s %s: %v", gvk.Kind, u.GetName(), err)
-		}
-	}
 	t.Cleanup(func() {
 		adm := env.cluster.Client.AdmissionregistrationV1()
 		adm.MutatingWebhookConfigurations().Delete(ctx, "signet", metav1.DeleteOptions{})
