@@ -29,6 +29,7 @@ import (
 	"google.golang.org/grpc"
 	grpcbackoff "google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
@@ -411,6 +412,51 @@ func (b *backoff) next() time.Duration {
 
 func (b *backoff) reset() { b.cur = 0 }
 
+// pause is sleep for a loop whose call to the CA failed: it also ends when
+// the connection to the CA, having been down, is ready again, so that work
+// resumes as soon as a CA that was away answers rather than at the next
+// backoff step (which could outlast the SVIDs in hand).
+func (m *Manager) pause(ctx context.Context, d time.Duration, wake <-chan struct{}) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	m.mu.Lock()
+	conn := m.conn
+	m.mu.Unlock()
+	back := make(chan struct{})
+	if conn != nil {
+		go func() {
+			down := false
+			for s := conn.GetState(); ; s = conn.GetState() {
+				switch s {
+				case connectivity.Ready:
+					if down {
+						close(back)
+						return
+					}
+				case connectivity.Shutdown:
+					return // replaced: wake says so
+				case connectivity.Idle:
+					down = true
+					conn.Connect()
+				default:
+					down = true
+				}
+				if !conn.WaitForStateChange(ctx, s) {
+					return
+				}
+			}
+		}()
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	case <-wake:
+	case <-back:
+	}
+}
+
 func sleep(ctx context.Context, d time.Duration, wake <-chan struct{}) {
 	t := time.NewTimer(d)
 	defer t.Stop()
@@ -444,7 +490,7 @@ func (m *Manager) syncLoop(ctx context.Context) {
 		}
 		d := bo.next()
 		m.log.Warn("sync stream ended; reconnecting", "error", err, "retry_in", d)
-		sleep(ctx, d, connChanged)
+		m.pause(ctx, d, connChanged)
 	}
 }
 
@@ -571,8 +617,9 @@ func (m *Manager) mintLoop(ctx context.Context) {
 				}
 				d := bo.next()
 				m.log.Warn("minting SVIDs failed; keeping the cached ones", "due", len(due), "error", err, "retry_in", d)
-				// A sync message after a reconnect wakes this early.
-				sleep(ctx, d, changed)
+				// A sync message after a reconnect, or the connection
+				// coming back, wakes this early.
+				m.pause(ctx, d, changed)
 				continue
 			}
 			bo.reset()
@@ -704,7 +751,7 @@ func (m *Manager) renewLoop(ctx context.Context) {
 			}
 			d := bo.next()
 			m.log.Warn("renewing the agent SVID failed", "error", err, "retry_in", d)
-			sleep(ctx, d, nil)
+			m.pause(ctx, d, nil)
 			continue
 		}
 		bo.reset()
