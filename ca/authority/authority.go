@@ -31,9 +31,7 @@ import (
 	"github.com/smallstep/certificates/cas/apiv1"
 	"github.com/smallstep/certificates/cas/softcas"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"go.step.sm/crypto/kms"
 	kmsapi "go.step.sm/crypto/kms/apiv1"
-	_ "go.step.sm/crypto/kms/softkms" // the default, in-process KMS
 	"go.step.sm/crypto/pemutil"
 
 	"github.com/signet-id/signet/ca/store"
@@ -76,6 +74,11 @@ type Config struct {
 	// KeyType is one of "ec-p256" (default), "ec-p384", "rsa-2048",
 	// "rsa-3072", "rsa-4096".
 	KeyType string
+	// KMS, if set, is the go.step.sm/crypto/kms URI of an external KMS
+	// (awskms:region=...) that creates and holds the keys made from now on;
+	// the store then keeps only their names and certificates. If empty, keys
+	// are made in process and stored, as PEM, with their certificates.
+	KMS string
 	// Now returns the current time. If nil, time.Now is used.
 	Now func() time.Time
 	// Log receives rotation events. If nil, logs are discarded.
@@ -125,8 +128,11 @@ type key struct {
 // Authority holds the CA's keys. It is safe for concurrent use.
 type Authority struct {
 	cfg Config
-	km  kms.KeyManager
+	km  *keyManager
 	log hclog.Logger
+	// signers caches the signers of external keys by name: opening one asks
+	// the KMS for its public key.
+	signers map[string]crypto.Signer
 
 	mu      sync.RWMutex
 	keys    []*key
@@ -170,11 +176,11 @@ func New(ctx context.Context, cfg Config) (*Authority, error) {
 	if cfg.Log == nil {
 		cfg.Log = hclog.NewNullLogger()
 	}
-	km, err := kms.New(ctx, kmsapi.Options{Type: kmsapi.SoftKMS})
+	km, err := openKeyManager(ctx, cfg.KMS, cfg.TrustDomain.Name())
 	if err != nil {
-		return nil, fmt.Errorf("authority: kms: %w", err)
+		return nil, err
 	}
-	a := &Authority{cfg: cfg, km: km, log: cfg.Log, changed: make(chan struct{})}
+	a := &Authority{cfg: cfg, km: km, log: cfg.Log, changed: make(chan struct{}), signers: map[string]crypto.Signer{}}
 	if a.keys, a.seq, err = a.load(ctx); err != nil {
 		return nil, err
 	}
@@ -192,7 +198,7 @@ func (a *Authority) load(ctx context.Context) ([]*key, uint64, error) {
 	}
 	var keys []*key
 	for _, sk := range stored {
-		k, err := loadKey(sk)
+		k, err := a.loadKey(sk)
 		if err != nil {
 			return nil, 0, fmt.Errorf("authority: stored key %s: %w", sk.ID, err)
 		}
@@ -260,8 +266,35 @@ func checkTrustDomain(cert *x509.Certificate, td spiffeid.TrustDomain) error {
 	return fmt.Errorf("certificate is not for trust domain %q; the data directory belongs to another trust domain", td.Name())
 }
 
-func loadKey(sk store.CAKey) (*key, error) {
-	priv, err := pemutil.ParseKey(sk.KeyPEM)
+// loadKey opens a stored key. a.mu is held, or a is not shared yet.
+func (a *Authority) loadKey(sk store.CAKey) (*key, error) {
+	signer := a.signers[sk.KeyURI]
+	if signer == nil || sk.KeyURI == "" {
+		var err error
+		if signer, err = a.km.signer(sk.KeyURI, sk.KeyPEM); err != nil {
+			return nil, err
+		}
+	}
+	k := &key{CAKey: sk, signer: signer}
+	if len(sk.CertDER) > 0 {
+		var err error
+		if k.cert, err = x509.ParseCertificate(sk.CertDER); err != nil {
+			return nil, err
+		}
+		// A key name pointing at another key would otherwise surface as
+		// SVIDs that do not verify.
+		if pub, ok := k.cert.PublicKey.(interface{ Equal(crypto.PublicKey) bool }); !ok || !pub.Equal(signer.Public()) {
+			return nil, errors.New("the key does not match its certificate")
+		}
+	}
+	if sk.KeyURI != "" {
+		a.signers[sk.KeyURI] = signer
+	}
+	return k, nil
+}
+
+func parsePEMSigner(keyPEM []byte) (crypto.Signer, error) {
+	priv, err := pemutil.ParseKey(keyPEM)
 	if err != nil {
 		return nil, err
 	}
@@ -269,13 +302,7 @@ func loadKey(sk store.CAKey) (*key, error) {
 	if !ok {
 		return nil, fmt.Errorf("key of type %T cannot sign", priv)
 	}
-	k := &key{CAKey: sk, signer: signer}
-	if len(sk.CertDER) > 0 {
-		if k.cert, err = x509.ParseCertificate(sk.CertDER); err != nil {
-			return nil, err
-		}
-	}
-	return k, nil
+	return signer, nil
 }
 
 // Rotate brings the keys up to date with the clock: it creates, prepares,
@@ -338,6 +365,7 @@ func (a *Authority) rotateLocked(ctx context.Context) (bundleChanged bool, err e
 				return false, fmt.Errorf("authority: %w", err)
 			}
 		}
+		a.deleteRetired(ctx, a.keys, keys)
 		a.keys, a.seq = keys, seq
 		if err := a.refresh(); err != nil {
 			return false, err
@@ -398,6 +426,17 @@ func find(keys []*key, kind, state string) *key {
 		}
 	}
 	return nil
+}
+
+// dropExpired removes old keys of kind whose certificates have expired.
+func dropExpired(keys []*key, kind string, now time.Time) []*key {
+	out := make([]*key, 0, len(keys))
+	for _, k := range keys {
+		if k.Kind != kind || k.State != stateOld || now.Before(k.NotAfter) {
+			out = append(out, k)
+		}
+	}
+	return out
 }
 
 func without(keys []*key, drop *key) []*key {
@@ -471,15 +510,21 @@ func (a *Authority) rotateRoots(keys []*key, now time.Time) ([]*key, bool, error
 func (a *Authority) rotateIntermediate(keys []*key, now time.Time) ([]*key, bool, error) {
 	root := find(keys, kindRoot, stateActive)
 	cur := find(keys, kindIntermediate, stateActive)
+	// A replaced intermediate stays, old, until its certificate expires: a
+	// replica that has not reloaded yet may still sign with it, so an
+	// external KMS must not delete its key before that.
+	kept := dropExpired(keys, kindIntermediate, now)
+	pruned := len(kept) != len(keys)
+	keys = kept
 	if cur != nil && cur.ParentID == root.ID && now.Before(lifeFraction(cur, 1, 2)) && now.Before(cur.NotAfter) {
-		return keys, false, nil
-	}
-	if cur != nil {
-		keys = without(keys, cur)
+		return keys, pruned, nil
 	}
 	k, err := a.newIntermediate(root, now)
 	if err != nil {
 		return nil, false, err
+	}
+	if cur != nil {
+		cur.State = stateOld
 	}
 	k.State, k.ActivatedAt = stateActive, now
 	if k.NotAfter.After(root.ChainedUntil) {
@@ -579,7 +624,7 @@ func (a *Authority) caTemplate(now time.Time, ttl time.Duration, name string) *x
 }
 
 func (a *Authority) newRoot(now time.Time) (*key, error) {
-	cas, err := softcas.New(context.Background(), apiv1.Options{IsCreator: true, KeyManager: a.km})
+	cas, err := softcas.New(context.Background(), apiv1.Options{IsCreator: true, KeyManager: a.km.KeyManager})
 	if err != nil {
 		return nil, err
 	}
@@ -588,12 +633,12 @@ func (a *Authority) newRoot(now time.Time) (*key, error) {
 		Type:      apiv1.RootCA,
 		Template:  tmpl,
 		Lifetime:  a.cfg.RootTTL,
-		CreateKey: a.createKeyRequest(),
+		CreateKey: a.km.createKeyRequest(a.createKeyRequest(), kindRoot),
 	})
 	if err != nil {
 		return nil, err
 	}
-	return newKey(kindRoot, resp)
+	return a.newKey(kindRoot, resp)
 }
 
 func (a *Authority) newIntermediate(root *key, now time.Time) (*key, error) {
@@ -601,7 +646,7 @@ func (a *Authority) newIntermediate(root *key, now time.Time) (*key, error) {
 	if remaining := root.NotAfter.Sub(now); remaining < ttl {
 		ttl = remaining
 	}
-	cas, err := softcas.New(context.Background(), apiv1.Options{IsCreator: true, KeyManager: a.km})
+	cas, err := softcas.New(context.Background(), apiv1.Options{IsCreator: true, KeyManager: a.km.KeyManager})
 	if err != nil {
 		return nil, err
 	}
@@ -611,13 +656,13 @@ func (a *Authority) newIntermediate(root *key, now time.Time) (*key, error) {
 		Type:      apiv1.IntermediateCA,
 		Template:  tmpl,
 		Lifetime:  ttl,
-		CreateKey: a.createKeyRequest(),
+		CreateKey: a.km.createKeyRequest(a.createKeyRequest(), kindIntermediate),
 		Parent:    &apiv1.CreateCertificateAuthorityResponse{Certificate: root.cert, Signer: root.signer},
 	})
 	if err != nil {
 		return nil, err
 	}
-	k, err := newKey(kindIntermediate, resp)
+	k, err := a.newKey(kindIntermediate, resp)
 	if err != nil {
 		return nil, err
 	}
@@ -625,8 +670,8 @@ func (a *Authority) newIntermediate(root *key, now time.Time) (*key, error) {
 	return k, nil
 }
 
-func newKey(kind string, resp *apiv1.CreateCertificateAuthorityResponse) (*key, error) {
-	pemKey, err := marshalKey(resp.PrivateKey)
+func (a *Authority) newKey(kind string, resp *apiv1.CreateCertificateAuthorityResponse) (*key, error) {
+	pemKey, keyURI, err := a.storedForm(resp.PrivateKey, resp.KeyName)
 	if err != nil {
 		return nil, err
 	}
@@ -635,6 +680,7 @@ func newKey(kind string, resp *apiv1.CreateCertificateAuthorityResponse) (*key, 
 			ID:        hex.EncodeToString(resp.Certificate.SubjectKeyId),
 			Kind:      kind,
 			KeyPEM:    pemKey,
+			KeyURI:    keyURI,
 			CertDER:   resp.Certificate.Raw,
 			NotBefore: resp.Certificate.NotBefore,
 			NotAfter:  resp.Certificate.NotAfter,
@@ -646,7 +692,7 @@ func newKey(kind string, resp *apiv1.CreateCertificateAuthorityResponse) (*key, 
 
 func (a *Authority) newJWTKey(now time.Time) (*key, error) {
 	// JWT-SVIDs are ES256 whatever the X.509 key type.
-	resp, err := a.km.CreateKey(&kmsapi.CreateKeyRequest{SignatureAlgorithm: kmsapi.ECDSAWithSHA256})
+	resp, err := a.km.CreateKey(a.km.createKeyRequest(&kmsapi.CreateKeyRequest{SignatureAlgorithm: kmsapi.ECDSAWithSHA256}, kindJWT))
 	if err != nil {
 		return nil, err
 	}
@@ -654,7 +700,7 @@ func (a *Authority) newJWTKey(now time.Time) (*key, error) {
 	if err != nil {
 		return nil, err
 	}
-	pemKey, err := marshalKey(resp.PrivateKey)
+	pemKey, keyURI, err := a.storedForm(resp.PrivateKey, resp.Name)
 	if err != nil {
 		return nil, err
 	}
@@ -665,11 +711,53 @@ func (a *Authority) newJWTKey(now time.Time) (*key, error) {
 			ID:        hex.EncodeToString(kid[:]),
 			Kind:      kindJWT,
 			KeyPEM:    pemKey,
+			KeyURI:    keyURI,
 			NotBefore: now,
 			NotAfter:  now.Add(a.cfg.JWTKeyTTL),
 		},
 		signer: signer,
 	}, nil
+}
+
+// storedForm is what the store keeps of a new key: its PEM, or its name in
+// the external KMS.
+func (a *Authority) storedForm(priv crypto.PrivateKey, name string) (keyPEM []byte, keyURI string, err error) {
+	if a.km.external() {
+		if name == "" {
+			return nil, "", errors.New("the KMS returned no name for the new key")
+		}
+		return nil, name, nil
+	}
+	keyPEM, err = marshalKey(priv)
+	return keyPEM, "", err
+}
+
+// deleteRetired asks the external KMS to delete the keys that were in
+// before and are not in after, once after is stored. A key that cannot be
+// deleted is logged by name, for the operator, and otherwise left alone:
+// it no longer signs anything.
+func (a *Authority) deleteRetired(ctx context.Context, before, after []*key) {
+	if a.km.delete == nil {
+		return
+	}
+	kept := map[string]bool{}
+	for _, k := range after {
+		kept[k.KeyURI] = true
+	}
+	for _, k := range before {
+		if k.KeyURI == "" || kept[k.KeyURI] {
+			continue
+		}
+		dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		err := a.km.delete(dctx, k.KeyURI)
+		cancel()
+		if err != nil {
+			a.log.Error("could not delete a retired key from the KMS; delete it by hand", "kind", k.Kind, "id", k.ID, "key", k.KeyURI, "error", err)
+			continue
+		}
+		delete(a.signers, k.KeyURI)
+		a.log.Info("retired key scheduled for deletion in the KMS", "kind", k.Kind, "id", k.ID, "key", k.KeyURI)
+	}
 }
 
 func marshalKey(priv crypto.PrivateKey) ([]byte, error) {

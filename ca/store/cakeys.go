@@ -15,8 +15,13 @@ type CAKey struct {
 	// State is "prepared", "active" or "old".
 	State string
 	// ParentID is the root that signed an intermediate.
-	ParentID    string
-	KeyPEM      []byte
+	ParentID string
+	// KeyPEM is the private key, for keys of the in-process KMS; empty when
+	// the key lives in an external KMS.
+	KeyPEM []byte
+	// KeyURI names the key in an external KMS (go.step.sm/crypto/kms URI,
+	// such as awskms:key-id=...); empty for in-process keys.
+	KeyURI      string
 	CertDER     []byte
 	NotBefore   time.Time
 	NotAfter    time.Time
@@ -36,7 +41,7 @@ func (s *Store) LoadCAKeys(ctx context.Context) ([]CAKey, uint64, error) {
 	} else if v != "" {
 		fmt.Sscan(v, &seq)
 	}
-	rows, err := s.db.QueryContext(ctx, `SELECT id, kind, state, parent_id, key_pem, cert_der, not_before, not_after, activated_at, chained_until FROM ca_keys ORDER BY not_before, id`)
+	rows, err := s.db.QueryContext(ctx, `SELECT id, kind, state, parent_id, key_pem, key_uri, cert_der, not_before, not_after, activated_at, chained_until FROM ca_keys ORDER BY not_before, id`)
 	if err != nil {
 		return nil, 0, fmt.Errorf("store: load CA keys: %w", err)
 	}
@@ -45,7 +50,7 @@ func (s *Store) LoadCAKeys(ctx context.Context) ([]CAKey, uint64, error) {
 	for rows.Next() {
 		var k CAKey
 		var nb, na, act, chained int64
-		if err := rows.Scan(&k.ID, &k.Kind, &k.State, &k.ParentID, &k.KeyPEM, &k.CertDER, &nb, &na, &act, &chained); err != nil {
+		if err := rows.Scan(&k.ID, &k.Kind, &k.State, &k.ParentID, &k.KeyPEM, &k.KeyURI, &k.CertDER, &nb, &na, &act, &chained); err != nil {
 			return nil, 0, fmt.Errorf("store: load CA keys: %w", err)
 		}
 		k.NotBefore, k.NotAfter = time.Unix(nb, 0).UTC(), time.Unix(na, 0).UTC()
@@ -78,8 +83,8 @@ func (s *Store) SaveCAKeys(ctx context.Context, keys []CAKey, bundleSequence uin
 			if !k.ChainedUntil.IsZero() {
 				chained = unix(k.ChainedUntil)
 			}
-			if _, err := tx.ExecContext(ctx, `INSERT INTO ca_keys (id, kind, state, parent_id, key_pem, cert_der, not_before, not_after, activated_at, chained_until) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-				k.ID, k.Kind, k.State, k.ParentID, k.KeyPEM, k.CertDER, unix(k.NotBefore), unix(k.NotAfter), act, chained); err != nil {
+			if _, err := tx.ExecContext(ctx, `INSERT INTO ca_keys (id, kind, state, parent_id, key_pem, key_uri, cert_der, not_before, not_after, activated_at, chained_until) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+				k.ID, k.Kind, k.State, k.ParentID, nonNil(k.KeyPEM), k.KeyURI, k.CertDER, unix(k.NotBefore), unix(k.NotAfter), act, chained); err != nil {
 				return err
 			}
 		}

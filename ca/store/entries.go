@@ -375,9 +375,10 @@ func selectorStrings(sels []selector.Selector) []string {
 	return out
 }
 
-func nonNil(s []string) []string {
+// nonNil gives SQL an empty value rather than NULL.
+func nonNil[S ~[]E, E any](s S) S {
 	if s == nil {
-		return []string{}
+		return S{}
 	}
 	return s
 }

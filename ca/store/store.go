@@ -142,6 +142,10 @@ CREATE TABLE access_policies (
 	revision INTEGER NOT NULL
 );
 `,
+	// 3: CA keys held by an external KMS.
+	`
+ALTER TABLE ca_keys ADD COLUMN key_uri TEXT NOT NULL DEFAULT '';
+`,
 }
 
 func (s *Store) migrate(ctx context.Context) error {

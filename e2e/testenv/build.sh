@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # build.sh: builds the Kubernetes pieces the end-to-end tests run (etcd,
-# kube-apiserver, kubelet, and helm and kustomize to render deploy/) from
-# the Go module proxy into a cache directory, and
+# kube-apiserver, kubelet, helm and kustomize to render deploy/, and
+# local-kms, an AWS KMS emulator) from the Go module proxy into a cache directory, and
 # prints that directory's bin/ on the last line. Binaries already present at the
 # wanted version are kept, so a second run takes well under a second.
 #
@@ -113,4 +113,6 @@ etcd
 for c in $KUBE_CMDS; do kube "$c"; done
 tool helm helm.sh/helm/v3/cmd/helm@v3.22.0
 tool kustomize sigs.k8s.io/kustomize/kustomize/v5@v5.8.1
+# An AWS KMS emulator, for the tests of signet-ca --kms awskms:...
+tool local-kms github.com/nsmithuk/local-kms@v0.0.0-20260228092603-2a5e92d09ab6
 echo "$BIN"
