@@ -69,6 +69,9 @@ type Config struct {
 	X509TTL         time.Duration
 	JWTTTL          time.Duration
 	KeyType         string
+	// KMS is the go.step.sm/crypto/kms URI of an external KMS holding the
+	// CA's keys (awskms:region=...); empty keeps them in the store.
+	KMS string
 	// RotateInterval is how often keys are checked for rotation. If zero,
 	// ten seconds.
 	RotateInterval time.Duration
@@ -164,7 +167,7 @@ func Run(ctx context.Context, cfg Config) error {
 	defer auditLog.Close()
 	authCfg := authority.Config{
 		TrustDomain: cfg.TrustDomain, Store: st, RootTTL: cfg.RootTTL, IntermediateTTL: cfg.IntermediateTTL,
-		JWTKeyTTL: cfg.JWTKeyTTL, KeyType: cfg.KeyType, Log: log.Named("authority"),
+		JWTKeyTTL: cfg.JWTKeyTTL, KeyType: cfg.KeyType, KMS: cfg.KMS, Log: log.Named("authority"),
 	}
 	var kube *kubeMode
 	if cfg.Kube != nil {

@@ -42,6 +42,7 @@ type fileConfig struct {
 	X509TTL         config.Duration   `json:"x509-ttl"`
 	JWTTTL          config.Duration   `json:"jwt-ttl"`
 	KeyType         string            `json:"key-type"`
+	KMS             string            `json:"kms"`
 	LogLevel        string            `json:"log-level"`
 	LogJSON         bool              `json:"log-json"`
 
@@ -98,6 +99,7 @@ func register(fs *flag.FlagSet, c *fileConfig) {
 	fs.Var(&c.X509TTL, "x509-ttl", "default X509-SVID lifetime")
 	fs.Var(&c.JWTTTL, "jwt-ttl", "default JWT-SVID lifetime")
 	fs.StringVar(&c.KeyType, "key-type", c.KeyType, "CA key type: ec-p256, ec-p384, rsa-2048, rsa-3072, rsa-4096")
+	fs.StringVar(&c.KMS, "kms", c.KMS, "keep the CA's keys in this KMS, a go.step.sm/crypto/kms URI (awskms:region=REGION); credentials come from the environment")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "trace, debug, info, warn or error")
 	fs.BoolVar(&c.LogJSON, "log-json", c.LogJSON, "log as JSON")
 	fs.StringVar(&c.Kubeconfig, "kubeconfig", c.Kubeconfig, "Kubernetes mode, with this kubeconfig file")
@@ -164,6 +166,9 @@ func validate(c fileConfig) (server.Config, hclog.Logger, error) {
 	default:
 		return server.Config{}, nil, fmt.Errorf("key-type: %q: want ec-p256, ec-p384, rsa-2048, rsa-3072 or rsa-4096", c.KeyType)
 	}
+	if c.KMS != "" && !strings.HasPrefix(c.KMS, "awskms:") {
+		return server.Config{}, nil, errors.New("kms: want an awskms: URI, such as awskms:region=eu-west-1 (the only external KMS this build supports)")
+	}
 	var kube *server.KubeConfig
 	if c.Kubeconfig != "" || c.InCluster {
 		if c.Kubeconfig != "" && c.InCluster {
@@ -205,7 +210,7 @@ func validate(c fileConfig) (server.Config, hclog.Logger, error) {
 		AdminListenAddr: c.AdminListen, AdminIDs: adminIDs, HealthAddr: c.HealthAddr, MetricsAddr: c.MetricsAddr,
 		AuditLog: c.AuditLog, RootTTL: time.Duration(c.RootTTL), IntermediateTTL: time.Duration(c.IntermediateTTL),
 		JWTKeyTTL: time.Duration(c.JWTKeyTTL), AgentTTL: time.Duration(c.AgentTTL), X509TTL: time.Duration(c.X509TTL),
-		JWTTTL: time.Duration(c.JWTTTL), KeyType: c.KeyType, Log: log, Kube: kube,
+		JWTTTL: time.Duration(c.JWTTTL), KeyType: c.KeyType, KMS: c.KMS, Log: log, Kube: kube,
 	}, log, nil
 }
 

@@ -230,18 +230,18 @@ func podToken(t *testing.T, p *corev1.Pod, aud string) string {
 
 // startCA starts a CA in Kubernetes mode whose Secret and Lease live in
 // namespace ns.
-func startCA(t *testing.T, ns, identity string) *systest.CA {
+func startCA(t *testing.T, ns, identity string, opts ...func(*server.Config)) *systest.CA {
 	t.Helper()
 	if err := createNamespace(context.Background(), ns); err != nil {
 		t.Fatal(err)
 	}
-	return systest.StartCA(t, func(c *server.Config) {
+	return systest.StartCA(t, append([]func(*server.Config){func(c *server.Config) {
 		c.Kube = &server.KubeConfig{
 			Kubeconfig: cluster.Kubeconfig, ClusterName: clusterN, AgentServiceAccounts: []string{agentNS + "/" + agentSA},
 			Namespace: ns, Identity: identity,
 		}
 		c.RotateInterval = time.Second
-	})
+	}}, opts...)...)
 }
 
 // agentPod creates the agent's pod on node.

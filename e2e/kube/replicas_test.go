@@ -7,10 +7,16 @@ import (
 	"testing"
 	"time"
 
+	"encoding/json"
+	"strings"
+
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/signet-id/signet/ca/server"
+	"github.com/signet-id/signet/ca/store"
+	"github.com/signet-id/signet/e2e/testenv"
 	agentv1 "github.com/signet-id/signet/proto/signet/agent/v1"
 )
 
@@ -18,9 +24,46 @@ import (
 // on the Lease, and when it stops the other takes over with the same
 // trust bundle; an agent attested at one replica is served by the other.
 func TestTwoReplicas(t *testing.T) {
-	const ns = "replicas-ca"
-	ca1 := startCA(t, ns, "ca-1")
-	ca2 := startCA(t, ns, "ca-2")
+	testTwoReplicas(t, "replicas-ca")
+}
+
+// TestTwoReplicasWithKMS is TestTwoReplicas with the keys in an AWS KMS
+// (local-kms, which speaks its API): the Secret holds their names and
+// certificates but no private key, and both replicas sign through the KMS.
+func TestTwoReplicasWithKMS(t *testing.T) {
+	k, err := testenv.StartKMS(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(k.Stop)
+	for _, kv := range k.Env() {
+		name, value, _ := strings.Cut(kv, "=")
+		t.Setenv(name, value)
+	}
+	const ns = "replicas-kms"
+	testTwoReplicas(t, ns, func(c *server.Config) { c.KMS = testenv.KMSURI })
+	sec, err := cluster.Client.CoreV1().Secrets(ns).Get(context.Background(), "signet-ca-keys", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stored struct{ Keys []store.CAKey }
+	for _, data := range sec.Data {
+		if err := json.Unmarshal(data, &stored); err == nil && len(stored.Keys) > 0 {
+			for _, k := range stored.Keys {
+				if len(k.KeyPEM) != 0 || !strings.HasPrefix(k.KeyURI, "awskms:key-id=") {
+					t.Errorf("stored %s key: %d bytes of PEM, name %q; want none and an awskms name", k.Kind, len(k.KeyPEM), k.KeyURI)
+				}
+			}
+		}
+	}
+	if len(stored.Keys) == 0 {
+		t.Fatalf("no keys found in the Secret's data (%d entries)", len(sec.Data))
+	}
+}
+
+func testTwoReplicas(t *testing.T, ns string, opts ...func(*server.Config)) {
+	ca1 := startCA(t, ns, "ca-1", opts...)
+	ca2 := startCA(t, ns, "ca-2", opts...)
 	roots1, roots2 := ca1.Roots(), ca2.Roots()
 	if len(roots1) != 1 || len(roots2) != 1 || !roots1[0].Equal(roots2[0]) {
 		t.Fatal("the replicas do not share one root")
