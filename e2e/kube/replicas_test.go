@@ -3,12 +3,11 @@ package kube
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"encoding/pem"
+	"strings"
 	"testing"
 	"time"
-
-	"encoding/json"
-	"strings"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
