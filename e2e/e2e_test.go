@@ -48,8 +48,15 @@ func TestMain(m *testing.M) {
 // startCA runs signet-ca on dataDir and waits for its admin socket.
 func startCA(t testing.TB, dataDir string) *exec.Cmd {
 	t.Helper()
-	cmd := exec.Command(filepath.Join(binDir, "signet-ca"), "--trust-domain", "example.org", "--data-dir", dataDir,
-		"--listen", systest.FreeAddr(t), "--health-addr", systest.FreeAddr(t))
+	return startCAWith(t, dataDir, nil)
+}
+
+// startCAWith is startCA with more environment variables and arguments.
+func startCAWith(t testing.TB, dataDir string, env []string, args ...string) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command(filepath.Join(binDir, "signet-ca"), append([]string{"--trust-domain", "example.org", "--data-dir", dataDir,
+		"--listen", systest.FreeAddr(t), "--health-addr", systest.FreeAddr(t)}, args...)...)
+	cmd.Env = append(os.Environ(), env...)
 	var logs bytes.Buffer
 	cmd.Stderr = &logs
 	if err := cmd.Start(); err != nil {
