@@ -193,18 +193,28 @@ func TestHelmAndKustomizeAgree(t *testing.T) {
 
 	// Values reach the objects.
 	custom := render(t, "helm", "template", "signet", "../../deploy/helm/signet", "--namespace", "id",
-		"--set", "trustDomain=corp.example", "--set", "webhook.enabled=false", "--set", "ca.replicas=3", "--set", "ca.keyType=ec-p384")
+		"--set", "trustDomain=corp.example", "--set", "webhook.enabled=false", "--set", "ca.replicas=3", "--set", "ca.keyType=ec-p384",
+		"--set", "ca.kms=awskms:region=eu-west-1", "--set", "ca.serviceAccountAnnotations.eks\\.amazonaws\\.com/role-arn=arn:aws:iam::111122223333:role/signet-ca",
+		"--set", "ca.env[0].name=AWS_REGION", "--set", "ca.env[0].value=eu-west-1")
 	c := byKey(custom)
 	dep := c["Deployment id/signet-ca"]
 	if dep == nil {
 		t.Fatal("no CA Deployment with custom values")
 	}
 	raw, _ := json.Marshal(dep.Object)
-	for _, want := range []string{`"replicas":3`, "--trust-domain=corp.example", "--key-type=ec-p384", "--agent-service-account=id/signet-agent"} {
+	for _, want := range []string{`"replicas":3`, "--trust-domain=corp.example", "--key-type=ec-p384", "--agent-service-account=id/signet-agent",
+		"--kms=awskms:region=eu-west-1", `"env":[{"name":"AWS_REGION","value":"eu-west-1"}]`} {
 		if !strings.Contains(string(raw), want) {
 			t.Errorf("custom values: %s missing from the CA Deployment", want)
 		}
 	}
+	if sa := c["ServiceAccount id/signet-ca"]; sa == nil || sa.GetAnnotations()["eks.amazonaws.com/role-arn"] != "arn:aws:iam::111122223333:role/signet-ca" {
+		t.Error("ca.serviceAccountAnnotations missing from the CA's ServiceAccount")
+	}
+	if err := createNamespace(context.Background(), "id"); err != nil {
+		t.Fatal(err)
+	}
+	applyObjects(t, custom, true)
 	if strings.Contains(string(raw), "--webhook-listen") || c["ValidatingWebhookConfiguration /signet"] != nil {
 		t.Error("webhook.enabled=false still renders the webhook")
 	}
