@@ -220,75 +220,156 @@ func TestAdmissionWebhook(t *testing.T) {
 	})
 }
 
-// TestWebhookCertificateRotates: the webhook's certificate follows the
-// CA's intermediate (here 20 s, replaced at half life), and the API server
-// keeps calling the webhook across the change.
-func TestWebhookCertificateRotates(t *testing.T) {
+// rotatingWebhook is a CA serving the pod-mutating webhook, registered as
+// configuration name for the pods of namespace name+"-app", with short-lived
+// keys.
+type rotatingWebhook struct {
+	ca   *systest.CA
+	addr string
+	name string
+}
+
+func startRotatingWebhook(t *testing.T, name string, rootTTL, intermediateTTL time.Duration) *rotatingWebhook {
+	t.Helper()
 	ctx := context.Background()
-	addr := systest.FreeAddr(t)
-	_, port, _ := strings.Cut(addr, ":")
-	const cfgName = "signet-e2e-rotate"
-	if err := createNamespace(ctx, "rot-ca"); err != nil {
+	w := &rotatingWebhook{addr: systest.FreeAddr(t), name: name}
+	_, port, _ := strings.Cut(w.addr, ":")
+	if err := createNamespace(ctx, name+"-ca"); err != nil {
 		t.Fatal(err)
 	}
-	ca := systest.StartCA(t, func(c *server.Config) {
-		c.IntermediateTTL, c.RotateInterval, c.X509TTL, c.AgentTTL = 20*time.Second, time.Second, 10*time.Second, 10*time.Second
+	w.ca = systest.StartCA(t, func(c *server.Config) {
+		c.RootTTL, c.IntermediateTTL, c.RotateInterval = rootTTL, intermediateTTL, time.Second
+		c.X509TTL, c.AgentTTL = intermediateTTL/2, intermediateTTL/2
 		c.Kube = &server.KubeConfig{
 			Kubeconfig: cluster.Kubeconfig, ClusterName: clusterN, AgentServiceAccounts: []string{agentNS + "/" + agentSA},
-			Namespace: "rot-ca", Identity: "rot",
-			Webhook: &server.WebhookConfig{ListenAddr: addr, DNSNames: []string{"localhost"}, ConfigurationName: cfgName},
+			Namespace: name + "-ca", Identity: name,
+			Webhook: &server.WebhookConfig{ListenAddr: w.addr, DNSNames: []string{"localhost"}, ConfigurationName: name},
 		}
 	})
 	fail, none := admissionregv1.Fail, admissionregv1.SideEffectClassNone
 	u := "https://localhost:" + port + "/mutate-pods"
 	adm := cluster.Client.AdmissionregistrationV1()
 	if _, err := adm.MutatingWebhookConfigurations().Create(ctx, &admissionregv1.MutatingWebhookConfiguration{
-		ObjectMeta: metav1.ObjectMeta{Name: cfgName},
+		ObjectMeta: metav1.ObjectMeta{Name: name},
 		Webhooks: []admissionregv1.MutatingWebhook{{Name: "inject.signet.dev", ClientConfig: admissionregv1.WebhookClientConfig{URL: &u},
 			Rules: []admissionregv1.RuleWithOperations{{Operations: []admissionregv1.OperationType{admissionregv1.Create},
 				Rule: admissionregv1.Rule{APIGroups: []string{""}, APIVersions: []string{"v1"}, Resources: []string{"pods"}}}},
-			NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"signet-e2e-rotate": "yes"}},
+			NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"signet-e2e-webhook": name}},
 			FailurePolicy:     &fail, SideEffects: &none, AdmissionReviewVersions: []string{"v1"}}},
 	}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { adm.MutatingWebhookConfigurations().Delete(ctx, cfgName, metav1.DeleteOptions{}) })
-	if _, err := cluster.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "rot-app",
-		Labels: map[string]string{"signet-e2e-rotate": "yes", "signet.dev/inject": "enabled"}}}, metav1.CreateOptions{}); err != nil {
+	t.Cleanup(func() { adm.MutatingWebhookConfigurations().Delete(ctx, name, metav1.DeleteOptions{}) })
+	if _, err := cluster.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name + "-app",
+		Labels: map[string]string{"signet-e2e-webhook": name, "signet.dev/inject": "enabled"}}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if err := createSA(ctx, "rot-app", "default"); err != nil {
+	if err := createSA(ctx, name+"-app", "default"); err != nil {
 		t.Fatal(err)
 	}
-	createNode(t, "node-rot")
-	served := func() *x509.Certificate {
-		pool := x509.NewCertPool()
-		for _, r := range ca.Roots() {
-			pool.AddCert(r)
-		}
-		conn, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: pool, ServerName: "localhost"})
-		if err != nil {
-			t.Fatalf("webhook TLS: %v", err)
-		}
-		defer conn.Close()
-		return conn.ConnectionState().PeerCertificates[0]
+	createNode(t, "node-"+name)
+	return w
+}
+
+// served is the webhook's serving certificate chain, verified against the
+// CA's current roots.
+func (w *rotatingWebhook) served(t *testing.T) []*x509.Certificate {
+	t.Helper()
+	pool := x509.NewCertPool()
+	for _, r := range w.ca.Roots() {
+		pool.AddCert(r)
 	}
-	injectedPod := func() bool {
-		no := false
-		p, err := cluster.Client.CoreV1().Pods("rot-app").Create(ctx, &corev1.Pod{
-			ObjectMeta: metav1.ObjectMeta{GenerateName: "p-"},
-			Spec:       corev1.PodSpec{NodeName: "node-rot", AutomountServiceAccountToken: &no, Containers: []corev1.Container{{Name: "main", Image: "localhost/none:1"}}},
-		}, metav1.CreateOptions{})
-		return err == nil && len(p.Spec.Volumes) > 0
+	conn, err := tls.Dial("tcp", w.addr, &tls.Config{RootCAs: pool, ServerName: "localhost"})
+	if err != nil {
+		t.Fatalf("webhook TLS: %v", err)
 	}
-	eventually(t, 20*time.Second, "the webhook in use", injectedPod)
-	first := served()
-	eventually(t, 30*time.Second, "a new webhook certificate", func() bool { return !served().Equal(first) })
-	second := served()
+	defer conn.Close()
+	return conn.ConnectionState().VerifiedChains[0]
+}
+
+// injectedPod creates a pod and reports whether the API server had the
+// webhook mutate it.
+func (w *rotatingWebhook) injectedPod() bool {
+	no := false
+	p, err := cluster.Client.CoreV1().Pods(w.name+"-app").Create(context.Background(), &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{GenerateName: "p-"},
+		Spec:       corev1.PodSpec{NodeName: "node-" + w.name, AutomountServiceAccountToken: &no, Containers: []corev1.Container{{Name: "main", Image: "localhost/none:1"}}},
+	}, metav1.CreateOptions{})
+	return err == nil && len(p.Spec.Volumes) > 0
+}
+
+// TestWebhookCertificateRotates: the webhook's certificate follows the
+// CA's intermediate (here 20 s, replaced at half life), and the API server
+// keeps calling the webhook across the change.
+func TestWebhookCertificateRotates(t *testing.T) {
+	w := startRotatingWebhook(t, "rot", 365*24*time.Hour, 20*time.Second)
+	eventually(t, 20*time.Second, "the webhook in use", w.injectedPod)
+	first := w.served(t)[0]
+	eventually(t, 30*time.Second, "a new webhook certificate", func() bool { return !w.served(t)[0].Equal(first) })
+	second := w.served(t)[0]
 	if second.Issuer.String() == first.Issuer.String() && second.AuthorityKeyId != nil && string(second.AuthorityKeyId) == string(first.AuthorityKeyId) {
 		t.Fatal("the new certificate has the old issuer")
 	}
-	if !injectedPod() {
+	if !w.injectedPod() {
 		t.Fatal("the API server did not call the webhook after the rotation")
 	}
+}
+
+// TestWebhookFollowsRootRotation: with a 60 s root, the next root is
+// published at 30 s and activated at 50 s; the leader puts it in the
+// webhook configuration's caBundle before the webhook's certificate chains
+// to it, so the API server never fails to call the webhook.
+func TestWebhookFollowsRootRotation(t *testing.T) {
+	w := startRotatingWebhook(t, "rootrot", time.Minute, 10*time.Second)
+	eventually(t, 20*time.Second, "the webhook in use", w.injectedPod)
+	firstRoot := w.served(t)
+	root0 := firstRoot[len(firstRoot)-1]
+	calls, failures := 0, 0
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		chain := w.served(t)
+		if !chain[len(chain)-1].Equal(root0) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the webhook certificate never chained to a new root")
+		}
+		calls++
+		if !w.injectedPod() {
+			failures++
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	// Calls keep working on the new root, and the caBundle holds it.
+	for i := 0; i < 5; i++ {
+		calls++
+		if !w.injectedPod() {
+			failures++
+		}
+	}
+	if failures > 0 {
+		t.Fatalf("%d of %d pod creations were not mutated across the root rotation", failures, calls)
+	}
+	chain := w.served(t)
+	newRoot := chain[len(chain)-1]
+	m, err := cluster.Client.AdmissionregistrationV1().MutatingWebhookConfigurations().Get(context.Background(), w.name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(m.Webhooks[0].ClientConfig.CABundle) {
+		t.Fatal("caBundle holds no certificate")
+	}
+	if _, err := chain[0].Verify(x509.VerifyOptions{Roots: pool, Intermediates: certPool(chain[1 : len(chain)-1])}); err != nil {
+		t.Fatalf("the caBundle does not verify the webhook's certificate on the new root %s: %v", newRoot.Subject, err)
+	}
+	t.Logf("%d pod creations, all mutated, across the root rotation", calls)
+}
+
+func certPool(certs []*x509.Certificate) *x509.CertPool {
+	p := x509.NewCertPool()
+	for _, c := range certs {
+		p.AddCert(c)
+	}
+	return p
 }
