@@ -36,6 +36,7 @@ import (
 
 	"github.com/signet-id/signet/agent/cache"
 	"github.com/signet-id/signet/ca/entry"
+	"github.com/signet-id/signet/internal/refusal"
 	agentv1 "github.com/signet-id/signet/proto/signet/agent/v1"
 	typesv1 "github.com/signet-id/signet/proto/signet/types/v1"
 )
@@ -254,13 +255,8 @@ func (m *Manager) isEvicted() bool {
 // isAgentRefusal reports whether err says the CA no longer accepts this
 // agent's SVID.
 func isAgentRefusal(err error) bool {
-	st, ok := status.FromError(err)
-	if !ok {
-		return false
-	}
-	msg := st.Message()
-	return st.Code() == codes.Unauthenticated ||
-		(st.Code() == codes.PermissionDenied && (strings.Contains(msg, "no longer valid") || strings.Contains(msg, "unknown agent") || strings.Contains(msg, "agent evicted")))
+	reason, _ := refusal.Of(err)
+	return status.Code(err) == codes.Unauthenticated || reason == refusal.Agent
 }
 
 // newKeyAndCSR makes a P-256 key here, on the node, and a CSR for it; the
@@ -871,19 +867,11 @@ func (m *Manager) Counts() (minted, mintErrors, renewals int64) {
 
 // refusedPodEntry returns the pod entry a mint refusal names, if any.
 func refusedPodEntry(err error) string {
-	st, ok := status.FromError(err)
-	if !ok || st.Code() != codes.PermissionDenied {
-		return ""
+	reason, meta := refusal.Of(err)
+	if id := meta[refusal.EntryID]; reason == refusal.Entry && cache.IsPodEntryID(id) {
+		return id
 	}
-	_, rest, ok := strings.Cut(st.Message(), `entry "`)
-	if !ok {
-		return ""
-	}
-	id, _, ok := strings.Cut(rest, `"`)
-	if !ok || !cache.IsPodEntryID(id) {
-		return ""
-	}
-	return id
+	return ""
 }
 
 // pullRetry is how soon the same pod may be asked about again.

@@ -23,6 +23,7 @@ import (
 	"github.com/signet-id/signet/ca/entry"
 	"github.com/signet-id/signet/ca/nodeattest"
 	"github.com/signet-id/signet/ca/store"
+	"github.com/signet-id/signet/internal/refusal"
 	typesv1 "github.com/signet-id/signet/proto/signet/types/v1"
 )
 
@@ -187,13 +188,21 @@ func (c *Config) auditOrFail(recs ...audit.Record) error {
 
 // refuse audits a refusal and returns the gRPC error for it.
 func (c *Config) refuse(method string, code codes.Code, rec audit.Record) error {
+	return c.refuseAs(method, code, rec, "", nil)
+}
+
+// refuseAs is refuse with a reason the agent acts on (internal/refusal).
+func (c *Config) refuseAs(method string, code codes.Code, rec audit.Record, reason string, metadata map[string]string) error {
 	rec.Event = audit.RequestRefuse
 	rec.Result = audit.Refused
 	c.Metrics.refusals.WithLabelValues(method).Inc()
 	if err := c.auditOrFail(rec); err != nil {
 		return err
 	}
-	return status.Error(code, rec.Reason)
+	if reason == "" {
+		return status.Error(code, rec.Reason)
+	}
+	return refusal.Error(code, rec.Reason, reason, metadata)
 }
 
 // internal logs err and returns a gRPC error that does not leak details.

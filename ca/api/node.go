@@ -24,6 +24,7 @@ import (
 	"github.com/signet-id/signet/ca/nodeattest"
 	"github.com/signet-id/signet/ca/signer"
 	"github.com/signet-id/signet/ca/store"
+	"github.com/signet-id/signet/internal/refusal"
 	agentv1 "github.com/signet-id/signet/proto/signet/agent/v1"
 	typesv1 "github.com/signet-id/signet/proto/signet/types/v1"
 	"github.com/signet-id/signet/sdk"
@@ -117,14 +118,14 @@ func (s *NodeServer) authAgent(ctx context.Context, method string) (caller, erro
 		return s.authK8sAgent(ctx, method, leaf, id, node, a, err)
 	}
 	if errors.Is(err, store.ErrNotFound) {
-		return caller{}, s.cfg.refuse(method, codes.PermissionDenied, audit.Record{Actor: id.String(), Serial: serial, Reason: method + ": unknown agent"})
+		return caller{}, s.cfg.refuseAs(method, codes.PermissionDenied, audit.Record{Actor: id.String(), Serial: serial, Reason: method + ": unknown agent"}, refusal.Agent, nil)
 	}
 	if err != nil {
 		return caller{}, s.cfg.internal(ctx, "fetch agent", err)
 	}
 	if !a.AcceptsSerial(serial) {
 		reason := method + ": agent SVID is no longer valid (agent evicted or re-attested)"
-		return caller{}, s.cfg.refuse(method, codes.PermissionDenied, audit.Record{Actor: id.String(), Serial: serial, Reason: reason})
+		return caller{}, s.cfg.refuseAs(method, codes.PermissionDenied, audit.Record{Actor: id.String(), Serial: serial, Reason: reason}, refusal.Agent, nil)
 	}
 	return caller{id: id, serial: serial, agent: a}, nil
 }
@@ -150,10 +151,10 @@ func (s *NodeServer) authK8sAgent(ctx context.Context, method string, leaf *x509
 				return caller{}, err
 			}
 		}
-		return caller{}, s.cfg.refuse(method, codes.PermissionDenied, audit.Record{Actor: id.String(), Serial: serial, Node: node, Reason: method + ": agent evicted: " + reason})
+		return caller{}, s.cfg.refuseAs(method, codes.PermissionDenied, audit.Record{Actor: id.String(), Serial: serial, Node: node, Reason: method + ": agent evicted: " + reason}, refusal.Agent, nil)
 	}
 	if known && a.Evicted() && !leaf.NotBefore.After(a.EvictedAt) {
-		return caller{}, s.cfg.refuse(method, codes.PermissionDenied, audit.Record{Actor: id.String(), Serial: serial, Reason: method + ": agent SVID is no longer valid (agent evicted)"})
+		return caller{}, s.cfg.refuseAs(method, codes.PermissionDenied, audit.Record{Actor: id.String(), Serial: serial, Reason: method + ": agent SVID is no longer valid (agent evicted)"}, refusal.Agent, nil)
 	}
 	if !known {
 		a = store.Agent{SPIFFEID: id.String(), NodeName: node, AttestationType: "k8s_psat", Serial: serial}
@@ -283,7 +284,7 @@ func (s *NodeServer) RenewAgent(ctx context.Context, req *agentv1.RenewAgentRequ
 	}
 	if err != nil {
 		if errors.Is(err, store.ErrNotFound) {
-			return nil, s.cfg.refuse("RenewAgent", codes.PermissionDenied, audit.Record{Actor: c.id.String(), Reason: "agent evicted during renewal"})
+			return nil, s.cfg.refuseAs("RenewAgent", codes.PermissionDenied, audit.Record{Actor: c.id.String(), Reason: "agent evicted during renewal"}, refusal.Agent, nil)
 		}
 		return nil, s.cfg.internal(ctx, "renew agent", err)
 	}
@@ -398,7 +399,7 @@ func (s *NodeServer) notOwned(c caller, method, id string, e entry.Entry) error 
 	if !e.SPIFFEID.IsZero() {
 		rec.SPIFFEID = e.SPIFFEID.String()
 	}
-	return s.cfg.refuse(method, codes.PermissionDenied, rec)
+	return s.cfg.refuseAs(method, codes.PermissionDenied, rec, refusal.Entry, map[string]string{refusal.EntryID: id})
 }
 
 // MintX509SVIDs implements agentv1.NodeServer.

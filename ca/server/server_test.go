@@ -31,6 +31,7 @@ import (
 	"github.com/signet-id/signet/ca/audit"
 	"github.com/signet-id/signet/ca/server"
 	"github.com/signet-id/signet/internal/peercred"
+	"github.com/signet-id/signet/internal/refusal"
 	"github.com/signet-id/signet/internal/systest"
 	adminv1 "github.com/signet-id/signet/proto/signet/admin/v1"
 	agentv1 "github.com/signet-id/signet/proto/signet/agent/v1"
@@ -236,6 +237,10 @@ func TestAgentMintsOnlyItsOwnEntries(t *testing.T) {
 		{EntryId: own.GetId(), Csr: csr}, {EntryId: other.GetId(), Csr: csr},
 	}})
 	wantCode(t, err, codes.PermissionDenied)
+	// The agent acts on the named entry (it drops a pod that left the node).
+	if reason, meta := refusal.Of(err); reason != refusal.Entry || meta[refusal.EntryID] != other.GetId() {
+		t.Errorf("refusal of another agent's entry names %q %v; want %s of %s", reason, meta, refusal.Entry, other.GetId())
+	}
 	_, err = client.MintJWTSVID(ctx, &agentv1.MintJWTSVIDRequest{EntryId: other.GetId(), Audience: []string{"x"}})
 	wantCode(t, err, codes.PermissionDenied)
 	_, err = client.MintX509SVIDs(ctx, &agentv1.MintX509SVIDsRequest{Requests: []*agentv1.X509SVIDRequest{{EntryId: "no-such-entry", Csr: csr}}})
@@ -329,6 +334,10 @@ func TestEvictedAndReplacedAgentsAreRefused(t *testing.T) {
 	}
 	wantCode(t, mint(first), codes.PermissionDenied)
 	wantCode(t, mint(renewed), codes.PermissionDenied)
+	// The agent learns it is refused from the error's details.
+	if reason, _ := refusal.Of(mint(first)); reason != refusal.Agent {
+		t.Errorf("a replaced agent's refusal names %q; want %s", reason, refusal.Agent)
+	}
 	if err := mint(second); err != nil {
 		t.Fatalf("new agent refused: %v", err)
 	}
@@ -348,6 +357,9 @@ func TestEvictedAndReplacedAgentsAreRefused(t *testing.T) {
 	wantCode(t, mint(second), codes.PermissionDenied)
 	_, err = ca.nodeClient(t, second).RenewAgent(ctx, &agentv1.RenewAgentRequest{Csr: renewCSR})
 	wantCode(t, err, codes.PermissionDenied)
+	if reason, _ := refusal.Of(err); reason != refusal.Agent {
+		t.Errorf("an evicted agent's refusal names %q; want %s", reason, refusal.Agent)
+	}
 }
 
 func TestSyncStreamsChangesAndResumes(t *testing.T) {
