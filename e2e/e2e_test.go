@@ -180,8 +180,13 @@ func TestCLIBatchFile(t *testing.T) {
 	]}`), 0o600)
 	signet(t, dir, "entry", "create", "--file", file)
 	out := signet(t, dir, "entry", "list", "-o", "json", "--selector", "unix:uid:1000")
-	if !strings.Contains(out, `"x509_ttl": "30m0s"`) || !strings.Contains(out, `"w1.local"`) || strings.Contains(out, "w/2") {
+	if !strings.Contains(out, `"x509_ttl": "30m0s"`) || !strings.Contains(out, `"w1.local"`) || strings.Contains(out, "w/2") || strings.Contains(out, "workload_key") {
 		t.Fatalf("entry list -o json --selector unix:uid:1000 =\n%s", out)
+	}
+	signet(t, dir, "entry", "create", "--spiffe-id", "spiffe://example.org/w/own-key", "--parent-id", "spiffe://example.org/signet/agent/join/node1",
+		"--selector", "unix:uid:1001", "--workload-key")
+	if out := signet(t, dir, "entry", "list", "-o", "json", "--selector", "unix:uid:1001"); !strings.Contains(out, `"workload_key": true`) {
+		t.Fatalf("entry create --workload-key, then list -o json =\n%s", out)
 	}
 	os.WriteFile(file, []byte(`{"entries": [
 		{"spiffe_id": "spiffe://example.org/w/3", "parent_id": "spiffe://example.org/signet/agent/join/node1", "selectors": ["unix:uid:1"]},

@@ -331,6 +331,9 @@ func (c *Cache) Due(now time.Time) ([]entry.Entry, time.Time) {
 	var next time.Time
 	for _, it := range c.items {
 		switch {
+		case it.Entry.WorkloadKey:
+			// Its workload makes its own key and asks for it to be signed;
+			// the agent holds none.
 		case it.SVID == nil || !now.Before(it.SVID.RotateAt):
 			due = append(due, it.Entry)
 		case next.IsZero() || it.SVID.RotateAt.Before(next):

@@ -184,7 +184,21 @@ func (h *Handler) grant(c caller, event string, ids []string) {
 	h.cfg.Audit.Log(Record{Event: event, PID: c.creds.PID, UID: c.creds.UID, Selectors: c.selectorStrings(), SPIFFEIDs: ids, Result: "success"})
 }
 
-var errNoIdentity = status.Error(codes.PermissionDenied, "no identity issued")
+var (
+	errNoIdentity      = status.Error(codes.PermissionDenied, "no identity issued")
+	errWorkloadKeyOnly = status.Error(codes.PermissionDenied, "no identity issued: the caller's identities are signed only for keys it makes itself (signet.workload.v1.Keys, the Signet SDK's WithWorkloadKey)")
+)
+
+// agentHeld reports whether any of es is minted by the agent with a key of
+// its own (not workload-key only).
+func agentHeld(es []entry.Entry) bool {
+	for _, e := range es {
+		if !e.WorkloadKey {
+			return true
+		}
+	}
+	return false
+}
 
 // synced returns a snapshot after the first sync, or the current one once
 // SyncWait has passed.
@@ -261,7 +275,8 @@ func (h *Handler) FetchX509SVID(_ *workload.X509SVIDRequest, stream workload.Spi
 			}
 		}
 		if len(items) == 0 {
-			if len(snap.MatchEntries(c.selectors)) > 0 && time.Now().Before(pendingUntil) {
+			matched := snap.MatchEntries(c.selectors)
+			if agentHeld(matched) && time.Now().Before(pendingUntil) {
 				select {
 				case <-ctx.Done():
 					return nil
@@ -270,6 +285,10 @@ func (h *Handler) FetchX509SVID(_ *workload.X509SVIDRequest, stream workload.Spi
 				}
 				snap, changed = h.cfg.Cache.Snapshot()
 				continue
+			}
+			if len(matched) > 0 && !agentHeld(matched) {
+				h.refuse(c, event, "the caller's identities are workload-key only")
+				return errWorkloadKeyOnly
 			}
 			h.refuse(c, event, "no entry matches the caller's selectors")
 			return errNoIdentity

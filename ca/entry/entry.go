@@ -24,11 +24,14 @@ type Entry struct {
 	ParentID  spiffeid.ID
 	Selectors []selector.Selector
 	// X509TTL and JWTTTL are zero when the CA defaults apply.
-	X509TTL   time.Duration
-	JWTTTL    time.Duration
-	DNSNames  []string
-	Revision  int64
-	CreatedAt time.Time
+	X509TTL  time.Duration
+	JWTTTL   time.Duration
+	DNSNames []string
+	// WorkloadKey: the workload makes its own key; the agent never mints
+	// an X509-SVID of this entry with a key of its own.
+	WorkloadKey bool
+	Revision    int64
+	CreatedAt   time.Time
 }
 
 // FieldError names the field of an entry that is at fault.
@@ -84,6 +87,7 @@ func FromProto(td spiffeid.TrustDomain, pb *typesv1.Entry) (Entry, error) {
 		}
 		e.DNSNames = append(e.DNSNames, n)
 	}
+	e.WorkloadKey = pb.GetWorkloadKey()
 	e.Revision = pb.GetRevision()
 	if pb.GetCreatedAt() != 0 {
 		e.CreatedAt = time.Unix(pb.GetCreatedAt(), 0).UTC()
@@ -150,6 +154,7 @@ func (e Entry) Proto() *typesv1.Entry {
 		X509SvidTtlSeconds: int64(e.X509TTL / time.Second),
 		JwtSvidTtlSeconds:  int64(e.JWTTTL / time.Second),
 		DnsNames:           e.DNSNames,
+		WorkloadKey:        e.WorkloadKey,
 		Revision:           e.Revision,
 	}
 	if !e.CreatedAt.IsZero() {

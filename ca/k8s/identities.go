@@ -342,7 +342,7 @@ func (id *Identities) derive(p *corev1.Pod, parent spiffeid.ID, only string) []e
 		out = append(out, entry.Entry{
 			ID: EntryPrefix + string(p.UID) + ":" + r.name, SPIFFEID: sid, ParentID: parent,
 			Selectors: []selector.Selector{{Type: "k8s", Value: "pod-uid:" + string(p.UID)}},
-			DNSNames:  dns, X509TTL: r.x509TTL, JWTTTL: r.jwtTTL,
+			DNSNames:  dns, X509TTL: r.x509TTL, JWTTTL: r.jwtTTL, WorkloadKey: r.workloadKey,
 		})
 	}
 	return out

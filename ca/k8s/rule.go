@@ -28,6 +28,7 @@ type IdentityRuleSpec struct {
 	X509SVIDTTL       *metav1.Duration      `json:"x509SVIDTTL,omitempty"`
 	JWTSVIDTTL        *metav1.Duration      `json:"jwtSVIDTTL,omitempty"`
 	AllowPodMetadata  bool                  `json:"allowPodMetadata,omitempty"`
+	WorkloadKey       bool                  `json:"workloadKey,omitempty"`
 }
 
 // IdentityRuleStatus mirrors the CRD's status.
@@ -46,15 +47,16 @@ type IdentityRule struct {
 
 // rule is a compiled IdentityRule, or the reason it is refused.
 type rule struct {
-	name       string
-	generation int64
-	compiled   *identityrule.Rule
-	pods       labels.Selector
-	namespaces labels.Selector
-	x509TTL    time.Duration
-	jwtTTL     time.Duration
-	allowMeta  bool
-	err        error
+	name        string
+	generation  int64
+	compiled    *identityrule.Rule
+	pods        labels.Selector
+	namespaces  labels.Selector
+	x509TTL     time.Duration
+	jwtTTL      time.Duration
+	allowMeta   bool
+	workloadKey bool
+	err         error
 }
 
 // compileRule checks an IdentityRule object; a rule that fails keeps its
@@ -67,7 +69,7 @@ func compileRule(td spiffeid.TrustDomain, u *unstructured.Unstructured) *rule {
 		return r
 	}
 	s := ir.Spec
-	r.allowMeta = s.AllowPodMetadata
+	r.allowMeta, r.workloadKey = s.AllowPodMetadata, s.WorkloadKey
 	if r.compiled, r.err = identityrule.Compile(td, identityrule.Spec{SPIFFEIDTemplate: s.SPIFFEIDTemplate, DNSNameTemplates: s.DNSNameTemplates, AllowPodMetadata: s.AllowPodMetadata}); r.err != nil {
 		return r
 	}

@@ -33,7 +33,7 @@ func (s *Store) CreateEntries(ctx context.Context, entries []entry.Entry, now ti
 		if err != nil {
 			return err
 		}
-		ins, err := tx.PrepareContext(ctx, `INSERT INTO entries (id, spiffe_id, parent_id, selectors, selector_key, x509_ttl, jwt_ttl, dns_names, revision, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
+		ins, err := tx.PrepareContext(ctx, `INSERT INTO entries (id, spiffe_id, parent_id, selectors, selector_key, x509_ttl, jwt_ttl, dns_names, workload_key, revision, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
 		if err != nil {
 			return err
 		}
@@ -67,7 +67,7 @@ func insertEntry(ctx context.Context, ins, insSel *sql.Stmt, e entry.Entry) erro
 	sels, _ := json.Marshal(selectorStrings(e.Selectors))
 	dns, _ := json.Marshal(nonNil(e.DNSNames))
 	_, err := ins.ExecContext(ctx, e.ID, e.SPIFFEID.String(), e.ParentID.String(), string(sels), e.SelectorKey(),
-		int64(e.X509TTL/time.Second), int64(e.JWTTTL/time.Second), string(dns), e.Revision, unix(e.CreatedAt))
+		int64(e.X509TTL/time.Second), int64(e.JWTTTL/time.Second), string(dns), e.WorkloadKey, e.Revision, unix(e.CreatedAt))
 	if err != nil {
 		if isUniqueViolation(err) {
 			return &ConflictError{Msg: fmt.Sprintf("an entry for %s under %s with the same selectors already exists", e.SPIFFEID, e.ParentID)}
@@ -90,7 +90,7 @@ func (s *Store) UpdateEntries(ctx context.Context, entries []entry.Entry, now ti
 		if err != nil {
 			return err
 		}
-		ins, err := tx.PrepareContext(ctx, `INSERT INTO entries (id, spiffe_id, parent_id, selectors, selector_key, x509_ttl, jwt_ttl, dns_names, revision, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
+		ins, err := tx.PrepareContext(ctx, `INSERT INTO entries (id, spiffe_id, parent_id, selectors, selector_key, x509_ttl, jwt_ttl, dns_names, workload_key, revision, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
 		if err != nil {
 			return err
 		}
@@ -167,7 +167,7 @@ func (s *Store) DeleteEntries(ctx context.Context, ids []string, now time.Time) 
 	return deleted, nil
 }
 
-const entryColumns = `id, spiffe_id, parent_id, selectors, x509_ttl, jwt_ttl, dns_names, revision, created_at`
+const entryColumns = `id, spiffe_id, parent_id, selectors, x509_ttl, jwt_ttl, dns_names, workload_key, revision, created_at`
 
 type scanner interface{ Scan(...any) error }
 
@@ -177,7 +177,7 @@ func scanEntry(row scanner) (entry.Entry, error) {
 		id, parent, sels, dns      string
 		x509TTL, jwtTTL, createdAt int64
 	)
-	if err := row.Scan(&e.ID, &id, &parent, &sels, &x509TTL, &jwtTTL, &dns, &e.Revision, &createdAt); err != nil {
+	if err := row.Scan(&e.ID, &id, &parent, &sels, &x509TTL, &jwtTTL, &dns, &e.WorkloadKey, &e.Revision, &createdAt); err != nil {
 		return entry.Entry{}, err
 	}
 	var err error

@@ -146,6 +146,10 @@ CREATE TABLE access_policies (
 	`
 ALTER TABLE ca_keys ADD COLUMN key_uri TEXT NOT NULL DEFAULT '';
 `,
+	// 4: entries whose workloads make their own keys.
+	`
+ALTER TABLE entries ADD COLUMN workload_key INTEGER NOT NULL DEFAULT 0;
+`,
 }
 
 func (s *Store) migrate(ctx context.Context) error {

@@ -46,7 +46,9 @@ func TestEntriesRoundTripAndPersist(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "s.db")
 	s := open(t, path)
 	ctx := context.Background()
-	created, err := s.CreateEntries(ctx, []entry.Entry{mk("/a", parent1, 1), mk("/b", parent2, 2)}, now)
+	b := mk("/b", parent2, 2)
+	b.WorkloadKey = true
+	created, err := s.CreateEntries(ctx, []entry.Entry{mk("/a", parent1, 1), b}, now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,8 +62,11 @@ func TestEntriesRoundTripAndPersist(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.SPIFFEID != created[0].SPIFFEID || got.X509TTL != 30*time.Minute || len(got.DNSNames) != 1 || !got.CreatedAt.Equal(now) {
+	if got.SPIFFEID != created[0].SPIFFEID || got.X509TTL != 30*time.Minute || len(got.DNSNames) != 1 || !got.CreatedAt.Equal(now) || got.WorkloadKey {
 		t.Errorf("FetchEntry = %+v; want %+v", got, created[0])
+	}
+	if got, err := s.FetchEntry(ctx, created[1].ID); err != nil || !got.WorkloadKey {
+		t.Errorf("FetchEntry(workload key) = %+v, %v; want WorkloadKey kept", got, err)
 	}
 	if _, err := s.FetchEntry(ctx, "nope"); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("FetchEntry(nope) error = %v; want ErrNotFound", err)

@@ -29,6 +29,9 @@ type entryJSON struct {
 	X509TTL   string   `json:"x509_ttl,omitempty"`
 	JWTTTL    string   `json:"jwt_ttl,omitempty"`
 	DNSNames  []string `json:"dns_names,omitempty"`
+	// WorkloadKey: the workload makes its own key (sdk.WithWorkloadKey);
+	// the agent never holds one for this identity.
+	WorkloadKey bool `json:"workload_key,omitempty"`
 }
 
 type entriesFile struct {
@@ -36,7 +39,7 @@ type entriesFile struct {
 }
 
 func (e entryJSON) proto(i int) (*typesv1.Entry, error) {
-	pb := &typesv1.Entry{Id: e.ID, SpiffeId: e.SPIFFEID, ParentId: e.ParentID, DnsNames: e.DNSNames}
+	pb := &typesv1.Entry{Id: e.ID, SpiffeId: e.SPIFFEID, ParentId: e.ParentID, DnsNames: e.DNSNames, WorkloadKey: e.WorkloadKey}
 	for j, s := range e.Selectors {
 		typ, val, ok := strings.Cut(s, ":")
 		if !ok {
@@ -61,7 +64,7 @@ func (e entryJSON) proto(i int) (*typesv1.Entry, error) {
 }
 
 func entryFromProto(pb *typesv1.Entry) entryJSON {
-	e := entryJSON{ID: pb.GetId(), SPIFFEID: pb.GetSpiffeId(), ParentID: pb.GetParentId(), DNSNames: pb.GetDnsNames()}
+	e := entryJSON{ID: pb.GetId(), SPIFFEID: pb.GetSpiffeId(), ParentID: pb.GetParentId(), DNSNames: pb.GetDnsNames(), WorkloadKey: pb.GetWorkloadKey()}
 	for _, s := range pb.GetSelectors() {
 		e.Selectors = append(e.Selectors, s.GetType()+":"+s.GetValue())
 	}
@@ -100,6 +103,7 @@ func (c *cli) entryCreate(ctx context.Context, client adminv1.AdminClient, args 
 	var output, file, id, parent string
 	var sels, dns config.StringList
 	var x509TTL, jwtTTL string
+	var workloadKey bool
 	fs := c.flags("entry create", &output)
 	fs.StringVar(&file, "file", "", "JSON file of entries to create in one batch")
 	fs.StringVar(&id, "spiffe-id", "", "SPIFFE ID of the workload")
@@ -108,6 +112,7 @@ func (c *cli) entryCreate(ctx context.Context, client adminv1.AdminClient, args 
 	fs.Var(&dns, "dns", "DNS name (repeatable)")
 	fs.StringVar(&x509TTL, "x509-ttl", "", "X509-SVID lifetime (default: the CA's)")
 	fs.StringVar(&jwtTTL, "jwt-ttl", "", "JWT-SVID lifetime (default: the CA's)")
+	fs.BoolVar(&workloadKey, "workload-key", false, "the workload makes its own key (SDK WithWorkloadKey): the agent never mints an X509-SVID of it with a key of its own")
 	if err := c.parse(fs, args, output); err != nil {
 		return err
 	}
@@ -126,7 +131,7 @@ func (c *cli) entryCreate(ctx context.Context, client adminv1.AdminClient, args 
 			return fmt.Errorf("%s: %v", file, err)
 		}
 	} else {
-		in.Entries = []entryJSON{{SPIFFEID: id, ParentID: parent, Selectors: sels, X509TTL: x509TTL, JWTTTL: jwtTTL, DNSNames: dns}}
+		in.Entries = []entryJSON{{SPIFFEID: id, ParentID: parent, Selectors: sels, X509TTL: x509TTL, JWTTTL: jwtTTL, DNSNames: dns, WorkloadKey: workloadKey}}
 	}
 	req := &adminv1.CreateEntriesRequest{}
 	for i, e := range in.Entries {

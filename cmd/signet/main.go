@@ -24,7 +24,7 @@ const usage = `usage: signet [--admin-socket PATH] COMMAND [flags]
 commands:
   dev [--data-dir .signet] [--socket DATA-DIR/agent.sock] [--trust-domain example.org]
                                      run a CA and an agent in the foreground
-  entry create --spiffe-id ID --parent-id ID --selector TYPE:KEY:VALUE [--selector ...] [--x509-ttl 1h] [--jwt-ttl 5m] [--dns NAME]
+  entry create --spiffe-id ID --parent-id ID --selector TYPE:KEY:VALUE [--selector ...] [--x509-ttl 1h] [--jwt-ttl 5m] [--dns NAME] [--workload-key]
   entry create --file entries.json
   entry list [--spiffe-id ID] [--parent-id ID] [--selector S]
   entry delete --id ID

@@ -16,6 +16,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -262,5 +263,52 @@ func TestWorkloadHeldKey(t *testing.T) {
 	}
 	if !c.(*tls.Conn).ConnectionState().PeerCertificates[0].Equal(svid.Certificates[0]) {
 		t.Fatal("the server did not present the workload-held SVID")
+	}
+}
+
+// TestWorkloadKeyOnlyIdentity: an entry marked workload_key is never
+// minted by the agent with a key of its own: a plain Workload API client
+// is told to bring its own key, the SDK with WithWorkloadKey gets the SVID,
+// and the CA issued that identity exactly once, for the workload's CSR.
+func TestWorkloadKeyOnlyIdentity(t *testing.T) {
+	ca := systest.StartCA(t)
+	agent := ca.StartAgent("node1")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if _, err := ca.Admin.CreateEntries(ctx, &adminv1.CreateEntriesRequest{Entries: []*typesv1.Entry{{
+		SpiffeId: cartID, ParentId: agent.ID.String(), WorkloadKey: true,
+		Selectors: []*typesv1.Selector{{Type: "unix", Value: "uid:0"}},
+	}}}); err != nil {
+		t.Fatal(err)
+	}
+	// The push has arrived once the bundle is served to this caller.
+	if _, err := workloadapi.FetchX509Bundles(ctx, workloadapi.WithAddr(agent.Addr)); err != nil {
+		t.Fatal(err)
+	}
+	_, err := workloadapi.FetchX509SVID(ctx, workloadapi.WithAddr(agent.Addr))
+	if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "WithWorkloadKey") {
+		t.Fatalf("FetchX509SVID of a workload-key-only identity: %v; want PermissionDenied naming WithWorkloadKey", err)
+	}
+	cart, err := sdk.NewSource(ctx, sdk.WithAddr(agent.Addr), sdk.WithID(cartID), sdk.WithWorkloadKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cart.Close()
+	if svid, err := cart.GetX509SVID(); err != nil || svid.ID.String() != cartID {
+		t.Fatalf("SVID %v, %v", svid, err)
+	}
+	// JWT-SVIDs, which the agent only passes on, still work.
+	if _, err := workloadapi.FetchJWTSVID(ctx, jwtsvid.Params{Audience: "billing", Subject: spiffeid.RequireFromString(cartID)}, workloadapi.WithAddr(agent.Addr)); err != nil {
+		t.Fatalf("JWT-SVID: %v", err)
+	}
+	time.Sleep(500 * time.Millisecond) // room for a mint that must not happen
+	issued := 0
+	for _, r := range ca.AuditLog() {
+		if r["event"] == "svid.x509.issue" && r["spiffe_id"] == cartID {
+			issued++
+		}
+	}
+	if issued != 1 {
+		t.Fatalf("the CA issued %d X509-SVIDs of %s; want 1, for the workload's own key", issued, cartID)
 	}
 }

@@ -246,12 +246,13 @@ func TestIdentityRules(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A good rule for pods labelled app=api: an extra identity with DNS
-	// names and a short TTL.
+	// names and a short TTL, whose pods make their own keys.
 	if _, err := rules.Create(ctx, ruleObject("api", map[string]any{
 		"spiffeIDTemplate": "spiffe://{{.TrustDomain}}/api/{{.Namespace}}/{{.PodName}}",
 		"dnsNameTemplates": []any{"{{.PodName}}.{{.Namespace}}.svc"},
 		"podSelector":      map[string]any{"matchLabels": map[string]any{"app": "api"}},
 		"x509SVIDTTL":      "10m",
+		"workloadKey":      true,
 	}), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -296,13 +297,18 @@ func TestIdentityRules(t *testing.T) {
 	view.mu.Lock()
 	e := view.entries[apiEntry]
 	view.mu.Unlock()
-	if e.GetSpiffeId() != "spiffe://example.org/api/rules/api-0" || len(e.GetDnsNames()) != 1 || e.GetDnsNames()[0] != "api-0.rules.svc" || e.GetX509SvidTtlSeconds() != 600 {
+	if e.GetSpiffeId() != "spiffe://example.org/api/rules/api-0" || len(e.GetDnsNames()) != 1 || e.GetDnsNames()[0] != "api-0.rules.svc" || e.GetX509SvidTtlSeconds() != 600 || !e.GetWorkloadKey() {
 		t.Fatalf("api identity: %v", e)
 	}
 	ids := view.ids()
 	if ids[k8s.EntryPrefix+string(api.UID)+":default"] != "spiffe://example.org/ns/rules/sa/api" {
 		t.Errorf("the default rule's identity is missing for api-0: %v", ids)
 	}
+	view.mu.Lock()
+	if view.entries[k8s.EntryPrefix+string(api.UID)+":default"].GetWorkloadKey() {
+		t.Error("the default rule's identity is workload-key only; the rule does not say so")
+	}
+	view.mu.Unlock()
 	for id, sid := range ids {
 		if strings.Contains(id, string(bad.UID)) && !strings.HasSuffix(id, ":default") || !strings.HasPrefix(sid, "spiffe://example.org/") {
 			t.Errorf("a refused rule gave an identity: %s = %s", id, sid)

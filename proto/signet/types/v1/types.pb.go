@@ -95,7 +95,12 @@ type Entry struct {
 	// revision is the store revision at which the entry last changed.
 	Revision int64 `protobuf:"varint,8,opt,name=revision,proto3" json:"revision,omitempty"`
 	// created_at is in Unix seconds.
-	CreatedAt     int64 `protobuf:"varint,9,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	CreatedAt int64 `protobuf:"varint,9,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	// workload_key says the workload makes its own key: the agent never
+	// mints an X509-SVID of this entry itself (so no node component holds a
+	// key for it) and signs only CSRs the workload sends through
+	// signet.workload.v1.Keys.
+	WorkloadKey   bool `protobuf:"varint,10,opt,name=workload_key,json=workloadKey,proto3" json:"workload_key,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -191,6 +196,13 @@ func (x *Entry) GetCreatedAt() int64 {
 		return x.CreatedAt
 	}
 	return 0
+}
+
+func (x *Entry) GetWorkloadKey() bool {
+	if x != nil {
+		return x.WorkloadKey
+	}
+	return false
 }
 
 // JWTKey is one public key of a JWT bundle.
@@ -658,7 +670,7 @@ const file_signet_types_v1_types_proto_rawDesc = "" +
 	"\x1bsignet/types/v1/types.proto\x12\x0fsignet.types.v1\"4\n" +
 	"\bSelector\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value\"\xc6\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value\"\xe9\x02\n" +
 	"\x05Entry\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
 	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\x12\x1b\n" +
@@ -669,7 +681,9 @@ const file_signet_types_v1_types_proto_rawDesc = "" +
 	"\tdns_names\x18\a \x03(\tR\bdnsNames\x12\x1a\n" +
 	"\brevision\x18\b \x01(\x03R\brevision\x12\x1d\n" +
 	"\n" +
-	"created_at\x18\t \x01(\x03R\tcreatedAt\"]\n" +
+	"created_at\x18\t \x01(\x03R\tcreatedAt\x12!\n" +
+	"\fworkload_key\x18\n" +
+	" \x01(\bR\vworkloadKey\"]\n" +
 	"\x06JWTKey\x12\x15\n" +
 	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x1d\n" +
 	"\n" +
