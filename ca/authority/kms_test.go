@@ -284,3 +284,25 @@ func BenchmarkSignX509SVID(b *testing.B) {
 		})
 	}
 }
+
+// TestExternalKMSKeyTypes: every --key-type makes KMS keys that sign
+// verifiable SVIDs (JWT keys stay P-256).
+func TestExternalKMSKeyTypes(t *testing.T) {
+	startKMS(t)
+	for _, kt := range []string{"ec-p384", "rsa-2048"} {
+		t.Run(kt, func(t *testing.T) {
+			a, err := authority.New(context.Background(), authority.Config{TrustDomain: td, Store: openStore(t, t.TempDir()), KMS: testenv.KMSURI, KeyType: kt})
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := a.Bundle()
+			chain, err := signer.SignX509SVID(a.X509CA(), signer.X509Params{CSR: csr(t), SPIFFEID: spiffeid.RequireFromPath(td, "/w"), TTL: time.Hour, Now: time.Now()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, _, err := x509svid.Verify(chain, x509Bundle(b)); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
