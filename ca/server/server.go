@@ -125,6 +125,9 @@ type WebhookConfig struct {
 	// AgentDaemonSet is the agent's DaemonSet, in the namespace of the
 	// first agent service account.
 	AgentDaemonSet string
+	// AgentPodCreators are the users allowed to create pods with the agent
+	// service account; if empty, webhook.DefaultAgentPodCreators.
+	AgentPodCreators []string
 	// ConfigurationName names the Mutating- and ValidatingWebhookConfiguration
 	// whose caBundle the leader keeps current. If empty, "signet".
 	ConfigurationName string
@@ -327,7 +330,7 @@ func Run(ctx context.Context, cfg Config) error {
 			ds = "signet-agent"
 		}
 		hook := webhook.New(webhook.Config{TrustDomain: cfg.TrustDomain, SocketDir: socketDir, AgentServiceAccount: cfg.Kube.AgentServiceAccounts[0],
-			AgentDaemonSet: ds, NamespaceLabels: kube.pods.NamespaceLabels, IsClusterAdmin: kube.isClusterAdmin})
+			AgentDaemonSet: ds, AgentPodCreators: w.AgentPodCreators, NamespaceLabels: kube.pods.NamespaceLabels, IsClusterAdmin: kube.isClusterAdmin})
 		hookSrv := &http.Server{Handler: hook, ReadHeaderTimeout: 10 * time.Second, TLSConfig: &tls.Config{MinVersion: tls.VersionTLS12,
 			GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return certs.get() }}}
 		hookLis, err := net.Listen("tcp", w.ListenAddr)

@@ -12,6 +12,7 @@ import (
 	"io"
 	"net/http"
 	"path"
+	"slices"
 	"strings"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -42,6 +43,11 @@ type Config struct {
 	// DaemonSet AgentDaemonSet (in the same namespace).
 	AgentServiceAccount string
 	AgentDaemonSet      string
+	// AgentPodCreators are the users that create the DaemonSet's pods: the
+	// DaemonSet controller. A pod with the agent's service account created
+	// by anyone else is refused, whatever owner reference it claims. If
+	// empty, DefaultAgentPodCreators.
+	AgentPodCreators []string
 	// NamespaceLabels returns a namespace's labels.
 	NamespaceLabels func(ns string) map[string]string
 	// IsClusterAdmin reports whether a user may do anything in the
@@ -49,6 +55,12 @@ type Config struct {
 	// namespace signet.dev/cross-namespace.
 	IsClusterAdmin func(user authnv1.UserInfo) (bool, error)
 }
+
+// DefaultAgentPodCreators is the DaemonSet controller as the API server
+// sees it: with its own service account (kube-controller-manager
+// --use-service-account-credentials, as kubeadm and most distributions run
+// it) or as the controller manager itself.
+var DefaultAgentPodCreators = []string{"system:serviceaccount:kube-system:daemon-set-controller", "system:kube-controller-manager"}
 
 // Handler serves the three admission endpoints.
 type Handler struct {
@@ -194,6 +206,12 @@ func (h *Handler) validatePod(req *admissionv1.AdmissionRequest) *admissionv1.Ad
 		if !isAgent {
 			return deny("the service account %s belongs to the signet-agent DaemonSet; pod %s may not use it", h.cfg.AgentServiceAccount, pod.Name)
 		}
+		// An owner reference is only a claim; who creates the pod is what
+		// the API server authenticated.
+		if req.Operation == admissionv1.Create && !slices.Contains(h.agentPodCreators(), req.UserInfo.Username) {
+			return deny("pods with the service account %s are created by the DaemonSet controller only (%s), not by %s",
+				h.cfg.AgentServiceAccount, strings.Join(h.agentPodCreators(), ", "), req.UserInfo.Username)
+		}
 	}
 	if isAgent {
 		return allow()
@@ -210,6 +228,13 @@ func (h *Handler) validatePod(req *admissionv1.AdmissionRequest) *admissionv1.Ad
 			v.Name, v.HostPath.Path, h.cfg.SocketDir, InjectLabel)
 	}
 	return allow()
+}
+
+func (h *Handler) agentPodCreators() []string {
+	if len(h.cfg.AgentPodCreators) > 0 {
+		return h.cfg.AgentPodCreators
+	}
+	return DefaultAgentPodCreators
 }
 
 func readOnlyMounts(pod *corev1.Pod, volume string) bool {

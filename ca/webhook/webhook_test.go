@@ -2,6 +2,7 @@ package webhook
 
 import (
 	"encoding/json"
+	"strings"
 	"testing"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -81,11 +82,42 @@ func TestAgentAccount(t *testing.T) {
 	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "agent-x",
 		OwnerReferences: []metav1.OwnerReference{{Kind: "DaemonSet", Name: "signet-agent", Controller: &yes}}},
 		Spec: corev1.PodSpec{ServiceAccountName: "signet-agent", Volumes: []corev1.Volume{{Name: "s", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: "/run/signet"}}}}}}
-	if r := h.validatePod(request(t, "signet-system", pod)); !r.Allowed {
-		t.Fatalf("the agent DaemonSet's pod was refused: %v", r.Result.Message)
+	create := func(user string) *admissionv1.AdmissionRequest {
+		req := request(t, "signet-system", pod)
+		req.Operation = admissionv1.Create
+		req.UserInfo.Username = user
+		return req
+	}
+	for _, user := range DefaultAgentPodCreators {
+		if r := h.validatePod(create(user)); !r.Allowed {
+			t.Fatalf("the agent DaemonSet's pod created by %s was refused: %v", user, r.Result.Message)
+		}
+	}
+	// The owner reference is only a claim: someone who may create pods in
+	// the namespace cannot pass as the DaemonSet.
+	if r := h.validatePod(create("alice")); r.Allowed || !strings.Contains(r.Result.Message, "DaemonSet controller") {
+		t.Fatalf("a pod claiming the DaemonSet as owner, created by a user: %+v", r.Result)
+	}
+	// Updates (labels, finalizers) come from anyone allowed to make them;
+	// the account cannot change after creation.
+	update := request(t, "signet-system", pod)
+	update.Operation, update.UserInfo.Username = admissionv1.Update, "alice"
+	if r := h.validatePod(update); !r.Allowed {
+		t.Fatalf("an update of the agent's pod was refused: %v", r.Result.Message)
 	}
 	pod.OwnerReferences[0].Name = "other"
-	if r := h.validatePod(request(t, "signet-system", pod)); r.Allowed {
+	if r := h.validatePod(create(DefaultAgentPodCreators[0])); r.Allowed {
 		t.Fatal("another owner's pod used the agent's account")
+	}
+	// Configured creators replace the defaults.
+	custom := New(Config{TrustDomain: spiffeid.RequireTrustDomainFromString("example.org"), SocketDir: "/run/signet",
+		AgentServiceAccount: "signet-system/signet-agent", AgentDaemonSet: "signet-agent", AgentPodCreators: []string{"ds-operator"},
+		NamespaceLabels: func(string) map[string]string { return nil }})
+	pod.OwnerReferences[0].Name = "signet-agent"
+	if r := custom.validatePod(create("ds-operator")); !r.Allowed {
+		t.Fatalf("a configured creator was refused: %v", r.Result.Message)
+	}
+	if r := custom.validatePod(create(DefaultAgentPodCreators[0])); r.Allowed {
+		t.Fatal("a default creator passed although creators were configured")
 	}
 }

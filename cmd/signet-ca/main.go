@@ -18,6 +18,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/signet-id/signet/ca/server"
+	"github.com/signet-id/signet/ca/webhook"
 	"github.com/signet-id/signet/internal/config"
 	"github.com/signet-id/signet/internal/logfile"
 	"github.com/signet-id/signet/internal/systemlog"
@@ -59,6 +60,7 @@ type fileConfig struct {
 	WebhookConfig       string            `json:"webhook-configuration"`
 	AgentSocketDir      string            `json:"agent-socket-dir"`
 	AgentDaemonSet      string            `json:"agent-daemonset"`
+	AgentPodCreator     config.StringList `json:"agent-pod-creator"`
 }
 
 func defaults() fileConfig {
@@ -115,6 +117,7 @@ func register(fs *flag.FlagSet, c *fileConfig) {
 	fs.StringVar(&c.WebhookConfig, "webhook-configuration", c.WebhookConfig, "name of the Mutating/ValidatingWebhookConfiguration whose caBundle the CA keeps current")
 	fs.StringVar(&c.AgentSocketDir, "agent-socket-dir", c.AgentSocketDir, "the agents' socket directory on the hosts (injected into pods)")
 	fs.StringVar(&c.AgentDaemonSet, "agent-daemonset", c.AgentDaemonSet, "the agents' DaemonSet, the only one whose pods may use the agent service account")
+	fs.Var(&c.AgentPodCreator, "agent-pod-creator", "user that creates the agent DaemonSet's pods (repeatable; default: the DaemonSet controller, "+strings.Join(webhook.DefaultAgentPodCreators, " or ")+")")
 }
 
 // parse reads flags and the config file; a flag given on the command line
@@ -196,7 +199,7 @@ func validate(c fileConfig) (server.Config, hclog.Logger, error) {
 				return server.Config{}, nil, errors.New("webhook-dns: at least one name is required with webhook-listen")
 			}
 			kube.Webhook = &server.WebhookConfig{ListenAddr: c.WebhookListen, DNSNames: c.WebhookDNS, SocketDir: c.AgentSocketDir,
-				AgentDaemonSet: c.AgentDaemonSet, ConfigurationName: c.WebhookConfig}
+				AgentDaemonSet: c.AgentDaemonSet, AgentPodCreators: c.AgentPodCreator, ConfigurationName: c.WebhookConfig}
 		}
 	} else if c.ClusterName != "" || len(c.AgentServiceAccount) > 0 {
 		return server.Config{}, nil, errors.New("cluster-name and agent-service-account need kubeconfig or in-cluster")

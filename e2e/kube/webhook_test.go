@@ -155,6 +155,16 @@ func TestAdmissionWebhook(t *testing.T) {
 		_, err := newPod(agentNS, "impostor-"+time.Now().Format("150405.000000000")[7:], func(p *corev1.Pod) { p.Spec.ServiceAccountName = agentSA })
 		return err != nil && strings.Contains(err.Error(), "belongs to the signet-agent DaemonSet")
 	})
+	// Claiming the DaemonSet as owner does not help: the API server says
+	// who creates the pod, and it is not the DaemonSet controller.
+	yes := true
+	_, err = newPod(agentNS, "forged-owner", func(p *corev1.Pod) {
+		p.Spec.ServiceAccountName = agentSA
+		p.OwnerReferences = []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "DaemonSet", Name: "signet-agent", UID: "00000000-0000-0000-0000-000000000001", Controller: &yes}}
+	})
+	if err == nil || !strings.Contains(err.Error(), "created by the DaemonSet controller only") {
+		t.Fatalf("a pod with a forged DaemonSet owner and the agent's account: %v", err)
+	}
 
 	// An IdentityRule that passes the schema but leaves the trust domain.
 	rule := ruleObject("hook-elsewhere", map[string]any{"spiffeIDTemplate": "spiffe://other.org/x/{{.PodName}}"})

@@ -295,7 +295,7 @@ func (c *Cluster) StartControllers() error {
 	}
 	c.procs = append(c.procs, sched)
 	kcm, err := startProcess(c.Dir, "kube-controller-manager", filepath.Join(bin, "kube-controller-manager"),
-		"--kubeconfig="+c.Kubeconfig, "--leader-elect=false", "--secure-port=0", "--use-service-account-credentials=false",
+		"--kubeconfig="+c.Kubeconfig, "--leader-elect=false", "--secure-port=0", "--use-service-account-credentials=true",
 		"--root-ca-file="+c.CAFile,
 		"--controllers=daemonset-controller,deployment-controller,replicaset-controller,serviceaccount-controller,"+
 			"root-ca-certificate-publisher-controller,namespace-controller,garbage-collector-controller")
