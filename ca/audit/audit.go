@@ -34,6 +34,13 @@ const (
 	AuthzDeny    = "authz.deny"
 	AuthzAllow   = "authz.allow"
 	AuthzDropped = "authz.dropped"
+	// KeyCreate, KeyState and KeyRetire follow the CA's own keys: a key
+	// made (active at once, or prepared and published first), a key
+	// changing state (prepared to active, active to old), a key leaving the
+	// store (and the KMS).
+	KeyCreate = "ca.key.create"
+	KeyState  = "ca.key.state"
+	KeyRetire = "ca.key.retire"
 )
 
 // Results.
@@ -61,8 +68,20 @@ type Record struct {
 	Count   int64     `json:"count,omitempty"`
 	Window  time.Time `json:"window,omitzero"`
 	Dropped int64     `json:"dropped,omitempty"`
-	Result  string    `json:"result"`
-	Reason  string    `json:"reason,omitempty"`
+	// Key describes a CA key event: kind, id, state, expiry and, for a key
+	// in a KMS, its name there (never key material).
+	Key    *KeyInfo `json:"key,omitempty"`
+	Result string   `json:"result"`
+	Reason string   `json:"reason,omitempty"`
+}
+
+// KeyInfo is the CA key an event is about.
+type KeyInfo struct {
+	Kind     string    `json:"kind"`
+	ID       string    `json:"id"`
+	State    string    `json:"state"`
+	NotAfter time.Time `json:"not_after"`
+	KMSName  string    `json:"kms_name,omitempty"`
 }
 
 // Log writes records to one writer. It is safe for concurrent use.

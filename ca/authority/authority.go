@@ -83,10 +83,27 @@ type Config struct {
 	Now func() time.Time
 	// Log receives rotation events. If nil, logs are discarded.
 	Log hclog.Logger
+	// OnKeyChange, if set, is told of every key this replica created,
+	// changed or retired, once the change is stored (signet-ca audits
+	// them). It must not call back into the Authority.
+	OnKeyChange func(KeyChange)
 	// IsLeader, if set, says whether this replica rotates keys; the others
 	// only reload what the leader stored. If nil, this replica is the only
 	// one.
 	IsLeader func() bool
+}
+
+// KeyChange is one stored change to the CA's keys.
+type KeyChange struct {
+	// Change is "create", "state" (prepared to active, or active to old;
+	// State is the new one) or "retire" (removed from the store).
+	Change   string
+	Kind     string
+	ID       string
+	State    string
+	NotAfter time.Time
+	// KMSName is the key's name in an external KMS, if it is in one.
+	KMSName string
 }
 
 // X509CA is the certificate and key that sign X509-SVIDs now.
@@ -327,6 +344,12 @@ func (a *Authority) Rotate(ctx context.Context) (bundleChanged bool, err error) 
 
 func (a *Authority) rotateLocked(ctx context.Context) (bundleChanged bool, err error) {
 	now := a.cfg.Now()
+	// Rotation changes the shared *key values in place: remember the
+	// states as stored, to report what changed.
+	prior := make(map[string]string, len(a.keys))
+	for _, k := range a.keys {
+		prior[k.ID] = k.State
+	}
 	keys := append([]*key(nil), a.keys...)
 	before := bundleFingerprint(keys)
 	dirty := false
@@ -365,6 +388,7 @@ func (a *Authority) rotateLocked(ctx context.Context) (bundleChanged bool, err e
 				return false, fmt.Errorf("authority: %w", err)
 			}
 		}
+		a.report(prior, a.keys, keys)
 		a.deleteRetired(ctx, a.keys, keys)
 		a.keys, a.seq = keys, seq
 		if err := a.refresh(); err != nil {
@@ -730,6 +754,34 @@ func (a *Authority) storedForm(priv crypto.PrivateKey, name string) (keyPEM []by
 	}
 	keyPEM, err = marshalKey(priv)
 	return keyPEM, "", err
+}
+
+// report tells OnKeyChange what differs between the key sets before (with
+// the states in prior) and after.
+func (a *Authority) report(prior map[string]string, before, after []*key) {
+	if a.cfg.OnKeyChange == nil {
+		return
+	}
+	was := prior
+	change := func(c string, k *key) {
+		a.cfg.OnKeyChange(KeyChange{Change: c, Kind: k.Kind, ID: k.ID, State: k.State, NotAfter: k.NotAfter, KMSName: k.KeyURI})
+	}
+	now := make(map[string]bool, len(after))
+	for _, k := range after {
+		now[k.ID] = true
+		state, ok := was[k.ID]
+		switch {
+		case !ok:
+			change("create", k)
+		case state != k.State:
+			change("state", k)
+		}
+	}
+	for _, k := range before {
+		if !now[k.ID] {
+			change("retire", k)
+		}
+	}
 }
 
 // deleteRetired asks the external KMS to delete the keys that were in

@@ -224,3 +224,58 @@ func TestRootAndJWTRotationNeverBreaksVerification(t *testing.T) {
 		t.Errorf("bundle holds %d roots; old roots are not retired", len(final.X509Roots))
 	}
 }
+
+// TestKeyChangesReported: every stored key change reaches OnKeyChange, as
+// the audit log needs it: creation, state changes and retirement.
+func TestKeyChangesReported(t *testing.T) {
+	clk := clock.NewFake(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	var got []string
+	cfg := authority.Config{TrustDomain: td, Store: openStore(t, t.TempDir()), Now: clk.Now,
+		OnKeyChange: func(c authority.KeyChange) { got = append(got, c.Change+" "+c.Kind+" "+c.State) }}
+	a, err := authority.New(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := func(step string, changes ...string) {
+		t.Helper()
+		have := map[string]int{}
+		for _, g := range got {
+			have[g]++
+		}
+		for _, c := range changes {
+			if have[c] == 0 {
+				t.Errorf("%s: no %q among %q", step, c, got)
+			}
+			have[c]--
+		}
+		for c, n := range have {
+			if n > 0 {
+				t.Errorf("%s: unexpected %q", step, c)
+			}
+		}
+		got = nil
+	}
+	want("start", "create x509_root active", "create x509_intermediate active", "create jwt active")
+	first := a.X509CA().Certificate
+
+	clk.Add(13 * time.Hour) // past half of the intermediate's and the JWT key's 24 h
+	if _, err := a.Rotate(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	want("half life", "create x509_intermediate active", "state x509_intermediate old", "create jwt prepared")
+
+	clk.Add(8 * time.Hour) // 21 h: the JWT key activates at five sixths
+	if _, err := a.Rotate(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	want("five sixths", "state jwt active", "state jwt old")
+
+	clk.Add(4 * time.Hour) // 25 h: the first intermediate and JWT key expired
+	if _, err := a.Rotate(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if a.X509CA().Certificate.Equal(first) {
+		t.Fatal("still signing with the first intermediate")
+	}
+	want("expiry", "retire x509_intermediate old", "retire jwt old", "create x509_intermediate active", "state x509_intermediate old", "create jwt prepared")
+}

@@ -171,6 +171,16 @@ func Run(ctx context.Context, cfg Config) error {
 	authCfg := authority.Config{
 		TrustDomain: cfg.TrustDomain, Store: st, RootTTL: cfg.RootTTL, IntermediateTTL: cfg.IntermediateTTL,
 		JWTKeyTTL: cfg.JWTKeyTTL, KeyType: cfg.KeyType, KMS: cfg.KMS, Log: log.Named("authority"),
+		OnKeyChange: func(c authority.KeyChange) {
+			event := map[string]string{"create": audit.KeyCreate, "state": audit.KeyState, "retire": audit.KeyRetire}[c.Change]
+			rec := audit.Record{Event: event, Actor: "signet-ca", Result: audit.Success,
+				Key: &audit.KeyInfo{Kind: c.Kind, ID: c.ID, State: c.State, NotAfter: c.NotAfter, KMSName: c.KMSName}}
+			if err := auditLog.Write(rec); err != nil {
+				// The change is stored and in use; losing its record is
+				// logged loudly rather than undone.
+				log.Error("could not write the audit record of a CA key change", "event", event, "id", c.ID, "error", err)
+			}
+		},
 	}
 	var kube *kubeMode
 	if cfg.Kube != nil {

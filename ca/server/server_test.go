@@ -595,3 +595,30 @@ func TestJoinTokenNodeNames(t *testing.T) {
 		}
 	}
 }
+
+// TestCAKeysAudited: the CA's first keys are in the audit log, described
+// (kind, id, state, expiry) but never with key material.
+func TestCAKeysAudited(t *testing.T) {
+	ca := startCA(t)
+	kinds := map[string]bool{}
+	for _, r := range ca.auditEvents(t) {
+		if r.Event != audit.KeyCreate {
+			continue
+		}
+		if r.Key == nil || r.Key.ID == "" || r.Key.State != "active" || r.Key.NotAfter.IsZero() || r.Actor != "signet-ca" {
+			t.Errorf("key record %+v", r)
+			continue
+		}
+		kinds[r.Key.Kind] = true
+	}
+	if len(kinds) != 3 {
+		t.Fatalf("key kinds created in the audit log: %v; want root, intermediate and JWT", kinds)
+	}
+	raw, err := os.ReadFile(filepath.Join(ca.dir, "audit.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(raw), "PRIVATE KEY") || strings.Contains(string(raw), "key_pem") {
+		t.Fatal("the audit log holds key material")
+	}
+}
