@@ -326,26 +326,59 @@ func (id *Identities) derive(p *corev1.Pod, parent spiffeid.ID, only string) []e
 		if !r.namespaces.Matches(nsl) {
 			continue
 		}
-		sa := p.Spec.ServiceAccountName
-		if sa == "" {
-			sa = "default"
-		}
-		in := identityrule.Pod{Namespace: p.Namespace, ServiceAccount: sa, PodName: p.Name, PodUID: string(p.UID), NodeName: p.Spec.NodeName}
-		if r.allowMeta {
-			in.Labels, in.Annotations = p.Labels, p.Annotations
-		}
-		sid, dns, err := r.compiled.Render(in)
+		e, err := r.render(p, parent)
 		if err != nil {
-			id.cfg.Log.Warn("IdentityRule does not render for pod", "rule", r.name, "pod", p.Namespace+"/"+p.Name, "error", err)
+			// Reported in the rule's status by the leader; this runs on
+			// every wake of the node's streams.
+			id.cfg.Log.Debug("IdentityRule does not render for pod", "rule", r.name, "pod", p.Namespace+"/"+p.Name, "error", err)
 			continue
 		}
-		out = append(out, entry.Entry{
-			ID: EntryPrefix + string(p.UID) + ":" + r.name, SPIFFEID: sid, ParentID: parent,
-			Selectors: []selector.Selector{{Type: "k8s", Value: "pod-uid:" + string(p.UID)}},
-			DNSNames:  dns, X509TTL: r.x509TTL, JWTTTL: r.jwtTTL, WorkloadKey: r.workloadKey,
-		})
+		out = append(out, e)
 	}
 	return out
+}
+
+// render is the identity rule r gives pod p.
+func (r *rule) render(p *corev1.Pod, parent spiffeid.ID) (entry.Entry, error) {
+	sa := p.Spec.ServiceAccountName
+	if sa == "" {
+		sa = "default"
+	}
+	in := identityrule.Pod{Namespace: p.Namespace, ServiceAccount: sa, PodName: p.Name, PodUID: string(p.UID), NodeName: p.Spec.NodeName}
+	if r.allowMeta {
+		in.Labels, in.Annotations = p.Labels, p.Annotations
+	}
+	sid, dns, err := r.compiled.Render(in)
+	if err != nil {
+		return entry.Entry{}, err
+	}
+	return entry.Entry{
+		ID: EntryPrefix + string(p.UID) + ":" + r.name, SPIFFEID: sid, ParentID: parent,
+		Selectors: []selector.Selector{{Type: "k8s", Value: "pod-uid:" + string(p.UID)}},
+		DNSNames:  dns, X509TTL: r.x509TTL, JWTTTL: r.jwtTTL, WorkloadKey: r.workloadKey,
+	}, nil
+}
+
+// renderFailures checks rule r against every running pod it selects and
+// describes those it gives no identity: how many of how many, and the
+// first few by name.
+func (id *Identities) renderFailures(r *rule) (failed, selected int, examples []string) {
+	for _, obj := range id.pods.GetStore().List() {
+		p := obj.(*corev1.Pod)
+		if finished(p) || !r.pods.Matches(labels.Set(p.Labels)) || !r.namespaces.Matches(id.namespaceLabels(p.Namespace)) {
+			continue
+		}
+		selected++
+		if _, err := r.render(p, spiffeid.ID{}); err != nil {
+			failed++
+			examples = append(examples, p.Namespace+"/"+p.Name+": "+err.Error())
+		}
+	}
+	sort.Strings(examples)
+	if len(examples) > 3 {
+		examples = examples[:3]
+	}
+	return failed, selected, examples
 }
 
 // ForNode returns the identities of the pods bound to node, parented to
@@ -446,8 +479,10 @@ func (id *Identities) AgentAlive(node string) (bool, string) {
 	return false, fmt.Sprintf("no agent pod runs on node %q any more", node)
 }
 
-// RunStatus writes each IdentityRule's Ready condition (accepted, or the
-// reason it is refused) until ctx ends. Only the leader runs it.
+// RunStatus writes each IdentityRule's conditions until ctx ends: Ready
+// (accepted, or the reason it is refused) and, for an accepted rule,
+// Rendered (whether every pod it selects gets its identity, or which do
+// not and why). Only the leader runs it, on rule changes and every minute.
 func (id *Identities) RunStatus(ctx context.Context) {
 	t := time.NewTicker(time.Minute)
 	defer t.Stop()
@@ -471,9 +506,21 @@ func (id *Identities) writeStatuses(ctx context.Context) {
 		if r == nil {
 			continue
 		}
-		cond := metav1.Condition{Type: "Ready", Status: metav1.ConditionTrue, Reason: "Accepted", Message: "the rule is in effect", ObservedGeneration: u.GetGeneration()}
+		want := []metav1.Condition{{Type: "Ready", Status: metav1.ConditionTrue, Reason: "Accepted", Message: "the rule is in effect", ObservedGeneration: u.GetGeneration()}}
 		if r.err != nil {
-			cond.Status, cond.Reason, cond.Message = metav1.ConditionFalse, "Refused", r.err.Error()
+			want[0].Status, want[0].Reason, want[0].Message = metav1.ConditionFalse, "Refused", r.err.Error()
+		} else {
+			rendered := metav1.Condition{Type: "Rendered", Status: metav1.ConditionTrue, Reason: "AllPods", ObservedGeneration: u.GetGeneration()}
+			failed, selected, examples := id.renderFailures(r)
+			rendered.Message = "every pod the rule selects gets its identity"
+			if failed > 0 {
+				rendered.Status, rendered.Reason = metav1.ConditionFalse, "RenderFailed"
+				rendered.Message = fmt.Sprintf("%d of %d selected pods get no identity from this rule: %s", failed, selected, strings.Join(examples, "; "))
+				if failed > len(examples) {
+					rendered.Message += fmt.Sprintf("; and %d more", failed-len(examples))
+				}
+			}
+			want = append(want, rendered)
 		}
 		var st IdentityRuleStatus
 		if raw, ok := u.Object["status"].(map[string]any); ok {
@@ -490,10 +537,22 @@ func (id *Identities) writeStatuses(ctx context.Context) {
 				}
 			}
 		}
-		if old := meta.FindStatusCondition(st.Conditions, "Ready"); old != nil && old.Status == cond.Status && old.Message == cond.Message && old.ObservedGeneration == cond.ObservedGeneration {
+		same := true
+		for _, cond := range want {
+			if old := meta.FindStatusCondition(st.Conditions, cond.Type); old == nil || old.Status != cond.Status || old.Message != cond.Message || old.ObservedGeneration != cond.ObservedGeneration {
+				same = false
+			}
+		}
+		if len(want) == 1 && meta.FindStatusCondition(st.Conditions, "Rendered") != nil {
+			same = false // a refused rule renders nothing: drop the condition
+			meta.RemoveStatusCondition(&st.Conditions, "Rendered")
+		}
+		if same {
 			continue
 		}
-		meta.SetStatusCondition(&st.Conditions, cond)
+		for _, cond := range want {
+			meta.SetStatusCondition(&st.Conditions, cond)
+		}
 		conds := make([]any, len(st.Conditions))
 		for i, c := range st.Conditions {
 			conds[i] = map[string]any{"type": c.Type, "status": string(c.Status), "reason": c.Reason, "message": c.Message,

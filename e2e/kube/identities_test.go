@@ -288,6 +288,44 @@ func TestIdentityRules(t *testing.T) {
 		t.Errorf("status of the rule using labels: %q", msg)
 	}
 
+	// A rule that opts into pod labels and renders for one pod but not for
+	// another that lacks the label: its status names the pod that gets no
+	// identity. (The pods exist before the rule, whose creation triggers
+	// the status; pod changes are looked at every minute.)
+	createNode(t, "node-r0")
+	createPod(t, "rules", "team-ok", "default", "node-r0", map[string]string{"rule-test": "team", "team": "blue"})
+	createPod(t, "rules", "team-missing", "default", "node-r0", map[string]string{"rule-test": "team"})
+	if _, err := rules.Create(ctx, ruleObject("team", map[string]any{
+		"spiffeIDTemplate": `spiffe://{{.TrustDomain}}/team/{{index .Labels "team"}}/{{.PodName}}`, "allowPodMetadata": true,
+		"podSelector": map[string]any{"matchLabels": map[string]any{"rule-test": "team"}},
+	}), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rules.Delete(ctx, "team", metav1.DeleteOptions{}) })
+	condition := func(name, typ string) (string, string) {
+		u, err := rules.Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return "", ""
+		}
+		conds, _, _ := unstructured.NestedSlice(u.Object, "status", "conditions")
+		for _, c := range conds {
+			if m := c.(map[string]any); m["type"] == typ {
+				return m["status"].(string), m["message"].(string)
+			}
+		}
+		return "", ""
+	}
+	eventually(t, 15*time.Second, "the team rule's Rendered condition", func() bool { s, _ := condition("team", "Rendered"); return s == "False" })
+	if _, msg := condition("team", "Rendered"); !strings.Contains(msg, "1 of 2 selected pods") || !strings.Contains(msg, "rules/team-missing") || strings.Contains(msg, "team-ok") {
+		t.Errorf("Rendered condition of the team rule: %q", msg)
+	}
+	if s, msg := condition("api", "Rendered"); s != "True" {
+		t.Errorf("Rendered condition of the api rule: %s %q", s, msg)
+	}
+	if s, _ := condition("elsewhere", "Rendered"); s != "" {
+		t.Errorf("a refused rule has a Rendered condition: %s", s)
+	}
+
 	svid := attestAgent(t, ca, "node-r1")
 	view := follow(t, ca, svid)
 	api := createPod(t, "rules", "api-0", "api", "node-r1", map[string]string{"app": "api", "rule-test": "labels"})
