@@ -195,7 +195,8 @@ func TestHelmAndKustomizeAgree(t *testing.T) {
 	custom := render(t, "helm", "template", "signet", "../../deploy/helm/signet", "--namespace", "id",
 		"--set", "trustDomain=corp.example", "--set", "webhook.enabled=false", "--set", "ca.replicas=3", "--set", "ca.keyType=ec-p384",
 		"--set", "ca.kms=awskms:region=eu-west-1", "--set", "ca.serviceAccountAnnotations.eks\\.amazonaws\\.com/role-arn=arn:aws:iam::111122223333:role/signet-ca",
-		"--set", "ca.env[0].name=AWS_REGION", "--set", "ca.env[0].value=eu-west-1")
+		"--set", "ca.env[0].name=AWS_REGION", "--set", "ca.env[0].value=eu-west-1",
+		"--set", "webhook.agentPodCreators[0]=system:serviceaccount:kube-system:ds-operator")
 	c := byKey(custom)
 	dep := c["Deployment id/signet-ca"]
 	if dep == nil {
@@ -215,7 +216,12 @@ func TestHelmAndKustomizeAgree(t *testing.T) {
 		t.Fatal(err)
 	}
 	applyObjects(t, custom, true)
-	if strings.Contains(string(raw), "--webhook-listen") || c["ValidatingWebhookConfiguration /signet"] != nil {
+	if strings.Contains(string(raw), "--webhook-listen") || strings.Contains(string(raw), "--agent-pod-creator") || c["ValidatingWebhookConfiguration /signet"] != nil {
 		t.Error("webhook.enabled=false still renders the webhook")
+	}
+	withCreators := byKey(render(t, "helm", "template", "signet", "../../deploy/helm/signet", "--namespace", "id",
+		"--set", "webhook.agentPodCreators[0]=system:serviceaccount:kube-system:ds-operator"))["Deployment id/signet-ca"]
+	if raw, _ := json.Marshal(withCreators.Object); !strings.Contains(string(raw), "--agent-pod-creator=system:serviceaccount:kube-system:ds-operator") {
+		t.Error("webhook.agentPodCreators does not reach the CA's arguments")
 	}
 }
