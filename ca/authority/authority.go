@@ -385,11 +385,15 @@ func (a *Authority) rotateLocked(ctx context.Context) (bundleChanged bool, err e
 			// Persist before use: nothing is signed by a key that a restart
 			// would not find again.
 			if err := a.cfg.Store.SaveCAKeys(ctx, stored, seq); err != nil {
+				// Keys made for this attempt are stored nowhere (another
+				// replica stored first, or the store is away): an external
+				// KMS would keep, and bill, them for ever.
+				a.deleteKeys(ctx, keys, a.keys, "made for a change that was not stored")
 				return false, fmt.Errorf("authority: %w", err)
 			}
 		}
 		a.report(prior, a.keys, keys)
-		a.deleteRetired(ctx, a.keys, keys)
+		a.deleteKeys(ctx, a.keys, keys, "retired")
 		a.keys, a.seq = keys, seq
 		if err := a.refresh(); err != nil {
 			return false, err
@@ -784,11 +788,11 @@ func (a *Authority) report(prior map[string]string, before, after []*key) {
 	}
 }
 
-// deleteRetired asks the external KMS to delete the keys that were in
-// before and are not in after, once after is stored. A key that cannot be
-// deleted is logged by name, for the operator, and otherwise left alone:
-// it no longer signs anything.
-func (a *Authority) deleteRetired(ctx context.Context, before, after []*key) {
+// deleteKeys asks the external KMS to delete the keys that are in before
+// and not in after: retired ones once after is stored, or ones made for a
+// change the store refused. A key that cannot be deleted is logged by name,
+// for the operator, and otherwise left alone: it signs nothing.
+func (a *Authority) deleteKeys(ctx context.Context, before, after []*key, why string) {
 	if a.km.delete == nil {
 		return
 	}
@@ -804,11 +808,11 @@ func (a *Authority) deleteRetired(ctx context.Context, before, after []*key) {
 		err := a.km.delete(dctx, k.KeyURI)
 		cancel()
 		if err != nil {
-			a.log.Error("could not delete a retired key from the KMS; delete it by hand", "kind", k.Kind, "id", k.ID, "key", k.KeyURI, "error", err)
+			a.log.Error("could not delete a key from the KMS; delete it by hand", "why", why, "kind", k.Kind, "id", k.ID, "key", k.KeyURI, "error", err)
 			continue
 		}
 		delete(a.signers, k.KeyURI)
-		a.log.Info("retired key scheduled for deletion in the KMS", "kind", k.Kind, "id", k.ID, "key", k.KeyURI)
+		a.log.Info("key scheduled for deletion in the KMS", "why", why, "kind", k.Kind, "id", k.ID, "key", k.KeyURI)
 	}
 }
 

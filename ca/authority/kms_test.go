@@ -306,3 +306,56 @@ func TestExternalKMSKeyTypes(t *testing.T) {
 		})
 	}
 }
+
+// conflictOnce refuses the first save as a replica that lost a race to
+// another would see it.
+type conflictOnce struct {
+	*store.Store
+	refused bool
+}
+
+func (c *conflictOnce) SaveCAKeys(ctx context.Context, keys []store.CAKey, seq uint64) error {
+	if !c.refused {
+		c.refused = true
+		return store.ErrConflict
+	}
+	return c.Store.SaveCAKeys(ctx, keys, seq)
+}
+
+// TestExternalKMSKeysOfALostRace: keys made for a change the store refused
+// are deleted from the KMS, not left there (and billed) for ever.
+func TestExternalKMSKeysOfALostRace(t *testing.T) {
+	kc := startKMS(t)
+	ctx := context.Background()
+	s := &conflictOnce{Store: openStore(t, t.TempDir())}
+	if _, err := authority.New(ctx, authority.Config{TrustDomain: td, Store: s, KMS: testenv.KMSURI}); err != nil {
+		t.Fatal(err)
+	}
+	stored, _, err := s.LoadCAKeys(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kept := map[string]bool{}
+	for _, k := range stored {
+		kept[k.KeyURI] = true
+	}
+	list, err := kc.ListKeys(ctx, &awskms.ListKeysInput{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	enabled, pending := 0, 0
+	for _, k := range list.Keys {
+		switch st := keyState(t, kc, "awskms:key-id="+*k.KeyId); {
+		case st == types.KeyStateEnabled:
+			enabled++
+			if !kept["awskms:key-id="+*k.KeyId] {
+				t.Errorf("key %s is enabled in the KMS but stored nowhere", *k.KeyId)
+			}
+		case st == types.KeyStatePendingDeletion:
+			pending++
+		}
+	}
+	if enabled != 3 || pending != 3 {
+		t.Fatalf("KMS holds %d enabled and %d pending-deletion keys; want the 3 stored and the 3 of the refused attempt", enabled, pending)
+	}
+}
