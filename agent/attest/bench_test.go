@@ -2,15 +2,13 @@ package attest
 
 import (
 	"context"
-	"encoding/pem"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/signet-id/signet/agent/kubelet"
+	"github.com/signet-id/signet/agent/kubelet/kubelettest"
 	"github.com/signet-id/signet/internal/peercred"
 )
 
@@ -22,26 +20,16 @@ import (
 //
 //	go test -run '^$' -bench K8sAttest ./agent/attest/
 func BenchmarkK8sAttest(b *testing.B) {
-	payload, err := os.ReadFile("../kubelet/testdata/pods-recorded-kubelet-1.37.json")
-	if err != nil {
-		b.Fatal(err)
-	}
 	cg, err := os.ReadFile("../cgroup/testdata/v1-cgroupfs-containerd-burstable-recorded.txt")
 	if err != nil {
 		b.Fatal(err)
 	}
-	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write(payload) }))
-	defer srv.Close()
-	dir := b.TempDir()
-	caFile := filepath.Join(dir, "ca.pem")
-	os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o600)
-	tokFile := filepath.Join(dir, "token")
-	os.WriteFile(tokFile, []byte("t"), 0o600)
-	kc, err := kubelet.New(kubelet.Config{URL: srv.URL, TokenFile: tokFile, CAFile: caFile})
+	srv := kubelettest.StartRecorded(b)
+	kc, err := kubelet.New(kubelet.Config{URL: srv.URL, TokenFile: srv.TokenFile, CAFile: srv.CAFile})
 	if err != nil {
 		b.Fatal(err)
 	}
-	root := filepath.Join(dir, "proc")
+	root := filepath.Join(b.TempDir(), "proc")
 	os.MkdirAll(filepath.Join(root, "29835"), 0o755)
 	os.WriteFile(filepath.Join(root, "29835", "cgroup"), cg, 0o644)
 	for name, maxAge := range map[string]time.Duration{"cached": time.Hour, "kubelet": time.Nanosecond} {

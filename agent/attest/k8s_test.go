@@ -2,10 +2,7 @@ package attest
 
 import (
 	"context"
-	"encoding/pem"
 	"errors"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
@@ -18,6 +15,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/signet-id/signet/agent/kubelet"
+	"github.com/signet-id/signet/agent/kubelet/kubelettest"
 	"github.com/signet-id/signet/internal/peercred"
 	"github.com/signet-id/signet/internal/selector"
 )
@@ -153,22 +151,12 @@ func (f fixed) Attest(context.Context, peercred.Creds) ([]selector.Selector, err
 // TestK8sRecorded attests a process with the cgroup file and the kubelet
 // answer recorded on a real node, through the real kubelet client over TLS.
 func TestK8sRecorded(t *testing.T) {
-	payload, err := os.ReadFile("../kubelet/testdata/pods-recorded-kubelet-1.37.json")
-	if err != nil {
-		t.Fatal(err)
-	}
 	cg, err := os.ReadFile("../cgroup/testdata/v1-cgroupfs-containerd-burstable-recorded.txt")
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write(payload) }))
-	defer srv.Close()
-	dir := t.TempDir()
-	caFile := filepath.Join(dir, "ca.pem")
-	os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o600)
-	tokFile := filepath.Join(dir, "token")
-	os.WriteFile(tokFile, []byte("t"), 0o600)
-	kc, err := kubelet.New(kubelet.Config{URL: srv.URL, TokenFile: tokFile, CAFile: caFile})
+	srv := kubelettest.StartRecorded(t)
+	kc, err := kubelet.New(kubelet.Config{URL: srv.URL, TokenFile: srv.TokenFile, CAFile: srv.CAFile})
 	if err != nil {
 		t.Fatal(err)
 	}

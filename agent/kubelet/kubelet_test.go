@@ -7,12 +7,13 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/signet-id/signet/agent/kubelet/kubelettest"
 )
 
 func podList() corev1.PodList {
@@ -30,7 +31,7 @@ func podList() corev1.PodList {
 
 func TestPods(t *testing.T) {
 	var gotAuth string
-	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	srv := kubelettest.Start(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		gotAuth = r.Header.Get("Authorization")
 		if r.URL.Path != "/pods" {
 			http.NotFound(w, r)
@@ -41,13 +42,8 @@ func TestPods(t *testing.T) {
 			return
 		}
 		json.NewEncoder(w).Encode(podList())
-	}))
-	defer srv.Close()
-	dir := t.TempDir()
-	caFile := filepath.Join(dir, "ca.pem")
-	os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o600)
-	tokFile := filepath.Join(dir, "token")
-	os.WriteFile(tokFile, []byte("kubelet-token\n"), 0o600)
+	}), "kubelet-token\n")
+	caFile, tokFile := srv.CAFile, srv.TokenFile
 
 	c, err := New(Config{URL: srv.URL, TokenFile: tokFile, CAFile: caFile})
 	if err != nil {
@@ -99,18 +95,8 @@ func FuzzParsePods(f *testing.F) {
 // TestRecordedPods reads what a real kubelet (1.37) answered on /pods,
 // served over TLS.
 func TestRecordedPods(t *testing.T) {
-	raw, err := os.ReadFile("testdata/pods-recorded-kubelet-1.37.json")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write(raw) }))
-	defer srv.Close()
-	dir := t.TempDir()
-	caFile := filepath.Join(dir, "ca.pem")
-	os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o600)
-	tokFile := filepath.Join(dir, "token")
-	os.WriteFile(tokFile, []byte("t"), 0o600)
-	c, err := New(Config{URL: srv.URL, TokenFile: tokFile, CAFile: caFile})
+	srv := kubelettest.StartRecorded(t)
+	c, err := New(Config{URL: srv.URL, TokenFile: srv.TokenFile, CAFile: srv.CAFile})
 	if err != nil {
 		t.Fatal(err)
 	}

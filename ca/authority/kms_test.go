@@ -25,17 +25,9 @@ import (
 
 // startKMS runs local-kms, an AWS KMS emulator, and points the AWS SDK at
 // it; it returns a client to inspect the keys with.
-func startKMS(t *testing.T) *awskms.Client {
+func startKMS(t testing.TB) *awskms.Client {
 	t.Helper()
-	k, err := testenv.StartKMS(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(k.Stop)
-	for _, kv := range k.Env() {
-		name, value, _ := strings.Cut(kv, "=")
-		t.Setenv(name, value)
-	}
+	testenv.UseKMS(t)
 	cfg, err := awsconfig.LoadDefaultConfig(context.Background())
 	if err != nil {
 		t.Fatal(err)
@@ -254,15 +246,7 @@ func BenchmarkSignX509SVID(b *testing.B) {
 		}
 		b.Run(name, func(b *testing.B) {
 			if kms != "" {
-				k, err := testenv.StartKMS(b.TempDir())
-				if err != nil {
-					b.Fatal(err)
-				}
-				defer k.Stop()
-				for _, kv := range k.Env() {
-					name, value, _ := strings.Cut(kv, "=")
-					b.Setenv(name, value)
-				}
+				startKMS(b)
 			}
 			s, err := store.Open(context.Background(), b.TempDir()+"/signet.db")
 			if err != nil {

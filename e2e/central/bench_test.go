@@ -2,15 +2,12 @@ package central
 
 import (
 	"context"
-	"net"
 	"testing"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffegrpc/grpccredentials"
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/signet-id/signet/internal/systest"
@@ -29,15 +26,7 @@ func BenchmarkGRPCExample(b *testing.B) {
 	ca.CreateEntry(cartID, agent.ID.String(), time.Hour, "unix:uid:0")
 	ca.CreateEntry(frontID, agent.ID.String(), time.Hour, "unix:uid:0")
 	ctx := context.Background()
-	src := func(id string) *sdk.Source {
-		s, err := sdk.NewSource(ctx, sdk.WithAddr(agent.Addr), sdk.WithID(id))
-		if err != nil {
-			b.Fatal(err)
-		}
-		b.Cleanup(func() { s.Close() })
-		return s
-	}
-	cart, front := src(cartID), src(frontID)
+	cart, front := newSource(b, agent, cartID), newSource(b, agent, frontID)
 	rules := []sdk.Rule{sdk.Allow(sdk.PeerID(frontID)).OnMethods(check)}
 	for i := range 99 {
 		rules = append(rules, sdk.Allow(sdk.PeerServiceAccount("ns", "sa"+string(rune('a'+i%26))+string(rune('a'+i/26)))))
@@ -57,17 +46,7 @@ func BenchmarkGRPCExample(b *testing.B) {
 		{"sdk", sdk.GRPCServerOptions(cart, authz)},
 	} {
 		b.Run(tt.name, func(b *testing.B) {
-			srv := grpc.NewServer(tt.opts...)
-			healthpb.RegisterHealthServer(srv, health.NewServer())
-			l, _ := net.Listen("tcp", "127.0.0.1:0")
-			go srv.Serve(l)
-			defer srv.Stop()
-			conn, err := grpc.NewClient(l.Addr().String(), grpc.WithTransportCredentials(sdk.ClientCredentials(front, tlsconfig.AuthorizeID(spiffeid.RequireFromString(cartID)))))
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer conn.Close()
-			c := healthpb.NewHealthClient(conn)
+			c := serveHealth(b, front, tt.opts...)
 			if _, err := c.Check(ctx, &healthpb.HealthCheckRequest{}); err != nil {
 				b.Fatal(err)
 			}

@@ -47,6 +47,40 @@ func policy(name, target, action string, peer string) *typesv1.AccessPolicy {
 	}}
 }
 
+// newSource is an SDK source of identity id from agent, closed with the
+// test.
+func newSource(tb testing.TB, agent *systest.Agent, id string, opts ...sdk.Option) *sdk.Source {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	s, err := sdk.NewSource(ctx, append([]sdk.Option{sdk.WithAddr(agent.Addr), sdk.WithID(id)}, opts...)...)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { s.Close() })
+	return s
+}
+
+// serveHealth runs the gRPC health service with opts on loopback until the
+// test ends and returns a client that calls it as front, expecting cart.
+func serveHealth(tb testing.TB, front *sdk.Source, opts ...grpc.ServerOption) healthpb.HealthClient {
+	tb.Helper()
+	srv := grpc.NewServer(opts...)
+	healthpb.RegisterHealthServer(srv, health.NewServer())
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	go srv.Serve(l)
+	tb.Cleanup(srv.Stop)
+	conn, err := grpc.NewClient(l.Addr().String(), grpc.WithTransportCredentials(sdk.ClientCredentials(front, tlsconfig.AuthorizeID(spiffeid.RequireFromString(cartID)))))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { conn.Close() })
+	return healthpb.NewHealthClient(conn)
+}
+
 func eventually(t *testing.T, what string, ok func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
@@ -69,15 +103,7 @@ func TestCentralPolicyOnRunningServer(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	source := func(id string) *sdk.Source {
-		s, err := sdk.NewSource(ctx, sdk.WithAddr(agent.Addr), sdk.WithID(id))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { s.Close() })
-		return s
-	}
-	cart, front := source(cartID), source(frontID)
+	cart, front := newSource(t, agent, cartID), newSource(t, agent, frontID)
 
 	if _, err := ca.Admin.CreatePolicy(ctx, &adminv1.CreatePolicyRequest{Policy: policy("cart", cartID, "allow", frontID)}); err != nil {
 		t.Fatal(err)
@@ -92,21 +118,11 @@ func TestCentralPolicyOnRunningServer(t *testing.T) {
 	eventually(t, "the central policy at the server", func() bool { return authz.Allowed(spiffeid.RequireFromString(frontID), check) })
 
 	var reached atomic.Int64
-	srv := grpc.NewServer(append(sdk.GRPCServerOptions(cart, authz), grpc.ChainUnaryInterceptor(
+	client := serveHealth(t, front, append(sdk.GRPCServerOptions(cart, authz), grpc.ChainUnaryInterceptor(
 		func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 			reached.Add(1)
 			return h(ctx, req)
 		}))...)
-	healthpb.RegisterHealthServer(srv, health.NewServer())
-	l, _ := net.Listen("tcp", "127.0.0.1:0")
-	go srv.Serve(l)
-	defer srv.Stop()
-	conn, err := grpc.NewClient(l.Addr().String(), grpc.WithTransportCredentials(sdk.ClientCredentials(front, tlsconfig.AuthorizeID(spiffeid.RequireFromString(cartID)))))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	client := healthpb.NewHealthClient(conn)
 	if _, err := client.Check(ctx, &healthpb.HealthCheckRequest{}); err != nil {
 		t.Fatalf("allowed by the central policy: %v", err)
 	}
@@ -210,11 +226,7 @@ func TestWorkloadHeldKey(t *testing.T) {
 	ca.CreateEntry(frontID, agent.ID.String(), time.Hour, "unix:uid:0")
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	cart, err := sdk.NewSource(ctx, sdk.WithAddr(agent.Addr), sdk.WithID(cartID), sdk.WithWorkloadKey())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cart.Close()
+	cart := newSource(t, agent, cartID, sdk.WithWorkloadKey())
 	svid, err := cart.GetX509SVID()
 	if err != nil || svid.ID.String() != cartID {
 		t.Fatalf("SVID %v, %v", svid, err)
@@ -233,11 +245,7 @@ func TestWorkloadHeldKey(t *testing.T) {
 			t.Fatal("the agent holds the workload's key")
 		}
 	}
-	front, err := sdk.NewSource(ctx, sdk.WithAddr(agent.Addr), sdk.WithID(frontID))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer front.Close()
+	front := newSource(t, agent, frontID)
 	authz, _ := sdk.NewAuthorizer(cart.TrustDomain(), sdk.Allow(sdk.PeerID(frontID)))
 	l, err := sdk.Listen("tcp", "127.0.0.1:0", cart, authz)
 	if err != nil {
@@ -289,11 +297,7 @@ func TestWorkloadKeyOnlyIdentity(t *testing.T) {
 	if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "WithWorkloadKey") {
 		t.Fatalf("FetchX509SVID of a workload-key-only identity: %v; want PermissionDenied naming WithWorkloadKey", err)
 	}
-	cart, err := sdk.NewSource(ctx, sdk.WithAddr(agent.Addr), sdk.WithID(cartID), sdk.WithWorkloadKey())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cart.Close()
+	cart := newSource(t, agent, cartID, sdk.WithWorkloadKey())
 	if svid, err := cart.GetX509SVID(); err != nil || svid.ID.String() != cartID {
 		t.Fatalf("SVID %v, %v", svid, err)
 	}

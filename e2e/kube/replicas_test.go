@@ -30,15 +30,7 @@ func TestTwoReplicas(t *testing.T) {
 // (local-kms, which speaks its API): the Secret holds their names and
 // certificates but no private key, and both replicas sign through the KMS.
 func TestTwoReplicasWithKMS(t *testing.T) {
-	k, err := testenv.StartKMS(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(k.Stop)
-	for _, kv := range k.Env() {
-		name, value, _ := strings.Cut(kv, "=")
-		t.Setenv(name, value)
-	}
+	testenv.UseKMS(t)
 	const ns = "replicas-kms"
 	testTwoReplicas(t, ns, func(c *server.Config) { c.KMS = testenv.KMSURI })
 	sec, err := cluster.Client.CoreV1().Secrets(ns).Get(context.Background(), "signet-ca-keys", metav1.GetOptions{})

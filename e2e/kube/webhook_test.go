@@ -285,11 +285,7 @@ func startRotatingWebhook(t *testing.T, name string, rootTTL, intermediateTTL ti
 // CA's current roots.
 func (w *rotatingWebhook) served(t *testing.T) []*x509.Certificate {
 	t.Helper()
-	pool := x509.NewCertPool()
-	for _, r := range w.ca.Roots() {
-		pool.AddCert(r)
-	}
-	conn, err := tls.Dial("tcp", w.addr, &tls.Config{RootCAs: pool, ServerName: "localhost"})
+	conn, err := tls.Dial("tcp", w.addr, &tls.Config{RootCAs: certPool(w.ca.Roots()), ServerName: "localhost"})
 	if err != nil {
 		t.Fatalf("webhook TLS: %v", err)
 	}

@@ -5,6 +5,8 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
+	"testing"
 	"time"
 )
 
@@ -73,3 +75,19 @@ func (k *KMS) Env() []string {
 
 // Stop stops local-kms.
 func (k *KMS) Stop() { k.p.stop() }
+
+// UseKMS starts local-kms for the rest of the test and points this
+// process's AWS SDK at it (t.Setenv of Env).
+func UseKMS(t testing.TB) *KMS {
+	t.Helper()
+	k, err := StartKMS(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(k.Stop)
+	for _, kv := range k.Env() {
+		name, value, _ := strings.Cut(kv, "=")
+		t.Setenv(name, value)
+	}
+	return k
+}
