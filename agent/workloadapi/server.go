@@ -257,8 +257,9 @@ func (h *Handler) FetchX509SVID(_ *workload.X509SVIDRequest, stream workload.Spi
 	pulled := false
 	for {
 		items := snap.Match(c.selectors)
-		if len(items) == 0 && len(snap.MatchEntries(c.selectors)) == 0 {
-			if c.partial {
+		if len(items) == 0 {
+			matched := snap.MatchEntries(c.selectors)
+			if len(matched) == 0 && c.partial {
 				// An entry may need the container's selectors.
 				if err := h.complete(ctx, &c, event); err != nil {
 					return err
@@ -266,16 +267,13 @@ func (h *Handler) FetchX509SVID(_ *workload.X509SVIDRequest, stream workload.Spi
 				snap, changed = h.cfg.Cache.Snapshot()
 				continue
 			}
-			if !pulled {
+			if len(matched) == 0 && !pulled {
 				pulled = true
 				if h.pullPod(ctx, c) {
 					snap, changed = h.cfg.Cache.Snapshot()
 					continue
 				}
 			}
-		}
-		if len(items) == 0 {
-			matched := snap.MatchEntries(c.selectors)
 			if agentHeld(matched) && time.Now().Before(pendingUntil) {
 				select {
 				case <-ctx.Done():
