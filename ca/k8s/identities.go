@@ -393,9 +393,18 @@ func (id *Identities) ForNode(node string, parent spiffeid.ID) []entry.Entry {
 	return out
 }
 
+// nodeListing is the node's pods as the API server listed them for one
+// request, so that a request about several pods asks once.
+type nodeListing struct {
+	done bool
+	pods []corev1.Pod
+}
+
 // podOnNode finds pod uid bound to node: in the informer, among pods read
-// on earlier pulls, or else by asking the API server for the node's pods.
-func (id *Identities) podOnNode(ctx context.Context, uid, node string) (*corev1.Pod, error) {
+// on earlier pulls, or else in the node's pods as the API server lists
+// them (once per listing). Only the pod asked for is kept beyond the
+// request (id.pulled): a pod deleted since must not be found.
+func (id *Identities) podOnNode(ctx context.Context, uid, node string, listing *nodeListing) (*corev1.Pod, error) {
 	if objs, _ := id.pods.GetIndexer().ByIndex(byUID, uid); len(objs) == 1 {
 		if p := objs[0].(*corev1.Pod); p.Spec.NodeName == node {
 			return p, nil
@@ -407,15 +416,18 @@ func (id *Identities) podOnNode(ctx context.Context, uid, node string) (*corev1.
 	if ok && time.Since(pp.at) < pulledTTL && pp.pod.Spec.NodeName == node {
 		return pp.pod, nil
 	}
-	list, err := id.cfg.Client.CoreV1().Pods("").List(ctx, metav1.ListOptions{FieldSelector: fields.OneTermEqualSelector("spec.nodeName", node).String()})
-	if err != nil {
-		return nil, fmt.Errorf("k8s: list pods on node %s: %w", node, err)
+	if !listing.done {
+		list, err := id.cfg.Client.CoreV1().Pods("").List(ctx, metav1.ListOptions{FieldSelector: fields.OneTermEqualSelector("spec.nodeName", node).String()})
+		if err != nil {
+			return nil, fmt.Errorf("k8s: list pods on node %s: %w", node, err)
+		}
+		listing.done, listing.pods = true, list.Items
 	}
-	for i := range list.Items {
-		if string(list.Items[i].UID) != uid {
+	for i := range listing.pods {
+		if string(listing.pods[i].UID) != uid {
 			continue
 		}
-		p, _ := trimPod(&list.Items[i])
+		p, _ := trimPod(&listing.pods[i])
 		pod := p.(*corev1.Pod)
 		id.mu.Lock()
 		for k, v := range id.pulled {
@@ -433,7 +445,7 @@ func (id *Identities) podOnNode(ctx context.Context, uid, node string) (*corev1.
 // Pull returns the identities of pod uid, which must be bound to node; the
 // API server is asked when the informer does not know the pod yet.
 func (id *Identities) Pull(ctx context.Context, uid, node string, parent spiffeid.ID) ([]entry.Entry, error) {
-	p, err := id.podOnNode(ctx, uid, node)
+	p, err := id.podOnNode(ctx, uid, node, &nodeListing{})
 	if err != nil {
 		return nil, err
 	}
@@ -444,12 +456,13 @@ func (id *Identities) Pull(ctx context.Context, uid, node string, parent spiffei
 // is bound to node. Missing ones are left out of the map.
 func (id *Identities) Lookup(ctx context.Context, ids []string, node string, parent spiffeid.ID) (map[string]entry.Entry, error) {
 	out := make(map[string]entry.Entry, len(ids))
+	var listing nodeListing
 	for _, eid := range ids {
 		uid, ruleName, ok := strings.Cut(strings.TrimPrefix(eid, EntryPrefix), ":")
 		if !ok || !IsPodEntryID(eid) {
 			continue
 		}
-		p, err := id.podOnNode(ctx, uid, node)
+		p, err := id.podOnNode(ctx, uid, node, &listing)
 		if errors.Is(err, ErrNotOnNode) {
 			continue
 		}
