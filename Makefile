@@ -26,11 +26,11 @@ deps:
 
 # Packages that run the real test node (a kubelet owns the host's
 # /kubepods and port 10250): one at a time, after everything else.
-NODE_PKGS := ./e2e/testenv/ ./e2e/node/
+NODE_PKGS := ./e2e/testenv/ ./e2e/node/ ./e2e/attack/
 
 test: deps proto-check testenv
 	$(GO) vet ./...
-	$(GO) test -count=1 -timeout 30m $$($(GO) list ./... | grep -v -e /e2e/testenv -e /e2e/node)
+	$(GO) test -count=1 -timeout 30m $$($(GO) list ./... | grep -v -e /e2e/testenv -e /e2e/node -e /e2e/attack)
 	$(GO) test -count=1 -timeout 30m -p 1 $(NODE_PKGS)
 
 # testenv builds etcd, kube-apiserver, kubelet, helm and kustomize from the Go module proxy

@@ -14,3 +14,4 @@ go test -run '^$' -fuzz '^FuzzRender$' -fuzztime "$t" ./ca/identityrule/
 go test -run '^$' -fuzz '^FuzzParsePods$' -fuzztime "$t" ./agent/kubelet/
 go test -run '^$' -fuzz '^FuzzPolicy$' -fuzztime "$t" ./sdk/
 go test -run '^$' -fuzz '^FuzzDecide$' -fuzztime "$t" ./sdk/
+go test -run '^$' -fuzz '^FuzzAdmissionReview$' -fuzztime "$t" ./ca/webhook/

@@ -36,6 +36,7 @@ import (
 
 	"github.com/signet-id/signet/agent/cache"
 	"github.com/signet-id/signet/ca/entry"
+	"github.com/signet-id/signet/internal/datadir"
 	"github.com/signet-id/signet/internal/refusal"
 	agentv1 "github.com/signet-id/signet/proto/signet/agent/v1"
 	typesv1 "github.com/signet-id/signet/proto/signet/types/v1"
@@ -103,8 +104,12 @@ func New(cfg Config) (*Manager, error) {
 	if cfg.Log == nil {
 		cfg.Log = hclog.NewNullLogger()
 	}
-	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+	changed, err := datadir.Prepare(cfg.DataDir)
+	if err != nil {
 		return nil, fmt.Errorf("manager: %w", err)
+	}
+	if len(changed) > 0 {
+		cfg.Log.Warn("the data directory holds the agent's private key: tightened what group or others could reach", "paths", changed)
 	}
 	roots := cfg.TrustBundle
 	if stored, err := LoadBundleFile(filepath.Join(cfg.DataDir, bundleFile)); err == nil {
@@ -589,7 +594,7 @@ func (m *Manager) bundleFromProto(pb *typesv1.Bundle) *cache.Bundle {
 	m.bundleSeq = pb.GetSequence()
 	m.mu.Unlock()
 	if changed {
-		if err := writeFileAtomic(filepath.Join(m.cfg.DataDir, bundleFile), certsPEM(roots), 0o644); err != nil {
+		if err := writeFileAtomic(filepath.Join(m.cfg.DataDir, bundleFile), certsPEM(roots), 0o600); err != nil {
 			m.log.Warn("could not save the trust bundle", "error", err)
 		}
 	}

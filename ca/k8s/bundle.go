@@ -29,7 +29,7 @@ type BundlePublisher struct {
 // Run publishes the roots now, each time they change, and every minute
 // (repairing edits by others), until ctx ends. Only the leader runs it.
 func (p *BundlePublisher) Run(ctx context.Context, roots RootsFunc) {
-	followRoots(ctx, roots, p.publish, func(err error) {
+	followRoots(ctx, roots, nil, p.publish, func(err error) {
 		p.Log.Warn("publishing the trust bundle failed; retrying", "configmap", p.Namespace+"/"+p.Name, "error", err)
 	})
 }
@@ -38,9 +38,10 @@ func (p *BundlePublisher) Run(ctx context.Context, roots RootsFunc) {
 // they change (authority.Authority's Bundle, narrowed).
 type RootsFunc func() ([]*x509.Certificate, <-chan struct{})
 
-// followRoots calls apply with the roots as PEM now, when they change and
-// every minute; a failure is reported and tried again after 5 s.
-func followRoots(ctx context.Context, roots RootsFunc, apply func(context.Context, []byte) error, report func(error)) {
+// followRoots calls apply with the roots as PEM now, when they change,
+// when nudged, and every minute; a failure is reported and tried again
+// after 5 s.
+func followRoots(ctx context.Context, roots RootsFunc, nudge <-chan struct{}, apply func(context.Context, []byte) error, report func(error)) {
 	for {
 		rs, changed := roots()
 		var pemRoots []byte
@@ -56,6 +57,7 @@ func followRoots(ctx context.Context, roots RootsFunc, apply func(context.Contex
 		case <-ctx.Done():
 			return
 		case <-wait:
+		case <-nudge:
 		case <-time.After(retry):
 		}
 	}

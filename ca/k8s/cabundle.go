@@ -9,7 +9,10 @@ import (
 	admissionregv1 "k8s.io/api/admissionregistration/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
 )
 
 // CABundleKeeper keeps the caBundle of Signet's webhook configurations
@@ -23,10 +26,29 @@ type CABundleKeeper struct {
 	Log  hclog.Logger
 }
 
-// Run updates the configurations now, when the roots change, and every
-// minute (configurations applied later, or edited), until ctx ends.
+// Run updates the configurations now, when the roots change, when one of
+// them is created or changed (applied after the CA started, or edited:
+// until its caBundle is set, the API server cannot call the webhook and
+// refuses what it guards), and every minute, until ctx ends.
 func (k *CABundleKeeper) Run(ctx context.Context, roots RootsFunc) {
-	followRoots(ctx, roots, k.update, func(err error) {
+	nudge := make(chan struct{}, 1)
+	poke := func() {
+		select {
+		case nudge <- struct{}{}:
+		default:
+		}
+	}
+	h := cache.ResourceEventHandlerFuncs{AddFunc: func(any) { poke() }, UpdateFunc: func(any, any) { poke() }}
+	// Only the two objects: the CA may list and watch them by name.
+	f := informers.NewSharedInformerFactoryWithOptions(k.Client, 0, informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+		o.FieldSelector = fields.OneTermEqualSelector("metadata.name", k.Name).String()
+	}))
+	adm := f.Admissionregistration().V1()
+	adm.MutatingWebhookConfigurations().Informer().AddEventHandler(h)
+	adm.ValidatingWebhookConfigurations().Informer().AddEventHandler(h)
+	f.Start(ctx.Done())
+	defer f.Shutdown()
+	followRoots(ctx, roots, nudge, k.update, func(err error) {
 		k.Log.Warn("updating the webhook caBundle failed", "name", k.Name, "error", err)
 	})
 }

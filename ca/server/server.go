@@ -35,6 +35,7 @@ import (
 	"github.com/signet-id/signet/ca/signer"
 	"github.com/signet-id/signet/ca/store"
 	"github.com/signet-id/signet/ca/webhook"
+	"github.com/signet-id/signet/internal/datadir"
 	"github.com/signet-id/signet/internal/health"
 	"github.com/signet-id/signet/internal/peercred"
 	"github.com/signet-id/signet/internal/unixsock"
@@ -155,8 +156,12 @@ func Run(ctx context.Context, cfg Config) error {
 	log := cfg.Log
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
-		return fmt.Errorf("data dir: %w", err)
+	changed, err := datadir.Prepare(cfg.DataDir)
+	if err != nil {
+		return err
+	}
+	if len(changed) > 0 {
+		log.Warn("the data directory holds the CA's private keys: tightened what group or others could reach", "paths", changed)
 	}
 	st, err := store.Open(ctx, filepath.Join(cfg.DataDir, "signet.db"))
 	if err != nil {
@@ -339,10 +344,12 @@ func Run(ctx context.Context, cfg Config) error {
 		if ds == "" {
 			ds = "signet-agent"
 		}
-		hook := webhook.New(webhook.Config{TrustDomain: cfg.TrustDomain, SocketDir: socketDir, AgentServiceAccount: cfg.Kube.AgentServiceAccounts[0],
+		hook := webhook.New(webhook.Config{TrustDomain: cfg.TrustDomain, SocketDir: socketDir, AgentServiceAccounts: cfg.Kube.AgentServiceAccounts,
 			AgentDaemonSet: ds, AgentPodCreators: w.AgentPodCreators, NamespaceLabels: kube.pods.NamespaceLabels, IsClusterAdmin: kube.isClusterAdmin})
-		hookSrv := &http.Server{Handler: hook, ReadHeaderTimeout: 10 * time.Second, TLSConfig: &tls.Config{MinVersion: tls.VersionTLS12,
-			GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return certs.get() }}}
+		hookSrv := &http.Server{Handler: hook, ReadHeaderTimeout: 10 * time.Second,
+			ErrorLog: log.Named("webhook").StandardLogger(&hclog.StandardLoggerOptions{ForceLevel: hclog.Debug}),
+			TLSConfig: &tls.Config{MinVersion: tls.VersionTLS12,
+				GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return certs.get() }}}
 		hookLis, err := net.Listen("tcp", w.ListenAddr)
 		if err != nil {
 			return fmt.Errorf("webhook listen: %w", err)

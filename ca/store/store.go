@@ -15,6 +15,8 @@ import (
 	"time"
 
 	_ "modernc.org/sqlite" // registers the "sqlite" driver
+
+	"github.com/signet-id/signet/internal/datadir"
 )
 
 // Typed errors callers branch on; the API turns them into gRPC codes.
@@ -42,6 +44,13 @@ func Open(ctx context.Context, path string) (*Store, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("store: %w", err)
 	}
+	// The database holds the CA's private keys (also in its WAL until a
+	// checkpoint). SQLite gives the WAL and shared-memory files the mode
+	// of the database file, so that file is made 0600 before SQLite opens
+	// it.
+	if err := datadir.CreatePrivate(path); err != nil {
+		return nil, fmt.Errorf("store: %w", err)
+	}
 	// _txlock=immediate takes the write lock at BEGIN, so two writers queue
 	// on busy_timeout instead of failing to upgrade a read lock.
 	dsn := "file:" + path + "?_txlock=immediate" +
@@ -59,9 +68,13 @@ func Open(ctx context.Context, path string) (*Store, error) {
 		db.Close()
 		return nil, err
 	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		db.Close()
-		return nil, fmt.Errorf("store: %w", err)
+	// Files left by an older version, or made under a wider umask, are
+	// tightened too.
+	for _, p := range []string{path, path + "-wal", path + "-shm"} {
+		if _, err := datadir.Tighten(p); err != nil {
+			db.Close()
+			return nil, fmt.Errorf("store: %w", err)
+		}
 	}
 	return s, nil
 }

@@ -39,10 +39,11 @@ type Config struct {
 	TrustDomain spiffeid.TrustDomain
 	// SocketDir is the agent's socket directory on the host, e.g. /run/signet.
 	SocketDir string
-	// AgentServiceAccount ("namespace/name") may be used only by the agent
-	// DaemonSet AgentDaemonSet (in the same namespace).
-	AgentServiceAccount string
-	AgentDaemonSet      string
+	// AgentServiceAccounts ("namespace/name"), every account that node
+	// attestation accepts, may be used only by pods of the agent DaemonSet
+	// AgentDaemonSet (in the account's namespace).
+	AgentServiceAccounts []string
+	AgentDaemonSet       string
 	// AgentPodCreators are the users that create the DaemonSet's pods: the
 	// DaemonSet controller. A pod with the agent's service account created
 	// by anyone else is refused, whatever owner reference it claims. If
@@ -181,39 +182,84 @@ func (h *Handler) mutatePod(req *admissionv1.AdmissionRequest) *admissionv1.Admi
 	return &admissionv1.AdmissionResponse{Allowed: true, Patch: raw, PatchType: &pt}
 }
 
-// within reports whether p is dir, under it, or one of its parents.
+// within reports whether p is dir, under it, or one of its parents, on a
+// node where some directories are known by two names.
 func within(p, dir string) bool {
-	p, dir = path.Clean(p), path.Clean(dir)
-	return p == "/" || p == dir || strings.HasPrefix(p+"/", dir+"/") || strings.HasPrefix(dir+"/", p+"/")
+	p, dir = canonical(p), canonical(dir)
+	if p == "/" || p == dir || strings.HasPrefix(p+"/", dir+"/") {
+		return true
+	}
+	// A parent of any name of dir: /var holds /run/signet as
+	// /var/run/signet.
+	for _, name := range names(dir) {
+		if strings.HasPrefix(name+"/", p+"/") {
+			return true
+		}
+	}
+	return false
+}
+
+// names are the spellings of a canonical path through the aliases.
+func names(p string) []string {
+	out := []string{p}
+	for _, a := range aliases {
+		if p == a[1] || strings.HasPrefix(p, a[1]+"/") {
+			out = append(out, a[0]+p[len(a[1]):])
+		}
+	}
+	return out
+}
+
+// aliases are directories that Linux distributions link to another: the
+// kubelet follows the link, so a hostPath through either name reaches the
+// same place. The webhook cannot look at the node's filesystem; a hostPath
+// through a link of the node's own making is left to Pod Security (see
+// docs/run-on-kubernetes.md).
+var aliases = [][2]string{{"/var/run", "/run"}, {"/var/lock", "/run/lock"}}
+
+// canonical cleans p and writes it through the first name of each alias.
+func canonical(p string) string {
+	p = path.Clean("/" + p)
+	for _, a := range aliases {
+		if p == a[0] || strings.HasPrefix(p, a[0]+"/") {
+			p = a[1] + p[len(a[0]):]
+		}
+	}
+	return p
 }
 
 // validatePod refuses pods that reach the socket directory by a hostPath
-// other than the injected one, and pods that use the agent's service
-// account without being the agent DaemonSet's.
+// other than the injected one, pods that use an agent's service account
+// without being the agent DaemonSet's, and ephemeral containers (kubectl
+// debug, the pods/ephemeralcontainers subresource) that would write to the
+// socket directory or run with an agent's account.
 func (h *Handler) validatePod(req *admissionv1.AdmissionRequest) *admissionv1.AdmissionResponse {
 	var pod corev1.Pod
 	if err := json.Unmarshal(req.Object.Raw, &pod); err != nil {
 		return deny("pod: %v", err)
 	}
-	agentNS, agentSA, _ := strings.Cut(h.cfg.AgentServiceAccount, "/")
-	isAgent := false
-	if req.Namespace == agentNS && pod.Spec.ServiceAccountName == agentSA {
+	if h.isAgentAccount(req.Namespace, pod.Spec.ServiceAccountName) {
+		account := req.Namespace + "/" + pod.Spec.ServiceAccountName
+		isAgent := false
 		for _, o := range pod.OwnerReferences {
 			if o.Kind == "DaemonSet" && o.Name == h.cfg.AgentDaemonSet && o.Controller != nil && *o.Controller {
 				isAgent = true
 			}
 		}
 		if !isAgent {
-			return deny("the service account %s belongs to the signet-agent DaemonSet; pod %s may not use it", h.cfg.AgentServiceAccount, pod.Name)
+			return deny("the service account %s belongs to the signet-agent DaemonSet; pod %s may not use it", account, pod.Name)
 		}
 		// An owner reference is only a claim; who creates the pod is what
 		// the API server authenticated.
 		if req.Operation == admissionv1.Create && !slices.Contains(h.agentPodCreators(), req.UserInfo.Username) {
 			return deny("pods with the service account %s are created by the DaemonSet controller only (%s), not by %s",
-				h.cfg.AgentServiceAccount, strings.Join(h.agentPodCreators(), ", "), req.UserInfo.Username)
+				account, strings.Join(h.agentPodCreators(), ", "), req.UserInfo.Username)
 		}
-	}
-	if isAgent {
+		// A debugging container in the agent's pod would hold the agent's
+		// credentials and its view of every process on the node.
+		if len(pod.Spec.EphemeralContainers) > 0 {
+			return deny("pod %s runs with the agent's service account %s; ephemeral containers may not be added to it", pod.Name, account)
+		}
 		return allow()
 	}
 	injected := h.cfg.NamespaceLabels(req.Namespace)[InjectLabel] == "enabled"
@@ -221,13 +267,22 @@ func (h *Handler) validatePod(req *admissionv1.AdmissionRequest) *admissionv1.Ad
 		if v.HostPath == nil || !within(v.HostPath.Path, h.cfg.SocketDir) {
 			continue
 		}
-		if injected && v.Name == VolumeName && path.Clean(v.HostPath.Path) == path.Clean(h.cfg.SocketDir) && readOnlyMounts(&pod, v.Name) {
+		if injected && v.Name == VolumeName && canonical(v.HostPath.Path) == canonical(h.cfg.SocketDir) {
+			if c, ok := writableMount(&pod, v.Name); ok {
+				return deny("container %q mounts the Signet agent's socket directory (volume %q) writable; it may be mounted read-only only", c, v.Name)
+			}
 			continue
 		}
 		return deny("volume %q mounts hostPath %s, which reaches the Signet agent's socket directory %s; label the namespace %s=enabled to have the socket injected instead",
 			v.Name, v.HostPath.Path, h.cfg.SocketDir, InjectLabel)
 	}
 	return allow()
+}
+
+// isAgentAccount reports whether namespace/name is one of the agents'
+// service accounts.
+func (h *Handler) isAgentAccount(namespace, name string) bool {
+	return slices.Contains(h.cfg.AgentServiceAccounts, namespace+"/"+name)
 }
 
 func (h *Handler) agentPodCreators() []string {
@@ -237,17 +292,19 @@ func (h *Handler) agentPodCreators() []string {
 	return DefaultAgentPodCreators
 }
 
-func readOnlyMounts(pod *corev1.Pod, volume string) bool {
+// writableMount returns a container (ephemeral ones included) that mounts
+// volume without readOnly.
+func writableMount(pod *corev1.Pod, volume string) (string, bool) {
 	for _, list := range [][]corev1.Container{pod.Spec.Containers, pod.Spec.InitContainers, ephemeral(pod)} {
 		for _, c := range list {
 			for _, m := range c.VolumeMounts {
 				if m.Name == volume && !m.ReadOnly {
-					return false
+					return c.Name, true
 				}
 			}
 		}
 	}
-	return true
+	return "", false
 }
 
 func ephemeral(pod *corev1.Pod) []corev1.Container {

@@ -14,7 +14,7 @@ import (
 
 func handler() *Handler {
 	return New(Config{TrustDomain: spiffeid.RequireTrustDomainFromString("example.org"), SocketDir: "/run/signet",
-		AgentServiceAccount: "signet-system/signet-agent", AgentDaemonSet: "signet-agent",
+		AgentServiceAccounts: []string{"signet-system/signet-agent", "pool-b/signet-agent-b"}, AgentDaemonSet: "signet-agent",
 		NamespaceLabels: func(ns string) map[string]string {
 			if ns == "inject" {
 				return map[string]string{InjectLabel: "enabled"}
@@ -33,7 +33,8 @@ func request(t *testing.T, ns string, pod *corev1.Pod) *admissionv1.AdmissionReq
 
 func TestWithin(t *testing.T) {
 	for p, want := range map[string]bool{"/run/signet": true, "/run/signet/": true, "/run": true, "/": true, "/run/signet/x": true,
-		"/run/signetx": false, "/var/run": false, "/run/other": false, "/run/../run/signet": true} {
+		"/run/signetx": false, "/var/run": true, "/var/run/signet": true, "/var//run/signet/": true, "/var/run/other": false,
+		"/var": true, "/var/lock": false, "/run/other": false, "/run/../run/signet": true, "run/signet": true} {
 		if got := within(p, "/run/signet"); got != want {
 			t.Errorf("within(%q) = %v, want %v", p, got, want)
 		}
@@ -111,7 +112,7 @@ func TestAgentAccount(t *testing.T) {
 	}
 	// Configured creators replace the defaults.
 	custom := New(Config{TrustDomain: spiffeid.RequireTrustDomainFromString("example.org"), SocketDir: "/run/signet",
-		AgentServiceAccount: "signet-system/signet-agent", AgentDaemonSet: "signet-agent", AgentPodCreators: []string{"ds-operator"},
+		AgentServiceAccounts: []string{"signet-system/signet-agent"}, AgentDaemonSet: "signet-agent", AgentPodCreators: []string{"ds-operator"},
 		NamespaceLabels: func(string) map[string]string { return nil }})
 	pod.OwnerReferences[0].Name = "signet-agent"
 	if r := custom.validatePod(create("ds-operator")); !r.Allowed {
@@ -119,5 +120,49 @@ func TestAgentAccount(t *testing.T) {
 	}
 	if r := custom.validatePod(create(DefaultAgentPodCreators[0])); r.Allowed {
 		t.Fatal("a default creator passed although creators were configured")
+	}
+}
+
+// TestEveryAgentAccount: each account that node attestation accepts is
+// kept to the agent DaemonSet, not only the first.
+func TestEveryAgentAccount(t *testing.T) {
+	h := handler()
+	for _, ns := range []string{"signet-system", "pool-b"} {
+		sa := map[string]string{"signet-system": "signet-agent", "pool-b": "signet-agent-b"}[ns]
+		req := request(t, ns, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "impostor"}, Spec: corev1.PodSpec{ServiceAccountName: sa}})
+		req.Operation = admissionv1.Create
+		if r := h.validatePod(req); r.Allowed {
+			t.Errorf("a pod with the agent account %s/%s was allowed", ns, sa)
+		}
+	}
+}
+
+// TestEphemeralContainers: a debugging container may not mount the
+// injected socket directory writable, nor join an agent's pod.
+func TestEphemeralContainers(t *testing.T) {
+	h := handler()
+	dir := corev1.HostPathDirectory
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: corev1.PodSpec{
+		Volumes:    []corev1.Volume{{Name: VolumeName, VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: "/run/signet", Type: &dir}}}},
+		Containers: []corev1.Container{{Name: "main", VolumeMounts: []corev1.VolumeMount{{Name: VolumeName, MountPath: "/run/signet", ReadOnly: true}}}},
+		EphemeralContainers: []corev1.EphemeralContainer{{EphemeralContainerCommon: corev1.EphemeralContainerCommon{Name: "debugger",
+			VolumeMounts: []corev1.VolumeMount{{Name: VolumeName, MountPath: "/x"}}}}},
+	}}
+	req := request(t, "inject", pod)
+	req.Operation, req.SubResource = admissionv1.Update, "ephemeralcontainers"
+	if r := h.validatePod(req); r.Allowed || !strings.Contains(r.Result.Message, `container "debugger"`) {
+		t.Fatalf("a writable ephemeral mount of the socket: %+v", r.Result)
+	}
+	pod.Spec.EphemeralContainers[0].VolumeMounts[0].ReadOnly = true
+	if r := h.validatePod(request(t, "inject", pod)); !r.Allowed {
+		t.Fatalf("a read-only ephemeral mount was refused: %v", r.Result.Message)
+	}
+	yes := true
+	agent := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "agent-x", OwnerReferences: []metav1.OwnerReference{{Kind: "DaemonSet", Name: "signet-agent", Controller: &yes}}},
+		Spec: corev1.PodSpec{ServiceAccountName: "signet-agent", EphemeralContainers: []corev1.EphemeralContainer{{EphemeralContainerCommon: corev1.EphemeralContainerCommon{Name: "debugger"}}}}}
+	req = request(t, "signet-system", agent)
+	req.Operation, req.SubResource = admissionv1.Update, "ephemeralcontainers"
+	if r := h.validatePod(req); r.Allowed {
+		t.Fatal("an ephemeral container joined the agent's pod")
 	}
 }

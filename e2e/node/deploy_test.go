@@ -98,11 +98,11 @@ func replaceArg(args any, prefix, with string) any {
 // SDK under an AccessPolicy.
 func TestDeployment(t *testing.T) {
 	ctx := context.Background()
-	if err := env.cluster.StartControllers(); err != nil {
+	if err := env.Cluster.StartControllers(); err != nil {
 		t.Fatal(err)
 	}
 	// Images, as `make images` builds them.
-	static := filepath.Join(env.dir, "static-deploy")
+	static := filepath.Join(env.Dir, "static-deploy")
 	build := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", static+"/",
 		"github.com/signet-id/signet/cmd/signet-ca", "github.com/signet-id/signet/cmd/signet-agent",
 		"github.com/signet-id/signet/examples/shop-grpc-server", "github.com/signet-id/signet/examples/shop-grpc-client")
@@ -110,15 +110,15 @@ func TestDeployment(t *testing.T) {
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("build: %v\n%s", err, out)
 	}
-	images := filepath.Join(env.dir, "images-deploy")
+	images := filepath.Join(env.Dir, "images-deploy")
 	if out, err := exec.Command("go", "run", "github.com/signet-id/signet/cmd/signet-image", "-bin", static, "-out", images, "-tag", "e2e").CombinedOutput(); err != nil {
 		t.Fatalf("signet-image: %v\n%s", err, out)
 	}
 	for _, name := range []string{"signet-ca", "signet-agent"} {
-		must(t, env.node.ImportTarball(filepath.Join(images, name+".tar")))
+		must(t, env.Node.ImportTarball(filepath.Join(images, name+".tar")))
 	}
 	for _, name := range []string{"shop-grpc-server", "shop-grpc-client"} {
-		must(t, env.node.ImportImage("localhost/"+name+":e2e", filepath.Join(static, name)))
+		must(t, env.Node.ImportImage("localhost/"+name+":e2e", filepath.Join(static, name)))
 	}
 
 	// kustomize build deploy/base | test overlay | server-side apply.
@@ -129,34 +129,34 @@ func TestDeployment(t *testing.T) {
 	}
 	objs, err := testenv.ParseYAML(out)
 	must(t, err)
-	_, apiPort, _ := strings.Cut(strings.TrimPrefix(env.cluster.URL, "https://"), ":")
+	_, apiPort, _ := strings.Cut(strings.TrimPrefix(env.Cluster.URL, "https://"), ":")
 	overlay(t, objs, apiPort)
-	must(t, env.cluster.Apply(ctx, objs, false))
-	dyn, err := dynamic.NewForConfig(env.cluster.Config)
+	must(t, env.Cluster.Apply(ctx, objs, false))
+	dyn, err := dynamic.NewForConfig(env.Cluster.Config)
 	must(t, err)
 	t.Cleanup(func() {
-		adm := env.cluster.Client.AdmissionregistrationV1()
+		adm := env.Cluster.Client.AdmissionregistrationV1()
 		adm.MutatingWebhookConfigurations().Delete(ctx, "signet", metav1.DeleteOptions{})
 		adm.ValidatingWebhookConfigurations().Delete(ctx, "signet", metav1.DeleteOptions{})
-		env.cluster.Client.AppsV1().DaemonSets("signet-system").Delete(ctx, "signet-agent", metav1.DeleteOptions{})
-		env.cluster.Client.AppsV1().Deployments("signet-system").Delete(ctx, "signet-ca", metav1.DeleteOptions{})
+		env.Cluster.Client.AppsV1().DaemonSets("signet-system").Delete(ctx, "signet-agent", metav1.DeleteOptions{})
+		env.Cluster.Client.AppsV1().Deployments("signet-system").Delete(ctx, "signet-ca", metav1.DeleteOptions{})
 		// The DaemonSet's socket directory on the host.
 		os.RemoveAll("/run/signet")
 	})
 
 	// The DaemonSet's agent becomes ready: attested through PSAT.
 	wait(t, 3*time.Minute, "the agent DaemonSet ready", func() bool {
-		ds, err := env.cluster.Client.AppsV1().DaemonSets("signet-system").Get(ctx, "signet-agent", metav1.GetOptions{})
+		ds, err := env.Cluster.Client.AppsV1().DaemonSets("signet-system").Get(ctx, "signet-agent", metav1.GetOptions{})
 		return err == nil && ds.Status.NumberReady == 1
 	}, func() string { return podsState(ctx, "signet-system") })
 
 	// Two workloads in a namespace that asks for the socket.
 	const ns = "deploy-demo"
-	_, err = env.cluster.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns,
+	_, err = env.Cluster.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns,
 		Labels: map[string]string{"signet.dev/inject": "enabled"}}}, metav1.CreateOptions{})
 	must(t, err)
 	for _, sa := range []string{"server", "client"} {
-		must(t, serviceAccount(ctx, ns, sa))
+		must(t, env.ServiceAccount(ctx, ns, sa))
 	}
 	policy := &unstructured.Unstructured{Object: map[string]any{
 		"apiVersion": "signet.dev/v1alpha1", "kind": "AccessPolicy", "metadata": map[string]any{"name": "server", "namespace": ns},
@@ -176,7 +176,7 @@ func TestDeployment(t *testing.T) {
 	}
 	var server *corev1.Pod
 	wait(t, time.Minute, "the server pod admitted with the socket injected", func() bool {
-		p, err := env.cluster.Client.CoreV1().Pods(ns).Create(ctx, workload("server", "server", "localhost/shop-grpc-server:e2e", "-addr", "127.0.0.1:18444"), metav1.CreateOptions{})
+		p, err := env.Cluster.Client.CoreV1().Pods(ns).Create(ctx, workload("server", "server", "localhost/shop-grpc-server:e2e", "-addr", "127.0.0.1:18444"), metav1.CreateOptions{})
 		if err == nil {
 			server = p
 		}
@@ -186,15 +186,15 @@ func TestDeployment(t *testing.T) {
 		t.Fatalf("the socket was not injected: %+v", server.Spec.Volumes)
 	}
 	wait(t, time.Minute, "the server listening", func() bool {
-		log, _ := env.node.PodLog(ns, "server", string(server.UID), "main")
+		log, _ := env.Node.PodLog(ns, "server", string(server.UID), "main")
 		return strings.Contains(log, "listening on")
 	}, func() string { return podsState(ctx, ns) + podsState(ctx, "signet-system") })
-	client, err := env.cluster.Client.CoreV1().Pods(ns).Create(ctx, workload("client", "client", "localhost/shop-grpc-client:e2e",
+	client, err := env.Cluster.Client.CoreV1().Pods(ns).Create(ctx, workload("client", "client", "localhost/shop-grpc-client:e2e",
 		"-addr", "127.0.0.1:18444", "-server-id", "spiffe://example.org/ns/"+ns+"/sa/server"), metav1.CreateOptions{})
 	must(t, err)
 	var clientLog string
 	wait(t, time.Minute, "the client's calls", func() bool {
-		clientLog, _ = env.node.PodLog(ns, "client", string(client.UID), "main")
+		clientLog, _ = env.Node.PodLog(ns, "client", string(client.UID), "main")
 		return strings.Contains(clientLog, "Health/List")
 	}, func() string { return clientLog })
 	for _, want := range []string{"(spiffe://example.org/ns/" + ns + "/sa/client): Health/Check -> SERVING", "Health/List -> PermissionDenied"} {
@@ -216,7 +216,7 @@ func wait(t *testing.T, d time.Duration, what string, ok func() bool, state func
 }
 
 func podsState(ctx context.Context, ns string) string {
-	pods, err := env.cluster.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
+	pods, err := env.Cluster.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
 	if err != nil {
 		return err.Error()
 	}
@@ -224,7 +224,7 @@ func podsState(ctx context.Context, ns string) string {
 	for _, p := range pods.Items {
 		fmt.Fprintf(&b, "%s: %s %+v\n", p.Name, p.Status.Phase, p.Status.ContainerStatuses)
 		for _, c := range p.Status.ContainerStatuses {
-			log, _ := env.node.PodLog(ns, p.Name, string(p.UID), c.Name)
+			log, _ := env.Node.PodLog(ns, p.Name, string(p.UID), c.Name)
 			var keep []string
 			for _, l := range strings.Split(log, "\n") {
 				if strings.Contains(l, "workload.") || strings.Contains(l, "error") || strings.Contains(l, "refuse") || strings.Contains(l, "WARN") {

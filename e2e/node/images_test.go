@@ -15,35 +15,35 @@ import (
 // the tarballs into the node's containerd, and runs each binary's --help
 // in a pod: the images are complete and runnable.
 func TestImagesRunOnTheNode(t *testing.T) {
-	static := filepath.Join(env.dir, "static")
+	static := filepath.Join(env.Dir, "static")
 	build := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", static+"/", "github.com/signet-id/signet/cmd/signet-ca", "github.com/signet-id/signet/cmd/signet-agent")
 	build.Env = append(build.Environ(), "CGO_ENABLED=0")
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("build: %v\n%s", err, out)
 	}
-	images := filepath.Join(env.dir, "images")
+	images := filepath.Join(env.Dir, "images")
 	if out, err := exec.Command("go", "run", "github.com/signet-id/signet/cmd/signet-image", "-bin", static, "-out", images, "-tag", "e2e").CombinedOutput(); err != nil {
 		t.Fatalf("signet-image: %v\n%s", err, out)
 	}
 	ctx := context.Background()
 	for _, name := range []string{"signet-ca", "signet-agent"} {
-		if err := env.node.ImportTarball(filepath.Join(images, name+".tar")); err != nil {
+		if err := env.Node.ImportTarball(filepath.Join(images, name+".tar")); err != nil {
 			t.Fatal(err)
 		}
 		p := pod("demo", name+"-help", "greeter", name+":e2e", nil)
 		p.Spec.RestartPolicy = corev1.RestartPolicyNever
 		p.Spec.Containers[0].Args = []string{"--help"}
-		if err := serviceAccount(ctx, "demo", "greeter"); err != nil {
+		if err := env.ServiceAccount(ctx, "demo", "greeter"); err != nil {
 			t.Fatal(err)
 		}
-		created, err := env.cluster.Client.CoreV1().Pods("demo").Create(ctx, p, metav1.CreateOptions{})
+		created, err := env.Cluster.Client.CoreV1().Pods("demo").Create(ctx, p, metav1.CreateOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer deletePod(t, created)
 		deadline := time.Now().Add(60 * time.Second)
 		for {
-			got, err := env.cluster.Client.CoreV1().Pods("demo").Get(ctx, p.Name, metav1.GetOptions{})
+			got, err := env.Cluster.Client.CoreV1().Pods("demo").Get(ctx, p.Name, metav1.GetOptions{})
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -1,9 +1,7 @@
 package node
 
 import (
-	"bufio"
 	"context"
-	"encoding/json"
 	"os"
 	"path/filepath"
 	"slices"
@@ -54,7 +52,7 @@ func TestWorkloadGetsItsPodIdentity(t *testing.T) {
 func TestHostProcessFallsThrough(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	_, err := workloadapi.FetchX509SVID(ctx, workloadapi.WithAddr("unix://"+filepath.Join(env.signet.socketDir, "agent.sock")))
+	_, err := workloadapi.FetchX509SVID(ctx, workloadapi.WithAddr("unix://"+filepath.Join(env.Signet.SocketDir, "agent.sock")))
 	if status.Code(err) != codes.PermissionDenied {
 		t.Fatalf("host process: %v, want PermissionDenied", err)
 	}
@@ -64,39 +62,4 @@ func TestHostProcessFallsThrough(t *testing.T) {
 			t.Fatalf("a host process got k8s selectors: %v", rec["selectors"])
 		}
 	}
-}
-
-func strs(v any) []string {
-	var out []string
-	l, _ := v.([]any)
-	for _, x := range l {
-		s, _ := x.(string)
-		out = append(out, s)
-	}
-	return out
-}
-
-// findAudit waits for an agent audit record (they are written
-// asynchronously).
-func findAudit(t *testing.T, match func(map[string]any) bool) map[string]any {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		f, err := os.Open(filepath.Join(env.signet.agentData, "audit.log"))
-		if err == nil {
-			sc := bufio.NewScanner(f)
-			sc.Buffer(nil, 1<<20)
-			for sc.Scan() {
-				var rec map[string]any
-				if json.Unmarshal(sc.Bytes(), &rec) == nil && match(rec) {
-					f.Close()
-					return rec
-				}
-			}
-			f.Close()
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	t.Fatal("no matching agent audit record")
-	return nil
 }

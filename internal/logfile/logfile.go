@@ -27,7 +27,7 @@ func Open(path string) (*File, error) {
 		l.f = os.Stderr
 		return l, nil
 	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	f, err := openPrivate(path)
 	if err != nil {
 		return nil, fmt.Errorf("logfile: %w", err)
 	}
@@ -48,7 +48,7 @@ func (l *File) Reopen() error {
 	if l.f == os.Stderr {
 		return nil
 	}
-	f, err := os.OpenFile(l.path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	f, err := openPrivate(l.path)
 	if err != nil {
 		return fmt.Errorf("logfile: reopen: %w", err)
 	}
@@ -90,4 +90,23 @@ func OnSIGHUP(ctx context.Context) <-chan struct{} {
 		}
 	}()
 	return out
+}
+
+// openPrivate opens path for appending with mode 0600, tightening a file
+// that exists with a wider mode: audit records name every workload and
+// agent, and only the process (and root) should read them.
+func openPrivate(path string) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	fi, err := f.Stat()
+	if err == nil && fi.Mode().IsRegular() && fi.Mode().Perm()&0o077 != 0 {
+		err = f.Chmod(0o600)
+	}
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
 }

@@ -1,0 +1,70 @@
+// Package attack attacks Signet through its real interfaces: the shipped
+// manifests applied to a real kube-apiserver, signet-ca and signet-agent
+// as processes on a real node (kubelet, containerd, runc), their sockets
+// and files, and unprivileged processes of the host. Each test is one
+// attack that worked against an earlier Signet; README.md maps each to
+// the invariant of docs/security-invariants.md that it breaks. Only one
+// node can run on a machine, so make test runs this package apart.
+package attack
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/signet-id/signet/e2e/nodeenv"
+)
+
+var env *nodeenv.Env
+
+func TestMain(m *testing.M) {
+	os.Exit(run(m))
+}
+
+func run(m *testing.M) int {
+	// Short: containerd's socket path must fit in a sockaddr.
+	dir, err := os.MkdirTemp("", "sa")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	if env, err = nodeenv.Start(dir); err != nil {
+		// Fail, never skip: every attack here needs the real parts.
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer env.Stop()
+	return m.Run()
+}
+
+func eventually(t *testing.T, timeout time.Duration, what string, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// namespace creates a namespace with labels, removed when the test ends.
+func namespace(t *testing.T, name string, labels map[string]string) {
+	t.Helper()
+	ctx := context.Background()
+	_, err := env.Cluster.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels}}, metav1.CreateOptions{})
+	if err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { env.Cluster.Client.CoreV1().Namespaces().Delete(ctx, name, metav1.DeleteOptions{}) })
+	if err := env.ServiceAccount(ctx, name, "default"); err != nil {
+		t.Fatal(err)
+	}
+}
