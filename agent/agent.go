@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/signet-id/signet/agent/attest"
+	"github.com/signet-id/signet/agent/cgroup"
 	"github.com/signet-id/signet/agent/kubelet"
 	"github.com/signet-id/signet/agent/manager"
 	"github.com/signet-id/signet/agent/workloadapi"
@@ -61,6 +62,11 @@ type Config struct {
 	// Kubelet, if set, adds the Kubernetes workload attestor: processes in
 	// pods also get k8s: selectors from the kubelet's view of their pod.
 	Kubelet *kubelet.Config
+	// KubeletCgroupRoot is the kubelet's pod cgroup root on the host (its
+	// --cgroup-root with the driver's naming, e.g. /kubepods.slice); if
+	// empty, /kubepods and /kubepods.slice. Processes whose cgroups lie
+	// elsewhere are not attested as pods.
+	KubeletCgroupRoot string
 	// ReopenLogs, when it receives, reopens the audit log (after a
 	// rotation; signet-agent sends on SIGHUP).
 	ReopenLogs <-chan struct{}
@@ -151,7 +157,18 @@ func Run(ctx context.Context, cfg Config) error {
 		if err != nil {
 			return err
 		}
-		attestor = attest.Multi{unix, &attest.K8s{Pods: kc}}
+		var roots []string
+		if cfg.KubeletCgroupRoot != "" {
+			roots = []string{cfg.KubeletCgroupRoot}
+		}
+		layout, err := cgroup.DetectLayout("", roots)
+		if err != nil {
+			// Paths relative to a cgroup namespace are then refused, never
+			// guessed.
+			log.Warn("cannot tell whether this agent runs in its own cgroup namespace; pods are attested only if their cgroup paths are absolute", "error", err)
+		}
+		log.Info("attesting pods by their cgroups", "kubelet_cgroup_roots", layout.Roots, "cgroup_namespace_depth", layout.NSDepth)
+		attestor = attest.Multi{unix, &attest.K8s{Pods: kc, Cgroups: layout}}
 		if cfg.PSATTokenFile != "" {
 			pods = mgr
 		}

@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
+	"os"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -27,6 +30,9 @@ type K8s struct {
 	Pods PodLister
 	// ProcRoot is where /proc is mounted. If empty, "/proc".
 	ProcRoot string
+	// Cgroups is where the kubelet puts pods (cgroup.DetectLayout); a
+	// process counts as a pod's only if its cgroup lies there.
+	Cgroups cgroup.Layout
 	// MaxAge is how long a pod list is reused. If zero, one second. A pod
 	// or container the list does not know yet makes a fresh list at once.
 	MaxAge time.Duration
@@ -43,7 +49,7 @@ type K8s struct {
 // Attest returns the k8s selectors of a process in a pod, and none for a
 // process in no pod.
 func (k *K8s) Attest(ctx context.Context, c peercred.Creds) ([]selector.Selector, error) {
-	ctr, err := cgroup.Read(k.ProcRoot, c.PID)
+	ctr, err := cgroup.Read(k.ProcRoot, c.PID, k.Cgroups)
 	if errors.Is(err, cgroup.ErrNotInPod) {
 		return nil, nil
 	}
@@ -53,6 +59,19 @@ func (k *K8s) Attest(ctx context.Context, c peercred.Creds) ([]selector.Selector
 	pod, status, err := k.find(ctx, ctr)
 	if err != nil {
 		return nil, fmt.Errorf("attest: process %d: %w", c.PID, err)
+	}
+	// Cross-checks with the kubelet's view: the container must be running,
+	// and the caller must be in a PID namespace of its own unless the pod
+	// shares the host's (a host process in a container's cgroup is not in
+	// that container).
+	if status != nil && status.State.Running == nil {
+		return nil, fmt.Errorf("attest: process %d: container %s of pod %s/%s is not running", c.PID, status.Name, pod.Namespace, pod.Name)
+	}
+	if levels, err := pidNamespaceLevels(k.ProcRoot, c.PID); err != nil {
+		return nil, fmt.Errorf("attest: process %d: %w", c.PID, err)
+	} else if levels > 0 && (levels == 1) != pod.Spec.HostPID {
+		return nil, fmt.Errorf("attest: process %d is in %d PID namespace levels below this agent's, which pod %s/%s (hostPID %t) does not run in",
+			c.PID, levels-1, pod.Namespace, pod.Name, pod.Spec.HostPID)
 	}
 	return podSelectors(pod, status), nil
 }
@@ -149,6 +168,28 @@ func (k *K8s) refresh(ctx context.Context) error {
 	k.pods, k.listAt = m, time.Now()
 	k.mu.Unlock()
 	return nil
+}
+
+// pidNamespaceLevels returns how many PID namespaces, from this agent's
+// down, the process has a PID in (the NSpid line of its status, readable
+// by anyone); 0 when the kernel does not say (before Linux 4.1).
+func pidNamespaceLevels(procRoot string, pid int32) (int, error) {
+	if procRoot == "" {
+		procRoot = "/proc"
+	}
+	raw, err := os.ReadFile(procRoot + "/" + strconv.Itoa(int(pid)) + "/status")
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, fmt.Errorf("process %d is gone", pid)
+	}
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(raw), "\n") {
+		if v, ok := strings.CutPrefix(line, "NSpid:"); ok {
+			return len(strings.Fields(v)), nil
+		}
+	}
+	return 0, nil
 }
 
 func containerStatus(pod *corev1.Pod, id string) *corev1.ContainerStatus {

@@ -46,7 +46,8 @@ func testPod(withStatus bool) corev1.Pod {
 		Spec:       corev1.PodSpec{ServiceAccountName: "api", NodeName: "node1"},
 	}
 	if withStatus {
-		p.Status.ContainerStatuses = []corev1.ContainerStatus{{Name: "main", Image: "registry.local/api:1", ImageID: "registry.local/api@sha256:00", ContainerID: "containerd://" + ctrID}}
+		p.Status.ContainerStatuses = []corev1.ContainerStatus{{Name: "main", Image: "registry.local/api:1", ImageID: "registry.local/api@sha256:00", ContainerID: "containerd://" + ctrID,
+			State: corev1.ContainerState{Running: &corev1.ContainerStateRunning{}}}}
 	}
 	return p
 }
@@ -56,7 +57,35 @@ func procWithCgroup(t *testing.T, pid int, content string) string {
 	dir := filepath.Join(root, strconv.Itoa(pid))
 	os.MkdirAll(dir, 0o755)
 	os.WriteFile(filepath.Join(dir, "cgroup"), []byte(content), 0o644)
+	// In a container's PID namespace, as its processes are.
+	os.WriteFile(filepath.Join(dir, "status"), []byte("Name:\tapi\nNSpid:\t"+strconv.Itoa(pid)+"\t7\n"), 0o644)
 	return root
+}
+
+// TestK8sCrossChecks: the cgroup is not enough. A process in the host's
+// PID namespace is not in a container of a pod that has its own, and a
+// container the kubelet reports stopped attests nothing.
+func TestK8sCrossChecks(t *testing.T) {
+	cg := "0::/kubepods/besteffort/pod" + podUID + "/" + ctrID + "\n"
+	root := procWithCgroup(t, 50, cg)
+	os.WriteFile(filepath.Join(root, "50", "status"), []byte("Name:\tsh\nNSpid:\t50\n"), 0o644)
+	k := &K8s{Pods: &fakePods{lists: [][]corev1.Pod{{testPod(true)}}}, ProcRoot: root}
+	if _, err := k.Attest(context.Background(), peercred.Creds{PID: 50}); err == nil || !strings.Contains(err.Error(), "PID namespace") {
+		t.Fatalf("a host-namespace process in the container's cgroup: %v", err)
+	}
+	// The same for a hostPID pod is its own process.
+	hostPID := testPod(true)
+	hostPID.Spec.HostPID = true
+	k = &K8s{Pods: &fakePods{lists: [][]corev1.Pod{{hostPID}}}, ProcRoot: root}
+	if _, err := k.Attest(context.Background(), peercred.Creds{PID: 50}); err != nil {
+		t.Fatalf("a hostPID pod's process: %v", err)
+	}
+	stopped := testPod(true)
+	stopped.Status.ContainerStatuses[0].State = corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{ExitCode: 0}}
+	k = &K8s{Pods: &fakePods{lists: [][]corev1.Pod{{stopped}}}, ProcRoot: procWithCgroup(t, 51, cg), Patience: 100 * time.Millisecond}
+	if _, err := k.Attest(context.Background(), peercred.Creds{PID: 51}); err == nil || !strings.Contains(err.Error(), "not running") {
+		t.Fatalf("a stopped container: %v", err)
+	}
 }
 
 func TestK8sAttestsAContainer(t *testing.T) {

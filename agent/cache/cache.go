@@ -150,9 +150,10 @@ func (s *Snapshot) Match(sels []selector.Selector) []*Item {
 	for _, c := range canon {
 		have[c] = struct{}{}
 	}
+	pod := inPod(canon)
 	var out []*Item
 	for _, it := range s.Items {
-		if it.SVID != nil && hasAll(have, it.Entry.Selectors) {
+		if it.SVID != nil && matches(have, pod, it.Entry.Selectors) {
 			out = append(out, it)
 		}
 	}
@@ -171,14 +172,37 @@ func (s *Snapshot) MatchEntries(sels []selector.Selector) []entry.Entry {
 	for _, c := range sels {
 		have[c] = struct{}{}
 	}
+	pod := inPod(sels)
 	var out []entry.Entry
 	for _, it := range s.Items {
-		if hasAll(have, it.Entry.Selectors) {
+		if matches(have, pod, it.Entry.Selectors) {
 			out = append(out, it.Entry)
 		}
 	}
 	return out
 }
+
+// matches reports whether an entry's selectors are all among a caller's.
+// A process in a pod (it has k8s: selectors) matches only entries that
+// name at least one k8s: selector: an entry of unix: selectors alone is
+// for host processes, and a root container with a binary at the same path
+// must not pass for one.
+func matches(have map[selector.Selector]struct{}, pod bool, want []selector.Selector) bool {
+	if pod && !inPod(want) {
+		return false
+	}
+	return hasAll(have, want)
+}
+
+func inPod(sels []selector.Selector) bool {
+	for _, s := range sels {
+		if s.Type == "k8s" {
+			return true
+		}
+	}
+	return false
+}
+
 
 func hasAll(have map[selector.Selector]struct{}, want []selector.Selector) bool {
 	for _, w := range want {

@@ -40,6 +40,7 @@ type fileConfig struct {
 	KubeletTokenFile string `json:"kubelet-token-file"`
 	KubeletCA        string `json:"kubelet-ca"`
 	KubeletInsecure  bool   `json:"kubelet-insecure-skip-verify"`
+	KubeletCgroup    string `json:"kubelet-cgroup-root"`
 	NodeAttestor     string `json:"node-attestor"`
 	TokenFile        string `json:"token-file"`
 	NodeName         string `json:"node-name"`
@@ -77,6 +78,7 @@ func register(fs *flag.FlagSet, c *fileConfig) {
 	fs.StringVar(&c.KubeletURL, "kubelet-url", c.KubeletURL, "kubelet base URL (https://NODE_IP:10250); enables k8s: workload selectors")
 	fs.StringVar(&c.KubeletTokenFile, "kubelet-token-file", c.KubeletTokenFile, "token the kubelet accepts")
 	fs.StringVar(&c.KubeletCA, "kubelet-ca", c.KubeletCA, "PEM roots that verify the kubelet's serving certificate")
+	fs.StringVar(&c.KubeletCgroup, "kubelet-cgroup-root", c.KubeletCgroup, "the kubelet's pod cgroup root on the host, e.g. /kubepods.slice (default /kubepods and /kubepods.slice); only processes in cgroups under it are attested as pods")
 	fs.BoolVar(&c.KubeletInsecure, "kubelet-insecure-skip-verify", c.KubeletInsecure, "do not verify the kubelet's certificate (unsafe; for self-signed kubelet certificates only)")
 	fs.StringVar(&c.NodeAttestor, "node-attestor", c.NodeAttestor, "join_token or k8s_psat")
 	fs.StringVar(&c.TokenFile, "token-file", c.TokenFile, "k8s_psat: projected service-account token with the CA's audience")
@@ -143,6 +145,7 @@ func parse(args []string, stderr io.Writer) (agent.Config, error) {
 			return agent.Config{}, errors.New("kubelet-ca: required with kubelet-url (or, unsafely, kubelet-insecure-skip-verify)")
 		}
 		cfg.Kubelet = &kubelet.Config{URL: c.KubeletURL, TokenFile: c.KubeletTokenFile, CAFile: c.KubeletCA, InsecureSkipVerify: c.KubeletInsecure}
+		cfg.KubeletCgroupRoot = c.KubeletCgroup
 	}
 	if c.TrustBundle != "" {
 		if cfg.TrustBundle, err = manager.LoadBundleFile(c.TrustBundle); err != nil {

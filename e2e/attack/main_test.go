@@ -11,6 +11,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"testing"
 	"time"
 
@@ -41,6 +42,11 @@ func run(m *testing.M) int {
 		return 1
 	}
 	defer env.Stop()
+	out, err := exec.Command("go", "build", "-o", env.Bin+"/", "github.com/signet-id/signet/e2e/attack/attacker").CombinedOutput()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "build the attacker: %v\n%s", err, out)
+		return 1
+	}
 	return m.Run()
 }
 

@@ -134,11 +134,10 @@ func TestShippedWebhookConfiguration(t *testing.T) {
 				adm.ValidatingWebhookConfigurations().Delete(ctx, cfgName, metav1.DeleteOptions{})
 			}()
 			// The configuration takes effect asynchronously, and the CA's
-			// leader fills in its caBundle: wait for the first attack to
-			// be refused (it never is where the label exempts the pod).
-			var err error
-			eventually(t, 30*time.Second, "the pod labelled as the CA's, mounting the socket directory writable, refused", func() bool {
-				err = newPod("attack-plain", "default", caLabel, hostPath("/run/signet", false))
+			// leader fills in its caBundle: wait until a pod that every
+			// version refuses is refused.
+			eventually(t, 30*time.Second, "the webhook in effect", func() bool {
+				err := newPod("attack-plain", "default", nil, hostPath("/run/signet", false))
 				return err != nil && strings.Contains(err.Error(), "reaches the Signet agent's socket directory")
 			})
 			refused := func(what, want string, err error) {
@@ -147,6 +146,8 @@ func TestShippedWebhookConfiguration(t *testing.T) {
 					t.Errorf("%s: got %v, want a refusal containing %q", what, err, want)
 				}
 			}
+			refused("a pod labelled as the CA's, mounting the socket directory writable", "reaches the Signet agent's socket directory",
+				newPod("attack-plain", "default", caLabel, hostPath("/run/signet", false)))
 			refused("the agent's account under the CA's label",
 				"belongs to the signet-agent DaemonSet", newPod("signet-system", "signet-agent", caLabel, nil))
 			refused("the CA's account with a hostPath", "reaches the Signet agent's socket directory",

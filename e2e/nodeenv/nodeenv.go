@@ -53,6 +53,12 @@ type Env struct {
 // sockaddr.
 func Start(dir string) (*Env, error) {
 	e := &Env{Dir: dir, Bin: filepath.Join(dir, "bin")}
+	// Other users may pass through (to the binaries and the agent's
+	// socket), not list it; the data directories are the CA's and the
+	// agent's own.
+	if err := os.Chmod(dir, 0o711); err != nil {
+		return nil, err
+	}
 	out, err := exec.Command("go", "build", "-o", e.Bin+"/", "github.com/signet-id/signet/cmd/...").CombinedOutput()
 	if err != nil {
 		return nil, fmt.Errorf("build: %v\n%s", err, out)
@@ -337,11 +343,12 @@ func (s *Signet) stop() {
 // WorkloadResult is the workload's JSON line, with the kubelet's time for
 // it.
 type WorkloadResult struct {
-	SPIFFEID string   `json:"spiffe_id"`
-	MS       float64  `json:"ms"`
-	Attempts int      `json:"attempts"`
-	Errors   []string `json:"errors"`
-	LoggedAt time.Time
+	SPIFFEID  string   `json:"spiffe_id"`
+	SPIFFEIDs []string `json:"spiffe_ids"`
+	MS        float64  `json:"ms"`
+	Attempts  int      `json:"attempts"`
+	Errors    []string `json:"errors"`
+	LoggedAt  time.Time
 }
 
 // RunWorkload creates a workload pod and waits for its result line.

