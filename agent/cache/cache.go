@@ -203,7 +203,6 @@ func inPod(sels []selector.Selector) bool {
 	return false
 }
 
-
 func hasAll(have map[selector.Selector]struct{}, want []selector.Selector) bool {
 	for _, w := range want {
 		if _, ok := have[w]; !ok {

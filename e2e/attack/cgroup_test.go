@@ -149,4 +149,3 @@ func TestForgedPodCgroup(t *testing.T) {
 		return strings.Contains(sels, "unix:uid:65534") && !strings.Contains(sels, "k8s:")
 	})
 }
-
