@@ -43,8 +43,8 @@ if [[ $IMPL == signet ]]; then
   export SIGNET_ADMIN_SOCKET=$TMP/ca/admin.sock
   wait_for "[ -S $SIGNET_ADMIN_SOCKET ] && $BIN/signet bundle show"
   "$BIN/signet" bundle show > "$TMP/bundle.pem"
-  TOKEN=$("$BIN/signet" token create --node bench)
-  "$BIN/signet-agent" --ca-address 127.0.0.1:$PORT --join-token "$TOKEN" --trust-bundle "$TMP/bundle.pem" \
+  (umask 077; "$BIN/signet" token create --node bench > "$TMP/join-token")
+  "$BIN/signet-agent" --ca-address 127.0.0.1:$PORT --join-token-file "$TMP/join-token" --trust-bundle "$TMP/bundle.pem" \
     --socket "$ASOCK" --data-dir "$TMP/agent" --health-addr 127.0.0.1:$(free_port) 2>"$TMP/agent.log" &
   AGENT_PID=$!; PIDS+=($AGENT_PID)
   wait_for "[ -S $ASOCK ]"

@@ -266,6 +266,12 @@ func nsSA(path string) (ns, sa string, ok bool) {
 }
 
 func (s *ruleSet) decide(peer spiffeid.ID, verb, path string) bool {
+	// A path with "." or ".." segments or empty ones names another path
+	// than it spells ("/public/../admin"): no rule decides for it, and no
+	// "**" reaches past its prefix, nor does it slip past a deny rule.
+	if !CanonicalPath(path) {
+		return false
+	}
 	allow, deny := false, false
 	s.visitPeer(peer, func(rs []*crule) bool {
 		for _, r := range rs {

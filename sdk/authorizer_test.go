@@ -203,3 +203,34 @@ func TestPolicies(t *testing.T) {
 		}
 	}
 }
+
+// TestNonCanonicalPathsAreDenied: "**" does not reach past its prefix
+// through "..", and a deny rule is not sidestepped by a path that spells
+// another.
+func TestNonCanonicalPathsAreDenied(t *testing.T) {
+	td := spiffeid.RequireTrustDomainFromString("example.org")
+	peer := spiffeid.RequireFromString("spiffe://example.org/client")
+	a, err := NewAuthorizer(td, Allow(PeerID(peer.String())).OnMethods("GET /public/**"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := NewAuthorizer(td, Allow(PeerID(peer.String())), Deny(PeerID(peer.String())).OnMethods("* /admin/**"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{"/public/../admin/x", "/public/./x", "/public//x", "/public/..", "public/x", ""} {
+		if a.AllowedHTTP(peer, "GET", p) {
+			t.Errorf("allow-prefix authorizer allowed %q", p)
+		}
+	}
+	for _, p := range []string{"/x/../admin/secret", "//admin/secret", "/./admin/secret"} {
+		if b.AllowedHTTP(peer, "GET", p) {
+			t.Errorf("deny-rule authorizer allowed %q", p)
+		}
+	}
+	for _, p := range []string{"/public/x", "/public/x/", "/public/a.b/..c"} {
+		if !a.AllowedHTTP(peer, "GET", p) {
+			t.Errorf("canonical path %q denied", p)
+		}
+	}
+}

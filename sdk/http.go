@@ -3,6 +3,7 @@ package sdk
 import (
 	"context"
 	"net/http"
+	"strings"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
@@ -20,10 +21,20 @@ func CallerID(ctx context.Context) (spiffeid.ID, bool) {
 // Middleware authorizes every request before next sees it: the caller's
 // SPIFFE ID comes from its verified client certificate; a request that
 // authz denies gets 403 Forbidden. next reads the caller with CallerID.
+//
+// The path authorized is the one every router reads alike: a request whose
+// path has "." or ".." segments, empty segments, encoded slashes or
+// backslashes ("/public/../admin", "/public/..%2Fadmin", "/a//b") is
+// refused with 400 Bad Request, since routers and file servers disagree on
+// what it names.
 func Middleware(authz *Authorizer, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.TLS == nil {
 			http.Error(w, "mutual TLS required", http.StatusForbidden)
+			return
+		}
+		if !CanonicalPath(r.URL.Path) || strings.ContainsRune(r.URL.Path, '\\') || hasEncodedSeparator(r.URL.RawPath) {
+			http.Error(w, "path is not canonical", http.StatusBadRequest)
 			return
 		}
 		id, err := peerIDOfState(*r.TLS)
@@ -33,6 +44,13 @@ func Middleware(authz *Authorizer, next http.Handler) http.Handler {
 		}
 		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), peerKey{}, id)))
 	})
+}
+
+// hasEncodedSeparator reports whether an escaped path encodes "/" or
+// "\\", which some routers split on and others do not.
+func hasEncodedSeparator(raw string) bool {
+	raw = strings.ToLower(raw)
+	return strings.Contains(raw, "%2f") || strings.Contains(raw, "%5c")
 }
 
 // NewHTTPServer returns a server on addr whose TLS configuration is

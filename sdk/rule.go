@@ -210,6 +210,27 @@ func (m methodPattern) matches(verb, path string) bool {
 	return matchSegments(m.segs, path)
 }
 
+// CanonicalPath reports whether path is absolute and has no "." or ".."
+// segment and no empty segment except a final one ("/a/" is canonical,
+// "/a//b" and "/a/./b" are not): the form in which every router reads the
+// same path.
+func CanonicalPath(path string) bool {
+	if path == "" || path[0] != '/' {
+		return false
+	}
+	rest := path[1:]
+	for {
+		seg, tail, more := strings.Cut(rest, "/")
+		if seg == "." || seg == ".." || seg == "" && more {
+			return false
+		}
+		if !more {
+			return true
+		}
+		rest = tail
+	}
+}
+
 // matchSegments matches a path ("/a/b") against pattern segments without
 // allocating.
 func matchSegments(pattern []string, path string) bool {

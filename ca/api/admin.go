@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -305,16 +306,30 @@ func (s *AdminServer) ListAgents(ctx context.Context, _ *adminv1.ListAgentsReque
 
 // EvictAgent implements adminv1.AdminServer.
 func (s *AdminServer) EvictAgent(ctx context.Context, req *adminv1.EvictAgentRequest) (*adminv1.EvictAgentResponse, error) {
+	reason := "evicted by an operator"
+	// A Kubernetes agent is evicted with its pods, for every replica: its
+	// SVIDs are refused, and the pods cannot attest again (a new pod can).
+	var pods []string
+	if id, err := spiffeid.FromString(req.GetSpiffeId()); err == nil && s.cfg.Pods != nil {
+		if node, ok := s.cfg.k8sNode(id); ok {
+			if pods, err = s.cfg.Pods.EvictAgentPods(ctx, node, id.String(), reason+" "+actor(ctx)); err != nil {
+				return nil, s.cfg.internal(ctx, "evict agent pods", err)
+			}
+		}
+	}
 	err := s.cfg.Store.EvictAgent(ctx, req.GetSpiffeId(), s.cfg.Now())
-	if errors.Is(err, store.ErrNotFound) {
+	if errors.Is(err, store.ErrNotFound) && len(pods) == 0 {
 		return nil, status.Errorf(codes.NotFound, "no live agent %q", req.GetSpiffeId())
 	}
-	if err != nil {
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		return nil, s.cfg.internal(ctx, "evict agent", err)
+	}
+	if len(pods) > 0 {
+		reason += "; agent pods " + strings.Join(pods, ", ")
 	}
 	// Wake Sync streams so the evicted agent's stream ends now.
 	s.cfg.Changes.Notify()
-	if err := s.cfg.auditOrFail(audit.Record{Event: audit.AgentEvict, Actor: actor(ctx), SPIFFEID: req.GetSpiffeId(), Result: audit.Success, Reason: "evicted by an operator"}); err != nil {
+	if err := s.cfg.auditOrFail(audit.Record{Event: audit.AgentEvict, Actor: actor(ctx), SPIFFEID: req.GetSpiffeId(), Result: audit.Success, Reason: reason}); err != nil {
 		return nil, err
 	}
 	return &adminv1.EvictAgentResponse{}, nil

@@ -77,8 +77,16 @@ type PodIdentities interface {
 	// Pull returns the identities of pod uid, confirmed with the API
 	// server to be bound to node (k8s.ErrNotOnNode otherwise).
 	Pull(ctx context.Context, uid, node string, parent spiffeid.ID) ([]entry.Entry, error)
-	// AgentAlive reports whether node exists and runs an agent pod.
-	AgentAlive(node string) (bool, string)
+	// AgentPod reports whether pod uid runs an agent on node (alive), or
+	// else why not; known is false when this replica has not seen the pod
+	// yet (it was created a moment ago, or never existed).
+	AgentPod(node, uid string) (alive, known bool, reason string)
+	// AgentEvicted reports whether an operator evicted the agent pod uid,
+	// at any replica, and why.
+	AgentEvicted(uid string) (string, bool)
+	// EvictAgentPods evicts the agent pods that run on node, for all
+	// replicas, and returns their UIDs (none: no agent pod runs there).
+	EvictAgentPods(ctx context.Context, node, agentID, reason string) ([]string, error)
 	// Policies are the AccessPolicy objects of the cluster.
 	Policies() []*typesv1.AccessPolicy
 }

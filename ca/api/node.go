@@ -67,14 +67,16 @@ type caller struct {
 	agent  store.Agent
 	// node is set for Kubernetes agents: pod identities of this node only.
 	node string
+	// pod is a Kubernetes agent's pod UID, which its SVIDs are bound to.
+	pod string
 }
 
 // k8sNode returns the node of a Kubernetes agent ID of this CA's cluster.
-func (s *NodeServer) k8sNode(id spiffeid.ID) (string, bool) {
-	if s.cfg.ClusterName == "" {
+func (c *Config) k8sNode(id spiffeid.ID) (string, bool) {
+	if c.ClusterName == "" || id.TrustDomain() != c.TrustDomain {
 		return "", false
 	}
-	node, ok := strings.CutPrefix(id.Path(), "/signet/agent/k8s/"+s.cfg.ClusterName+"/")
+	node, ok := strings.CutPrefix(id.Path(), "/signet/agent/k8s/"+c.ClusterName+"/")
 	return node, ok && node != "" && !strings.Contains(node, "/")
 }
 
@@ -114,7 +116,7 @@ func (s *NodeServer) authAgent(ctx context.Context, method string) (caller, erro
 	}
 	serial := serialHex(leaf)
 	a, err := s.cfg.Store.FetchAgent(ctx, id.String())
-	if node, ok := s.k8sNode(id); ok && s.cfg.Pods != nil {
+	if node, ok := s.cfg.k8sNode(id); ok && s.cfg.Pods != nil {
 		return s.authK8sAgent(ctx, method, leaf, id, node, a, err)
 	}
 	if errors.Is(err, store.ErrNotFound) {
@@ -130,18 +132,51 @@ func (s *NodeServer) authAgent(ctx context.Context, method string) (caller, erro
 	return caller{id: id, serial: serial, agent: a}, nil
 }
 
+// agentPodUnit prefixes the subject organizational unit that binds a
+// Kubernetes agent's SVID to its pod's UID.
+const agentPodUnit = "signet-agent-pod:"
+
+// agentPodGrace is how long after its issuance an agent SVID is accepted
+// for a pod this replica's informer has not seen: the pod was confirmed
+// with the API server at attestation, and the informer follows within
+// moments.
+const agentPodGrace = time.Minute
+
+// agentPodUID returns the pod an agent SVID is bound to.
+func agentPodUID(leaf *x509.Certificate) string {
+	for _, u := range leaf.Subject.OrganizationalUnit {
+		if uid, ok := strings.CutPrefix(u, agentPodUnit); ok {
+			return uid
+		}
+	}
+	return ""
+}
+
 // authK8sAgent authorizes a Kubernetes agent. Several CA replicas share
 // no agent records, so an agent attested at another replica is accepted
-// on its SVID alone; on every call its node must exist and run an agent
-// pod, else the agent is evicted. An SVID issued before a local eviction
-// stays refused.
+// on its SVID, which names the agent's pod: on every call that pod must
+// still run an agent on the SVID's node (from the informer's cache, no
+// API request), and must not have been evicted (state all replicas
+// share). A new pod means a new SVID; a copied key of an old one is
+// refused everywhere.
 func (s *NodeServer) authK8sAgent(ctx context.Context, method string, leaf *x509.Certificate, id spiffeid.ID, node string, a store.Agent, fetchErr error) (caller, error) {
 	serial := serialHex(leaf)
 	if fetchErr != nil && !errors.Is(fetchErr, store.ErrNotFound) {
 		return caller{}, s.cfg.internal(ctx, "fetch agent", fetchErr)
 	}
 	known := fetchErr == nil
-	if alive, reason := s.cfg.Pods.AgentAlive(node); !alive {
+	refuse := func(reason string) error {
+		return s.cfg.refuseAs(method, codes.PermissionDenied, audit.Record{Actor: id.String(), Serial: serial, Node: node, Reason: method + ": " + reason}, refusal.Agent, nil)
+	}
+	podUID := agentPodUID(leaf)
+	if podUID == "" {
+		return caller{}, refuse("agent SVID is bound to no agent pod (issued by an older CA); the agent must attest again")
+	}
+	if why, evicted := s.cfg.Pods.AgentEvicted(podUID); evicted {
+		return caller{}, refuse("agent evicted: " + why)
+	}
+	alive, seen, reason := s.cfg.Pods.AgentPod(node, podUID)
+	if !alive && (seen || s.cfg.Now().Sub(leaf.NotBefore) > agentPodGrace) {
 		if known && !a.Evicted() {
 			if err := s.cfg.Store.EvictAgent(ctx, id.String(), s.cfg.Now()); err != nil && !errors.Is(err, store.ErrNotFound) {
 				return caller{}, s.cfg.internal(ctx, "evict agent", err)
@@ -151,15 +186,12 @@ func (s *NodeServer) authK8sAgent(ctx context.Context, method string, leaf *x509
 				return caller{}, err
 			}
 		}
-		return caller{}, s.cfg.refuseAs(method, codes.PermissionDenied, audit.Record{Actor: id.String(), Serial: serial, Node: node, Reason: method + ": agent evicted: " + reason}, refusal.Agent, nil)
-	}
-	if known && a.Evicted() && !leaf.NotBefore.After(a.EvictedAt) {
-		return caller{}, s.cfg.refuseAs(method, codes.PermissionDenied, audit.Record{Actor: id.String(), Serial: serial, Reason: method + ": agent SVID is no longer valid (agent evicted)"}, refusal.Agent, nil)
+		return caller{}, refuse("agent evicted: " + reason)
 	}
 	if !known {
 		a = store.Agent{SPIFFEID: id.String(), NodeName: node, AttestationType: "k8s_psat", Serial: serial}
 	}
-	return caller{id: id, serial: serial, agent: a, node: node}, nil
+	return caller{id: id, serial: serial, agent: a, node: node, pod: podUID}, nil
 }
 
 // AttestNode implements agentv1.NodeServer.
@@ -174,6 +206,7 @@ func (s *NodeServer) AttestNode(ctx context.Context, req *agentv1.AttestNodeRequ
 	}
 	var node, method string
 	var id spiffeid.ID
+	var units []string
 	var err error
 	switch att := req.GetAttestation().(type) {
 	case *agentv1.AttestNodeRequest_JoinToken:
@@ -206,12 +239,17 @@ func (s *NodeServer) AttestNode(ctx context.Context, req *agentv1.AttestNodeRequ
 		if id, err = K8sAgentID(s.cfg.TrustDomain, s.cfg.ClusterName, node); err != nil {
 			return nil, fail(codes.InvalidArgument, method, node, fmt.Sprintf("node name %q makes no valid SPIFFE ID", node))
 		}
-		if _, err := s.cfg.PSAT.Attest(ctx, att.K8SPsat.GetToken(), node); err != nil {
+		agent, err := s.cfg.PSAT.Attest(ctx, att.K8SPsat.GetToken(), node)
+		if err != nil {
 			if nodeattest.IsRefusal(err) {
 				return nil, fail(codes.PermissionDenied, method, node, err.Error())
 			}
 			return nil, s.cfg.internal(ctx, "PSAT attestation", err)
 		}
+		if why, evicted := s.cfg.Pods.AgentEvicted(agent.PodUID); evicted {
+			return nil, fail(codes.PermissionDenied, method, node, fmt.Sprintf("agent pod %s/%s was evicted (%s); a new pod may attest", agent.Namespace, agent.PodName, why))
+		}
+		units = []string{agentPodUnit + agent.PodUID}
 	default:
 		return nil, fail(codes.InvalidArgument, "unknown", "", "no supported attestation in request")
 	}
@@ -219,7 +257,7 @@ func (s *NodeServer) AttestNode(ctx context.Context, req *agentv1.AttestNodeRequ
 	if err != nil {
 		return nil, fail(codes.InvalidArgument, method, node, err.Error())
 	}
-	chain, err := s.signAgent(csr, id, now)
+	chain, err := s.signAgent(csr, id, units, now)
 	if err != nil {
 		return nil, fail(codes.InvalidArgument, method, node, err.Error())
 	}
@@ -248,8 +286,8 @@ func (s *NodeServer) AttestNode(ctx context.Context, req *agentv1.AttestNodeRequ
 	return &agentv1.AttestNodeResponse{SpiffeId: id.String(), SvidChain: rawChain(chain), Bundle: bpb}, nil
 }
 
-func (s *NodeServer) signAgent(csr *x509.CertificateRequest, id spiffeid.ID, now time.Time) ([]*x509.Certificate, error) {
-	return signer.SignX509SVID(s.cfg.Authority.X509CA(), signer.X509Params{CSR: csr, SPIFFEID: id, TTL: s.cfg.AgentTTL, Now: now})
+func (s *NodeServer) signAgent(csr *x509.CertificateRequest, id spiffeid.ID, units []string, now time.Time) ([]*x509.Certificate, error) {
+	return signer.SignX509SVID(s.cfg.Authority.X509CA(), signer.X509Params{CSR: csr, SPIFFEID: id, TTL: s.cfg.AgentTTL, Now: now, Units: units})
 }
 
 func rawChain(chain []*x509.Certificate) [][]byte {
@@ -270,7 +308,12 @@ func (s *NodeServer) RenewAgent(ctx context.Context, req *agentv1.RenewAgentRequ
 	if err != nil {
 		return nil, s.cfg.refuse("RenewAgent", codes.InvalidArgument, audit.Record{Actor: c.id.String(), Reason: err.Error()})
 	}
-	chain, err := s.signAgent(csr, c.id, s.cfg.Now())
+	// A renewed SVID stays bound to the same pod.
+	var units []string
+	if c.pod != "" {
+		units = []string{agentPodUnit + c.pod}
+	}
+	chain, err := s.signAgent(csr, c.id, units, s.cfg.Now())
 	if err != nil {
 		return nil, s.cfg.refuse("RenewAgent", codes.InvalidArgument, audit.Record{Actor: c.id.String(), Reason: err.Error()})
 	}
@@ -650,6 +693,26 @@ func policyApplies(target string, stored map[string]spiffeid.ID, pods map[string
 // maxDecisions bounds one ReportDecisions call.
 const maxDecisions = 10000
 
+// ownIDs are the SPIFFE IDs an agent may report decisions for: those of
+// the entries parented to it and, for a Kubernetes agent, of its node's
+// pods.
+func (s *NodeServer) ownIDs(ctx context.Context, c caller) (map[string]bool, error) {
+	ch, err := s.cfg.Store.EntriesSince(ctx, c.id.String(), 0)
+	if err != nil {
+		return nil, err
+	}
+	own := make(map[string]bool, len(ch.Entries))
+	for _, e := range ch.Entries {
+		own[e.SPIFFEID.String()] = true
+	}
+	if c.node != "" {
+		for _, e := range s.cfg.Pods.ForNode(c.node, c.id) {
+			own[e.SPIFFEID.String()] = true
+		}
+	}
+	return own, nil
+}
+
 // ReportDecisions implements agentv1.NodeServer: authorization decisions
 // of the agent's workloads go to the audit log.
 func (s *NodeServer) ReportDecisions(ctx context.Context, req *agentv1.ReportDecisionsRequest) (*agentv1.ReportDecisionsResponse, error) {
@@ -662,10 +725,23 @@ func (s *NodeServer) ReportDecisions(ctx context.Context, req *agentv1.ReportDec
 		return nil, status.Errorf(codes.InvalidArgument, "%d decisions: at most %d per call", len(req.GetDecisions()), maxDecisions)
 	}
 	recs := make([]audit.Record, 0, len(req.GetDecisions())+1)
+	// An agent speaks for its own workloads only: decisions of any other
+	// server are left out of the log, and the attempt is audited.
+	own, err := s.ownIDs(ctx, c)
+	if err != nil {
+		return nil, s.cfg.internal(ctx, "report decisions", err)
+	}
+	var foreign []string
 	for i, d := range req.GetDecisions() {
 		server, err := spiffeid.FromString(d.GetServer())
 		if err != nil || server.TrustDomain() != s.cfg.TrustDomain {
 			return nil, s.cfg.refuse(method, codes.InvalidArgument, audit.Record{Actor: c.id.String(), Reason: fmt.Sprintf("decisions[%d].server: not an ID of this trust domain", i)})
+		}
+		if !own[server.String()] {
+			if !slices.Contains(foreign, server.String()) {
+				foreign = append(foreign, server.String())
+			}
+			continue
 		}
 		if _, err := spiffeid.FromString(d.GetPeer()); err != nil && d.GetPeer() != "" {
 			return nil, s.cfg.refuse(method, codes.InvalidArgument, audit.Record{Actor: c.id.String(), Reason: fmt.Sprintf("decisions[%d].peer: %v", i, err)})
@@ -681,6 +757,14 @@ func (s *NodeServer) ReportDecisions(ctx context.Context, req *agentv1.ReportDec
 			r.Event, r.Result, r.Time = audit.AuthzDeny, audit.Refused, time.Unix(d.GetTime(), 0).UTC()
 		}
 		recs = append(recs, r)
+	}
+	if len(foreign) > 0 {
+		if len(foreign) > 5 {
+			foreign = append(foreign[:5], "...")
+		}
+		recs = append(recs, audit.Record{Event: audit.RequestRefuse, Actor: c.id.String(), Result: audit.Refused,
+			Reason: method + ": decisions of servers that are not this agent's workloads left out: " + strings.Join(foreign, ", ")})
+		s.cfg.Metrics.refusals.WithLabelValues(method).Inc()
 	}
 	if n := req.GetDropped(); n > 0 {
 		recs = append(recs, audit.Record{Event: audit.AuthzDropped, Actor: c.id.String(), Dropped: n, Result: audit.Failure,

@@ -73,6 +73,10 @@ type Identities struct {
 	compiled map[string]*rule        // by name
 	order    []*rule                 // sorted by name
 	pulled   map[string]pulledPod
+	// gone holds pods the informer saw deleted (by UID, with the time),
+	// for pulledTTL: a listing or a pull racing the deletion must not
+	// bring them back.
+	gone map[string]time.Time
 	// all is closed on a change that may concern every node (rules,
 	// namespaces, nodes); byNode on a change of one node's pods.
 	all      chan struct{}
@@ -100,7 +104,7 @@ func New(cfg Config) (*Identities, error) {
 		cfg.Log = hclog.NewNullLogger()
 	}
 	id := &Identities{
-		cfg: cfg, compiled: map[string]*rule{}, pulled: map[string]pulledPod{},
+		cfg: cfg, compiled: map[string]*rule{}, pulled: map[string]pulledPod{}, gone: map[string]time.Time{},
 		all: make(chan struct{}), byNode: map[string]chan struct{}{}, statusCh: make(chan struct{}, 1),
 	}
 	id.factory = informers.NewSharedInformerFactory(cfg.Client, 0)
@@ -160,7 +164,15 @@ func New(cfg Config) (*Identities, error) {
 			}
 			id.notifyPod(podNode(obj))
 		},
-		DeleteFunc: func(obj any) { id.notifyPod(podNode(obj)) },
+		DeleteFunc: func(obj any) {
+			if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+				obj = d.Obj
+			}
+			if p, ok := obj.(*corev1.Pod); ok {
+				id.forgetPulled(string(p.UID))
+			}
+			id.notifyPod(podNode(obj))
+		},
 	}); err != nil {
 		return nil, err
 	}
@@ -412,7 +424,11 @@ func (id *Identities) podOnNode(ctx context.Context, uid, node string, listing *
 	}
 	id.mu.Lock()
 	pp, ok := id.pulled[uid]
+	_, deleted := id.gone[uid]
 	id.mu.Unlock()
+	if deleted {
+		return nil, ErrNotOnNode
+	}
 	if ok && time.Since(pp.at) < pulledTTL && pp.pod.Spec.NodeName == node {
 		return pp.pod, nil
 	}
@@ -430,6 +446,10 @@ func (id *Identities) podOnNode(ctx context.Context, uid, node string, listing *
 		p, _ := trimPod(&listing.pods[i])
 		pod := p.(*corev1.Pod)
 		id.mu.Lock()
+		if _, deleted := id.gone[uid]; deleted {
+			id.mu.Unlock()
+			return nil, ErrNotOnNode
+		}
 		for k, v := range id.pulled {
 			if time.Since(v.at) > pulledTTL {
 				delete(id.pulled, k)
@@ -440,6 +460,21 @@ func (id *Identities) podOnNode(ctx context.Context, uid, node string, listing *
 		return pod, nil
 	}
 	return nil, ErrNotOnNode
+}
+
+// forgetPulled drops a deleted pod from the pods read on pulls, and
+// remembers its deletion for pulledTTL.
+func (id *Identities) forgetPulled(uid string) {
+	id.mu.Lock()
+	defer id.mu.Unlock()
+	delete(id.pulled, uid)
+	now := time.Now()
+	for k, at := range id.gone {
+		if now.Sub(at) > pulledTTL {
+			delete(id.gone, k)
+		}
+	}
+	id.gone[uid] = now
 }
 
 // Pull returns the identities of pod uid, which must be bound to node; the
@@ -476,20 +511,54 @@ func (id *Identities) Lookup(ctx context.Context, ids []string, node string, par
 	return out, nil
 }
 
-// AgentAlive reports whether node exists and runs a pod of an agent
-// service account; an agent without both is evicted.
-func (id *Identities) AgentAlive(node string) (bool, string) {
+// AgentPod reports whether pod uid runs an agent on node: the node
+// exists and the pod, bound to it with an agent service account, has not
+// finished or been deleted. known is false when the informer has not seen
+// the pod (yet). Only the informer's cache is read: this runs on every
+// call of every agent.
+func (id *Identities) AgentPod(node, uid string) (alive, known bool, reason string) {
 	if _, ok, _ := id.nodes.GetStore().GetByKey(node); !ok {
-		return false, fmt.Sprintf("node %q no longer exists", node)
+		return false, true, fmt.Sprintf("node %q no longer exists", node)
 	}
+	objs, _ := id.pods.GetIndexer().ByIndex(byUID, uid)
+	if len(objs) != 1 {
+		id.mu.Lock()
+		_, deleted := id.gone[uid]
+		id.mu.Unlock()
+		if deleted {
+			return false, true, fmt.Sprintf("agent pod %s was deleted", uid)
+		}
+		return false, false, fmt.Sprintf("agent pod %s is not known", uid)
+	}
+	p := objs[0].(*corev1.Pod)
+	switch {
+	case p.Spec.NodeName != node:
+		return false, true, fmt.Sprintf("agent pod %s/%s runs on node %q, not %q", p.Namespace, p.Name, p.Spec.NodeName, node)
+	case finished(p):
+		return false, true, fmt.Sprintf("agent pod %s/%s has finished", p.Namespace, p.Name)
+	case !slices.Contains(id.cfg.AgentServiceAccounts, p.Namespace+"/"+p.Spec.ServiceAccountName):
+		return false, true, fmt.Sprintf("pod %s/%s does not run with an agent service account", p.Namespace, p.Name)
+	}
+	return true, true, ""
+}
+
+// AgentPodsOn returns the UIDs of the live agent pods bound to node.
+func (id *Identities) AgentPodsOn(node string) []string {
 	objs, _ := id.pods.GetIndexer().ByIndex(byNode, node)
+	var out []string
 	for _, o := range objs {
 		p := o.(*corev1.Pod)
 		if !finished(p) && slices.Contains(id.cfg.AgentServiceAccounts, p.Namespace+"/"+p.Spec.ServiceAccountName) {
-			return true, ""
+			out = append(out, string(p.UID))
 		}
 	}
-	return false, fmt.Sprintf("no agent pod runs on node %q any more", node)
+	return out
+}
+
+// PodExists reports whether the informer holds pod uid.
+func (id *Identities) PodExists(uid string) bool {
+	objs, _ := id.pods.GetIndexer().ByIndex(byUID, uid)
+	return len(objs) > 0
 }
 
 // RunStatus writes each IdentityRule's conditions until ctx ends: Ready

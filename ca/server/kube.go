@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"os"
 	"strings"
 	"time"
@@ -21,12 +22,15 @@ import (
 
 // kubeMode is what Kubernetes mode adds to the CA.
 type kubeMode struct {
-	psat   *nodeattest.PSAT
-	pods   *k8s.Identities
-	keys   *k8s.SecretKeyStore
-	leader *k8s.Leader
-	client kubernetes.Interface
-	bundle *k8s.BundlePublisher
+	psat *nodeattest.PSAT
+	pods *k8s.Identities
+	// evictions are the agent pods operators evicted, shared by the
+	// replicas.
+	evictions *k8s.Evictions
+	keys      *k8s.SecretKeyStore
+	leader    *k8s.Leader
+	client    kubernetes.Interface
+	bundle    *k8s.BundlePublisher
 	// caBundle, with a webhook, keeps the webhook configurations current.
 	caBundle *k8s.CABundleKeeper
 	// auth is set once the authority exists (it needs the key store
@@ -84,11 +88,15 @@ func startKube(ctx context.Context, cfg Config, log hclog.Logger) (*kubeMode, er
 		return nil, err
 	}
 	log.Info("watching pods and IdentityRules", "cluster", kc.ClusterName, "namespace", ns)
+	evictions := &k8s.Evictions{Client: clients.Client, Namespace: ns, Name: lease + "-evictions", Log: log}
+	if err := evictions.Start(ctx); err != nil {
+		return nil, err
+	}
 	m := &kubeMode{
 		client: clients.Client,
 		psat:   &nodeattest.PSAT{Client: clients.Client, Audience: kc.Audience, ServiceAccounts: kc.AgentServiceAccounts},
-		pods:   pods,
-		keys:   &k8s.SecretKeyStore{Client: clients.Client, Namespace: ns, Name: secret},
+		pods:   pods, evictions: evictions,
+		keys: &k8s.SecretKeyStore{Client: clients.Client, Namespace: ns, Name: secret},
 	}
 	if w := kc.Webhook; w != nil {
 		name := w.ConfigurationName
@@ -130,4 +138,42 @@ func (m *kubeMode) isClusterAdmin(user authnv1.UserInfo) (bool, error) {
 		return false, err
 	}
 	return sar.Status.Allowed, nil
+}
+
+// agentPods is the cluster's view of agent pods for the API: the pod
+// informer, and the evictions all replicas share.
+type agentPods struct {
+	*k8s.Identities
+	evictions *k8s.Evictions
+}
+
+func (a *agentPods) AgentEvicted(uid string) (string, bool) {
+	ev, ok := a.evictions.Evicted(uid)
+	if !ok {
+		return "", false
+	}
+	return fmt.Sprintf("%s (at %s)", ev.Reason, ev.At.Format(time.RFC3339)), true
+}
+
+func (a *agentPods) EvictAgentPods(ctx context.Context, node, agentID, reason string) ([]string, error) {
+	uids := a.AgentPodsOn(node)
+	if len(uids) == 0 {
+		return nil, nil
+	}
+	evs := map[string]k8s.Eviction{}
+	for _, uid := range uids {
+		evs[uid] = k8s.Eviction{Agent: agentID, Node: node, At: time.Now().UTC(), Reason: reason}
+	}
+	if err := a.evictions.Evict(ctx, evs, a.PodExists); err != nil {
+		return nil, err
+	}
+	// In force at this replica before the operator hears back.
+	wait, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	for _, uid := range uids {
+		if err := a.evictions.WaitEvicted(wait, uid); err != nil {
+			return nil, fmt.Errorf("eviction of pod %s recorded, not yet seen: %w", uid, err)
+		}
+	}
+	return uids, nil
 }

@@ -227,7 +227,7 @@ func Run(ctx context.Context, cfg Config) error {
 		Stopping: ctx.Done(),
 	}
 	if kube != nil {
-		apiCfg.PSAT, apiCfg.Pods, apiCfg.ClusterName = kube.psat, kube.pods, cfg.Kube.ClusterName
+		apiCfg.PSAT, apiCfg.Pods, apiCfg.ClusterName = kube.psat, &agentPods{Identities: kube.pods, evictions: kube.evictions}, cfg.Kube.ClusterName
 	}
 
 	certs := &servingCert{auth: auth, id: CAID(cfg.TrustDomain)}

@@ -115,6 +115,9 @@ type X509Params struct {
 	DNSNames []string
 	TTL      time.Duration
 	Now      time.Time
+	// Units go into the subject's organizational units (what the CA
+	// binds the SVID to beyond its SPIFFE ID, such as an agent's pod).
+	Units []string
 }
 
 // SignX509SVID signs an X509-SVID for p with ca and returns the SVID and
@@ -135,7 +138,7 @@ func SignX509SVID(ca *authority.X509CA, p X509Params) ([]*x509.Certificate, erro
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber:          serial(),
-		Subject:               pkix.Name{Organization: []string{"Signet"}},
+		Subject:               pkix.Name{Organization: []string{"Signet"}, OrganizationalUnit: p.Units},
 		URIs:                  []*url.URL{p.SPIFFEID.URL()},
 		DNSNames:              p.DNSNames,
 		NotBefore:             p.Now.Add(-backdate),

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"strings"
 	"os/signal"
 	"syscall"
 
@@ -67,7 +68,7 @@ func defaults() fileConfig {
 func register(fs *flag.FlagSet, c *fileConfig) {
 	fs.StringVar(&c.TrustDomain, "trust-domain", c.TrustDomain, "trust domain")
 	fs.StringVar(&c.CAAddress, "ca-address", c.CAAddress, "host:port of signet-ca's agent API")
-	fs.StringVar(&c.JoinToken, "join-token", c.JoinToken, "join token from `signet token create` (needed at first start)")
+	fs.StringVar(&c.JoinToken, "join-token", c.JoinToken, "join token from `signet token create` (needed at first start); visible in ps, prefer join-token-file")
 	fs.StringVar(&c.JoinTokenFile, "join-token-file", c.JoinTokenFile, "file holding the join token; a new token written here re-attests an evicted agent")
 	fs.StringVar(&c.TrustBundle, "trust-bundle", c.TrustBundle, "PEM file of the CA roots (`signet bundle show`), needed at first start")
 	fs.StringVar(&c.Socket, "socket", c.Socket, "Workload API Unix socket")
@@ -155,10 +156,27 @@ func parse(args []string, stderr io.Writer) (agent.Config, error) {
 	if cfg.Log, err = systemlog.New("signet-agent", c.LogLevel, c.LogJSON, os.Stderr); err != nil {
 		return agent.Config{}, err
 	}
+	if joinTokenOnCommandLine(args) {
+		cfg.Log.Warn("--join-token shows in the process list to every user of this host until it is used; prefer --join-token-file (or join-token in the --config file)")
+	}
 	if c.KubeletInsecure {
 		cfg.Log.Warn("kubelet-insecure-skip-verify is set: the kubelet's certificate is not verified, so anyone on the path can answer as the kubelet and choose workload selectors")
 	}
 	return cfg, nil
+}
+
+// joinTokenOnCommandLine reports whether args give the token itself.
+func joinTokenOnCommandLine(args []string) bool {
+	for _, a := range args {
+		if a == "--" {
+			break
+		}
+		name, _, _ := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		if strings.HasPrefix(a, "-") && name == "join-token" {
+			return true
+		}
+	}
+	return false
 }
 
 func main() {

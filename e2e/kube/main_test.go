@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	authnv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -154,78 +153,25 @@ func resourceOf(u *unstructured.Unstructured) (schema.GroupVersionResource, erro
 }
 
 func createNamespace(ctx context.Context, name string) error {
-	_, err := cluster.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{})
-	if apierrors.IsAlreadyExists(err) {
-		return nil
-	}
-	return err
+	return cluster.EnsureNamespace(ctx, name)
 }
 
 func createSA(ctx context.Context, ns, name string) error {
-	_, err := cluster.Client.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{})
-	if apierrors.IsAlreadyExists(err) {
-		return nil
-	}
-	return err
+	return cluster.EnsureServiceAccount(ctx, ns, name)
 }
 
-// createNode registers a Node object (no kubelet behind it: pods bound to
-// it are stored, never run).
-func createNode(t *testing.T, name string) {
-	t.Helper()
-	_, err := cluster.Client.CoreV1().Nodes().Create(context.Background(), &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{})
-	if err != nil && !apierrors.IsAlreadyExists(err) {
-		t.Fatal(err)
-	}
-}
+func createNode(t *testing.T, name string) { t.Helper(); cluster.CreateNode(t, name) }
 
-// createPod creates a pod bound to node and returns it.
 func createPod(t *testing.T, ns, name, sa, node string, labels map[string]string) *corev1.Pod {
 	t.Helper()
-	ctx := context.Background()
-	if err := createNamespace(ctx, ns); err != nil {
-		t.Fatal(err)
-	}
-	if err := createSA(ctx, ns, sa); err != nil {
-		t.Fatal(err)
-	}
-	no := false
-	p, err := cluster.Client.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Labels: labels},
-		Spec: corev1.PodSpec{
-			NodeName: node, ServiceAccountName: sa, AutomountServiceAccountToken: &no,
-			Containers: []corev1.Container{{Name: "main", Image: "localhost/none:1"}},
-		},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return p
+	return cluster.CreatePod(t, ns, name, sa, node, labels)
 }
 
-func deletePod(t *testing.T, p *corev1.Pod) {
-	t.Helper()
-	zero := int64(0)
-	err := cluster.Client.CoreV1().Pods(p.Namespace).Delete(context.Background(), p.Name, metav1.DeleteOptions{GracePeriodSeconds: &zero})
-	if err != nil && !apierrors.IsNotFound(err) {
-		t.Fatal(err)
-	}
-}
+func deletePod(t *testing.T, p *corev1.Pod) { t.Helper(); cluster.DeletePod(t, p) }
 
-// podToken asks the API server for a token of the pod's service account,
-// bound to the pod, with audience aud.
 func podToken(t *testing.T, p *corev1.Pod, aud string) string {
 	t.Helper()
-	tr, err := cluster.Client.CoreV1().ServiceAccounts(p.Namespace).CreateToken(context.Background(), p.Spec.ServiceAccountName, &authnv1.TokenRequest{
-		Spec: authnv1.TokenRequestSpec{
-			Audiences:      []string{aud},
-			BoundObjectRef: &authnv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: p.Name, UID: p.UID},
-		},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tr.Status.Token
+	return cluster.PodToken(t, p, aud)
 }
 
 // startCA starts a CA in Kubernetes mode whose Secret and Lease live in

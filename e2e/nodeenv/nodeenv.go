@@ -173,20 +173,12 @@ func applyFile(ctx context.Context, dyn dynamic.Interface, path string) error {
 
 // Namespace creates a namespace unless it exists.
 func (e *Env) Namespace(ctx context.Context, name string) error {
-	_, err := e.Cluster.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{})
-	if apierrors.IsAlreadyExists(err) {
-		return nil
-	}
-	return err
+	return e.Cluster.EnsureNamespace(ctx, name)
 }
 
 // ServiceAccount creates a service account unless it exists.
 func (e *Env) ServiceAccount(ctx context.Context, ns, name string) error {
-	_, err := e.Cluster.Client.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{})
-	if apierrors.IsAlreadyExists(err) {
-		return nil
-	}
-	return err
+	return e.Cluster.EnsureServiceAccount(ctx, ns, name)
 }
 
 // Pod is a hostNetwork pod bound to the test node; with socketDir set it
@@ -393,12 +385,7 @@ func (e *Env) RunWorkload(t testing.TB, ns, name, sa string) (*corev1.Pod, Workl
 }
 
 // DeletePod deletes p at once.
-func (e *Env) DeletePod(t testing.TB, p *corev1.Pod) {
-	zero := int64(0)
-	if err := e.Cluster.Client.CoreV1().Pods(p.Namespace).Delete(context.Background(), p.Name, metav1.DeleteOptions{GracePeriodSeconds: &zero}); err != nil && !apierrors.IsNotFound(err) {
-		t.Fatal(err)
-	}
-}
+func (e *Env) DeletePod(t testing.TB, p *corev1.Pod) { t.Helper(); e.Cluster.DeletePod(t, p) }
 
 // FindAudit waits for an agent audit record that match accepts (they are
 // written asynchronously).
