@@ -10,8 +10,8 @@ import (
 	"io"
 	"net"
 	"os"
-	"strings"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
