@@ -175,7 +175,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	h := workloadapi.New(workloadapi.Config{Cache: c, Attestor: attestor, JWT: mgr, Audit: auditor, Log: log.Named("workloadapi"),
 		Metrics: workloadapi.NewMetrics(reg), Pods: pods})
-	srv := grpc.NewServer(grpc.Creds(peercred.TransportCredentials(true)), workloadapi.ServerOption())
+	srv := grpc.NewServer(grpc.Creds(peercred.TransportCredentials(true)), workloadapi.ServerOption(), workloadapi.BindStreams())
 	workload.RegisterSpiffeWorkloadAPIServer(srv, h)
 	workloadv1.RegisterPolicyServer(srv, workloadapi.NewPolicyServer(h))
 	workloadv1.RegisterDecisionsServer(srv, workloadapi.NewDecisionServer(h, mgr))

@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/credentials"
@@ -38,7 +39,32 @@ type Creds struct {
 	startTime uint64
 	// exact is true when pidfd came from SO_PEERPIDFD.
 	exact bool
+	// exe is the program the process ran when the connection was
+	// accepted; a process that executes another one since is no longer
+	// the caller that connected.
+	exe exeID
 }
+
+// exeID names an executable file by device and inode (the target of
+// /proc/<pid>/exe, which stays the same file even if its path is replaced).
+type exeID struct {
+	dev, ino uint64
+	known    bool
+}
+
+// exeOf returns the program pid runs; known is false if /proc/<pid>/exe
+// cannot be read (another user's process, without CAP_SYS_PTRACE).
+func exeOf(pid int32) exeID {
+	var st unix.Stat_t
+	if err := unix.Stat("/proc/"+strconv.Itoa(int(pid))+"/exe", &st); err != nil {
+		return exeID{}
+	}
+	return exeID{dev: st.Dev, ino: st.Ino, known: true}
+}
+
+// ErrExecuted means the process that connected has since executed another
+// program: what it connected as is not what it now is.
+var ErrExecuted = errors.New("peercred: the calling process executed another program since it connected")
 
 // ErrProcessGone means the process that connected has exited, or its PID now
 // names another process.
@@ -47,7 +73,27 @@ var ErrProcessGone = errors.New("peercred: the calling process is gone (exited o
 // Check reports whether the process that connected is still the one that
 // /proc/<PID> describes. Call it after reading /proc/<PID> and before
 // answering: if it returns nil, what was read belongs to the caller.
+//
+// It also fails (ErrExecuted) when the process has executed another
+// program since the connection was accepted: a process may connect, hand
+// the connection to another (fork, SCM_RIGHTS), and exec a binary that
+// entries allow; the answer would reach the other process.
 func (c Creds) Check() error {
+	if err := c.alive(); err != nil {
+		return err
+	}
+	if c.exe.known && exeOf(c.PID) != c.exe {
+		// Read after the liveness check: if the PID still names the
+		// caller, a changed program is an exec, not a reuse.
+		if c.alive() != nil {
+			return ErrProcessGone
+		}
+		return ErrExecuted
+	}
+	return nil
+}
+
+func (c Creds) alive() error {
 	if c.pidfd >= 0 {
 		// A pidfd names one process; signal 0 fails with ESRCH once it has
 		// exited, even if its PID was reused since.
@@ -63,6 +109,50 @@ func (c Creds) Check() error {
 		return ErrProcessGone
 	}
 	return nil
+}
+
+// execCheckInterval is how often Watch looks for an exec, which no file
+// descriptor signals.
+const execCheckInterval = 500 * time.Millisecond
+
+// Watch blocks until the process that connected exits or executes another
+// program (and returns why), or until ctx ends (and returns nil). Streams
+// that must not outlive their caller end when it returns an error.
+func (c Creds) Watch(ctx context.Context) error {
+	exited := make(chan struct{})
+	if c.pidfd >= 0 {
+		// A pidfd becomes readable when its process exits; the runtime's
+		// poller waits for that without a thread of its own.
+		if fd, err := unix.FcntlInt(uintptr(c.pidfd), unix.F_DUPFD_CLOEXEC, 0); err == nil {
+			unix.SetNonblock(fd, true)
+			f := os.NewFile(uintptr(fd), "pidfd")
+			defer f.Close()
+			if rc, err := f.SyscallConn(); err == nil {
+				go func() {
+					rc.Read(func(fd uintptr) bool {
+						p := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+						n, err := unix.Poll(p, 0)
+						return err != nil || n > 0
+					})
+					close(exited)
+				}()
+			}
+		}
+	}
+	t := time.NewTicker(execCheckInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-exited:
+			return ErrProcessGone
+		case <-t.C:
+			if err := c.Check(); err != nil {
+				return err
+			}
+		}
+	}
 }
 
 // StartTime returns the start time of pid in clock ticks since boot (field
@@ -153,6 +243,7 @@ func read(conn net.Conn, bind bool) (Creds, error) {
 	if !bind {
 		return c, nil
 	}
+	c.exe = exeOf(c.PID)
 	if pidfd >= 0 {
 		c.pidfd, c.exact = pidfd, true
 		return c, nil

@@ -1,12 +1,15 @@
 package peercred
 
 import (
+	"context"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 func TestParseStartTime(t *testing.T) {
@@ -78,5 +81,66 @@ func TestHelperConnect(t *testing.T) {
 	}
 	buf := make([]byte, 1)
 	c.Read(buf)
+	if os.Getenv("PEERCRED_HELPER_EXEC") != "" {
+		// Become another program, as an attacker who handed the
+		// connection on would.
+		syscall.Exec("/bin/sleep", []string{"sleep", "30"}, os.Environ())
+	}
 	os.Exit(0)
+}
+
+// TestWatchNoticesExitAndExec: a stream's watcher ends when its caller
+// exits, and when it executes another program; Check fails for the exec.
+func TestWatchNoticesExitAndExec(t *testing.T) {
+	for _, execs := range []bool{false, true} {
+		sock := filepath.Join(t.TempDir(), "s.sock")
+		l, err := net.Listen("unix", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		cmd := exec.Command(os.Args[0], "-test.run=TestHelperConnect")
+		cmd.Env = append(os.Environ(), "PEERCRED_HELPER_SOCK="+sock)
+		if execs {
+			cmd.Env = append(cmd.Env, "PEERCRED_HELPER_EXEC=1")
+		}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		defer func() { cmd.Process.Kill(); cmd.Wait() }()
+		conn, err := l.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := read(conn, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan error, 1)
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		go func() { done <- c.Watch(ctx) }()
+		conn.Write([]byte("x"))
+		if !execs {
+			cmd.Wait()
+		}
+		select {
+		case err := <-done:
+			want := ErrProcessGone
+			if execs {
+				want = ErrExecuted
+			}
+			if err != want {
+				t.Fatalf("exec %t: Watch = %v, want %v", execs, err, want)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatalf("exec %t: Watch did not notice", execs)
+		}
+		if execs {
+			if err := c.Check(); err != ErrExecuted {
+				t.Fatalf("Check after exec = %v", err)
+			}
+		}
+		conn.Close()
+	}
 }

@@ -7,6 +7,14 @@
 // moves itself into DIR/pod<POD-UID>/<CONTAINER-ID> of each delegated
 // cgroup directory DIR (one per hierarchy), then asks the Workload API for
 // an X509-SVID.
+//
+//	attacker handoff exec|exit SOCKET PROGRAM
+//
+// connects to the Workload API and hands the connection to a child
+// process, which reads the answers. With exec, the connecting process then
+// executes PROGRAM (which an entry allows by path) before the child asks;
+// with exit, the child opens an X509-SVID stream first and the connecting
+// process exits: the stream must end with it.
 package main
 
 import (
@@ -34,6 +42,11 @@ func main() {
 	switch os.Args[1] {
 	case "cgroup":
 		r = forgeCgroup(os.Args[2], os.Args[3], os.Args[4], os.Args[5:])
+	case "handoff":
+		handoff(os.Args[2], os.Args[3], os.Args[4])
+		return
+	case "reader":
+		r = reader(os.Args[2], os.Args[3])
 	default:
 		fail(fmt.Errorf("unknown attack %q", os.Args[1]))
 	}
