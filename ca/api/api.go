@@ -9,6 +9,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"net"
 	"sync"
 	"time"
 
@@ -16,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	"github.com/signet-id/signet/ca/audit"
@@ -33,6 +35,9 @@ type Config struct {
 	Store       *store.Store
 	Authority   *authority.Authority
 	Audit       *audit.Log
+	// Unauthenticated, if set, records the refusals of callers that
+	// proved no identity, limited per source; else they go to Audit.
+	Unauthenticated *audit.Unauthenticated
 	Metrics     *Metrics
 	// Changes is notified after every entry write so Sync streams wake up.
 	Changes *Notifier
@@ -194,6 +199,29 @@ func (c *Config) auditOrFail(recs ...audit.Record) error {
 	return nil
 }
 
+// auditUnauthenticated records the refusal of a caller that proved no
+// identity: in full up to a limit per source address, then counted (see
+// audit.Unauthenticated), so that anyone who can reach the CA cannot fill
+// its disk.
+func (c *Config) auditUnauthenticated(ctx context.Context, rec audit.Record) error {
+	src := "unknown"
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		src = p.Addr.String()
+		if host, _, err := net.SplitHostPort(src); err == nil {
+			src = host
+		}
+	}
+	if c.Unauthenticated == nil {
+		rec.Source = src
+		return c.auditOrFail(rec)
+	}
+	if err := c.Unauthenticated.Write(src, rec); err != nil {
+		c.Log.Error("audit write failed", "error", err)
+		return status.Error(codes.Internal, "audit log unavailable")
+	}
+	return nil
+}
+
 // refuse audits a refusal and returns the gRPC error for it.
 func (c *Config) refuse(method string, code codes.Code, rec audit.Record) error {
 	return c.refuseAs(method, code, rec, "", nil)
@@ -207,10 +235,25 @@ func (c *Config) refuseAs(method string, code codes.Code, rec audit.Record, reas
 	if err := c.auditOrFail(rec); err != nil {
 		return err
 	}
-	if reason == "" {
-		return status.Error(code, rec.Reason)
+	return refusalError(code, rec.Reason, reason, metadata)
+}
+
+// refuseUnauthenticated is refuse for a caller that proved no identity.
+func (c *Config) refuseUnauthenticated(ctx context.Context, method string, code codes.Code, rec audit.Record) error {
+	rec.Event = audit.RequestRefuse
+	rec.Result = audit.Refused
+	c.Metrics.refusals.WithLabelValues(method).Inc()
+	if err := c.auditUnauthenticated(ctx, rec); err != nil {
+		return err
 	}
-	return refusal.Error(code, rec.Reason, reason, metadata)
+	return status.Error(code, rec.Reason)
+}
+
+func refusalError(code codes.Code, msg, reason string, metadata map[string]string) error {
+	if reason == "" {
+		return status.Error(code, msg)
+	}
+	return refusal.Error(code, msg, reason, metadata)
 }
 
 // internal logs err and returns a gRPC error that does not leak details.

@@ -109,7 +109,7 @@ func serialHex(c *x509.Certificate) string { return hex.EncodeToString(c.SerialN
 func (s *NodeServer) authAgent(ctx context.Context, method string) (caller, error) {
 	leaf, id, err := peerSVID(ctx)
 	if err != nil {
-		return caller{}, s.cfg.refuse(method, codes.Unauthenticated, audit.Record{Actor: "unauthenticated", Reason: method + ": " + err.Error()})
+		return caller{}, s.cfg.refuseUnauthenticated(ctx, method, codes.Unauthenticated, audit.Record{Actor: "unauthenticated", Reason: method + ": " + err.Error()})
 	}
 	if id.TrustDomain() != s.cfg.TrustDomain || !strings.HasPrefix(id.Path(), "/signet/agent/") {
 		return caller{}, s.cfg.refuse(method, codes.PermissionDenied, audit.Record{Actor: id.String(), Reason: method + ": caller is not an agent"})
@@ -199,7 +199,8 @@ func (s *NodeServer) AttestNode(ctx context.Context, req *agentv1.AttestNodeRequ
 	now := s.cfg.Now()
 	fail := func(code codes.Code, method, node, reason string) error {
 		s.cfg.Metrics.attestations.WithLabelValues(method, audit.Failure).Inc()
-		if err := s.cfg.auditOrFail(audit.Record{Event: audit.NodeAttest, Actor: "unauthenticated", Node: node, Result: audit.Failure, Reason: reason}); err != nil {
+		// The caller proved nothing: recorded within a limit per source.
+		if err := s.cfg.auditUnauthenticated(ctx, audit.Record{Event: audit.NodeAttest, Actor: "unauthenticated", Node: node, Result: audit.Failure, Reason: reason}); err != nil {
 			return err
 		}
 		return status.Error(code, reason)

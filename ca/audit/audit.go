@@ -26,6 +26,9 @@ const (
 	EntryDelete   = "entry.delete"
 	TokenCreate   = "token.create"
 	RequestRefuse = "request.refuse"
+	// RefuseAggregate counts the refusals of unauthenticated calls from
+	// one source in one interval beyond those recorded one by one.
+	RefuseAggregate = "request.refuse.aggregate"
 	PolicyPut     = "policy.put"
 	PolicyDelete  = "policy.delete"
 	// AuthzDeny is one call a service refused; AuthzAllow a count of the
@@ -59,6 +62,8 @@ type Record struct {
 	EntryID  string    `json:"entry_id,omitempty"`
 	Serial   string    `json:"serial,omitempty"`
 	Node     string    `json:"node,omitempty"`
+	// Source is the network address an unauthenticated caller came from.
+	Source string `json:"source,omitempty"`
 	// Policy names an access policy; Peer, Method and Count describe an
 	// authorization decision a service reported (Count: allowed calls in
 	// the minute from Window).

@@ -12,6 +12,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/http"
 	"os"
@@ -25,6 +26,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
@@ -134,6 +136,23 @@ type WebhookConfig struct {
 	ConfigurationName string
 }
 
+// auditDiskFree reports the free space of the audit log's filesystem, so
+// that an alert fires before a full disk stops the CA (every request
+// fails when its audit record cannot be written).
+func auditDiskFree(path string) prometheus.Collector {
+	if path == "-" {
+		path = os.TempDir()
+	}
+	return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "signet_ca_audit_disk_free_ratio",
+		Help: "Fraction of the audit log's filesystem that is free (for unprivileged users); alert well before 0."}, func() float64 {
+		var st unix.Statfs_t
+		if err := unix.Statfs(filepath.Dir(path), &st); err != nil || st.Blocks == 0 {
+			return math.NaN()
+		}
+		return float64(st.Bavail) / float64(st.Blocks)
+	})
+}
+
 // CAID returns the SPIFFE ID of the CA's own serving certificate.
 func CAID(td spiffeid.TrustDomain) spiffeid.ID {
 	return spiffeid.RequireFromSegments(td, "signet", "ca")
@@ -226,6 +245,13 @@ func Run(ctx context.Context, cfg Config) error {
 		Changes: api.NewNotifier(), AgentTTL: cfg.AgentTTL, X509TTL: cfg.X509TTL, JWTTTL: cfg.JWTTTL, Log: log.Named("api"),
 		Stopping: ctx.Done(),
 	}
+	// Refusals of callers that proved no identity: limited per source, so
+	// that anyone who reaches the port cannot fill the audit log's disk.
+	suppressed := prometheus.NewCounter(prometheus.CounterOpts{Name: "signet_ca_audit_unauthenticated_suppressed_total",
+		Help: "Refusals of unauthenticated calls counted in an aggregate audit record instead of one record each."})
+	reg.MustRegister(suppressed, auditDiskFree(cfg.AuditLog))
+	apiCfg.Unauthenticated = &audit.Unauthenticated{Log: auditLog, Suppressed: suppressed.Inc}
+	go apiCfg.Unauthenticated.Run(ctx)
 	if kube != nil {
 		apiCfg.PSAT, apiCfg.Pods, apiCfg.ClusterName = kube.psat, &agentPods{Identities: kube.pods, evictions: kube.evictions}, cfg.Kube.ClusterName
 	}

@@ -21,19 +21,24 @@ import (
 
 // nodeClient dials the standalone CA's agent API with the agent's own
 // SVID and key, as read from its data directory (what a thief of the
-// node's files holds).
-func (s *standalone) nodeClient(t *testing.T) agentv1.NodeClient {
+// node's files holds), or with no client certificate (anyone who can
+// reach the port) if anonymous.
+func (s *standalone) nodeClient(t *testing.T, anonymous ...bool) agentv1.NodeClient {
 	t.Helper()
-	svid, err := x509svid.Load(filepath.Join(s.agentData, "agent-svid.pem"), filepath.Join(s.agentData, "agent-key.pem"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	td := spiffeid.RequireTrustDomainFromString("example.org")
 	b, err := x509bundle.Load(td, filepath.Join(s.dir, "bundle.pem"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := tlsconfig.MTLSClientConfig(svid, b, tlsconfig.AuthorizeID(spiffeid.RequireFromSegments(td, "signet", "ca")))
+	authz := tlsconfig.AuthorizeID(spiffeid.RequireFromSegments(td, "signet", "ca"))
+	cfg := tlsconfig.TLSClientConfig(b, authz)
+	if len(anonymous) == 0 || !anonymous[0] {
+		svid, err := x509svid.Load(filepath.Join(s.agentData, "agent-svid.pem"), filepath.Join(s.agentData, "agent-key.pem"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg = tlsconfig.MTLSClientConfig(svid, b, authz)
+	}
 	conn, err := grpc.NewClient(s.caAddr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
 	if err != nil {
 		t.Fatal(err)

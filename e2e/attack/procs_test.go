@@ -16,7 +16,7 @@ import (
 // that every user may enter, as /var/lib is.
 type standalone struct {
 	dir, caData, agentData, socket, adminSocket string
-	caAddr, agentHealth                         string
+	caAddr, caHealth, agentHealth               string
 	caLog, agentLog                             string
 	ca, agent                                   *exec.Cmd
 }
@@ -40,15 +40,15 @@ func startStandalone(t *testing.T, agentArgs ...string) *standalone {
 		}
 	}
 	s.caAddr = nodeenv.FreeAddr()
-	caHealth := nodeenv.FreeAddr()
+	s.caHealth = nodeenv.FreeAddr()
 	s.ca = exec.Command(filepath.Join(env.Bin, "signet-ca"), "--trust-domain", "example.org", "--data-dir", s.caData,
-		"--listen", s.caAddr, "--health-addr", caHealth)
+		"--listen", s.caAddr, "--health-addr", s.caHealth)
 	s.caLog = filepath.Join(dir, "ca.log")
 	if err := nodeenv.StartLogged(s.ca, s.caLog); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.ca.Process.Kill(); s.ca.Wait() })
-	if err := nodeenv.WaitReady("http://"+caHealth+"/readyz", s.ca); err != nil {
+	if err := nodeenv.WaitReady("http://"+s.caHealth+"/readyz", s.ca); err != nil {
 		t.Fatalf("signet-ca: %v\n%s", err, readFile(s.caLog))
 	}
 	bundle := filepath.Join(dir, "bundle.pem")
