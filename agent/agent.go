@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -67,6 +68,9 @@ type Config struct {
 	// empty, /kubepods and /kubepods.slice. Processes whose cgroups lie
 	// elsewhere are not attested as pods.
 	KubeletCgroupRoot string
+	// WorkloadLimits bound the Workload API's connections per caller and
+	// in all; zero values take the defaults.
+	WorkloadLimits workloadapi.Limits
 	// ReopenLogs, when it receives, reopens the audit log (after a
 	// rotation; signet-agent sends on SIGHUP).
 	ReopenLogs <-chan struct{}
@@ -152,6 +156,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	var attestor workloadapi.Attestor = unix
 	var pods workloadapi.PodPuller
+	var podLayout *cgroup.Layout
 	if cfg.Kubelet != nil {
 		kc, err := kubelet.New(*cfg.Kubelet)
 		if err != nil {
@@ -169,13 +174,16 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 		log.Info("attesting pods by their cgroups", "kubelet_cgroup_roots", layout.Roots, "cgroup_namespace_depth", layout.NSDepth)
 		attestor = attest.Multi{unix, &attest.K8s{Pods: kc, Cgroups: layout}}
+		podLayout = &layout
 		if cfg.PSATTokenFile != "" {
 			pods = mgr
 		}
 	}
+	wm := workloadapi.NewMetrics(reg)
 	h := workloadapi.New(workloadapi.Config{Cache: c, Attestor: attestor, JWT: mgr, Audit: auditor, Log: log.Named("workloadapi"),
-		Metrics: workloadapi.NewMetrics(reg), Pods: pods})
-	srv := grpc.NewServer(grpc.Creds(peercred.TransportCredentials(true)), workloadapi.ServerOption(), workloadapi.BindStreams())
+		Metrics: wm, Pods: pods})
+	srv := grpc.NewServer(append(cfg.WorkloadLimits.ServerOptions(),
+		grpc.Creds(peercred.TransportCredentials(true)), workloadapi.ServerOption(), workloadapi.BindStreams())...)
 	workload.RegisterSpiffeWorkloadAPIServer(srv, h)
 	workloadv1.RegisterPolicyServer(srv, workloadapi.NewPolicyServer(h))
 	workloadv1.RegisterDecisionsServer(srv, workloadapi.NewDecisionServer(h, mgr))
@@ -185,6 +193,25 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return fmt.Errorf("workload API socket: %w", err)
 	}
+	// Limits per caller: a uid, or in Kubernetes mode the pod of the
+	// process (many pods share a uid); root's host processes only count
+	// toward the total.
+	callerKey := func(conn net.Conn) (string, error) {
+		cr, err := peercred.Read(conn)
+		if err != nil {
+			return "", err
+		}
+		if podLayout != nil {
+			if ctr, err := cgroup.Read("", cr.PID, *podLayout); err == nil {
+				return "pod:" + ctr.PodUID, nil
+			}
+		}
+		if cr.UID == 0 {
+			return "", nil // root on the host: the total limit only
+		}
+		return fmt.Sprintf("uid:%d", cr.UID), nil
+	}
+	lis = workloadapi.LimitListener(lis, cfg.WorkloadLimits, callerKey, wm.ConnectionRefused)
 	log.Info("Workload API listening", "socket", cfg.SocketPath, "spiffe_id", mgr.ID())
 
 	web, err := health.Listen(health.Config{

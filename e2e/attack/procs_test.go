@@ -21,7 +21,7 @@ type standalone struct {
 	ca, agent                                   *exec.Cmd
 }
 
-func startStandalone(t *testing.T, agentArgs ...string) *standalone {
+func startStandalone(t testing.TB, agentArgs ...string) *standalone {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "signet-attack-")
 	if err != nil {
@@ -79,7 +79,7 @@ func startStandalone(t *testing.T, agentArgs ...string) *standalone {
 }
 
 // cli runs the signet CLI against the CA's admin socket.
-func (s *standalone) cli(t *testing.T, args ...string) string {
+func (s *standalone) cli(t testing.TB, args ...string) string {
 	t.Helper()
 	out, err := exec.Command(filepath.Join(env.Bin, "signet"), append([]string{"--admin-socket", s.adminSocket}, args...)...).CombinedOutput()
 	if err != nil {

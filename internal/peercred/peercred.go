@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -214,9 +215,16 @@ func Read(conn net.Conn) (Creds, error) {
 	return c, err
 }
 
+// unixConn is a Unix socket connection, or a wrapper that keeps its
+// SyscallConn (a limiting listener's).
+type unixConn interface {
+	net.Conn
+	SyscallConn() (syscall.RawConn, error)
+}
+
 func read(conn net.Conn, bind bool) (Creds, error) {
-	uc, ok := conn.(*net.UnixConn)
-	if !ok {
+	uc, ok := conn.(unixConn)
+	if !ok || conn.LocalAddr().Network() != "unix" {
 		return Creds{}, fmt.Errorf("peercred: %T is not a Unix socket connection", conn)
 	}
 	raw, err := uc.SyscallConn()

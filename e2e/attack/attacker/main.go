@@ -8,6 +8,12 @@
 // cgroup directory DIR (one per hierarchy), then asks the Workload API for
 // an X509-SVID.
 //
+//	attacker flood SOCKET N SECONDS
+//
+// opens N connections to the Workload API, as fast as it can and without
+// ever speaking on them, holds them for SECONDS, and says how many the
+// agent had not closed after one second.
+//
 //	attacker handoff exec|exit SOCKET PROGRAM
 //
 // connects to the Workload API and hands the connection to a child
@@ -32,6 +38,9 @@ import (
 type result struct {
 	SPIFFEID string `json:"spiffe_id,omitempty"`
 	Error    string `json:"error,omitempty"`
+	// Open and Tried count a flood's connections.
+	Open  int `json:"open,omitempty"`
+	Tried int `json:"tried,omitempty"`
 }
 
 func main() {
@@ -42,6 +51,10 @@ func main() {
 	switch os.Args[1] {
 	case "cgroup":
 		r = forgeCgroup(os.Args[2], os.Args[3], os.Args[4], os.Args[5:])
+	case "flood":
+		n, _ := strconv.Atoi(os.Args[3])
+		secs, _ := strconv.Atoi(os.Args[4])
+		r = flood(os.Args[2], n, time.Duration(secs)*time.Second)
 	case "handoff":
 		handoff(os.Args[2], os.Args[3], os.Args[4])
 		return

@@ -1,0 +1,150 @@
+package attack
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
+)
+
+type floodResult struct {
+	Open  int `json:"open"`
+	Tried int `json:"tried"`
+}
+
+// startFlood runs the attacker's flood as uid 65534 and returns once it
+// holds its connections (or has finished, with hold 0).
+func startFlood(t testing.TB, socket string, n int, hold time.Duration) (floodResult, func()) {
+	t.Helper()
+	cmd := exec.Command(filepath.Join(env.Bin, "attacker"), "flood", socket, strconv.Itoa(n), strconv.Itoa(int(hold/time.Second)))
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	stop := func() { cmd.Process.Kill(); cmd.Wait() }
+	sc := bufio.NewScanner(out)
+	if !sc.Scan() {
+		stop()
+		t.Fatalf("the flood printed nothing:\n%s", stderr.String())
+	}
+	var r floodResult
+	if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
+		stop()
+		t.Fatalf("flood output %q: %v", sc.Text(), err)
+	}
+	return r, stop
+}
+
+// TestWorkloadAPIFlood: the socket is open to every local user, and
+// there was no limit on connections. An unprivileged user opened idle
+// connections by the ten thousand; legitimate workloads got no SVID, and
+// a few thousand put the agent past its DaemonSet's memory limit. One
+// caller may now hold only a few dozen; the others are closed at once,
+// and other callers are served meanwhile.
+func TestWorkloadAPIFlood(t *testing.T) {
+	s := startStandalone(t)
+	const me = "spiffe://example.org/attack/legit"
+	s.cli(t, "entry", "create", "--spiffe-id", me, "--parent-id", "spiffe://example.org/signet/agent/join/attack-node", "--selector", "unix:uid:0")
+	r, stop := startFlood(t, s.socket, 3000, 30*time.Second)
+	defer stop()
+	if r.Open > 64 {
+		t.Errorf("one unprivileged caller holds %d of %d connections", r.Open, r.Tried)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	svid, err := workloadapi.FetchX509SVID(ctx, workloadapi.WithAddr("unix://"+s.socket))
+	if err != nil || svid.ID.String() != me {
+		t.Fatalf("a legitimate caller during the flood: %v %v", svid, err)
+	}
+	t.Logf("flood: %d of %d connections held; agent %s", r.Open, r.Tried, agentMemory(t, s.agent.Process.Pid))
+}
+
+// agentMemory reads a process's resident and peak memory.
+func agentMemory(t testing.TB, pid int) string {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, line := range strings.Split(string(raw), "\n") {
+		if strings.HasPrefix(line, "VmRSS:") || strings.HasPrefix(line, "VmHWM:") {
+			out = append(out, strings.Join(strings.Fields(line), " "))
+		}
+	}
+	return strings.Join(out, ", ")
+}
+
+func rssKB(t testing.TB, pid int, field string) float64 {
+	raw, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	for _, line := range strings.Split(string(raw), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == field+":" {
+			v, _ := strconv.ParseFloat(f[1], 64)
+			return v
+		}
+	}
+	t.Fatalf("no %s for process %d", field, pid)
+	return 0
+}
+
+// BenchmarkWorkloadAPIFlood measures what a legitimate caller sees (a new
+// connection and FetchX509SVID each time) without a flood and while one
+// unprivileged caller keeps trying to open 20,000 idle connections, and
+// the agent's memory: p50/p99 in ms of both phases, in one run.
+//
+//	go test -run '^$' -bench WorkloadAPIFlood -benchtime 2000x ./e2e/attack/
+func BenchmarkWorkloadAPIFlood(b *testing.B) {
+	s := startStandalone(b)
+	const me = "spiffe://example.org/attack/legit"
+	s.cli(b, "entry", "create", "--spiffe-id", me, "--parent-id", "spiffe://example.org/signet/agent/join/attack-node", "--selector", "unix:uid:0")
+	fetch := func() time.Duration {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		start := time.Now()
+		if _, err := workloadapi.FetchX509SVID(ctx, workloadapi.WithAddr("unix://"+s.socket)); err != nil {
+			b.Fatal(err)
+		}
+		return time.Since(start)
+	}
+	phase := func(n int) (p50, p99 float64) {
+		d := make([]float64, n)
+		for i := range d {
+			d[i] = float64(fetch().Microseconds()) / 1000
+		}
+		sort.Float64s(d)
+		return d[n/2], d[n*99/100]
+	}
+	fetch() // warm up
+	n := max(b.N, 200)
+	b.ResetTimer()
+	q50, q99 := phase(n)
+	rssQuiet := rssKB(b, s.agent.Process.Pid, "VmRSS")
+	r, stop := startFlood(b, s.socket, 20000, 300*time.Second)
+	f50, f99 := phase(n)
+	rssFlood, hwm := rssKB(b, s.agent.Process.Pid, "VmRSS"), rssKB(b, s.agent.Process.Pid, "VmHWM")
+	stop()
+	b.ReportMetric(q50, "quiet-p50-ms")
+	b.ReportMetric(q99, "quiet-p99-ms")
+	b.ReportMetric(f50, "flood-p50-ms")
+	b.ReportMetric(f99, "flood-p99-ms")
+	b.ReportMetric(rssQuiet/1024, "quiet-rss-MiB")
+	b.ReportMetric(rssFlood/1024, "flood-rss-MiB")
+	b.ReportMetric(hwm/1024, "peak-rss-MiB")
+	b.ReportMetric(float64(r.Open), "flood-conns-held")
+}
