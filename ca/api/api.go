@@ -38,7 +38,7 @@ type Config struct {
 	// Unauthenticated, if set, records the refusals of callers that
 	// proved no identity, limited per source; else they go to Audit.
 	Unauthenticated *audit.Unauthenticated
-	Metrics     *Metrics
+	Metrics         *Metrics
 	// Changes is notified after every entry write so Sync streams wake up.
 	Changes *Notifier
 	// AgentTTL is the agent SVID lifetime. If zero, one hour.

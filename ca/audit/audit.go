@@ -29,8 +29,8 @@ const (
 	// RefuseAggregate counts the refusals of unauthenticated calls from
 	// one source in one interval beyond those recorded one by one.
 	RefuseAggregate = "request.refuse.aggregate"
-	PolicyPut     = "policy.put"
-	PolicyDelete  = "policy.delete"
+	PolicyPut       = "policy.put"
+	PolicyDelete    = "policy.delete"
 	// AuthzDeny is one call a service refused; AuthzAllow a count of the
 	// calls it allowed a peer in a minute; AuthzDropped records a service
 	// lost (full buffer).
