@@ -20,7 +20,7 @@ func TestLimitListener(t *testing.T) {
 	var key atomic.Value
 	key.Store("uid:1000")
 	var refused atomic.Int32
-	l := LimitListener(inner, Limits{PerCaller: 3, Total: 5, Rate: 1000}, func(net.Conn) (string, error) { return key.Load().(string), nil },
+	l := LimitListener(inner, Limits{PerCaller: 3, Total: 5, Rate: 1e9}, func(net.Conn) (string, error) { return key.Load().(string), nil },
 		func(string) { refused.Add(1) })
 	defer l.Close()
 	accepted := make(chan net.Conn, 100)
@@ -75,5 +75,23 @@ func TestLimitListener(t *testing.T) {
 	case c := <-accepted:
 		t.Fatalf("a connection beyond the total was accepted: %v", c.RemoteAddr())
 	default:
+	}
+}
+
+// TestLimitRate: a caller that closes its connections at once still
+// opens no more than Rate a second beyond its burst.
+func TestLimitRate(t *testing.T) {
+	l := &limitListener{lim: Limits{PerCaller: 3, Total: 100, Rate: 0.001}.withDefaults(), callers: map[string]*callerState{}}
+	for i := 0; i < 3; i++ {
+		if r := l.admit("uid:1"); r != "" {
+			t.Fatalf("connection %d refused: %s", i, r)
+		}
+		l.release("uid:1")
+	}
+	if r := l.admit("uid:1"); r != "per-caller rate" {
+		t.Fatalf("fourth connection in a burst: %q, want the rate limit", r)
+	}
+	if r := l.admit("uid:2"); r != "" {
+		t.Fatalf("another caller: %s", r)
 	}
 }

@@ -6,6 +6,7 @@ package workloadapi
 
 import (
 	"context"
+	"errors"
 	"sort"
 	"strings"
 	"time"
@@ -255,6 +256,7 @@ func (h *Handler) FetchX509SVID(_ *workload.X509SVIDRequest, stream workload.Spi
 	// is waited for, not refused.
 	pendingUntil := time.Now().Add(h.cfg.SyncWait)
 	pulled := false
+	var completed <-chan caller
 	for {
 		items := snap.Match(c.selectors)
 		if len(items) == 0 {
@@ -301,16 +303,12 @@ func (h *Handler) FetchX509SVID(_ *workload.X509SVIDRequest, stream workload.Spi
 			}
 			h.grant(c, event, ids(items))
 			sent = items
-			if c.partial {
+			if c.partial && completed == nil {
 				// The caller has its pod's identities; learn its container
-				// too, for entries that select on it.
-				if err := h.complete(ctx, &c, event); err != nil {
-					return err
-				}
-				// Audit the full attestation of the caller holding them.
-				h.grant(c, event, ids(items))
-				snap, changed = h.cfg.Cache.Snapshot()
-				continue
+				// too, for entries that select on it, for as long as the
+				// stream lasts: a loaded kubelet may report a new
+				// container late, and the stream keeps what it has.
+				completed = h.completeLater(ctx, c, event)
 			}
 		}
 		select {
@@ -318,8 +316,57 @@ func (h *Handler) FetchX509SVID(_ *workload.X509SVIDRequest, stream workload.Spi
 			return nil
 		case <-changed:
 			snap, changed = h.cfg.Cache.Snapshot()
+		case full, ok := <-completed:
+			completed = nil
+			if !ok {
+				return status.Error(codes.PermissionDenied, "could not attest the calling process")
+			}
+			// Audit the full attestation of the caller holding them.
+			c = full
+			h.grant(c, event, ids(sent))
+			snap, changed = h.cfg.Cache.Snapshot()
 		}
 	}
+}
+
+// completeLater attests a caller again until its container shows at the
+// kubelet (backing off to every 10 s), and sends the full attestation; it
+// closes the channel without one if the caller is gone, or the stream
+// ends.
+func (h *Handler) completeLater(ctx context.Context, c caller, event string) <-chan caller {
+	out := make(chan caller, 1)
+	go func() {
+		backoff := time.Second
+		for {
+			sels, err := h.cfg.Attestor.Attest(ctx, c.creds)
+			if err == nil {
+				err = c.creds.Check()
+			}
+			if err == nil {
+				c.selectors, c.partial = sels, false
+				out <- c
+				return
+			}
+			if ctx.Err() != nil {
+				close(out)
+				return
+			}
+			if errors.Is(err, peercred.ErrProcessGone) || errors.Is(err, peercred.ErrExecuted) {
+				h.refuse(c, event, "attestation failed: "+err.Error())
+				close(out)
+				return
+			}
+			h.cfg.Log.Debug("the caller's container is not at the kubelet yet; trying again", "pid", c.creds.PID, "error", err, "in", backoff)
+			select {
+			case <-ctx.Done():
+				close(out)
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, 10*time.Second)
+		}
+	}()
+	return out
 }
 
 // FetchX509Bundles implements the Workload API.

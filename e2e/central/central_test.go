@@ -289,11 +289,16 @@ func TestWorkloadKeyOnlyIdentity(t *testing.T) {
 	}}}); err != nil {
 		t.Fatal(err)
 	}
-	// The push has arrived once the bundle is served to this caller.
-	if _, err := workloadapi.FetchX509Bundles(ctx, workloadapi.WithAddr(agent.Addr)); err != nil {
-		t.Fatal(err)
+	// Until the entry reaches the agent, the caller has no identity at
+	// all ("no identity issued"); once it has, the refusal says why.
+	var err error
+	for {
+		_, err = workloadapi.FetchX509SVID(ctx, workloadapi.WithAddr(agent.Addr))
+		if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "no identity issued") || strings.Contains(err.Error(), "WithWorkloadKey") {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
-	_, err := workloadapi.FetchX509SVID(ctx, workloadapi.WithAddr(agent.Addr))
 	if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "WithWorkloadKey") {
 		t.Fatalf("FetchX509SVID of a workload-key-only identity: %v; want PermissionDenied naming WithWorkloadKey", err)
 	}
