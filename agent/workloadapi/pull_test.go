@@ -1,15 +1,18 @@
 package workloadapi
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"errors"
 	"math/big"
 	"net/url"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -185,7 +188,7 @@ func TestPartialAttestationCompletes(t *testing.T) {
 	c.MarkSynced()
 	p := &caPuller{c: c, ca: ca, caKey: caKey, has: true, extra: []selector.Selector{{Type: "k8s", Value: "container-name:main"}}}
 	p.PullPod(context.Background(), "pod-1")
-	time.Sleep(100 * time.Millisecond) // the SVID is in
+	waitSVID(t, c)
 	p.has = false
 	a := &stagedAttestor{}
 	h := New(Config{Cache: c, Attestor: a, Pods: p, SyncWait: 2 * time.Second})
@@ -199,4 +202,106 @@ func TestPartialAttestationCompletes(t *testing.T) {
 	if svid.ID.String() != "spiffe://example.org/ns/shop/sa/web" || a.calls != 2 {
 		t.Fatalf("got %s after %d attestations", svid.ID, a.calls)
 	}
+}
+
+// waitSVID waits until the cache holds an SVID.
+func waitSVID(t *testing.T, c *cache.Cache) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		snap, changed := c.Snapshot()
+		for _, it := range snap.Items {
+			if it.SVID != nil {
+				return
+			}
+		}
+		select {
+		case <-changed:
+		case <-time.After(time.Until(deadline)):
+			t.Fatal("no SVID in the cache")
+		}
+	}
+}
+
+// lateAttestor answers with the pod's selectors first; the kubelet then
+// does not report the container for a few attempts (as under load, past
+// the attestor's patience), then does.
+type lateAttestor struct {
+	mu    sync.Mutex
+	calls int
+}
+
+func (a *lateAttestor) Attest(ctx context.Context, _ peercred.Creds) ([]selector.Selector, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.calls++
+	pod := []selector.Selector{{Type: "k8s", Value: "pod-uid:pod-1"}}
+	switch {
+	case a.calls == 1 && attest.MarkPartial(ctx):
+		return pod, nil
+	case a.calls < 4:
+		return nil, errors.New("container 2d9be2b3cbd8 is not (yet) in pod shop/web-1's status")
+	}
+	return append(pod, selector.Selector{Type: "k8s", Value: "container-name:main"}), nil
+}
+
+// TestLateContainerKeepsTheStream: a caller answered on its pod's
+// selectors keeps its stream while the kubelet is slow to report its
+// container, and its full attestation is audited once it does.
+func TestLateContainerKeepsTheStream(t *testing.T) {
+	ca, caKey := newCA(t)
+	b, _ := cache.NewBundle(td, []*x509.Certificate{ca}, nil, 1)
+	c := cache.New(b)
+	c.MarkSynced()
+	p := &caPuller{c: c, ca: ca, caKey: caKey, has: true}
+	p.PullPod(context.Background(), "pod-1")
+	waitSVID(t, c)
+	var log syncBuffer
+	aud := NewAuditor(&log, 100)
+	defer aud.Close()
+	h := New(Config{Cache: c, Attestor: &lateAttestor{}, Pods: p, SyncWait: 2 * time.Second, Audit: aud})
+	addr := serveHandler(t, h)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	client, err := workloadapi.New(ctx, workloadapi.WithAddr(addr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	errs := make(chan error, 1)
+	go func() {
+		errs <- client.WatchX509Context(ctx, watcherFunc(func(err error) { errs <- err }))
+	}()
+	for !strings.Contains(log.String(), "container-name:main") {
+		select {
+		case err := <-errs:
+			t.Fatalf("the stream ended before the attestation completed: %v", err)
+		case <-ctx.Done():
+			t.Fatalf("no full attestation audited:\n%s", log.String())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+type watcherFunc func(error)
+
+func (watcherFunc) OnX509ContextUpdate(*workloadapi.X509Context) {}
+func (f watcherFunc) OnX509ContextWatchError(err error)          { f(err) }
+
+// syncBuffer is a bytes.Buffer safe for the auditor's goroutine.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
