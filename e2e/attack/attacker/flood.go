@@ -8,7 +8,7 @@ import (
 	"time"
 )
 
-func flood(socket string, n int, hold time.Duration) result {
+func flood(socket string, n int, hold time.Duration, churn bool) result {
 	var conns []net.Conn
 	r := result{Tried: n}
 	for i := 0; i < n; i++ {
@@ -31,11 +31,19 @@ func flood(socket string, n int, hold time.Duration) result {
 		}
 	}
 	fmt.Fprintf(os.Stderr, "attacker: %d of %d connections open after 1 s; holding them %s\n", r.Open, n, hold)
-	// Say it now; a benchmark measures while the connections are held.
+	// Say it now; a benchmark measures while the connections are held
+	// (and, with churn, while new ones come as fast as one process can
+	// open and close them).
 	if hold > 0 {
 		fmt.Printf("{\"open\":%d,\"tried\":%d,\"holding\":true}\n", r.Open, n)
 		os.Stdout.Sync()
-		time.Sleep(hold)
+		end := time.Now().Add(hold)
+		for churn && time.Now().Before(end) {
+			if c, err := net.Dial("unix", socket); err == nil {
+				c.Close()
+			}
+		}
+		time.Sleep(time.Until(end))
 	}
 	return r
 }

@@ -8,11 +8,12 @@
 // cgroup directory DIR (one per hierarchy), then asks the Workload API for
 // an X509-SVID.
 //
-//	attacker flood SOCKET N SECONDS
+//	attacker flood SOCKET N SECONDS [churn]
 //
 // opens N connections to the Workload API, as fast as it can and without
-// ever speaking on them, holds them for SECONDS, and says how many the
-// agent had not closed after one second.
+// ever speaking on them, says how many the agent had not closed after one
+// second, then holds them for SECONDS; with churn, meanwhile it opens and
+// closes new ones as fast as it can.
 //
 //	attacker handoff exec|exit SOCKET PROGRAM
 //
@@ -54,7 +55,7 @@ func main() {
 	case "flood":
 		n, _ := strconv.Atoi(os.Args[3])
 		secs, _ := strconv.Atoi(os.Args[4])
-		r = flood(os.Args[2], n, time.Duration(secs)*time.Second)
+		r = flood(os.Args[2], n, time.Duration(secs)*time.Second, len(os.Args) > 5 && os.Args[5] == "churn")
 	case "handoff":
 		handoff(os.Args[2], os.Args[3], os.Args[4])
 		return
