@@ -6,10 +6,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -93,8 +91,7 @@ type attackResult struct {
 // runAttacker runs the attacker binary as uid 65534 and reads its result.
 func runAttacker(t *testing.T, cgroupDir *os.File, args ...string) attackResult {
 	t.Helper()
-	cmd := exec.Command(filepath.Join(env.Bin, "attacker"), args...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	cmd := attacker(args...)
 	if cgroupDir != nil {
 		cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = true, int(cgroupDir.Fd())
 	}

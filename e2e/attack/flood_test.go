@@ -6,12 +6,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -27,8 +24,7 @@ type floodResult struct {
 // holds its connections (or has finished, with hold 0).
 func startFlood(t testing.TB, socket string, n int, hold time.Duration, extra ...string) (floodResult, func()) {
 	t.Helper()
-	cmd := exec.Command(filepath.Join(env.Bin, "attacker"), append([]string{"flood", socket, strconv.Itoa(n), strconv.Itoa(int(hold / time.Second))}, extra...)...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	cmd := attacker(append([]string{"flood", socket, strconv.Itoa(n), strconv.Itoa(int(hold / time.Second))}, extra...)...)
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
 	out, err := cmd.StdoutPipe()

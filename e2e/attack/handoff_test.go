@@ -3,7 +3,6 @@ package attack
 import (
 	"bufio"
 	"encoding/json"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -15,8 +14,8 @@ import (
 // reader got.
 func handoff(t *testing.T, s *standalone, mode, program string) attackResult {
 	t.Helper()
-	cmd := exec.Command(filepath.Join(env.Bin, "attacker"), "handoff", mode, s.socket, program)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}, Setpgid: true}
+	cmd := attacker("handoff", mode, s.socket, program)
+	cmd.SysProcAttr.Setpgid = true
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
 	out, err := cmd.StdoutPipe()

@@ -12,6 +12,8 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
@@ -20,45 +22,31 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/signet-id/signet/e2e/nodeenv"
+	"github.com/signet-id/signet/e2e/testenv"
 )
 
 var env *nodeenv.Env
 
 func TestMain(m *testing.M) {
-	os.Exit(run(m))
+	os.Exit(nodeenv.Main(m, &env, func(e *nodeenv.Env) error {
+		out, err := exec.Command("go", "build", "-o", e.Bin+"/", "github.com/signet-id/signet/e2e/attack/attacker").CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("build the attacker: %v\n%s", err, out)
+		}
+		return nil
+	}))
 }
 
-func run(m *testing.M) int {
-	// Short: containerd's socket path must fit in a sockaddr.
-	dir, err := os.MkdirTemp("", "sa")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer os.RemoveAll(dir)
-	if env, err = nodeenv.Start(dir); err != nil {
-		// Fail, never skip: every attack here needs the real parts.
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer env.Stop()
-	out, err := exec.Command("go", "build", "-o", env.Bin+"/", "github.com/signet-id/signet/e2e/attack/attacker").CombinedOutput()
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "build the attacker: %v\n%s", err, out)
-		return 1
-	}
-	return m.Run()
+// attacker is the attacker command, to run as uid 65534.
+func attacker(args ...string) *exec.Cmd {
+	cmd := exec.Command(filepath.Join(env.Bin, "attacker"), args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	return cmd
 }
 
 func eventually(t *testing.T, timeout time.Duration, what string, ok func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !ok() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testenv.Eventually(t, timeout, what, ok)
 }
 
 // namespace creates a namespace with labels, removed when the test ends.

@@ -6,7 +6,6 @@
 package node
 
 import (
-	"fmt"
 	"os"
 	"testing"
 	"time"
@@ -19,24 +18,7 @@ import (
 var env *nodeenv.Env
 
 func TestMain(m *testing.M) {
-	os.Exit(run(m))
-}
-
-func run(m *testing.M) int {
-	// Short: containerd's socket path must fit in a sockaddr.
-	dir, err := os.MkdirTemp("", "sn")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer os.RemoveAll(dir)
-	if env, err = nodeenv.Start(dir); err != nil {
-		// Fail, never skip: these tests need the real node.
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer env.Stop()
-	return m.Run()
+	os.Exit(nodeenv.Main(m, &env, nil))
 }
 
 // Shorthands of this package's tests.

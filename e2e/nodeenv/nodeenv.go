@@ -48,6 +48,33 @@ type Env struct {
 	Signet   *Signet
 }
 
+// Main runs a test package's tests on a node it starts for them, with
+// env set, and returns the exit code for os.Exit. Without the node the
+// package fails; it never skips.
+func Main(m *testing.M, env **Env, ready func(*Env) error) int {
+	// Short: containerd's socket path must fit in a sockaddr.
+	dir, err := os.MkdirTemp("", "sn")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	e, err := Start(dir)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer e.Stop()
+	*env = e
+	if ready != nil {
+		if err := ready(e); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+	}
+	return m.Run()
+}
+
 // Start builds Signet's binaries, starts the control plane, the node and
 // Signet under dir. A short dir: containerd's socket path must fit in a
 // sockaddr.

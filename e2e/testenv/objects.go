@@ -3,6 +3,7 @@ package testenv
 import (
 	"context"
 	"testing"
+	"time"
 
 	authnv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -87,4 +88,17 @@ func (c *Cluster) PodToken(t testing.TB, p *corev1.Pod, aud string) string {
 		t.Fatal(err)
 	}
 	return tr.Status.Token
+}
+
+// Eventually waits for ok, asking every 10 ms, and fails the test after
+// timeout.
+func Eventually(t testing.TB, timeout time.Duration, what string, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }

@@ -30,7 +30,7 @@ func Prepare(dir string) (changed []string, err error) {
 		return nil, fmt.Errorf("data directory %s is not a directory", dir)
 	}
 	if st, ok := fi.Sys().(*syscall.Stat_t); ok && int(st.Uid) != os.Geteuid() {
-		return nil, fmt.Errorf("data directory %s belongs to uid %d, not to this process's uid %d: give it to this user or pick another directory",
+		return nil, fmt.Errorf("data directory %s belongs to uid %d, not to this process's uid %d: give it to this user, or name a directory inside it that does not exist yet (it is then made for this user, mode 0700)",
 			dir, st.Uid, os.Geteuid())
 	}
 	if fi.Mode().Perm()&0o077 != 0 {
