@@ -11,9 +11,9 @@
 //	attacker flood SOCKET N SECONDS [churn]
 //
 // opens N connections to the Workload API, as fast as it can and without
-// ever speaking on them, says how many the agent had not closed after one
-// second, then holds them for SECONDS; with churn, meanwhile it opens and
-// closes new ones as fast as it can.
+// ever speaking on them, says how many the agent took up (rather than
+// closing them at once), then holds them for SECONDS; with churn,
+// meanwhile it opens and closes new ones as fast as it can.
 //
 //	attacker handoff exec|exit SOCKET PROGRAM
 //
