@@ -308,7 +308,7 @@ func (h *Handler) FetchX509SVID(_ *workload.X509SVIDRequest, stream workload.Spi
 				// too, for entries that select on it, for as long as the
 				// stream lasts: a loaded kubelet may report a new
 				// container late, and the stream keeps what it has.
-				completed = h.completeLater(ctx, c, event)
+				completed = h.completeLater(ctx, c, event, ids(items))
 			}
 		}
 		select {
@@ -321,46 +321,58 @@ func (h *Handler) FetchX509SVID(_ *workload.X509SVIDRequest, stream workload.Spi
 			if !ok {
 				return status.Error(codes.PermissionDenied, "could not attest the calling process")
 			}
-			// Audit the full attestation of the caller holding them.
-			c = full
-			h.grant(c, event, ids(sent))
+			// The full attestation (audited already): entries that select
+			// on the container may now match. The stream keeps its own
+			// handle on the process.
+			c.selectors, c.partial = full.selectors, false
 			snap, changed = h.cfg.Cache.Snapshot()
 		}
 	}
 }
 
+// completeTimeout bounds how long the agent keeps trying to complete an
+// attestation answered on a pod's selectors.
+const completeTimeout = 2 * time.Minute
+
 // completeLater attests a caller again until its container shows at the
-// kubelet (backing off to every 10 s), and sends the full attestation; it
-// closes the channel without one if the caller is gone, or the stream
-// ends.
-func (h *Handler) completeLater(ctx context.Context, c caller, event string) <-chan caller {
+// kubelet (backing off to every 10 s), audits the full attestation of the
+// caller that holds the SVIDs ids, and sends it on the channel for the
+// stream, if it is still open. It goes on after the caller has closed the
+// stream (a one-shot client leaves at its first answer): the audit record
+// says which container got the SVIDs. It stops, closing the channel
+// without a value, when the process is gone or after completeTimeout.
+func (h *Handler) completeLater(ctx context.Context, c caller, event string, ids []string) <-chan caller {
 	out := make(chan caller, 1)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), completeTimeout)
+	// The connection closes its handle on the process when the caller
+	// leaves; this goroutine may outlive it.
+	creds, release := c.creds.Clone()
+	c.creds = creds
 	go func() {
+		defer cancel()
+		defer release()
 		backoff := time.Second
 		for {
 			sels, err := h.cfg.Attestor.Attest(ctx, c.creds)
-			if err == nil {
-				err = c.creds.Check()
+			if err == nil || ctx.Err() == nil {
+				if cerr := c.creds.Check(); cerr != nil {
+					err = cerr
+				}
 			}
 			if err == nil {
 				c.selectors, c.partial = sels, false
+				h.grant(c, event, ids)
 				out <- c
 				return
 			}
-			if ctx.Err() != nil {
-				close(out)
-				return
-			}
-			if errors.Is(err, peercred.ErrProcessGone) || errors.Is(err, peercred.ErrExecuted) {
-				h.refuse(c, event, "attestation failed: "+err.Error())
+			if ctx.Err() != nil || errors.Is(err, peercred.ErrProcessGone) || errors.Is(err, peercred.ErrExecuted) {
+				h.refuse(c, event, "attestation not completed: "+err.Error())
 				close(out)
 				return
 			}
 			h.cfg.Log.Debug("the caller's container is not at the kubelet yet; trying again", "pid", c.creds.PID, "error", err, "in", backoff)
 			select {
 			case <-ctx.Done():
-				close(out)
-				return
 			case <-time.After(backoff):
 			}
 			backoff = min(2*backoff, 10*time.Second)

@@ -34,10 +34,11 @@ func TestWorkloadGetsItsPodIdentity(t *testing.T) {
 	// The agent's audit record shows the kubelet's view of the process.
 	// The first answer may rest on the pod's selectors alone (the kubelet
 	// reports a new container a moment after it starts); the agent then
-	// completes the attestation, and audits it.
+	// completes the attestation (also once a one-shot client such as this
+	// workload has left) and audits it, naming this pod.
 	rec := findAudit(t, func(rec map[string]any) bool {
 		return rec["event"] == "workload.fetch_x509_svid" && rec["result"] == "success" && slices.Contains(strs(rec["spiffe_ids"]), r.SPIFFEID) &&
-			slices.Contains(strs(rec["selectors"]), "k8s:container-name:main")
+			slices.Contains(strs(rec["selectors"]), "k8s:pod-uid:"+string(p.UID)) && slices.Contains(strs(rec["selectors"]), "k8s:container-name:main")
 	})
 	sels := strs(rec["selectors"])
 	for _, want := range []string{"k8s:pod-uid:" + string(p.UID), "k8s:ns:demo", "k8s:sa:greeter", "k8s:container-name:main", "k8s:pod-name:hello", "k8s:node-name:signet-node"} {

@@ -112,6 +112,25 @@ func (c Creds) alive() error {
 	return nil
 }
 
+// Clone returns Creds with a pidfd of its own, for use after the
+// connection (which closes its pidfd) may have closed; release closes it.
+func (c Creds) Clone() (Creds, func()) {
+	if c.pidfd < 0 {
+		return c, func() {}
+	}
+	fd, err := unix.FcntlInt(uintptr(c.pidfd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		// Without a handle the start time still tells a reused PID.
+		c.pidfd, c.exact = -1, false
+		if st, err := StartTime(c.PID); err == nil && c.startTime == 0 {
+			c.startTime = st
+		}
+		return c, func() {}
+	}
+	c.pidfd = fd
+	return c, func() { unix.Close(fd) }
+}
+
 // execCheckInterval is how often Watch looks for an exec, which no file
 // descriptor signals.
 const execCheckInterval = 500 * time.Millisecond
@@ -120,6 +139,8 @@ const execCheckInterval = 500 * time.Millisecond
 // program (and returns why), or until ctx ends (and returns nil). Streams
 // that must not outlive their caller end when it returns an error.
 func (c Creds) Watch(ctx context.Context) error {
+	c, release := c.Clone()
+	defer release()
 	exited := make(chan struct{})
 	if c.pidfd >= 0 {
 		// A pidfd becomes readable when its process exits; the runtime's
