@@ -76,12 +76,7 @@ func shippedWebhooks(t *testing.T, renderer, url, name string) []*unstructured.U
 func TestShippedWebhookConfiguration(t *testing.T) {
 	ctx := context.Background()
 	c := env.Cluster.Client
-	addr := systest.FreeAddr(t)
-	_, port, _ := strings.Cut(addr, ":")
 	const cfgName = "signet-attack"
-	if err := env.Namespace(ctx, "attack-ca"); err != nil {
-		t.Fatal(err)
-	}
 	agents := []string{"signet-system/signet-agent", "signet-system/signet-agent-pool2"}
 	for _, a := range agents {
 		ns, sa, _ := strings.Cut(a, "/")
@@ -92,13 +87,19 @@ func TestShippedWebhookConfiguration(t *testing.T) {
 	if err := env.ServiceAccount(ctx, "signet-system", "signet-ca"); err != nil {
 		t.Fatal(err)
 	}
-	systest.StartCA(t, func(c *server.Config) {
-		c.Kube = &server.KubeConfig{
-			Kubeconfig: env.Cluster.Kubeconfig, ClusterName: "attack", AgentServiceAccounts: agents,
-			Namespace: "attack-ca", Identity: "attack",
-			Webhook: &server.WebhookConfig{ListenAddr: addr, DNSNames: []string{"localhost"}, ConfigurationName: cfgName},
+	// A CA with the webhook, its own replica set per renderer.
+	startCA := func(t *testing.T, ns, addr string) {
+		if err := env.Namespace(ctx, ns); err != nil {
+			t.Fatal(err)
 		}
-	})
+		systest.StartCA(t, func(c *server.Config) {
+			c.Kube = &server.KubeConfig{
+				Kubeconfig: env.Cluster.Kubeconfig, ClusterName: "attack", AgentServiceAccounts: agents,
+				Namespace: ns, Identity: "attack",
+				Webhook: &server.WebhookConfig{ListenAddr: addr, DNSNames: []string{"localhost"}, ConfigurationName: cfgName},
+			}
+		})
+	}
 	namespace(t, "attack-plain", nil)
 	namespace(t, "attack-inject", map[string]string{"signet.dev/inject": "enabled"})
 
@@ -124,15 +125,27 @@ func TestShippedWebhookConfiguration(t *testing.T) {
 
 	for _, renderer := range []string{"kustomize", "helm"} {
 		t.Run(renderer, func(t *testing.T) {
+			addr := systest.FreeAddr(t)
+			_, port, _ := strings.Cut(addr, ":")
 			hooks := shippedWebhooks(t, renderer, "https://localhost:"+port, cfgName)
-			if err := env.Cluster.Apply(ctx, hooks, false); err != nil {
-				t.Fatal(err)
-			}
 			adm := c.AdmissionregistrationV1()
 			defer func() {
 				adm.MutatingWebhookConfigurations().Delete(ctx, cfgName, metav1.DeleteOptions{})
 				adm.ValidatingWebhookConfigurations().Delete(ctx, cfgName, metav1.DeleteOptions{})
 			}()
+			// Installed as kubectl apply does it: configurations and CA at
+			// once. With kustomize the configurations come first; with Helm
+			// the CA runs first and fills in their caBundle when they
+			// appear.
+			if renderer == "helm" {
+				startCA(t, "attack-ca-"+renderer, addr)
+			}
+			if err := env.Cluster.Apply(ctx, hooks, false); err != nil {
+				t.Fatal(err)
+			}
+			if renderer != "helm" {
+				startCA(t, "attack-ca-"+renderer, addr)
+			}
 			// The configuration takes effect asynchronously, and the CA's
 			// leader fills in its caBundle: wait until a pod that every
 			// version refuses is refused.
