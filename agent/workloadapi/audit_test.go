@@ -19,6 +19,12 @@ func (l *lockedBuffer) Write(p []byte) (int, error) {
 	return l.b.Write(p)
 }
 
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
 func TestAuditorWritesEveryRecordAndCountsDrops(t *testing.T) {
 	var out lockedBuffer
 	a := NewAuditor(&out, 4096)

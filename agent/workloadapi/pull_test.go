@@ -1,7 +1,6 @@
 package workloadapi
 
 import (
-	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -256,7 +255,7 @@ func TestLateContainerKeepsTheStream(t *testing.T) {
 	p := &caPuller{c: c, ca: ca, caKey: caKey, has: true}
 	p.PullPod(context.Background(), "pod-1")
 	waitSVID(t, c)
-	var log syncBuffer
+	var log lockedBuffer
 	aud := NewAuditor(&log, 100)
 	defer aud.Close()
 	h := New(Config{Cache: c, Attestor: &lateAttestor{}, Pods: p, SyncWait: 2 * time.Second, Audit: aud})
@@ -287,21 +286,3 @@ type watcherFunc func(error)
 
 func (watcherFunc) OnX509ContextUpdate(*workloadapi.X509Context) {}
 func (f watcherFunc) OnX509ContextWatchError(err error)          { f(err) }
-
-// syncBuffer is a bytes.Buffer safe for the auditor's goroutine.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}

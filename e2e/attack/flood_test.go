@@ -1,7 +1,6 @@
 package attack
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -24,26 +23,11 @@ type floodResult struct {
 // holds its connections (or has finished, with hold 0).
 func startFlood(t testing.TB, socket string, n int, hold time.Duration, extra ...string) (floodResult, func()) {
 	t.Helper()
-	cmd := attacker(append([]string{"flood", socket, strconv.Itoa(n), strconv.Itoa(int(hold / time.Second))}, extra...)...)
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	stop := func() { cmd.Process.Kill(); cmd.Wait() }
-	sc := bufio.NewScanner(out)
-	if !sc.Scan() {
-		stop()
-		t.Fatalf("the flood printed nothing:\n%s", stderr.String())
-	}
+	line, stop := startAttacker(t, 2*time.Minute, append([]string{"flood", socket, strconv.Itoa(n), strconv.Itoa(int(hold / time.Second))}, extra...)...)
 	var r floodResult
-	if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
+	if err := json.Unmarshal(line, &r); err != nil {
 		stop()
-		t.Fatalf("flood output %q: %v", sc.Text(), err)
+		t.Fatalf("flood output %q: %v", line, err)
 	}
 	return r, stop
 }

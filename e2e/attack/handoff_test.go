@@ -1,11 +1,9 @@
 package attack
 
 import (
-	"bufio"
 	"encoding/json"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -14,41 +12,13 @@ import (
 // reader got.
 func handoff(t *testing.T, s *standalone, mode, program string) attackResult {
 	t.Helper()
-	cmd := attacker("handoff", mode, s.socket, program)
-	cmd.SysProcAttr.Setpgid = true
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
+	line, stop := startAttacker(t, 45*time.Second, "handoff", mode, s.socket, program)
+	defer stop()
+	var r attackResult
+	if err := json.Unmarshal(line, &r); err != nil {
+		t.Fatalf("attacker output %q: %v", line, err)
 	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	// The connecting process may have become a long sleep: stop the group.
-	defer func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); cmd.Wait() }()
-	lines := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			lines <- sc.Text()
-		}
-		close(lines)
-	}()
-	select {
-	case line, ok := <-lines:
-		if !ok {
-			t.Fatalf("the attacker printed nothing:\n%s", stderr.String())
-		}
-		var r attackResult
-		if err := json.Unmarshal([]byte(line), &r); err != nil {
-			t.Fatalf("attacker output %q: %v", line, err)
-		}
-		return r
-	case <-time.After(45 * time.Second):
-		t.Fatalf("the attacker did not finish:\n%s", stderr.String())
-	}
-	return attackResult{}
+	return r
 }
 
 // TestConnectionHandoff: unix:path (and unix:sha256) name the binary of

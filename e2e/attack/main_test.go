@@ -8,11 +8,13 @@
 package attack
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -42,6 +44,46 @@ func attacker(args ...string) *exec.Cmd {
 	cmd := exec.Command(filepath.Join(env.Bin, "attacker"), args...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
 	return cmd
+}
+
+// startAttacker starts the attacker as uid 65534 in a process group of
+// its own, and returns the first line it prints (within timeout) and a
+// function that kills the group (a connecting process may have become
+// another program).
+func startAttacker(t testing.TB, timeout time.Duration, args ...string) ([]byte, func()) {
+	t.Helper()
+	cmd := attacker(args...)
+	cmd.SysProcAttr.Setpgid = true
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	stop := func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); cmd.Wait() }
+	lines := make(chan []byte, 1)
+	go func() {
+		sc := bufio.NewScanner(out)
+		if sc.Scan() {
+			lines <- append([]byte(nil), sc.Bytes()...)
+		}
+		close(lines)
+	}()
+	select {
+	case line, ok := <-lines:
+		if !ok {
+			stop()
+			t.Fatalf("attacker %s printed nothing:\n%s", args[0], stderr.String())
+		}
+		return line, stop
+	case <-time.After(timeout):
+		stop()
+		t.Fatalf("attacker %s did not answer in %s:\n%s", args[0], timeout, stderr.String())
+	}
+	return nil, stop
 }
 
 func eventually(t *testing.T, timeout time.Duration, what string, ok func() bool) {
