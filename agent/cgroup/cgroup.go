@@ -69,14 +69,7 @@ func DetectLayout(procRoot string, roots []string) (Layout, error) {
 		if len(parts) != 3 || !strings.HasPrefix(parts[2], "/") {
 			continue
 		}
-		up := 0
-		for _, seg := range strings.Split(parts[2][1:], "/") {
-			if seg != ".." {
-				break
-			}
-			up++
-		}
-		if up > 0 {
+		if up := upLevels(strings.Split(parts[2][1:], "/")); up > 0 {
 			l.NSDepth[parts[0]] = up
 		}
 	}
@@ -139,10 +132,7 @@ func Parse(content string, l Layout) (Container, error) {
 // own ancestors.
 func fromPath(p string, nsDepth int, roots []string) (Container, error) {
 	segs := strings.Split(p[1:], "/")
-	up := 0
-	for up < len(segs) && segs[up] == ".." {
-		up++
-	}
+	up := upLevels(segs)
 	if up > nsDepth {
 		return Container{}, fmt.Errorf("path %q leaves the host's cgroup root", truncate(p))
 	}
@@ -195,6 +185,16 @@ func fromPath(p string, nsDepth int, roots []string) (Container, error) {
 		return c, nil
 	}
 	return Container{}, fmt.Errorf("%w: %s is not a pod's cgroup under the kubelet's root (%s)", ErrNotInPod, truncate(p), strings.Join(roots, ", "))
+}
+
+// upLevels counts the leading ".." segments of a path relative to the
+// reader's cgroup namespace: how far above it the path climbs.
+func upLevels(segs []string) int {
+	up := 0
+	for up < len(segs) && segs[up] == ".." {
+		up++
+	}
+	return up
 }
 
 // qosClass recognises the kubelet's QoS class cgroups: "besteffort" and

@@ -354,10 +354,9 @@ func (h *Handler) completeLater(ctx context.Context, c caller, event string, ids
 		backoff := time.Second
 		for {
 			sels, err := h.cfg.Attestor.Attest(ctx, c.creds)
-			if err == nil || ctx.Err() == nil {
-				if cerr := c.creds.Check(); cerr != nil {
-					err = cerr
-				}
+			// Whatever the kubelet said: is the caller still there?
+			if cerr := c.creds.Check(); cerr != nil {
+				err = cerr
 			}
 			if err == nil {
 				c.selectors, c.partial = sels, false

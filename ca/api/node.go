@@ -41,12 +41,15 @@ const resyncInterval = time.Minute
 type NodeServer struct {
 	agentv1.UnimplementedNodeServer
 	cfg Config
+
+	podIDsMu     sync.Mutex
+	podIDsByNode map[string]nodePodIDs
 }
 
 // NewNodeServer returns a Node server.
 func NewNodeServer(cfg Config) *NodeServer {
 	cfg.setDefaults()
-	return &NodeServer{cfg: cfg}
+	return &NodeServer{cfg: cfg, podIDsByNode: map[string]nodePodIDs{}}
 }
 
 // AgentID returns the SPIFFE ID of the join-token agent on node.
@@ -694,24 +697,70 @@ func policyApplies(target string, stored map[string]spiffeid.ID, pods map[string
 // maxDecisions bounds one ReportDecisions call.
 const maxDecisions = 10000
 
-// ownIDs are the SPIFFE IDs an agent may report decisions for: those of
-// the entries parented to it and, for a Kubernetes agent, of its node's
-// pods.
-func (s *NodeServer) ownIDs(ctx context.Context, c caller) (map[string]bool, error) {
-	ch, err := s.cfg.Store.EntriesSince(ctx, c.id.String(), 0)
-	if err != nil {
-		return nil, err
-	}
-	own := make(map[string]bool, len(ch.Entries))
-	for _, e := range ch.Entries {
-		own[e.SPIFFEID.String()] = true
-	}
-	if c.node != "" {
-		for _, e := range s.cfg.Pods.ForNode(c.node, c.id) {
-			own[e.SPIFFEID.String()] = true
+// owns returns a check of whether a SPIFFE ID is one of the agent's own
+// workloads: a pod identity of its node (Kubernetes), or an entry
+// parented to it. Answers are kept for the call; a node's pod identities
+// are rendered once per change of its pods (podIDs), not on every report.
+func (s *NodeServer) owns(ctx context.Context, c caller) func(id string) (bool, error) {
+	known := map[string]bool{}
+	var pods map[string]bool
+	return func(id string) (bool, error) {
+		if v, ok := known[id]; ok {
+			return v, nil
 		}
+		if c.node != "" {
+			if pods == nil {
+				pods = s.podIDs(c)
+			}
+			if pods[id] {
+				known[id] = true
+				return true, nil
+			}
+		}
+		es, _, err := s.cfg.Store.ListEntries(ctx, store.ListFilter{SPIFFEID: id, ParentID: c.id.String(), PageSize: 1})
+		if err != nil {
+			return false, err
+		}
+		known[id] = len(es) > 0
+		return known[id], nil
 	}
-	return own, nil
+}
+
+// nodePodIDs are the SPIFFE IDs of a node's pods, valid until a change of
+// the node's pods or of what concerns every node.
+type nodePodIDs struct {
+	ids       map[string]bool
+	pods, all <-chan struct{}
+}
+
+// podIDs returns the SPIFFE IDs of the pods of c's node.
+func (s *NodeServer) podIDs(c caller) map[string]bool {
+	s.podIDsMu.Lock()
+	cached, ok := s.podIDsByNode[c.node]
+	s.podIDsMu.Unlock()
+	if ok && !closed(cached.pods) && !closed(cached.all) {
+		return cached.ids
+	}
+	// The channels first: a change while rendering makes the next call
+	// render again.
+	pods, all := s.cfg.Pods.Changed(c.node)
+	ids := map[string]bool{}
+	for _, e := range s.cfg.Pods.ForNode(c.node, c.id) {
+		ids[e.SPIFFEID.String()] = true
+	}
+	s.podIDsMu.Lock()
+	s.podIDsByNode[c.node] = nodePodIDs{ids: ids, pods: pods, all: all}
+	s.podIDsMu.Unlock()
+	return ids
+}
+
+func closed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
 }
 
 // ReportDecisions implements agentv1.NodeServer: authorization decisions
@@ -728,17 +777,18 @@ func (s *NodeServer) ReportDecisions(ctx context.Context, req *agentv1.ReportDec
 	recs := make([]audit.Record, 0, len(req.GetDecisions())+1)
 	// An agent speaks for its own workloads only: decisions of any other
 	// server are left out of the log, and the attempt is audited.
-	own, err := s.ownIDs(ctx, c)
-	if err != nil {
-		return nil, s.cfg.internal(ctx, "report decisions", err)
-	}
+	owns := s.owns(ctx, c)
 	var foreign []string
 	for i, d := range req.GetDecisions() {
 		server, err := spiffeid.FromString(d.GetServer())
 		if err != nil || server.TrustDomain() != s.cfg.TrustDomain {
 			return nil, s.cfg.refuse(method, codes.InvalidArgument, audit.Record{Actor: c.id.String(), Reason: fmt.Sprintf("decisions[%d].server: not an ID of this trust domain", i)})
 		}
-		if !own[server.String()] {
+		own, err := owns(server.String())
+		if err != nil {
+			return nil, s.cfg.internal(ctx, "report decisions", err)
+		}
+		if !own {
 			if !slices.Contains(foreign, server.String()) {
 				foreign = append(foreign, server.String())
 			}

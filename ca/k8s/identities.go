@@ -76,7 +76,8 @@ type Identities struct {
 	// gone holds pods the informer saw deleted (by UID, with the time),
 	// for pulledTTL: a listing or a pull racing the deletion must not
 	// bring them back.
-	gone map[string]time.Time
+	gone       map[string]time.Time
+	gonePruned time.Time
 	// all is closed on a change that may concern every node (rules,
 	// namespaces, nodes); byNode on a change of one node's pods.
 	all      chan struct{}
@@ -469,10 +470,15 @@ func (id *Identities) forgetPulled(uid string) {
 	defer id.mu.Unlock()
 	delete(id.pulled, uid)
 	now := time.Now()
-	for k, at := range id.gone {
-		if now.Sub(at) > pulledTTL {
-			delete(id.gone, k)
+	// Pruned now and then, not on every deletion: many pods may go at
+	// once.
+	if now.Sub(id.gonePruned) > pulledTTL/4 {
+		for k, at := range id.gone {
+			if now.Sub(at) > pulledTTL {
+				delete(id.gone, k)
+			}
 		}
+		id.gonePruned = now
 	}
 	id.gone[uid] = now
 }

@@ -88,7 +88,7 @@ func startKube(ctx context.Context, cfg Config, log hclog.Logger) (*kubeMode, er
 		return nil, err
 	}
 	log.Info("watching pods and IdentityRules", "cluster", kc.ClusterName, "namespace", ns)
-	evictions := &k8s.Evictions{Client: clients.Client, Namespace: ns, Name: lease + "-evictions", Log: log}
+	evictions := &k8s.Evictions{Client: clients.Client, Namespace: ns, Name: lease + "-evictions"}
 	if err := evictions.Start(ctx); err != nil {
 		return nil, err
 	}

@@ -217,7 +217,8 @@ func names(p string) []string {
 // docs/run-on-kubernetes.md).
 var aliases = [][2]string{{"/var/run", "/run"}, {"/var/lock", "/run/lock"}}
 
-// canonical cleans p and writes it through the first name of each alias.
+// canonical cleans p and writes an alias as the directory it links to
+// (/var/run/x as /run/x).
 func canonical(p string) string {
 	p = path.Clean("/" + p)
 	for _, a := range aliases {

@@ -102,3 +102,48 @@ func TestForgedDecisions(t *testing.T) {
 		t.Error("the forged decisions were not audited as refused")
 	}
 }
+
+// TestForgedDecisionsKubernetes: the same with Kubernetes agents, whose
+// workloads are their node's pods. An agent's report for a pod of its own
+// node is recorded; one for another node's pod is not; a pod created
+// after the agent's first report counts once the CA sees it.
+func TestForgedDecisionsKubernetes(t *testing.T) {
+	const ns = "attack-decisions"
+	ca := kubeCA(t, ns, "decisions")
+	env.Cluster.CreateNode(t, "attack-node-4")
+	env.Cluster.CreateNode(t, "attack-node-5")
+	_, tok := agentPodOn(t, "attack-node-4", "agent-decisions")
+	svid, err := ca.AttestPSAT(tok, "attack-node-4")
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := ca.NodeClient(svid)
+	mine := env.Cluster.CreatePod(t, "attack-dec", "mine", "mine", "attack-node-4", nil)
+	theirs := env.Cluster.CreatePod(t, "attack-dec", "theirs", "theirs", "attack-node-5", nil)
+	t.Cleanup(func() { env.Cluster.DeletePod(t, mine); env.Cluster.DeletePod(t, theirs) })
+	const mineID, theirsID, laterID = "spiffe://example.org/ns/attack-dec/sa/mine", "spiffe://example.org/ns/attack-dec/sa/theirs", "spiffe://example.org/ns/attack-dec/sa/later"
+	report := func(server string) {
+		t.Helper()
+		if _, err := client.ReportDecisions(context.Background(), &agentv1.ReportDecisionsRequest{Decisions: []*agentv1.Decision{
+			{Server: server, Peer: "spiffe://example.org/caller", Method: "/x.v1.X/Get", Allowed: true, Count: 1, Time: time.Now().Unix()},
+		}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	recorded := func(server string) bool {
+		for _, rec := range ca.AuditLog() {
+			if rec["event"] == "authz.allow" && rec["spiffe_id"] == server {
+				return true
+			}
+		}
+		return false
+	}
+	eventually(t, 20*time.Second, "the decision of the agent's own pod recorded", func() bool { report(mineID); return recorded(mineID) })
+	report(theirsID)
+	if recorded(theirsID) {
+		t.Fatal("a decision of another node's pod reached the audit log")
+	}
+	later := env.Cluster.CreatePod(t, "attack-dec", "later", "later", "attack-node-4", nil)
+	t.Cleanup(func() { env.Cluster.DeletePod(t, later) })
+	eventually(t, 20*time.Second, "the decision of a pod created later recorded", func() bool { report(laterID); return recorded(laterID) })
+}
