@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 t=${FUZZTIME:-30s}
 go test -run '^$' -fuzz '^FuzzParse$' -fuzztime "$t" ./internal/selector/
-go test -run '^$' -fuzz '^FuzzFromProto$' -fuzztime "$t" ./ca/entry/
+go test -run '^$' -fuzz '^FuzzFromProto$' -fuzztime "$t" ./internal/entry/
 go test -run '^$' -fuzz '^FuzzParseCSR$' -fuzztime "$t" ./ca/signer/
 go test -run '^$' -fuzz '^FuzzLoad$' -fuzztime "$t" ./internal/config/
 go test -run '^$' -fuzz '^FuzzEntriesFile$' -fuzztime "$t" ./cmd/signet/

@@ -208,7 +208,7 @@ func podSelectors(pod *corev1.Pod, st *corev1.ContainerStatus) []selector.Select
 	k := func(key, v string) selector.Selector { return selector.Selector{Type: "k8s", Value: key + ":" + v} }
 	sels := []selector.Selector{
 		k("ns", pod.Namespace), k("sa", pod.Spec.ServiceAccountName), k("pod-name", pod.Name),
-		k("pod-uid", string(pod.UID)), k("node-name", pod.Spec.NodeName),
+		selector.PodUID(string(pod.UID)), k("node-name", pod.Spec.NodeName),
 	}
 	labels := make([]string, 0, len(pod.Labels))
 	for l := range pod.Labels {

@@ -18,7 +18,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
-	"github.com/signet-id/signet/ca/entry"
+	"github.com/signet-id/signet/internal/entry"
 	"github.com/signet-id/signet/internal/selector"
 	typesv1 "github.com/signet-id/signet/proto/signet/types/v1"
 )
@@ -287,9 +287,6 @@ type Update struct {
 	PoliciesSet bool
 }
 
-// IsPodEntryID reports whether id names an identity derived from a pod.
-func IsPodEntryID(id string) bool { return strings.HasPrefix(id, "k8s:") }
-
 // Apply applies a sync message. An entry whose identity-relevant fields
 // changed loses its SVID, so that it is minted again.
 func (c *Cache) Apply(u Update) {
@@ -308,7 +305,7 @@ func (c *Cache) Apply(u Update) {
 			keep[e.ID] = true
 		}
 		for id := range c.items {
-			if IsPodEntryID(id) == set.pods && !keep[id] {
+			if entry.IsPodEntryID(id) == set.pods && !keep[id] {
 				delete(c.items, id)
 			}
 		}

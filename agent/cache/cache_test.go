@@ -12,7 +12,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
-	"github.com/signet-id/signet/ca/entry"
+	"github.com/signet-id/signet/internal/entry"
 	"github.com/signet-id/signet/internal/selector"
 )
 

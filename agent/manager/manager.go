@@ -35,9 +35,10 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/signet-id/signet/agent/cache"
-	"github.com/signet-id/signet/ca/entry"
 	"github.com/signet-id/signet/internal/datadir"
+	"github.com/signet-id/signet/internal/entry"
 	"github.com/signet-id/signet/internal/refusal"
+	"github.com/signet-id/signet/internal/signetid"
 	agentv1 "github.com/signet-id/signet/proto/signet/agent/v1"
 	typesv1 "github.com/signet-id/signet/proto/signet/types/v1"
 )
@@ -126,7 +127,7 @@ func New(cfg Config) (*Manager, error) {
 	}
 	m := &Manager{
 		cfg: cfg, log: cfg.Log, cache: cache.New(b),
-		caID:        spiffeid.RequireFromSegments(cfg.TrustDomain, "signet", "ca"),
+		caID:        signetid.CA(cfg.TrustDomain),
 		connChanged: make(chan struct{}), triedTokens: map[string]bool{}, jwts: map[string]jwtCached{}, pulledAt: map[string]time.Time{},
 	}
 	svid, err := loadSVID(cfg.DataDir)
@@ -517,7 +518,7 @@ func (m *Manager) applySync(msg *agentv1.SyncResponse) {
 		Policies: msg.GetPolicies(), PoliciesSet: msg.GetPoliciesSet()}
 	for _, pb := range msg.GetEntries() {
 		e, err := entry.FromProto(m.cfg.TrustDomain, pb)
-		if err != nil || cache.IsPodEntryID(e.ID) {
+		if err != nil || entry.IsPodEntryID(e.ID) {
 			m.log.Warn("ignoring invalid entry from the CA", "entry_id", pb.GetId(), "error", err)
 			continue
 		}
@@ -525,7 +526,7 @@ func (m *Manager) applySync(msg *agentv1.SyncResponse) {
 	}
 	for _, pb := range msg.GetPodEntries() {
 		e, err := entry.FromProto(m.cfg.TrustDomain, pb)
-		if err != nil || !cache.IsPodEntryID(e.ID) {
+		if err != nil || !entry.IsPodEntryID(e.ID) {
 			m.log.Warn("ignoring invalid pod entry from the CA", "entry_id", pb.GetId(), "error", err)
 			continue
 		}
@@ -873,7 +874,7 @@ func (m *Manager) Counts() (minted, mintErrors, renewals int64) {
 // refusedPodEntry returns the pod entry a mint refusal names, if any.
 func refusedPodEntry(err error) string {
 	reason, meta := refusal.Of(err)
-	if id := meta[refusal.EntryID]; reason == refusal.Entry && cache.IsPodEntryID(id) {
+	if id := meta[refusal.EntryID]; reason == refusal.Entry && entry.IsPodEntryID(id) {
 		return id
 	}
 	return ""
@@ -912,7 +913,7 @@ func (m *Manager) PullPod(ctx context.Context, uid string) error {
 	var u cache.Update
 	for _, pb := range resp.GetEntries() {
 		e, err := entry.FromProto(m.cfg.TrustDomain, pb)
-		if err != nil || !cache.IsPodEntryID(e.ID) {
+		if err != nil || !entry.IsPodEntryID(e.ID) {
 			m.log.Warn("ignoring invalid pod entry from the CA", "entry_id", pb.GetId(), "error", err)
 			continue
 		}

@@ -24,7 +24,7 @@ import (
 
 	"github.com/signet-id/signet/agent/attest"
 	"github.com/signet-id/signet/agent/cache"
-	"github.com/signet-id/signet/ca/entry"
+	"github.com/signet-id/signet/internal/entry"
 	"github.com/signet-id/signet/internal/peercred"
 	"github.com/signet-id/signet/internal/selector"
 	"github.com/signet-id/signet/internal/unixsock"

@@ -24,7 +24,7 @@ import (
 
 	"github.com/signet-id/signet/agent/attest"
 	"github.com/signet-id/signet/agent/cache"
-	"github.com/signet-id/signet/ca/entry"
+	"github.com/signet-id/signet/internal/entry"
 	"github.com/signet-id/signet/internal/peercred"
 	"github.com/signet-id/signet/internal/selector"
 )
@@ -71,7 +71,7 @@ func (h *Handler) pullPod(ctx context.Context, c caller) bool {
 	}
 	var uid string
 	for _, s := range c.selectors {
-		if v, ok := strings.CutPrefix(s.Value, "pod-uid:"); ok && s.Type == "k8s" {
+		if v, ok := selector.PodUIDOf(s); ok {
 			uid = v
 		}
 	}

@@ -16,10 +16,11 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/signet-id/signet/ca/audit"
-	"github.com/signet-id/signet/ca/entry"
 	"github.com/signet-id/signet/ca/store"
+	"github.com/signet-id/signet/internal/entry"
 	"github.com/signet-id/signet/internal/peercred"
 	"github.com/signet-id/signet/internal/selector"
+	"github.com/signet-id/signet/internal/signetid"
 	adminv1 "github.com/signet-id/signet/proto/signet/admin/v1"
 	typesv1 "github.com/signet-id/signet/proto/signet/types/v1"
 	"github.com/signet-id/signet/sdk"
@@ -269,7 +270,7 @@ func (s *AdminServer) CreateJoinToken(ctx context.Context, req *adminv1.CreateJo
 	case ttl == 0:
 		ttl = DefaultTokenTTL
 	}
-	id, err := AgentID(s.cfg.TrustDomain, node)
+	id, err := signetid.JoinAgent(s.cfg.TrustDomain, node)
 	if err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "node_name %q: %v", node, err)
 	}

@@ -22,9 +22,9 @@ import (
 
 	"github.com/signet-id/signet/ca/audit"
 	"github.com/signet-id/signet/ca/authority"
-	"github.com/signet-id/signet/ca/entry"
 	"github.com/signet-id/signet/ca/nodeattest"
 	"github.com/signet-id/signet/ca/store"
+	"github.com/signet-id/signet/internal/entry"
 	"github.com/signet-id/signet/internal/refusal"
 	typesv1 "github.com/signet-id/signet/proto/signet/types/v1"
 )
@@ -69,7 +69,7 @@ type PSATAttestor interface {
 	Attest(ctx context.Context, token, node string) (nodeattest.Agent, error)
 }
 
-// PodIdentities are identities derived from pods (k8s.Identities). Every
+// PodIdentities are identities derived from pods (ca/podidentity). Every
 // method takes the agent's node and answers only for pods bound to it.
 type PodIdentities interface {
 	// ForNode returns the identities of the pods bound to node.
@@ -80,7 +80,7 @@ type PodIdentities interface {
 	// Lookup returns the pod entries among ids whose pods are on node.
 	Lookup(ctx context.Context, ids []string, node string, parent spiffeid.ID) (map[string]entry.Entry, error)
 	// Pull returns the identities of pod uid, confirmed with the API
-	// server to be bound to node (k8s.ErrNotOnNode otherwise).
+	// server to be bound to node (entry.ErrPodNotOnNode otherwise).
 	Pull(ctx context.Context, uid, node string, parent spiffeid.ID) ([]entry.Entry, error)
 	// AgentPod reports whether pod uid runs an agent on node (alive), or
 	// else why not; known is false when this replica has not seen the pod

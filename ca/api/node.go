@@ -19,12 +19,12 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/signet-id/signet/ca/audit"
-	"github.com/signet-id/signet/ca/entry"
-	"github.com/signet-id/signet/ca/k8s"
 	"github.com/signet-id/signet/ca/nodeattest"
 	"github.com/signet-id/signet/ca/signer"
 	"github.com/signet-id/signet/ca/store"
+	"github.com/signet-id/signet/internal/entry"
 	"github.com/signet-id/signet/internal/refusal"
+	"github.com/signet-id/signet/internal/signetid"
 	agentv1 "github.com/signet-id/signet/proto/signet/agent/v1"
 	typesv1 "github.com/signet-id/signet/proto/signet/types/v1"
 	"github.com/signet-id/signet/sdk"
@@ -52,17 +52,6 @@ func NewNodeServer(cfg Config) *NodeServer {
 	return &NodeServer{cfg: cfg, podIDsByNode: map[string]nodePodIDs{}}
 }
 
-// AgentID returns the SPIFFE ID of the join-token agent on node.
-func AgentID(td spiffeid.TrustDomain, node string) (spiffeid.ID, error) {
-	return spiffeid.FromSegments(td, "signet", "agent", "join", node)
-}
-
-// K8sAgentID returns the SPIFFE ID of the PSAT-attested agent on node of
-// cluster. The cluster name is the CA's own setting, never the agent's.
-func K8sAgentID(td spiffeid.TrustDomain, cluster, node string) (spiffeid.ID, error) {
-	return spiffeid.FromSegments(td, "signet", "agent", "k8s", cluster, node)
-}
-
 // caller is an authenticated agent.
 type caller struct {
 	id     spiffeid.ID
@@ -79,8 +68,7 @@ func (c *Config) k8sNode(id spiffeid.ID) (string, bool) {
 	if c.ClusterName == "" || id.TrustDomain() != c.TrustDomain {
 		return "", false
 	}
-	node, ok := strings.CutPrefix(id.Path(), "/signet/agent/k8s/"+c.ClusterName+"/")
-	return node, ok && node != "" && !strings.Contains(node, "/")
+	return signetid.KubeAgentNode(id, c.ClusterName)
 }
 
 // peerSVID returns the verified client certificate of the call, if any. The
@@ -114,7 +102,7 @@ func (s *NodeServer) authAgent(ctx context.Context, method string) (caller, erro
 	if err != nil {
 		return caller{}, s.cfg.refuseUnauthenticated(ctx, method, codes.Unauthenticated, audit.Record{Actor: "unauthenticated", Reason: method + ": " + err.Error()})
 	}
-	if id.TrustDomain() != s.cfg.TrustDomain || !strings.HasPrefix(id.Path(), "/signet/agent/") {
+	if !signetid.IsAgent(s.cfg.TrustDomain, id) {
 		return caller{}, s.cfg.refuse(method, codes.PermissionDenied, audit.Record{Actor: id.String(), Reason: method + ": caller is not an agent"})
 	}
 	serial := serialHex(leaf)
@@ -231,7 +219,7 @@ func (s *NodeServer) AttestNode(ctx context.Context, req *agentv1.AttestNodeRequ
 			return nil, s.cfg.internal(ctx, "consume join token", err)
 		}
 		node = n
-		if id, err = AgentID(s.cfg.TrustDomain, node); err != nil {
+		if id, err = signetid.JoinAgent(s.cfg.TrustDomain, node); err != nil {
 			return nil, fail(codes.InvalidArgument, method, node, fmt.Sprintf("node name %q makes no valid SPIFFE ID", node))
 		}
 	case *agentv1.AttestNodeRequest_K8SPsat:
@@ -240,7 +228,7 @@ func (s *NodeServer) AttestNode(ctx context.Context, req *agentv1.AttestNodeRequ
 		if s.cfg.PSAT == nil || s.cfg.ClusterName == "" {
 			return nil, fail(codes.FailedPrecondition, method, node, "this CA does not run in Kubernetes mode")
 		}
-		if id, err = K8sAgentID(s.cfg.TrustDomain, s.cfg.ClusterName, node); err != nil {
+		if id, err = signetid.KubeAgent(s.cfg.TrustDomain, s.cfg.ClusterName, node); err != nil {
 			return nil, fail(codes.InvalidArgument, method, node, fmt.Sprintf("node name %q makes no valid SPIFFE ID", node))
 		}
 		agent, err := s.cfg.PSAT.Attest(ctx, att.K8SPsat.GetToken(), node)
@@ -346,7 +334,7 @@ func (s *NodeServer) RenewAgent(ctx context.Context, req *agentv1.RenewAgentRequ
 // missing entry and another agent's entry get the same answer, so an agent
 // learns nothing about entries that are not its own.
 func (s *NodeServer) ownEntry(ctx context.Context, c caller, method, id string) (entry.Entry, error) {
-	if k8s.IsPodEntryID(id) {
+	if entry.IsPodEntryID(id) {
 		found, err := s.fetchEntries(ctx, c, []string{id})
 		if err != nil {
 			return entry.Entry{}, err
@@ -372,7 +360,7 @@ func (s *NodeServer) ownEntry(ctx context.Context, c caller, method, id string) 
 func (s *NodeServer) fetchEntries(ctx context.Context, c caller, ids []string) (map[string]entry.Entry, error) {
 	var stored, pods []string
 	for _, id := range ids {
-		if k8s.IsPodEntryID(id) {
+		if entry.IsPodEntryID(id) {
 			pods = append(pods, id)
 		} else {
 			stored = append(stored, id)
@@ -412,7 +400,7 @@ func (s *NodeServer) FetchPodEntries(ctx context.Context, req *agentv1.FetchPodE
 		return nil, s.cfg.refuse(method, codes.InvalidArgument, audit.Record{Actor: c.id.String(), Reason: fmt.Sprintf("%s: pod UID %.80q is malformed", method, uid)})
 	}
 	entries, err := s.cfg.Pods.Pull(ctx, uid, c.node, c.id)
-	if errors.Is(err, k8s.ErrNotOnNode) {
+	if errors.Is(err, entry.ErrPodNotOnNode) {
 		return nil, s.cfg.refuse(method, codes.PermissionDenied, audit.Record{Actor: c.id.String(), Node: c.node,
 			Reason: fmt.Sprintf("%s: pod %s is not bound to node %s", method, uid, c.node)})
 	}

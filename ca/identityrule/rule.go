@@ -14,7 +14,8 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
-	"github.com/signet-id/signet/ca/entry"
+	"github.com/signet-id/signet/internal/entry"
+	"github.com/signet-id/signet/internal/signetid"
 )
 
 // Spec is the part of an IdentityRule this package needs.
@@ -187,7 +188,7 @@ func (r *Rule) Render(pod Pod) (spiffeid.ID, []string, error) {
 	if err != nil {
 		return spiffeid.ID{}, nil, fmt.Errorf("render: %q is not a SPIFFE ID: %w", buf.String(), err)
 	}
-	if id.TrustDomain() != r.td || id.Path() == "/signet" || strings.HasPrefix(id.Path(), "/signet/") {
+	if id.TrustDomain() != r.td || signetid.IsReserved(id) {
 		return spiffeid.ID{}, nil, fmt.Errorf("render: %s is outside the trust domain's workload space", id)
 	}
 	var names []string

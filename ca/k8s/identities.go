@@ -28,22 +28,11 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 
-	"github.com/signet-id/signet/ca/entry"
 	"github.com/signet-id/signet/ca/identityrule"
+	"github.com/signet-id/signet/internal/entry"
 	"github.com/signet-id/signet/internal/selector"
 	typesv1 "github.com/signet-id/signet/proto/signet/types/v1"
 )
-
-// EntryPrefix starts the ID of every pod-derived entry:
-// "k8s:<pod UID>:<IdentityRule name>".
-const EntryPrefix = "k8s:"
-
-// IsPodEntryID reports whether id names a pod-derived entry.
-func IsPodEntryID(id string) bool { return strings.HasPrefix(id, EntryPrefix) }
-
-// ErrNotOnNode is returned for a pod that is not bound to the asking
-// agent's node.
-var ErrNotOnNode = errors.New("pod is not bound to the agent's node")
 
 // Config configures Identities.
 type Config struct {
@@ -366,8 +355,8 @@ func (r *rule) render(p *corev1.Pod, parent spiffeid.ID) (entry.Entry, error) {
 		return entry.Entry{}, err
 	}
 	return entry.Entry{
-		ID: EntryPrefix + string(p.UID) + ":" + r.name, SPIFFEID: sid, ParentID: parent,
-		Selectors: []selector.Selector{{Type: "k8s", Value: "pod-uid:" + string(p.UID)}},
+		ID: entry.PodEntryID(string(p.UID), r.name), SPIFFEID: sid, ParentID: parent,
+		Selectors: []selector.Selector{selector.PodUID(string(p.UID))},
 		DNSNames:  dns, X509TTL: r.x509TTL, JWTTTL: r.jwtTTL, WorkloadKey: r.workloadKey,
 	}, nil
 }
@@ -428,7 +417,7 @@ func (id *Identities) podOnNode(ctx context.Context, uid, node string, listing *
 	_, deleted := id.gone[uid]
 	id.mu.Unlock()
 	if deleted {
-		return nil, ErrNotOnNode
+		return nil, entry.ErrPodNotOnNode
 	}
 	if ok && time.Since(pp.at) < pulledTTL && pp.pod.Spec.NodeName == node {
 		return pp.pod, nil
@@ -449,7 +438,7 @@ func (id *Identities) podOnNode(ctx context.Context, uid, node string, listing *
 		id.mu.Lock()
 		if _, deleted := id.gone[uid]; deleted {
 			id.mu.Unlock()
-			return nil, ErrNotOnNode
+			return nil, entry.ErrPodNotOnNode
 		}
 		for k, v := range id.pulled {
 			if time.Since(v.at) > pulledTTL {
@@ -460,7 +449,7 @@ func (id *Identities) podOnNode(ctx context.Context, uid, node string, listing *
 		id.mu.Unlock()
 		return pod, nil
 	}
-	return nil, ErrNotOnNode
+	return nil, entry.ErrPodNotOnNode
 }
 
 // forgetPulled drops a deleted pod from the pods read on pulls, and
@@ -499,12 +488,12 @@ func (id *Identities) Lookup(ctx context.Context, ids []string, node string, par
 	out := make(map[string]entry.Entry, len(ids))
 	var listing nodeListing
 	for _, eid := range ids {
-		uid, ruleName, ok := strings.Cut(strings.TrimPrefix(eid, EntryPrefix), ":")
-		if !ok || !IsPodEntryID(eid) {
+		uid, ruleName, ok := entry.ParsePodEntryID(eid)
+		if !ok {
 			continue
 		}
 		p, err := id.podOnNode(ctx, uid, node, &listing)
-		if errors.Is(err, ErrNotOnNode) {
+		if errors.Is(err, entry.ErrPodNotOnNode) {
 			continue
 		}
 		if err != nil {

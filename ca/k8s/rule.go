@@ -12,8 +12,8 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
-	"github.com/signet-id/signet/ca/entry"
 	"github.com/signet-id/signet/ca/identityrule"
+	"github.com/signet-id/signet/internal/entry"
 )
 
 // IdentityRuleResource is the IdentityRule CRD's resource.

@@ -40,6 +40,7 @@ import (
 	"github.com/signet-id/signet/internal/datadir"
 	"github.com/signet-id/signet/internal/health"
 	"github.com/signet-id/signet/internal/peercred"
+	"github.com/signet-id/signet/internal/signetid"
 	"github.com/signet-id/signet/internal/unixsock"
 	adminv1 "github.com/signet-id/signet/proto/signet/admin/v1"
 	agentv1 "github.com/signet-id/signet/proto/signet/agent/v1"
@@ -153,11 +154,6 @@ func auditDiskFree(path string) prometheus.Collector {
 	})
 }
 
-// CAID returns the SPIFFE ID of the CA's own serving certificate.
-func CAID(td spiffeid.TrustDomain) spiffeid.ID {
-	return spiffeid.RequireFromSegments(td, "signet", "ca")
-}
-
 // Run starts signet-ca and blocks until ctx is done or a part fails.
 func Run(ctx context.Context, cfg Config) error {
 	if cfg.Log == nil {
@@ -256,7 +252,7 @@ func Run(ctx context.Context, cfg Config) error {
 		apiCfg.PSAT, apiCfg.Pods, apiCfg.ClusterName = kube.psat, &agentPods{Identities: kube.pods, evictions: kube.evictions}, cfg.Kube.ClusterName
 	}
 
-	certs := &servingCert{auth: auth, id: CAID(cfg.TrustDomain)}
+	certs := &servingCert{auth: auth, id: signetid.CA(cfg.TrustDomain)}
 	if _, err := certs.get(); err != nil {
 		return err
 	}
@@ -358,7 +354,7 @@ func Run(ctx context.Context, cfg Config) error {
 	task("http", web.Serve)
 	if kube != nil && cfg.Kube.Webhook != nil {
 		w := cfg.Kube.Webhook
-		certs := &servingCert{auth: auth, id: spiffeid.RequireFromSegments(cfg.TrustDomain, "signet", "webhook"), dns: w.DNSNames}
+		certs := &servingCert{auth: auth, id: signetid.Webhook(cfg.TrustDomain), dns: w.DNSNames}
 		if _, err := certs.get(); err != nil {
 			return fmt.Errorf("webhook certificate: %w", err)
 		}

@@ -32,6 +32,7 @@ import (
 	"github.com/signet-id/signet/ca/server"
 	"github.com/signet-id/signet/internal/peercred"
 	"github.com/signet-id/signet/internal/refusal"
+	"github.com/signet-id/signet/internal/signetid"
 	"github.com/signet-id/signet/internal/systest"
 	adminv1 "github.com/signet-id/signet/proto/signet/admin/v1"
 	agentv1 "github.com/signet-id/signet/proto/signet/agent/v1"
@@ -104,7 +105,7 @@ func newCSR(t testing.TB) (*ecdsa.PrivateKey, []byte) {
 // nodeClient dials the agent API; with svid nil it is an unattested agent.
 func (ca *testCA) nodeClient(t testing.TB, svid *x509svid.SVID) agentv1.NodeClient {
 	t.Helper()
-	authz := tlsconfig.AuthorizeID(server.CAID(td))
+	authz := tlsconfig.AuthorizeID(signetid.CA(td))
 	cfg := tlsconfig.TLSClientConfig(ca.roots, authz)
 	if svid != nil {
 		cfg = tlsconfig.MTLSClientConfig(svid, ca.roots, authz)
@@ -506,7 +507,7 @@ func TestAdminOverMTLS(t *testing.T) {
 	adminSVID := ca.mintSVID(t, agent, ca.createEntry(t, adminID.String(), node1))
 	otherSVID := ca.mintSVID(t, agent, ca.createEntry(t, "spiffe://example.org/ops/intern", node1))
 	dial := func(svid *x509svid.SVID) adminv1.AdminClient {
-		authz := tlsconfig.AuthorizeID(server.CAID(td))
+		authz := tlsconfig.AuthorizeID(signetid.CA(td))
 		cfg := tlsconfig.TLSClientConfig(ca.roots, authz)
 		if svid != nil {
 			cfg = tlsconfig.MTLSClientConfig(svid, ca.roots, authz)

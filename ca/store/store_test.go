@@ -10,8 +10,8 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
-	"github.com/signet-id/signet/ca/entry"
 	"github.com/signet-id/signet/ca/store"
+	"github.com/signet-id/signet/internal/entry"
 	"github.com/signet-id/signet/internal/selector"
 )
 

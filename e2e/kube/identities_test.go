@@ -16,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
 	"github.com/signet-id/signet/ca/k8s"
+	"github.com/signet-id/signet/internal/entry"
 	"github.com/signet-id/signet/internal/systest"
 	agentv1 "github.com/signet-id/signet/proto/signet/agent/v1"
 	typesv1 "github.com/signet-id/signet/proto/signet/types/v1"
@@ -105,13 +106,13 @@ func TestPodIdentities(t *testing.T) {
 
 	start := time.Now()
 	web := createPod(t, "shop", "web-1", "web", "node-p1", nil)
-	webEntry := k8s.EntryPrefix + string(web.UID) + ":default"
+	webEntry := entry.PodEntryID(string(web.UID), "default")
 	eventually(t, 10*time.Second, "web-1's identity at node-p1's agent", func() bool {
 		return viewA.ids()[webEntry] == "spiffe://example.org/ns/shop/sa/web"
 	})
 	t.Logf("pod created -> identity on the agent's Sync stream: %s", time.Since(start))
 	db := createPod(t, "shop", "db-1", "db", "node-p2", nil)
-	dbEntry := k8s.EntryPrefix + string(db.UID) + ":default"
+	dbEntry := entry.PodEntryID(string(db.UID), "default")
 	eventually(t, 10*time.Second, "db-1's identity at node-p2's agent", func() bool { return viewB.ids()[dbEntry] != "" })
 	if _, ok := viewA.ids()[dbEntry]; ok {
 		t.Fatal("node-p1's agent got the identity of a pod on node-p2")
@@ -123,7 +124,7 @@ func TestPodIdentities(t *testing.T) {
 	// A pod created unscheduled gets no identity anywhere until a binding
 	// puts it on a node, as the scheduler does; then it arrives at once.
 	pending := createPod(t, "shop", "late-1", "late", "", nil)
-	lateEntry := k8s.EntryPrefix + string(pending.UID) + ":default"
+	lateEntry := entry.PodEntryID(string(pending.UID), "default")
 	time.Sleep(300 * time.Millisecond)
 	if _, ok := viewA.ids()[lateEntry]; ok {
 		t.Fatal("an unscheduled pod's identity reached an agent")
@@ -330,7 +331,7 @@ func TestIdentityRules(t *testing.T) {
 	view := follow(t, ca, svid)
 	api := createPod(t, "rules", "api-0", "api", "node-r1", map[string]string{"app": "api", "rule-test": "labels"})
 	bad := createPod(t, "rules", "else-0", "default", "node-r1", map[string]string{"rule-test": "elsewhere"})
-	apiEntry := k8s.EntryPrefix + string(api.UID) + ":api"
+	apiEntry := entry.PodEntryID(string(api.UID), "api")
 	eventually(t, 10*time.Second, "the api rule's identity", func() bool { return view.ids()[apiEntry] != "" })
 	view.mu.Lock()
 	e := view.entries[apiEntry]
@@ -339,11 +340,11 @@ func TestIdentityRules(t *testing.T) {
 		t.Fatalf("api identity: %v", e)
 	}
 	ids := view.ids()
-	if ids[k8s.EntryPrefix+string(api.UID)+":default"] != "spiffe://example.org/ns/rules/sa/api" {
+	if ids[entry.PodEntryID(string(api.UID), "default")] != "spiffe://example.org/ns/rules/sa/api" {
 		t.Errorf("the default rule's identity is missing for api-0: %v", ids)
 	}
 	view.mu.Lock()
-	if view.entries[k8s.EntryPrefix+string(api.UID)+":default"].GetWorkloadKey() {
+	if view.entries[entry.PodEntryID(string(api.UID), "default")].GetWorkloadKey() {
 		t.Error("the default rule's identity is workload-key only; the rule does not say so")
 	}
 	view.mu.Unlock()

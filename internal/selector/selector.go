@@ -180,3 +180,15 @@ func SubsetOf(want, have []Selector) bool {
 	}
 	return true
 }
+
+// PodUID is the selector that names one pod, "k8s:pod-uid:<uid>": what a
+// pod-derived entry selects, and what workload attestation reports.
+func PodUID(uid string) Selector { return Selector{Type: "k8s", Value: "pod-uid:" + uid} }
+
+// PodUIDOf returns the pod UID that s names, if s is a pod-uid selector.
+func PodUIDOf(s Selector) (string, bool) {
+	if s.Type != "k8s" {
+		return "", false
+	}
+	return strings.CutPrefix(s.Value, "pod-uid:")
+}

@@ -84,3 +84,21 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+func TestPodUID(t *testing.T) {
+	s := PodUID("0f3c")
+	if s.String() != "k8s:pod-uid:0f3c" {
+		t.Fatalf("PodUID = %s", s)
+	}
+	if _, err := Parse(s.String()); err != nil {
+		t.Fatalf("PodUID does not parse: %v", err)
+	}
+	if uid, ok := PodUIDOf(s); !ok || uid != "0f3c" {
+		t.Fatalf("PodUIDOf = %q, %v", uid, ok)
+	}
+	for _, other := range []Selector{{Type: "unix", Value: "pod-uid:x"}, {Type: "k8s", Value: "ns:x"}} {
+		if _, ok := PodUIDOf(other); ok {
+			t.Errorf("PodUIDOf(%s) = true", other)
+		}
+	}
+}

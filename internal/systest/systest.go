@@ -29,6 +29,7 @@ import (
 
 	"github.com/signet-id/signet/agent"
 	"github.com/signet-id/signet/ca/server"
+	"github.com/signet-id/signet/internal/signetid"
 	adminv1 "github.com/signet-id/signet/proto/signet/admin/v1"
 	agentv1 "github.com/signet-id/signet/proto/signet/agent/v1"
 	typesv1 "github.com/signet-id/signet/proto/signet/types/v1"
@@ -240,7 +241,7 @@ func (a *Agent) Config() agent.Config { return a.cfg }
 func (ca *CA) NodeClient(svid *x509svid.SVID) agentv1.NodeClient {
 	ca.t.Helper()
 	roots := x509bundle.FromX509Authorities(TrustDomain, ca.Roots())
-	authz := tlsconfig.AuthorizeID(server.CAID(TrustDomain))
+	authz := tlsconfig.AuthorizeID(signetid.CA(TrustDomain))
 	cfg := tlsconfig.TLSClientConfig(roots, authz)
 	if svid != nil {
 		cfg = tlsconfig.MTLSClientConfig(svid, roots, authz)

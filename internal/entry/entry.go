@@ -10,6 +10,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/signet-id/signet/internal/selector"
+	"github.com/signet-id/signet/internal/signetid"
 	typesv1 "github.com/signet-id/signet/proto/signet/types/v1"
 )
 
@@ -58,7 +59,7 @@ func FromProto(td spiffeid.TrustDomain, pb *typesv1.Entry) (Entry, error) {
 	if e.SPIFFEID, err = parseID(td, "spiffe_id", pb.GetSpiffeId()); err != nil {
 		return Entry{}, err
 	}
-	if strings.HasPrefix(e.SPIFFEID.Path(), "/signet/") {
+	if signetid.IsReserved(e.SPIFFEID) {
 		return Entry{}, fieldErr("spiffe_id", "%q: the path /signet/ is reserved for Signet's own identities", pb.GetSpiffeId())
 	}
 	if e.ParentID, err = parseID(td, "parent_id", pb.GetParentId()); err != nil {
