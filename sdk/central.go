@@ -11,7 +11,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 
-	agentv1 "github.com/signet-id/signet/proto/signet/agent/v1"
+	typesv1 "github.com/signet-id/signet/proto/signet/types/v1"
 	workloadv1 "github.com/signet-id/signet/proto/signet/workload/v1"
 )
 
@@ -106,7 +106,7 @@ type recorder struct {
 	server *Source
 
 	mu      sync.Mutex
-	denials []*agentv1.Decision
+	denials []*typesv1.Decision
 	counts  map[allowKey]int64
 	dropped int64
 }
@@ -128,12 +128,12 @@ func (r *recorder) note(peer, method string, allowed bool) {
 		r.dropped++
 		return
 	}
-	r.denials = append(r.denials, &agentv1.Decision{Peer: peer, Method: method, Time: now.Unix()})
+	r.denials = append(r.denials, &typesv1.Decision{Peer: peer, Method: method, Time: now.Unix()})
 }
 
 // take removes what is buffered: every denial, and the allow counts so
 // far (a minute's count may go out in parts; each part names its minute).
-func (r *recorder) take() ([]*agentv1.Decision, map[allowKey]int64, int64) {
+func (r *recorder) take() ([]*typesv1.Decision, map[allowKey]int64, int64) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	den, counts, d := r.denials, r.counts, r.dropped
@@ -142,7 +142,7 @@ func (r *recorder) take() ([]*agentv1.Decision, map[allowKey]int64, int64) {
 }
 
 // giveBack returns what failed to send, for the next attempt.
-func (r *recorder) giveBack(den []*agentv1.Decision, counts map[allowKey]int64, dropped int64) {
+func (r *recorder) giveBack(den []*typesv1.Decision, counts map[allowKey]int64, dropped int64) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.dropped += dropped
@@ -185,13 +185,13 @@ func (r *recorder) flush(ctx context.Context, c workloadv1.DecisionsClient, fina
 		r.giveBack(den, counts, dropped)
 		return
 	}
-	req := &agentv1.ReportDecisionsRequest{Dropped: dropped}
+	req := &typesv1.DecisionReport{Dropped: dropped}
 	for _, d := range den {
 		d.Server = id.String()
 		req.Decisions = append(req.Decisions, d)
 	}
 	for k, n := range counts {
-		req.Decisions = append(req.Decisions, &agentv1.Decision{Server: id.String(), Peer: k.peer, Method: k.method, Allowed: true, Count: n, Time: k.minute})
+		req.Decisions = append(req.Decisions, &typesv1.Decision{Server: id.String(), Peer: k.peer, Method: k.method, Allowed: true, Count: n, Time: k.minute})
 	}
 	sendCtx := ctx
 	if final {

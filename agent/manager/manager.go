@@ -928,7 +928,7 @@ func (m *Manager) PullPod(ctx context.Context, uid string) error {
 
 // ReportDecisions sends services' authorization decisions to the CA's
 // audit log and returns once it has written them.
-func (m *Manager) ReportDecisions(ctx context.Context, req *agentv1.ReportDecisionsRequest) error {
+func (m *Manager) ReportDecisions(ctx context.Context, req *typesv1.DecisionReport) error {
 	client, _, err := m.nodeClient()
 	if err != nil {
 		return err

@@ -10,7 +10,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/signet-id/signet/agent/cache"
-	agentv1 "github.com/signet-id/signet/proto/signet/agent/v1"
 	typesv1 "github.com/signet-id/signet/proto/signet/types/v1"
 	workloadv1 "github.com/signet-id/signet/proto/signet/workload/v1"
 	"github.com/signet-id/signet/sdk"
@@ -18,7 +17,7 @@ import (
 
 // DecisionSink takes services' authorization decisions to the CA.
 type DecisionSink interface {
-	ReportDecisions(ctx context.Context, req *agentv1.ReportDecisionsRequest) error
+	ReportDecisions(ctx context.Context, req *typesv1.DecisionReport) error
 }
 
 // PolicyServer serves signet.workload.v1.Policy: each caller gets the
@@ -119,7 +118,7 @@ func (s *PolicyServer) Watch(_ *workloadv1.WatchPoliciesRequest, stream workload
 
 // Report implements workloadv1.DecisionsServer: a caller reports only
 // decisions it made itself, as one of its own identities.
-func (s *DecisionServer) Report(ctx context.Context, req *agentv1.ReportDecisionsRequest) (*agentv1.ReportDecisionsResponse, error) {
+func (s *DecisionServer) Report(ctx context.Context, req *typesv1.DecisionReport) (*typesv1.DecisionReportAck, error) {
 	const event = "workload.report_decisions"
 	c, snap, _, err := s.h.identified(ctx, event)
 	if err != nil {
@@ -135,7 +134,7 @@ func (s *DecisionServer) Report(ctx context.Context, req *agentv1.ReportDecision
 	if err := s.sink.ReportDecisions(ctx, req); err != nil {
 		return nil, status.Errorf(codes.Unavailable, "the CA did not take the decisions: %v", status.Convert(err).Message())
 	}
-	return &agentv1.ReportDecisionsResponse{}, nil
+	return &typesv1.DecisionReportAck{}, nil
 }
 
 func matchTarget(target, id string) bool {

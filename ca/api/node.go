@@ -753,7 +753,7 @@ func closed(ch <-chan struct{}) bool {
 
 // ReportDecisions implements agentv1.NodeServer: authorization decisions
 // of the agent's workloads go to the audit log.
-func (s *NodeServer) ReportDecisions(ctx context.Context, req *agentv1.ReportDecisionsRequest) (*agentv1.ReportDecisionsResponse, error) {
+func (s *NodeServer) ReportDecisions(ctx context.Context, req *typesv1.DecisionReport) (*typesv1.DecisionReportAck, error) {
 	const method = "ReportDecisions"
 	c, err := s.authAgent(ctx, method)
 	if err != nil {
@@ -812,5 +812,5 @@ func (s *NodeServer) ReportDecisions(ctx context.Context, req *agentv1.ReportDec
 	if err := s.cfg.auditOrFail(recs...); err != nil {
 		return nil, err
 	}
-	return &agentv1.ReportDecisionsResponse{}, nil
+	return &typesv1.DecisionReportAck{}, nil
 }

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	agentv1 "github.com/signet-id/signet/proto/signet/agent/v1"
+	typesv1 "github.com/signet-id/signet/proto/signet/types/v1"
 )
 
 // nodeClient dials the standalone CA's agent API with the agent's own
@@ -77,7 +78,7 @@ func TestForgedDecisions(t *testing.T) {
 	s.cli(t, "entry", "create", "--spiffe-id", own, "--parent-id", "spiffe://example.org/signet/agent/join/attack-node", "--selector", "unix:uid:12345")
 	s.cli(t, "entry", "create", "--spiffe-id", other, "--parent-id", "spiffe://example.org/signet/agent/join/elsewhere", "--selector", "unix:uid:12345")
 	now := time.Now().Unix()
-	_, err := s.nodeClient(t).ReportDecisions(context.Background(), &agentv1.ReportDecisionsRequest{Decisions: []*agentv1.Decision{
+	_, err := s.nodeClient(t).ReportDecisions(context.Background(), &typesv1.DecisionReport{Decisions: []*typesv1.Decision{
 		{Server: other, Peer: "spiffe://example.org/thief", Method: "/pay.v1.Pay/Refund", Allowed: true, Count: 1000, Time: now},
 		{Server: own, Peer: "spiffe://example.org/caller", Method: "/own.v1.Own/Get", Allowed: true, Count: 1, Time: now},
 	}})
@@ -124,7 +125,7 @@ func TestForgedDecisionsKubernetes(t *testing.T) {
 	const mineID, theirsID, laterID = "spiffe://example.org/ns/attack-dec/sa/mine", "spiffe://example.org/ns/attack-dec/sa/theirs", "spiffe://example.org/ns/attack-dec/sa/later"
 	report := func(server string) {
 		t.Helper()
-		if _, err := client.ReportDecisions(context.Background(), &agentv1.ReportDecisionsRequest{Decisions: []*agentv1.Decision{
+		if _, err := client.ReportDecisions(context.Background(), &typesv1.DecisionReport{Decisions: []*typesv1.Decision{
 			{Server: server, Peer: "spiffe://example.org/caller", Method: "/x.v1.X/Get", Allowed: true, Count: 1, Time: time.Now().Unix()},
 		}}); err != nil {
 			t.Fatal(err)

@@ -28,7 +28,6 @@ import (
 
 	"github.com/signet-id/signet/internal/systest"
 	adminv1 "github.com/signet-id/signet/proto/signet/admin/v1"
-	agentv1 "github.com/signet-id/signet/proto/signet/agent/v1"
 	typesv1 "github.com/signet-id/signet/proto/signet/types/v1"
 	workloadv1 "github.com/signet-id/signet/proto/signet/workload/v1"
 	"github.com/signet-id/signet/sdk"
@@ -210,7 +209,7 @@ func TestPolicyWatchAnswersOnlyTheCaller(t *testing.T) {
 	if status.Code(err) != codes.InvalidArgument {
 		t.Fatalf("watch without the header: %v, want InvalidArgument", err)
 	}
-	_, err = workloadv1.NewDecisionsClient(conn).Report(mctx, &agentv1.ReportDecisionsRequest{Decisions: []*agentv1.Decision{{Server: otherID, Peer: frontID, Method: check}}})
+	_, err = workloadv1.NewDecisionsClient(conn).Report(mctx, &typesv1.DecisionReport{Decisions: []*typesv1.Decision{{Server: otherID, Peer: frontID, Method: check}}})
 	if status.Code(err) != codes.PermissionDenied {
 		t.Fatalf("reporting as another workload: %v, want PermissionDenied", err)
 	}

@@ -959,188 +959,6 @@ func (x *RenewAgentResponse) GetSvidChain() [][]byte {
 	return nil
 }
 
-// Decision is one authorization decision of a service, or a count of
-// allowed calls.
-type Decision struct {
-	state protoimpl.MessageState `protogen:"open.v1"`
-	// server is the SPIFFE ID of the service that decided.
-	Server string `protobuf:"bytes,1,opt,name=server,proto3" json:"server,omitempty"`
-	// peer is the caller's SPIFFE ID.
-	Peer string `protobuf:"bytes,2,opt,name=peer,proto3" json:"peer,omitempty"`
-	// method is the gRPC method or "VERB /path".
-	Method string `protobuf:"bytes,3,opt,name=method,proto3" json:"method,omitempty"`
-	// allowed is false for a denial (reported one by one) and true for a
-	// count of allowed calls (count, over the minute from window_start).
-	Allowed bool  `protobuf:"varint,4,opt,name=allowed,proto3" json:"allowed,omitempty"`
-	Count   int64 `protobuf:"varint,5,opt,name=count,proto3" json:"count,omitempty"`
-	// window_start (Unix seconds) of an allow count; the time of a denial.
-	Time          int64 `protobuf:"varint,6,opt,name=time,proto3" json:"time,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *Decision) Reset() {
-	*x = Decision{}
-	mi := &file_signet_agent_v1_agent_proto_msgTypes[16]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *Decision) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*Decision) ProtoMessage() {}
-
-func (x *Decision) ProtoReflect() protoreflect.Message {
-	mi := &file_signet_agent_v1_agent_proto_msgTypes[16]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use Decision.ProtoReflect.Descriptor instead.
-func (*Decision) Descriptor() ([]byte, []int) {
-	return file_signet_agent_v1_agent_proto_rawDescGZIP(), []int{16}
-}
-
-func (x *Decision) GetServer() string {
-	if x != nil {
-		return x.Server
-	}
-	return ""
-}
-
-func (x *Decision) GetPeer() string {
-	if x != nil {
-		return x.Peer
-	}
-	return ""
-}
-
-func (x *Decision) GetMethod() string {
-	if x != nil {
-		return x.Method
-	}
-	return ""
-}
-
-func (x *Decision) GetAllowed() bool {
-	if x != nil {
-		return x.Allowed
-	}
-	return false
-}
-
-func (x *Decision) GetCount() int64 {
-	if x != nil {
-		return x.Count
-	}
-	return 0
-}
-
-func (x *Decision) GetTime() int64 {
-	if x != nil {
-		return x.Time
-	}
-	return 0
-}
-
-type ReportDecisionsRequest struct {
-	state     protoimpl.MessageState `protogen:"open.v1"`
-	Decisions []*Decision            `protobuf:"bytes,1,rep,name=decisions,proto3" json:"decisions,omitempty"`
-	// dropped is how many records the services dropped (full buffers) since
-	// their last report.
-	Dropped       int64 `protobuf:"varint,2,opt,name=dropped,proto3" json:"dropped,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *ReportDecisionsRequest) Reset() {
-	*x = ReportDecisionsRequest{}
-	mi := &file_signet_agent_v1_agent_proto_msgTypes[17]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *ReportDecisionsRequest) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*ReportDecisionsRequest) ProtoMessage() {}
-
-func (x *ReportDecisionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_signet_agent_v1_agent_proto_msgTypes[17]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use ReportDecisionsRequest.ProtoReflect.Descriptor instead.
-func (*ReportDecisionsRequest) Descriptor() ([]byte, []int) {
-	return file_signet_agent_v1_agent_proto_rawDescGZIP(), []int{17}
-}
-
-func (x *ReportDecisionsRequest) GetDecisions() []*Decision {
-	if x != nil {
-		return x.Decisions
-	}
-	return nil
-}
-
-func (x *ReportDecisionsRequest) GetDropped() int64 {
-	if x != nil {
-		return x.Dropped
-	}
-	return 0
-}
-
-type ReportDecisionsResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *ReportDecisionsResponse) Reset() {
-	*x = ReportDecisionsResponse{}
-	mi := &file_signet_agent_v1_agent_proto_msgTypes[18]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *ReportDecisionsResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*ReportDecisionsResponse) ProtoMessage() {}
-
-func (x *ReportDecisionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_signet_agent_v1_agent_proto_msgTypes[18]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use ReportDecisionsResponse.ProtoReflect.Descriptor instead.
-func (*ReportDecisionsResponse) Descriptor() ([]byte, []int) {
-	return file_signet_agent_v1_agent_proto_rawDescGZIP(), []int{18}
-}
-
 var File_signet_agent_v1_agent_proto protoreflect.FileDescriptor
 
 const file_signet_agent_v1_agent_proto_rawDesc = "" +
@@ -1208,18 +1026,7 @@ const file_signet_agent_v1_agent_proto_rawDesc = "" +
 	"\x03csr\x18\x01 \x01(\fR\x03csr\"3\n" +
 	"\x12RenewAgentResponse\x12\x1d\n" +
 	"\n" +
-	"svid_chain\x18\x01 \x03(\fR\tsvidChain\"\x92\x01\n" +
-	"\bDecision\x12\x16\n" +
-	"\x06server\x18\x01 \x01(\tR\x06server\x12\x12\n" +
-	"\x04peer\x18\x02 \x01(\tR\x04peer\x12\x16\n" +
-	"\x06method\x18\x03 \x01(\tR\x06method\x12\x18\n" +
-	"\aallowed\x18\x04 \x01(\bR\aallowed\x12\x14\n" +
-	"\x05count\x18\x05 \x01(\x03R\x05count\x12\x12\n" +
-	"\x04time\x18\x06 \x01(\x03R\x04time\"k\n" +
-	"\x16ReportDecisionsRequest\x127\n" +
-	"\tdecisions\x18\x01 \x03(\v2\x19.signet.agent.v1.DecisionR\tdecisions\x12\x18\n" +
-	"\adropped\x18\x02 \x01(\x03R\adropped\"\x19\n" +
-	"\x17ReportDecisionsResponse2\x81\x05\n" +
+	"svid_chain\x18\x01 \x03(\fR\tsvidChain2\xf3\x04\n" +
 	"\x04Node\x12U\n" +
 	"\n" +
 	"AttestNode\x12\".signet.agent.v1.AttestNodeRequest\x1a#.signet.agent.v1.AttestNodeResponse\x12E\n" +
@@ -1228,8 +1035,8 @@ const file_signet_agent_v1_agent_proto_rawDesc = "" +
 	"\vMintJWTSVID\x12#.signet.agent.v1.MintJWTSVIDRequest\x1a$.signet.agent.v1.MintJWTSVIDResponse\x12U\n" +
 	"\n" +
 	"RenewAgent\x12\".signet.agent.v1.RenewAgentRequest\x1a#.signet.agent.v1.RenewAgentResponse\x12d\n" +
-	"\x0fFetchPodEntries\x12'.signet.agent.v1.FetchPodEntriesRequest\x1a(.signet.agent.v1.FetchPodEntriesResponse\x12d\n" +
-	"\x0fReportDecisions\x12'.signet.agent.v1.ReportDecisionsRequest\x1a(.signet.agent.v1.ReportDecisionsResponseB;Z9github.com/signet-id/signet/proto/signet/agent/v1;agentv1b\x06proto3"
+	"\x0fFetchPodEntries\x12'.signet.agent.v1.FetchPodEntriesRequest\x1a(.signet.agent.v1.FetchPodEntriesResponse\x12V\n" +
+	"\x0fReportDecisions\x12\x1f.signet.types.v1.DecisionReport\x1a\".signet.types.v1.DecisionReportAckB;Z9github.com/signet-id/signet/proto/signet/agent/v1;agentv1b\x06proto3"
 
 var (
 	file_signet_agent_v1_agent_proto_rawDescOnce sync.Once
@@ -1243,7 +1050,7 @@ func file_signet_agent_v1_agent_proto_rawDescGZIP() []byte {
 	return file_signet_agent_v1_agent_proto_rawDescData
 }
 
-var file_signet_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_signet_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_signet_agent_v1_agent_proto_goTypes = []any{
 	(*AttestNodeRequest)(nil),       // 0: signet.agent.v1.AttestNodeRequest
 	(*JoinTokenAttestation)(nil),    // 1: signet.agent.v1.JoinTokenAttestation
@@ -1261,44 +1068,42 @@ var file_signet_agent_v1_agent_proto_goTypes = []any{
 	(*MintJWTSVIDResponse)(nil),     // 13: signet.agent.v1.MintJWTSVIDResponse
 	(*RenewAgentRequest)(nil),       // 14: signet.agent.v1.RenewAgentRequest
 	(*RenewAgentResponse)(nil),      // 15: signet.agent.v1.RenewAgentResponse
-	(*Decision)(nil),                // 16: signet.agent.v1.Decision
-	(*ReportDecisionsRequest)(nil),  // 17: signet.agent.v1.ReportDecisionsRequest
-	(*ReportDecisionsResponse)(nil), // 18: signet.agent.v1.ReportDecisionsResponse
-	(*v1.Bundle)(nil),               // 19: signet.types.v1.Bundle
-	(*v1.Entry)(nil),                // 20: signet.types.v1.Entry
-	(*v1.AccessPolicy)(nil),         // 21: signet.types.v1.AccessPolicy
+	(*v1.Bundle)(nil),               // 16: signet.types.v1.Bundle
+	(*v1.Entry)(nil),                // 17: signet.types.v1.Entry
+	(*v1.AccessPolicy)(nil),         // 18: signet.types.v1.AccessPolicy
+	(*v1.DecisionReport)(nil),       // 19: signet.types.v1.DecisionReport
+	(*v1.DecisionReportAck)(nil),    // 20: signet.types.v1.DecisionReportAck
 }
 var file_signet_agent_v1_agent_proto_depIdxs = []int32{
 	1,  // 0: signet.agent.v1.AttestNodeRequest.join_token:type_name -> signet.agent.v1.JoinTokenAttestation
 	2,  // 1: signet.agent.v1.AttestNodeRequest.k8s_psat:type_name -> signet.agent.v1.K8sPSATAttestation
-	19, // 2: signet.agent.v1.AttestNodeResponse.bundle:type_name -> signet.types.v1.Bundle
-	20, // 3: signet.agent.v1.SyncResponse.entries:type_name -> signet.types.v1.Entry
-	19, // 4: signet.agent.v1.SyncResponse.bundle:type_name -> signet.types.v1.Bundle
-	20, // 5: signet.agent.v1.SyncResponse.pod_entries:type_name -> signet.types.v1.Entry
-	21, // 6: signet.agent.v1.SyncResponse.policies:type_name -> signet.types.v1.AccessPolicy
-	20, // 7: signet.agent.v1.FetchPodEntriesResponse.entries:type_name -> signet.types.v1.Entry
+	16, // 2: signet.agent.v1.AttestNodeResponse.bundle:type_name -> signet.types.v1.Bundle
+	17, // 3: signet.agent.v1.SyncResponse.entries:type_name -> signet.types.v1.Entry
+	16, // 4: signet.agent.v1.SyncResponse.bundle:type_name -> signet.types.v1.Bundle
+	17, // 5: signet.agent.v1.SyncResponse.pod_entries:type_name -> signet.types.v1.Entry
+	18, // 6: signet.agent.v1.SyncResponse.policies:type_name -> signet.types.v1.AccessPolicy
+	17, // 7: signet.agent.v1.FetchPodEntriesResponse.entries:type_name -> signet.types.v1.Entry
 	8,  // 8: signet.agent.v1.MintX509SVIDsRequest.requests:type_name -> signet.agent.v1.X509SVIDRequest
 	10, // 9: signet.agent.v1.MintX509SVIDsResponse.svids:type_name -> signet.agent.v1.X509SVID
-	16, // 10: signet.agent.v1.ReportDecisionsRequest.decisions:type_name -> signet.agent.v1.Decision
-	0,  // 11: signet.agent.v1.Node.AttestNode:input_type -> signet.agent.v1.AttestNodeRequest
-	4,  // 12: signet.agent.v1.Node.Sync:input_type -> signet.agent.v1.SyncRequest
-	9,  // 13: signet.agent.v1.Node.MintX509SVIDs:input_type -> signet.agent.v1.MintX509SVIDsRequest
-	12, // 14: signet.agent.v1.Node.MintJWTSVID:input_type -> signet.agent.v1.MintJWTSVIDRequest
-	14, // 15: signet.agent.v1.Node.RenewAgent:input_type -> signet.agent.v1.RenewAgentRequest
-	6,  // 16: signet.agent.v1.Node.FetchPodEntries:input_type -> signet.agent.v1.FetchPodEntriesRequest
-	17, // 17: signet.agent.v1.Node.ReportDecisions:input_type -> signet.agent.v1.ReportDecisionsRequest
-	3,  // 18: signet.agent.v1.Node.AttestNode:output_type -> signet.agent.v1.AttestNodeResponse
-	5,  // 19: signet.agent.v1.Node.Sync:output_type -> signet.agent.v1.SyncResponse
-	11, // 20: signet.agent.v1.Node.MintX509SVIDs:output_type -> signet.agent.v1.MintX509SVIDsResponse
-	13, // 21: signet.agent.v1.Node.MintJWTSVID:output_type -> signet.agent.v1.MintJWTSVIDResponse
-	15, // 22: signet.agent.v1.Node.RenewAgent:output_type -> signet.agent.v1.RenewAgentResponse
-	7,  // 23: signet.agent.v1.Node.FetchPodEntries:output_type -> signet.agent.v1.FetchPodEntriesResponse
-	18, // 24: signet.agent.v1.Node.ReportDecisions:output_type -> signet.agent.v1.ReportDecisionsResponse
-	18, // [18:25] is the sub-list for method output_type
-	11, // [11:18] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	0,  // 10: signet.agent.v1.Node.AttestNode:input_type -> signet.agent.v1.AttestNodeRequest
+	4,  // 11: signet.agent.v1.Node.Sync:input_type -> signet.agent.v1.SyncRequest
+	9,  // 12: signet.agent.v1.Node.MintX509SVIDs:input_type -> signet.agent.v1.MintX509SVIDsRequest
+	12, // 13: signet.agent.v1.Node.MintJWTSVID:input_type -> signet.agent.v1.MintJWTSVIDRequest
+	14, // 14: signet.agent.v1.Node.RenewAgent:input_type -> signet.agent.v1.RenewAgentRequest
+	6,  // 15: signet.agent.v1.Node.FetchPodEntries:input_type -> signet.agent.v1.FetchPodEntriesRequest
+	19, // 16: signet.agent.v1.Node.ReportDecisions:input_type -> signet.types.v1.DecisionReport
+	3,  // 17: signet.agent.v1.Node.AttestNode:output_type -> signet.agent.v1.AttestNodeResponse
+	5,  // 18: signet.agent.v1.Node.Sync:output_type -> signet.agent.v1.SyncResponse
+	11, // 19: signet.agent.v1.Node.MintX509SVIDs:output_type -> signet.agent.v1.MintX509SVIDsResponse
+	13, // 20: signet.agent.v1.Node.MintJWTSVID:output_type -> signet.agent.v1.MintJWTSVIDResponse
+	15, // 21: signet.agent.v1.Node.RenewAgent:output_type -> signet.agent.v1.RenewAgentResponse
+	7,  // 22: signet.agent.v1.Node.FetchPodEntries:output_type -> signet.agent.v1.FetchPodEntriesResponse
+	20, // 23: signet.agent.v1.Node.ReportDecisions:output_type -> signet.types.v1.DecisionReportAck
+	17, // [17:24] is the sub-list for method output_type
+	10, // [10:17] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_signet_agent_v1_agent_proto_init() }
@@ -1316,7 +1121,7 @@ func file_signet_agent_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_signet_agent_v1_agent_proto_rawDesc), len(file_signet_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   19,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

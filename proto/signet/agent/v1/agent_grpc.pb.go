@@ -12,6 +12,7 @@ package agentv1
 
 import (
 	context "context"
+	v1 "github.com/signet-id/signet/proto/signet/types/v1"
 	grpc "google.golang.org/grpc"
 	codes "google.golang.org/grpc/codes"
 	status "google.golang.org/grpc/status"
@@ -57,7 +58,7 @@ type NodeClient interface {
 	// ReportDecisions writes authorization decisions that services made to
 	// the CA's audit log. The agent has checked that each server is a
 	// workload it attested.
-	ReportDecisions(ctx context.Context, in *ReportDecisionsRequest, opts ...grpc.CallOption) (*ReportDecisionsResponse, error)
+	ReportDecisions(ctx context.Context, in *v1.DecisionReport, opts ...grpc.CallOption) (*v1.DecisionReportAck, error)
 }
 
 type nodeClient struct {
@@ -137,9 +138,9 @@ func (c *nodeClient) FetchPodEntries(ctx context.Context, in *FetchPodEntriesReq
 	return out, nil
 }
 
-func (c *nodeClient) ReportDecisions(ctx context.Context, in *ReportDecisionsRequest, opts ...grpc.CallOption) (*ReportDecisionsResponse, error) {
+func (c *nodeClient) ReportDecisions(ctx context.Context, in *v1.DecisionReport, opts ...grpc.CallOption) (*v1.DecisionReportAck, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(ReportDecisionsResponse)
+	out := new(v1.DecisionReportAck)
 	err := c.cc.Invoke(ctx, Node_ReportDecisions_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
@@ -172,7 +173,7 @@ type NodeServer interface {
 	// ReportDecisions writes authorization decisions that services made to
 	// the CA's audit log. The agent has checked that each server is a
 	// workload it attested.
-	ReportDecisions(context.Context, *ReportDecisionsRequest) (*ReportDecisionsResponse, error)
+	ReportDecisions(context.Context, *v1.DecisionReport) (*v1.DecisionReportAck, error)
 	mustEmbedUnimplementedNodeServer()
 }
 
@@ -201,7 +202,7 @@ func (UnimplementedNodeServer) RenewAgent(context.Context, *RenewAgentRequest) (
 func (UnimplementedNodeServer) FetchPodEntries(context.Context, *FetchPodEntriesRequest) (*FetchPodEntriesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method FetchPodEntries not implemented")
 }
-func (UnimplementedNodeServer) ReportDecisions(context.Context, *ReportDecisionsRequest) (*ReportDecisionsResponse, error) {
+func (UnimplementedNodeServer) ReportDecisions(context.Context, *v1.DecisionReport) (*v1.DecisionReportAck, error) {
 	return nil, status.Error(codes.Unimplemented, "method ReportDecisions not implemented")
 }
 func (UnimplementedNodeServer) mustEmbedUnimplementedNodeServer() {}
@@ -327,7 +328,7 @@ func _Node_FetchPodEntries_Handler(srv interface{}, ctx context.Context, dec fun
 }
 
 func _Node_ReportDecisions_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
-	in := new(ReportDecisionsRequest)
+	in := new(v1.DecisionReport)
 	if err := dec(in); err != nil {
 		return nil, err
 	}
@@ -339,7 +340,7 @@ func _Node_ReportDecisions_Handler(srv interface{}, ctx context.Context, dec fun
 		FullMethod: Node_ReportDecisions_FullMethodName,
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
-		return srv.(NodeServer).ReportDecisions(ctx, req.(*ReportDecisionsRequest))
+		return srv.(NodeServer).ReportDecisions(ctx, req.(*v1.DecisionReport))
 	}
 	return interceptor(ctx, in, info, handler)
 }

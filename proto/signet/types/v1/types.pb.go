@@ -663,6 +663,191 @@ func (x *AccessPolicy) GetRevision() int64 {
 	return 0
 }
 
+// Decision is one authorization decision of a service, or a count of
+// allowed calls.
+type Decision struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// server is the SPIFFE ID of the service that decided.
+	Server string `protobuf:"bytes,1,opt,name=server,proto3" json:"server,omitempty"`
+	// peer is the caller's SPIFFE ID.
+	Peer string `protobuf:"bytes,2,opt,name=peer,proto3" json:"peer,omitempty"`
+	// method is the gRPC method or "VERB /path".
+	Method string `protobuf:"bytes,3,opt,name=method,proto3" json:"method,omitempty"`
+	// allowed is false for a denial (reported one by one) and true for a
+	// count of allowed calls (count, over the minute from window_start).
+	Allowed bool  `protobuf:"varint,4,opt,name=allowed,proto3" json:"allowed,omitempty"`
+	Count   int64 `protobuf:"varint,5,opt,name=count,proto3" json:"count,omitempty"`
+	// window_start (Unix seconds) of an allow count; the time of a denial.
+	Time          int64 `protobuf:"varint,6,opt,name=time,proto3" json:"time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Decision) Reset() {
+	*x = Decision{}
+	mi := &file_signet_types_v1_types_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Decision) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Decision) ProtoMessage() {}
+
+func (x *Decision) ProtoReflect() protoreflect.Message {
+	mi := &file_signet_types_v1_types_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Decision.ProtoReflect.Descriptor instead.
+func (*Decision) Descriptor() ([]byte, []int) {
+	return file_signet_types_v1_types_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *Decision) GetServer() string {
+	if x != nil {
+		return x.Server
+	}
+	return ""
+}
+
+func (x *Decision) GetPeer() string {
+	if x != nil {
+		return x.Peer
+	}
+	return ""
+}
+
+func (x *Decision) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+func (x *Decision) GetAllowed() bool {
+	if x != nil {
+		return x.Allowed
+	}
+	return false
+}
+
+func (x *Decision) GetCount() int64 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+func (x *Decision) GetTime() int64 {
+	if x != nil {
+		return x.Time
+	}
+	return 0
+}
+
+// DecisionReport carries decisions from a service to its agent (the
+// Workload API extension) and from the agent to the CA (the Node API).
+type DecisionReport struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Decisions []*Decision            `protobuf:"bytes,1,rep,name=decisions,proto3" json:"decisions,omitempty"`
+	// dropped is how many records the services dropped (full buffers) since
+	// their last report.
+	Dropped       int64 `protobuf:"varint,2,opt,name=dropped,proto3" json:"dropped,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DecisionReport) Reset() {
+	*x = DecisionReport{}
+	mi := &file_signet_types_v1_types_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DecisionReport) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DecisionReport) ProtoMessage() {}
+
+func (x *DecisionReport) ProtoReflect() protoreflect.Message {
+	mi := &file_signet_types_v1_types_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DecisionReport.ProtoReflect.Descriptor instead.
+func (*DecisionReport) Descriptor() ([]byte, []int) {
+	return file_signet_types_v1_types_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *DecisionReport) GetDecisions() []*Decision {
+	if x != nil {
+		return x.Decisions
+	}
+	return nil
+}
+
+func (x *DecisionReport) GetDropped() int64 {
+	if x != nil {
+		return x.Dropped
+	}
+	return 0
+}
+
+// DecisionReportAck says the CA has written the report's records.
+type DecisionReportAck struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DecisionReportAck) Reset() {
+	*x = DecisionReportAck{}
+	mi := &file_signet_types_v1_types_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DecisionReportAck) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DecisionReportAck) ProtoMessage() {}
+
+func (x *DecisionReportAck) ProtoReflect() protoreflect.Message {
+	mi := &file_signet_types_v1_types_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DecisionReportAck.ProtoReflect.Descriptor instead.
+func (*DecisionReportAck) Descriptor() ([]byte, []int) {
+	return file_signet_types_v1_types_proto_rawDescGZIP(), []int{10}
+}
+
 var File_signet_types_v1_types_proto protoreflect.FileDescriptor
 
 const file_signet_types_v1_types_proto_rawDesc = "" +
@@ -722,7 +907,18 @@ const file_signet_types_v1_types_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06target\x18\x02 \x01(\tR\x06target\x121\n" +
 	"\x05rules\x18\x03 \x03(\v2\x1b.signet.types.v1.PolicyRuleR\x05rules\x12\x1a\n" +
-	"\brevision\x18\x04 \x01(\x03R\brevisionB;Z9github.com/signet-id/signet/proto/signet/types/v1;typesv1b\x06proto3"
+	"\brevision\x18\x04 \x01(\x03R\brevision\"\x92\x01\n" +
+	"\bDecision\x12\x16\n" +
+	"\x06server\x18\x01 \x01(\tR\x06server\x12\x12\n" +
+	"\x04peer\x18\x02 \x01(\tR\x04peer\x12\x16\n" +
+	"\x06method\x18\x03 \x01(\tR\x06method\x12\x18\n" +
+	"\aallowed\x18\x04 \x01(\bR\aallowed\x12\x14\n" +
+	"\x05count\x18\x05 \x01(\x03R\x05count\x12\x12\n" +
+	"\x04time\x18\x06 \x01(\x03R\x04time\"c\n" +
+	"\x0eDecisionReport\x127\n" +
+	"\tdecisions\x18\x01 \x03(\v2\x19.signet.types.v1.DecisionR\tdecisions\x12\x18\n" +
+	"\adropped\x18\x02 \x01(\x03R\adropped\"\x13\n" +
+	"\x11DecisionReportAckB;Z9github.com/signet-id/signet/proto/signet/types/v1;typesv1b\x06proto3"
 
 var (
 	file_signet_types_v1_types_proto_rawDescOnce sync.Once
@@ -736,27 +932,31 @@ func file_signet_types_v1_types_proto_rawDescGZIP() []byte {
 	return file_signet_types_v1_types_proto_rawDescData
 }
 
-var file_signet_types_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_signet_types_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_signet_types_v1_types_proto_goTypes = []any{
-	(*Selector)(nil),     // 0: signet.types.v1.Selector
-	(*Entry)(nil),        // 1: signet.types.v1.Entry
-	(*JWTKey)(nil),       // 2: signet.types.v1.JWTKey
-	(*Bundle)(nil),       // 3: signet.types.v1.Bundle
-	(*Agent)(nil),        // 4: signet.types.v1.Agent
-	(*PolicyPeer)(nil),   // 5: signet.types.v1.PolicyPeer
-	(*PolicyRule)(nil),   // 6: signet.types.v1.PolicyRule
-	(*AccessPolicy)(nil), // 7: signet.types.v1.AccessPolicy
+	(*Selector)(nil),          // 0: signet.types.v1.Selector
+	(*Entry)(nil),             // 1: signet.types.v1.Entry
+	(*JWTKey)(nil),            // 2: signet.types.v1.JWTKey
+	(*Bundle)(nil),            // 3: signet.types.v1.Bundle
+	(*Agent)(nil),             // 4: signet.types.v1.Agent
+	(*PolicyPeer)(nil),        // 5: signet.types.v1.PolicyPeer
+	(*PolicyRule)(nil),        // 6: signet.types.v1.PolicyRule
+	(*AccessPolicy)(nil),      // 7: signet.types.v1.AccessPolicy
+	(*Decision)(nil),          // 8: signet.types.v1.Decision
+	(*DecisionReport)(nil),    // 9: signet.types.v1.DecisionReport
+	(*DecisionReportAck)(nil), // 10: signet.types.v1.DecisionReportAck
 }
 var file_signet_types_v1_types_proto_depIdxs = []int32{
 	0, // 0: signet.types.v1.Entry.selectors:type_name -> signet.types.v1.Selector
 	2, // 1: signet.types.v1.Bundle.jwt_authorities:type_name -> signet.types.v1.JWTKey
 	5, // 2: signet.types.v1.PolicyRule.peers:type_name -> signet.types.v1.PolicyPeer
 	6, // 3: signet.types.v1.AccessPolicy.rules:type_name -> signet.types.v1.PolicyRule
-	4, // [4:4] is the sub-list for method output_type
-	4, // [4:4] is the sub-list for method input_type
-	4, // [4:4] is the sub-list for extension type_name
-	4, // [4:4] is the sub-list for extension extendee
-	0, // [0:4] is the sub-list for field type_name
+	8, // 4: signet.types.v1.DecisionReport.decisions:type_name -> signet.types.v1.Decision
+	5, // [5:5] is the sub-list for method output_type
+	5, // [5:5] is the sub-list for method input_type
+	5, // [5:5] is the sub-list for extension type_name
+	5, // [5:5] is the sub-list for extension extendee
+	0, // [0:5] is the sub-list for field type_name
 }
 
 func init() { file_signet_types_v1_types_proto_init() }
@@ -770,7 +970,7 @@ func file_signet_types_v1_types_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_signet_types_v1_types_proto_rawDesc), len(file_signet_types_v1_types_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   8,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -12,7 +12,6 @@
 package workloadv1
 
 import (
-	v11 "github.com/signet-id/signet/proto/signet/agent/v1"
 	v1 "github.com/signet-id/signet/proto/signet/types/v1"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
@@ -219,7 +218,7 @@ var File_signet_workload_v1_workload_proto protoreflect.FileDescriptor
 
 const file_signet_workload_v1_workload_proto_rawDesc = "" +
 	"\n" +
-	"!signet/workload/v1/workload.proto\x12\x12signet.workload.v1\x1a\x1bsignet/agent/v1/agent.proto\x1a\x1bsignet/types/v1/types.proto\"\x16\n" +
+	"!signet/workload/v1/workload.proto\x12\x12signet.workload.v1\x1a\x1bsignet/types/v1/types.proto\"\x16\n" +
 	"\x14WatchPoliciesRequest\"R\n" +
 	"\x15WatchPoliciesResponse\x129\n" +
 	"\bpolicies\x18\x01 \x03(\v2\x1d.signet.types.v1.AccessPolicyR\bpolicies\"D\n" +
@@ -231,9 +230,9 @@ const file_signet_workload_v1_workload_proto_rawDesc = "" +
 	"\n" +
 	"cert_chain\x18\x02 \x03(\fR\tcertChain2h\n" +
 	"\x06Policy\x12^\n" +
-	"\x05Watch\x12(.signet.workload.v1.WatchPoliciesRequest\x1a).signet.workload.v1.WatchPoliciesResponse0\x012h\n" +
-	"\tDecisions\x12[\n" +
-	"\x06Report\x12'.signet.agent.v1.ReportDecisionsRequest\x1a(.signet.agent.v1.ReportDecisionsResponse2i\n" +
+	"\x05Watch\x12(.signet.workload.v1.WatchPoliciesRequest\x1a).signet.workload.v1.WatchPoliciesResponse0\x012Z\n" +
+	"\tDecisions\x12M\n" +
+	"\x06Report\x12\x1f.signet.types.v1.DecisionReport\x1a\".signet.types.v1.DecisionReportAck2i\n" +
 	"\x04Keys\x12a\n" +
 	"\fSignX509SVID\x12'.signet.workload.v1.SignX509SVIDRequest\x1a(.signet.workload.v1.SignX509SVIDResponseBAZ?github.com/signet-id/signet/proto/signet/workload/v1;workloadv1b\x06proto3"
 
@@ -251,21 +250,21 @@ func file_signet_workload_v1_workload_proto_rawDescGZIP() []byte {
 
 var file_signet_workload_v1_workload_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
 var file_signet_workload_v1_workload_proto_goTypes = []any{
-	(*WatchPoliciesRequest)(nil),        // 0: signet.workload.v1.WatchPoliciesRequest
-	(*WatchPoliciesResponse)(nil),       // 1: signet.workload.v1.WatchPoliciesResponse
-	(*SignX509SVIDRequest)(nil),         // 2: signet.workload.v1.SignX509SVIDRequest
-	(*SignX509SVIDResponse)(nil),        // 3: signet.workload.v1.SignX509SVIDResponse
-	(*v1.AccessPolicy)(nil),             // 4: signet.types.v1.AccessPolicy
-	(*v11.ReportDecisionsRequest)(nil),  // 5: signet.agent.v1.ReportDecisionsRequest
-	(*v11.ReportDecisionsResponse)(nil), // 6: signet.agent.v1.ReportDecisionsResponse
+	(*WatchPoliciesRequest)(nil),  // 0: signet.workload.v1.WatchPoliciesRequest
+	(*WatchPoliciesResponse)(nil), // 1: signet.workload.v1.WatchPoliciesResponse
+	(*SignX509SVIDRequest)(nil),   // 2: signet.workload.v1.SignX509SVIDRequest
+	(*SignX509SVIDResponse)(nil),  // 3: signet.workload.v1.SignX509SVIDResponse
+	(*v1.AccessPolicy)(nil),       // 4: signet.types.v1.AccessPolicy
+	(*v1.DecisionReport)(nil),     // 5: signet.types.v1.DecisionReport
+	(*v1.DecisionReportAck)(nil),  // 6: signet.types.v1.DecisionReportAck
 }
 var file_signet_workload_v1_workload_proto_depIdxs = []int32{
 	4, // 0: signet.workload.v1.WatchPoliciesResponse.policies:type_name -> signet.types.v1.AccessPolicy
 	0, // 1: signet.workload.v1.Policy.Watch:input_type -> signet.workload.v1.WatchPoliciesRequest
-	5, // 2: signet.workload.v1.Decisions.Report:input_type -> signet.agent.v1.ReportDecisionsRequest
+	5, // 2: signet.workload.v1.Decisions.Report:input_type -> signet.types.v1.DecisionReport
 	2, // 3: signet.workload.v1.Keys.SignX509SVID:input_type -> signet.workload.v1.SignX509SVIDRequest
 	1, // 4: signet.workload.v1.Policy.Watch:output_type -> signet.workload.v1.WatchPoliciesResponse
-	6, // 5: signet.workload.v1.Decisions.Report:output_type -> signet.agent.v1.ReportDecisionsResponse
+	6, // 5: signet.workload.v1.Decisions.Report:output_type -> signet.types.v1.DecisionReportAck
 	3, // 6: signet.workload.v1.Keys.SignX509SVID:output_type -> signet.workload.v1.SignX509SVIDResponse
 	4, // [4:7] is the sub-list for method output_type
 	1, // [1:4] is the sub-list for method input_type

@@ -13,7 +13,7 @@ package workloadv1
 
 import (
 	context "context"
-	v1 "github.com/signet-id/signet/proto/signet/agent/v1"
+	v1 "github.com/signet-id/signet/proto/signet/types/v1"
 	grpc "google.golang.org/grpc"
 	codes "google.golang.org/grpc/codes"
 	status "google.golang.org/grpc/status"
@@ -150,7 +150,7 @@ const (
 type DecisionsClient interface {
 	// Report answers once the CA has written the records; a service retries
 	// what failed, so every record arrives at least once.
-	Report(ctx context.Context, in *v1.ReportDecisionsRequest, opts ...grpc.CallOption) (*v1.ReportDecisionsResponse, error)
+	Report(ctx context.Context, in *v1.DecisionReport, opts ...grpc.CallOption) (*v1.DecisionReportAck, error)
 }
 
 type decisionsClient struct {
@@ -161,9 +161,9 @@ func NewDecisionsClient(cc grpc.ClientConnInterface) DecisionsClient {
 	return &decisionsClient{cc}
 }
 
-func (c *decisionsClient) Report(ctx context.Context, in *v1.ReportDecisionsRequest, opts ...grpc.CallOption) (*v1.ReportDecisionsResponse, error) {
+func (c *decisionsClient) Report(ctx context.Context, in *v1.DecisionReport, opts ...grpc.CallOption) (*v1.DecisionReportAck, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(v1.ReportDecisionsResponse)
+	out := new(v1.DecisionReportAck)
 	err := c.cc.Invoke(ctx, Decisions_Report_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
@@ -180,7 +180,7 @@ func (c *decisionsClient) Report(ctx context.Context, in *v1.ReportDecisionsRequ
 type DecisionsServer interface {
 	// Report answers once the CA has written the records; a service retries
 	// what failed, so every record arrives at least once.
-	Report(context.Context, *v1.ReportDecisionsRequest) (*v1.ReportDecisionsResponse, error)
+	Report(context.Context, *v1.DecisionReport) (*v1.DecisionReportAck, error)
 	mustEmbedUnimplementedDecisionsServer()
 }
 
@@ -191,7 +191,7 @@ type DecisionsServer interface {
 // pointer dereference when methods are called.
 type UnimplementedDecisionsServer struct{}
 
-func (UnimplementedDecisionsServer) Report(context.Context, *v1.ReportDecisionsRequest) (*v1.ReportDecisionsResponse, error) {
+func (UnimplementedDecisionsServer) Report(context.Context, *v1.DecisionReport) (*v1.DecisionReportAck, error) {
 	return nil, status.Error(codes.Unimplemented, "method Report not implemented")
 }
 func (UnimplementedDecisionsServer) mustEmbedUnimplementedDecisionsServer() {}
@@ -216,7 +216,7 @@ func RegisterDecisionsServer(s grpc.ServiceRegistrar, srv DecisionsServer) {
 }
 
 func _Decisions_Report_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
-	in := new(v1.ReportDecisionsRequest)
+	in := new(v1.DecisionReport)
 	if err := dec(in); err != nil {
 		return nil, err
 	}
@@ -228,7 +228,7 @@ func _Decisions_Report_Handler(srv interface{}, ctx context.Context, dec func(in
 		FullMethod: Decisions_Report_FullMethodName,
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
-		return srv.(DecisionsServer).Report(ctx, req.(*v1.ReportDecisionsRequest))
+		return srv.(DecisionsServer).Report(ctx, req.(*v1.DecisionReport))
 	}
 	return interceptor(ctx, in, info, handler)
 }
