@@ -12,6 +12,6 @@ go test -run '^$' -fuzz '^FuzzParseStartTime$' -fuzztime "$t" ./internal/peercre
 go test -run '^$' -fuzz '^FuzzParse$' -fuzztime "$t" ./agent/cgroup/
 go test -run '^$' -fuzz '^FuzzRender$' -fuzztime "$t" ./ca/identityrule/
 go test -run '^$' -fuzz '^FuzzParsePods$' -fuzztime "$t" ./agent/kubelet/
-go test -run '^$' -fuzz '^FuzzPolicy$' -fuzztime "$t" ./sdk/
-go test -run '^$' -fuzz '^FuzzDecide$' -fuzztime "$t" ./sdk/
+go test -run '^$' -fuzz '^FuzzPolicy$' -fuzztime "$t" ./sdk/authz/
+go test -run '^$' -fuzz '^FuzzDecide$' -fuzztime "$t" ./sdk/authz/
 go test -run '^$' -fuzz '^FuzzAdmissionReview$' -fuzztime "$t" ./ca/webhook/

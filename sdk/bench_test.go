@@ -13,6 +13,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 
 	"github.com/signet-id/signet/sdk"
+	"github.com/signet-id/signet/sdk/authz"
 	"github.com/signet-id/signet/sdk/sdktest"
 )
 
@@ -35,8 +36,8 @@ func BenchmarkHandshake(b *testing.B) {
 		b.Cleanup(func() { source.Close() })
 		return source
 	}
-	authz, _ := sdk.NewAuthorizer(td, sdk.Allow(sdk.PeerNamespace("shop")))
-	sdkServer := sdk.ServerTLSConfig(src(serverSVID), authz)
+	az, _ := authz.New(td, authz.Allow(authz.PeerNamespace("shop")))
+	sdkServer := sdk.ServerTLSConfig(src(serverSVID), az)
 	sdkClient := sdk.ClientTLSConfig(src(clientSVID), tlsconfig.AuthorizeID(spiffeid.RequireFromString(serverID)))
 
 	pool := x509.NewCertPool()

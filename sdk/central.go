@@ -13,6 +13,7 @@ import (
 
 	typesv1 "github.com/signet-id/signet/proto/signet/types/v1"
 	workloadv1 "github.com/signet-id/signet/proto/signet/workload/v1"
+	"github.com/signet-id/signet/sdk/authz"
 )
 
 // Limits of the decision buffer: what does not fit is dropped, counted and
@@ -23,15 +24,15 @@ const (
 	flushInterval = 2 * time.Second
 )
 
-// Follow connects authz to the local agent until ctx ends, and returns
+// Follow connects az to the local agent until ctx ends, and returns
 // then: the central AccessPolicies that protect this service become
-// authz's central rules (SetCentral) as they change, and authz's decisions
+// az's central rules (SetCentral) as they change, and az's decisions
 // go to the CA's audit log (every denial; allowed calls counted per peer
 // and minute), buffered and delivered at least once. Run it in a
 // goroutine; it reconnects by itself. A policy update that does not
 // compile leaves the rules in force and is reported to onError, as are
 // connection errors (onError may be nil).
-func (s *Source) Follow(ctx context.Context, authz *Authorizer, onError func(error)) error {
+func (s *Source) Follow(ctx context.Context, az *authz.Authorizer, onError func(error)) error {
 	if onError == nil {
 		onError = func(error) {}
 	}
@@ -41,8 +42,7 @@ func (s *Source) Follow(ctx context.Context, authz *Authorizer, onError func(err
 	}
 	defer conn.Close()
 	rec := &recorder{counts: map[allowKey]int64{}, server: s}
-	authz.rec.Store(rec)
-	defer authz.rec.CompareAndSwap(rec, nil)
+	defer az.OnDecision(rec.note)()
 	ctx = metadata.AppendToOutgoingContext(ctx, "workload.spiffe.io", "true")
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -53,7 +53,7 @@ func (s *Source) Follow(ctx context.Context, authz *Authorizer, onError func(err
 	policies := workloadv1.NewPolicyClient(conn)
 	backoff := 100 * time.Millisecond
 	for ctx.Err() == nil {
-		err := watch(ctx, policies, authz)
+		err := watch(ctx, policies, az)
 		if ctx.Err() != nil {
 			break
 		}
@@ -68,7 +68,7 @@ func (s *Source) Follow(ctx context.Context, authz *Authorizer, onError func(err
 	return nil
 }
 
-func watch(ctx context.Context, c workloadv1.PolicyClient, authz *Authorizer) error {
+func watch(ctx context.Context, c workloadv1.PolicyClient, az *authz.Authorizer) error {
 	stream, err := c.Watch(ctx, &workloadv1.WatchPoliciesRequest{})
 	if err != nil {
 		return err
@@ -78,9 +78,9 @@ func watch(ctx context.Context, c workloadv1.PolicyClient, authz *Authorizer) er
 		if err != nil {
 			return err
 		}
-		rules, err := PolicyRules(resp.GetPolicies())
+		rules, err := authz.PolicyRules(resp.GetPolicies())
 		if err == nil {
-			err = authz.SetCentral(rules)
+			err = az.SetCentral(rules)
 		}
 		if err != nil {
 			return errors.Join(errors.New("sdk: central policy refused"), err)
@@ -111,7 +111,8 @@ type recorder struct {
 	dropped int64
 }
 
-func (r *recorder) note(peer, method string, allowed bool) {
+func (r *recorder) note(d authz.Decision) {
+	peer, method, allowed := d.Peer.String(), d.Method, d.Allowed
 	now := time.Now()
 	r.mu.Lock()
 	defer r.mu.Unlock()

@@ -5,17 +5,17 @@
 //
 // A Source holds the service's rotating X.509-SVID and trust bundle from
 // the SPIFFE Workload API (the local Signet agent, or any SPIFFE agent).
-// An Authorizer holds the rules: deny by default; a matching deny rule
+// An authz.Authorizer (package sdk/authz) holds the rules: deny by default; a matching deny rule
 // always wins; else a matching allow rule allows. Servers refuse a peer at
 // the TLS handshake when its identity alone decides (no rule could allow
 // any of its calls), and otherwise per call, before handler code runs:
 // gRPC answers PermissionDenied, HTTP 403.
 //
 //	source, err := sdk.NewSource(ctx) // $SPIFFE_ENDPOINT_SOCKET
-//	authz, err := sdk.NewAuthorizer(source.TrustDomain(),
-//		sdk.Allow(sdk.PeerServiceAccount("shop", "frontend")).OnMethods("/shop.v1.Cart/*"))
-//	go source.Follow(ctx, authz, nil) // central policies + decision audit
-//	srv := grpc.NewServer(sdk.GRPCServerOptions(source, authz)...)
+//	az, err := authz.New(source.TrustDomain(),
+//		authz.Allow(authz.PeerServiceAccount("shop", "frontend")).OnMethods("/shop.v1.Cart/*"))
+//	go source.Follow(ctx, az, nil) // central policies + decision audit
+//	srv := grpc.NewServer(sdk.GRPCServerOptions(source, az)...)
 //
 // The SDK builds on go-spiffe (workloadapi, tlsconfig, grpccredentials)
 // and logs nothing.

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/signet-id/signet/sdk"
+	"github.com/signet-id/signet/sdk/authz"
 )
 
 func ExampleNewSource() {
@@ -25,37 +26,6 @@ func ExampleNewSource() {
 	fmt.Println("I am", id)
 }
 
-func ExampleNewAuthorizer() {
-	td := spiffeid.RequireTrustDomainFromString("example.org")
-	authz, err := sdk.NewAuthorizer(td,
-		// The storefront may read the cart; everything in payments may
-		// call everything; one legacy account may call nothing.
-		sdk.Allow(sdk.PeerServiceAccount("shop", "frontend")).OnMethods("/shop.v1.Cart/Get"),
-		sdk.Allow(sdk.PeerPattern("spiffe://example.org/ns/payments/**")),
-		sdk.Deny(sdk.PeerServiceAccount("payments", "legacy")),
-	)
-	if err != nil {
-		log.Fatal(err)
-	}
-	front := spiffeid.RequireFromString("spiffe://example.org/ns/shop/sa/frontend")
-	legacy := spiffeid.RequireFromString("spiffe://example.org/ns/payments/sa/legacy")
-	fmt.Println(authz.Allowed(front, "/shop.v1.Cart/Get"), authz.Allowed(front, "/shop.v1.Cart/Empty"), authz.Allowed(legacy, "/shop.v1.Cart/Get"))
-	// Output: true false false
-}
-
-func ExampleAuthorizer_SetCentral() {
-	td := spiffeid.RequireTrustDomainFromString("example.org")
-	authz, _ := sdk.NewAuthorizer(td, sdk.Allow(sdk.PeerNamespace("shop")))
-	peer := spiffeid.RequireFromString("spiffe://example.org/ns/shop/sa/batch")
-	fmt.Println(authz.Allowed(peer, "/shop.v1.Cart/Get"))
-	// A central policy arrives: a deny always wins over an allow.
-	authz.SetCentral([]sdk.Rule{sdk.Deny(sdk.PeerServiceAccount("shop", "batch"))})
-	fmt.Println(authz.Allowed(peer, "/shop.v1.Cart/Get"))
-	// Output:
-	// true
-	// false
-}
-
 func ExampleGRPCServerOptions() {
 	ctx := context.Background()
 	source, err := sdk.NewSource(ctx)
@@ -63,8 +33,8 @@ func ExampleGRPCServerOptions() {
 		log.Fatal(err)
 	}
 	defer source.Close()
-	authz, _ := sdk.NewAuthorizer(source.TrustDomain(), sdk.Allow(sdk.PeerNamespace("shop")))
-	srv := grpc.NewServer(sdk.GRPCServerOptions(source, authz)...)
+	az, _ := authz.New(source.TrustDomain(), authz.Allow(authz.PeerNamespace("shop")))
+	srv := grpc.NewServer(sdk.GRPCServerOptions(source, az)...)
 	_ = srv // register services, then srv.Serve(listener)
 }
 
@@ -88,12 +58,12 @@ func ExampleNewHTTPServer() {
 		log.Fatal(err)
 	}
 	defer source.Close()
-	authz, _ := sdk.NewAuthorizer(source.TrustDomain(), sdk.Allow(sdk.PeerNamespace("shop")).OnMethods("GET /items/*"))
+	az, _ := authz.New(source.TrustDomain(), authz.Allow(authz.PeerNamespace("shop")).OnMethods("GET /items/*"))
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		caller, _ := sdk.CallerID(r.Context())
 		fmt.Fprintln(w, "hello", caller)
 	})
-	log.Fatal(sdk.NewHTTPServer(":8443", source, authz, h).ListenAndServeTLS("", ""))
+	log.Fatal(sdk.NewHTTPServer(":8443", source, az, h).ListenAndServeTLS("", ""))
 }
 
 func ExampleHTTPClient() {
@@ -116,8 +86,8 @@ func ExampleListen() {
 		log.Fatal(err)
 	}
 	defer source.Close()
-	authz, _ := sdk.NewAuthorizer(source.TrustDomain(), sdk.Allow(sdk.PeerID("spiffe://example.org/ns/shop/sa/worker")))
-	l, err := sdk.Listen("tcp", ":9000", source, authz)
+	az, _ := authz.New(source.TrustDomain(), authz.Allow(authz.PeerID("spiffe://example.org/ns/shop/sa/worker")))
+	l, err := sdk.Listen("tcp", ":9000", source, az)
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -160,9 +130,9 @@ func ExampleSource_Follow() {
 	defer source.Close()
 	// No rules in code: the central AccessPolicies that target this
 	// service decide, as they change; decisions go to the audit log.
-	authz, _ := sdk.NewAuthorizer(source.TrustDomain())
-	go source.Follow(ctx, authz, func(err error) { log.Printf("policies: %v", err) })
-	srv := grpc.NewServer(sdk.GRPCServerOptions(source, authz)...)
+	az, _ := authz.New(source.TrustDomain())
+	go source.Follow(ctx, az, func(err error) { log.Printf("policies: %v", err) })
+	srv := grpc.NewServer(sdk.GRPCServerOptions(source, az)...)
 	_ = srv
 }
 
@@ -182,9 +152,9 @@ func ExampleMiddleware() {
 		log.Fatal(err)
 	}
 	defer source.Close()
-	authz, _ := sdk.NewAuthorizer(source.TrustDomain(), sdk.Allow(sdk.PeerNamespace("ops")).OnMethods("* /admin/**"))
+	az, _ := authz.New(source.TrustDomain(), authz.Allow(authz.PeerNamespace("ops")).OnMethods("* /admin/**"))
 	mux := http.NewServeMux()
 	mux.HandleFunc("/admin/", func(w http.ResponseWriter, r *http.Request) {})
-	srv := &http.Server{Addr: ":8443", TLSConfig: sdk.ServerTLSConfig(source, authz), Handler: sdk.Middleware(authz, mux)}
+	srv := &http.Server{Addr: ":8443", TLSConfig: sdk.ServerTLSConfig(source, az), Handler: sdk.Middleware(az, mux)}
 	log.Fatal(srv.ListenAndServeTLS("", ""))
 }

@@ -9,22 +9,24 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
+
+	"github.com/signet-id/signet/sdk/authz"
 )
 
 // GRPCServerOptions returns the options that make a gRPC server mutually
 // authenticated and authorized: ServerCredentials and both interceptors.
-func GRPCServerOptions(src *Source, authz *Authorizer) []grpc.ServerOption {
+func GRPCServerOptions(src *Source, az *authz.Authorizer) []grpc.ServerOption {
 	return []grpc.ServerOption{
-		grpc.Creds(ServerCredentials(src, authz)),
-		grpc.ChainUnaryInterceptor(UnaryServerInterceptor(authz)),
-		grpc.ChainStreamInterceptor(StreamServerInterceptor(authz)),
+		grpc.Creds(ServerCredentials(src, az)),
+		grpc.ChainUnaryInterceptor(UnaryServerInterceptor(az)),
+		grpc.ChainStreamInterceptor(StreamServerInterceptor(az)),
 	}
 }
 
-// ServerCredentials are mutual TLS with the source's SVID; peers that authz
+// ServerCredentials are mutual TLS with the source's SVID; peers that az
 // would deny whatever they called are refused at the handshake.
-func ServerCredentials(src *Source, authz *Authorizer) credentials.TransportCredentials {
-	return grpccredentials.MTLSServerCredentials(src, src, handshakeAuthorizer(authz))
+func ServerCredentials(src *Source, az *authz.Authorizer) credentials.TransportCredentials {
+	return grpccredentials.MTLSServerCredentials(src, src, handshakeAuthorizer(az))
 }
 
 // ClientCredentials are mutual TLS with the source's SVID, to servers that
@@ -33,9 +35,9 @@ func ClientCredentials(src *Source, server tlsconfig.Authorizer) credentials.Tra
 	return grpccredentials.MTLSClientCredentials(src, src, server)
 }
 
-func authorize(ctx context.Context, authz *Authorizer, method string) (context.Context, error) {
+func authorize(ctx context.Context, az *authz.Authorizer, method string) (context.Context, error) {
 	id, ok := grpccredentials.PeerIDFromContext(ctx)
-	if !ok || !authz.check(id, "", method) {
+	if !ok || !az.Check(id, "", method) {
 		return nil, status.Error(codes.PermissionDenied, "not allowed by policy")
 	}
 	return context.WithValue(ctx, peerKey{}, id), nil
@@ -44,9 +46,9 @@ func authorize(ctx context.Context, authz *Authorizer, method string) (context.C
 // UnaryServerInterceptor authorizes every unary call before its handler
 // runs (PermissionDenied otherwise); the handler reads the caller with
 // CallerID.
-func UnaryServerInterceptor(authz *Authorizer) grpc.UnaryServerInterceptor {
+func UnaryServerInterceptor(az *authz.Authorizer) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-		ctx, err := authorize(ctx, authz, info.FullMethod)
+		ctx, err := authorize(ctx, az, info.FullMethod)
 		if err != nil {
 			return nil, err
 		}
@@ -55,9 +57,9 @@ func UnaryServerInterceptor(authz *Authorizer) grpc.UnaryServerInterceptor {
 }
 
 // StreamServerInterceptor authorizes every stream before its handler runs.
-func StreamServerInterceptor(authz *Authorizer) grpc.StreamServerInterceptor {
+func StreamServerInterceptor(az *authz.Authorizer) grpc.StreamServerInterceptor {
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-		ctx, err := authorize(ss.Context(), authz, info.FullMethod)
+		ctx, err := authorize(ss.Context(), az, info.FullMethod)
 		if err != nil {
 			return err
 		}

@@ -7,6 +7,8 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+
+	"github.com/signet-id/signet/sdk/authz"
 )
 
 type peerKey struct{}
@@ -20,25 +22,25 @@ func CallerID(ctx context.Context) (spiffeid.ID, bool) {
 
 // Middleware authorizes every request before next sees it: the caller's
 // SPIFFE ID comes from its verified client certificate; a request that
-// authz denies gets 403 Forbidden. next reads the caller with CallerID.
+// az denies gets 403 Forbidden. next reads the caller with CallerID.
 //
 // The path authorized is the one every router reads alike: a request whose
 // path has "." or ".." segments, empty segments, encoded slashes or
 // backslashes ("/public/../admin", "/public/..%2Fadmin", "/a//b") is
 // refused with 400 Bad Request, since routers and file servers disagree on
 // what it names.
-func Middleware(authz *Authorizer, next http.Handler) http.Handler {
+func Middleware(az *authz.Authorizer, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.TLS == nil {
 			http.Error(w, "mutual TLS required", http.StatusForbidden)
 			return
 		}
-		if !CanonicalPath(r.URL.Path) || strings.ContainsRune(r.URL.Path, '\\') || hasEncodedSeparator(r.URL.RawPath) {
+		if !authz.CanonicalPath(r.URL.Path) || strings.ContainsRune(r.URL.Path, '\\') || hasEncodedSeparator(r.URL.RawPath) {
 			http.Error(w, "path is not canonical", http.StatusBadRequest)
 			return
 		}
 		id, err := peerIDOfState(*r.TLS)
-		if err != nil || !authz.check(id, r.Method, r.URL.Path) {
+		if err != nil || !az.Check(id, r.Method, r.URL.Path) {
 			http.Error(w, "forbidden", http.StatusForbidden)
 			return
 		}
@@ -54,10 +56,10 @@ func hasEncodedSeparator(raw string) bool {
 }
 
 // NewHTTPServer returns a server on addr whose TLS configuration is
-// ServerTLSConfig and whose handler is Middleware(authz, h). Serve it with
+// ServerTLSConfig and whose handler is Middleware(az, h). Serve it with
 // ListenAndServeTLS("", "").
-func NewHTTPServer(addr string, src *Source, authz *Authorizer, h http.Handler) *http.Server {
-	return &http.Server{Addr: addr, TLSConfig: ServerTLSConfig(src, authz), Handler: Middleware(authz, h)}
+func NewHTTPServer(addr string, src *Source, az *authz.Authorizer, h http.Handler) *http.Server {
+	return &http.Server{Addr: addr, TLSConfig: ServerTLSConfig(src, az), Handler: Middleware(az, h)}
 }
 
 // HTTPClient returns a client that presents the source's SVID and talks

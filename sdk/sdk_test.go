@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/signet-id/signet/sdk"
+	"github.com/signet-id/signet/sdk/authz"
 	"github.com/signet-id/signet/sdk/sdktest"
 )
 
@@ -56,7 +57,7 @@ func (w *world) source(t *testing.T, id string, ca *sdktest.CA, notAfter time.Ti
 
 // grpcServer serves the gRPC health service behind the SDK; reached counts
 // the calls that got past authorization to handler code.
-func grpcServer(t *testing.T, src *sdk.Source, authz *sdk.Authorizer, reached *atomic.Int64, callers chan<- spiffeid.ID) string {
+func grpcServer(t *testing.T, src *sdk.Source, az *authz.Authorizer, reached *atomic.Int64, callers chan<- spiffeid.ID) string {
 	t.Helper()
 	record := func(ctx context.Context) {
 		reached.Add(1)
@@ -67,7 +68,7 @@ func grpcServer(t *testing.T, src *sdk.Source, authz *sdk.Authorizer, reached *a
 			}
 		}
 	}
-	opts := append(sdk.GRPCServerOptions(src, authz),
+	opts := append(sdk.GRPCServerOptions(src, az),
 		grpc.ChainUnaryInterceptor(func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 			record(ctx)
 			return h(ctx, req)
@@ -110,13 +111,13 @@ func check(c healthpb.HealthClient) error {
 func TestGRPCRefusesBeforeHandlers(t *testing.T) {
 	w := newWorld(t)
 	serverSrc, _ := w.source(t, serverID, w.ca, time.Now().Add(time.Hour))
-	authz, err := sdk.NewAuthorizer(td, sdk.Allow(sdk.PeerServiceAccount("shop", "front")).OnMethods("/grpc.health.v1.Health/Check"))
+	az, err := authz.New(td, authz.Allow(authz.PeerServiceAccount("shop", "front")).OnMethods("/grpc.health.v1.Health/Check"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	var reached atomic.Int64
 	callers := make(chan spiffeid.ID, 1)
-	addr := grpcServer(t, serverSrc, authz, &reached, callers)
+	addr := grpcServer(t, serverSrc, az, &reached, callers)
 
 	front, _ := w.source(t, frontID, w.ca, time.Now().Add(time.Hour))
 	fc := healthClient(t, front, addr)
@@ -161,9 +162,9 @@ func TestGRPCRefusesBeforeHandlers(t *testing.T) {
 func TestNoPolicyDeniesEveryone(t *testing.T) {
 	w := newWorld(t)
 	serverSrc, _ := w.source(t, serverID, w.ca, time.Now().Add(time.Hour))
-	authz, _ := sdk.NewAuthorizer(td)
+	az, _ := authz.New(td)
 	var reached atomic.Int64
-	addr := grpcServer(t, serverSrc, authz, &reached, nil)
+	addr := grpcServer(t, serverSrc, az, &reached, nil)
 	front, _ := w.source(t, frontID, w.ca, time.Now().Add(time.Hour))
 	if err := check(healthClient(t, front, addr)); err == nil {
 		t.Fatal("a server without policy let a peer in")
@@ -178,21 +179,21 @@ func TestNoPolicyDeniesEveryone(t *testing.T) {
 func TestPolicyChangeOnRunningServer(t *testing.T) {
 	w := newWorld(t)
 	serverSrc, _ := w.source(t, serverID, w.ca, time.Now().Add(time.Hour))
-	authz, _ := sdk.NewAuthorizer(td, sdk.Allow(sdk.PeerNamespace("shop")))
+	az, _ := authz.New(td, authz.Allow(authz.PeerNamespace("shop")))
 	var reached atomic.Int64
-	addr := grpcServer(t, serverSrc, authz, &reached, nil)
+	addr := grpcServer(t, serverSrc, az, &reached, nil)
 	front, _ := w.source(t, frontID, w.ca, time.Now().Add(time.Hour))
 	fc := healthClient(t, front, addr)
 	if err := check(fc); err != nil {
 		t.Fatal(err)
 	}
-	if err := authz.SetCentral([]sdk.Rule{sdk.Deny(sdk.PeerID(frontID)).OnMethods("/grpc.health.v1.Health/Check")}); err != nil {
+	if err := az.SetCentral([]authz.Rule{authz.Deny(authz.PeerID(frontID)).OnMethods("/grpc.health.v1.Health/Check")}); err != nil {
 		t.Fatal(err)
 	}
 	if err := check(fc); status.Code(err) != codes.PermissionDenied {
 		t.Fatalf("after a central deny: %v, want PermissionDenied", err)
 	}
-	authz.SetCentral(nil)
+	az.SetCentral(nil)
 	if err := check(fc); err != nil {
 		t.Fatalf("after the deny is lifted: %v", err)
 	}
@@ -203,9 +204,9 @@ func TestPolicyChangeOnRunningServer(t *testing.T) {
 func TestLongLivedConnectionAcrossRotation(t *testing.T) {
 	w := newWorld(t)
 	serverSrc, serverAPI := w.source(t, serverID, w.ca, time.Now().Add(time.Hour))
-	authz, _ := sdk.NewAuthorizer(td, sdk.Allow(sdk.PeerID(frontID)))
+	az, _ := authz.New(td, authz.Allow(authz.PeerID(frontID)))
 	var reached atomic.Int64
-	addr := grpcServer(t, serverSrc, authz, &reached, nil)
+	addr := grpcServer(t, serverSrc, az, &reached, nil)
 	front, frontAPI := w.source(t, frontID, w.ca, time.Now().Add(time.Hour))
 	fc := healthClient(t, front, addr)
 	if err := check(fc); err != nil {
@@ -249,14 +250,14 @@ func TestLongLivedConnectionAcrossRotation(t *testing.T) {
 func TestHTTPMiddleware(t *testing.T) {
 	w := newWorld(t)
 	serverSrc, _ := w.source(t, serverID, w.ca, time.Now().Add(time.Hour))
-	authz, _ := sdk.NewAuthorizer(td, sdk.Allow(sdk.PeerNamespace("shop")).OnMethods("GET /items", "GET /items/*"))
+	az, _ := authz.New(td, authz.Allow(authz.PeerNamespace("shop")).OnMethods("GET /items", "GET /items/*"))
 	var reached atomic.Int64
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		reached.Add(1)
 		id, _ := sdk.CallerID(r.Context())
 		io.WriteString(w, id.String())
 	})
-	srv := sdk.NewHTTPServer("127.0.0.1:0", serverSrc, authz, h)
+	srv := sdk.NewHTTPServer("127.0.0.1:0", serverSrc, az, h)
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -296,8 +297,8 @@ func TestHTTPMiddleware(t *testing.T) {
 func TestTCPListenDial(t *testing.T) {
 	w := newWorld(t)
 	serverSrc, _ := w.source(t, serverID, w.ca, time.Now().Add(time.Hour))
-	authz, _ := sdk.NewAuthorizer(td, sdk.Allow(sdk.PeerID(frontID)))
-	l, err := sdk.Listen("tcp", "127.0.0.1:0", serverSrc, authz)
+	az, _ := authz.New(td, authz.Allow(authz.PeerID(frontID)))
+	l, err := sdk.Listen("tcp", "127.0.0.1:0", serverSrc, az)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -336,19 +337,23 @@ func TestTCPListenDial(t *testing.T) {
 	}
 }
 
-// TestDependenciesStaySmall: the SDK pulls in neither Kubernetes nor the
-// CA or the agent.
+// TestDependenciesStaySmall: the SDK pulls in neither Kubernetes nor any
+// Signet package but its own and the public proto types.
 func TestDependenciesStaySmall(t *testing.T) {
-	out, err := exec.Command("go", "list", "-deps", "github.com/signet-id/signet/sdk").Output()
+	out, err := exec.Command("go", "list", "-deps", "github.com/signet-id/signet/sdk/...").Output()
 	if err != nil {
 		var ee *exec.ExitError
 		errors.As(err, &ee)
 		t.Fatalf("go list: %v %s", err, ee.Stderr)
 	}
 	for _, dep := range strings.Fields(string(out)) {
-		if strings.HasPrefix(dep, "k8s.io/") || strings.HasPrefix(dep, "github.com/signet-id/signet/ca") ||
-			strings.HasPrefix(dep, "github.com/signet-id/signet/agent") || strings.HasPrefix(dep, "github.com/signet-id/signet/internal") ||
-			strings.HasPrefix(dep, "github.com/hashicorp/") || strings.HasPrefix(dep, "modernc.org/") {
+		if strings.HasPrefix(dep, "k8s.io/") || strings.HasPrefix(dep, "github.com/hashicorp/") || strings.HasPrefix(dep, "modernc.org/") {
+			t.Errorf("the sdk depends on %s", dep)
+		}
+		// Of Signet, only the SDK itself and the public types of the
+		// Workload API extension.
+		if rest, ok := strings.CutPrefix(dep, "github.com/signet-id/signet/"); ok &&
+			rest != "sdk" && !strings.HasPrefix(rest, "sdk/") && rest != "proto/signet/types/v1" && rest != "proto/signet/workload/v1" {
 			t.Errorf("the sdk depends on %s", dep)
 		}
 	}

@@ -9,23 +9,20 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+
+	"github.com/signet-id/signet/sdk/authz"
 )
 
 // ServerTLSConfig returns a TLS configuration that presents the source's
 // SVID, requires a client SVID from a trusted bundle, and refuses at the
-// handshake every peer that authz would deny whatever it called.
-func ServerTLSConfig(src *Source, authz *Authorizer) *tls.Config {
-	return tlsconfig.MTLSServerConfig(src, src, handshakeAuthorizer(authz))
+// handshake every peer that az would deny whatever it called.
+func ServerTLSConfig(src *Source, az *authz.Authorizer) *tls.Config {
+	return tlsconfig.MTLSServerConfig(src, src, handshakeAuthorizer(az))
 }
 
-func handshakeAuthorizer(authz *Authorizer) tlsconfig.Authorizer {
+func handshakeAuthorizer(az *authz.Authorizer) tlsconfig.Authorizer {
 	return func(id spiffeid.ID, _ [][]*x509.Certificate) error {
-		if authz == nil || !authz.MayConnect(id) {
-			if authz != nil {
-				if r := authz.rec.Load(); r != nil {
-					r.note(id.String(), "(handshake)", false)
-				}
-			}
+		if az == nil || !az.CheckConnect(id) {
 			return fmt.Errorf("%w: %s", errDenied, id)
 		}
 		return nil
@@ -40,14 +37,14 @@ func ClientTLSConfig(src *Source, server tlsconfig.Authorizer) *tls.Config {
 }
 
 // Listen listens on a TCP address and returns a listener of mutually
-// authenticated TLS connections; peers authz would deny are refused at
+// authenticated TLS connections; peers az would deny are refused at
 // the handshake. Use PeerIDOfConn to learn who is calling.
-func Listen(network, addr string, src *Source, authz *Authorizer) (net.Listener, error) {
+func Listen(network, addr string, src *Source, az *authz.Authorizer) (net.Listener, error) {
 	l, err := net.Listen(network, addr)
 	if err != nil {
 		return nil, err
 	}
-	return tls.NewListener(l, ServerTLSConfig(src, authz)), nil
+	return tls.NewListener(l, ServerTLSConfig(src, az)), nil
 }
 
 // Dial connects to a server over mutually authenticated TLS and completes

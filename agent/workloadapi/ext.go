@@ -12,7 +12,7 @@ import (
 	"github.com/signet-id/signet/agent/cache"
 	typesv1 "github.com/signet-id/signet/proto/signet/types/v1"
 	workloadv1 "github.com/signet-id/signet/proto/signet/workload/v1"
-	"github.com/signet-id/signet/sdk"
+	"github.com/signet-id/signet/sdk/authz"
 )
 
 // DecisionSink takes services' authorization decisions to the CA.
@@ -142,7 +142,7 @@ func matchTarget(target, id string) bool {
 		return target == id
 	}
 	sid, err := spiffeid.FromString(id)
-	return err == nil && sdk.TargetMatches(target, sid)
+	return err == nil && authz.TargetMatches(target, sid)
 }
 
 // CSRSigner gets workloads' own CSRs signed by the CA.

@@ -23,7 +23,7 @@ import (
 	"github.com/signet-id/signet/internal/signetid"
 	adminv1 "github.com/signet-id/signet/proto/signet/admin/v1"
 	typesv1 "github.com/signet-id/signet/proto/signet/types/v1"
-	"github.com/signet-id/signet/sdk"
+	"github.com/signet-id/signet/sdk/authz"
 )
 
 // Join token lifetimes.
@@ -349,7 +349,7 @@ func (s *AdminServer) GetBundle(ctx context.Context, _ *adminv1.GetBundleRequest
 // CreatePolicy implements adminv1.AdminServer.
 func (s *AdminServer) CreatePolicy(ctx context.Context, req *adminv1.CreatePolicyRequest) (*adminv1.CreatePolicyResponse, error) {
 	p := req.GetPolicy()
-	if err := sdk.CheckPolicy(s.cfg.TrustDomain, p); err != nil {
+	if err := authz.CheckPolicy(s.cfg.TrustDomain, p); err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "policy: %v", err)
 	}
 	stored, err := s.cfg.Store.PutPolicy(ctx, p)

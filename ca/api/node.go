@@ -27,7 +27,7 @@ import (
 	"github.com/signet-id/signet/internal/signetid"
 	agentv1 "github.com/signet-id/signet/proto/signet/agent/v1"
 	typesv1 "github.com/signet-id/signet/proto/signet/types/v1"
-	"github.com/signet-id/signet/sdk"
+	"github.com/signet-id/signet/sdk/authz"
 )
 
 // MaxBatch is the most CSRs one MintX509SVIDs call may carry.
@@ -670,12 +670,12 @@ func (s *NodeServer) nodePolicies(ctx context.Context, stored map[string]spiffei
 
 func policyApplies(target string, stored map[string]spiffeid.ID, pods map[string]entry.Entry) bool {
 	for _, id := range stored {
-		if sdk.TargetMatches(target, id) {
+		if authz.TargetMatches(target, id) {
 			return true
 		}
 	}
 	for _, e := range pods {
-		if sdk.TargetMatches(target, e.SPIFFEID) {
+		if authz.TargetMatches(target, e.SPIFFEID) {
 			return true
 		}
 	}

@@ -12,7 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 
 	typesv1 "github.com/signet-id/signet/proto/signet/types/v1"
-	"github.com/signet-id/signet/sdk"
+	"github.com/signet-id/signet/sdk/authz"
 )
 
 // AccessPolicyResource is the namespaced AccessPolicy CRD's resource.
@@ -46,7 +46,7 @@ func PolicyFromObject(u *unstructured.Unstructured) (*typesv1.AccessPolicy, erro
 // target a server of ns, and, unless crossAllowed, no allow rule for a
 // peer outside ns.
 func CheckNamespacedPolicy(td spiffeid.TrustDomain, ns string, crossAllowed bool, p *typesv1.AccessPolicy) error {
-	if err := sdk.CheckPolicy(td, p); err != nil {
+	if err := authz.CheckPolicy(td, p); err != nil {
 		return err
 	}
 	prefix := "spiffe://" + td.Name() + "/ns/" + ns + "/"

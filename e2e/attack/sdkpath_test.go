@@ -14,6 +14,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 
 	"github.com/signet-id/signet/sdk"
+	"github.com/signet-id/signet/sdk/authz"
 )
 
 // TestSDKPathTraversal: a service allows a caller "GET /public/**" and
@@ -33,7 +34,7 @@ func TestSDKPathTraversal(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer src.Close()
-	authz, err := sdk.NewAuthorizer(src.TrustDomain(), sdk.Allow(sdk.PeerID(me)).OnMethods("GET /public/**"))
+	az, err := authz.New(src.TrustDomain(), authz.Allow(authz.PeerID(me)).OnMethods("GET /public/**"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -48,7 +49,7 @@ func TestSDKPathTraversal(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := sdk.NewHTTPServer("", src, authz, handler)
+	srv := sdk.NewHTTPServer("", src, az, handler)
 	go srv.ServeTLS(lis, "", "")
 	defer srv.Close()
 	client := sdk.HTTPClient(src, tlsconfig.AuthorizeID(spiffeid.RequireFromString(me)))

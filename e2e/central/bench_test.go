@@ -12,6 +12,7 @@ import (
 
 	"github.com/signet-id/signet/internal/systest"
 	"github.com/signet-id/signet/sdk"
+	"github.com/signet-id/signet/sdk/authz"
 )
 
 // BenchmarkGRPCExample is the example gRPC service (health Check over
@@ -27,23 +28,23 @@ func BenchmarkGRPCExample(b *testing.B) {
 	ca.CreateEntry(frontID, agent.ID.String(), time.Hour, "unix:uid:0")
 	ctx := context.Background()
 	cart, front := newSource(b, agent, cartID), newSource(b, agent, frontID)
-	rules := []sdk.Rule{sdk.Allow(sdk.PeerID(frontID)).OnMethods(check)}
+	rules := []authz.Rule{authz.Allow(authz.PeerID(frontID)).OnMethods(check)}
 	for i := range 99 {
-		rules = append(rules, sdk.Allow(sdk.PeerServiceAccount("ns", "sa"+string(rune('a'+i%26))+string(rune('a'+i/26)))))
+		rules = append(rules, authz.Allow(authz.PeerServiceAccount("ns", "sa"+string(rune('a'+i%26))+string(rune('a'+i/26)))))
 	}
-	authz, err := sdk.NewAuthorizer(cart.TrustDomain(), rules...)
+	az, err := authz.New(cart.TrustDomain(), rules...)
 	if err != nil {
 		b.Fatal(err)
 	}
 	followCtx, stop := context.WithCancel(ctx)
 	defer stop()
-	go cart.Follow(followCtx, authz, nil)
+	go cart.Follow(followCtx, az, nil)
 	for _, tt := range []struct {
 		name string
 		opts []grpc.ServerOption
 	}{
 		{"plain-mtls", []grpc.ServerOption{grpc.Creds(grpccredentials.MTLSServerCredentials(cart, cart, tlsconfig.AuthorizeMemberOf(cart.TrustDomain())))}},
-		{"sdk", sdk.GRPCServerOptions(cart, authz)},
+		{"sdk", sdk.GRPCServerOptions(cart, az)},
 	} {
 		b.Run(tt.name, func(b *testing.B) {
 			c := serveHealth(b, front, tt.opts...)

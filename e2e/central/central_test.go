@@ -31,6 +31,7 @@ import (
 	typesv1 "github.com/signet-id/signet/proto/signet/types/v1"
 	workloadv1 "github.com/signet-id/signet/proto/signet/workload/v1"
 	"github.com/signet-id/signet/sdk"
+	"github.com/signet-id/signet/sdk/authz"
 )
 
 const (
@@ -107,17 +108,17 @@ func TestCentralPolicyOnRunningServer(t *testing.T) {
 	if _, err := ca.Admin.CreatePolicy(ctx, &adminv1.CreatePolicyRequest{Policy: policy("cart", cartID, "allow", frontID)}); err != nil {
 		t.Fatal(err)
 	}
-	authz, _ := sdk.NewAuthorizer(cart.TrustDomain()) // nothing in code: central rules only
+	az, _ := authz.New(cart.TrustDomain()) // nothing in code: central rules only
 	followCtx, stopFollow := context.WithCancel(ctx)
 	followed := make(chan struct{})
 	go func() {
-		cart.Follow(followCtx, authz, func(err error) { t.Logf("follow: %v", err) })
+		cart.Follow(followCtx, az, func(err error) { t.Logf("follow: %v", err) })
 		close(followed)
 	}()
-	eventually(t, "the central policy at the server", func() bool { return authz.Allowed(spiffeid.RequireFromString(frontID), check) })
+	eventually(t, "the central policy at the server", func() bool { return az.Allowed(spiffeid.RequireFromString(frontID), check) })
 
 	var reached atomic.Int64
-	client := serveHealth(t, front, append(sdk.GRPCServerOptions(cart, authz), grpc.ChainUnaryInterceptor(
+	client := serveHealth(t, front, append(sdk.GRPCServerOptions(cart, az), grpc.ChainUnaryInterceptor(
 		func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 			reached.Add(1)
 			return h(ctx, req)
@@ -245,8 +246,8 @@ func TestWorkloadHeldKey(t *testing.T) {
 		}
 	}
 	front := newSource(t, agent, frontID)
-	authz, _ := sdk.NewAuthorizer(cart.TrustDomain(), sdk.Allow(sdk.PeerID(frontID)))
-	l, err := sdk.Listen("tcp", "127.0.0.1:0", cart, authz)
+	az, _ := authz.New(cart.TrustDomain(), authz.Allow(authz.PeerID(frontID)))
+	l, err := sdk.Listen("tcp", "127.0.0.1:0", cart, az)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -20,6 +20,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/signet-id/signet/sdk"
+	"github.com/signet-id/signet/sdk/authz"
 )
 
 func main() {
@@ -34,13 +35,13 @@ func main() {
 	}
 	defer source.Close()
 	me, _ := source.ID()
-	authz, _ := sdk.NewAuthorizer(source.TrustDomain())
+	az, _ := authz.New(source.TrustDomain())
 	followed := make(chan struct{})
 	go func() {
 		defer close(followed)
-		source.Follow(ctx, authz, func(err error) { log.Printf("shop-grpc-server: policy/audit: %v", err) })
+		source.Follow(ctx, az, func(err error) { log.Printf("shop-grpc-server: policy/audit: %v", err) })
 	}()
-	opts := sdk.GRPCServerOptions(source, authz)
+	opts := sdk.GRPCServerOptions(source, az)
 	if *noAuthz {
 		opts = []grpc.ServerOption{grpc.Creds(grpccredentials.MTLSServerCredentials(source, source, tlsconfig.AuthorizeMemberOf(source.TrustDomain())))}
 	}

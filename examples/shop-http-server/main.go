@@ -15,6 +15,7 @@ import (
 	"syscall"
 
 	"github.com/signet-id/signet/sdk"
+	"github.com/signet-id/signet/sdk/authz"
 )
 
 func main() {
@@ -29,14 +30,14 @@ func main() {
 	}
 	defer source.Close()
 	me, _ := source.ID()
-	authz, err := sdk.NewAuthorizer(source.TrustDomain())
+	az, err := authz.New(source.TrustDomain())
 	if err != nil {
 		log.Fatal(err)
 	}
 	followed := make(chan struct{})
 	go func() {
 		defer close(followed)
-		source.Follow(ctx, authz, func(err error) { log.Printf("shop-http-server: policy/audit: %v", err) })
+		source.Follow(ctx, az, func(err error) { log.Printf("shop-http-server: policy/audit: %v", err) })
 	}()
 
 	mux := http.NewServeMux()
@@ -50,7 +51,7 @@ func main() {
 		log.Printf("shop-http-server: DELETE /items from %s", caller)
 		fmt.Fprintln(w, "deleted")
 	})
-	srv := sdk.NewHTTPServer(*addr, source, authz, mux)
+	srv := sdk.NewHTTPServer(*addr, source, az, mux)
 	go func() {
 		<-ctx.Done()
 		srv.Close()

@@ -1,4 +1,11 @@
-package sdk
+// Package authz decides whether a peer may call a service: deny by
+// default, a matching deny rule always wins, else a matching allow rule
+// allows. Rules are declared in code (Allow, Deny and the Peer functions)
+// or come from central AccessPolicies (PolicyRules), and one Authorizer
+// holds both. It knows nothing of transports or audit: the sdk package
+// enforces its decisions on TLS handshakes, gRPC calls and HTTP requests,
+// and OnDecision lets a caller see every decision made.
+package authz
 
 import (
 	"errors"
@@ -19,16 +26,29 @@ type Authorizer struct {
 	td   spiffeid.TrustDomain
 	code []Rule
 	set  atomic.Pointer[ruleSet]
-	// rec, while Follow runs, takes the decisions for the audit log.
-	rec atomic.Pointer[recorder]
+	hook atomic.Pointer[hook]
 }
 
-// NewAuthorizer returns an Authorizer for a service in trust domain td
+// Decision is one decision of Check or CheckConnect.
+type Decision struct {
+	Peer spiffeid.ID
+	// Method is the gRPC method, "VERB /path" for HTTP, or "(handshake)"
+	// for a peer refused at the TLS handshake.
+	Method  string
+	Allowed bool
+}
+
+// HandshakeMethod is the Method of a decision made at the TLS handshake.
+const HandshakeMethod = "(handshake)"
+
+type hook struct{ fn func(Decision) }
+
+// New returns an Authorizer for a service in trust domain td
 // (PeerNamespace and PeerServiceAccount match in td) with rules declared
 // in code.
-func NewAuthorizer(td spiffeid.TrustDomain, rules ...Rule) (*Authorizer, error) {
+func New(td spiffeid.TrustDomain, rules ...Rule) (*Authorizer, error) {
 	if td.IsZero() {
-		return nil, errors.New("sdk: trust domain is required")
+		return nil, errors.New("authz: trust domain is required")
 	}
 	a := &Authorizer{td: td, code: append([]Rule(nil), rules...)}
 	set, err := compile(td, a.code, nil)
@@ -50,26 +70,37 @@ func (a *Authorizer) SetCentral(rules []Rule) error {
 	return nil
 }
 
+// OnDecision makes fn see every decision of Check and CheckConnect from
+// now on, in place of any earlier fn, until the returned function removes
+// it. fn runs on the caller's path: it must be quick and must not block.
+func (a *Authorizer) OnDecision(fn func(Decision)) (remove func()) {
+	h := &hook{fn: fn}
+	a.hook.Store(h)
+	return func() { a.hook.CompareAndSwap(h, nil) }
+}
+
 // Allowed decides a gRPC call (method is the full method,
-// "/pkg.Service/Method").
+// "/pkg.Service/Method"). The decision is not passed to OnDecision.
 func (a *Authorizer) Allowed(peer spiffeid.ID, method string) bool {
 	return a.set.Load().decide(peer, "", method)
 }
 
-// AllowedHTTP decides an HTTP request.
+// AllowedHTTP decides an HTTP request. The decision is not passed to
+// OnDecision.
 func (a *Authorizer) AllowedHTTP(peer spiffeid.ID, verb, path string) bool {
 	return a.set.Load().decide(peer, verb, path)
 }
 
-// check decides a call and records the decision for the audit log.
-func (a *Authorizer) check(peer spiffeid.ID, verb, path string) bool {
+// Check decides a call as Allowed (verb "") or AllowedHTTP do, and passes
+// the decision to OnDecision's function. Servers call it once per call.
+func (a *Authorizer) Check(peer spiffeid.ID, verb, path string) bool {
 	ok := a.set.Load().decide(peer, verb, path)
-	if r := a.rec.Load(); r != nil {
+	if h := a.hook.Load(); h != nil {
 		m := path
 		if verb != "" {
 			m = verb + " " + path
 		}
-		r.note(peer.String(), m, ok)
+		h.fn(Decision{Peer: peer, Method: m, Allowed: ok})
 	}
 	return ok
 }
@@ -79,6 +110,17 @@ func (a *Authorizer) check(peer spiffeid.ID, verb, path string) bool {
 // of other peers are refused.
 func (a *Authorizer) MayConnect(peer spiffeid.ID) bool {
 	return a.set.Load().mayConnect(peer)
+}
+
+// CheckConnect decides a TLS handshake as MayConnect does, and passes a
+// refusal to OnDecision's function (an accepted handshake is no decision
+// yet: each call is checked).
+func (a *Authorizer) CheckConnect(peer spiffeid.ID) bool {
+	ok := a.MayConnect(peer)
+	if h := a.hook.Load(); h != nil && !ok {
+		h.fn(Decision{Peer: peer, Method: HandshakeMethod, Allowed: false})
+	}
+	return ok
 }
 
 // crule is a compiled rule.
@@ -176,22 +218,22 @@ func compile(td spiffeid.TrustDomain, code, central []Rule) (*ruleSet, error) {
 			where = fmt.Sprintf("central rule %d", i-len(code))
 		}
 		if r.Action != ActionAllow && r.Action != ActionDeny {
-			return nil, fmt.Errorf("sdk: %s: action must be allow or deny", where)
+			return nil, fmt.Errorf("authz: %s: action must be allow or deny", where)
 		}
 		if len(r.Peers) == 0 {
-			return nil, fmt.Errorf("sdk: %s: no peers", where)
+			return nil, fmt.Errorf("authz: %s: no peers", where)
 		}
 		cr := &crule{deny: r.Action == ActionDeny}
 		for _, m := range r.Methods {
 			mp, err := compileMethod(m)
 			if err != nil {
-				return nil, fmt.Errorf("sdk: %s: %w", where, err)
+				return nil, fmt.Errorf("authz: %s: %w", where, err)
 			}
 			cr.methods = append(cr.methods, mp)
 		}
 		for _, p := range r.Peers {
 			if err := p.check(); err != nil {
-				return nil, fmt.Errorf("sdk: %s: %w", where, err)
+				return nil, fmt.Errorf("authz: %s: %w", where, err)
 			}
 			switch p.kind {
 			case peerID:

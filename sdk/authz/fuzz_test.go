@@ -1,4 +1,4 @@
-package sdk
+package authz
 
 import (
 	"testing"
@@ -27,7 +27,7 @@ func FuzzPolicy(f *testing.F) {
 		if err != nil {
 			t.Fatalf("checked policy does not convert: %v", err)
 		}
-		a, err := NewAuthorizer(td, rules...)
+		a, err := New(td, rules...)
 		if err != nil {
 			t.Fatalf("checked policy does not compile: %v", err)
 		}
@@ -43,7 +43,7 @@ func FuzzPolicy(f *testing.F) {
 func FuzzDecide(f *testing.F) {
 	f.Add("spiffe://example.org/ns/shop/sa/front", "GET", "/items/7")
 	f.Add("spiffe://example.org/ns/payments/x/y", "", "/a.B/C")
-	a, err := NewAuthorizer(td,
+	a, err := New(td,
 		Allow(PeerPattern("spiffe://example.org/ns/*/sa/**")).OnMethods("GET /items/*", "/a.B/*"),
 		Deny(PeerNamespace("payments")).OnMethods("* /**"),
 		Allow(PeerTrustDomain("example.org")).OnMethods("/x.Y/Z"))

@@ -1,4 +1,4 @@
-package sdk
+package authz
 
 import (
 	"fmt"
@@ -15,7 +15,7 @@ var td = spiffeid.RequireTrustDomainFromString("example.org")
 func id(s string) spiffeid.ID { return spiffeid.RequireFromString(s) }
 
 func TestDecisions(t *testing.T) {
-	a, err := NewAuthorizer(td,
+	a, err := New(td,
 		Allow(PeerID("spiffe://example.org/web")),
 		Allow(PeerPattern("spiffe://example.org/ns/payments/**")),
 		Allow(PeerPattern("spiffe://example.org/team/*/ci")).OnMethods("/build.v1.Builder/*"),
@@ -68,7 +68,7 @@ func TestDecisions(t *testing.T) {
 }
 
 func TestNoRulesDeniesEveryone(t *testing.T) {
-	a, err := NewAuthorizer(td)
+	a, err := New(td)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,7 +78,7 @@ func TestNoRulesDeniesEveryone(t *testing.T) {
 }
 
 func TestCentralRulesJoinCodeRules(t *testing.T) {
-	a, _ := NewAuthorizer(td, Allow(PeerNamespace("shop")))
+	a, _ := New(td, Allow(PeerNamespace("shop")))
 	peer := id("spiffe://example.org/ns/shop/sa/front")
 	if !a.Allowed(peer, "/a.B/C") {
 		t.Fatal("code rule did not allow")
@@ -118,7 +118,7 @@ func TestRuleErrors(t *testing.T) {
 		{Allow(PeerNamespace("a")).OnMethods("/a/**/b"), "only at the end"},
 		{Allow(PeerNamespace("a")).OnMethods(" /a"), "empty HTTP method"},
 	} {
-		_, err := NewAuthorizer(td, tt.rule)
+		_, err := New(td, tt.rule)
 		if err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("%+v: %v; want error containing %q", tt.rule, err, tt.want)
 		}
@@ -128,7 +128,7 @@ func TestRuleErrors(t *testing.T) {
 // BenchmarkDecide is one authorization decision among 1,000 rules of
 // every kind (goal: under 1 µs).
 //
-//	go test -run '^$' -bench Decide ./sdk/
+//	go test -run '^$' -bench Decide ./sdk/authz/
 func BenchmarkDecide(b *testing.B) {
 	var rules []Rule
 	for i := range 1000 {
@@ -145,7 +145,7 @@ func BenchmarkDecide(b *testing.B) {
 			rules = append(rules, Allow(PeerPattern(fmt.Sprintf("spiffe://example.org/ns/x%d/sa/*", i))).OnMethods("/a.B/C", "/a.B/D"))
 		}
 	}
-	a, err := NewAuthorizer(td, rules...)
+	a, err := New(td, rules...)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -172,7 +172,7 @@ func TestPolicies(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, _ := NewAuthorizer(td)
+	a, _ := New(td)
 	a.SetCentral(rules)
 	front := id("spiffe://example.org/ns/shop/sa/front")
 	if !a.Allowed(front, "/shop.v1.Cart/Add") || a.Allowed(front, "/shop.v1.Cart/Empty") {
@@ -210,11 +210,11 @@ func TestPolicies(t *testing.T) {
 func TestNonCanonicalPathsAreDenied(t *testing.T) {
 	td := spiffeid.RequireTrustDomainFromString("example.org")
 	peer := spiffeid.RequireFromString("spiffe://example.org/client")
-	a, err := NewAuthorizer(td, Allow(PeerID(peer.String())).OnMethods("GET /public/**"))
+	a, err := New(td, Allow(PeerID(peer.String())).OnMethods("GET /public/**"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := NewAuthorizer(td, Allow(PeerID(peer.String())), Deny(PeerID(peer.String())).OnMethods("* /admin/**"))
+	b, err := New(td, Allow(PeerID(peer.String())), Deny(PeerID(peer.String())).OnMethods("* /admin/**"))
 	if err != nil {
 		t.Fatal(err)
 	}
