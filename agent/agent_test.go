@@ -29,7 +29,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/signet-id/signet/agent"
-	"github.com/signet-id/signet/internal/systest"
+	"github.com/signet-id/signet/e2e/systest"
 	adminv1 "github.com/signet-id/signet/proto/signet/admin/v1"
 )
 

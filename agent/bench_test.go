@@ -7,7 +7,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 
-	"github.com/signet-id/signet/internal/systest"
+	"github.com/signet-id/signet/e2e/systest"
 	adminv1 "github.com/signet-id/signet/proto/signet/admin/v1"
 	typesv1 "github.com/signet-id/signet/proto/signet/types/v1"
 )

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/signet-id/signet/internal/systest"
+	"github.com/signet-id/signet/e2e/systest"
 )
 
 // TestDevRunsTheWholeSystem runs `signet dev` and the two example services

@@ -311,9 +311,9 @@ func (s *AdminServer) EvictAgent(ctx context.Context, req *adminv1.EvictAgentReq
 	// A Kubernetes agent is evicted with its pods, for every replica: its
 	// SVIDs are refused, and the pods cannot attest again (a new pod can).
 	var pods []string
-	if id, err := spiffeid.FromString(req.GetSpiffeId()); err == nil && s.cfg.Pods != nil {
+	if id, err := spiffeid.FromString(req.GetSpiffeId()); err == nil && s.cfg.AgentPods != nil {
 		if node, ok := s.cfg.k8sNode(id); ok {
-			if pods, err = s.cfg.Pods.EvictAgentPods(ctx, node, id.String(), reason+" "+actor(ctx)); err != nil {
+			if pods, err = s.cfg.AgentPods.EvictAgentPods(ctx, node, id.String(), reason+" "+actor(ctx)); err != nil {
 				return nil, s.cfg.internal(ctx, "evict agent pods", err)
 			}
 		}

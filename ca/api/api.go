@@ -22,7 +22,6 @@ import (
 
 	"github.com/signet-id/signet/ca/audit"
 	"github.com/signet-id/signet/ca/authority"
-	"github.com/signet-id/signet/ca/nodeattest"
 	"github.com/signet-id/signet/ca/store"
 	"github.com/signet-id/signet/internal/entry"
 	"github.com/signet-id/signet/internal/refusal"
@@ -56,17 +55,35 @@ type Config struct {
 	Stopping <-chan struct{}
 
 	// Kubernetes mode: PSAT attests agents, Pods derives the identities of
-	// pods from IdentityRules, ClusterName goes into agent IDs. All nil or
-	// empty outside Kubernetes.
+	// pods from IdentityRules, AgentPods tells whether an agent's pod is
+	// alive, Policies are the AccessPolicy objects, ClusterName goes into
+	// agent IDs. All nil or empty outside Kubernetes.
 	PSAT        PSATAttestor
 	Pods        PodIdentities
+	AgentPods   AgentPods
+	Policies    PolicySource
 	ClusterName string
 }
 
 // PSATAttestor verifies a Kubernetes projected service-account token for
-// an agent on node (nodeattest.PSAT).
+// an agent on node, and returns the pod it is bound to (ca/nodeattest).
+// An error with a method AgentFault() bool that returns true is the
+// agent's fault, and its text is safe to return and audit.
 type PSATAttestor interface {
-	Attest(ctx context.Context, token, node string) (nodeattest.Agent, error)
+	Attest(ctx context.Context, token, node string) (AgentPod, error)
+}
+
+// AgentPod is the pod of an agent that attested with its token.
+type AgentPod struct {
+	Namespace string
+	Name      string
+	UID       string
+}
+
+// agentFault reports whether err is the attesting agent's fault.
+func agentFault(err error) bool {
+	var f interface{ AgentFault() bool }
+	return errors.As(err, &f) && f.AgentFault()
 }
 
 // PodIdentities are identities derived from pods (ca/podidentity). Every
@@ -82,6 +99,10 @@ type PodIdentities interface {
 	// Pull returns the identities of pod uid, confirmed with the API
 	// server to be bound to node (entry.ErrPodNotOnNode otherwise).
 	Pull(ctx context.Context, uid, node string, parent spiffeid.ID) ([]entry.Entry, error)
+}
+
+// AgentPods are the cluster's agent pods (ca/agentpod).
+type AgentPods interface {
 	// AgentPod reports whether pod uid runs an agent on node (alive), or
 	// else why not; known is false when this replica has not seen the pod
 	// yet (it was created a moment ago, or never existed).
@@ -92,8 +113,14 @@ type PodIdentities interface {
 	// EvictAgentPods evicts the agent pods that run on node, for all
 	// replicas, and returns their UIDs (none: no agent pod runs there).
 	EvictAgentPods(ctx context.Context, node, agentID, reason string) ([]string, error)
-	// Policies are the AccessPolicy objects of the cluster.
+}
+
+// PolicySource is the AccessPolicy objects of the cluster
+// (ca/accesspolicy).
+type PolicySource interface {
 	Policies() []*typesv1.AccessPolicy
+	// Changed returns a channel closed at the next change of Policies.
+	Changed() <-chan struct{}
 }
 
 func (c *Config) setDefaults() {

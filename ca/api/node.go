@@ -19,7 +19,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/signet-id/signet/ca/audit"
-	"github.com/signet-id/signet/ca/nodeattest"
 	"github.com/signet-id/signet/ca/signer"
 	"github.com/signet-id/signet/ca/store"
 	"github.com/signet-id/signet/internal/entry"
@@ -107,7 +106,7 @@ func (s *NodeServer) authAgent(ctx context.Context, method string) (caller, erro
 	}
 	serial := serialHex(leaf)
 	a, err := s.cfg.Store.FetchAgent(ctx, id.String())
-	if node, ok := s.cfg.k8sNode(id); ok && s.cfg.Pods != nil {
+	if node, ok := s.cfg.k8sNode(id); ok && s.cfg.AgentPods != nil {
 		return s.authK8sAgent(ctx, method, leaf, id, node, a, err)
 	}
 	if errors.Is(err, store.ErrNotFound) {
@@ -163,10 +162,10 @@ func (s *NodeServer) authK8sAgent(ctx context.Context, method string, leaf *x509
 	if podUID == "" {
 		return caller{}, refuse("agent SVID is bound to no agent pod (issued by an older CA); the agent must attest again")
 	}
-	if why, evicted := s.cfg.Pods.AgentEvicted(podUID); evicted {
+	if why, evicted := s.cfg.AgentPods.AgentEvicted(podUID); evicted {
 		return caller{}, refuse("agent evicted: " + why)
 	}
-	alive, seen, reason := s.cfg.Pods.AgentPod(node, podUID)
+	alive, seen, reason := s.cfg.AgentPods.AgentPod(node, podUID)
 	if !alive && (seen || s.cfg.Now().Sub(leaf.NotBefore) > agentPodGrace) {
 		if known && !a.Evicted() {
 			if err := s.cfg.Store.EvictAgent(ctx, id.String(), s.cfg.Now()); err != nil && !errors.Is(err, store.ErrNotFound) {
@@ -233,15 +232,15 @@ func (s *NodeServer) AttestNode(ctx context.Context, req *agentv1.AttestNodeRequ
 		}
 		agent, err := s.cfg.PSAT.Attest(ctx, att.K8SPsat.GetToken(), node)
 		if err != nil {
-			if nodeattest.IsRefusal(err) {
+			if agentFault(err) {
 				return nil, fail(codes.PermissionDenied, method, node, err.Error())
 			}
 			return nil, s.cfg.internal(ctx, "PSAT attestation", err)
 		}
-		if why, evicted := s.cfg.Pods.AgentEvicted(agent.PodUID); evicted {
-			return nil, fail(codes.PermissionDenied, method, node, fmt.Sprintf("agent pod %s/%s was evicted (%s); a new pod may attest", agent.Namespace, agent.PodName, why))
+		if why, evicted := s.cfg.AgentPods.AgentEvicted(agent.UID); evicted {
+			return nil, fail(codes.PermissionDenied, method, node, fmt.Sprintf("agent pod %s/%s was evicted (%s); a new pod may attest", agent.Namespace, agent.Name, why))
 		}
-		units = []string{agentPodUnit + agent.PodUID}
+		units = []string{agentPodUnit + agent.UID}
 	default:
 		return nil, fail(codes.InvalidArgument, "unknown", "", "no supported attestation in request")
 	}
@@ -560,9 +559,12 @@ func (s *NodeServer) Sync(req *agentv1.SyncRequest, stream agentv1.Node_SyncServ
 	sentPolicies := "\x00"               // none sent yet
 	for {
 		entriesChanged := s.cfg.Changes.Wait()
-		var podsChanged, clusterChanged <-chan struct{}
+		var podsChanged, clusterChanged, policiesChanged <-chan struct{}
 		if c.node != "" {
 			podsChanged, clusterChanged = s.cfg.Pods.Changed(c.node)
+		}
+		if s.cfg.Policies != nil {
+			policiesChanged = s.cfg.Policies.Changed()
 		}
 		bundle, bundleChanged := s.cfg.Authority.Bundle()
 		ch, err := s.cfg.Store.EntriesSince(ctx, c.id.String(), rev)
@@ -612,6 +614,7 @@ func (s *NodeServer) Sync(req *agentv1.SyncRequest, stream agentv1.Node_SyncServ
 		case <-entriesChanged:
 		case <-podsChanged:
 		case <-clusterChanged:
+		case <-policiesChanged:
 		case <-bundleChanged:
 		case <-time.After(resyncInterval):
 		}
@@ -654,8 +657,8 @@ func (s *NodeServer) nodePolicies(ctx context.Context, stored map[string]spiffei
 	if err != nil {
 		return nil, "", err
 	}
-	if s.cfg.Pods != nil {
-		all = append(all, s.cfg.Pods.Policies()...)
+	if s.cfg.Policies != nil {
+		all = append(all, s.cfg.Policies.Policies()...)
 	}
 	var out []*typesv1.AccessPolicy
 	var key strings.Builder

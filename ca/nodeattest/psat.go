@@ -28,6 +28,9 @@ type Refusal struct{ Reason string }
 
 func (r *Refusal) Error() string { return r.Reason }
 
+// AgentFault reports that a refusal is the attesting agent's fault.
+func (r *Refusal) AgentFault() bool { return true }
+
 func refuse(format string, args ...any) error { return &Refusal{Reason: fmt.Sprintf(format, args...)} }
 
 // PSAT verifies projected service-account tokens.

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
-	"fmt"
 	"os"
 	"strings"
 	"time"
@@ -15,24 +14,31 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/signet-id/signet/ca/accesspolicy"
+	"github.com/signet-id/signet/ca/agentpod"
+	"github.com/signet-id/signet/ca/api"
 	"github.com/signet-id/signet/ca/authority"
-	"github.com/signet-id/signet/ca/k8s"
+	"github.com/signet-id/signet/ca/cluster"
+	"github.com/signet-id/signet/ca/clusterview"
 	"github.com/signet-id/signet/ca/nodeattest"
+	"github.com/signet-id/signet/ca/podidentity"
 )
 
 // kubeMode is what Kubernetes mode adds to the CA.
 type kubeMode struct {
 	psat *nodeattest.PSAT
-	pods *k8s.Identities
-	// evictions are the agent pods operators evicted, shared by the
-	// replicas.
-	evictions *k8s.Evictions
-	keys      *k8s.SecretKeyStore
-	leader    *k8s.Leader
+	// view is the cluster's pods, namespaces and nodes, shared by the
+	// identities, the policies and the agent pods.
+	view      *clusterview.View
+	pods      *podidentity.Identities
+	policies  *accesspolicy.Set
+	agentPods *agentpod.Pods
+	keys      *cluster.SecretKeyStore
+	leader    *cluster.Leader
 	client    kubernetes.Interface
-	bundle    *k8s.BundlePublisher
+	bundle    *cluster.BundlePublisher
 	// caBundle, with a webhook, keeps the webhook configurations current.
-	caBundle *k8s.CABundleKeeper
+	caBundle *cluster.CABundleKeeper
 	// auth is set once the authority exists (it needs the key store
 	// first); the leader publishes its bundle.
 	auth *authority.Authority
@@ -72,41 +78,51 @@ func startKube(ctx context.Context, cfg Config, log hclog.Logger) (*kubeMode, er
 	if lease == "" {
 		lease = "signet-ca"
 	}
-	k8s.RouteKlog(log.Named("client-go"))
-	clients, err := k8s.NewClients(kc.Kubeconfig, kc.InCluster)
+	cluster.RouteKlog(log.Named("client-go"))
+	clients, err := cluster.NewClients(kc.Kubeconfig, kc.InCluster)
 	if err != nil {
 		return nil, err
 	}
-	pods, err := k8s.New(k8s.Config{
-		Client: clients.Client, Dynamic: clients.Dynamic, TrustDomain: cfg.TrustDomain,
-		AgentServiceAccounts: kc.AgentServiceAccounts, Log: log,
-	})
+	view, err := clusterview.New(clients.Client, clients.Dynamic)
 	if err != nil {
 		return nil, err
 	}
-	if err := pods.Start(ctx); err != nil {
+	pods, err := podidentity.New(podidentity.Config{View: view, Dynamic: clients.Dynamic, TrustDomain: cfg.TrustDomain, Log: log})
+	if err != nil {
 		return nil, err
 	}
+	policies, err := accesspolicy.NewSet(view, cfg.TrustDomain, log)
+	if err != nil {
+		return nil, err
+	}
+	if err := view.Start(ctx); err != nil {
+		return nil, err
+	}
+	pods.Load()
+	policies.Load()
 	log.Info("watching pods and IdentityRules", "cluster", kc.ClusterName, "namespace", ns)
-	evictions := &k8s.Evictions{Client: clients.Client, Namespace: ns, Name: lease + "-evictions"}
+	evictions := &agentpod.Evictions{Client: clients.Client, Namespace: ns, Name: lease + "-evictions"}
 	if err := evictions.Start(ctx); err != nil {
 		return nil, err
 	}
 	m := &kubeMode{
-		client: clients.Client,
-		psat:   &nodeattest.PSAT{Client: clients.Client, Audience: kc.Audience, ServiceAccounts: kc.AgentServiceAccounts},
-		pods:   pods, evictions: evictions,
-		keys: &k8s.SecretKeyStore{Client: clients.Client, Namespace: ns, Name: secret},
+		client:    clients.Client,
+		psat:      &nodeattest.PSAT{Client: clients.Client, Audience: kc.Audience, ServiceAccounts: kc.AgentServiceAccounts},
+		view:      view,
+		pods:      pods,
+		policies:  policies,
+		agentPods: agentpod.New(view, kc.AgentServiceAccounts, evictions),
+		keys:      &cluster.SecretKeyStore{Client: clients.Client, Namespace: ns, Name: secret},
 	}
 	if w := kc.Webhook; w != nil {
 		name := w.ConfigurationName
 		if name == "" {
 			name = "signet"
 		}
-		m.caBundle = &k8s.CABundleKeeper{Client: clients.Client, Name: name, Log: log}
+		m.caBundle = &cluster.CABundleKeeper{Client: clients.Client, Name: name, Log: log}
 	}
-	m.bundle = &k8s.BundlePublisher{Client: clients.Client, Namespace: ns, Name: bundleCM, Log: log}
-	m.leader = &k8s.Leader{Client: clients.Client, Namespace: ns, Name: lease, Identity: kc.Identity, Log: log,
+	m.bundle = &cluster.BundlePublisher{Client: clients.Client, Namespace: ns, Name: bundleCM, Log: log}
+	m.leader = &cluster.Leader{Client: clients.Client, Namespace: ns, Name: lease, Identity: kc.Identity, Log: log,
 		OnStart: func(ctx context.Context) {
 			roots := func() ([]*x509.Certificate, <-chan struct{}) {
 				b, changed := m.auth.Bundle()
@@ -119,6 +135,14 @@ func startKube(ctx context.Context, cfg Config, log hclog.Logger) (*kubeMode, er
 			pods.RunStatus(ctx)
 		}}
 	return m, nil
+}
+
+// psatAttestor gives the API the pod a verified agent token is bound to.
+type psatAttestor struct{ *nodeattest.PSAT }
+
+func (p psatAttestor) Attest(ctx context.Context, token, node string) (api.AgentPod, error) {
+	a, err := p.PSAT.Attest(ctx, token, node)
+	return api.AgentPod{Namespace: a.Namespace, Name: a.PodName, UID: a.PodUID}, err
 }
 
 // isClusterAdmin asks the API server whether user may do everything, as
@@ -138,42 +162,4 @@ func (m *kubeMode) isClusterAdmin(user authnv1.UserInfo) (bool, error) {
 		return false, err
 	}
 	return sar.Status.Allowed, nil
-}
-
-// agentPods is the cluster's view of agent pods for the API: the pod
-// informer, and the evictions all replicas share.
-type agentPods struct {
-	*k8s.Identities
-	evictions *k8s.Evictions
-}
-
-func (a *agentPods) AgentEvicted(uid string) (string, bool) {
-	ev, ok := a.evictions.Evicted(uid)
-	if !ok {
-		return "", false
-	}
-	return fmt.Sprintf("%s (at %s)", ev.Reason, ev.At.Format(time.RFC3339)), true
-}
-
-func (a *agentPods) EvictAgentPods(ctx context.Context, node, agentID, reason string) ([]string, error) {
-	uids := a.AgentPodsOn(node)
-	if len(uids) == 0 {
-		return nil, nil
-	}
-	evs := map[string]k8s.Eviction{}
-	for _, uid := range uids {
-		evs[uid] = k8s.Eviction{Agent: agentID, Node: node, At: time.Now().UTC(), Reason: reason}
-	}
-	if err := a.evictions.Evict(ctx, evs, a.PodExists); err != nil {
-		return nil, err
-	}
-	// In force at this replica before the operator hears back.
-	wait, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	for _, uid := range uids {
-		if err := a.evictions.WaitEvicted(wait, uid); err != nil {
-			return nil, fmt.Errorf("eviction of pod %s recorded, not yet seen: %w", uid, err)
-		}
-	}
-	return uids, nil
 }

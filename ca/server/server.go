@@ -249,7 +249,8 @@ func Run(ctx context.Context, cfg Config) error {
 	apiCfg.Unauthenticated = &audit.Unauthenticated{Log: auditLog, Suppressed: suppressed.Inc}
 	go apiCfg.Unauthenticated.Run(ctx)
 	if kube != nil {
-		apiCfg.PSAT, apiCfg.Pods, apiCfg.ClusterName = kube.psat, &agentPods{Identities: kube.pods, evictions: kube.evictions}, cfg.Kube.ClusterName
+		apiCfg.PSAT, apiCfg.ClusterName = psatAttestor{kube.psat}, cfg.Kube.ClusterName
+		apiCfg.Pods, apiCfg.AgentPods, apiCfg.Policies = kube.pods, kube.agentPods, kube.policies
 	}
 
 	certs := &servingCert{auth: auth, id: signetid.CA(cfg.TrustDomain)}
@@ -367,7 +368,7 @@ func Run(ctx context.Context, cfg Config) error {
 			ds = "signet-agent"
 		}
 		hook := webhook.New(webhook.Config{TrustDomain: cfg.TrustDomain, SocketDir: socketDir, AgentServiceAccounts: cfg.Kube.AgentServiceAccounts,
-			AgentDaemonSet: ds, AgentPodCreators: w.AgentPodCreators, NamespaceLabels: kube.pods.NamespaceLabels, IsClusterAdmin: kube.isClusterAdmin})
+			AgentDaemonSet: ds, AgentPodCreators: w.AgentPodCreators, NamespaceLabels: kube.view.NamespaceLabels, IsClusterAdmin: kube.isClusterAdmin})
 		hookSrv := &http.Server{Handler: hook, ReadHeaderTimeout: 10 * time.Second,
 			ErrorLog: log.Named("webhook").StandardLogger(&hclog.StandardLoggerOptions{ForceLevel: hclog.Debug}),
 			TLSConfig: &tls.Config{MinVersion: tls.VersionTLS12,

@@ -22,8 +22,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
+	"github.com/signet-id/signet/ca/accesspolicy"
 	"github.com/signet-id/signet/ca/identityrule"
-	"github.com/signet-id/signet/ca/k8s"
 )
 
 // Labels and names of the contract with users.
@@ -346,10 +346,10 @@ func (h *Handler) validatePolicy(req *admissionv1.AdmissionRequest) *admissionv1
 		return deny("AccessPolicy: %v", err)
 	}
 	u.SetNamespace(req.Namespace)
-	p, err := k8s.PolicyFromObject(&u)
+	p, err := accesspolicy.FromObject(&u)
 	if err == nil {
-		cross := h.cfg.NamespaceLabels(req.Namespace)[k8s.CrossNamespaceLabel] == "allowed"
-		err = k8s.CheckNamespacedPolicy(h.cfg.TrustDomain, req.Namespace, cross, p)
+		cross := h.cfg.NamespaceLabels(req.Namespace)[accesspolicy.CrossNamespaceLabel] == "allowed"
+		err = accesspolicy.CheckNamespaced(h.cfg.TrustDomain, req.Namespace, cross, p)
 	}
 	if err != nil {
 		return deny("AccessPolicy %s/%s: %v", req.Namespace, req.Name, err)
@@ -364,7 +364,7 @@ func (h *Handler) validateNamespace(req *admissionv1.AdmissionRequest) *admissio
 		if len(raw) == 0 || json.Unmarshal(raw, &ns) != nil {
 			return "", false
 		}
-		v, ok := ns.Labels[k8s.CrossNamespaceLabel]
+		v, ok := ns.Labels[accesspolicy.CrossNamespaceLabel]
 		return v, ok
 	}
 	newV, newOK := label(req.Object.Raw)
@@ -377,7 +377,7 @@ func (h *Handler) validateNamespace(req *admissionv1.AdmissionRequest) *admissio
 		return deny("cannot check whether %s is a cluster admin: %v", req.UserInfo.Username, err)
 	}
 	if !admin {
-		return deny("only cluster admins may set the label %s on namespace %s", k8s.CrossNamespaceLabel, req.Name)
+		return deny("only cluster admins may set the label %s on namespace %s", accesspolicy.CrossNamespaceLabel, req.Name)
 	}
 	return allow()
 }

@@ -14,7 +14,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/signet-id/signet/ca/server"
-	"github.com/signet-id/signet/internal/systest"
+	"github.com/signet-id/signet/e2e/systest"
 	adminv1 "github.com/signet-id/signet/proto/signet/admin/v1"
 	agentv1 "github.com/signet-id/signet/proto/signet/agent/v1"
 )

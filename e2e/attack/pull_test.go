@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/signet-id/signet/internal/systest"
+	"github.com/signet-id/signet/e2e/systest"
 	agentv1 "github.com/signet-id/signet/proto/signet/agent/v1"
 )
 

@@ -13,8 +13,8 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
 	"github.com/signet-id/signet/ca/server"
+	"github.com/signet-id/signet/e2e/systest"
 	"github.com/signet-id/signet/e2e/testenv"
-	"github.com/signet-id/signet/internal/systest"
 )
 
 // shippedWebhooks renders the webhook configurations as a user installs

@@ -10,7 +10,7 @@ import (
 	"google.golang.org/grpc"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
-	"github.com/signet-id/signet/internal/systest"
+	"github.com/signet-id/signet/e2e/systest"
 	"github.com/signet-id/signet/sdk"
 	"github.com/signet-id/signet/sdk/authz"
 )

@@ -26,7 +26,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
-	"github.com/signet-id/signet/internal/systest"
+	"github.com/signet-id/signet/e2e/systest"
 	adminv1 "github.com/signet-id/signet/proto/signet/admin/v1"
 	typesv1 "github.com/signet-id/signet/proto/signet/types/v1"
 	workloadv1 "github.com/signet-id/signet/proto/signet/workload/v1"

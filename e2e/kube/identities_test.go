@@ -15,9 +15,10 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
-	"github.com/signet-id/signet/ca/k8s"
+	"github.com/signet-id/signet/ca/accesspolicy"
+	"github.com/signet-id/signet/ca/podidentity"
+	"github.com/signet-id/signet/e2e/systest"
 	"github.com/signet-id/signet/internal/entry"
-	"github.com/signet-id/signet/internal/systest"
 	agentv1 "github.com/signet-id/signet/proto/signet/agent/v1"
 	typesv1 "github.com/signet-id/signet/proto/signet/types/v1"
 )
@@ -221,7 +222,7 @@ func ruleObject(name string, spec map[string]any) *unstructured.Unstructured {
 func TestIdentityRules(t *testing.T) {
 	ca := startCA(t, "rules-ca", "rules")
 	ctx := context.Background()
-	rules := dyn.Resource(k8s.IdentityRuleResource)
+	rules := dyn.Resource(podidentity.IdentityRuleResource)
 
 	for name, spec := range map[string]map[string]any{
 		"reserved":     {"spiffeIDTemplate": "spiffe://{{.TrustDomain}}/signet/agent/{{.PodName}}"},
@@ -378,7 +379,7 @@ func TestAccessPolicyObjects(t *testing.T) {
 	createPod(t, "team-a", "api-0", "api", "node-ap1", nil)
 	svid := attestAgent(t, ca, "node-ap1")
 	view := follow(t, ca, svid)
-	policies := dyn.Resource(k8s.AccessPolicyResource).Namespace("team-a")
+	policies := dyn.Resource(accesspolicy.Resource).Namespace("team-a")
 	obj := func(name string, peer map[string]any) *unstructured.Unstructured {
 		return &unstructured.Unstructured{Object: map[string]any{
 			"apiVersion": "signet.dev/v1alpha1", "kind": "AccessPolicy", "metadata": map[string]any{"name": name, "namespace": "team-a"},
@@ -401,7 +402,7 @@ func TestAccessPolicyObjects(t *testing.T) {
 	if ns.Labels == nil {
 		ns.Labels = map[string]string{}
 	}
-	ns.Labels[k8s.CrossNamespaceLabel] = "allowed"
+	ns.Labels[accesspolicy.CrossNamespaceLabel] = "allowed"
 	if _, err := cluster.Client.CoreV1().Namespaces().Update(ctx, ns, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}

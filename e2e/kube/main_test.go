@@ -21,8 +21,8 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/signet-id/signet/ca/server"
+	"github.com/signet-id/signet/e2e/systest"
 	"github.com/signet-id/signet/e2e/testenv"
-	"github.com/signet-id/signet/internal/systest"
 )
 
 var (

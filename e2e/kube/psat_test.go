@@ -16,8 +16,8 @@ import (
 	"google.golang.org/grpc/status"
 	corev1 "k8s.io/api/core/v1"
 
+	"github.com/signet-id/signet/e2e/systest"
 	"github.com/signet-id/signet/e2e/testenv"
-	"github.com/signet-id/signet/internal/systest"
 	agentv1 "github.com/signet-id/signet/proto/signet/agent/v1"
 )
 

@@ -8,9 +8,9 @@ import (
 	"time"
 
 	"github.com/signet-id/signet/ca/authority"
-	"github.com/signet-id/signet/ca/k8s"
+	cacluster "github.com/signet-id/signet/ca/cluster"
 	"github.com/signet-id/signet/ca/store"
-	"github.com/signet-id/signet/internal/systest"
+	"github.com/signet-id/signet/e2e/systest"
 )
 
 // TestSecretKeyStoreConflicts: a write based on an old read of the Secret
@@ -20,9 +20,9 @@ func TestSecretKeyStoreConflicts(t *testing.T) {
 	if err := createNamespace(ctx, "keys-conflict"); err != nil {
 		t.Fatal(err)
 	}
-	s1 := &k8s.SecretKeyStore{Client: cluster.Client, Namespace: "keys-conflict", Name: "keys"}
-	s2 := &k8s.SecretKeyStore{Client: cluster.Client, Namespace: "keys-conflict", Name: "keys"}
-	for _, s := range []*k8s.SecretKeyStore{s1, s2} {
+	s1 := &cacluster.SecretKeyStore{Client: cluster.Client, Namespace: "keys-conflict", Name: "keys"}
+	s2 := &cacluster.SecretKeyStore{Client: cluster.Client, Namespace: "keys-conflict", Name: "keys"}
+	for _, s := range []*cacluster.SecretKeyStore{s1, s2} {
 		if keys, _, err := s.LoadCAKeys(ctx); err != nil || len(keys) != 0 {
 			t.Fatalf("empty load: %v %v", keys, err)
 		}
@@ -61,7 +61,7 @@ func TestAuthoritiesStartingTogether(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			auths[i], errs[i] = authority.New(ctx, authority.Config{TrustDomain: systest.TrustDomain,
-				Store: &k8s.SecretKeyStore{Client: cluster.Client, Namespace: "keys-race", Name: "keys"}})
+				Store: &cacluster.SecretKeyStore{Client: cluster.Client, Namespace: "keys-race", Name: "keys"}})
 		}()
 	}
 	wg.Wait()
@@ -90,7 +90,7 @@ func TestFollowerPicksUpRotation(t *testing.T) {
 	clock := func() time.Time { return now }
 	newAuth := func(leader bool) *authority.Authority {
 		a, err := authority.New(ctx, authority.Config{TrustDomain: systest.TrustDomain, Now: clock, IsLeader: func() bool { return leader },
-			Store: &k8s.SecretKeyStore{Client: cluster.Client, Namespace: "keys-follow", Name: "keys"}})
+			Store: &cacluster.SecretKeyStore{Client: cluster.Client, Namespace: "keys-follow", Name: "keys"}})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -16,9 +16,10 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
-	"github.com/signet-id/signet/ca/k8s"
+	"github.com/signet-id/signet/ca/accesspolicy"
+	"github.com/signet-id/signet/ca/podidentity"
 	"github.com/signet-id/signet/ca/server"
-	"github.com/signet-id/signet/internal/systest"
+	"github.com/signet-id/signet/e2e/systest"
 )
 
 // TestAdmissionWebhook: the API server calls the CA's webhook over TLS
@@ -73,7 +74,7 @@ func TestAdmissionWebhook(t *testing.T) {
 			{Name: "namespaces.signet.dev", ClientConfig: admissionregv1.WebhookClientConfig{URL: url("/validate-namespaces")},
 				Rules: []admissionregv1.RuleWithOperations{{Operations: []admissionregv1.OperationType{admissionregv1.Create, admissionregv1.Update},
 					Rule: admissionregv1.Rule{APIGroups: []string{""}, APIVersions: []string{"v1"}, Resources: []string{"namespaces"}}}},
-				ObjectSelector: &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: k8s.CrossNamespaceLabel, Operator: metav1.LabelSelectorOpExists}}},
+				ObjectSelector: &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: accesspolicy.CrossNamespaceLabel, Operator: metav1.LabelSelectorOpExists}}},
 				FailurePolicy:  &fail, SideEffects: &none, AdmissionReviewVersions: []string{"v1"}},
 		},
 	}, metav1.CreateOptions{}); err != nil {
@@ -169,14 +170,14 @@ func TestAdmissionWebhook(t *testing.T) {
 	// An IdentityRule that passes the schema but leaves the trust domain.
 	rule := ruleObject("hook-elsewhere", map[string]any{"spiffeIDTemplate": "spiffe://other.org/x/{{.PodName}}"})
 	rule.SetLabels(map[string]string{"signet-e2e-webhook": "yes"})
-	_, err = dyn.Resource(k8s.IdentityRuleResource).Create(ctx, rule, metav1.CreateOptions{})
+	_, err = dyn.Resource(podidentity.IdentityRuleResource).Create(ctx, rule, metav1.CreateOptions{})
 	if err == nil || !strings.Contains(err.Error(), "must start with") {
 		t.Fatalf("rule outside the trust domain: %v", err)
 	}
 
 	// AccessPolicies of hook-plain: only its own servers, only its own
 	// peers until a cluster admin labels it.
-	policies := dyn.Resource(k8s.AccessPolicyResource).Namespace("hook-plain")
+	policies := dyn.Resource(accesspolicy.Resource).Namespace("hook-plain")
 	policy := func(name, target string, peer map[string]any) *unstructured.Unstructured {
 		return &unstructured.Unstructured{Object: map[string]any{
 			"apiVersion": "signet.dev/v1alpha1", "kind": "AccessPolicy", "metadata": map[string]any{"name": name, "namespace": "hook-plain"},
@@ -213,7 +214,7 @@ func TestAdmissionWebhook(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		ns.Labels[k8s.CrossNamespaceLabel] = "allowed"
+		ns.Labels[accesspolicy.CrossNamespaceLabel] = "allowed"
 		_, err = c.CoreV1().Namespaces().Update(ctx, ns, metav1.UpdateOptions{})
 		return err
 	}

@@ -1,14 +1,13 @@
-// Package k8s is the CA's Kubernetes mode: identities derived from pods
-// and IdentityRules (no per-pod entries are stored), CA keys in a Secret
-// shared by replicas, and leader election on a Lease.
-package k8s
+// Package podidentity derives the identities of pods from IdentityRules
+// (no per-pod entries are stored): it mirrors the IdentityRule objects,
+// renders each node's pods under them, confirms a pod a workload asks
+// about with the API server, and writes each rule's status.
+package podidentity
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"maps"
-	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -23,50 +22,34 @@ import (
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/dynamic/dynamicinformer"
-	"k8s.io/client-go/informers"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 
+	"github.com/signet-id/signet/ca/clusterview"
 	"github.com/signet-id/signet/ca/identityrule"
 	"github.com/signet-id/signet/internal/entry"
 	"github.com/signet-id/signet/internal/selector"
-	typesv1 "github.com/signet-id/signet/proto/signet/types/v1"
 )
 
 // Config configures Identities.
 type Config struct {
-	Client      kubernetes.Interface
+	// View is the cluster's pods, namespaces and nodes; New registers the
+	// IdentityRule informer with it.
+	View *clusterview.View
+	// Dynamic writes the IdentityRules' status.
 	Dynamic     dynamic.Interface
 	TrustDomain spiffeid.TrustDomain
-	// AgentServiceAccounts ("namespace/name") are the accounts agent pods
-	// run as; an agent is alive while such a pod runs on its node.
-	AgentServiceAccounts []string
-	Log                  hclog.Logger
+	Log         hclog.Logger
 }
 
-// Identities watches pods, namespaces, nodes and IdentityRules and derives
-// the identities of each node's pods.
+// Identities derives the identities of each node's pods.
 type Identities struct {
-	cfg        Config
-	factory    informers.SharedInformerFactory
-	dyn        dynamicinformer.DynamicSharedInformerFactory
-	pods       cache.SharedIndexInformer
-	namespaces cache.SharedIndexInformer
-	nodes      cache.SharedIndexInformer
-	rules      cache.SharedIndexInformer
-	policies   cache.SharedIndexInformer
+	cfg   Config
+	rules cache.SharedIndexInformer
 
 	mu       sync.Mutex
-	valid    []*typesv1.AccessPolicy // AccessPolicy objects that pass the checks
-	compiled map[string]*rule        // by name
-	order    []*rule                 // sorted by name
+	compiled map[string]*rule // by name
+	order    []*rule          // sorted by name
 	pulled   map[string]pulledPod
-	// gone holds pods the informer saw deleted (by UID, with the time),
-	// for pulledTTL: a listing or a pull racing the deletion must not
-	// bring them back.
-	gone       map[string]time.Time
-	gonePruned time.Time
 	// all is closed on a change that may concern every node (rules,
 	// namespaces, nodes); byNode on a change of one node's pods.
 	all      chan struct{}
@@ -83,142 +66,33 @@ type pulledPod struct {
 // for minting while the informer catches up.
 const pulledTTL = 2 * time.Minute
 
-const (
-	byNode = "node"
-	byUID  = "uid"
-)
-
-// New sets up the informers; Start runs them.
+// New registers the IdentityRule informer and the callbacks with the
+// view; the view's Start runs them, then Load reads the rules.
 func New(cfg Config) (*Identities, error) {
 	if cfg.Log == nil {
 		cfg.Log = hclog.NewNullLogger()
 	}
 	id := &Identities{
-		cfg: cfg, compiled: map[string]*rule{}, pulled: map[string]pulledPod{}, gone: map[string]time.Time{},
+		cfg: cfg, compiled: map[string]*rule{}, pulled: map[string]pulledPod{},
 		all: make(chan struct{}), byNode: map[string]chan struct{}{}, statusCh: make(chan struct{}, 1),
 	}
-	id.factory = informers.NewSharedInformerFactory(cfg.Client, 0)
-	id.pods = id.factory.Core().V1().Pods().Informer()
-	if err := id.pods.SetTransform(trimPod); err != nil {
-		return nil, err
-	}
-	if err := id.pods.AddIndexers(cache.Indexers{
-		byNode: func(obj any) ([]string, error) { return []string{obj.(*corev1.Pod).Spec.NodeName}, nil },
-		byUID:  func(obj any) ([]string, error) { return []string{string(obj.(*corev1.Pod).UID)}, nil },
-	}); err != nil {
-		return nil, err
-	}
-	id.namespaces = id.factory.Core().V1().Namespaces().Informer()
-	id.nodes = id.factory.Core().V1().Nodes().Informer()
-	if err := id.nodes.SetTransform(trimNode); err != nil {
-		return nil, err
-	}
-	id.dyn = dynamicinformer.NewDynamicSharedInformerFactory(cfg.Dynamic, 0)
-	id.rules = id.dyn.ForResource(IdentityRuleResource).Informer()
-	// Node status updates (heartbeats) do not matter: only a node's coming
-	// and going does. A namespace matters through its labels.
-	if _, err := id.nodes.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(any) { id.notify("") },
-		DeleteFunc: func(any) { id.notify("") },
-	}); err != nil {
-		return nil, err
-	}
-	if _, err := id.namespaces.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc: func(any) { id.recheckPolicies() },
-		UpdateFunc: func(old, obj any) {
-			o, ok1 := old.(*corev1.Namespace)
-			n, ok2 := obj.(*corev1.Namespace)
-			if !ok1 || !ok2 || !maps.Equal(o.Labels, n.Labels) {
-				id.recheckPolicies()
-			}
-		},
-		DeleteFunc: func(any) { id.recheckPolicies() },
-	}); err != nil {
-		return nil, err
-	}
-	// A pod change concerns the node it is (or was) bound to.
-	podNode := func(obj any) string {
-		if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
-			obj = d.Obj
-		}
-		if p, ok := obj.(*corev1.Pod); ok {
-			return p.Spec.NodeName
-		}
-		return ""
-	}
-	if _, err := id.pods.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc: func(obj any) { id.notifyPod(podNode(obj)) },
-		UpdateFunc: func(old, obj any) {
-			if n := podNode(old); n != podNode(obj) {
-				id.notifyPod(n)
-			}
-			id.notifyPod(podNode(obj))
-		},
-		DeleteFunc: func(obj any) {
-			if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
-				obj = d.Obj
-			}
-			if p, ok := obj.(*corev1.Pod); ok {
-				id.forgetPulled(string(p.UID))
-			}
-			id.notifyPod(podNode(obj))
-		},
-	}); err != nil {
-		return nil, err
-	}
-	id.policies = id.dyn.ForResource(AccessPolicyResource).Informer()
-	if _, err := id.policies.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc: func(any) { id.recheckPolicies() }, UpdateFunc: func(any, any) { id.recheckPolicies() }, DeleteFunc: func(any) { id.recheckPolicies() },
-	}); err != nil {
-		return nil, err
-	}
+	id.rules = cfg.View.Resource(IdentityRuleResource)
 	ruleChanged := func(any) { id.recompile() }
 	if _, err := id.rules.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc: ruleChanged, UpdateFunc: func(_, n any) { ruleChanged(n) }, DeleteFunc: ruleChanged,
 	}); err != nil {
 		return nil, err
 	}
+	cfg.View.OnPodsChange(id.notify)
+	cfg.View.OnPodDeleted(id.forgetPulled)
+	cfg.View.OnNodesChange(func() { id.notify("") })
+	cfg.View.OnNamespacesChange(func() { id.notify("") })
 	return id, nil
 }
 
-// trimPod keeps only what derivation and liveness checks read, so a large
-// cluster's pods cost little memory.
-func trimPod(obj any) (any, error) {
-	p, ok := obj.(*corev1.Pod)
-	if !ok {
-		return obj, nil
-	}
-	return &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{
-			Name: p.Name, Namespace: p.Namespace, UID: p.UID, ResourceVersion: p.ResourceVersion,
-			Labels: p.Labels, Annotations: p.Annotations, DeletionTimestamp: p.DeletionTimestamp,
-		},
-		Spec:   corev1.PodSpec{NodeName: p.Spec.NodeName, ServiceAccountName: p.Spec.ServiceAccountName},
-		Status: corev1.PodStatus{Phase: p.Status.Phase},
-	}, nil
-}
-
-func trimNode(obj any) (any, error) {
-	n, ok := obj.(*corev1.Node)
-	if !ok {
-		return obj, nil
-	}
-	return &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n.Name, UID: n.UID, ResourceVersion: n.ResourceVersion}}, nil
-}
-
-// Start runs the informers until ctx ends and waits for their first list.
-func (id *Identities) Start(ctx context.Context) error {
-	id.factory.Start(ctx.Done())
-	id.dyn.Start(ctx.Done())
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-	defer cancel()
-	if !cache.WaitForCacheSync(ctx.Done(), id.pods.HasSynced, id.namespaces.HasSynced, id.nodes.HasSynced, id.rules.HasSynced, id.policies.HasSynced) {
-		return errors.New("k8s: informers did not sync (are the IdentityRule and AccessPolicy CRDs installed, and may the CA list pods, namespaces, nodes and both?)")
-	}
-	id.recompile()
-	id.recheckPolicies()
-	return nil
-}
+// Load compiles the rules once the view has synced; events keep them
+// current after.
+func (id *Identities) Load() { id.recompile() }
 
 // notify wakes the waiters of node, or everyone for "".
 func (id *Identities) notify(node string) {
@@ -232,14 +106,6 @@ func (id *Identities) notify(node string) {
 	if ch, ok := id.byNode[node]; ok {
 		close(ch)
 		delete(id.byNode, node)
-	}
-}
-
-// notifyPod wakes the waiters of a pod's node; a pod not bound to a node
-// concerns no agent yet.
-func (id *Identities) notifyPod(node string) {
-	if node != "" {
-		id.notify(node)
 	}
 }
 
@@ -291,29 +157,16 @@ func (id *Identities) ruleList() []*rule {
 	return id.order
 }
 
-// NamespaceLabels returns a namespace's labels from the informer.
-func (id *Identities) NamespaceLabels(ns string) map[string]string { return id.namespaceLabels(ns) }
-
 func (id *Identities) namespaceLabels(ns string) labels.Set {
-	if id.namespaces == nil {
+	if id.cfg.View == nil {
 		return labels.Set{corev1.LabelMetadataName: ns}
 	}
-	if obj, ok, _ := id.namespaces.GetStore().GetByKey(ns); ok {
-		if l := obj.(*corev1.Namespace).Labels; l != nil {
-			return l
-		}
-	}
-	// The API server gives every namespace this label.
-	return labels.Set{corev1.LabelMetadataName: ns}
-}
-
-func finished(p *corev1.Pod) bool {
-	return p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed
+	return id.cfg.View.NamespaceLabels(ns)
 }
 
 // derive returns the pod's identities under every rule that selects it.
 func (id *Identities) derive(p *corev1.Pod, parent spiffeid.ID, only string) []entry.Entry {
-	if finished(p) {
+	if clusterview.Finished(p) {
 		return nil
 	}
 	var out []entry.Entry
@@ -365,9 +218,8 @@ func (r *rule) render(p *corev1.Pod, parent spiffeid.ID) (entry.Entry, error) {
 // describes those it gives no identity: how many of how many, and the
 // first few by name.
 func (id *Identities) renderFailures(r *rule) (failed, selected int, examples []string) {
-	for _, obj := range id.pods.GetStore().List() {
-		p := obj.(*corev1.Pod)
-		if finished(p) || !r.pods.Matches(labels.Set(p.Labels)) || !r.namespaces.Matches(id.namespaceLabels(p.Namespace)) {
+	for _, p := range id.cfg.View.Pods() {
+		if clusterview.Finished(p) || !r.pods.Matches(labels.Set(p.Labels)) || !r.namespaces.Matches(id.namespaceLabels(p.Namespace)) {
 			continue
 		}
 		selected++
@@ -386,10 +238,9 @@ func (id *Identities) renderFailures(r *rule) (failed, selected int, examples []
 // ForNode returns the identities of the pods bound to node, parented to
 // the node's agent.
 func (id *Identities) ForNode(node string, parent spiffeid.ID) []entry.Entry {
-	objs, _ := id.pods.GetIndexer().ByIndex(byNode, node)
 	var out []entry.Entry
-	for _, o := range objs {
-		out = append(out, id.derive(o.(*corev1.Pod), parent, "")...)
+	for _, p := range id.cfg.View.PodsOnNode(node) {
+		out = append(out, id.derive(p, parent, "")...)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out
@@ -407,25 +258,22 @@ type nodeListing struct {
 // them (once per listing). Only the pod asked for is kept beyond the
 // request (id.pulled): a pod deleted since must not be found.
 func (id *Identities) podOnNode(ctx context.Context, uid, node string, listing *nodeListing) (*corev1.Pod, error) {
-	if objs, _ := id.pods.GetIndexer().ByIndex(byUID, uid); len(objs) == 1 {
-		if p := objs[0].(*corev1.Pod); p.Spec.NodeName == node {
-			return p, nil
-		}
+	if p, ok := id.cfg.View.Pod(uid); ok && p.Spec.NodeName == node {
+		return p, nil
+	}
+	if id.cfg.View.PodDeleted(uid) {
+		return nil, entry.ErrPodNotOnNode
 	}
 	id.mu.Lock()
 	pp, ok := id.pulled[uid]
-	_, deleted := id.gone[uid]
 	id.mu.Unlock()
-	if deleted {
-		return nil, entry.ErrPodNotOnNode
-	}
 	if ok && time.Since(pp.at) < pulledTTL && pp.pod.Spec.NodeName == node {
 		return pp.pod, nil
 	}
 	if !listing.done {
-		list, err := id.cfg.Client.CoreV1().Pods("").List(ctx, metav1.ListOptions{FieldSelector: fields.OneTermEqualSelector("spec.nodeName", node).String()})
+		list, err := id.cfg.View.Client().CoreV1().Pods("").List(ctx, metav1.ListOptions{FieldSelector: fields.OneTermEqualSelector("spec.nodeName", node).String()})
 		if err != nil {
-			return nil, fmt.Errorf("k8s: list pods on node %s: %w", node, err)
+			return nil, fmt.Errorf("podidentity: list pods on node %s: %w", node, err)
 		}
 		listing.done, listing.pods = true, list.Items
 	}
@@ -433,13 +281,11 @@ func (id *Identities) podOnNode(ctx context.Context, uid, node string, listing *
 		if string(listing.pods[i].UID) != uid {
 			continue
 		}
-		p, _ := trimPod(&listing.pods[i])
-		pod := p.(*corev1.Pod)
-		id.mu.Lock()
-		if _, deleted := id.gone[uid]; deleted {
-			id.mu.Unlock()
+		pod := clusterview.Trim(&listing.pods[i])
+		if id.cfg.View.PodDeleted(uid) {
 			return nil, entry.ErrPodNotOnNode
 		}
+		id.mu.Lock()
 		for k, v := range id.pulled {
 			if time.Since(v.at) > pulledTTL {
 				delete(id.pulled, k)
@@ -452,24 +298,11 @@ func (id *Identities) podOnNode(ctx context.Context, uid, node string, listing *
 	return nil, entry.ErrPodNotOnNode
 }
 
-// forgetPulled drops a deleted pod from the pods read on pulls, and
-// remembers its deletion for pulledTTL.
+// forgetPulled drops a deleted pod from the pods read on pulls.
 func (id *Identities) forgetPulled(uid string) {
 	id.mu.Lock()
 	defer id.mu.Unlock()
 	delete(id.pulled, uid)
-	now := time.Now()
-	// Pruned now and then, not on every deletion: many pods may go at
-	// once.
-	if now.Sub(id.gonePruned) > pulledTTL/4 {
-		for k, at := range id.gone {
-			if now.Sub(at) > pulledTTL {
-				delete(id.gone, k)
-			}
-		}
-		id.gonePruned = now
-	}
-	id.gone[uid] = now
 }
 
 // Pull returns the identities of pod uid, which must be bound to node; the
@@ -504,56 +337,6 @@ func (id *Identities) Lookup(ctx context.Context, ids []string, node string, par
 		}
 	}
 	return out, nil
-}
-
-// AgentPod reports whether pod uid runs an agent on node: the node
-// exists and the pod, bound to it with an agent service account, has not
-// finished or been deleted. known is false when the informer has not seen
-// the pod (yet). Only the informer's cache is read: this runs on every
-// call of every agent.
-func (id *Identities) AgentPod(node, uid string) (alive, known bool, reason string) {
-	if _, ok, _ := id.nodes.GetStore().GetByKey(node); !ok {
-		return false, true, fmt.Sprintf("node %q no longer exists", node)
-	}
-	objs, _ := id.pods.GetIndexer().ByIndex(byUID, uid)
-	if len(objs) != 1 {
-		id.mu.Lock()
-		_, deleted := id.gone[uid]
-		id.mu.Unlock()
-		if deleted {
-			return false, true, fmt.Sprintf("agent pod %s was deleted", uid)
-		}
-		return false, false, fmt.Sprintf("agent pod %s is not known", uid)
-	}
-	p := objs[0].(*corev1.Pod)
-	switch {
-	case p.Spec.NodeName != node:
-		return false, true, fmt.Sprintf("agent pod %s/%s runs on node %q, not %q", p.Namespace, p.Name, p.Spec.NodeName, node)
-	case finished(p):
-		return false, true, fmt.Sprintf("agent pod %s/%s has finished", p.Namespace, p.Name)
-	case !slices.Contains(id.cfg.AgentServiceAccounts, p.Namespace+"/"+p.Spec.ServiceAccountName):
-		return false, true, fmt.Sprintf("pod %s/%s does not run with an agent service account", p.Namespace, p.Name)
-	}
-	return true, true, ""
-}
-
-// AgentPodsOn returns the UIDs of the live agent pods bound to node.
-func (id *Identities) AgentPodsOn(node string) []string {
-	objs, _ := id.pods.GetIndexer().ByIndex(byNode, node)
-	var out []string
-	for _, o := range objs {
-		p := o.(*corev1.Pod)
-		if !finished(p) && slices.Contains(id.cfg.AgentServiceAccounts, p.Namespace+"/"+p.Spec.ServiceAccountName) {
-			out = append(out, string(p.UID))
-		}
-	}
-	return out
-}
-
-// PodExists reports whether the informer holds pod uid.
-func (id *Identities) PodExists(uid string) bool {
-	objs, _ := id.pods.GetIndexer().ByIndex(byUID, uid)
-	return len(objs) > 0
 }
 
 // RunStatus writes each IdentityRule's conditions until ctx ends: Ready

@@ -1,4 +1,4 @@
-package k8s
+package cluster
 
 import (
 	"context"
@@ -45,12 +45,12 @@ func (s *SecretKeyStore) LoadCAKeys(ctx context.Context) ([]store.CAKey, uint64,
 		return nil, 0, nil
 	}
 	if err != nil {
-		return nil, 0, fmt.Errorf("k8s: read secret %s/%s: %w", s.Namespace, s.Name, err)
+		return nil, 0, fmt.Errorf("cluster: read secret %s/%s: %w", s.Namespace, s.Name, err)
 	}
 	var sk secretKeys
 	if raw := sec.Data[secretKey]; len(raw) > 0 {
 		if err := json.Unmarshal(raw, &sk); err != nil {
-			return nil, 0, fmt.Errorf("k8s: secret %s/%s: %s is not valid: %w", s.Namespace, s.Name, secretKey, err)
+			return nil, 0, fmt.Errorf("cluster: secret %s/%s: %s is not valid: %w", s.Namespace, s.Name, secretKey, err)
 		}
 	}
 	s.mu.Lock()
@@ -80,10 +80,10 @@ func (s *SecretKeyStore) SaveCAKeys(ctx context.Context, keys []store.CAKey, seq
 		out, err = s.Client.CoreV1().Secrets(s.Namespace).Update(ctx, sec, metav1.UpdateOptions{})
 	}
 	if apierrors.IsAlreadyExists(err) || apierrors.IsConflict(err) {
-		return fmt.Errorf("k8s: secret %s/%s changed under us: %w", s.Namespace, s.Name, store.ErrConflict)
+		return fmt.Errorf("cluster: secret %s/%s changed under us: %w", s.Namespace, s.Name, store.ErrConflict)
 	}
 	if err != nil {
-		return fmt.Errorf("k8s: write secret %s/%s: %w", s.Namespace, s.Name, err)
+		return fmt.Errorf("cluster: write secret %s/%s: %w", s.Namespace, s.Name, err)
 	}
 	s.rv = out.ResourceVersion
 	return nil

@@ -1,4 +1,4 @@
-package k8s
+package agentpod
 
 import (
 	"context"
@@ -49,7 +49,7 @@ func (e *Evictions) Start(ctx context.Context) error {
 	e.store = inf.GetStore()
 	f.Start(ctx.Done())
 	if !cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
-		return fmt.Errorf("k8s: evictions ConfigMap %s/%s: not synced", e.Namespace, e.Name)
+		return fmt.Errorf("agentpod: evictions ConfigMap %s/%s: not synced", e.Namespace, e.Name)
 	}
 	return nil
 }

@@ -1,4 +1,8 @@
-package k8s
+// Package cluster is what the CA keeps in the cluster besides identities
+// and policies: its API clients and log routing, the Lease its replicas
+// elect a leader on, the Secret that holds their shared keys, and what
+// the leader publishes (the bundle ConfigMap, the webhook caBundle).
+package cluster
 
 import (
 	"errors"
@@ -24,26 +28,26 @@ func NewClients(kubeconfig string, inCluster bool) (*Clients, error) {
 	var err error
 	switch {
 	case kubeconfig != "" && inCluster:
-		return nil, errors.New("k8s: --kubeconfig and --in-cluster exclude each other")
+		return nil, errors.New("cluster: --kubeconfig and --in-cluster exclude each other")
 	case inCluster:
 		cfg, err = rest.InClusterConfig()
 	case kubeconfig != "":
 		cfg, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
 	default:
-		return nil, errors.New("k8s: neither --kubeconfig nor --in-cluster")
+		return nil, errors.New("cluster: neither --kubeconfig nor --in-cluster")
 	}
 	if err != nil {
-		return nil, fmt.Errorf("k8s: %w", err)
+		return nil, fmt.Errorf("cluster: %w", err)
 	}
 	cfg.QPS, cfg.Burst = 100, 200
 	cfg.UserAgent = "signet-ca"
 	c, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("k8s: %w", err)
+		return nil, fmt.Errorf("cluster: %w", err)
 	}
 	d, err := dynamic.NewForConfig(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("k8s: %w", err)
+		return nil, fmt.Errorf("cluster: %w", err)
 	}
 	return &Clients{Config: cfg, Client: c, Dynamic: d}, nil
 }
