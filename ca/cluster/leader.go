@@ -23,9 +23,6 @@ type Leader struct {
 	// Identity names this replica; if empty, the hostname.
 	Identity string
 	Log      hclog.Logger
-	// OnStart runs, with a context that ends when leadership is lost, each
-	// time this replica becomes the leader.
-	OnStart func(ctx context.Context)
 
 	leading atomic.Bool
 }
@@ -34,8 +31,10 @@ type Leader struct {
 func (l *Leader) IsLeader() bool { return l.leading.Load() }
 
 // Run takes part in the election until ctx ends, and gives the Lease up
-// on the way out so that another replica takes over at once.
-func (l *Leader) Run(ctx context.Context) {
+// on the way out so that another replica takes over at once. Each time
+// this replica becomes the leader, lead runs with a context that ends
+// when leadership is lost.
+func (l *Leader) Run(ctx context.Context, lead func(ctx context.Context)) {
 	id := l.Identity
 	if id == "" {
 		id, _ = os.Hostname()
@@ -57,9 +56,7 @@ func (l *Leader) Run(ctx context.Context) {
 				OnStartedLeading: func(ctx context.Context) {
 					l.leading.Store(true)
 					log.Info("became the leader", "lease", l.Namespace+"/"+l.Name, "identity", id)
-					if l.OnStart != nil {
-						l.OnStart(ctx)
-					}
+					lead(ctx)
 				},
 				OnStoppedLeading: func() {
 					if l.leading.Swap(false) {

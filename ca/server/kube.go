@@ -3,9 +3,6 @@ package server
 import (
 	"context"
 	"crypto/x509"
-	"errors"
-	"os"
-	"strings"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -39,45 +36,12 @@ type kubeMode struct {
 	bundle    *cluster.BundlePublisher
 	// caBundle, with a webhook, keeps the webhook configurations current.
 	caBundle *cluster.CABundleKeeper
-	// auth is set once the authority exists (it needs the key store
-	// first); the leader publishes its bundle.
-	auth *authority.Authority
 }
 
-const serviceAccountNamespaceFile = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
-
-func startKube(ctx context.Context, cfg Config, log hclog.Logger) (*kubeMode, error) {
+// buildKube connects to the cluster, starts the shared informers and
+// waits for their first list.
+func buildKube(ctx context.Context, cfg Config, log hclog.Logger) (*kubeMode, error) {
 	kc := cfg.Kube
-	if kc.ClusterName == "" {
-		return nil, errors.New("kubernetes mode needs --cluster-name")
-	}
-	if len(kc.AgentServiceAccounts) == 0 {
-		return nil, errors.New("kubernetes mode needs at least one --agent-service-account NAMESPACE/NAME")
-	}
-	for _, sa := range kc.AgentServiceAccounts {
-		if ns, name, ok := strings.Cut(sa, "/"); !ok || ns == "" || name == "" || strings.Contains(name, "/") {
-			return nil, errors.New("--agent-service-account " + sa + ": want NAMESPACE/NAME")
-		}
-	}
-	ns := kc.Namespace
-	if ns == "" {
-		if b, err := os.ReadFile(serviceAccountNamespaceFile); err == nil {
-			ns = strings.TrimSpace(string(b))
-		}
-	}
-	if ns == "" {
-		ns = "signet"
-	}
-	secret, lease, bundleCM := kc.SecretName, kc.LeaseName, kc.BundleConfigMap
-	if bundleCM == "" {
-		bundleCM = "signet-bundle"
-	}
-	if secret == "" {
-		secret = "signet-ca-keys"
-	}
-	if lease == "" {
-		lease = "signet-ca"
-	}
 	cluster.RouteKlog(log.Named("client-go"))
 	clients, err := cluster.NewClients(kc.Kubeconfig, kc.InCluster)
 	if err != nil {
@@ -100,8 +64,8 @@ func startKube(ctx context.Context, cfg Config, log hclog.Logger) (*kubeMode, er
 	}
 	pods.Load()
 	policies.Load()
-	log.Info("watching pods and IdentityRules", "cluster", kc.ClusterName, "namespace", ns)
-	evictions := &agentpod.Evictions{Client: clients.Client, Namespace: ns, Name: lease + "-evictions"}
+	log.Info("watching pods and IdentityRules", "cluster", kc.ClusterName, "namespace", kc.Namespace)
+	evictions := &agentpod.Evictions{Client: clients.Client, Namespace: kc.Namespace, Name: kc.LeaseName + "-evictions"}
 	if err := evictions.Start(ctx); err != nil {
 		return nil, err
 	}
@@ -112,29 +76,31 @@ func startKube(ctx context.Context, cfg Config, log hclog.Logger) (*kubeMode, er
 		pods:      pods,
 		policies:  policies,
 		agentPods: agentpod.New(view, kc.AgentServiceAccounts, evictions),
-		keys:      &cluster.SecretKeyStore{Client: clients.Client, Namespace: ns, Name: secret},
+		keys:      &cluster.SecretKeyStore{Client: clients.Client, Namespace: kc.Namespace, Name: kc.SecretName},
+		bundle:    &cluster.BundlePublisher{Client: clients.Client, Namespace: kc.Namespace, Name: kc.BundleConfigMap, Log: log},
+		leader:    &cluster.Leader{Client: clients.Client, Namespace: kc.Namespace, Name: kc.LeaseName, Identity: kc.Identity, Log: log},
 	}
 	if w := kc.Webhook; w != nil {
-		name := w.ConfigurationName
-		if name == "" {
-			name = "signet"
-		}
-		m.caBundle = &cluster.CABundleKeeper{Client: clients.Client, Name: name, Log: log}
+		m.caBundle = &cluster.CABundleKeeper{Client: clients.Client, Name: w.ConfigurationName, Log: log}
 	}
-	m.bundle = &cluster.BundlePublisher{Client: clients.Client, Namespace: ns, Name: bundleCM, Log: log}
-	m.leader = &cluster.Leader{Client: clients.Client, Namespace: ns, Name: lease, Identity: kc.Identity, Log: log,
-		OnStart: func(ctx context.Context) {
-			roots := func() ([]*x509.Certificate, <-chan struct{}) {
-				b, changed := m.auth.Bundle()
-				return b.X509Roots, changed
-			}
-			go m.bundle.Run(ctx, roots)
-			if m.caBundle != nil {
-				go m.caBundle.Run(ctx, roots)
-			}
-			pods.RunStatus(ctx)
-		}}
 	return m, nil
+}
+
+// lead takes part in leader election until ctx ends; while this replica
+// leads, it publishes auth's bundle (ConfigMap, webhook caBundle) and
+// writes the IdentityRules' status.
+func (m *kubeMode) lead(ctx context.Context, auth *authority.Authority) {
+	m.leader.Run(ctx, func(ctx context.Context) {
+		roots := func() ([]*x509.Certificate, <-chan struct{}) {
+			b, changed := auth.Bundle()
+			return b.X509Roots, changed
+		}
+		go m.bundle.Run(ctx, roots)
+		if m.caBundle != nil {
+			go m.caBundle.Run(ctx, roots)
+		}
+		m.pods.RunStatus(ctx)
+	})
 }
 
 // psatAttestor gives the API the pod a verified agent token is bound to.

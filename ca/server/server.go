@@ -41,101 +41,11 @@ import (
 	"github.com/signet-id/signet/internal/health"
 	"github.com/signet-id/signet/internal/peercred"
 	"github.com/signet-id/signet/internal/signetid"
+	"github.com/signet-id/signet/internal/tasks"
 	"github.com/signet-id/signet/internal/unixsock"
 	adminv1 "github.com/signet-id/signet/proto/signet/admin/v1"
 	agentv1 "github.com/signet-id/signet/proto/signet/agent/v1"
 )
-
-// Config is everything signet-ca needs; cmd/signet-ca fills it from flags
-// and the config file.
-type Config struct {
-	TrustDomain spiffeid.TrustDomain
-	// DataDir holds the database and, by default, the admin socket and the
-	// audit log.
-	DataDir string
-	// ListenAddr serves the agent API (mTLS).
-	ListenAddr string
-	// AdminSocket is the admin API's Unix socket. If empty, DataDir/admin.sock.
-	AdminSocket string
-	// AdminListenAddr, if set, serves the admin API over mTLS to AdminIDs.
-	AdminListenAddr string
-	AdminIDs        []spiffeid.ID
-	// HealthAddr serves /healthz and /readyz (and /metrics when
-	// MetricsAddr is empty).
-	HealthAddr  string
-	MetricsAddr string
-	// AuditLog is the audit file; "-" is stderr. If empty, DataDir/audit.log.
-	AuditLog        string
-	RootTTL         time.Duration
-	IntermediateTTL time.Duration
-	JWTKeyTTL       time.Duration
-	AgentTTL        time.Duration
-	X509TTL         time.Duration
-	JWTTTL          time.Duration
-	KeyType         string
-	// KMS is the go.step.sm/crypto/kms URI of an external KMS holding the
-	// CA's keys (awskms:region=...); empty keeps them in the store.
-	KMS string
-	// RotateInterval is how often keys are checked for rotation. If zero,
-	// ten seconds.
-	RotateInterval time.Duration
-	Log            hclog.Logger
-	// ReopenLogs, when it receives, reopens the audit log (after a
-	// rotation; signet-ca sends on SIGHUP).
-	ReopenLogs <-chan struct{}
-	// Ready, if set, is called once every listener is up, with the agent
-	// API's address.
-	Ready func(agentAddr string)
-	// Kube, if set, runs the CA in Kubernetes mode.
-	Kube *KubeConfig
-}
-
-// KubeConfig configures Kubernetes mode: PSAT node attestation, identities
-// derived from pods and IdentityRules, the CA's keys in a Secret shared by
-// replicas, and leader election on a Lease.
-type KubeConfig struct {
-	// Kubeconfig is a kubeconfig file; InCluster uses the pod's account.
-	Kubeconfig string
-	InCluster  bool
-	// ClusterName goes into agent IDs: spiffe://<td>/signet/agent/k8s/<cluster>/<node>.
-	ClusterName string
-	// AgentServiceAccounts ("namespace/name") may attest as agents.
-	AgentServiceAccounts []string
-	// Audience agent tokens must carry. If empty, "signet-ca".
-	Audience string
-	// Namespace holds the keys Secret and the Lease. If empty, the pod's
-	// namespace, else "signet".
-	Namespace string
-	// SecretName, LeaseName and BundleConfigMap default to
-	// "signet-ca-keys", "signet-ca" and "signet-bundle" (the ConfigMap the
-	// leader keeps the trust bundle's roots in, key bundle.pem, for agents
-	// to mount at first start).
-	SecretName, LeaseName, BundleConfigMap string
-	// Identity names this replica in the Lease. If empty, the hostname.
-	Identity string
-	// Webhook, if set, serves admission control.
-	Webhook *WebhookConfig
-}
-
-// WebhookConfig configures the admission webhook server.
-type WebhookConfig struct {
-	// ListenAddr serves HTTPS for the API server.
-	ListenAddr string
-	// DNSNames go into the serving certificate (the Service's names, e.g.
-	// signet-ca-webhook.signet-system.svc).
-	DNSNames []string
-	// SocketDir is the agent's socket directory on the hosts.
-	SocketDir string
-	// AgentDaemonSet is the agent's DaemonSet, in the namespace of the
-	// first agent service account.
-	AgentDaemonSet string
-	// AgentPodCreators are the users allowed to create pods with the agent
-	// service account; if empty, webhook.DefaultAgentPodCreators.
-	AgentPodCreators []string
-	// ConfigurationName names the Mutating- and ValidatingWebhookConfiguration
-	// whose caBundle the leader keeps current. If empty, "signet".
-	ConfigurationName string
-}
 
 // auditDiskFree reports the free space of the audit log's filesystem, so
 // that an alert fires before a full disk stops the CA (every request
@@ -156,38 +66,41 @@ func auditDiskFree(path string) prometheus.Collector {
 
 // Run starts signet-ca and blocks until ctx is done or a part fails.
 func Run(ctx context.Context, cfg Config) error {
-	if cfg.Log == nil {
-		cfg.Log = hclog.NewNullLogger()
+	if err := cfg.Validate(); err != nil {
+		return err
 	}
-	if cfg.RotateInterval == 0 {
-		cfg.RotateInterval = 10 * time.Second
+	g, ctx := tasks.WithContext(ctx)
+	ready, err := build(ctx, g, cfg)
+	if err != nil {
+		g.Close()
+		return err
 	}
-	if cfg.AdminSocket == "" {
-		cfg.AdminSocket = filepath.Join(cfg.DataDir, "admin.sock")
-	}
-	if cfg.AuditLog == "" {
-		cfg.AuditLog = filepath.Join(cfg.DataDir, "audit.log")
-	}
+	return g.Run(ready)
+}
+
+// build makes every part of the CA, binds every listener and adds the
+// tasks that run them to g; ready is to be called once they run. Nothing
+// serves yet. On an error, closing g closes what was made.
+func build(ctx context.Context, g *tasks.Group, cfg Config) (ready func(), err error) {
 	log := cfg.Log
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	p := g
 	changed, err := datadir.Prepare(cfg.DataDir)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if len(changed) > 0 {
 		log.Warn("the data directory holds the CA's private keys: tightened what group or others could reach", "paths", changed)
 	}
 	st, err := store.Open(ctx, filepath.Join(cfg.DataDir, "signet.db"))
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer st.Close()
+	p.OnClose(func() { st.Close() })
 	auditLog, err := audit.Open(cfg.AuditLog)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer auditLog.Close()
+	p.OnClose(func() { auditLog.Close() })
 	authCfg := authority.Config{
 		TrustDomain: cfg.TrustDomain, Store: st, RootTTL: cfg.RootTTL, IntermediateTTL: cfg.IntermediateTTL,
 		JWTKeyTTL: cfg.JWTKeyTTL, KeyType: cfg.KeyType, KMS: cfg.KMS, Log: log.Named("authority"),
@@ -204,38 +117,19 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	var kube *kubeMode
 	if cfg.Kube != nil {
-		if kube, err = startKube(ctx, cfg, log.Named("k8s")); err != nil {
-			return err
+		if kube, err = buildKube(ctx, cfg, log.Named("k8s")); err != nil {
+			return nil, err
 		}
 		authCfg.Store, authCfg.IsLeader = kube.keys, kube.leader.IsLeader
 	}
 	auth, err := authority.New(ctx, authCfg)
 	if err != nil {
-		return err
-	}
-	if kube != nil {
-		kube.auth = auth
+		return nil, err
 	}
 	b, _ := auth.Bundle()
 	log.Info("CA ready", "trust_domain", cfg.TrustDomain.Name(), "roots", len(b.X509Roots), "intermediate_expires", auth.X509CA().Certificate.NotAfter)
 
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Name: "signet_ca_intermediate_expiry_seconds", Help: "Seconds until the signing intermediate expires.",
-	}, func() float64 { return time.Until(auth.X509CA().Certificate.NotAfter).Seconds() }))
-	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Name: "signet_ca_root_expiry_seconds", Help: "Seconds until the earliest root in the bundle expires.",
-	}, func() float64 {
-		b, _ := auth.Bundle()
-		min := time.Duration(1<<63 - 1)
-		for _, r := range b.X509Roots {
-			if d := time.Until(r.NotAfter); d < min {
-				min = d
-			}
-		}
-		return min.Seconds()
-	}))
+	reg := metrics(auth, cfg.AuditLog)
 	apiCfg := api.Config{
 		TrustDomain: cfg.TrustDomain, Store: st, Authority: auth, Audit: auditLog, Metrics: api.NewMetrics(reg),
 		Changes: api.NewNotifier(), AgentTTL: cfg.AgentTTL, X509TTL: cfg.X509TTL, JWTTTL: cfg.JWTTTL, Log: log.Named("api"),
@@ -245,9 +139,9 @@ func Run(ctx context.Context, cfg Config) error {
 	// that anyone who reaches the port cannot fill the audit log's disk.
 	suppressed := prometheus.NewCounter(prometheus.CounterOpts{Name: "signet_ca_audit_unauthenticated_suppressed_total",
 		Help: "Refusals of unauthenticated calls counted in an aggregate audit record instead of one record each."})
-	reg.MustRegister(suppressed, auditDiskFree(cfg.AuditLog))
+	reg.MustRegister(suppressed)
 	apiCfg.Unauthenticated = &audit.Unauthenticated{Log: auditLog, Suppressed: suppressed.Inc}
-	go apiCfg.Unauthenticated.Run(ctx)
+	p.Add("audit limiter", func(ctx context.Context) error { apiCfg.Unauthenticated.Run(ctx); return nil }, nil)
 	if kube != nil {
 		apiCfg.PSAT, apiCfg.ClusterName = psatAttestor{kube.psat}, cfg.Kube.ClusterName
 		apiCfg.Pods, apiCfg.AgentPods, apiCfg.Policies = kube.pods, kube.agentPods, kube.policies
@@ -255,7 +149,7 @@ func Run(ctx context.Context, cfg Config) error {
 
 	certs := &servingCert{auth: auth, id: signetid.CA(cfg.TrustDomain)}
 	if _, err := certs.get(); err != nil {
-		return err
+		return nil, err
 	}
 	tlsCfg := &tls.Config{
 		MinVersion:     tls.VersionTLS12,
@@ -279,8 +173,9 @@ func Run(ctx context.Context, cfg Config) error {
 	agentv1.RegisterNodeServer(nodeSrv, api.NewNodeServer(apiCfg))
 	nodeLis, err := net.Listen("tcp", cfg.ListenAddr)
 	if err != nil {
-		return fmt.Errorf("agent API: %w", err)
+		return nil, fmt.Errorf("agent API: %w", err)
 	}
+	p.ServeGRPC("agent API", nodeSrv, nodeLis)
 	log.Info("agent API listening", "addr", nodeLis.Addr().String())
 
 	authz := api.NewAdminAuthorizer(apiCfg, cfg.AdminIDs)
@@ -290,24 +185,23 @@ func Run(ctx context.Context, cfg Config) error {
 	adminv1.RegisterAdminServer(adminSrv, adminImpl)
 	adminLis, err := unixsock.Listen(cfg.AdminSocket, 0o700, 0o600)
 	if err != nil {
-		nodeLis.Close()
-		return fmt.Errorf("admin socket: %w", err)
+		return nil, fmt.Errorf("admin socket: %w", err)
 	}
+	p.ServeGRPC("admin API", adminSrv, adminLis)
+	p.OnClose(func() { os.Remove(cfg.AdminSocket) })
 	log.Info("admin API listening", "socket", cfg.AdminSocket)
 
-	var adminTLSSrv *grpc.Server
-	var adminTLSLis net.Listener
 	if cfg.AdminListenAddr != "" {
 		adminTLS := tlsCfg.Clone()
 		adminTLS.ClientAuth = tls.RequireAnyClientCert
-		adminTLSSrv = grpc.NewServer(grpc.Creds(credentials.NewTLS(adminTLS)),
+		adminTLSSrv := grpc.NewServer(grpc.Creds(credentials.NewTLS(adminTLS)),
 			grpc.UnaryInterceptor(authz.UnaryInterceptor), grpc.StreamInterceptor(authz.StreamInterceptor))
 		adminv1.RegisterAdminServer(adminTLSSrv, adminImpl)
-		if adminTLSLis, err = net.Listen("tcp", cfg.AdminListenAddr); err != nil {
-			nodeLis.Close()
-			adminLis.Close()
-			return fmt.Errorf("admin listen: %w", err)
+		adminTLSLis, err := net.Listen("tcp", cfg.AdminListenAddr)
+		if err != nil {
+			return nil, fmt.Errorf("admin listen: %w", err)
 		}
+		p.ServeGRPC("admin API (mTLS)", adminTLSSrv, adminTLSLis)
 		log.Info("admin API listening (mTLS)", "addr", adminTLSLis.Addr().String())
 	}
 
@@ -324,72 +218,25 @@ func Run(ctx context.Context, cfg Config) error {
 		},
 	})
 	if err != nil {
-		nodeLis.Close()
-		adminLis.Close()
-		if adminTLSLis != nil {
-			adminTLSLis.Close()
-		}
-		return err
+		return nil, err
 	}
+	p.OnClose(web.Close)
+	p.Add("http", func(context.Context) error { return web.Serve() }, web.Shutdown)
 	for _, a := range web.Addrs() {
 		log.Info("health/metrics listening", "addr", a)
 	}
 
-	errc := make(chan error, 8)
-	var wg sync.WaitGroup
-	task := func(name string, fn func() error) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := fn(); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, grpc.ErrServerStopped) {
-				errc <- fmt.Errorf("%s: %w", name, err)
-			}
-			cancel()
-		}()
-	}
-	task("agent API", func() error { return nodeSrv.Serve(nodeLis) })
-	task("admin API", func() error { return adminSrv.Serve(adminLis) })
-	if adminTLSSrv != nil {
-		task("admin API (mTLS)", func() error { return adminTLSSrv.Serve(adminTLSLis) })
-	}
-	task("http", web.Serve)
 	if kube != nil && cfg.Kube.Webhook != nil {
-		w := cfg.Kube.Webhook
-		certs := &servingCert{auth: auth, id: signetid.Webhook(cfg.TrustDomain), dns: w.DNSNames}
-		if _, err := certs.get(); err != nil {
-			return fmt.Errorf("webhook certificate: %w", err)
+		if err := buildWebhook(p, cfg, kube, auth); err != nil {
+			return nil, err
 		}
-		socketDir := w.SocketDir
-		if socketDir == "" {
-			socketDir = "/run/signet"
-		}
-		ds := w.AgentDaemonSet
-		if ds == "" {
-			ds = "signet-agent"
-		}
-		hook := webhook.New(webhook.Config{TrustDomain: cfg.TrustDomain, SocketDir: socketDir, AgentServiceAccounts: cfg.Kube.AgentServiceAccounts,
-			AgentDaemonSet: ds, AgentPodCreators: w.AgentPodCreators, NamespaceLabels: kube.view.NamespaceLabels, IsClusterAdmin: kube.isClusterAdmin})
-		hookSrv := &http.Server{Handler: hook, ReadHeaderTimeout: 10 * time.Second,
-			ErrorLog: log.Named("webhook").StandardLogger(&hclog.StandardLoggerOptions{ForceLevel: hclog.Debug}),
-			TLSConfig: &tls.Config{MinVersion: tls.VersionTLS12,
-				GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return certs.get() }}}
-		hookLis, err := net.Listen("tcp", w.ListenAddr)
-		if err != nil {
-			return fmt.Errorf("webhook listen: %w", err)
-		}
-		log.Info("admission webhook listening", "addr", hookLis.Addr().String())
-		task("webhook", func() error { return hookSrv.ServeTLS(hookLis, "", "") })
-		go func() {
-			<-ctx.Done()
-			hookSrv.Close()
-		}()
 	}
-	task("rotation", func() error { return auth.Run(ctx, cfg.RotateInterval) })
-	task("housekeeping", func() error { housekeeping(ctx, st, log); return nil })
+	p.Add("rotation", func(ctx context.Context) error { return auth.Run(ctx, cfg.RotateInterval) }, nil)
+	p.Add("housekeeping", func(ctx context.Context) error { housekeeping(ctx, st, log); return nil }, nil)
 	if kube != nil {
-		task("leader election", func() error { kube.leader.Run(ctx); return nil })
+		p.Add("leader election", func(ctx context.Context) error { kube.lead(ctx, auth); return nil }, nil)
 	}
-	task("log reopen", func() error {
+	p.Add("log reopen", func(ctx context.Context) error {
 		for {
 			select {
 			case <-ctx.Done():
@@ -402,41 +249,65 @@ func Run(ctx context.Context, cfg Config) error {
 				}
 			}
 		}
-	})
-	if cfg.Ready != nil {
-		cfg.Ready(nodeLis.Addr().String())
-	}
-
-	<-ctx.Done()
-	log.Info("shutting down")
-	stopped := make(chan struct{})
-	go func() {
-		nodeSrv.GracefulStop()
-		adminSrv.GracefulStop()
-		if adminTLSSrv != nil {
-			adminTLSSrv.GracefulStop()
-		}
-		close(stopped)
-	}()
-	select {
-	case <-stopped:
-	case <-time.After(5 * time.Second):
-		// Sync streams live until their agents leave; do not wait for them.
-		nodeSrv.Stop()
-		adminSrv.Stop()
-		if adminTLSSrv != nil {
-			adminTLSSrv.Stop()
-		}
-	}
-	web.Shutdown()
-	wg.Wait()
-	os.Remove(cfg.AdminSocket)
-	select {
-	case err := <-errc:
-		return err
-	default:
+	}, nil)
+	p.Add("shutdown", func(ctx context.Context) error {
+		<-ctx.Done()
+		log.Info("shutting down")
 		return nil
+	}, nil)
+	addr := nodeLis.Addr().String()
+	return func() {
+		if cfg.Ready != nil {
+			cfg.Ready(addr)
+		}
+	}, nil
+}
+
+// buildWebhook binds the admission webhook's listener and adds its task.
+func buildWebhook(p *tasks.Group, cfg Config, kube *kubeMode, auth *authority.Authority) error {
+	w := cfg.Kube.Webhook
+	certs := &servingCert{auth: auth, id: signetid.Webhook(cfg.TrustDomain), dns: w.DNSNames}
+	if _, err := certs.get(); err != nil {
+		return fmt.Errorf("webhook certificate: %w", err)
 	}
+	hook := webhook.New(webhook.Config{TrustDomain: cfg.TrustDomain, SocketDir: w.SocketDir, AgentServiceAccounts: cfg.Kube.AgentServiceAccounts,
+		AgentDaemonSet: w.AgentDaemonSet, AgentPodCreators: w.AgentPodCreators, NamespaceLabels: kube.view.NamespaceLabels, IsClusterAdmin: kube.isClusterAdmin})
+	hookSrv := &http.Server{Handler: hook, ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog: cfg.Log.Named("webhook").StandardLogger(&hclog.StandardLoggerOptions{ForceLevel: hclog.Debug}),
+		TLSConfig: &tls.Config{MinVersion: tls.VersionTLS12,
+			GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return certs.get() }}}
+	hookLis, err := net.Listen("tcp", w.ListenAddr)
+	if err != nil {
+		return fmt.Errorf("webhook listen: %w", err)
+	}
+	p.OnClose(func() { hookLis.Close() })
+	p.Add("webhook", func(context.Context) error { return hookSrv.ServeTLS(hookLis, "", "") }, func() { hookSrv.Close() })
+	cfg.Log.Info("admission webhook listening", "addr", hookLis.Addr().String())
+	return nil
+}
+
+// metrics is the CA's registry with the process's and the CA keys'
+// gauges.
+func metrics(auth *authority.Authority, auditLog string) *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "signet_ca_intermediate_expiry_seconds", Help: "Seconds until the signing intermediate expires.",
+	}, func() float64 { return time.Until(auth.X509CA().Certificate.NotAfter).Seconds() }))
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "signet_ca_root_expiry_seconds", Help: "Seconds until the earliest root in the bundle expires.",
+	}, func() float64 {
+		b, _ := auth.Bundle()
+		min := time.Duration(1<<63 - 1)
+		for _, r := range b.X509Roots {
+			if d := time.Until(r.NotAfter); d < min {
+				min = d
+			}
+		}
+		return min.Seconds()
+	}))
+	reg.MustRegister(auditDiskFree(auditLog))
+	return reg
 }
 
 // housekeeping prunes expired join tokens and old deletion records.

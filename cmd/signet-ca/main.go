@@ -17,6 +17,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/signet-id/signet/ca/nodeattest"
 	"github.com/signet-id/signet/ca/server"
 	"github.com/signet-id/signet/ca/webhook"
 	"github.com/signet-id/signet/internal/config"
@@ -67,20 +68,20 @@ func defaults() fileConfig {
 	return fileConfig{
 		Listen:          "127.0.0.1:8081",
 		HealthAddr:      "127.0.0.1:8082",
-		RootTTL:         config.Duration(365 * 24 * time.Hour),
-		IntermediateTTL: config.Duration(24 * time.Hour),
-		JWTKeyTTL:       config.Duration(24 * time.Hour),
-		AgentTTL:        config.Duration(time.Hour),
-		X509TTL:         config.Duration(time.Hour),
-		JWTTTL:          config.Duration(5 * time.Minute),
-		KeyType:         "ec-p256",
+		RootTTL:         config.Duration(server.DefaultRootTTL),
+		IntermediateTTL: config.Duration(server.DefaultIntermediateTTL),
+		JWTKeyTTL:       config.Duration(server.DefaultJWTKeyTTL),
+		AgentTTL:        config.Duration(server.DefaultAgentTTL),
+		X509TTL:         config.Duration(server.DefaultX509TTL),
+		JWTTTL:          config.Duration(server.DefaultJWTTTL),
+		KeyType:         server.DefaultKeyType,
 		LogLevel:        "info",
-		AgentAudience:   "signet-ca",
-		KeysSecret:      "signet-ca-keys",
-		LeaderLease:     "signet-ca",
-		WebhookConfig:   "signet",
-		AgentSocketDir:  "/run/signet",
-		AgentDaemonSet:  "signet-agent",
+		AgentAudience:   nodeattest.DefaultAudience,
+		KeysSecret:      server.DefaultSecretName,
+		LeaderLease:     server.DefaultLeaseName,
+		WebhookConfig:   server.DefaultWebhookConfig,
+		AgentSocketDir:  server.DefaultSocketDir,
+		AgentDaemonSet:  server.DefaultAgentDaemonSet,
 	}
 }
 
@@ -130,6 +131,7 @@ func parse(args []string, stderr io.Writer) (server.Config, hclog.Logger, error)
 	return validate(c)
 }
 
+// validate turns the settings into a server.Config, which checks them.
 func validate(c fileConfig) (server.Config, hclog.Logger, error) {
 	if c.TrustDomain == "" {
 		return server.Config{}, nil, errors.New("trust-domain: required")
@@ -137,9 +139,6 @@ func validate(c fileConfig) (server.Config, hclog.Logger, error) {
 	td, err := spiffeid.TrustDomainFromString(c.TrustDomain)
 	if err != nil {
 		return server.Config{}, nil, fmt.Errorf("trust-domain: %q: %v", c.TrustDomain, err)
-	}
-	if c.DataDir == "" {
-		return server.Config{}, nil, errors.New("data-dir: required")
 	}
 	var adminIDs []spiffeid.ID
 	for _, s := range c.AdminID {
@@ -149,72 +148,42 @@ func validate(c fileConfig) (server.Config, hclog.Logger, error) {
 		}
 		adminIDs = append(adminIDs, id)
 	}
-	if len(adminIDs) > 0 && c.AdminListen == "" {
-		return server.Config{}, nil, errors.New("admin-id: set, but admin-listen is not")
-	}
+	// A lifetime of zero would mean "the default" to the server: here it
+	// is a mistake.
 	for key, d := range map[string]config.Duration{"root-ttl": c.RootTTL, "intermediate-ttl": c.IntermediateTTL,
 		"jwt-key-ttl": c.JWTKeyTTL, "agent-ttl": c.AgentTTL, "x509-ttl": c.X509TTL, "jwt-ttl": c.JWTTTL} {
 		if d <= 0 {
 			return server.Config{}, nil, fmt.Errorf("%s: must be positive", key)
 		}
 	}
-	if c.IntermediateTTL > c.RootTTL/6 {
-		return server.Config{}, nil, fmt.Errorf("intermediate-ttl: %s must be at most a sixth of root-ttl (%s)", c.IntermediateTTL, c.RootTTL)
-	}
-	if c.X509TTL > c.IntermediateTTL/2 || c.AgentTTL > c.IntermediateTTL/2 {
-		return server.Config{}, nil, fmt.Errorf("x509-ttl and agent-ttl must be at most half of intermediate-ttl (%s)", c.IntermediateTTL)
-	}
-	switch c.KeyType {
-	case "ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096":
-	default:
-		return server.Config{}, nil, fmt.Errorf("key-type: %q: want ec-p256, ec-p384, rsa-2048, rsa-3072 or rsa-4096", c.KeyType)
-	}
-	if c.KMS != "" && !strings.HasPrefix(c.KMS, "awskms:") {
-		return server.Config{}, nil, errors.New("kms: want an awskms: URI, such as awskms:region=eu-west-1 (the only external KMS this build supports)")
-	}
 	var kube *server.KubeConfig
 	if c.Kubeconfig != "" || c.InCluster {
-		if c.Kubeconfig != "" && c.InCluster {
-			return server.Config{}, nil, errors.New("kubeconfig and in-cluster: choose one")
-		}
-		if c.ClusterName == "" {
-			return server.Config{}, nil, errors.New("cluster-name: required in Kubernetes mode")
-		}
-		if _, err := spiffeid.FromSegments(td, c.ClusterName); err != nil {
-			return server.Config{}, nil, fmt.Errorf("cluster-name: %q: %v", c.ClusterName, err)
-		}
-		if len(c.AgentServiceAccount) == 0 {
-			return server.Config{}, nil, errors.New("agent-service-account: at least one is required in Kubernetes mode")
-		}
-		for _, sa := range c.AgentServiceAccount {
-			if ns, name, ok := strings.Cut(sa, "/"); !ok || ns == "" || name == "" || strings.Contains(name, "/") {
-				return server.Config{}, nil, fmt.Errorf("agent-service-account: %q: want NAMESPACE/NAME", sa)
-			}
-		}
 		kube = &server.KubeConfig{Kubeconfig: c.Kubeconfig, InCluster: c.InCluster, ClusterName: c.ClusterName,
 			AgentServiceAccounts: c.AgentServiceAccount, Audience: c.AgentAudience, Namespace: c.Namespace,
 			SecretName: c.KeysSecret, LeaseName: c.LeaderLease}
 		if c.WebhookListen != "" {
-			if len(c.WebhookDNS) == 0 {
-				return server.Config{}, nil, errors.New("webhook-dns: at least one name is required with webhook-listen")
-			}
 			kube.Webhook = &server.WebhookConfig{ListenAddr: c.WebhookListen, DNSNames: c.WebhookDNS, SocketDir: c.AgentSocketDir,
 				AgentDaemonSet: c.AgentDaemonSet, AgentPodCreators: c.AgentPodCreator, ConfigurationName: c.WebhookConfig}
 		}
 	} else if c.ClusterName != "" || len(c.AgentServiceAccount) > 0 {
 		return server.Config{}, nil, errors.New("cluster-name and agent-service-account need kubeconfig or in-cluster")
 	}
-	log, err := systemlog.New("signet-ca", c.LogLevel, c.LogJSON, os.Stderr)
-	if err != nil {
-		return server.Config{}, nil, err
-	}
-	return server.Config{
+	cfg := server.Config{
 		TrustDomain: td, DataDir: c.DataDir, ListenAddr: c.Listen, AdminSocket: c.AdminSocket,
 		AdminListenAddr: c.AdminListen, AdminIDs: adminIDs, HealthAddr: c.HealthAddr, MetricsAddr: c.MetricsAddr,
 		AuditLog: c.AuditLog, RootTTL: time.Duration(c.RootTTL), IntermediateTTL: time.Duration(c.IntermediateTTL),
 		JWTKeyTTL: time.Duration(c.JWTKeyTTL), AgentTTL: time.Duration(c.AgentTTL), X509TTL: time.Duration(c.X509TTL),
-		JWTTTL: time.Duration(c.JWTTTL), KeyType: c.KeyType, KMS: c.KMS, Log: log, Kube: kube,
-	}, log, nil
+		JWTTTL: time.Duration(c.JWTTTL), KeyType: c.KeyType, KMS: c.KMS, Kube: kube,
+	}
+	if err := cfg.Validate(); err != nil {
+		return server.Config{}, nil, err
+	}
+	log, err := systemlog.New("signet-ca", c.LogLevel, c.LogJSON, os.Stderr)
+	if err != nil {
+		return server.Config{}, nil, err
+	}
+	cfg.Log = log
+	return cfg, log, nil
 }
 
 func main() {

@@ -1,0 +1,260 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/signet-id/signet/ca/nodeattest"
+)
+
+// Defaults of the Config fields that have one.
+const (
+	DefaultRootTTL         = 365 * 24 * time.Hour
+	DefaultIntermediateTTL = 24 * time.Hour
+	DefaultJWTKeyTTL       = 24 * time.Hour
+	DefaultAgentTTL        = time.Hour
+	DefaultX509TTL         = time.Hour
+	DefaultJWTTTL          = 5 * time.Minute
+	DefaultKeyType         = "ec-p256"
+	DefaultRotateInterval  = 10 * time.Second
+
+	DefaultNamespace       = "signet"
+	DefaultSecretName      = "signet-ca-keys"
+	DefaultLeaseName       = "signet-ca"
+	DefaultBundleConfigMap = "signet-bundle"
+	DefaultSocketDir       = "/run/signet"
+	DefaultAgentDaemonSet  = "signet-agent"
+	DefaultWebhookConfig   = "signet"
+)
+
+// Config is everything signet-ca needs; cmd/signet-ca fills it from flags
+// and the config file. Validate fills in the defaults the fields name and
+// checks the rest; Run calls it.
+type Config struct {
+	TrustDomain spiffeid.TrustDomain
+	// DataDir holds the database and, by default, the admin socket and the
+	// audit log.
+	DataDir string
+	// ListenAddr serves the agent API (mTLS).
+	ListenAddr string
+	// AdminSocket is the admin API's Unix socket. If empty, DataDir/admin.sock.
+	AdminSocket string
+	// AdminListenAddr, if set, serves the admin API over mTLS to AdminIDs.
+	AdminListenAddr string
+	AdminIDs        []spiffeid.ID
+	// HealthAddr serves /healthz and /readyz (and /metrics when
+	// MetricsAddr is empty).
+	HealthAddr  string
+	MetricsAddr string
+	// AuditLog is the audit file; "-" is stderr. If empty, DataDir/audit.log.
+	AuditLog string
+	// RootTTL, IntermediateTTL, JWTKeyTTL, AgentTTL, X509TTL and JWTTTL
+	// are the lifetimes of what the CA makes; each has a Default above.
+	// An intermediate lives at most a sixth of a root, and X.509-SVIDs
+	// (agents' too) at most half an intermediate.
+	RootTTL         time.Duration
+	IntermediateTTL time.Duration
+	JWTKeyTTL       time.Duration
+	AgentTTL        time.Duration
+	X509TTL         time.Duration
+	JWTTTL          time.Duration
+	// KeyType of the CA's keys: ec-p256 (default), ec-p384, rsa-2048,
+	// rsa-3072 or rsa-4096.
+	KeyType string
+	// KMS is the go.step.sm/crypto/kms URI of an external KMS holding the
+	// CA's keys (awskms:region=...); empty keeps them in the store.
+	KMS string
+	// RotateInterval is how often keys are checked for rotation. If zero,
+	// ten seconds.
+	RotateInterval time.Duration
+	// Log receives the CA's log. If nil, it is discarded.
+	Log hclog.Logger
+	// ReopenLogs, when it receives, reopens the audit log (after a
+	// rotation; signet-ca sends on SIGHUP).
+	ReopenLogs <-chan struct{}
+	// Ready, if set, is called once every listener is up, with the agent
+	// API's address.
+	Ready func(agentAddr string)
+	// Kube, if set, runs the CA in Kubernetes mode.
+	Kube *KubeConfig
+}
+
+// KubeConfig configures Kubernetes mode: PSAT node attestation, identities
+// derived from pods and IdentityRules, the CA's keys in a Secret shared by
+// replicas, and leader election on a Lease.
+type KubeConfig struct {
+	// Kubeconfig is a kubeconfig file; InCluster uses the pod's account.
+	// Exactly one is required.
+	Kubeconfig string
+	InCluster  bool
+	// ClusterName goes into agent IDs: spiffe://<td>/signet/agent/k8s/<cluster>/<node>.
+	// Required.
+	ClusterName string
+	// AgentServiceAccounts ("namespace/name") may attest as agents. At
+	// least one is required.
+	AgentServiceAccounts []string
+	// Audience agent tokens must carry. If empty, "signet-ca".
+	Audience string
+	// Namespace holds the keys Secret and the Lease. If empty, the pod's
+	// namespace, else "signet".
+	Namespace string
+	// SecretName, LeaseName and BundleConfigMap default to
+	// "signet-ca-keys", "signet-ca" and "signet-bundle" (the ConfigMap the
+	// leader keeps the trust bundle's roots in, key bundle.pem, for agents
+	// to mount at first start).
+	SecretName, LeaseName, BundleConfigMap string
+	// Identity names this replica in the Lease. If empty, the hostname.
+	Identity string
+	// Webhook, if set, serves admission control.
+	Webhook *WebhookConfig
+}
+
+// WebhookConfig configures the admission webhook server.
+type WebhookConfig struct {
+	// ListenAddr serves HTTPS for the API server.
+	ListenAddr string
+	// DNSNames go into the serving certificate (the Service's names, e.g.
+	// signet-ca-webhook.signet-system.svc). At least one is required.
+	DNSNames []string
+	// SocketDir is the agent's socket directory on the hosts. If empty,
+	// /run/signet.
+	SocketDir string
+	// AgentDaemonSet is the agent's DaemonSet, in the namespace of the
+	// first agent service account. If empty, signet-agent.
+	AgentDaemonSet string
+	// AgentPodCreators are the users allowed to create pods with the agent
+	// service account; if empty, webhook.DefaultAgentPodCreators.
+	AgentPodCreators []string
+	// ConfigurationName names the Mutating- and ValidatingWebhookConfiguration
+	// whose caBundle the leader keeps current. If empty, "signet".
+	ConfigurationName string
+}
+
+// serviceAccountNamespaceFile names the pod's namespace in a cluster.
+const serviceAccountNamespaceFile = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+// Validate fills in the defaults of the fields left empty and checks the
+// configuration. Errors name the setting by its flag.
+func (c *Config) Validate() error {
+	if c.TrustDomain.IsZero() {
+		return errors.New("trust-domain: required")
+	}
+	if c.DataDir == "" {
+		return errors.New("data-dir: required")
+	}
+	if c.Log == nil {
+		c.Log = hclog.NewNullLogger()
+	}
+	if c.AdminSocket == "" {
+		c.AdminSocket = filepath.Join(c.DataDir, "admin.sock")
+	}
+	if c.AuditLog == "" {
+		c.AuditLog = filepath.Join(c.DataDir, "audit.log")
+	}
+	if len(c.AdminIDs) > 0 && c.AdminListenAddr == "" {
+		return errors.New("admin-id: set, but admin-listen is not")
+	}
+	for _, d := range []struct {
+		key string
+		v   *time.Duration
+		def time.Duration
+	}{
+		{"root-ttl", &c.RootTTL, DefaultRootTTL}, {"intermediate-ttl", &c.IntermediateTTL, DefaultIntermediateTTL},
+		{"jwt-key-ttl", &c.JWTKeyTTL, DefaultJWTKeyTTL}, {"agent-ttl", &c.AgentTTL, DefaultAgentTTL},
+		{"x509-ttl", &c.X509TTL, DefaultX509TTL}, {"jwt-ttl", &c.JWTTTL, DefaultJWTTTL},
+		{"rotate-interval", &c.RotateInterval, DefaultRotateInterval},
+	} {
+		if *d.v == 0 {
+			*d.v = d.def
+		}
+		if *d.v < 0 {
+			return fmt.Errorf("%s: must be positive", d.key)
+		}
+	}
+	if c.IntermediateTTL > c.RootTTL/6 {
+		return fmt.Errorf("intermediate-ttl: %s must be at most a sixth of root-ttl (%s)", c.IntermediateTTL, c.RootTTL)
+	}
+	if c.X509TTL > c.IntermediateTTL/2 || c.AgentTTL > c.IntermediateTTL/2 {
+		return fmt.Errorf("x509-ttl and agent-ttl must be at most half of intermediate-ttl (%s)", c.IntermediateTTL)
+	}
+	if c.KeyType == "" {
+		c.KeyType = DefaultKeyType
+	}
+	switch c.KeyType {
+	case "ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096":
+	default:
+		return fmt.Errorf("key-type: %q: want ec-p256, ec-p384, rsa-2048, rsa-3072 or rsa-4096", c.KeyType)
+	}
+	if c.KMS != "" && !strings.HasPrefix(c.KMS, "awskms:") {
+		return errors.New("kms: want an awskms: URI, such as awskms:region=eu-west-1 (the only external KMS this build supports)")
+	}
+	if c.Kube != nil {
+		return c.Kube.validate(c.TrustDomain)
+	}
+	return nil
+}
+
+func (k *KubeConfig) validate(td spiffeid.TrustDomain) error {
+	switch {
+	case k.Kubeconfig != "" && k.InCluster:
+		return errors.New("kubeconfig and in-cluster: choose one")
+	case k.Kubeconfig == "" && !k.InCluster:
+		return errors.New("kubernetes mode needs kubeconfig or in-cluster")
+	case k.ClusterName == "":
+		return errors.New("cluster-name: required in Kubernetes mode")
+	case len(k.AgentServiceAccounts) == 0:
+		return errors.New("agent-service-account: at least one is required in Kubernetes mode")
+	}
+	if _, err := spiffeid.FromSegments(td, k.ClusterName); err != nil {
+		return fmt.Errorf("cluster-name: %q: %v", k.ClusterName, err)
+	}
+	for _, sa := range k.AgentServiceAccounts {
+		if ns, name, ok := strings.Cut(sa, "/"); !ok || ns == "" || name == "" || strings.Contains(name, "/") {
+			return fmt.Errorf("agent-service-account: %q: want NAMESPACE/NAME", sa)
+		}
+	}
+	if k.Audience == "" {
+		k.Audience = nodeattest.DefaultAudience
+	}
+	if k.Namespace == "" {
+		if b, err := os.ReadFile(serviceAccountNamespaceFile); err == nil {
+			k.Namespace = strings.TrimSpace(string(b))
+		}
+	}
+	if k.Namespace == "" {
+		k.Namespace = DefaultNamespace
+	}
+	for _, d := range []struct {
+		v   *string
+		def string
+	}{
+		{&k.SecretName, DefaultSecretName}, {&k.LeaseName, DefaultLeaseName}, {&k.BundleConfigMap, DefaultBundleConfigMap},
+	} {
+		if *d.v == "" {
+			*d.v = d.def
+		}
+	}
+	if w := k.Webhook; w != nil {
+		if len(w.DNSNames) == 0 {
+			return errors.New("webhook-dns: at least one name is required with webhook-listen")
+		}
+		for _, d := range []struct {
+			v   *string
+			def string
+		}{
+			{&w.SocketDir, DefaultSocketDir}, {&w.AgentDaemonSet, DefaultAgentDaemonSet}, {&w.ConfigurationName, DefaultWebhookConfig},
+		} {
+			if *d.v == "" {
+				*d.v = d.def
+			}
+		}
+	}
+	return nil
+}
