@@ -73,12 +73,12 @@ func newOwnKey(ctx context.Context, addr, id string) (*ownKey, error) {
 	select {
 	case <-first:
 	case <-ctx.Done():
-		o.close()
+		o.Close()
 		return nil, fmt.Errorf("sdk: no trust bundle from the Workload API: %w", ctx.Err())
 	}
 	notAfter, err := o.sign(ctx)
 	if err != nil {
-		o.close()
+		o.Close()
 		return nil, err
 	}
 	o.wg.Add(1)
@@ -166,7 +166,8 @@ func (o *ownKey) rotate(ctx context.Context, notAfter time.Time) {
 	}
 }
 
-func (o *ownKey) close() error {
+// Close implements svids.
+func (o *ownKey) Close() error {
 	o.stop()
 	err := o.client.Close()
 	o.wg.Wait()
@@ -174,7 +175,8 @@ func (o *ownKey) close() error {
 	return err
 }
 
-func (o *ownKey) getSVID() (*x509svid.SVID, error) {
+// GetX509SVID implements svids.
+func (o *ownKey) GetX509SVID() (*x509svid.SVID, error) {
 	s := o.svid.Load()
 	if s == nil {
 		return nil, errors.New("sdk: no SVID yet")
@@ -182,10 +184,14 @@ func (o *ownKey) getSVID() (*x509svid.SVID, error) {
 	return s, nil
 }
 
-func (o *ownKey) getBundle(td spiffeid.TrustDomain) (*x509bundle.Bundle, error) {
+// GetX509BundleForTrustDomain implements svids.
+func (o *ownKey) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509bundle.Bundle, error) {
 	set := o.bundles.Load()
 	if set == nil {
 		return nil, errors.New("sdk: no bundles yet")
 	}
 	return set.GetX509BundleForTrustDomain(td)
 }
+
+// Updated implements svids.
+func (o *ownKey) Updated() <-chan struct{} { return o.updated }

@@ -37,10 +37,19 @@ func WithID(id string) Option { return optionFunc(func(c *config) { c.id = id })
 // for concurrent use. It implements go-spiffe's x509svid.Source and
 // x509bundle.Source.
 type Source struct {
-	x509 *workloadapi.X509Source // nil with WithWorkloadKey
-	own  *ownKey
-	td   spiffeid.TrustDomain
-	addr string
+	svids svids
+	td    spiffeid.TrustDomain
+	addr  string
+}
+
+// svids is where a Source's SVID and bundles come from: go-spiffe's
+// X509Source, or, with WithWorkloadKey, an SVID for a key of this
+// process (ownKey).
+type svids interface {
+	GetX509SVID() (*x509svid.SVID, error)
+	GetX509BundleForTrustDomain(spiffeid.TrustDomain) (*x509bundle.Bundle, error)
+	Updated() <-chan struct{}
+	Close() error
 }
 
 // NewSource connects to the Workload API and blocks until the first SVID
@@ -55,8 +64,8 @@ func NewSource(ctx context.Context, opts ...Option) (*Source, error) {
 		if err != nil {
 			return nil, err
 		}
-		svid, _ := own.getSVID()
-		return &Source{own: own, td: svid.ID.TrustDomain(), addr: c.addr}, nil
+		svid, _ := own.GetX509SVID()
+		return &Source{svids: own, td: svid.ID.TrustDomain(), addr: c.addr}, nil
 	}
 	var clientOpts []workloadapi.ClientOption
 	if c.addr != "" {
@@ -96,16 +105,11 @@ func NewSource(ctx context.Context, opts ...Option) (*Source, error) {
 			return nil, fmt.Errorf("sdk: %w", err)
 		}
 	}
-	return &Source{x509: x, td: svid.ID.TrustDomain(), addr: c.addr}, nil
+	return &Source{svids: x, td: svid.ID.TrustDomain(), addr: c.addr}, nil
 }
 
 // Close stops following the Workload API.
-func (s *Source) Close() error {
-	if s.own != nil {
-		return s.own.close()
-	}
-	return s.x509.Close()
-}
+func (s *Source) Close() error { return s.svids.Close() }
 
 // ID returns the service's SPIFFE ID now.
 func (s *Source) ID() (spiffeid.ID, error) {
@@ -120,28 +124,15 @@ func (s *Source) ID() (spiffeid.ID, error) {
 func (s *Source) TrustDomain() spiffeid.TrustDomain { return s.td }
 
 // GetX509SVID implements x509svid.Source.
-func (s *Source) GetX509SVID() (*x509svid.SVID, error) {
-	if s.own != nil {
-		return s.own.getSVID()
-	}
-	return s.x509.GetX509SVID()
-}
+func (s *Source) GetX509SVID() (*x509svid.SVID, error) { return s.svids.GetX509SVID() }
 
 // GetX509BundleForTrustDomain implements x509bundle.Source.
 func (s *Source) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509bundle.Bundle, error) {
-	if s.own != nil {
-		return s.own.getBundle(td)
-	}
-	return s.x509.GetX509BundleForTrustDomain(td)
+	return s.svids.GetX509BundleForTrustDomain(td)
 }
 
 // Updated returns a channel that receives when the SVID or bundles change.
-func (s *Source) Updated() <-chan struct{} {
-	if s.own != nil {
-		return s.own.updated
-	}
-	return s.x509.Updated()
-}
+func (s *Source) Updated() <-chan struct{} { return s.svids.Updated() }
 
 // errDenied is the handshake error of a peer no rule allows.
 var errDenied = errors.New("sdk: peer not allowed by policy")

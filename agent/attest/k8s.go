@@ -47,61 +47,55 @@ type K8s struct {
 }
 
 // Attest returns the k8s selectors of a process in a pod, and none for a
-// process in no pod.
+// process in no pod. A container the kubelet does not report yet (it just
+// started) is waited for, within Patience.
 func (k *K8s) Attest(ctx context.Context, c peercred.Creds) ([]selector.Selector, error) {
+	sels, _, err := k.attest(ctx, c, false)
+	return sels, err
+}
+
+// AttestEarly is Attest without the wait: for a container the kubelet
+// does not report yet, it answers after one fresh list with the pod's
+// selectors only (no container-name or container-image), and podOnly
+// true. The pod comes from the process's own cgroup, so the pod-level
+// selectors are as sure as in a full answer; a caller whose entries need
+// container selectors is attested again with Attest.
+func (k *K8s) AttestEarly(ctx context.Context, c peercred.Creds) (sels []selector.Selector, podOnly bool, err error) {
+	return k.attest(ctx, c, true)
+}
+
+func (k *K8s) attest(ctx context.Context, c peercred.Creds, early bool) ([]selector.Selector, bool, error) {
 	ctr, err := cgroup.Read(k.ProcRoot, c.PID, k.Cgroups)
 	if errors.Is(err, cgroup.ErrNotInPod) {
-		return nil, nil
+		return nil, false, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("attest: process %d: %w", c.PID, err)
+		return nil, false, fmt.Errorf("attest: process %d: %w", c.PID, err)
 	}
-	pod, status, err := k.find(ctx, ctr)
+	pod, status, err := k.find(ctx, ctr, early)
 	if err != nil {
-		return nil, fmt.Errorf("attest: process %d: %w", c.PID, err)
+		return nil, false, fmt.Errorf("attest: process %d: %w", c.PID, err)
 	}
 	// Cross-checks with the kubelet's view: the container must be running,
 	// and the caller must be in a PID namespace of its own unless the pod
 	// shares the host's (a host process in a container's cgroup is not in
 	// that container).
 	if status != nil && status.State.Running == nil {
-		return nil, fmt.Errorf("attest: process %d: container %s of pod %s/%s is not running", c.PID, status.Name, pod.Namespace, pod.Name)
+		return nil, false, fmt.Errorf("attest: process %d: container %s of pod %s/%s is not running", c.PID, status.Name, pod.Namespace, pod.Name)
 	}
 	if levels, err := pidNamespaceLevels(k.ProcRoot, c.PID); err != nil {
-		return nil, fmt.Errorf("attest: process %d: %w", c.PID, err)
+		return nil, false, fmt.Errorf("attest: process %d: %w", c.PID, err)
 	} else if levels > 0 && (levels == 1) != pod.Spec.HostPID {
-		return nil, fmt.Errorf("attest: process %d is in %d PID namespace levels below this agent's, which pod %s/%s (hostPID %t) does not run in",
+		return nil, false, fmt.Errorf("attest: process %d is in %d PID namespace levels below this agent's, which pod %s/%s (hostPID %t) does not run in",
 			c.PID, levels-1, pod.Namespace, pod.Name, pod.Spec.HostPID)
 	}
-	return podSelectors(pod, status), nil
+	return podSelectors(pod, status), status == nil && ctr.ContainerID != "", nil
 }
 
-type partialKey struct{}
-
-// AllowPartial returns a context in which the K8s attestor, for a
-// container the kubelet does not report yet, answers at once with the
-// pod's selectors only (no container-name or container-image) instead of
-// waiting for the container; *partial tells whether it did. The pod comes
-// from the process's own cgroup, so the pod-level selectors are as sure as
-// in a full answer; a caller whose entries need container selectors must
-// attest again without this context.
-func AllowPartial(ctx context.Context) (context.Context, *bool) {
-	p := new(bool)
-	return context.WithValue(ctx, partialKey{}, p), p
-}
-
-// MarkPartial records, in a context from AllowPartial, that an attestor
-// answered with pod-level selectors only; it reports false (and the
-// attestor must wait for the full answer) in any other context.
-func MarkPartial(ctx context.Context) bool {
-	p, ok := ctx.Value(partialKey{}).(*bool)
-	if ok {
-		*p = true
-	}
-	return ok
-}
-
-func (k *K8s) find(ctx context.Context, ctr cgroup.Container) (*corev1.Pod, *corev1.ContainerStatus, error) {
+// find returns the pod and container status of ctr; with early, a
+// container that a fresh list does not show yet gets no status rather
+// than a wait.
+func (k *K8s) find(ctx context.Context, ctr cgroup.Container, early bool) (*corev1.Pod, *corev1.ContainerStatus, error) {
 	maxAge := k.MaxAge
 	if maxAge == 0 {
 		maxAge = time.Second
@@ -142,7 +136,7 @@ func (k *K8s) find(ctx context.Context, ctr cgroup.Container) (*corev1.Pod, *cor
 			if st := containerStatus(pod, ctr.ContainerID); st != nil {
 				return pod, st, nil
 			}
-			if listed && MarkPartial(ctx) {
+			if listed && early {
 				return pod, nil, nil
 			}
 		}
@@ -230,6 +224,31 @@ func podSelectors(pod *corev1.Pod, st *corev1.ContainerStatus) []selector.Select
 // Multi runs several attestors and joins their selectors.
 type Multi []interface {
 	Attest(ctx context.Context, c peercred.Creds) ([]selector.Selector, error)
+}
+
+// AttestEarly implements the Workload API's Attestor: the attestors that
+// can answer early (K8s) do; podOnly if any answered for the pod only.
+func (m Multi) AttestEarly(ctx context.Context, c peercred.Creds) ([]selector.Selector, bool, error) {
+	var all []selector.Selector
+	podOnly := false
+	for _, a := range m {
+		var sels []selector.Selector
+		var err error
+		if e, ok := a.(interface {
+			AttestEarly(context.Context, peercred.Creds) ([]selector.Selector, bool, error)
+		}); ok {
+			var p bool
+			sels, p, err = e.AttestEarly(ctx, c)
+			podOnly = podOnly || p
+		} else {
+			sels, err = a.Attest(ctx, c)
+		}
+		if err != nil {
+			return nil, false, err
+		}
+		all = append(all, sels...)
+	}
+	return all, podOnly, nil
 }
 
 // Attest implements the Workload API's Attestor.

@@ -206,17 +206,16 @@ func TestK8sRecorded(t *testing.T) {
 	}
 }
 
-// TestK8sPartial: allowed to, the attestor answers for a container the
+// TestK8sPartial: asked to answer early, the attestor answers for a container the
 // kubelet does not report yet with its pod's selectors after one list,
 // and says so; without that it waits for the container.
 func TestK8sPartial(t *testing.T) {
 	root := procWithCgroup(t, 44, "0::/kubepods/besteffort/pod"+podUID+"/"+ctrID+"\n")
 	pods := &fakePods{lists: [][]corev1.Pod{{testPod(false)}, {testPod(false)}, {testPod(true)}}}
 	k := &K8s{Pods: pods, ProcRoot: root}
-	ctx, partial := AllowPartial(context.Background())
-	sels, err := k.Attest(ctx, peercred.Creds{PID: 44})
-	if err != nil || !*partial || pods.calls != 1 {
-		t.Fatalf("partial attest: %v, partial %v, %d lists", err, *partial, pods.calls)
+	sels, partial, err := k.AttestEarly(context.Background(), peercred.Creds{PID: 44})
+	if err != nil || !partial || pods.calls != 1 {
+		t.Fatalf("partial attest: %v, partial %v, %d lists", err, partial, pods.calls)
 	}
 	for _, s := range sels {
 		if strings.HasPrefix(s.Value, "container-") {

@@ -57,6 +57,13 @@ func (u *Unix) proc() string {
 	return u.ProcRoot
 }
 
+// AttestEarly implements the Workload API's Attestor: the unix
+// selectors need no wait, so it is Attest.
+func (u *Unix) AttestEarly(ctx context.Context, c peercred.Creds) ([]selector.Selector, bool, error) {
+	sels, err := u.Attest(ctx, c)
+	return sels, false, err
+}
+
 // Attest returns the unix selectors of the caller.
 func (u *Unix) Attest(ctx context.Context, c peercred.Creds) ([]selector.Selector, error) {
 	sels := []selector.Selector{

@@ -29,7 +29,11 @@ type Auditor struct {
 	w       io.Writer
 	dropped atomic.Int64
 	done    chan struct{}
-	once    sync.Once
+	// mu guards closed: a record logged after Close (a handler that
+	// outlives the server's stop) is dropped, not sent on a closed
+	// channel.
+	mu     sync.RWMutex
+	closed bool
 }
 
 // NewAuditor starts an auditor writing JSON lines to w.
@@ -62,6 +66,12 @@ func (a *Auditor) Log(r Record) {
 	if r.Time.IsZero() {
 		r.Time = time.Now().UTC()
 	}
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	if a.closed {
+		a.dropped.Add(1)
+		return
+	}
 	select {
 	case a.ch <- r:
 	default:
@@ -74,6 +84,11 @@ func (a *Auditor) Dropped() int64 { return a.dropped.Load() }
 
 // Close writes what is queued and stops.
 func (a *Auditor) Close() {
-	a.once.Do(func() { close(a.ch) })
+	a.mu.Lock()
+	if !a.closed {
+		a.closed = true
+		close(a.ch)
+	}
+	a.mu.Unlock()
 	<-a.done
 }

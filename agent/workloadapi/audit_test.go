@@ -67,3 +67,16 @@ func (w blockingWriter) Write(p []byte) (int, error) {
 	<-w
 	return len(p), nil
 }
+
+// TestAuditorLogAfterClose: a record logged after Close (a handler still
+// answering while the agent stops) is dropped and counted, never a panic.
+func TestAuditorLogAfterClose(t *testing.T) {
+	var out lockedBuffer
+	a := NewAuditor(&out, 16)
+	a.Close()
+	a.Log(Record{Event: "workload.fetch_x509_svid", Result: "success"})
+	a.Close()
+	if a.Dropped() != 1 {
+		t.Fatalf("dropped %d, want 1", a.Dropped())
+	}
+}

@@ -22,7 +22,6 @@ import (
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"google.golang.org/grpc"
 
-	"github.com/signet-id/signet/agent/attest"
 	"github.com/signet-id/signet/agent/cache"
 	"github.com/signet-id/signet/internal/entry"
 	"github.com/signet-id/signet/internal/peercred"
@@ -34,6 +33,11 @@ var td = spiffeid.RequireTrustDomainFromString("example.org")
 
 // podAttestor says every caller is in pod "pod-1".
 type podAttestor struct{}
+
+func (a podAttestor) AttestEarly(ctx context.Context, c peercred.Creds) ([]selector.Selector, bool, error) {
+	sels, err := a.Attest(ctx, c)
+	return sels, false, err
+}
 
 func (podAttestor) Attest(context.Context, peercred.Creds) ([]selector.Selector, error) {
 	return []selector.Selector{{Type: "k8s", Value: "pod-uid:pod-1"}}, nil
@@ -167,15 +171,24 @@ type stagedAttestor struct {
 	calls int
 }
 
-func (a *stagedAttestor) Attest(ctx context.Context, _ peercred.Creds) ([]selector.Selector, error) {
+func (a *stagedAttestor) attest(early bool) ([]selector.Selector, bool, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.calls++
 	pod := []selector.Selector{{Type: "k8s", Value: "pod-uid:pod-1"}}
-	if a.calls == 1 && attest.MarkPartial(ctx) {
-		return pod, nil
+	if a.calls == 1 && early {
+		return pod, true, nil
 	}
-	return append(pod, selector.Selector{Type: "k8s", Value: "container-name:main"}), nil
+	return append(pod, selector.Selector{Type: "k8s", Value: "container-name:main"}), false, nil
+}
+
+func (a *stagedAttestor) Attest(context.Context, peercred.Creds) ([]selector.Selector, error) {
+	sels, _, err := a.attest(false)
+	return sels, err
+}
+
+func (a *stagedAttestor) AttestEarly(context.Context, peercred.Creds) ([]selector.Selector, bool, error) {
+	return a.attest(true)
 }
 
 // TestPartialAttestationCompletes: an entry that selects on the container
@@ -230,18 +243,27 @@ type lateAttestor struct {
 	calls int
 }
 
-func (a *lateAttestor) Attest(ctx context.Context, _ peercred.Creds) ([]selector.Selector, error) {
+func (a *lateAttestor) attest(early bool) ([]selector.Selector, bool, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.calls++
 	pod := []selector.Selector{{Type: "k8s", Value: "pod-uid:pod-1"}}
 	switch {
-	case a.calls == 1 && attest.MarkPartial(ctx):
-		return pod, nil
+	case a.calls == 1 && early:
+		return pod, true, nil
 	case a.calls < 4:
-		return nil, errors.New("container 2d9be2b3cbd8 is not (yet) in pod shop/web-1's status")
+		return nil, false, errors.New("container 2d9be2b3cbd8 is not (yet) in pod shop/web-1's status")
 	}
-	return append(pod, selector.Selector{Type: "k8s", Value: "container-name:main"}), nil
+	return append(pod, selector.Selector{Type: "k8s", Value: "container-name:main"}), false, nil
+}
+
+func (a *lateAttestor) Attest(context.Context, peercred.Creds) ([]selector.Selector, error) {
+	sels, _, err := a.attest(false)
+	return sels, err
+}
+
+func (a *lateAttestor) AttestEarly(context.Context, peercred.Creds) ([]selector.Selector, bool, error) {
+	return a.attest(true)
 }
 
 // TestLateContainerKeepsTheStream: a caller answered on its pod's

@@ -22,16 +22,20 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
 
-	"github.com/signet-id/signet/agent/attest"
 	"github.com/signet-id/signet/agent/cache"
 	"github.com/signet-id/signet/internal/entry"
 	"github.com/signet-id/signet/internal/peercred"
 	"github.com/signet-id/signet/internal/selector"
 )
 
-// Attestor describes a calling process by its selectors.
+// Attestor describes a calling process by its selectors (agent/attest).
 type Attestor interface {
+	// Attest returns all the caller's selectors, waiting (within the
+	// attestor's patience) for a container the kubelet does not list yet.
 	Attest(ctx context.Context, caller peercred.Creds) ([]selector.Selector, error)
+	// AttestEarly answers without that wait: podOnly says the selectors
+	// are the caller's pod's only, and Attest is to complete them.
+	AttestEarly(ctx context.Context, caller peercred.Creds) (sels []selector.Selector, podOnly bool, err error)
 }
 
 // JWTMinter gets JWT-SVIDs for entries.
@@ -107,7 +111,7 @@ type caller struct {
 	creds     peercred.Creds
 	selectors []selector.Selector
 	// partial: the caller's container was not at the kubelet yet, so the
-	// selectors are the pod's only (see attest.AllowPartial).
+	// selectors are the pod's only (Attestor.AttestEarly).
 	partial bool
 }
 
@@ -130,9 +134,8 @@ func (h *Handler) attest(ctx context.Context, event string) (caller, error) {
 	if !ok {
 		return caller{}, status.Error(codes.Internal, "no peer credentials on the connection")
 	}
-	actx, partial := attest.AllowPartial(ctx)
-	sels, err := h.cfg.Attestor.Attest(actx, creds)
-	c := caller{creds: creds, selectors: sels, partial: *partial}
+	sels, podOnly, err := h.cfg.Attestor.AttestEarly(ctx, creds)
+	c := caller{creds: creds, selectors: sels, partial: podOnly}
 	if err == nil {
 		err = creds.Check()
 	}
@@ -242,7 +245,10 @@ func sameItems(a, b []*cache.Item) bool {
 }
 
 // FetchX509SVID implements the Workload API: it sends the caller's SVIDs
-// and again whenever they or the bundle change.
+// and again whenever they or the bundle change. In order: attest the
+// caller; look its entries up (completing a pod-only attestation, asking
+// the CA for its pod's identities); wait for the SVIDs of entries the
+// agent is still minting; then stream.
 func (h *Handler) FetchX509SVID(_ *workload.X509SVIDRequest, stream workload.SpiffeWorkloadAPI_FetchX509SVIDServer) error {
 	const event = "workload.fetch_x509_svid"
 	ctx := stream.Context()
@@ -250,48 +256,20 @@ func (h *Handler) FetchX509SVID(_ *workload.X509SVIDRequest, stream workload.Spi
 	if err != nil {
 		return err
 	}
-	snap, changed := h.synced(ctx)
+	snap, changed, err := h.lookUp(ctx, &c, event)
+	if err != nil {
+		return err
+	}
+	if snap, changed, err = h.minted(ctx, c, event, snap, changed, time.Now().Add(h.cfg.SyncWait)); err != nil || snap == nil {
+		return err
+	}
 	var sent []*cache.Item
-	// An identity whose entry arrived but whose SVID is still being minted
-	// is waited for, not refused.
-	pendingUntil := time.Now().Add(h.cfg.SyncWait)
-	pulled := false
 	var completed <-chan caller
 	for {
 		items := snap.Match(c.selectors)
 		if len(items) == 0 {
-			matched := snap.MatchEntries(c.selectors)
-			if len(matched) == 0 && c.partial {
-				// An entry may need the container's selectors.
-				if err := h.complete(ctx, &c, event); err != nil {
-					return err
-				}
-				snap, changed = h.cfg.Cache.Snapshot()
-				continue
-			}
-			if len(matched) == 0 && !pulled {
-				pulled = true
-				if h.pullPod(ctx, c) {
-					snap, changed = h.cfg.Cache.Snapshot()
-					continue
-				}
-			}
-			if agentHeld(matched) && time.Now().Before(pendingUntil) {
-				select {
-				case <-ctx.Done():
-					return nil
-				case <-changed:
-				case <-time.After(time.Until(pendingUntil)):
-				}
-				snap, changed = h.cfg.Cache.Snapshot()
-				continue
-			}
-			if len(matched) > 0 && !agentHeld(matched) {
-				h.refuse(c, event, "the caller's identities are workload-key only")
-				return errWorkloadKeyOnly
-			}
-			h.refuse(c, event, "no entry matches the caller's selectors")
-			return errNoIdentity
+			// The caller's identities went away (or were replaced).
+			return h.noIdentity(c, event, snap.MatchEntries(c.selectors))
 		}
 		if !sameItems(items, sent) {
 			wire, err := x509Response(snap, c.selectors, items)
@@ -328,6 +306,38 @@ func (h *Handler) FetchX509SVID(_ *workload.X509SVIDRequest, stream workload.Spi
 			snap, changed = h.cfg.Cache.Snapshot()
 		}
 	}
+}
+
+// minted waits, until deadline, while the caller's entries have no SVID
+// yet and the agent mints some of them (an entry that just arrived), and
+// returns the snapshot in which the caller has SVIDs. A caller with none
+// coming is refused; a nil snapshot means ctx ended.
+func (h *Handler) minted(ctx context.Context, c caller, event string, snap *cache.Snapshot, changed <-chan struct{}, deadline time.Time) (*cache.Snapshot, <-chan struct{}, error) {
+	for len(snap.Match(c.selectors)) == 0 {
+		matched := snap.MatchEntries(c.selectors)
+		if !agentHeld(matched) || !time.Now().Before(deadline) {
+			return nil, nil, h.noIdentity(c, event, matched)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, nil, nil
+		case <-changed:
+		case <-time.After(time.Until(deadline)):
+		}
+		snap, changed = h.cfg.Cache.Snapshot()
+	}
+	return snap, changed, nil
+}
+
+// noIdentity refuses a caller that has no SVID to get: its entries, if
+// any (matched), are all for keys the workload makes itself.
+func (h *Handler) noIdentity(c caller, event string, matched []entry.Entry) error {
+	if len(matched) > 0 && !agentHeld(matched) {
+		h.refuse(c, event, "the caller's identities are workload-key only")
+		return errWorkloadKeyOnly
+	}
+	h.refuse(c, event, "no entry matches the caller's selectors")
+	return errNoIdentity
 }
 
 // completeTimeout bounds how long the agent keeps trying to complete an

@@ -69,13 +69,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	g, ctx := tasks.WithContext(ctx)
-	ready, err := build(ctx, g, cfg)
-	if err != nil {
-		g.Close()
-		return err
-	}
-	return g.Run(ready)
+	return tasks.Run(ctx, func(ctx context.Context, g *tasks.Group) (func(), error) { return build(ctx, g, cfg) })
 }
 
 // build makes every part of the CA, binds every listener and adds the

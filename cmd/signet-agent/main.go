@@ -17,8 +17,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/signet-id/signet/agent"
+	"github.com/signet-id/signet/agent/caclient"
 	"github.com/signet-id/signet/agent/kubelet"
-	"github.com/signet-id/signet/agent/manager"
 	"github.com/signet-id/signet/internal/config"
 	"github.com/signet-id/signet/internal/logfile"
 	"github.com/signet-id/signet/internal/systemlog"
@@ -97,15 +97,6 @@ func parse(args []string, stderr io.Writer) (agent.Config, error) {
 	if err != nil {
 		return agent.Config{}, fmt.Errorf("trust-domain: %q: %v", c.TrustDomain, err)
 	}
-	if c.DataDir == "" {
-		return agent.Config{}, errors.New("data-dir: required")
-	}
-	if c.CAAddress == "" {
-		return agent.Config{}, errors.New("ca-address: required")
-	}
-	if c.JoinToken != "" && c.JoinTokenFile != "" {
-		return agent.Config{}, errors.New("join-token and join-token-file: give one, not both")
-	}
 	cfg := agent.Config{
 		TrustDomain: td, CAAddress: c.CAAddress, DataDir: c.DataDir, JoinToken: c.JoinToken, JoinTokenFile: c.JoinTokenFile,
 		SocketPath: c.Socket, HealthAddr: c.HealthAddr, MetricsAddr: c.MetricsAddr, AuditLog: c.AuditLog,
@@ -119,17 +110,6 @@ func parse(args []string, stderr io.Writer) (agent.Config, error) {
 		if c.TokenFile == "" {
 			return agent.Config{}, errors.New("token-file: required with node-attestor k8s_psat")
 		}
-		if c.NodeName == "" {
-			return agent.Config{}, errors.New("node-name: required with node-attestor k8s_psat (or set NODE_NAME)")
-		}
-		if c.JoinToken != "" || c.JoinTokenFile != "" {
-			return agent.Config{}, errors.New("join-token: not used with node-attestor k8s_psat")
-		}
-		if c.TokenFile == c.KubeletTokenFile {
-			// The CA's token must never reach the kubelet, nor the
-			// kubelet's the CA.
-			return agent.Config{}, errors.New("token-file and kubelet-token-file: must be different tokens (the CA's audience vs the API server's)")
-		}
 		cfg.PSATTokenFile, cfg.NodeName = c.TokenFile, c.NodeName
 		if c.KubeletURL == "" {
 			ip := os.Getenv("NODE_IP")
@@ -142,14 +122,14 @@ func parse(args []string, stderr io.Writer) (agent.Config, error) {
 		return agent.Config{}, fmt.Errorf("node-attestor: %q: want join_token or k8s_psat", c.NodeAttestor)
 	}
 	if c.KubeletURL != "" {
-		if c.KubeletCA == "" && !c.KubeletInsecure {
-			return agent.Config{}, errors.New("kubelet-ca: required with kubelet-url (or, unsafely, kubelet-insecure-skip-verify)")
-		}
 		cfg.Kubelet = &kubelet.Config{URL: c.KubeletURL, TokenFile: c.KubeletTokenFile, CAFile: c.KubeletCA, InsecureSkipVerify: c.KubeletInsecure}
 		cfg.KubeletCgroupRoot = c.KubeletCgroup
 	}
+	if err := cfg.Validate(); err != nil {
+		return agent.Config{}, err
+	}
 	if c.TrustBundle != "" {
-		if cfg.TrustBundle, err = manager.LoadBundleFile(c.TrustBundle); err != nil {
+		if cfg.TrustBundle, err = caclient.LoadBundleFile(c.TrustBundle); err != nil {
 			return agent.Config{}, fmt.Errorf("trust-bundle: %v", err)
 		}
 	}

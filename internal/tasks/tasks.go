@@ -46,6 +46,19 @@ func WithContext(ctx context.Context) (*Group, context.Context) {
 	return &Group{ctx: ctx, cancel: cancel}, ctx
 }
 
+// Run builds a program with build, which adds its tasks to a new group
+// and binds what they serve, then runs the group (Group.Run) with the
+// ready function build returns. A build that fails closes the group.
+func Run(ctx context.Context, build func(ctx context.Context, g *Group) (ready func(), err error)) error {
+	g, ctx := WithContext(ctx)
+	ready, err := build(ctx, g)
+	if err != nil {
+		g.Close()
+		return err
+	}
+	return g.Run(ready)
+}
+
 // Add adds a task. run must return once its context ends or stop has
 // been called; stop may be nil when the context is enough.
 func (g *Group) Add(name string, run func(ctx context.Context) error, stop func()) {

@@ -1,22 +1,19 @@
-// Package manager is the agent's side of the conversation with the CA: it
-// attests the node, keeps the agent SVID renewed, follows the Sync stream,
-// and mints and rotates the workloads' SVIDs ahead of use into the cache.
-// Workload keys are generated here, on the node; the CA sees CSRs only.
-package manager
+// Package caclient is the agent's side of the conversation with the CA:
+// it attests the node (again after an eviction), keeps the agent SVID
+// renewed and the connection that presents it, follows the Sync stream
+// into the cache, and makes the node API's calls for the rest of the
+// agent (minting, pod pulls, decision reports). What to mint and when is
+// agent/rotation's job.
+package caclient
 
 import (
 	"context"
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
-	"runtime"
-	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -35,18 +32,18 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/signet-id/signet/agent/cache"
+	"github.com/signet-id/signet/internal/backoff"
+	"github.com/signet-id/signet/internal/clock"
 	"github.com/signet-id/signet/internal/datadir"
 	"github.com/signet-id/signet/internal/entry"
+	"github.com/signet-id/signet/internal/keygen"
 	"github.com/signet-id/signet/internal/refusal"
 	"github.com/signet-id/signet/internal/signetid"
 	agentv1 "github.com/signet-id/signet/proto/signet/agent/v1"
 	typesv1 "github.com/signet-id/signet/proto/signet/types/v1"
 )
 
-// maxBatch is the most CSRs sent in one MintX509SVIDs call.
-const maxBatch = 1000
-
-// Config configures a Manager.
+// Config configures a Client.
 type Config struct {
 	TrustDomain spiffeid.TrustDomain
 	// CAAddress is the host:port of the CA's agent API.
@@ -66,12 +63,14 @@ type Config struct {
 	// TrustBundle holds the roots to trust before the data directory has a
 	// bundle of its own.
 	TrustBundle []*x509.Certificate
-	// Log receives the manager's logs. If nil, discarded.
+	// Log receives the client's logs. If nil, discarded.
 	Log hclog.Logger
+	// Clock tells the time and waits. If nil, clock.Real.
+	Clock clock.Clock
 }
 
-// Manager talks to the CA on the agent's behalf.
-type Manager struct {
+// Client talks to the CA on the agent's behalf.
+type Client struct {
 	cfg   Config
 	log   hclog.Logger
 	caID  spiffeid.ID
@@ -88,22 +87,17 @@ type Manager struct {
 	bundleSeq   uint64
 	firstSync   bool
 	renewAt     time.Time
-	jwts        map[string]jwtCached
 	pulledAt    map[string]time.Time
-
-	minted, mintErrors, renewals int64
-}
-
-type jwtCached struct {
-	token             string
-	issued, refreshAt time.Time
-	expires           time.Time
+	renewals    int64
 }
 
 // New loads the agent's state from its data directory.
-func New(cfg Config) (*Manager, error) {
+func New(cfg Config) (*Client, error) {
 	if cfg.Log == nil {
 		cfg.Log = hclog.NewNullLogger()
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = clock.Real
 	}
 	changed, err := datadir.Prepare(cfg.DataDir)
 	if err != nil {
@@ -125,28 +119,28 @@ func New(cfg Config) (*Manager, error) {
 	if err != nil {
 		return nil, fmt.Errorf("manager: %w", err)
 	}
-	m := &Manager{
+	m := &Client{
 		cfg: cfg, log: cfg.Log, cache: cache.New(b),
 		caID:        signetid.CA(cfg.TrustDomain),
-		connChanged: make(chan struct{}), triedTokens: map[string]bool{}, jwts: map[string]jwtCached{}, pulledAt: map[string]time.Time{},
+		connChanged: make(chan struct{}), triedTokens: map[string]bool{}, pulledAt: map[string]time.Time{},
 	}
 	svid, err := loadSVID(cfg.DataDir)
 	if err != nil {
 		m.log.Warn("ignoring stored agent SVID", "error", err)
 	}
-	if svid != nil && time.Until(svid.Certificates[0].NotAfter) > 30*time.Second && svid.ID.TrustDomain() == cfg.TrustDomain {
+	if now := cfg.Clock.Now(); svid != nil && svid.Certificates[0].NotAfter.Sub(now) > 30*time.Second && svid.ID.TrustDomain() == cfg.TrustDomain {
 		m.svid = svid
-		m.renewAt = cache.RotationTime(svid.Certificates[0].NotAfter, time.Now())
+		m.renewAt = cache.RotationTime(svid.Certificates[0].NotAfter, now)
 		m.log.Info("using stored agent SVID", "spiffe_id", svid.ID, "expires", svid.Certificates[0].NotAfter)
 	}
 	return m, nil
 }
 
 // Cache returns the cache the manager fills.
-func (m *Manager) Cache() *cache.Cache { return m.cache }
+func (m *Client) Cache() *cache.Cache { return m.cache }
 
 // ID returns the agent's SPIFFE ID, zero before attestation.
-func (m *Manager) ID() spiffeid.ID {
+func (m *Client) ID() spiffeid.ID {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.svid == nil {
@@ -156,7 +150,7 @@ func (m *Manager) ID() spiffeid.ID {
 }
 
 // Status says whether the agent is fit to serve, and why not.
-func (m *Manager) Status() (ready bool, reason string) {
+func (m *Client) Status() (ready bool, reason string) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	switch {
@@ -172,7 +166,7 @@ func (m *Manager) Status() (ready bool, reason string) {
 
 // GetX509SVID implements x509svid.Source with the agent SVID, for mTLS to
 // the CA.
-func (m *Manager) GetX509SVID() (*x509svid.SVID, error) {
+func (m *Client) GetX509SVID() (*x509svid.SVID, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.svid == nil {
@@ -183,7 +177,7 @@ func (m *Manager) GetX509SVID() (*x509svid.SVID, error) {
 
 // GetX509BundleForTrustDomain implements x509bundle.Source with the bundle
 // the agent holds.
-func (m *Manager) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509bundle.Bundle, error) {
+func (m *Client) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509bundle.Bundle, error) {
 	snap, _ := m.cache.Snapshot()
 	if td != snap.Bundle.TrustDomain {
 		return nil, fmt.Errorf("no bundle for trust domain %q", td)
@@ -191,7 +185,7 @@ func (m *Manager) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509bun
 	return x509bundle.FromX509Authorities(td, snap.Bundle.X509Roots), nil
 }
 
-func (m *Manager) dial(svid bool) (*grpc.ClientConn, error) {
+func (m *Client) dial(svid bool) (*grpc.ClientConn, error) {
 	var tlsCfg = tlsconfig.TLSClientConfig(m, tlsconfig.AuthorizeID(m.caID))
 	if svid {
 		tlsCfg = tlsconfig.MTLSClientConfig(m, m, tlsconfig.AuthorizeID(m.caID))
@@ -207,7 +201,7 @@ func (m *Manager) dial(svid bool) (*grpc.ClientConn, error) {
 
 // nodeClient returns the current connection's client and a channel closed
 // when the connection is replaced.
-func (m *Manager) nodeClient() (agentv1.NodeClient, <-chan struct{}, error) {
+func (m *Client) nodeClient() (agentv1.NodeClient, <-chan struct{}, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.svid == nil {
@@ -224,11 +218,11 @@ func (m *Manager) nodeClient() (agentv1.NodeClient, <-chan struct{}, error) {
 }
 
 // setSVID installs a new agent SVID and a fresh connection that presents it.
-func (m *Manager) setSVID(svid *x509svid.SVID) {
+func (m *Client) setSVID(svid *x509svid.SVID) {
 	m.mu.Lock()
 	old := m.conn
 	m.svid, m.conn, m.client = svid, nil, nil
-	m.renewAt = cache.RotationTime(svid.Certificates[0].NotAfter, time.Now())
+	m.renewAt = cache.RotationTime(svid.Certificates[0].NotAfter, m.cfg.Clock.Now())
 	m.evicted = ""
 	close(m.connChanged)
 	m.connChanged = make(chan struct{})
@@ -238,7 +232,7 @@ func (m *Manager) setSVID(svid *x509svid.SVID) {
 	}
 }
 
-func (m *Manager) markEvicted(reason string) {
+func (m *Client) markEvicted(reason string) {
 	m.mu.Lock()
 	first := m.evicted == ""
 	m.evicted = reason
@@ -252,7 +246,7 @@ func (m *Manager) markEvicted(reason string) {
 	}
 }
 
-func (m *Manager) isEvicted() bool {
+func (m *Client) isEvicted() bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return m.evicted != ""
@@ -265,20 +259,9 @@ func isAgentRefusal(err error) bool {
 	return status.Code(err) == codes.Unauthenticated || reason == refusal.Agent
 }
 
-// newKeyAndCSR makes a P-256 key here, on the node, and a CSR for it; the
-// key never leaves the agent.
-func newKeyAndCSR() (*ecdsa.PrivateKey, []byte, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, nil, err
-	}
-	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
-	return key, csr, err
-}
-
 // token returns the configured join token, from the flag or the file, or
 // the projected service-account token.
-func (m *Manager) token() string {
+func (m *Client) token() string {
 	if m.cfg.PSATTokenFile != "" {
 		raw, err := os.ReadFile(m.cfg.PSATTokenFile)
 		if err != nil {
@@ -297,11 +280,11 @@ func (m *Manager) token() string {
 }
 
 // attest exchanges a join token for an agent SVID.
-func (m *Manager) attest(ctx context.Context, token string) error {
+func (m *Client) attest(ctx context.Context, token string) error {
 	m.mu.Lock()
 	m.triedTokens[token] = true
 	m.mu.Unlock()
-	key, csr, err := newKeyAndCSR()
+	key, csr, err := keygen.KeyAndCSR()
 	if err != nil {
 		return err
 	}
@@ -355,34 +338,40 @@ func parseSVID(chain [][]byte, key crypto.Signer) (*x509svid.SVID, error) {
 	return &x509svid.SVID{ID: id, Certificates: certs, PrivateKey: key}, nil
 }
 
-// Run works until ctx is done. It attests first if there is no valid agent
-// SVID; that failing is the only error it returns before ctx ends.
-func (m *Manager) Run(ctx context.Context) error {
-	if m.ID().IsZero() {
-		tok := m.token()
-		if tok == "" && m.cfg.PSATTokenFile != "" {
-			return fmt.Errorf("no valid agent SVID in the data directory and no service-account token in %s", m.cfg.PSATTokenFile)
-		}
-		if tok == "" {
-			return errors.New("no valid agent SVID in the data directory and no join token (--join-token or --join-token-file)")
-		}
-		// A CA that is not up yet is waited for; a refused token is final.
-		bo := backoff{max: 5 * time.Second}
-		for {
-			err := m.attest(ctx, tok)
-			if err == nil {
-				break
-			}
-			if c := status.Code(err); c == codes.PermissionDenied || c == codes.InvalidArgument || ctx.Err() != nil {
-				return err
-			}
-			d := bo.next()
-			m.log.Warn("attestation failed; retrying", "error", err, "retry_in", d)
-			sleep(ctx, d, nil)
-		}
+// Attest attests the node unless the data directory holds a valid agent
+// SVID, and returns once the agent has one: a CA that is not up yet is
+// waited for, a refused token is final.
+func (m *Client) Attest(ctx context.Context) error {
+	if !m.ID().IsZero() {
+		return nil
 	}
+	tok := m.token()
+	if tok == "" && m.cfg.PSATTokenFile != "" {
+		return fmt.Errorf("no valid agent SVID in the data directory and no service-account token in %s", m.cfg.PSATTokenFile)
+	}
+	if tok == "" {
+		return errors.New("no valid agent SVID in the data directory and no join token (--join-token or --join-token-file)")
+	}
+	bo := backoff.Backoff{Max: 5 * time.Second}
+	for {
+		err := m.attest(ctx, tok)
+		if err == nil {
+			return nil
+		}
+		if c := status.Code(err); c == codes.PermissionDenied || c == codes.InvalidArgument || ctx.Err() != nil {
+			return err
+		}
+		d := bo.Next()
+		m.log.Warn("attestation failed; retrying", "error", err, "retry_in", d)
+		m.sleep(ctx, d, nil)
+	}
+}
+
+// Run follows the Sync stream, renews the agent SVID and attests again
+// after an eviction, until ctx ends. Attest first.
+func (m *Client) Run(ctx context.Context) {
 	var wg sync.WaitGroup
-	for _, loop := range []func(context.Context){m.syncLoop, m.mintLoop, m.renewLoop, m.reattestLoop} {
+	for _, loop := range []func(context.Context){m.syncLoop, m.renewLoop, m.reattestLoop} {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -390,35 +379,23 @@ func (m *Manager) Run(ctx context.Context) error {
 		}()
 	}
 	wg.Wait()
+}
+
+// Close closes the connection to the CA.
+func (m *Client) Close() {
 	m.mu.Lock()
+	defer m.mu.Unlock()
 	if m.conn != nil {
 		m.conn.Close()
+		m.conn, m.client = nil, nil
 	}
-	m.mu.Unlock()
-	return nil
 }
 
-// backoff doubles from 100 ms to max.
-type backoff struct {
-	cur, max time.Duration
-}
-
-func (b *backoff) next() time.Duration {
-	if b.cur == 0 {
-		b.cur = 100 * time.Millisecond
-	} else if b.cur *= 2; b.cur > b.max {
-		b.cur = b.max
-	}
-	return b.cur
-}
-
-func (b *backoff) reset() { b.cur = 0 }
-
-// pause is sleep for a loop whose call to the CA failed: it also ends when
-// the connection to the CA, having been down, is ready again, so that work
-// resumes as soon as a CA that was away answers rather than at the next
-// backoff step (which could outlast the SVIDs in hand).
-func (m *Manager) pause(ctx context.Context, d time.Duration, wake <-chan struct{}) {
+// Pause is sleep for a loop whose call to the CA failed: it also ends
+// when the connection to the CA, having been down, is ready again, so
+// that work resumes as soon as a CA that was away answers rather than at
+// the next backoff step (which could outlast the SVIDs in hand).
+func (m *Client) Pause(ctx context.Context, d time.Duration, wake <-chan struct{}) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	m.mu.Lock()
@@ -449,34 +426,34 @@ func (m *Manager) pause(ctx context.Context, d time.Duration, wake <-chan struct
 			}
 		}()
 	}
-	t := time.NewTimer(d)
-	defer t.Stop()
+	t, stop := m.cfg.Clock.After(d)
+	defer stop()
 	select {
 	case <-ctx.Done():
-	case <-t.C:
+	case <-t:
 	case <-wake:
 	case <-back:
 	}
 }
 
-func sleep(ctx context.Context, d time.Duration, wake <-chan struct{}) {
-	t := time.NewTimer(d)
-	defer t.Stop()
+func (m *Client) sleep(ctx context.Context, d time.Duration, wake <-chan struct{}) {
+	t, stop := m.cfg.Clock.After(d)
+	defer stop()
 	select {
 	case <-ctx.Done():
-	case <-t.C:
+	case <-t:
 	case <-wake:
 	}
 }
 
 // syncLoop keeps one Sync stream open, resuming from the last revision
 // after each reconnect.
-func (m *Manager) syncLoop(ctx context.Context) {
-	bo := backoff{max: 2 * time.Second}
+func (m *Client) syncLoop(ctx context.Context) {
+	bo := backoff.Backoff{Max: 2 * time.Second}
 	for ctx.Err() == nil {
 		client, connChanged, err := m.nodeClient()
 		if err != nil || m.isEvicted() {
-			sleep(ctx, time.Second, connChanged)
+			m.sleep(ctx, time.Second, connChanged)
 			continue
 		}
 		m.mu.Lock()
@@ -490,13 +467,13 @@ func (m *Manager) syncLoop(ctx context.Context) {
 			m.markEvicted(status.Convert(err).Message())
 			continue
 		}
-		d := bo.next()
+		d := bo.Next()
 		m.log.Warn("sync stream ended; reconnecting", "error", err, "retry_in", d)
-		m.pause(ctx, d, connChanged)
+		m.Pause(ctx, d, connChanged)
 	}
 }
 
-func (m *Manager) followSync(ctx context.Context, client agentv1.NodeClient, rev int64, bo *backoff) error {
+func (m *Client) followSync(ctx context.Context, client agentv1.NodeClient, rev int64, bo *backoff.Backoff) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	stream, err := client.Sync(ctx, &agentv1.SyncRequest{Revision: rev})
@@ -508,12 +485,12 @@ func (m *Manager) followSync(ctx context.Context, client agentv1.NodeClient, rev
 		if err != nil {
 			return err
 		}
-		bo.reset()
+		bo.Reset()
 		m.applySync(msg)
 	}
 }
 
-func (m *Manager) applySync(msg *agentv1.SyncResponse) {
+func (m *Client) applySync(msg *agentv1.SyncResponse) {
 	u := cache.Update{Full: msg.GetFull(), Deleted: msg.GetDeletedEntryIds(), PodsFull: msg.GetPodsFull(), PodsDeleted: msg.GetDeletedPodEntryIds(),
 		Policies: msg.GetPolicies(), PoliciesSet: msg.GetPoliciesSet()}
 	for _, pb := range msg.GetEntries() {
@@ -524,14 +501,7 @@ func (m *Manager) applySync(msg *agentv1.SyncResponse) {
 		}
 		u.Entries = append(u.Entries, e)
 	}
-	for _, pb := range msg.GetPodEntries() {
-		e, err := entry.FromProto(m.cfg.TrustDomain, pb)
-		if err != nil || !entry.IsPodEntryID(e.ID) {
-			m.log.Warn("ignoring invalid pod entry from the CA", "entry_id", pb.GetId(), "error", err)
-			continue
-		}
-		u.PodEntries = append(u.PodEntries, e)
-	}
+	u.PodEntries = m.podEntries(msg.GetPodEntries())
 	if pb := msg.GetBundle(); pb != nil {
 		if b := m.bundleFromProto(pb); b != nil {
 			u.Bundle = b
@@ -550,8 +520,23 @@ func (m *Manager) applySync(msg *agentv1.SyncResponse) {
 	}
 }
 
+// podEntries reads pod entries from the CA, leaving out (with a warning)
+// any that is invalid or not a pod's.
+func (m *Client) podEntries(pbs []*typesv1.Entry) []entry.Entry {
+	var out []entry.Entry
+	for _, pb := range pbs {
+		e, err := entry.FromProto(m.cfg.TrustDomain, pb)
+		if err != nil || !entry.IsPodEntryID(e.ID) {
+			m.log.Warn("ignoring invalid pod entry from the CA", "entry_id", pb.GetId(), "error", err)
+			continue
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
 // applyBundle installs a bundle outside a sync (at attestation).
-func (m *Manager) applyBundle(pb *typesv1.Bundle) {
+func (m *Client) applyBundle(pb *typesv1.Bundle) {
 	if b := m.bundleFromProto(pb); b != nil {
 		m.cache.Apply(cache.Update{Bundle: b})
 	}
@@ -559,7 +544,7 @@ func (m *Manager) applyBundle(pb *typesv1.Bundle) {
 
 // bundleFromProto converts and persists a bundle; nil if it is invalid or
 // not newer.
-func (m *Manager) bundleFromProto(pb *typesv1.Bundle) *cache.Bundle {
+func (m *Client) bundleFromProto(pb *typesv1.Bundle) *cache.Bundle {
 	if pb == nil || pb.GetTrustDomain() != m.cfg.TrustDomain.Name() {
 		return nil
 	}
@@ -602,147 +587,81 @@ func (m *Manager) bundleFromProto(pb *typesv1.Bundle) *cache.Bundle {
 	return b
 }
 
-// mintLoop mints SVIDs for entries that have none or are due for rotation,
-// in batches, and sleeps until the next rotation or change.
-func (m *Manager) mintLoop(ctx context.Context) {
-	bo := backoff{max: 2 * time.Second}
-	for ctx.Err() == nil {
-		_, changed := m.cache.Snapshot()
-		due, next := m.cache.Due(time.Now())
-		m.mu.Lock()
-		synced := m.firstSync
-		m.mu.Unlock()
-		if len(due) > 0 && synced && !m.isEvicted() {
-			if err := m.mint(ctx, due); err != nil {
-				if ctx.Err() != nil {
-					return
-				}
-				d := bo.next()
-				m.log.Warn("minting SVIDs failed; keeping the cached ones", "due", len(due), "error", err, "retry_in", d)
-				// A sync message after a reconnect, or the connection
-				// coming back, wakes this early.
-				m.pause(ctx, d, changed)
-				continue
-			}
-			bo.reset()
-		}
-		if synced {
-			m.cache.MarkSynced()
-		}
-		wait := time.Hour
-		if !next.IsZero() {
-			wait = time.Until(next)
-		}
-		sleep(ctx, wait, changed)
-	}
+// Synced reports whether the agent has had its first sync from the CA.
+func (m *Client) Synced() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.firstSync
 }
 
-// mint gets SVIDs for entries from the CA, with keys generated here.
-func (m *Manager) mint(ctx context.Context, due []entry.Entry) error {
+// Evicted reports whether the CA no longer accepts this agent.
+func (m *Client) Evicted() bool { return m.isEvicted() }
+
+// MintX509SVIDs has the CA sign CSRs for entries of this agent. A refusal
+// of the agent marks it evicted; a refusal of a pod entry (its pod left
+// the node before its deletion reached the agent) drops that entry from
+// the cache, so that the other entries are minted.
+func (m *Client) MintX509SVIDs(ctx context.Context, reqs []*agentv1.X509SVIDRequest) ([]*agentv1.X509SVID, error) {
 	client, _, err := m.nodeClient()
 	if err != nil {
-		return err
+		return nil, err
 	}
-	for start := 0; start < len(due); start += maxBatch {
-		batch := due[start:min(start+maxBatch, len(due))]
-		keys, reqs, err := csrs(batch)
-		if err != nil {
-			return err
+	resp, err := client.MintX509SVIDs(ctx, &agentv1.MintX509SVIDsRequest{Requests: reqs})
+	if err != nil {
+		if isAgentRefusal(err) {
+			m.markEvicted(status.Convert(err).Message())
 		}
-		cctx, cancel := context.WithTimeout(ctx, 60*time.Second)
-		resp, err := client.MintX509SVIDs(cctx, &agentv1.MintX509SVIDsRequest{Requests: reqs})
-		cancel()
-		if err != nil {
-			m.mu.Lock()
-			m.mintErrors++
-			m.mu.Unlock()
-			if isAgentRefusal(err) {
-				m.markEvicted(status.Convert(err).Message())
-			}
-			if id := refusedPodEntry(err); id != "" {
-				// The pod left the node before its deletion reached us:
-				// forget it so that the other entries are minted.
-				m.cache.Apply(cache.Update{PodsDeleted: []string{id}})
-				m.log.Info("dropped the identity of a pod no longer on this node", "entry_id", id)
-			}
-			return err
+		if id := refusedPodEntry(err); id != "" {
+			m.cache.Apply(cache.Update{PodsDeleted: []string{id}})
+			m.log.Info("dropped the identity of a pod no longer on this node", "entry_id", id)
 		}
-		got := make(map[string]*cache.SVID, len(batch))
-		for i, s := range resp.GetSvids() {
-			if i >= len(batch) || s.GetEntryId() != batch[i].ID {
-				return errors.New("the CA answered out of order")
-			}
-			svid, err := parseSVID(s.GetCertChain(), keys[i])
-			if err != nil {
-				return err
-			}
-			if svid.ID != batch[i].SPIFFEID {
-				return fmt.Errorf("the CA signed %s for entry %s of %s", svid.ID, batch[i].ID, batch[i].SPIFFEID)
-			}
-			pkcs8, err := x509.MarshalPKCS8PrivateKey(keys[i])
-			if err != nil {
-				return err
-			}
-			var chain []byte
-			for _, der := range s.GetCertChain() {
-				chain = append(chain, der...)
-			}
-			notAfter := svid.Certificates[0].NotAfter
-			got[batch[i].ID] = &cache.SVID{ChainDER: chain, KeyPKCS8: pkcs8, NotAfter: notAfter, RotateAt: cache.RotationTime(notAfter, time.Now())}
-		}
-		m.cache.SetSVIDs(got)
-		m.mu.Lock()
-		m.minted += int64(len(got))
-		m.mu.Unlock()
+		return nil, err
 	}
-	return nil
+	return resp.GetSvids(), nil
 }
 
-// csrs makes a key and CSR per entry, on every core.
-func csrs(batch []entry.Entry) ([]crypto.Signer, []*agentv1.X509SVIDRequest, error) {
-	keys := make([]crypto.Signer, len(batch))
-	reqs := make([]*agentv1.X509SVIDRequest, len(batch))
-	errs := make([]error, len(batch))
-	var wg sync.WaitGroup
-	workers := runtime.GOMAXPROCS(0)
-	for w := 0; w < workers; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := w; i < len(batch); i += workers {
-				k, der, err := newKeyAndCSR()
-				keys[i], reqs[i], errs[i] = k, &agentv1.X509SVIDRequest{EntryId: batch[i].ID, Csr: der}, err
-			}
-		}()
+// MintJWTSVID has the CA sign a JWT-SVID for an entry of this agent.
+func (m *Client) MintJWTSVID(ctx context.Context, entryID string, audience []string) (string, time.Time, error) {
+	client, _, err := m.nodeClient()
+	if err != nil {
+		return "", time.Time{}, err
 	}
-	wg.Wait()
-	return keys, reqs, errors.Join(errs...)
+	if m.isEvicted() {
+		return "", time.Time{}, errors.New("agent evicted")
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	resp, err := client.MintJWTSVID(ctx, &agentv1.MintJWTSVIDRequest{EntryId: entryID, Audience: audience})
+	if err != nil {
+		return "", time.Time{}, err
+	}
+	return resp.GetToken(), time.Unix(resp.GetExpiresAt(), 0), nil
 }
 
 // renewLoop renews the agent SVID at half its life.
-func (m *Manager) renewLoop(ctx context.Context) {
-	bo := backoff{max: time.Minute}
+func (m *Client) renewLoop(ctx context.Context) {
+	bo := backoff.Backoff{Max: time.Minute}
 	for ctx.Err() == nil {
 		svid, err := m.GetX509SVID()
 		if err != nil || m.isEvicted() {
 			m.mu.Lock()
 			changed := m.connChanged
 			m.mu.Unlock()
-			sleep(ctx, 5*time.Second, changed)
+			m.sleep(ctx, 5*time.Second, changed)
 			continue
 		}
 		cert := svid.Certificates[0]
 		m.mu.Lock()
 		at := m.renewAt
 		m.mu.Unlock()
-		if d := time.Until(at); d > 0 {
+		if d := at.Sub(m.cfg.Clock.Now()); d > 0 {
 			m.mu.Lock()
 			changed := m.connChanged
 			m.mu.Unlock()
-			sleep(ctx, d, changed)
+			m.sleep(ctx, d, changed)
 			continue
 		}
-		if time.Now().After(cert.NotAfter) {
+		if m.cfg.Clock.Now().After(cert.NotAfter) {
 			m.markEvicted("the agent SVID expired while the CA was unreachable")
 			continue
 		}
@@ -751,21 +670,21 @@ func (m *Manager) renewLoop(ctx context.Context) {
 				m.markEvicted(status.Convert(err).Message())
 				continue
 			}
-			d := bo.next()
+			d := bo.Next()
 			m.log.Warn("renewing the agent SVID failed", "error", err, "retry_in", d)
-			m.pause(ctx, d, nil)
+			m.Pause(ctx, d, nil)
 			continue
 		}
-		bo.reset()
+		bo.Reset()
 	}
 }
 
-func (m *Manager) renew(ctx context.Context) error {
+func (m *Client) renew(ctx context.Context) error {
 	client, _, err := m.nodeClient()
 	if err != nil {
 		return err
 	}
-	key, csr, err := newKeyAndCSR()
+	key, csr, err := keygen.KeyAndCSR()
 	if err != nil {
 		return err
 	}
@@ -792,21 +711,21 @@ func (m *Manager) renew(ctx context.Context) error {
 
 // reattestLoop, while the agent is evicted, attests again with any join
 // token it has not tried yet (a new one written to --join-token-file).
-func (m *Manager) reattestLoop(ctx context.Context) {
-	bo := backoff{max: 30 * time.Second}
+func (m *Client) reattestLoop(ctx context.Context) {
+	bo := backoff.Backoff{Max: 30 * time.Second}
 	for ctx.Err() == nil {
-		sleep(ctx, 2*time.Second, nil)
+		m.sleep(ctx, 2*time.Second, nil)
 		if !m.isEvicted() {
-			bo.reset()
+			bo.Reset()
 			continue
 		}
 		if m.cfg.PSATTokenFile != "" {
 			// A service-account token can be presented again; the CA
 			// decides whether this pod is still the node's agent.
 			if err := m.attest(ctx, m.token()); err != nil {
-				d := bo.next()
+				d := bo.Next()
 				m.log.Error("attesting again failed", "error", err, "retry_in", d)
-				sleep(ctx, d, nil)
+				m.sleep(ctx, d, nil)
 			}
 			continue
 		}
@@ -823,52 +742,11 @@ func (m *Manager) reattestLoop(ctx context.Context) {
 	}
 }
 
-// FetchJWTSVID returns a JWT-SVID for an entry, from cache while it is
-// younger than half its life, else from the CA. If the CA is unreachable a
-// cached token that has not expired is returned.
-func (m *Manager) FetchJWTSVID(ctx context.Context, entryID string, audience []string) (string, time.Time, error) {
-	aud := append([]string(nil), audience...)
-	sort.Strings(aud)
-	key := entryID + "\x00" + strings.Join(aud, "\x00")
-	now := time.Now()
-	m.mu.Lock()
-	c, ok := m.jwts[key]
-	m.mu.Unlock()
-	if ok && now.Before(c.refreshAt) {
-		return c.token, c.expires, nil
-	}
-	client, _, err := m.nodeClient()
-	if err == nil && !m.isEvicted() {
-		var resp *agentv1.MintJWTSVIDResponse
-		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		resp, err = client.MintJWTSVID(cctx, &agentv1.MintJWTSVIDRequest{EntryId: entryID, Audience: audience})
-		cancel()
-		if err == nil {
-			exp := time.Unix(resp.GetExpiresAt(), 0)
-			c = jwtCached{token: resp.GetToken(), issued: now, expires: exp, refreshAt: now.Add(exp.Sub(now) / 2)}
-			m.mu.Lock()
-			if len(m.jwts) > 10000 {
-				m.jwts = map[string]jwtCached{}
-			}
-			m.jwts[key] = c
-			m.mu.Unlock()
-			return c.token, c.expires, nil
-		}
-	}
-	if ok && now.Before(c.expires) {
-		return c.token, c.expires, nil
-	}
-	if err == nil {
-		err = errors.New("agent evicted")
-	}
-	return "", time.Time{}, err
-}
-
-// Counts returns SVIDs minted, failed mint calls and agent renewals.
-func (m *Manager) Counts() (minted, mintErrors, renewals int64) {
+// Renewals returns how often the agent SVID was renewed.
+func (m *Client) Renewals() int64 {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.minted, m.mintErrors, m.renewals
+	return m.renewals
 }
 
 // refusedPodEntry returns the pod entry a mint refusal names, if any.
@@ -886,8 +764,8 @@ const pullRetry = 2 * time.Second
 // PullPod asks the CA for the identities of a pod on this node whose
 // push has not arrived yet (Kubernetes mode), and adds them to the cache;
 // the mint loop then signs them at once.
-func (m *Manager) PullPod(ctx context.Context, uid string) error {
-	now := time.Now()
+func (m *Client) PullPod(ctx context.Context, uid string) error {
+	now := m.cfg.Clock.Now()
 	m.mu.Lock()
 	if t, ok := m.pulledAt[uid]; ok && now.Sub(t) < pullRetry {
 		m.mu.Unlock()
@@ -910,15 +788,7 @@ func (m *Manager) PullPod(ctx context.Context, uid string) error {
 	if err != nil {
 		return err
 	}
-	var u cache.Update
-	for _, pb := range resp.GetEntries() {
-		e, err := entry.FromProto(m.cfg.TrustDomain, pb)
-		if err != nil || !entry.IsPodEntryID(e.ID) {
-			m.log.Warn("ignoring invalid pod entry from the CA", "entry_id", pb.GetId(), "error", err)
-			continue
-		}
-		u.PodEntries = append(u.PodEntries, e)
-	}
+	u := cache.Update{PodEntries: m.podEntries(resp.GetEntries())}
 	if len(u.PodEntries) > 0 {
 		m.cache.Apply(u)
 	}
@@ -928,7 +798,7 @@ func (m *Manager) PullPod(ctx context.Context, uid string) error {
 
 // ReportDecisions sends services' authorization decisions to the CA's
 // audit log and returns once it has written them.
-func (m *Manager) ReportDecisions(ctx context.Context, req *typesv1.DecisionReport) error {
+func (m *Client) ReportDecisions(ctx context.Context, req *typesv1.DecisionReport) error {
 	client, _, err := m.nodeClient()
 	if err != nil {
 		return err
@@ -941,7 +811,7 @@ func (m *Manager) ReportDecisions(ctx context.Context, req *typesv1.DecisionRepo
 
 // SignWorkloadCSR has the CA sign a workload's own CSR for an entry the
 // workload attested to; the key stays with the workload.
-func (m *Manager) SignWorkloadCSR(ctx context.Context, entryID string, csr []byte) ([][]byte, error) {
+func (m *Client) SignWorkloadCSR(ctx context.Context, entryID string, csr []byte) ([][]byte, error) {
 	client, _, err := m.nodeClient()
 	if err != nil {
 		return nil, err

@@ -1,4 +1,4 @@
-package manager
+package caclient
 
 import (
 	"crypto/x509"

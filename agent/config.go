@@ -1,0 +1,107 @@
+package agent
+
+import (
+	"crypto/x509"
+	"errors"
+	"path/filepath"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/signet-id/signet/agent/kubelet"
+	"github.com/signet-id/signet/agent/workloadapi"
+)
+
+// DefaultSocket is the Workload API socket unless configured.
+const DefaultSocket = "/run/signet/agent.sock"
+
+// Config is everything signet-agent needs; cmd/signet-agent fills it
+// from flags and the config file. Validate fills in the defaults the
+// fields name and checks the rest; Run calls it.
+type Config struct {
+	TrustDomain spiffeid.TrustDomain
+	// CAAddress is the host:port of the CA's agent API. Required.
+	CAAddress string
+	// DataDir keeps the agent SVID, its key and the last trust bundle.
+	// Required.
+	DataDir string
+	// JoinToken, or the contents of JoinTokenFile (not both), attests the
+	// node when the data directory holds no valid agent SVID.
+	JoinToken     string
+	JoinTokenFile string
+	// PSATTokenFile, when set, attests the node with the projected
+	// service-account token in this file (node attestor k8s_psat) as node
+	// NodeName (then required). It must not be the kubelet's token.
+	PSATTokenFile string
+	NodeName      string
+	// TrustBundle holds the CA roots to trust at first start.
+	TrustBundle []*x509.Certificate
+	// SocketPath is the Workload API socket. If empty, DefaultSocket.
+	SocketPath string
+	// HealthAddr serves /healthz, /readyz (and /metrics unless MetricsAddr
+	// is set); empty disables them.
+	HealthAddr  string
+	MetricsAddr string
+	// AuditLog is the file for Workload API audit records; "-" is stderr.
+	// If empty, DataDir/audit.log.
+	AuditLog string
+	// Log receives the agent's log. If nil, it is discarded.
+	Log hclog.Logger
+	// Kubelet, if set, adds the Kubernetes workload attestor: processes in
+	// pods also get k8s: selectors from the kubelet's view of their pod.
+	// Its CAFile is required unless InsecureSkipVerify.
+	Kubelet *kubelet.Config
+	// KubeletCgroupRoot is the kubelet's pod cgroup root on the host (its
+	// --cgroup-root with the driver's naming, e.g. /kubepods.slice); if
+	// empty, /kubepods and /kubepods.slice. Processes whose cgroups lie
+	// elsewhere are not attested as pods.
+	KubeletCgroupRoot string
+	// WorkloadLimits bound the Workload API's connections per caller and
+	// in all; zero values take the defaults.
+	WorkloadLimits workloadapi.Limits
+	// ReopenLogs, when it receives, reopens the audit log (after a
+	// rotation; signet-agent sends on SIGHUP).
+	ReopenLogs <-chan struct{}
+	// Ready, if set, is called once the Workload API socket is up.
+	Ready func(agentID spiffeid.ID)
+}
+
+// Validate fills in the defaults of the fields left empty and checks the
+// configuration. Errors name the setting by its flag.
+func (c *Config) Validate() error {
+	switch {
+	case c.TrustDomain.IsZero():
+		return errors.New("trust-domain: required")
+	case c.DataDir == "":
+		return errors.New("data-dir: required")
+	case c.CAAddress == "":
+		return errors.New("ca-address: required")
+	case c.JoinToken != "" && c.JoinTokenFile != "":
+		return errors.New("join-token and join-token-file: give one, not both")
+	}
+	if c.PSATTokenFile != "" {
+		switch {
+		case c.NodeName == "":
+			return errors.New("node-name: required with node-attestor k8s_psat (or set NODE_NAME)")
+		case c.JoinToken != "" || c.JoinTokenFile != "":
+			return errors.New("join-token: not used with node-attestor k8s_psat")
+		case c.Kubelet != nil && c.PSATTokenFile == c.Kubelet.TokenFile:
+			// The CA's token must never reach the kubelet, nor the
+			// kubelet's the CA.
+			return errors.New("token-file and kubelet-token-file: must be different tokens (the CA's audience vs the API server's)")
+		}
+	}
+	if c.Kubelet != nil && c.Kubelet.CAFile == "" && !c.Kubelet.InsecureSkipVerify {
+		return errors.New("kubelet-ca: required with kubelet-url (or, unsafely, kubelet-insecure-skip-verify)")
+	}
+	if c.Log == nil {
+		c.Log = hclog.NewNullLogger()
+	}
+	if c.SocketPath == "" {
+		c.SocketPath = DefaultSocket
+	}
+	if c.AuditLog == "" {
+		c.AuditLog = filepath.Join(c.DataDir, "audit.log")
+	}
+	return nil
+}
