@@ -51,3 +51,30 @@ func TestArchitectureNamesEveryPackage(t *testing.T) {
 		}
 	}
 }
+
+// TestPeersAndEdges: the CA and the agent are peers (neither imports the
+// other, even through another package), the CA's API and every shared
+// package stay free of Kubernetes client code, and the agent's pieces
+// free of all Kubernetes packages but the API types.
+func TestPeersAndEdges(t *testing.T) {
+	const module = "github.com/signet-id/signet/"
+	out, err := exec.Command("go", "list", "-f", "{{.ImportPath}} {{join .Deps \" \"}}", "../ca/...", "../agent/...", "../internal/...").Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		fields := strings.Fields(line)
+		pkg := strings.TrimPrefix(fields[0], module)
+		for _, dep := range fields[1:] {
+			rel := strings.TrimPrefix(dep, module)
+			switch {
+			case strings.HasPrefix(pkg, "ca/") && strings.HasPrefix(rel, "agent/"),
+				strings.HasPrefix(pkg, "agent/") && strings.HasPrefix(rel, "ca/"),
+				strings.HasPrefix(pkg, "internal/") && (strings.HasPrefix(rel, "ca/") || strings.HasPrefix(rel, "agent/")):
+				t.Errorf("%s imports %s: the CA and the agent are peers, and what they share lies below both", pkg, rel)
+			case (pkg == "ca/api" || strings.HasPrefix(pkg, "internal/") || strings.HasPrefix(pkg, "agent")) && strings.HasPrefix(dep, "k8s.io/client-go"):
+				t.Errorf("%s depends on %s, but does not talk to the Kubernetes API", pkg, dep)
+			}
+		}
+	}
+}
