@@ -2,20 +2,24 @@ package e2e
 
 import (
 	"bufio"
+	"fmt"
 	"os"
 	"os/exec"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 )
 
-// TestDemo runs scripts/demo.sh (what `make demo` runs) with the binaries
-// built for these tests and checks what it shows: each example pair has
-// one call allowed and one denied by the central policies, and the CA's
-// audit log holds both decisions.
+// TestDemo runs `make demo` with the binaries built for these tests and
+// checks what it shows: each example pair has one call allowed and one
+// denied by the central policies, and the CA's audit log holds both
+// decisions. Then it presses Ctrl-C, as a terminal does (SIGINT to the
+// whole process group): the demo and everything it started must be gone
+// within a few seconds.
 func TestDemo(t *testing.T) {
-	cmd := exec.Command("bash", "../scripts/demo.sh")
+	cmd := exec.Command("make", "-s", "-C", "..", "demo", "BIN="+binDir)
 	cmd.Env = append(os.Environ(), "SIGNET_BIN="+binDir, "SIGNET_DEMO_DIR="+t.TempDir())
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	out, err := cmd.StdoutPipe()
@@ -26,38 +30,50 @@ func TestDemo(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	pgid := cmd.Process.Pid
+	stopped := false
 	defer func() {
-		syscall.Kill(-cmd.Process.Pid, syscall.SIGINT)
-		done := make(chan struct{})
-		go func() { cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(15 * time.Second):
-			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		if !stopped {
+			syscall.Kill(-pgid, syscall.SIGKILL)
+			cmd.Wait()
 		}
 	}()
+	var mu sync.Mutex
 	var lines []string
-	got := make(chan bool)
+	got := make(chan bool, 1)
+	ended := make(chan struct{})
 	go func() {
+		defer close(ended)
 		sc := bufio.NewScanner(out)
+		sent := false
 		for sc.Scan() {
+			mu.Lock()
 			lines = append(lines, sc.Text())
-			if strings.Contains(sc.Text(), "Press Ctrl-C to stop.") && len(lines) > 20 {
+			n := len(lines)
+			mu.Unlock()
+			if !sent && strings.Contains(sc.Text(), "Press Ctrl-C to stop.") && n > 20 {
 				got <- true
-				return
+				sent = true
 			}
 		}
-		got <- false
+		if !sent {
+			got <- false
+		}
 	}()
+	output := func() string {
+		mu.Lock()
+		defer mu.Unlock()
+		return strings.Join(lines, "\n")
+	}
 	select {
 	case ok := <-got:
 		if !ok {
-			t.Fatalf("the demo ended early:\n%s", strings.Join(lines, "\n"))
+			t.Fatalf("the demo ended early:\n%s", output())
 		}
-	case <-time.After(90 * time.Second):
-		t.Fatalf("the demo did not finish its calls in time:\n%s", strings.Join(lines, "\n"))
+	case <-time.After(3 * time.Minute):
+		t.Fatalf("the demo did not finish its calls in time:\n%s", output())
 	}
-	text := strings.Join(lines, "\n")
+	text := output()
 	for _, want := range []string{
 		"GET /items -> 200 OK",
 		"DELETE /items -> 403 Forbidden",
@@ -70,7 +86,40 @@ func TestDemo(t *testing.T) {
 			t.Errorf("the demo did not show %q", want)
 		}
 	}
+	if strings.Count(text, "Press Ctrl-C to stop.") != 1 {
+		t.Errorf("the demo says %d times how to stop it", strings.Count(text, "Press Ctrl-C to stop."))
+	}
+	if !strings.Contains(text, "$ "+binDir+"/signet entry create") {
+		t.Errorf("the demo does not show its entry create commands")
+	}
 	if t.Failed() {
 		t.Logf("demo output:\n%s", text)
+	}
+
+	// Ctrl-C.
+	if err := syscall.Kill(-pgid, syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	waited := make(chan error, 1)
+	go func() { <-ended; waited <- cmd.Wait() }()
+	select {
+	case <-waited:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("make demo still runs 10 s after Ctrl-C:\n%s", output())
+	}
+	stopped = true
+	if !strings.Contains(output(), "demo stopped.") {
+		t.Errorf("the demo did not say it stopped:\n%s", output())
+	}
+	// Nothing it started is left: the process group is empty (orphans
+	// keep their group).
+	deadline := time.Now().Add(5 * time.Second)
+	for syscall.Kill(-pgid, 0) == nil {
+		if time.Now().After(deadline) {
+			ps, _ := exec.Command("ps", "-o", "pid,ppid,stat,args", "-g", fmt.Sprint(pgid)).CombinedOutput()
+			syscall.Kill(-pgid, syscall.SIGKILL)
+			t.Fatalf("processes of the demo outlived it:\n%s", ps)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

@@ -31,7 +31,7 @@ func TestDevRunsTheWholeSystem(t *testing.T) {
 		dev.Process.Signal(syscall.SIGINT)
 		dev.Wait()
 	}()
-	var socketLine, parent string
+	var socketLine, parent, selectors string
 	lines := make(chan string)
 	go func() {
 		sc := bufio.NewScanner(out)
@@ -41,7 +41,7 @@ func TestDevRunsTheWholeSystem(t *testing.T) {
 		close(lines)
 	}()
 	timeout := time.After(60 * time.Second)
-	for parent == "" || socketLine == "" {
+	for banner := false; !banner; {
 		select {
 		case l, ok := <-lines:
 			if !ok {
@@ -53,8 +53,12 @@ func TestDevRunsTheWholeSystem(t *testing.T) {
 			if i := strings.Index(l, "--parent-id "); i >= 0 {
 				parent = strings.Fields(l[i+len("--parent-id "):])[0]
 			}
+			if strings.Contains(l, "--selector") {
+				selectors += l
+			}
+			banner = strings.Contains(l, "Press Ctrl-C")
 		case <-timeout:
-			t.Fatal("signet dev printed no socket and parent id within 60s")
+			t.Fatal("signet dev printed no banner within 60s")
 		}
 	}
 	go func() {
@@ -63,6 +67,11 @@ func TestDevRunsTheWholeSystem(t *testing.T) {
 	}()
 	if parent != "spiffe://example.org/signet/agent/join/dev" {
 		t.Fatalf("parent id %q", parent)
+	}
+	// The suggested entry selects one program, not every process of a
+	// user (unix:uid:0 alone matched every root process).
+	if !strings.Contains(selectors, "--selector unix:path:") {
+		t.Fatalf("signet dev suggests selectors %q, without unix:path", selectors)
 	}
 	want := "SPIFFE_ENDPOINT_SOCKET=unix://" + filepath.Join(dir, "agent.sock")
 	if socketLine != want {

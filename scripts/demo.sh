@@ -18,14 +18,27 @@ rm -rf "$DATA"
 mkdir -p "$DATA"
 export SIGNET_ADMIN_SOCKET="$DATA/admin.sock"
 
+# The processes the demo started. A non-interactive shell starts
+# background jobs with SIGINT ignored, so Ctrl-C (which the terminal sends
+# to the whole process group) reaches only this script: cleanup stops them
+# with SIGTERM, and with SIGKILL what has not exited 5 s later.
 pids=()
 cleanup() {
-  for p in "${pids[@]}"; do kill -INT "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  trap '' INT TERM
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for _ in $(seq 50); do
+    alive=0
+    for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+    [ "$alive" = 0 ] && break
+    sleep 0.1
+  done
+  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
   echo; echo "demo stopped."
 }
 trap cleanup EXIT
-trap 'exit 0' INT TERM
+trap 'exit 0' INT
+trap 'exit 0' TERM
 
 step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; "$@"; }
 
@@ -36,15 +49,15 @@ for _ in $(seq 300); do
   kill -0 "${pids[0]}" 2>/dev/null || { cat "$DATA/dev.log"; exit 1; }
   sleep 0.1
 done
-cat "$DATA/dev.out"
+grep -v "Press Ctrl-C" "$DATA/dev.out"
 export SPIFFE_ENDPOINT_SOCKET=unix://$DATA/agent.sock
 
 # One identity per example binary, selected by its path and our uid.
 for svc in shop-http-server shop-http-client shop-grpc-server shop-grpc-client; do
   step "$BIN/signet" entry create --parent-id "$PARENT" --spiffe-id "spiffe://$TD/demo/$svc" \
-    --selector "unix:uid:$(id -u)" --selector "unix:path:$BIN/$svc" -o json >/dev/null
+    --selector "unix:uid:$(id -u)" --selector "unix:path:$BIN/$svc"
 done
-"$BIN/signet" entry list
+step "$BIN/signet" entry list
 
 # Central policies: the HTTP client may GET /items (not DELETE); the gRPC
 # client may call Health/Check (not List). The servers hold no rules of
@@ -63,8 +76,10 @@ step "$BIN/signet" policy create --file "$DATA/grpc-policy.json"
 for svc in shop-http-server shop-grpc-server; do
   printf '\n\033[1m$ %s &\033[0m\n' "$svc"
   "$BIN/$svc" >"$DATA/$svc.log" 2>&1 &
-  pids+=($!)
-  tail -n +1 -f "$DATA/$svc.log" | sed -u "s/^/  [$svc] /" &
+  srv=$!
+  pids+=("$srv")
+  # The log follower ends with its server.
+  tail --pid="$srv" -n +1 -f "$DATA/$svc.log" | sed -u "s/^/  [$svc] /" &
   pids+=($!)
   for _ in $(seq 100); do
     grep -q listening "$DATA/$svc.log" && break

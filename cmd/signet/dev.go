@@ -130,9 +130,12 @@ Point workloads at the agent:
 The agent's SPIFFE ID, the parent of the entries it serves:
   %s
 
-Register workloads:
+Register a workload by the path of its binary and your user, so that
+only that program gets the identity (unix:uid alone would give it to
+every process you run, and unix:uid:0 to every root process):
   export SIGNET_ADMIN_SOCKET=%s
-  signet entry create --parent-id %s --spiffe-id spiffe://%s/my/service --selector unix:uid:%d
+  signet entry create --parent-id %s --spiffe-id spiffe://%s/my/service \
+    --selector unix:uid:%d --selector unix:path:/absolute/path/to/your/binary
 
 Press Ctrl-C to stop.
 `, td.Name(), socket, agentID, adminSock, agentID, td.Name(), os.Getuid())
