@@ -3,11 +3,13 @@ package agent
 import (
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"path/filepath"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/signet-id/signet/agent/caclient"
 	"github.com/signet-id/signet/agent/kubelet"
 	"github.com/signet-id/signet/agent/workloadapi"
 )
@@ -19,6 +21,9 @@ const DefaultSocket = "/run/signet/agent.sock"
 // from flags and the config file. Validate fills in the defaults the
 // fields name and checks the rest; Run calls it.
 type Config struct {
+	// TrustDomain is the agent's trust domain. If zero, the one that the
+	// roots of TrustBundle name (or, after the first start, of the bundle
+	// the agent keeps in DataDir); when both are known they must agree.
 	TrustDomain spiffeid.TrustDomain
 	// CAAddress is the host:port of the CA's agent API. Required.
 	CAAddress string
@@ -70,8 +75,6 @@ type Config struct {
 // configuration. Errors name the setting by its flag.
 func (c *Config) Validate() error {
 	switch {
-	case c.TrustDomain.IsZero():
-		return errors.New("trust-domain: required")
 	case c.DataDir == "":
 		return errors.New("data-dir: required")
 	case c.CAAddress == "":
@@ -94,6 +97,9 @@ func (c *Config) Validate() error {
 	if c.Kubelet != nil && c.Kubelet.CAFile == "" && !c.Kubelet.InsecureSkipVerify {
 		return errors.New("kubelet-ca: required with kubelet-url (or, unsafely, kubelet-insecure-skip-verify)")
 	}
+	if err := c.trustDomain(); err != nil {
+		return err
+	}
 	if c.Log == nil {
 		c.Log = hclog.NewNullLogger()
 	}
@@ -102,6 +108,29 @@ func (c *Config) Validate() error {
 	}
 	if c.AuditLog == "" {
 		c.AuditLog = filepath.Join(c.DataDir, "audit.log")
+	}
+	return nil
+}
+
+// trustDomain takes the trust domain from the trust bundle when it is not
+// given, and checks that the two agree when it is: an agent of another
+// trust domain than its CA's would only ever fail to verify it.
+func (c *Config) trustDomain() error {
+	roots, src := c.TrustBundle, "trust-bundle"
+	if stored, err := caclient.StoredBundle(c.DataDir); err == nil {
+		roots, src = stored, "the bundle stored in "+c.DataDir
+	}
+	td, err := caclient.BundleTrustDomain(roots)
+	if err != nil {
+		return fmt.Errorf("%s: %v", src, err)
+	}
+	switch {
+	case c.TrustDomain.IsZero() && td.IsZero():
+		return errors.New("trust-domain: required, since no trust bundle names it (pass --trust-bundle with the PEM of `signet bundle show`, or --trust-domain)")
+	case c.TrustDomain.IsZero():
+		c.TrustDomain = td
+	case !td.IsZero() && td != c.TrustDomain:
+		return fmt.Errorf("trust-domain: %s, but %s holds the roots of trust domain %s: this agent could never verify its CA", c.TrustDomain, src, td)
 	}
 	return nil
 }

@@ -251,3 +251,54 @@ func TestAuditLogRotation(t *testing.T) {
 		t.Fatal("the new file holds records from before the rotation")
 	}
 }
+
+// TestAgentOfAnotherCAFailsAtOnce: an agent given the trust bundle of
+// another CA (or of another trust domain) exits at once with a message
+// that says so, instead of retrying for ever.
+func TestAgentOfAnotherCAFailsAtOnce(t *testing.T) {
+	caDir, otherDir, sameTDDir := t.TempDir(), t.TempDir(), t.TempDir()
+	addr := systest.FreeAddr(t)
+	startCAWith(t, caDir, nil, "--listen", addr)
+	startCAWith(t, otherDir, nil, "--trust-domain", "prod.test")
+	startCAWith(t, sameTDDir, nil) // example.org too, with roots of its own
+	tok := strings.TrimSpace(signet(t, caDir, "token", "create", "--node", "n1", "-o", "json"))
+	var token struct{ Token string }
+	if err := json.Unmarshal([]byte(tok), &token); err != nil {
+		t.Fatalf("token: %v: %s", err, tok)
+	}
+	for _, c := range []struct {
+		name   string
+		bundle string // the data directory of the CA whose bundle the agent gets
+		args   []string
+		want   string
+	}{
+		// The other CA's roots name prod.test: the agent takes that trust
+		// domain, and the CA's certificate (example.org) does not verify.
+		{"the bundle of another trust domain", otherDir, nil, "does not verify against this agent's trust bundle"},
+		{"the bundle of another CA of the trust domain", sameTDDir, nil, "does not verify against this agent's trust bundle"},
+		{"a trust domain the bundle does not name", otherDir, []string{"--trust-domain", "example.org"}, "could never verify its CA"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			bundle := filepath.Join(t.TempDir(), "bundle.pem")
+			if err := os.WriteFile(bundle, []byte(signet(t, c.bundle, "bundle", "show")), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			cmd := exec.Command(filepath.Join(binDir, "signet-agent"), append([]string{"--ca-address", addr, "--join-token", token.Token,
+				"--trust-bundle", bundle, "--data-dir", t.TempDir(), "--socket", filepath.Join(t.TempDir(), "a.sock"), "--health-addr", ""}, c.args...)...)
+			done := make(chan struct{})
+			var out []byte
+			var err error
+			go func() { out, err = cmd.CombinedOutput(); close(done) }()
+			select {
+			case <-done:
+			case <-time.After(30 * time.Second):
+				cmd.Process.Kill()
+				<-done
+				t.Fatalf("the agent still runs after 30 s:\n%s", out)
+			}
+			if err == nil || !strings.Contains(string(out), c.want) {
+				t.Fatalf("agent: %v; want an exit that says %q:\n%s", err, c.want, out)
+			}
+		})
+	}
+}

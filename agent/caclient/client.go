@@ -361,10 +361,31 @@ func (m *Client) Attest(ctx context.Context) error {
 		if c := status.Code(err); c == codes.PermissionDenied || c == codes.InvalidArgument || ctx.Err() != nil {
 			return err
 		}
+		if untrustedCA(err) {
+			// Not a CA that is down, but one of another trust domain or
+			// with other roots: waiting would never help.
+			return fmt.Errorf("the CA at %s does not verify against this agent's trust bundle (trust domain %s); give the agent the bundle of that CA (`signet bundle show`): %w",
+				m.cfg.CAAddress, m.cfg.TrustDomain, err)
+		}
 		d := bo.Next()
 		m.log.Warn("attestation failed; retrying", "error", err, "retry_in", d)
 		m.sleep(ctx, d, nil)
 	}
+}
+
+// untrustedCA reports whether err is a TLS handshake that failed because
+// the CA's certificate does not verify against the agent's bundle.
+func untrustedCA(err error) bool {
+	msg := status.Convert(err).Message()
+	if !strings.Contains(msg, "authentication handshake failed") {
+		return false
+	}
+	for _, why := range []string{"x509", "no bundle for trust domain", "unexpected ID"} {
+		if strings.Contains(msg, why) {
+			return true
+		}
+	}
+	return false
 }
 
 // Run follows the Sync stream, renews the agent SVID and attests again

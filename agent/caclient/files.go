@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 )
 
@@ -109,4 +110,32 @@ func LoadBundleFile(path string) ([]*x509.Certificate, error) {
 		return nil, fmt.Errorf("%s: no PEM certificates", path)
 	}
 	return certs, nil
+}
+
+// StoredBundle returns the roots the agent last received from the CA and
+// kept in its data directory.
+func StoredBundle(dataDir string) ([]*x509.Certificate, error) {
+	return LoadBundleFile(filepath.Join(dataDir, bundleFile))
+}
+
+// BundleTrustDomain returns the trust domain that roots name: Signet's
+// roots carry spiffe://<trust domain> as their URI SAN. It is zero when
+// no root names one (roots of another CA), and an error when they
+// disagree.
+func BundleTrustDomain(roots []*x509.Certificate) (spiffeid.TrustDomain, error) {
+	var td spiffeid.TrustDomain
+	for _, r := range roots {
+		if len(r.URIs) != 1 {
+			continue
+		}
+		id, err := spiffeid.FromURI(r.URIs[0])
+		if err != nil || id.Path() != "" {
+			continue
+		}
+		if !td.IsZero() && id.TrustDomain() != td {
+			return spiffeid.TrustDomain{}, fmt.Errorf("its roots name two trust domains, %s and %s", td, id.TrustDomain())
+		}
+		td = id.TrustDomain()
+	}
+	return td, nil
 }

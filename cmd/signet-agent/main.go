@@ -51,10 +51,9 @@ type fileConfig struct {
 
 func defaults() fileConfig {
 	return fileConfig{
-		TrustDomain: "example.org",
-		CAAddress:   "127.0.0.1:8081",
-		Socket:      agent.DefaultSocket,
-		HealthAddr:  "127.0.0.1:8083",
+		CAAddress:  "127.0.0.1:8081",
+		Socket:     agent.DefaultSocket,
+		HealthAddr: "127.0.0.1:8083",
 		// The automounted service-account token: meant for the API server,
 		// which is what the kubelet accepts.
 		KubeletTokenFile: "/var/run/secrets/kubernetes.io/serviceaccount/token",
@@ -66,7 +65,7 @@ func defaults() fileConfig {
 }
 
 func register(fs *flag.FlagSet, c *fileConfig) {
-	fs.StringVar(&c.TrustDomain, "trust-domain", c.TrustDomain, "trust domain")
+	fs.StringVar(&c.TrustDomain, "trust-domain", c.TrustDomain, "trust domain (default: the one the trust bundle's roots name)")
 	fs.StringVar(&c.CAAddress, "ca-address", c.CAAddress, "host:port of signet-ca's agent API")
 	fs.StringVar(&c.JoinToken, "join-token", c.JoinToken, "join token from `signet token create` (needed at first start); visible in ps, prefer join-token-file")
 	fs.StringVar(&c.JoinTokenFile, "join-token-file", c.JoinTokenFile, "file holding the join token; a new token written here re-attests an evicted agent")
@@ -93,9 +92,11 @@ func parse(args []string, stderr io.Writer) (agent.Config, error) {
 	if err != nil {
 		return agent.Config{}, err
 	}
-	td, err := spiffeid.TrustDomainFromString(c.TrustDomain)
-	if err != nil {
-		return agent.Config{}, fmt.Errorf("trust-domain: %q: %v", c.TrustDomain, err)
+	var td spiffeid.TrustDomain
+	if c.TrustDomain != "" {
+		if td, err = spiffeid.TrustDomainFromString(c.TrustDomain); err != nil {
+			return agent.Config{}, fmt.Errorf("trust-domain: %q: %v", c.TrustDomain, err)
+		}
 	}
 	cfg := agent.Config{
 		TrustDomain: td, CAAddress: c.CAAddress, DataDir: c.DataDir, JoinToken: c.JoinToken, JoinTokenFile: c.JoinTokenFile,
@@ -125,15 +126,15 @@ func parse(args []string, stderr io.Writer) (agent.Config, error) {
 		cfg.Kubelet = &kubelet.Config{URL: c.KubeletURL, TokenFile: c.KubeletTokenFile, CAFile: c.KubeletCA, InsecureSkipVerify: c.KubeletInsecure}
 		cfg.KubeletCgroupRoot = c.KubeletCgroup
 	}
-	if err := cfg.Validate(); err != nil {
-		return agent.Config{}, err
-	}
 	if c.TrustBundle != "" {
 		if cfg.TrustBundle, err = caclient.LoadBundleFile(c.TrustBundle); err != nil {
 			return agent.Config{}, fmt.Errorf("trust-bundle: %v", err)
 		}
 	}
 	if cfg.Log, err = systemlog.New("signet-agent", c.LogLevel, c.LogJSON, os.Stderr); err != nil {
+		return agent.Config{}, err
+	}
+	if err := cfg.Validate(); err != nil {
 		return agent.Config{}, err
 	}
 	if joinTokenOnCommandLine(args) {
