@@ -21,6 +21,7 @@ import (
 	"github.com/signet-id/signet/agent/kubelet"
 	"github.com/signet-id/signet/agent/rotation"
 	"github.com/signet-id/signet/agent/workloadapi"
+	"github.com/signet-id/signet/internal/datadir"
 	"github.com/signet-id/signet/internal/health"
 	"github.com/signet-id/signet/internal/logfile"
 	"github.com/signet-id/signet/internal/peercred"
@@ -43,6 +44,18 @@ func Run(ctx context.Context, cfg Config) error {
 // that run them to g, and returns what to call once they run.
 func build(ctx context.Context, g *tasks.Group, cfg Config) (ready func(), err error) {
 	log := cfg.Log
+	changed, err := datadir.Prepare(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	if len(changed) > 0 {
+		log.Warn("the data directory holds the agent's private key: tightened what group or others could reach", "paths", changed)
+	}
+	unlock, err := datadir.Lock(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	g.OnClose(unlock)
 	ca, err := caclient.New(caclient.Config{
 		TrustDomain: cfg.TrustDomain, CAAddress: cfg.CAAddress, DataDir: cfg.DataDir,
 		JoinToken: cfg.JoinToken, JoinTokenFile: cfg.JoinTokenFile, PSATTokenFile: cfg.PSATTokenFile, NodeName: cfg.NodeName,
@@ -52,11 +65,35 @@ func build(ctx context.Context, g *tasks.Group, cfg Config) (ready func(), err e
 		return nil, err
 	}
 	g.OnClose(ca.Close)
+	rot := rotation.New(rotation.Config{CA: ca, Cache: ca.Cache(), Log: log.Named("rotation")})
+
+	// Health and metrics serve from the start, so that a probe tells an
+	// agent that is still attesting (not ready, and why) from a dead one.
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	registerMetrics(reg, ca, rot)
+	web, err := health.Listen(health.Config{
+		HealthAddr: cfg.HealthAddr, MetricsAddr: cfg.MetricsAddr, Registry: reg,
+		Ready: func(*http.Request) error {
+			if ok, reason := ca.Status(); !ok {
+				return errors.New(reason)
+			}
+			return nil
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	g.OnClose(web.Close)
+	g.Start("http", func(context.Context) error { return web.Serve() }, web.Shutdown)
+	for _, a := range web.Addrs() {
+		log.Info("health/metrics listening", "addr", a)
+	}
+
 	if err := ca.Attest(ctx); err != nil {
 		return nil, err
 	}
 	g.Add("CA client", func(ctx context.Context) error { ca.Run(ctx); return nil }, nil)
-	rot := rotation.New(rotation.Config{CA: ca, Cache: ca.Cache(), Log: log.Named("rotation")})
 	g.Add("rotation", func(ctx context.Context) error { rot.Run(ctx); return nil }, nil)
 
 	auditOut, err := logfile.Open(cfg.AuditLog)
@@ -66,6 +103,8 @@ func build(ctx context.Context, g *tasks.Group, cfg Config) (ready func(), err e
 	auditor := workloadapi.NewAuditor(auditOut, 8192)
 	g.OnClose(func() { auditOut.Close() })
 	g.OnClose(auditor.Close)
+	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "signet_agent_audit_dropped_total",
+		Help: "Audit records dropped because the buffer was full."}, func() float64 { return float64(auditor.Dropped()) }))
 	g.Add("log reopen", func(ctx context.Context) error {
 		for {
 			select {
@@ -79,9 +118,6 @@ func build(ctx context.Context, g *tasks.Group, cfg Config) (ready func(), err e
 		}
 	}, nil)
 
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	registerMetrics(reg, ca, rot, auditor)
 	unix := &attest.Unix{}
 	c := ca.Cache()
 	unix.HashBinaries = func() bool {
@@ -155,20 +191,6 @@ func build(ctx context.Context, g *tasks.Group, cfg Config) (ready func(), err e
 	g.Add("workload API", func(context.Context) error { return srv.Serve(lis) }, srv.Stop)
 	log.Info("Workload API listening", "socket", cfg.SocketPath, "spiffe_id", ca.ID())
 
-	web, err := health.Listen(health.Config{
-		HealthAddr: cfg.HealthAddr, MetricsAddr: cfg.MetricsAddr, Registry: reg,
-		Ready: func(*http.Request) error {
-			if ok, reason := ca.Status(); !ok {
-				return errors.New(reason)
-			}
-			return nil
-		},
-	})
-	if err != nil {
-		return nil, err
-	}
-	g.OnClose(web.Close)
-	g.Add("http", func(context.Context) error { return web.Serve() }, web.Shutdown)
 	g.Add("shutdown", func(ctx context.Context) error {
 		<-ctx.Done()
 		log.Info("shutting down")
@@ -181,7 +203,7 @@ func build(ctx context.Context, g *tasks.Group, cfg Config) (ready func(), err e
 	}, nil
 }
 
-func registerMetrics(reg prometheus.Registerer, ca *caclient.Client, rot *rotation.Rotator, auditor *workloadapi.Auditor) {
+func registerMetrics(reg prometheus.Registerer, ca *caclient.Client, rot *rotation.Rotator) {
 	c := ca.Cache()
 	reg.MustRegister(
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "signet_agent_entries", Help: "Entries the agent holds."}, func() float64 {
@@ -211,9 +233,6 @@ func registerMetrics(reg prometheus.Registerer, ca *caclient.Client, rot *rotati
 				return 1
 			}
 			return 0
-		}),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "signet_agent_audit_dropped_total", Help: "Audit records dropped because the buffer was full."}, func() float64 {
-			return float64(auditor.Dropped())
 		}),
 	)
 }

@@ -6,7 +6,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -300,5 +302,135 @@ func TestAgentOfAnotherCAFailsAtOnce(t *testing.T) {
 				t.Fatalf("agent: %v; want an exit that says %q:\n%s", err, c.want, out)
 			}
 		})
+	}
+}
+
+// TestAgentHealthWhileAttesting: an agent whose CA is not up yet answers
+// /healthz at once, and /readyz with 503 and why (it is still attesting),
+// and logs where it serves them.
+func TestAgentHealthWhileAttesting(t *testing.T) {
+	caDir := t.TempDir()
+	startCA(t, caDir)
+	bundle := filepath.Join(t.TempDir(), "bundle.pem")
+	if err := os.WriteFile(bundle, []byte(signet(t, caDir, "bundle", "show")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	healthAddr := systest.FreeAddr(t)
+	down := systest.FreeAddr(t) // no CA listens here
+	cmd := exec.Command(filepath.Join(binDir, "signet-agent"), "--ca-address", down, "--join-token", "unused",
+		"--trust-bundle", bundle, "--data-dir", t.TempDir(), "--socket", filepath.Join(t.TempDir(), "a.sock"), "--health-addr", healthAddr)
+	var logs lockedBuffer
+	cmd.Stderr = &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	get := func(path string) (int, string, error) {
+		resp, err := http.Get("http://" + healthAddr + path)
+		if err != nil {
+			return 0, "", err
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(body), nil
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		code, body, err := get("/readyz")
+		if err == nil && strings.Contains(body, "attesting with the CA at "+down+" failed") {
+			if code != http.StatusServiceUnavailable {
+				t.Fatalf("/readyz: %d %q, want 503", code, body)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/readyz of an attesting agent: %d %q %v; logs:\n%s", code, body, err, logs.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if code, body, err := get("/healthz"); err != nil || code != http.StatusOK {
+		t.Fatalf("/healthz of an attesting agent: %d %q %v", code, body, err)
+	}
+	if !strings.Contains(logs.String(), "health/metrics listening") || !strings.Contains(logs.String(), healthAddr) {
+		t.Fatalf("the agent did not log where it serves health:\n%s", logs.String())
+	}
+}
+
+// lockedBuffer is a process's output, written by its copier goroutine
+// and read by the test.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestEntryTTLFloor: the CA refuses an entry whose SVIDs would live less
+// than its floor (one minute by default), with a message naming the field
+// and the setting; a CA started with a lower floor accepts it.
+func TestEntryTTLFloor(t *testing.T) {
+	dir := t.TempDir()
+	startCA(t, dir)
+	cmd := exec.Command(filepath.Join(binDir, "signet"), "entry", "create", "--spiffe-id", "spiffe://example.org/w/brief",
+		"--parent-id", "spiffe://example.org/signet/agent/join/n1", "--selector", "unix:uid:1", "--x509-ttl", "1s")
+	cmd.Env = append(os.Environ(), "SIGNET_ADMIN_SOCKET="+filepath.Join(dir, "admin.sock"))
+	out, err := cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "x509_ttl: 1s is shorter than the CA's shortest SVID lifetime, 1m0s (signet-ca --min-svid-ttl)") {
+		t.Fatalf("entry create --x509-ttl 1s: %v\n%s", err, out)
+	}
+	low := t.TempDir()
+	startCAWith(t, low, nil, "--min-svid-ttl", "1s")
+	signet(t, low, "entry", "create", "--spiffe-id", "spiffe://example.org/w/brief",
+		"--parent-id", "spiffe://example.org/signet/agent/join/n1", "--selector", "unix:uid:1", "--x509-ttl", "1s")
+}
+
+// TestDataDirectoryIsLocked: a second signet-ca, or a signet dev, on the
+// data directory of a running CA is refused with the first one's PID, and
+// leaves the first serving (its admin socket stays).
+func TestDataDirectoryIsLocked(t *testing.T) {
+	dir := t.TempDir()
+	first := startCA(t, dir)
+	want := fmt.Sprintf("process %d holds %s", first.Process.Pid, dir)
+	for _, args := range [][]string{
+		{"signet-ca", "--trust-domain", "example.org", "--data-dir", dir, "--listen", systest.FreeAddr(t), "--health-addr", ""},
+		{"signet", "dev", "--data-dir", dir},
+	} {
+		cmd := exec.Command(filepath.Join(binDir, args[0]), args[1:]...)
+		done := make(chan struct{})
+		var out []byte
+		var err error
+		go func() { out, err = cmd.CombinedOutput(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			cmd.Process.Kill()
+			<-done
+			t.Fatalf("%v still runs beside the first CA:\n%s", args[:2], out)
+		}
+		if err == nil || !strings.Contains(string(out), want) {
+			t.Fatalf("%v: %v; want a refusal saying %q:\n%s", args[:2], err, want, out)
+		}
+		// The first CA still answers on its admin socket.
+		signet(t, dir, "bundle", "show")
+	}
+}
+
+// TestLongDataDirectory: a data directory too long for its sockets is
+// refused with the limit and the path, not "bind: invalid argument".
+func TestLongDataDirectory(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), strings.Repeat("long-directory-name/", 6))
+	out, err := exec.Command(filepath.Join(binDir, "signet"), "dev", "--data-dir", dir).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "a Unix socket's path may be at most 107") || !strings.Contains(string(out), dir) {
+		t.Fatalf("signet dev with a long data directory: %v\n%s", err, out)
 	}
 }

@@ -67,14 +67,21 @@ type SVID struct {
 	RotateAt time.Time
 }
 
+// MinRotation is the shortest time between two mints of one SVID,
+// whatever its lifetime: an SVID that lives a few seconds (its CA's
+// intermediate about to expire caps it, or a CA that accepts very short
+// lifetimes) is not re-minted in a tight loop.
+const MinRotation = 5 * time.Second
+
 // RotationTime returns when an SVID received at now should be replaced: at
 // half of its remaining life, moved by up to 5% of it either way, so that
-// many SVIDs issued together do not all come due together. (NotBefore is
-// backdated for clock skew, so it is not where the life starts.)
+// many SVIDs issued together do not all come due together, and not before
+// MinRotation. (NotBefore is backdated for clock skew, so it is not where
+// the life starts.)
 func RotationTime(notAfter, now time.Time) time.Time {
 	life := notAfter.Sub(now)
 	jitter := time.Duration((rand.Float64()*0.1 - 0.05) * float64(life))
-	return now.Add(life/2 + jitter)
+	return now.Add(max(life/2+jitter, MinRotation))
 }
 
 // Item is one entry and, once minted, its SVID. Items are immutable.

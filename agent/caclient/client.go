@@ -34,7 +34,6 @@ import (
 	"github.com/signet-id/signet/agent/cache"
 	"github.com/signet-id/signet/internal/backoff"
 	"github.com/signet-id/signet/internal/clock"
-	"github.com/signet-id/signet/internal/datadir"
 	"github.com/signet-id/signet/internal/entry"
 	"github.com/signet-id/signet/internal/keygen"
 	"github.com/signet-id/signet/internal/refusal"
@@ -87,8 +86,10 @@ type Client struct {
 	bundleSeq   uint64
 	firstSync   bool
 	renewAt     time.Time
-	pulledAt    map[string]time.Time
-	renewals    int64
+	// attesting says how the first attestation goes, while it goes.
+	attesting string
+	pulledAt  map[string]time.Time
+	renewals  int64
 }
 
 // New loads the agent's state from its data directory.
@@ -99,13 +100,6 @@ func New(cfg Config) (*Client, error) {
 	if cfg.Clock == nil {
 		cfg.Clock = clock.Real
 	}
-	changed, err := datadir.Prepare(cfg.DataDir)
-	if err != nil {
-		return nil, fmt.Errorf("manager: %w", err)
-	}
-	if len(changed) > 0 {
-		cfg.Log.Warn("the data directory holds the agent's private key: tightened what group or others could reach", "paths", changed)
-	}
 	roots := cfg.TrustBundle
 	if stored, err := LoadBundleFile(filepath.Join(cfg.DataDir, bundleFile)); err == nil {
 		// The bundle last received from the CA is newer than the one given
@@ -113,11 +107,11 @@ func New(cfg Config) (*Client, error) {
 		roots = stored
 	}
 	if len(roots) == 0 {
-		return nil, errors.New("manager: no trust bundle: pass --trust-bundle (the PEM of `signet bundle show`)")
+		return nil, errors.New("caclient: no trust bundle: pass --trust-bundle (the PEM of `signet bundle show`)")
 	}
 	b, err := cache.NewBundle(cfg.TrustDomain, roots, nil, 0)
 	if err != nil {
-		return nil, fmt.Errorf("manager: %w", err)
+		return nil, fmt.Errorf("caclient: %w", err)
 	}
 	m := &Client{
 		cfg: cfg, log: cfg.Log, cache: cache.New(b),
@@ -156,6 +150,8 @@ func (m *Client) Status() (ready bool, reason string) {
 	switch {
 	case m.evicted != "":
 		return false, m.evicted
+	case m.svid == nil && m.attesting != "":
+		return false, "not attested yet: " + m.attesting
 	case m.svid == nil:
 		return false, "not attested"
 	case !m.firstSync:
@@ -353,11 +349,14 @@ func (m *Client) Attest(ctx context.Context) error {
 		return errors.New("no valid agent SVID in the data directory and no join token (--join-token or --join-token-file)")
 	}
 	bo := backoff.Backoff{Max: 5 * time.Second}
+	m.setAttesting("attesting with the CA at " + m.cfg.CAAddress)
 	for {
 		err := m.attest(ctx, tok)
 		if err == nil {
+			m.setAttesting("")
 			return nil
 		}
+		m.setAttesting(fmt.Sprintf("attesting with the CA at %s failed (%v); trying again", m.cfg.CAAddress, err))
 		if c := status.Code(err); c == codes.PermissionDenied || c == codes.InvalidArgument || ctx.Err() != nil {
 			return err
 		}
@@ -371,6 +370,12 @@ func (m *Client) Attest(ctx context.Context) error {
 		m.log.Warn("attestation failed; retrying", "error", err, "retry_in", d)
 		m.sleep(ctx, d, nil)
 	}
+}
+
+func (m *Client) setAttesting(state string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.attesting = state
 }
 
 // untrustedCA reports whether err is a TLS handshake that failed because

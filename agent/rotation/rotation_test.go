@@ -1,6 +1,7 @@
 package rotation
 
 import (
+	"cmp"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -33,6 +34,7 @@ type fakeCA struct {
 	ids   map[string]spiffeid.ID
 	key   *ecdsa.PrivateKey
 	root  *x509.Certificate
+	life  time.Duration // of the SVIDs it signs; an hour if zero
 
 	mu     sync.Mutex
 	fail   error
@@ -75,7 +77,7 @@ func (f *fakeCA) MintX509SVIDs(_ context.Context, reqs []*agentv1.X509SVIDReques
 		id := f.ids[r.GetEntryId()]
 		u, _ := url.Parse(id.String())
 		tmpl := &x509.Certificate{SerialNumber: big.NewInt(now.UnixNano() + int64(i)), URIs: []*url.URL{u},
-			NotBefore: now.Add(-time.Minute), NotAfter: now.Add(time.Hour)}
+			NotBefore: now.Add(-time.Minute), NotAfter: now.Add(cmp.Or(f.life, time.Hour))}
 		der, err := x509.CreateCertificate(rand.Reader, tmpl, f.root, csr.PublicKey, f.key)
 		if err != nil {
 			return nil, err
@@ -188,5 +190,32 @@ func TestRotationAtHalfLife(t *testing.T) {
 	next := waitForSleep(t, c)
 	if lo, hi := at.Add(27*time.Minute), at.Add(33*time.Minute); next.Before(lo) || next.After(hi) {
 		t.Fatalf("rotation after the second mint at %s, want between %s and %s", next, lo, hi)
+	}
+}
+
+// TestRotationHasAFloor: an SVID that lives two seconds is not re-minted
+// at half its life but after cache.MinRotation: no tight loop of mints,
+// whatever the lifetime.
+func TestRotationHasAFloor(t *testing.T) {
+	t0 := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	c := clock.NewFake(t0)
+	id := spiffeid.RequireFromString("spiffe://example.org/w/brief")
+	ca := newFakeCA(t, c, map[string]spiffeid.ID{"e1": id})
+	ca.life = 2 * time.Second
+	b, err := cache.NewBundle(td, []*x509.Certificate{ca.root}, nil, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc := cache.New(b)
+	cc.Apply(cache.Update{Full: true, Entries: []entry.Entry{{ID: "e1", SPIFFEID: id,
+		ParentID: spiffeid.RequireFromString("spiffe://example.org/signet/agent/join/n"), Selectors: []selector.Selector{{Type: "unix", Value: "uid:1"}}}}})
+	r := New(Config{CA: ca, Cache: cc, Clock: c})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { r.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	mintedAt(t, ca)
+	if wake := waitForSleep(t, c); wake.Sub(t0) < cache.MinRotation {
+		t.Fatalf("a 2 s SVID is re-minted %s after the first mint, before the floor of %s", wake.Sub(t0), cache.MinRotation)
 	}
 }

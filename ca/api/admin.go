@@ -133,6 +133,15 @@ func (s *AdminServer) entriesFromProto(pbs []*typesv1.Entry) ([]entry.Entry, err
 		if err != nil {
 			return nil, status.Errorf(codes.InvalidArgument, "entries[%d].%v", i, err)
 		}
+		for _, t := range []struct {
+			field string
+			ttl   time.Duration
+		}{{"x509_ttl", e.X509TTL}, {"jwt_ttl", e.JWTTTL}} {
+			if t.ttl != 0 && t.ttl < s.cfg.MinTTL {
+				return nil, status.Errorf(codes.InvalidArgument, "entries[%d].%s: %s is shorter than the CA's shortest SVID lifetime, %s (signet-ca --min-svid-ttl): an SVID that brief would be re-minted every few seconds",
+					i, t.field, t.ttl, s.cfg.MinTTL)
+			}
+		}
 		out[i] = e
 	}
 	return out, nil

@@ -46,6 +46,9 @@ type Config struct {
 	// If zero, one hour and five minutes.
 	X509TTL time.Duration
 	JWTTTL  time.Duration
+	// MinTTL is the shortest SVID lifetime an entry may ask for. If zero,
+	// one minute.
+	MinTTL time.Duration
 	// Now returns the current time. If nil, time.Now is used.
 	Now func() time.Time
 	// Log receives errors the caller does not see. If nil, discarded.
@@ -132,6 +135,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.JWTTTL == 0 {
 		c.JWTTTL = 5 * time.Minute
+	}
+	if c.MinTTL == 0 {
+		c.MinTTL = time.Minute
 	}
 	if c.Now == nil {
 		c.Now = time.Now

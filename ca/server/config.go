@@ -24,6 +24,7 @@ const (
 	DefaultJWTTTL          = 5 * time.Minute
 	DefaultKeyType         = "ec-p256"
 	DefaultRotateInterval  = 10 * time.Second
+	DefaultMinSVIDTTL      = time.Minute
 
 	DefaultNamespace       = "signet"
 	DefaultSecretName      = "signet-ca-keys"
@@ -65,6 +66,11 @@ type Config struct {
 	AgentTTL        time.Duration
 	X509TTL         time.Duration
 	JWTTTL          time.Duration
+	// MinSVIDTTL is the shortest SVID lifetime the CA accepts, in its own
+	// settings and in entries: an SVID that lives seconds has its agent
+	// re-mint it every few seconds. At least one second; if zero, one
+	// minute. IdentityRules have a floor of one minute of their own.
+	MinSVIDTTL time.Duration
 	// KeyType of the CA's keys: ec-p256 (default), ec-p384, rsa-2048,
 	// rsa-3072 or rsa-4096.
 	KeyType string
@@ -169,13 +175,24 @@ func (c *Config) Validate() error {
 		{"root-ttl", &c.RootTTL, DefaultRootTTL}, {"intermediate-ttl", &c.IntermediateTTL, DefaultIntermediateTTL},
 		{"jwt-key-ttl", &c.JWTKeyTTL, DefaultJWTKeyTTL}, {"agent-ttl", &c.AgentTTL, DefaultAgentTTL},
 		{"x509-ttl", &c.X509TTL, DefaultX509TTL}, {"jwt-ttl", &c.JWTTTL, DefaultJWTTTL},
-		{"rotate-interval", &c.RotateInterval, DefaultRotateInterval},
+		{"rotate-interval", &c.RotateInterval, DefaultRotateInterval}, {"min-svid-ttl", &c.MinSVIDTTL, DefaultMinSVIDTTL},
 	} {
 		if *d.v == 0 {
 			*d.v = d.def
 		}
 		if *d.v < 0 {
 			return fmt.Errorf("%s: must be positive", d.key)
+		}
+	}
+	if c.MinSVIDTTL < time.Second {
+		return fmt.Errorf("min-svid-ttl: %s is shorter than one second", c.MinSVIDTTL)
+	}
+	for _, d := range []struct {
+		key string
+		v   time.Duration
+	}{{"x509-ttl", c.X509TTL}, {"jwt-ttl", c.JWTTTL}, {"agent-ttl", c.AgentTTL}} {
+		if d.v < c.MinSVIDTTL {
+			return fmt.Errorf("%s: %s is shorter than min-svid-ttl (%s)", d.key, d.v, c.MinSVIDTTL)
 		}
 	}
 	if c.IntermediateTTL > c.RootTTL/6 {

@@ -85,6 +85,11 @@ func build(ctx context.Context, g *tasks.Group, cfg Config) (ready func(), err e
 	if len(changed) > 0 {
 		log.Warn("the data directory holds the CA's private keys: tightened what group or others could reach", "paths", changed)
 	}
+	unlock, err := datadir.Lock(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	p.OnClose(unlock)
 	st, err := store.Open(ctx, filepath.Join(cfg.DataDir, "signet.db"))
 	if err != nil {
 		return nil, err
@@ -126,7 +131,7 @@ func build(ctx context.Context, g *tasks.Group, cfg Config) (ready func(), err e
 	reg := metrics(auth, cfg.AuditLog)
 	apiCfg := api.Config{
 		TrustDomain: cfg.TrustDomain, Store: st, Authority: auth, Audit: auditLog, Metrics: api.NewMetrics(reg),
-		Changes: api.NewNotifier(), AgentTTL: cfg.AgentTTL, X509TTL: cfg.X509TTL, JWTTTL: cfg.JWTTTL, Log: log.Named("api"),
+		Changes: api.NewNotifier(), AgentTTL: cfg.AgentTTL, X509TTL: cfg.X509TTL, JWTTTL: cfg.JWTTTL, MinTTL: cfg.MinSVIDTTL, Log: log.Named("api"),
 		Stopping: ctx.Done(),
 	}
 	// Refusals of callers that proved no identity: limited per source, so

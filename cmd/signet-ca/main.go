@@ -43,6 +43,7 @@ type fileConfig struct {
 	AgentTTL        config.Duration   `json:"agent-ttl"`
 	X509TTL         config.Duration   `json:"x509-ttl"`
 	JWTTTL          config.Duration   `json:"jwt-ttl"`
+	MinSVIDTTL      config.Duration   `json:"min-svid-ttl"`
 	KeyType         string            `json:"key-type"`
 	KMS             string            `json:"kms"`
 	LogLevel        string            `json:"log-level"`
@@ -74,6 +75,7 @@ func defaults() fileConfig {
 		AgentTTL:        config.Duration(server.DefaultAgentTTL),
 		X509TTL:         config.Duration(server.DefaultX509TTL),
 		JWTTTL:          config.Duration(server.DefaultJWTTTL),
+		MinSVIDTTL:      config.Duration(server.DefaultMinSVIDTTL),
 		KeyType:         server.DefaultKeyType,
 		LogLevel:        "info",
 		AgentAudience:   nodeattest.DefaultAudience,
@@ -101,6 +103,7 @@ func register(fs *flag.FlagSet, c *fileConfig) {
 	fs.Var(&c.AgentTTL, "agent-ttl", "agent SVID lifetime")
 	fs.Var(&c.X509TTL, "x509-ttl", "default X509-SVID lifetime")
 	fs.Var(&c.JWTTTL, "jwt-ttl", "default JWT-SVID lifetime")
+	fs.Var(&c.MinSVIDTTL, "min-svid-ttl", "shortest SVID lifetime the CA accepts, in its settings and in entries (at least 1s)")
 	fs.StringVar(&c.KeyType, "key-type", c.KeyType, "CA key type: ec-p256, ec-p384, rsa-2048, rsa-3072, rsa-4096")
 	fs.StringVar(&c.KMS, "kms", c.KMS, "keep the CA's keys in this KMS, a go.step.sm/crypto/kms URI (awskms:region=REGION); credentials come from the environment")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "trace, debug, info, warn or error")
@@ -151,7 +154,7 @@ func validate(c fileConfig) (server.Config, hclog.Logger, error) {
 	// A lifetime of zero would mean "the default" to the server: here it
 	// is a mistake.
 	for key, d := range map[string]config.Duration{"root-ttl": c.RootTTL, "intermediate-ttl": c.IntermediateTTL,
-		"jwt-key-ttl": c.JWTKeyTTL, "agent-ttl": c.AgentTTL, "x509-ttl": c.X509TTL, "jwt-ttl": c.JWTTTL} {
+		"jwt-key-ttl": c.JWTKeyTTL, "agent-ttl": c.AgentTTL, "x509-ttl": c.X509TTL, "jwt-ttl": c.JWTTTL, "min-svid-ttl": c.MinSVIDTTL} {
 		if d <= 0 {
 			return server.Config{}, nil, fmt.Errorf("%s: must be positive", key)
 		}
@@ -173,7 +176,7 @@ func validate(c fileConfig) (server.Config, hclog.Logger, error) {
 		AdminListenAddr: c.AdminListen, AdminIDs: adminIDs, HealthAddr: c.HealthAddr, MetricsAddr: c.MetricsAddr,
 		AuditLog: c.AuditLog, RootTTL: time.Duration(c.RootTTL), IntermediateTTL: time.Duration(c.IntermediateTTL),
 		JWTKeyTTL: time.Duration(c.JWTKeyTTL), AgentTTL: time.Duration(c.AgentTTL), X509TTL: time.Duration(c.X509TTL),
-		JWTTTL: time.Duration(c.JWTTTL), KeyType: c.KeyType, KMS: c.KMS, Kube: kube,
+		JWTTTL: time.Duration(c.JWTTTL), MinSVIDTTL: time.Duration(c.MinSVIDTTL), KeyType: c.KeyType, KMS: c.KMS, Kube: kube,
 	}
 	if err := cfg.Validate(); err != nil {
 		return server.Config{}, nil, err

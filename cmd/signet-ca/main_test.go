@@ -53,6 +53,8 @@ func TestBadConfigNamesTheKey(t *testing.T) {
 		{file: "trust-domain: a.org\ndata-dir: /x\nintermediate-ttl: 2000h\n", want: "intermediate-ttl"},
 		{file: "trust-domain: a.org\ndata-dir: /x\n", args: []string{"--x509-ttl", "nope"}, want: "x509-ttl"},
 		{file: "trust-domain: a.org\ndata-dir: /x\n", args: []string{"--admin-id", "spiffe://a.org/admin"}, want: "admin-listen"},
+		{file: "trust-domain: a.org\ndata-dir: /x\nx509-ttl: 1s\n", want: "x509-ttl: 1s is shorter than min-svid-ttl (1m0s)"},
+		{file: "trust-domain: a.org\ndata-dir: /x\nmin-svid-ttl: 100ms\n", want: "min-svid-ttl"},
 	} {
 		p := writeConfig(t, tt.file)
 		_, _, err := parse(append([]string{"--config", p}, tt.args...), io.Discard)

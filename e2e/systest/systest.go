@@ -70,7 +70,9 @@ func StartCA(t testing.TB, opts ...func(*server.Config)) *CA {
 	t.Helper()
 	dir := t.TempDir()
 	ca := &CA{t: t, Dir: dir, Addr: FreeAddr(t)}
-	ca.cfg = server.Config{TrustDomain: TrustDomain, DataDir: filepath.Join(dir, "ca"), ListenAddr: ca.Addr, Log: logger(t, "ca")}
+	// Tests rotate SVIDs in seconds, below the one-minute floor of
+	// production.
+	ca.cfg = server.Config{TrustDomain: TrustDomain, DataDir: filepath.Join(dir, "ca"), ListenAddr: ca.Addr, Log: logger(t, "ca"), MinSVIDTTL: time.Second}
 	for _, o := range opts {
 		o(&ca.cfg)
 	}

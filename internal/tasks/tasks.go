@@ -30,6 +30,11 @@ type Group struct {
 	tasks   []task
 	closers []func()
 	closed  bool
+
+	// Tasks started before Run (Start), and their errors.
+	started []task
+	wg      sync.WaitGroup
+	errc    chan error
 }
 
 type task struct {
@@ -43,7 +48,7 @@ type task struct {
 // context.
 func WithContext(ctx context.Context) (*Group, context.Context) {
 	ctx, cancel := context.WithCancel(ctx)
-	return &Group{ctx: ctx, cancel: cancel}, ctx
+	return &Group{ctx: ctx, cancel: cancel, errc: make(chan error, 64)}, ctx
 }
 
 // Run builds a program with build, which adds its tasks to a new group
@@ -63,6 +68,30 @@ func Run(ctx context.Context, build func(ctx context.Context, g *Group) (ready f
 // been called; stop may be nil when the context is enough.
 func (g *Group) Add(name string, run func(ctx context.Context) error, stop func()) {
 	g.tasks = append(g.tasks, task{name: name, run: run, stop: stop})
+}
+
+// Start adds a task and starts it at once, for a part that must serve
+// while the rest is built (an agent's health endpoints while it attests).
+// Run waits for it like the others; Close, after a failed build, stops
+// it and waits for it.
+func (g *Group) Start(name string, run func(ctx context.Context) error, stop func()) {
+	t := task{name: name, run: run, stop: stop}
+	g.started = append(g.started, t)
+	g.launch(t)
+}
+
+func (g *Group) launch(t task) {
+	g.wg.Add(1)
+	go func() {
+		defer g.wg.Done()
+		if err := t.run(g.ctx); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, grpc.ErrServerStopped) {
+			select {
+			case g.errc <- fmt.Errorf("%s: %w", t.name, err):
+			default:
+			}
+		}
+		g.cancel()
+	}()
 }
 
 // ServeGRPC adds a task that serves srv on lis. The group stops it
@@ -89,14 +118,17 @@ func (g *Group) ServeGRPC(name string, srv *grpc.Server, lis net.Listener) {
 // functions registered earlier.
 func (g *Group) OnClose(fn func()) { g.closers = append(g.closers, fn) }
 
-// Close ends the group's context and runs the OnClose functions, newest
-// first. Only the first call does anything.
+// Close ends the group's context, stops the tasks that were started and
+// waits for them, and runs the OnClose functions, newest first. Only the
+// first call does anything.
 func (g *Group) Close() {
 	if g.closed {
 		return
 	}
 	g.closed = true
 	g.cancel()
+	g.stop()
+	g.wg.Wait()
 	for i := len(g.closers) - 1; i >= 0; i-- {
 		g.closers[i]()
 	}
@@ -108,24 +140,30 @@ func (g *Group) Close() {
 // none). ready, if not nil, is called once every task has started.
 func (g *Group) Run(ready func()) error {
 	defer g.Close()
-	errc := make(chan error, len(g.tasks))
-	var wg sync.WaitGroup
 	for _, t := range g.tasks {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := t.run(g.ctx); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, grpc.ErrServerStopped) {
-				errc <- fmt.Errorf("%s: %w", t.name, err)
-			}
-			g.cancel()
-		}()
+		g.launch(t)
 	}
+	g.started = append(g.started, g.tasks...)
+	g.tasks = nil
 	if ready != nil {
 		ready()
 	}
 	<-g.ctx.Done()
+	g.stop()
+	g.wg.Wait()
+	select {
+	case err := <-g.errc:
+		return err
+	default:
+		return nil
+	}
+}
+
+// stop calls the stop functions of the started tasks, at once, and
+// returns when they have returned.
+func (g *Group) stop() {
 	var stops sync.WaitGroup
-	for _, t := range g.tasks {
+	for _, t := range g.started {
 		if t.stop != nil {
 			stops.Add(1)
 			go func() {
@@ -135,11 +173,5 @@ func (g *Group) Run(ready func()) error {
 		}
 	}
 	stops.Wait()
-	wg.Wait()
-	select {
-	case err := <-errc:
-		return err
-	default:
-		return nil
-	}
+	g.started = nil
 }

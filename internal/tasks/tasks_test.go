@@ -76,3 +76,27 @@ func TestContextEndStopsCleanly(t *testing.T) {
 		t.Fatalf("Run = %v, want nil after the context ended", err)
 	}
 }
+
+// TestStartServesDuringTheBuild: a task started before Run runs while the
+// rest is built; a build that then fails stops it and waits for it.
+func TestStartServesDuringTheBuild(t *testing.T) {
+	g, _ := WithContext(context.Background())
+	running, stopped := make(chan struct{}), make(chan struct{})
+	g.Start("early", func(ctx context.Context) error {
+		close(running)
+		<-ctx.Done()
+		close(stopped)
+		return nil
+	}, nil)
+	g.OnClose(func() {
+		select {
+		case <-stopped:
+		default:
+			t.Error("a closer ran before the started task had returned")
+		}
+	})
+	<-running // it runs before Run
+	g.Add("late", func(context.Context) error { t.Error("a task added after Start ran without Run"); return nil }, nil)
+	// The started task returns once the context ends; Close waits for it.
+	g.Close()
+}
