@@ -13,7 +13,7 @@ PROTOS := $(shell find proto -name '*.proto' | sort)
 all: build
 
 build:
-	$(GO) build -o $(BIN)/ ./cmd/... ./examples/...
+	$(GO) build -buildvcs=auto -o $(BIN)/ ./cmd/... ./examples/...
 
 # demo starts signet-ca on its embedded SQLite store under ./.signet-demo and
 # drives it with the CLI; Ctrl-C stops it.
@@ -77,7 +77,7 @@ fuzz:
 # tarballs of static binaries, built without a container engine); load
 # them with `docker load -i` or `ctr images import`. Nothing is pushed.
 images:
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags='-s -w' -o $(BIN)/static/ ./cmd/signet-ca ./cmd/signet-agent
+	CGO_ENABLED=0 $(GO) build -buildvcs=auto -trimpath -ldflags='-s -w' -o $(BIN)/static/ ./cmd/signet-ca ./cmd/signet-agent
 	$(GO) run ./cmd/signet-image -bin $(BIN)/static -out $(BIN)/images
 
 bench:

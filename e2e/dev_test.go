@@ -127,3 +127,53 @@ func TestDevRunsTheWholeSystem(t *testing.T) {
 		t.Fatalf("a binary without an entry got an identity:\n%s", out)
 	}
 }
+
+// TestFetchAsAWorkload: `signet fetch` gets what the Workload API gives
+// the signet binary itself, with an entry for it, and writes the files a
+// workload would use.
+func TestFetchAsAWorkload(t *testing.T) {
+	dir := t.TempDir()
+	dev := exec.Command(filepath.Join(binDir, "signet"), "dev", "--data-dir", dir)
+	var devOut lockedBuffer
+	dev.Stdout = &devOut
+	if err := dev.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { dev.Process.Signal(syscall.SIGINT); dev.Wait() }()
+	for deadline := time.Now().Add(60 * time.Second); !strings.Contains(devOut.String(), "Press Ctrl-C"); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("signet dev did not start:\n%s", devOut.String())
+		}
+	}
+	signet(t, dir, "entry", "create", "--parent-id", "spiffe://example.org/signet/agent/join/dev", "--spiffe-id", "spiffe://example.org/ops/cli",
+		"--selector", fmt.Sprintf("unix:uid:%d", os.Getuid()), "--selector", "unix:path:"+filepath.Join(binDir, "signet"))
+	sock := "unix://" + filepath.Join(dir, "agent.sock")
+	out := t.TempDir()
+	var got string
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		cmd := exec.Command(filepath.Join(binDir, "signet"), "fetch", "x509", "--socket", sock, "--write", out)
+		b, err := cmd.CombinedOutput()
+		if got = string(b); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("signet fetch x509: %v\n%s", err, got)
+		}
+	}
+	if !strings.Contains(got, "spiffe://example.org/ops/cli") {
+		t.Fatalf("fetch x509 printed:\n%s", got)
+	}
+	for _, f := range []string{"svid.0.pem", "svid.0.key", "bundle.0.pem"} {
+		if fi, err := os.Stat(filepath.Join(out, f)); err != nil || fi.Size() == 0 || fi.Mode().Perm() != 0o600 {
+			t.Errorf("%s: %v %v", f, fi, err)
+		}
+	}
+	jwt := exec.Command(filepath.Join(binDir, "signet"), "fetch", "jwt", "--socket", sock, "--audience", "test", "-o", "json")
+	if b, err := jwt.CombinedOutput(); err != nil || !strings.Contains(string(b), `"spiffe_id": "spiffe://example.org/ops/cli"`) {
+		t.Errorf("fetch jwt: %v\n%s", err, b)
+	}
+	bundle := exec.Command(filepath.Join(binDir, "signet"), "fetch", "bundle", "--socket", sock)
+	if b, err := bundle.CombinedOutput(); err != nil || !strings.Contains(string(b), "# example.org") {
+		t.Errorf("fetch bundle: %v\n%s", err, b)
+	}
+}

@@ -182,7 +182,7 @@ func TestCLIBatchFile(t *testing.T) {
 	]}`), 0o600)
 	signet(t, dir, "entry", "create", "--file", file)
 	out := signet(t, dir, "entry", "list", "-o", "json", "--selector", "unix:uid:1000")
-	if !strings.Contains(out, `"x509_ttl": "30m0s"`) || !strings.Contains(out, `"w1.local"`) || strings.Contains(out, "w/2") || strings.Contains(out, "workload_key") {
+	if !strings.Contains(out, `"x509_ttl": "30m"`) || !strings.Contains(out, `"w1.local"`) || strings.Contains(out, "w/2") || strings.Contains(out, "workload_key") {
 		t.Fatalf("entry list -o json --selector unix:uid:1000 =\n%s", out)
 	}
 	signet(t, dir, "entry", "create", "--spiffe-id", "spiffe://example.org/w/own-key", "--parent-id", "spiffe://example.org/signet/agent/join/node1",
@@ -354,6 +354,14 @@ func TestAgentHealthWhileAttesting(t *testing.T) {
 	if !strings.Contains(logs.String(), "health/metrics listening") || !strings.Contains(logs.String(), healthAddr) {
 		t.Fatalf("the agent did not log where it serves health:\n%s", logs.String())
 	}
+	// signet healthcheck says the same.
+	if out, err := exec.Command(filepath.Join(binDir, "signet"), "healthcheck", "--addr", healthAddr).CombinedOutput(); err == nil ||
+		!strings.Contains(string(out), "not attested yet") {
+		t.Errorf("signet healthcheck of an attesting agent: %v\n%s", err, out)
+	}
+	if out, err := exec.Command(filepath.Join(binDir, "signet"), "healthcheck", "--addr", healthAddr, "--live").CombinedOutput(); err != nil {
+		t.Errorf("signet healthcheck --live of an attesting agent: %v\n%s", err, out)
+	}
 }
 
 // lockedBuffer is a process's output, written by its copier goroutine
@@ -385,7 +393,7 @@ func TestEntryTTLFloor(t *testing.T) {
 		"--parent-id", "spiffe://example.org/signet/agent/join/n1", "--selector", "unix:uid:1", "--x509-ttl", "1s")
 	cmd.Env = append(os.Environ(), "SIGNET_ADMIN_SOCKET="+filepath.Join(dir, "admin.sock"))
 	out, err := cmd.CombinedOutput()
-	if err == nil || !strings.Contains(string(out), "x509_ttl: 1s is shorter than the CA's shortest SVID lifetime, 1m0s (signet-ca --min-svid-ttl)") {
+	if err == nil || !strings.Contains(string(out), "--x509-ttl: 1s is shorter than the CA's shortest SVID lifetime, 1m0s (signet-ca --min-svid-ttl)") {
 		t.Fatalf("entry create --x509-ttl 1s: %v\n%s", err, out)
 	}
 	low := t.TempDir()

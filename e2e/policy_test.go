@@ -22,8 +22,10 @@ func TestCLIPolicies(t *testing.T) {
 	if out := signet(t, dir, "policy", "create", "--file", file); !strings.Contains(out, "cart") {
 		t.Fatalf("create: %s", out)
 	}
-	var listed []map[string]any
-	if err := json.Unmarshal([]byte(signet(t, dir, "policy", "list", "-o", "json")), &listed); err != nil || len(listed) != 1 || listed[0]["target"] != "spiffe://example.org/ns/shop/sa/cart" {
+	var listed struct {
+		Policies []map[string]any `json:"policies"`
+	}
+	if err := json.Unmarshal([]byte(signet(t, dir, "policy", "list", "-o", "json")), &listed); err != nil || len(listed.Policies) != 1 || listed.Policies[0]["target"] != "spiffe://example.org/ns/shop/sa/cart" {
 		t.Fatalf("list: %v %v", listed, err)
 	}
 
@@ -37,7 +39,7 @@ func TestCLIPolicies(t *testing.T) {
 	}
 
 	signet(t, dir, "policy", "delete", "--name", "cart")
-	if out := signet(t, dir, "policy", "list", "-o", "json"); strings.TrimSpace(out) != "[]" {
+	if out := signet(t, dir, "policy", "list", "-o", "json"); strings.Join(strings.Fields(out), "") != `{"policies":[]}` {
 		t.Fatalf("after delete: %s", out)
 	}
 	audit, _ := os.ReadFile(filepath.Join(dir, "audit.log"))

@@ -233,13 +233,26 @@ func (s *AdminServer) ListEntries(ctx context.Context, req *adminv1.ListEntriesR
 	if f.PageSize < 0 || f.PageSize > 1000 {
 		return nil, status.Errorf(codes.InvalidArgument, "page_size %d: want 0 to 1000", f.PageSize)
 	}
+	for name, id := range map[string]string{"spiffe_id": f.SPIFFEID, "parent_id": f.ParentID} {
+		if _, err := spiffeid.FromString(id); id != "" && err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "%s: %q: %v", name, id, err)
+		}
+	}
+	sels := req.GetSelectors()
 	if sel := req.GetSelector(); sel != nil {
+		sels = append([]*typesv1.Selector{sel}, sels...)
+	}
+	for i, sel := range sels {
 		s := selector.Selector{Type: sel.GetType(), Value: sel.GetValue()}
 		if err := s.Validate(); err != nil {
-			return nil, status.Errorf(codes.InvalidArgument, "selector: %v", err)
+			return nil, status.Errorf(codes.InvalidArgument, "selectors[%d]: %v", i, err)
 		}
-		f.Selector = &s
+		f.Selectors = append(f.Selectors, s)
 	}
+	if len(req.GetIds()) > 1000 {
+		return nil, status.Errorf(codes.InvalidArgument, "ids: %d, at most 1000", len(req.GetIds()))
+	}
+	f.IDs = req.GetIds()
 	es, next, err := s.cfg.Store.ListEntries(ctx, f)
 	if err != nil {
 		return nil, s.cfg.internal(ctx, "list entries", err)

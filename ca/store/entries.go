@@ -218,9 +218,12 @@ func (s *Store) FetchEntry(ctx context.Context, id string) (entry.Entry, error) 
 
 // ListFilter selects entries; empty fields match everything.
 type ListFilter struct {
-	SPIFFEID  string
-	ParentID  string
-	Selector  *selector.Selector
+	SPIFFEID string
+	ParentID string
+	// Selectors all must be among an entry's.
+	Selectors []selector.Selector
+	// IDs, if any, are the entries to look at.
+	IDs       []string
 	PageSize  int
 	PageToken string
 }
@@ -238,9 +241,15 @@ func (s *Store) ListEntries(ctx context.Context, f ListFilter) ([]entry.Entry, s
 		q += ` AND parent_id = ?`
 		args = append(args, f.ParentID)
 	}
-	if f.Selector != nil {
+	for _, sel := range f.Selectors {
 		q += ` AND id IN (SELECT entry_id FROM entry_selectors WHERE type = ? AND value = ?)`
-		args = append(args, f.Selector.Type, f.Selector.Value)
+		args = append(args, sel.Type, sel.Value)
+	}
+	if len(f.IDs) > 0 {
+		q += ` AND id IN (?` + strings.Repeat(`, ?`, len(f.IDs)-1) + `)`
+		for _, id := range f.IDs {
+			args = append(args, id)
+		}
 	}
 	size := f.PageSize
 	if size <= 0 {

@@ -76,7 +76,7 @@ func TestEntriesRoundTripAndPersist(t *testing.T) {
 		t.Fatalf("FetchEntries = %v, %v; want the two existing entries", got2, err)
 	}
 	sel := selector.Selector{Type: "unix", Value: "uid:2"}
-	list, next, err := s.ListEntries(ctx, store.ListFilter{Selector: &sel})
+	list, next, err := s.ListEntries(ctx, store.ListFilter{Selectors: []selector.Selector{sel}})
 	if err != nil || len(list) != 1 || list[0].ID != created[1].ID || next != "" {
 		t.Fatalf("ListEntries(selector uid:2) = %v, %q, %v", list, next, err)
 	}
@@ -251,5 +251,24 @@ func TestAgents(t *testing.T) {
 	}
 	if err := s.RenewAgent(ctx, a.SPIFFEID, "10", "11", now); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("an evicted agent renewed: %v", err)
+	}
+}
+
+// TestListFilters: selectors all must match; IDs pick entries.
+func TestListFilters(t *testing.T) {
+	s := open(t, filepath.Join(t.TempDir(), "s.db"))
+	ctx := context.Background()
+	a, b, c := mk("/w/a", parent1, 1), mk("/w/b", parent1, 1), mk("/w/c", parent1, 2)
+	a.Selectors = append(a.Selectors, selector.Selector{Type: "unix", Value: "gid:10"})
+	created, err := s.CreateEntries(ctx, []entry.Entry{a, b, c}, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	both := []selector.Selector{{Type: "unix", Value: "uid:1"}, {Type: "unix", Value: "gid:10"}}
+	if list, _, err := s.ListEntries(ctx, store.ListFilter{Selectors: both}); err != nil || len(list) != 1 || list[0].ID != created[0].ID {
+		t.Fatalf("ListEntries(uid:1 and gid:10) = %v, %v; want entry a only", list, err)
+	}
+	if list, _, err := s.ListEntries(ctx, store.ListFilter{IDs: []string{created[2].ID, "nope"}}); err != nil || len(list) != 1 || list[0].ID != created[2].ID {
+		t.Fatalf("ListEntries(ids) = %v, %v; want entry c only", list, err)
 	}
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/signet-id/signet/internal/config"
 	"github.com/signet-id/signet/internal/logfile"
 	"github.com/signet-id/signet/internal/systemlog"
+	"github.com/signet-id/signet/internal/version"
 )
 
 // fileConfig holds every setting; its json tags are the config file keys
@@ -67,9 +68,9 @@ func defaults() fileConfig {
 func register(fs *flag.FlagSet, c *fileConfig) {
 	fs.StringVar(&c.TrustDomain, "trust-domain", c.TrustDomain, "trust domain (default: the one the trust bundle's roots name)")
 	fs.StringVar(&c.CAAddress, "ca-address", c.CAAddress, "host:port of signet-ca's agent API")
-	fs.StringVar(&c.JoinToken, "join-token", c.JoinToken, "join token from `signet token create` (needed at first start); visible in ps, prefer join-token-file")
+	fs.StringVar(&c.JoinToken, "join-token", c.JoinToken, "join token from 'signet token create' (needed at first start); visible in ps, prefer join-token-file")
 	fs.StringVar(&c.JoinTokenFile, "join-token-file", c.JoinTokenFile, "file holding the join token; a new token written here re-attests an evicted agent")
-	fs.StringVar(&c.TrustBundle, "trust-bundle", c.TrustBundle, "PEM file of the CA roots (`signet bundle show`), needed at first start")
+	fs.StringVar(&c.TrustBundle, "trust-bundle", c.TrustBundle, "PEM file of the CA roots ('signet bundle show'), needed at first start")
 	fs.StringVar(&c.Socket, "socket", c.Socket, "Workload API Unix socket")
 	fs.StringVar(&c.DataDir, "data-dir", c.DataDir, "directory for the agent SVID, its key and the trust bundle (required)")
 	fs.StringVar(&c.HealthAddr, "health-addr", c.HealthAddr, "address of /healthz, /readyz and /metrics; empty to disable")
@@ -163,6 +164,10 @@ func joinTokenOnCommandLine(args []string) bool {
 func main() {
 	cfg, err := parse(os.Args[1:], os.Stderr)
 	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(0)
+	}
+	if errors.Is(err, config.ErrVersion) {
+		fmt.Println(version.String("signet-agent"))
 		os.Exit(0)
 	}
 	if err != nil {

@@ -23,6 +23,7 @@ import (
 	"github.com/signet-id/signet/internal/config"
 	"github.com/signet-id/signet/internal/logfile"
 	"github.com/signet-id/signet/internal/systemlog"
+	"github.com/signet-id/signet/internal/version"
 )
 
 // fileConfig holds every setting; its json tags are both the config file
@@ -192,6 +193,10 @@ func validate(c fileConfig) (server.Config, hclog.Logger, error) {
 func main() {
 	cfg, log, err := parse(os.Args[1:], os.Stderr)
 	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(0)
+	}
+	if errors.Is(err, config.ErrVersion) {
+		fmt.Println(version.String("signet-ca"))
 		os.Exit(0)
 	}
 	if err != nil {

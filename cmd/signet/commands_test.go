@@ -8,7 +8,7 @@ import (
 
 func TestEntryJSONRoundTrip(t *testing.T) {
 	in := entryJSON{SPIFFEID: "spiffe://td/w", ParentID: "spiffe://td/signet/agent/join/n", Selectors: []string{"unix:uid:1", "k8s:pod-label:a:b"},
-		X509TTL: "30m0s", JWTTTL: "5m0s", DNSNames: []string{"w.local"}}
+		X509TTL: "30m", JWTTTL: "5m", DNSNames: []string{"w.local"}}
 	pb, err := in.proto(0)
 	if err != nil {
 		t.Fatal(err)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -28,11 +29,21 @@ const devNode = "dev"
 func (c *cli) dev(ctx context.Context, args []string) int {
 	fs := flag.NewFlagSet("signet dev", flag.ContinueOnError)
 	fs.SetOutput(c.stderr)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), "usage: signet dev [--data-dir .signet] [--socket DATA-DIR/agent.sock] [--trust-domain example.org]\n\n"+
+			"run a CA and an agent in the foreground, until Ctrl-C\n\nflags:\n")
+		fs.PrintDefaults()
+	}
 	dataDir := fs.String("data-dir", ".signet", "directory for the CA's and the agent's state")
 	socket := fs.String("socket", "", "Workload API socket (default DATA-DIR/agent.sock)")
 	tdName := fs.String("trust-domain", "example.org", "trust domain")
 	logLevel := fs.String("log-level", "warn", "log level of the CA and agent")
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fs.SetOutput(c.stdout)
+			fs.Usage()
+			return 0
+		}
 		return 2
 	}
 	td, err := spiffeid.TrustDomainFromString(*tdName)

@@ -12,6 +12,7 @@ import (
 	"os"
 	"reflect"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -65,6 +66,10 @@ func Load(raw []byte, dst any) error {
 	return nil
 }
 
+// ErrVersion is returned by ParseFlags for --version: the program prints
+// its version (internal/version) and exits.
+var ErrVersion = errors.New("version requested")
+
 // Duration is a time.Duration written as "90s" or "1h" in files and flags.
 type Duration time.Duration
 
@@ -79,9 +84,9 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 
 // Set implements flag.Value.
 func (d *Duration) Set(s string) error {
-	v, err := time.ParseDuration(s)
+	v, err := ParseDuration(s)
 	if err != nil {
-		return fmt.Errorf("invalid duration %q", s)
+		return err
 	}
 	if v < 0 {
 		return fmt.Errorf("negative duration %q", s)
@@ -90,7 +95,46 @@ func (d *Duration) Set(s string) error {
 	return nil
 }
 
-func (d Duration) String() string { return time.Duration(d).String() }
+func (d Duration) String() string { return FormatDuration(time.Duration(d)) }
+
+// ParseDuration reads a duration as time.ParseDuration does ("90s",
+// "1h30m"), and also with days in front: "7d", "1d12h".
+func ParseDuration(s string) (time.Duration, error) {
+	days, rest, ok := strings.Cut(s, "d")
+	if !ok {
+		d, err := time.ParseDuration(s)
+		if err != nil {
+			return 0, fmt.Errorf("invalid duration %q (write it as 90s, 30m, 1h or 7d)", s)
+		}
+		return d, nil
+	}
+	n, err := strconv.ParseUint(days, 10, 31)
+	if err != nil || n > 100000 {
+		return 0, fmt.Errorf("invalid duration %q (write it as 90s, 30m, 1h or 7d)", s)
+	}
+	d := time.Duration(n) * 24 * time.Hour
+	if rest != "" {
+		r, err := time.ParseDuration(rest)
+		if err != nil || r < 0 {
+			return 0, fmt.Errorf("invalid duration %q (write it as 90s, 30m, 1h or 7d)", s)
+		}
+		d += r
+	}
+	return d, nil
+}
+
+// FormatDuration writes d as ParseDuration reads it, without zero units:
+// "1h", "30m", "1h30m", "1000h", "90s".
+func FormatDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
+}
 
 // StringList is a repeatable flag and a YAML list.
 type StringList []string
@@ -109,10 +153,12 @@ func (l StringList) String() string { return strings.Join(l, ",") }
 // fields of a T; the file's keys are the flag names.
 func ParseFlags[T any](name string, args []string, stderr io.Writer, defaults func() T, register func(*flag.FlagSet, *T)) (T, error) {
 	var path string
+	var showVersion bool
 	newSet := func(c *T, out io.Writer) *flag.FlagSet {
 		fs := flag.NewFlagSet(name, flag.ContinueOnError)
 		fs.SetOutput(out)
 		fs.StringVar(&path, "config", "", "YAML config file; its keys are these flag names, and flags win over it")
+		fs.BoolVar(&showVersion, "version", false, "print the version and exit")
 		register(fs, c)
 		return fs
 	}
@@ -126,6 +172,9 @@ func ParseFlags[T any](name string, args []string, stderr io.Writer, defaults fu
 			fmt.Fprintln(stderr, err)
 		}
 		return scratch, err
+	}
+	if showVersion {
+		return scratch, ErrVersion
 	}
 	c := defaults()
 	if path != "" {

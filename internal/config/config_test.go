@@ -51,3 +51,25 @@ func FuzzLoad(f *testing.F) {
 		_ = Load(b, &c) // must not panic
 	})
 }
+
+func TestDurations(t *testing.T) {
+	for in, want := range map[string]time.Duration{"90s": 90 * time.Second, "1h30m": 90 * time.Minute, "7d": 7 * 24 * time.Hour, "1d12h": 36 * time.Hour, "0s": 0} {
+		if d, err := ParseDuration(in); err != nil || d != want {
+			t.Errorf("ParseDuration(%q) = %s, %v; want %s", in, d, err, want)
+		}
+	}
+	for _, bad := range []string{"", "d", "7", "xd", "-1d", "1d-5h", "soon", "1.5d"} {
+		if d, err := ParseDuration(bad); err == nil {
+			t.Errorf("ParseDuration(%q) = %s; want an error", bad, d)
+		}
+	}
+	for d, want := range map[time.Duration]string{time.Hour: "1h", 30 * time.Minute: "30m", 90 * time.Minute: "1h30m",
+		1000 * time.Hour: "1000h", 90 * time.Second: "1m30s", 5 * time.Second: "5s"} {
+		if got := FormatDuration(d); got != want {
+			t.Errorf("FormatDuration(%s) = %q; want %q", d, got, want)
+		}
+		if back, err := ParseDuration(FormatDuration(d)); err != nil || back != d {
+			t.Errorf("round trip of %s: %s, %v", d, back, err)
+		}
+	}
+}

@@ -186,6 +186,8 @@ func TestPolicies(t *testing.T) {
 		{Name: "x", Target: "spiffe://example.org/x", Rules: []*typesv1.PolicyRule{{Action: "allow", Peers: []*typesv1.PolicyPeer{{Namespace: "a", Id: "spiffe://example.org/b"}}}}},
 		{Name: "x", Target: "spiffe://example.org/x", Rules: []*typesv1.PolicyRule{{Action: "allow", Peers: []*typesv1.PolicyPeer{{ServiceAccount: "nons"}}}}},
 		{Name: "x", Target: "spiffe://example.org/x", Rules: []*typesv1.PolicyRule{{Action: "allow", Peers: good.Rules[0].Peers, Methods: []string{"nope"}}}},
+		{Name: "x", Target: "spiffe://other.org/x", Rules: good.Rules},
+		{Name: "x", Target: "spiffe://other.org/**", Rules: good.Rules},
 	} {
 		if err := CheckPolicy(td, bad); err == nil {
 			t.Errorf("accepted %v", bad)

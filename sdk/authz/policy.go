@@ -83,6 +83,10 @@ func CheckPolicy(td spiffeid.TrustDomain, p *typesv1.AccessPolicy) error {
 	if err := CheckTarget(p.GetTarget()); err != nil {
 		return fmt.Errorf("target: %w", err)
 	}
+	// Servers of other trust domains never see these policies.
+	if tdName, _, _ := strings.Cut(strings.TrimPrefix(p.GetTarget(), "spiffe://"), "/"); tdName != td.Name() {
+		return fmt.Errorf("target: %q is in trust domain %s, not in %s", p.GetTarget(), tdName, td.Name())
+	}
 	if len(p.GetRules()) == 0 {
 		return errors.New("rules: at least one")
 	}
