@@ -8,12 +8,16 @@ PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 STATICCHECK_VERSION := v0.8.2
 PROTOS := $(shell find proto -name '*.proto' | sort)
 
-.PHONY: all build demo test testenv deps lint proto proto-check fuzz bench clean images
+.PHONY: all build release demo test testenv deps lint proto proto-check fuzz bench clean images
 
 all: build
 
 build:
 	$(GO) build -buildvcs=auto -o $(BIN)/ ./cmd/... ./examples/...
+
+# release builds the three binaries without debug information or local paths.
+release:
+	$(GO) build -buildvcs=auto -trimpath -ldflags='-s -w' -o $(BIN)/release/ ./cmd/signet ./cmd/signet-ca ./cmd/signet-agent
 
 # demo starts signet-ca on its embedded SQLite store under ./.signet-demo and
 # drives it with the CLI; Ctrl-C stops it.

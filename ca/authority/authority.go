@@ -79,6 +79,9 @@ type Config struct {
 	// the store then keeps only their names and certificates. If empty, keys
 	// are made in process and stored, as PEM, with their certificates.
 	KMS string
+	// OpenKMS opens the KMS of KMS (ca/authority/awskms.Open). Required
+	// with KMS.
+	OpenKMS KMSOpener
 	// Now returns the current time. If nil, time.Now is used.
 	Now func() time.Time
 	// Log receives rotation events. If nil, logs are discarded.
@@ -193,7 +196,7 @@ func New(ctx context.Context, cfg Config) (*Authority, error) {
 	if cfg.Log == nil {
 		cfg.Log = hclog.NewNullLogger()
 	}
-	km, err := openKeyManager(ctx, cfg.KMS, cfg.TrustDomain.Name())
+	km, err := openKeyManager(ctx, cfg.KMS, cfg.TrustDomain.Name(), cfg.OpenKMS)
 	if err != nil {
 		return nil, err
 	}

@@ -17,6 +17,7 @@ import (
 	"go.step.sm/crypto/pemutil"
 
 	"github.com/signet-id/signet/ca/authority"
+	kmsopen "github.com/signet-id/signet/ca/authority/awskms"
 	"github.com/signet-id/signet/ca/signer"
 	"github.com/signet-id/signet/ca/store"
 	"github.com/signet-id/signet/e2e/testenv"
@@ -57,7 +58,7 @@ func TestExternalKMS(t *testing.T) {
 	ctx := context.Background()
 	clk := clock.NewFake(time.Now().Truncate(time.Second))
 	s := openStore(t, t.TempDir())
-	cfg := authority.Config{TrustDomain: td, Store: s, Now: clk.Now, KMS: testenv.KMSURI, Log: hclog.NewNullLogger()}
+	cfg := authority.Config{TrustDomain: td, Store: s, Now: clk.Now, KMS: testenv.KMSURI, OpenKMS: kmsopen.Open, Log: hclog.NewNullLogger()}
 	leader, err := authority.New(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -174,7 +175,7 @@ func TestExternalKMSRefusals(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
 	s := openStore(t, dir)
-	cfg := authority.Config{TrustDomain: td, Store: s, KMS: testenv.KMSURI}
+	cfg := authority.Config{TrustDomain: td, Store: s, KMS: testenv.KMSURI, OpenKMS: kmsopen.Open}
 	if _, err := authority.New(ctx, cfg); err != nil {
 		t.Fatal(err)
 	}
@@ -253,7 +254,7 @@ func BenchmarkSignX509SVID(b *testing.B) {
 				b.Fatal(err)
 			}
 			defer s.Close()
-			a, err := authority.New(context.Background(), authority.Config{TrustDomain: td, Store: s, KMS: kms})
+			a, err := authority.New(context.Background(), authority.Config{TrustDomain: td, Store: s, KMS: kms, OpenKMS: kmsopen.Open})
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -275,7 +276,7 @@ func TestExternalKMSKeyTypes(t *testing.T) {
 	startKMS(t)
 	for _, kt := range []string{"ec-p384", "rsa-2048"} {
 		t.Run(kt, func(t *testing.T) {
-			a, err := authority.New(context.Background(), authority.Config{TrustDomain: td, Store: openStore(t, t.TempDir()), KMS: testenv.KMSURI, KeyType: kt})
+			a, err := authority.New(context.Background(), authority.Config{TrustDomain: td, Store: openStore(t, t.TempDir()), KMS: testenv.KMSURI, OpenKMS: kmsopen.Open, KeyType: kt})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -312,7 +313,7 @@ func TestExternalKMSKeysOfALostRace(t *testing.T) {
 	kc := startKMS(t)
 	ctx := context.Background()
 	s := &conflictOnce{Store: openStore(t, t.TempDir())}
-	if _, err := authority.New(ctx, authority.Config{TrustDomain: td, Store: s, KMS: testenv.KMSURI}); err != nil {
+	if _, err := authority.New(ctx, authority.Config{TrustDomain: td, Store: s, KMS: testenv.KMSURI, OpenKMS: kmsopen.Open}); err != nil {
 		t.Fatal(err)
 	}
 	stored, _, err := s.LoadCAKeys(ctx)

@@ -13,6 +13,8 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+
+	"github.com/signet-id/signet/internal/signetid"
 )
 
 // Extra keys the API server sets on pod-bound service-account tokens.
@@ -51,16 +53,13 @@ type Agent struct {
 	NodeName       string
 }
 
-// DefaultAudience is the audience agent tokens carry by default.
-const DefaultAudience = "signet-ca"
-
 // Attest reviews token with the API server and checks that it is bound to
 // a live pod of an agent service account scheduled on node. Errors of type
 // *Refusal are the caller's fault; others are the CA's or API server's.
 func (p *PSAT) Attest(ctx context.Context, token, node string) (Agent, error) {
 	aud := p.Audience
 	if aud == "" {
-		aud = DefaultAudience
+		aud = signetid.AgentAudience
 	}
 	if token == "" {
 		return Agent{}, refuse("token is empty")

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -11,7 +12,10 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
-	"github.com/signet-id/signet/ca/nodeattest"
+	"github.com/signet-id/signet/ca/api"
+	"github.com/signet-id/signet/ca/authority"
+	"github.com/signet-id/signet/internal/signetid"
+	"github.com/signet-id/signet/internal/tasks"
 )
 
 // Defaults of the Config fields that have one.
@@ -75,8 +79,10 @@ type Config struct {
 	// rsa-3072 or rsa-4096.
 	KeyType string
 	// KMS is the go.step.sm/crypto/kms URI of an external KMS holding the
-	// CA's keys (awskms:region=...); empty keeps them in the store.
-	KMS string
+	// CA's keys (awskms:region=...), which OpenKMS opens
+	// (ca/authority/awskms.Open); empty keeps them in the store.
+	KMS     string
+	OpenKMS authority.KMSOpener
 	// RotateInterval is how often keys are checked for rotation. If zero,
 	// ten seconds.
 	RotateInterval time.Duration
@@ -88,9 +94,30 @@ type Config struct {
 	// Ready, if set, is called once every listener is up, with the agent
 	// API's address.
 	Ready func(agentAddr string)
-	// Kube, if set, runs the CA in Kubernetes mode.
-	Kube *KubeConfig
+	// Kube, if set, runs the CA in Kubernetes mode, which Cluster builds.
+	Kube    *KubeConfig
+	Cluster ClusterBuilder
 }
+
+// Cluster is Kubernetes mode as the CA's assembly uses it
+// (ca/clustermode builds it). It is kept out of this package so that a
+// program without it (signet dev) links no Kubernetes client.
+type Cluster interface {
+	// KeyStore keeps the CA's keys, shared by the replicas.
+	KeyStore() authority.KeyStore
+	// IsLeader says whether this replica rotates the keys.
+	IsLeader() bool
+	// Configure gives the APIs what Kubernetes mode adds: PSAT
+	// attestation, pod identities, agent pods, AccessPolicies.
+	Configure(*api.Config)
+	// Start adds Kubernetes mode's tasks (leader election and what the
+	// leader does with auth's bundle; the admission webhook) to g.
+	Start(g *tasks.Group, auth *authority.Authority) error
+}
+
+// ClusterBuilder connects Kubernetes mode for cfg.Kube; what it starts
+// stops when ctx ends.
+type ClusterBuilder func(ctx context.Context, cfg Config, log hclog.Logger) (Cluster, error)
 
 // KubeConfig configures Kubernetes mode: PSAT node attestation, identities
 // derived from pods and IdentityRules, the CA's keys in a Secret shared by
@@ -238,7 +265,7 @@ func (k *KubeConfig) validate(td spiffeid.TrustDomain) error {
 		}
 	}
 	if k.Audience == "" {
-		k.Audience = nodeattest.DefaultAudience
+		k.Audience = signetid.AgentAudience
 	}
 	if k.Namespace == "" {
 		if b, err := os.ReadFile(serviceAccountNamespaceFile); err == nil {

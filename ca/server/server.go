@@ -36,7 +36,6 @@ import (
 	"github.com/signet-id/signet/ca/authority"
 	"github.com/signet-id/signet/ca/signer"
 	"github.com/signet-id/signet/ca/store"
-	"github.com/signet-id/signet/ca/webhook"
 	"github.com/signet-id/signet/internal/datadir"
 	"github.com/signet-id/signet/internal/health"
 	"github.com/signet-id/signet/internal/peercred"
@@ -102,7 +101,7 @@ func build(ctx context.Context, g *tasks.Group, cfg Config) (ready func(), err e
 	p.OnClose(func() { auditLog.Close() })
 	authCfg := authority.Config{
 		TrustDomain: cfg.TrustDomain, Store: st, RootTTL: cfg.RootTTL, IntermediateTTL: cfg.IntermediateTTL,
-		JWTKeyTTL: cfg.JWTKeyTTL, KeyType: cfg.KeyType, KMS: cfg.KMS, Log: log.Named("authority"),
+		JWTKeyTTL: cfg.JWTKeyTTL, KeyType: cfg.KeyType, KMS: cfg.KMS, OpenKMS: cfg.OpenKMS, Log: log.Named("authority"),
 		OnKeyChange: func(c authority.KeyChange) {
 			event := map[string]string{"create": audit.KeyCreate, "state": audit.KeyState, "retire": audit.KeyRetire}[c.Change]
 			rec := audit.Record{Event: event, Actor: "signet-ca", Result: audit.Success,
@@ -114,12 +113,15 @@ func build(ctx context.Context, g *tasks.Group, cfg Config) (ready func(), err e
 			}
 		},
 	}
-	var kube *kubeMode
+	var cluster Cluster
 	if cfg.Kube != nil {
-		if kube, err = buildKube(ctx, cfg, log.Named("k8s")); err != nil {
+		if cfg.Cluster == nil {
+			return nil, errors.New("this program has no Kubernetes mode: run signet-ca")
+		}
+		if cluster, err = cfg.Cluster(ctx, cfg, log.Named("k8s")); err != nil {
 			return nil, err
 		}
-		authCfg.Store, authCfg.IsLeader = kube.keys, kube.leader.IsLeader
+		authCfg.Store, authCfg.IsLeader = cluster.KeyStore(), cluster.IsLeader
 	}
 	auth, err := authority.New(ctx, authCfg)
 	if err != nil {
@@ -141,9 +143,8 @@ func build(ctx context.Context, g *tasks.Group, cfg Config) (ready func(), err e
 	reg.MustRegister(suppressed)
 	apiCfg.Unauthenticated = &audit.Unauthenticated{Log: auditLog, Suppressed: suppressed.Inc}
 	p.Add("audit limiter", func(ctx context.Context) error { apiCfg.Unauthenticated.Run(ctx); return nil }, nil)
-	if kube != nil {
-		apiCfg.PSAT, apiCfg.ClusterName = psatAttestor{kube.psat}, cfg.Kube.ClusterName
-		apiCfg.Pods, apiCfg.AgentPods, apiCfg.Policies = kube.pods, kube.agentPods, kube.policies
+	if cluster != nil {
+		cluster.Configure(&apiCfg)
 	}
 
 	certs := &servingCert{auth: auth, id: signetid.CA(cfg.TrustDomain)}
@@ -225,16 +226,13 @@ func build(ctx context.Context, g *tasks.Group, cfg Config) (ready func(), err e
 		log.Info("health/metrics listening", "addr", a)
 	}
 
-	if kube != nil && cfg.Kube.Webhook != nil {
-		if err := buildWebhook(p, cfg, kube, auth); err != nil {
+	if cluster != nil {
+		if err := cluster.Start(p, auth); err != nil {
 			return nil, err
 		}
 	}
 	p.Add("rotation", func(ctx context.Context) error { return auth.Run(ctx, cfg.RotateInterval) }, nil)
 	p.Add("housekeeping", func(ctx context.Context) error { housekeeping(ctx, st, log); return nil }, nil)
-	if kube != nil {
-		p.Add("leader election", func(ctx context.Context) error { kube.lead(ctx, auth); return nil }, nil)
-	}
 	p.Add("log reopen", func(ctx context.Context) error {
 		for {
 			select {
@@ -260,29 +258,6 @@ func build(ctx context.Context, g *tasks.Group, cfg Config) (ready func(), err e
 			cfg.Ready(addr)
 		}
 	}, nil
-}
-
-// buildWebhook binds the admission webhook's listener and adds its task.
-func buildWebhook(p *tasks.Group, cfg Config, kube *kubeMode, auth *authority.Authority) error {
-	w := cfg.Kube.Webhook
-	certs := &servingCert{auth: auth, id: signetid.Webhook(cfg.TrustDomain), dns: w.DNSNames}
-	if _, err := certs.get(); err != nil {
-		return fmt.Errorf("webhook certificate: %w", err)
-	}
-	hook := webhook.New(webhook.Config{TrustDomain: cfg.TrustDomain, SocketDir: w.SocketDir, AgentServiceAccounts: cfg.Kube.AgentServiceAccounts,
-		AgentDaemonSet: w.AgentDaemonSet, AgentPodCreators: w.AgentPodCreators, NamespaceLabels: kube.view.NamespaceLabels, IsClusterAdmin: kube.isClusterAdmin})
-	hookSrv := &http.Server{Handler: hook, ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog: cfg.Log.Named("webhook").StandardLogger(&hclog.StandardLoggerOptions{ForceLevel: hclog.Debug}),
-		TLSConfig: &tls.Config{MinVersion: tls.VersionTLS12,
-			GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return certs.get() }}}
-	hookLis, err := net.Listen("tcp", w.ListenAddr)
-	if err != nil {
-		return fmt.Errorf("webhook listen: %w", err)
-	}
-	p.OnClose(func() { hookLis.Close() })
-	p.Add("webhook", func(context.Context) error { return hookSrv.ServeTLS(hookLis, "", "") }, func() { hookSrv.Close() })
-	cfg.Log.Info("admission webhook listening", "addr", hookLis.Addr().String())
-	return nil
 }
 
 // metrics is the CA's registry with the process's and the CA keys'
@@ -327,6 +302,18 @@ func housekeeping(ctx context.Context, st *store.Store, log hclog.Logger) {
 		case <-t.C:
 		}
 	}
+}
+
+// ServingCertificate returns the TLS certificate of one of the CA's own
+// identities (id, with DNS names dns), an SVID issued by auth and re-issued
+// at half life or when the intermediate changes, for tls.Config's
+// GetCertificate. It fails at once if the first cannot be issued.
+func ServingCertificate(auth *authority.Authority, id spiffeid.ID, dns []string) (func(*tls.ClientHelloInfo) (*tls.Certificate, error), error) {
+	certs := &servingCert{auth: auth, id: id, dns: dns}
+	if _, err := certs.get(); err != nil {
+		return nil, err
+	}
+	return func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return certs.get() }, nil
 }
 
 // servingCert is the CA's own TLS certificate for the agent API, an SVID

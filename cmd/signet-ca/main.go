@@ -17,11 +17,13 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
-	"github.com/signet-id/signet/ca/nodeattest"
+	"github.com/signet-id/signet/ca/authority/awskms"
+	"github.com/signet-id/signet/ca/clustermode"
 	"github.com/signet-id/signet/ca/server"
 	"github.com/signet-id/signet/ca/webhook"
 	"github.com/signet-id/signet/internal/config"
 	"github.com/signet-id/signet/internal/logfile"
+	"github.com/signet-id/signet/internal/signetid"
 	"github.com/signet-id/signet/internal/systemlog"
 	"github.com/signet-id/signet/internal/version"
 )
@@ -79,7 +81,7 @@ func defaults() fileConfig {
 		MinSVIDTTL:      config.Duration(server.DefaultMinSVIDTTL),
 		KeyType:         server.DefaultKeyType,
 		LogLevel:        "info",
-		AgentAudience:   nodeattest.DefaultAudience,
+		AgentAudience:   signetid.AgentAudience,
 		KeysSecret:      server.DefaultSecretName,
 		LeaderLease:     server.DefaultLeaseName,
 		WebhookConfig:   server.DefaultWebhookConfig,
@@ -178,6 +180,7 @@ func validate(c fileConfig) (server.Config, hclog.Logger, error) {
 		AuditLog: c.AuditLog, RootTTL: time.Duration(c.RootTTL), IntermediateTTL: time.Duration(c.IntermediateTTL),
 		JWTKeyTTL: time.Duration(c.JWTKeyTTL), AgentTTL: time.Duration(c.AgentTTL), X509TTL: time.Duration(c.X509TTL),
 		JWTTTL: time.Duration(c.JWTTTL), MinSVIDTTL: time.Duration(c.MinSVIDTTL), KeyType: c.KeyType, KMS: c.KMS, Kube: kube,
+		Cluster: clustermode.Build, OpenKMS: awskms.Open,
 	}
 	if err := cfg.Validate(); err != nil {
 		return server.Config{}, nil, err

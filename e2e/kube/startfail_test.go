@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/signet-id/signet/ca/clustermode"
 	"github.com/signet-id/signet/ca/server"
 	"github.com/signet-id/signet/e2e/systest"
 )
@@ -33,7 +34,7 @@ func TestFailedStartLeavesNothingBehind(t *testing.T) {
 	dir := t.TempDir()
 	agentAddr, healthAddr := systest.FreeAddr(t), systest.FreeAddr(t)
 	cfg := server.Config{
-		TrustDomain: systest.TrustDomain, DataDir: dir, ListenAddr: agentAddr, HealthAddr: healthAddr,
+		TrustDomain: systest.TrustDomain, DataDir: dir, ListenAddr: agentAddr, HealthAddr: healthAddr, Cluster: clustermode.Build,
 		Kube: &server.KubeConfig{
 			Kubeconfig: cluster.Kubeconfig, ClusterName: clusterN, AgentServiceAccounts: []string{agentNS + "/" + agentSA},
 			Namespace: "start-fail", Identity: "start-fail",

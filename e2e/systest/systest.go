@@ -28,6 +28,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/signet-id/signet/agent"
+	"github.com/signet-id/signet/ca/authority/awskms"
+	"github.com/signet-id/signet/ca/clustermode"
 	"github.com/signet-id/signet/ca/server"
 	"github.com/signet-id/signet/internal/signetid"
 	adminv1 "github.com/signet-id/signet/proto/signet/admin/v1"
@@ -72,7 +74,8 @@ func StartCA(t testing.TB, opts ...func(*server.Config)) *CA {
 	ca := &CA{t: t, Dir: dir, Addr: FreeAddr(t)}
 	// Tests rotate SVIDs in seconds, below the one-minute floor of
 	// production.
-	ca.cfg = server.Config{TrustDomain: TrustDomain, DataDir: filepath.Join(dir, "ca"), ListenAddr: ca.Addr, Log: logger(t, "ca"), MinSVIDTTL: time.Second}
+	ca.cfg = server.Config{TrustDomain: TrustDomain, DataDir: filepath.Join(dir, "ca"), ListenAddr: ca.Addr, Log: logger(t, "ca"), MinSVIDTTL: time.Second,
+		Cluster: clustermode.Build, OpenKMS: awskms.Open} // as signet-ca wires them
 	for _, o := range opts {
 		o(&ca.cfg)
 	}

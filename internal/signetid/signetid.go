@@ -29,6 +29,10 @@ func Webhook(td spiffeid.TrustDomain) spiffeid.ID {
 	return spiffeid.RequireFromSegments(td, "signet", "webhook")
 }
 
+// AgentAudience is the audience that agents' projected service-account
+// tokens carry unless configured otherwise.
+const AgentAudience = "signet-ca"
+
 const (
 	agentPath = reserved + "/agent/"
 	kubePath  = agentPath + "k8s/"

@@ -1,8 +1,19 @@
-package server
+// Package clustermode is signet-ca's Kubernetes mode, assembled: it
+// connects to the API server, builds the shared view of the cluster and
+// the parts that read it (pod identities, AccessPolicies, agent pods), the
+// keys Secret and the leader Lease, and serves the admission webhook. It
+// is kept apart from ca/server so that programs without Kubernetes mode
+// (signet dev) link no Kubernetes client; signet-ca sets Build as its
+// server.Config.Cluster.
+package clustermode
 
 import (
 	"context"
+	"crypto/tls"
 	"crypto/x509"
+	"fmt"
+	"net"
+	"net/http"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -19,10 +30,16 @@ import (
 	"github.com/signet-id/signet/ca/clusterview"
 	"github.com/signet-id/signet/ca/nodeattest"
 	"github.com/signet-id/signet/ca/podidentity"
+	"github.com/signet-id/signet/ca/server"
+	"github.com/signet-id/signet/ca/webhook"
+	"github.com/signet-id/signet/internal/signetid"
+	"github.com/signet-id/signet/internal/tasks"
 )
 
 // kubeMode is what Kubernetes mode adds to the CA.
 type kubeMode struct {
+	cfg  server.Config
+	log  hclog.Logger
 	psat *nodeattest.PSAT
 	// view is the cluster's pods, namespaces and nodes, shared by the
 	// identities, the policies and the agent pods.
@@ -38,9 +55,10 @@ type kubeMode struct {
 	caBundle *cluster.CABundleKeeper
 }
 
-// buildKube connects to the cluster, starts the shared informers and
-// waits for their first list.
-func buildKube(ctx context.Context, cfg Config, log hclog.Logger) (*kubeMode, error) {
+// Build connects to the cluster, starts the shared informers and waits for
+// their first list; it is a server.ClusterBuilder. The informers stop when
+// ctx ends.
+func Build(ctx context.Context, cfg server.Config, log hclog.Logger) (server.Cluster, error) {
 	kc := cfg.Kube
 	cluster.RouteKlog(log.Named("client-go"))
 	clients, err := cluster.NewClients(kc.Kubeconfig, kc.InCluster)
@@ -70,6 +88,8 @@ func buildKube(ctx context.Context, cfg Config, log hclog.Logger) (*kubeMode, er
 		return nil, err
 	}
 	m := &kubeMode{
+		cfg:       cfg,
+		log:       log,
 		client:    clients.Client,
 		psat:      &nodeattest.PSAT{Client: clients.Client, Audience: kc.Audience, ServiceAccounts: kc.AgentServiceAccounts},
 		view:      view,
@@ -84,6 +104,43 @@ func buildKube(ctx context.Context, cfg Config, log hclog.Logger) (*kubeMode, er
 		m.caBundle = &cluster.CABundleKeeper{Client: clients.Client, Name: w.ConfigurationName, Log: log}
 	}
 	return m, nil
+}
+
+// KeyStore implements server.Cluster: the keys Secret.
+func (m *kubeMode) KeyStore() authority.KeyStore { return m.keys }
+
+// IsLeader implements server.Cluster.
+func (m *kubeMode) IsLeader() bool { return m.leader.IsLeader() }
+
+// Configure implements server.Cluster.
+func (m *kubeMode) Configure(c *api.Config) {
+	c.PSAT, c.ClusterName = psatAttestor{m.psat}, m.cfg.Kube.ClusterName
+	c.Pods, c.AgentPods, c.Policies = m.pods, m.agentPods, m.policies
+}
+
+// Start implements server.Cluster: leader election, and the webhook if
+// configured.
+func (m *kubeMode) Start(g *tasks.Group, auth *authority.Authority) error {
+	if w := m.cfg.Kube.Webhook; w != nil {
+		getCert, err := server.ServingCertificate(auth, signetid.Webhook(m.cfg.TrustDomain), w.DNSNames)
+		if err != nil {
+			return fmt.Errorf("webhook certificate: %w", err)
+		}
+		hook := webhook.New(webhook.Config{TrustDomain: m.cfg.TrustDomain, SocketDir: w.SocketDir, AgentServiceAccounts: m.cfg.Kube.AgentServiceAccounts,
+			AgentDaemonSet: w.AgentDaemonSet, AgentPodCreators: w.AgentPodCreators, NamespaceLabels: m.view.NamespaceLabels, IsClusterAdmin: m.isClusterAdmin})
+		hookSrv := &http.Server{Handler: hook, ReadHeaderTimeout: 10 * time.Second,
+			ErrorLog:  m.log.Named("webhook").StandardLogger(&hclog.StandardLoggerOptions{ForceLevel: hclog.Debug}),
+			TLSConfig: &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: getCert}}
+		hookLis, err := net.Listen("tcp", w.ListenAddr)
+		if err != nil {
+			return fmt.Errorf("webhook listen: %w", err)
+		}
+		g.OnClose(func() { hookLis.Close() })
+		g.Add("webhook", func(context.Context) error { return hookSrv.ServeTLS(hookLis, "", "") }, func() { hookSrv.Close() })
+		m.log.Info("admission webhook listening", "addr", hookLis.Addr().String())
+	}
+	g.Add("leader election", func(ctx context.Context) error { m.lead(ctx, auth); return nil }, nil)
+	return nil
 }
 
 // lead takes part in leader election until ctx ends; while this replica
