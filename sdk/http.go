@@ -63,7 +63,9 @@ func NewHTTPServer(addr string, src *Source, az *authz.Authorizer, h http.Handle
 }
 
 // HTTPClient returns a client that presents the source's SVID and talks
-// only to servers that server authorizes.
+// only to servers that server authorizes. A server that refuses this
+// client's identity at the handshake makes requests fail with a
+// *RefusedError (inside the *url.Error).
 func HTTPClient(src *Source, server tlsconfig.Authorizer) *http.Client {
-	return &http.Client{Transport: &http.Transport{TLSClientConfig: ClientTLSConfig(src, server), ForceAttemptHTTP2: true}}
+	return &http.Client{Transport: &refusalTransport{RoundTripper: &http.Transport{TLSClientConfig: ClientTLSConfig(src, server), ForceAttemptHTTP2: true}, src: src}}
 }

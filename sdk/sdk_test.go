@@ -358,3 +358,86 @@ func TestDependenciesStaySmall(t *testing.T) {
 		}
 	}
 }
+
+// TestRefusalIsRecognisable: a client that the server's authorization
+// refuses at the handshake is told so, with its own ID, and not as an
+// unavailable server (gRPC PermissionDenied; a *RefusedError over raw TLS
+// and HTTP); the server sees the refusal with the peer's ID and the
+// reason, and counts it.
+func TestRefusalIsRecognisable(t *testing.T) {
+	w := newWorld(t)
+	serverSrc, _ := w.source(t, serverID, w.ca, time.Now().Add(time.Hour))
+	az, _ := authz.New(td, authz.Allow(authz.PeerID(frontID)))
+	seen := make(chan authz.Decision, 16)
+	defer az.OnDecision(func(d authz.Decision) {
+		if d.Method == authz.HandshakeMethod {
+			select {
+			case seen <- d:
+			default:
+			}
+		}
+	})()
+	stranger, _ := w.source(t, strangerID, w.ca, time.Now().Add(time.Hour))
+	server := tlsconfig.AuthorizeID(spiffeid.RequireFromString(serverID))
+
+	// gRPC.
+	addr := grpcServer(t, serverSrc, az, new(atomic.Int64), make(chan spiffeid.ID, 1))
+	conn, err := grpc.NewClient(addr, sdk.GRPCClientOptions(stranger, server)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	err = check(healthpb.NewHealthClient(conn))
+	if status.Code(err) != codes.PermissionDenied || !strings.Contains(status.Convert(err).Message(), "refused by the server's authorization") ||
+		!strings.Contains(status.Convert(err).Message(), strangerID) {
+		t.Fatalf("gRPC call of a refused client: %v; want PermissionDenied naming the refusal and %s", err, strangerID)
+	}
+	select {
+	case d := <-seen:
+		if d.Peer.String() != strangerID || d.Reason != authz.ReasonNoCall {
+			t.Fatalf("the server saw %+v", d)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the server's authorizer saw no refusal")
+	}
+
+	// Raw TLS.
+	l, err := sdk.Listen("tcp", "127.0.0.1:0", serverSrc, az)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() { c.Read(make([]byte, 1)); c.Close() }()
+		}
+	}()
+	c, err := sdk.Dial(context.Background(), "tcp", l.Addr().String(), stranger, server)
+	if err == nil {
+		_, err = c.Read(make([]byte, 1))
+		c.Close()
+	}
+	if !sdk.IsRefused(err) {
+		t.Fatalf("raw TLS of a refused client: %v; want a refusal IsRefused knows", err)
+	}
+	// HTTP.
+	hs := sdk.NewHTTPServer("127.0.0.1:0", serverSrc, az, http.NotFoundHandler())
+	hl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go hs.ServeTLS(hl, "", "")
+	defer hs.Close()
+	_, err = sdk.HTTPClient(stranger, server).Get("https://" + hl.Addr().String() + "/")
+	var re *sdk.RefusedError
+	if !errors.As(err, &re) || re.ID.String() != strangerID {
+		t.Fatalf("HTTP request of a refused client: %v; want a *sdk.RefusedError", err)
+	}
+	if _, _, refusedN := az.Counts(); refusedN < 3 {
+		t.Fatalf("the authorizer counted %d refusals, want 3", refusedN)
+	}
+}

@@ -49,9 +49,18 @@ func Listen(network, addr string, src *Source, az *authz.Authorizer) (net.Listen
 
 // Dial connects to a server over mutually authenticated TLS and completes
 // the handshake; server decides which server identities are acceptable.
+// The connection is a *tls.Conn. A server that refuses this client's
+// identity makes the handshake fail with a *RefusedError or, in TLS 1.3
+// (where the server checks the client after the client's side of the
+// handshake), the first read or write fail with an error for which
+// IsRefused reports true.
 func Dial(ctx context.Context, network, addr string, src *Source, server tlsconfig.Authorizer) (net.Conn, error) {
 	d := tls.Dialer{Config: ClientTLSConfig(src, server)}
-	return d.DialContext(ctx, network, addr)
+	c, err := d.DialContext(ctx, network, addr)
+	if err != nil {
+		return nil, refused(src, err)
+	}
+	return c, nil
 }
 
 // PeerIDOfConn returns the SPIFFE ID of the peer of a connection from

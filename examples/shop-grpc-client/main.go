@@ -34,7 +34,9 @@ func main() {
 	if err != nil {
 		log.Fatalf("shop-grpc-client: -server-id: %v", err)
 	}
-	conn, err := grpc.NewClient(*addr, grpc.WithTransportCredentials(sdk.ClientCredentials(source, tlsconfig.AuthorizeID(serverID))))
+	// A refusal by the server's authorization is PermissionDenied, not an
+	// unavailable server to retry.
+	conn, err := grpc.NewClient(*addr, sdk.GRPCClientOptions(source, tlsconfig.AuthorizeID(serverID))...)
 	if err != nil {
 		log.Fatalf("shop-grpc-client: %v", err)
 	}

@@ -36,6 +36,13 @@ func main() {
 	defer source.Close()
 	me, _ := source.ID()
 	az, _ := authz.New(source.TrustDomain())
+	// Peers refused at the handshake are told nothing but "bad
+	// certificate": say here who they were and why.
+	az.OnDecision(func(d authz.Decision) {
+		if d.Method == authz.HandshakeMethod {
+			log.Printf("shop-grpc-server: refused %s at the TLS handshake: %s", d.Peer, d.Reason)
+		}
+	})
 	followed := make(chan struct{})
 	go func() {
 		defer close(followed)

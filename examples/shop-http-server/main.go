@@ -31,6 +31,15 @@ func main() {
 	defer source.Close()
 	me, _ := source.ID()
 	az, err := authz.New(source.TrustDomain())
+	if err == nil {
+		// Peers refused at the handshake are told nothing but "bad
+		// certificate": say here who they were and why.
+		az.OnDecision(func(d authz.Decision) {
+			if d.Method == authz.HandshakeMethod {
+				log.Printf("shop-http-server: refused %s at the TLS handshake: %s", d.Peer, d.Reason)
+			}
+		})
+	}
 	if err != nil {
 		log.Fatal(err)
 	}

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"sync/atomic"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -26,7 +27,11 @@ type Authorizer struct {
 	td   spiffeid.TrustDomain
 	code []Rule
 	set  atomic.Pointer[ruleSet]
-	hook atomic.Pointer[hook]
+	// hooks are the OnDecision functions, copied on write.
+	hooks atomic.Pointer[[]*hook]
+	mu    sync.Mutex // serializes writers of hooks
+	// counts of decisions, for Counts.
+	allowed, denied, refused atomic.Uint64
 }
 
 // Decision is one decision of Check or CheckConnect.
@@ -36,7 +41,12 @@ type Decision struct {
 	// for a peer refused at the TLS handshake.
 	Method  string
 	Allowed bool
+	// Reason says why a peer was refused at the handshake.
+	Reason string
 }
+
+// ReasonNoCall is the Reason of a handshake refusal.
+const ReasonNoCall = "no rule allows any call of this peer"
 
 // HandshakeMethod is the Method of a decision made at the TLS handshake.
 const HandshakeMethod = "(handshake)"
@@ -71,12 +81,57 @@ func (a *Authorizer) SetCentral(rules []Rule) error {
 }
 
 // OnDecision makes fn see every decision of Check and CheckConnect from
-// now on, in place of any earlier fn, until the returned function removes
-// it. fn runs on the caller's path: it must be quick and must not block.
+// now on, beside the functions added before, until the returned function
+// removes it. fn runs on the caller's path: it must be quick and must not
+// block.
 func (a *Authorizer) OnDecision(fn func(Decision)) (remove func()) {
 	h := &hook{fn: fn}
-	a.hook.Store(h)
-	return func() { a.hook.CompareAndSwap(h, nil) }
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var hs []*hook
+	if cur := a.hooks.Load(); cur != nil {
+		hs = append(hs, *cur...)
+	}
+	hs = append(hs, h)
+	a.hooks.Store(&hs)
+	return func() {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		cur := a.hooks.Load()
+		if cur == nil {
+			return
+		}
+		var kept []*hook
+		for _, o := range *cur {
+			if o != h {
+				kept = append(kept, o)
+			}
+		}
+		a.hooks.Store(&kept)
+	}
+}
+
+func (a *Authorizer) decided(d Decision) {
+	switch {
+	case d.Allowed:
+		a.allowed.Add(1)
+	case d.Method == HandshakeMethod:
+		a.refused.Add(1)
+	default:
+		a.denied.Add(1)
+	}
+	if hs := a.hooks.Load(); hs != nil {
+		for _, h := range *hs {
+			h.fn(d)
+		}
+	}
+}
+
+// Counts returns how many calls Check allowed and denied, and how many
+// peers CheckConnect refused at the handshake, since New: for a service's
+// metrics.
+func (a *Authorizer) Counts() (allowed, denied, refusedAtHandshake uint64) {
+	return a.allowed.Load(), a.denied.Load(), a.refused.Load()
 }
 
 // Allowed decides a gRPC call (method is the full method,
@@ -95,13 +150,11 @@ func (a *Authorizer) AllowedHTTP(peer spiffeid.ID, verb, path string) bool {
 // the decision to OnDecision's function. Servers call it once per call.
 func (a *Authorizer) Check(peer spiffeid.ID, verb, path string) bool {
 	ok := a.set.Load().decide(peer, verb, path)
-	if h := a.hook.Load(); h != nil {
-		m := path
-		if verb != "" {
-			m = verb + " " + path
-		}
-		h.fn(Decision{Peer: peer, Method: m, Allowed: ok})
+	m := path
+	if verb != "" {
+		m = verb + " " + path
 	}
+	a.decided(Decision{Peer: peer, Method: m, Allowed: ok})
 	return ok
 }
 
@@ -117,8 +170,8 @@ func (a *Authorizer) MayConnect(peer spiffeid.ID) bool {
 // yet: each call is checked).
 func (a *Authorizer) CheckConnect(peer spiffeid.ID) bool {
 	ok := a.MayConnect(peer)
-	if h := a.hook.Load(); h != nil && !ok {
-		h.fn(Decision{Peer: peer, Method: HandshakeMethod, Allowed: false})
+	if !ok {
+		a.decided(Decision{Peer: peer, Method: HandshakeMethod, Allowed: false, Reason: ReasonNoCall})
 	}
 	return ok
 }
