@@ -120,6 +120,27 @@ func TestCLIContract(t *testing.T) {
 	if out := signetFails(t, dir, "agent", "show", "spiffe://example.org/signet/agent/join/none"); !strings.Contains(out, "no agent") {
 		t.Errorf("agent show of an unknown agent: %s", out)
 	}
+
+	// Join tokens: listed by id and node (never the token), revoked, and
+	// the revocation audited.
+	var tok struct{ Token string }
+	json.Unmarshal([]byte(signet(t, dir, "token", "create", "--node", "n7", "-o", "json")), &tok)
+	signet(t, dir, "token", "create", "--node", "n8")
+	list := signet(t, dir, "token", "list", "-o", "json")
+	if strings.Contains(list, tok.Token) || !strings.Contains(list, `"node_name": "n7"`) || !strings.Contains(list, `"node_name": "n8"`) {
+		t.Fatalf("token list:\n%s", list)
+	}
+	signet(t, dir, "token", "revoke", "--node", "n7")
+	if out := signet(t, dir, "token", "list"); strings.Contains(out, "n7") || !strings.Contains(out, "n8") {
+		t.Errorf("token list after revoking n7's:\n%s", out)
+	}
+	if out := signetFails(t, dir, "token", "revoke", "--node", "n7"); !strings.Contains(out, "NotFound") {
+		t.Errorf("revoking again: %s", out)
+	}
+	audit, _ := os.ReadFile(filepath.Join(dir, "audit.log"))
+	if !strings.Contains(string(audit), `"event":"token.revoke"`) {
+		t.Error("the revocation is not audited")
+	}
 }
 
 // TestCLIAdminOverMTLS: with --admin-address the CLI reaches the admin

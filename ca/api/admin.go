@@ -311,6 +311,47 @@ func (s *AdminServer) CreateJoinToken(ctx context.Context, req *adminv1.CreateJo
 	return &adminv1.CreateJoinTokenResponse{Token: tok, ExpiresAt: exp.Unix(), AgentId: id.String()}, nil
 }
 
+// ListJoinTokens implements adminv1.AdminServer.
+func (s *AdminServer) ListJoinTokens(ctx context.Context, _ *adminv1.ListJoinTokensRequest) (*adminv1.ListJoinTokensResponse, error) {
+	ts, err := s.cfg.Store.ListJoinTokens(ctx)
+	if err != nil {
+		return nil, s.cfg.internal(ctx, "list join tokens", err)
+	}
+	resp := &adminv1.ListJoinTokensResponse{}
+	for _, t := range ts {
+		pb := &adminv1.JoinToken{Id: t.ID, NodeName: t.NodeName, ExpiresAt: t.ExpiresAt.Unix()}
+		if !t.UsedAt.IsZero() {
+			pb.UsedAt = t.UsedAt.Unix()
+		}
+		resp.Tokens = append(resp.Tokens, pb)
+	}
+	return resp, nil
+}
+
+// RevokeJoinTokens implements adminv1.AdminServer.
+func (s *AdminServer) RevokeJoinTokens(ctx context.Context, req *adminv1.RevokeJoinTokensRequest) (*adminv1.RevokeJoinTokensResponse, error) {
+	if (req.GetId() == "") == (req.GetNodeName() == "") {
+		return nil, status.Error(codes.InvalidArgument, "give one of id and node_name")
+	}
+	revoked, err := s.cfg.Store.RevokeJoinTokens(ctx, req.GetId(), req.GetNodeName())
+	if err != nil {
+		return nil, s.cfg.internal(ctx, "revoke join tokens", err)
+	}
+	if len(revoked) == 0 {
+		return nil, status.Error(codes.NotFound, "no unused join token matches")
+	}
+	recs := make([]audit.Record, len(revoked))
+	resp := &adminv1.RevokeJoinTokensResponse{}
+	for i, t := range revoked {
+		recs[i] = audit.Record{Event: audit.TokenRevoke, Actor: actor(ctx), Node: t.NodeName, Reason: "join token " + t.ID + " revoked before use", Result: audit.Success}
+		resp.Revoked = append(resp.Revoked, t.ID)
+	}
+	if err := s.cfg.auditOrFail(recs...); err != nil {
+		return nil, err
+	}
+	return resp, nil
+}
+
 // ListAgents implements adminv1.AdminServer.
 func (s *AdminServer) ListAgents(ctx context.Context, _ *adminv1.ListAgentsRequest) (*adminv1.ListAgentsResponse, error) {
 	as, err := s.cfg.Store.ListAgents(ctx)

@@ -25,6 +25,7 @@ const (
 	EntryUpdate   = "entry.update"
 	EntryDelete   = "entry.delete"
 	TokenCreate   = "token.create"
+	TokenRevoke   = "token.revoke"
 	RequestRefuse = "request.refuse"
 	// RefuseAggregate counts the refusals of unauthenticated calls from
 	// one source in one interval beyond those recorded one by one.

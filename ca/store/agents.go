@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"database/sql"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"time"
@@ -46,6 +47,79 @@ func (s *Store) ConsumeJoinToken(ctx context.Context, token string, now time.Tim
 		return "", fmt.Errorf("store: join token: %w", err)
 	}
 	return node, nil
+}
+
+// JoinToken is a join token as stored: by its hash, never the token.
+type JoinToken struct {
+	// ID is the first 16 hex digits of the token's SHA-256 hash.
+	ID        string
+	NodeName  string
+	ExpiresAt time.Time
+	// UsedAt is zero for an unused token.
+	UsedAt time.Time
+}
+
+// ListJoinTokens returns the join tokens kept, by expiry.
+func (s *Store) ListJoinTokens(ctx context.Context) ([]JoinToken, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT token_hash, node_name, expires_at, used_at FROM join_tokens ORDER BY expires_at, node_name`)
+	if err != nil {
+		return nil, fmt.Errorf("store: list join tokens: %w", err)
+	}
+	defer rows.Close()
+	var out []JoinToken
+	for rows.Next() {
+		var h []byte
+		var t JoinToken
+		var expires int64
+		var used sql.NullInt64
+		if err := rows.Scan(&h, &t.NodeName, &expires, &used); err != nil {
+			return nil, fmt.Errorf("store: list join tokens: %w", err)
+		}
+		t.ID, t.ExpiresAt = hex.EncodeToString(h)[:16], time.Unix(expires, 0).UTC()
+		if used.Valid {
+			t.UsedAt = time.Unix(used.Int64, 0).UTC()
+		}
+		out = append(out, t)
+	}
+	return out, rows.Err()
+}
+
+// RevokeJoinTokens deletes the unused tokens with ID id, or of node node,
+// and returns those it deleted.
+func (s *Store) RevokeJoinTokens(ctx context.Context, id, node string) ([]JoinToken, error) {
+	var revoked []JoinToken
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		rows, err := tx.QueryContext(ctx, `SELECT token_hash, node_name FROM join_tokens WHERE used_at IS NULL`)
+		if err != nil {
+			return err
+		}
+		var hashes [][]byte
+		for rows.Next() {
+			var h []byte
+			var n string
+			if err := rows.Scan(&h, &n); err != nil {
+				rows.Close()
+				return err
+			}
+			if tid := hex.EncodeToString(h)[:16]; id != "" && tid == id || node != "" && n == node {
+				hashes, revoked = append(hashes, h), append(revoked, JoinToken{ID: tid, NodeName: n})
+			}
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		for _, h := range hashes {
+			if _, err := tx.ExecContext(ctx, `DELETE FROM join_tokens WHERE token_hash = ?`, h); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("store: revoke join tokens: %w", err)
+	}
+	return revoked, nil
 }
 
 // PruneJoinTokens deletes tokens that expired before t.

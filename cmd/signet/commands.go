@@ -685,3 +685,74 @@ func parseRoots(ders [][]byte) ([]*x509.Certificate, error) {
 	}
 	return roots, nil
 }
+
+type tokenJSON struct {
+	ID        string `json:"id"`
+	NodeName  string `json:"node_name"`
+	ExpiresAt string `json:"expires_at"`
+	UsedAt    string `json:"used_at,omitempty"`
+}
+
+func (c *cli) tokenList(ctx context.Context, args []string) error {
+	var output string
+	fs := c.flags("token list", &output)
+	if _, err := c.parse(fs, args, &output, 0); err != nil {
+		return err
+	}
+	admin, err := c.admin(ctx)
+	if err != nil {
+		return err
+	}
+	resp, err := admin.ListJoinTokens(ctx, &adminv1.ListJoinTokensRequest{})
+	if err != nil {
+		return err
+	}
+	out := struct {
+		Tokens []tokenJSON `json:"tokens"`
+	}{Tokens: []tokenJSON{}}
+	for _, t := range resp.GetTokens() {
+		j := tokenJSON{ID: t.GetId(), NodeName: t.GetNodeName(), ExpiresAt: time.Unix(t.GetExpiresAt(), 0).UTC().Format(time.RFC3339)}
+		if t.GetUsedAt() > 0 {
+			j.UsedAt = time.Unix(t.GetUsedAt(), 0).UTC().Format(time.RFC3339)
+		}
+		out.Tokens = append(out.Tokens, j)
+	}
+	return c.print(output, out, func(w io.Writer) error {
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "ID\tNODE\tEXPIRES\tUSED")
+		for _, t := range out.Tokens {
+			used := t.UsedAt
+			if used == "" {
+				used = "no"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", t.ID, t.NodeName, t.ExpiresAt, used)
+		}
+		return tw.Flush()
+	})
+}
+
+func (c *cli) tokenRevoke(ctx context.Context, args []string) error {
+	var output, id, node string
+	fs := c.flags("token revoke", &output)
+	fs.StringVar(&id, "id", "", "the token's id (from token list)")
+	fs.StringVar(&node, "node", "", "revoke every unused token of this node")
+	if _, err := c.parse(fs, args, &output, 0); err != nil {
+		return err
+	}
+	if (id == "") == (node == "") {
+		fmt.Fprintln(c.stderr, "signet token revoke: give --id or --node")
+		return errUsage
+	}
+	admin, err := c.admin(ctx)
+	if err != nil {
+		return err
+	}
+	resp, err := admin.RevokeJoinTokens(ctx, &adminv1.RevokeJoinTokensRequest{Id: id, NodeName: node})
+	if err != nil {
+		return err
+	}
+	return c.print(output, map[string][]string{"revoked": resp.GetRevoked()}, func(w io.Writer) error {
+		_, err := fmt.Fprintf(w, "revoked %d join tokens\n", len(resp.GetRevoked()))
+		return err
+	})
+}

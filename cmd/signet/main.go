@@ -45,6 +45,8 @@ func init() {
 		{"entry show", "ID", "show one entry", (*cli).entryShow},
 		{"entry count", "[--spiffe-id ID] [--parent-id ID] [--selector S]...", "count entries", (*cli).entryCount},
 		{"token create", "--node NAME [--ttl 10m]", "a single-use join token for an agent", (*cli).tokenCreate},
+		{"token list", "", "the join tokens the CA keeps (by id: it stores no token itself)", (*cli).tokenList},
+		{"token revoke", "--id ID | --node NAME", "delete unused join tokens", (*cli).tokenRevoke},
 		{"agent list", "", "list agents", (*cli).agentList},
 		{"agent show", "SPIFFE-ID", "show one agent", (*cli).agentShow},
 		{"agent evict", "--id SPIFFE-ID", "evict an agent: the CA refuses its SVIDs from now on", (*cli).agentEvict},

@@ -547,6 +547,255 @@ func (x *CreateJoinTokenResponse) GetAgentId() string {
 	return ""
 }
 
+type ListJoinTokensRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListJoinTokensRequest) Reset() {
+	*x = ListJoinTokensRequest{}
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListJoinTokensRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListJoinTokensRequest) ProtoMessage() {}
+
+func (x *ListJoinTokensRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListJoinTokensRequest.ProtoReflect.Descriptor instead.
+func (*ListJoinTokensRequest) Descriptor() ([]byte, []int) {
+	return file_signet_admin_v1_admin_proto_rawDescGZIP(), []int{10}
+}
+
+type JoinToken struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// id names the token: the first 16 hex digits of its SHA-256 hash.
+	Id       string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	NodeName string `protobuf:"bytes,2,opt,name=node_name,json=nodeName,proto3" json:"node_name,omitempty"`
+	// expires_at and used_at (0: unused) are in Unix seconds.
+	ExpiresAt     int64 `protobuf:"varint,3,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	UsedAt        int64 `protobuf:"varint,4,opt,name=used_at,json=usedAt,proto3" json:"used_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JoinToken) Reset() {
+	*x = JoinToken{}
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JoinToken) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JoinToken) ProtoMessage() {}
+
+func (x *JoinToken) ProtoReflect() protoreflect.Message {
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JoinToken.ProtoReflect.Descriptor instead.
+func (*JoinToken) Descriptor() ([]byte, []int) {
+	return file_signet_admin_v1_admin_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *JoinToken) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *JoinToken) GetNodeName() string {
+	if x != nil {
+		return x.NodeName
+	}
+	return ""
+}
+
+func (x *JoinToken) GetExpiresAt() int64 {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return 0
+}
+
+func (x *JoinToken) GetUsedAt() int64 {
+	if x != nil {
+		return x.UsedAt
+	}
+	return 0
+}
+
+type ListJoinTokensResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tokens        []*JoinToken           `protobuf:"bytes,1,rep,name=tokens,proto3" json:"tokens,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListJoinTokensResponse) Reset() {
+	*x = ListJoinTokensResponse{}
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListJoinTokensResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListJoinTokensResponse) ProtoMessage() {}
+
+func (x *ListJoinTokensResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListJoinTokensResponse.ProtoReflect.Descriptor instead.
+func (*ListJoinTokensResponse) Descriptor() ([]byte, []int) {
+	return file_signet_admin_v1_admin_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *ListJoinTokensResponse) GetTokens() []*JoinToken {
+	if x != nil {
+		return x.Tokens
+	}
+	return nil
+}
+
+type RevokeJoinTokensRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// id revokes one token; node_name every unused token of a node. One of
+	// them is required.
+	Id            string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	NodeName      string `protobuf:"bytes,2,opt,name=node_name,json=nodeName,proto3" json:"node_name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeJoinTokensRequest) Reset() {
+	*x = RevokeJoinTokensRequest{}
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeJoinTokensRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeJoinTokensRequest) ProtoMessage() {}
+
+func (x *RevokeJoinTokensRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeJoinTokensRequest.ProtoReflect.Descriptor instead.
+func (*RevokeJoinTokensRequest) Descriptor() ([]byte, []int) {
+	return file_signet_admin_v1_admin_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *RevokeJoinTokensRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *RevokeJoinTokensRequest) GetNodeName() string {
+	if x != nil {
+		return x.NodeName
+	}
+	return ""
+}
+
+type RevokeJoinTokensResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// revoked lists the ids of the tokens deleted.
+	Revoked       []string `protobuf:"bytes,1,rep,name=revoked,proto3" json:"revoked,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeJoinTokensResponse) Reset() {
+	*x = RevokeJoinTokensResponse{}
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeJoinTokensResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeJoinTokensResponse) ProtoMessage() {}
+
+func (x *RevokeJoinTokensResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeJoinTokensResponse.ProtoReflect.Descriptor instead.
+func (*RevokeJoinTokensResponse) Descriptor() ([]byte, []int) {
+	return file_signet_admin_v1_admin_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *RevokeJoinTokensResponse) GetRevoked() []string {
+	if x != nil {
+		return x.Revoked
+	}
+	return nil
+}
+
 type ListAgentsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -555,7 +804,7 @@ type ListAgentsRequest struct {
 
 func (x *ListAgentsRequest) Reset() {
 	*x = ListAgentsRequest{}
-	mi := &file_signet_admin_v1_admin_proto_msgTypes[10]
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -567,7 +816,7 @@ func (x *ListAgentsRequest) String() string {
 func (*ListAgentsRequest) ProtoMessage() {}
 
 func (x *ListAgentsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_signet_admin_v1_admin_proto_msgTypes[10]
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -580,7 +829,7 @@ func (x *ListAgentsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAgentsRequest.ProtoReflect.Descriptor instead.
 func (*ListAgentsRequest) Descriptor() ([]byte, []int) {
-	return file_signet_admin_v1_admin_proto_rawDescGZIP(), []int{10}
+	return file_signet_admin_v1_admin_proto_rawDescGZIP(), []int{15}
 }
 
 type ListAgentsResponse struct {
@@ -592,7 +841,7 @@ type ListAgentsResponse struct {
 
 func (x *ListAgentsResponse) Reset() {
 	*x = ListAgentsResponse{}
-	mi := &file_signet_admin_v1_admin_proto_msgTypes[11]
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -604,7 +853,7 @@ func (x *ListAgentsResponse) String() string {
 func (*ListAgentsResponse) ProtoMessage() {}
 
 func (x *ListAgentsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_signet_admin_v1_admin_proto_msgTypes[11]
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -617,7 +866,7 @@ func (x *ListAgentsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAgentsResponse.ProtoReflect.Descriptor instead.
 func (*ListAgentsResponse) Descriptor() ([]byte, []int) {
-	return file_signet_admin_v1_admin_proto_rawDescGZIP(), []int{11}
+	return file_signet_admin_v1_admin_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ListAgentsResponse) GetAgents() []*v1.Agent {
@@ -636,7 +885,7 @@ type EvictAgentRequest struct {
 
 func (x *EvictAgentRequest) Reset() {
 	*x = EvictAgentRequest{}
-	mi := &file_signet_admin_v1_admin_proto_msgTypes[12]
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -648,7 +897,7 @@ func (x *EvictAgentRequest) String() string {
 func (*EvictAgentRequest) ProtoMessage() {}
 
 func (x *EvictAgentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_signet_admin_v1_admin_proto_msgTypes[12]
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -661,7 +910,7 @@ func (x *EvictAgentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EvictAgentRequest.ProtoReflect.Descriptor instead.
 func (*EvictAgentRequest) Descriptor() ([]byte, []int) {
-	return file_signet_admin_v1_admin_proto_rawDescGZIP(), []int{12}
+	return file_signet_admin_v1_admin_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *EvictAgentRequest) GetSpiffeId() string {
@@ -679,7 +928,7 @@ type EvictAgentResponse struct {
 
 func (x *EvictAgentResponse) Reset() {
 	*x = EvictAgentResponse{}
-	mi := &file_signet_admin_v1_admin_proto_msgTypes[13]
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -691,7 +940,7 @@ func (x *EvictAgentResponse) String() string {
 func (*EvictAgentResponse) ProtoMessage() {}
 
 func (x *EvictAgentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_signet_admin_v1_admin_proto_msgTypes[13]
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -704,7 +953,7 @@ func (x *EvictAgentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EvictAgentResponse.ProtoReflect.Descriptor instead.
 func (*EvictAgentResponse) Descriptor() ([]byte, []int) {
-	return file_signet_admin_v1_admin_proto_rawDescGZIP(), []int{13}
+	return file_signet_admin_v1_admin_proto_rawDescGZIP(), []int{18}
 }
 
 type GetBundleRequest struct {
@@ -715,7 +964,7 @@ type GetBundleRequest struct {
 
 func (x *GetBundleRequest) Reset() {
 	*x = GetBundleRequest{}
-	mi := &file_signet_admin_v1_admin_proto_msgTypes[14]
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -727,7 +976,7 @@ func (x *GetBundleRequest) String() string {
 func (*GetBundleRequest) ProtoMessage() {}
 
 func (x *GetBundleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_signet_admin_v1_admin_proto_msgTypes[14]
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -740,7 +989,7 @@ func (x *GetBundleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetBundleRequest.ProtoReflect.Descriptor instead.
 func (*GetBundleRequest) Descriptor() ([]byte, []int) {
-	return file_signet_admin_v1_admin_proto_rawDescGZIP(), []int{14}
+	return file_signet_admin_v1_admin_proto_rawDescGZIP(), []int{19}
 }
 
 type GetBundleResponse struct {
@@ -752,7 +1001,7 @@ type GetBundleResponse struct {
 
 func (x *GetBundleResponse) Reset() {
 	*x = GetBundleResponse{}
-	mi := &file_signet_admin_v1_admin_proto_msgTypes[15]
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -764,7 +1013,7 @@ func (x *GetBundleResponse) String() string {
 func (*GetBundleResponse) ProtoMessage() {}
 
 func (x *GetBundleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_signet_admin_v1_admin_proto_msgTypes[15]
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -777,7 +1026,7 @@ func (x *GetBundleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetBundleResponse.ProtoReflect.Descriptor instead.
 func (*GetBundleResponse) Descriptor() ([]byte, []int) {
-	return file_signet_admin_v1_admin_proto_rawDescGZIP(), []int{15}
+	return file_signet_admin_v1_admin_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *GetBundleResponse) GetBundle() *v1.Bundle {
@@ -796,7 +1045,7 @@ type CreatePolicyRequest struct {
 
 func (x *CreatePolicyRequest) Reset() {
 	*x = CreatePolicyRequest{}
-	mi := &file_signet_admin_v1_admin_proto_msgTypes[16]
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -808,7 +1057,7 @@ func (x *CreatePolicyRequest) String() string {
 func (*CreatePolicyRequest) ProtoMessage() {}
 
 func (x *CreatePolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_signet_admin_v1_admin_proto_msgTypes[16]
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -821,7 +1070,7 @@ func (x *CreatePolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreatePolicyRequest.ProtoReflect.Descriptor instead.
 func (*CreatePolicyRequest) Descriptor() ([]byte, []int) {
-	return file_signet_admin_v1_admin_proto_rawDescGZIP(), []int{16}
+	return file_signet_admin_v1_admin_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *CreatePolicyRequest) GetPolicy() *v1.AccessPolicy {
@@ -840,7 +1089,7 @@ type CreatePolicyResponse struct {
 
 func (x *CreatePolicyResponse) Reset() {
 	*x = CreatePolicyResponse{}
-	mi := &file_signet_admin_v1_admin_proto_msgTypes[17]
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -852,7 +1101,7 @@ func (x *CreatePolicyResponse) String() string {
 func (*CreatePolicyResponse) ProtoMessage() {}
 
 func (x *CreatePolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_signet_admin_v1_admin_proto_msgTypes[17]
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -865,7 +1114,7 @@ func (x *CreatePolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreatePolicyResponse.ProtoReflect.Descriptor instead.
 func (*CreatePolicyResponse) Descriptor() ([]byte, []int) {
-	return file_signet_admin_v1_admin_proto_rawDescGZIP(), []int{17}
+	return file_signet_admin_v1_admin_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *CreatePolicyResponse) GetPolicy() *v1.AccessPolicy {
@@ -883,7 +1132,7 @@ type ListPoliciesRequest struct {
 
 func (x *ListPoliciesRequest) Reset() {
 	*x = ListPoliciesRequest{}
-	mi := &file_signet_admin_v1_admin_proto_msgTypes[18]
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -895,7 +1144,7 @@ func (x *ListPoliciesRequest) String() string {
 func (*ListPoliciesRequest) ProtoMessage() {}
 
 func (x *ListPoliciesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_signet_admin_v1_admin_proto_msgTypes[18]
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -908,7 +1157,7 @@ func (x *ListPoliciesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoliciesRequest.ProtoReflect.Descriptor instead.
 func (*ListPoliciesRequest) Descriptor() ([]byte, []int) {
-	return file_signet_admin_v1_admin_proto_rawDescGZIP(), []int{18}
+	return file_signet_admin_v1_admin_proto_rawDescGZIP(), []int{23}
 }
 
 type ListPoliciesResponse struct {
@@ -920,7 +1169,7 @@ type ListPoliciesResponse struct {
 
 func (x *ListPoliciesResponse) Reset() {
 	*x = ListPoliciesResponse{}
-	mi := &file_signet_admin_v1_admin_proto_msgTypes[19]
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -932,7 +1181,7 @@ func (x *ListPoliciesResponse) String() string {
 func (*ListPoliciesResponse) ProtoMessage() {}
 
 func (x *ListPoliciesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_signet_admin_v1_admin_proto_msgTypes[19]
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -945,7 +1194,7 @@ func (x *ListPoliciesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoliciesResponse.ProtoReflect.Descriptor instead.
 func (*ListPoliciesResponse) Descriptor() ([]byte, []int) {
-	return file_signet_admin_v1_admin_proto_rawDescGZIP(), []int{19}
+	return file_signet_admin_v1_admin_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ListPoliciesResponse) GetPolicies() []*v1.AccessPolicy {
@@ -964,7 +1213,7 @@ type DeletePolicyRequest struct {
 
 func (x *DeletePolicyRequest) Reset() {
 	*x = DeletePolicyRequest{}
-	mi := &file_signet_admin_v1_admin_proto_msgTypes[20]
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -976,7 +1225,7 @@ func (x *DeletePolicyRequest) String() string {
 func (*DeletePolicyRequest) ProtoMessage() {}
 
 func (x *DeletePolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_signet_admin_v1_admin_proto_msgTypes[20]
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -989,7 +1238,7 @@ func (x *DeletePolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletePolicyRequest.ProtoReflect.Descriptor instead.
 func (*DeletePolicyRequest) Descriptor() ([]byte, []int) {
-	return file_signet_admin_v1_admin_proto_rawDescGZIP(), []int{20}
+	return file_signet_admin_v1_admin_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *DeletePolicyRequest) GetName() string {
@@ -1007,7 +1256,7 @@ type DeletePolicyResponse struct {
 
 func (x *DeletePolicyResponse) Reset() {
 	*x = DeletePolicyResponse{}
-	mi := &file_signet_admin_v1_admin_proto_msgTypes[21]
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1019,7 +1268,7 @@ func (x *DeletePolicyResponse) String() string {
 func (*DeletePolicyResponse) ProtoMessage() {}
 
 func (x *DeletePolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_signet_admin_v1_admin_proto_msgTypes[21]
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1032,7 +1281,7 @@ func (x *DeletePolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletePolicyResponse.ProtoReflect.Descriptor instead.
 func (*DeletePolicyResponse) Descriptor() ([]byte, []int) {
-	return file_signet_admin_v1_admin_proto_rawDescGZIP(), []int{21}
+	return file_signet_admin_v1_admin_proto_rawDescGZIP(), []int{26}
 }
 
 var File_signet_admin_v1_admin_proto protoreflect.FileDescriptor
@@ -1071,7 +1320,21 @@ const file_signet_admin_v1_admin_proto_rawDesc = "" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x1d\n" +
 	"\n" +
 	"expires_at\x18\x02 \x01(\x03R\texpiresAt\x12\x19\n" +
-	"\bagent_id\x18\x03 \x01(\tR\aagentId\"\x13\n" +
+	"\bagent_id\x18\x03 \x01(\tR\aagentId\"\x17\n" +
+	"\x15ListJoinTokensRequest\"p\n" +
+	"\tJoinToken\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
+	"\tnode_name\x18\x02 \x01(\tR\bnodeName\x12\x1d\n" +
+	"\n" +
+	"expires_at\x18\x03 \x01(\x03R\texpiresAt\x12\x17\n" +
+	"\aused_at\x18\x04 \x01(\x03R\x06usedAt\"L\n" +
+	"\x16ListJoinTokensResponse\x122\n" +
+	"\x06tokens\x18\x01 \x03(\v2\x1a.signet.admin.v1.JoinTokenR\x06tokens\"F\n" +
+	"\x17RevokeJoinTokensRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
+	"\tnode_name\x18\x02 \x01(\tR\bnodeName\"4\n" +
+	"\x18RevokeJoinTokensResponse\x12\x18\n" +
+	"\arevoked\x18\x01 \x03(\tR\arevoked\"\x13\n" +
 	"\x11ListAgentsRequest\"D\n" +
 	"\x12ListAgentsResponse\x12.\n" +
 	"\x06agents\x18\x01 \x03(\v2\x16.signet.types.v1.AgentR\x06agents\"0\n" +
@@ -1090,13 +1353,15 @@ const file_signet_admin_v1_admin_proto_rawDesc = "" +
 	"\bpolicies\x18\x01 \x03(\v2\x1d.signet.types.v1.AccessPolicyR\bpolicies\")\n" +
 	"\x13DeletePolicyRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"\x16\n" +
-	"\x14DeletePolicyResponse2\x80\b\n" +
+	"\x14DeletePolicyResponse2\xcc\t\n" +
 	"\x05Admin\x12^\n" +
 	"\rCreateEntries\x12%.signet.admin.v1.CreateEntriesRequest\x1a&.signet.admin.v1.CreateEntriesResponse\x12^\n" +
 	"\rUpdateEntries\x12%.signet.admin.v1.UpdateEntriesRequest\x1a&.signet.admin.v1.UpdateEntriesResponse\x12^\n" +
 	"\rDeleteEntries\x12%.signet.admin.v1.DeleteEntriesRequest\x1a&.signet.admin.v1.DeleteEntriesResponse\x12X\n" +
 	"\vListEntries\x12#.signet.admin.v1.ListEntriesRequest\x1a$.signet.admin.v1.ListEntriesResponse\x12d\n" +
-	"\x0fCreateJoinToken\x12'.signet.admin.v1.CreateJoinTokenRequest\x1a(.signet.admin.v1.CreateJoinTokenResponse\x12U\n" +
+	"\x0fCreateJoinToken\x12'.signet.admin.v1.CreateJoinTokenRequest\x1a(.signet.admin.v1.CreateJoinTokenResponse\x12a\n" +
+	"\x0eListJoinTokens\x12&.signet.admin.v1.ListJoinTokensRequest\x1a'.signet.admin.v1.ListJoinTokensResponse\x12g\n" +
+	"\x10RevokeJoinTokens\x12(.signet.admin.v1.RevokeJoinTokensRequest\x1a).signet.admin.v1.RevokeJoinTokensResponse\x12U\n" +
 	"\n" +
 	"ListAgents\x12\".signet.admin.v1.ListAgentsRequest\x1a#.signet.admin.v1.ListAgentsResponse\x12U\n" +
 	"\n" +
@@ -1118,76 +1383,86 @@ func file_signet_admin_v1_admin_proto_rawDescGZIP() []byte {
 	return file_signet_admin_v1_admin_proto_rawDescData
 }
 
-var file_signet_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_signet_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
 var file_signet_admin_v1_admin_proto_goTypes = []any{
-	(*CreateEntriesRequest)(nil),    // 0: signet.admin.v1.CreateEntriesRequest
-	(*CreateEntriesResponse)(nil),   // 1: signet.admin.v1.CreateEntriesResponse
-	(*UpdateEntriesRequest)(nil),    // 2: signet.admin.v1.UpdateEntriesRequest
-	(*UpdateEntriesResponse)(nil),   // 3: signet.admin.v1.UpdateEntriesResponse
-	(*DeleteEntriesRequest)(nil),    // 4: signet.admin.v1.DeleteEntriesRequest
-	(*DeleteEntriesResponse)(nil),   // 5: signet.admin.v1.DeleteEntriesResponse
-	(*ListEntriesRequest)(nil),      // 6: signet.admin.v1.ListEntriesRequest
-	(*ListEntriesResponse)(nil),     // 7: signet.admin.v1.ListEntriesResponse
-	(*CreateJoinTokenRequest)(nil),  // 8: signet.admin.v1.CreateJoinTokenRequest
-	(*CreateJoinTokenResponse)(nil), // 9: signet.admin.v1.CreateJoinTokenResponse
-	(*ListAgentsRequest)(nil),       // 10: signet.admin.v1.ListAgentsRequest
-	(*ListAgentsResponse)(nil),      // 11: signet.admin.v1.ListAgentsResponse
-	(*EvictAgentRequest)(nil),       // 12: signet.admin.v1.EvictAgentRequest
-	(*EvictAgentResponse)(nil),      // 13: signet.admin.v1.EvictAgentResponse
-	(*GetBundleRequest)(nil),        // 14: signet.admin.v1.GetBundleRequest
-	(*GetBundleResponse)(nil),       // 15: signet.admin.v1.GetBundleResponse
-	(*CreatePolicyRequest)(nil),     // 16: signet.admin.v1.CreatePolicyRequest
-	(*CreatePolicyResponse)(nil),    // 17: signet.admin.v1.CreatePolicyResponse
-	(*ListPoliciesRequest)(nil),     // 18: signet.admin.v1.ListPoliciesRequest
-	(*ListPoliciesResponse)(nil),    // 19: signet.admin.v1.ListPoliciesResponse
-	(*DeletePolicyRequest)(nil),     // 20: signet.admin.v1.DeletePolicyRequest
-	(*DeletePolicyResponse)(nil),    // 21: signet.admin.v1.DeletePolicyResponse
-	(*v1.Entry)(nil),                // 22: signet.types.v1.Entry
-	(*v1.Selector)(nil),             // 23: signet.types.v1.Selector
-	(*v1.Agent)(nil),                // 24: signet.types.v1.Agent
-	(*v1.Bundle)(nil),               // 25: signet.types.v1.Bundle
-	(*v1.AccessPolicy)(nil),         // 26: signet.types.v1.AccessPolicy
+	(*CreateEntriesRequest)(nil),     // 0: signet.admin.v1.CreateEntriesRequest
+	(*CreateEntriesResponse)(nil),    // 1: signet.admin.v1.CreateEntriesResponse
+	(*UpdateEntriesRequest)(nil),     // 2: signet.admin.v1.UpdateEntriesRequest
+	(*UpdateEntriesResponse)(nil),    // 3: signet.admin.v1.UpdateEntriesResponse
+	(*DeleteEntriesRequest)(nil),     // 4: signet.admin.v1.DeleteEntriesRequest
+	(*DeleteEntriesResponse)(nil),    // 5: signet.admin.v1.DeleteEntriesResponse
+	(*ListEntriesRequest)(nil),       // 6: signet.admin.v1.ListEntriesRequest
+	(*ListEntriesResponse)(nil),      // 7: signet.admin.v1.ListEntriesResponse
+	(*CreateJoinTokenRequest)(nil),   // 8: signet.admin.v1.CreateJoinTokenRequest
+	(*CreateJoinTokenResponse)(nil),  // 9: signet.admin.v1.CreateJoinTokenResponse
+	(*ListJoinTokensRequest)(nil),    // 10: signet.admin.v1.ListJoinTokensRequest
+	(*JoinToken)(nil),                // 11: signet.admin.v1.JoinToken
+	(*ListJoinTokensResponse)(nil),   // 12: signet.admin.v1.ListJoinTokensResponse
+	(*RevokeJoinTokensRequest)(nil),  // 13: signet.admin.v1.RevokeJoinTokensRequest
+	(*RevokeJoinTokensResponse)(nil), // 14: signet.admin.v1.RevokeJoinTokensResponse
+	(*ListAgentsRequest)(nil),        // 15: signet.admin.v1.ListAgentsRequest
+	(*ListAgentsResponse)(nil),       // 16: signet.admin.v1.ListAgentsResponse
+	(*EvictAgentRequest)(nil),        // 17: signet.admin.v1.EvictAgentRequest
+	(*EvictAgentResponse)(nil),       // 18: signet.admin.v1.EvictAgentResponse
+	(*GetBundleRequest)(nil),         // 19: signet.admin.v1.GetBundleRequest
+	(*GetBundleResponse)(nil),        // 20: signet.admin.v1.GetBundleResponse
+	(*CreatePolicyRequest)(nil),      // 21: signet.admin.v1.CreatePolicyRequest
+	(*CreatePolicyResponse)(nil),     // 22: signet.admin.v1.CreatePolicyResponse
+	(*ListPoliciesRequest)(nil),      // 23: signet.admin.v1.ListPoliciesRequest
+	(*ListPoliciesResponse)(nil),     // 24: signet.admin.v1.ListPoliciesResponse
+	(*DeletePolicyRequest)(nil),      // 25: signet.admin.v1.DeletePolicyRequest
+	(*DeletePolicyResponse)(nil),     // 26: signet.admin.v1.DeletePolicyResponse
+	(*v1.Entry)(nil),                 // 27: signet.types.v1.Entry
+	(*v1.Selector)(nil),              // 28: signet.types.v1.Selector
+	(*v1.Agent)(nil),                 // 29: signet.types.v1.Agent
+	(*v1.Bundle)(nil),                // 30: signet.types.v1.Bundle
+	(*v1.AccessPolicy)(nil),          // 31: signet.types.v1.AccessPolicy
 }
 var file_signet_admin_v1_admin_proto_depIdxs = []int32{
-	22, // 0: signet.admin.v1.CreateEntriesRequest.entries:type_name -> signet.types.v1.Entry
-	22, // 1: signet.admin.v1.CreateEntriesResponse.entries:type_name -> signet.types.v1.Entry
-	22, // 2: signet.admin.v1.UpdateEntriesRequest.entries:type_name -> signet.types.v1.Entry
-	22, // 3: signet.admin.v1.UpdateEntriesResponse.entries:type_name -> signet.types.v1.Entry
-	23, // 4: signet.admin.v1.ListEntriesRequest.selector:type_name -> signet.types.v1.Selector
-	23, // 5: signet.admin.v1.ListEntriesRequest.selectors:type_name -> signet.types.v1.Selector
-	22, // 6: signet.admin.v1.ListEntriesResponse.entries:type_name -> signet.types.v1.Entry
-	24, // 7: signet.admin.v1.ListAgentsResponse.agents:type_name -> signet.types.v1.Agent
-	25, // 8: signet.admin.v1.GetBundleResponse.bundle:type_name -> signet.types.v1.Bundle
-	26, // 9: signet.admin.v1.CreatePolicyRequest.policy:type_name -> signet.types.v1.AccessPolicy
-	26, // 10: signet.admin.v1.CreatePolicyResponse.policy:type_name -> signet.types.v1.AccessPolicy
-	26, // 11: signet.admin.v1.ListPoliciesResponse.policies:type_name -> signet.types.v1.AccessPolicy
-	0,  // 12: signet.admin.v1.Admin.CreateEntries:input_type -> signet.admin.v1.CreateEntriesRequest
-	2,  // 13: signet.admin.v1.Admin.UpdateEntries:input_type -> signet.admin.v1.UpdateEntriesRequest
-	4,  // 14: signet.admin.v1.Admin.DeleteEntries:input_type -> signet.admin.v1.DeleteEntriesRequest
-	6,  // 15: signet.admin.v1.Admin.ListEntries:input_type -> signet.admin.v1.ListEntriesRequest
-	8,  // 16: signet.admin.v1.Admin.CreateJoinToken:input_type -> signet.admin.v1.CreateJoinTokenRequest
-	10, // 17: signet.admin.v1.Admin.ListAgents:input_type -> signet.admin.v1.ListAgentsRequest
-	12, // 18: signet.admin.v1.Admin.EvictAgent:input_type -> signet.admin.v1.EvictAgentRequest
-	14, // 19: signet.admin.v1.Admin.GetBundle:input_type -> signet.admin.v1.GetBundleRequest
-	16, // 20: signet.admin.v1.Admin.CreatePolicy:input_type -> signet.admin.v1.CreatePolicyRequest
-	18, // 21: signet.admin.v1.Admin.ListPolicies:input_type -> signet.admin.v1.ListPoliciesRequest
-	20, // 22: signet.admin.v1.Admin.DeletePolicy:input_type -> signet.admin.v1.DeletePolicyRequest
-	1,  // 23: signet.admin.v1.Admin.CreateEntries:output_type -> signet.admin.v1.CreateEntriesResponse
-	3,  // 24: signet.admin.v1.Admin.UpdateEntries:output_type -> signet.admin.v1.UpdateEntriesResponse
-	5,  // 25: signet.admin.v1.Admin.DeleteEntries:output_type -> signet.admin.v1.DeleteEntriesResponse
-	7,  // 26: signet.admin.v1.Admin.ListEntries:output_type -> signet.admin.v1.ListEntriesResponse
-	9,  // 27: signet.admin.v1.Admin.CreateJoinToken:output_type -> signet.admin.v1.CreateJoinTokenResponse
-	11, // 28: signet.admin.v1.Admin.ListAgents:output_type -> signet.admin.v1.ListAgentsResponse
-	13, // 29: signet.admin.v1.Admin.EvictAgent:output_type -> signet.admin.v1.EvictAgentResponse
-	15, // 30: signet.admin.v1.Admin.GetBundle:output_type -> signet.admin.v1.GetBundleResponse
-	17, // 31: signet.admin.v1.Admin.CreatePolicy:output_type -> signet.admin.v1.CreatePolicyResponse
-	19, // 32: signet.admin.v1.Admin.ListPolicies:output_type -> signet.admin.v1.ListPoliciesResponse
-	21, // 33: signet.admin.v1.Admin.DeletePolicy:output_type -> signet.admin.v1.DeletePolicyResponse
-	23, // [23:34] is the sub-list for method output_type
-	12, // [12:23] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	27, // 0: signet.admin.v1.CreateEntriesRequest.entries:type_name -> signet.types.v1.Entry
+	27, // 1: signet.admin.v1.CreateEntriesResponse.entries:type_name -> signet.types.v1.Entry
+	27, // 2: signet.admin.v1.UpdateEntriesRequest.entries:type_name -> signet.types.v1.Entry
+	27, // 3: signet.admin.v1.UpdateEntriesResponse.entries:type_name -> signet.types.v1.Entry
+	28, // 4: signet.admin.v1.ListEntriesRequest.selector:type_name -> signet.types.v1.Selector
+	28, // 5: signet.admin.v1.ListEntriesRequest.selectors:type_name -> signet.types.v1.Selector
+	27, // 6: signet.admin.v1.ListEntriesResponse.entries:type_name -> signet.types.v1.Entry
+	11, // 7: signet.admin.v1.ListJoinTokensResponse.tokens:type_name -> signet.admin.v1.JoinToken
+	29, // 8: signet.admin.v1.ListAgentsResponse.agents:type_name -> signet.types.v1.Agent
+	30, // 9: signet.admin.v1.GetBundleResponse.bundle:type_name -> signet.types.v1.Bundle
+	31, // 10: signet.admin.v1.CreatePolicyRequest.policy:type_name -> signet.types.v1.AccessPolicy
+	31, // 11: signet.admin.v1.CreatePolicyResponse.policy:type_name -> signet.types.v1.AccessPolicy
+	31, // 12: signet.admin.v1.ListPoliciesResponse.policies:type_name -> signet.types.v1.AccessPolicy
+	0,  // 13: signet.admin.v1.Admin.CreateEntries:input_type -> signet.admin.v1.CreateEntriesRequest
+	2,  // 14: signet.admin.v1.Admin.UpdateEntries:input_type -> signet.admin.v1.UpdateEntriesRequest
+	4,  // 15: signet.admin.v1.Admin.DeleteEntries:input_type -> signet.admin.v1.DeleteEntriesRequest
+	6,  // 16: signet.admin.v1.Admin.ListEntries:input_type -> signet.admin.v1.ListEntriesRequest
+	8,  // 17: signet.admin.v1.Admin.CreateJoinToken:input_type -> signet.admin.v1.CreateJoinTokenRequest
+	10, // 18: signet.admin.v1.Admin.ListJoinTokens:input_type -> signet.admin.v1.ListJoinTokensRequest
+	13, // 19: signet.admin.v1.Admin.RevokeJoinTokens:input_type -> signet.admin.v1.RevokeJoinTokensRequest
+	15, // 20: signet.admin.v1.Admin.ListAgents:input_type -> signet.admin.v1.ListAgentsRequest
+	17, // 21: signet.admin.v1.Admin.EvictAgent:input_type -> signet.admin.v1.EvictAgentRequest
+	19, // 22: signet.admin.v1.Admin.GetBundle:input_type -> signet.admin.v1.GetBundleRequest
+	21, // 23: signet.admin.v1.Admin.CreatePolicy:input_type -> signet.admin.v1.CreatePolicyRequest
+	23, // 24: signet.admin.v1.Admin.ListPolicies:input_type -> signet.admin.v1.ListPoliciesRequest
+	25, // 25: signet.admin.v1.Admin.DeletePolicy:input_type -> signet.admin.v1.DeletePolicyRequest
+	1,  // 26: signet.admin.v1.Admin.CreateEntries:output_type -> signet.admin.v1.CreateEntriesResponse
+	3,  // 27: signet.admin.v1.Admin.UpdateEntries:output_type -> signet.admin.v1.UpdateEntriesResponse
+	5,  // 28: signet.admin.v1.Admin.DeleteEntries:output_type -> signet.admin.v1.DeleteEntriesResponse
+	7,  // 29: signet.admin.v1.Admin.ListEntries:output_type -> signet.admin.v1.ListEntriesResponse
+	9,  // 30: signet.admin.v1.Admin.CreateJoinToken:output_type -> signet.admin.v1.CreateJoinTokenResponse
+	12, // 31: signet.admin.v1.Admin.ListJoinTokens:output_type -> signet.admin.v1.ListJoinTokensResponse
+	14, // 32: signet.admin.v1.Admin.RevokeJoinTokens:output_type -> signet.admin.v1.RevokeJoinTokensResponse
+	16, // 33: signet.admin.v1.Admin.ListAgents:output_type -> signet.admin.v1.ListAgentsResponse
+	18, // 34: signet.admin.v1.Admin.EvictAgent:output_type -> signet.admin.v1.EvictAgentResponse
+	20, // 35: signet.admin.v1.Admin.GetBundle:output_type -> signet.admin.v1.GetBundleResponse
+	22, // 36: signet.admin.v1.Admin.CreatePolicy:output_type -> signet.admin.v1.CreatePolicyResponse
+	24, // 37: signet.admin.v1.Admin.ListPolicies:output_type -> signet.admin.v1.ListPoliciesResponse
+	26, // 38: signet.admin.v1.Admin.DeletePolicy:output_type -> signet.admin.v1.DeletePolicyResponse
+	26, // [26:39] is the sub-list for method output_type
+	13, // [13:26] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_signet_admin_v1_admin_proto_init() }
@@ -1201,7 +1476,7 @@ func file_signet_admin_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_signet_admin_v1_admin_proto_rawDesc), len(file_signet_admin_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   22,
+			NumMessages:   27,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -22,17 +22,19 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Admin_CreateEntries_FullMethodName   = "/signet.admin.v1.Admin/CreateEntries"
-	Admin_UpdateEntries_FullMethodName   = "/signet.admin.v1.Admin/UpdateEntries"
-	Admin_DeleteEntries_FullMethodName   = "/signet.admin.v1.Admin/DeleteEntries"
-	Admin_ListEntries_FullMethodName     = "/signet.admin.v1.Admin/ListEntries"
-	Admin_CreateJoinToken_FullMethodName = "/signet.admin.v1.Admin/CreateJoinToken"
-	Admin_ListAgents_FullMethodName      = "/signet.admin.v1.Admin/ListAgents"
-	Admin_EvictAgent_FullMethodName      = "/signet.admin.v1.Admin/EvictAgent"
-	Admin_GetBundle_FullMethodName       = "/signet.admin.v1.Admin/GetBundle"
-	Admin_CreatePolicy_FullMethodName    = "/signet.admin.v1.Admin/CreatePolicy"
-	Admin_ListPolicies_FullMethodName    = "/signet.admin.v1.Admin/ListPolicies"
-	Admin_DeletePolicy_FullMethodName    = "/signet.admin.v1.Admin/DeletePolicy"
+	Admin_CreateEntries_FullMethodName    = "/signet.admin.v1.Admin/CreateEntries"
+	Admin_UpdateEntries_FullMethodName    = "/signet.admin.v1.Admin/UpdateEntries"
+	Admin_DeleteEntries_FullMethodName    = "/signet.admin.v1.Admin/DeleteEntries"
+	Admin_ListEntries_FullMethodName      = "/signet.admin.v1.Admin/ListEntries"
+	Admin_CreateJoinToken_FullMethodName  = "/signet.admin.v1.Admin/CreateJoinToken"
+	Admin_ListJoinTokens_FullMethodName   = "/signet.admin.v1.Admin/ListJoinTokens"
+	Admin_RevokeJoinTokens_FullMethodName = "/signet.admin.v1.Admin/RevokeJoinTokens"
+	Admin_ListAgents_FullMethodName       = "/signet.admin.v1.Admin/ListAgents"
+	Admin_EvictAgent_FullMethodName       = "/signet.admin.v1.Admin/EvictAgent"
+	Admin_GetBundle_FullMethodName        = "/signet.admin.v1.Admin/GetBundle"
+	Admin_CreatePolicy_FullMethodName     = "/signet.admin.v1.Admin/CreatePolicy"
+	Admin_ListPolicies_FullMethodName     = "/signet.admin.v1.Admin/ListPolicies"
+	Admin_DeletePolicy_FullMethodName     = "/signet.admin.v1.Admin/DeletePolicy"
 )
 
 // AdminClient is the client API for Admin service.
@@ -51,6 +53,11 @@ type AdminClient interface {
 	ListEntries(ctx context.Context, in *ListEntriesRequest, opts ...grpc.CallOption) (*ListEntriesResponse, error)
 	// CreateJoinToken makes a single-use token for one node.
 	CreateJoinToken(ctx context.Context, in *CreateJoinTokenRequest, opts ...grpc.CallOption) (*CreateJoinTokenResponse, error)
+	// ListJoinTokens lists the join tokens the CA keeps (never the tokens
+	// themselves: it stores their hashes).
+	ListJoinTokens(ctx context.Context, in *ListJoinTokensRequest, opts ...grpc.CallOption) (*ListJoinTokensResponse, error)
+	// RevokeJoinTokens deletes unused join tokens, by id or by node.
+	RevokeJoinTokens(ctx context.Context, in *RevokeJoinTokensRequest, opts ...grpc.CallOption) (*RevokeJoinTokensResponse, error)
 	ListAgents(ctx context.Context, in *ListAgentsRequest, opts ...grpc.CallOption) (*ListAgentsResponse, error)
 	// EvictAgent refuses the agent's SVID from now on.
 	EvictAgent(ctx context.Context, in *EvictAgentRequest, opts ...grpc.CallOption) (*EvictAgentResponse, error)
@@ -113,6 +120,26 @@ func (c *adminClient) CreateJoinToken(ctx context.Context, in *CreateJoinTokenRe
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(CreateJoinTokenResponse)
 	err := c.cc.Invoke(ctx, Admin_CreateJoinToken_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminClient) ListJoinTokens(ctx context.Context, in *ListJoinTokensRequest, opts ...grpc.CallOption) (*ListJoinTokensResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListJoinTokensResponse)
+	err := c.cc.Invoke(ctx, Admin_ListJoinTokens_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminClient) RevokeJoinTokens(ctx context.Context, in *RevokeJoinTokensRequest, opts ...grpc.CallOption) (*RevokeJoinTokensResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RevokeJoinTokensResponse)
+	err := c.cc.Invoke(ctx, Admin_RevokeJoinTokens_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -195,6 +222,11 @@ type AdminServer interface {
 	ListEntries(context.Context, *ListEntriesRequest) (*ListEntriesResponse, error)
 	// CreateJoinToken makes a single-use token for one node.
 	CreateJoinToken(context.Context, *CreateJoinTokenRequest) (*CreateJoinTokenResponse, error)
+	// ListJoinTokens lists the join tokens the CA keeps (never the tokens
+	// themselves: it stores their hashes).
+	ListJoinTokens(context.Context, *ListJoinTokensRequest) (*ListJoinTokensResponse, error)
+	// RevokeJoinTokens deletes unused join tokens, by id or by node.
+	RevokeJoinTokens(context.Context, *RevokeJoinTokensRequest) (*RevokeJoinTokensResponse, error)
 	ListAgents(context.Context, *ListAgentsRequest) (*ListAgentsResponse, error)
 	// EvictAgent refuses the agent's SVID from now on.
 	EvictAgent(context.Context, *EvictAgentRequest) (*EvictAgentResponse, error)
@@ -227,6 +259,12 @@ func (UnimplementedAdminServer) ListEntries(context.Context, *ListEntriesRequest
 }
 func (UnimplementedAdminServer) CreateJoinToken(context.Context, *CreateJoinTokenRequest) (*CreateJoinTokenResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CreateJoinToken not implemented")
+}
+func (UnimplementedAdminServer) ListJoinTokens(context.Context, *ListJoinTokensRequest) (*ListJoinTokensResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListJoinTokens not implemented")
+}
+func (UnimplementedAdminServer) RevokeJoinTokens(context.Context, *RevokeJoinTokensRequest) (*RevokeJoinTokensResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RevokeJoinTokens not implemented")
 }
 func (UnimplementedAdminServer) ListAgents(context.Context, *ListAgentsRequest) (*ListAgentsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListAgents not implemented")
@@ -353,6 +391,42 @@ func _Admin_CreateJoinToken_Handler(srv interface{}, ctx context.Context, dec fu
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(AdminServer).CreateJoinToken(ctx, req.(*CreateJoinTokenRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Admin_ListJoinTokens_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListJoinTokensRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).ListJoinTokens(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_ListJoinTokens_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).ListJoinTokens(ctx, req.(*ListJoinTokensRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Admin_RevokeJoinTokens_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RevokeJoinTokensRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).RevokeJoinTokens(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_RevokeJoinTokens_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).RevokeJoinTokens(ctx, req.(*RevokeJoinTokensRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -491,6 +565,14 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CreateJoinToken",
 			Handler:    _Admin_CreateJoinToken_Handler,
+		},
+		{
+			MethodName: "ListJoinTokens",
+			Handler:    _Admin_ListJoinTokens_Handler,
+		},
+		{
+			MethodName: "RevokeJoinTokens",
+			Handler:    _Admin_RevokeJoinTokens_Handler,
 		},
 		{
 			MethodName: "ListAgents",
