@@ -287,17 +287,7 @@ func TestAgentOfAnotherCAFailsAtOnce(t *testing.T) {
 			}
 			cmd := exec.Command(filepath.Join(binDir, "signet-agent"), append([]string{"--ca-address", addr, "--join-token", token.Token,
 				"--trust-bundle", bundle, "--data-dir", t.TempDir(), "--socket", filepath.Join(t.TempDir(), "a.sock"), "--health-addr", ""}, c.args...)...)
-			done := make(chan struct{})
-			var out []byte
-			var err error
-			go func() { out, err = cmd.CombinedOutput(); close(done) }()
-			select {
-			case <-done:
-			case <-time.After(30 * time.Second):
-				cmd.Process.Kill()
-				<-done
-				t.Fatalf("the agent still runs after 30 s:\n%s", out)
-			}
+			out, err := runBounded(t, cmd, "the agent")
 			if err == nil || !strings.Contains(string(out), c.want) {
 				t.Fatalf("agent: %v; want an exit that says %q:\n%s", err, c.want, out)
 			}
@@ -414,17 +404,7 @@ func TestDataDirectoryIsLocked(t *testing.T) {
 		{"signet", "dev", "--data-dir", dir},
 	} {
 		cmd := exec.Command(filepath.Join(binDir, args[0]), args[1:]...)
-		done := make(chan struct{})
-		var out []byte
-		var err error
-		go func() { out, err = cmd.CombinedOutput(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(30 * time.Second):
-			cmd.Process.Kill()
-			<-done
-			t.Fatalf("%v still runs beside the first CA:\n%s", args[:2], out)
-		}
+		out, err := runBounded(t, cmd, args[0]+" beside the first CA")
 		if err == nil || !strings.Contains(string(out), want) {
 			t.Fatalf("%v: %v; want a refusal saying %q:\n%s", args[:2], err, want, out)
 		}
@@ -440,5 +420,27 @@ func TestLongDataDirectory(t *testing.T) {
 	out, err := exec.Command(filepath.Join(binDir, "signet"), "dev", "--data-dir", dir).CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "a Unix socket's path may be at most 107") || !strings.Contains(string(out), dir) {
 		t.Fatalf("signet dev with a long data directory: %v\n%s", err, out)
+	}
+}
+
+// runBounded runs cmd, which is to exit by itself, and fails the test if
+// it still runs after 30 s.
+func runBounded(t *testing.T, cmd *exec.Cmd, what string) ([]byte, error) {
+	t.Helper()
+	var buf lockedBuffer
+	cmd.Stdout, cmd.Stderr = &buf, &buf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		return []byte(buf.String()), err
+	case <-time.After(30 * time.Second):
+		cmd.Process.Kill()
+		<-done
+		t.Fatalf("%s still runs after 30 s:\n%s", what, buf.String())
+		return nil, nil
 	}
 }

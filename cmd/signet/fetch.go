@@ -70,7 +70,7 @@ func (c *cli) fetchX509(ctx context.Context, args []string) error {
 	defer cancel()
 	xc, err := client.FetchX509Context(ctx)
 	if err != nil {
-		return fmt.Errorf("Workload API: %w", err)
+		return fmt.Errorf("workload API: %w", err)
 	}
 	var out struct {
 		SVIDs []svidJSON `json:"svids"`
@@ -153,7 +153,7 @@ func (c *cli) fetchJWT(ctx context.Context, args []string) error {
 	defer cancel()
 	svid, err := client.FetchJWTSVID(ctx, params)
 	if err != nil {
-		return fmt.Errorf("Workload API: %w", err)
+		return fmt.Errorf("workload API: %w", err)
 	}
 	out := map[string]string{"spiffe_id": svid.ID.String(), "expires_at": svid.Expiry.UTC().Format(time.RFC3339), "token": svid.Marshal()}
 	return c.print(output, out, func(w io.Writer) error {
@@ -180,7 +180,7 @@ func (c *cli) fetchBundle(ctx context.Context, args []string) error {
 	defer cancel()
 	set, err := client.FetchX509Bundles(ctx)
 	if err != nil {
-		return fmt.Errorf("Workload API: %w", err)
+		return fmt.Errorf("workload API: %w", err)
 	}
 	bundles := set.Bundles()
 	sort.Slice(bundles, func(i, j int) bool { return bundles[i].TrustDomain().Name() < bundles[j].TrustDomain().Name() })
