@@ -135,11 +135,12 @@ func parse(args []string, stderr io.Writer) (agent.Config, error) {
 	if cfg.Log, err = systemlog.New("signet-agent", c.LogLevel, c.LogJSON, os.Stderr); err != nil {
 		return agent.Config{}, err
 	}
-	if err := cfg.Validate(); err != nil {
-		return agent.Config{}, err
-	}
+	// Said first: it holds whatever else is wrong with the settings.
 	if joinTokenOnCommandLine(args) {
 		cfg.Log.Warn("--join-token shows in the process list to every user of this host until it is used; prefer --join-token-file (or join-token in the --config file)")
+	}
+	if err := cfg.Validate(); err != nil {
+		return agent.Config{}, err
 	}
 	if c.KubeletInsecure {
 		cfg.Log.Warn("kubelet-insecure-skip-verify is set: the kubelet's certificate is not verified, so anyone on the path can answer as the kubelet and choose workload selectors")
