@@ -67,5 +67,5 @@ func NewHTTPServer(addr string, src *Source, az *authz.Authorizer, h http.Handle
 // client's identity at the handshake makes requests fail with a
 // *RefusedError (inside the *url.Error).
 func HTTPClient(src *Source, server tlsconfig.Authorizer) *http.Client {
-	return &http.Client{Transport: &refusalTransport{RoundTripper: &http.Transport{TLSClientConfig: ClientTLSConfig(src, server), ForceAttemptHTTP2: true}, src: src}}
+	return &http.Client{Transport: &refusalTransport{RoundTripper: &http.Transport{TLSClientConfig: ClientTLSConfig(src, server), ForceAttemptHTTP2: true}, src: src, server: server}}
 }

@@ -2,10 +2,13 @@ package sdk
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
@@ -63,14 +66,49 @@ func IsRefused(err error) bool {
 	return errors.As(err, &re) || err != nil && strings.Contains(err.Error(), badCertificate)
 }
 
+// probeRefused tells a refusal from other failures of a connection to
+// addr: a TLS 1.3 server checks the client after the client's side of the
+// handshake, and a client that writes at once (HTTP/2, gRPC) may see its
+// write fail ("broken pipe", "connection reset") before it reads the
+// server's alert. The probe connects again and writes nothing, so the
+// alert, if the server sends one, is what it reads.
+func probeRefused(ctx context.Context, src *Source, server tlsconfig.Authorizer, addr string) bool {
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	d := tls.Dialer{Config: ClientTLSConfig(src, server)}
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return strings.Contains(err.Error(), badCertificate)
+	}
+	defer c.Close()
+	// An accepted client hears nothing until it speaks: give up soon.
+	c.SetReadDeadline(time.Now().Add(time.Second))
+	_, err = c.Read(make([]byte, 1))
+	return err != nil && strings.Contains(err.Error(), badCertificate)
+}
+
+
 // refusalTransport reports refusals from HTTP round trips.
 type refusalTransport struct {
 	http.RoundTripper
-	src *Source
+	src    *Source
+	server tlsconfig.Authorizer
 }
 
 func (t *refusalTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	resp, err := t.RoundTripper.RoundTrip(r)
+	// A failed round trip that the caller did not cancel may be a refusal
+	// that arrived as a broken connection.
+	if err != nil && !strings.Contains(err.Error(), badCertificate) && r.Context().Err() == nil && r.URL.Scheme == "https" {
+		host := r.URL.Host
+		if r.URL.Port() == "" {
+			host = net.JoinHostPort(r.URL.Hostname(), "443")
+		}
+		if probeRefused(r.Context(), t.src, t.server, host) {
+			id, _ := t.src.ID()
+			return resp, &RefusedError{ID: id, Err: err}
+		}
+	}
 	return resp, refused(t.src, err)
 }
 
@@ -83,19 +121,32 @@ func GRPCClientOptions(src *Source, server tlsconfig.Authorizer) []grpc.DialOpti
 	return []grpc.DialOption{
 		grpc.WithTransportCredentials(ClientCredentials(src, server)),
 		grpc.WithChainUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
-			return refusedStatus(src, invoker(ctx, method, req, reply, cc, opts...))
+			return refusedStatus(ctx, src, server, cc.Target(), invoker(ctx, method, req, reply, cc, opts...))
 		}),
 		grpc.WithChainStreamInterceptor(func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
 			s, err := streamer(ctx, desc, cc, method, opts...)
-			return s, refusedStatus(src, err)
+			return s, refusedStatus(ctx, src, server, cc.Target(), err)
 		}),
 	}
 }
 
-func refusedStatus(src *Source, err error) error {
+// refusedStatus turns an Unavailable that is a refusal into
+// PermissionDenied; one that does not say so is probed to tell (target is
+// a host:port, or dns:///host:port).
+func refusedStatus(ctx context.Context, src *Source, server tlsconfig.Authorizer, target string, err error) error {
 	st, ok := status.FromError(err)
-	if !ok || st.Code() != codes.Unavailable || !strings.Contains(st.Message(), badCertificate) {
+	if !ok || st.Code() != codes.Unavailable {
 		return err
 	}
-	return status.Error(codes.PermissionDenied, refused(src, errors.New(st.Message())).Error())
+	if !strings.Contains(st.Message(), badCertificate) {
+		addr := target
+		if i := strings.LastIndex(addr, "/"); i >= 0 {
+			addr = addr[i+1:]
+		}
+		if _, _, splitErr := net.SplitHostPort(addr); splitErr != nil || !probeRefused(context.WithoutCancel(ctx), src, server, addr) {
+			return err
+		}
+	}
+	id, _ := src.ID()
+	return status.Error(codes.PermissionDenied, (&RefusedError{ID: id, Err: errors.New(st.Message())}).Error())
 }
