@@ -87,7 +87,6 @@ func probeRefused(ctx context.Context, src *Source, server tlsconfig.Authorizer,
 	return err != nil && strings.Contains(err.Error(), badCertificate)
 }
 
-
 // refusalTransport reports refusals from HTTP round trips.
 type refusalTransport struct {
 	http.RoundTripper
