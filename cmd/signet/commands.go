@@ -118,30 +118,38 @@ func orDefault(s string) string {
 // readJSON reads a JSON file ("-" is standard input) into v, strictly;
 // errors say where in the file, by line and column.
 func readJSON(file string, v any) error {
-	var raw []byte
-	var err error
-	if file == "-" {
-		raw, err = io.ReadAll(os.Stdin)
-	} else {
-		raw, err = os.ReadFile(file)
-	}
+	raw, err := readInput(file)
 	if err != nil {
 		return err
 	}
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
-		var syn *json.SyntaxError
-		var typ *json.UnmarshalTypeError
-		switch {
-		case errors.As(err, &syn):
-			return fmt.Errorf("%s:%s: %v", file, lineCol(raw, syn.Offset), err)
-		case errors.As(err, &typ):
-			return fmt.Errorf("%s:%s: %s: want %s, not a JSON %s", file, lineCol(raw, typ.Offset), typ.Field, typ.Type, typ.Value)
-		}
-		return fmt.Errorf("%s: %v", file, err)
+		return locate(file, raw, err)
 	}
 	return nil
+}
+
+// readInput reads a file, or standard input for "-".
+func readInput(file string) ([]byte, error) {
+	if file == "-" {
+		return io.ReadAll(os.Stdin)
+	}
+	return os.ReadFile(file)
+}
+
+// locate says where in file (read as raw) a JSON decoding error is, by
+// line and column.
+func locate(file string, raw []byte, err error) error {
+	var syn *json.SyntaxError
+	var typ *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &syn):
+		return fmt.Errorf("%s:%s: %v", file, lineCol(raw, syn.Offset), err)
+	case errors.As(err, &typ):
+		return fmt.Errorf("%s:%s: %s: want %s, not a JSON %s", file, lineCol(raw, typ.Offset), typ.Field, typ.Type, typ.Value)
+	}
+	return fmt.Errorf("%s: %v", file, err)
 }
 
 // lineCol is "line:column" of byte offset off in raw, both from 1.

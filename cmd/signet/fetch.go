@@ -14,14 +14,16 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 )
 
-// workloadClient connects to the Workload API at --socket or
-// $SPIFFE_ENDPOINT_SOCKET, as any workload would.
-func workloadClient(ctx context.Context, socket string) (*workloadapi.Client, error) {
+// withWorkloadAPI calls fn with a client of the Workload API at --socket
+// or $SPIFFE_ENDPOINT_SOCKET, as any workload would connect, and a
+// context that gives it 15 s.
+func withWorkloadAPI(ctx context.Context, socket string, fn func(context.Context, *workloadapi.Client) error) error {
 	var opts []workloadapi.ClientOption
 	if socket != "" {
 		if !strings.Contains(socket, "://") {
@@ -29,9 +31,19 @@ func workloadClient(ctx context.Context, socket string) (*workloadapi.Client, er
 		}
 		opts = append(opts, workloadapi.WithAddr(socket))
 	} else if os.Getenv("SPIFFE_ENDPOINT_SOCKET") == "" {
-		return nil, fmt.Errorf("no Workload API: pass --socket or set SPIFFE_ENDPOINT_SOCKET")
+		return fmt.Errorf("no Workload API: pass --socket or set SPIFFE_ENDPOINT_SOCKET")
 	}
-	return workloadapi.New(ctx, opts...)
+	client, err := workloadapi.New(ctx, opts...)
+	if err != nil {
+		return err
+	}
+	defer client.Close()
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	if err := fn(ctx, client); err != nil {
+		return fmt.Errorf("workload API: %w", err)
+	}
+	return nil
 }
 
 func pemCerts(certs []*x509.Certificate) []byte {
@@ -61,16 +73,12 @@ func (c *cli) fetchX509(ctx context.Context, args []string) error {
 	if _, err := c.parse(fs, args, &output, 0); err != nil {
 		return err
 	}
-	client, err := workloadClient(ctx, socket)
-	if err != nil {
+	var xc *workloadapi.X509Context
+	if err := withWorkloadAPI(ctx, socket, func(ctx context.Context, c *workloadapi.Client) (err error) {
+		xc, err = c.FetchX509Context(ctx)
 		return err
-	}
-	defer client.Close()
-	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	defer cancel()
-	xc, err := client.FetchX509Context(ctx)
-	if err != nil {
-		return fmt.Errorf("workload API: %w", err)
+	}); err != nil {
+		return err
 	}
 	var out struct {
 		SVIDs []svidJSON `json:"svids"`
@@ -144,16 +152,12 @@ func (c *cli) fetchJWT(ctx context.Context, args []string) error {
 		}
 		params.Subject = sid
 	}
-	client, err := workloadClient(ctx, socket)
-	if err != nil {
+	var svid *jwtsvid.SVID
+	if err := withWorkloadAPI(ctx, socket, func(ctx context.Context, c *workloadapi.Client) (err error) {
+		svid, err = c.FetchJWTSVID(ctx, params)
 		return err
-	}
-	defer client.Close()
-	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	defer cancel()
-	svid, err := client.FetchJWTSVID(ctx, params)
-	if err != nil {
-		return fmt.Errorf("workload API: %w", err)
+	}); err != nil {
+		return err
 	}
 	out := map[string]string{"spiffe_id": svid.ID.String(), "expires_at": svid.Expiry.UTC().Format(time.RFC3339), "token": svid.Marshal()}
 	return c.print(output, out, func(w io.Writer) error {
@@ -171,16 +175,12 @@ func (c *cli) fetchBundle(ctx context.Context, args []string) error {
 	if _, err := c.parse(fs, args, &output, 0); err != nil {
 		return err
 	}
-	client, err := workloadClient(ctx, socket)
-	if err != nil {
+	var set *x509bundle.Set
+	if err := withWorkloadAPI(ctx, socket, func(ctx context.Context, c *workloadapi.Client) (err error) {
+		set, err = c.FetchX509Bundles(ctx)
 		return err
-	}
-	defer client.Close()
-	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	defer cancel()
-	set, err := client.FetchX509Bundles(ctx)
-	if err != nil {
-		return fmt.Errorf("workload API: %w", err)
+	}); err != nil {
+		return err
 	}
 	bundles := set.Bundles()
 	sort.Slice(bundles, func(i, j int) bool { return bundles[i].TrustDomain().Name() < bundles[j].TrustDomain().Name() })

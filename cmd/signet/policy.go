@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"os"
 	"strings"
 	"text/tabwriter"
 
@@ -34,13 +33,7 @@ func (c *cli) policyCreate(ctx context.Context, args []string) error {
 		fmt.Fprintln(c.stderr, "signet policy create: --file is required")
 		return errUsage
 	}
-	var raw []byte
-	var err error
-	if file == "-" {
-		raw, err = io.ReadAll(os.Stdin)
-	} else {
-		raw, err = os.ReadFile(file)
-	}
+	raw, err := readInput(file)
 	if err != nil {
 		return err
 	}
@@ -69,7 +62,7 @@ func (c *cli) policyCreate(ctx context.Context, args []string) error {
 func readPolicies(file string, raw []byte) ([]*typesv1.AccessPolicy, error) {
 	var probe map[string]json.RawMessage
 	if err := json.Unmarshal(raw, &probe); err != nil {
-		return nil, jsonError(file, raw, err)
+		return nil, locate(file, raw, err)
 	}
 	list, ok := probe["policies"]
 	if !ok {
@@ -96,14 +89,6 @@ func readPolicies(file string, raw []byte) ([]*typesv1.AccessPolicy, error) {
 		out = append(out, p)
 	}
 	return out, nil
-}
-
-// jsonError places a JSON syntax error in its file.
-func jsonError(file string, raw []byte, err error) error {
-	if syn, ok := err.(*json.SyntaxError); ok {
-		return fmt.Errorf("%s:%s: %v", file, lineCol(raw, syn.Offset), err)
-	}
-	return fmt.Errorf("%s: %v", file, err)
 }
 
 func (c *cli) policyList(ctx context.Context, args []string) error {
