@@ -3,6 +3,7 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -197,4 +198,57 @@ func TestCLIAdminOverMTLS(t *testing.T) {
 	if err == nil || !strings.Contains(out, "PermissionDenied") {
 		t.Fatalf("a non-admin over mTLS: %v\n%s", err, out)
 	}
+}
+
+// TestRevokedTokenDoesNotAttest: a join token revoked with the CLI is
+// refused when an agent presents it, as an unknown token.
+func TestRevokedTokenDoesNotAttest(t *testing.T) {
+	dir := t.TempDir()
+	caAddr := systest.FreeAddr(t)
+	startCAWith(t, dir, nil, "--listen", caAddr)
+	bundle := filepath.Join(t.TempDir(), "bundle.pem")
+	os.WriteFile(bundle, []byte(signet(t, dir, "bundle", "show")), 0o600)
+	var tok struct{ Token string }
+	json.Unmarshal([]byte(signet(t, dir, "token", "create", "--node", "revoked", "-o", "json")), &tok)
+	signet(t, dir, "token", "revoke", "--node", "revoked")
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	os.WriteFile(tokenFile, []byte(tok.Token), 0o600)
+	cmd := exec.Command(filepath.Join(binDir, "signet-agent"), "--ca-address", caAddr, "--join-token-file", tokenFile,
+		"--trust-bundle", bundle, "--data-dir", t.TempDir(), "--socket", filepath.Join(t.TempDir(), "a.sock"), "--health-addr", "")
+	out, err := runBounded(t, cmd, "an agent with a revoked token")
+	if err == nil || !strings.Contains(string(out), "unknown join token") {
+		t.Fatalf("agent with a revoked token: %v\n%s", err, out)
+	}
+}
+
+// TestLiveSocketIsNotTakenOver: a CA told to put its admin socket where
+// another process serves one refuses to start, and leaves that socket to
+// its owner.
+func TestLiveSocketIsNotTakenOver(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "taken.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	cmd := exec.Command(filepath.Join(binDir, "signet-ca"), "--trust-domain", "example.org", "--data-dir", t.TempDir(),
+		"--admin-socket", sock, "--listen", systest.FreeAddr(t), "--health-addr", "")
+	out, err := runBounded(t, cmd, "a CA on a taken socket")
+	if err == nil || !strings.Contains(string(out), "another process serves "+sock) {
+		t.Fatalf("signet-ca on a live socket: %v\n%s", err, out)
+	}
+	c, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatalf("the first owner's socket is gone: %v", err)
+	}
+	c.Close()
 }
