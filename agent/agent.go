@@ -9,6 +9,8 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -18,6 +20,7 @@ import (
 	"github.com/signet-id/signet/agent/attest"
 	"github.com/signet-id/signet/agent/caclient"
 	"github.com/signet-id/signet/agent/cgroup"
+	"github.com/signet-id/signet/agent/csi"
 	"github.com/signet-id/signet/agent/kubelet"
 	"github.com/signet-id/signet/agent/rotation"
 	"github.com/signet-id/signet/agent/workloadapi"
@@ -25,6 +28,7 @@ import (
 	"github.com/signet-id/signet/internal/health"
 	"github.com/signet-id/signet/internal/logfile"
 	"github.com/signet-id/signet/internal/peercred"
+	"github.com/signet-id/signet/internal/selector"
 	"github.com/signet-id/signet/internal/tasks"
 	"github.com/signet-id/signet/internal/unixsock"
 	workloadv1 "github.com/signet-id/signet/proto/signet/workload/v1"
@@ -90,6 +94,20 @@ func build(ctx context.Context, g *tasks.Group, cfg Config) (ready func(), err e
 		log.Info("health/metrics listening", "addr", a)
 	}
 
+	var kc *kubelet.Client
+	if cfg.Kubelet != nil {
+		if kc, err = kubelet.New(*cfg.Kubelet); err != nil {
+			return nil, err
+		}
+	}
+	// The CSI plugin serves from the start too: the kubelet mounts the
+	// socket's directory into pods whether or not the socket is up yet.
+	if cfg.CSI != nil {
+		if err := startCSI(g, cfg, ca, kc, reg); err != nil {
+			return nil, err
+		}
+	}
+
 	if err := ca.Attest(ctx); err != nil {
 		return nil, err
 	}
@@ -127,11 +145,7 @@ func build(ctx context.Context, g *tasks.Group, cfg Config) (ready func(), err e
 	var attestor workloadapi.Attestor = unix
 	var pods workloadapi.PodPuller
 	var podLayout *cgroup.Layout
-	if cfg.Kubelet != nil {
-		kc, err := kubelet.New(*cfg.Kubelet)
-		if err != nil {
-			return nil, err
-		}
+	if kc != nil {
 		var roots []string
 		if cfg.KubeletCgroupRoot != "" {
 			roots = []string{cfg.KubeletCgroupRoot}
@@ -201,6 +215,55 @@ func build(ctx context.Context, g *tasks.Group, cfg Config) (ready func(), err e
 			cfg.Ready(ca.ID())
 		}
 	}, nil
+}
+
+// startCSI binds the CSI plugin's sockets and starts serving them. When
+// the kubelet publishes a pod's volume, before the pod's containers
+// start, the agent asks the CA for that pod's identities (unless they
+// were pushed already), so that they are minted by the time the workload
+// asks.
+func startCSI(g *tasks.Group, cfg Config, ca *caclient.Client, kc *kubelet.Client, reg prometheus.Registerer) error {
+	log := cfg.Log.Named("csi")
+	published := func(p csi.Pod) {
+		if cfg.PSATTokenFile == "" {
+			return // pod identities are pushed to Kubernetes-attested agents only
+		}
+		snap, _ := ca.Cache().Snapshot()
+		if len(snap.MatchEntries([]selector.Selector{selector.PodUID(p.UID)})) > 0 {
+			return
+		}
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			if err := ca.PullPod(ctx, p.UID); err != nil {
+				log.Debug("fetching the identities of a pod whose volume was published failed; the workload's first call fetches them", "pod_uid", p.UID, "error", err)
+			}
+		}()
+	}
+	var lister csi.PodLister
+	if kc != nil {
+		lister = kc
+	}
+	drv, err := csi.New(csi.Config{
+		DriverName: cfg.CSI.Driver, NodeID: cfg.NodeName, Endpoint: cfg.CSI.Socket, KubeletRootDir: cfg.CSI.KubeletRootDir,
+		SocketDir: filepath.Dir(cfg.SocketPath), Pods: lister, Published: published, Log: log,
+	})
+	if err != nil {
+		return err
+	}
+	if err := drv.Listen(); err != nil {
+		return err
+	}
+	g.OnClose(drv.Close)
+	g.Start("CSI plugin", drv.Serve, drv.Stop)
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "signet_agent_csi_registered",
+		Help: "1 once the kubelet has registered the agent's CSI plugin."}, func() float64 {
+		if ok, _ := drv.Registered(); ok {
+			return 1
+		}
+		return 0
+	}))
+	return nil
 }
 
 func registerMetrics(reg prometheus.Registerer, ca *caclient.Client, rot *rotation.Rotator) {

@@ -17,6 +17,21 @@ import (
 // DefaultSocket is the Workload API socket unless configured.
 const DefaultSocket = "/run/signet/agent.sock"
 
+// DefaultCSISocket is the CSI plugin's socket unless configured: beside
+// the Workload API socket's directory, never in it (every pod sees that
+// directory's contents).
+const DefaultCSISocket = "/run/signet-csi/csi.sock"
+
+// CSIConfig enables the CSI node plugin (agent/csi).
+type CSIConfig struct {
+	// KubeletRootDir is the kubelet's --root-dir. Required.
+	KubeletRootDir string
+	// Socket is the plugin's socket; if empty, DefaultCSISocket.
+	Socket string
+	// Driver is the driver's name; if empty, csi.DefaultDriverName.
+	Driver string
+}
+
 // Config is everything signet-agent needs; cmd/signet-agent fills it
 // from flags and the config file. Validate fills in the defaults the
 // fields name and checks the rest; Run calls it.
@@ -61,6 +76,9 @@ type Config struct {
 	// empty, /kubepods and /kubepods.slice. Processes whose cgroups lie
 	// elsewhere are not attested as pods.
 	KubeletCgroupRoot string
+	// CSI, if set, serves the CSI node plugin that puts the Workload API
+	// socket into pods (NodeName required).
+	CSI *CSIConfig
 	// WorkloadLimits bound the Workload API's connections per caller and
 	// in all; zero values take the defaults.
 	WorkloadLimits workloadapi.Limits
@@ -105,6 +123,14 @@ func (c *Config) Validate() error {
 	}
 	if c.SocketPath == "" {
 		c.SocketPath = DefaultSocket
+	}
+	if c.CSI != nil {
+		if c.CSI.Socket == "" {
+			c.CSI.Socket = DefaultCSISocket
+		}
+		if c.NodeName == "" {
+			return errors.New("node-name: required with kubelet-root-dir (the CSI plugin's node; or set NODE_NAME)")
+		}
 	}
 	if c.AuditLog == "" {
 		c.AuditLog = filepath.Join(c.DataDir, "audit.log")

@@ -126,7 +126,8 @@ func (m *kubeMode) Start(g *tasks.Group, auth *authority.Authority) error {
 		if err != nil {
 			return fmt.Errorf("webhook certificate: %w", err)
 		}
-		hook := webhook.New(webhook.Config{TrustDomain: m.cfg.TrustDomain, SocketDir: w.SocketDir, AgentServiceAccounts: m.cfg.Kube.AgentServiceAccounts,
+		hook := webhook.New(webhook.Config{TrustDomain: m.cfg.TrustDomain, SocketDir: w.SocketDir,
+			SocketVolume: w.SocketVolume, CSIDriver: w.CSIDriver, ProtectedDirs: []string{w.CSIDir}, AgentServiceAccounts: m.cfg.Kube.AgentServiceAccounts,
 			AgentDaemonSet: w.AgentDaemonSet, AgentPodCreators: w.AgentPodCreators, NamespaceLabels: m.view.NamespaceLabels, IsClusterAdmin: m.isClusterAdmin})
 		hookSrv := &http.Server{Handler: hook, ReadHeaderTimeout: 10 * time.Second,
 			ErrorLog:  m.log.Named("webhook").StandardLogger(&hclog.StandardLoggerOptions{ForceLevel: hclog.Debug}),

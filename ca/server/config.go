@@ -35,6 +35,7 @@ const (
 	DefaultLeaseName       = "signet-ca"
 	DefaultBundleConfigMap = "signet-bundle"
 	DefaultSocketDir       = "/run/signet"
+	DefaultCSIDir          = "/run/signet-csi"
 	DefaultAgentDaemonSet  = "signet-agent"
 	DefaultWebhookConfig   = "signet"
 )
@@ -159,6 +160,15 @@ type WebhookConfig struct {
 	// SocketDir is the agent's socket directory on the hosts. If empty,
 	// /run/signet.
 	SocketDir string
+	// SocketVolume is how the socket is injected into pods: "csi" (the
+	// agent's CSI driver, the default) or "hostPath".
+	SocketVolume string
+	// CSIDriver is the agent's CSI driver; if empty, csi.signet.dev.
+	CSIDriver string
+	// CSIDir is the directory of the agent's CSI plugin socket on the
+	// hosts, which no pod may reach by hostPath. If empty,
+	// /run/signet-csi.
+	CSIDir string
 	// AgentDaemonSet is the agent's DaemonSet, in the namespace of the
 	// first agent service account. If empty, signet-agent.
 	AgentDaemonSet string
@@ -294,10 +304,16 @@ func (k *KubeConfig) validate(td spiffeid.TrustDomain) error {
 			def string
 		}{
 			{&w.SocketDir, DefaultSocketDir}, {&w.AgentDaemonSet, DefaultAgentDaemonSet}, {&w.ConfigurationName, DefaultWebhookConfig},
+			{&w.SocketVolume, "csi"}, {&w.CSIDriver, signetid.CSIDriver}, {&w.CSIDir, DefaultCSIDir},
 		} {
 			if *d.v == "" {
 				*d.v = d.def
 			}
+		}
+		// webhook.SocketVolumeCSI and SocketVolumeHostPath (this package
+		// stays free of the webhook's Kubernetes clients).
+		if w.SocketVolume != "csi" && w.SocketVolume != "hostPath" {
+			return fmt.Errorf("socket-volume: %q: want csi or hostPath", w.SocketVolume)
 		}
 	}
 	return nil

@@ -24,6 +24,7 @@ import (
 
 	"github.com/signet-id/signet/ca/accesspolicy"
 	"github.com/signet-id/signet/ca/identityrule"
+	"github.com/signet-id/signet/internal/signetid"
 )
 
 // Labels and names of the contract with users.
@@ -34,11 +35,31 @@ const (
 	VolumeName = "signet-agent-socket"
 )
 
+// How the socket is injected.
+const (
+	// SocketVolumeCSI injects a CSI inline volume of the agent's driver,
+	// which Pod Security's baseline and restricted levels allow.
+	SocketVolumeCSI = "csi"
+	// SocketVolumeHostPath injects a hostPath volume of the socket
+	// directory, for clusters without CSI; only the privileged level
+	// allows it.
+	SocketVolumeHostPath = "hostPath"
+)
+
 // Config configures the admission handlers.
 type Config struct {
 	TrustDomain spiffeid.TrustDomain
-	// SocketDir is the agent's socket directory on the host, e.g. /run/signet.
+	// SocketDir is the agent's socket directory on the host, e.g. /run/signet;
+	// pods see the socket at the same path.
 	SocketDir string
+	// SocketVolume is how the socket is injected: SocketVolumeCSI (the
+	// default) or SocketVolumeHostPath.
+	SocketVolume string
+	// CSIDriver is the agent's CSI driver; if empty, signetid.CSIDriver.
+	CSIDriver string
+	// ProtectedDirs are more directories of the agent on the hosts that
+	// no pod may reach by hostPath (the CSI plugin's socket directory).
+	ProtectedDirs []string
 	// AgentServiceAccounts ("namespace/name"), every account that node
 	// attestation accepts, may be used only by pods of the agent DaemonSet
 	// AgentDaemonSet (in the account's namespace).
@@ -72,6 +93,12 @@ type Handler struct {
 // New returns the handler: /mutate-pods, /validate-pods,
 // /validate-identityrules, /validate-accesspolicies, /validate-namespaces.
 func New(cfg Config) *Handler {
+	if cfg.SocketVolume == "" {
+		cfg.SocketVolume = SocketVolumeCSI
+	}
+	if cfg.CSIDriver == "" {
+		cfg.CSIDriver = signetid.CSIDriver
+	}
 	h := &Handler{cfg: cfg, mux: http.NewServeMux()}
 	h.mux.HandleFunc("POST /mutate-pods", h.review(h.mutatePod))
 	h.mux.HandleFunc("POST /validate-pods", h.review(h.validatePod))
@@ -135,8 +162,7 @@ func (h *Handler) mutatePod(req *admissionv1.AdmissionRequest) *admissionv1.Admi
 		hasVolume = hasVolume || v.Name == VolumeName
 	}
 	if !hasVolume {
-		dir := corev1.HostPathDirectory
-		vol := corev1.Volume{Name: VolumeName, VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: h.cfg.SocketDir, Type: &dir}}}
+		vol := h.socketVolume()
 		if len(pod.Spec.Volumes) == 0 {
 			add("/spec/volumes", []corev1.Volume{vol})
 		} else {
@@ -180,6 +206,16 @@ func (h *Handler) mutatePod(req *admissionv1.AdmissionRequest) *admissionv1.Admi
 	}
 	pt := admissionv1.PatchTypeJSONPatch
 	return &admissionv1.AdmissionResponse{Allowed: true, Patch: raw, PatchType: &pt}
+}
+
+// socketVolume is the volume injected into pods.
+func (h *Handler) socketVolume() corev1.Volume {
+	if h.cfg.SocketVolume == SocketVolumeHostPath {
+		dir := corev1.HostPathDirectory
+		return corev1.Volume{Name: VolumeName, VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: h.cfg.SocketDir, Type: &dir}}}
+	}
+	ro := true
+	return corev1.Volume{Name: VolumeName, VolumeSource: corev1.VolumeSource{CSI: &corev1.CSIVolumeSource{Driver: h.cfg.CSIDriver, ReadOnly: &ro}}}
 }
 
 // within reports whether p is dir, under it, or one of its parents, on a
@@ -265,19 +301,63 @@ func (h *Handler) validatePod(req *admissionv1.AdmissionRequest) *admissionv1.Ad
 	}
 	injected := h.cfg.NamespaceLabels(req.Namespace)[InjectLabel] == "enabled"
 	for _, v := range pod.Spec.Volumes {
-		if v.HostPath == nil || !within(v.HostPath.Path, h.cfg.SocketDir) {
+		if v.CSI != nil && v.CSI.Driver == h.cfg.CSIDriver && (v.CSI.ReadOnly == nil || !*v.CSI.ReadOnly) {
+			return deny("volume %q of driver %s must set readOnly: true: the agent's socket is only ever mounted read-only", v.Name, h.cfg.CSIDriver)
+		}
+		if v.HostPath == nil {
 			continue
 		}
-		if injected && v.Name == VolumeName && canonical(v.HostPath.Path) == canonical(h.cfg.SocketDir) {
+		if link, ok := magicLink(v.HostPath.Path); ok {
+			return deny("volume %q mounts hostPath %s, which goes through %s, a link that reaches any directory of the host (the Signet agent's socket directory %s too)",
+				v.Name, v.HostPath.Path, link, h.cfg.SocketDir)
+		}
+		for _, dir := range h.cfg.ProtectedDirs {
+			if within(v.HostPath.Path, dir) {
+				return deny("volume %q mounts hostPath %s, which reaches %s, a directory of the Signet agent", v.Name, v.HostPath.Path, dir)
+			}
+		}
+		if !within(v.HostPath.Path, h.cfg.SocketDir) {
+			continue
+		}
+		// The injected hostPath volume: in hostPath mode, or on a pod
+		// created before the switch to CSI (a pod's volumes never change,
+		// so an update keeps what its create was allowed).
+		hostPathOK := h.cfg.SocketVolume == SocketVolumeHostPath || req.Operation == admissionv1.Update
+		if injected && hostPathOK && v.Name == VolumeName && canonical(v.HostPath.Path) == canonical(h.cfg.SocketDir) {
 			if c, ok := writableMount(&pod, v.Name); ok {
 				return deny("container %q mounts the Signet agent's socket directory (volume %q) writable; it may be mounted read-only only", c, v.Name)
 			}
 			continue
 		}
-		return deny("volume %q mounts hostPath %s, which reaches the Signet agent's socket directory %s; label the namespace %s=enabled to have the socket injected instead",
-			v.Name, v.HostPath.Path, h.cfg.SocketDir, InjectLabel)
+		return deny("volume %q mounts hostPath %s, which reaches the Signet agent's socket directory %s; use a csi volume of driver %s (readOnly: true), or label the namespace %s=enabled to have it injected",
+			v.Name, v.HostPath.Path, h.cfg.SocketDir, h.cfg.CSIDriver, InjectLabel)
 	}
 	return allow()
+}
+
+// magicLink reports whether p goes through one of the kernel's links
+// that resolve to another process's view of the filesystem
+// (/proc/<pid>/root, /proc/self/cwd, /proc/<pid>/fd/<n>, /dev/fd/<n>...):
+// the kubelet resolves a hostPath as root on the host, so through them a
+// hostPath reaches any directory whatever its spelling.
+func magicLink(p string) (string, bool) {
+	parts := strings.Split(strings.TrimPrefix(path.Clean("/"+p), "/"), "/")
+	if len(parts) >= 2 && parts[0] == "dev" && (parts[1] == "fd" || parts[1] == "stdin" || parts[1] == "stdout" || parts[1] == "stderr") {
+		return "/dev/" + parts[1], true
+	}
+	if len(parts) < 3 || parts[0] != "proc" {
+		return "", false
+	}
+	// /proc/<pid>/..., /proc/<pid>/task/<tid>/..., /proc/self, /proc/thread-self
+	rest := parts[2:]
+	if len(rest) >= 3 && rest[0] == "task" {
+		rest = rest[2:]
+	}
+	switch rest[0] {
+	case "root", "cwd", "fd", "map_files", "exe", "ns":
+		return "/proc/" + parts[1] + "/" + rest[0], true
+	}
+	return "", false
 }
 
 // isAgentAccount reports whether namespace/name is one of the agents'

@@ -12,8 +12,15 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 )
 
-func handler() *Handler {
+// handler injects the socket as it does by default, through the CSI
+// driver; hostPathHandler as a hostPath volume.
+func handler() *Handler { return newHandler("") }
+
+func hostPathHandler() *Handler { return newHandler(SocketVolumeHostPath) }
+
+func newHandler(mode string) *Handler {
 	return New(Config{TrustDomain: spiffeid.RequireTrustDomainFromString("example.org"), SocketDir: "/run/signet",
+		SocketVolume: mode, ProtectedDirs: []string{"/run/signet-csi"},
 		AgentServiceAccounts: []string{"signet-system/signet-agent", "pool-b/signet-agent-b"}, AgentDaemonSet: "signet-agent",
 		NamespaceLabels: func(ns string) map[string]string {
 			if ns == "inject" {
@@ -42,7 +49,7 @@ func TestWithin(t *testing.T) {
 }
 
 func TestMutateIsIdempotentAndScoped(t *testing.T) {
-	h := handler()
+	h := hostPathHandler()
 	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "a"}, {Name: "b", Env: []corev1.EnvVar{{Name: "X", Value: "1"}}}}}}
 	if r := h.mutatePod(request(t, "plain", pod)); !r.Allowed || r.Patch != nil {
 		t.Fatalf("a namespace without the label was patched: %+v", r)
@@ -140,7 +147,7 @@ func TestEveryAgentAccount(t *testing.T) {
 // TestEphemeralContainers: a debugging container may not mount the
 // injected socket directory writable, nor join an agent's pod.
 func TestEphemeralContainers(t *testing.T) {
-	h := handler()
+	h := hostPathHandler()
 	dir := corev1.HostPathDirectory
 	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: corev1.PodSpec{
 		Volumes:    []corev1.Volume{{Name: VolumeName, VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: "/run/signet", Type: &dir}}}},
@@ -164,5 +171,86 @@ func TestEphemeralContainers(t *testing.T) {
 	req.Operation, req.SubResource = admissionv1.Update, "ephemeralcontainers"
 	if r := h.validatePod(req); r.Allowed {
 		t.Fatal("an ephemeral container joined the agent's pod")
+	}
+}
+
+// TestMutateCSI: by default the socket comes in a read-only CSI inline
+// volume of the agent's driver, which Pod Security's restricted level
+// allows; the hostPath form is refused then, except on updates of pods
+// created before the switch.
+func TestMutateCSI(t *testing.T) {
+	h := handler()
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "a"}}}}
+	r := h.mutatePod(request(t, "inject", pod))
+	var ops []struct {
+		Op, Path string
+		Value    json.RawMessage
+	}
+	if err := json.Unmarshal(r.Patch, &ops); err != nil || len(ops) != 3 {
+		t.Fatalf("patch %s: %v", r.Patch, err)
+	}
+	var vols []corev1.Volume
+	if err := json.Unmarshal(ops[0].Value, &vols); err != nil || len(vols) != 1 {
+		t.Fatalf("volume patch %s: %v", ops[0].Value, err)
+	}
+	v := vols[0]
+	if v.Name != VolumeName || v.HostPath != nil || v.CSI == nil || v.CSI.Driver != "csi.signet.dev" || v.CSI.ReadOnly == nil || !*v.CSI.ReadOnly {
+		t.Fatalf("injected volume %+v", v)
+	}
+	pod.Spec.Volumes = vols
+	pod.Spec.Containers[0].VolumeMounts = []corev1.VolumeMount{{Name: VolumeName, MountPath: "/run/signet", ReadOnly: true}}
+	if r := h.validatePod(request(t, "inject", pod)); !r.Allowed {
+		t.Fatalf("the injected CSI volume was refused: %v", r.Result.Message)
+	}
+	// Any namespace may ask for the socket by a CSI volume of its own.
+	if r := h.validatePod(request(t, "plain", pod)); !r.Allowed {
+		t.Fatalf("a CSI volume outside an injected namespace was refused: %v", r.Result.Message)
+	}
+	// Unless it asks for it writable: the driver would refuse it later,
+	// with the pod stuck; refuse it now, with the reason.
+	no := false
+	pod.Spec.Volumes[0].CSI.ReadOnly = &no
+	if r := h.validatePod(request(t, "plain", pod)); r.Allowed || !strings.Contains(r.Result.Message, "readOnly: true") {
+		t.Fatalf("a writable CSI volume of the driver: %+v", r.Result)
+	}
+	// The hostPath form, even injected-looking, is refused in CSI mode...
+	dir := corev1.HostPathDirectory
+	pod.Spec.Volumes = []corev1.Volume{{Name: VolumeName, VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: "/run/signet", Type: &dir}}}}
+	req := request(t, "inject", pod)
+	req.Operation = admissionv1.Create
+	if r := h.validatePod(req); r.Allowed || !strings.Contains(r.Result.Message, "use a csi volume") {
+		t.Fatalf("a hostPath socket volume in CSI mode: %+v", r.Result)
+	}
+	// ...but a pod that has it from before keeps being updatable.
+	req.Operation = admissionv1.Update
+	if r := h.validatePod(req); !r.Allowed {
+		t.Fatalf("an update of a pod injected by hostPath before: %v", r.Result.Message)
+	}
+}
+
+// TestHostPathAliases: every spelling of a path that reaches the socket
+// directory, or the CSI plugin's, is refused: parents, aliases of /run,
+// and the kernel's links that reach any directory.
+func TestHostPathAliases(t *testing.T) {
+	for _, h := range []*Handler{handler(), hostPathHandler()} {
+		for _, p := range []string{
+			"/run/signet", "/run/signet/agent.sock", "/var/run/signet", "/var/run", "/run", "/", "/var", "//run//signet/",
+			"/run/signet-csi", "/var/run/signet-csi/csi.sock",
+			"/proc/1/root", "/proc/1/root/run/signet", "/proc/self/root/var/run", "/proc/thread-self/cwd", "/proc/42/task/42/root/run",
+			"/proc/1/fd/3", "/dev/fd/3", "/proc/1/map_files/x", "/proc/1/../1/root/run/signet",
+		} {
+			pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: corev1.PodSpec{
+				Volumes: []corev1.Volume{{Name: "h", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: p}}}}}}
+			if r := h.validatePod(request(t, "inject", pod)); r.Allowed {
+				t.Errorf("mode %s: hostPath %s allowed", h.cfg.SocketVolume, p)
+			}
+		}
+		for _, p := range []string{"/proc", "/proc/meminfo", "/sys", "/var/log", "/run/other", "/run/signetx", "/var/lib/kubelet/plugins_registry", "/dev"} {
+			pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: corev1.PodSpec{
+				Volumes: []corev1.Volume{{Name: "h", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: p}}}}}}
+			if r := h.validatePod(request(t, "plain", pod)); !r.Allowed {
+				t.Errorf("mode %s: hostPath %s refused: %s", h.cfg.SocketVolume, p, r.Result.Message)
+			}
+		}
 	}
 }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/signet-id/signet/agent"
 	"github.com/signet-id/signet/agent/caclient"
+	"github.com/signet-id/signet/agent/csi"
 	"github.com/signet-id/signet/agent/kubelet"
 	"github.com/signet-id/signet/internal/config"
 	"github.com/signet-id/signet/internal/logfile"
@@ -46,6 +47,9 @@ type fileConfig struct {
 	NodeAttestor     string `json:"node-attestor"`
 	TokenFile        string `json:"token-file"`
 	NodeName         string `json:"node-name"`
+	KubeletRootDir   string `json:"kubelet-root-dir"`
+	CSISocket        string `json:"csi-socket"`
+	CSIDriver        string `json:"csi-driver"`
 	LogLevel         string `json:"log-level"`
 	LogJSON          bool   `json:"log-json"`
 }
@@ -61,7 +65,9 @@ func defaults() fileConfig {
 		LogLevel:         "info",
 		NodeAttestor:     "join_token",
 		// From the downward API in the DaemonSet (spec.nodeName).
-		NodeName: os.Getenv("NODE_NAME"),
+		NodeName:  os.Getenv("NODE_NAME"),
+		CSISocket: agent.DefaultCSISocket,
+		CSIDriver: csi.DefaultDriverName,
 	}
 }
 
@@ -84,6 +90,9 @@ func register(fs *flag.FlagSet, c *fileConfig) {
 	fs.StringVar(&c.NodeAttestor, "node-attestor", c.NodeAttestor, "join_token or k8s_psat")
 	fs.StringVar(&c.TokenFile, "token-file", c.TokenFile, "k8s_psat: projected service-account token with the CA's audience")
 	fs.StringVar(&c.NodeName, "node-name", c.NodeName, "k8s_psat: this node's name (default $NODE_NAME)")
+	fs.StringVar(&c.KubeletRootDir, "kubelet-root-dir", c.KubeletRootDir, "the kubelet's --root-dir, e.g. /var/lib/kubelet; serves the CSI plugin that puts the socket into pods (registered in its plugins_registry)")
+	fs.StringVar(&c.CSISocket, "csi-socket", c.CSISocket, "the CSI plugin's socket, which the kubelet calls (not in the Workload API socket's directory)")
+	fs.StringVar(&c.CSIDriver, "csi-driver", c.CSIDriver, "the CSI driver's name, as pods' volumes and the CSIDriver object give it")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "trace, debug, info, warn or error")
 	fs.BoolVar(&c.LogJSON, "log-json", c.LogJSON, "log as JSON")
 }
@@ -126,6 +135,10 @@ func parse(args []string, stderr io.Writer) (agent.Config, error) {
 	if c.KubeletURL != "" {
 		cfg.Kubelet = &kubelet.Config{URL: c.KubeletURL, TokenFile: c.KubeletTokenFile, CAFile: c.KubeletCA, InsecureSkipVerify: c.KubeletInsecure}
 		cfg.KubeletCgroupRoot = c.KubeletCgroup
+	}
+	if c.KubeletRootDir != "" {
+		cfg.CSI = &agent.CSIConfig{KubeletRootDir: c.KubeletRootDir, Socket: c.CSISocket, Driver: c.CSIDriver}
+		cfg.NodeName = c.NodeName
 	}
 	if c.TrustBundle != "" {
 		if cfg.TrustBundle, err = caclient.LoadBundleFile(c.TrustBundle); err != nil {

@@ -64,6 +64,9 @@ type fileConfig struct {
 	WebhookDNS          config.StringList `json:"webhook-dns"`
 	WebhookConfig       string            `json:"webhook-configuration"`
 	AgentSocketDir      string            `json:"agent-socket-dir"`
+	AgentCSIDir         string            `json:"agent-csi-dir"`
+	SocketVolume        string            `json:"socket-volume"`
+	CSIDriver           string            `json:"csi-driver"`
 	AgentDaemonSet      string            `json:"agent-daemonset"`
 	AgentPodCreator     config.StringList `json:"agent-pod-creator"`
 }
@@ -86,6 +89,9 @@ func defaults() fileConfig {
 		LeaderLease:     server.DefaultLeaseName,
 		WebhookConfig:   server.DefaultWebhookConfig,
 		AgentSocketDir:  server.DefaultSocketDir,
+		AgentCSIDir:     server.DefaultCSIDir,
+		SocketVolume:    webhook.SocketVolumeCSI,
+		CSIDriver:       signetid.CSIDriver,
 		AgentDaemonSet:  server.DefaultAgentDaemonSet,
 	}
 }
@@ -122,7 +128,10 @@ func register(fs *flag.FlagSet, c *fileConfig) {
 	fs.StringVar(&c.WebhookListen, "webhook-listen", c.WebhookListen, "serve the admission webhook (HTTPS) on this address (Kubernetes mode)")
 	fs.Var(&c.WebhookDNS, "webhook-dns", "DNS name of the webhook's Service, for its certificate (repeatable)")
 	fs.StringVar(&c.WebhookConfig, "webhook-configuration", c.WebhookConfig, "name of the Mutating/ValidatingWebhookConfiguration whose caBundle the CA keeps current")
-	fs.StringVar(&c.AgentSocketDir, "agent-socket-dir", c.AgentSocketDir, "the agents' socket directory on the hosts (injected into pods)")
+	fs.StringVar(&c.AgentSocketDir, "agent-socket-dir", c.AgentSocketDir, "the agents' socket directory on the hosts (injected into pods at the same path)")
+	fs.StringVar(&c.AgentCSIDir, "agent-csi-dir", c.AgentCSIDir, "the directory of the agents' CSI plugin socket on the hosts (no pod may reach it by hostPath)")
+	fs.StringVar(&c.SocketVolume, "socket-volume", c.SocketVolume, "how the webhook injects the socket: csi (the agent's CSI driver; Pod Security baseline and restricted allow it) or hostPath (clusters without CSI; privileged only)")
+	fs.StringVar(&c.CSIDriver, "csi-driver", c.CSIDriver, "the agents' CSI driver name")
 	fs.StringVar(&c.AgentDaemonSet, "agent-daemonset", c.AgentDaemonSet, "the agents' DaemonSet, the only one whose pods may use the agent service account")
 	fs.Var(&c.AgentPodCreator, "agent-pod-creator", "user that creates the agent DaemonSet's pods (repeatable; default: the DaemonSet controller, "+strings.Join(webhook.DefaultAgentPodCreators, " or ")+")")
 }
@@ -169,6 +178,7 @@ func validate(c fileConfig) (server.Config, hclog.Logger, error) {
 			SecretName: c.KeysSecret, LeaseName: c.LeaderLease}
 		if c.WebhookListen != "" {
 			kube.Webhook = &server.WebhookConfig{ListenAddr: c.WebhookListen, DNSNames: c.WebhookDNS, SocketDir: c.AgentSocketDir,
+				SocketVolume: c.SocketVolume, CSIDriver: c.CSIDriver, CSIDir: c.AgentCSIDir,
 				AgentDaemonSet: c.AgentDaemonSet, AgentPodCreators: c.AgentPodCreator, ConfigurationName: c.WebhookConfig}
 		}
 	} else if c.ClusterName != "" || len(c.AgentServiceAccount) > 0 {

@@ -9,6 +9,11 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
+// CSIDriver is the name of the agent's CSI driver, which puts the
+// Workload API socket into pods: the CSIDriver object's and the pods'
+// volumes'.
+const CSIDriver = "csi.signet.dev"
+
 // reserved is the path under which Signet's own identities live.
 const reserved = "/signet"
 

@@ -8,13 +8,21 @@ import (
 	"runtime/debug"
 )
 
+// Module is the module version of the running build: "v1.2.3", or
+// "(devel)" for a build from a work tree.
+func Module() string {
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
+		return bi.Main.Version
+	}
+	return "(unknown)"
+}
+
 // String is what `--version` prints for program: the module version, the
 // commit it was built from (with "+dirty" for uncommitted changes) and
 // its time, and the Go version.
 func String(program string) string {
-	v, commit, at, dirty := "(unknown)", "unknown", "", ""
+	v, commit, at, dirty := Module(), "unknown", "", ""
 	if bi, ok := debug.ReadBuildInfo(); ok {
-		v = bi.Main.Version
 		for _, s := range bi.Settings {
 			switch s.Key {
 			case "vcs.revision":
