@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs what the tests need on a fresh Debian or Ubuntu machine: openssl
 # (an independent X.509 verifier), protoc (to check that the committed
-# generated code is current), and containerd + runc (the container runtime of
-# the real test node). Go modules come through the module proxy; the
-# Kubernetes binaries are built by e2e/testenv/build.sh.
+# generated code is current), containerd + runc (the container runtime of
+# the real test node) and the CNI plugins of its pod network. Go modules come
+# through the module proxy; the Kubernetes binaries are built by
+# e2e/testenv/build.sh.
 set -euo pipefail
 
 need=()
@@ -11,6 +12,8 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 command -v containerd >/dev/null 2>&1 || need+=(containerd)
 command -v runc >/dev/null 2>&1 || need+=(runc)
+# The test node's pod network: the bridge, host-local and loopback plugins.
+[ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
 [ ${#need[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -3,8 +3,11 @@ package node
 import (
 	"fmt"
 	"sort"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/signet-id/signet/e2e/nodeenv"
 )
 
 // BenchmarkPodToSVID measures, on the real node, the time from a pod's
@@ -12,12 +15,18 @@ import (
 // start (Kubernetes' own: create to the workload's process start) and the
 // workload's own wait (process start to SVID). "warm": pods of a service
 // account that had pods before; "new": a new namespace and service account
-// for every pod, so the identity is new to the whole system.
+// for every pod, so the identity is new to the whole system. Each twice:
+// the socket by hostPath (a host-network pod), and by the agent's CSI
+// driver (a Pod Security restricted pod on the pod network), whose
+// publish lets the agent fetch the pod's identities before the pod starts.
 //
 //	go test -run '^$' -bench PodToSVID -benchtime 20x ./e2e/node/
 func BenchmarkPodToSVID(b *testing.B) {
-	for _, mode := range []string{"warm", "new"} {
-		b.Run(mode, func(b *testing.B) {
+	for _, bench := range []struct{ via, mode string }{
+		{nodeenv.ViaHostPath, "warm"}, {nodeenv.ViaCSI, "warm"}, {nodeenv.ViaHostPath, "new"}, {nodeenv.ViaCSI, "new"},
+	} {
+		via, mode := bench.via, bench.mode
+		b.Run(via+"/"+mode, func(b *testing.B) {
 			var total, wait, start []float64
 			refusals := 0
 			for i := 0; i < b.N; i++ {
@@ -25,7 +34,7 @@ func BenchmarkPodToSVID(b *testing.B) {
 				if mode == "new" {
 					ns, sa = fmt.Sprintf("bench-new-%d-%d", time.Now().UnixNano()%1e6, i), fmt.Sprintf("sa-%d", i)
 				}
-				p, r, created := runWorkload(b, ns, fmt.Sprintf("w-%s-%d-%d", mode, i, time.Now().UnixNano()%1e6), sa)
+				p, r, created := env.RunWorkloadVia(b, ns, fmt.Sprintf("w-%s-%s-%d-%d", strings.ToLower(via), mode, i, time.Now().UnixNano()%1e6), sa, via)
 				if r.SPIFFEID != "spiffe://example.org/ns/"+ns+"/sa/"+sa {
 					b.Fatalf("got %q, errors %v", r.SPIFFEID, r.Errors)
 				}

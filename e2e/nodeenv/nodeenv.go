@@ -24,6 +24,7 @@ import (
 	authnv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	storagev1 "k8s.io/api/storage/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -32,6 +33,17 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/signet-id/signet/e2e/testenv"
+)
+
+// CSIDriver is the CSI driver of the agent that runs as a process: a
+// name of its own, so that the agent DaemonSet of TestDeployment
+// (csi.signet.dev) can register beside it on the same kubelet.
+const CSIDriver = "csi-e2e.signet.dev"
+
+// Socket volumes a workload pod can reach the agent through.
+const (
+	ViaHostPath = "hostPath"
+	ViaCSI      = "csi"
 )
 
 // WorkloadImage is the image of e2e/node/workload, which fetches its SVID
@@ -174,6 +186,21 @@ func (e *Env) setupCluster(ctx context.Context) error {
 		return err
 	}
 	_, err = c.CoreV1().Pods("signet-system").Create(ctx, Pod("signet-system", "signet-agent", "signet-agent", testenv.SandboxImage, nil), metav1.CreateOptions{})
+	if err != nil {
+		return err
+	}
+	// The CSIDriver object of the process agent's plugin, as
+	// deploy/base/csidriver.yaml has it for csi.signet.dev.
+	raw, err := os.ReadFile("../../deploy/base/csidriver.yaml")
+	if err != nil {
+		return err
+	}
+	var driver storagev1.CSIDriver
+	if err := yaml.UnmarshalStrict(raw, &driver); err != nil {
+		return err
+	}
+	driver.Name = CSIDriver
+	_, err = c.StorageV1().CSIDrivers().Create(ctx, &driver, metav1.CreateOptions{})
 	return err
 }
 
@@ -208,6 +235,28 @@ func (e *Env) ServiceAccount(ctx context.Context, ns, name string) error {
 	return e.Cluster.EnsureServiceAccount(ctx, ns, name)
 }
 
+// CSIPod is a pod bound to the test node on the pod network, written to
+// Pod Security's restricted level, that reaches the agent's socket through
+// a CSI inline volume of driver at /run/signet.
+func CSIPod(ns, name, sa, image, driver string) *corev1.Pod {
+	no, yes, uid := false, true, int64(65532)
+	ro := true
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+		Spec: corev1.PodSpec{
+			NodeName: testenv.NodeName, ServiceAccountName: sa, AutomountServiceAccountToken: &no,
+			TerminationGracePeriodSeconds: new(int64),
+			SecurityContext: &corev1.PodSecurityContext{RunAsNonRoot: &yes, RunAsUser: &uid,
+				SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault}},
+			Volumes: []corev1.Volume{{Name: "signet", VolumeSource: corev1.VolumeSource{CSI: &corev1.CSIVolumeSource{Driver: driver, ReadOnly: &ro}}}},
+			Containers: []corev1.Container{{Name: "main", Image: image, ImagePullPolicy: corev1.PullNever,
+				SecurityContext: &corev1.SecurityContext{AllowPrivilegeEscalation: &no, Capabilities: &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}}},
+				VolumeMounts:    []corev1.VolumeMount{{Name: "signet", MountPath: "/run/signet", ReadOnly: true}},
+				Env:             []corev1.EnvVar{{Name: "SPIFFE_ENDPOINT_SOCKET", Value: "unix:///run/signet/agent.sock"}}}},
+		},
+	}
+}
+
 // Pod is a hostNetwork pod bound to the test node; with socketDir set it
 // mounts the agent's socket directory and points the Workload API
 // clients at it.
@@ -232,6 +281,8 @@ func Pod(ns, name, sa, image string, socketDir *string) *corev1.Pod {
 // Signet is signet-ca and signet-agent, running as processes.
 type Signet struct {
 	CAData, AgentData, SocketDir string
+	// CSISocket is the agent's CSI plugin socket (driver CSIDriver).
+	CSISocket string
 	CA, Agent                    *exec.Cmd
 	// CAAddr is the CA's agent API address.
 	CAAddr string
@@ -251,6 +302,7 @@ func (e *Env) startSignet() (*Signet, error) {
 	ctx := context.Background()
 	s := &Signet{
 		CAData: filepath.Join(e.Dir, "ca"), AgentData: filepath.Join(e.Dir, "agent"), SocketDir: filepath.Join(e.Dir, "sock"),
+		CSISocket: filepath.Join(e.Dir, "csi", "csi.sock"),
 	}
 	for _, d := range []string{s.CAData, s.AgentData, s.SocketDir} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
@@ -302,7 +354,8 @@ func (e *Env) startSignet() (*Signet, error) {
 	s.Agent = exec.Command(filepath.Join(e.Bin, "signet-agent"), "--trust-domain", "example.org", "--ca-address", caAddr,
 		"--data-dir", s.AgentData, "--trust-bundle", bundle, "--socket", filepath.Join(s.SocketDir, "agent.sock"),
 		"--health-addr", agentHealth, "--node-attestor", "k8s_psat", "--token-file", caToken, "--node-name", testenv.NodeName,
-		"--kubelet-url", testenv.KubeletURL, "--kubelet-ca", e.Cluster.CAFile, "--kubelet-token-file", kubeletToken)
+		"--kubelet-url", testenv.KubeletURL, "--kubelet-ca", e.Cluster.CAFile, "--kubelet-token-file", kubeletToken,
+		"--kubelet-root-dir", e.Node.RootDir(), "--csi-socket", s.CSISocket, "--csi-driver", CSIDriver)
 	if err := StartLogged(s.Agent, filepath.Join(e.Dir, "agent.log")); err != nil {
 		s.stop()
 		return nil, err
@@ -370,8 +423,17 @@ type WorkloadResult struct {
 	LoggedAt  time.Time
 }
 
-// RunWorkload creates a workload pod and waits for its result line.
+// RunWorkload creates a workload pod on the host network with the socket
+// directory by hostPath, and waits for its result line.
 func (e *Env) RunWorkload(t testing.TB, ns, name, sa string) (*corev1.Pod, WorkloadResult, time.Time) {
+	t.Helper()
+	return e.RunWorkloadVia(t, ns, name, sa, ViaHostPath)
+}
+
+// RunWorkloadVia creates a workload pod that reaches the socket via
+// ViaHostPath (on the host network) or ViaCSI (a restricted pod on the pod
+// network), and waits for its result line.
+func (e *Env) RunWorkloadVia(t testing.TB, ns, name, sa, via string) (*corev1.Pod, WorkloadResult, time.Time) {
 	t.Helper()
 	ctx := context.Background()
 	if err := e.Namespace(ctx, ns); err != nil {
@@ -381,7 +443,11 @@ func (e *Env) RunWorkload(t testing.TB, ns, name, sa string) (*corev1.Pod, Workl
 		t.Fatal(err)
 	}
 	created := time.Now()
-	p, err := e.Cluster.Client.CoreV1().Pods(ns).Create(ctx, Pod(ns, name, sa, WorkloadImage, &e.Signet.SocketDir), metav1.CreateOptions{})
+	spec := Pod(ns, name, sa, WorkloadImage, &e.Signet.SocketDir)
+	if via == ViaCSI {
+		spec = CSIPod(ns, name, sa, WorkloadImage, CSIDriver)
+	}
+	p, err := e.Cluster.Client.CoreV1().Pods(ns).Create(ctx, spec, metav1.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -43,3 +43,24 @@ func (n *Node) ctr(args ...string) error {
 func (n *Node) ImportTarball(path string) error {
 	return n.ctr("images", "import", "--snapshotter", "overlayfs", path)
 }
+
+// ContainerPID returns the host PID of a running container's first
+// process; id is the container's ID, as a pod's status gives it
+// ("containerd://<id>") or bare.
+func (n *Node) ContainerPID(id string) (int, error) {
+	id = strings.TrimPrefix(id, "containerd://")
+	out, err := exec.Command("ctr", "--address", n.sock, "-n", "k8s.io", "tasks", "ls").Output()
+	if err != nil {
+		return 0, fmt.Errorf("testenv: ctr tasks ls: %w", err)
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 3 && f[0] == id && f[2] == "RUNNING" {
+			var pid int
+			if _, err := fmt.Sscanf(f[1], "%d", &pid); err == nil {
+				return pid, nil
+			}
+		}
+	}
+	return 0, fmt.Errorf("testenv: container %s is not running", id)
+}

@@ -28,8 +28,22 @@ const KubeletURL = "https://127.0.0.1:10250"
 // SandboxImage is the pod sandbox image the node imports at start.
 const SandboxImage = "localhost/signet-testenv/pause:1"
 
+// PodSubnet is the pod network of the test node: a Linux bridge of its
+// own (PodBridge), with addresses from host-local IPAM, through Debian's
+// containernetworking-plugins. Pods reach each other on it; it has no
+// gateway, so nothing of the host's network changes (no forwarding, no
+// NAT).
+const (
+	PodSubnet = "10.254.213.0/24"
+	PodBridge = "signet-pods0"
+)
+
+// CNIBinDir is where Debian's containernetworking-plugins puts the
+// plugins.
+const CNIBinDir = "/usr/lib/cni"
+
 // Node is a real kubelet with containerd and runc, registered with a
-// Cluster. It runs hostNetwork pods only (there is no CNI); the kubelet
+// Cluster. Pods run on a pod network (PodSubnet) or on the host's; the kubelet
 // serves on 127.0.0.1:10250 with a certificate from the cluster's CA, and
 // authenticates and authorizes callers through the API server
 // (TokenReview and SubjectAccessReview), as in a real cluster. Only one node
@@ -45,7 +59,14 @@ type Node struct {
 	dir   string
 	sock  string
 	procs []*process
+	// netns are the network namespaces that existed before the node
+	// started: the others in /run/netns are its pods'.
+	netns map[string]bool
 }
+
+// RootDir is the kubelet's --root-dir: its pods' volumes are under
+// RootDir/pods, its plugin registration directory RootDir/plugins_registry.
+func (n *Node) RootDir() string { return filepath.Join(n.dir, "kubelet") }
 
 // StartNode starts containerd and the kubelet with state in dir (keep the
 // path short: containerd's socket path must fit in 104 bytes). It needs
@@ -54,9 +75,14 @@ func StartNode(c *Cluster, dir string) (*Node, error) {
 	if os.Geteuid() != 0 {
 		return nil, errors.New("testenv: the node needs root")
 	}
-	for _, cmd := range []string{"containerd", "containerd-shim-runc-v2", "runc", "ctr", "unshare", "mount"} {
+	for _, cmd := range []string{"containerd", "containerd-shim-runc-v2", "runc", "ctr", "unshare", "mount", "ip"} {
 		if _, err := exec.LookPath(cmd); err != nil {
 			return nil, fmt.Errorf("testenv: %s is not installed (make deps installs it)", cmd)
+		}
+	}
+	for _, plugin := range []string{"bridge", "host-local", "loopback"} {
+		if _, err := os.Stat(filepath.Join(CNIBinDir, plugin)); err != nil {
+			return nil, fmt.Errorf("testenv: the CNI plugin %s is not in %s (make deps installs containernetworking-plugins)", plugin, CNIBinDir)
 		}
 	}
 	bin := BinDir()
@@ -71,7 +97,12 @@ func StartNode(c *Cluster, dir string) (*Node, error) {
 			return nil, fmt.Errorf("testenv: 127.0.0.1:%s is in use: is another node running?", port)
 		}
 	}
-	n := &Node{dir: dir, sock: filepath.Join(dir, "containerd", "containerd.sock")}
+	n := &Node{dir: dir, sock: filepath.Join(dir, "containerd", "containerd.sock"), netns: map[string]bool{}}
+	if names, err := os.ReadDir(netnsDir); err == nil {
+		for _, e := range names {
+			n.netns[e.Name()] = true
+		}
+	}
 	if len(n.sock)+len(".ttrpc") >= 104 {
 		return nil, fmt.Errorf("testenv: node dir %s is too long for a unix socket path", dir)
 	}
@@ -133,11 +164,25 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
           SystemdCgroup = false
           Root = %[7]q
     [plugins."io.containerd.grpc.v1.cri".cni]
-      bin_dir = %[8]q
+      bin_dir = %[9]q
       conf_dir = %[8]q
 `, filepath.Join(cd, "root"), filepath.Join(cd, "state"), n.sock, n.sock+".ttrpc", filepath.Join(cd, "opt"),
-		SandboxImage, filepath.Join(cd, "runc"), filepath.Join(n.dir, "cni"))
+		SandboxImage, filepath.Join(cd, "runc"), filepath.Join(n.dir, "cni"), CNIBinDir)
 	if err := os.WriteFile(filepath.Join(cd, "config.toml"), []byte(config), 0o600); err != nil {
+		return err
+	}
+	// The pod network: one bridge, no gateway (isGateway would turn on the
+	// host's IP forwarding), no masquerading.
+	cni := fmt.Sprintf(`{
+  "cniVersion": "1.0.0",
+  "name": "signet-testenv",
+  "plugins": [{
+    "type": "bridge", "bridge": %q, "isGateway": false, "ipMasq": false, "hairpinMode": true,
+    "ipam": {"type": "host-local", "ranges": [[{"subnet": %q}]], "dataDir": %q}
+  }]
+}
+`, PodBridge, PodSubnet, filepath.Join(n.dir, "cni", "ipam"))
+	if err := os.WriteFile(filepath.Join(n.dir, "cni", "10-signet-testenv.conflist"), []byte(cni), 0o644); err != nil {
 		return err
 	}
 	containerd, err := startProcess(n.dir, "containerd", "containerd", "--config", filepath.Join(cd, "config.toml"))
@@ -302,6 +347,7 @@ func (n *Node) Stop() {
 	n.procs = nil
 	n.killShims()
 	n.unmount()
+	n.removePodNetwork()
 	for _, h := range []string{"/sys/fs/cgroup/*/kubepods", "/sys/fs/cgroup/kubepods", "/sys/fs/cgroup/unified/kubepods"} {
 		dirs, _ := filepath.Glob(h)
 		for _, d := range dirs {
@@ -376,6 +422,25 @@ func (n *Node) unmount() {
 			}
 		}
 	}
+}
+
+// netnsDir is where containerd pins its pods' network namespaces.
+const netnsDir = "/run/netns"
+
+// removePodNetwork unpins the network namespaces of the node's pods (their
+// veth pairs go with them) and removes the bridge. Containerd, stopped
+// with its pods, never tore them down.
+func (n *Node) removePodNetwork() {
+	names, _ := os.ReadDir(netnsDir)
+	for _, e := range names {
+		if n.netns[e.Name()] || !strings.HasPrefix(e.Name(), "cni-") {
+			continue
+		}
+		p := filepath.Join(netnsDir, e.Name())
+		syscall.Unmount(p, syscall.MNT_DETACH)
+		os.Remove(p)
+	}
+	exec.Command("ip", "link", "delete", PodBridge).Run()
 }
 
 func removeCgroupTree(root string) {

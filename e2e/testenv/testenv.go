@@ -276,7 +276,8 @@ func (c *Cluster) Stop() {
 
 // StartControllers starts kube-scheduler and kube-controller-manager (the
 // controllers of DaemonSets, Deployments, ReplicaSets, ServiceAccounts,
-// the kube-root-ca.crt ConfigMaps, namespaces and garbage collection),
+// the kube-root-ca.crt ConfigMaps, namespaces, garbage collection and node
+// lifecycle, which lifts the not-ready taint once the node is Ready),
 // for tests that apply workloads as users do.
 func (c *Cluster) StartControllers() error {
 	bin := BinDir()
@@ -298,7 +299,7 @@ func (c *Cluster) StartControllers() error {
 		"--kubeconfig="+c.Kubeconfig, "--leader-elect=false", "--secure-port=0", "--use-service-account-credentials=true",
 		"--root-ca-file="+c.CAFile,
 		"--controllers=daemonset-controller,deployment-controller,replicaset-controller,serviceaccount-controller,"+
-			"root-ca-certificate-publisher-controller,namespace-controller,garbage-collector-controller")
+			"root-ca-certificate-publisher-controller,namespace-controller,garbage-collector-controller,node-lifecycle-controller")
 	if err != nil {
 		return err
 	}
