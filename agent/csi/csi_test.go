@@ -216,13 +216,19 @@ func TestPublishRefuses(t *testing.T) {
 		edit func(*csipb.NodePublishVolumeRequest)
 		want string
 	}{
-		"writable":        {func(r *csipb.NodePublishVolumeRequest) { r.Readonly = false }, "read-only"},
-		"persistent":      {func(r *csipb.NodePublishVolumeRequest) { delete(r.VolumeContext, ctxEphemeral) }, "ephemeral inline volumes only"},
-		"block":           {func(r *csipb.NodePublishVolumeRequest) { r.VolumeCapability.AccessType = &csipb.VolumeCapability_Block{} }, "block"},
-		"no volume id":    {func(r *csipb.NodePublishVolumeRequest) { r.VolumeId = "" }, "volume_id"},
-		"outside pods":    {func(r *csipb.NodePublishVolumeRequest) { r.TargetPath = outside }, "not a volume path"},
-		"dot-dot":         {func(r *csipb.NodePublishVolumeRequest) { r.TargetPath = p.root + "/pods/" + uid + "/../../x/volumes/kubernetes.io~csi/v/mount" }, "not a volume path"},
-		"not a csi path":  {func(r *csipb.NodePublishVolumeRequest) { r.TargetPath = p.root + "/pods/" + uid + "/volumes/kubernetes.io~empty-dir/v/mount" }, "of the form"},
+		"writable":   {func(r *csipb.NodePublishVolumeRequest) { r.Readonly = false }, "read-only"},
+		"persistent": {func(r *csipb.NodePublishVolumeRequest) { delete(r.VolumeContext, ctxEphemeral) }, "ephemeral inline volumes only"},
+		"block": {func(r *csipb.NodePublishVolumeRequest) {
+			r.VolumeCapability.AccessType = &csipb.VolumeCapability_Block{}
+		}, "block"},
+		"no volume id": {func(r *csipb.NodePublishVolumeRequest) { r.VolumeId = "" }, "volume_id"},
+		"outside pods": {func(r *csipb.NodePublishVolumeRequest) { r.TargetPath = outside }, "not a volume path"},
+		"dot-dot": {func(r *csipb.NodePublishVolumeRequest) {
+			r.TargetPath = p.root + "/pods/" + uid + "/../../x/volumes/kubernetes.io~csi/v/mount"
+		}, "not a volume path"},
+		"not a csi path": {func(r *csipb.NodePublishVolumeRequest) {
+			r.TargetPath = p.root + "/pods/" + uid + "/volumes/kubernetes.io~empty-dir/v/mount"
+		}, "of the form"},
 		"other pod's uid": {func(r *csipb.NodePublishVolumeRequest) { r.VolumeContext[ctxPodUID] = "other" }, "names pod other"},
 	} {
 		t.Run(name, func(t *testing.T) {

@@ -301,8 +301,13 @@ func (h *Handler) validatePod(req *admissionv1.AdmissionRequest) *admissionv1.Ad
 	}
 	injected := h.cfg.NamespaceLabels(req.Namespace)[InjectLabel] == "enabled"
 	for _, v := range pod.Spec.Volumes {
-		if v.CSI != nil && v.CSI.Driver == h.cfg.CSIDriver && (v.CSI.ReadOnly == nil || !*v.CSI.ReadOnly) {
-			return deny("volume %q of driver %s must set readOnly: true: the agent's socket is only ever mounted read-only", v.Name, h.cfg.CSIDriver)
+		if v.CSI != nil && v.CSI.Driver == h.cfg.CSIDriver {
+			if v.CSI.ReadOnly == nil || !*v.CSI.ReadOnly {
+				return deny("volume %q of driver %s must set readOnly: true: the agent's socket is only ever mounted read-only", v.Name, h.cfg.CSIDriver)
+			}
+			if c, ok := writableMount(&pod, v.Name); ok {
+				return deny("container %q mounts the Signet agent's socket (volume %q) writable; it may be mounted read-only only", c, v.Name)
+			}
 		}
 		if v.HostPath == nil {
 			continue
@@ -311,12 +316,12 @@ func (h *Handler) validatePod(req *admissionv1.AdmissionRequest) *admissionv1.Ad
 			return deny("volume %q mounts hostPath %s, which goes through %s, a link that reaches any directory of the host (the Signet agent's socket directory %s too)",
 				v.Name, v.HostPath.Path, link, h.cfg.SocketDir)
 		}
-		for _, dir := range h.cfg.ProtectedDirs {
-			if within(v.HostPath.Path, dir) {
-				return deny("volume %q mounts hostPath %s, which reaches %s, a directory of the Signet agent", v.Name, v.HostPath.Path, dir)
-			}
-		}
 		if !within(v.HostPath.Path, h.cfg.SocketDir) {
+			for _, dir := range h.cfg.ProtectedDirs {
+				if within(v.HostPath.Path, dir) {
+					return deny("volume %q mounts hostPath %s, which reaches %s, a directory of the Signet agent", v.Name, v.HostPath.Path, dir)
+				}
+			}
 			continue
 		}
 		// The injected hostPath volume: in hostPath mode, or on a pod

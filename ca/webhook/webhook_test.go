@@ -206,6 +206,12 @@ func TestMutateCSI(t *testing.T) {
 	if r := h.validatePod(request(t, "plain", pod)); !r.Allowed {
 		t.Fatalf("a CSI volume outside an injected namespace was refused: %v", r.Result.Message)
 	}
+	// A container that mounts it writable is refused, as in hostPath mode.
+	pod.Spec.Containers[0].VolumeMounts[0].ReadOnly = false
+	if r := h.validatePod(request(t, "plain", pod)); r.Allowed || !strings.Contains(r.Result.Message, "writable") {
+		t.Fatalf("a writable mount of the CSI volume: %+v", r.Result)
+	}
+	pod.Spec.Containers[0].VolumeMounts[0].ReadOnly = true
 	// Unless it asks for it writable: the driver would refuse it later,
 	// with the pod stuck; refuse it now, with the reason.
 	no := false

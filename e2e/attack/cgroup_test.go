@@ -101,8 +101,10 @@ func removeTree(dir string) {
 }
 
 type attackResult struct {
-	SPIFFEID string `json:"spiffe_id"`
-	Error    string `json:"error"`
+	SPIFFEID string   `json:"spiffe_id"`
+	Error    string   `json:"error"`
+	Changed  []string `json:"changed"`
+	Entries  []string `json:"entries"`
 }
 
 // runAttacker runs the attacker binary as uid 65534 (or root) and reads

@@ -29,13 +29,21 @@ import (
 
 var env *nodeenv.Env
 
+// attackerImage runs the attacker command in a pod.
+const attackerImage = "localhost/signet-e2e/attacker:1"
+
 func TestMain(m *testing.M) {
 	os.Exit(nodeenv.Main(m, &env, func(e *nodeenv.Env) error {
 		out, err := exec.Command("go", "build", "-o", e.Bin+"/", "github.com/signet-id/signet/e2e/attack/attacker").CombinedOutput()
 		if err != nil {
 			return fmt.Errorf("build the attacker: %v\n%s", err, out)
 		}
-		return nil
+		// And as an image, for attacks from inside a pod.
+		static := filepath.Join(e.Dir, "attacker-static")
+		if err := testenv.BuildStatic("github.com/signet-id/signet/e2e/attack/attacker", static); err != nil {
+			return err
+		}
+		return e.Node.ImportImage(attackerImage, static)
 	}))
 }
 

@@ -71,6 +71,9 @@ func shippedWebhooks(t *testing.T, renderer, url, name string) []*unstructured.U
 //   - a pod in the CA's namespace with the CA's account and a hostPath;
 //   - the second agent service account (node attestation accepts all);
 //   - /var/run/signet, the same directory as /run/signet on most nodes;
+//   - /proc/<pid>/root/..., which reaches any directory, and the CSI
+//     plugin's socket directory;
+//   - the CSI socket volume asked for writable;
 //   - kubectl debug: an ephemeral container that mounts the injected
 //     socket directory writable, or joins a pod with the agent's account.
 func TestShippedWebhookConfiguration(t *testing.T) {
@@ -168,6 +171,18 @@ func TestShippedWebhookConfiguration(t *testing.T) {
 			refused("the second agent account", "belongs to the signet-agent DaemonSet", newPod("signet-system", "signet-agent-pool2", nil, nil))
 			refused("hostPath /var/run/signet", "reaches the Signet agent's socket directory", newPod("attack-plain", "default", nil, hostPath("/var/run/signet", true)))
 			refused("hostPath /var", "reaches the Signet agent's socket directory", newPod("attack-plain", "default", nil, hostPath("/var", true)))
+			// The kubelet resolves a hostPath as root on the host: through
+			// /proc's links any spelling reaches the socket directory.
+			refused("hostPath /proc/1/root/run/signet", "reaches any directory of the host", newPod("attack-plain", "default", nil, hostPath("/proc/1/root/run/signet", true)))
+			refused("hostPath /proc/self/cwd", "reaches any directory of the host", newPod("attack-plain", "default", nil, hostPath("/proc/self/cwd", true)))
+			// The CSI plugin's socket: a pod serving it would mount what it
+			// likes into every pod.
+			refused("hostPath /run/signet-csi", "a directory of the Signet agent", newPod("attack-plain", "default", nil, hostPath("/run/signet-csi", false)))
+			// The injected CSI volume, or one of the pod's own, writable.
+			refused("the CSI socket volume writable", "readOnly: true", newPod("attack-plain", "default", nil, func(p *corev1.Pod) {
+				no := false
+				p.Spec.Volumes = []corev1.Volume{{Name: "sock", VolumeSource: corev1.VolumeSource{CSI: &corev1.CSIVolumeSource{Driver: "csi.signet.dev", ReadOnly: &no}}}}
+			}))
 			// What the exemption is for: the CA's own pods.
 			if err := newPod("signet-system", "signet-ca", caLabel, nil); err != nil {
 				t.Errorf("the CA's pod: %v", err)

@@ -283,7 +283,7 @@ type Signet struct {
 	CAData, AgentData, SocketDir string
 	// CSISocket is the agent's CSI plugin socket (driver CSIDriver).
 	CSISocket string
-	CA, Agent                    *exec.Cmd
+	CA, Agent *exec.Cmd
 	// CAAddr is the CA's agent API address.
 	CAAddr string
 }

@@ -27,6 +27,14 @@
 // executes PROGRAM (which an entry allows by path) before the child asks;
 // with exit, the child opens an X509-SVID stream first and the connecting
 // process exits: the stream must end with it.
+//
+//	attacker socketdir DIR
+//
+// (in a container, as root) tries every way to change the socket's
+// directory DIR as the pod sees it: create a file or a socket of its own,
+// remove, rename or chmod the agent's socket, make a directory or a link,
+// and remount the volume writable; it says which succeeded, and what the
+// directory holds.
 package main
 
 import (
@@ -47,6 +55,9 @@ type result struct {
 	// Open and Tried count a flood's connections.
 	Open  int `json:"open,omitempty"`
 	Tried int `json:"tried,omitempty"`
+	// Changed and Entries: what socketdir managed, and what it saw.
+	Changed []string `json:"changed,omitempty"`
+	Entries []string `json:"entries,omitempty"`
 }
 
 func main() {
@@ -66,6 +77,8 @@ func main() {
 	case "handoff":
 		handoff(os.Args[2], os.Args[3], os.Args[4])
 		return
+	case "socketdir":
+		r = changeSocketDir(os.Args[2])
 	case "reader":
 		r = reader(os.Args[2], os.Args[3])
 	default:
