@@ -43,7 +43,7 @@ func (f *fakePods) Pods(context.Context) ([]corev1.Pod, error) {
 	return out, nil
 }
 
-func newPlugin(t *testing.T) *plugin {
+func newPlugin(t testing.TB) *plugin {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Fatal("the CSI plugin's tests mount filesystems: run them as root (make test does)")
@@ -97,7 +97,7 @@ func newPlugin(t *testing.T) *plugin {
 	return p
 }
 
-func must(t *testing.T, err error) {
+func must(t testing.TB, err error) {
 	t.Helper()
 	if err != nil {
 		t.Fatal(err)
@@ -106,7 +106,7 @@ func must(t *testing.T, err error) {
 
 // target is the path the kubelet gives for a pod's CSI volume, with its
 // parent made, as the kubelet makes it.
-func (p *plugin) target(t *testing.T, uid string) string {
+func (p *plugin) target(t testing.TB, uid string) string {
 	t.Helper()
 	parent := filepath.Join(p.root, "pods", uid, "volumes", "kubernetes.io~csi", "s")
 	must(t, os.MkdirAll(parent, 0o750))
@@ -338,4 +338,45 @@ func TestNewRefuses(t *testing.T) {
 	if _, err := New(ok); err != nil {
 		t.Error(err)
 	}
+}
+
+// BenchmarkPublish: the kubelet's NodePublishVolume and
+// NodeUnpublishVolume over the plugin's socket, each on a connection of
+// its own as the kubelet makes them, beside the floor of such a call (a
+// new connection and the identity service's Probe).
+//
+//	go test -run '^$' -bench Publish ./agent/csi/
+func BenchmarkPublish(b *testing.B) {
+	p := newPlugin(b)
+	uid := "5e6f7a8b-9c0d-4e1f-8a2b-3c4d5e6f7a8b"
+	target := p.target(b, uid)
+	dial := func() *grpc.ClientConn {
+		conn, err := grpc.NewClient("unix://"+p.d.cfg.Endpoint, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		must(b, err)
+		return conn
+	}
+	go func() {
+		for range p.published {
+		}
+	}()
+	b.Run("probe", func(b *testing.B) {
+		for b.Loop() {
+			conn := dial()
+			_, err := csipb.NewIdentityClient(conn).Probe(context.Background(), &csipb.ProbeRequest{})
+			must(b, err)
+			conn.Close()
+		}
+	})
+	b.Run("publish+unpublish", func(b *testing.B) {
+		for b.Loop() {
+			conn := dial()
+			_, err := csipb.NewNodeClient(conn).NodePublishVolume(context.Background(), publishRequest(uid, target))
+			must(b, err)
+			conn.Close()
+			conn = dial()
+			_, err = csipb.NewNodeClient(conn).NodeUnpublishVolume(context.Background(), &csipb.NodeUnpublishVolumeRequest{VolumeId: "csi-" + uid, TargetPath: target})
+			must(b, err)
+			conn.Close()
+		}
+	})
 }

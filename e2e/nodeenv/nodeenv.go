@@ -42,8 +42,14 @@ const CSIDriver = "csi-e2e.signet.dev"
 
 // Socket volumes a workload pod can reach the agent through.
 const (
+	// ViaHostPath: a hostPath volume, on the host's network (the tests of
+	// attestation that predate the pod network).
 	ViaHostPath = "hostPath"
-	ViaCSI      = "csi"
+	// ViaHostPathPodNet: a hostPath volume, on the pod network, with the
+	// security context of ViaCSI (only the volume differs).
+	ViaHostPathPodNet = "hostPath-podnet"
+	// ViaCSI: the agent's CSI volume, a restricted pod on the pod network.
+	ViaCSI = "csi"
 )
 
 // WorkloadImage is the image of e2e/node/workload, which fetches its SVID
@@ -431,8 +437,7 @@ func (e *Env) RunWorkload(t testing.TB, ns, name, sa string) (*corev1.Pod, Workl
 }
 
 // RunWorkloadVia creates a workload pod that reaches the socket via
-// ViaHostPath (on the host network) or ViaCSI (a restricted pod on the pod
-// network), and waits for its result line.
+// ViaHostPath, ViaHostPathPodNet or ViaCSI, and waits for its result line.
 func (e *Env) RunWorkloadVia(t testing.TB, ns, name, sa, via string) (*corev1.Pod, WorkloadResult, time.Time) {
 	t.Helper()
 	ctx := context.Background()
@@ -444,8 +449,13 @@ func (e *Env) RunWorkloadVia(t testing.TB, ns, name, sa, via string) (*corev1.Po
 	}
 	created := time.Now()
 	spec := Pod(ns, name, sa, WorkloadImage, &e.Signet.SocketDir)
-	if via == ViaCSI {
+	switch via {
+	case ViaCSI:
 		spec = CSIPod(ns, name, sa, WorkloadImage, CSIDriver)
+	case ViaHostPathPodNet:
+		// The CSI pod with a hostPath instead: only the volume differs.
+		spec = CSIPod(ns, name, sa, WorkloadImage, CSIDriver)
+		spec.Spec.Volumes[0].VolumeSource = corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: e.Signet.SocketDir}}
 	}
 	p, err := e.Cluster.Client.CoreV1().Pods(ns).Create(ctx, spec, metav1.CreateOptions{})
 	if err != nil {
