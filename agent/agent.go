@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -28,7 +27,6 @@ import (
 	"github.com/signet-id/signet/internal/health"
 	"github.com/signet-id/signet/internal/logfile"
 	"github.com/signet-id/signet/internal/peercred"
-	"github.com/signet-id/signet/internal/selector"
 	"github.com/signet-id/signet/internal/tasks"
 	"github.com/signet-id/signet/internal/unixsock"
 	workloadv1 "github.com/signet-id/signet/proto/signet/workload/v1"
@@ -219,26 +217,15 @@ func build(ctx context.Context, g *tasks.Group, cfg Config) (ready func(), err e
 
 // startCSI binds the CSI plugin's sockets and starts serving them. When
 // the kubelet publishes a pod's volume, before the pod's containers
-// start, the agent asks the CA for that pod's identities (unless they
-// were pushed already), so that they are minted by the time the workload
-// asks.
+// start, the agent asks the CA for that pod's identities unless they were
+// pushed already (prefetcher).
 func startCSI(g *tasks.Group, cfg Config, ca *caclient.Client, kc *kubelet.Client, reg prometheus.Registerer) error {
 	log := cfg.Log.Named("csi")
-	published := func(p csi.Pod) {
-		if cfg.PSATTokenFile == "" {
-			return // pod identities are pushed to Kubernetes-attested agents only
-		}
-		snap, _ := ca.Cache().Snapshot()
-		if len(snap.MatchEntries([]selector.Selector{selector.PodUID(p.UID)})) > 0 {
-			return
-		}
-		go func() {
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			if err := ca.PullPod(ctx, p.UID); err != nil {
-				log.Debug("fetching the identities of a pod whose volume was published failed; the workload's first call fetches them", "pod_uid", p.UID, "error", err)
-			}
-		}()
+	var published func(csi.Pod)
+	// Pod identities are pushed to (and fetched by) Kubernetes-attested
+	// agents only.
+	if cfg.PSATTokenFile != "" {
+		published = newPrefetcher(ca.Cache(), ca, log, reg).Published
 	}
 	var lister csi.PodLister
 	if kc != nil {
