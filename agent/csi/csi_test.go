@@ -26,7 +26,6 @@ import (
 type plugin struct {
 	d                   *Driver
 	root, sockDir, sock string
-	node                csipb.NodeServer
 	conn                *grpc.ClientConn
 	published           chan Pod
 	pods                *fakePods
