@@ -33,6 +33,7 @@ import (
 	"google.golang.org/grpc/status"
 	corev1 "k8s.io/api/core/v1"
 
+	"github.com/signet-id/signet/internal/clock"
 	"github.com/signet-id/signet/internal/signetid"
 	"github.com/signet-id/signet/internal/unixsock"
 	"github.com/signet-id/signet/internal/version"
@@ -70,10 +71,14 @@ type Config struct {
 	SocketDir string
 	// Pods, if set, lists the pods the kubelet runs: the plugin removes
 	// its mounts of pods that are gone (left behind when the kubelet
-	// could not reach the plugin), at start and every SweepInterval.
+	// could not reach the plugin), at start and every SweepInterval, once
+	// the kubelet has not listed their pod for SweepGrace.
 	Pods PodLister
-	// SweepInterval, if zero, is DefaultSweepInterval.
-	SweepInterval time.Duration
+	// SweepInterval and SweepGrace, if zero, are DefaultSweepInterval and
+	// DefaultSweepGrace.
+	SweepInterval, SweepGrace time.Duration
+	// Clock, if nil, is clock.Real.
+	Clock clock.Clock
 	// Published, if set, is told of every pod whose volume is published,
 	// before the pod's containers start. It must not block.
 	Published func(Pod)
@@ -83,6 +88,12 @@ type Config struct {
 // DefaultSweepInterval is how often the plugin looks for mounts of pods
 // that are gone.
 const DefaultSweepInterval = time.Minute
+
+// DefaultSweepGrace is how long a pod must be missing from the kubelet's
+// pods, in two listings at least, before the plugin removes its mount: a
+// kubelet that has just restarted lists no pods for a moment, and a
+// container that restarts later would find its volume empty.
+const DefaultSweepGrace = 30 * time.Second
 
 // PodLister lists the pods the kubelet runs (agent/kubelet.Client).
 type PodLister interface {
@@ -102,8 +113,12 @@ type Driver struct {
 	log     hclog.Logger
 
 	// mu serialises mounts and unmounts, so that a publish and an
-	// unpublish (or a sweep) of one path never interleave.
+	// unpublish (or a sweep) of one path never interleave; it guards
+	// absent.
 	mu sync.Mutex
+	// absent holds the mounts whose pod the kubelet did not list, and
+	// since when.
+	absent map[string]time.Time
 
 	csi, reg       *grpc.Server
 	csiLis, regLis net.Listener
@@ -121,6 +136,12 @@ func New(cfg Config) (*Driver, error) {
 	}
 	if cfg.SweepInterval == 0 {
 		cfg.SweepInterval = DefaultSweepInterval
+	}
+	if cfg.SweepGrace == 0 {
+		cfg.SweepGrace = DefaultSweepGrace
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = clock.Real
 	}
 	if cfg.Log == nil {
 		cfg.Log = hclog.NewNullLogger()
@@ -143,7 +164,7 @@ func New(cfg Config) (*Driver, error) {
 	}
 	root := filepath.Clean(cfg.KubeletRootDir)
 	return &Driver{
-		cfg: cfg, podsDir: filepath.Join(root, "pods"), log: cfg.Log,
+		cfg: cfg, podsDir: filepath.Join(root, "pods"), log: cfg.Log, absent: map[string]time.Time{},
 		regPath: filepath.Join(root, "plugins_registry", cfg.DriverName+"-reg.sock"),
 	}, nil
 }
@@ -179,20 +200,24 @@ func (d *Driver) Serve(ctx context.Context) error {
 	go func() { errc <- d.csi.Serve(d.csiLis) }()
 	go func() { errc <- d.reg.Serve(d.regLis) }()
 	d.log.Info("CSI plugin listening", "driver", d.cfg.DriverName, "socket", d.cfg.Endpoint, "registration", d.regPath)
-	sweep := time.NewTicker(d.cfg.SweepInterval)
-	defer sweep.Stop()
-	d.sweepAndLog(ctx)
 	for {
+		next := d.cfg.SweepInterval
+		if d.sweepAndLog(ctx) > 0 {
+			// Look again once the grace has passed.
+			next = min(next, d.cfg.SweepGrace)
+		}
+		after, stop := d.cfg.Clock.After(next)
 		select {
 		case <-ctx.Done():
+			stop()
 			return nil
 		case err := <-errc:
+			stop()
 			if err == nil || errors.Is(err, grpc.ErrServerStopped) {
 				return nil
 			}
 			return fmt.Errorf("CSI plugin: %w", err)
-		case <-sweep.C:
-			d.sweepAndLog(ctx)
+		case <-after:
 		}
 	}
 }
@@ -228,17 +253,19 @@ func (d *Driver) Registered() (bool, string) {
 	return d.registered, d.regError
 }
 
-func (d *Driver) sweepAndLog(ctx context.Context) {
+// sweepAndLog sweeps and returns how many mounts wait for their grace.
+func (d *Driver) sweepAndLog(ctx context.Context) int {
 	if d.cfg.Pods == nil {
-		return
+		return 0
 	}
-	removed, err := d.Sweep(ctx)
+	removed, pending, err := d.Sweep(ctx)
 	if err != nil {
 		d.log.Warn("looking for volumes of pods that are gone failed; trying again later", "error", err)
 	}
 	for _, p := range removed {
 		d.log.Info("removed the socket volume of a pod that is gone", "target_path", p)
 	}
+	return pending
 }
 
 // identity is the CSI identity service.

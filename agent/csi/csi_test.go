@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	csipb "github.com/container-storage-interface/spec/lib/go/csi"
 	"golang.org/x/sys/unix"
@@ -19,6 +20,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 	registerapi "k8s.io/kubelet/pkg/apis/pluginregistration/v1"
+
+	"github.com/signet-id/signet/internal/clock"
 )
 
 // plugin is a Driver serving on real Unix sockets in a temporary kubelet
@@ -29,6 +32,7 @@ type plugin struct {
 	conn                *grpc.ClientConn
 	published           chan Pod
 	pods                *fakePods
+	clock               *clock.Fake
 }
 
 type fakePods struct{ uids []string }
@@ -51,7 +55,8 @@ func newPlugin(t testing.TB) *plugin {
 	base, err := os.MkdirTemp("", "csi")
 	must(t, err)
 	t.Cleanup(func() { os.RemoveAll(base) })
-	p := &plugin{root: filepath.Join(base, "k"), sockDir: filepath.Join(base, "signet"), published: make(chan Pod, 10), pods: &fakePods{}}
+	p := &plugin{root: filepath.Join(base, "k"), sockDir: filepath.Join(base, "signet"), published: make(chan Pod, 10), pods: &fakePods{},
+		clock: clock.NewFake(time.Unix(1_800_000_000, 0))}
 	p.sock = filepath.Join(p.sockDir, "agent.sock")
 	must(t, os.MkdirAll(p.sockDir, 0o755))
 	var d *Driver
@@ -70,7 +75,9 @@ func newPlugin(t testing.TB) *plugin {
 	}()
 	d, err = New(Config{
 		NodeID: "node-1", Endpoint: filepath.Join(base, "csi", "csi.sock"), KubeletRootDir: p.root, SocketDir: p.sockDir,
-		Pods: p.pods, Published: func(pod Pod) { p.published <- pod },
+		Pods: p.pods, Published: func(pod Pod) { p.published <- pod }, Clock: p.clock, SweepGrace: 30 * time.Second,
+		// The tests sweep themselves; Serve sweeps once, at start.
+		SweepInterval: 24 * time.Hour,
 	})
 	must(t, err)
 	must(t, d.Listen())
@@ -287,20 +294,35 @@ func TestRegistration(t *testing.T) {
 	}
 }
 
-// TestSweep: mounts of pods that the kubelet no longer runs are removed;
-// those of its pods stay.
+// TestSweep: mounts of pods that the kubelet no longer runs are removed
+// once the kubelet has not listed them for the grace, in two listings;
+// those of its pods stay, and so do pods it lists again in time (a kubelet
+// that has just restarted lists no pods for a moment).
 func TestSweep(t *testing.T) {
 	p := newPlugin(t)
 	live, gone := "11111111-2222-4333-8444-555555555555", "66666666-7777-4888-9999-aaaaaaaaaaaa"
 	tl, tg := p.target(t, live), p.target(t, gone)
 	must(t, p.publish(live, tl))
 	must(t, p.publish(gone, tg))
-	p.pods.uids = []string{live}
-	removed, err := p.d.Sweep(context.Background())
-	must(t, err)
-	if !slices.Equal(removed, []string{tg}) {
-		t.Errorf("swept %v, want %v", removed, []string{tg})
+	sweep := func(wantRemoved []string, wantPending int) {
+		t.Helper()
+		removed, pending, err := p.d.Sweep(context.Background())
+		must(t, err)
+		if !slices.Equal(removed, wantRemoved) || pending != wantPending {
+			t.Fatalf("swept %v with %d pending, want %v with %d", removed, pending, wantRemoved, wantPending)
+		}
 	}
+	// A restarted kubelet that lists nothing yet: nothing goes.
+	p.pods.uids = nil
+	sweep(nil, 2)
+	p.clock.Add(10 * time.Second)
+	p.pods.uids = []string{live}
+	sweep(nil, 1)
+	// The grace has not passed since the first listing without it.
+	p.clock.Add(10 * time.Second)
+	sweep(nil, 1)
+	p.clock.Add(15 * time.Second)
+	sweep([]string{tg}, 0)
 	if !isMounted(t, tl) || isMounted(t, tg) {
 		t.Errorf("after the sweep: live mounted %v, gone mounted %v", isMounted(t, tl), isMounted(t, tg))
 	}
@@ -309,10 +331,11 @@ func TestSweep(t *testing.T) {
 	must(t, os.MkdirAll(filepath.Join(other, "mount"), 0o750))
 	must(t, os.WriteFile(filepath.Join(other, "vol_data.json"), []byte(`{"driverName":"other.csi.example.com"}`), 0o644))
 	must(t, unix.Mount(p.sockDir, filepath.Join(other, "mount"), "", unix.MS_BIND, ""))
-	removed, err = p.d.Sweep(context.Background())
-	must(t, err)
-	if len(removed) != 0 || !isMounted(t, filepath.Join(other, "mount")) {
-		t.Errorf("swept another driver's volume: %v", removed)
+	sweep(nil, 0)
+	p.clock.Add(time.Minute)
+	sweep(nil, 0)
+	if !isMounted(t, filepath.Join(other, "mount")) {
+		t.Error("swept another driver's volume")
 	}
 	unix.Unmount(filepath.Join(other, "mount"), 0)
 }

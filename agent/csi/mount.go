@@ -75,16 +75,18 @@ func (d *Driver) unpublish(target string) error {
 }
 
 // Sweep removes the plugin's mounts of pods that the kubelet no longer
-// runs, and returns their paths. The kubelet unpublishes every volume of
-// a deleted pod; one it could not reach the plugin for (the agent was
-// restarting) it retries with a back-off of up to two minutes, and a sweep
-// at start takes that wait away.
-func (d *Driver) Sweep(ctx context.Context) ([]string, error) {
+// runs, and returns their paths, and how many more mounts wait for their
+// grace. The kubelet unpublishes every volume of a deleted pod; one it
+// could not reach the plugin for (the agent was restarting) it retries
+// with a back-off of up to two minutes, and a sweep takes that wait away.
+// A mount goes once its pod has been missing from the kubelet's list for
+// SweepGrace, seen in two listings at least.
+func (d *Driver) Sweep(ctx context.Context) (removed []string, pending int, err error) {
 	// The mounts first, then the pods: a mount made after the pod list was
 	// read would otherwise look like one of a pod that is gone.
 	mounts, err := ReadMounts()
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	byPod := map[string][]string{}
 	for _, m := range mounts {
@@ -94,30 +96,53 @@ func (d *Driver) Sweep(ctx context.Context) ([]string, error) {
 		}
 		byPod[uid] = append(byPod[uid], m.MountPoint)
 	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	if len(byPod) == 0 {
-		return nil, nil
+		clear(d.absent)
+		return nil, 0, nil
 	}
 	pods, err := d.cfg.Pods.Pods(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("listing the kubelet's pods: %w", err)
+		return nil, 0, fmt.Errorf("listing the kubelet's pods: %w", err)
 	}
+	live := map[string]bool{}
 	for _, p := range pods {
-		delete(byPod, string(p.UID))
+		live[string(p.UID)] = true
 	}
-	var removed []string
+	now := d.cfg.Clock.Now()
+	seen := map[string]bool{}
 	var errs []error
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	for _, targets := range byPod {
+	for uid, targets := range byPod {
 		for _, t := range targets {
+			seen[t] = true
+			if live[uid] {
+				delete(d.absent, t)
+				continue
+			}
+			since, ok := d.absent[t]
+			if !ok {
+				d.absent[t] = now
+				since = now
+			}
+			if !ok || now.Sub(since) < d.cfg.SweepGrace {
+				pending++
+				continue
+			}
 			if err := d.unpublish(t); err != nil {
 				errs = append(errs, err)
 				continue
 			}
+			delete(d.absent, t)
 			removed = append(removed, t)
 		}
 	}
-	return removed, errors.Join(errs...)
+	for t := range d.absent {
+		if !seen[t] {
+			delete(d.absent, t)
+		}
+	}
+	return removed, pending, errors.Join(errs...)
 }
 
 // ours reports whether the volume mounted at target is this driver's:

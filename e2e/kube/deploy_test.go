@@ -219,9 +219,23 @@ func TestHelmAndKustomizeAgree(t *testing.T) {
 	if strings.Contains(string(raw), "--webhook-listen") || strings.Contains(string(raw), "--agent-pod-creator") || c["ValidatingWebhookConfiguration /signet"] != nil {
 		t.Error("webhook.enabled=false still renders the webhook")
 	}
-	withCreators := byKey(render(t, "helm", "template", "signet", "../../deploy/helm/signet", "--namespace", "id",
-		"--set", "webhook.agentPodCreators[0]=system:serviceaccount:kube-system:ds-operator"))["Deployment id/signet-ca"]
-	if raw, _ := json.Marshal(withCreators.Object); !strings.Contains(string(raw), "--agent-pod-creator=system:serviceaccount:kube-system:ds-operator") {
-		t.Error("webhook.agentPodCreators does not reach the CA's arguments")
+	withValues := byKey(render(t, "helm", "template", "signet", "../../deploy/helm/signet", "--namespace", "id",
+		"--set", "webhook.agentPodCreators[0]=system:serviceaccount:kube-system:ds-operator",
+		"--set", "webhook.socketVolume=hostPath", "--set", "agent.kubeletRootDir=/data/kubelet"))
+	caRaw, _ := json.Marshal(withValues["Deployment id/signet-ca"].Object)
+	for _, want := range []string{"--agent-pod-creator=system:serviceaccount:kube-system:ds-operator", "--socket-volume=hostPath"} {
+		if !strings.Contains(string(caRaw), want) {
+			t.Errorf("%s missing from the CA's arguments", want)
+		}
+	}
+	agentRaw, _ := json.Marshal(withValues["DaemonSet id/signet-agent"].Object)
+	for _, want := range []string{"--kubelet-root-dir=/data/kubelet", `"path":"/data/kubelet/plugins_registry"`, `"path":"/data/kubelet/pods"`,
+		`"mountPath":"/data/kubelet/pods","mountPropagation":"Bidirectional"`} {
+		if !strings.Contains(string(agentRaw), want) {
+			t.Errorf("agent.kubeletRootDir: %s missing from the agent DaemonSet", want)
+		}
+	}
+	if strings.Contains(string(agentRaw), "/var/lib/kubelet") {
+		t.Error("agent.kubeletRootDir: /var/lib/kubelet left in the agent DaemonSet")
 	}
 }

@@ -122,7 +122,8 @@ func TestAdmissionWebhook(t *testing.T) {
 	})
 	v := injected.Spec.Volumes[0]
 	c := injected.Spec.Containers[0]
-	if v.Name != "signet-agent-socket" || v.HostPath == nil || v.HostPath.Path != "/run/signet" || len(c.VolumeMounts) != 1 ||
+	// The default: the agent's CSI volume, read-only.
+	if v.Name != "signet-agent-socket" || v.HostPath != nil || v.CSI == nil || v.CSI.Driver != "csi.signet.dev" || v.CSI.ReadOnly == nil || !*v.CSI.ReadOnly || len(c.VolumeMounts) != 1 ||
 		!c.VolumeMounts[0].ReadOnly || c.VolumeMounts[0].MountPath != "/run/signet" || len(c.Env) != 1 || c.Env[0].Value != "unix:///run/signet/agent.sock" {
 		t.Fatalf("injected pod: volumes %+v, container %+v", injected.Spec.Volumes, c)
 	}

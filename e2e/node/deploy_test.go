@@ -309,7 +309,9 @@ func deployAndRun(t *testing.T, objs []*unstructured.Unstructured, ns string) {
 	must(t, kube.CoreV1().Pods(ns).DeleteCollection(ctx, metav1.DeleteOptions{GracePeriodSeconds: new(int64)}, metav1.ListOptions{}))
 	waitAgent(t, newAgent.UID)
 	root := env.Node.RootDir()
-	wait(t, time.Minute, "no socket volume left mounted", func() bool { return len(csiMounts(t, root)) == 0 },
+	// The kubelet retries the unpublish; the restarted agent also sweeps
+	// mounts of pods gone for 30 s.
+	wait(t, 90*time.Second, "no socket volume left mounted", func() bool { return len(csiMounts(t, root)) == 0 },
 		func() string { return fmt.Sprint(csiMounts(t, root)) })
 }
 
