@@ -297,10 +297,11 @@ func deployAndRun(t *testing.T, objs []*unstructured.Unstructured, ns string) {
 	}
 	// The server's own Workload API stream comes back through it: the new
 	// agent audits a fetch by the server's pod.
+	var agentLog string
 	wait(t, time.Minute, "the server fetching from the restarted agent", func() bool {
-		log, _ := env.Node.PodLog("signet-system", newAgent.Name, string(newAgent.UID), "agent")
-		return strings.Contains(log, "k8s:pod-uid:"+string(server.UID))
-	}, func() string { return podsState(ctx, ns) })
+		agentLog, _ = env.Node.PodLog("signet-system", newAgent.Name, string(newAgent.UID), "agent")
+		return strings.Contains(agentLog, "k8s:pod-uid:"+string(server.UID))
+	}, func() string { return podsState(ctx, ns) + "\nthe new agent's log:\n" + agentLog })
 	// And a new pod mounts through the new registration.
 	runClient(t, ns, "client-after-restart", serverAddr)
 

@@ -456,9 +456,30 @@ func removeCgroupTree(root string) {
 	}
 }
 
-// PodLog returns what a container of a pod wrote, as the kubelet's CRI log
+// PodLog returns what a container of a pod wrote, in all its runs the
+// kubelet keeps (it writes run N to N.log), as the kubelet's CRI log
 // lines: "<RFC 3339 time> <stream> <F|P> <text>".
 func (n *Node) PodLog(namespace, name, uid, container string) (string, error) {
-	b, err := os.ReadFile(filepath.Join(n.dir, "pod-logs", namespace+"_"+name+"_"+uid, container, "0.log"))
-	return string(b), err
+	dir := filepath.Join(n.dir, "pod-logs", namespace+"_"+name+"_"+uid, container)
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return "", err
+	}
+	var runs []int
+	for _, e := range entries {
+		var run int
+		if _, err := fmt.Sscanf(e.Name(), "%d.log", &run); err == nil && e.Name() == fmt.Sprintf("%d.log", run) {
+			runs = append(runs, run)
+		}
+	}
+	sort.Ints(runs)
+	var out []byte
+	for _, run := range runs {
+		b, err := os.ReadFile(filepath.Join(dir, fmt.Sprintf("%d.log", run)))
+		if err != nil {
+			return string(out), err
+		}
+		out = append(out, b...)
+	}
+	return string(out), nil
 }
