@@ -258,9 +258,12 @@ func deployAndRun(t *testing.T, objs []*unstructured.Unstructured, ns string) {
 		log, _ := env.Node.PodLog(ns, "server", string(server.UID), "main")
 		return strings.Contains(log, "listening on")
 	}, func() string { return podsState(ctx, ns) + podsState(ctx, "signet-system") })
-	server, err = kube.CoreV1().Pods(ns).Get(ctx, "server", metav1.GetOptions{})
-	must(t, err)
-	if server.Status.PodIP == "" || server.Spec.HostNetwork {
+	// The kubelet reports the pod's address a moment after it runs.
+	wait(t, time.Minute, "the server's pod IP", func() bool {
+		server, err = kube.CoreV1().Pods(ns).Get(ctx, "server", metav1.GetOptions{})
+		return err == nil && server.Status.PodIP != "" && len(server.Status.ContainerStatuses) == 1
+	}, func() string { return podsState(ctx, ns) })
+	if server.Spec.HostNetwork || server.Status.PodIP == server.Status.HostIP {
 		t.Fatalf("the server is not on the pod network: IP %q", server.Status.PodIP)
 	}
 	serverAddr := server.Status.PodIP + ":18444"
