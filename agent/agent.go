@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -73,12 +74,23 @@ func build(ctx context.Context, g *tasks.Group, cfg Config) (ready func(), err e
 	// agent that is still attesting (not ready, and why) from a dead one.
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	// Set once the CSI plugin serves; readiness waits for the kubelet to
+	// register it.
+	var csiDriver atomic.Pointer[csi.Driver]
 	registerMetrics(reg, ca, rot)
 	web, err := health.Listen(health.Config{
 		HealthAddr: cfg.HealthAddr, MetricsAddr: cfg.MetricsAddr, Registry: reg,
 		Ready: func(*http.Request) error {
 			if ok, reason := ca.Status(); !ok {
 				return errors.New(reason)
+			}
+			if d := csiDriver.Load(); d != nil {
+				switch ok, refused := d.Registered(); {
+				case refused != "":
+					return fmt.Errorf("the kubelet refused to register the CSI plugin %s: %s", cfg.CSI.Driver, refused)
+				case !ok:
+					return fmt.Errorf("the kubelet has not registered the CSI plugin %s yet (is %s its --root-dir?)", cfg.CSI.Driver, cfg.CSI.KubeletRootDir)
+				}
 			}
 			return nil
 		},
@@ -101,9 +113,11 @@ func build(ctx context.Context, g *tasks.Group, cfg Config) (ready func(), err e
 	// The CSI plugin serves from the start too: the kubelet mounts the
 	// socket's directory into pods whether or not the socket is up yet.
 	if cfg.CSI != nil {
-		if err := startCSI(g, cfg, ca, kc, reg); err != nil {
+		d, err := startCSI(g, cfg, ca, kc, reg)
+		if err != nil {
 			return nil, err
 		}
+		csiDriver.Store(d)
 	}
 
 	if err := ca.Attest(ctx); err != nil {
@@ -219,7 +233,7 @@ func build(ctx context.Context, g *tasks.Group, cfg Config) (ready func(), err e
 // the kubelet publishes a pod's volume, before the pod's containers
 // start, the agent asks the CA for that pod's identities unless they were
 // pushed already (prefetcher).
-func startCSI(g *tasks.Group, cfg Config, ca *caclient.Client, kc *kubelet.Client, reg prometheus.Registerer) error {
+func startCSI(g *tasks.Group, cfg Config, ca *caclient.Client, kc *kubelet.Client, reg prometheus.Registerer) (*csi.Driver, error) {
 	log := cfg.Log.Named("csi")
 	var published func(csi.Pod)
 	// Pod identities are pushed to (and fetched by) Kubernetes-attested
@@ -236,10 +250,10 @@ func startCSI(g *tasks.Group, cfg Config, ca *caclient.Client, kc *kubelet.Clien
 		SocketDir: filepath.Dir(cfg.SocketPath), Pods: lister, Published: published, Log: log,
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if err := drv.Listen(); err != nil {
-		return err
+		return nil, err
 	}
 	g.OnClose(drv.Close)
 	g.Start("CSI plugin", drv.Serve, drv.Stop)
@@ -250,7 +264,7 @@ func startCSI(g *tasks.Group, cfg Config, ca *caclient.Client, kc *kubelet.Clien
 		}
 		return 0
 	}))
-	return nil
+	return drv, nil
 }
 
 func registerMetrics(reg prometheus.Registerer, ca *caclient.Client, rot *rotation.Rotator) {

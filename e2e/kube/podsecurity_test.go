@@ -8,6 +8,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+
+	"github.com/signet-id/signet/e2e/nodeenv"
 )
 
 // TestPodSecurityLevels: the real API server's Pod Security admission
@@ -45,16 +47,11 @@ func TestPodSecurityLevels(t *testing.T) {
 		}
 		templates[u.GetName()] = w.Spec.Template.Spec
 	}
-	no, yes, uid, ro := false, true, int64(65532), true
-	workload := corev1.PodSpec{
-		SecurityContext: &corev1.PodSecurityContext{RunAsNonRoot: &yes, RunAsUser: &uid, SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault}},
-		Containers: []corev1.Container{{Name: "main", Image: "w",
-			SecurityContext: &corev1.SecurityContext{AllowPrivilegeEscalation: &no, Capabilities: &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}}},
-			VolumeMounts:    []corev1.VolumeMount{{Name: "signet-agent-socket", MountPath: "/run/signet", ReadOnly: true}}}},
-		Volumes: []corev1.Volume{{Name: "signet-agent-socket", VolumeSource: corev1.VolumeSource{CSI: &corev1.CSIVolumeSource{Driver: "csi.signet.dev", ReadOnly: &ro}}}},
-	}
+	// A restricted pod with the socket as the webhook injects it.
+	workload := nodeenv.CSIPod("", "w", "default", "w", "csi.signet.dev").Spec
+	workload.NodeName = ""
 	hostPathWorkload := *workload.DeepCopy()
-	hostPathWorkload.Volumes = []corev1.Volume{{Name: "signet-agent-socket", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: "/run/signet"}}}}
+	hostPathWorkload.Volumes = []corev1.Volume{{Name: "signet", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: "/run/signet"}}}}
 	for _, c := range []struct {
 		name    string
 		spec    corev1.PodSpec

@@ -23,6 +23,7 @@ import (
 	"k8s.io/client-go/dynamic"
 
 	"github.com/signet-id/signet/agent/csi"
+	"github.com/signet-id/signet/e2e/nodeenv"
 	"github.com/signet-id/signet/e2e/testenv"
 )
 
@@ -236,7 +237,7 @@ func deployAndRun(t *testing.T, objs []*unstructured.Unstructured, ns string) {
 
 	// Pod Security is enforced for real: the hostPath form of the socket,
 	// on the host's network, is refused by the API server itself.
-	hostPathPod := restrictedPod(ns, "host", "server", "localhost/shop-grpc-server:e2e")
+	hostPathPod := nodeenv.RestrictedPod(ns, "host", "server", "localhost/shop-grpc-server:e2e")
 	hostPathPod.Spec.HostNetwork = true
 	hostPathPod.Spec.Volumes = []corev1.Volume{{Name: "s", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: "/run/signet"}}}}
 	if _, err := kube.CoreV1().Pods(ns).Create(ctx, hostPathPod, metav1.CreateOptions{}); err == nil || !strings.Contains(err.Error(), "violates PodSecurity") {
@@ -245,7 +246,7 @@ func deployAndRun(t *testing.T, objs []*unstructured.Unstructured, ns string) {
 
 	var server *corev1.Pod
 	wait(t, time.Minute, "the server pod admitted with the socket injected", func() bool {
-		p, err := kube.CoreV1().Pods(ns).Create(ctx, restrictedPod(ns, "server", "server", "localhost/shop-grpc-server:e2e", "-addr", ":18444"), metav1.CreateOptions{})
+		p, err := kube.CoreV1().Pods(ns).Create(ctx, nodeenv.RestrictedPod(ns, "server", "server", "localhost/shop-grpc-server:e2e", "-addr", ":18444"), metav1.CreateOptions{})
 		if err == nil {
 			server = p
 		}
@@ -319,25 +320,12 @@ func deployAndRun(t *testing.T, objs []*unstructured.Unstructured, ns string) {
 		func() string { return fmt.Sprint(csiMounts(t, root)) })
 }
 
-// restrictedPod is a pod written to Pod Security's restricted level, on
-// the pod network.
-func restrictedPod(ns, name, sa, image string, args ...string) *corev1.Pod {
-	no, yes, uid := false, true, int64(65532)
-	return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}, Spec: corev1.PodSpec{
-		NodeName: testenv.NodeName, ServiceAccountName: sa, AutomountServiceAccountToken: &no,
-		RestartPolicy: corev1.RestartPolicyNever, TerminationGracePeriodSeconds: new(int64),
-		SecurityContext: &corev1.PodSecurityContext{RunAsNonRoot: &yes, RunAsUser: &uid,
-			SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault}},
-		Containers: []corev1.Container{{Name: "main", Image: image, ImagePullPolicy: corev1.PullNever, Args: args,
-			SecurityContext: &corev1.SecurityContext{AllowPrivilegeEscalation: &no, Capabilities: &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}}}}}}}
-}
-
 // runClient runs a client pod against the server and checks what the
 // server's AccessPolicy let it do.
 func runClient(t *testing.T, ns, name, serverAddr string) {
 	t.Helper()
 	ctx := context.Background()
-	client, err := env.Cluster.Client.CoreV1().Pods(ns).Create(ctx, restrictedPod(ns, name, "client", "localhost/shop-grpc-client:e2e",
+	client, err := env.Cluster.Client.CoreV1().Pods(ns).Create(ctx, nodeenv.RestrictedPod(ns, name, "client", "localhost/shop-grpc-client:e2e",
 		"-addr", serverAddr, "-server-id", "spiffe://example.org/ns/"+ns+"/sa/server"), metav1.CreateOptions{})
 	must(t, err)
 	var clientLog string

@@ -241,26 +241,32 @@ func (e *Env) ServiceAccount(ctx context.Context, ns, name string) error {
 	return e.Cluster.EnsureServiceAccount(ctx, ns, name)
 }
 
-// CSIPod is a pod bound to the test node on the pod network, written to
-// Pod Security's restricted level, that reaches the agent's socket through
-// a CSI inline volume of driver at /run/signet.
-func CSIPod(ns, name, sa, image, driver string) *corev1.Pod {
+// RestrictedPod is a pod bound to the test node on the pod network,
+// written to Pod Security's restricted level: non-root, no privilege
+// escalation, no capabilities, seccomp RuntimeDefault.
+func RestrictedPod(ns, name, sa, image string, args ...string) *corev1.Pod {
 	no, yes, uid := false, true, int64(65532)
+	return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}, Spec: corev1.PodSpec{
+		NodeName: testenv.NodeName, ServiceAccountName: sa, AutomountServiceAccountToken: &no,
+		RestartPolicy: corev1.RestartPolicyNever, TerminationGracePeriodSeconds: new(int64),
+		SecurityContext: &corev1.PodSecurityContext{RunAsNonRoot: &yes, RunAsUser: &uid,
+			SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault}},
+		Containers: []corev1.Container{{Name: "main", Image: image, ImagePullPolicy: corev1.PullNever, Args: args,
+			SecurityContext: &corev1.SecurityContext{AllowPrivilegeEscalation: &no, Capabilities: &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}}}}},
+	}}
+}
+
+// CSIPod is a RestrictedPod that reaches the agent's socket through a CSI
+// inline volume of driver at /run/signet.
+func CSIPod(ns, name, sa, image, driver string) *corev1.Pod {
 	ro := true
-	return &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
-		Spec: corev1.PodSpec{
-			NodeName: testenv.NodeName, ServiceAccountName: sa, AutomountServiceAccountToken: &no,
-			TerminationGracePeriodSeconds: new(int64),
-			SecurityContext: &corev1.PodSecurityContext{RunAsNonRoot: &yes, RunAsUser: &uid,
-				SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault}},
-			Volumes: []corev1.Volume{{Name: "signet", VolumeSource: corev1.VolumeSource{CSI: &corev1.CSIVolumeSource{Driver: driver, ReadOnly: &ro}}}},
-			Containers: []corev1.Container{{Name: "main", Image: image, ImagePullPolicy: corev1.PullNever,
-				SecurityContext: &corev1.SecurityContext{AllowPrivilegeEscalation: &no, Capabilities: &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}}},
-				VolumeMounts:    []corev1.VolumeMount{{Name: "signet", MountPath: "/run/signet", ReadOnly: true}},
-				Env:             []corev1.EnvVar{{Name: "SPIFFE_ENDPOINT_SOCKET", Value: "unix:///run/signet/agent.sock"}}}},
-		},
-	}
+	p := RestrictedPod(ns, name, sa, image)
+	p.Spec.RestartPolicy = ""
+	p.Spec.Volumes = []corev1.Volume{{Name: "signet", VolumeSource: corev1.VolumeSource{CSI: &corev1.CSIVolumeSource{Driver: driver, ReadOnly: &ro}}}}
+	c := &p.Spec.Containers[0]
+	c.VolumeMounts = []corev1.VolumeMount{{Name: "signet", MountPath: "/run/signet", ReadOnly: true}}
+	c.Env = []corev1.EnvVar{{Name: "SPIFFE_ENDPOINT_SOCKET", Value: "unix:///run/signet/agent.sock"}}
+	return p
 }
 
 // Pod is a hostNetwork pod bound to the test node; with socketDir set it
