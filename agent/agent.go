@@ -185,6 +185,7 @@ func build(ctx context.Context, g *tasks.Group, cfg Config) (ready func(), err e
 		grpc.WaitForHandlers(true))...)
 	workload.RegisterSpiffeWorkloadAPIServer(srv, h)
 	workloadv1.RegisterPolicyServer(srv, workloadapi.NewPolicyServer(h))
+	workloadv1.RegisterRevocationsServer(srv, workloadapi.NewRevocationServer(h))
 	workloadv1.RegisterDecisionsServer(srv, workloadapi.NewDecisionServer(h, ca))
 	workloadv1.RegisterKeysServer(srv, workloadapi.NewKeyServer(h, ca))
 	// Any local process may ask; the answer depends on who it is.

@@ -100,6 +100,8 @@ type Snapshot struct {
 	Bundle *Bundle
 	// Policies are the access policies of this node's workloads.
 	Policies []*typesv1.AccessPolicy
+	// Revocations are the revocations in force in the trust domain.
+	Revocations []*typesv1.Revocation
 	// Items are sorted by SPIFFE ID, then entry ID.
 	Items []*Item
 	// Synced is true once the first sync from the CA was applied and every
@@ -225,6 +227,7 @@ type Cache struct {
 	items    map[string]*Item
 	bundle   *Bundle
 	policies []*typesv1.AccessPolicy
+	revs     []*typesv1.Revocation
 	synced   bool
 	snap     *Snapshot
 	changed  chan struct{}
@@ -267,7 +270,7 @@ func (c *Cache) publishLocked() {
 			keys[sel.Type+":"+sel.Key()] = true
 		}
 	}
-	c.snap = &Snapshot{Bundle: c.bundle, Policies: c.policies, Items: items, Synced: c.synced, keys: keys}
+	c.snap = &Snapshot{Bundle: c.bundle, Policies: c.policies, Revocations: c.revs, Items: items, Synced: c.synced, keys: keys}
 	close(c.changed)
 	c.changed = make(chan struct{})
 }
@@ -292,6 +295,9 @@ type Update struct {
 	// Policies replace the access policies when PoliciesSet.
 	Policies    []*typesv1.AccessPolicy
 	PoliciesSet bool
+	// Revocations replace the revocations when RevocationsSet.
+	Revocations    []*typesv1.Revocation
+	RevocationsSet bool
 }
 
 // Apply applies a sync message. An entry whose identity-relevant fields
@@ -333,6 +339,9 @@ func (c *Cache) Apply(u Update) {
 	}
 	if u.PoliciesSet {
 		c.policies = u.Policies
+	}
+	if u.RevocationsSet {
+		c.revs = u.Revocations
 	}
 	c.publishLocked()
 }

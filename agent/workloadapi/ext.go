@@ -190,3 +190,45 @@ func (s *KeyServer) SignX509SVID(ctx context.Context, req *workloadv1.SignX509SV
 	s.h.grant(c, event, []string{id})
 	return &workloadv1.SignX509SVIDResponse{SpiffeId: id, CertChain: chain}, nil
 }
+
+// RevocationServer serves signet.workload.v1.Revocations.
+type RevocationServer struct {
+	workloadv1.UnimplementedRevocationsServer
+	h *Handler
+}
+
+// NewRevocationServer returns the Revocations service of h's agent.
+func NewRevocationServer(h *Handler) *RevocationServer { return &RevocationServer{h: h} }
+
+// Watch implements workloadv1.RevocationsServer: every revocation in
+// force, to callers with an identity (those that have peers to refuse).
+func (s *RevocationServer) Watch(_ *workloadv1.WatchRevocationsRequest, stream workloadv1.Revocations_WatchServer) error {
+	const event = "workload.watch_revocations"
+	ctx := stream.Context()
+	c, snap, changed, err := s.h.identified(ctx, event)
+	if err != nil {
+		return err
+	}
+	sent := "\x00"
+	for {
+		var key strings.Builder
+		ids := make([]string, len(snap.Revocations))
+		for i, r := range snap.Revocations {
+			fmt.Fprintf(&key, "%s@%d;", r.GetId(), r.GetRevision())
+			ids[i] = r.GetId()
+		}
+		if key.String() != sent {
+			if err := stream.Send(&workloadv1.WatchRevocationsResponse{Revocations: snap.Revocations}); err != nil {
+				return err
+			}
+			s.h.grant(c, event, ids)
+			sent = key.String()
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-changed:
+			snap, changed = s.h.cfg.Cache.Snapshot()
+		}
+	}
+}

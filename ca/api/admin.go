@@ -450,3 +450,46 @@ func (s *AdminServer) DeletePolicy(ctx context.Context, req *adminv1.DeletePolic
 	}
 	return &adminv1.DeletePolicyResponse{}, nil
 }
+
+// CreateRevocation implements adminv1.AdminServer.
+func (s *AdminServer) CreateRevocation(ctx context.Context, req *adminv1.CreateRevocationRequest) (*adminv1.CreateRevocationResponse, error) {
+	r, err := NewRevocation(req.GetRevocation(), s.cfg.Now())
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "revocation: %v", err)
+	}
+	stored, err := s.cfg.Store.PutRevocation(ctx, r)
+	if err != nil {
+		return nil, s.cfg.internal(ctx, "put revocation", err)
+	}
+	s.cfg.Changes.Notify()
+	if err := s.cfg.auditOrFail(audit.Record{Event: audit.RevocationCreate, Actor: actor(ctx), Revocation: r.GetId(),
+		Serial: r.GetSerial(), SPIFFEID: r.GetSpiffeId(), Reason: r.GetReason(), Result: audit.Success}); err != nil {
+		return nil, err
+	}
+	return &adminv1.CreateRevocationResponse{Revocation: stored}, nil
+}
+
+// ListRevocations implements adminv1.AdminServer.
+func (s *AdminServer) ListRevocations(ctx context.Context, _ *adminv1.ListRevocationsRequest) (*adminv1.ListRevocationsResponse, error) {
+	rs, err := s.cfg.Store.ListRevocations(ctx, s.cfg.Now())
+	if err != nil {
+		return nil, s.cfg.internal(ctx, "list revocations", err)
+	}
+	return &adminv1.ListRevocationsResponse{Revocations: rs}, nil
+}
+
+// DeleteRevocation implements adminv1.AdminServer.
+func (s *AdminServer) DeleteRevocation(ctx context.Context, req *adminv1.DeleteRevocationRequest) (*adminv1.DeleteRevocationResponse, error) {
+	err := s.cfg.Store.DeleteRevocation(ctx, req.GetId())
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, status.Errorf(codes.NotFound, "no revocation %q", req.GetId())
+	}
+	if err != nil {
+		return nil, s.cfg.internal(ctx, "delete revocation", err)
+	}
+	s.cfg.Changes.Notify()
+	if err := s.cfg.auditOrFail(audit.Record{Event: audit.RevocationDelete, Actor: actor(ctx), Revocation: req.GetId(), Result: audit.Success}); err != nil {
+		return nil, err
+	}
+	return &adminv1.DeleteRevocationResponse{}, nil
+}

@@ -557,6 +557,7 @@ func (s *NodeServer) Sync(req *agentv1.SyncRequest, stream agentv1.Node_SyncServ
 	sentPods := map[string]entry.Entry{}
 	storeIDs := map[string]spiffeid.ID{} // entry ID -> SPIFFE ID the agent holds
 	sentPolicies := "\x00"               // none sent yet
+	sentRevocations := "\x00"
 	for {
 		entriesChanged := s.cfg.Changes.Wait()
 		var podsChanged, clusterChanged, policiesChanged <-chan struct{}
@@ -599,8 +600,15 @@ func (s *NodeServer) Sync(req *agentv1.SyncRequest, stream agentv1.Node_SyncServ
 		if key != sentPolicies {
 			msg.Policies, msg.PoliciesSet, sentPolicies = pols, true, key
 		}
+		revs, err := s.cfg.Store.ListRevocations(ctx, s.cfg.Now())
+		if err != nil {
+			return s.cfg.internal(ctx, "sync revocations", err)
+		}
+		if key := revocationsKey(revs); key != sentRevocations {
+			msg.Revocations, msg.RevocationsSet, sentRevocations = revs, true, key
+		}
 		if first || ch.Full || len(msg.Entries) > 0 || len(msg.DeletedEntryIds) > 0 || msg.Bundle != nil ||
-			len(msg.PodEntries) > 0 || len(msg.DeletedPodEntryIds) > 0 || msg.PoliciesSet {
+			len(msg.PodEntries) > 0 || len(msg.DeletedPodEntryIds) > 0 || msg.PoliciesSet || msg.RevocationsSet {
 			if err := stream.Send(msg); err != nil {
 				return err
 			}
@@ -623,6 +631,16 @@ func (s *NodeServer) Sync(req *agentv1.SyncRequest, stream agentv1.Node_SyncServ
 			return err
 		}
 	}
+}
+
+// revocationsKey identifies a set of revocations, to send it only when
+// it changed.
+func revocationsKey(rs []*typesv1.Revocation) string {
+	var b strings.Builder
+	for _, r := range rs {
+		fmt.Fprintf(&b, "%s@%d;", r.GetId(), r.GetRevision())
+	}
+	return b.String()
 }
 
 // podDiff puts into msg what changed between the pod entries sent and cur,

@@ -32,6 +32,10 @@ const (
 	RefuseAggregate = "request.refuse.aggregate"
 	PolicyPut       = "policy.put"
 	PolicyDelete    = "policy.delete"
+	// RevocationCreate and RevocationDelete: an operator revoked
+	// credentials, or withdrew a revocation.
+	RevocationCreate = "revocation.create"
+	RevocationDelete = "revocation.delete"
 	// AuthzDeny is one call a service refused; AuthzAllow a count of the
 	// calls it allowed a peer in a minute; AuthzDropped records a service
 	// lost (full buffer).
@@ -69,6 +73,8 @@ type Record struct {
 	// authorization decision a service reported (Count: allowed calls in
 	// the minute from Window).
 	Policy  string    `json:"policy,omitempty"`
+	// Revocation is a revocation's ID.
+	Revocation string `json:"revocation,omitempty"`
 	Peer    string    `json:"peer,omitempty"`
 	Method  string    `json:"method,omitempty"`
 	Count   int64     `json:"count,omitempty"`

@@ -296,6 +296,13 @@ func housekeeping(ctx context.Context, st *store.Store, log hclog.Logger) {
 		if err := st.PruneDeleted(ctx, now.Add(-7*24*time.Hour)); err != nil && ctx.Err() == nil {
 			log.Warn("prune deleted entries", "error", err)
 		}
+		// Lists leave expired revocations out already; this keeps the
+		// table small.
+		if ids, err := st.PruneRevocations(ctx, now); err != nil && ctx.Err() == nil {
+			log.Warn("prune revocations", "error", err)
+		} else if len(ids) > 0 {
+			log.Info("revocations expired: everything they covered has expired", "ids", ids)
+		}
 		select {
 		case <-ctx.Done():
 			return

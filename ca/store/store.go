@@ -163,6 +163,14 @@ ALTER TABLE ca_keys ADD COLUMN key_uri TEXT NOT NULL DEFAULT '';
 	`
 ALTER TABLE entries ADD COLUMN workload_key INTEGER NOT NULL DEFAULT 0;
 `,
+	// 5: revocations.
+	`
+CREATE TABLE revocations (
+	id TEXT PRIMARY KEY,
+	revocation BLOB NOT NULL,
+	expires_at INTEGER NOT NULL
+);
+`,
 }
 
 func (s *Store) migrate(ctx context.Context) error {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -13,6 +14,7 @@ import (
 	"github.com/signet-id/signet/ca/store"
 	"github.com/signet-id/signet/internal/entry"
 	"github.com/signet-id/signet/internal/selector"
+	typesv1 "github.com/signet-id/signet/proto/signet/types/v1"
 )
 
 var (
@@ -270,5 +272,69 @@ func TestListFilters(t *testing.T) {
 	}
 	if list, _, err := s.ListEntries(ctx, store.ListFilter{IDs: []string{created[2].ID, "nope"}}); err != nil || len(list) != 1 || list[0].ID != created[2].ID {
 		t.Fatalf("ListEntries(ids) = %v, %v; want entry c only", list, err)
+	}
+}
+
+// TestRevocations: stored with a revision, listed while in force, pruned
+// once expired, withdrawn by ID; every change moves the revision (agents
+// resync on it); they survive a restart.
+func TestRevocations(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "s.db")
+	s := open(t, path)
+	now := time.Unix(1_800_000_000, 0)
+	r1, err := s.PutRevocation(ctx, &typesv1.Revocation{Id: "r1", Serial: "1f", CreatedAt: now.Unix(), ExpiresAt: now.Add(time.Hour).Unix()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r2, err := s.PutRevocation(ctx, &typesv1.Revocation{Id: "r2", SpiffeId: "spiffe://example.org/x", IssuedBefore: now.Unix(), ExpiresAt: now.Add(2 * time.Hour).Unix()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r1.GetRevision() == 0 || r2.GetRevision() <= r1.GetRevision() {
+		t.Fatalf("revisions %d, %d", r1.GetRevision(), r2.GetRevision())
+	}
+	if _, err := s.PutRevocation(ctx, &typesv1.Revocation{Id: "r1"}); err == nil {
+		t.Fatal("a second revocation with the same ID was stored")
+	}
+	s.Close()
+	s = open(t, path)
+	list := func(at time.Time) []string {
+		t.Helper()
+		rs, err := s.ListRevocations(ctx, at)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ids []string
+		for _, r := range rs {
+			ids = append(ids, r.GetId())
+		}
+		return ids
+	}
+	if got := list(now); !slices.Equal(got, []string{"r1", "r2"}) {
+		t.Fatalf("in force: %v", got)
+	}
+	if got := list(now.Add(90 * time.Minute)); !slices.Equal(got, []string{"r2"}) {
+		t.Fatalf("in force after r1 expired: %v", got)
+	}
+	rev, _ := s.Revision(ctx)
+	pruned, err := s.PruneRevocations(ctx, now.Add(90*time.Minute))
+	if err != nil || !slices.Equal(pruned, []string{"r1"}) {
+		t.Fatalf("pruned %v, %v", pruned, err)
+	}
+	if rev2, _ := s.Revision(ctx); rev2 <= rev {
+		t.Error("pruning did not move the revision")
+	}
+	if pruned, _ := s.PruneRevocations(ctx, now.Add(90*time.Minute)); len(pruned) != 0 {
+		t.Errorf("pruned again: %v", pruned)
+	}
+	if err := s.DeleteRevocation(ctx, "r2"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeleteRevocation(ctx, "r2"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("deleting again: %v", err)
+	}
+	if got := list(now); len(got) != 0 {
+		t.Fatalf("left: %v", got)
 	}
 }

@@ -1284,6 +1284,256 @@ func (*DeletePolicyResponse) Descriptor() ([]byte, []int) {
 	return file_signet_admin_v1_admin_proto_rawDescGZIP(), []int{26}
 }
 
+type CreateRevocationRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// revocation names serial or spiffe_id, and a reason; the CA fills in
+	// the rest (issued_before defaults to now).
+	Revocation    *v1.Revocation `protobuf:"bytes,1,opt,name=revocation,proto3" json:"revocation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateRevocationRequest) Reset() {
+	*x = CreateRevocationRequest{}
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateRevocationRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateRevocationRequest) ProtoMessage() {}
+
+func (x *CreateRevocationRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateRevocationRequest.ProtoReflect.Descriptor instead.
+func (*CreateRevocationRequest) Descriptor() ([]byte, []int) {
+	return file_signet_admin_v1_admin_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *CreateRevocationRequest) GetRevocation() *v1.Revocation {
+	if x != nil {
+		return x.Revocation
+	}
+	return nil
+}
+
+type CreateRevocationResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Revocation    *v1.Revocation         `protobuf:"bytes,1,opt,name=revocation,proto3" json:"revocation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateRevocationResponse) Reset() {
+	*x = CreateRevocationResponse{}
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateRevocationResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateRevocationResponse) ProtoMessage() {}
+
+func (x *CreateRevocationResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateRevocationResponse.ProtoReflect.Descriptor instead.
+func (*CreateRevocationResponse) Descriptor() ([]byte, []int) {
+	return file_signet_admin_v1_admin_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *CreateRevocationResponse) GetRevocation() *v1.Revocation {
+	if x != nil {
+		return x.Revocation
+	}
+	return nil
+}
+
+type ListRevocationsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListRevocationsRequest) Reset() {
+	*x = ListRevocationsRequest{}
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListRevocationsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListRevocationsRequest) ProtoMessage() {}
+
+func (x *ListRevocationsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListRevocationsRequest.ProtoReflect.Descriptor instead.
+func (*ListRevocationsRequest) Descriptor() ([]byte, []int) {
+	return file_signet_admin_v1_admin_proto_rawDescGZIP(), []int{29}
+}
+
+type ListRevocationsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Revocations   []*v1.Revocation       `protobuf:"bytes,1,rep,name=revocations,proto3" json:"revocations,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListRevocationsResponse) Reset() {
+	*x = ListRevocationsResponse{}
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListRevocationsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListRevocationsResponse) ProtoMessage() {}
+
+func (x *ListRevocationsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListRevocationsResponse.ProtoReflect.Descriptor instead.
+func (*ListRevocationsResponse) Descriptor() ([]byte, []int) {
+	return file_signet_admin_v1_admin_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *ListRevocationsResponse) GetRevocations() []*v1.Revocation {
+	if x != nil {
+		return x.Revocations
+	}
+	return nil
+}
+
+type DeleteRevocationRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteRevocationRequest) Reset() {
+	*x = DeleteRevocationRequest{}
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteRevocationRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteRevocationRequest) ProtoMessage() {}
+
+func (x *DeleteRevocationRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteRevocationRequest.ProtoReflect.Descriptor instead.
+func (*DeleteRevocationRequest) Descriptor() ([]byte, []int) {
+	return file_signet_admin_v1_admin_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *DeleteRevocationRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type DeleteRevocationResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteRevocationResponse) Reset() {
+	*x = DeleteRevocationResponse{}
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteRevocationResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteRevocationResponse) ProtoMessage() {}
+
+func (x *DeleteRevocationResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteRevocationResponse.ProtoReflect.Descriptor instead.
+func (*DeleteRevocationResponse) Descriptor() ([]byte, []int) {
+	return file_signet_admin_v1_admin_proto_rawDescGZIP(), []int{32}
+}
+
 var File_signet_admin_v1_admin_proto protoreflect.FileDescriptor
 
 const file_signet_admin_v1_admin_proto_rawDesc = "" +
@@ -1353,7 +1603,21 @@ const file_signet_admin_v1_admin_proto_rawDesc = "" +
 	"\bpolicies\x18\x01 \x03(\v2\x1d.signet.types.v1.AccessPolicyR\bpolicies\")\n" +
 	"\x13DeletePolicyRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"\x16\n" +
-	"\x14DeletePolicyResponse2\xcc\t\n" +
+	"\x14DeletePolicyResponse\"V\n" +
+	"\x17CreateRevocationRequest\x12;\n" +
+	"\n" +
+	"revocation\x18\x01 \x01(\v2\x1b.signet.types.v1.RevocationR\n" +
+	"revocation\"W\n" +
+	"\x18CreateRevocationResponse\x12;\n" +
+	"\n" +
+	"revocation\x18\x01 \x01(\v2\x1b.signet.types.v1.RevocationR\n" +
+	"revocation\"\x18\n" +
+	"\x16ListRevocationsRequest\"X\n" +
+	"\x17ListRevocationsResponse\x12=\n" +
+	"\vrevocations\x18\x01 \x03(\v2\x1b.signet.types.v1.RevocationR\vrevocations\")\n" +
+	"\x17DeleteRevocationRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\x1a\n" +
+	"\x18DeleteRevocationResponse2\x84\f\n" +
 	"\x05Admin\x12^\n" +
 	"\rCreateEntries\x12%.signet.admin.v1.CreateEntriesRequest\x1a&.signet.admin.v1.CreateEntriesResponse\x12^\n" +
 	"\rUpdateEntries\x12%.signet.admin.v1.UpdateEntriesRequest\x1a&.signet.admin.v1.UpdateEntriesResponse\x12^\n" +
@@ -1369,7 +1633,10 @@ const file_signet_admin_v1_admin_proto_rawDesc = "" +
 	"\tGetBundle\x12!.signet.admin.v1.GetBundleRequest\x1a\".signet.admin.v1.GetBundleResponse\x12[\n" +
 	"\fCreatePolicy\x12$.signet.admin.v1.CreatePolicyRequest\x1a%.signet.admin.v1.CreatePolicyResponse\x12[\n" +
 	"\fListPolicies\x12$.signet.admin.v1.ListPoliciesRequest\x1a%.signet.admin.v1.ListPoliciesResponse\x12[\n" +
-	"\fDeletePolicy\x12$.signet.admin.v1.DeletePolicyRequest\x1a%.signet.admin.v1.DeletePolicyResponseB;Z9github.com/signet-id/signet/proto/signet/admin/v1;adminv1b\x06proto3"
+	"\fDeletePolicy\x12$.signet.admin.v1.DeletePolicyRequest\x1a%.signet.admin.v1.DeletePolicyResponse\x12g\n" +
+	"\x10CreateRevocation\x12(.signet.admin.v1.CreateRevocationRequest\x1a).signet.admin.v1.CreateRevocationResponse\x12d\n" +
+	"\x0fListRevocations\x12'.signet.admin.v1.ListRevocationsRequest\x1a(.signet.admin.v1.ListRevocationsResponse\x12g\n" +
+	"\x10DeleteRevocation\x12(.signet.admin.v1.DeleteRevocationRequest\x1a).signet.admin.v1.DeleteRevocationResponseB;Z9github.com/signet-id/signet/proto/signet/admin/v1;adminv1b\x06proto3"
 
 var (
 	file_signet_admin_v1_admin_proto_rawDescOnce sync.Once
@@ -1383,7 +1650,7 @@ func file_signet_admin_v1_admin_proto_rawDescGZIP() []byte {
 	return file_signet_admin_v1_admin_proto_rawDescData
 }
 
-var file_signet_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
+var file_signet_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
 var file_signet_admin_v1_admin_proto_goTypes = []any{
 	(*CreateEntriesRequest)(nil),     // 0: signet.admin.v1.CreateEntriesRequest
 	(*CreateEntriesResponse)(nil),    // 1: signet.admin.v1.CreateEntriesResponse
@@ -1412,57 +1679,73 @@ var file_signet_admin_v1_admin_proto_goTypes = []any{
 	(*ListPoliciesResponse)(nil),     // 24: signet.admin.v1.ListPoliciesResponse
 	(*DeletePolicyRequest)(nil),      // 25: signet.admin.v1.DeletePolicyRequest
 	(*DeletePolicyResponse)(nil),     // 26: signet.admin.v1.DeletePolicyResponse
-	(*v1.Entry)(nil),                 // 27: signet.types.v1.Entry
-	(*v1.Selector)(nil),              // 28: signet.types.v1.Selector
-	(*v1.Agent)(nil),                 // 29: signet.types.v1.Agent
-	(*v1.Bundle)(nil),                // 30: signet.types.v1.Bundle
-	(*v1.AccessPolicy)(nil),          // 31: signet.types.v1.AccessPolicy
+	(*CreateRevocationRequest)(nil),  // 27: signet.admin.v1.CreateRevocationRequest
+	(*CreateRevocationResponse)(nil), // 28: signet.admin.v1.CreateRevocationResponse
+	(*ListRevocationsRequest)(nil),   // 29: signet.admin.v1.ListRevocationsRequest
+	(*ListRevocationsResponse)(nil),  // 30: signet.admin.v1.ListRevocationsResponse
+	(*DeleteRevocationRequest)(nil),  // 31: signet.admin.v1.DeleteRevocationRequest
+	(*DeleteRevocationResponse)(nil), // 32: signet.admin.v1.DeleteRevocationResponse
+	(*v1.Entry)(nil),                 // 33: signet.types.v1.Entry
+	(*v1.Selector)(nil),              // 34: signet.types.v1.Selector
+	(*v1.Agent)(nil),                 // 35: signet.types.v1.Agent
+	(*v1.Bundle)(nil),                // 36: signet.types.v1.Bundle
+	(*v1.AccessPolicy)(nil),          // 37: signet.types.v1.AccessPolicy
+	(*v1.Revocation)(nil),            // 38: signet.types.v1.Revocation
 }
 var file_signet_admin_v1_admin_proto_depIdxs = []int32{
-	27, // 0: signet.admin.v1.CreateEntriesRequest.entries:type_name -> signet.types.v1.Entry
-	27, // 1: signet.admin.v1.CreateEntriesResponse.entries:type_name -> signet.types.v1.Entry
-	27, // 2: signet.admin.v1.UpdateEntriesRequest.entries:type_name -> signet.types.v1.Entry
-	27, // 3: signet.admin.v1.UpdateEntriesResponse.entries:type_name -> signet.types.v1.Entry
-	28, // 4: signet.admin.v1.ListEntriesRequest.selector:type_name -> signet.types.v1.Selector
-	28, // 5: signet.admin.v1.ListEntriesRequest.selectors:type_name -> signet.types.v1.Selector
-	27, // 6: signet.admin.v1.ListEntriesResponse.entries:type_name -> signet.types.v1.Entry
+	33, // 0: signet.admin.v1.CreateEntriesRequest.entries:type_name -> signet.types.v1.Entry
+	33, // 1: signet.admin.v1.CreateEntriesResponse.entries:type_name -> signet.types.v1.Entry
+	33, // 2: signet.admin.v1.UpdateEntriesRequest.entries:type_name -> signet.types.v1.Entry
+	33, // 3: signet.admin.v1.UpdateEntriesResponse.entries:type_name -> signet.types.v1.Entry
+	34, // 4: signet.admin.v1.ListEntriesRequest.selector:type_name -> signet.types.v1.Selector
+	34, // 5: signet.admin.v1.ListEntriesRequest.selectors:type_name -> signet.types.v1.Selector
+	33, // 6: signet.admin.v1.ListEntriesResponse.entries:type_name -> signet.types.v1.Entry
 	11, // 7: signet.admin.v1.ListJoinTokensResponse.tokens:type_name -> signet.admin.v1.JoinToken
-	29, // 8: signet.admin.v1.ListAgentsResponse.agents:type_name -> signet.types.v1.Agent
-	30, // 9: signet.admin.v1.GetBundleResponse.bundle:type_name -> signet.types.v1.Bundle
-	31, // 10: signet.admin.v1.CreatePolicyRequest.policy:type_name -> signet.types.v1.AccessPolicy
-	31, // 11: signet.admin.v1.CreatePolicyResponse.policy:type_name -> signet.types.v1.AccessPolicy
-	31, // 12: signet.admin.v1.ListPoliciesResponse.policies:type_name -> signet.types.v1.AccessPolicy
-	0,  // 13: signet.admin.v1.Admin.CreateEntries:input_type -> signet.admin.v1.CreateEntriesRequest
-	2,  // 14: signet.admin.v1.Admin.UpdateEntries:input_type -> signet.admin.v1.UpdateEntriesRequest
-	4,  // 15: signet.admin.v1.Admin.DeleteEntries:input_type -> signet.admin.v1.DeleteEntriesRequest
-	6,  // 16: signet.admin.v1.Admin.ListEntries:input_type -> signet.admin.v1.ListEntriesRequest
-	8,  // 17: signet.admin.v1.Admin.CreateJoinToken:input_type -> signet.admin.v1.CreateJoinTokenRequest
-	10, // 18: signet.admin.v1.Admin.ListJoinTokens:input_type -> signet.admin.v1.ListJoinTokensRequest
-	13, // 19: signet.admin.v1.Admin.RevokeJoinTokens:input_type -> signet.admin.v1.RevokeJoinTokensRequest
-	15, // 20: signet.admin.v1.Admin.ListAgents:input_type -> signet.admin.v1.ListAgentsRequest
-	17, // 21: signet.admin.v1.Admin.EvictAgent:input_type -> signet.admin.v1.EvictAgentRequest
-	19, // 22: signet.admin.v1.Admin.GetBundle:input_type -> signet.admin.v1.GetBundleRequest
-	21, // 23: signet.admin.v1.Admin.CreatePolicy:input_type -> signet.admin.v1.CreatePolicyRequest
-	23, // 24: signet.admin.v1.Admin.ListPolicies:input_type -> signet.admin.v1.ListPoliciesRequest
-	25, // 25: signet.admin.v1.Admin.DeletePolicy:input_type -> signet.admin.v1.DeletePolicyRequest
-	1,  // 26: signet.admin.v1.Admin.CreateEntries:output_type -> signet.admin.v1.CreateEntriesResponse
-	3,  // 27: signet.admin.v1.Admin.UpdateEntries:output_type -> signet.admin.v1.UpdateEntriesResponse
-	5,  // 28: signet.admin.v1.Admin.DeleteEntries:output_type -> signet.admin.v1.DeleteEntriesResponse
-	7,  // 29: signet.admin.v1.Admin.ListEntries:output_type -> signet.admin.v1.ListEntriesResponse
-	9,  // 30: signet.admin.v1.Admin.CreateJoinToken:output_type -> signet.admin.v1.CreateJoinTokenResponse
-	12, // 31: signet.admin.v1.Admin.ListJoinTokens:output_type -> signet.admin.v1.ListJoinTokensResponse
-	14, // 32: signet.admin.v1.Admin.RevokeJoinTokens:output_type -> signet.admin.v1.RevokeJoinTokensResponse
-	16, // 33: signet.admin.v1.Admin.ListAgents:output_type -> signet.admin.v1.ListAgentsResponse
-	18, // 34: signet.admin.v1.Admin.EvictAgent:output_type -> signet.admin.v1.EvictAgentResponse
-	20, // 35: signet.admin.v1.Admin.GetBundle:output_type -> signet.admin.v1.GetBundleResponse
-	22, // 36: signet.admin.v1.Admin.CreatePolicy:output_type -> signet.admin.v1.CreatePolicyResponse
-	24, // 37: signet.admin.v1.Admin.ListPolicies:output_type -> signet.admin.v1.ListPoliciesResponse
-	26, // 38: signet.admin.v1.Admin.DeletePolicy:output_type -> signet.admin.v1.DeletePolicyResponse
-	26, // [26:39] is the sub-list for method output_type
-	13, // [13:26] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	35, // 8: signet.admin.v1.ListAgentsResponse.agents:type_name -> signet.types.v1.Agent
+	36, // 9: signet.admin.v1.GetBundleResponse.bundle:type_name -> signet.types.v1.Bundle
+	37, // 10: signet.admin.v1.CreatePolicyRequest.policy:type_name -> signet.types.v1.AccessPolicy
+	37, // 11: signet.admin.v1.CreatePolicyResponse.policy:type_name -> signet.types.v1.AccessPolicy
+	37, // 12: signet.admin.v1.ListPoliciesResponse.policies:type_name -> signet.types.v1.AccessPolicy
+	38, // 13: signet.admin.v1.CreateRevocationRequest.revocation:type_name -> signet.types.v1.Revocation
+	38, // 14: signet.admin.v1.CreateRevocationResponse.revocation:type_name -> signet.types.v1.Revocation
+	38, // 15: signet.admin.v1.ListRevocationsResponse.revocations:type_name -> signet.types.v1.Revocation
+	0,  // 16: signet.admin.v1.Admin.CreateEntries:input_type -> signet.admin.v1.CreateEntriesRequest
+	2,  // 17: signet.admin.v1.Admin.UpdateEntries:input_type -> signet.admin.v1.UpdateEntriesRequest
+	4,  // 18: signet.admin.v1.Admin.DeleteEntries:input_type -> signet.admin.v1.DeleteEntriesRequest
+	6,  // 19: signet.admin.v1.Admin.ListEntries:input_type -> signet.admin.v1.ListEntriesRequest
+	8,  // 20: signet.admin.v1.Admin.CreateJoinToken:input_type -> signet.admin.v1.CreateJoinTokenRequest
+	10, // 21: signet.admin.v1.Admin.ListJoinTokens:input_type -> signet.admin.v1.ListJoinTokensRequest
+	13, // 22: signet.admin.v1.Admin.RevokeJoinTokens:input_type -> signet.admin.v1.RevokeJoinTokensRequest
+	15, // 23: signet.admin.v1.Admin.ListAgents:input_type -> signet.admin.v1.ListAgentsRequest
+	17, // 24: signet.admin.v1.Admin.EvictAgent:input_type -> signet.admin.v1.EvictAgentRequest
+	19, // 25: signet.admin.v1.Admin.GetBundle:input_type -> signet.admin.v1.GetBundleRequest
+	21, // 26: signet.admin.v1.Admin.CreatePolicy:input_type -> signet.admin.v1.CreatePolicyRequest
+	23, // 27: signet.admin.v1.Admin.ListPolicies:input_type -> signet.admin.v1.ListPoliciesRequest
+	25, // 28: signet.admin.v1.Admin.DeletePolicy:input_type -> signet.admin.v1.DeletePolicyRequest
+	27, // 29: signet.admin.v1.Admin.CreateRevocation:input_type -> signet.admin.v1.CreateRevocationRequest
+	29, // 30: signet.admin.v1.Admin.ListRevocations:input_type -> signet.admin.v1.ListRevocationsRequest
+	31, // 31: signet.admin.v1.Admin.DeleteRevocation:input_type -> signet.admin.v1.DeleteRevocationRequest
+	1,  // 32: signet.admin.v1.Admin.CreateEntries:output_type -> signet.admin.v1.CreateEntriesResponse
+	3,  // 33: signet.admin.v1.Admin.UpdateEntries:output_type -> signet.admin.v1.UpdateEntriesResponse
+	5,  // 34: signet.admin.v1.Admin.DeleteEntries:output_type -> signet.admin.v1.DeleteEntriesResponse
+	7,  // 35: signet.admin.v1.Admin.ListEntries:output_type -> signet.admin.v1.ListEntriesResponse
+	9,  // 36: signet.admin.v1.Admin.CreateJoinToken:output_type -> signet.admin.v1.CreateJoinTokenResponse
+	12, // 37: signet.admin.v1.Admin.ListJoinTokens:output_type -> signet.admin.v1.ListJoinTokensResponse
+	14, // 38: signet.admin.v1.Admin.RevokeJoinTokens:output_type -> signet.admin.v1.RevokeJoinTokensResponse
+	16, // 39: signet.admin.v1.Admin.ListAgents:output_type -> signet.admin.v1.ListAgentsResponse
+	18, // 40: signet.admin.v1.Admin.EvictAgent:output_type -> signet.admin.v1.EvictAgentResponse
+	20, // 41: signet.admin.v1.Admin.GetBundle:output_type -> signet.admin.v1.GetBundleResponse
+	22, // 42: signet.admin.v1.Admin.CreatePolicy:output_type -> signet.admin.v1.CreatePolicyResponse
+	24, // 43: signet.admin.v1.Admin.ListPolicies:output_type -> signet.admin.v1.ListPoliciesResponse
+	26, // 44: signet.admin.v1.Admin.DeletePolicy:output_type -> signet.admin.v1.DeletePolicyResponse
+	28, // 45: signet.admin.v1.Admin.CreateRevocation:output_type -> signet.admin.v1.CreateRevocationResponse
+	30, // 46: signet.admin.v1.Admin.ListRevocations:output_type -> signet.admin.v1.ListRevocationsResponse
+	32, // 47: signet.admin.v1.Admin.DeleteRevocation:output_type -> signet.admin.v1.DeleteRevocationResponse
+	32, // [32:48] is the sub-list for method output_type
+	16, // [16:32] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_signet_admin_v1_admin_proto_init() }
@@ -1476,7 +1759,7 @@ func file_signet_admin_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_signet_admin_v1_admin_proto_rawDesc), len(file_signet_admin_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   27,
+			NumMessages:   33,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

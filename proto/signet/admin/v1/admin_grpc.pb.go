@@ -35,6 +35,9 @@ const (
 	Admin_CreatePolicy_FullMethodName     = "/signet.admin.v1.Admin/CreatePolicy"
 	Admin_ListPolicies_FullMethodName     = "/signet.admin.v1.Admin/ListPolicies"
 	Admin_DeletePolicy_FullMethodName     = "/signet.admin.v1.Admin/DeletePolicy"
+	Admin_CreateRevocation_FullMethodName = "/signet.admin.v1.Admin/CreateRevocation"
+	Admin_ListRevocations_FullMethodName  = "/signet.admin.v1.Admin/ListRevocations"
+	Admin_DeleteRevocation_FullMethodName = "/signet.admin.v1.Admin/DeleteRevocation"
 )
 
 // AdminClient is the client API for Admin service.
@@ -66,6 +69,14 @@ type AdminClient interface {
 	CreatePolicy(ctx context.Context, in *CreatePolicyRequest, opts ...grpc.CallOption) (*CreatePolicyResponse, error)
 	ListPolicies(ctx context.Context, in *ListPoliciesRequest, opts ...grpc.CallOption) (*ListPoliciesResponse, error)
 	DeletePolicy(ctx context.Context, in *DeletePolicyRequest, opts ...grpc.CallOption) (*DeletePolicyResponse, error)
+	// CreateRevocation revokes an X.509-SVID by serial, or every SVID of a
+	// SPIFFE ID issued before now; agents and the SDK enforce it within
+	// seconds.
+	CreateRevocation(ctx context.Context, in *CreateRevocationRequest, opts ...grpc.CallOption) (*CreateRevocationResponse, error)
+	// ListRevocations lists the revocations in force.
+	ListRevocations(ctx context.Context, in *ListRevocationsRequest, opts ...grpc.CallOption) (*ListRevocationsResponse, error)
+	// DeleteRevocation withdraws a revocation.
+	DeleteRevocation(ctx context.Context, in *DeleteRevocationRequest, opts ...grpc.CallOption) (*DeleteRevocationResponse, error)
 }
 
 type adminClient struct {
@@ -206,6 +217,36 @@ func (c *adminClient) DeletePolicy(ctx context.Context, in *DeletePolicyRequest,
 	return out, nil
 }
 
+func (c *adminClient) CreateRevocation(ctx context.Context, in *CreateRevocationRequest, opts ...grpc.CallOption) (*CreateRevocationResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CreateRevocationResponse)
+	err := c.cc.Invoke(ctx, Admin_CreateRevocation_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminClient) ListRevocations(ctx context.Context, in *ListRevocationsRequest, opts ...grpc.CallOption) (*ListRevocationsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListRevocationsResponse)
+	err := c.cc.Invoke(ctx, Admin_ListRevocations_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminClient) DeleteRevocation(ctx context.Context, in *DeleteRevocationRequest, opts ...grpc.CallOption) (*DeleteRevocationResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteRevocationResponse)
+	err := c.cc.Invoke(ctx, Admin_DeleteRevocation_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServer is the server API for Admin service.
 // All implementations must embed UnimplementedAdminServer
 // for forward compatibility.
@@ -235,6 +276,14 @@ type AdminServer interface {
 	CreatePolicy(context.Context, *CreatePolicyRequest) (*CreatePolicyResponse, error)
 	ListPolicies(context.Context, *ListPoliciesRequest) (*ListPoliciesResponse, error)
 	DeletePolicy(context.Context, *DeletePolicyRequest) (*DeletePolicyResponse, error)
+	// CreateRevocation revokes an X.509-SVID by serial, or every SVID of a
+	// SPIFFE ID issued before now; agents and the SDK enforce it within
+	// seconds.
+	CreateRevocation(context.Context, *CreateRevocationRequest) (*CreateRevocationResponse, error)
+	// ListRevocations lists the revocations in force.
+	ListRevocations(context.Context, *ListRevocationsRequest) (*ListRevocationsResponse, error)
+	// DeleteRevocation withdraws a revocation.
+	DeleteRevocation(context.Context, *DeleteRevocationRequest) (*DeleteRevocationResponse, error)
 	mustEmbedUnimplementedAdminServer()
 }
 
@@ -283,6 +332,15 @@ func (UnimplementedAdminServer) ListPolicies(context.Context, *ListPoliciesReque
 }
 func (UnimplementedAdminServer) DeletePolicy(context.Context, *DeletePolicyRequest) (*DeletePolicyResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeletePolicy not implemented")
+}
+func (UnimplementedAdminServer) CreateRevocation(context.Context, *CreateRevocationRequest) (*CreateRevocationResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CreateRevocation not implemented")
+}
+func (UnimplementedAdminServer) ListRevocations(context.Context, *ListRevocationsRequest) (*ListRevocationsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListRevocations not implemented")
+}
+func (UnimplementedAdminServer) DeleteRevocation(context.Context, *DeleteRevocationRequest) (*DeleteRevocationResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteRevocation not implemented")
 }
 func (UnimplementedAdminServer) mustEmbedUnimplementedAdminServer() {}
 func (UnimplementedAdminServer) testEmbeddedByValue()               {}
@@ -539,6 +597,60 @@ func _Admin_DeletePolicy_Handler(srv interface{}, ctx context.Context, dec func(
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Admin_CreateRevocation_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateRevocationRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).CreateRevocation(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_CreateRevocation_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).CreateRevocation(ctx, req.(*CreateRevocationRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Admin_ListRevocations_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListRevocationsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).ListRevocations(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_ListRevocations_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).ListRevocations(ctx, req.(*ListRevocationsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Admin_DeleteRevocation_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteRevocationRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).DeleteRevocation(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_DeleteRevocation_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).DeleteRevocation(ctx, req.(*DeleteRevocationRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Admin_ServiceDesc is the grpc.ServiceDesc for Admin service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -597,6 +709,18 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DeletePolicy",
 			Handler:    _Admin_DeletePolicy_Handler,
+		},
+		{
+			MethodName: "CreateRevocation",
+			Handler:    _Admin_CreateRevocation_Handler,
+		},
+		{
+			MethodName: "ListRevocations",
+			Handler:    _Admin_ListRevocations_Handler,
+		},
+		{
+			MethodName: "DeleteRevocation",
+			Handler:    _Admin_DeleteRevocation_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

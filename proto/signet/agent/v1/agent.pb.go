@@ -350,10 +350,14 @@ type SyncResponse struct {
 	DeletedPodEntryIds []string `protobuf:"bytes,8,rep,name=deleted_pod_entry_ids,json=deletedPodEntryIds,proto3" json:"deleted_pod_entry_ids,omitempty"`
 	// policies, when policies_set, replace the access policies the agent
 	// holds: those whose targets match an identity of this node.
-	Policies      []*v1.AccessPolicy `protobuf:"bytes,9,rep,name=policies,proto3" json:"policies,omitempty"`
-	PoliciesSet   bool               `protobuf:"varint,10,opt,name=policies_set,json=policiesSet,proto3" json:"policies_set,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Policies    []*v1.AccessPolicy `protobuf:"bytes,9,rep,name=policies,proto3" json:"policies,omitempty"`
+	PoliciesSet bool               `protobuf:"varint,10,opt,name=policies_set,json=policiesSet,proto3" json:"policies_set,omitempty"`
+	// revocations, when revocations_set, replace the revocations the agent
+	// holds: every one in force in the trust domain.
+	Revocations    []*v1.Revocation `protobuf:"bytes,11,rep,name=revocations,proto3" json:"revocations,omitempty"`
+	RevocationsSet bool             `protobuf:"varint,12,opt,name=revocations_set,json=revocationsSet,proto3" json:"revocations_set,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *SyncResponse) Reset() {
@@ -452,6 +456,20 @@ func (x *SyncResponse) GetPolicies() []*v1.AccessPolicy {
 func (x *SyncResponse) GetPoliciesSet() bool {
 	if x != nil {
 		return x.PoliciesSet
+	}
+	return false
+}
+
+func (x *SyncResponse) GetRevocations() []*v1.Revocation {
+	if x != nil {
+		return x.Revocations
+	}
+	return nil
+}
+
+func (x *SyncResponse) GetRevocationsSet() bool {
+	if x != nil {
+		return x.RevocationsSet
 	}
 	return false
 }
@@ -982,7 +1000,7 @@ const file_signet_agent_v1_agent_proto_rawDesc = "" +
 	"svid_chain\x18\x02 \x03(\fR\tsvidChain\x12/\n" +
 	"\x06bundle\x18\x03 \x01(\v2\x17.signet.types.v1.BundleR\x06bundle\")\n" +
 	"\vSyncRequest\x12\x1a\n" +
-	"\brevision\x18\x01 \x01(\x03R\brevision\"\xb4\x03\n" +
+	"\brevision\x18\x01 \x01(\x03R\brevision\"\x9c\x04\n" +
 	"\fSyncResponse\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\x12\x12\n" +
 	"\x04full\x18\x02 \x01(\bR\x04full\x120\n" +
@@ -995,7 +1013,9 @@ const file_signet_agent_v1_agent_proto_rawDesc = "" +
 	"\x15deleted_pod_entry_ids\x18\b \x03(\tR\x12deletedPodEntryIds\x129\n" +
 	"\bpolicies\x18\t \x03(\v2\x1d.signet.types.v1.AccessPolicyR\bpolicies\x12!\n" +
 	"\fpolicies_set\x18\n" +
-	" \x01(\bR\vpoliciesSet\"1\n" +
+	" \x01(\bR\vpoliciesSet\x12=\n" +
+	"\vrevocations\x18\v \x03(\v2\x1b.signet.types.v1.RevocationR\vrevocations\x12'\n" +
+	"\x0frevocations_set\x18\f \x01(\bR\x0erevocationsSet\"1\n" +
 	"\x16FetchPodEntriesRequest\x12\x17\n" +
 	"\apod_uid\x18\x01 \x01(\tR\x06podUid\"K\n" +
 	"\x17FetchPodEntriesResponse\x120\n" +
@@ -1071,8 +1091,9 @@ var file_signet_agent_v1_agent_proto_goTypes = []any{
 	(*v1.Bundle)(nil),               // 16: signet.types.v1.Bundle
 	(*v1.Entry)(nil),                // 17: signet.types.v1.Entry
 	(*v1.AccessPolicy)(nil),         // 18: signet.types.v1.AccessPolicy
-	(*v1.DecisionReport)(nil),       // 19: signet.types.v1.DecisionReport
-	(*v1.DecisionReportAck)(nil),    // 20: signet.types.v1.DecisionReportAck
+	(*v1.Revocation)(nil),           // 19: signet.types.v1.Revocation
+	(*v1.DecisionReport)(nil),       // 20: signet.types.v1.DecisionReport
+	(*v1.DecisionReportAck)(nil),    // 21: signet.types.v1.DecisionReportAck
 }
 var file_signet_agent_v1_agent_proto_depIdxs = []int32{
 	1,  // 0: signet.agent.v1.AttestNodeRequest.join_token:type_name -> signet.agent.v1.JoinTokenAttestation
@@ -1082,28 +1103,29 @@ var file_signet_agent_v1_agent_proto_depIdxs = []int32{
 	16, // 4: signet.agent.v1.SyncResponse.bundle:type_name -> signet.types.v1.Bundle
 	17, // 5: signet.agent.v1.SyncResponse.pod_entries:type_name -> signet.types.v1.Entry
 	18, // 6: signet.agent.v1.SyncResponse.policies:type_name -> signet.types.v1.AccessPolicy
-	17, // 7: signet.agent.v1.FetchPodEntriesResponse.entries:type_name -> signet.types.v1.Entry
-	8,  // 8: signet.agent.v1.MintX509SVIDsRequest.requests:type_name -> signet.agent.v1.X509SVIDRequest
-	10, // 9: signet.agent.v1.MintX509SVIDsResponse.svids:type_name -> signet.agent.v1.X509SVID
-	0,  // 10: signet.agent.v1.Node.AttestNode:input_type -> signet.agent.v1.AttestNodeRequest
-	4,  // 11: signet.agent.v1.Node.Sync:input_type -> signet.agent.v1.SyncRequest
-	9,  // 12: signet.agent.v1.Node.MintX509SVIDs:input_type -> signet.agent.v1.MintX509SVIDsRequest
-	12, // 13: signet.agent.v1.Node.MintJWTSVID:input_type -> signet.agent.v1.MintJWTSVIDRequest
-	14, // 14: signet.agent.v1.Node.RenewAgent:input_type -> signet.agent.v1.RenewAgentRequest
-	6,  // 15: signet.agent.v1.Node.FetchPodEntries:input_type -> signet.agent.v1.FetchPodEntriesRequest
-	19, // 16: signet.agent.v1.Node.ReportDecisions:input_type -> signet.types.v1.DecisionReport
-	3,  // 17: signet.agent.v1.Node.AttestNode:output_type -> signet.agent.v1.AttestNodeResponse
-	5,  // 18: signet.agent.v1.Node.Sync:output_type -> signet.agent.v1.SyncResponse
-	11, // 19: signet.agent.v1.Node.MintX509SVIDs:output_type -> signet.agent.v1.MintX509SVIDsResponse
-	13, // 20: signet.agent.v1.Node.MintJWTSVID:output_type -> signet.agent.v1.MintJWTSVIDResponse
-	15, // 21: signet.agent.v1.Node.RenewAgent:output_type -> signet.agent.v1.RenewAgentResponse
-	7,  // 22: signet.agent.v1.Node.FetchPodEntries:output_type -> signet.agent.v1.FetchPodEntriesResponse
-	20, // 23: signet.agent.v1.Node.ReportDecisions:output_type -> signet.types.v1.DecisionReportAck
-	17, // [17:24] is the sub-list for method output_type
-	10, // [10:17] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	19, // 7: signet.agent.v1.SyncResponse.revocations:type_name -> signet.types.v1.Revocation
+	17, // 8: signet.agent.v1.FetchPodEntriesResponse.entries:type_name -> signet.types.v1.Entry
+	8,  // 9: signet.agent.v1.MintX509SVIDsRequest.requests:type_name -> signet.agent.v1.X509SVIDRequest
+	10, // 10: signet.agent.v1.MintX509SVIDsResponse.svids:type_name -> signet.agent.v1.X509SVID
+	0,  // 11: signet.agent.v1.Node.AttestNode:input_type -> signet.agent.v1.AttestNodeRequest
+	4,  // 12: signet.agent.v1.Node.Sync:input_type -> signet.agent.v1.SyncRequest
+	9,  // 13: signet.agent.v1.Node.MintX509SVIDs:input_type -> signet.agent.v1.MintX509SVIDsRequest
+	12, // 14: signet.agent.v1.Node.MintJWTSVID:input_type -> signet.agent.v1.MintJWTSVIDRequest
+	14, // 15: signet.agent.v1.Node.RenewAgent:input_type -> signet.agent.v1.RenewAgentRequest
+	6,  // 16: signet.agent.v1.Node.FetchPodEntries:input_type -> signet.agent.v1.FetchPodEntriesRequest
+	20, // 17: signet.agent.v1.Node.ReportDecisions:input_type -> signet.types.v1.DecisionReport
+	3,  // 18: signet.agent.v1.Node.AttestNode:output_type -> signet.agent.v1.AttestNodeResponse
+	5,  // 19: signet.agent.v1.Node.Sync:output_type -> signet.agent.v1.SyncResponse
+	11, // 20: signet.agent.v1.Node.MintX509SVIDs:output_type -> signet.agent.v1.MintX509SVIDsResponse
+	13, // 21: signet.agent.v1.Node.MintJWTSVID:output_type -> signet.agent.v1.MintJWTSVIDResponse
+	15, // 22: signet.agent.v1.Node.RenewAgent:output_type -> signet.agent.v1.RenewAgentResponse
+	7,  // 23: signet.agent.v1.Node.FetchPodEntries:output_type -> signet.agent.v1.FetchPodEntriesResponse
+	21, // 24: signet.agent.v1.Node.ReportDecisions:output_type -> signet.types.v1.DecisionReportAck
+	18, // [18:25] is the sub-list for method output_type
+	11, // [11:18] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_signet_agent_v1_agent_proto_init() }

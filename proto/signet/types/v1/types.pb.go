@@ -663,6 +663,121 @@ func (x *AccessPolicy) GetRevision() int64 {
 	return 0
 }
 
+// Revocation withdraws trust in X.509-SVIDs before they expire. It names
+// exactly one of serial and spiffe_id. Every peer that follows its agent
+// (the SDK) refuses what it covers, at the handshake and on open
+// connections.
+type Revocation struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// id is assigned by the CA.
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// serial revokes the certificate with this serial number (lower-case
+	// hex, no leading zeros): an SVID, or a CA certificate and with it every
+	// chain it is in.
+	Serial string `protobuf:"bytes,2,opt,name=serial,proto3" json:"serial,omitempty"`
+	// spiffe_id revokes every X.509-SVID of this ID issued (its notBefore)
+	// before issued_before.
+	SpiffeId string `protobuf:"bytes,3,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	// issued_before, created_at and expires_at are Unix seconds. The CA
+	// drops the revocation at expires_at, when everything it covers has
+	// expired.
+	IssuedBefore int64 `protobuf:"varint,4,opt,name=issued_before,json=issuedBefore,proto3" json:"issued_before,omitempty"`
+	CreatedAt    int64 `protobuf:"varint,5,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	ExpiresAt    int64 `protobuf:"varint,6,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	// reason is the operator's note (audited, shown in lists).
+	Reason string `protobuf:"bytes,7,opt,name=reason,proto3" json:"reason,omitempty"`
+	// revision is the store revision at which it was made.
+	Revision      int64 `protobuf:"varint,8,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Revocation) Reset() {
+	*x = Revocation{}
+	mi := &file_signet_types_v1_types_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Revocation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Revocation) ProtoMessage() {}
+
+func (x *Revocation) ProtoReflect() protoreflect.Message {
+	mi := &file_signet_types_v1_types_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Revocation.ProtoReflect.Descriptor instead.
+func (*Revocation) Descriptor() ([]byte, []int) {
+	return file_signet_types_v1_types_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *Revocation) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Revocation) GetSerial() string {
+	if x != nil {
+		return x.Serial
+	}
+	return ""
+}
+
+func (x *Revocation) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+func (x *Revocation) GetIssuedBefore() int64 {
+	if x != nil {
+		return x.IssuedBefore
+	}
+	return 0
+}
+
+func (x *Revocation) GetCreatedAt() int64 {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return 0
+}
+
+func (x *Revocation) GetExpiresAt() int64 {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return 0
+}
+
+func (x *Revocation) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *Revocation) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
 // Decision is one authorization decision of a service, or a count of
 // allowed calls.
 type Decision struct {
@@ -685,7 +800,7 @@ type Decision struct {
 
 func (x *Decision) Reset() {
 	*x = Decision{}
-	mi := &file_signet_types_v1_types_proto_msgTypes[8]
+	mi := &file_signet_types_v1_types_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -697,7 +812,7 @@ func (x *Decision) String() string {
 func (*Decision) ProtoMessage() {}
 
 func (x *Decision) ProtoReflect() protoreflect.Message {
-	mi := &file_signet_types_v1_types_proto_msgTypes[8]
+	mi := &file_signet_types_v1_types_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -710,7 +825,7 @@ func (x *Decision) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Decision.ProtoReflect.Descriptor instead.
 func (*Decision) Descriptor() ([]byte, []int) {
-	return file_signet_types_v1_types_proto_rawDescGZIP(), []int{8}
+	return file_signet_types_v1_types_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Decision) GetServer() string {
@@ -769,7 +884,7 @@ type DecisionReport struct {
 
 func (x *DecisionReport) Reset() {
 	*x = DecisionReport{}
-	mi := &file_signet_types_v1_types_proto_msgTypes[9]
+	mi := &file_signet_types_v1_types_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -781,7 +896,7 @@ func (x *DecisionReport) String() string {
 func (*DecisionReport) ProtoMessage() {}
 
 func (x *DecisionReport) ProtoReflect() protoreflect.Message {
-	mi := &file_signet_types_v1_types_proto_msgTypes[9]
+	mi := &file_signet_types_v1_types_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -794,7 +909,7 @@ func (x *DecisionReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DecisionReport.ProtoReflect.Descriptor instead.
 func (*DecisionReport) Descriptor() ([]byte, []int) {
-	return file_signet_types_v1_types_proto_rawDescGZIP(), []int{9}
+	return file_signet_types_v1_types_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *DecisionReport) GetDecisions() []*Decision {
@@ -820,7 +935,7 @@ type DecisionReportAck struct {
 
 func (x *DecisionReportAck) Reset() {
 	*x = DecisionReportAck{}
-	mi := &file_signet_types_v1_types_proto_msgTypes[10]
+	mi := &file_signet_types_v1_types_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -832,7 +947,7 @@ func (x *DecisionReportAck) String() string {
 func (*DecisionReportAck) ProtoMessage() {}
 
 func (x *DecisionReportAck) ProtoReflect() protoreflect.Message {
-	mi := &file_signet_types_v1_types_proto_msgTypes[10]
+	mi := &file_signet_types_v1_types_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -845,7 +960,7 @@ func (x *DecisionReportAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DecisionReportAck.ProtoReflect.Descriptor instead.
 func (*DecisionReportAck) Descriptor() ([]byte, []int) {
-	return file_signet_types_v1_types_proto_rawDescGZIP(), []int{10}
+	return file_signet_types_v1_types_proto_rawDescGZIP(), []int{11}
 }
 
 var File_signet_types_v1_types_proto protoreflect.FileDescriptor
@@ -907,7 +1022,19 @@ const file_signet_types_v1_types_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06target\x18\x02 \x01(\tR\x06target\x121\n" +
 	"\x05rules\x18\x03 \x03(\v2\x1b.signet.types.v1.PolicyRuleR\x05rules\x12\x1a\n" +
-	"\brevision\x18\x04 \x01(\x03R\brevision\"\x92\x01\n" +
+	"\brevision\x18\x04 \x01(\x03R\brevision\"\xe8\x01\n" +
+	"\n" +
+	"Revocation\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
+	"\x06serial\x18\x02 \x01(\tR\x06serial\x12\x1b\n" +
+	"\tspiffe_id\x18\x03 \x01(\tR\bspiffeId\x12#\n" +
+	"\rissued_before\x18\x04 \x01(\x03R\fissuedBefore\x12\x1d\n" +
+	"\n" +
+	"created_at\x18\x05 \x01(\x03R\tcreatedAt\x12\x1d\n" +
+	"\n" +
+	"expires_at\x18\x06 \x01(\x03R\texpiresAt\x12\x16\n" +
+	"\x06reason\x18\a \x01(\tR\x06reason\x12\x1a\n" +
+	"\brevision\x18\b \x01(\x03R\brevision\"\x92\x01\n" +
 	"\bDecision\x12\x16\n" +
 	"\x06server\x18\x01 \x01(\tR\x06server\x12\x12\n" +
 	"\x04peer\x18\x02 \x01(\tR\x04peer\x12\x16\n" +
@@ -932,7 +1059,7 @@ func file_signet_types_v1_types_proto_rawDescGZIP() []byte {
 	return file_signet_types_v1_types_proto_rawDescData
 }
 
-var file_signet_types_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_signet_types_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_signet_types_v1_types_proto_goTypes = []any{
 	(*Selector)(nil),          // 0: signet.types.v1.Selector
 	(*Entry)(nil),             // 1: signet.types.v1.Entry
@@ -942,16 +1069,17 @@ var file_signet_types_v1_types_proto_goTypes = []any{
 	(*PolicyPeer)(nil),        // 5: signet.types.v1.PolicyPeer
 	(*PolicyRule)(nil),        // 6: signet.types.v1.PolicyRule
 	(*AccessPolicy)(nil),      // 7: signet.types.v1.AccessPolicy
-	(*Decision)(nil),          // 8: signet.types.v1.Decision
-	(*DecisionReport)(nil),    // 9: signet.types.v1.DecisionReport
-	(*DecisionReportAck)(nil), // 10: signet.types.v1.DecisionReportAck
+	(*Revocation)(nil),        // 8: signet.types.v1.Revocation
+	(*Decision)(nil),          // 9: signet.types.v1.Decision
+	(*DecisionReport)(nil),    // 10: signet.types.v1.DecisionReport
+	(*DecisionReportAck)(nil), // 11: signet.types.v1.DecisionReportAck
 }
 var file_signet_types_v1_types_proto_depIdxs = []int32{
 	0, // 0: signet.types.v1.Entry.selectors:type_name -> signet.types.v1.Selector
 	2, // 1: signet.types.v1.Bundle.jwt_authorities:type_name -> signet.types.v1.JWTKey
 	5, // 2: signet.types.v1.PolicyRule.peers:type_name -> signet.types.v1.PolicyPeer
 	6, // 3: signet.types.v1.AccessPolicy.rules:type_name -> signet.types.v1.PolicyRule
-	8, // 4: signet.types.v1.DecisionReport.decisions:type_name -> signet.types.v1.Decision
+	9, // 4: signet.types.v1.DecisionReport.decisions:type_name -> signet.types.v1.Decision
 	5, // [5:5] is the sub-list for method output_type
 	5, // [5:5] is the sub-list for method input_type
 	5, // [5:5] is the sub-list for extension type_name
@@ -970,7 +1098,7 @@ func file_signet_types_v1_types_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_signet_types_v1_types_proto_rawDesc), len(file_signet_types_v1_types_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   11,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

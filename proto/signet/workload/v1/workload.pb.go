@@ -107,6 +107,86 @@ func (x *WatchPoliciesResponse) GetPolicies() []*v1.AccessPolicy {
 	return nil
 }
 
+type WatchRevocationsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchRevocationsRequest) Reset() {
+	*x = WatchRevocationsRequest{}
+	mi := &file_signet_workload_v1_workload_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchRevocationsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchRevocationsRequest) ProtoMessage() {}
+
+func (x *WatchRevocationsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_signet_workload_v1_workload_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchRevocationsRequest.ProtoReflect.Descriptor instead.
+func (*WatchRevocationsRequest) Descriptor() ([]byte, []int) {
+	return file_signet_workload_v1_workload_proto_rawDescGZIP(), []int{2}
+}
+
+type WatchRevocationsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Revocations   []*v1.Revocation       `protobuf:"bytes,1,rep,name=revocations,proto3" json:"revocations,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchRevocationsResponse) Reset() {
+	*x = WatchRevocationsResponse{}
+	mi := &file_signet_workload_v1_workload_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchRevocationsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchRevocationsResponse) ProtoMessage() {}
+
+func (x *WatchRevocationsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_signet_workload_v1_workload_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchRevocationsResponse.ProtoReflect.Descriptor instead.
+func (*WatchRevocationsResponse) Descriptor() ([]byte, []int) {
+	return file_signet_workload_v1_workload_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *WatchRevocationsResponse) GetRevocations() []*v1.Revocation {
+	if x != nil {
+		return x.Revocations
+	}
+	return nil
+}
+
 type SignX509SVIDRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// csr is a DER PKCS#10 request for the caller's key.
@@ -119,7 +199,7 @@ type SignX509SVIDRequest struct {
 
 func (x *SignX509SVIDRequest) Reset() {
 	*x = SignX509SVIDRequest{}
-	mi := &file_signet_workload_v1_workload_proto_msgTypes[2]
+	mi := &file_signet_workload_v1_workload_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -131,7 +211,7 @@ func (x *SignX509SVIDRequest) String() string {
 func (*SignX509SVIDRequest) ProtoMessage() {}
 
 func (x *SignX509SVIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_signet_workload_v1_workload_proto_msgTypes[2]
+	mi := &file_signet_workload_v1_workload_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -144,7 +224,7 @@ func (x *SignX509SVIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignX509SVIDRequest.ProtoReflect.Descriptor instead.
 func (*SignX509SVIDRequest) Descriptor() ([]byte, []int) {
-	return file_signet_workload_v1_workload_proto_rawDescGZIP(), []int{2}
+	return file_signet_workload_v1_workload_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *SignX509SVIDRequest) GetCsr() []byte {
@@ -172,7 +252,7 @@ type SignX509SVIDResponse struct {
 
 func (x *SignX509SVIDResponse) Reset() {
 	*x = SignX509SVIDResponse{}
-	mi := &file_signet_workload_v1_workload_proto_msgTypes[3]
+	mi := &file_signet_workload_v1_workload_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -184,7 +264,7 @@ func (x *SignX509SVIDResponse) String() string {
 func (*SignX509SVIDResponse) ProtoMessage() {}
 
 func (x *SignX509SVIDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_signet_workload_v1_workload_proto_msgTypes[3]
+	mi := &file_signet_workload_v1_workload_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -197,7 +277,7 @@ func (x *SignX509SVIDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignX509SVIDResponse.ProtoReflect.Descriptor instead.
 func (*SignX509SVIDResponse) Descriptor() ([]byte, []int) {
-	return file_signet_workload_v1_workload_proto_rawDescGZIP(), []int{3}
+	return file_signet_workload_v1_workload_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *SignX509SVIDResponse) GetSpiffeId() string {
@@ -221,7 +301,10 @@ const file_signet_workload_v1_workload_proto_rawDesc = "" +
 	"!signet/workload/v1/workload.proto\x12\x12signet.workload.v1\x1a\x1bsignet/types/v1/types.proto\"\x16\n" +
 	"\x14WatchPoliciesRequest\"R\n" +
 	"\x15WatchPoliciesResponse\x129\n" +
-	"\bpolicies\x18\x01 \x03(\v2\x1d.signet.types.v1.AccessPolicyR\bpolicies\"D\n" +
+	"\bpolicies\x18\x01 \x03(\v2\x1d.signet.types.v1.AccessPolicyR\bpolicies\"\x19\n" +
+	"\x17WatchRevocationsRequest\"Y\n" +
+	"\x18WatchRevocationsResponse\x12=\n" +
+	"\vrevocations\x18\x01 \x03(\v2\x1b.signet.types.v1.RevocationR\vrevocations\"D\n" +
 	"\x13SignX509SVIDRequest\x12\x10\n" +
 	"\x03csr\x18\x01 \x01(\fR\x03csr\x12\x1b\n" +
 	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\"R\n" +
@@ -230,7 +313,9 @@ const file_signet_workload_v1_workload_proto_rawDesc = "" +
 	"\n" +
 	"cert_chain\x18\x02 \x03(\fR\tcertChain2h\n" +
 	"\x06Policy\x12^\n" +
-	"\x05Watch\x12(.signet.workload.v1.WatchPoliciesRequest\x1a).signet.workload.v1.WatchPoliciesResponse0\x012Z\n" +
+	"\x05Watch\x12(.signet.workload.v1.WatchPoliciesRequest\x1a).signet.workload.v1.WatchPoliciesResponse0\x012s\n" +
+	"\vRevocations\x12d\n" +
+	"\x05Watch\x12+.signet.workload.v1.WatchRevocationsRequest\x1a,.signet.workload.v1.WatchRevocationsResponse0\x012Z\n" +
 	"\tDecisions\x12M\n" +
 	"\x06Report\x12\x1f.signet.types.v1.DecisionReport\x1a\".signet.types.v1.DecisionReportAck2i\n" +
 	"\x04Keys\x12a\n" +
@@ -248,29 +333,35 @@ func file_signet_workload_v1_workload_proto_rawDescGZIP() []byte {
 	return file_signet_workload_v1_workload_proto_rawDescData
 }
 
-var file_signet_workload_v1_workload_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_signet_workload_v1_workload_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
 var file_signet_workload_v1_workload_proto_goTypes = []any{
-	(*WatchPoliciesRequest)(nil),  // 0: signet.workload.v1.WatchPoliciesRequest
-	(*WatchPoliciesResponse)(nil), // 1: signet.workload.v1.WatchPoliciesResponse
-	(*SignX509SVIDRequest)(nil),   // 2: signet.workload.v1.SignX509SVIDRequest
-	(*SignX509SVIDResponse)(nil),  // 3: signet.workload.v1.SignX509SVIDResponse
-	(*v1.AccessPolicy)(nil),       // 4: signet.types.v1.AccessPolicy
-	(*v1.DecisionReport)(nil),     // 5: signet.types.v1.DecisionReport
-	(*v1.DecisionReportAck)(nil),  // 6: signet.types.v1.DecisionReportAck
+	(*WatchPoliciesRequest)(nil),     // 0: signet.workload.v1.WatchPoliciesRequest
+	(*WatchPoliciesResponse)(nil),    // 1: signet.workload.v1.WatchPoliciesResponse
+	(*WatchRevocationsRequest)(nil),  // 2: signet.workload.v1.WatchRevocationsRequest
+	(*WatchRevocationsResponse)(nil), // 3: signet.workload.v1.WatchRevocationsResponse
+	(*SignX509SVIDRequest)(nil),      // 4: signet.workload.v1.SignX509SVIDRequest
+	(*SignX509SVIDResponse)(nil),     // 5: signet.workload.v1.SignX509SVIDResponse
+	(*v1.AccessPolicy)(nil),          // 6: signet.types.v1.AccessPolicy
+	(*v1.Revocation)(nil),            // 7: signet.types.v1.Revocation
+	(*v1.DecisionReport)(nil),        // 8: signet.types.v1.DecisionReport
+	(*v1.DecisionReportAck)(nil),     // 9: signet.types.v1.DecisionReportAck
 }
 var file_signet_workload_v1_workload_proto_depIdxs = []int32{
-	4, // 0: signet.workload.v1.WatchPoliciesResponse.policies:type_name -> signet.types.v1.AccessPolicy
-	0, // 1: signet.workload.v1.Policy.Watch:input_type -> signet.workload.v1.WatchPoliciesRequest
-	5, // 2: signet.workload.v1.Decisions.Report:input_type -> signet.types.v1.DecisionReport
-	2, // 3: signet.workload.v1.Keys.SignX509SVID:input_type -> signet.workload.v1.SignX509SVIDRequest
-	1, // 4: signet.workload.v1.Policy.Watch:output_type -> signet.workload.v1.WatchPoliciesResponse
-	6, // 5: signet.workload.v1.Decisions.Report:output_type -> signet.types.v1.DecisionReportAck
-	3, // 6: signet.workload.v1.Keys.SignX509SVID:output_type -> signet.workload.v1.SignX509SVIDResponse
-	4, // [4:7] is the sub-list for method output_type
-	1, // [1:4] is the sub-list for method input_type
-	1, // [1:1] is the sub-list for extension type_name
-	1, // [1:1] is the sub-list for extension extendee
-	0, // [0:1] is the sub-list for field type_name
+	6, // 0: signet.workload.v1.WatchPoliciesResponse.policies:type_name -> signet.types.v1.AccessPolicy
+	7, // 1: signet.workload.v1.WatchRevocationsResponse.revocations:type_name -> signet.types.v1.Revocation
+	0, // 2: signet.workload.v1.Policy.Watch:input_type -> signet.workload.v1.WatchPoliciesRequest
+	2, // 3: signet.workload.v1.Revocations.Watch:input_type -> signet.workload.v1.WatchRevocationsRequest
+	8, // 4: signet.workload.v1.Decisions.Report:input_type -> signet.types.v1.DecisionReport
+	4, // 5: signet.workload.v1.Keys.SignX509SVID:input_type -> signet.workload.v1.SignX509SVIDRequest
+	1, // 6: signet.workload.v1.Policy.Watch:output_type -> signet.workload.v1.WatchPoliciesResponse
+	3, // 7: signet.workload.v1.Revocations.Watch:output_type -> signet.workload.v1.WatchRevocationsResponse
+	9, // 8: signet.workload.v1.Decisions.Report:output_type -> signet.types.v1.DecisionReportAck
+	5, // 9: signet.workload.v1.Keys.SignX509SVID:output_type -> signet.workload.v1.SignX509SVIDResponse
+	6, // [6:10] is the sub-list for method output_type
+	2, // [2:6] is the sub-list for method input_type
+	2, // [2:2] is the sub-list for extension type_name
+	2, // [2:2] is the sub-list for extension extendee
+	0, // [0:2] is the sub-list for field type_name
 }
 
 func init() { file_signet_workload_v1_workload_proto_init() }
@@ -284,9 +375,9 @@ func file_signet_workload_v1_workload_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_signet_workload_v1_workload_proto_rawDesc), len(file_signet_workload_v1_workload_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   4,
+			NumMessages:   6,
 			NumExtensions: 0,
-			NumServices:   3,
+			NumServices:   4,
 		},
 		GoTypes:           file_signet_workload_v1_workload_proto_goTypes,
 		DependencyIndexes: file_signet_workload_v1_workload_proto_depIdxs,

@@ -138,6 +138,121 @@ var Policy_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
+	Revocations_Watch_FullMethodName = "/signet.workload.v1.Revocations/Watch"
+)
+
+// RevocationsClient is the client API for Revocations service.
+//
+// For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+//
+// Revocations serves the revocations in force in the trust domain, for
+// the caller to refuse the credentials they cover.
+type RevocationsClient interface {
+	// Watch sends every revocation in force, and again whenever they
+	// change.
+	Watch(ctx context.Context, in *WatchRevocationsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchRevocationsResponse], error)
+}
+
+type revocationsClient struct {
+	cc grpc.ClientConnInterface
+}
+
+func NewRevocationsClient(cc grpc.ClientConnInterface) RevocationsClient {
+	return &revocationsClient{cc}
+}
+
+func (c *revocationsClient) Watch(ctx context.Context, in *WatchRevocationsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchRevocationsResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Revocations_ServiceDesc.Streams[0], Revocations_Watch_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchRevocationsRequest, WatchRevocationsResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Revocations_WatchClient = grpc.ServerStreamingClient[WatchRevocationsResponse]
+
+// RevocationsServer is the server API for Revocations service.
+// All implementations must embed UnimplementedRevocationsServer
+// for forward compatibility.
+//
+// Revocations serves the revocations in force in the trust domain, for
+// the caller to refuse the credentials they cover.
+type RevocationsServer interface {
+	// Watch sends every revocation in force, and again whenever they
+	// change.
+	Watch(*WatchRevocationsRequest, grpc.ServerStreamingServer[WatchRevocationsResponse]) error
+	mustEmbedUnimplementedRevocationsServer()
+}
+
+// UnimplementedRevocationsServer must be embedded to have
+// forward compatible implementations.
+//
+// NOTE: this should be embedded by value instead of pointer to avoid a nil
+// pointer dereference when methods are called.
+type UnimplementedRevocationsServer struct{}
+
+func (UnimplementedRevocationsServer) Watch(*WatchRevocationsRequest, grpc.ServerStreamingServer[WatchRevocationsResponse]) error {
+	return status.Error(codes.Unimplemented, "method Watch not implemented")
+}
+func (UnimplementedRevocationsServer) mustEmbedUnimplementedRevocationsServer() {}
+func (UnimplementedRevocationsServer) testEmbeddedByValue()                     {}
+
+// UnsafeRevocationsServer may be embedded to opt out of forward compatibility for this service.
+// Use of this interface is not recommended, as added methods to RevocationsServer will
+// result in compilation errors.
+type UnsafeRevocationsServer interface {
+	mustEmbedUnimplementedRevocationsServer()
+}
+
+func RegisterRevocationsServer(s grpc.ServiceRegistrar, srv RevocationsServer) {
+	// If the following call panics, it indicates UnimplementedRevocationsServer was
+	// embedded by pointer and is nil.  This will cause panics if an
+	// unimplemented method is ever invoked, so we test this at initialization
+	// time to prevent it from happening at runtime later due to I/O.
+	if t, ok := srv.(interface{ testEmbeddedByValue() }); ok {
+		t.testEmbeddedByValue()
+	}
+	s.RegisterService(&Revocations_ServiceDesc, srv)
+}
+
+func _Revocations_Watch_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchRevocationsRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(RevocationsServer).Watch(m, &grpc.GenericServerStream[WatchRevocationsRequest, WatchRevocationsResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Revocations_WatchServer = grpc.ServerStreamingServer[WatchRevocationsResponse]
+
+// Revocations_ServiceDesc is the grpc.ServiceDesc for Revocations service.
+// It's only intended for direct use with grpc.RegisterService,
+// and not to be introspected or modified (even as a copy)
+var Revocations_ServiceDesc = grpc.ServiceDesc{
+	ServiceName: "signet.workload.v1.Revocations",
+	HandlerType: (*RevocationsServer)(nil),
+	Methods:     []grpc.MethodDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "Watch",
+			Handler:       _Revocations_Watch_Handler,
+			ServerStreams: true,
+		},
+	},
+	Metadata: "signet/workload/v1/workload.proto",
+}
+
+const (
 	Decisions_Report_FullMethodName = "/signet.workload.v1.Decisions/Report"
 )
 

@@ -1,0 +1,121 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"text/tabwriter"
+	"time"
+
+	"google.golang.org/protobuf/encoding/protojson"
+
+	adminv1 "github.com/signet-id/signet/proto/signet/admin/v1"
+	typesv1 "github.com/signet-id/signet/proto/signet/types/v1"
+)
+
+// revocationCreate revokes an X.509-SVID by serial, or every SVID of a
+// SPIFFE ID issued before now (or --issued-before).
+func (c *cli) revocationCreate(ctx context.Context, args []string) error {
+	var output, serial, id, before, reason string
+	fs := c.flags("revocation create", &output)
+	fs.StringVar(&serial, "serial", "", "serial number of the X.509 certificate to revoke, in hex (colons allowed)")
+	fs.StringVar(&id, "spiffe-id", "", "revoke every X.509-SVID of this SPIFFE ID issued before now")
+	fs.StringVar(&before, "issued-before", "", "with --spiffe-id: revoke those issued before this time (RFC 3339), not before now")
+	fs.StringVar(&reason, "reason", "", "why (kept in the audit log and the list)")
+	if _, err := c.parse(fs, args, &output, 0); err != nil {
+		return err
+	}
+	if (serial == "") == (id == "") {
+		fmt.Fprintln(c.stderr, "signet revocation create: give one of --serial and --spiffe-id")
+		return errUsage
+	}
+	r := &typesv1.Revocation{Serial: serial, SpiffeId: id, Reason: reason}
+	if before != "" {
+		if id == "" {
+			fmt.Fprintln(c.stderr, "signet revocation create: --issued-before goes with --spiffe-id")
+			return errUsage
+		}
+		t, err := time.Parse(time.RFC3339, before)
+		if err != nil {
+			return fmt.Errorf("--issued-before: %q is not an RFC 3339 time (such as 2026-11-30T09:00:00Z)", before)
+		}
+		r.IssuedBefore = t.Unix()
+	}
+	admin, err := c.admin(ctx)
+	if err != nil {
+		return err
+	}
+	resp, err := admin.CreateRevocation(ctx, &adminv1.CreateRevocationRequest{Revocation: r})
+	if err != nil {
+		return err
+	}
+	return c.printRevocations(output, []*typesv1.Revocation{resp.GetRevocation()})
+}
+
+func (c *cli) revocationList(ctx context.Context, args []string) error {
+	var output string
+	fs := c.flags("revocation list", &output)
+	if _, err := c.parse(fs, args, &output, 0); err != nil {
+		return err
+	}
+	admin, err := c.admin(ctx)
+	if err != nil {
+		return err
+	}
+	resp, err := admin.ListRevocations(ctx, &adminv1.ListRevocationsRequest{})
+	if err != nil {
+		return err
+	}
+	return c.printRevocations(output, resp.GetRevocations())
+}
+
+func (c *cli) revocationDelete(ctx context.Context, args []string) error {
+	var output, id string
+	fs := c.flags("revocation delete", &output)
+	fs.StringVar(&id, "id", "", "ID of the revocation (revocation list)")
+	if _, err := c.parse(fs, args, &output, 0); err != nil {
+		return err
+	}
+	if id == "" {
+		fmt.Fprintln(c.stderr, "signet revocation delete: --id is required")
+		return errUsage
+	}
+	admin, err := c.admin(ctx)
+	if err != nil {
+		return err
+	}
+	if _, err := admin.DeleteRevocation(ctx, &adminv1.DeleteRevocationRequest{Id: id}); err != nil {
+		return err
+	}
+	return c.print(output, map[string]string{"deleted": id}, func(w io.Writer) error {
+		_, err := fmt.Fprintln(w, "deleted", id)
+		return err
+	})
+}
+
+// printRevocations prints {"revocations": [...]} in their JSON form.
+func (c *cli) printRevocations(output string, rs []*typesv1.Revocation) error {
+	out := struct {
+		Revocations []json.RawMessage `json:"revocations"`
+	}{Revocations: []json.RawMessage{}}
+	for _, r := range rs {
+		b, err := protojson.Marshal(r)
+		if err != nil {
+			return err
+		}
+		out.Revocations = append(out.Revocations, b)
+	}
+	return c.print(output, out, func(w io.Writer) error {
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "ID\tREVOKES\tISSUED BEFORE\tEXPIRES\tREASON")
+		for _, r := range rs {
+			what, before := "serial "+r.GetSerial(), "-"
+			if r.GetSpiffeId() != "" {
+				what, before = r.GetSpiffeId(), time.Unix(r.GetIssuedBefore(), 0).UTC().Format(time.RFC3339)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", r.GetId(), what, before, time.Unix(r.GetExpiresAt(), 0).UTC().Format(time.RFC3339), r.GetReason())
+		}
+		return tw.Flush()
+	})
+}
