@@ -72,14 +72,14 @@ type Record struct {
 	// Policy names an access policy; Peer, Method and Count describe an
 	// authorization decision a service reported (Count: allowed calls in
 	// the minute from Window).
-	Policy  string    `json:"policy,omitempty"`
+	Policy string `json:"policy,omitempty"`
 	// Revocation is a revocation's ID.
-	Revocation string `json:"revocation,omitempty"`
-	Peer    string    `json:"peer,omitempty"`
-	Method  string    `json:"method,omitempty"`
-	Count   int64     `json:"count,omitempty"`
-	Window  time.Time `json:"window,omitzero"`
-	Dropped int64     `json:"dropped,omitempty"`
+	Revocation string    `json:"revocation,omitempty"`
+	Peer       string    `json:"peer,omitempty"`
+	Method     string    `json:"method,omitempty"`
+	Count      int64     `json:"count,omitempty"`
+	Window     time.Time `json:"window,omitzero"`
+	Dropped    int64     `json:"dropped,omitempty"`
 	// Key describes a CA key event: kind, id, state, expiry and, for a key
 	// in a KMS, its name there (never key material).
 	Key    *KeyInfo `json:"key,omitempty"`
