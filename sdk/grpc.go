@@ -3,11 +3,12 @@ package sdk
 import (
 	"context"
 
-	"github.com/spiffe/go-spiffe/v2/spiffegrpc/grpccredentials"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	"github.com/signet-id/signet/sdk/authz"
@@ -24,19 +25,36 @@ func GRPCServerOptions(src *Source, az *authz.Authorizer) []grpc.ServerOption {
 }
 
 // ServerCredentials are mutual TLS with the source's SVID; peers that az
-// would deny whatever they called are refused at the handshake.
+// would deny whatever they called, and revoked peers, are refused at the
+// handshake, and connections whose peer becomes revoked are closed.
 func ServerCredentials(src *Source, az *authz.Authorizer) credentials.TransportCredentials {
-	return grpccredentials.MTLSServerCredentials(src, src, handshakeAuthorizer(az))
+	return transportCredentials{TransportCredentials: credentials.NewTLS(src.serverConfig(handshakeAuthorizer(az))), src: src}
 }
 
 // ClientCredentials are mutual TLS with the source's SVID, to servers that
-// server authorizes.
+// server authorizes and that are not revoked; connections to a server
+// that becomes revoked are closed.
 func ClientCredentials(src *Source, server tlsconfig.Authorizer) credentials.TransportCredentials {
-	return grpccredentials.MTLSClientCredentials(src, src, server)
+	return transportCredentials{TransportCredentials: credentials.NewTLS(src.clientConfig(server)), src: src}
+}
+
+// PeerIDFromContext returns the SPIFFE ID of a gRPC call's peer, on a
+// server or client with the credentials of this package.
+func PeerIDFromContext(ctx context.Context) (spiffeid.ID, bool) {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return spiffeid.ID{}, false
+	}
+	ti, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok {
+		return spiffeid.ID{}, false
+	}
+	id, err := peerIDOfState(ti.State)
+	return id, err == nil
 }
 
 func authorize(ctx context.Context, az *authz.Authorizer, method string) (context.Context, error) {
-	id, ok := grpccredentials.PeerIDFromContext(ctx)
+	id, ok := PeerIDFromContext(ctx)
 	if !ok || !az.Check(id, "", method) {
 		return nil, status.Error(codes.PermissionDenied, "not allowed by policy")
 	}

@@ -2,6 +2,8 @@ package sdk
 
 import (
 	"context"
+	"crypto/tls"
+	"net"
 	"net/http"
 	"strings"
 
@@ -59,7 +61,13 @@ func hasEncodedSeparator(raw string) bool {
 // ServerTLSConfig and whose handler is Middleware(az, h). Serve it with
 // ListenAndServeTLS("", "").
 func NewHTTPServer(addr string, src *Source, az *authz.Authorizer, h http.Handler) *http.Server {
-	return &http.Server{Addr: addr, TLSConfig: ServerTLSConfig(src, az), Handler: Middleware(az, h)}
+	return &http.Server{Addr: addr, TLSConfig: ServerTLSConfig(src, az), Handler: Middleware(az, h),
+		// Connections whose peer becomes revoked are closed.
+		ConnState: func(c net.Conn, st http.ConnState) {
+			if tc, ok := c.(*tls.Conn); ok && st == http.StateNew {
+				src.conns.addTLS(tc)
+			}
+		}}
 }
 
 // HTTPClient returns a client that presents the source's SVID and talks
@@ -67,5 +75,16 @@ func NewHTTPServer(addr string, src *Source, az *authz.Authorizer, h http.Handle
 // client's identity at the handshake makes requests fail with a
 // *RefusedError (inside the *url.Error).
 func HTTPClient(src *Source, server tlsconfig.Authorizer) *http.Client {
-	return &http.Client{Transport: &refusalTransport{RoundTripper: &http.Transport{TLSClientConfig: ClientTLSConfig(src, server), ForceAttemptHTTP2: true}, src: src, server: server}}
+	cfg := ClientTLSConfig(src, server)
+	cfg.NextProtos = []string{"h2", "http/1.1"}
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := (&tls.Dialer{Config: cfg}).DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		// Closed if the server becomes revoked.
+		src.conns.addTLS(c.(*tls.Conn))
+		return c, nil
+	}
+	return &http.Client{Transport: &refusalTransport{RoundTripper: &http.Transport{TLSClientConfig: cfg, DialTLSContext: dial, ForceAttemptHTTP2: true}, src: src, server: server}}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -40,6 +41,14 @@ type Source struct {
 	svids svids
 	td    spiffeid.TrustDomain
 	addr  string
+
+	// revs are the revocations in force (from the agent's extension);
+	// conns the connections to close when their peer becomes revoked.
+	revs       atomic.Pointer[revocationSet]
+	conns      conns
+	revUpdates atomic.Int64
+	stop       context.CancelFunc
+	stopped    chan struct{}
 }
 
 // svids is where a Source's SVID and bundles come from: go-spiffe's
@@ -65,7 +74,7 @@ func NewSource(ctx context.Context, opts ...Option) (*Source, error) {
 			return nil, err
 		}
 		svid, _ := own.GetX509SVID()
-		return &Source{svids: own, td: svid.ID.TrustDomain(), addr: c.addr}, nil
+		return newSource(own, svid.ID.TrustDomain(), c.addr), nil
 	}
 	var clientOpts []workloadapi.ClientOption
 	if c.addr != "" {
@@ -105,11 +114,26 @@ func NewSource(ctx context.Context, opts ...Option) (*Source, error) {
 			return nil, fmt.Errorf("sdk: %w", err)
 		}
 	}
-	return &Source{svids: x, td: svid.ID.TrustDomain(), addr: c.addr}, nil
+	return newSource(x, svid.ID.TrustDomain(), c.addr), nil
+}
+
+// newSource starts following the agent's revocations.
+func newSource(svids svids, td spiffeid.TrustDomain, addr string) *Source {
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &Source{svids: svids, td: td, addr: addr, stop: cancel, stopped: make(chan struct{})}
+	go func() {
+		defer close(s.stopped)
+		s.followRevocations(ctx)
+	}()
+	return s
 }
 
 // Close stops following the Workload API.
-func (s *Source) Close() error { return s.svids.Close() }
+func (s *Source) Close() error {
+	s.stop()
+	<-s.stopped
+	return s.svids.Close()
+}
 
 // ID returns the service's SPIFFE ID now.
 func (s *Source) ID() (spiffeid.ID, error) {

@@ -15,9 +15,10 @@ import (
 
 // ServerTLSConfig returns a TLS configuration that presents the source's
 // SVID, requires a client SVID from a trusted bundle, and refuses at the
-// handshake every peer that az would deny whatever it called.
+// handshake every peer that az would deny whatever it called, and every
+// peer whose certificate chain is revoked (on resumed sessions too).
 func ServerTLSConfig(src *Source, az *authz.Authorizer) *tls.Config {
-	return tlsconfig.MTLSServerConfig(src, src, handshakeAuthorizer(az))
+	return src.serverConfig(handshakeAuthorizer(az))
 }
 
 func handshakeAuthorizer(az *authz.Authorizer) tlsconfig.Authorizer {
@@ -31,20 +32,36 @@ func handshakeAuthorizer(az *authz.Authorizer) tlsconfig.Authorizer {
 
 // ClientTLSConfig returns a TLS configuration that presents the source's
 // SVID and accepts only servers that server authorizes (go-spiffe's
-// tlsconfig.AuthorizeID, AuthorizeMemberOf, ...).
+// tlsconfig.AuthorizeID, AuthorizeMemberOf, ...) and that are not
+// revoked.
 func ClientTLSConfig(src *Source, server tlsconfig.Authorizer) *tls.Config {
-	return tlsconfig.MTLSClientConfig(src, src, server)
+	return src.clientConfig(server)
 }
 
 // Listen listens on a TCP address and returns a listener of mutually
 // authenticated TLS connections; peers az would deny are refused at
-// the handshake. Use PeerIDOfConn to learn who is calling.
+// the handshake. Use PeerIDOfConn to learn who is calling. A connection
+// whose peer becomes revoked is closed.
 func Listen(network, addr string, src *Source, az *authz.Authorizer) (net.Listener, error) {
 	l, err := net.Listen(network, addr)
 	if err != nil {
 		return nil, err
 	}
-	return tls.NewListener(l, ServerTLSConfig(src, az)), nil
+	return trackingListener{Listener: tls.NewListener(l, ServerTLSConfig(src, az)), src: src}, nil
+}
+
+// trackingListener hands the Source every connection it accepts.
+type trackingListener struct {
+	net.Listener
+	src *Source
+}
+
+func (l trackingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if tc, ok := c.(*tls.Conn); ok {
+		l.src.conns.addTLS(tc)
+	}
+	return c, err
 }
 
 // Dial connects to a server over mutually authenticated TLS and completes
@@ -60,6 +77,7 @@ func Dial(ctx context.Context, network, addr string, src *Source, server tlsconf
 	if err != nil {
 		return nil, refused(src, err)
 	}
+	src.conns.addTLS(c.(*tls.Conn))
 	return c, nil
 }
 

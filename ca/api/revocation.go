@@ -12,6 +12,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/signet-id/signet/ca/signer"
 	"github.com/signet-id/signet/internal/entry"
 	typesv1 "github.com/signet-id/signet/proto/signet/types/v1"
 )
@@ -28,8 +29,8 @@ func NewRevocation(req *typesv1.Revocation, now time.Time) (*typesv1.Revocation,
 		return nil, errors.New("required")
 	}
 	r := proto.CloneOf(req)
-	if r.GetId() != "" || r.GetCreatedAt() != 0 || r.GetExpiresAt() != 0 || r.GetRevision() != 0 {
-		return nil, errors.New("id, created_at, expires_at and revision are the CA's to set")
+	if r.GetId() != "" || r.GetCreatedAt() != 0 || r.GetExpiresAt() != 0 || r.GetRevision() != 0 || r.GetNotBeforeUnder() != 0 {
+		return nil, errors.New("id, created_at, expires_at, not_before_under and revision are the CA's to set")
 	}
 	if len(r.GetReason()) > maxReason {
 		return nil, fmt.Errorf("reason: longer than %d bytes", maxReason)
@@ -58,6 +59,11 @@ func NewRevocation(req *typesv1.Revocation, now time.Time) (*typesv1.Revocation,
 		case ib > now.Unix():
 			return nil, errors.New("issued_before: in the future (SVIDs not issued yet cannot be revoked)")
 		}
+	}
+	if r.GetSpiffeId() != "" {
+		// Issued before T: notBefore before T - Backdate (whole seconds,
+		// as X.509 writes them).
+		r.NotBeforeUnder = r.GetIssuedBefore() - int64(signer.Backdate/time.Second)
 	}
 	id := make([]byte, 8)
 	rand.Read(id)

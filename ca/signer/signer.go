@@ -25,8 +25,9 @@ import (
 	"github.com/signet-id/signet/ca/authority"
 )
 
-// backdate is how far NotBefore is set in the past, for clock skew.
-const backdate = 10 * time.Second
+// Backdate is how far NotBefore is set in the past, for clock skew: an
+// SVID issued at t has NotBefore t - Backdate.
+const Backdate = 10 * time.Second
 
 // CSRError is a refusal of a certificate request; its text is safe to return
 // to the caller.
@@ -141,7 +142,7 @@ func SignX509SVID(ca *authority.X509CA, p X509Params) ([]*x509.Certificate, erro
 		Subject:               pkix.Name{Organization: []string{"Signet"}, OrganizationalUnit: p.Units},
 		URIs:                  []*url.URL{p.SPIFFEID.URL()},
 		DNSNames:              p.DNSNames,
-		NotBefore:             p.Now.Add(-backdate),
+		NotBefore:             p.Now.Add(-Backdate),
 		NotAfter:              notAfter,
 		KeyUsage:              x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},

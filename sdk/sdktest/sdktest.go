@@ -23,6 +23,9 @@ import (
 	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
+
+	typesv1 "github.com/signet-id/signet/proto/signet/types/v1"
+	workloadv1 "github.com/signet-id/signet/proto/signet/workload/v1"
 )
 
 // CA is a trust domain's certificate authority.
@@ -88,6 +91,7 @@ type WorkloadAPI struct {
 	mu      sync.Mutex
 	svid    SVID
 	bundles []*CA
+	revs    []*typesv1.Revocation
 	changed chan struct{}
 }
 
@@ -108,6 +112,7 @@ func NewWorkloadAPI(t testing.TB, svid SVID, bundles ...*CA) *WorkloadAPI {
 	w := &WorkloadAPI{Addr: "unix://" + sock, svid: svid, bundles: bundles, changed: make(chan struct{})}
 	srv := grpc.NewServer()
 	workload.RegisterSpiffeWorkloadAPIServer(srv, w)
+	workloadv1.RegisterRevocationsServer(srv, revocations{w: w})
 	go srv.Serve(l)
 	t.Cleanup(srv.Stop)
 	return w
@@ -121,6 +126,44 @@ func (w *WorkloadAPI) SetSVID(svid SVID) {
 	w.svid = svid
 	close(w.changed)
 	w.changed = make(chan struct{})
+}
+
+// SetRevocations replaces the revocations in force, as Signet's agent
+// serves them (signet.workload.v1.Revocations); sources following this
+// API enforce them at once.
+func (w *WorkloadAPI) SetRevocations(rs ...*typesv1.Revocation) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.revs = rs
+	close(w.changed)
+	w.changed = make(chan struct{})
+}
+
+// Revoke returns a revocation of svid's leaf certificate, for
+// SetRevocations.
+func Revoke(svid SVID) *typesv1.Revocation {
+	return &typesv1.Revocation{Id: "rv-" + svid.Chain[0].SerialNumber.Text(16), Serial: svid.Chain[0].SerialNumber.Text(16)}
+}
+
+type revocations struct {
+	workloadv1.UnimplementedRevocationsServer
+	w *WorkloadAPI
+}
+
+func (r revocations) Watch(_ *workloadv1.WatchRevocationsRequest, stream workloadv1.Revocations_WatchServer) error {
+	for {
+		r.w.mu.Lock()
+		revs, changed := r.w.revs, r.w.changed
+		r.w.mu.Unlock()
+		if err := stream.Send(&workloadv1.WatchRevocationsResponse{Revocations: revs}); err != nil {
+			return err
+		}
+		select {
+		case <-stream.Context().Done():
+			return nil
+		case <-changed:
+		}
+	}
 }
 
 // FetchX509SVID implements the Workload API.

@@ -687,9 +687,14 @@ type Revocation struct {
 	// reason is the operator's note (audited, shown in lists).
 	Reason string `protobuf:"bytes,7,opt,name=reason,proto3" json:"reason,omitempty"`
 	// revision is the store revision at which it was made.
-	Revision      int64 `protobuf:"varint,8,opt,name=revision,proto3" json:"revision,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Revision int64 `protobuf:"varint,8,opt,name=revision,proto3" json:"revision,omitempty"`
+	// not_before_under is issued_before as peers check it (Unix seconds):
+	// an SVID of spiffe_id whose notBefore is earlier is revoked. The CA
+	// sets notBefore somewhat before it issues (for clock skew), and sets
+	// this to match.
+	NotBeforeUnder int64 `protobuf:"varint,9,opt,name=not_before_under,json=notBeforeUnder,proto3" json:"not_before_under,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Revocation) Reset() {
@@ -774,6 +779,13 @@ func (x *Revocation) GetReason() string {
 func (x *Revocation) GetRevision() int64 {
 	if x != nil {
 		return x.Revision
+	}
+	return 0
+}
+
+func (x *Revocation) GetNotBeforeUnder() int64 {
+	if x != nil {
+		return x.NotBeforeUnder
 	}
 	return 0
 }
@@ -1022,7 +1034,7 @@ const file_signet_types_v1_types_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06target\x18\x02 \x01(\tR\x06target\x121\n" +
 	"\x05rules\x18\x03 \x03(\v2\x1b.signet.types.v1.PolicyRuleR\x05rules\x12\x1a\n" +
-	"\brevision\x18\x04 \x01(\x03R\brevision\"\xe8\x01\n" +
+	"\brevision\x18\x04 \x01(\x03R\brevision\"\x92\x02\n" +
 	"\n" +
 	"Revocation\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
@@ -1034,7 +1046,8 @@ const file_signet_types_v1_types_proto_rawDesc = "" +
 	"\n" +
 	"expires_at\x18\x06 \x01(\x03R\texpiresAt\x12\x16\n" +
 	"\x06reason\x18\a \x01(\tR\x06reason\x12\x1a\n" +
-	"\brevision\x18\b \x01(\x03R\brevision\"\x92\x01\n" +
+	"\brevision\x18\b \x01(\x03R\brevision\x12(\n" +
+	"\x10not_before_under\x18\t \x01(\x03R\x0enotBeforeUnder\"\x92\x01\n" +
 	"\bDecision\x12\x16\n" +
 	"\x06server\x18\x01 \x01(\tR\x06server\x12\x12\n" +
 	"\x04peer\x18\x02 \x01(\tR\x04peer\x12\x16\n" +
