@@ -15,3 +15,5 @@ go test -run '^$' -fuzz '^FuzzParsePods$' -fuzztime "$t" ./agent/kubelet/
 go test -run '^$' -fuzz '^FuzzPolicy$' -fuzztime "$t" ./sdk/authz/
 go test -run '^$' -fuzz '^FuzzDecide$' -fuzztime "$t" ./sdk/authz/
 go test -run '^$' -fuzz '^FuzzAdmissionReview$' -fuzztime "$t" ./ca/webhook/
+go test -run '^$' -fuzz '^FuzzParseMountInfo$' -fuzztime "$t" ./agent/csi/
+go test -run '^$' -fuzz '^FuzzNormalizeSerial$' -fuzztime "$t" ./ca/api/

@@ -4,8 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
-	"fmt"
 	"net"
 	"sync"
 	"time"
@@ -20,69 +18,20 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
-	typesv1 "github.com/signet-id/signet/proto/signet/types/v1"
 	workloadv1 "github.com/signet-id/signet/proto/signet/workload/v1"
+	"github.com/signet-id/signet/sdk/revocation"
 )
 
 // ErrRevoked is the error of a handshake with a peer whose certificate
 // chain a revocation covers.
-var ErrRevoked = errors.New("sdk: peer's certificate is revoked")
-
-// revocationSet is what a Source refuses: certificates by serial (an SVID,
-// or a CA certificate and every chain through it), and SVIDs of an ID
-// issued before a time.
-type revocationSet struct {
-	serials map[string]string // serial (lower-case hex) -> revocation ID
-	ids     map[string]idRevocation
-}
-
-type idRevocation struct {
-	id string
-	// notBeforeUnder: SVIDs whose NotBefore is earlier are revoked.
-	notBeforeUnder time.Time
-}
-
-func newRevocationSet(rs []*typesv1.Revocation) *revocationSet {
-	s := &revocationSet{serials: map[string]string{}, ids: map[string]idRevocation{}}
-	for _, r := range rs {
-		if r.GetSerial() != "" {
-			s.serials[r.GetSerial()] = r.GetId()
-		}
-		if r.GetSpiffeId() != "" {
-			t := time.Unix(r.GetNotBeforeUnder(), 0)
-			if old, ok := s.ids[r.GetSpiffeId()]; !ok || t.After(old.notBeforeUnder) {
-				s.ids[r.GetSpiffeId()] = idRevocation{id: r.GetId(), notBeforeUnder: t}
-			}
-		}
-	}
-	return s
-}
-
-// check returns an error wrapping ErrRevoked if a revocation covers the
-// chain (leaf first).
-func (s *revocationSet) check(chain []*x509.Certificate) error {
-	if s == nil {
-		return nil
-	}
-	for _, c := range chain {
-		if rid, ok := s.serials[c.SerialNumber.Text(16)]; ok {
-			return fmt.Errorf("%w: certificate %x (%s) by revocation %s", ErrRevoked, c.SerialNumber, c.Subject, rid)
-		}
-	}
-	if len(chain) > 0 && len(chain[0].URIs) == 1 {
-		if r, ok := s.ids[chain[0].URIs[0].String()]; ok && chain[0].NotBefore.Before(r.notBeforeUnder) {
-			return fmt.Errorf("%w: %s issued at %s by revocation %s", ErrRevoked, chain[0].URIs[0], chain[0].NotBefore.UTC().Format(time.RFC3339), r.id)
-		}
-	}
-	return nil
-}
+var ErrRevoked = revocation.ErrRevoked
 
 // checkRevoked checks a peer's chains against the revocations the source
 // holds.
 func (s *Source) checkRevoked(chains ...[]*x509.Certificate) error {
 	set := s.revs.Load()
 	for _, c := range chains {
-		if err := set.check(c); err != nil {
+		if err := set.Check(c); err != nil {
 			return err
 		}
 	}
@@ -166,7 +115,7 @@ func (c *conns) addTLS(tc *tls.Conn) {
 
 // closeRevoked closes the connections whose peer set covers, and returns
 // how many.
-func (c *conns) closeRevoked(set *revocationSet) int {
+func (c *conns) closeRevoked(set *revocation.Set) int {
 	c.mu.Lock()
 	var tlsConns []*tls.Conn
 	for p := range c.tls {
@@ -185,13 +134,13 @@ func (c *conns) closeRevoked(set *revocationSet) int {
 	for _, tc := range tlsConns {
 		// ConnectionState waits for a handshake under way; one not begun
 		// has no peer yet, and its handshake will check.
-		if st := tc.ConnectionState(); st.HandshakeComplete && set.check(st.PeerCertificates) != nil {
+		if st := tc.ConnectionState(); st.HandshakeComplete && set.Check(st.PeerCertificates) != nil {
 			tc.Close()
 			n++
 		}
 	}
 	for _, tc := range grpcConns {
-		if set.check(tc.peer) != nil {
+		if set.Check(tc.peer) != nil {
 			tc.Close()
 			n++
 		}
@@ -278,7 +227,7 @@ func (s *Source) followRevocations(ctx context.Context) {
 			var resp *workloadv1.WatchRevocationsResponse
 			if resp, err = stream.Recv(); err == nil {
 				backoff = 100 * time.Millisecond
-				set := newRevocationSet(resp.GetRevocations())
+				set := revocation.New(resp.GetRevocations())
 				s.revs.Store(set)
 				s.conns.closeRevoked(set)
 				s.revUpdates.Add(1)

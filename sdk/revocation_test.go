@@ -103,14 +103,20 @@ func TestRevokedPeer(t *testing.T) {
 	// A CA certificate revoked: every SVID it signed, whatever its serial.
 	serverAPI.SetRevocations(&typesv1.Revocation{Id: "rv-root", Serial: w.ca.Root.SerialNumber.Text(16)})
 	frontAPI.SetSVID(w.ca.Issue(t, frontID, now.Add(-time.Minute), now.Add(time.Hour)))
-	eventually(t, "the new SVID", func() bool { s, _ := front.GetX509SVID(); return s.Certificates[0].NotBefore.After(now.Add(-2 * time.Minute)) })
+	eventually(t, "the new SVID", func() bool {
+		s, _ := front.GetX509SVID()
+		return s.Certificates[0].NotBefore.After(now.Add(-2 * time.Minute))
+	})
 	eventually(t, "a client under a revoked root refused", func() bool { return check(fc) != nil })
 
 	// Revoked by SPIFFE ID: SVIDs issued before; the one after passes.
 	serverAPI.SetRevocations(&typesv1.Revocation{Id: "rv-id", SpiffeId: frontID, NotBeforeUnder: now.Add(-30 * time.Minute).Unix()})
 	eventually(t, "an SVID issued after the ID's revocation accepted", func() bool { return check(fc) == nil })
 	frontAPI.SetSVID(w.ca.Issue(t, frontID, now.Add(-time.Hour), now.Add(time.Hour)))
-	eventually(t, "the old SVID", func() bool { s, _ := front.GetX509SVID(); return s.Certificates[0].NotBefore.Before(now.Add(-30 * time.Minute)) })
+	eventually(t, "the old SVID", func() bool {
+		s, _ := front.GetX509SVID()
+		return s.Certificates[0].NotBefore.Before(now.Add(-30 * time.Minute))
+	})
 	fc2 := healthClient(t, front, addr)
 	if err := check(fc2); err == nil {
 		t.Fatal("an SVID issued before the ID's revocation was accepted")

@@ -10,6 +10,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
+
+	"github.com/signet-id/signet/sdk/revocation"
 )
 
 // Option configures a Source.
@@ -44,7 +46,7 @@ type Source struct {
 
 	// revs are the revocations in force (from the agent's extension);
 	// conns the connections to close when their peer becomes revoked.
-	revs       atomic.Pointer[revocationSet]
+	revs       atomic.Pointer[revocation.Set]
 	conns      conns
 	revUpdates atomic.Int64
 	stop       context.CancelFunc

@@ -21,6 +21,7 @@ import (
 	"github.com/signet-id/signet/internal/entry"
 	"github.com/signet-id/signet/internal/selector"
 	typesv1 "github.com/signet-id/signet/proto/signet/types/v1"
+	"github.com/signet-id/signet/sdk/revocation"
 )
 
 // Bundle is the trust domain's bundle as the agent serves it.
@@ -342,8 +343,31 @@ func (c *Cache) Apply(u Update) {
 	}
 	if u.RevocationsSet {
 		c.revs = u.Revocations
+		c.dueRevokedLocked()
 	}
 	c.publishLocked()
+}
+
+// dueRevokedLocked makes the SVIDs that a revocation covers due at once,
+// so that workloads get new ones (issued after the revocation, under the
+// CA's current keys) in the next minting round instead of at half life.
+func (c *Cache) dueRevokedLocked() {
+	set := revocation.New(c.revs)
+	if set.Len() == 0 {
+		return
+	}
+	for id, it := range c.items {
+		if it.SVID == nil {
+			continue
+		}
+		chain, err := x509.ParseCertificates(it.SVID.ChainDER)
+		if err != nil || set.Check(chain) == nil {
+			continue
+		}
+		svid := *it.SVID
+		svid.RotateAt = time.Time{}
+		c.items[id] = &Item{Entry: it.Entry, SVID: &svid, Proto: it.Proto, bundle: it.bundle}
+	}
 }
 
 func sameIdentity(a, b entry.Entry) bool {

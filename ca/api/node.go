@@ -465,6 +465,11 @@ func (s *NodeServer) MintX509SVIDs(ctx context.Context, req *agentv1.MintX509SVI
 	// Check and sign on every core: each CSR costs a signature check and a
 	// signature, and a batch can hold a thousand.
 	now := s.cfg.Now()
+	revs, err := s.cfg.Store.ListRevocations(ctx, now)
+	if err != nil {
+		return nil, s.cfg.internal(ctx, "revocations", err)
+	}
+	floor := NotBeforeFloor(revs)
 	ca := s.cfg.Authority.X509CA()
 	chains := make([][]*x509.Certificate, len(entries))
 	errs := make([]error, len(entries))
@@ -486,7 +491,8 @@ func (s *NodeServer) MintX509SVIDs(ctx context.Context, req *agentv1.MintX509SVI
 				if ttl == 0 {
 					ttl = s.cfg.X509TTL
 				}
-				chains[i], errs[i] = signer.SignX509SVID(ca, signer.X509Params{CSR: csr, SPIFFEID: e.SPIFFEID, DNSNames: e.DNSNames, TTL: ttl, Now: now})
+				chains[i], errs[i] = signer.SignX509SVID(ca, signer.X509Params{CSR: csr, SPIFFEID: e.SPIFFEID, DNSNames: e.DNSNames, TTL: ttl, Now: now,
+					NotBeforeAtLeast: floor[e.SPIFFEID.String()]})
 				s.cfg.Metrics.signDuration.WithLabelValues("x509").Observe(time.Since(start).Seconds())
 			}
 		}()

@@ -61,9 +61,11 @@ func NewRevocation(req *typesv1.Revocation, now time.Time) (*typesv1.Revocation,
 		}
 	}
 	if r.GetSpiffeId() != "" {
-		// Issued before T: notBefore before T - Backdate (whole seconds,
-		// as X.509 writes them).
-		r.NotBeforeUnder = r.GetIssuedBefore() - int64(signer.Backdate/time.Second)
+		// Issued in or before the second T: notBefore (whole seconds, as
+		// X.509 writes them) at most T - Backdate. The CA gives the SVIDs
+		// it issues for the ID afterwards, in that second too, a later
+		// notBefore (NotBeforeFloor).
+		r.NotBeforeUnder = r.GetIssuedBefore() - int64(signer.Backdate/time.Second) + 1
 	}
 	id := make([]byte, 8)
 	rand.Read(id)
@@ -87,4 +89,20 @@ func NormalizeSerial(s string) (string, error) {
 		return "", fmt.Errorf("serial: %q is not a positive serial number in hex of at most 20 bytes", s)
 	}
 	return n.Text(16), nil
+}
+
+// NotBeforeFloor returns, per SPIFFE ID with a revocation in rs, the
+// earliest NotBefore an SVID issued for it now may have not to be covered:
+// signer.X509Params.NotBeforeAtLeast.
+func NotBeforeFloor(rs []*typesv1.Revocation) map[string]time.Time {
+	out := map[string]time.Time{}
+	for _, r := range rs {
+		if r.GetSpiffeId() == "" {
+			continue
+		}
+		if t := time.Unix(r.GetNotBeforeUnder(), 0); t.After(out[r.GetSpiffeId()]) {
+			out[r.GetSpiffeId()] = t
+		}
+	}
+	return out
 }

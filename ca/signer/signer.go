@@ -119,6 +119,18 @@ type X509Params struct {
 	// Units go into the subject's organizational units (what the CA
 	// binds the SVID to beyond its SPIFFE ID, such as an agent's pod).
 	Units []string
+	// NotBeforeAtLeast, if later than Now - Backdate, is the SVID's
+	// NotBefore: a revocation of the SPIFFE ID covers SVIDs with an
+	// earlier one (typesv1.Revocation.not_before_under).
+	NotBeforeAtLeast time.Time
+}
+
+func notBefore(p X509Params) time.Time {
+	nb := p.Now.Add(-Backdate)
+	if p.NotBeforeAtLeast.After(nb) && !p.NotBeforeAtLeast.After(p.Now) {
+		return p.NotBeforeAtLeast
+	}
+	return nb
 }
 
 // SignX509SVID signs an X509-SVID for p with ca and returns the SVID and
@@ -142,7 +154,7 @@ func SignX509SVID(ca *authority.X509CA, p X509Params) ([]*x509.Certificate, erro
 		Subject:               pkix.Name{Organization: []string{"Signet"}, OrganizationalUnit: p.Units},
 		URIs:                  []*url.URL{p.SPIFFEID.URL()},
 		DNSNames:              p.DNSNames,
-		NotBefore:             p.Now.Add(-Backdate),
+		NotBefore:             notBefore(p),
 		NotAfter:              notAfter,
 		KeyUsage:              x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},

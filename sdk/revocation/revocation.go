@@ -1,0 +1,76 @@
+// Package revocation decides whether a certificate chain is revoked: the
+// rule that the SDK enforces on its peers and by which the agent re-mints
+// its workloads' revoked SVIDs, from the revocations the CA distributes
+// (signet.types.v1.Revocation).
+package revocation
+
+import (
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"time"
+
+	typesv1 "github.com/signet-id/signet/proto/signet/types/v1"
+)
+
+// ErrRevoked is the error of a chain a revocation covers.
+var ErrRevoked = errors.New("certificate is revoked")
+
+// Set is what a list of revocations revokes: certificates by serial (an
+// SVID, or a CA certificate and every chain through it), and SVIDs of an
+// ID issued before a time. The zero Set, and a nil one, revoke nothing.
+type Set struct {
+	serials map[string]string // serial (lower-case hex) -> revocation ID
+	ids     map[string]byID
+	n       int
+}
+
+type byID struct {
+	id string
+	// notBeforeUnder: SVIDs whose NotBefore is earlier are revoked.
+	notBeforeUnder time.Time
+}
+
+// New returns the set of rs.
+func New(rs []*typesv1.Revocation) *Set {
+	s := &Set{serials: map[string]string{}, ids: map[string]byID{}, n: len(rs)}
+	for _, r := range rs {
+		if r.GetSerial() != "" {
+			s.serials[r.GetSerial()] = r.GetId()
+		}
+		if r.GetSpiffeId() != "" {
+			t := time.Unix(r.GetNotBeforeUnder(), 0)
+			if old, ok := s.ids[r.GetSpiffeId()]; !ok || t.After(old.notBeforeUnder) {
+				s.ids[r.GetSpiffeId()] = byID{id: r.GetId(), notBeforeUnder: t}
+			}
+		}
+	}
+	return s
+}
+
+// Len is the number of revocations in the set.
+func (s *Set) Len() int {
+	if s == nil {
+		return 0
+	}
+	return s.n
+}
+
+// Check returns an error wrapping ErrRevoked, naming the revocation, if
+// one covers the chain (leaf first; intermediates and root may follow).
+func (s *Set) Check(chain []*x509.Certificate) error {
+	if s == nil {
+		return nil
+	}
+	for _, c := range chain {
+		if rid, ok := s.serials[c.SerialNumber.Text(16)]; ok {
+			return fmt.Errorf("%w: certificate %x (%s) by revocation %s", ErrRevoked, c.SerialNumber, c.Subject, rid)
+		}
+	}
+	if len(chain) > 0 && len(chain[0].URIs) == 1 {
+		if r, ok := s.ids[chain[0].URIs[0].String()]; ok && chain[0].NotBefore.Before(r.notBeforeUnder) {
+			return fmt.Errorf("%w: %s issued at %s by revocation %s", ErrRevoked, chain[0].URIs[0], chain[0].NotBefore.UTC().Format(time.RFC3339), r.id)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,52 @@
+package revocation_test
+
+import (
+	"crypto/x509"
+	"errors"
+	"math/big"
+	"net/url"
+	"testing"
+	"time"
+
+	typesv1 "github.com/signet-id/signet/proto/signet/types/v1"
+	"github.com/signet-id/signet/sdk/revocation"
+)
+
+func cert(serial int64, id string, notBefore time.Time) *x509.Certificate {
+	c := &x509.Certificate{SerialNumber: big.NewInt(serial), NotBefore: notBefore}
+	if id != "" {
+		u, _ := url.Parse(id)
+		c.URIs = []*url.URL{u}
+	}
+	return c
+}
+
+func TestCheck(t *testing.T) {
+	t0 := time.Unix(1_800_000_000, 0)
+	set := revocation.New([]*typesv1.Revocation{
+		{Id: "a", Serial: "1f"},
+		{Id: "b", SpiffeId: "spiffe://example.org/front", NotBeforeUnder: t0.Unix()},
+		{Id: "c", SpiffeId: "spiffe://example.org/front", NotBeforeUnder: t0.Add(-time.Hour).Unix()},
+	})
+	root := cert(1, "", t0.Add(-24*time.Hour))
+	for name, c := range map[string]struct {
+		chain   []*x509.Certificate
+		revoked bool
+	}{
+		"leaf by serial":           {[]*x509.Certificate{cert(0x1f, "spiffe://example.org/x", t0), root}, true},
+		"intermediate by serial":   {[]*x509.Certificate{cert(2, "spiffe://example.org/x", t0), cert(0x1f, "", t0), root}, true},
+		"front issued before":      {[]*x509.Certificate{cert(3, "spiffe://example.org/front", t0.Add(-time.Second)), root}, true},
+		"front issued at the mark": {[]*x509.Certificate{cert(3, "spiffe://example.org/front", t0), root}, false},
+		"another ID":               {[]*x509.Certificate{cert(3, "spiffe://example.org/other", t0.Add(-time.Minute)), root}, false},
+		"no chain":                 {nil, false},
+	} {
+		err := set.Check(c.chain)
+		if got := errors.Is(err, revocation.ErrRevoked); got != c.revoked {
+			t.Errorf("%s: %v, want revoked %v", name, err, c.revoked)
+		}
+	}
+	var none *revocation.Set
+	if none.Check([]*x509.Certificate{root}) != nil || none.Len() != 0 || set.Len() != 3 {
+		t.Error("a nil set revokes, or Len is wrong")
+	}
+}
