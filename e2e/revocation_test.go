@@ -139,6 +139,12 @@ func TestRevocationThroughProcesses(t *testing.T) {
 	}
 	t.Logf("revoke -> the client calling again with a re-minted SVID: %v", time.Since(start))
 
+	// The CA's active intermediate is refused, with the reason: revoking
+	// it would refuse every SVID, new ones included.
+	inter := svid.Certificates[1].SerialNumber.Text(16)
+	if out := signetFails(t, dir, "revocation", "create", "--serial", inter); !strings.Contains(out, "active intermediate") {
+		t.Errorf("revoking the active intermediate: %s", out)
+	}
 	list := signet(t, dir, "revocation", "list", "-o", "json")
 	if !strings.Contains(list, created.Revocations[0].ID) || !strings.Contains(list, "key leaked in a log") {
 		t.Errorf("revocation list -o json: %s", list)

@@ -457,6 +457,20 @@ func (s *AdminServer) CreateRevocation(ctx context.Context, req *adminv1.CreateR
 	if err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "revocation: %v", err)
 	}
+	// The CA's own signing certificates: revoking one by serial would
+	// refuse every SVID, those the CA issues next included, until the key
+	// is replaced; that is a CA key revocation, with re-issue.
+	if serial := r.GetSerial(); serial != "" {
+		b, _ := s.cfg.Authority.Bundle()
+		own := map[string]string{s.cfg.Authority.X509CA().Certificate.SerialNumber.Text(16): "the CA's active intermediate"}
+		for _, root := range b.X509Roots {
+			own[root.SerialNumber.Text(16)] = "a root of the trust bundle"
+		}
+		if what, ok := own[serial]; ok {
+			return nil, status.Errorf(codes.FailedPrecondition, "revocation: serial %s is %s, which signs the SVIDs the CA issues now: "+
+				"revoking it would refuse every SVID until the CA has another key; revoke CA keys with re-issue instead (not available yet: rotate the CA's keys first)", serial, what)
+		}
+	}
 	stored, err := s.cfg.Store.PutRevocation(ctx, r)
 	if err != nil {
 		return nil, s.cfg.internal(ctx, "put revocation", err)
