@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/signet-id/signet/ca/audit"
+	"github.com/signet-id/signet/ca/revocations"
 	"github.com/signet-id/signet/ca/store"
 	"github.com/signet-id/signet/internal/entry"
 	"github.com/signet-id/signet/internal/peercred"
@@ -453,7 +454,7 @@ func (s *AdminServer) DeletePolicy(ctx context.Context, req *adminv1.DeletePolic
 
 // CreateRevocation implements adminv1.AdminServer.
 func (s *AdminServer) CreateRevocation(ctx context.Context, req *adminv1.CreateRevocationRequest) (*adminv1.CreateRevocationResponse, error) {
-	r, err := NewRevocation(req.GetRevocation(), s.cfg.Now())
+	r, err := revocations.New(req.GetRevocation(), s.cfg.Now())
 	if err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "revocation: %v", err)
 	}
@@ -471,7 +472,14 @@ func (s *AdminServer) CreateRevocation(ctx context.Context, req *adminv1.CreateR
 				"revoking it would refuse every SVID until the CA has another key; revoke CA keys with re-issue instead (not available yet: rotate the CA's keys first)", serial, what)
 		}
 	}
-	stored, err := s.cfg.Store.PutRevocation(ctx, r)
+	var stored *typesv1.Revocation
+	if s.cfg.Revocations != nil {
+		// An object of the cluster: every replica enforces it.
+		stored, err = s.cfg.Revocations.Create(ctx, r)
+		r = stored
+	} else {
+		stored, err = s.cfg.Store.PutRevocation(ctx, r)
+	}
 	if err != nil {
 		return nil, s.cfg.internal(ctx, "put revocation", err)
 	}
@@ -485,7 +493,7 @@ func (s *AdminServer) CreateRevocation(ctx context.Context, req *adminv1.CreateR
 
 // ListRevocations implements adminv1.AdminServer.
 func (s *AdminServer) ListRevocations(ctx context.Context, _ *adminv1.ListRevocationsRequest) (*adminv1.ListRevocationsResponse, error) {
-	rs, err := s.cfg.Store.ListRevocations(ctx, s.cfg.Now())
+	rs, err := s.cfg.revocations(ctx, s.cfg.Now())
 	if err != nil {
 		return nil, s.cfg.internal(ctx, "list revocations", err)
 	}
@@ -495,6 +503,9 @@ func (s *AdminServer) ListRevocations(ctx context.Context, _ *adminv1.ListRevoca
 // DeleteRevocation implements adminv1.AdminServer.
 func (s *AdminServer) DeleteRevocation(ctx context.Context, req *adminv1.DeleteRevocationRequest) (*adminv1.DeleteRevocationResponse, error) {
 	err := s.cfg.Store.DeleteRevocation(ctx, req.GetId())
+	if errors.Is(err, store.ErrNotFound) && s.cfg.Revocations != nil {
+		err = s.cfg.Revocations.Delete(ctx, req.GetId())
+	}
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, status.Errorf(codes.NotFound, "no revocation %q", req.GetId())
 	}

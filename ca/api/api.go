@@ -61,10 +61,14 @@ type Config struct {
 	// pods from IdentityRules, AgentPods tells whether an agent's pod is
 	// alive, Policies are the AccessPolicy objects, ClusterName goes into
 	// agent IDs. All nil or empty outside Kubernetes.
-	PSAT        PSATAttestor
-	Pods        PodIdentities
-	AgentPods   AgentPods
-	Policies    PolicySource
+	PSAT      PSATAttestor
+	Pods      PodIdentities
+	AgentPods AgentPods
+	Policies  PolicySource
+	// Revocations, in Kubernetes mode, are the cluster's Revocation
+	// objects, shared by every replica: the admin API makes and deletes
+	// revocations there instead of in Store.
+	Revocations RevocationSource
 	ClusterName string
 }
 
@@ -116,6 +120,32 @@ type AgentPods interface {
 	// EvictAgentPods evicts the agent pods that run on node, for all
 	// replicas, and returns their UIDs (none: no agent pod runs there).
 	EvictAgentPods(ctx context.Context, node, agentID, reason string) ([]string, error)
+}
+
+// RevocationSource is the Revocation objects of the cluster
+// (ca/clusterrevocation).
+type RevocationSource interface {
+	Revocations() []*typesv1.Revocation
+	// Changed returns a channel closed at the next change of Revocations.
+	Changed() <-chan struct{}
+	Create(ctx context.Context, r *typesv1.Revocation) (*typesv1.Revocation, error)
+	// Delete returns store.ErrNotFound for an ID it does not hold.
+	Delete(ctx context.Context, id string) error
+}
+
+// revocations returns every revocation in force at now: the store's and
+// the cluster's.
+func (c *Config) revocations(ctx context.Context, now time.Time) ([]*typesv1.Revocation, error) {
+	rs, err := c.Store.ListRevocations(ctx, now)
+	if err != nil || c.Revocations == nil {
+		return rs, err
+	}
+	for _, r := range c.Revocations.Revocations() {
+		if r.GetExpiresAt() > now.Unix() {
+			rs = append(rs, r)
+		}
+	}
+	return rs, nil
 }
 
 // PolicySource is the AccessPolicy objects of the cluster

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/signet-id/signet/ca/audit"
+	"github.com/signet-id/signet/ca/revocations"
 	"github.com/signet-id/signet/ca/signer"
 	"github.com/signet-id/signet/ca/store"
 	"github.com/signet-id/signet/internal/entry"
@@ -465,11 +466,11 @@ func (s *NodeServer) MintX509SVIDs(ctx context.Context, req *agentv1.MintX509SVI
 	// Check and sign on every core: each CSR costs a signature check and a
 	// signature, and a batch can hold a thousand.
 	now := s.cfg.Now()
-	revs, err := s.cfg.Store.ListRevocations(ctx, now)
+	revs, err := s.cfg.revocations(ctx, now)
 	if err != nil {
 		return nil, s.cfg.internal(ctx, "revocations", err)
 	}
-	floor := NotBeforeFloor(revs)
+	floor := revocations.NotBeforeFloor(revs)
 	ca := s.cfg.Authority.X509CA()
 	chains := make([][]*x509.Certificate, len(entries))
 	errs := make([]error, len(entries))
@@ -566,12 +567,15 @@ func (s *NodeServer) Sync(req *agentv1.SyncRequest, stream agentv1.Node_SyncServ
 	sentRevocations := "\x00"
 	for {
 		entriesChanged := s.cfg.Changes.Wait()
-		var podsChanged, clusterChanged, policiesChanged <-chan struct{}
+		var podsChanged, clusterChanged, policiesChanged, revocationsChanged <-chan struct{}
 		if c.node != "" {
 			podsChanged, clusterChanged = s.cfg.Pods.Changed(c.node)
 		}
 		if s.cfg.Policies != nil {
 			policiesChanged = s.cfg.Policies.Changed()
+		}
+		if s.cfg.Revocations != nil {
+			revocationsChanged = s.cfg.Revocations.Changed()
 		}
 		bundle, bundleChanged := s.cfg.Authority.Bundle()
 		ch, err := s.cfg.Store.EntriesSince(ctx, c.id.String(), rev)
@@ -606,7 +610,7 @@ func (s *NodeServer) Sync(req *agentv1.SyncRequest, stream agentv1.Node_SyncServ
 		if key != sentPolicies {
 			msg.Policies, msg.PoliciesSet, sentPolicies = pols, true, key
 		}
-		revs, err := s.cfg.Store.ListRevocations(ctx, s.cfg.Now())
+		revs, err := s.cfg.revocations(ctx, s.cfg.Now())
 		if err != nil {
 			return s.cfg.internal(ctx, "sync revocations", err)
 		}
@@ -629,6 +633,7 @@ func (s *NodeServer) Sync(req *agentv1.SyncRequest, stream agentv1.Node_SyncServ
 		case <-podsChanged:
 		case <-clusterChanged:
 		case <-policiesChanged:
+		case <-revocationsChanged:
 		case <-bundleChanged:
 		case <-time.After(resyncInterval):
 		}

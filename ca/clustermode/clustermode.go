@@ -27,6 +27,7 @@ import (
 	"github.com/signet-id/signet/ca/api"
 	"github.com/signet-id/signet/ca/authority"
 	"github.com/signet-id/signet/ca/cluster"
+	"github.com/signet-id/signet/ca/clusterrevocation"
 	"github.com/signet-id/signet/ca/clusterview"
 	"github.com/signet-id/signet/ca/nodeattest"
 	"github.com/signet-id/signet/ca/podidentity"
@@ -46,6 +47,7 @@ type kubeMode struct {
 	view      *clusterview.View
 	pods      *podidentity.Identities
 	policies  *accesspolicy.Set
+	revs      *clusterrevocation.Set
 	agentPods *agentpod.Pods
 	keys      *cluster.SecretKeyStore
 	leader    *cluster.Leader
@@ -77,11 +79,16 @@ func Build(ctx context.Context, cfg server.Config, log hclog.Logger) (server.Clu
 	if err != nil {
 		return nil, err
 	}
+	revs, err := clusterrevocation.NewSet(view, clients.Dynamic, log)
+	if err != nil {
+		return nil, err
+	}
 	if err := view.Start(ctx); err != nil {
 		return nil, err
 	}
 	pods.Load()
 	policies.Load()
+	revs.Load()
 	log.Info("watching pods and IdentityRules", "cluster", kc.ClusterName, "namespace", kc.Namespace)
 	evictions := &agentpod.Evictions{Client: clients.Client, Namespace: kc.Namespace, Name: kc.LeaseName + "-evictions"}
 	if err := evictions.Start(ctx); err != nil {
@@ -95,6 +102,7 @@ func Build(ctx context.Context, cfg server.Config, log hclog.Logger) (server.Clu
 		view:      view,
 		pods:      pods,
 		policies:  policies,
+		revs:      revs,
 		agentPods: agentpod.New(view, kc.AgentServiceAccounts, evictions),
 		keys:      &cluster.SecretKeyStore{Client: clients.Client, Namespace: kc.Namespace, Name: kc.SecretName},
 		bundle:    &cluster.BundlePublisher{Client: clients.Client, Namespace: kc.Namespace, Name: kc.BundleConfigMap, Log: log},
@@ -115,7 +123,7 @@ func (m *kubeMode) IsLeader() bool { return m.leader.IsLeader() }
 // Configure implements server.Cluster.
 func (m *kubeMode) Configure(c *api.Config) {
 	c.PSAT, c.ClusterName = psatAttestor{m.psat}, m.cfg.Kube.ClusterName
-	c.Pods, c.AgentPods, c.Policies = m.pods, m.agentPods, m.policies
+	c.Pods, c.AgentPods, c.Policies, c.Revocations = m.pods, m.agentPods, m.policies, m.revs
 }
 
 // Start implements server.Cluster: leader election, and the webhook if

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"encoding/pem"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -12,11 +13,15 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 
 	"github.com/signet-id/signet/ca/server"
 	"github.com/signet-id/signet/ca/store"
 	"github.com/signet-id/signet/e2e/testenv"
+	adminv1 "github.com/signet-id/signet/proto/signet/admin/v1"
 	agentv1 "github.com/signet-id/signet/proto/signet/agent/v1"
+	typesv1 "github.com/signet-id/signet/proto/signet/types/v1"
 )
 
 // TestTwoReplicas: two CAs share their keys through the Secret, one leads
@@ -140,4 +145,98 @@ func TestAgentEvictedWithItsPod(t *testing.T) {
 	if !evicted {
 		t.Fatal("eviction not audited")
 	}
+}
+
+// TestRevocationAcrossReplicas: a revocation taken by one CA replica's
+// admin API is a Revocation object of the cluster, which the other
+// replica sends to the agents connected to it; one applied with kubectl
+// (as a cluster admin) too; withdrawn at the other replica, it leaves
+// both.
+func TestRevocationAcrossReplicas(t *testing.T) {
+	const ns = "signet-revoke"
+	ca1 := startCA(t, ns, "ca-1")
+	ca2 := startCA(t, ns, "ca-2")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	svid := attestAgent(t, ca2, "node-r1")
+	stream, err := ca2.NodeClient(svid).Sync(ctx, &agentv1.SyncRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	msgs := make(chan *agentv1.SyncResponse, 64)
+	go func() {
+		for {
+			m, err := stream.Recv()
+			if err != nil {
+				close(msgs)
+				return
+			}
+			msgs <- m
+		}
+	}()
+	// waitRevocations waits for the agent at ca-2 to hold exactly ids.
+	waitRevocations := func(what string, ids ...string) {
+		t.Helper()
+		deadline := time.After(20 * time.Second)
+		for {
+			select {
+			case m, ok := <-msgs:
+				if !ok {
+					t.Fatalf("%s: the Sync stream ended", what)
+				}
+				if !m.GetRevocationsSet() {
+					continue
+				}
+				var got []string
+				for _, r := range m.GetRevocations() {
+					got = append(got, r.GetId())
+				}
+				slices.Sort(got)
+				slices.Sort(ids)
+				if slices.Equal(got, ids) {
+					return
+				}
+			case <-deadline:
+				t.Fatalf("timed out waiting for %s", what)
+			}
+		}
+	}
+	waitRevocations("no revocations at first")
+
+	resp, err := ca1.Admin.CreateRevocation(ctx, &adminv1.CreateRevocationRequest{Revocation: &typesv1.Revocation{
+		SpiffeId: "spiffe://example.org/ns/shop/sa/cart", Reason: "across replicas"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := resp.GetRevocation().GetId()
+	if !strings.HasPrefix(id, "k8s-") {
+		t.Fatalf("a revocation in Kubernetes mode is not a cluster object: %s", id)
+	}
+	waitRevocations("the revocation taken at the other replica", id)
+
+	// kubectl apply, as a cluster admin.
+	obj := &unstructured.Unstructured{Object: map[string]any{"apiVersion": "signet.dev/v1alpha1", "kind": "Revocation",
+		"metadata": map[string]any{"name": "leaked-svid"}, "spec": map[string]any{"serial": "0A:1B:2C", "reason": "kubectl"}}}
+	revs := dyn.Resource(schema.GroupVersionResource{Group: "signet.dev", Version: "v1alpha1", Resource: "revocations"})
+	if _, err := revs.Create(ctx, obj, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { revs.Delete(context.Background(), "leaked-svid", metav1.DeleteOptions{}) })
+	waitRevocations("the applied object", id, "k8s-leaked-svid")
+	// The API server refuses an object that names both or neither.
+	bad := obj.DeepCopy()
+	bad.SetName("both")
+	unstructured.SetNestedField(bad.Object, "spiffe://example.org/x", "spec", "spiffeID")
+	if _, err := revs.Create(ctx, bad, metav1.CreateOptions{}); err == nil || !strings.Contains(err.Error(), "one of serial and spiffeID") {
+		t.Fatalf("a Revocation naming both: %v", err)
+	}
+
+	list, err := ca2.Admin.ListRevocations(ctx, &adminv1.ListRevocationsRequest{})
+	if err != nil || len(list.GetRevocations()) != 2 {
+		t.Fatalf("list at the other replica: %v, %v", list, err)
+	}
+	if _, err := ca2.Admin.DeleteRevocation(ctx, &adminv1.DeleteRevocationRequest{Id: id}); err != nil {
+		t.Fatal(err)
+	}
+	waitRevocations("the withdrawal", "k8s-leaked-svid")
 }

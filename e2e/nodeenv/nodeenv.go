@@ -157,7 +157,7 @@ func (e *Env) setupCluster(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	for _, crd := range []string{"identityrules", "accesspolicies"} {
+	for _, crd := range []string{"identityrules", "accesspolicies", "revocations"} {
 		if err := applyFile(ctx, dyn, "../../deploy/base/crds/"+crd+".signet.dev.yaml"); err != nil {
 			return err
 		}

@@ -1,4 +1,4 @@
-package api
+package revocations
 
 import (
 	"math/big"
@@ -9,9 +9,9 @@ import (
 	typesv1 "github.com/signet-id/signet/proto/signet/types/v1"
 )
 
-func TestNewRevocation(t *testing.T) {
+func TestNew(t *testing.T) {
 	now := time.Unix(1_800_000_000, 0)
-	r, err := NewRevocation(&typesv1.Revocation{SpiffeId: "spiffe://example.org/front", Reason: "leaked"}, now)
+	r, err := New(&typesv1.Revocation{SpiffeId: "spiffe://example.org/front", Reason: "leaked"}, now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -19,7 +19,7 @@ func TestNewRevocation(t *testing.T) {
 		r.GetExpiresAt() != now.Add(24*time.Hour).Unix() || r.GetNotBeforeUnder() != now.Unix()-9 {
 		t.Errorf("by ID: %+v", r)
 	}
-	r, err = NewRevocation(&typesv1.Revocation{Serial: "00:1F:aB"}, now)
+	r, err = New(&typesv1.Revocation{Serial: "00:1F:aB"}, now)
 	if err != nil || r.GetSerial() != "1fab" || r.GetNotBeforeUnder() != 0 {
 		t.Errorf("by serial: %+v, %v", r, err)
 	}
@@ -38,7 +38,7 @@ func TestNewRevocation(t *testing.T) {
 		"id set":               {&typesv1.Revocation{Serial: "1", Id: "mine"}, "CA's to set"},
 		"long reason":          {&typesv1.Revocation{Serial: "1", Reason: strings.Repeat("r", 600)}, "reason"},
 	} {
-		if _, err := NewRevocation(c.r, now); err == nil || !strings.Contains(err.Error(), c.want) {
+		if _, err := New(c.r, now); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: %v, want %q", name, err, c.want)
 		}
 	}

@@ -1,4 +1,8 @@
-package api
+// Package revocations holds the CA's rules for revocations: what an
+// operator may ask to revoke, and the times the CA fills in (when it
+// expires, the notBefore mark peers check), whether the request comes
+// through the admin API or a Revocation object of the cluster.
+package revocations
 
 import (
 	"crypto/rand"
@@ -20,18 +24,28 @@ import (
 // maxReason bounds a revocation's reason.
 const maxReason = 512
 
-// NewRevocation checks what an operator asked to revoke and fills in the
-// rest at now: its ID, issued_before (now unless given, and never later),
-// and expires_at, when everything it covers has expired. No SVID lives
-// longer than entry.MaxTTL.
-func NewRevocation(req *typesv1.Revocation, now time.Time) (*typesv1.Revocation, error) {
+// New checks what an operator asked to revoke through the admin API
+// and fills in the rest at now: a new ID, and what Complete sets.
+func New(req *typesv1.Revocation, now time.Time) (*typesv1.Revocation, error) {
 	if req == nil {
 		return nil, errors.New("required")
 	}
-	r := proto.CloneOf(req)
-	if r.GetId() != "" || r.GetCreatedAt() != 0 || r.GetExpiresAt() != 0 || r.GetRevision() != 0 || r.GetNotBeforeUnder() != 0 {
+	if req.GetId() != "" || req.GetCreatedAt() != 0 || req.GetExpiresAt() != 0 || req.GetRevision() != 0 || req.GetNotBeforeUnder() != 0 {
 		return nil, errors.New("id, created_at, expires_at, not_before_under and revision are the CA's to set")
 	}
+	id := make([]byte, 8)
+	rand.Read(id)
+	r := proto.CloneOf(req)
+	r.Id = "rv-" + hex.EncodeToString(id)
+	return Complete(r, now)
+}
+
+// Complete checks a revocation made at created (what it names, its
+// reason) and returns it with issued_before (created unless given, and
+// never later), created_at, expires_at (when everything it covers has
+// expired: no SVID lives longer than entry.MaxTTL) and not_before_under.
+func Complete(req *typesv1.Revocation, created time.Time) (*typesv1.Revocation, error) {
+	r := proto.CloneOf(req)
 	if len(r.GetReason()) > maxReason {
 		return nil, fmt.Errorf("reason: longer than %d bytes", maxReason)
 	}
@@ -55,23 +69,18 @@ func NewRevocation(req *typesv1.Revocation, now time.Time) (*typesv1.Revocation,
 		r.SpiffeId = id.String()
 		switch ib := r.GetIssuedBefore(); {
 		case ib == 0:
-			r.IssuedBefore = now.Unix()
-		case ib > now.Unix():
+			r.IssuedBefore = created.Unix()
+		case ib > created.Unix():
 			return nil, errors.New("issued_before: in the future (SVIDs not issued yet cannot be revoked)")
 		}
-	}
-	if r.GetSpiffeId() != "" {
 		// Issued in or before the second T: notBefore (whole seconds, as
 		// X.509 writes them) at most T - Backdate. The CA gives the SVIDs
 		// it issues for the ID afterwards, in that second too, a later
 		// notBefore (NotBeforeFloor).
 		r.NotBeforeUnder = r.GetIssuedBefore() - int64(signer.Backdate/time.Second) + 1
 	}
-	id := make([]byte, 8)
-	rand.Read(id)
-	r.Id = "rv-" + hex.EncodeToString(id)
-	r.CreatedAt = now.Unix()
-	from := now.Unix()
+	r.CreatedAt = created.Unix()
+	from := created.Unix()
 	if r.GetIssuedBefore() != 0 {
 		from = r.GetIssuedBefore()
 	}
