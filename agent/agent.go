@@ -275,6 +275,10 @@ func registerMetrics(reg prometheus.Registerer, ca *caclient.Client, rot *rotati
 			snap, _ := c.Snapshot()
 			return float64(len(snap.Items))
 		}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "signet_agent_revocations", Help: "Revocations in force the agent holds (and serves to workloads)."}, func() float64 {
+			snap, _ := c.Snapshot()
+			return float64(len(snap.Revocations))
+		}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "signet_agent_x509_svids", Help: "X509-SVIDs the agent holds."}, func() float64 {
 			snap, _ := c.Snapshot()
 			n := 0

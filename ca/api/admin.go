@@ -493,7 +493,7 @@ func (s *AdminServer) CreateRevocation(ctx context.Context, req *adminv1.CreateR
 
 // ListRevocations implements adminv1.AdminServer.
 func (s *AdminServer) ListRevocations(ctx context.Context, _ *adminv1.ListRevocationsRequest) (*adminv1.ListRevocationsResponse, error) {
-	rs, err := s.cfg.revocations(ctx, s.cfg.Now())
+	rs, err := s.cfg.InForce(ctx, s.cfg.Now())
 	if err != nil {
 		return nil, s.cfg.internal(ctx, "list revocations", err)
 	}

@@ -133,9 +133,9 @@ type RevocationSource interface {
 	Delete(ctx context.Context, id string) error
 }
 
-// revocations returns every revocation in force at now: the store's and
+// InForce returns every revocation in force at now: the store's and
 // the cluster's.
-func (c *Config) revocations(ctx context.Context, now time.Time) ([]*typesv1.Revocation, error) {
+func (c *Config) InForce(ctx context.Context, now time.Time) ([]*typesv1.Revocation, error) {
 	rs, err := c.Store.ListRevocations(ctx, now)
 	if err != nil || c.Revocations == nil {
 		return rs, err

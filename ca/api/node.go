@@ -466,7 +466,7 @@ func (s *NodeServer) MintX509SVIDs(ctx context.Context, req *agentv1.MintX509SVI
 	// Check and sign on every core: each CSR costs a signature check and a
 	// signature, and a batch can hold a thousand.
 	now := s.cfg.Now()
-	revs, err := s.cfg.revocations(ctx, now)
+	revs, err := s.cfg.InForce(ctx, now)
 	if err != nil {
 		return nil, s.cfg.internal(ctx, "revocations", err)
 	}
@@ -610,7 +610,7 @@ func (s *NodeServer) Sync(req *agentv1.SyncRequest, stream agentv1.Node_SyncServ
 		if key != sentPolicies {
 			msg.Policies, msg.PoliciesSet, sentPolicies = pols, true, key
 		}
-		revs, err := s.cfg.revocations(ctx, s.cfg.Now())
+		revs, err := s.cfg.InForce(ctx, s.cfg.Now())
 		if err != nil {
 			return s.cfg.internal(ctx, "sync revocations", err)
 		}

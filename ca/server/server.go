@@ -146,6 +146,14 @@ func build(ctx context.Context, g *tasks.Group, cfg Config) (ready func(), err e
 	if cluster != nil {
 		cluster.Configure(&apiCfg)
 	}
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "signet_ca_revocations",
+		Help: "Revocations in force (of the store, and the cluster's Revocation objects)."}, func() float64 {
+		rs, err := apiCfg.InForce(context.Background(), time.Now())
+		if err != nil {
+			return -1
+		}
+		return float64(len(rs))
+	}))
 
 	certs := &servingCert{auth: auth, id: signetid.CA(cfg.TrustDomain)}
 	if _, err := certs.get(); err != nil {
