@@ -485,8 +485,16 @@ func (s *AdminServer) CreateRevocation(ctx context.Context, req *adminv1.CreateR
 	}
 	s.cfg.Changes.Notify()
 	if err := s.cfg.auditOrFail(audit.Record{Event: audit.RevocationCreate, Actor: actor(ctx), Revocation: r.GetId(),
-		Serial: r.GetSerial(), SPIFFEID: r.GetSpiffeId(), Reason: r.GetReason(), Result: audit.Success}); err != nil {
+		Serial: r.GetSerial(), SPIFFEID: r.GetSpiffeId() + r.GetAgentId(), Reason: r.GetReason(), Result: audit.Success}); err != nil {
 		return nil, err
+	}
+	// A revoked agent mints nothing more: it is evicted (after the
+	// revocation is stored: the agents' streams carry it first), and must
+	// attest again (with its pod in Kubernetes, or a new join token).
+	if id := r.GetAgentId(); id != "" {
+		if _, err := s.EvictAgent(ctx, &adminv1.EvictAgentRequest{SpiffeId: id}); err != nil && status.Code(err) != codes.NotFound {
+			return nil, err
+		}
 	}
 	return &adminv1.CreateRevocationResponse{Revocation: stored}, nil
 }

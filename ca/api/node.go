@@ -28,6 +28,7 @@ import (
 	agentv1 "github.com/signet-id/signet/proto/signet/agent/v1"
 	typesv1 "github.com/signet-id/signet/proto/signet/types/v1"
 	"github.com/signet-id/signet/sdk/authz"
+	"github.com/signet-id/signet/sdk/revocation"
 )
 
 // MaxBatch is the most CSRs one MintX509SVIDs call may carry.
@@ -106,6 +107,16 @@ func (s *NodeServer) authAgent(ctx context.Context, method string) (caller, erro
 		return caller{}, s.cfg.refuse(method, codes.PermissionDenied, audit.Record{Actor: id.String(), Reason: method + ": caller is not an agent"})
 	}
 	serial := serialHex(leaf)
+	// A revoked agent (by its ID, or its SVID's serial) is refused
+	// whatever else holds: it mints nothing more, not even SVIDs that
+	// would pass the revocation.
+	revs, err := s.cfg.InForce(ctx, s.cfg.Now())
+	if err != nil {
+		return caller{}, s.cfg.internal(ctx, "revocations", err)
+	}
+	if err := revocation.New(revs).Check([]*x509.Certificate{leaf}); err != nil {
+		return caller{}, s.cfg.refuseAs(method, codes.PermissionDenied, audit.Record{Actor: id.String(), Serial: serial, Reason: method + ": agent SVID is revoked: " + err.Error()}, refusal.Agent, nil)
+	}
 	a, err := s.cfg.Store.FetchAgent(ctx, id.String())
 	if node, ok := s.cfg.k8sNode(id); ok && s.cfg.AgentPods != nil {
 		return s.authK8sAgent(ctx, method, leaf, id, node, a, err)
@@ -492,8 +503,14 @@ func (s *NodeServer) MintX509SVIDs(ctx context.Context, req *agentv1.MintX509SVI
 				if ttl == 0 {
 					ttl = s.cfg.X509TTL
 				}
+				// Marked with the agent that minted it, so that a revocation of
+				// the agent covers it; past any revocation of its ID or agent.
+				nb := floor[e.SPIFFEID.String()]
+				if a := floor[c.id.String()]; a.After(nb) {
+					nb = a
+				}
 				chains[i], errs[i] = signer.SignX509SVID(ca, signer.X509Params{CSR: csr, SPIFFEID: e.SPIFFEID, DNSNames: e.DNSNames, TTL: ttl, Now: now,
-					NotBeforeAtLeast: floor[e.SPIFFEID.String()]})
+					Units: []string{revocation.AgentMark(c.id.String())}, NotBeforeAtLeast: nb})
 				s.cfg.Metrics.signDuration.WithLabelValues("x509").Observe(time.Since(start).Seconds())
 			}
 		}()

@@ -37,7 +37,7 @@ const IDPrefix = "k8s-"
 func FromObject(u *unstructured.Unstructured) (*typesv1.Revocation, error) {
 	spec, _, _ := unstructured.NestedMap(u.Object, "spec")
 	str := func(k string) string { v, _ := spec[k].(string); return v }
-	r := &typesv1.Revocation{Serial: str("serial"), SpiffeId: str("spiffeID"), Reason: str("reason")}
+	r := &typesv1.Revocation{Serial: str("serial"), SpiffeId: str("spiffeID"), AgentId: str("agent"), Reason: str("reason")}
 	if ib := str("issuedBefore"); ib != "" {
 		t, err := time.Parse(time.RFC3339, ib)
 		if err != nil {
@@ -131,9 +131,13 @@ func (s *Set) recheck() {
 // reason: checked by revocations.New first) and returns it as enforced.
 func (s *Set) Create(ctx context.Context, r *typesv1.Revocation) (*typesv1.Revocation, error) {
 	spec := map[string]any{}
-	if r.GetSerial() != "" {
+	switch {
+	case r.GetSerial() != "":
 		spec["serial"] = r.GetSerial()
-	} else {
+	case r.GetAgentId() != "":
+		spec["agent"] = r.GetAgentId()
+		spec["issuedBefore"] = time.Unix(r.GetIssuedBefore(), 0).UTC().Format(time.RFC3339)
+	default:
 		spec["spiffeID"] = r.GetSpiffeId()
 		spec["issuedBefore"] = time.Unix(r.GetIssuedBefore(), 0).UTC().Format(time.RFC3339)
 	}

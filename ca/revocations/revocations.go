@@ -49,24 +49,41 @@ func Complete(req *typesv1.Revocation, created time.Time) (*typesv1.Revocation, 
 	if len(r.GetReason()) > maxReason {
 		return nil, fmt.Errorf("reason: longer than %d bytes", maxReason)
 	}
-	switch {
-	case (r.GetSerial() == "") == (r.GetSpiffeId() == ""):
-		return nil, errors.New("give one of serial and spiffe_id")
-	case r.GetSerial() != "":
+	named := 0
+	for _, v := range []string{r.GetSerial(), r.GetSpiffeId(), r.GetAgentId()} {
+		if v != "" {
+			named++
+		}
+	}
+	if named != 1 {
+		return nil, errors.New("give one of serial, spiffe_id and agent_id")
+	}
+	if r.GetSerial() != "" {
 		serial, err := NormalizeSerial(r.GetSerial())
 		if err != nil {
 			return nil, err
 		}
 		if r.GetIssuedBefore() != 0 {
-			return nil, errors.New("issued_before: only with spiffe_id")
+			return nil, errors.New("issued_before: only with spiffe_id or agent_id")
 		}
 		r.Serial = serial
-	default:
-		id, err := spiffeid.FromString(r.GetSpiffeId())
-		if err != nil {
-			return nil, fmt.Errorf("spiffe_id: %v", err)
+	} else {
+		field, value := "spiffe_id", r.GetSpiffeId()
+		if r.GetAgentId() != "" {
+			field, value = "agent_id", r.GetAgentId()
 		}
-		r.SpiffeId = id.String()
+		id, err := spiffeid.FromString(value)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %v", field, err)
+		}
+		if field == "agent_id" {
+			if !strings.HasPrefix(id.Path(), "/signet/agent/") {
+				return nil, fmt.Errorf("agent_id: %s is not an agent's ID (spiffe://<trust domain>/signet/agent/...)", id)
+			}
+			r.AgentId = id.String()
+		} else {
+			r.SpiffeId = id.String()
+		}
 		switch ib := r.GetIssuedBefore(); {
 		case ib == 0:
 			r.IssuedBefore = created.Unix()
@@ -75,8 +92,8 @@ func Complete(req *typesv1.Revocation, created time.Time) (*typesv1.Revocation, 
 		}
 		// Issued in or before the second T: notBefore (whole seconds, as
 		// X.509 writes them) at most T - Backdate. The CA gives the SVIDs
-		// it issues for the ID afterwards, in that second too, a later
-		// notBefore (NotBeforeFloor).
+		// it issues for the ID (or the agent) afterwards, in that second
+		// too, a later notBefore (NotBeforeFloor).
 		r.NotBeforeUnder = r.GetIssuedBefore() - int64(signer.Backdate/time.Second) + 1
 	}
 	r.CreatedAt = created.Unix()
@@ -100,17 +117,19 @@ func NormalizeSerial(s string) (string, error) {
 	return n.Text(16), nil
 }
 
-// NotBeforeFloor returns, per SPIFFE ID with a revocation in rs, the
-// earliest NotBefore an SVID issued for it now may have not to be covered:
-// signer.X509Params.NotBeforeAtLeast.
+// NotBeforeFloor returns, per SPIFFE ID with a revocation in rs (of the
+// ID, or of the agent), the earliest NotBefore an SVID issued for it now
+// may have not to be covered: signer.X509Params.NotBeforeAtLeast. For an
+// agent it also holds for the SVIDs the agent mints.
 func NotBeforeFloor(rs []*typesv1.Revocation) map[string]time.Time {
 	out := map[string]time.Time{}
 	for _, r := range rs {
-		if r.GetSpiffeId() == "" {
+		id := r.GetSpiffeId() + r.GetAgentId()
+		if id == "" {
 			continue
 		}
-		if t := time.Unix(r.GetNotBeforeUnder(), 0); t.After(out[r.GetSpiffeId()]) {
-			out[r.GetSpiffeId()] = t
+		if t := time.Unix(r.GetNotBeforeUnder(), 0); t.After(out[id]) {
+			out[id] = t
 		}
 	}
 	return out

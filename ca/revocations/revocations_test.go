@@ -19,6 +19,10 @@ func TestNew(t *testing.T) {
 		r.GetExpiresAt() != now.Add(24*time.Hour).Unix() || r.GetNotBeforeUnder() != now.Unix()-9 {
 		t.Errorf("by ID: %+v", r)
 	}
+	r, err = New(&typesv1.Revocation{AgentId: "spiffe://example.org/signet/agent/join/n1"}, now)
+	if err != nil || r.GetNotBeforeUnder() != now.Unix()-9 || NotBeforeFloor([]*typesv1.Revocation{r})["spiffe://example.org/signet/agent/join/n1"].Unix() != now.Unix()-9 {
+		t.Errorf("by agent: %+v, %v", r, err)
+	}
 	r, err = New(&typesv1.Revocation{Serial: "00:1F:aB"}, now)
 	if err != nil || r.GetSerial() != "1fab" || r.GetNotBeforeUnder() != 0 {
 		t.Errorf("by serial: %+v, %v", r, err)
@@ -27,14 +31,15 @@ func TestNew(t *testing.T) {
 		r    *typesv1.Revocation
 		want string
 	}{
-		"nothing":              {&typesv1.Revocation{}, "one of serial and spiffe_id"},
-		"both":                 {&typesv1.Revocation{Serial: "1", SpiffeId: "spiffe://example.org/x"}, "one of serial and spiffe_id"},
+		"nothing":              {&typesv1.Revocation{}, "one of serial, spiffe_id and agent_id"},
+		"both":                 {&typesv1.Revocation{Serial: "1", SpiffeId: "spiffe://example.org/x"}, "one of serial, spiffe_id and agent_id"},
 		"bad serial":           {&typesv1.Revocation{Serial: "xyz"}, "not a positive serial"},
 		"zero serial":          {&typesv1.Revocation{Serial: "0"}, "not a positive serial"},
 		"long serial":          {&typesv1.Revocation{Serial: strings.Repeat("f", 41)}, "at most 20 bytes"},
+		"not an agent":         {&typesv1.Revocation{AgentId: "spiffe://example.org/ns/a/sa/b"}, "not an agent's ID"},
 		"bad id":               {&typesv1.Revocation{SpiffeId: "https://x"}, "spiffe_id"},
 		"future":               {&typesv1.Revocation{SpiffeId: "spiffe://example.org/x", IssuedBefore: now.Unix() + 60}, "in the future"},
-		"issued_before+serial": {&typesv1.Revocation{Serial: "1", IssuedBefore: 5}, "only with spiffe_id"},
+		"issued_before+serial": {&typesv1.Revocation{Serial: "1", IssuedBefore: 5}, "only with spiffe_id or agent_id"},
 		"id set":               {&typesv1.Revocation{Serial: "1", Id: "mine"}, "CA's to set"},
 		"long reason":          {&typesv1.Revocation{Serial: "1", Reason: strings.Repeat("r", 600)}, "reason"},
 	} {

@@ -54,7 +54,7 @@ func init() {
 		{"policy create", "--file F", "create access policies (one, or the output of policy list -o json)", (*cli).policyCreate},
 		{"policy list", "", "list access policies", (*cli).policyList},
 		{"policy delete", "--name NAME", "delete an access policy", (*cli).policyDelete},
-		{"revocation create", "--serial HEX | --spiffe-id ID", "revoke an X.509-SVID, or every SVID of an ID issued before now; peers refuse it within seconds", (*cli).revocationCreate},
+		{"revocation create", "--serial HEX | --spiffe-id ID | --agent ID", "revoke an X.509-SVID, every SVID of an ID, or an agent and all it minted, issued before now; peers refuse them within seconds", (*cli).revocationCreate},
 		{"revocation list", "", "list the revocations in force", (*cli).revocationList},
 		{"revocation delete", "--id ID", "withdraw a revocation", (*cli).revocationDelete},
 		{"fetch x509", "[--socket ADDR] [--write DIR]", "the caller's X509-SVIDs from the Workload API, as a workload sees them", (*cli).fetchX509},

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"slices"
 	"text/tabwriter"
 	"time"
 
@@ -17,23 +18,24 @@ import (
 // revocationCreate revokes an X.509-SVID by serial, or every SVID of a
 // SPIFFE ID issued before now (or --issued-before).
 func (c *cli) revocationCreate(ctx context.Context, args []string) error {
-	var output, serial, id, before, reason string
+	var output, serial, id, agent, before, reason string
 	fs := c.flags("revocation create", &output)
 	fs.StringVar(&serial, "serial", "", "serial number of the X.509 certificate to revoke, in hex (colons allowed)")
 	fs.StringVar(&id, "spiffe-id", "", "revoke every X.509-SVID of this SPIFFE ID issued before now")
-	fs.StringVar(&before, "issued-before", "", "with --spiffe-id: revoke those issued before this time (RFC 3339), not before now")
+	fs.StringVar(&agent, "agent", "", "revoke an agent (its SPIFFE ID, agent list): its SVIDs and every SVID it minted before now; it is evicted too")
+	fs.StringVar(&before, "issued-before", "", "with --spiffe-id or --agent: revoke those issued before this time (RFC 3339), not before now")
 	fs.StringVar(&reason, "reason", "", "why (kept in the audit log and the list)")
 	if _, err := c.parse(fs, args, &output, 0); err != nil {
 		return err
 	}
-	if (serial == "") == (id == "") {
-		fmt.Fprintln(c.stderr, "signet revocation create: give one of --serial and --spiffe-id")
+	if n := len(slices.DeleteFunc([]string{serial, id, agent}, func(s string) bool { return s == "" })); n != 1 {
+		fmt.Fprintln(c.stderr, "signet revocation create: give one of --serial, --spiffe-id and --agent")
 		return errUsage
 	}
-	r := &typesv1.Revocation{Serial: serial, SpiffeId: id, Reason: reason}
+	r := &typesv1.Revocation{Serial: serial, SpiffeId: id, AgentId: agent, Reason: reason}
 	if before != "" {
-		if id == "" {
-			fmt.Fprintln(c.stderr, "signet revocation create: --issued-before goes with --spiffe-id")
+		if serial != "" {
+			fmt.Fprintln(c.stderr, "signet revocation create: --issued-before goes with --spiffe-id or --agent")
 			return errUsage
 		}
 		t, err := time.Parse(time.RFC3339, before)
@@ -111,8 +113,11 @@ func (c *cli) printRevocations(output string, rs []*typesv1.Revocation) error {
 		fmt.Fprintln(tw, "ID\tREVOKES\tISSUED BEFORE\tEXPIRES\tREASON")
 		for _, r := range rs {
 			what, before := "serial "+r.GetSerial(), "-"
-			if r.GetSpiffeId() != "" {
+			switch {
+			case r.GetSpiffeId() != "":
 				what, before = r.GetSpiffeId(), time.Unix(r.GetIssuedBefore(), 0).UTC().Format(time.RFC3339)
+			case r.GetAgentId() != "":
+				what, before = "agent "+r.GetAgentId(), time.Unix(r.GetIssuedBefore(), 0).UTC().Format(time.RFC3339)
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", r.GetId(), what, before, time.Unix(r.GetExpiresAt(), 0).UTC().Format(time.RFC3339), r.GetReason())
 		}

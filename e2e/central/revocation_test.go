@@ -110,8 +110,60 @@ func BenchmarkRevocationSpread(b *testing.B) {
 		all = append(all, revocationSpread(b, 100)...)
 	}
 	sort.Slice(all, func(i, j int) bool { return all[i] < all[j] })
-	q := func(p float64) float64 { return float64(all[min(len(all)-1, int(p*float64(len(all))))].Microseconds()) / 1000 }
+	q := func(p float64) float64 {
+		return float64(all[min(len(all)-1, int(p*float64(len(all))))].Microseconds()) / 1000
+	}
 	b.ReportMetric(q(0.5), "p50-ms")
 	b.ReportMetric(q(0.99), "p99-ms")
 	b.ReportMetric(float64(all[len(all)-1].Microseconds())/1000, "max-ms")
+}
+
+// TestAgentRevocation: revoking an agent revokes what it minted: a
+// server on another agent refuses its workload, and the agent is evicted
+// (it mints nothing more). The server's own SVID, minted by its own
+// agent, is untouched.
+func TestAgentRevocation(t *testing.T) {
+	ca := systest.StartCA(t)
+	a1, a2 := ca.StartAgent("node1"), ca.StartAgent("node2")
+	ca.CreateEntry(cartID, a1.ID.String(), time.Hour, "unix:uid:0")
+	ca.CreateEntry(frontID, a2.ID.String(), time.Hour, "unix:uid:0")
+	cart, front := newSource(t, a1, cartID), newSource(t, a2, frontID)
+	az, err := authz.New(cart.TrustDomain(), authz.Allow(authz.PeerID(frontID)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := serveHealth(t, front, sdk.GRPCServerOptions(cart, az)...)
+	ctx := context.Background()
+	if _, err := client.Check(ctx, &healthpb.HealthCheckRequest{}); err != nil {
+		t.Fatalf("before: %v", err)
+	}
+	if _, err := ca.Admin.CreateRevocation(ctx, &adminv1.CreateRevocationRequest{Revocation: &typesv1.Revocation{AgentId: a2.ID.String()}}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the server to refuse what the revoked agent minted", func() bool {
+		_, err := client.Check(ctx, &healthpb.HealthCheckRequest{})
+		return err != nil
+	})
+	agents, err := ca.Admin.ListAgents(ctx, &adminv1.ListAgentsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range agents.GetAgents() {
+		if a.GetSpiffeId() == a2.ID.String() && !a.GetEvicted() {
+			t.Error("the revoked agent was not evicted")
+		}
+	}
+	if svid, _ := cart.GetX509SVID(); svid == nil {
+		t.Fatal("the server lost its SVID")
+	}
+	recs := ca.AuditLog()
+	found := false
+	for _, r := range recs {
+		if r["event"] == "revocation.create" && r["spiffe_id"] == a2.ID.String() {
+			found = true
+		}
+	}
+	if !found {
+		t.Error("no revocation.create audit record naming the agent")
+	}
 }

@@ -227,7 +227,7 @@ func TestRevocationAcrossReplicas(t *testing.T) {
 	bad := obj.DeepCopy()
 	bad.SetName("both")
 	unstructured.SetNestedField(bad.Object, "spiffe://example.org/x", "spec", "spiffeID")
-	if _, err := revs.Create(ctx, bad, metav1.CreateOptions{}); err == nil || !strings.Contains(err.Error(), "one of serial and spiffeID") {
+	if _, err := revs.Create(ctx, bad, metav1.CreateOptions{}); err == nil || !strings.Contains(err.Error(), "one of serial, spiffeID and agent") {
 		t.Fatalf("a Revocation naming both: %v", err)
 	}
 

@@ -27,18 +27,28 @@ func TestCheck(t *testing.T) {
 		{Id: "a", Serial: "1f"},
 		{Id: "b", SpiffeId: "spiffe://example.org/front", NotBeforeUnder: t0.Unix()},
 		{Id: "c", SpiffeId: "spiffe://example.org/front", NotBeforeUnder: t0.Add(-time.Hour).Unix()},
+		{Id: "d", AgentId: "spiffe://example.org/signet/agent/join/n1", NotBeforeUnder: t0.Unix()},
 	})
+	minted := func(agent string, notBefore time.Time) *x509.Certificate {
+		c := cert(9, "spiffe://example.org/cart", notBefore)
+		c.Subject.OrganizationalUnit = []string{revocation.AgentMark(agent)}
+		return c
+	}
 	root := cert(1, "", t0.Add(-24*time.Hour))
 	for name, c := range map[string]struct {
 		chain   []*x509.Certificate
 		revoked bool
 	}{
-		"leaf by serial":           {[]*x509.Certificate{cert(0x1f, "spiffe://example.org/x", t0), root}, true},
-		"intermediate by serial":   {[]*x509.Certificate{cert(2, "spiffe://example.org/x", t0), cert(0x1f, "", t0), root}, true},
-		"front issued before":      {[]*x509.Certificate{cert(3, "spiffe://example.org/front", t0.Add(-time.Second)), root}, true},
-		"front issued at the mark": {[]*x509.Certificate{cert(3, "spiffe://example.org/front", t0), root}, false},
-		"another ID":               {[]*x509.Certificate{cert(3, "spiffe://example.org/other", t0.Add(-time.Minute)), root}, false},
-		"no chain":                 {nil, false},
+		"leaf by serial":             {[]*x509.Certificate{cert(0x1f, "spiffe://example.org/x", t0), root}, true},
+		"intermediate by serial":     {[]*x509.Certificate{cert(2, "spiffe://example.org/x", t0), cert(0x1f, "", t0), root}, true},
+		"front issued before":        {[]*x509.Certificate{cert(3, "spiffe://example.org/front", t0.Add(-time.Second)), root}, true},
+		"front issued at the mark":   {[]*x509.Certificate{cert(3, "spiffe://example.org/front", t0), root}, false},
+		"another ID":                 {[]*x509.Certificate{cert(3, "spiffe://example.org/other", t0.Add(-time.Minute)), root}, false},
+		"no chain":                   {nil, false},
+		"minted by the agent before": {[]*x509.Certificate{minted("spiffe://example.org/signet/agent/join/n1", t0.Add(-time.Second)), root}, true},
+		"minted by the agent after":  {[]*x509.Certificate{minted("spiffe://example.org/signet/agent/join/n1", t0), root}, false},
+		"minted by another agent":    {[]*x509.Certificate{minted("spiffe://example.org/signet/agent/join/n2", t0.Add(-time.Second)), root}, false},
+		"the agent's own SVID":       {[]*x509.Certificate{cert(10, "spiffe://example.org/signet/agent/join/n1", t0.Add(-time.Minute)), root}, true},
 	} {
 		err := set.Check(c.chain)
 		if got := errors.Is(err, revocation.ErrRevoked); got != c.revoked {
@@ -46,7 +56,7 @@ func TestCheck(t *testing.T) {
 		}
 	}
 	var none *revocation.Set
-	if none.Check([]*x509.Certificate{root}) != nil || none.Len() != 0 || set.Len() != 3 {
+	if none.Check([]*x509.Certificate{root}) != nil || none.Len() != 0 || set.Len() != 4 {
 		t.Error("a nil set revokes, or Len is wrong")
 	}
 }

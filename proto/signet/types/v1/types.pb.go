@@ -664,7 +664,7 @@ func (x *AccessPolicy) GetRevision() int64 {
 }
 
 // Revocation withdraws trust in X.509-SVIDs before they expire. It names
-// exactly one of serial and spiffe_id. Every peer that follows its agent
+// exactly one of serial, spiffe_id and agent_id. Every peer that follows its agent
 // (the SDK) refuses what it covers, at the handshake and on open
 // connections.
 type Revocation struct {
@@ -693,8 +693,14 @@ type Revocation struct {
 	// sets notBefore somewhat before it issues (for clock skew), and sets
 	// this to match.
 	NotBeforeUnder int64 `protobuf:"varint,9,opt,name=not_before_under,json=notBeforeUnder,proto3" json:"not_before_under,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// agent_id revokes an agent: its own SVIDs and every X.509-SVID it had
+	// minted, issued before issued_before. The CA marks each SVID an agent
+	// mints with the agent (sdk/revocation.AgentMark in the subject's
+	// organizational units), so peers can tell. The CA also evicts the
+	// agent.
+	AgentId       string `protobuf:"bytes,10,opt,name=agent_id,json=agentId,proto3" json:"agent_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Revocation) Reset() {
@@ -788,6 +794,13 @@ func (x *Revocation) GetNotBeforeUnder() int64 {
 		return x.NotBeforeUnder
 	}
 	return 0
+}
+
+func (x *Revocation) GetAgentId() string {
+	if x != nil {
+		return x.AgentId
+	}
+	return ""
 }
 
 // Decision is one authorization decision of a service, or a count of
@@ -1034,7 +1047,7 @@ const file_signet_types_v1_types_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06target\x18\x02 \x01(\tR\x06target\x121\n" +
 	"\x05rules\x18\x03 \x03(\v2\x1b.signet.types.v1.PolicyRuleR\x05rules\x12\x1a\n" +
-	"\brevision\x18\x04 \x01(\x03R\brevision\"\x92\x02\n" +
+	"\brevision\x18\x04 \x01(\x03R\brevision\"\xad\x02\n" +
 	"\n" +
 	"Revocation\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
@@ -1047,7 +1060,9 @@ const file_signet_types_v1_types_proto_rawDesc = "" +
 	"expires_at\x18\x06 \x01(\x03R\texpiresAt\x12\x16\n" +
 	"\x06reason\x18\a \x01(\tR\x06reason\x12\x1a\n" +
 	"\brevision\x18\b \x01(\x03R\brevision\x12(\n" +
-	"\x10not_before_under\x18\t \x01(\x03R\x0enotBeforeUnder\"\x92\x01\n" +
+	"\x10not_before_under\x18\t \x01(\x03R\x0enotBeforeUnder\x12\x19\n" +
+	"\bagent_id\x18\n" +
+	" \x01(\tR\aagentId\"\x92\x01\n" +
 	"\bDecision\x12\x16\n" +
 	"\x06server\x18\x01 \x01(\tR\x06server\x12\x12\n" +
 	"\x04peer\x18\x02 \x01(\tR\x04peer\x12\x16\n" +
