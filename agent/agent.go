@@ -12,12 +12,14 @@ import (
 	"path/filepath"
 	"sync/atomic"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
 	"google.golang.org/grpc"
 
 	"github.com/signet-id/signet/agent/attest"
+	"github.com/signet-id/signet/agent/cache"
 	"github.com/signet-id/signet/agent/caclient"
 	"github.com/signet-id/signet/agent/cgroup"
 	"github.com/signet-id/signet/agent/csi"
@@ -218,6 +220,9 @@ func build(ctx context.Context, g *tasks.Group, cfg Config) (ready func(), err e
 	g.Add("workload API", func(context.Context) error { return srv.Serve(lis) }, srv.Stop)
 	log.Info("Workload API listening", "socket", cfg.SocketPath, "spiffe_id", ca.ID())
 
+	if cfg.DenyListFile != "" {
+		g.Add("deny list file", func(ctx context.Context) error { writeDenyList(ctx, c, cfg.DenyListFile, log); return nil }, nil)
+	}
 	g.Add("shutdown", func(ctx context.Context) error {
 		<-ctx.Done()
 		log.Info("shutting down")
@@ -228,6 +233,33 @@ func build(ctx context.Context, g *tasks.Group, cfg Config) (ready func(), err e
 			cfg.Ready(ca.ID())
 		}
 	}, nil
+}
+
+// writeDenyList keeps path holding the CA's signed deny list, replaced
+// whole (a reader never sees half of one), until ctx ends.
+func writeDenyList(ctx context.Context, c *cache.Cache, path string, log hclog.Logger) {
+	written := ""
+	for {
+		snap, changed := c.Snapshot()
+		if snap.DenyList != "" && snap.DenyList != written {
+			tmp := path + ".tmp"
+			err := os.WriteFile(tmp, []byte(snap.DenyList+"\n"), 0o644)
+			if err == nil {
+				err = os.Rename(tmp, path)
+			}
+			if err != nil {
+				log.Error("writing the deny list failed", "path", path, "error", err)
+			} else {
+				written = snap.DenyList
+				log.Debug("deny list written", "path", path, "revocations", len(snap.Revocations))
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-changed:
+		}
+	}
 }
 
 // startCSI binds the CSI plugin's sockets and starts serving them. When

@@ -76,6 +76,10 @@ type Config struct {
 	// empty, /kubepods and /kubepods.slice. Processes whose cgroups lie
 	// elsewhere are not attested as pods.
 	KubeletCgroupRoot string
+	// DenyListFile, if set, is kept holding the CA's signed deny list (a
+	// compact JWS of the revocations in force), for peers on this node
+	// that check revocations without Signet's SDK.
+	DenyListFile string
 	// CSI, if set, serves the CSI node plugin that puts the Workload API
 	// socket into pods (NodeName required).
 	CSI *CSIConfig

@@ -12,8 +12,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-jose/go-jose/v4"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -38,8 +40,9 @@ func TestRevocationThroughProcesses(t *testing.T) {
 	var tok struct{ Token string }
 	json.Unmarshal([]byte(signet(t, dir, "token", "create", "--node", "n1", "-o", "json")), &tok)
 	sock := filepath.Join(t.TempDir(), "agent.sock")
+	denyFile := filepath.Join(t.TempDir(), "deny-list.jws")
 	agent := exec.Command(filepath.Join(binDir, "signet-agent"), "--ca-address", caAddr, "--join-token", tok.Token, "--trust-bundle", bundle,
-		"--data-dir", t.TempDir(), "--socket", sock, "--health-addr", "")
+		"--data-dir", t.TempDir(), "--socket", sock, "--health-addr", "", "--deny-list-file", denyFile)
 	if err := agent.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -145,6 +148,10 @@ func TestRevocationThroughProcesses(t *testing.T) {
 	if out := signetFails(t, dir, "revocation", "create", "--serial", inter); !strings.Contains(out, "active intermediate") {
 		t.Errorf("revoking the active intermediate: %s", out)
 	}
+	// The signed deny list on the node: a JWS that the trust bundle's
+	// JWT keys verify offline, holding the serial.
+	checkDenyList(t, sock, denyFile, serial.Text(16))
+
 	list := signet(t, dir, "revocation", "list", "-o", "json")
 	if !strings.Contains(list, created.Revocations[0].ID) || !strings.Contains(list, "key leaked in a log") {
 		t.Errorf("revocation list -o json: %s", list)
@@ -172,5 +179,59 @@ func TestRevocationThroughProcesses(t *testing.T) {
 		if !strings.Contains(string(audit), want) {
 			t.Errorf("the audit log lacks %s", want)
 		}
+	}
+}
+
+// checkDenyList waits for the agent's deny list file to name serial, and
+// verifies it as a peer without Signet's SDK would: a compact JWS (ES256,
+// typ signet-deny-list+jws) by a JWT-SVID key of the trust bundle.
+func checkDenyList(t *testing.T, sock, path, serial string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	bundles, err := workloadapi.FetchJWTBundles(ctx, workloadapi.WithAddr("unix://"+sock))
+	if err != nil {
+		t.Fatal(err)
+	}
+	jwtKeys, err := bundles.GetJWTBundleForTrustDomain(spiffeid.RequireTrustDomainFromString("example.org"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		raw, _ := os.ReadFile(path)
+		if jws, err := jose.ParseSigned(strings.TrimSpace(string(raw)), []jose.SignatureAlgorithm{jose.ES256}); err == nil {
+			sig := jws.Signatures[0]
+			key, ok := jwtKeys.FindJWTAuthority(sig.Header.KeyID)
+			if !ok {
+				t.Fatalf("the deny list is signed by key %q, not in the bundle", sig.Header.KeyID)
+			}
+			if typ, _ := sig.Header.ExtraHeaders["typ"].(string); typ != "signet-deny-list+jws" {
+				t.Errorf("deny list typ %q", typ)
+			}
+			payload, err := jws.Verify(key)
+			if err != nil {
+				t.Fatalf("the deny list does not verify: %v", err)
+			}
+			var list struct {
+				TrustDomain string `json:"trust_domain"`
+				Expiry      int64  `json:"exp"`
+				Revocations []struct {
+					Serial string `json:"serial"`
+				} `json:"revocations"`
+			}
+			if err := json.Unmarshal(payload, &list); err != nil {
+				t.Fatal(err)
+			}
+			for _, r := range list.Revocations {
+				if r.Serial == serial && list.TrustDomain == "example.org" && list.Expiry > time.Now().Unix() {
+					return
+				}
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the deny list at %s never named serial %s:\n%s", path, serial, raw)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

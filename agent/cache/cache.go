@@ -101,8 +101,10 @@ type Snapshot struct {
 	Bundle *Bundle
 	// Policies are the access policies of this node's workloads.
 	Policies []*typesv1.AccessPolicy
-	// Revocations are the revocations in force in the trust domain.
+	// Revocations are the revocations in force in the trust domain, and
+	// DenyList the same signed by the CA.
 	Revocations []*typesv1.Revocation
+	DenyList    string
 	// Items are sorted by SPIFFE ID, then entry ID.
 	Items []*Item
 	// Synced is true once the first sync from the CA was applied and every
@@ -229,6 +231,7 @@ type Cache struct {
 	bundle   *Bundle
 	policies []*typesv1.AccessPolicy
 	revs     []*typesv1.Revocation
+	denyList string
 	synced   bool
 	snap     *Snapshot
 	changed  chan struct{}
@@ -271,7 +274,7 @@ func (c *Cache) publishLocked() {
 			keys[sel.Type+":"+sel.Key()] = true
 		}
 	}
-	c.snap = &Snapshot{Bundle: c.bundle, Policies: c.policies, Revocations: c.revs, Items: items, Synced: c.synced, keys: keys}
+	c.snap = &Snapshot{Bundle: c.bundle, Policies: c.policies, Revocations: c.revs, DenyList: c.denyList, Items: items, Synced: c.synced, keys: keys}
 	close(c.changed)
 	c.changed = make(chan struct{})
 }
@@ -296,8 +299,10 @@ type Update struct {
 	// Policies replace the access policies when PoliciesSet.
 	Policies    []*typesv1.AccessPolicy
 	PoliciesSet bool
-	// Revocations replace the revocations when RevocationsSet.
+	// Revocations and DenyList replace the revocations when
+	// RevocationsSet.
 	Revocations    []*typesv1.Revocation
+	DenyList       string
 	RevocationsSet bool
 }
 
@@ -342,7 +347,7 @@ func (c *Cache) Apply(u Update) {
 		c.policies = u.Policies
 	}
 	if u.RevocationsSet {
-		c.revs = u.Revocations
+		c.revs, c.denyList = u.Revocations, u.DenyList
 		c.dueRevokedLocked()
 	}
 	c.publishLocked()

@@ -518,7 +518,7 @@ func (m *Client) followSync(ctx context.Context, client agentv1.NodeClient, rev 
 
 func (m *Client) applySync(msg *agentv1.SyncResponse) {
 	u := cache.Update{Full: msg.GetFull(), Deleted: msg.GetDeletedEntryIds(), PodsFull: msg.GetPodsFull(), PodsDeleted: msg.GetDeletedPodEntryIds(),
-		Policies: msg.GetPolicies(), PoliciesSet: msg.GetPoliciesSet(), Revocations: msg.GetRevocations(), RevocationsSet: msg.GetRevocationsSet()}
+		Policies: msg.GetPolicies(), PoliciesSet: msg.GetPoliciesSet(), Revocations: msg.GetRevocations(), DenyList: msg.GetDenyList(), RevocationsSet: msg.GetRevocationsSet()}
 	for _, pb := range msg.GetEntries() {
 		e, err := entry.FromProto(m.cfg.TrustDomain, pb)
 		if err != nil || entry.IsPodEntryID(e.ID) {

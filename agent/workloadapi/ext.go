@@ -217,8 +217,9 @@ func (s *RevocationServer) Watch(_ *workloadv1.WatchRevocationsRequest, stream w
 			fmt.Fprintf(&key, "%s@%d;", r.GetId(), r.GetRevision())
 			ids[i] = r.GetId()
 		}
+		key.WriteString(snap.DenyList)
 		if key.String() != sent {
-			if err := stream.Send(&workloadv1.WatchRevocationsResponse{Revocations: snap.Revocations}); err != nil {
+			if err := stream.Send(&workloadv1.WatchRevocationsResponse{Revocations: snap.Revocations, DenyList: snap.DenyList}); err != nil {
 				return err
 			}
 			s.h.grant(c, event, ids)

@@ -631,8 +631,16 @@ func (s *NodeServer) Sync(req *agentv1.SyncRequest, stream agentv1.Node_SyncServ
 		if err != nil {
 			return s.cfg.internal(ctx, "sync revocations", err)
 		}
-		if key := revocationsKey(revs); key != sentRevocations {
-			msg.Revocations, msg.RevocationsSet, sentRevocations = revs, true, key
+		// Sent when they change, when the JWT key that signs the deny list
+		// changes, and at half the deny list's life.
+		jwtKey := s.cfg.Authority.JWTKey()
+		now := s.cfg.Now()
+		if key := fmt.Sprintf("%s|%s|%d", revocationsKey(revs), jwtKey.ID, now.Unix()/int64(signer.DenyListTTL/2/time.Second)); key != sentRevocations {
+			deny, err := signer.SignDenyList(jwtKey, s.cfg.TrustDomain, revs, now)
+			if err != nil {
+				return s.cfg.internal(ctx, "sign the deny list", err)
+			}
+			msg.Revocations, msg.RevocationsSet, msg.DenyList, sentRevocations = revs, true, deny, key
 		}
 		if first || ch.Full || len(msg.Entries) > 0 || len(msg.DeletedEntryIds) > 0 || msg.Bundle != nil ||
 			len(msg.PodEntries) > 0 || len(msg.DeletedPodEntryIds) > 0 || msg.PoliciesSet || msg.RevocationsSet {

@@ -11,6 +11,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/asn1"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math/big"
@@ -21,8 +22,10 @@ import (
 	"github.com/smallstep/certificates/cas/apiv1"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.step.sm/crypto/jose"
+	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/signet-id/signet/ca/authority"
+	typesv1 "github.com/signet-id/signet/proto/signet/types/v1"
 )
 
 // Backdate is how far NotBefore is set in the past, for clock skew: an
@@ -228,4 +231,54 @@ func SignJWTSVID(key authority.JWTKey, p JWTParams) (string, time.Time, error) {
 		return "", time.Time{}, fmt.Errorf("signer: sign JWT-SVID for %s: %w", p.SPIFFEID, err)
 	}
 	return tok, exp.Truncate(time.Second), nil
+}
+
+// DenyListType is the JWS "typ" of a signed deny list.
+const DenyListType = "signet-deny-list+jws"
+
+// DenyListTTL is how long a signed deny list is valid; the CA signs a new
+// one at half that, or when the revocations change.
+const DenyListTTL = 24 * time.Hour
+
+// DenyList is the payload of a signed deny list.
+type DenyList struct {
+	TrustDomain string `json:"trust_domain"`
+	IssuedAt    int64  `json:"iat"`
+	Expiry      int64  `json:"exp"`
+	// Revocations in force, in their protojson form (serial, spiffe_id,
+	// agent_id, not_before_under, expires_at...).
+	Revocations []json.RawMessage `json:"revocations"`
+}
+
+// SignDenyList signs the revocations in force with the JWT-SVID key, as a
+// compact JWS that any holder of the trust bundle can verify offline.
+func SignDenyList(key authority.JWTKey, td spiffeid.TrustDomain, revs []*typesv1.Revocation, now time.Time) (string, error) {
+	exp := now.Add(DenyListTTL)
+	if exp.After(key.NotAfter) {
+		exp = key.NotAfter
+	}
+	list := DenyList{TrustDomain: td.Name(), IssuedAt: now.Unix(), Expiry: exp.Unix(), Revocations: []json.RawMessage{}}
+	for _, r := range revs {
+		raw, err := protojson.Marshal(r)
+		if err != nil {
+			return "", err
+		}
+		list.Revocations = append(list.Revocations, raw)
+	}
+	payload, err := json.Marshal(list)
+	if err != nil {
+		return "", err
+	}
+	sig, err := jose.NewSigner(jose.SigningKey{
+		Algorithm: jose.ES256,
+		Key:       jose.JSONWebKey{Key: jose.NewOpaqueSigner(key.Signer), KeyID: key.ID},
+	}, (&jose.SignerOptions{}).WithType(DenyListType))
+	if err != nil {
+		return "", fmt.Errorf("signer: %w", err)
+	}
+	jws, err := sig.Sign(payload)
+	if err != nil {
+		return "", fmt.Errorf("signer: deny list: %w", err)
+	}
+	return jws.CompactSerialize()
 }

@@ -50,6 +50,7 @@ type fileConfig struct {
 	KubeletRootDir   string `json:"kubelet-root-dir"`
 	CSISocket        string `json:"csi-socket"`
 	CSIDriver        string `json:"csi-driver"`
+	DenyListFile     string `json:"deny-list-file"`
 	LogLevel         string `json:"log-level"`
 	LogJSON          bool   `json:"log-json"`
 }
@@ -93,6 +94,7 @@ func register(fs *flag.FlagSet, c *fileConfig) {
 	fs.StringVar(&c.KubeletRootDir, "kubelet-root-dir", c.KubeletRootDir, "the kubelet's --root-dir, e.g. /var/lib/kubelet; serves the CSI plugin that puts the socket into pods (registered in its plugins_registry)")
 	fs.StringVar(&c.CSISocket, "csi-socket", c.CSISocket, "the CSI plugin's socket, which the kubelet calls (not in the Workload API socket's directory)")
 	fs.StringVar(&c.CSIDriver, "csi-driver", c.CSIDriver, "the CSI driver's name, as pods' volumes and the CSIDriver object give it")
+	fs.StringVar(&c.DenyListFile, "deny-list-file", c.DenyListFile, "keep this file holding the CA's signed deny list of revocations (a JWS), for peers without Signet's SDK")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "trace, debug, info, warn or error")
 	fs.BoolVar(&c.LogJSON, "log-json", c.LogJSON, "log as JSON")
 }
@@ -111,6 +113,7 @@ func parse(args []string, stderr io.Writer) (agent.Config, error) {
 	cfg := agent.Config{
 		TrustDomain: td, CAAddress: c.CAAddress, DataDir: c.DataDir, JoinToken: c.JoinToken, JoinTokenFile: c.JoinTokenFile,
 		SocketPath: c.Socket, HealthAddr: c.HealthAddr, MetricsAddr: c.MetricsAddr, AuditLog: c.AuditLog,
+		DenyListFile: c.DenyListFile,
 	}
 	switch c.NodeAttestor {
 	case "join_token":

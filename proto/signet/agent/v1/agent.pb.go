@@ -356,8 +356,12 @@ type SyncResponse struct {
 	// holds: every one in force in the trust domain.
 	Revocations    []*v1.Revocation `protobuf:"bytes,11,rep,name=revocations,proto3" json:"revocations,omitempty"`
 	RevocationsSet bool             `protobuf:"varint,12,opt,name=revocations_set,json=revocationsSet,proto3" json:"revocations_set,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// deny_list, with revocations_set, is the same revocations signed by the
+	// CA (a compact JWS with a JWT-SVID key of the trust bundle), for peers
+	// that check revocations offline without Signet's SDK.
+	DenyList      string `protobuf:"bytes,13,opt,name=deny_list,json=denyList,proto3" json:"deny_list,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SyncResponse) Reset() {
@@ -472,6 +476,13 @@ func (x *SyncResponse) GetRevocationsSet() bool {
 		return x.RevocationsSet
 	}
 	return false
+}
+
+func (x *SyncResponse) GetDenyList() string {
+	if x != nil {
+		return x.DenyList
+	}
+	return ""
 }
 
 type FetchPodEntriesRequest struct {
@@ -1000,7 +1011,7 @@ const file_signet_agent_v1_agent_proto_rawDesc = "" +
 	"svid_chain\x18\x02 \x03(\fR\tsvidChain\x12/\n" +
 	"\x06bundle\x18\x03 \x01(\v2\x17.signet.types.v1.BundleR\x06bundle\")\n" +
 	"\vSyncRequest\x12\x1a\n" +
-	"\brevision\x18\x01 \x01(\x03R\brevision\"\x9c\x04\n" +
+	"\brevision\x18\x01 \x01(\x03R\brevision\"\xb9\x04\n" +
 	"\fSyncResponse\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\x12\x12\n" +
 	"\x04full\x18\x02 \x01(\bR\x04full\x120\n" +
@@ -1015,7 +1026,8 @@ const file_signet_agent_v1_agent_proto_rawDesc = "" +
 	"\fpolicies_set\x18\n" +
 	" \x01(\bR\vpoliciesSet\x12=\n" +
 	"\vrevocations\x18\v \x03(\v2\x1b.signet.types.v1.RevocationR\vrevocations\x12'\n" +
-	"\x0frevocations_set\x18\f \x01(\bR\x0erevocationsSet\"1\n" +
+	"\x0frevocations_set\x18\f \x01(\bR\x0erevocationsSet\x12\x1b\n" +
+	"\tdeny_list\x18\r \x01(\tR\bdenyList\"1\n" +
 	"\x16FetchPodEntriesRequest\x12\x17\n" +
 	"\apod_uid\x18\x01 \x01(\tR\x06podUid\"K\n" +
 	"\x17FetchPodEntriesResponse\x120\n" +

@@ -144,8 +144,11 @@ func (*WatchRevocationsRequest) Descriptor() ([]byte, []int) {
 }
 
 type WatchRevocationsResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Revocations   []*v1.Revocation       `protobuf:"bytes,1,rep,name=revocations,proto3" json:"revocations,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Revocations []*v1.Revocation       `protobuf:"bytes,1,rep,name=revocations,proto3" json:"revocations,omitempty"`
+	// deny_list is the same, signed by the CA: a compact JWS (ES256) with a
+	// JWT-SVID key of the trust bundle; see docs/revoke-credentials.md.
+	DenyList      string `protobuf:"bytes,2,opt,name=deny_list,json=denyList,proto3" json:"deny_list,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -185,6 +188,13 @@ func (x *WatchRevocationsResponse) GetRevocations() []*v1.Revocation {
 		return x.Revocations
 	}
 	return nil
+}
+
+func (x *WatchRevocationsResponse) GetDenyList() string {
+	if x != nil {
+		return x.DenyList
+	}
+	return ""
 }
 
 type SignX509SVIDRequest struct {
@@ -302,9 +312,10 @@ const file_signet_workload_v1_workload_proto_rawDesc = "" +
 	"\x14WatchPoliciesRequest\"R\n" +
 	"\x15WatchPoliciesResponse\x129\n" +
 	"\bpolicies\x18\x01 \x03(\v2\x1d.signet.types.v1.AccessPolicyR\bpolicies\"\x19\n" +
-	"\x17WatchRevocationsRequest\"Y\n" +
+	"\x17WatchRevocationsRequest\"v\n" +
 	"\x18WatchRevocationsResponse\x12=\n" +
-	"\vrevocations\x18\x01 \x03(\v2\x1b.signet.types.v1.RevocationR\vrevocations\"D\n" +
+	"\vrevocations\x18\x01 \x03(\v2\x1b.signet.types.v1.RevocationR\vrevocations\x12\x1b\n" +
+	"\tdeny_list\x18\x02 \x01(\tR\bdenyList\"D\n" +
 	"\x13SignX509SVIDRequest\x12\x10\n" +
 	"\x03csr\x18\x01 \x01(\fR\x03csr\x12\x1b\n" +
 	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\"R\n" +
