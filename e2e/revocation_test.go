@@ -200,7 +200,7 @@ func checkDenyList(t *testing.T, sock, path, serial string) {
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		raw, _ := os.ReadFile(path)
-		if jws, err := jose.ParseSigned(strings.TrimSpace(string(raw)), []jose.SignatureAlgorithm{jose.ES256}); err == nil {
+		if jws, err := jose.ParseSignedCompact(strings.TrimSpace(string(raw)), []jose.SignatureAlgorithm{jose.ES256}); err == nil {
 			sig := jws.Signatures[0]
 			key, ok := jwtKeys.FindJWTAuthority(sig.Header.KeyID)
 			if !ok {
