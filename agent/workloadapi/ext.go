@@ -86,32 +86,40 @@ func policiesFor(all []*typesv1.AccessPolicy, ids map[string]bool) ([]*typesv1.A
 
 // Watch implements workloadv1.PolicyServer.
 func (s *PolicyServer) Watch(_ *workloadv1.WatchPoliciesRequest, stream workloadv1.Policy_WatchServer) error {
-	const event = "workload.watch_policies"
-	ctx := stream.Context()
-	c, snap, changed, err := s.h.identified(ctx, event)
+	return s.h.watch(stream.Context(), "workload.watch_policies", func(c caller, snap *cache.Snapshot) (string, []string, func() error) {
+		pols, key := policiesFor(snap.Policies, callerIDs(snap, c))
+		names := make([]string, len(pols))
+		for i, p := range pols {
+			names[i] = p.GetName()
+		}
+		return key, names, func() error { return stream.Send(&workloadv1.WatchPoliciesResponse{Policies: pols}) }
+	})
+}
+
+// watch serves an extension stream to an identified caller: at the start
+// and on every change of the cache, view gives the caller's answer (a key
+// that changes with it, the names to audit, and how to send it), which is
+// sent and audited when its key changed.
+func (h *Handler) watch(ctx context.Context, event string, view func(caller, *cache.Snapshot) (key string, names []string, send func() error)) error {
+	c, snap, changed, err := h.identified(ctx, event)
 	if err != nil {
 		return err
 	}
 	sent := "\x00"
 	for {
-		ids := callerIDs(snap, c)
-		pols, key := policiesFor(snap.Policies, ids)
+		key, names, send := view(c, snap)
 		if key != sent {
-			if err := stream.Send(&workloadv1.WatchPoliciesResponse{Policies: pols}); err != nil {
+			if err := send(); err != nil {
 				return err
 			}
-			names := make([]string, len(pols))
-			for i, p := range pols {
-				names[i] = p.GetName()
-			}
-			s.h.grant(c, event, names)
+			h.grant(c, event, names)
 			sent = key
 		}
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-changed:
-			snap, changed = s.h.cfg.Cache.Snapshot()
+			snap, changed = h.cfg.Cache.Snapshot()
 		}
 	}
 }
@@ -203,14 +211,7 @@ func NewRevocationServer(h *Handler) *RevocationServer { return &RevocationServe
 // Watch implements workloadv1.RevocationsServer: every revocation in
 // force, to callers with an identity (those that have peers to refuse).
 func (s *RevocationServer) Watch(_ *workloadv1.WatchRevocationsRequest, stream workloadv1.Revocations_WatchServer) error {
-	const event = "workload.watch_revocations"
-	ctx := stream.Context()
-	c, snap, changed, err := s.h.identified(ctx, event)
-	if err != nil {
-		return err
-	}
-	sent := "\x00"
-	for {
+	return s.h.watch(stream.Context(), "workload.watch_revocations", func(_ caller, snap *cache.Snapshot) (string, []string, func() error) {
 		var key strings.Builder
 		ids := make([]string, len(snap.Revocations))
 		for i, r := range snap.Revocations {
@@ -218,18 +219,8 @@ func (s *RevocationServer) Watch(_ *workloadv1.WatchRevocationsRequest, stream w
 			ids[i] = r.GetId()
 		}
 		key.WriteString(snap.DenyList)
-		if key.String() != sent {
-			if err := stream.Send(&workloadv1.WatchRevocationsResponse{Revocations: snap.Revocations, DenyList: snap.DenyList}); err != nil {
-				return err
-			}
-			s.h.grant(c, event, ids)
-			sent = key.String()
+		return key.String(), ids, func() error {
+			return stream.Send(&workloadv1.WatchRevocationsResponse{Revocations: snap.Revocations, DenyList: snap.DenyList})
 		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-changed:
-			snap, changed = s.h.cfg.Cache.Snapshot()
-		}
-	}
+	})
 }

@@ -10,14 +10,12 @@ import (
 	"fmt"
 	"sort"
 	"strings"
-	"sync"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/protobuf/encoding/protojson"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
-	"k8s.io/client-go/tools/cache"
 
 	"github.com/signet-id/signet/ca/clusterview"
 	typesv1 "github.com/signet-id/signet/proto/signet/types/v1"
@@ -94,76 +92,38 @@ func CheckNamespaced(td spiffeid.TrustDomain, ns string, crossAllowed bool, p *t
 // The admission webhook refuses the others; the CA ignores them too, in
 // case the webhook is not installed.
 type Set struct {
-	view    *clusterview.View
-	objects cache.SharedIndexInformer
-	td      spiffeid.TrustDomain
-	log     hclog.Logger
-	mu      sync.Mutex
-	valid   []*typesv1.AccessPolicy
-	changed chan struct{}
+	objects *clusterview.Objects[*typesv1.AccessPolicy]
 }
 
 // NewSet registers the AccessPolicy informer and its callbacks with the
 // view; the view's Start runs them, then Load reads the objects.
 func NewSet(view *clusterview.View, td spiffeid.TrustDomain, log hclog.Logger) (*Set, error) {
-	if log == nil {
-		log = hclog.NewNullLogger()
+	read := func(u *unstructured.Unstructured) (*typesv1.AccessPolicy, error) {
+		p, err := FromObject(u)
+		if err == nil {
+			err = CheckNamespaced(td, u.GetNamespace(), view.NamespaceLabels(u.GetNamespace())[CrossNamespaceLabel] == "allowed", p)
+		}
+		return p, err
 	}
-	s := &Set{view: view, td: td, log: log, changed: make(chan struct{})}
-	s.objects = view.Resource(Resource)
-	if _, err := s.objects.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc: func(any) { s.recheck() }, UpdateFunc: func(any, any) { s.recheck() }, DeleteFunc: func(any) { s.recheck() },
-	}); err != nil {
+	byName := func(ps []*typesv1.AccessPolicy) {
+		sort.Slice(ps, func(i, j int) bool { return ps[i].GetName() < ps[j].GetName() })
+	}
+	objects, err := clusterview.NewObjects(view, Resource, "AccessPolicy", read, byName, log)
+	if err != nil {
 		return nil, err
 	}
 	// A namespace's labels decide whether its policies may reach out.
-	view.OnNamespacesChange(s.recheck)
-	return s, nil
+	view.OnNamespacesChange(objects.Load)
+	return &Set{objects: objects}, nil
 }
 
 // Load checks the objects once the view has synced; events keep the set
 // current after.
-func (s *Set) Load() { s.recheck() }
+func (s *Set) Load() { s.objects.Load() }
 
 // Policies returns the policies that pass the checks, by name. Sync
-// streams call it on every wake, so the checks run on events (recheck),
-// not here.
-func (s *Set) Policies() []*typesv1.AccessPolicy {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.valid
-}
+// streams call it on every wake, so the checks run on events, not here.
+func (s *Set) Policies() []*typesv1.AccessPolicy { return s.objects.List() }
 
 // Changed returns a channel closed at the next change of the set.
-func (s *Set) Changed() <-chan struct{} {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.changed
-}
-
-// recheck checks every AccessPolicy object again (after a change of the
-// objects or of a namespace's labels).
-func (s *Set) recheck() {
-	var out []*typesv1.AccessPolicy
-	for _, obj := range s.objects.GetStore().List() {
-		u, ok := obj.(*unstructured.Unstructured)
-		if !ok {
-			continue
-		}
-		p, err := FromObject(u)
-		if err == nil {
-			err = CheckNamespaced(s.td, u.GetNamespace(), s.view.NamespaceLabels(u.GetNamespace())[CrossNamespaceLabel] == "allowed", p)
-		}
-		if err != nil {
-			s.log.Warn("AccessPolicy ignored", "policy", u.GetNamespace()+"/"+u.GetName(), "error", err)
-			continue
-		}
-		out = append(out, p)
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].GetName() < out[j].GetName() })
-	s.mu.Lock()
-	s.valid = out
-	close(s.changed)
-	s.changed = make(chan struct{})
-	s.mu.Unlock()
-}
+func (s *Set) Changed() <-chan struct{} { return s.objects.Changed() }

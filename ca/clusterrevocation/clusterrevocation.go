@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"sort"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -18,7 +17,6 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/tools/cache"
 
 	"github.com/signet-id/signet/ca/clusterview"
 	"github.com/signet-id/signet/ca/revocations"
@@ -56,76 +54,38 @@ func FromObject(u *unstructured.Unstructured) (*typesv1.Revocation, error) {
 
 // Set is the valid Revocation objects of the cluster.
 type Set struct {
-	objects cache.SharedIndexInformer
+	objects *clusterview.Objects[*typesv1.Revocation]
 	client  dynamic.NamespaceableResourceInterface
-	log     hclog.Logger
-
-	mu      sync.Mutex
-	valid   []*typesv1.Revocation
-	changed chan struct{}
 }
 
 // NewSet registers the Revocation informer with the view; the view's Start
 // runs it, then Load reads the objects.
 func NewSet(view *clusterview.View, dyn dynamic.Interface, log hclog.Logger) (*Set, error) {
-	if log == nil {
-		log = hclog.NewNullLogger()
+	oldestFirst := func(rs []*typesv1.Revocation) {
+		sort.Slice(rs, func(i, j int) bool {
+			if rs[i].GetCreatedAt() != rs[j].GetCreatedAt() {
+				return rs[i].GetCreatedAt() < rs[j].GetCreatedAt()
+			}
+			return rs[i].GetId() < rs[j].GetId()
+		})
 	}
-	s := &Set{client: dyn.Resource(Resource), log: log, changed: make(chan struct{})}
-	s.objects = view.Resource(Resource)
-	if _, err := s.objects.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc: func(any) { s.recheck() }, UpdateFunc: func(any, any) { s.recheck() }, DeleteFunc: func(any) { s.recheck() },
-	}); err != nil {
+	objects, err := clusterview.NewObjects(view, Resource, "Revocation", FromObject, oldestFirst, log)
+	if err != nil {
 		return nil, err
 	}
-	return s, nil
+	return &Set{objects: objects, client: dyn.Resource(Resource)}, nil
 }
 
 // Load reads the objects once the view has synced; events keep the set
 // current after.
-func (s *Set) Load() { s.recheck() }
+func (s *Set) Load() { s.objects.Load() }
 
 // Revocations returns the valid Revocation objects, oldest first
 // (expired ones too: their readers leave those out at their own now).
-func (s *Set) Revocations() []*typesv1.Revocation {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.valid
-}
+func (s *Set) Revocations() []*typesv1.Revocation { return s.objects.List() }
 
 // Changed returns a channel closed at the next change of the set.
-func (s *Set) Changed() <-chan struct{} {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.changed
-}
-
-func (s *Set) recheck() {
-	var out []*typesv1.Revocation
-	for _, obj := range s.objects.GetStore().List() {
-		u, ok := obj.(*unstructured.Unstructured)
-		if !ok {
-			continue
-		}
-		r, err := FromObject(u)
-		if err != nil {
-			s.log.Warn("Revocation ignored", "revocation", u.GetName(), "error", err)
-			continue
-		}
-		out = append(out, r)
-	}
-	sort.Slice(out, func(i, j int) bool {
-		if out[i].GetCreatedAt() != out[j].GetCreatedAt() {
-			return out[i].GetCreatedAt() < out[j].GetCreatedAt()
-		}
-		return out[i].GetId() < out[j].GetId()
-	})
-	s.mu.Lock()
-	s.valid = out
-	close(s.changed)
-	s.changed = make(chan struct{})
-	s.mu.Unlock()
-}
+func (s *Set) Changed() <-chan struct{} { return s.objects.Changed() }
 
 // Create makes a Revocation object of r (what it names, issued_before,
 // reason: checked by revocations.New first) and returns it as enforced.
