@@ -33,6 +33,17 @@ const IDPrefix = "k8s-"
 
 // FromObject reads a Revocation object as the CA enforces it.
 func FromObject(u *unstructured.Unstructured) (*typesv1.Revocation, error) {
+	return read(u, u.GetCreationTimestamp().Time)
+}
+
+// Check checks an object being created at now as FromObject will read it
+// (for the admission webhook: the object has no creation time yet).
+func Check(u *unstructured.Unstructured, now time.Time) error {
+	_, err := read(u, now)
+	return err
+}
+
+func read(u *unstructured.Unstructured, created time.Time) (*typesv1.Revocation, error) {
 	spec, _, _ := unstructured.NestedMap(u.Object, "spec")
 	str := func(k string) string { v, _ := spec[k].(string); return v }
 	r := &typesv1.Revocation{Serial: str("serial"), SpiffeId: str("spiffeID"), AgentId: str("agent"), Reason: str("reason")}
@@ -43,7 +54,7 @@ func FromObject(u *unstructured.Unstructured) (*typesv1.Revocation, error) {
 		}
 		r.IssuedBefore = t.Unix()
 	}
-	r, err := revocations.Complete(r, u.GetCreationTimestamp().Time)
+	r, err := revocations.Complete(r, created)
 	if err != nil {
 		return nil, err
 	}

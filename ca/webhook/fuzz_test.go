@@ -56,4 +56,4 @@ func FuzzAdmissionReview(f *testing.F) {
 	})
 }
 
-var paths = []string{"/mutate-pods", "/validate-pods", "/validate-identityrules", "/validate-accesspolicies", "/validate-namespaces"}
+var paths = []string{"/mutate-pods", "/validate-pods", "/validate-identityrules", "/validate-accesspolicies", "/validate-namespaces", "/validate-revocations"}

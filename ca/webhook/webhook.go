@@ -14,6 +14,7 @@ import (
 	"path"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	admissionv1 "k8s.io/api/admission/v1"
@@ -23,6 +24,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
 	"github.com/signet-id/signet/ca/accesspolicy"
+	"github.com/signet-id/signet/ca/clusterrevocation"
 	"github.com/signet-id/signet/ca/identityrule"
 	"github.com/signet-id/signet/internal/signetid"
 )
@@ -91,7 +93,8 @@ type Handler struct {
 }
 
 // New returns the handler: /mutate-pods, /validate-pods,
-// /validate-identityrules, /validate-accesspolicies, /validate-namespaces.
+// /validate-identityrules, /validate-accesspolicies, /validate-namespaces,
+// /validate-revocations.
 func New(cfg Config) *Handler {
 	if cfg.SocketVolume == "" {
 		cfg.SocketVolume = SocketVolumeCSI
@@ -105,6 +108,7 @@ func New(cfg Config) *Handler {
 	h.mux.HandleFunc("POST /validate-identityrules", h.review(h.validateRule))
 	h.mux.HandleFunc("POST /validate-accesspolicies", h.review(h.validatePolicy))
 	h.mux.HandleFunc("POST /validate-namespaces", h.review(h.validateNamespace))
+	h.mux.HandleFunc("POST /validate-revocations", h.review(h.validateRevocation))
 	return h
 }
 
@@ -438,6 +442,20 @@ func (h *Handler) validatePolicy(req *admissionv1.AdmissionRequest) *admissionv1
 	}
 	if err != nil {
 		return deny("AccessPolicy %s/%s: %v", req.Namespace, req.Name, err)
+	}
+	return allow()
+}
+
+// validateRevocation refuses Revocation objects the CA would ignore (a
+// time in the future, an ID that is no SPIFFE ID, an agent_id of no
+// agent), so that the operator learns at once.
+func (h *Handler) validateRevocation(req *admissionv1.AdmissionRequest) *admissionv1.AdmissionResponse {
+	var u unstructured.Unstructured
+	if err := u.UnmarshalJSON(req.Object.Raw); err != nil {
+		return deny("Revocation: %v", err)
+	}
+	if err := clusterrevocation.Check(&u, time.Now()); err != nil {
+		return deny("Revocation %s: %v", req.Name, err)
 	}
 	return allow()
 }

@@ -11,6 +11,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/dynamic"
 
 	"github.com/signet-id/signet/ca/server"
 	"github.com/signet-id/signet/e2e/systest"
@@ -183,6 +185,16 @@ func TestShippedWebhookConfiguration(t *testing.T) {
 				no := false
 				p.Spec.Volumes = []corev1.Volume{{Name: "sock", VolumeSource: corev1.VolumeSource{CSI: &corev1.CSIVolumeSource{Driver: "csi.signet.dev", ReadOnly: &no}}}}
 			}))
+			// A Revocation the CA would ignore is refused at once, with why.
+			revs, err := dynamic.NewForConfig(env.Cluster.Config)
+			if err != nil {
+				t.Fatal(err)
+			}
+			future := &unstructured.Unstructured{Object: map[string]any{"apiVersion": "signet.dev/v1alpha1", "kind": "Revocation",
+				"metadata": map[string]any{"generateName": "future-"}, "spec": map[string]any{
+					"spiffeID": "spiffe://example.org/x", "issuedBefore": time.Now().Add(time.Hour).UTC().Format(time.RFC3339)}}}
+			_, err = revs.Resource(schema.GroupVersionResource{Group: "signet.dev", Version: "v1alpha1", Resource: "revocations"}).Create(ctx, future, metav1.CreateOptions{})
+			refused("a Revocation of SVIDs not issued yet", "in the future", err)
 			// What the exemption is for: the CA's own pods.
 			if err := newPod("signet-system", "signet-ca", caLabel, nil); err != nil {
 				t.Errorf("the CA's pod: %v", err)
