@@ -243,7 +243,10 @@ func writeDenyList(ctx context.Context, c *cache.Cache, path string, log hclog.L
 		snap, changed := c.Snapshot()
 		if snap.DenyList != "" && snap.DenyList != written {
 			tmp := path + ".tmp"
-			err := os.WriteFile(tmp, []byte(snap.DenyList+"\n"), 0o644)
+			err := os.MkdirAll(filepath.Dir(path), 0o755)
+			if err == nil {
+				err = os.WriteFile(tmp, []byte(snap.DenyList+"\n"), 0o644)
+			}
 			if err == nil {
 				err = os.Rename(tmp, path)
 			}

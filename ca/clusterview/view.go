@@ -211,7 +211,7 @@ func (v *View) Start(ctx context.Context) error {
 		synced = append(synced, r.HasSynced)
 	}
 	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
-		return errors.New("clusterview: informers did not sync (are the IdentityRule and AccessPolicy CRDs installed, and may the CA list pods, namespaces, nodes and both?)")
+		return errors.New("clusterview: informers did not sync (are the IdentityRule, AccessPolicy and Revocation CRDs installed, and may the CA list pods, namespaces, nodes and all three? Helm installs CRDs but never upgrades them: apply deploy/helm/signet/crds/ after an upgrade)")
 	}
 	return nil
 }
