@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"sync"
 	"time"
 
@@ -69,6 +70,9 @@ type Config struct {
 	// objects, shared by every replica: the admin API makes and deletes
 	// revocations there instead of in Store.
 	Revocations RevocationSource
+	// revCache, set by setDefaults, keeps the store's revocations between
+	// its changes.
+	revCache    *revocationCache
 	ClusterName string
 }
 
@@ -134,18 +138,56 @@ type RevocationSource interface {
 }
 
 // InForce returns every revocation in force at now: the store's and
-// the cluster's.
+// the cluster's. Every agent call checks them, so the store's are read
+// again only after the store changed (Changes).
 func (c *Config) InForce(ctx context.Context, now time.Time) ([]*typesv1.Revocation, error) {
-	rs, err := c.Store.ListRevocations(ctx, now)
-	if err != nil || c.Revocations == nil {
-		return rs, err
+	stored, err := c.storeRevocations(ctx)
+	if err != nil {
+		return nil, err
 	}
-	for _, r := range c.Revocations.Revocations() {
+	var rs []*typesv1.Revocation
+	if c.Revocations != nil {
+		stored = append(slices.Clip(stored), c.Revocations.Revocations()...)
+	}
+	for _, r := range stored {
 		if r.GetExpiresAt() > now.Unix() {
 			rs = append(rs, r)
 		}
 	}
 	return rs, nil
+}
+
+// revocationCache holds the store's revocations (expired ones too, until
+// pruned) until the store's next change.
+type revocationCache struct {
+	mu    sync.Mutex
+	list  []*typesv1.Revocation
+	valid <-chan struct{} // closed at the store's next change
+}
+
+func (c *Config) storeRevocations(ctx context.Context) ([]*typesv1.Revocation, error) {
+	rc := c.revCache
+	if rc == nil {
+		return c.Store.ListRevocations(ctx, time.Unix(0, 0))
+	}
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	if rc.valid != nil {
+		select {
+		case <-rc.valid:
+		default:
+			return rc.list, nil
+		}
+	}
+	// Taken before the read: a change while it reads makes the next call
+	// read again.
+	valid := c.Changes.Wait()
+	list, err := c.Store.ListRevocations(ctx, time.Unix(0, 0))
+	if err != nil {
+		return nil, err
+	}
+	rc.list, rc.valid = list, valid
+	return list, nil
 }
 
 // PolicySource is the AccessPolicy objects of the cluster
@@ -180,6 +222,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.Metrics == nil {
 		c.Metrics = NewMetrics(prometheus.NewRegistry())
+	}
+	if c.revCache == nil {
+		c.revCache = &revocationCache{}
 	}
 }
 

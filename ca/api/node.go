@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/signet-id/signet/ca/audit"
+	"github.com/signet-id/signet/ca/authority"
 	"github.com/signet-id/signet/ca/revocations"
 	"github.com/signet-id/signet/ca/signer"
 	"github.com/signet-id/signet/ca/store"
@@ -42,6 +43,11 @@ const resyncInterval = time.Minute
 type NodeServer struct {
 	agentv1.UnimplementedNodeServer
 	cfg Config
+
+	// deny is the signed deny list of the revocations in force, signed once
+	// for every agent's stream (denyKey says of which).
+	denyMu           sync.Mutex
+	denyKey, denyJWS string
 
 	podIDsMu     sync.Mutex
 	podIDsByNode map[string]nodePodIDs
@@ -636,7 +642,7 @@ func (s *NodeServer) Sync(req *agentv1.SyncRequest, stream agentv1.Node_SyncServ
 		jwtKey := s.cfg.Authority.JWTKey()
 		now := s.cfg.Now()
 		if key := fmt.Sprintf("%s|%s|%d", revocationsKey(revs), jwtKey.ID, now.Unix()/int64(signer.DenyListTTL/2/time.Second)); key != sentRevocations {
-			deny, err := signer.SignDenyList(jwtKey, s.cfg.TrustDomain, revs, now)
+			deny, err := s.denyList(key, jwtKey, revs, now)
 			if err != nil {
 				return s.cfg.internal(ctx, "sign the deny list", err)
 			}
@@ -667,6 +673,22 @@ func (s *NodeServer) Sync(req *agentv1.SyncRequest, stream agentv1.Node_SyncServ
 			return err
 		}
 	}
+}
+
+// denyList returns the deny list of revs signed with jwtKey, signing it
+// only if no stream has for key yet.
+func (s *NodeServer) denyList(key string, jwtKey authority.JWTKey, revs []*typesv1.Revocation, now time.Time) (string, error) {
+	s.denyMu.Lock()
+	defer s.denyMu.Unlock()
+	if key == s.denyKey {
+		return s.denyJWS, nil
+	}
+	jws, err := signer.SignDenyList(jwtKey, s.cfg.TrustDomain, revs, now)
+	if err != nil {
+		return "", err
+	}
+	s.denyKey, s.denyJWS = key, jws
+	return jws, nil
 }
 
 // revocationsKey identifies a set of revocations, to send it only when
