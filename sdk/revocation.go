@@ -93,9 +93,16 @@ type conns struct {
 	// tls holds connections whose owner closes them (Listen, Dial, HTTP):
 	// weakly, so that the set never keeps one alive.
 	tls map[weak.Pointer[tls.Conn]]struct{}
+	// added counts additions to tls, which drops the connections gone
+	// every pruneEvery.
+	added int
 	// grpc holds gRPC's connections until they close.
 	grpc map[*trackedConn]struct{}
 }
+
+// pruneEvery is how many connections are added between two sweeps of
+// those that are gone.
+const pruneEvery = 1024
 
 func (c *conns) addTLS(tc *tls.Conn) {
 	c.mu.Lock()
@@ -103,7 +110,7 @@ func (c *conns) addTLS(tc *tls.Conn) {
 	if c.tls == nil {
 		c.tls = map[weak.Pointer[tls.Conn]]struct{}{}
 	}
-	if len(c.tls) >= 1024 && len(c.tls)&(len(c.tls)-1) == 0 { // now and then
+	if c.added++; c.added%pruneEvery == 0 {
 		for p := range c.tls {
 			if p.Value() == nil {
 				delete(c.tls, p)
