@@ -115,3 +115,23 @@ func TestCSIVolumeIsReadOnly(t *testing.T) {
 		t.Error("the pod with a writable socket volume runs")
 	}
 }
+
+// TestCSISocketsAreRootOnly: an unprivileged local user cannot reach the
+// agent's CSI plugin socket (it would mount the socket directory, or
+// unmount pods' volumes) nor its kubelet registration socket.
+func TestCSISocketsAreRootOnly(t *testing.T) {
+	reg := filepath.Join(env.Node.RootDir(), "plugins_registry", nodeenv.CSIDriver+"-reg.sock")
+	for _, s := range []string{env.Signet.CSISocket, reg} {
+		if _, err := os.Stat(s); err != nil {
+			t.Fatalf("the socket under attack is not there: %v", err)
+		}
+	}
+	got := runAttacker(t, false, nil, "dial", env.Signet.CSISocket, reg)
+	if len(got.Changed) > 0 {
+		t.Errorf("an unprivileged user reached %v", got.Changed)
+	}
+	// As root the same command reaches both: the test can fail.
+	if got := runAttacker(t, true, nil, "dial", env.Signet.CSISocket, reg); len(got.Changed) != 2 {
+		t.Fatalf("root reached %v, want both sockets", got.Changed)
+	}
+}

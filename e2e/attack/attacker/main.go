@@ -28,6 +28,10 @@
 // with exit, the child opens an X509-SVID stream first and the connecting
 // process exits: the stream must end with it.
 //
+//	attacker dial SOCKET...
+//
+// connects to each Unix socket and says which it reached.
+//
 //	attacker socketdir DIR
 //
 // (in a container, as root) tries every way to change the socket's
@@ -41,6 +45,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -79,6 +84,8 @@ func main() {
 		return
 	case "socketdir":
 		r = changeSocketDir(os.Args[2])
+	case "dial":
+		r = dial(os.Args[2:])
 	case "reader":
 		r = reader(os.Args[2], os.Args[3])
 	default:
@@ -123,4 +130,16 @@ func fetch(socket string) result {
 		return result{Error: err.Error()}
 	}
 	return result{SPIFFEID: svid.ID.String()}
+}
+
+// dial connects to each socket; Changed lists those it reached.
+func dial(socks []string) result {
+	var r result
+	for _, s := range socks {
+		if c, err := net.Dial("unix", s); err == nil {
+			c.Close()
+			r.Changed = append(r.Changed, s)
+		}
+	}
+	return r
 }
