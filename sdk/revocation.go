@@ -237,6 +237,7 @@ func (s *Source) followRevocations(ctx context.Context) {
 				set := revocation.New(resp.GetRevocations())
 				s.revs.Store(set)
 				s.conns.closeRevoked(set)
+				s.enforceLater(ctx, set)
 				s.revUpdates.Add(1)
 			}
 		}
@@ -249,4 +250,21 @@ func (s *Source) followRevocations(ctx context.Context) {
 		}
 		backoff = min(2*backoff, 5*time.Second)
 	}
+}
+
+// enforceLater closes, when a revocation of set comes into force (a CA
+// key's, after its grace), the connections it then covers, unless newer
+// revocations arrived meanwhile.
+func (s *Source) enforceLater(ctx context.Context, set *revocation.Set) {
+	next := set.NextEnforcement(time.Now())
+	if next.IsZero() {
+		return
+	}
+	time.AfterFunc(time.Until(next), func() {
+		if ctx.Err() != nil || s.revs.Load() != set {
+			return
+		}
+		s.conns.closeRevoked(set)
+		s.enforceLater(ctx, set)
+	})
 }

@@ -366,7 +366,9 @@ func (c *Cache) dueRevokedLocked() {
 			continue
 		}
 		chain, err := x509.ParseCertificates(it.SVID.ChainDER)
-		if err != nil || set.Check(chain) == nil {
+		// Re-minted at once, even before peers enforce it (a CA key's
+		// revocation gives the time to re-issue).
+		if err != nil || set.Covers(chain) == nil {
 			continue
 		}
 		svid := *it.SVID

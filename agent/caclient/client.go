@@ -40,6 +40,7 @@ import (
 	"github.com/signet-id/signet/internal/signetid"
 	agentv1 "github.com/signet-id/signet/proto/signet/agent/v1"
 	typesv1 "github.com/signet-id/signet/proto/signet/types/v1"
+	"github.com/signet-id/signet/sdk/revocation"
 )
 
 // Config configures a Client.
@@ -86,6 +87,9 @@ type Client struct {
 	bundleSeq   uint64
 	firstSync   bool
 	renewAt     time.Time
+	// renewWake is closed (and replaced) to make renewLoop look again: a
+	// revocation covers the agent's SVID.
+	renewWake chan struct{}
 	// attesting says how the first attestation goes, while it goes.
 	attesting string
 	pulledAt  map[string]time.Time
@@ -116,7 +120,7 @@ func New(cfg Config) (*Client, error) {
 	m := &Client{
 		cfg: cfg, log: cfg.Log, cache: cache.New(b),
 		caID:        signetid.CA(cfg.TrustDomain),
-		connChanged: make(chan struct{}), triedTokens: map[string]bool{}, pulledAt: map[string]time.Time{},
+		connChanged: make(chan struct{}), renewWake: make(chan struct{}), triedTokens: map[string]bool{}, pulledAt: map[string]time.Time{},
 	}
 	svid, err := loadSVID(cfg.DataDir)
 	if err != nil {
@@ -462,14 +466,35 @@ func (m *Client) Pause(ctx context.Context, d time.Duration, wake <-chan struct{
 	}
 }
 
-func (m *Client) sleep(ctx context.Context, d time.Duration, wake <-chan struct{}) {
+// sleep waits d, or until ctx ends or wake or also is closed.
+func (m *Client) sleep(ctx context.Context, d time.Duration, wake <-chan struct{}, also ...<-chan struct{}) {
 	t, stop := m.cfg.Clock.After(d)
 	defer stop()
+	var other <-chan struct{}
+	if len(also) > 0 {
+		other = also[0]
+	}
 	select {
 	case <-ctx.Done():
 	case <-t:
 	case <-wake:
+	case <-other:
 	}
+}
+
+// renewIfRevoked renews the agent SVID at once when a revocation covers
+// it (its CA key is revoked: the CA accepts it until the revocation is
+// enforced, so that the agent re-issues first).
+func (m *Client) renewIfRevoked(revs []*typesv1.Revocation) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.svid == nil || revocation.New(revs).Covers(m.svid.Certificates) == nil {
+		return
+	}
+	m.log.Warn("a revocation covers the agent SVID; renewing it now")
+	m.renewAt = time.Time{}
+	close(m.renewWake)
+	m.renewWake = make(chan struct{})
 }
 
 // syncLoop keeps one Sync stream open, resuming from the last revision
@@ -534,6 +559,9 @@ func (m *Client) applySync(msg *agentv1.SyncResponse) {
 		}
 	}
 	m.cache.Apply(u)
+	if u.RevocationsSet {
+		m.renewIfRevoked(u.Revocations)
+	}
 	m.mu.Lock()
 	m.revision = msg.GetRevision()
 	first := !m.firstSync
@@ -682,9 +710,9 @@ func (m *Client) renewLoop(ctx context.Context) {
 		m.mu.Unlock()
 		if d := at.Sub(m.cfg.Clock.Now()); d > 0 {
 			m.mu.Lock()
-			changed := m.connChanged
+			changed, wake := m.connChanged, m.renewWake
 			m.mu.Unlock()
-			m.sleep(ctx, d, changed)
+			m.sleep(ctx, d, changed, wake)
 			continue
 		}
 		if m.cfg.Clock.Now().After(cert.NotAfter) {

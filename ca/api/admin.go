@@ -458,19 +458,12 @@ func (s *AdminServer) CreateRevocation(ctx context.Context, req *adminv1.CreateR
 	if err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "revocation: %v", err)
 	}
-	// The CA's own signing certificates: revoking one by serial would
-	// refuse every SVID, those the CA issues next included, until the key
-	// is replaced; that is a CA key revocation, with re-issue.
-	if serial := r.GetSerial(); serial != "" {
-		b, _ := s.cfg.Authority.Bundle()
-		own := map[string]string{s.cfg.Authority.X509CA().Certificate.SerialNumber.Text(16): "the CA's active intermediate"}
-		for _, root := range b.X509Roots {
-			own[root.SerialNumber.Text(16)] = "a root of the trust bundle"
-		}
-		if what, ok := own[serial]; ok {
-			return nil, status.Errorf(codes.FailedPrecondition, "revocation: serial %s is %s, which signs the SVIDs the CA issues now: "+
-				"revoking it would refuse every SVID until the CA has another key; revoke CA keys with re-issue instead (not available yet: rotate the CA's keys first)", serial, what)
-		}
+	// A key of the CA (named, or by its certificate's serial): the CA
+	// stops signing with it as soon as the revocation is stored, agents
+	// re-issue, and peers enforce it after the grace.
+	key, err := s.cfg.resolveCAKey(r, req.GraceSeconds, s.cfg.Now())
+	if err != nil {
+		return nil, err
 	}
 	var stored *typesv1.Revocation
 	if s.cfg.Revocations != nil {
@@ -484,8 +477,11 @@ func (s *AdminServer) CreateRevocation(ctx context.Context, req *adminv1.CreateR
 		return nil, s.cfg.internal(ctx, "put revocation", err)
 	}
 	s.cfg.Changes.Notify()
+	if r.GetCaKey() != "" {
+		s.cfg.Authority.Kick()
+	}
 	if err := s.cfg.auditOrFail(audit.Record{Event: audit.RevocationCreate, Actor: actor(ctx), Revocation: r.GetId(),
-		Serial: r.GetSerial(), SPIFFEID: r.GetSpiffeId() + r.GetAgentId(), Reason: r.GetReason(), Result: audit.Success}); err != nil {
+		Serial: r.GetSerial(), SPIFFEID: r.GetSpiffeId() + r.GetAgentId(), Reason: r.GetReason(), Key: key, Result: audit.Success}); err != nil {
 		return nil, err
 	}
 	// A revoked agent mints nothing more: it is evicted (after the

@@ -100,6 +100,16 @@ func peerSVID(ctx context.Context) (*x509.Certificate, spiffeid.ID, error) {
 	return leaf, id, nil
 }
 
+// peerChain returns the certificates the caller presented, leaf first.
+func peerChain(ctx context.Context) []*x509.Certificate {
+	p, _ := peer.FromContext(ctx)
+	if p == nil {
+		return nil
+	}
+	ti, _ := p.AuthInfo.(credentials.TLSInfo)
+	return ti.State.PeerCertificates
+}
+
 func serialHex(c *x509.Certificate) string { return hex.EncodeToString(c.SerialNumber.Bytes()) }
 
 // authAgent checks that the call comes from a live agent with its current
@@ -120,7 +130,7 @@ func (s *NodeServer) authAgent(ctx context.Context, method string) (caller, erro
 	if err != nil {
 		return caller{}, s.cfg.internal(ctx, "revocations", err)
 	}
-	if err := revocation.New(revs).Check([]*x509.Certificate{leaf}); err != nil {
+	if err := revocation.New(revs).CheckAt(peerChain(ctx), s.cfg.Now()); err != nil {
 		return caller{}, s.cfg.refuseAs(method, codes.PermissionDenied, audit.Record{Actor: id.String(), Serial: serial, Reason: method + ": agent SVID is revoked: " + err.Error()}, refusal.Agent, nil)
 	}
 	a, err := s.cfg.Store.FetchAgent(ctx, id.String())
@@ -266,7 +276,10 @@ func (s *NodeServer) AttestNode(ctx context.Context, req *agentv1.AttestNodeRequ
 	if err != nil {
 		return nil, fail(codes.InvalidArgument, method, node, err.Error())
 	}
-	chain, err := s.signAgent(csr, id, units, now)
+	chain, err := s.signAgent(ctx, csr, id, units, now)
+	if _, isStatus := status.FromError(err); err != nil && isStatus {
+		return nil, err
+	}
 	if err != nil {
 		return nil, fail(codes.InvalidArgument, method, node, err.Error())
 	}
@@ -295,8 +308,16 @@ func (s *NodeServer) AttestNode(ctx context.Context, req *agentv1.AttestNodeRequ
 	return &agentv1.AttestNodeResponse{SpiffeId: id.String(), SvidChain: rawChain(chain), Bundle: bpb}, nil
 }
 
-func (s *NodeServer) signAgent(csr *x509.CertificateRequest, id spiffeid.ID, units []string, now time.Time) ([]*x509.Certificate, error) {
-	return signer.SignX509SVID(s.cfg.Authority.X509CA(), signer.X509Params{CSR: csr, SPIFFEID: id, TTL: s.cfg.AgentTTL, Now: now, Units: units})
+func (s *NodeServer) signAgent(ctx context.Context, csr *x509.CertificateRequest, id spiffeid.ID, units []string, now time.Time) ([]*x509.Certificate, error) {
+	revs, err := s.cfg.InForce(ctx, now)
+	if err != nil {
+		return nil, s.cfg.internal(ctx, "revocations", err)
+	}
+	ca, _, err := s.cfg.signing(ctx, revs)
+	if err != nil {
+		return nil, err
+	}
+	return signer.SignX509SVID(ca, signer.X509Params{CSR: csr, SPIFFEID: id, TTL: s.cfg.AgentTTL, Now: now, Units: units})
 }
 
 func rawChain(chain []*x509.Certificate) [][]byte {
@@ -322,7 +343,10 @@ func (s *NodeServer) RenewAgent(ctx context.Context, req *agentv1.RenewAgentRequ
 	if c.pod != "" {
 		units = []string{agentPodUnit + c.pod}
 	}
-	chain, err := s.signAgent(csr, c.id, units, s.cfg.Now())
+	chain, err := s.signAgent(ctx, csr, c.id, units, s.cfg.Now())
+	if _, isStatus := status.FromError(err); err != nil && isStatus {
+		return nil, err
+	}
 	if err != nil {
 		return nil, s.cfg.refuse("RenewAgent", codes.InvalidArgument, audit.Record{Actor: c.id.String(), Reason: err.Error()})
 	}
@@ -488,7 +512,10 @@ func (s *NodeServer) MintX509SVIDs(ctx context.Context, req *agentv1.MintX509SVI
 		return nil, s.cfg.internal(ctx, "revocations", err)
 	}
 	floor := revocations.NotBeforeFloor(revs)
-	ca := s.cfg.Authority.X509CA()
+	ca, _, err := s.cfg.signing(ctx, revs)
+	if err != nil {
+		return nil, err
+	}
 	chains := make([][]*x509.Certificate, len(entries))
 	errs := make([]error, len(entries))
 	var wg sync.WaitGroup
@@ -559,8 +586,16 @@ func (s *NodeServer) MintJWTSVID(ctx context.Context, req *agentv1.MintJWTSVIDRe
 	if ttl == 0 {
 		ttl = s.cfg.JWTTTL
 	}
+	revs, err := s.cfg.InForce(ctx, s.cfg.Now())
+	if err != nil {
+		return nil, s.cfg.internal(ctx, "revocations", err)
+	}
+	_, jwtKey, err := s.cfg.signing(ctx, revs)
+	if err != nil {
+		return nil, err
+	}
 	start := time.Now()
-	tok, exp, err := signer.SignJWTSVID(s.cfg.Authority.JWTKey(), signer.JWTParams{SPIFFEID: e.SPIFFEID, Audience: req.GetAudience(), TTL: ttl, Now: s.cfg.Now()})
+	tok, exp, err := signer.SignJWTSVID(jwtKey, signer.JWTParams{SPIFFEID: e.SPIFFEID, Audience: req.GetAudience(), TTL: ttl, Now: s.cfg.Now()})
 	if err != nil {
 		return nil, s.cfg.refuse(method, codes.InvalidArgument, audit.Record{Actor: c.id.String(), EntryID: e.ID, SPIFFEID: e.SPIFFEID.String(), Reason: err.Error()})
 	}

@@ -49,6 +49,9 @@ const (
 	KeyCreate = "ca.key.create"
 	KeyState  = "ca.key.state"
 	KeyRetire = "ca.key.retire"
+	// KeyActivateUnacknowledged warns that a root was activated while live
+	// agents (Laggards) had not acknowledged holding it.
+	KeyActivateUnacknowledged = "ca.key.activate_unacknowledged"
 )
 
 // Results.
@@ -82,8 +85,11 @@ type Record struct {
 	Dropped    int64     `json:"dropped,omitempty"`
 	// Key describes a CA key event: kind, id, state, expiry and, for a key
 	// in a KMS, its name there (never key material).
-	Key    *KeyInfo `json:"key,omitempty"`
-	Result string   `json:"result"`
+	Key *KeyInfo `json:"key,omitempty"`
+	// Laggards are the agents and workloads that had not acknowledged a
+	// root when it was activated.
+	Laggards []string `json:"laggards,omitempty"`
+	Result   string   `json:"result"`
 	Reason string   `json:"reason,omitempty"`
 }
 

@@ -48,6 +48,19 @@ const (
 	statePrepared = "prepared"
 	stateActive   = "active"
 	stateOld      = "old"
+	// stateRevoked is a root or JWT key a revocation names: it signs
+	// nothing and stays in the bundle only until the revocation's
+	// enforce_after, so that what it signed can be re-issued first.
+	stateRevoked = "revoked"
+)
+
+// Kinds of keys, as KeyInfo and the store name them.
+const (
+	KindRoot         = kindRoot
+	KindIntermediate = kindIntermediate
+	KindJWT          = kindJWT
+	StatePrepared    = statePrepared
+	StateActive      = stateActive
 )
 
 // Key kinds.
@@ -94,6 +107,21 @@ type Config struct {
 	// only reload what the leader stored. If nil, this replica is the only
 	// one.
 	IsLeader func() bool
+	// Revoked, if set, returns the CA keys that revocations in force name,
+	// by key ID, each with the time from which peers refuse it. Rotate
+	// stops signing with a revoked key at once and makes or activates the
+	// next one; a revoked root or JWT key leaves the bundle at that time.
+	Revoked func() map[string]time.Time
+	// Laggards, if set, returns the live agents that have not acknowledged
+	// holding the root with key ID id. Rotate activates a prepared root at
+	// its time only when there are none, or ActivationTimeout later.
+	Laggards func(ctx context.Context, id string) ([]string, error)
+	// ActivationTimeout bounds how long a due root activation waits for
+	// laggards. If zero, 24 hours.
+	ActivationTimeout time.Duration
+	// OnUnacknowledged, if set, is told of a root activated while live
+	// agents had not acknowledged it, and why (signet-ca audits it).
+	OnUnacknowledged func(id string, laggards []string, why string)
 }
 
 // KeyChange is one stored change to the CA's keys.
@@ -161,6 +189,10 @@ type Authority struct {
 	jwtKey  JWTKey
 	bundle  Bundle
 	changed chan struct{}
+	// kick makes Run look at the keys at once.
+	kick chan struct{}
+	// held is the prepared root whose due activation waits for laggards.
+	held string
 }
 
 // New loads the CA's keys from the store, creating the first ones if there
@@ -196,11 +228,14 @@ func New(ctx context.Context, cfg Config) (*Authority, error) {
 	if cfg.Log == nil {
 		cfg.Log = hclog.NewNullLogger()
 	}
+	if cfg.ActivationTimeout == 0 {
+		cfg.ActivationTimeout = 24 * time.Hour
+	}
 	km, err := openKeyManager(ctx, cfg.KMS, cfg.TrustDomain.Name(), cfg.OpenKMS)
 	if err != nil {
 		return nil, err
 	}
-	a := &Authority{cfg: cfg, km: km, log: cfg.Log, changed: make(chan struct{}), signers: map[string]crypto.Signer{}}
+	a := &Authority{cfg: cfg, km: km, log: cfg.Log, changed: make(chan struct{}), kick: make(chan struct{}, 1), signers: map[string]crypto.Signer{}}
 	if a.keys, a.seq, err = a.load(ctx); err != nil {
 		return nil, err
 	}
@@ -330,22 +365,32 @@ func parsePEMSigner(keyPEM []byte) (crypto.Signer, error) {
 // and reports whether the trust bundle changed. Call it periodically; New
 // calls it once.
 func (a *Authority) Rotate(ctx context.Context) (bundleChanged bool, err error) {
+	return a.rotateWith(ctx, nil)
+}
+
+// step is one change to the key set at now: the keys after it, and
+// whether it changed anything.
+type step func(keys []*key, now time.Time) ([]*key, bool, error)
+
+// rotateWith runs first, if set, and then the rotation steps, and
+// persists the result.
+func (a *Authority) rotateWith(ctx context.Context, first step) (bundleChanged bool, err error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	changed, err := a.rotateLocked(ctx)
+	changed, err := a.rotateLocked(ctx, first)
 	if errors.Is(err, store.ErrConflict) {
 		// Another replica stored keys first: adopt them and look again.
 		reloaded, rerr := a.reloadLocked(ctx)
 		if rerr != nil {
 			return false, rerr
 		}
-		changed, err = a.rotateLocked(ctx)
+		changed, err = a.rotateLocked(ctx, first)
 		changed = changed || reloaded
 	}
 	return changed, err
 }
 
-func (a *Authority) rotateLocked(ctx context.Context) (bundleChanged bool, err error) {
+func (a *Authority) rotateLocked(ctx context.Context, first step) (bundleChanged bool, err error) {
 	now := a.cfg.Now()
 	// Rotation changes the shared *key values in place: remember the
 	// states as stored, to report what changed.
@@ -365,7 +410,15 @@ func (a *Authority) rotateLocked(ctx context.Context) (bundleChanged bool, err e
 		dirty = dirty || changed
 		return nil
 	}
-	if err := step(a.rotateRoots(keys, now)); err != nil {
+	if first != nil {
+		if err := step(first(keys, now)); err != nil {
+			return false, fmt.Errorf("authority: %w", err)
+		}
+	}
+	if err := step(a.dropRevoked(keys, now)); err != nil {
+		return false, fmt.Errorf("authority: revoke: %w", err)
+	}
+	if err := step(a.rotateRoots(ctx, keys, now)); err != nil {
 		return false, fmt.Errorf("authority: rotate root: %w", err)
 	}
 	if err := step(a.rotateIntermediate(keys, now)); err != nil {
@@ -486,7 +539,48 @@ func lifeFraction(k *key, num, den int64) time.Time {
 	return k.NotBefore.Add(time.Duration(int64(life) / den * num))
 }
 
-func (a *Authority) rotateRoots(keys []*key, now time.Time) ([]*key, bool, error) {
+// dropRevoked stops the use of every key a revocation names: an
+// intermediate (with the roots' revoked, their intermediates) leaves at
+// once, a root or JWT key becomes revoked and leaves the bundle at the
+// revocation's enforce time. The rotation steps after it then activate or
+// make the next keys.
+func (a *Authority) dropRevoked(keys []*key, now time.Time) ([]*key, bool, error) {
+	if a.cfg.Revoked == nil {
+		return keys, false, nil
+	}
+	revoked := a.cfg.Revoked()
+	if len(revoked) == 0 {
+		return keys, false, nil
+	}
+	changed := false
+	for _, k := range append([]*key(nil), keys...) {
+		at, ok := revoked[k.ID]
+		if !ok {
+			continue
+		}
+		switch {
+		case k.Kind == kindIntermediate:
+			keys = without(keys, k)
+			a.log.Warn("revoked intermediate: no longer signs", "id", k.ID)
+		case k.State != stateRevoked:
+			k.State = stateRevoked
+			a.log.Warn("revoked key: no longer signs; it leaves the bundle when the revocation is enforced", "kind", k.Kind, "id", k.ID, "enforce_after", at)
+			for _, c := range append([]*key(nil), keys...) {
+				if c.Kind == kindIntermediate && c.ParentID == k.ID {
+					keys = without(keys, c)
+				}
+			}
+		}
+		if k.State == stateRevoked && !now.Before(at) {
+			keys = without(keys, k)
+			a.log.Warn("revoked key left the bundle", "kind", k.Kind, "id", k.ID)
+		}
+		changed = true
+	}
+	return keys, changed, nil
+}
+
+func (a *Authority) rotateRoots(ctx context.Context, keys []*key, now time.Time) ([]*key, bool, error) {
 	changed := false
 	active := find(keys, kindRoot, stateActive)
 	prepared := find(keys, kindRoot, statePrepared)
@@ -521,7 +615,7 @@ func (a *Authority) rotateRoots(keys []*key, now time.Time) ([]*key, bool, error
 		changed = true
 		a.log.Info("prepared next root; published in the bundle", "id", k.ID)
 	}
-	if prepared != nil && !now.Before(lifeFraction(active, 5, 6)) {
+	if due := lifeFraction(active, 5, 6); prepared != nil && !now.Before(due) && a.acknowledged(ctx, prepared.ID, now.Sub(due)) {
 		active.State = stateOld
 		prepared.State, prepared.ActivatedAt = stateActive, now
 		changed = true
@@ -536,6 +630,37 @@ func (a *Authority) rotateRoots(keys []*key, now time.Time) ([]*key, bool, error
 		}
 	}
 	return keys, changed, nil
+}
+
+// acknowledged reports whether the prepared root id, due for activation
+// for waited, may be activated: every live agent holds it, or the wait
+// reached ActivationTimeout (then OnUnacknowledged is told who lags).
+func (a *Authority) acknowledged(ctx context.Context, id string, waited time.Duration) bool {
+	if a.cfg.Laggards == nil {
+		return true
+	}
+	laggards, err := a.cfg.Laggards(ctx, id)
+	if err == nil && len(laggards) == 0 {
+		a.held = ""
+		return true
+	}
+	if waited < a.cfg.ActivationTimeout {
+		if a.held != id {
+			a.held = id
+			a.log.Warn("root activation is due and waits for agents to acknowledge the root", "id", id, "laggards", laggards, "error", err, "timeout", a.cfg.ActivationTimeout-waited)
+		}
+		return false
+	}
+	why := fmt.Sprintf("the acknowledgement timeout (%s) passed", a.cfg.ActivationTimeout)
+	if err != nil {
+		why += "; acknowledgements could not be read: " + err.Error()
+	}
+	a.log.Warn("activating the next root although agents have not acknowledged it", "id", id, "laggards", laggards, "why", why)
+	if a.cfg.OnUnacknowledged != nil {
+		a.cfg.OnUnacknowledged(id, laggards, why)
+	}
+	a.held = ""
+	return true
 }
 
 func (a *Authority) rotateIntermediate(keys []*key, now time.Time) ([]*key, bool, error) {
@@ -832,6 +957,89 @@ func randomSerial() *big.Int {
 	return n
 }
 
+// KeyInfo describes one of the CA's keys.
+type KeyInfo struct {
+	// ID is the hex subject key identifier of an X.509 key, or a JWT kid.
+	ID, Kind, State, ParentID string
+	// Serial is an X.509 key's certificate serial (lower-case hex).
+	Serial              string
+	NotBefore, NotAfter time.Time
+}
+
+func (k *key) info() KeyInfo {
+	i := KeyInfo{ID: k.ID, Kind: k.Kind, State: k.State, ParentID: k.ParentID, NotBefore: k.NotBefore, NotAfter: k.NotAfter}
+	if k.cert != nil {
+		i.Serial = k.cert.SerialNumber.Text(16)
+	}
+	return i
+}
+
+// Keys describes every key the CA holds.
+func (a *Authority) Keys() []KeyInfo {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	out := make([]KeyInfo, len(a.keys))
+	for i, k := range a.keys {
+		out[i] = k.info()
+	}
+	return out
+}
+
+// ErrNoPreparedRoot is returned by ActivateRoot when id is not the
+// prepared root.
+var ErrNoPreparedRoot = errors.New("no such prepared root")
+
+// PrepareRoot makes the next root now, unless one is prepared, and
+// publishes it in the bundle; it returns the prepared root.
+func (a *Authority) PrepareRoot(ctx context.Context) (KeyInfo, error) {
+	var prepared KeyInfo
+	_, err := a.rotateWith(ctx, func(keys []*key, now time.Time) ([]*key, bool, error) {
+		if k := find(keys, kindRoot, statePrepared); k != nil {
+			prepared = k.info()
+			return keys, false, nil
+		}
+		k, err := a.newRoot(now)
+		if err != nil {
+			return nil, false, err
+		}
+		k.State = statePrepared
+		a.log.Info("prepared next root on request; published in the bundle", "id", k.ID)
+		prepared = k.info()
+		return append(keys, k), true, nil
+	})
+	return prepared, err
+}
+
+// ActivateRoot activates the prepared root id at once, whoever has
+// acknowledged it (the caller checks), and returns the root that was
+// active before.
+func (a *Authority) ActivateRoot(ctx context.Context, id string) (previous KeyInfo, err error) {
+	_, err = a.rotateWith(ctx, func(keys []*key, now time.Time) ([]*key, bool, error) {
+		prepared := find(keys, kindRoot, statePrepared)
+		if prepared == nil || prepared.ID != id {
+			return nil, false, fmt.Errorf("%w %q", ErrNoPreparedRoot, id)
+		}
+		if active := find(keys, kindRoot, stateActive); active != nil {
+			active.State = stateOld
+			previous = active.info()
+		}
+		prepared.State, prepared.ActivatedAt = stateActive, now
+		a.held = ""
+		a.log.Info("activated next root on request", "id", id, "previous", previous.ID)
+		return keys, true, nil
+	})
+	return previous, err
+}
+
+// Kick makes Run look at the keys at once: rotate on the leader (for a
+// new revocation), reload on the others.
+func (a *Authority) Kick() {
+	select {
+	case a.kick <- struct{}{}:
+	default:
+	}
+}
+
 // X509CA returns the intermediate that signs X509-SVIDs now.
 func (a *Authority) X509CA() *X509CA {
 	a.mu.RLock()
@@ -863,18 +1071,60 @@ func (a *Authority) Run(ctx context.Context, interval time.Duration) error {
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-a.kick:
 		case <-t.C:
-			if a.cfg.IsLeader != nil && !a.cfg.IsLeader() {
-				if _, err := a.Reload(ctx); err != nil {
-					a.log.Error("reloading keys failed", "error", err)
-				}
-				continue
+		}
+		if a.cfg.IsLeader != nil && !a.cfg.IsLeader() {
+			if _, err := a.Reload(ctx); err != nil {
+				a.log.Error("reloading keys failed", "error", err)
 			}
-			if _, err := a.Rotate(ctx); err != nil {
-				// A failed rotation leaves the current keys in use; the next
-				// tick tries again.
-				a.log.Error("key rotation failed", "error", err)
-			}
+			continue
+		}
+		if _, err := a.Rotate(ctx); err != nil {
+			// A failed rotation leaves the current keys in use; the next
+			// tick tries again.
+			a.log.Error("key rotation failed", "error", err)
 		}
 	}
+}
+
+// ErrSigningKeyRevoked is returned by Signing while the next key is not
+// stored yet; the caller retries.
+var ErrSigningKeyRevoked = errors.New("authority: the signing key is revoked and its successor is not stored yet")
+
+// Signing returns the keys that sign X509-SVIDs and JWT-SVIDs now, after
+// making sure no revocation names them (revoked, by key ID): the replica
+// reloads or, on the leader, rotates first.
+func (a *Authority) Signing(ctx context.Context, revoked map[string]time.Time) (*X509CA, JWTKey, error) {
+	ca, jk := a.X509CA(), a.JWTKey()
+	if !usesRevoked(ca, jk, revoked) {
+		return ca, jk, nil
+	}
+	var err error
+	if a.cfg.IsLeader != nil && !a.cfg.IsLeader() {
+		_, err = a.Reload(ctx)
+	} else {
+		_, err = a.Rotate(ctx)
+	}
+	if err != nil {
+		return nil, JWTKey{}, err
+	}
+	if ca, jk = a.X509CA(), a.JWTKey(); usesRevoked(ca, jk, revoked) {
+		return nil, JWTKey{}, ErrSigningKeyRevoked
+	}
+	return ca, jk, nil
+}
+
+// usesRevoked reports whether ca's intermediate or its root, or jk, is
+// revoked.
+func usesRevoked(ca *X509CA, jk JWTKey, revoked map[string]time.Time) bool {
+	if len(revoked) == 0 {
+		return false
+	}
+	for _, id := range []string{hex.EncodeToString(ca.Certificate.SubjectKeyId), hex.EncodeToString(ca.Certificate.AuthorityKeyId), jk.ID} {
+		if _, ok := revoked[id]; ok {
+			return true
+		}
+	}
+	return false
 }

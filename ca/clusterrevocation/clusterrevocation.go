@@ -46,13 +46,22 @@ func Check(u *unstructured.Unstructured, now time.Time) error {
 func read(u *unstructured.Unstructured, created time.Time) (*typesv1.Revocation, error) {
 	spec, _, _ := unstructured.NestedMap(u.Object, "spec")
 	str := func(k string) string { v, _ := spec[k].(string); return v }
-	r := &typesv1.Revocation{Serial: str("serial"), SpiffeId: str("spiffeID"), AgentId: str("agent"), Reason: str("reason")}
-	if ib := str("issuedBefore"); ib != "" {
-		t, err := time.Parse(time.RFC3339, ib)
-		if err != nil {
-			return nil, fmt.Errorf("spec.issuedBefore: %v", err)
+	r := &typesv1.Revocation{Serial: str("serial"), SpiffeId: str("spiffeID"), AgentId: str("agent"), CaKey: str("caKey"), Reason: str("reason")}
+	for field, dst := range map[string]*int64{"issuedBefore": &r.IssuedBefore, "enforceAfter": &r.EnforceAfter, "expiresAt": &r.ExpiresAt} {
+		if v := str(field); v != "" {
+			t, err := time.Parse(time.RFC3339, v)
+			if err != nil {
+				return nil, fmt.Errorf("spec.%s: %v", field, err)
+			}
+			*dst = t.Unix()
 		}
-		r.IssuedBefore = t.Unix()
+	}
+	// A CA key's revocation gives agents time to re-issue before peers
+	// refuse the key, unless the object says otherwise.
+	if grace, ok, _ := unstructured.NestedInt64(u.Object, "spec", "graceSeconds"); ok && r.EnforceAfter == 0 {
+		r.EnforceAfter = created.Unix() + grace
+	} else if r.CaKey != "" && r.EnforceAfter == 0 {
+		r.EnforceAfter = created.Add(revocations.DefaultCAKeyGrace).Unix()
 	}
 	r, err := revocations.Complete(r, created)
 	if err != nil {
@@ -102,6 +111,13 @@ func (s *Set) Changed() <-chan struct{} { return s.objects.Changed() }
 // reason: checked by revocations.New first) and returns it as enforced.
 func (s *Set) Create(ctx context.Context, r *typesv1.Revocation) (*typesv1.Revocation, error) {
 	spec := map[string]any{}
+	if r.GetCaKey() != "" {
+		spec["caKey"] = r.GetCaKey()
+		spec["expiresAt"] = time.Unix(r.GetExpiresAt(), 0).UTC().Format(time.RFC3339)
+	}
+	if r.GetEnforceAfter() != 0 {
+		spec["enforceAfter"] = time.Unix(r.GetEnforceAfter(), 0).UTC().Format(time.RFC3339)
+	}
 	switch {
 	case r.GetSerial() != "":
 		spec["serial"] = r.GetSerial()

@@ -24,14 +24,23 @@ import (
 // maxReason bounds a revocation's reason.
 const maxReason = 512
 
+// DefaultCAKeyGrace is how long after a CA key's revocation peers start to
+// refuse it, unless the operator says otherwise: agents re-issue
+// everything under the key first, so that peers that are not revoked
+// never refuse each other (taint, then revoke).
+const DefaultCAKeyGrace = 10 * time.Second
+
+// MaxGrace bounds the grace an operator may give a revocation.
+const MaxGrace = time.Hour
+
 // New checks what an operator asked to revoke through the admin API
 // and fills in the rest at now: a new ID, and what Complete sets.
 func New(req *typesv1.Revocation, now time.Time) (*typesv1.Revocation, error) {
 	if req == nil {
 		return nil, errors.New("required")
 	}
-	if req.GetId() != "" || req.GetCreatedAt() != 0 || req.GetExpiresAt() != 0 || req.GetRevision() != 0 || req.GetNotBeforeUnder() != 0 {
-		return nil, errors.New("id, created_at, expires_at, not_before_under and revision are the CA's to set")
+	if req.GetId() != "" || req.GetCreatedAt() != 0 || req.GetExpiresAt() != 0 || req.GetRevision() != 0 || req.GetNotBeforeUnder() != 0 || req.GetEnforceAfter() != 0 {
+		return nil, errors.New("id, created_at, expires_at, enforce_after, not_before_under and revision are the CA's to set")
 	}
 	id := make([]byte, 8)
 	rand.Read(id)
@@ -43,20 +52,36 @@ func New(req *typesv1.Revocation, now time.Time) (*typesv1.Revocation, error) {
 // Complete checks a revocation made at created (what it names, its
 // reason) and returns it with issued_before (created unless given, and
 // never later), created_at, expires_at (when everything it covers has
-// expired: no SVID lives longer than entry.MaxTTL) and not_before_under.
+// expired: no SVID lives longer than entry.MaxTTL; a CA key's revocation
+// may already hold a later one, its key's expiry) and not_before_under.
+// A CA key's revocation names ca_key, and serial too once the CA knows it.
 func Complete(req *typesv1.Revocation, created time.Time) (*typesv1.Revocation, error) {
 	r := proto.CloneOf(req)
 	if len(r.GetReason()) > maxReason {
 		return nil, fmt.Errorf("reason: longer than %d bytes", maxReason)
 	}
 	named := 0
-	for _, v := range []string{r.GetSerial(), r.GetSpiffeId(), r.GetAgentId()} {
+	for _, v := range []string{r.GetSerial(), r.GetSpiffeId(), r.GetAgentId(), r.GetCaKey()} {
 		if v != "" {
 			named++
 		}
 	}
-	if named != 1 {
-		return nil, errors.New("give one of serial, spiffe_id and agent_id")
+	if named != 1 && (named != 2 || r.GetSerial() == "" || r.GetCaKey() == "") {
+		return nil, errors.New("give one of serial, spiffe_id, agent_id and ca_key")
+	}
+	if k := r.GetCaKey(); k != "" {
+		if len(k) > 128 || strings.Trim(strings.ToLower(k), "0123456789abcdef") != "" {
+			return nil, fmt.Errorf("ca_key: %q is not a key ID (hex, as signet ca status shows it)", k)
+		}
+		r.CaKey = strings.ToLower(k)
+	}
+	if r.GetEnforceAfter() < 0 {
+		return nil, errors.New("enforce_after: negative")
+	}
+	if r.GetCaKey() != "" {
+		if r.GetIssuedBefore() != 0 {
+			return nil, errors.New("issued_before: only with spiffe_id or agent_id")
+		}
 	}
 	if r.GetSerial() != "" {
 		serial, err := NormalizeSerial(r.GetSerial())
@@ -67,7 +92,7 @@ func Complete(req *typesv1.Revocation, created time.Time) (*typesv1.Revocation, 
 			return nil, errors.New("issued_before: only with spiffe_id or agent_id")
 		}
 		r.Serial = serial
-	} else {
+	} else if r.GetCaKey() == "" {
 		field, value := "spiffe_id", r.GetSpiffeId()
 		if r.GetAgentId() != "" {
 			field, value = "agent_id", r.GetAgentId()
@@ -101,7 +126,7 @@ func Complete(req *typesv1.Revocation, created time.Time) (*typesv1.Revocation, 
 	if r.GetIssuedBefore() != 0 {
 		from = r.GetIssuedBefore()
 	}
-	r.ExpiresAt = from + int64(entry.MaxTTL/time.Second)
+	r.ExpiresAt = max(r.GetExpiresAt(), from+int64(entry.MaxTTL/time.Second))
 	return r, nil
 }
 

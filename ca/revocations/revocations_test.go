@@ -27,12 +27,21 @@ func TestNew(t *testing.T) {
 	if err != nil || r.GetSerial() != "1fab" || r.GetNotBeforeUnder() != 0 {
 		t.Errorf("by serial: %+v, %v", r, err)
 	}
+	r, err = New(&typesv1.Revocation{CaKey: "ABcd01"}, now)
+	if err != nil || r.GetCaKey() != "abcd01" || r.GetSerial() != "" || r.GetExpiresAt() != now.Add(24*time.Hour).Unix() {
+		t.Errorf("by CA key: %+v, %v", r, err)
+	}
+	// The CA fills in the key's serial and expiry.
+	r, err = Complete(&typesv1.Revocation{CaKey: "abcd01", Serial: "1f", ExpiresAt: now.Add(300 * 24 * time.Hour).Unix(), EnforceAfter: now.Unix() + 10}, now)
+	if err != nil || r.GetExpiresAt() != now.Add(300*24*time.Hour).Unix() || r.GetEnforceAfter() != now.Unix()+10 {
+		t.Errorf("CA key completed: %+v, %v", r, err)
+	}
 	for name, c := range map[string]struct {
 		r    *typesv1.Revocation
 		want string
 	}{
-		"nothing":              {&typesv1.Revocation{}, "one of serial, spiffe_id and agent_id"},
-		"both":                 {&typesv1.Revocation{Serial: "1", SpiffeId: "spiffe://example.org/x"}, "one of serial, spiffe_id and agent_id"},
+		"nothing":              {&typesv1.Revocation{}, "one of serial, spiffe_id, agent_id and ca_key"},
+		"both":                 {&typesv1.Revocation{Serial: "1", SpiffeId: "spiffe://example.org/x"}, "one of serial, spiffe_id, agent_id and ca_key"},
 		"bad serial":           {&typesv1.Revocation{Serial: "xyz"}, "not a positive serial"},
 		"zero serial":          {&typesv1.Revocation{Serial: "0"}, "not a positive serial"},
 		"long serial":          {&typesv1.Revocation{Serial: strings.Repeat("f", 41)}, "at most 20 bytes"},
@@ -41,6 +50,10 @@ func TestNew(t *testing.T) {
 		"future":               {&typesv1.Revocation{SpiffeId: "spiffe://example.org/x", IssuedBefore: now.Unix() + 60}, "in the future"},
 		"issued_before+serial": {&typesv1.Revocation{Serial: "1", IssuedBefore: 5}, "only with spiffe_id or agent_id"},
 		"id set":               {&typesv1.Revocation{Serial: "1", Id: "mine"}, "CA's to set"},
+		"bad key":              {&typesv1.Revocation{CaKey: "not-hex"}, "not a key ID"},
+		"key and ID":           {&typesv1.Revocation{CaKey: "ab", SpiffeId: "spiffe://example.org/x"}, "one of serial"},
+		"key issued_before":    {&typesv1.Revocation{CaKey: "ab", IssuedBefore: 5}, "only with spiffe_id or agent_id"},
+		"enforce set":          {&typesv1.Revocation{CaKey: "ab", EnforceAfter: 5}, "CA's to set"},
 		"long reason":          {&typesv1.Revocation{Serial: "1", Reason: strings.Repeat("r", 600)}, "reason"},
 	} {
 		if _, err := New(c.r, now); err == nil || !strings.Contains(err.Error(), c.want) {

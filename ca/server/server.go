@@ -12,6 +12,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"net"
 	"net/http"
@@ -113,6 +114,26 @@ func build(ctx context.Context, g *tasks.Group, cfg Config) (ready func(), err e
 			}
 		},
 	}
+	// The revocations in force name the keys the authority must not sign
+	// with; they are read through the API's config, made below.
+	var apiCfg api.Config
+	authCfg.Revoked = func() map[string]time.Time {
+		if apiCfg.Store == nil {
+			return nil
+		}
+		revoked, err := apiCfg.RevokedKeys(context.Background())
+		if err != nil {
+			log.Error("could not read the revocations of CA keys", "error", err)
+		}
+		return revoked
+	}
+	authCfg.OnUnacknowledged = func(id string, laggards []string, why string) {
+		rec := audit.Record{Event: audit.KeyActivateUnacknowledged, Actor: "signet-ca", Result: audit.Success, Reason: why, Laggards: laggards,
+			Key: &audit.KeyInfo{Kind: authority.KindRoot, ID: id, State: authority.StateActive}}
+		if err := auditLog.Write(rec); err != nil {
+			log.Error("could not write the audit record of an unacknowledged root activation", "id", id, "error", err)
+		}
+	}
 	var cluster Cluster
 	if cfg.Kube != nil {
 		if cfg.Cluster == nil {
@@ -131,7 +152,7 @@ func build(ctx context.Context, g *tasks.Group, cfg Config) (ready func(), err e
 	log.Info("CA ready", "trust_domain", cfg.TrustDomain.Name(), "roots", len(b.X509Roots), "intermediate_expires", auth.X509CA().Certificate.NotAfter)
 
 	reg := metrics(auth, cfg.AuditLog)
-	apiCfg := api.Config{
+	apiCfg = api.Config{
 		TrustDomain: cfg.TrustDomain, Store: st, Authority: auth, Audit: auditLog, Metrics: api.NewMetrics(reg),
 		Changes: api.NewNotifier(), AgentTTL: cfg.AgentTTL, X509TTL: cfg.X509TTL, JWTTTL: cfg.JWTTTL, MinTTL: cfg.MinSVIDTTL, Log: log.Named("api"),
 		Stopping: ctx.Done(),
@@ -240,6 +261,7 @@ func build(ctx context.Context, g *tasks.Group, cfg Config) (ready func(), err e
 		}
 	}
 	p.Add("rotation", func(ctx context.Context) error { return auth.Run(ctx, cfg.RotateInterval) }, nil)
+	p.Add("CA key revocations", func(ctx context.Context) error { followKeyRevocations(ctx, &apiCfg, auth); return nil }, nil)
 	p.Add("housekeeping", func(ctx context.Context) error { housekeeping(ctx, st, log); return nil }, nil)
 	p.Add("log reopen", func(ctx context.Context) error {
 		for {
@@ -290,6 +312,46 @@ func metrics(auth *authority.Authority, auditLog string) *prometheus.Registry {
 	}))
 	reg.MustRegister(auditDiskFree(auditLog))
 	return reg
+}
+
+// followKeyRevocations makes the authority look at its keys as soon as
+// the CA keys revoked change, and when a revoked root or JWT key is to
+// leave the bundle (its revocation's enforce time).
+func followKeyRevocations(ctx context.Context, cfg *api.Config, auth *authority.Authority) {
+	var last map[string]time.Time
+	for {
+		changed := cfg.Changes.Wait()
+		var clusterChanged <-chan struct{}
+		if cfg.Revocations != nil {
+			clusterChanged = cfg.Revocations.Changed()
+		}
+		revoked, err := cfg.RevokedKeys(ctx)
+		wait := time.Minute
+		if err == nil {
+			if !maps.Equal(revoked, last) {
+				auth.Kick()
+				last = revoked
+			}
+			now := time.Now()
+			for _, at := range revoked {
+				if d := at.Sub(now) + 100*time.Millisecond; d > 0 && d < wait {
+					wait = d
+				}
+			}
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-changed:
+		case <-clusterChanged:
+		case <-t.C:
+			// An enforce time passed: the revoked key leaves the bundle.
+			auth.Kick()
+		}
+		t.Stop()
+	}
 }
 
 // housekeeping prunes expired join tokens and old deletion records.

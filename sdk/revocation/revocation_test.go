@@ -55,6 +55,31 @@ func TestCheck(t *testing.T) {
 			t.Errorf("%s: %v, want revoked %v", name, err, c.revoked)
 		}
 	}
+	// A CA key, named by key ID: its certificate and whatever it signed,
+	// enforced only from enforce_after; Covers ignores the time.
+	keySet := revocation.New([]*typesv1.Revocation{{Id: "k", CaKey: "abcd", EnforceAfter: t0.Unix()}})
+	signed := cert(20, "spiffe://example.org/x", t0)
+	signed.AuthorityKeyId = []byte{0xab, 0xcd}
+	other := cert(21, "spiffe://example.org/x", t0)
+	other.AuthorityKeyId = []byte{0xab, 0xce}
+	if err := keySet.CheckAt([]*x509.Certificate{signed}, t0.Add(-time.Second)); err != nil {
+		t.Errorf("enforced before enforce_after: %v", err)
+	}
+	if err := keySet.CheckAt([]*x509.Certificate{signed}, t0); !errors.Is(err, revocation.ErrRevoked) {
+		t.Errorf("signed by the revoked key at enforce_after: %v", err)
+	}
+	if err := keySet.Covers([]*x509.Certificate{signed}); !errors.Is(err, revocation.ErrRevoked) {
+		t.Errorf("Covers: %v", err)
+	}
+	if err := keySet.CheckAt([]*x509.Certificate{other}, t0); err != nil {
+		t.Errorf("signed by another key: %v", err)
+	}
+	if next := keySet.NextEnforcement(t0.Add(-time.Second)); !next.Equal(t0) {
+		t.Errorf("next enforcement %v, want %v", next, t0)
+	}
+	if next := keySet.NextEnforcement(t0); !next.IsZero() {
+		t.Errorf("next enforcement after it: %v", next)
+	}
 	var none *revocation.Set
 	if none.Check([]*x509.Certificate{root}) != nil || none.Len() != 0 || set.Len() != 4 {
 		t.Error("a nil set revokes, or Len is wrong")

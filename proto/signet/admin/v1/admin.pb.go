@@ -1288,7 +1288,10 @@ type CreateRevocationRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// revocation names serial or spiffe_id, and a reason; the CA fills in
 	// the rest (issued_before defaults to now).
-	Revocation    *v1.Revocation `protobuf:"bytes,1,opt,name=revocation,proto3" json:"revocation,omitempty"`
+	Revocation *v1.Revocation `protobuf:"bytes,1,opt,name=revocation,proto3" json:"revocation,omitempty"`
+	// grace_seconds sets enforce_after to now plus this; unset, the default
+	// is 10 s for a CA key (time to re-issue first) and 0 for the rest.
+	GraceSeconds  *int64 `protobuf:"varint,2,opt,name=grace_seconds,json=graceSeconds,proto3,oneof" json:"grace_seconds,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1328,6 +1331,13 @@ func (x *CreateRevocationRequest) GetRevocation() *v1.Revocation {
 		return x.Revocation
 	}
 	return nil
+}
+
+func (x *CreateRevocationRequest) GetGraceSeconds() int64 {
+	if x != nil && x.GraceSeconds != nil {
+		return *x.GraceSeconds
+	}
+	return 0
 }
 
 type CreateRevocationResponse struct {
@@ -1534,6 +1544,483 @@ func (*DeleteRevocationResponse) Descriptor() ([]byte, []int) {
 	return file_signet_admin_v1_admin_proto_rawDescGZIP(), []int{32}
 }
 
+type GetCAStatusRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetCAStatusRequest) Reset() {
+	*x = GetCAStatusRequest{}
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetCAStatusRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetCAStatusRequest) ProtoMessage() {}
+
+func (x *GetCAStatusRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetCAStatusRequest.ProtoReflect.Descriptor instead.
+func (*GetCAStatusRequest) Descriptor() ([]byte, []int) {
+	return file_signet_admin_v1_admin_proto_rawDescGZIP(), []int{33}
+}
+
+type GetCAStatusResponse struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	BundleSequence uint64                 `protobuf:"varint,1,opt,name=bundle_sequence,json=bundleSequence,proto3" json:"bundle_sequence,omitempty"`
+	Keys           []*CAKeyStatus         `protobuf:"bytes,2,rep,name=keys,proto3" json:"keys,omitempty"`
+	// live_agents are the agents that must acknowledge a root before it is
+	// activated: not evicted, with an SVID that has not expired (with a pod
+	// that runs, in Kubernetes).
+	LiveAgents []string `protobuf:"bytes,3,rep,name=live_agents,json=liveAgents,proto3" json:"live_agents,omitempty"`
+	// acks are what every agent last acknowledged.
+	Acks          []*v1.BundleAck `protobuf:"bytes,4,rep,name=acks,proto3" json:"acks,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetCAStatusResponse) Reset() {
+	*x = GetCAStatusResponse{}
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetCAStatusResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetCAStatusResponse) ProtoMessage() {}
+
+func (x *GetCAStatusResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetCAStatusResponse.ProtoReflect.Descriptor instead.
+func (*GetCAStatusResponse) Descriptor() ([]byte, []int) {
+	return file_signet_admin_v1_admin_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *GetCAStatusResponse) GetBundleSequence() uint64 {
+	if x != nil {
+		return x.BundleSequence
+	}
+	return 0
+}
+
+func (x *GetCAStatusResponse) GetKeys() []*CAKeyStatus {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
+func (x *GetCAStatusResponse) GetLiveAgents() []string {
+	if x != nil {
+		return x.LiveAgents
+	}
+	return nil
+}
+
+func (x *GetCAStatusResponse) GetAcks() []*v1.BundleAck {
+	if x != nil {
+		return x.Acks
+	}
+	return nil
+}
+
+type CAKeyStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// id is the key ID (hex subject key identifier, or JWT kid); kind is
+	// x509_root, x509_intermediate or jwt; state prepared, active or old.
+	Id        string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Kind      string `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	State     string `protobuf:"bytes,3,opt,name=state,proto3" json:"state,omitempty"`
+	Serial    string `protobuf:"bytes,4,opt,name=serial,proto3" json:"serial,omitempty"`
+	NotBefore int64  `protobuf:"varint,5,opt,name=not_before,json=notBefore,proto3" json:"not_before,omitempty"`
+	NotAfter  int64  `protobuf:"varint,6,opt,name=not_after,json=notAfter,proto3" json:"not_after,omitempty"`
+	// revoked: a revocation in force names this key.
+	Revoked bool `protobuf:"varint,7,opt,name=revoked,proto3" json:"revoked,omitempty"`
+	// For roots and JWT keys: the live agents and SDK workloads that hold it
+	// and, by name, those that do not.
+	AgentsHolding    uint32   `protobuf:"varint,8,opt,name=agents_holding,json=agentsHolding,proto3" json:"agents_holding,omitempty"`
+	AgentsLagging    []string `protobuf:"bytes,9,rep,name=agents_lagging,json=agentsLagging,proto3" json:"agents_lagging,omitempty"`
+	WorkloadsHolding uint32   `protobuf:"varint,10,opt,name=workloads_holding,json=workloadsHolding,proto3" json:"workloads_holding,omitempty"`
+	WorkloadsLagging []string `protobuf:"bytes,11,rep,name=workloads_lagging,json=workloadsLagging,proto3" json:"workloads_lagging,omitempty"`
+	// svids counts the workload X.509-SVIDs the agents hold under a root.
+	Svids         uint32 `protobuf:"varint,12,opt,name=svids,proto3" json:"svids,omitempty"`
+	ParentId      string `protobuf:"bytes,13,opt,name=parent_id,json=parentId,proto3" json:"parent_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CAKeyStatus) Reset() {
+	*x = CAKeyStatus{}
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CAKeyStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CAKeyStatus) ProtoMessage() {}
+
+func (x *CAKeyStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CAKeyStatus.ProtoReflect.Descriptor instead.
+func (*CAKeyStatus) Descriptor() ([]byte, []int) {
+	return file_signet_admin_v1_admin_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *CAKeyStatus) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *CAKeyStatus) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *CAKeyStatus) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *CAKeyStatus) GetSerial() string {
+	if x != nil {
+		return x.Serial
+	}
+	return ""
+}
+
+func (x *CAKeyStatus) GetNotBefore() int64 {
+	if x != nil {
+		return x.NotBefore
+	}
+	return 0
+}
+
+func (x *CAKeyStatus) GetNotAfter() int64 {
+	if x != nil {
+		return x.NotAfter
+	}
+	return 0
+}
+
+func (x *CAKeyStatus) GetRevoked() bool {
+	if x != nil {
+		return x.Revoked
+	}
+	return false
+}
+
+func (x *CAKeyStatus) GetAgentsHolding() uint32 {
+	if x != nil {
+		return x.AgentsHolding
+	}
+	return 0
+}
+
+func (x *CAKeyStatus) GetAgentsLagging() []string {
+	if x != nil {
+		return x.AgentsLagging
+	}
+	return nil
+}
+
+func (x *CAKeyStatus) GetWorkloadsHolding() uint32 {
+	if x != nil {
+		return x.WorkloadsHolding
+	}
+	return 0
+}
+
+func (x *CAKeyStatus) GetWorkloadsLagging() []string {
+	if x != nil {
+		return x.WorkloadsLagging
+	}
+	return nil
+}
+
+func (x *CAKeyStatus) GetSvids() uint32 {
+	if x != nil {
+		return x.Svids
+	}
+	return 0
+}
+
+func (x *CAKeyStatus) GetParentId() string {
+	if x != nil {
+		return x.ParentId
+	}
+	return ""
+}
+
+type PrepareRootRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PrepareRootRequest) Reset() {
+	*x = PrepareRootRequest{}
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PrepareRootRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PrepareRootRequest) ProtoMessage() {}
+
+func (x *PrepareRootRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PrepareRootRequest.ProtoReflect.Descriptor instead.
+func (*PrepareRootRequest) Descriptor() ([]byte, []int) {
+	return file_signet_admin_v1_admin_proto_rawDescGZIP(), []int{36}
+}
+
+type PrepareRootResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Root          *CAKeyStatus           `protobuf:"bytes,1,opt,name=root,proto3" json:"root,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PrepareRootResponse) Reset() {
+	*x = PrepareRootResponse{}
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PrepareRootResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PrepareRootResponse) ProtoMessage() {}
+
+func (x *PrepareRootResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PrepareRootResponse.ProtoReflect.Descriptor instead.
+func (*PrepareRootResponse) Descriptor() ([]byte, []int) {
+	return file_signet_admin_v1_admin_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *PrepareRootResponse) GetRoot() *CAKeyStatus {
+	if x != nil {
+		return x.Root
+	}
+	return nil
+}
+
+type ActivateRootRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// id is the prepared root to activate.
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// force activates even though live agents have not acknowledged it.
+	Force bool `protobuf:"varint,2,opt,name=force,proto3" json:"force,omitempty"`
+	// why is audited with the laggards when force is set (for example "the
+	// acknowledgement timeout passed").
+	Why string `protobuf:"bytes,3,opt,name=why,proto3" json:"why,omitempty"`
+	// revoke_previous revokes the root that was active (an emergency
+	// rotation): agents re-mint everything under it at once, and it leaves
+	// the bundle after grace_seconds.
+	RevokePrevious bool   `protobuf:"varint,4,opt,name=revoke_previous,json=revokePrevious,proto3" json:"revoke_previous,omitempty"`
+	GraceSeconds   *int64 `protobuf:"varint,5,opt,name=grace_seconds,json=graceSeconds,proto3,oneof" json:"grace_seconds,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *ActivateRootRequest) Reset() {
+	*x = ActivateRootRequest{}
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ActivateRootRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ActivateRootRequest) ProtoMessage() {}
+
+func (x *ActivateRootRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ActivateRootRequest.ProtoReflect.Descriptor instead.
+func (*ActivateRootRequest) Descriptor() ([]byte, []int) {
+	return file_signet_admin_v1_admin_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *ActivateRootRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *ActivateRootRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
+}
+
+func (x *ActivateRootRequest) GetWhy() string {
+	if x != nil {
+		return x.Why
+	}
+	return ""
+}
+
+func (x *ActivateRootRequest) GetRevokePrevious() bool {
+	if x != nil {
+		return x.RevokePrevious
+	}
+	return false
+}
+
+func (x *ActivateRootRequest) GetGraceSeconds() int64 {
+	if x != nil && x.GraceSeconds != nil {
+		return *x.GraceSeconds
+	}
+	return 0
+}
+
+type ActivateRootResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Root          *CAKeyStatus           `protobuf:"bytes,1,opt,name=root,proto3" json:"root,omitempty"`
+	Laggards      []string               `protobuf:"bytes,2,rep,name=laggards,proto3" json:"laggards,omitempty"`
+	Revocation    *v1.Revocation         `protobuf:"bytes,3,opt,name=revocation,proto3" json:"revocation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ActivateRootResponse) Reset() {
+	*x = ActivateRootResponse{}
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ActivateRootResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ActivateRootResponse) ProtoMessage() {}
+
+func (x *ActivateRootResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ActivateRootResponse.ProtoReflect.Descriptor instead.
+func (*ActivateRootResponse) Descriptor() ([]byte, []int) {
+	return file_signet_admin_v1_admin_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *ActivateRootResponse) GetRoot() *CAKeyStatus {
+	if x != nil {
+		return x.Root
+	}
+	return nil
+}
+
+func (x *ActivateRootResponse) GetLaggards() []string {
+	if x != nil {
+		return x.Laggards
+	}
+	return nil
+}
+
+func (x *ActivateRootResponse) GetRevocation() *v1.Revocation {
+	if x != nil {
+		return x.Revocation
+	}
+	return nil
+}
+
 var File_signet_admin_v1_admin_proto protoreflect.FileDescriptor
 
 const file_signet_admin_v1_admin_proto_rawDesc = "" +
@@ -1603,11 +2090,13 @@ const file_signet_admin_v1_admin_proto_rawDesc = "" +
 	"\bpolicies\x18\x01 \x03(\v2\x1d.signet.types.v1.AccessPolicyR\bpolicies\")\n" +
 	"\x13DeletePolicyRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"\x16\n" +
-	"\x14DeletePolicyResponse\"V\n" +
+	"\x14DeletePolicyResponse\"\x92\x01\n" +
 	"\x17CreateRevocationRequest\x12;\n" +
 	"\n" +
 	"revocation\x18\x01 \x01(\v2\x1b.signet.types.v1.RevocationR\n" +
-	"revocation\"W\n" +
+	"revocation\x12(\n" +
+	"\rgrace_seconds\x18\x02 \x01(\x03H\x00R\fgraceSeconds\x88\x01\x01B\x10\n" +
+	"\x0e_grace_seconds\"W\n" +
 	"\x18CreateRevocationResponse\x12;\n" +
 	"\n" +
 	"revocation\x18\x01 \x01(\v2\x1b.signet.types.v1.RevocationR\n" +
@@ -1617,7 +2106,46 @@ const file_signet_admin_v1_admin_proto_rawDesc = "" +
 	"\vrevocations\x18\x01 \x03(\v2\x1b.signet.types.v1.RevocationR\vrevocations\")\n" +
 	"\x17DeleteRevocationRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"\x1a\n" +
-	"\x18DeleteRevocationResponse2\x84\f\n" +
+	"\x18DeleteRevocationResponse\"\x14\n" +
+	"\x12GetCAStatusRequest\"\xc1\x01\n" +
+	"\x13GetCAStatusResponse\x12'\n" +
+	"\x0fbundle_sequence\x18\x01 \x01(\x04R\x0ebundleSequence\x120\n" +
+	"\x04keys\x18\x02 \x03(\v2\x1c.signet.admin.v1.CAKeyStatusR\x04keys\x12\x1f\n" +
+	"\vlive_agents\x18\x03 \x03(\tR\n" +
+	"liveAgents\x12.\n" +
+	"\x04acks\x18\x04 \x03(\v2\x1a.signet.types.v1.BundleAckR\x04acks\"\x90\x03\n" +
+	"\vCAKeyStatus\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x14\n" +
+	"\x05state\x18\x03 \x01(\tR\x05state\x12\x16\n" +
+	"\x06serial\x18\x04 \x01(\tR\x06serial\x12\x1d\n" +
+	"\n" +
+	"not_before\x18\x05 \x01(\x03R\tnotBefore\x12\x1b\n" +
+	"\tnot_after\x18\x06 \x01(\x03R\bnotAfter\x12\x18\n" +
+	"\arevoked\x18\a \x01(\bR\arevoked\x12%\n" +
+	"\x0eagents_holding\x18\b \x01(\rR\ragentsHolding\x12%\n" +
+	"\x0eagents_lagging\x18\t \x03(\tR\ragentsLagging\x12+\n" +
+	"\x11workloads_holding\x18\n" +
+	" \x01(\rR\x10workloadsHolding\x12+\n" +
+	"\x11workloads_lagging\x18\v \x03(\tR\x10workloadsLagging\x12\x14\n" +
+	"\x05svids\x18\f \x01(\rR\x05svids\x12\x1b\n" +
+	"\tparent_id\x18\r \x01(\tR\bparentId\"\x14\n" +
+	"\x12PrepareRootRequest\"G\n" +
+	"\x13PrepareRootResponse\x120\n" +
+	"\x04root\x18\x01 \x01(\v2\x1c.signet.admin.v1.CAKeyStatusR\x04root\"\xb2\x01\n" +
+	"\x13ActivateRootRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
+	"\x05force\x18\x02 \x01(\bR\x05force\x12\x10\n" +
+	"\x03why\x18\x03 \x01(\tR\x03why\x12'\n" +
+	"\x0frevoke_previous\x18\x04 \x01(\bR\x0erevokePrevious\x12(\n" +
+	"\rgrace_seconds\x18\x05 \x01(\x03H\x00R\fgraceSeconds\x88\x01\x01B\x10\n" +
+	"\x0e_grace_seconds\"\xa1\x01\n" +
+	"\x14ActivateRootResponse\x120\n" +
+	"\x04root\x18\x01 \x01(\v2\x1c.signet.admin.v1.CAKeyStatusR\x04root\x12\x1a\n" +
+	"\blaggards\x18\x02 \x03(\tR\blaggards\x12;\n" +
+	"\n" +
+	"revocation\x18\x03 \x01(\v2\x1b.signet.types.v1.RevocationR\n" +
+	"revocation2\x95\x0e\n" +
 	"\x05Admin\x12^\n" +
 	"\rCreateEntries\x12%.signet.admin.v1.CreateEntriesRequest\x1a&.signet.admin.v1.CreateEntriesResponse\x12^\n" +
 	"\rUpdateEntries\x12%.signet.admin.v1.UpdateEntriesRequest\x1a&.signet.admin.v1.UpdateEntriesResponse\x12^\n" +
@@ -1636,7 +2164,10 @@ const file_signet_admin_v1_admin_proto_rawDesc = "" +
 	"\fDeletePolicy\x12$.signet.admin.v1.DeletePolicyRequest\x1a%.signet.admin.v1.DeletePolicyResponse\x12g\n" +
 	"\x10CreateRevocation\x12(.signet.admin.v1.CreateRevocationRequest\x1a).signet.admin.v1.CreateRevocationResponse\x12d\n" +
 	"\x0fListRevocations\x12'.signet.admin.v1.ListRevocationsRequest\x1a(.signet.admin.v1.ListRevocationsResponse\x12g\n" +
-	"\x10DeleteRevocation\x12(.signet.admin.v1.DeleteRevocationRequest\x1a).signet.admin.v1.DeleteRevocationResponseB;Z9github.com/signet-id/signet/proto/signet/admin/v1;adminv1b\x06proto3"
+	"\x10DeleteRevocation\x12(.signet.admin.v1.DeleteRevocationRequest\x1a).signet.admin.v1.DeleteRevocationResponse\x12X\n" +
+	"\vGetCAStatus\x12#.signet.admin.v1.GetCAStatusRequest\x1a$.signet.admin.v1.GetCAStatusResponse\x12X\n" +
+	"\vPrepareRoot\x12#.signet.admin.v1.PrepareRootRequest\x1a$.signet.admin.v1.PrepareRootResponse\x12[\n" +
+	"\fActivateRoot\x12$.signet.admin.v1.ActivateRootRequest\x1a%.signet.admin.v1.ActivateRootResponseB;Z9github.com/signet-id/signet/proto/signet/admin/v1;adminv1b\x06proto3"
 
 var (
 	file_signet_admin_v1_admin_proto_rawDescOnce sync.Once
@@ -1650,7 +2181,7 @@ func file_signet_admin_v1_admin_proto_rawDescGZIP() []byte {
 	return file_signet_admin_v1_admin_proto_rawDescData
 }
 
-var file_signet_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
+var file_signet_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
 var file_signet_admin_v1_admin_proto_goTypes = []any{
 	(*CreateEntriesRequest)(nil),     // 0: signet.admin.v1.CreateEntriesRequest
 	(*CreateEntriesResponse)(nil),    // 1: signet.admin.v1.CreateEntriesResponse
@@ -1685,67 +2216,86 @@ var file_signet_admin_v1_admin_proto_goTypes = []any{
 	(*ListRevocationsResponse)(nil),  // 30: signet.admin.v1.ListRevocationsResponse
 	(*DeleteRevocationRequest)(nil),  // 31: signet.admin.v1.DeleteRevocationRequest
 	(*DeleteRevocationResponse)(nil), // 32: signet.admin.v1.DeleteRevocationResponse
-	(*v1.Entry)(nil),                 // 33: signet.types.v1.Entry
-	(*v1.Selector)(nil),              // 34: signet.types.v1.Selector
-	(*v1.Agent)(nil),                 // 35: signet.types.v1.Agent
-	(*v1.Bundle)(nil),                // 36: signet.types.v1.Bundle
-	(*v1.AccessPolicy)(nil),          // 37: signet.types.v1.AccessPolicy
-	(*v1.Revocation)(nil),            // 38: signet.types.v1.Revocation
+	(*GetCAStatusRequest)(nil),       // 33: signet.admin.v1.GetCAStatusRequest
+	(*GetCAStatusResponse)(nil),      // 34: signet.admin.v1.GetCAStatusResponse
+	(*CAKeyStatus)(nil),              // 35: signet.admin.v1.CAKeyStatus
+	(*PrepareRootRequest)(nil),       // 36: signet.admin.v1.PrepareRootRequest
+	(*PrepareRootResponse)(nil),      // 37: signet.admin.v1.PrepareRootResponse
+	(*ActivateRootRequest)(nil),      // 38: signet.admin.v1.ActivateRootRequest
+	(*ActivateRootResponse)(nil),     // 39: signet.admin.v1.ActivateRootResponse
+	(*v1.Entry)(nil),                 // 40: signet.types.v1.Entry
+	(*v1.Selector)(nil),              // 41: signet.types.v1.Selector
+	(*v1.Agent)(nil),                 // 42: signet.types.v1.Agent
+	(*v1.Bundle)(nil),                // 43: signet.types.v1.Bundle
+	(*v1.AccessPolicy)(nil),          // 44: signet.types.v1.AccessPolicy
+	(*v1.Revocation)(nil),            // 45: signet.types.v1.Revocation
+	(*v1.BundleAck)(nil),             // 46: signet.types.v1.BundleAck
 }
 var file_signet_admin_v1_admin_proto_depIdxs = []int32{
-	33, // 0: signet.admin.v1.CreateEntriesRequest.entries:type_name -> signet.types.v1.Entry
-	33, // 1: signet.admin.v1.CreateEntriesResponse.entries:type_name -> signet.types.v1.Entry
-	33, // 2: signet.admin.v1.UpdateEntriesRequest.entries:type_name -> signet.types.v1.Entry
-	33, // 3: signet.admin.v1.UpdateEntriesResponse.entries:type_name -> signet.types.v1.Entry
-	34, // 4: signet.admin.v1.ListEntriesRequest.selector:type_name -> signet.types.v1.Selector
-	34, // 5: signet.admin.v1.ListEntriesRequest.selectors:type_name -> signet.types.v1.Selector
-	33, // 6: signet.admin.v1.ListEntriesResponse.entries:type_name -> signet.types.v1.Entry
+	40, // 0: signet.admin.v1.CreateEntriesRequest.entries:type_name -> signet.types.v1.Entry
+	40, // 1: signet.admin.v1.CreateEntriesResponse.entries:type_name -> signet.types.v1.Entry
+	40, // 2: signet.admin.v1.UpdateEntriesRequest.entries:type_name -> signet.types.v1.Entry
+	40, // 3: signet.admin.v1.UpdateEntriesResponse.entries:type_name -> signet.types.v1.Entry
+	41, // 4: signet.admin.v1.ListEntriesRequest.selector:type_name -> signet.types.v1.Selector
+	41, // 5: signet.admin.v1.ListEntriesRequest.selectors:type_name -> signet.types.v1.Selector
+	40, // 6: signet.admin.v1.ListEntriesResponse.entries:type_name -> signet.types.v1.Entry
 	11, // 7: signet.admin.v1.ListJoinTokensResponse.tokens:type_name -> signet.admin.v1.JoinToken
-	35, // 8: signet.admin.v1.ListAgentsResponse.agents:type_name -> signet.types.v1.Agent
-	36, // 9: signet.admin.v1.GetBundleResponse.bundle:type_name -> signet.types.v1.Bundle
-	37, // 10: signet.admin.v1.CreatePolicyRequest.policy:type_name -> signet.types.v1.AccessPolicy
-	37, // 11: signet.admin.v1.CreatePolicyResponse.policy:type_name -> signet.types.v1.AccessPolicy
-	37, // 12: signet.admin.v1.ListPoliciesResponse.policies:type_name -> signet.types.v1.AccessPolicy
-	38, // 13: signet.admin.v1.CreateRevocationRequest.revocation:type_name -> signet.types.v1.Revocation
-	38, // 14: signet.admin.v1.CreateRevocationResponse.revocation:type_name -> signet.types.v1.Revocation
-	38, // 15: signet.admin.v1.ListRevocationsResponse.revocations:type_name -> signet.types.v1.Revocation
-	0,  // 16: signet.admin.v1.Admin.CreateEntries:input_type -> signet.admin.v1.CreateEntriesRequest
-	2,  // 17: signet.admin.v1.Admin.UpdateEntries:input_type -> signet.admin.v1.UpdateEntriesRequest
-	4,  // 18: signet.admin.v1.Admin.DeleteEntries:input_type -> signet.admin.v1.DeleteEntriesRequest
-	6,  // 19: signet.admin.v1.Admin.ListEntries:input_type -> signet.admin.v1.ListEntriesRequest
-	8,  // 20: signet.admin.v1.Admin.CreateJoinToken:input_type -> signet.admin.v1.CreateJoinTokenRequest
-	10, // 21: signet.admin.v1.Admin.ListJoinTokens:input_type -> signet.admin.v1.ListJoinTokensRequest
-	13, // 22: signet.admin.v1.Admin.RevokeJoinTokens:input_type -> signet.admin.v1.RevokeJoinTokensRequest
-	15, // 23: signet.admin.v1.Admin.ListAgents:input_type -> signet.admin.v1.ListAgentsRequest
-	17, // 24: signet.admin.v1.Admin.EvictAgent:input_type -> signet.admin.v1.EvictAgentRequest
-	19, // 25: signet.admin.v1.Admin.GetBundle:input_type -> signet.admin.v1.GetBundleRequest
-	21, // 26: signet.admin.v1.Admin.CreatePolicy:input_type -> signet.admin.v1.CreatePolicyRequest
-	23, // 27: signet.admin.v1.Admin.ListPolicies:input_type -> signet.admin.v1.ListPoliciesRequest
-	25, // 28: signet.admin.v1.Admin.DeletePolicy:input_type -> signet.admin.v1.DeletePolicyRequest
-	27, // 29: signet.admin.v1.Admin.CreateRevocation:input_type -> signet.admin.v1.CreateRevocationRequest
-	29, // 30: signet.admin.v1.Admin.ListRevocations:input_type -> signet.admin.v1.ListRevocationsRequest
-	31, // 31: signet.admin.v1.Admin.DeleteRevocation:input_type -> signet.admin.v1.DeleteRevocationRequest
-	1,  // 32: signet.admin.v1.Admin.CreateEntries:output_type -> signet.admin.v1.CreateEntriesResponse
-	3,  // 33: signet.admin.v1.Admin.UpdateEntries:output_type -> signet.admin.v1.UpdateEntriesResponse
-	5,  // 34: signet.admin.v1.Admin.DeleteEntries:output_type -> signet.admin.v1.DeleteEntriesResponse
-	7,  // 35: signet.admin.v1.Admin.ListEntries:output_type -> signet.admin.v1.ListEntriesResponse
-	9,  // 36: signet.admin.v1.Admin.CreateJoinToken:output_type -> signet.admin.v1.CreateJoinTokenResponse
-	12, // 37: signet.admin.v1.Admin.ListJoinTokens:output_type -> signet.admin.v1.ListJoinTokensResponse
-	14, // 38: signet.admin.v1.Admin.RevokeJoinTokens:output_type -> signet.admin.v1.RevokeJoinTokensResponse
-	16, // 39: signet.admin.v1.Admin.ListAgents:output_type -> signet.admin.v1.ListAgentsResponse
-	18, // 40: signet.admin.v1.Admin.EvictAgent:output_type -> signet.admin.v1.EvictAgentResponse
-	20, // 41: signet.admin.v1.Admin.GetBundle:output_type -> signet.admin.v1.GetBundleResponse
-	22, // 42: signet.admin.v1.Admin.CreatePolicy:output_type -> signet.admin.v1.CreatePolicyResponse
-	24, // 43: signet.admin.v1.Admin.ListPolicies:output_type -> signet.admin.v1.ListPoliciesResponse
-	26, // 44: signet.admin.v1.Admin.DeletePolicy:output_type -> signet.admin.v1.DeletePolicyResponse
-	28, // 45: signet.admin.v1.Admin.CreateRevocation:output_type -> signet.admin.v1.CreateRevocationResponse
-	30, // 46: signet.admin.v1.Admin.ListRevocations:output_type -> signet.admin.v1.ListRevocationsResponse
-	32, // 47: signet.admin.v1.Admin.DeleteRevocation:output_type -> signet.admin.v1.DeleteRevocationResponse
-	32, // [32:48] is the sub-list for method output_type
-	16, // [16:32] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	42, // 8: signet.admin.v1.ListAgentsResponse.agents:type_name -> signet.types.v1.Agent
+	43, // 9: signet.admin.v1.GetBundleResponse.bundle:type_name -> signet.types.v1.Bundle
+	44, // 10: signet.admin.v1.CreatePolicyRequest.policy:type_name -> signet.types.v1.AccessPolicy
+	44, // 11: signet.admin.v1.CreatePolicyResponse.policy:type_name -> signet.types.v1.AccessPolicy
+	44, // 12: signet.admin.v1.ListPoliciesResponse.policies:type_name -> signet.types.v1.AccessPolicy
+	45, // 13: signet.admin.v1.CreateRevocationRequest.revocation:type_name -> signet.types.v1.Revocation
+	45, // 14: signet.admin.v1.CreateRevocationResponse.revocation:type_name -> signet.types.v1.Revocation
+	45, // 15: signet.admin.v1.ListRevocationsResponse.revocations:type_name -> signet.types.v1.Revocation
+	35, // 16: signet.admin.v1.GetCAStatusResponse.keys:type_name -> signet.admin.v1.CAKeyStatus
+	46, // 17: signet.admin.v1.GetCAStatusResponse.acks:type_name -> signet.types.v1.BundleAck
+	35, // 18: signet.admin.v1.PrepareRootResponse.root:type_name -> signet.admin.v1.CAKeyStatus
+	35, // 19: signet.admin.v1.ActivateRootResponse.root:type_name -> signet.admin.v1.CAKeyStatus
+	45, // 20: signet.admin.v1.ActivateRootResponse.revocation:type_name -> signet.types.v1.Revocation
+	0,  // 21: signet.admin.v1.Admin.CreateEntries:input_type -> signet.admin.v1.CreateEntriesRequest
+	2,  // 22: signet.admin.v1.Admin.UpdateEntries:input_type -> signet.admin.v1.UpdateEntriesRequest
+	4,  // 23: signet.admin.v1.Admin.DeleteEntries:input_type -> signet.admin.v1.DeleteEntriesRequest
+	6,  // 24: signet.admin.v1.Admin.ListEntries:input_type -> signet.admin.v1.ListEntriesRequest
+	8,  // 25: signet.admin.v1.Admin.CreateJoinToken:input_type -> signet.admin.v1.CreateJoinTokenRequest
+	10, // 26: signet.admin.v1.Admin.ListJoinTokens:input_type -> signet.admin.v1.ListJoinTokensRequest
+	13, // 27: signet.admin.v1.Admin.RevokeJoinTokens:input_type -> signet.admin.v1.RevokeJoinTokensRequest
+	15, // 28: signet.admin.v1.Admin.ListAgents:input_type -> signet.admin.v1.ListAgentsRequest
+	17, // 29: signet.admin.v1.Admin.EvictAgent:input_type -> signet.admin.v1.EvictAgentRequest
+	19, // 30: signet.admin.v1.Admin.GetBundle:input_type -> signet.admin.v1.GetBundleRequest
+	21, // 31: signet.admin.v1.Admin.CreatePolicy:input_type -> signet.admin.v1.CreatePolicyRequest
+	23, // 32: signet.admin.v1.Admin.ListPolicies:input_type -> signet.admin.v1.ListPoliciesRequest
+	25, // 33: signet.admin.v1.Admin.DeletePolicy:input_type -> signet.admin.v1.DeletePolicyRequest
+	27, // 34: signet.admin.v1.Admin.CreateRevocation:input_type -> signet.admin.v1.CreateRevocationRequest
+	29, // 35: signet.admin.v1.Admin.ListRevocations:input_type -> signet.admin.v1.ListRevocationsRequest
+	31, // 36: signet.admin.v1.Admin.DeleteRevocation:input_type -> signet.admin.v1.DeleteRevocationRequest
+	33, // 37: signet.admin.v1.Admin.GetCAStatus:input_type -> signet.admin.v1.GetCAStatusRequest
+	36, // 38: signet.admin.v1.Admin.PrepareRoot:input_type -> signet.admin.v1.PrepareRootRequest
+	38, // 39: signet.admin.v1.Admin.ActivateRoot:input_type -> signet.admin.v1.ActivateRootRequest
+	1,  // 40: signet.admin.v1.Admin.CreateEntries:output_type -> signet.admin.v1.CreateEntriesResponse
+	3,  // 41: signet.admin.v1.Admin.UpdateEntries:output_type -> signet.admin.v1.UpdateEntriesResponse
+	5,  // 42: signet.admin.v1.Admin.DeleteEntries:output_type -> signet.admin.v1.DeleteEntriesResponse
+	7,  // 43: signet.admin.v1.Admin.ListEntries:output_type -> signet.admin.v1.ListEntriesResponse
+	9,  // 44: signet.admin.v1.Admin.CreateJoinToken:output_type -> signet.admin.v1.CreateJoinTokenResponse
+	12, // 45: signet.admin.v1.Admin.ListJoinTokens:output_type -> signet.admin.v1.ListJoinTokensResponse
+	14, // 46: signet.admin.v1.Admin.RevokeJoinTokens:output_type -> signet.admin.v1.RevokeJoinTokensResponse
+	16, // 47: signet.admin.v1.Admin.ListAgents:output_type -> signet.admin.v1.ListAgentsResponse
+	18, // 48: signet.admin.v1.Admin.EvictAgent:output_type -> signet.admin.v1.EvictAgentResponse
+	20, // 49: signet.admin.v1.Admin.GetBundle:output_type -> signet.admin.v1.GetBundleResponse
+	22, // 50: signet.admin.v1.Admin.CreatePolicy:output_type -> signet.admin.v1.CreatePolicyResponse
+	24, // 51: signet.admin.v1.Admin.ListPolicies:output_type -> signet.admin.v1.ListPoliciesResponse
+	26, // 52: signet.admin.v1.Admin.DeletePolicy:output_type -> signet.admin.v1.DeletePolicyResponse
+	28, // 53: signet.admin.v1.Admin.CreateRevocation:output_type -> signet.admin.v1.CreateRevocationResponse
+	30, // 54: signet.admin.v1.Admin.ListRevocations:output_type -> signet.admin.v1.ListRevocationsResponse
+	32, // 55: signet.admin.v1.Admin.DeleteRevocation:output_type -> signet.admin.v1.DeleteRevocationResponse
+	34, // 56: signet.admin.v1.Admin.GetCAStatus:output_type -> signet.admin.v1.GetCAStatusResponse
+	37, // 57: signet.admin.v1.Admin.PrepareRoot:output_type -> signet.admin.v1.PrepareRootResponse
+	39, // 58: signet.admin.v1.Admin.ActivateRoot:output_type -> signet.admin.v1.ActivateRootResponse
+	40, // [40:59] is the sub-list for method output_type
+	21, // [21:40] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_signet_admin_v1_admin_proto_init() }
@@ -1753,13 +2303,15 @@ func file_signet_admin_v1_admin_proto_init() {
 	if File_signet_admin_v1_admin_proto != nil {
 		return
 	}
+	file_signet_admin_v1_admin_proto_msgTypes[27].OneofWrappers = []any{}
+	file_signet_admin_v1_admin_proto_msgTypes[38].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_signet_admin_v1_admin_proto_rawDesc), len(file_signet_admin_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   33,
+			NumMessages:   40,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

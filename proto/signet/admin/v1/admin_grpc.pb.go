@@ -38,6 +38,9 @@ const (
 	Admin_CreateRevocation_FullMethodName = "/signet.admin.v1.Admin/CreateRevocation"
 	Admin_ListRevocations_FullMethodName  = "/signet.admin.v1.Admin/ListRevocations"
 	Admin_DeleteRevocation_FullMethodName = "/signet.admin.v1.Admin/DeleteRevocation"
+	Admin_GetCAStatus_FullMethodName      = "/signet.admin.v1.Admin/GetCAStatus"
+	Admin_PrepareRoot_FullMethodName      = "/signet.admin.v1.Admin/PrepareRoot"
+	Admin_ActivateRoot_FullMethodName     = "/signet.admin.v1.Admin/ActivateRoot"
 )
 
 // AdminClient is the client API for Admin service.
@@ -77,6 +80,16 @@ type AdminClient interface {
 	ListRevocations(ctx context.Context, in *ListRevocationsRequest, opts ...grpc.CallOption) (*ListRevocationsResponse, error)
 	// DeleteRevocation withdraws a revocation.
 	DeleteRevocation(ctx context.Context, in *DeleteRevocationRequest, opts ...grpc.CallOption) (*DeleteRevocationResponse, error)
+	// GetCAStatus shows the CA's keys and, per root and JWT key, which live
+	// agents and SDK workloads acknowledged holding it.
+	GetCAStatus(ctx context.Context, in *GetCAStatusRequest, opts ...grpc.CallOption) (*GetCAStatusResponse, error)
+	// PrepareRoot makes the next root now, if none is prepared, and
+	// publishes it in the trust bundle.
+	PrepareRoot(ctx context.Context, in *PrepareRootRequest, opts ...grpc.CallOption) (*PrepareRootResponse, error)
+	// ActivateRoot activates the prepared root. With laggards (live agents
+	// that have not acknowledged it) it refuses unless force is set, and then
+	// audits a warning naming them.
+	ActivateRoot(ctx context.Context, in *ActivateRootRequest, opts ...grpc.CallOption) (*ActivateRootResponse, error)
 }
 
 type adminClient struct {
@@ -247,6 +260,36 @@ func (c *adminClient) DeleteRevocation(ctx context.Context, in *DeleteRevocation
 	return out, nil
 }
 
+func (c *adminClient) GetCAStatus(ctx context.Context, in *GetCAStatusRequest, opts ...grpc.CallOption) (*GetCAStatusResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetCAStatusResponse)
+	err := c.cc.Invoke(ctx, Admin_GetCAStatus_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminClient) PrepareRoot(ctx context.Context, in *PrepareRootRequest, opts ...grpc.CallOption) (*PrepareRootResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PrepareRootResponse)
+	err := c.cc.Invoke(ctx, Admin_PrepareRoot_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminClient) ActivateRoot(ctx context.Context, in *ActivateRootRequest, opts ...grpc.CallOption) (*ActivateRootResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ActivateRootResponse)
+	err := c.cc.Invoke(ctx, Admin_ActivateRoot_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServer is the server API for Admin service.
 // All implementations must embed UnimplementedAdminServer
 // for forward compatibility.
@@ -284,6 +327,16 @@ type AdminServer interface {
 	ListRevocations(context.Context, *ListRevocationsRequest) (*ListRevocationsResponse, error)
 	// DeleteRevocation withdraws a revocation.
 	DeleteRevocation(context.Context, *DeleteRevocationRequest) (*DeleteRevocationResponse, error)
+	// GetCAStatus shows the CA's keys and, per root and JWT key, which live
+	// agents and SDK workloads acknowledged holding it.
+	GetCAStatus(context.Context, *GetCAStatusRequest) (*GetCAStatusResponse, error)
+	// PrepareRoot makes the next root now, if none is prepared, and
+	// publishes it in the trust bundle.
+	PrepareRoot(context.Context, *PrepareRootRequest) (*PrepareRootResponse, error)
+	// ActivateRoot activates the prepared root. With laggards (live agents
+	// that have not acknowledged it) it refuses unless force is set, and then
+	// audits a warning naming them.
+	ActivateRoot(context.Context, *ActivateRootRequest) (*ActivateRootResponse, error)
 	mustEmbedUnimplementedAdminServer()
 }
 
@@ -341,6 +394,15 @@ func (UnimplementedAdminServer) ListRevocations(context.Context, *ListRevocation
 }
 func (UnimplementedAdminServer) DeleteRevocation(context.Context, *DeleteRevocationRequest) (*DeleteRevocationResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteRevocation not implemented")
+}
+func (UnimplementedAdminServer) GetCAStatus(context.Context, *GetCAStatusRequest) (*GetCAStatusResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetCAStatus not implemented")
+}
+func (UnimplementedAdminServer) PrepareRoot(context.Context, *PrepareRootRequest) (*PrepareRootResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method PrepareRoot not implemented")
+}
+func (UnimplementedAdminServer) ActivateRoot(context.Context, *ActivateRootRequest) (*ActivateRootResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ActivateRoot not implemented")
 }
 func (UnimplementedAdminServer) mustEmbedUnimplementedAdminServer() {}
 func (UnimplementedAdminServer) testEmbeddedByValue()               {}
@@ -651,6 +713,60 @@ func _Admin_DeleteRevocation_Handler(srv interface{}, ctx context.Context, dec f
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Admin_GetCAStatus_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetCAStatusRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).GetCAStatus(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_GetCAStatus_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).GetCAStatus(ctx, req.(*GetCAStatusRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Admin_PrepareRoot_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PrepareRootRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).PrepareRoot(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_PrepareRoot_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).PrepareRoot(ctx, req.(*PrepareRootRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Admin_ActivateRoot_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ActivateRootRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).ActivateRoot(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_ActivateRoot_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).ActivateRoot(ctx, req.(*ActivateRootRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Admin_ServiceDesc is the grpc.ServiceDesc for Admin service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -721,6 +837,18 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DeleteRevocation",
 			Handler:    _Admin_DeleteRevocation_Handler,
+		},
+		{
+			MethodName: "GetCAStatus",
+			Handler:    _Admin_GetCAStatus_Handler,
+		},
+		{
+			MethodName: "PrepareRoot",
+			Handler:    _Admin_PrepareRoot_Handler,
+		},
+		{
+			MethodName: "ActivateRoot",
+			Handler:    _Admin_ActivateRoot_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -988,6 +988,88 @@ func (x *RenewAgentResponse) GetSvidChain() [][]byte {
 	return nil
 }
 
+type AckBundleRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// ack is what the agent holds; agent_id, node and acked_at are set by
+	// the CA from the caller.
+	Ack           *v1.BundleAck `protobuf:"bytes,1,opt,name=ack,proto3" json:"ack,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AckBundleRequest) Reset() {
+	*x = AckBundleRequest{}
+	mi := &file_signet_agent_v1_agent_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AckBundleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AckBundleRequest) ProtoMessage() {}
+
+func (x *AckBundleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_signet_agent_v1_agent_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AckBundleRequest.ProtoReflect.Descriptor instead.
+func (*AckBundleRequest) Descriptor() ([]byte, []int) {
+	return file_signet_agent_v1_agent_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *AckBundleRequest) GetAck() *v1.BundleAck {
+	if x != nil {
+		return x.Ack
+	}
+	return nil
+}
+
+type AckBundleResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AckBundleResponse) Reset() {
+	*x = AckBundleResponse{}
+	mi := &file_signet_agent_v1_agent_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AckBundleResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AckBundleResponse) ProtoMessage() {}
+
+func (x *AckBundleResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_signet_agent_v1_agent_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AckBundleResponse.ProtoReflect.Descriptor instead.
+func (*AckBundleResponse) Descriptor() ([]byte, []int) {
+	return file_signet_agent_v1_agent_proto_rawDescGZIP(), []int{17}
+}
+
 var File_signet_agent_v1_agent_proto protoreflect.FileDescriptor
 
 const file_signet_agent_v1_agent_proto_rawDesc = "" +
@@ -1058,7 +1140,10 @@ const file_signet_agent_v1_agent_proto_rawDesc = "" +
 	"\x03csr\x18\x01 \x01(\fR\x03csr\"3\n" +
 	"\x12RenewAgentResponse\x12\x1d\n" +
 	"\n" +
-	"svid_chain\x18\x01 \x03(\fR\tsvidChain2\xf3\x04\n" +
+	"svid_chain\x18\x01 \x03(\fR\tsvidChain\"@\n" +
+	"\x10AckBundleRequest\x12,\n" +
+	"\x03ack\x18\x01 \x01(\v2\x1a.signet.types.v1.BundleAckR\x03ack\"\x13\n" +
+	"\x11AckBundleResponse2\xc7\x05\n" +
 	"\x04Node\x12U\n" +
 	"\n" +
 	"AttestNode\x12\".signet.agent.v1.AttestNodeRequest\x1a#.signet.agent.v1.AttestNodeResponse\x12E\n" +
@@ -1067,7 +1152,8 @@ const file_signet_agent_v1_agent_proto_rawDesc = "" +
 	"\vMintJWTSVID\x12#.signet.agent.v1.MintJWTSVIDRequest\x1a$.signet.agent.v1.MintJWTSVIDResponse\x12U\n" +
 	"\n" +
 	"RenewAgent\x12\".signet.agent.v1.RenewAgentRequest\x1a#.signet.agent.v1.RenewAgentResponse\x12d\n" +
-	"\x0fFetchPodEntries\x12'.signet.agent.v1.FetchPodEntriesRequest\x1a(.signet.agent.v1.FetchPodEntriesResponse\x12V\n" +
+	"\x0fFetchPodEntries\x12'.signet.agent.v1.FetchPodEntriesRequest\x1a(.signet.agent.v1.FetchPodEntriesResponse\x12R\n" +
+	"\tAckBundle\x12!.signet.agent.v1.AckBundleRequest\x1a\".signet.agent.v1.AckBundleResponse\x12V\n" +
 	"\x0fReportDecisions\x12\x1f.signet.types.v1.DecisionReport\x1a\".signet.types.v1.DecisionReportAckB;Z9github.com/signet-id/signet/proto/signet/agent/v1;agentv1b\x06proto3"
 
 var (
@@ -1082,7 +1168,7 @@ func file_signet_agent_v1_agent_proto_rawDescGZIP() []byte {
 	return file_signet_agent_v1_agent_proto_rawDescData
 }
 
-var file_signet_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_signet_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_signet_agent_v1_agent_proto_goTypes = []any{
 	(*AttestNodeRequest)(nil),       // 0: signet.agent.v1.AttestNodeRequest
 	(*JoinTokenAttestation)(nil),    // 1: signet.agent.v1.JoinTokenAttestation
@@ -1100,44 +1186,50 @@ var file_signet_agent_v1_agent_proto_goTypes = []any{
 	(*MintJWTSVIDResponse)(nil),     // 13: signet.agent.v1.MintJWTSVIDResponse
 	(*RenewAgentRequest)(nil),       // 14: signet.agent.v1.RenewAgentRequest
 	(*RenewAgentResponse)(nil),      // 15: signet.agent.v1.RenewAgentResponse
-	(*v1.Bundle)(nil),               // 16: signet.types.v1.Bundle
-	(*v1.Entry)(nil),                // 17: signet.types.v1.Entry
-	(*v1.AccessPolicy)(nil),         // 18: signet.types.v1.AccessPolicy
-	(*v1.Revocation)(nil),           // 19: signet.types.v1.Revocation
-	(*v1.DecisionReport)(nil),       // 20: signet.types.v1.DecisionReport
-	(*v1.DecisionReportAck)(nil),    // 21: signet.types.v1.DecisionReportAck
+	(*AckBundleRequest)(nil),        // 16: signet.agent.v1.AckBundleRequest
+	(*AckBundleResponse)(nil),       // 17: signet.agent.v1.AckBundleResponse
+	(*v1.Bundle)(nil),               // 18: signet.types.v1.Bundle
+	(*v1.Entry)(nil),                // 19: signet.types.v1.Entry
+	(*v1.AccessPolicy)(nil),         // 20: signet.types.v1.AccessPolicy
+	(*v1.Revocation)(nil),           // 21: signet.types.v1.Revocation
+	(*v1.BundleAck)(nil),            // 22: signet.types.v1.BundleAck
+	(*v1.DecisionReport)(nil),       // 23: signet.types.v1.DecisionReport
+	(*v1.DecisionReportAck)(nil),    // 24: signet.types.v1.DecisionReportAck
 }
 var file_signet_agent_v1_agent_proto_depIdxs = []int32{
 	1,  // 0: signet.agent.v1.AttestNodeRequest.join_token:type_name -> signet.agent.v1.JoinTokenAttestation
 	2,  // 1: signet.agent.v1.AttestNodeRequest.k8s_psat:type_name -> signet.agent.v1.K8sPSATAttestation
-	16, // 2: signet.agent.v1.AttestNodeResponse.bundle:type_name -> signet.types.v1.Bundle
-	17, // 3: signet.agent.v1.SyncResponse.entries:type_name -> signet.types.v1.Entry
-	16, // 4: signet.agent.v1.SyncResponse.bundle:type_name -> signet.types.v1.Bundle
-	17, // 5: signet.agent.v1.SyncResponse.pod_entries:type_name -> signet.types.v1.Entry
-	18, // 6: signet.agent.v1.SyncResponse.policies:type_name -> signet.types.v1.AccessPolicy
-	19, // 7: signet.agent.v1.SyncResponse.revocations:type_name -> signet.types.v1.Revocation
-	17, // 8: signet.agent.v1.FetchPodEntriesResponse.entries:type_name -> signet.types.v1.Entry
+	18, // 2: signet.agent.v1.AttestNodeResponse.bundle:type_name -> signet.types.v1.Bundle
+	19, // 3: signet.agent.v1.SyncResponse.entries:type_name -> signet.types.v1.Entry
+	18, // 4: signet.agent.v1.SyncResponse.bundle:type_name -> signet.types.v1.Bundle
+	19, // 5: signet.agent.v1.SyncResponse.pod_entries:type_name -> signet.types.v1.Entry
+	20, // 6: signet.agent.v1.SyncResponse.policies:type_name -> signet.types.v1.AccessPolicy
+	21, // 7: signet.agent.v1.SyncResponse.revocations:type_name -> signet.types.v1.Revocation
+	19, // 8: signet.agent.v1.FetchPodEntriesResponse.entries:type_name -> signet.types.v1.Entry
 	8,  // 9: signet.agent.v1.MintX509SVIDsRequest.requests:type_name -> signet.agent.v1.X509SVIDRequest
 	10, // 10: signet.agent.v1.MintX509SVIDsResponse.svids:type_name -> signet.agent.v1.X509SVID
-	0,  // 11: signet.agent.v1.Node.AttestNode:input_type -> signet.agent.v1.AttestNodeRequest
-	4,  // 12: signet.agent.v1.Node.Sync:input_type -> signet.agent.v1.SyncRequest
-	9,  // 13: signet.agent.v1.Node.MintX509SVIDs:input_type -> signet.agent.v1.MintX509SVIDsRequest
-	12, // 14: signet.agent.v1.Node.MintJWTSVID:input_type -> signet.agent.v1.MintJWTSVIDRequest
-	14, // 15: signet.agent.v1.Node.RenewAgent:input_type -> signet.agent.v1.RenewAgentRequest
-	6,  // 16: signet.agent.v1.Node.FetchPodEntries:input_type -> signet.agent.v1.FetchPodEntriesRequest
-	20, // 17: signet.agent.v1.Node.ReportDecisions:input_type -> signet.types.v1.DecisionReport
-	3,  // 18: signet.agent.v1.Node.AttestNode:output_type -> signet.agent.v1.AttestNodeResponse
-	5,  // 19: signet.agent.v1.Node.Sync:output_type -> signet.agent.v1.SyncResponse
-	11, // 20: signet.agent.v1.Node.MintX509SVIDs:output_type -> signet.agent.v1.MintX509SVIDsResponse
-	13, // 21: signet.agent.v1.Node.MintJWTSVID:output_type -> signet.agent.v1.MintJWTSVIDResponse
-	15, // 22: signet.agent.v1.Node.RenewAgent:output_type -> signet.agent.v1.RenewAgentResponse
-	7,  // 23: signet.agent.v1.Node.FetchPodEntries:output_type -> signet.agent.v1.FetchPodEntriesResponse
-	21, // 24: signet.agent.v1.Node.ReportDecisions:output_type -> signet.types.v1.DecisionReportAck
-	18, // [18:25] is the sub-list for method output_type
-	11, // [11:18] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	22, // 11: signet.agent.v1.AckBundleRequest.ack:type_name -> signet.types.v1.BundleAck
+	0,  // 12: signet.agent.v1.Node.AttestNode:input_type -> signet.agent.v1.AttestNodeRequest
+	4,  // 13: signet.agent.v1.Node.Sync:input_type -> signet.agent.v1.SyncRequest
+	9,  // 14: signet.agent.v1.Node.MintX509SVIDs:input_type -> signet.agent.v1.MintX509SVIDsRequest
+	12, // 15: signet.agent.v1.Node.MintJWTSVID:input_type -> signet.agent.v1.MintJWTSVIDRequest
+	14, // 16: signet.agent.v1.Node.RenewAgent:input_type -> signet.agent.v1.RenewAgentRequest
+	6,  // 17: signet.agent.v1.Node.FetchPodEntries:input_type -> signet.agent.v1.FetchPodEntriesRequest
+	16, // 18: signet.agent.v1.Node.AckBundle:input_type -> signet.agent.v1.AckBundleRequest
+	23, // 19: signet.agent.v1.Node.ReportDecisions:input_type -> signet.types.v1.DecisionReport
+	3,  // 20: signet.agent.v1.Node.AttestNode:output_type -> signet.agent.v1.AttestNodeResponse
+	5,  // 21: signet.agent.v1.Node.Sync:output_type -> signet.agent.v1.SyncResponse
+	11, // 22: signet.agent.v1.Node.MintX509SVIDs:output_type -> signet.agent.v1.MintX509SVIDsResponse
+	13, // 23: signet.agent.v1.Node.MintJWTSVID:output_type -> signet.agent.v1.MintJWTSVIDResponse
+	15, // 24: signet.agent.v1.Node.RenewAgent:output_type -> signet.agent.v1.RenewAgentResponse
+	7,  // 25: signet.agent.v1.Node.FetchPodEntries:output_type -> signet.agent.v1.FetchPodEntriesResponse
+	17, // 26: signet.agent.v1.Node.AckBundle:output_type -> signet.agent.v1.AckBundleResponse
+	24, // 27: signet.agent.v1.Node.ReportDecisions:output_type -> signet.types.v1.DecisionReportAck
+	20, // [20:28] is the sub-list for method output_type
+	12, // [12:20] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_signet_agent_v1_agent_proto_init() }
@@ -1155,7 +1247,7 @@ func file_signet_agent_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_signet_agent_v1_agent_proto_rawDesc), len(file_signet_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   16,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

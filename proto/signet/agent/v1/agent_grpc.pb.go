@@ -30,6 +30,7 @@ const (
 	Node_MintJWTSVID_FullMethodName     = "/signet.agent.v1.Node/MintJWTSVID"
 	Node_RenewAgent_FullMethodName      = "/signet.agent.v1.Node/RenewAgent"
 	Node_FetchPodEntries_FullMethodName = "/signet.agent.v1.Node/FetchPodEntries"
+	Node_AckBundle_FullMethodName       = "/signet.agent.v1.Node/AckBundle"
 	Node_ReportDecisions_FullMethodName = "/signet.agent.v1.Node/ReportDecisions"
 )
 
@@ -58,6 +59,12 @@ type NodeClient interface {
 	// ReportDecisions writes authorization decisions that services made to
 	// the CA's audit log. The agent has checked that each server is a
 	// workload it attested.
+	// AckBundle records what the agent holds of the trust bundle, and what
+	// its SDK workloads hold, so that a root is activated only once every
+	// live agent has it. Unary beside Sync, not a bidirectional Sync: an
+	// acknowledgement is small, idempotent and may go to any replica (they
+	// share what it records), and agents that do not send it keep working.
+	AckBundle(ctx context.Context, in *AckBundleRequest, opts ...grpc.CallOption) (*AckBundleResponse, error)
 	ReportDecisions(ctx context.Context, in *v1.DecisionReport, opts ...grpc.CallOption) (*v1.DecisionReportAck, error)
 }
 
@@ -138,6 +145,16 @@ func (c *nodeClient) FetchPodEntries(ctx context.Context, in *FetchPodEntriesReq
 	return out, nil
 }
 
+func (c *nodeClient) AckBundle(ctx context.Context, in *AckBundleRequest, opts ...grpc.CallOption) (*AckBundleResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AckBundleResponse)
+	err := c.cc.Invoke(ctx, Node_AckBundle_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *nodeClient) ReportDecisions(ctx context.Context, in *v1.DecisionReport, opts ...grpc.CallOption) (*v1.DecisionReportAck, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(v1.DecisionReportAck)
@@ -173,6 +190,12 @@ type NodeServer interface {
 	// ReportDecisions writes authorization decisions that services made to
 	// the CA's audit log. The agent has checked that each server is a
 	// workload it attested.
+	// AckBundle records what the agent holds of the trust bundle, and what
+	// its SDK workloads hold, so that a root is activated only once every
+	// live agent has it. Unary beside Sync, not a bidirectional Sync: an
+	// acknowledgement is small, idempotent and may go to any replica (they
+	// share what it records), and agents that do not send it keep working.
+	AckBundle(context.Context, *AckBundleRequest) (*AckBundleResponse, error)
 	ReportDecisions(context.Context, *v1.DecisionReport) (*v1.DecisionReportAck, error)
 	mustEmbedUnimplementedNodeServer()
 }
@@ -201,6 +224,9 @@ func (UnimplementedNodeServer) RenewAgent(context.Context, *RenewAgentRequest) (
 }
 func (UnimplementedNodeServer) FetchPodEntries(context.Context, *FetchPodEntriesRequest) (*FetchPodEntriesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method FetchPodEntries not implemented")
+}
+func (UnimplementedNodeServer) AckBundle(context.Context, *AckBundleRequest) (*AckBundleResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method AckBundle not implemented")
 }
 func (UnimplementedNodeServer) ReportDecisions(context.Context, *v1.DecisionReport) (*v1.DecisionReportAck, error) {
 	return nil, status.Error(codes.Unimplemented, "method ReportDecisions not implemented")
@@ -327,6 +353,24 @@ func _Node_FetchPodEntries_Handler(srv interface{}, ctx context.Context, dec fun
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Node_AckBundle_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AckBundleRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NodeServer).AckBundle(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Node_AckBundle_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NodeServer).AckBundle(ctx, req.(*AckBundleRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Node_ReportDecisions_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(v1.DecisionReport)
 	if err := dec(in); err != nil {
@@ -371,6 +415,10 @@ var Node_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "FetchPodEntries",
 			Handler:    _Node_FetchPodEntries_Handler,
+		},
+		{
+			MethodName: "AckBundle",
+			Handler:    _Node_AckBundle_Handler,
 		},
 		{
 			MethodName: "ReportDecisions",

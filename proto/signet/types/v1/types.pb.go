@@ -698,7 +698,19 @@ type Revocation struct {
 	// mints with the agent (sdk/revocation.AgentMark in the subject's
 	// organizational units), so peers can tell. The CA also evicts the
 	// agent.
-	AgentId       string `protobuf:"bytes,10,opt,name=agent_id,json=agentId,proto3" json:"agent_id,omitempty"`
+	AgentId string `protobuf:"bytes,10,opt,name=agent_id,json=agentId,proto3" json:"agent_id,omitempty"`
+	// ca_key revokes a key of the CA: an X.509 intermediate or root (its
+	// key ID, the hex subject key identifier; serial is then its
+	// certificate's serial) or a JWT key (its kid). The CA stops signing
+	// with it at once and makes or activates the next key, agents re-mint
+	// everything under it in one batch, and a root or JWT key leaves the
+	// trust bundle at enforce_after.
+	CaKey string `protobuf:"bytes,11,opt,name=ca_key,json=caKey,proto3" json:"ca_key,omitempty"`
+	// enforce_after (Unix seconds; 0: at once) is when peers start to refuse
+	// what the revocation covers. A CA key's revocation gives agents this
+	// long to re-issue first (taint, then revoke), so that peers that are
+	// not revoked never refuse each other.
+	EnforceAfter  int64 `protobuf:"varint,12,opt,name=enforce_after,json=enforceAfter,proto3" json:"enforce_after,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -803,6 +815,218 @@ func (x *Revocation) GetAgentId() string {
 	return ""
 }
 
+func (x *Revocation) GetCaKey() string {
+	if x != nil {
+		return x.CaKey
+	}
+	return ""
+}
+
+func (x *Revocation) GetEnforceAfter() int64 {
+	if x != nil {
+		return x.EnforceAfter
+	}
+	return 0
+}
+
+// BundleAck is what one agent last acknowledged holding: the trust
+// bundle's keys, how many of its SVIDs chain to each root, and the same
+// for the SDK workloads on its node.
+type BundleAck struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// agent_id is the agent's SPIFFE ID; node its node, if known.
+	AgentId string `protobuf:"bytes,1,opt,name=agent_id,json=agentId,proto3" json:"agent_id,omitempty"`
+	Node    string `protobuf:"bytes,2,opt,name=node,proto3" json:"node,omitempty"`
+	// bundle_sequence is the sequence of the bundle the agent holds.
+	BundleSequence uint64 `protobuf:"varint,3,opt,name=bundle_sequence,json=bundleSequence,proto3" json:"bundle_sequence,omitempty"`
+	// x509_authorities are the key IDs (hex subject key identifier) of the
+	// roots the agent holds; jwt_authorities the JWT key IDs.
+	X509Authorities []string `protobuf:"bytes,4,rep,name=x509_authorities,json=x509Authorities,proto3" json:"x509_authorities,omitempty"`
+	JwtAuthorities  []string `protobuf:"bytes,5,rep,name=jwt_authorities,json=jwtAuthorities,proto3" json:"jwt_authorities,omitempty"`
+	// svids_by_root counts the agent's workload X.509-SVIDs by the key ID of
+	// the root they chain to.
+	SvidsByRoot map[string]uint32 `protobuf:"bytes,6,rep,name=svids_by_root,json=svidsByRoot,proto3" json:"svids_by_root,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	Workloads   []*WorkloadAck    `protobuf:"bytes,7,rep,name=workloads,proto3" json:"workloads,omitempty"`
+	// acked_at is when the agent sent it (Unix seconds, set by the CA).
+	AckedAt int64 `protobuf:"varint,8,opt,name=acked_at,json=ackedAt,proto3" json:"acked_at,omitempty"`
+	// agent_pod is a Kubernetes agent's pod UID.
+	AgentPod      string `protobuf:"bytes,9,opt,name=agent_pod,json=agentPod,proto3" json:"agent_pod,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BundleAck) Reset() {
+	*x = BundleAck{}
+	mi := &file_signet_types_v1_types_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BundleAck) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BundleAck) ProtoMessage() {}
+
+func (x *BundleAck) ProtoReflect() protoreflect.Message {
+	mi := &file_signet_types_v1_types_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BundleAck.ProtoReflect.Descriptor instead.
+func (*BundleAck) Descriptor() ([]byte, []int) {
+	return file_signet_types_v1_types_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *BundleAck) GetAgentId() string {
+	if x != nil {
+		return x.AgentId
+	}
+	return ""
+}
+
+func (x *BundleAck) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *BundleAck) GetBundleSequence() uint64 {
+	if x != nil {
+		return x.BundleSequence
+	}
+	return 0
+}
+
+func (x *BundleAck) GetX509Authorities() []string {
+	if x != nil {
+		return x.X509Authorities
+	}
+	return nil
+}
+
+func (x *BundleAck) GetJwtAuthorities() []string {
+	if x != nil {
+		return x.JwtAuthorities
+	}
+	return nil
+}
+
+func (x *BundleAck) GetSvidsByRoot() map[string]uint32 {
+	if x != nil {
+		return x.SvidsByRoot
+	}
+	return nil
+}
+
+func (x *BundleAck) GetWorkloads() []*WorkloadAck {
+	if x != nil {
+		return x.Workloads
+	}
+	return nil
+}
+
+func (x *BundleAck) GetAckedAt() int64 {
+	if x != nil {
+		return x.AckedAt
+	}
+	return 0
+}
+
+func (x *BundleAck) GetAgentPod() string {
+	if x != nil {
+		return x.AgentPod
+	}
+	return ""
+}
+
+// WorkloadAck is what one SDK workload acknowledged holding.
+type WorkloadAck struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// spiffe_id is the workload's identity; instance names the process
+	// (pod and container, or pid).
+	SpiffeId        string   `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	Instance        string   `protobuf:"bytes,2,opt,name=instance,proto3" json:"instance,omitempty"`
+	X509Authorities []string `protobuf:"bytes,3,rep,name=x509_authorities,json=x509Authorities,proto3" json:"x509_authorities,omitempty"`
+	JwtAuthorities  []string `protobuf:"bytes,4,rep,name=jwt_authorities,json=jwtAuthorities,proto3" json:"jwt_authorities,omitempty"`
+	AckedAt         int64    `protobuf:"varint,5,opt,name=acked_at,json=ackedAt,proto3" json:"acked_at,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *WorkloadAck) Reset() {
+	*x = WorkloadAck{}
+	mi := &file_signet_types_v1_types_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WorkloadAck) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WorkloadAck) ProtoMessage() {}
+
+func (x *WorkloadAck) ProtoReflect() protoreflect.Message {
+	mi := &file_signet_types_v1_types_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WorkloadAck.ProtoReflect.Descriptor instead.
+func (*WorkloadAck) Descriptor() ([]byte, []int) {
+	return file_signet_types_v1_types_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *WorkloadAck) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+func (x *WorkloadAck) GetInstance() string {
+	if x != nil {
+		return x.Instance
+	}
+	return ""
+}
+
+func (x *WorkloadAck) GetX509Authorities() []string {
+	if x != nil {
+		return x.X509Authorities
+	}
+	return nil
+}
+
+func (x *WorkloadAck) GetJwtAuthorities() []string {
+	if x != nil {
+		return x.JwtAuthorities
+	}
+	return nil
+}
+
+func (x *WorkloadAck) GetAckedAt() int64 {
+	if x != nil {
+		return x.AckedAt
+	}
+	return 0
+}
+
 // Decision is one authorization decision of a service, or a count of
 // allowed calls.
 type Decision struct {
@@ -825,7 +1049,7 @@ type Decision struct {
 
 func (x *Decision) Reset() {
 	*x = Decision{}
-	mi := &file_signet_types_v1_types_proto_msgTypes[9]
+	mi := &file_signet_types_v1_types_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -837,7 +1061,7 @@ func (x *Decision) String() string {
 func (*Decision) ProtoMessage() {}
 
 func (x *Decision) ProtoReflect() protoreflect.Message {
-	mi := &file_signet_types_v1_types_proto_msgTypes[9]
+	mi := &file_signet_types_v1_types_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -850,7 +1074,7 @@ func (x *Decision) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Decision.ProtoReflect.Descriptor instead.
 func (*Decision) Descriptor() ([]byte, []int) {
-	return file_signet_types_v1_types_proto_rawDescGZIP(), []int{9}
+	return file_signet_types_v1_types_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Decision) GetServer() string {
@@ -909,7 +1133,7 @@ type DecisionReport struct {
 
 func (x *DecisionReport) Reset() {
 	*x = DecisionReport{}
-	mi := &file_signet_types_v1_types_proto_msgTypes[10]
+	mi := &file_signet_types_v1_types_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -921,7 +1145,7 @@ func (x *DecisionReport) String() string {
 func (*DecisionReport) ProtoMessage() {}
 
 func (x *DecisionReport) ProtoReflect() protoreflect.Message {
-	mi := &file_signet_types_v1_types_proto_msgTypes[10]
+	mi := &file_signet_types_v1_types_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -934,7 +1158,7 @@ func (x *DecisionReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DecisionReport.ProtoReflect.Descriptor instead.
 func (*DecisionReport) Descriptor() ([]byte, []int) {
-	return file_signet_types_v1_types_proto_rawDescGZIP(), []int{10}
+	return file_signet_types_v1_types_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *DecisionReport) GetDecisions() []*Decision {
@@ -960,7 +1184,7 @@ type DecisionReportAck struct {
 
 func (x *DecisionReportAck) Reset() {
 	*x = DecisionReportAck{}
-	mi := &file_signet_types_v1_types_proto_msgTypes[11]
+	mi := &file_signet_types_v1_types_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -972,7 +1196,7 @@ func (x *DecisionReportAck) String() string {
 func (*DecisionReportAck) ProtoMessage() {}
 
 func (x *DecisionReportAck) ProtoReflect() protoreflect.Message {
-	mi := &file_signet_types_v1_types_proto_msgTypes[11]
+	mi := &file_signet_types_v1_types_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -985,7 +1209,7 @@ func (x *DecisionReportAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DecisionReportAck.ProtoReflect.Descriptor instead.
 func (*DecisionReportAck) Descriptor() ([]byte, []int) {
-	return file_signet_types_v1_types_proto_rawDescGZIP(), []int{11}
+	return file_signet_types_v1_types_proto_rawDescGZIP(), []int{13}
 }
 
 var File_signet_types_v1_types_proto protoreflect.FileDescriptor
@@ -1047,7 +1271,7 @@ const file_signet_types_v1_types_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06target\x18\x02 \x01(\tR\x06target\x121\n" +
 	"\x05rules\x18\x03 \x03(\v2\x1b.signet.types.v1.PolicyRuleR\x05rules\x12\x1a\n" +
-	"\brevision\x18\x04 \x01(\x03R\brevision\"\xad\x02\n" +
+	"\brevision\x18\x04 \x01(\x03R\brevision\"\xe9\x02\n" +
 	"\n" +
 	"Revocation\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
@@ -1062,7 +1286,28 @@ const file_signet_types_v1_types_proto_rawDesc = "" +
 	"\brevision\x18\b \x01(\x03R\brevision\x12(\n" +
 	"\x10not_before_under\x18\t \x01(\x03R\x0enotBeforeUnder\x12\x19\n" +
 	"\bagent_id\x18\n" +
-	" \x01(\tR\aagentId\"\x92\x01\n" +
+	" \x01(\tR\aagentId\x12\x15\n" +
+	"\x06ca_key\x18\v \x01(\tR\x05caKey\x12#\n" +
+	"\renforce_after\x18\f \x01(\x03R\fenforceAfter\"\xbc\x03\n" +
+	"\tBundleAck\x12\x19\n" +
+	"\bagent_id\x18\x01 \x01(\tR\aagentId\x12\x12\n" +
+	"\x04node\x18\x02 \x01(\tR\x04node\x12'\n" +
+	"\x0fbundle_sequence\x18\x03 \x01(\x04R\x0ebundleSequence\x12)\n" +
+	"\x10x509_authorities\x18\x04 \x03(\tR\x0fx509Authorities\x12'\n" +
+	"\x0fjwt_authorities\x18\x05 \x03(\tR\x0ejwtAuthorities\x12O\n" +
+	"\rsvids_by_root\x18\x06 \x03(\v2+.signet.types.v1.BundleAck.SvidsByRootEntryR\vsvidsByRoot\x12:\n" +
+	"\tworkloads\x18\a \x03(\v2\x1c.signet.types.v1.WorkloadAckR\tworkloads\x12\x19\n" +
+	"\backed_at\x18\b \x01(\x03R\aackedAt\x12\x1b\n" +
+	"\tagent_pod\x18\t \x01(\tR\bagentPod\x1a>\n" +
+	"\x10SvidsByRootEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\"\xb5\x01\n" +
+	"\vWorkloadAck\x12\x1b\n" +
+	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12\x1a\n" +
+	"\binstance\x18\x02 \x01(\tR\binstance\x12)\n" +
+	"\x10x509_authorities\x18\x03 \x03(\tR\x0fx509Authorities\x12'\n" +
+	"\x0fjwt_authorities\x18\x04 \x03(\tR\x0ejwtAuthorities\x12\x19\n" +
+	"\backed_at\x18\x05 \x01(\x03R\aackedAt\"\x92\x01\n" +
 	"\bDecision\x12\x16\n" +
 	"\x06server\x18\x01 \x01(\tR\x06server\x12\x12\n" +
 	"\x04peer\x18\x02 \x01(\tR\x04peer\x12\x16\n" +
@@ -1087,7 +1332,7 @@ func file_signet_types_v1_types_proto_rawDescGZIP() []byte {
 	return file_signet_types_v1_types_proto_rawDescData
 }
 
-var file_signet_types_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_signet_types_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_signet_types_v1_types_proto_goTypes = []any{
 	(*Selector)(nil),          // 0: signet.types.v1.Selector
 	(*Entry)(nil),             // 1: signet.types.v1.Entry
@@ -1098,21 +1343,26 @@ var file_signet_types_v1_types_proto_goTypes = []any{
 	(*PolicyRule)(nil),        // 6: signet.types.v1.PolicyRule
 	(*AccessPolicy)(nil),      // 7: signet.types.v1.AccessPolicy
 	(*Revocation)(nil),        // 8: signet.types.v1.Revocation
-	(*Decision)(nil),          // 9: signet.types.v1.Decision
-	(*DecisionReport)(nil),    // 10: signet.types.v1.DecisionReport
-	(*DecisionReportAck)(nil), // 11: signet.types.v1.DecisionReportAck
+	(*BundleAck)(nil),         // 9: signet.types.v1.BundleAck
+	(*WorkloadAck)(nil),       // 10: signet.types.v1.WorkloadAck
+	(*Decision)(nil),          // 11: signet.types.v1.Decision
+	(*DecisionReport)(nil),    // 12: signet.types.v1.DecisionReport
+	(*DecisionReportAck)(nil), // 13: signet.types.v1.DecisionReportAck
+	nil,                       // 14: signet.types.v1.BundleAck.SvidsByRootEntry
 }
 var file_signet_types_v1_types_proto_depIdxs = []int32{
-	0, // 0: signet.types.v1.Entry.selectors:type_name -> signet.types.v1.Selector
-	2, // 1: signet.types.v1.Bundle.jwt_authorities:type_name -> signet.types.v1.JWTKey
-	5, // 2: signet.types.v1.PolicyRule.peers:type_name -> signet.types.v1.PolicyPeer
-	6, // 3: signet.types.v1.AccessPolicy.rules:type_name -> signet.types.v1.PolicyRule
-	9, // 4: signet.types.v1.DecisionReport.decisions:type_name -> signet.types.v1.Decision
-	5, // [5:5] is the sub-list for method output_type
-	5, // [5:5] is the sub-list for method input_type
-	5, // [5:5] is the sub-list for extension type_name
-	5, // [5:5] is the sub-list for extension extendee
-	0, // [0:5] is the sub-list for field type_name
+	0,  // 0: signet.types.v1.Entry.selectors:type_name -> signet.types.v1.Selector
+	2,  // 1: signet.types.v1.Bundle.jwt_authorities:type_name -> signet.types.v1.JWTKey
+	5,  // 2: signet.types.v1.PolicyRule.peers:type_name -> signet.types.v1.PolicyPeer
+	6,  // 3: signet.types.v1.AccessPolicy.rules:type_name -> signet.types.v1.PolicyRule
+	14, // 4: signet.types.v1.BundleAck.svids_by_root:type_name -> signet.types.v1.BundleAck.SvidsByRootEntry
+	10, // 5: signet.types.v1.BundleAck.workloads:type_name -> signet.types.v1.WorkloadAck
+	11, // 6: signet.types.v1.DecisionReport.decisions:type_name -> signet.types.v1.Decision
+	7,  // [7:7] is the sub-list for method output_type
+	7,  // [7:7] is the sub-list for method input_type
+	7,  // [7:7] is the sub-list for extension type_name
+	7,  // [7:7] is the sub-list for extension extendee
+	0,  // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_signet_types_v1_types_proto_init() }
@@ -1126,7 +1376,7 @@ func file_signet_types_v1_types_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_signet_types_v1_types_proto_rawDesc), len(file_signet_types_v1_types_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   12,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

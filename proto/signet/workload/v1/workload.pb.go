@@ -197,6 +197,94 @@ func (x *WatchRevocationsResponse) GetDenyList() string {
 	return ""
 }
 
+type AckBundleRequest struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	X509Authorities []string               `protobuf:"bytes,1,rep,name=x509_authorities,json=x509Authorities,proto3" json:"x509_authorities,omitempty"`
+	JwtAuthorities  []string               `protobuf:"bytes,2,rep,name=jwt_authorities,json=jwtAuthorities,proto3" json:"jwt_authorities,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *AckBundleRequest) Reset() {
+	*x = AckBundleRequest{}
+	mi := &file_signet_workload_v1_workload_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AckBundleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AckBundleRequest) ProtoMessage() {}
+
+func (x *AckBundleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_signet_workload_v1_workload_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AckBundleRequest.ProtoReflect.Descriptor instead.
+func (*AckBundleRequest) Descriptor() ([]byte, []int) {
+	return file_signet_workload_v1_workload_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *AckBundleRequest) GetX509Authorities() []string {
+	if x != nil {
+		return x.X509Authorities
+	}
+	return nil
+}
+
+func (x *AckBundleRequest) GetJwtAuthorities() []string {
+	if x != nil {
+		return x.JwtAuthorities
+	}
+	return nil
+}
+
+type AckBundleResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AckBundleResponse) Reset() {
+	*x = AckBundleResponse{}
+	mi := &file_signet_workload_v1_workload_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AckBundleResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AckBundleResponse) ProtoMessage() {}
+
+func (x *AckBundleResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_signet_workload_v1_workload_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AckBundleResponse.ProtoReflect.Descriptor instead.
+func (*AckBundleResponse) Descriptor() ([]byte, []int) {
+	return file_signet_workload_v1_workload_proto_rawDescGZIP(), []int{5}
+}
+
 type SignX509SVIDRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// csr is a DER PKCS#10 request for the caller's key.
@@ -209,7 +297,7 @@ type SignX509SVIDRequest struct {
 
 func (x *SignX509SVIDRequest) Reset() {
 	*x = SignX509SVIDRequest{}
-	mi := &file_signet_workload_v1_workload_proto_msgTypes[4]
+	mi := &file_signet_workload_v1_workload_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -221,7 +309,7 @@ func (x *SignX509SVIDRequest) String() string {
 func (*SignX509SVIDRequest) ProtoMessage() {}
 
 func (x *SignX509SVIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_signet_workload_v1_workload_proto_msgTypes[4]
+	mi := &file_signet_workload_v1_workload_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -234,7 +322,7 @@ func (x *SignX509SVIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignX509SVIDRequest.ProtoReflect.Descriptor instead.
 func (*SignX509SVIDRequest) Descriptor() ([]byte, []int) {
-	return file_signet_workload_v1_workload_proto_rawDescGZIP(), []int{4}
+	return file_signet_workload_v1_workload_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *SignX509SVIDRequest) GetCsr() []byte {
@@ -262,7 +350,7 @@ type SignX509SVIDResponse struct {
 
 func (x *SignX509SVIDResponse) Reset() {
 	*x = SignX509SVIDResponse{}
-	mi := &file_signet_workload_v1_workload_proto_msgTypes[5]
+	mi := &file_signet_workload_v1_workload_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -274,7 +362,7 @@ func (x *SignX509SVIDResponse) String() string {
 func (*SignX509SVIDResponse) ProtoMessage() {}
 
 func (x *SignX509SVIDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_signet_workload_v1_workload_proto_msgTypes[5]
+	mi := &file_signet_workload_v1_workload_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -287,7 +375,7 @@ func (x *SignX509SVIDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignX509SVIDResponse.ProtoReflect.Descriptor instead.
 func (*SignX509SVIDResponse) Descriptor() ([]byte, []int) {
-	return file_signet_workload_v1_workload_proto_rawDescGZIP(), []int{5}
+	return file_signet_workload_v1_workload_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *SignX509SVIDResponse) GetSpiffeId() string {
@@ -315,7 +403,11 @@ const file_signet_workload_v1_workload_proto_rawDesc = "" +
 	"\x17WatchRevocationsRequest\"v\n" +
 	"\x18WatchRevocationsResponse\x12=\n" +
 	"\vrevocations\x18\x01 \x03(\v2\x1b.signet.types.v1.RevocationR\vrevocations\x12\x1b\n" +
-	"\tdeny_list\x18\x02 \x01(\tR\bdenyList\"D\n" +
+	"\tdeny_list\x18\x02 \x01(\tR\bdenyList\"f\n" +
+	"\x10AckBundleRequest\x12)\n" +
+	"\x10x509_authorities\x18\x01 \x03(\tR\x0fx509Authorities\x12'\n" +
+	"\x0fjwt_authorities\x18\x02 \x03(\tR\x0ejwtAuthorities\"\x13\n" +
+	"\x11AckBundleResponse\"D\n" +
 	"\x13SignX509SVIDRequest\x12\x10\n" +
 	"\x03csr\x18\x01 \x01(\fR\x03csr\x12\x1b\n" +
 	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\"R\n" +
@@ -326,7 +418,9 @@ const file_signet_workload_v1_workload_proto_rawDesc = "" +
 	"\x06Policy\x12^\n" +
 	"\x05Watch\x12(.signet.workload.v1.WatchPoliciesRequest\x1a).signet.workload.v1.WatchPoliciesResponse0\x012s\n" +
 	"\vRevocations\x12d\n" +
-	"\x05Watch\x12+.signet.workload.v1.WatchRevocationsRequest\x1a,.signet.workload.v1.WatchRevocationsResponse0\x012Z\n" +
+	"\x05Watch\x12+.signet.workload.v1.WatchRevocationsRequest\x1a,.signet.workload.v1.WatchRevocationsResponse0\x012]\n" +
+	"\aBundles\x12R\n" +
+	"\x03Ack\x12$.signet.workload.v1.AckBundleRequest\x1a%.signet.workload.v1.AckBundleResponse2Z\n" +
 	"\tDecisions\x12M\n" +
 	"\x06Report\x12\x1f.signet.types.v1.DecisionReport\x1a\".signet.types.v1.DecisionReportAck2i\n" +
 	"\x04Keys\x12a\n" +
@@ -344,35 +438,39 @@ func file_signet_workload_v1_workload_proto_rawDescGZIP() []byte {
 	return file_signet_workload_v1_workload_proto_rawDescData
 }
 
-var file_signet_workload_v1_workload_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_signet_workload_v1_workload_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_signet_workload_v1_workload_proto_goTypes = []any{
 	(*WatchPoliciesRequest)(nil),     // 0: signet.workload.v1.WatchPoliciesRequest
 	(*WatchPoliciesResponse)(nil),    // 1: signet.workload.v1.WatchPoliciesResponse
 	(*WatchRevocationsRequest)(nil),  // 2: signet.workload.v1.WatchRevocationsRequest
 	(*WatchRevocationsResponse)(nil), // 3: signet.workload.v1.WatchRevocationsResponse
-	(*SignX509SVIDRequest)(nil),      // 4: signet.workload.v1.SignX509SVIDRequest
-	(*SignX509SVIDResponse)(nil),     // 5: signet.workload.v1.SignX509SVIDResponse
-	(*v1.AccessPolicy)(nil),          // 6: signet.types.v1.AccessPolicy
-	(*v1.Revocation)(nil),            // 7: signet.types.v1.Revocation
-	(*v1.DecisionReport)(nil),        // 8: signet.types.v1.DecisionReport
-	(*v1.DecisionReportAck)(nil),     // 9: signet.types.v1.DecisionReportAck
+	(*AckBundleRequest)(nil),         // 4: signet.workload.v1.AckBundleRequest
+	(*AckBundleResponse)(nil),        // 5: signet.workload.v1.AckBundleResponse
+	(*SignX509SVIDRequest)(nil),      // 6: signet.workload.v1.SignX509SVIDRequest
+	(*SignX509SVIDResponse)(nil),     // 7: signet.workload.v1.SignX509SVIDResponse
+	(*v1.AccessPolicy)(nil),          // 8: signet.types.v1.AccessPolicy
+	(*v1.Revocation)(nil),            // 9: signet.types.v1.Revocation
+	(*v1.DecisionReport)(nil),        // 10: signet.types.v1.DecisionReport
+	(*v1.DecisionReportAck)(nil),     // 11: signet.types.v1.DecisionReportAck
 }
 var file_signet_workload_v1_workload_proto_depIdxs = []int32{
-	6, // 0: signet.workload.v1.WatchPoliciesResponse.policies:type_name -> signet.types.v1.AccessPolicy
-	7, // 1: signet.workload.v1.WatchRevocationsResponse.revocations:type_name -> signet.types.v1.Revocation
-	0, // 2: signet.workload.v1.Policy.Watch:input_type -> signet.workload.v1.WatchPoliciesRequest
-	2, // 3: signet.workload.v1.Revocations.Watch:input_type -> signet.workload.v1.WatchRevocationsRequest
-	8, // 4: signet.workload.v1.Decisions.Report:input_type -> signet.types.v1.DecisionReport
-	4, // 5: signet.workload.v1.Keys.SignX509SVID:input_type -> signet.workload.v1.SignX509SVIDRequest
-	1, // 6: signet.workload.v1.Policy.Watch:output_type -> signet.workload.v1.WatchPoliciesResponse
-	3, // 7: signet.workload.v1.Revocations.Watch:output_type -> signet.workload.v1.WatchRevocationsResponse
-	9, // 8: signet.workload.v1.Decisions.Report:output_type -> signet.types.v1.DecisionReportAck
-	5, // 9: signet.workload.v1.Keys.SignX509SVID:output_type -> signet.workload.v1.SignX509SVIDResponse
-	6, // [6:10] is the sub-list for method output_type
-	2, // [2:6] is the sub-list for method input_type
-	2, // [2:2] is the sub-list for extension type_name
-	2, // [2:2] is the sub-list for extension extendee
-	0, // [0:2] is the sub-list for field type_name
+	8,  // 0: signet.workload.v1.WatchPoliciesResponse.policies:type_name -> signet.types.v1.AccessPolicy
+	9,  // 1: signet.workload.v1.WatchRevocationsResponse.revocations:type_name -> signet.types.v1.Revocation
+	0,  // 2: signet.workload.v1.Policy.Watch:input_type -> signet.workload.v1.WatchPoliciesRequest
+	2,  // 3: signet.workload.v1.Revocations.Watch:input_type -> signet.workload.v1.WatchRevocationsRequest
+	4,  // 4: signet.workload.v1.Bundles.Ack:input_type -> signet.workload.v1.AckBundleRequest
+	10, // 5: signet.workload.v1.Decisions.Report:input_type -> signet.types.v1.DecisionReport
+	6,  // 6: signet.workload.v1.Keys.SignX509SVID:input_type -> signet.workload.v1.SignX509SVIDRequest
+	1,  // 7: signet.workload.v1.Policy.Watch:output_type -> signet.workload.v1.WatchPoliciesResponse
+	3,  // 8: signet.workload.v1.Revocations.Watch:output_type -> signet.workload.v1.WatchRevocationsResponse
+	5,  // 9: signet.workload.v1.Bundles.Ack:output_type -> signet.workload.v1.AckBundleResponse
+	11, // 10: signet.workload.v1.Decisions.Report:output_type -> signet.types.v1.DecisionReportAck
+	7,  // 11: signet.workload.v1.Keys.SignX509SVID:output_type -> signet.workload.v1.SignX509SVIDResponse
+	7,  // [7:12] is the sub-list for method output_type
+	2,  // [2:7] is the sub-list for method input_type
+	2,  // [2:2] is the sub-list for extension type_name
+	2,  // [2:2] is the sub-list for extension extendee
+	0,  // [0:2] is the sub-list for field type_name
 }
 
 func init() { file_signet_workload_v1_workload_proto_init() }
@@ -386,9 +484,9 @@ func file_signet_workload_v1_workload_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_signet_workload_v1_workload_proto_rawDesc), len(file_signet_workload_v1_workload_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   6,
+			NumMessages:   8,
 			NumExtensions: 0,
-			NumServices:   4,
+			NumServices:   5,
 		},
 		GoTypes:           file_signet_workload_v1_workload_proto_goTypes,
 		DependencyIndexes: file_signet_workload_v1_workload_proto_depIdxs,

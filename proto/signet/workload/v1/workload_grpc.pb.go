@@ -253,6 +253,118 @@ var Revocations_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
+	Bundles_Ack_FullMethodName = "/signet.workload.v1.Bundles/Ack"
+)
+
+// BundlesClient is the client API for Bundles service.
+//
+// For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+//
+// Bundles takes what trust bundle the caller holds, so that the CA can show
+// which workloads have a new root before it is activated.
+type BundlesClient interface {
+	// Ack records the key IDs the caller holds: roots (hex subject key
+	// identifier) and JWT keys. Send it whenever they change.
+	Ack(ctx context.Context, in *AckBundleRequest, opts ...grpc.CallOption) (*AckBundleResponse, error)
+}
+
+type bundlesClient struct {
+	cc grpc.ClientConnInterface
+}
+
+func NewBundlesClient(cc grpc.ClientConnInterface) BundlesClient {
+	return &bundlesClient{cc}
+}
+
+func (c *bundlesClient) Ack(ctx context.Context, in *AckBundleRequest, opts ...grpc.CallOption) (*AckBundleResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AckBundleResponse)
+	err := c.cc.Invoke(ctx, Bundles_Ack_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// BundlesServer is the server API for Bundles service.
+// All implementations must embed UnimplementedBundlesServer
+// for forward compatibility.
+//
+// Bundles takes what trust bundle the caller holds, so that the CA can show
+// which workloads have a new root before it is activated.
+type BundlesServer interface {
+	// Ack records the key IDs the caller holds: roots (hex subject key
+	// identifier) and JWT keys. Send it whenever they change.
+	Ack(context.Context, *AckBundleRequest) (*AckBundleResponse, error)
+	mustEmbedUnimplementedBundlesServer()
+}
+
+// UnimplementedBundlesServer must be embedded to have
+// forward compatible implementations.
+//
+// NOTE: this should be embedded by value instead of pointer to avoid a nil
+// pointer dereference when methods are called.
+type UnimplementedBundlesServer struct{}
+
+func (UnimplementedBundlesServer) Ack(context.Context, *AckBundleRequest) (*AckBundleResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Ack not implemented")
+}
+func (UnimplementedBundlesServer) mustEmbedUnimplementedBundlesServer() {}
+func (UnimplementedBundlesServer) testEmbeddedByValue()                 {}
+
+// UnsafeBundlesServer may be embedded to opt out of forward compatibility for this service.
+// Use of this interface is not recommended, as added methods to BundlesServer will
+// result in compilation errors.
+type UnsafeBundlesServer interface {
+	mustEmbedUnimplementedBundlesServer()
+}
+
+func RegisterBundlesServer(s grpc.ServiceRegistrar, srv BundlesServer) {
+	// If the following call panics, it indicates UnimplementedBundlesServer was
+	// embedded by pointer and is nil.  This will cause panics if an
+	// unimplemented method is ever invoked, so we test this at initialization
+	// time to prevent it from happening at runtime later due to I/O.
+	if t, ok := srv.(interface{ testEmbeddedByValue() }); ok {
+		t.testEmbeddedByValue()
+	}
+	s.RegisterService(&Bundles_ServiceDesc, srv)
+}
+
+func _Bundles_Ack_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AckBundleRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BundlesServer).Ack(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Bundles_Ack_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BundlesServer).Ack(ctx, req.(*AckBundleRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+// Bundles_ServiceDesc is the grpc.ServiceDesc for Bundles service.
+// It's only intended for direct use with grpc.RegisterService,
+// and not to be introspected or modified (even as a copy)
+var Bundles_ServiceDesc = grpc.ServiceDesc{
+	ServiceName: "signet.workload.v1.Bundles",
+	HandlerType: (*BundlesServer)(nil),
+	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "Ack",
+			Handler:    _Bundles_Ack_Handler,
+		},
+	},
+	Streams:  []grpc.StreamDesc{},
+	Metadata: "signet/workload/v1/workload.proto",
+}
+
+const (
 	Decisions_Report_FullMethodName = "/signet.workload.v1.Decisions/Report"
 )
 
