@@ -61,10 +61,13 @@ func build(ctx context.Context, g *tasks.Group, cfg Config) (ready func(), err e
 		return nil, err
 	}
 	g.OnClose(unlock)
+	// What the node's SDK workloads acknowledge holding of the bundle goes
+	// to the CA with the agent's own acknowledgement.
+	acks := workloadapi.NewAcks()
 	ca, err := caclient.New(caclient.Config{
 		TrustDomain: cfg.TrustDomain, CAAddress: cfg.CAAddress, DataDir: cfg.DataDir,
 		JoinToken: cfg.JoinToken, JoinTokenFile: cfg.JoinTokenFile, PSATTokenFile: cfg.PSATTokenFile, NodeName: cfg.NodeName,
-		TrustBundle: cfg.TrustBundle, Log: log.Named("caclient"),
+		TrustBundle: cfg.TrustBundle, Log: log.Named("caclient"), WorkloadAcks: acks,
 	})
 	if err != nil {
 		return nil, err
@@ -188,6 +191,7 @@ func build(ctx context.Context, g *tasks.Group, cfg Config) (ready func(), err e
 	workload.RegisterSpiffeWorkloadAPIServer(srv, h)
 	workloadv1.RegisterPolicyServer(srv, workloadapi.NewPolicyServer(h))
 	workloadv1.RegisterRevocationsServer(srv, workloadapi.NewRevocationServer(h))
+	workloadv1.RegisterBundlesServer(srv, workloadapi.NewBundleServer(h, acks))
 	workloadv1.RegisterDecisionsServer(srv, workloadapi.NewDecisionServer(h, ca))
 	workloadv1.RegisterKeysServer(srv, workloadapi.NewKeyServer(h, ca))
 	// Any local process may ask; the answer depends on who it is.
@@ -313,6 +317,10 @@ func registerMetrics(reg prometheus.Registerer, ca *caclient.Client, rot *rotati
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "signet_agent_revocations", Help: "Revocations in force the agent holds (and serves to workloads)."}, func() float64 {
 			snap, _ := c.Snapshot()
 			return float64(len(snap.Revocations))
+		}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "signet_agent_reissue_pending",
+			Help: "Workload X509-SVIDs a revocation covers that the agent has not re-minted yet (at its last bundle acknowledgement)."}, func() float64 {
+			return float64(ca.PendingReissue())
 		}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "signet_agent_x509_svids", Help: "X509-SVIDs the agent holds."}, func() float64 {
 			snap, _ := c.Snapshot()

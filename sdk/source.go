@@ -125,7 +125,13 @@ func newSource(svids svids, td spiffeid.TrustDomain, addr string) *Source {
 	s := &Source{svids: svids, td: td, addr: addr, stop: cancel, stopped: make(chan struct{})}
 	go func() {
 		defer close(s.stopped)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			s.ackBundles(ctx)
+		}()
 		s.followRevocations(ctx)
+		<-done
 	}()
 	return s
 }

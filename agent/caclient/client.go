@@ -67,6 +67,9 @@ type Config struct {
 	Log hclog.Logger
 	// Clock tells the time and waits. If nil, clock.Real.
 	Clock clock.Clock
+	// WorkloadAcks, if set, are passed on to the CA with the agent's own
+	// acknowledgement of the bundle.
+	WorkloadAcks WorkloadAcks
 }
 
 // Client talks to the CA on the agent's behalf.
@@ -94,6 +97,9 @@ type Client struct {
 	attesting string
 	pulledAt  map[string]time.Time
 	renewals  int64
+	// pendingReissue counts SVIDs a revocation covered at the last
+	// acknowledgement.
+	pendingReissue int
 }
 
 // New loads the agent's state from its data directory.
@@ -401,7 +407,7 @@ func untrustedCA(err error) bool {
 // after an eviction, until ctx ends. Attest first.
 func (m *Client) Run(ctx context.Context) {
 	var wg sync.WaitGroup
-	for _, loop := range []func(context.Context){m.syncLoop, m.renewLoop, m.reattestLoop} {
+	for _, loop := range []func(context.Context){m.syncLoop, m.renewLoop, m.reattestLoop, m.ackLoop} {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

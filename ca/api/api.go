@@ -70,6 +70,10 @@ type Config struct {
 	// objects, shared by every replica: the admin API makes and deletes
 	// revocations there instead of in Store.
 	Revocations RevocationSource
+	// Acks keep what agents acknowledged holding of the bundle, shared by
+	// the replicas: Leases in Kubernetes (ca/cluster.LeaseAcks). If nil,
+	// Store.
+	Acks AckStore
 	// revCache, set by setDefaults, keeps the store's revocations between
 	// its changes.
 	revCache    *revocationCache
@@ -190,6 +194,12 @@ func (c *Config) storeRevocations(ctx context.Context) ([]*typesv1.Revocation, e
 	return list, nil
 }
 
+// AckStore keeps each agent's last bundle acknowledgement.
+type AckStore interface {
+	PutBundleAck(ctx context.Context, ack *typesv1.BundleAck) error
+	ListBundleAcks(ctx context.Context) ([]*typesv1.BundleAck, error)
+}
+
 // PolicySource is the AccessPolicy objects of the cluster
 // (ca/accesspolicy).
 type PolicySource interface {
@@ -197,6 +207,10 @@ type PolicySource interface {
 	// Changed returns a channel closed at the next change of Policies.
 	Changed() <-chan struct{}
 }
+
+// SetDefaults fills in what is unset; the servers do it on their copies,
+// and a caller that uses the Config's own methods does it first.
+func (c *Config) SetDefaults() { c.setDefaults() }
 
 func (c *Config) setDefaults() {
 	if c.AgentTTL == 0 {
@@ -225,6 +239,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.revCache == nil {
 		c.revCache = &revocationCache{}
+	}
+	if c.Acks == nil && c.Store != nil {
+		c.Acks = c.Store
 	}
 }
 

@@ -50,6 +50,7 @@ type kubeMode struct {
 	revs      *clusterrevocation.Set
 	agentPods *agentpod.Pods
 	keys      *cluster.SecretKeyStore
+	acks      *cluster.LeaseAcks
 	leader    *cluster.Leader
 	client    kubernetes.Interface
 	bundle    *cluster.BundlePublisher
@@ -94,6 +95,10 @@ func Build(ctx context.Context, cfg server.Config, log hclog.Logger) (server.Clu
 	if err := evictions.Start(ctx); err != nil {
 		return nil, err
 	}
+	acks := &cluster.LeaseAcks{Client: clients.Client, Namespace: kc.Namespace}
+	if err := acks.Start(ctx); err != nil {
+		return nil, err
+	}
 	m := &kubeMode{
 		cfg:       cfg,
 		log:       log,
@@ -104,6 +109,7 @@ func Build(ctx context.Context, cfg server.Config, log hclog.Logger) (server.Clu
 		policies:  policies,
 		revs:      revs,
 		agentPods: agentpod.New(view, kc.AgentServiceAccounts, evictions),
+		acks:      acks,
 		keys:      &cluster.SecretKeyStore{Client: clients.Client, Namespace: kc.Namespace, Name: kc.SecretName},
 		bundle:    &cluster.BundlePublisher{Client: clients.Client, Namespace: kc.Namespace, Name: kc.BundleConfigMap, Log: log},
 		leader:    &cluster.Leader{Client: clients.Client, Namespace: kc.Namespace, Name: kc.LeaseName, Identity: kc.Identity, Log: log},
@@ -123,7 +129,7 @@ func (m *kubeMode) IsLeader() bool { return m.leader.IsLeader() }
 // Configure implements server.Cluster.
 func (m *kubeMode) Configure(c *api.Config) {
 	c.PSAT, c.ClusterName = psatAttestor{m.psat}, m.cfg.Kube.ClusterName
-	c.Pods, c.AgentPods, c.Policies, c.Revocations = m.pods, m.agentPods, m.policies, m.revs
+	c.Pods, c.AgentPods, c.Policies, c.Revocations, c.Acks = m.pods, m.agentPods, m.policies, m.revs, m.acks
 }
 
 // Start implements server.Cluster: leader election, and the webhook if

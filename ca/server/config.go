@@ -29,6 +29,9 @@ const (
 	DefaultKeyType         = "ec-p256"
 	DefaultRotateInterval  = 10 * time.Second
 	DefaultMinSVIDTTL      = time.Minute
+	// DefaultRootActivationTimeout bounds how long a due root activation
+	// waits for agents to acknowledge the root.
+	DefaultRootActivationTimeout = 24 * time.Hour
 
 	DefaultNamespace       = "signet"
 	DefaultSecretName      = "signet-ca-keys"
@@ -87,6 +90,9 @@ type Config struct {
 	// RotateInterval is how often keys are checked for rotation. If zero,
 	// ten seconds.
 	RotateInterval time.Duration
+	// RootActivationTimeout bounds how long a due root activation waits
+	// for every live agent to acknowledge the root. If zero, 24 hours.
+	RootActivationTimeout time.Duration
 	// Log receives the CA's log. If nil, it is discarded.
 	Log hclog.Logger
 	// ReopenLogs, when it receives, reopens the audit log (after a
@@ -213,6 +219,7 @@ func (c *Config) Validate() error {
 		{"jwt-key-ttl", &c.JWTKeyTTL, DefaultJWTKeyTTL}, {"agent-ttl", &c.AgentTTL, DefaultAgentTTL},
 		{"x509-ttl", &c.X509TTL, DefaultX509TTL}, {"jwt-ttl", &c.JWTTTL, DefaultJWTTTL},
 		{"rotate-interval", &c.RotateInterval, DefaultRotateInterval}, {"min-svid-ttl", &c.MinSVIDTTL, DefaultMinSVIDTTL},
+		{"root-activation-timeout", &c.RootActivationTimeout, DefaultRootActivationTimeout},
 	} {
 		if *d.v == 0 {
 			*d.v = d.def

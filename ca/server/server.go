@@ -127,6 +127,14 @@ func build(ctx context.Context, g *tasks.Group, cfg Config) (ready func(), err e
 		}
 		return revoked
 	}
+	// A due root activation waits for every live agent to hold the root.
+	authCfg.Laggards = func(ctx context.Context, id string) ([]string, error) {
+		if apiCfg.Store == nil {
+			return nil, errors.New("not serving yet")
+		}
+		return apiCfg.Laggards(ctx, id)
+	}
+	authCfg.ActivationTimeout = cfg.RootActivationTimeout
 	authCfg.OnUnacknowledged = func(id string, laggards []string, why string) {
 		rec := audit.Record{Event: audit.KeyActivateUnacknowledged, Actor: "signet-ca", Result: audit.Success, Reason: why, Laggards: laggards,
 			Key: &audit.KeyInfo{Kind: authority.KindRoot, ID: id, State: authority.StateActive}}
@@ -167,6 +175,7 @@ func build(ctx context.Context, g *tasks.Group, cfg Config) (ready func(), err e
 	if cluster != nil {
 		cluster.Configure(&apiCfg)
 	}
+	apiCfg.SetDefaults()
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "signet_ca_revocations",
 		Help: "Revocations in force (of the store, and the cluster's Revocation objects)."}, func() float64 {
 		rs, err := apiCfg.InForce(context.Background(), time.Now())

@@ -171,6 +171,14 @@ CREATE TABLE revocations (
 	expires_at INTEGER NOT NULL
 );
 `,
+	// 6: what agents acknowledged holding of the trust bundle.
+	`
+CREATE TABLE bundle_acks (
+	agent_id TEXT PRIMARY KEY,
+	ack BLOB NOT NULL,
+	acked_at INTEGER NOT NULL
+);
+`,
 }
 
 func (s *Store) migrate(ctx context.Context) error {

@@ -47,6 +47,7 @@ type fileConfig struct {
 	X509TTL         config.Duration   `json:"x509-ttl"`
 	JWTTTL          config.Duration   `json:"jwt-ttl"`
 	MinSVIDTTL      config.Duration   `json:"min-svid-ttl"`
+	RootActivation  config.Duration   `json:"root-activation-timeout"`
 	KeyType         string            `json:"key-type"`
 	KMS             string            `json:"kms"`
 	LogLevel        string            `json:"log-level"`
@@ -82,6 +83,7 @@ func defaults() fileConfig {
 		X509TTL:         config.Duration(server.DefaultX509TTL),
 		JWTTTL:          config.Duration(server.DefaultJWTTTL),
 		MinSVIDTTL:      config.Duration(server.DefaultMinSVIDTTL),
+		RootActivation:  config.Duration(server.DefaultRootActivationTimeout),
 		KeyType:         server.DefaultKeyType,
 		LogLevel:        "info",
 		AgentAudience:   signetid.AgentAudience,
@@ -112,6 +114,7 @@ func register(fs *flag.FlagSet, c *fileConfig) {
 	fs.Var(&c.AgentTTL, "agent-ttl", "agent SVID lifetime")
 	fs.Var(&c.X509TTL, "x509-ttl", "default X509-SVID lifetime")
 	fs.Var(&c.JWTTTL, "jwt-ttl", "default JWT-SVID lifetime")
+	fs.Var(&c.RootActivation, "root-activation-timeout", "how long a due root activation waits for every live agent to acknowledge the root before it goes ahead (audited with the laggards)")
 	fs.Var(&c.MinSVIDTTL, "min-svid-ttl", "shortest SVID lifetime the CA accepts, in its settings and in entries (at least 1s)")
 	fs.StringVar(&c.KeyType, "key-type", c.KeyType, "CA key type: ec-p256, ec-p384, rsa-2048, rsa-3072, rsa-4096")
 	fs.StringVar(&c.KMS, "kms", c.KMS, "keep the CA's keys in this KMS, a go.step.sm/crypto/kms URI (awskms:region=REGION); credentials come from the environment")
@@ -166,7 +169,7 @@ func validate(c fileConfig) (server.Config, hclog.Logger, error) {
 	// A lifetime of zero would mean "the default" to the server: here it
 	// is a mistake.
 	for key, d := range map[string]config.Duration{"root-ttl": c.RootTTL, "intermediate-ttl": c.IntermediateTTL,
-		"jwt-key-ttl": c.JWTKeyTTL, "agent-ttl": c.AgentTTL, "x509-ttl": c.X509TTL, "jwt-ttl": c.JWTTTL, "min-svid-ttl": c.MinSVIDTTL} {
+		"jwt-key-ttl": c.JWTKeyTTL, "agent-ttl": c.AgentTTL, "x509-ttl": c.X509TTL, "jwt-ttl": c.JWTTTL, "min-svid-ttl": c.MinSVIDTTL, "root-activation-timeout": c.RootActivation} {
 		if d <= 0 {
 			return server.Config{}, nil, fmt.Errorf("%s: must be positive", key)
 		}
@@ -189,7 +192,7 @@ func validate(c fileConfig) (server.Config, hclog.Logger, error) {
 		AdminListenAddr: c.AdminListen, AdminIDs: adminIDs, HealthAddr: c.HealthAddr, MetricsAddr: c.MetricsAddr,
 		AuditLog: c.AuditLog, RootTTL: time.Duration(c.RootTTL), IntermediateTTL: time.Duration(c.IntermediateTTL),
 		JWTKeyTTL: time.Duration(c.JWTKeyTTL), AgentTTL: time.Duration(c.AgentTTL), X509TTL: time.Duration(c.X509TTL),
-		JWTTTL: time.Duration(c.JWTTTL), MinSVIDTTL: time.Duration(c.MinSVIDTTL), KeyType: c.KeyType, KMS: c.KMS, Kube: kube,
+		JWTTTL: time.Duration(c.JWTTTL), MinSVIDTTL: time.Duration(c.MinSVIDTTL), RootActivationTimeout: time.Duration(c.RootActivation), KeyType: c.KeyType, KMS: c.KMS, Kube: kube,
 		Cluster: clustermode.Build, OpenKMS: awskms.Open,
 	}
 	if err := cfg.Validate(); err != nil {

@@ -850,9 +850,12 @@ type BundleAck struct {
 	// acked_at is when the agent sent it (Unix seconds, set by the CA).
 	AckedAt int64 `protobuf:"varint,8,opt,name=acked_at,json=ackedAt,proto3" json:"acked_at,omitempty"`
 	// agent_pod is a Kubernetes agent's pod UID.
-	AgentPod      string `protobuf:"bytes,9,opt,name=agent_pod,json=agentPod,proto3" json:"agent_pod,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	AgentPod string `protobuf:"bytes,9,opt,name=agent_pod,json=agentPod,proto3" json:"agent_pod,omitempty"`
+	// svids_by_intermediate counts the same SVIDs by the key ID of the
+	// intermediate that signed them.
+	SvidsByIntermediate map[string]uint32 `protobuf:"bytes,10,rep,name=svids_by_intermediate,json=svidsByIntermediate,proto3" json:"svids_by_intermediate,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *BundleAck) Reset() {
@@ -946,6 +949,13 @@ func (x *BundleAck) GetAgentPod() string {
 		return x.AgentPod
 	}
 	return ""
+}
+
+func (x *BundleAck) GetSvidsByIntermediate() map[string]uint32 {
+	if x != nil {
+		return x.SvidsByIntermediate
+	}
+	return nil
 }
 
 // WorkloadAck is what one SDK workload acknowledged holding.
@@ -1288,7 +1298,7 @@ const file_signet_types_v1_types_proto_rawDesc = "" +
 	"\bagent_id\x18\n" +
 	" \x01(\tR\aagentId\x12\x15\n" +
 	"\x06ca_key\x18\v \x01(\tR\x05caKey\x12#\n" +
-	"\renforce_after\x18\f \x01(\x03R\fenforceAfter\"\xbc\x03\n" +
+	"\renforce_after\x18\f \x01(\x03R\fenforceAfter\"\xed\x04\n" +
 	"\tBundleAck\x12\x19\n" +
 	"\bagent_id\x18\x01 \x01(\tR\aagentId\x12\x12\n" +
 	"\x04node\x18\x02 \x01(\tR\x04node\x12'\n" +
@@ -1298,8 +1308,13 @@ const file_signet_types_v1_types_proto_rawDesc = "" +
 	"\rsvids_by_root\x18\x06 \x03(\v2+.signet.types.v1.BundleAck.SvidsByRootEntryR\vsvidsByRoot\x12:\n" +
 	"\tworkloads\x18\a \x03(\v2\x1c.signet.types.v1.WorkloadAckR\tworkloads\x12\x19\n" +
 	"\backed_at\x18\b \x01(\x03R\aackedAt\x12\x1b\n" +
-	"\tagent_pod\x18\t \x01(\tR\bagentPod\x1a>\n" +
+	"\tagent_pod\x18\t \x01(\tR\bagentPod\x12g\n" +
+	"\x15svids_by_intermediate\x18\n" +
+	" \x03(\v23.signet.types.v1.BundleAck.SvidsByIntermediateEntryR\x13svidsByIntermediate\x1a>\n" +
 	"\x10SvidsByRootEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\x1aF\n" +
+	"\x18SvidsByIntermediateEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\"\xb5\x01\n" +
 	"\vWorkloadAck\x12\x1b\n" +
@@ -1332,7 +1347,7 @@ func file_signet_types_v1_types_proto_rawDescGZIP() []byte {
 	return file_signet_types_v1_types_proto_rawDescData
 }
 
-var file_signet_types_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_signet_types_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_signet_types_v1_types_proto_goTypes = []any{
 	(*Selector)(nil),          // 0: signet.types.v1.Selector
 	(*Entry)(nil),             // 1: signet.types.v1.Entry
@@ -1349,6 +1364,7 @@ var file_signet_types_v1_types_proto_goTypes = []any{
 	(*DecisionReport)(nil),    // 12: signet.types.v1.DecisionReport
 	(*DecisionReportAck)(nil), // 13: signet.types.v1.DecisionReportAck
 	nil,                       // 14: signet.types.v1.BundleAck.SvidsByRootEntry
+	nil,                       // 15: signet.types.v1.BundleAck.SvidsByIntermediateEntry
 }
 var file_signet_types_v1_types_proto_depIdxs = []int32{
 	0,  // 0: signet.types.v1.Entry.selectors:type_name -> signet.types.v1.Selector
@@ -1357,12 +1373,13 @@ var file_signet_types_v1_types_proto_depIdxs = []int32{
 	6,  // 3: signet.types.v1.AccessPolicy.rules:type_name -> signet.types.v1.PolicyRule
 	14, // 4: signet.types.v1.BundleAck.svids_by_root:type_name -> signet.types.v1.BundleAck.SvidsByRootEntry
 	10, // 5: signet.types.v1.BundleAck.workloads:type_name -> signet.types.v1.WorkloadAck
-	11, // 6: signet.types.v1.DecisionReport.decisions:type_name -> signet.types.v1.Decision
-	7,  // [7:7] is the sub-list for method output_type
-	7,  // [7:7] is the sub-list for method input_type
-	7,  // [7:7] is the sub-list for extension type_name
-	7,  // [7:7] is the sub-list for extension extendee
-	0,  // [0:7] is the sub-list for field type_name
+	15, // 6: signet.types.v1.BundleAck.svids_by_intermediate:type_name -> signet.types.v1.BundleAck.SvidsByIntermediateEntry
+	11, // 7: signet.types.v1.DecisionReport.decisions:type_name -> signet.types.v1.Decision
+	8,  // [8:8] is the sub-list for method output_type
+	8,  // [8:8] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_signet_types_v1_types_proto_init() }
@@ -1376,7 +1393,7 @@ func file_signet_types_v1_types_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_signet_types_v1_types_proto_rawDesc), len(file_signet_types_v1_types_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   15,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
