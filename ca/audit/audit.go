@@ -90,7 +90,7 @@ type Record struct {
 	// root when it was activated.
 	Laggards []string `json:"laggards,omitempty"`
 	Result   string   `json:"result"`
-	Reason string   `json:"reason,omitempty"`
+	Reason   string   `json:"reason,omitempty"`
 }
 
 // KeyInfo is the CA key an event is about.
