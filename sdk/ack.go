@@ -39,7 +39,11 @@ func (s *Source) ackBundles(ctx context.Context) {
 	for {
 		if held := s.heldRoots(); held != nil && !slices.Equal(held, sent) {
 			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			_, err := client.Ack(cctx, &workloadv1.AckBundleRequest{X509Authorities: held})
+			req := &workloadv1.AckBundleRequest{X509Authorities: held}
+			if svid, err := s.GetX509SVID(); err == nil {
+				req.SpiffeId = svid.ID.String()
+			}
+			_, err := client.Ack(cctx, req)
 			cancel()
 			switch status.Code(err) {
 			case codes.OK:

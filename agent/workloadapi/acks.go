@@ -14,6 +14,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/signet-id/signet/internal/entry"
+
 	typesv1 "github.com/signet-id/signet/proto/signet/types/v1"
 	workloadv1 "github.com/signet-id/signet/proto/signet/workload/v1"
 )
@@ -55,18 +57,24 @@ func (a *Acks) List() ([]*typesv1.WorkloadAck, <-chan struct{}) {
 		}
 		out = append(out, e.ack)
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].GetInstance() < out[j].GetInstance() })
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].GetInstance() != out[j].GetInstance() {
+			return out[i].GetInstance() < out[j].GetInstance()
+		}
+		return out[i].GetSpiffeId() < out[j].GetSpiffeId()
+	})
 	return out, a.changed
 }
 
 func (a *Acks) put(ack *typesv1.WorkloadAck, pid int32) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	old, ok := a.byInst[ack.GetInstance()]
+	key := ack.GetInstance() + " " + ack.GetSpiffeId()
+	old, ok := a.byInst[key]
 	if !ok && len(a.byInst) >= maxAckers {
 		return status.Error(codes.ResourceExhausted, "the agent holds as many workload acknowledgements as it keeps")
 	}
-	a.byInst[ack.GetInstance()] = ackEntry{ack: ack, pid: pid}
+	a.byInst[key] = ackEntry{ack: ack, pid: pid}
 	if !ok || !slices.Equal(old.ack.GetX509Authorities(), ack.GetX509Authorities()) || !slices.Equal(old.ack.GetJwtAuthorities(), ack.GetJwtAuthorities()) ||
 		old.ack.GetSpiffeId() != ack.GetSpiffeId() {
 		close(a.changed)
@@ -104,6 +112,14 @@ func (s *BundleServer) Ack(ctx context.Context, req *workloadv1.AckBundleRequest
 		}
 	}
 	ids := snap.MatchEntries(c.selectors)
+	id := ids[0].SPIFFEID.String()
+	if want := req.GetSpiffeId(); want != "" {
+		if !slices.ContainsFunc(ids, func(e entry.Entry) bool { return e.SPIFFEID.String() == want }) {
+			s.h.refuse(c, event, fmt.Sprintf("spiffe_id %q is not the caller's", want))
+			return nil, status.Errorf(codes.PermissionDenied, "%q is not one of the caller's identities", want)
+		}
+		id = want
+	}
 	inst := fmt.Sprintf("pid %d", c.creds.PID)
 	var ns, pod string
 	for _, sel := range c.selectors {
@@ -119,7 +135,7 @@ func (s *BundleServer) Ack(ctx context.Context, req *workloadv1.AckBundleRequest
 		inst = ns + "/" + pod + " " + inst
 	}
 	x, j = slices.Sorted(slices.Values(x)), slices.Sorted(slices.Values(j))
-	ack := &typesv1.WorkloadAck{SpiffeId: ids[0].SPIFFEID.String(), Instance: inst, X509Authorities: slices.Compact(x), JwtAuthorities: slices.Compact(j), AckedAt: time.Now().Unix()}
+	ack := &typesv1.WorkloadAck{SpiffeId: id, Instance: inst, X509Authorities: slices.Compact(x), JwtAuthorities: slices.Compact(j), AckedAt: time.Now().Unix()}
 	if err := s.acks.put(ack, c.creds.PID); err != nil {
 		return nil, err
 	}

@@ -201,8 +201,11 @@ type AckBundleRequest struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
 	X509Authorities []string               `protobuf:"bytes,1,rep,name=x509_authorities,json=x509Authorities,proto3" json:"x509_authorities,omitempty"`
 	JwtAuthorities  []string               `protobuf:"bytes,2,rep,name=jwt_authorities,json=jwtAuthorities,proto3" json:"jwt_authorities,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// spiffe_id is the identity the caller uses, one of its own; empty: its
+	// first.
+	SpiffeId      string `protobuf:"bytes,3,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *AckBundleRequest) Reset() {
@@ -247,6 +250,13 @@ func (x *AckBundleRequest) GetJwtAuthorities() []string {
 		return x.JwtAuthorities
 	}
 	return nil
+}
+
+func (x *AckBundleRequest) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
 }
 
 type AckBundleResponse struct {
@@ -403,10 +413,11 @@ const file_signet_workload_v1_workload_proto_rawDesc = "" +
 	"\x17WatchRevocationsRequest\"v\n" +
 	"\x18WatchRevocationsResponse\x12=\n" +
 	"\vrevocations\x18\x01 \x03(\v2\x1b.signet.types.v1.RevocationR\vrevocations\x12\x1b\n" +
-	"\tdeny_list\x18\x02 \x01(\tR\bdenyList\"f\n" +
+	"\tdeny_list\x18\x02 \x01(\tR\bdenyList\"\x83\x01\n" +
 	"\x10AckBundleRequest\x12)\n" +
 	"\x10x509_authorities\x18\x01 \x03(\tR\x0fx509Authorities\x12'\n" +
-	"\x0fjwt_authorities\x18\x02 \x03(\tR\x0ejwtAuthorities\"\x13\n" +
+	"\x0fjwt_authorities\x18\x02 \x03(\tR\x0ejwtAuthorities\x12\x1b\n" +
+	"\tspiffe_id\x18\x03 \x01(\tR\bspiffeId\"\x13\n" +
 	"\x11AckBundleResponse\"D\n" +
 	"\x13SignX509SVIDRequest\x12\x10\n" +
 	"\x03csr\x18\x01 \x01(\fR\x03csr\x12\x1b\n" +
