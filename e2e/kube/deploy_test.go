@@ -79,6 +79,24 @@ func TestDeployRBAC(t *testing.T) {
 			rbac = append(rbac, u)
 		}
 	}
+	// A namespace's owner, with every right in it (a ClusterRole of all
+	// verbs on all resources, bound in the namespace: more than
+	// Kubernetes' admin role): a Revocation refuses identities in every
+	// namespace, so only cluster admins may make or withdraw one.
+	const nsAdmin = "alice@example.com"
+	if err := createNamespace(context.Background(), "shop"); err != nil {
+		t.Fatal(err)
+	}
+	rbac = append(rbac, &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+		"metadata": map[string]any{"name": "test-namespace-owner"},
+		"rules":    []any{map[string]any{"apiGroups": []any{"*"}, "resources": []any{"*"}, "verbs": []any{"*"}}},
+	}}, &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+		"metadata": map[string]any{"name": "alice-owner", "namespace": "shop"},
+		"roleRef":  map[string]any{"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "test-namespace-owner"},
+		"subjects": []any{map[string]any{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": nsAdmin}},
+	}})
 	applyObjects(t, rbac, false)
 	const agent, ca = "system:serviceaccount:signet-system:signet-agent", "system:serviceaccount:signet-system:signet-ca"
 	for _, tt := range []struct {
@@ -102,6 +120,13 @@ func TestDeployRBAC(t *testing.T) {
 		{ca, authzv1.ResourceAttributes{Verb: "create", Resource: "secrets", Namespace: "shop"}, false},
 		{ca, authzv1.ResourceAttributes{Verb: "update", Group: "coordination.k8s.io", Resource: "leases", Namespace: "signet-system", Name: "signet-ca"}, true},
 		{ca, authzv1.ResourceAttributes{Verb: "update", Group: "coordination.k8s.io", Resource: "leases", Namespace: "kube-system", Name: "kube-scheduler"}, false},
+		{ca, authzv1.ResourceAttributes{Verb: "watch", Group: "coordination.k8s.io", Resource: "leases", Namespace: "signet-system"}, true},
+		{ca, authzv1.ResourceAttributes{Verb: "update", Group: "coordination.k8s.io", Resource: "leases", Namespace: "signet-system", Name: "signet-ack-0123"}, true},
+		{ca, authzv1.ResourceAttributes{Verb: "watch", Group: "coordination.k8s.io", Resource: "leases", Namespace: "kube-node-lease"}, false},
+		{nsAdmin, authzv1.ResourceAttributes{Verb: "create", Resource: "pods", Namespace: "shop"}, true},
+		{nsAdmin, authzv1.ResourceAttributes{Verb: "create", Group: "signet.dev", Resource: "revocations"}, false},
+		{nsAdmin, authzv1.ResourceAttributes{Verb: "delete", Group: "signet.dev", Resource: "revocations", Name: "leaked-svid"}, false},
+		{agent, authzv1.ResourceAttributes{Verb: "create", Group: "signet.dev", Resource: "revocations"}, false},
 		{ca, authzv1.ResourceAttributes{Verb: "update", Resource: "configmaps", Namespace: "signet-system", Name: "signet-bundle"}, true},
 		{ca, authzv1.ResourceAttributes{Verb: "update", Resource: "configmaps", Namespace: "kube-system", Name: "signet-bundle"}, false},
 		{ca, authzv1.ResourceAttributes{Verb: "update", Group: "admissionregistration.k8s.io", Resource: "validatingwebhookconfigurations", Name: "signet"}, true},

@@ -3,6 +3,8 @@ package kube
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
+	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
 	"slices"
@@ -18,6 +20,7 @@ import (
 
 	"github.com/signet-id/signet/ca/server"
 	"github.com/signet-id/signet/ca/store"
+	"github.com/signet-id/signet/e2e/systest"
 	"github.com/signet-id/signet/e2e/testenv"
 	adminv1 "github.com/signet-id/signet/proto/signet/admin/v1"
 	agentv1 "github.com/signet-id/signet/proto/signet/agent/v1"
@@ -227,7 +230,7 @@ func TestRevocationAcrossReplicas(t *testing.T) {
 	bad := obj.DeepCopy()
 	bad.SetName("both")
 	unstructured.SetNestedField(bad.Object, "spiffe://example.org/x", "spec", "spiffeID")
-	if _, err := revs.Create(ctx, bad, metav1.CreateOptions{}); err == nil || !strings.Contains(err.Error(), "one of serial, spiffeID and agent") {
+	if _, err := revs.Create(ctx, bad, metav1.CreateOptions{}); err == nil || !strings.Contains(err.Error(), "one of serial, caKey, spiffeID and agent") {
 		t.Fatalf("a Revocation naming both: %v", err)
 	}
 
@@ -240,3 +243,58 @@ func TestRevocationAcrossReplicas(t *testing.T) {
 	}
 	waitRevocations("the withdrawal", "k8s-leaked-svid")
 }
+
+// TestCAKeysAcrossReplicas: what an agent acknowledges at one replica
+// (a Lease) is in the other's status; a CA key revoked at one replica is
+// a Revocation object that carries the key and its grace, and neither
+// replica signs with the key afterwards.
+func TestCAKeysAcrossReplicas(t *testing.T) {
+	const ns = "signet-cakeys"
+	ca1 := startCA(t, ns, "ca-1")
+	ca2 := startCA(t, ns, "ca-2")
+	ctx := context.Background()
+	svid := attestAgent(t, ca2, "node-k1")
+	root := keyIDOf(svid.Certificates[1].AuthorityKeyId)
+	if _, err := ca2.NodeClient(svid).AckBundle(ctx, &agentv1.AckBundleRequest{Ack: &typesv1.BundleAck{
+		BundleSequence: 1, X509Authorities: []string{root}, SvidsByRoot: map[string]uint32{root: 3}}}); err != nil {
+		t.Fatal(err)
+	}
+	agentID := svid.ID.String()
+	eventually(t, 20*time.Second, "the acknowledgement taken at ca-2 in ca-1's status", func() bool {
+		st, err := ca1.Admin.GetCAStatus(ctx, &adminv1.GetCAStatusRequest{})
+		if err != nil || !slices.Contains(st.GetLiveAgents(), agentID) {
+			return false
+		}
+		for _, k := range st.GetKeys() {
+			if k.GetId() == root {
+				return k.GetAgentsHolding() == 1 && k.GetSvids() == 3 && len(k.GetAgentsLagging()) == 0
+			}
+		}
+		return false
+	})
+
+	inter := svid.Certificates[1]
+	resp, err := ca2.Admin.CreateRevocation(ctx, &adminv1.CreateRevocationRequest{Revocation: &typesv1.Revocation{CaKey: keyIDOf(inter.SubjectKeyId)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rv := resp.GetRevocation()
+	if rv.GetSerial() != inter.SerialNumber.Text(16) || rv.GetEnforceAfter() <= rv.GetCreatedAt() || rv.GetExpiresAt() < inter.NotAfter.Unix() {
+		t.Fatalf("the CA key revocation as stored: %v", rv)
+	}
+	// Both replicas move to another intermediate: an agent SVID renewed at
+	// either chains to a new one.
+	for name, ca := range map[string]*systest.CA{"ca-1": ca1, "ca-2": ca2} {
+		eventually(t, 20*time.Second, name+" signs under another intermediate", func() bool {
+			_, csr := systest.NewCSR(t)
+			r, err := ca.NodeClient(svid).RenewAgent(ctx, &agentv1.RenewAgentRequest{Csr: csr})
+			if err != nil {
+				return false
+			}
+			c, err := x509.ParseCertificate(r.GetSvidChain()[1])
+			return err == nil && !c.Equal(inter)
+		})
+	}
+}
+
+func keyIDOf(b []byte) string { return hex.EncodeToString(b) }
