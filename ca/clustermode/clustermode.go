@@ -171,6 +171,7 @@ func (m *kubeMode) lead(ctx context.Context, auth *authority.Authority) {
 		if m.caBundle != nil {
 			go m.caBundle.Run(ctx, roots)
 		}
+		go m.revs.RunPruning(ctx, time.Hour, m.log)
 		m.pods.RunStatus(ctx)
 	})
 }

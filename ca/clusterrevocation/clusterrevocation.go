@@ -6,6 +6,7 @@ package clusterrevocation
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
@@ -156,4 +157,40 @@ func (s *Set) Delete(ctx context.Context, id string) error {
 		return fmt.Errorf("deleting the revocation object: %w", err)
 	}
 	return nil
+}
+
+// PruneExpired deletes the Revocation objects that have expired by now
+// (everything they covered has expired: they revoke nothing more), and
+// returns their IDs. The leader runs it.
+func (s *Set) PruneExpired(ctx context.Context, now time.Time) ([]string, error) {
+	var gone []string
+	for _, r := range s.objects.List() {
+		if r.GetExpiresAt() > now.Unix() {
+			continue
+		}
+		if err := s.Delete(ctx, r.GetId()); err != nil && !errors.Is(err, store.ErrNotFound) {
+			return gone, err
+		}
+		gone = append(gone, r.GetId())
+	}
+	return gone, nil
+}
+
+// RunPruning prunes expired Revocation objects now, every interval and
+// after every change (an object made already expired), until ctx ends.
+func (s *Set) RunPruning(ctx context.Context, interval time.Duration, log hclog.Logger) {
+	for {
+		changed := s.Changed()
+		if ids, err := s.PruneExpired(ctx, time.Now()); err != nil && ctx.Err() == nil {
+			log.Warn("deleting expired Revocation objects failed", "error", err)
+		} else if len(ids) > 0 {
+			log.Info("deleted expired Revocation objects: everything they covered has expired", "ids", ids)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-changed:
+		case <-time.After(interval):
+		}
+	}
 }

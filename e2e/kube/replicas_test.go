@@ -14,6 +14,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -233,6 +234,22 @@ func TestRevocationAcrossReplicas(t *testing.T) {
 	if _, err := revs.Create(ctx, bad, metav1.CreateOptions{}); err == nil || !strings.Contains(err.Error(), "one of serial, caKey, spiffeID and agent") {
 		t.Fatalf("a Revocation naming both: %v", err)
 	}
+
+	// An object that expired already (it covers SVIDs issued two days
+	// ago, which have all expired) is never in force, and the leader
+	// deletes it.
+	old := obj.DeepCopy()
+	old.SetName("long-ago")
+	unstructured.RemoveNestedField(old.Object, "spec", "serial")
+	unstructured.SetNestedField(old.Object, "spiffe://example.org/ns/shop/sa/old", "spec", "spiffeID")
+	unstructured.SetNestedField(old.Object, time.Now().Add(-48*time.Hour).UTC().Format(time.RFC3339), "spec", "issuedBefore")
+	if _, err := revs.Create(ctx, old, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 20*time.Second, "the leader deletes the expired Revocation object", func() bool {
+		_, err := revs.Get(ctx, "long-ago", metav1.GetOptions{})
+		return apierrors.IsNotFound(err)
+	})
 
 	list, err := ca2.Admin.ListRevocations(ctx, &adminv1.ListRevocationsRequest{})
 	if err != nil || len(list.GetRevocations()) != 2 {
