@@ -6,8 +6,11 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
+	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -129,6 +132,30 @@ func (c *Config) caStatus(ctx context.Context) (*adminv1.GetCAStatusResponse, er
 			}
 		}
 		resp.Keys = append(resp.Keys, ks)
+	}
+	// Revoked keys the CA no longer holds, while agents still hold SVIDs
+	// under them: the re-issue still to do.
+	held := map[string]bool{}
+	for _, k := range resp.Keys {
+		held[k.GetId()] = true
+	}
+	for id := range revoked {
+		if held[id] {
+			continue
+		}
+		ks := &adminv1.CAKeyStatus{Id: id, State: "removed", Revoked: true}
+		for _, agent := range resp.LiveAgents {
+			a := byAgent[agent]
+			if n := a.GetSvidsByIntermediate()[id]; n > 0 {
+				ks.Kind, ks.Svids = authority.KindIntermediate, ks.Svids+n
+			}
+			if n := a.GetSvidsByRoot()[id]; n > 0 {
+				ks.Kind, ks.Svids = authority.KindRoot, ks.Svids+n
+			}
+		}
+		if ks.Svids > 0 {
+			resp.Keys = append(resp.Keys, ks)
+		}
 	}
 	return resp, nil
 }
@@ -258,4 +285,72 @@ func (s *AdminServer) ActivateRoot(ctx context.Context, req *adminv1.ActivateRoo
 		return nil, err
 	}
 	return resp, nil
+}
+
+// StatusCollector exports, at each scrape, who holds the CA's keys: live
+// agents by the bundle sequence they acknowledged, per root and JWT key
+// the live agents that do not hold it, and the SVIDs agents hold under
+// revoked keys (the re-issue still to do).
+type StatusCollector struct {
+	cfg                                   *Config
+	byAckedSequence, behind, lag, pending *prometheus.Desc
+}
+
+// NewStatusCollector returns the collector of cfg's status.
+func NewStatusCollector(cfg *Config) *StatusCollector {
+	return &StatusCollector{cfg: cfg,
+		byAckedSequence: prometheus.NewDesc("signet_ca_bundle_ack_agents", "Live agents by the trust bundle sequence they last acknowledged (none: never).", []string{"sequence"}, nil),
+		behind:          prometheus.NewDesc("signet_ca_bundle_agents_behind", "Live agents that have not acknowledged the current trust bundle.", nil, nil),
+		lag:             prometheus.NewDesc("signet_ca_key_laggards", "Live agents that do not hold a root or JWT key of the bundle.", []string{"kind", "key", "state"}, nil),
+		pending:         prometheus.NewDesc("signet_ca_reissue_pending_svids", "X509-SVIDs live agents hold under a revoked intermediate or root: the re-issue still to do.", nil, nil),
+	}
+}
+
+// Describe implements prometheus.Collector.
+func (c *StatusCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.byAckedSequence
+	ch <- c.behind
+	ch <- c.lag
+	ch <- c.pending
+}
+
+// Collect implements prometheus.Collector.
+func (c *StatusCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := c.cfg.caStatus(ctx)
+	if err != nil {
+		ch <- prometheus.NewInvalidMetric(c.behind, err)
+		return
+	}
+	acked := map[string]*typesv1.BundleAck{}
+	for _, a := range st.GetAcks() {
+		acked[a.GetAgentId()] = a
+	}
+	bySeq := map[string]float64{}
+	behind := 0.0
+	for _, id := range st.GetLiveAgents() {
+		seq := "none"
+		if a, ok := acked[id]; ok {
+			seq = strconv.FormatUint(a.GetBundleSequence(), 10)
+		}
+		bySeq[seq]++
+		if a, ok := acked[id]; !ok || a.GetBundleSequence() < st.GetBundleSequence() {
+			behind++
+		}
+	}
+	for seq, n := range bySeq {
+		ch <- prometheus.MustNewConstMetric(c.byAckedSequence, prometheus.GaugeValue, n, seq)
+	}
+	ch <- prometheus.MustNewConstMetric(c.behind, prometheus.GaugeValue, behind)
+	pending := 0.0
+	for _, k := range st.GetKeys() {
+		if k.GetKind() != authority.KindIntermediate {
+			ch <- prometheus.MustNewConstMetric(c.lag, prometheus.GaugeValue, float64(len(k.GetAgentsLagging())), k.GetKind(), k.GetId(), k.GetState())
+		}
+		if k.GetRevoked() && k.GetKind() != authority.KindJWT {
+			pending += float64(k.GetSvids())
+		}
+	}
+	ch <- prometheus.MustNewConstMetric(c.pending, prometheus.GaugeValue, pending)
 }

@@ -176,6 +176,7 @@ func build(ctx context.Context, g *tasks.Group, cfg Config) (ready func(), err e
 		cluster.Configure(&apiCfg)
 	}
 	apiCfg.SetDefaults()
+	reg.MustRegister(api.NewStatusCollector(&apiCfg))
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "signet_ca_revocations",
 		Help: "Revocations in force (of the store, and the cluster's Revocation objects)."}, func() float64 {
 		rs, err := apiCfg.InForce(context.Background(), time.Now())

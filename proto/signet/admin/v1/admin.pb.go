@@ -1655,7 +1655,9 @@ func (x *GetCAStatusResponse) GetAcks() []*v1.BundleAck {
 type CAKeyStatus struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// id is the key ID (hex subject key identifier, or JWT kid); kind is
-	// x509_root, x509_intermediate or jwt; state prepared, active or old.
+	// x509_root, x509_intermediate or jwt; state prepared, active, old,
+	// revoked, or removed: a revoked key the CA no longer holds, listed
+	// while agents still hold SVIDs under it.
 	Id        string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
 	Kind      string `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
 	State     string `protobuf:"bytes,3,opt,name=state,proto3" json:"state,omitempty"`
