@@ -276,29 +276,39 @@ func createEntries(tb testing.TB, dir, node string, ids []string) {
 	cli(tb, dir, "entry", "create", "--file", f)
 }
 
-// TestIntermediateCompromise: signet-ca and signet-agent as processes,
-// SDK workloads making new handshakes with each other all along. The
-// active intermediate is revoked: the CA signs with a new one at once,
-// every workload holds an SVID under it within seconds, no handshake
-// between the workloads fails, and a copy of an SVID under the revoked
-// intermediate (a stolen one) is refused once the revocation is enforced.
-func TestIntermediateCompromise(t *testing.T) {
-	dir := t.TempDir()
-	caAddr := systest.FreeAddr(t)
-	startCAWith(t, dir, nil, "--listen", caAddr)
-	sock, _ := startAgentProcess(t, dir, caAddr, "n1")
-	ids := workloadIDs(8)
-	createEntries(t, dir, "n1", ids)
-	m := startMesh(t, sock, ids)
+// compromise is what an intermediate compromise measured.
+type compromise struct {
+	// reissued: revoke -> every workload holds an SVID under a new
+	// intermediate.
+	reissued time.Duration
+	// ok and failed count handshakes between workloads, none of them
+	// revoked, from before the revocation to after its enforcement.
+	ok, failed int64
+	failures   []string
+}
+
+// intermediateCompromise runs n SDK workloads on one agent (processes:
+// signet-ca, signet-agent) with workers making handshakes between them
+// all along, and revokes the active intermediate with the given grace.
+// It checks that a copy of an SVID under the revoked intermediate (a
+// stolen one) works before and is refused after the grace.
+func intermediateCompromise(tb testing.TB, n, workers int, grace time.Duration) compromise {
+	dir := tb.TempDir()
+	caAddr := systest.FreeAddr(tb)
+	startCAWith(tb, dir, nil, "--listen", caAddr)
+	sock, _ := startAgentProcess(tb, dir, caAddr, "n1")
+	ids := workloadIDs(n)
+	createEntries(tb, dir, "n1", ids)
+	m := startMesh(tb, sock, ids)
 
 	stolen, _ := m.srcs[0].GetX509SVID()
 	if err := m.stolenDial(1, stolen); err != nil {
-		t.Fatalf("the SVID works before any revocation: %v", err)
+		tb.Fatalf("the SVID works before any revocation: %v", err)
 	}
 	oldInter := stolen.Certificates[1]
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	traffic := m.drive(ctx, 4)
+	traffic := m.drive(ctx, workers)
 	for m.ok.Load() < 50 {
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -312,24 +322,24 @@ func TestIntermediateCompromise(t *testing.T) {
 			EnforceAfter string `json:"enforceAfter"`
 		} `json:"revocations"`
 	}
-	out := cli(t, dir, "revocation", "create", "--ca-key", keyID(oldInter.SubjectKeyId), "--grace", "3s", "--reason", "intermediate key copied", "-o", "json")
+	out := cli(tb, dir, "revocation", "create", "--ca-key", keyID(oldInter.SubjectKeyId), "--grace", grace.String(), "--reason", "intermediate key copied", "-o", "json")
 	if err := json.Unmarshal([]byte(out), &created); err != nil || len(created.Revocations) != 1 ||
 		created.Revocations[0].Serial != oldInter.SerialNumber.Text(16) || created.Revocations[0].EnforceAfter == "" {
-		t.Fatalf("revocation create --ca-key: %v\n%s", err, out)
+		tb.Fatalf("revocation create --ca-key: %v\n%s", err, out)
 	}
-	took := m.waitAll(t, "new SVIDs under a new intermediate", 30*time.Second, func(s *x509svid.SVID) bool {
+	var res compromise
+	res.reissued = m.waitAll(tb, "new SVIDs under a new intermediate", 60*time.Second, func(s *x509svid.SVID) bool {
 		return keyID(s.Certificates[0].AuthorityKeyId) != keyID(oldInter.SubjectKeyId)
 	})
-	t.Logf("revoke intermediate -> all %d workloads hold SVIDs under a new one: %v", len(ids), took)
 
 	// Past the grace: peers refuse the revoked intermediate.
-	for time.Since(start) < 3*time.Second+time.Second {
+	for time.Since(start) < grace+time.Second {
 		time.Sleep(50 * time.Millisecond)
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for m.stolenDial(1, stolen) == nil {
 		if time.Now().After(deadline) {
-			t.Fatal("an SVID under the revoked intermediate is still accepted after the grace")
+			tb.Fatal("an SVID under the revoked intermediate is still accepted after the grace")
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -339,47 +349,67 @@ func TestIntermediateCompromise(t *testing.T) {
 	}
 	cancel()
 	traffic.Wait()
-	t.Logf("handshakes between workloads: %d ok, %d failed", m.ok.Load(), m.failed.Load())
-	if n := m.failed.Load(); n > 0 {
-		t.Errorf("%d handshakes between workloads that are not revoked failed: %v", n, m.failures)
-	}
+	res.ok, res.failed, res.failures = m.ok.Load(), m.failed.Load(), m.failures
 
-	st := readCAStatus(t, dir)
-	for _, k := range st.Keys {
+	for _, k := range readCAStatus(tb, dir).Keys {
 		if k.ID == keyID(oldInter.SubjectKeyId) {
-			t.Errorf("the CA still holds the revoked intermediate: %+v", k)
+			tb.Errorf("the CA still lists the revoked intermediate, with SVIDs under it: %+v", k)
 		}
 	}
 	audit, _ := os.ReadFile(filepath.Join(dir, "audit.log"))
 	if !strings.Contains(string(audit), `"revocation":"`+created.Revocations[0].ID+`"`) || !strings.Contains(string(audit), `"state":"revoked"`) {
-		t.Errorf("the audit log lacks the CA key revocation")
+		tb.Errorf("the audit log lacks the CA key revocation")
+	}
+	return res
+}
+
+// TestIntermediateCompromise: signet-ca and signet-agent as processes,
+// SDK workloads making new handshakes with each other all along. The
+// active intermediate is revoked: the CA signs with a new one at once,
+// every workload holds an SVID under it within seconds, no handshake
+// between the workloads fails, and a copy of an SVID under the revoked
+// intermediate (a stolen one) is refused once the revocation is enforced.
+func TestIntermediateCompromise(t *testing.T) {
+	res := intermediateCompromise(t, 8, 4, 3*time.Second)
+	t.Logf("revoke intermediate -> all workloads hold SVIDs under a new one: %v", res.reissued)
+	t.Logf("handshakes between workloads: %d ok, %d failed", res.ok, res.failed)
+	if res.failed > 0 {
+		t.Errorf("%d handshakes between workloads that are not revoked failed: %v", res.failed, res.failures)
 	}
 }
 
-// TestRootRotationWithAcknowledgement: two agents as processes; one is
-// stopped. `signet ca rotate --now` prepares a root, waits while the
-// stopped agent has not acknowledged it (ca status names it), activates
-// it after the timeout with an audited warning naming it, revokes the
-// previous root and follows the re-issue, while the other agent's SDK
-// workloads keep making handshakes without one failing.
-func TestRootRotationWithAcknowledgement(t *testing.T) {
-	dir := t.TempDir()
-	caAddr := systest.FreeAddr(t)
-	startCAWith(t, dir, nil, "--listen", caAddr)
-	sock, _ := startAgentProcess(t, dir, caAddr, "n1")
-	_, stopped := startAgentProcess(t, dir, caAddr, "n2")
+// rotation is what a verified root rotation measured.
+type rotation struct {
+	took       time.Duration // ca rotate --now, from start to done
+	ok, failed int64
+	failures   []string
+	progress   string
+}
+
+// rootRotation runs n SDK workloads on agent n1 and a second agent n2
+// that stops; workers make handshakes between the workloads until at
+// least handshakes were made, with `signet ca rotate --now` in the
+// middle. It checks that the rotation waits for n2 (ca status names it),
+// activates after ackTimeout with an audited warning naming it, and that
+// every workload ends under the new root, trusting only it.
+func rootRotation(tb testing.TB, n, workers int, handshakes int64, ackTimeout time.Duration) rotation {
+	dir := tb.TempDir()
+	caAddr := systest.FreeAddr(tb)
+	startCAWith(tb, dir, nil, "--listen", caAddr)
+	sock, _ := startAgentProcess(tb, dir, caAddr, "n1")
+	_, stopped := startAgentProcess(tb, dir, caAddr, "n2")
 	const n2 = "spiffe://example.org/signet/agent/join/n2"
-	ids := workloadIDs(8)
-	createEntries(t, dir, "n1", ids)
-	m := startMesh(t, sock, ids)
+	ids := workloadIDs(n)
+	createEntries(tb, dir, "n1", ids)
+	m := startMesh(tb, sock, ids)
 	oldRoot := func() string {
 		svid, _ := m.srcs[0].GetX509SVID()
 		return keyID(svid.Certificates[1].AuthorityKeyId)
 	}()
-	// Both agents have acknowledged the bundle; then n2 stops (its SVID
-	// has not expired: it is live, and lags).
-	eventuallyTB(t, "both agents acknowledge the root", func() bool {
-		for _, k := range readCAStatus(t, dir).Keys {
+	// Both agents, and every workload, have acknowledged the bundle; then
+	// n2 stops (its SVID has not expired: it is live, and lags).
+	eventuallyTB(tb, "both agents and every workload acknowledge the root", func() bool {
+		for _, k := range readCAStatus(tb, dir).Keys {
 			if k.ID == oldRoot {
 				return k.AgentsHolding == 2 && k.WorkloadsHolding == len(ids)
 			}
@@ -391,24 +421,26 @@ func TestRootRotationWithAcknowledgement(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	traffic := m.drive(ctx, 4)
-	for m.ok.Load() < 50 {
+	traffic := m.drive(ctx, workers)
+	// A third of the handshakes before the rotation.
+	for m.ok.Load() < handshakes/3 {
 		time.Sleep(10 * time.Millisecond)
 	}
-	rotate := exec.Command(filepath.Join(binDir, "signet"), "ca", "rotate", "--now", "--ack-timeout", "6s", "--grace", "3s", "--poll", "200ms", "--reissue-timeout", "60s")
+	start := time.Now()
+	rotate := exec.Command(filepath.Join(binDir, "signet"), "ca", "rotate", "--now", "--ack-timeout", ackTimeout.String(), "--grace", "3s", "--poll", "200ms", "--reissue-timeout", "60s")
 	rotate.Env = append(os.Environ(), "SIGNET_ADMIN_SOCKET="+filepath.Join(dir, "admin.sock"))
 	var progress lockedBuffer
 	rotate.Stdout, rotate.Stderr = &progress, &progress
 	if err := rotate.Start(); err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	done := make(chan error, 1)
 	go func() { done <- rotate.Wait() }()
 	// While it waits, the status names the stopped agent, and the root is
 	// not active.
 	var newRoot string
-	eventuallyTB(t, "ca status names the agent that has not acknowledged the prepared root", func() bool {
-		for _, k := range readCAStatus(t, dir).Keys {
+	eventuallyTB(tb, "ca status names the agent that has not acknowledged the prepared root", func() bool {
+		for _, k := range readCAStatus(tb, dir).Keys {
 			if k.Kind == "x509_root" && k.State == "prepared" && slices.Equal(k.AgentsLagging, []string{n2}) && k.AgentsHolding == 1 {
 				newRoot = k.ID
 				return true
@@ -418,44 +450,39 @@ func TestRootRotationWithAcknowledgement(t *testing.T) {
 	})
 	select {
 	case err := <-done:
-		t.Fatalf("ca rotate ended before the acknowledgement timeout: %v\n%s", err, progress.String())
+		tb.Fatalf("ca rotate ended before the acknowledgement timeout: %v\n%s", err, progress.String())
 	default:
 	}
 	select {
 	case err := <-done:
 		if err != nil {
-			t.Fatalf("ca rotate: %v\n%s", err, progress.String())
+			tb.Fatalf("ca rotate: %v\n%s", err, progress.String())
 		}
-	case <-time.After(90 * time.Second):
-		t.Fatalf("ca rotate did not finish:\n%s", progress.String())
+	case <-time.After(ackTimeout + 90*time.Second):
+		tb.Fatalf("ca rotate did not finish:\n%s", progress.String())
 	}
-	out := progress.String()
-	t.Logf("signet ca rotate --now:\n%s", out)
+	res := rotation{took: time.Since(start), progress: progress.String()}
 	for _, want := range []string{"prepared root " + newRoot, "lagging: " + n2, "timeout: activating without 1 agents", "audited warning: not acknowledged by " + n2,
 		"revoked the previous root " + oldRoot, fmt.Sprintf("re-issue: %d SVIDs under the new root, 0 under the previous one", len(ids))} {
-		if !strings.Contains(out, want) {
-			t.Errorf("ca rotate output lacks %q", want)
+		if !strings.Contains(res.progress, want) {
+			tb.Errorf("ca rotate output lacks %q", want)
 		}
 	}
-	m.waitAll(t, "SVIDs under the new root", 30*time.Second, func(s *x509svid.SVID) bool {
+	m.waitAll(tb, "SVIDs under the new root", 30*time.Second, func(s *x509svid.SVID) bool {
 		return keyID(s.Certificates[1].AuthorityKeyId) == newRoot
 	})
 	// Past the grace the previous root leaves the bundle: a workload
 	// trusts the new root only.
-	eventuallyTB(t, "the previous root leaves the workloads' bundle", func() bool {
+	eventuallyTB(tb, "the previous root leaves the workloads' bundle", func() bool {
 		b, err := m.srcs[0].GetX509BundleForTrustDomain(spiffeid.RequireTrustDomainFromString("example.org"))
 		return err == nil && len(b.X509Authorities()) == 1 && keyID(b.X509Authorities()[0].SubjectKeyId) == newRoot
 	})
-	before := m.ok.Load()
-	for m.ok.Load() < before+50 {
+	for m.ok.Load() < handshakes {
 		time.Sleep(10 * time.Millisecond)
 	}
 	cancel()
 	traffic.Wait()
-	t.Logf("handshakes across the rotation: %d ok, %d failed", m.ok.Load(), m.failed.Load())
-	if n := m.failed.Load(); n > 0 {
-		t.Errorf("%d handshakes failed across the rotation: %v", n, m.failures)
-	}
+	res.ok, res.failed, res.failures = m.ok.Load(), m.failed.Load(), m.failures
 	var warned bool
 	audit, _ := os.ReadFile(filepath.Join(dir, "audit.log"))
 	for _, line := range strings.Split(string(audit), "\n") {
@@ -464,16 +491,32 @@ func TestRootRotationWithAcknowledgement(t *testing.T) {
 		}
 	}
 	if !warned {
-		t.Error("the audit log has no warning naming the agent that had not acknowledged the root")
+		tb.Error("the audit log has no warning naming the agent that had not acknowledged the root")
+	}
+	return res
+}
+
+// TestRootRotationWithAcknowledgement: two agents as processes; one is
+// stopped. `signet ca rotate --now` prepares a root, waits while the
+// stopped agent has not acknowledged it (ca status names it), activates
+// it after the timeout with an audited warning naming it, revokes the
+// previous root and follows the re-issue, while the other agent's SDK
+// workloads keep making handshakes without one failing.
+func TestRootRotationWithAcknowledgement(t *testing.T) {
+	res := rootRotation(t, 8, 4, 3000, 6*time.Second)
+	t.Logf("signet ca rotate --now (%v):\n%s", res.took, res.progress)
+	t.Logf("handshakes across the rotation: %d ok, %d failed", res.ok, res.failed)
+	if res.failed > 0 {
+		t.Errorf("%d handshakes failed across the rotation: %v", res.failed, res.failures)
 	}
 }
 
 func eventuallyTB(tb testing.TB, what string, ok func() bool) {
 	tb.Helper()
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(60 * time.Second)
 	for !ok() {
 		if time.Now().After(deadline) {
-			tb.Fatalf("%s: not within 30s", what)
+			tb.Fatalf("%s: not within 60s", what)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
