@@ -376,6 +376,12 @@ func housekeeping(ctx context.Context, st *store.Store, log hclog.Logger) {
 		if err := st.PruneDeleted(ctx, now.Add(-7*24*time.Hour)); err != nil && ctx.Err() == nil {
 			log.Warn("prune deleted entries", "error", err)
 		}
+		// Agents acknowledge again after every reconnect (at least at
+		// every renewal of their SVID): a week-old acknowledgement is an
+		// agent long gone.
+		if err := st.PruneBundleAcks(ctx, now.Add(-7*24*time.Hour)); err != nil && ctx.Err() == nil {
+			log.Warn("prune bundle acknowledgements", "error", err)
+		}
 		// Lists leave expired revocations out already; this keeps the
 		// table small.
 		if ids, err := st.PruneRevocations(ctx, now); err != nil && ctx.Err() == nil {

@@ -338,3 +338,34 @@ func TestRevocations(t *testing.T) {
 		t.Fatalf("left: %v", got)
 	}
 }
+
+// TestBundleAcks: an agent's acknowledgement replaces its last one, and
+// survives a restart; old ones are pruned.
+func TestBundleAcks(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "s.db")
+	s := open(t, path)
+	now := time.Unix(1_800_000_000, 0)
+	put := func(agent string, seq uint64, at time.Time) {
+		t.Helper()
+		if err := s.PutBundleAck(ctx, &typesv1.BundleAck{AgentId: agent, BundleSequence: seq, X509Authorities: []string{"ab"},
+			SvidsByRoot: map[string]uint32{"ab": 3}, AckedAt: at.Unix()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put("spiffe://example.org/signet/agent/join/n1", 1, now)
+	put("spiffe://example.org/signet/agent/join/n2", 1, now.Add(-30*24*time.Hour))
+	put("spiffe://example.org/signet/agent/join/n1", 2, now)
+	s.Close()
+	s = open(t, path)
+	acks, err := s.ListBundleAcks(ctx)
+	if err != nil || len(acks) != 2 || acks[0].GetBundleSequence() != 2 || acks[0].GetSvidsByRoot()["ab"] != 3 {
+		t.Fatalf("acks after a restart: %v, %v", acks, err)
+	}
+	if err := s.PruneBundleAcks(ctx, now.Add(-7*24*time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if acks, _ := s.ListBundleAcks(ctx); len(acks) != 1 || acks[0].GetAgentId() != "spiffe://example.org/signet/agent/join/n1" {
+		t.Fatalf("after pruning: %v", acks)
+	}
+}
