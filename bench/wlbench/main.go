@@ -11,12 +11,15 @@ package main
 
 import (
 	"context"
+	"crypto/x509"
+	"encoding/hex"
 	"encoding/json"
 	"flag"
 	"fmt"
 	"math"
 	"os"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -161,7 +164,11 @@ func first(socket string) error {
 }
 
 type watcher struct {
-	want    int
+	want int
+	// away, if set, is a CA key ID (hex subject key identifier): an SVID
+	// whose chain has a certificate of that key, or signed by it, does
+	// not count.
+	away    string
 	t0      time.Time
 	mu      sync.Mutex
 	firstAt time.Duration
@@ -176,7 +183,13 @@ func (w *watcher) OnX509ContextUpdate(c *workloadapi.X509Context) {
 	if w.firstAt == 0 {
 		w.firstAt = time.Since(w.t0)
 	}
-	if len(c.SVIDs) >= w.want && w.done != nil {
+	n := 0
+	for _, s := range c.SVIDs {
+		if !under(s.Certificates, w.away) {
+			n++
+		}
+	}
+	if n >= w.want && w.done != nil {
 		w.done <- time.Since(w.t0)
 		w.done = nil
 	}
@@ -184,9 +197,24 @@ func (w *watcher) OnX509ContextUpdate(c *workloadapi.X509Context) {
 
 func (w *watcher) OnX509ContextWatchError(error) {}
 
+// under reports whether a chain has a certificate of key, or one key
+// signed.
+func under(chain []*x509.Certificate, key string) bool {
+	if key == "" {
+		return false
+	}
+	for _, c := range chain {
+		if hex.EncodeToString(c.SubjectKeyId) == key || hex.EncodeToString(c.AuthorityKeyId) == key {
+			return true
+		}
+	}
+	return false
+}
+
 func all(socket string, args []string) error {
 	fs := flag.NewFlagSet("all", flag.ExitOnError)
 	want := fs.Int("want", 1, "SVIDs to wait for")
+	away := fs.String("away", "", "count only SVIDs not under this CA key ID (hex subject key identifier): the re-issue after it was revoked")
 	timeout := fs.Duration("timeout", 5*time.Minute, "give up after")
 	fs.Parse(args)
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
@@ -199,7 +227,7 @@ func all(socket string, args []string) error {
 	}
 	defer cl.Close()
 	done := make(chan time.Duration, 1)
-	w := &watcher{want: *want, t0: time.Now(), done: done}
+	w := &watcher{want: *want, away: strings.ToLower(*away), t0: time.Now(), done: done}
 	go cl.WatchX509Context(ctx, w)
 	select {
 	case d := <-done:
