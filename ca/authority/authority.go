@@ -375,22 +375,55 @@ type step func(keys []*key, now time.Time) ([]*key, bool, error)
 // rotateWith runs first, if set, and then the rotation steps, and
 // persists the result.
 func (a *Authority) rotateWith(ctx context.Context, first step) (bundleChanged bool, err error) {
+	in := a.inputs(ctx)
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	changed, err := a.rotateLocked(ctx, first)
+	changed, err := a.rotateLocked(ctx, first, in)
 	if errors.Is(err, store.ErrConflict) {
 		// Another replica stored keys first: adopt them and look again.
 		reloaded, rerr := a.reloadLocked(ctx)
 		if rerr != nil {
 			return false, rerr
 		}
-		changed, err = a.rotateLocked(ctx, first)
+		changed, err = a.rotateLocked(ctx, first, in)
 		changed = changed || reloaded
 	}
 	return changed, err
 }
 
-func (a *Authority) rotateLocked(ctx context.Context, first step) (bundleChanged bool, err error) {
+// rotationInputs is what rotation learns from outside the authority:
+// gathered before a.mu is taken, since Revoked and Laggards may read the
+// authority (Keys, Bundle) themselves.
+type rotationInputs struct {
+	revoked map[string]time.Time
+	// laggards of the prepared root due for activation, if one is.
+	prepared    string
+	laggards    []string
+	laggardsErr error
+}
+
+func (a *Authority) inputs(ctx context.Context) rotationInputs {
+	var in rotationInputs
+	if a.cfg.Revoked != nil {
+		in.revoked = a.cfg.Revoked()
+	}
+	if a.cfg.Laggards == nil {
+		return in
+	}
+	a.mu.RLock()
+	active, prepared := find(a.keys, kindRoot, stateActive), find(a.keys, kindRoot, statePrepared)
+	due := active != nil && prepared != nil && !a.cfg.Now().Before(lifeFraction(active, 5, 6))
+	if due {
+		in.prepared = prepared.ID
+	}
+	a.mu.RUnlock()
+	if due {
+		in.laggards, in.laggardsErr = a.cfg.Laggards(ctx, in.prepared)
+	}
+	return in
+}
+
+func (a *Authority) rotateLocked(ctx context.Context, first step, in rotationInputs) (bundleChanged bool, err error) {
 	now := a.cfg.Now()
 	// Rotation changes the shared *key values in place: remember the
 	// states as stored, to report what changed.
@@ -415,10 +448,10 @@ func (a *Authority) rotateLocked(ctx context.Context, first step) (bundleChanged
 			return false, fmt.Errorf("authority: %w", err)
 		}
 	}
-	if err := step(a.dropRevoked(keys, now)); err != nil {
+	if err := step(a.dropRevoked(keys, now, in.revoked)); err != nil {
 		return false, fmt.Errorf("authority: revoke: %w", err)
 	}
-	if err := step(a.rotateRoots(ctx, keys, now)); err != nil {
+	if err := step(a.rotateRoots(keys, now, in)); err != nil {
 		return false, fmt.Errorf("authority: rotate root: %w", err)
 	}
 	if err := step(a.rotateIntermediate(keys, now)); err != nil {
@@ -544,11 +577,7 @@ func lifeFraction(k *key, num, den int64) time.Time {
 // once, a root or JWT key becomes revoked and leaves the bundle at the
 // revocation's enforce time. The rotation steps after it then activate or
 // make the next keys.
-func (a *Authority) dropRevoked(keys []*key, now time.Time) ([]*key, bool, error) {
-	if a.cfg.Revoked == nil {
-		return keys, false, nil
-	}
-	revoked := a.cfg.Revoked()
+func (a *Authority) dropRevoked(keys []*key, now time.Time, revoked map[string]time.Time) ([]*key, bool, error) {
 	if len(revoked) == 0 {
 		return keys, false, nil
 	}
@@ -580,7 +609,7 @@ func (a *Authority) dropRevoked(keys []*key, now time.Time) ([]*key, bool, error
 	return keys, changed, nil
 }
 
-func (a *Authority) rotateRoots(ctx context.Context, keys []*key, now time.Time) ([]*key, bool, error) {
+func (a *Authority) rotateRoots(keys []*key, now time.Time, in rotationInputs) ([]*key, bool, error) {
 	changed := false
 	active := find(keys, kindRoot, stateActive)
 	prepared := find(keys, kindRoot, statePrepared)
@@ -615,7 +644,7 @@ func (a *Authority) rotateRoots(ctx context.Context, keys []*key, now time.Time)
 		changed = true
 		a.log.Info("prepared next root; published in the bundle", "id", k.ID)
 	}
-	if due := lifeFraction(active, 5, 6); prepared != nil && !now.Before(due) && a.acknowledged(ctx, prepared.ID, now.Sub(due)) {
+	if due := lifeFraction(active, 5, 6); prepared != nil && !now.Before(due) && a.acknowledged(prepared.ID, now.Sub(due), in) {
 		active.State = stateOld
 		prepared.State, prepared.ActivatedAt = stateActive, now
 		changed = true
@@ -633,13 +662,19 @@ func (a *Authority) rotateRoots(ctx context.Context, keys []*key, now time.Time)
 }
 
 // acknowledged reports whether the prepared root id, due for activation
-// for waited, may be activated: every live agent holds it, or the wait
-// reached ActivationTimeout (then OnUnacknowledged is told who lags).
-func (a *Authority) acknowledged(ctx context.Context, id string, waited time.Duration) bool {
+// for waited, may be activated: every live agent holds it (in tells), or
+// the wait reached ActivationTimeout (then OnUnacknowledged is told who
+// lags).
+func (a *Authority) acknowledged(id string, waited time.Duration, in rotationInputs) bool {
 	if a.cfg.Laggards == nil {
 		return true
 	}
-	laggards, err := a.cfg.Laggards(ctx, id)
+	laggards, err := in.laggards, in.laggardsErr
+	if in.prepared != id {
+		// The keys changed since the laggards were read: look again at
+		// the next rotation.
+		laggards, err = nil, errors.New("the prepared root changed while its acknowledgements were read")
+	}
 	if err == nil && len(laggards) == 0 {
 		a.held = ""
 		return true

@@ -19,8 +19,15 @@ func TestRevokedKeysAreReplaced(t *testing.T) {
 	ctx := context.Background()
 	clk := clock.NewFake(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	revoked := map[string]time.Time{}
+	var a *authority.Authority
 	a, err := authority.New(ctx, authority.Config{TrustDomain: td, Store: openStore(t, t.TempDir()), Now: clk.Now,
-		Revoked: func() map[string]time.Time { return revoked }})
+		Revoked: func() map[string]time.Time {
+			// As signet-ca's does: it reads the keys to match serials.
+			if a != nil {
+				a.Keys()
+			}
+			return revoked
+		}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -107,9 +114,17 @@ func TestRootActivationWaitsForAcknowledgement(t *testing.T) {
 	clk := clock.NewFake(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	laggards := []string{"spiffe://example.org/signet/agent/join/n2"}
 	var told []string
+	var a *authority.Authority
 	a, err := authority.New(ctx, authority.Config{TrustDomain: td, Store: openStore(t, t.TempDir()), Now: clk.Now,
 		RootTTL: 600 * time.Hour, IntermediateTTL: 10 * time.Hour, ActivationTimeout: 5 * time.Hour,
-		Laggards:         func(context.Context, string) ([]string, error) { return laggards, nil },
+		Laggards: func(context.Context, string) ([]string, error) {
+			// As signet-ca's does: its status reads the keys and bundle.
+			if a != nil {
+				a.Keys()
+				a.Bundle()
+			}
+			return laggards, nil
+		},
 		OnUnacknowledged: func(id string, l []string, why string) { told = l }})
 	if err != nil {
 		t.Fatal(err)
