@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	workloadv1 "github.com/signet-id/signet/proto/signet/workload/v1"
+
 	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
@@ -441,6 +443,34 @@ func TestMalformedRequestsAndDisconnects(t *testing.T) {
 	}
 	if _, err := c.FetchJWTSVID(withHeader(ctx), &workload.JWTSVIDRequest{Audience: []string{"a"}, SpiffeId: "spiffe://example.org/not-mine"}); status.Code(err) != codes.PermissionDenied {
 		t.Errorf("JWT for an identity not ours: %v; want PermissionDenied", err)
+	}
+
+	// Bundle acknowledgements: key IDs are hex and bounded, and a caller
+	// acknowledges as one of its own identities only.
+	conn, err := grpc.NewClient("unix://"+a.Socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	bundles := workloadv1.NewBundlesClient(conn)
+	many := make([]string, 65)
+	for i := range many {
+		many[i] = "ab"
+	}
+	for name, c := range map[string]struct {
+		req  *workloadv1.AckBundleRequest
+		want codes.Code
+	}{
+		"not hex":      {&workloadv1.AckBundleRequest{X509Authorities: []string{"zz"}}, codes.InvalidArgument},
+		"empty id":     {&workloadv1.AckBundleRequest{JwtAuthorities: []string{""}}, codes.InvalidArgument},
+		"too long":     {&workloadv1.AckBundleRequest{X509Authorities: []string{strings.Repeat("a", 129)}}, codes.InvalidArgument},
+		"too many":     {&workloadv1.AckBundleRequest{X509Authorities: many}, codes.InvalidArgument},
+		"another's ID": {&workloadv1.AckBundleRequest{X509Authorities: []string{"ab"}, SpiffeId: "spiffe://example.org/not-mine"}, codes.PermissionDenied},
+		"fine":         {&workloadv1.AckBundleRequest{X509Authorities: []string{"AB01"}, SpiffeId: "spiffe://example.org/w/self"}, codes.OK},
+	} {
+		if _, err := bundles.Ack(withHeader(ctx), c.req); status.Code(err) != c.want {
+			t.Errorf("Bundles.Ack %s: %v; want %v", name, err, c.want)
+		}
 	}
 
 	// Garbage bytes on the socket, and clients that vanish mid-stream.

@@ -28,30 +28,14 @@ import (
 	"github.com/signet-id/signet/sdk/authz"
 )
 
-// cli runs the signet CLI against the CA of dataDir.
-func cli(tb testing.TB, dataDir string, args ...string) string {
-	tb.Helper()
-	cmd := exec.Command(filepath.Join(binDir, "signet"), args...)
-	cmd.Env = append(os.Environ(), "SIGNET_ADMIN_SOCKET="+filepath.Join(dataDir, "admin.sock"))
-	out, err := cmd.Output()
-	if err != nil {
-		stderr := ""
-		if ee, ok := err.(*exec.ExitError); ok {
-			stderr = string(ee.Stderr)
-		}
-		tb.Fatalf("signet %v: %v\n%s", args, err, stderr)
-	}
-	return string(out)
-}
-
 // startAgentProcess runs signet-agent for node with a join token of the CA
 // at dataDir, and returns its socket and process.
 func startAgentProcess(tb testing.TB, dataDir, caAddr, node string) (string, *exec.Cmd) {
 	tb.Helper()
 	bundle := filepath.Join(tb.TempDir(), "bundle.pem")
-	os.WriteFile(bundle, []byte(cli(tb, dataDir, "bundle", "show")), 0o600)
+	os.WriteFile(bundle, []byte(signet(tb, dataDir, "bundle", "show")), 0o600)
 	var tok struct{ Token string }
-	json.Unmarshal([]byte(cli(tb, dataDir, "token", "create", "--node", node, "-o", "json")), &tok)
+	json.Unmarshal([]byte(signet(tb, dataDir, "token", "create", "--node", node, "-o", "json")), &tok)
 	sock := filepath.Join(tb.TempDir(), "agent.sock")
 	agent := exec.Command(filepath.Join(binDir, "signet-agent"), "--ca-address", caAddr, "--join-token", tok.Token, "--trust-bundle", bundle,
 		"--data-dir", tb.TempDir(), "--socket", sock, "--health-addr", "")
@@ -81,7 +65,7 @@ type caStatus struct {
 func readCAStatus(tb testing.TB, dataDir string) caStatus {
 	tb.Helper()
 	var st caStatus
-	if out := cli(tb, dataDir, "ca", "status", "-o", "json"); json.Unmarshal([]byte(out), &st) != nil {
+	if out := signet(tb, dataDir, "ca", "status", "-o", "json"); json.Unmarshal([]byte(out), &st) != nil {
 		tb.Fatalf("ca status -o json: %s", out)
 	}
 	return st
@@ -164,13 +148,19 @@ func (m *mesh) handshake(ctx context.Context, from, to int) error {
 	if err != nil {
 		return err
 	}
+	return exchange(c)
+}
+
+// exchange sends a byte on c, reads the echo and closes c: both sides of
+// a TLS connection have verified each other when it returns nil.
+func exchange(c net.Conn) error {
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(10 * time.Second))
 	if _, err := c.Write([]byte{1}); err != nil {
 		return err
 	}
 	var b [1]byte
-	_, err = io.ReadFull(c, b[:])
+	_, err := io.ReadFull(c, b[:])
 	return err
 }
 
@@ -238,14 +228,7 @@ func (m *mesh) stolenDial(to int, stolen *x509svid.SVID) error {
 	if err != nil {
 		return err
 	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	if _, err := c.Write([]byte{1}); err != nil {
-		return err
-	}
-	var b [1]byte
-	_, err = io.ReadFull(c, b[:])
-	return err
+	return exchange(c)
 }
 
 type staticSVID struct{ svid *x509svid.SVID }
@@ -273,7 +256,7 @@ func createEntries(tb testing.TB, dir, node string, ids []string) {
 	b.WriteString("]}")
 	f := filepath.Join(tb.TempDir(), "entries.json")
 	os.WriteFile(f, []byte(b.String()), 0o600)
-	cli(tb, dir, "entry", "create", "--file", f)
+	signet(tb, dir, "entry", "create", "--file", f)
 }
 
 // compromise is what an intermediate compromise measured.
@@ -322,7 +305,7 @@ func intermediateCompromise(tb testing.TB, n, workers int, grace time.Duration) 
 			EnforceAfter string `json:"enforceAfter"`
 		} `json:"revocations"`
 	}
-	out := cli(tb, dir, "revocation", "create", "--ca-key", keyID(oldInter.SubjectKeyId), "--grace", grace.String(), "--reason", "intermediate key copied", "-o", "json")
+	out := signet(tb, dir, "revocation", "create", "--ca-key", keyID(oldInter.SubjectKeyId), "--grace", grace.String(), "--reason", "intermediate key copied", "-o", "json")
 	if err := json.Unmarshal([]byte(out), &created); err != nil || len(created.Revocations) != 1 ||
 		created.Revocations[0].Serial != oldInter.SerialNumber.Text(16) || created.Revocations[0].EnforceAfter == "" {
 		tb.Fatalf("revocation create --ca-key: %v\n%s", err, out)

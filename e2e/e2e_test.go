@@ -76,7 +76,9 @@ func startCAWith(t testing.TB, dataDir string, env []string, args ...string) *ex
 	return nil
 }
 
-func signet(t *testing.T, dataDir string, args ...string) string {
+// signet runs the signet CLI against the CA of dataDir and returns its
+// output; it fails the test if the command fails.
+func signet(t testing.TB, dataDir string, args ...string) string {
 	t.Helper()
 	cmd := exec.Command(filepath.Join(binDir, "signet"), args...)
 	cmd.Env = append(os.Environ(), "SIGNET_ADMIN_SOCKET="+filepath.Join(dataDir, "admin.sock"))
