@@ -5,6 +5,30 @@ import (
 	"time"
 )
 
+// BenchmarkRevocationUnderTraffic: 100 SDK workloads on one agent
+// (processes) making handshakes with each other; workload 0 holds an open
+// connection to each of the 99 others, and its SVID is revoked. Reports
+// revoke -> each peer has closed that connection and refuses a new
+// handshake with the revoked SVID (p50, p99, max; goal p99 <= 2 s), and
+// the peers that never did (goal 0).
+//
+//	go test ./e2e -run '^$' -bench BenchmarkRevocationUnderTraffic -benchtime 1x
+func BenchmarkRevocationUnderTraffic(b *testing.B) {
+	for range b.N {
+		res := revocationUnderTraffic(b, 100, 8)
+		if len(res.refused) > 0 {
+			q := func(p float64) float64 {
+				return float64(res.refused[min(len(res.refused)-1, int(p*float64(len(res.refused))))].Milliseconds())
+			}
+			b.ReportMetric(q(0.5), "ms-p50")
+			b.ReportMetric(q(0.99), "ms-p99")
+			b.ReportMetric(float64(res.refused[len(res.refused)-1].Milliseconds()), "ms-max")
+		}
+		b.ReportMetric(float64(res.never), "never")
+		b.ReportMetric(float64(res.ok), "handshakes")
+	}
+}
+
 // BenchmarkIntermediateCompromise: 100 SDK workloads on one agent
 // (signet-ca and signet-agent as processes) making handshakes with each
 // other; the active intermediate is revoked (grace 10 s, the default).

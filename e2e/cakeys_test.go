@@ -121,7 +121,7 @@ func startMesh(tb testing.TB, sock string, ids []string) *mesh {
 	return m
 }
 
-// echo answers each connection's byte, then closes it.
+// echo sends back every byte of each connection until it ends.
 func echo(l net.Listener) {
 	for {
 		c, err := l.Accept()
@@ -130,10 +130,15 @@ func echo(l net.Listener) {
 		}
 		go func() {
 			defer c.Close()
-			c.SetDeadline(time.Now().Add(10 * time.Second))
 			var b [1]byte
-			if _, err := io.ReadFull(c, b[:]); err == nil {
-				c.Write(b[:])
+			for {
+				c.SetDeadline(time.Now().Add(time.Minute))
+				if _, err := io.ReadFull(c, b[:]); err != nil {
+					return
+				}
+				if _, err := c.Write(b[:]); err != nil {
+					return
+				}
 			}
 		}()
 	}
@@ -229,6 +234,103 @@ func (m *mesh) stolenDial(to int, stolen *x509svid.SVID) error {
 		return err
 	}
 	return exchange(c)
+}
+
+// spread is revoke -> each peer refusing the revoked SVID: its open
+// connection from it closed, and a new handshake with it refused (the
+// later of the two), for the peers that did; never counts those that did
+// not within the timeout.
+type spread struct {
+	refused    []time.Duration
+	never      int
+	ok, failed int64
+}
+
+// revocationUnderTraffic: n SDK workloads on one agent (processes)
+// making handshakes with each other; workload 0 holds an open connection
+// to every other. Its SVID is revoked by serial, and each other workload
+// is timed until it has closed that connection and refuses a new
+// handshake with the revoked SVID.
+func revocationUnderTraffic(tb testing.TB, n, workers int) spread {
+	dir := tb.TempDir()
+	caAddr := systest.FreeAddr(tb)
+	startCAWith(tb, dir, nil, "--listen", caAddr)
+	sock, _ := startAgentProcess(tb, dir, caAddr, "n1")
+	ids := workloadIDs(n)
+	createEntries(tb, dir, "n1", ids)
+	m := startMesh(tb, sock, ids)
+	revoked, _ := m.srcs[0].GetX509SVID()
+	open := make([]net.Conn, n)
+	for j := 1; j < n; j++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		c, err := sdk.Dial(ctx, "tcp", m.addrs[j], m.srcs[0], tlsconfig.AuthorizeAny())
+		cancel()
+		if err != nil {
+			tb.Fatal(err)
+		}
+		if _, err := c.Write([]byte{1}); err != nil {
+			tb.Fatal(err)
+		}
+		if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
+			tb.Fatal(err)
+		}
+		open[j] = c
+		tb.Cleanup(func() { c.Close() })
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	traffic := m.drive(ctx, workers)
+	for m.ok.Load() < 50 {
+		time.Sleep(10 * time.Millisecond)
+	}
+	var res spread
+	times := make([]time.Duration, n)
+	var wg sync.WaitGroup
+	start := time.Now()
+	signet(tb, dir, "revocation", "create", "--serial", revoked.Certificates[0].SerialNumber.Text(16))
+	for j := 1; j < n; j++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			deadline := start.Add(30 * time.Second)
+			// The open connection: the peer closes it.
+			open[j].SetReadDeadline(deadline)
+			if _, err := io.ReadFull(open[j], make([]byte, 1)); err == nil || time.Now().After(deadline) {
+				return
+			}
+			for m.stolenDial(j, revoked) == nil {
+				if time.Now().After(deadline) {
+					return
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			times[j] = time.Since(start)
+		}()
+	}
+	wg.Wait()
+	cancel()
+	traffic.Wait()
+	for _, d := range times[1:] {
+		if d == 0 {
+			res.never++
+		} else {
+			res.refused = append(res.refused, d)
+		}
+	}
+	slices.Sort(res.refused)
+	res.ok, res.failed = m.ok.Load(), m.failed.Load()
+	return res
+}
+
+// TestRevocationUnderTraffic: every peer closes its connection with a
+// revoked workload and refuses its SVID, while the others keep making
+// handshakes.
+func TestRevocationUnderTraffic(t *testing.T) {
+	res := revocationUnderTraffic(t, 8, 4)
+	if res.never > 0 {
+		t.Fatalf("%d peers never refused the revoked SVID", res.never)
+	}
+	t.Logf("revoke -> each of %d peers refusing: %v; handshakes meanwhile: %d ok, %d failed", len(res.refused), res.refused, res.ok, res.failed)
 }
 
 type staticSVID struct{ svid *x509svid.SVID }
