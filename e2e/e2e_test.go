@@ -254,6 +254,10 @@ func TestAuditLogRotation(t *testing.T) {
 	if strings.Contains(string(cur), `"node":"before"`) {
 		t.Fatal("the new file holds records from before the rotation")
 	}
+	// The hash chain runs on from the rotated file into the new one.
+	if out := signet(t, dir, "audit", "verify", logPath+".1", logPath); !strings.HasPrefix(out, "intact:") || !strings.Contains(out, "starts the chain") {
+		t.Errorf("audit verify across the rotation: %s", out)
+	}
 }
 
 // TestAgentOfAnotherCAFailsAtOnce: an agent given the trust bundle of

@@ -16,4 +16,5 @@ go test -run '^$' -fuzz '^FuzzPolicy$' -fuzztime "$t" ./sdk/authz/
 go test -run '^$' -fuzz '^FuzzDecide$' -fuzztime "$t" ./sdk/authz/
 go test -run '^$' -fuzz '^FuzzAdmissionReview$' -fuzztime "$t" ./ca/webhook/
 go test -run '^$' -fuzz '^FuzzParseMountInfo$' -fuzztime "$t" ./agent/csi/
-go test -run '^$' -fuzz '^FuzzNormalizeSerial$' -fuzztime "$t" ./ca/api/
+go test -run '^$' -fuzz '^FuzzNormalizeSerial$' -fuzztime "$t" ./ca/revocations/
+go test -run '^$' -fuzz '^FuzzVerify$' -fuzztime "$t" ./ca/audit/

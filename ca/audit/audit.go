@@ -102,19 +102,40 @@ type KeyInfo struct {
 	KMSName  string    `json:"kms_name,omitempty"`
 }
 
-// Log writes records to one writer. It is safe for concurrent use.
+// Log writes records to one writer, each line chained to the one before
+// by a hash (see chain.go), and hands every line to its sinks. It is safe
+// for concurrent use.
 type Log struct {
 	mu  sync.Mutex
 	w   io.Writer
 	c   io.Closer
 	now func() time.Time
 	buf []byte
+	// prev is the hash of the last line written, seq its number.
+	prev  string
+	seq   uint64
+	sinks []Sink
 
 	reopen func() error
 }
 
-// Open returns a Log appending to path, or to stderr when path is "" or "-".
+// Sink takes every line the log writes, after the file has it (see
+// Spool). Append must not block for long: it is called under the log's
+// lock.
+type Sink interface {
+	Append(lines []byte) error
+}
+
+// Open returns a Log appending to path, or to stderr when path is "" or
+// "-". The chain continues from the file's last line, if it has one.
 func Open(path string) (*Log, error) {
+	var last []byte
+	if path != "" && path != "-" {
+		var err error
+		if last, err = lastLine(path); err != nil {
+			return nil, fmt.Errorf("audit: %w", err)
+		}
+	}
 	f, err := logfile.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("audit: %w", err)
@@ -122,7 +143,24 @@ func Open(path string) (*Log, error) {
 	l := New(f)
 	l.c = f
 	l.reopen = f.Reopen
+	if h, err := parseHead(last); err == nil {
+		l.prev, l.seq = h.hash, h.seq
+	}
 	return l, nil
+}
+
+// AddSink makes the log hand every line it writes from now on to s too.
+func (l *Log) AddSink(s Sink) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.sinks = append(l.sinks, s)
+}
+
+// Position returns the number and hash of the last line written.
+func (l *Log) Position() (uint64, string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.seq, l.prev
 }
 
 // Reopen reopens the file after a rotation (see internal/logfile).
@@ -133,8 +171,8 @@ func (l *Log) Reopen() error {
 	return l.reopen()
 }
 
-// New returns a Log writing to w.
-func New(w io.Writer) *Log { return &Log{w: w, now: time.Now} }
+// New returns a Log writing to w, its chain starting afresh.
+func New(w io.Writer) *Log { return &Log{w: w, now: time.Now, prev: genesis} }
 
 // Write writes the records, one line each, in one write call. It returns
 // once the lines are handed to the operating system (not fsynced).
@@ -151,11 +189,19 @@ func (l *Log) Write(recs ...Record) error {
 		if err != nil {
 			return fmt.Errorf("audit: %w", err)
 		}
-		l.buf = append(l.buf, b...)
+		var line []byte
+		line, l.prev = chainLine(l.prev, l.seq+1, b)
+		l.seq++
+		l.buf = append(l.buf, line...)
 		l.buf = append(l.buf, '\n')
 	}
 	if _, err := l.w.Write(l.buf); err != nil {
 		return fmt.Errorf("audit: %w", err)
+	}
+	for _, s := range l.sinks {
+		// The file has the records: a sink that cannot take them counts
+		// the loss itself.
+		s.Append(l.buf)
 	}
 	return nil
 }

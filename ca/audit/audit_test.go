@@ -26,7 +26,7 @@ func TestWriteOneLinePerRecord(t *testing.T) {
 	if len(lines) != 2 {
 		t.Fatalf("wrote %d lines; want 2:\n%s", len(lines), buf.String())
 	}
-	var got map[string]string
+	var got map[string]any
 	if err := json.Unmarshal([]byte(lines[0]), &got); err != nil {
 		t.Fatal(err)
 	}

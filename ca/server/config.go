@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,6 +15,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/signet-id/signet/ca/api"
+	"github.com/signet-id/signet/ca/audit"
 	"github.com/signet-id/signet/ca/authority"
 	"github.com/signet-id/signet/internal/signetid"
 	"github.com/signet-id/signet/internal/tasks"
@@ -64,6 +67,12 @@ type Config struct {
 	MetricsAddr string
 	// AuditLog is the audit file; "-" is stderr. If empty, DataDir/audit.log.
 	AuditLog string
+	// AuditSinks are external systems that get every audit record written
+	// from when they are configured, through a spool of their own under
+	// DataDir/audit-spool (at most AuditSpoolMax bytes each; if zero,
+	// 256 MiB).
+	AuditSinks    []AuditSink
+	AuditSpoolMax int64
 	// RootTTL, IntermediateTTL, JWTKeyTTL, AgentTTL, X509TTL and JWTTTL
 	// are the lifetimes of what the CA makes; each has a Default above.
 	// An intermediate lives at most a sixth of a root, and X.509-SVIDs
@@ -125,6 +134,20 @@ type Cluster interface {
 // ClusterBuilder connects Kubernetes mode for cfg.Kube; what it starts
 // stops when ctx ends.
 type ClusterBuilder func(ctx context.Context, cfg Config, log hclog.Logger) (Cluster, error)
+
+// AuditSink is one external audit sink: an HTTPS webhook
+// (https://...) or syslog (tcp://host:port, tls://host:port).
+type AuditSink struct {
+	URL string
+	// CAFile holds the PEM roots that verify the sink's server
+	// certificate; if empty, the system's. CAFile and PresentSVID apply
+	// to TLS sinks only (not tcp://).
+	CAFile string
+	// PresentSVID makes the CA present its own SVID
+	// (spiffe://<td>/signet/ca) as a client certificate (webhook, and
+	// syslog over TLS).
+	PresentSVID bool
+}
 
 // KubeConfig configures Kubernetes mode: PSAT node attestation, identities
 // derived from pods and IdentityRules, the CA's keys in a Secret shared by
@@ -203,6 +226,14 @@ func (c *Config) Validate() error {
 	}
 	if c.AdminSocket == "" {
 		c.AdminSocket = filepath.Join(c.DataDir, "admin.sock")
+	}
+	if c.AuditSpoolMax == 0 {
+		c.AuditSpoolMax = 256 << 20
+	}
+	for _, sk := range c.AuditSinks {
+		if err := sk.check(); err != nil {
+			return err
+		}
 	}
 	if c.AuditLog == "" {
 		c.AuditLog = filepath.Join(c.DataDir, "audit.log")
@@ -324,4 +355,29 @@ func (k *KubeConfig) validate(td spiffeid.TrustDomain) error {
 		}
 	}
 	return nil
+}
+
+func (s AuditSink) check() error {
+	if strings.HasPrefix(s.URL, "https://") || strings.HasPrefix(s.URL, "http://") {
+		u, err := url.Parse(s.URL)
+		if err != nil || u.Host == "" {
+			return fmt.Errorf("audit-webhook: %q is not a URL", s.URL)
+		}
+		if u.Scheme == "http" && !isLoopback(u.Hostname()) {
+			return fmt.Errorf("audit-webhook: %q: audit records leave only over https (http is for a receiver on this host)", s.URL)
+		}
+		return nil
+	}
+	if _, _, err := audit.ParseSyslogAddr(s.URL); err != nil {
+		return fmt.Errorf("audit-syslog: %w", err)
+	}
+	return nil
+}
+
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }

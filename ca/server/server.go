@@ -100,6 +100,12 @@ func build(ctx context.Context, g *tasks.Group, cfg Config) (ready func(), err e
 		return nil, err
 	}
 	p.OnClose(func() { auditLog.Close() })
+	// The sinks take every record from now on: the spools exist before
+	// the first record (the keys the authority makes below).
+	sinks, err := openAuditSinks(cfg, auditLog)
+	if err != nil {
+		return nil, err
+	}
 	authCfg := authority.Config{
 		TrustDomain: cfg.TrustDomain, Store: st, RootTTL: cfg.RootTTL, IntermediateTTL: cfg.IntermediateTTL,
 		JWTKeyTTL: cfg.JWTKeyTTL, KeyType: cfg.KeyType, KMS: cfg.KMS, OpenKMS: cfg.OpenKMS, Log: log.Named("authority"),
@@ -177,6 +183,9 @@ func build(ctx context.Context, g *tasks.Group, cfg Config) (ready func(), err e
 	}
 	apiCfg.SetDefaults()
 	reg.MustRegister(api.NewStatusCollector(&apiCfg))
+	if err := sinks.start(p, auth, cfg, reg, log); err != nil {
+		return nil, err
+	}
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "signet_ca_revocations",
 		Help: "Revocations in force (of the store, and the cluster's Revocation objects)."}, func() float64 {
 		rs, err := apiCfg.InForce(context.Background(), time.Now())

@@ -40,6 +40,11 @@ type fileConfig struct {
 	HealthAddr      string            `json:"health-addr"`
 	MetricsAddr     string            `json:"metrics-addr"`
 	AuditLog        string            `json:"audit-log"`
+	AuditWebhook    config.StringList `json:"audit-webhook"`
+	AuditSyslog     config.StringList `json:"audit-syslog"`
+	AuditSinkCA     string            `json:"audit-sink-ca"`
+	AuditSinkSVID   bool              `json:"audit-sink-svid"`
+	AuditSpoolMaxMi int64             `json:"audit-spool-max-mib"`
 	RootTTL         config.Duration   `json:"root-ttl"`
 	IntermediateTTL config.Duration   `json:"intermediate-ttl"`
 	JWTKeyTTL       config.Duration   `json:"jwt-key-ttl"`
@@ -83,6 +88,7 @@ func defaults() fileConfig {
 		X509TTL:         config.Duration(server.DefaultX509TTL),
 		JWTTTL:          config.Duration(server.DefaultJWTTTL),
 		MinSVIDTTL:      config.Duration(server.DefaultMinSVIDTTL),
+		AuditSpoolMaxMi: 256,
 		RootActivation:  config.Duration(server.DefaultRootActivationTimeout),
 		KeyType:         server.DefaultKeyType,
 		LogLevel:        "info",
@@ -108,6 +114,11 @@ func register(fs *flag.FlagSet, c *fileConfig) {
 	fs.StringVar(&c.HealthAddr, "health-addr", c.HealthAddr, "address of /healthz and /readyz")
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", c.MetricsAddr, "address of /metrics (default: the health address)")
 	fs.StringVar(&c.AuditLog, "audit-log", c.AuditLog, "audit log file, - for stderr (default DATA-DIR/audit.log)")
+	fs.Var(&c.AuditWebhook, "audit-webhook", "also send every audit record to this HTTPS URL, in batches of JSON (repeatable)")
+	fs.Var(&c.AuditSyslog, "audit-syslog", "also send every audit record to syslog, RFC 5424 at tcp://HOST:PORT or tls://HOST:PORT (repeatable)")
+	fs.StringVar(&c.AuditSinkCA, "audit-sink-ca", c.AuditSinkCA, "PEM roots that verify the audit sinks' server certificates (default the system's)")
+	fs.BoolVar(&c.AuditSinkSVID, "audit-sink-svid", c.AuditSinkSVID, "present the CA's own SVID as a client certificate to the audit sinks (mutual TLS)")
+	fs.Int64Var(&c.AuditSpoolMaxMi, "audit-spool-max-mib", c.AuditSpoolMaxMi, "MiB each audit sink's spool may hold while the sink is away; the oldest records go first past it")
 	fs.Var(&c.RootTTL, "root-ttl", "root certificate lifetime")
 	fs.Var(&c.IntermediateTTL, "intermediate-ttl", "intermediate certificate lifetime")
 	fs.Var(&c.JWTKeyTTL, "jwt-key-ttl", "JWT signing key lifetime")
@@ -187,7 +198,15 @@ func validate(c fileConfig) (server.Config, hclog.Logger, error) {
 	} else if c.ClusterName != "" || len(c.AgentServiceAccount) > 0 {
 		return server.Config{}, nil, errors.New("cluster-name and agent-service-account need kubeconfig or in-cluster")
 	}
+	var sinks []server.AuditSink
+	for _, u := range append(append([]string(nil), c.AuditWebhook...), c.AuditSyslog...) {
+		sinks = append(sinks, server.AuditSink{URL: u, CAFile: c.AuditSinkCA, PresentSVID: c.AuditSinkSVID})
+	}
+	if c.AuditSpoolMaxMi <= 0 {
+		return server.Config{}, nil, errors.New("audit-spool-max-mib: must be positive")
+	}
 	cfg := server.Config{
+		AuditSinks: sinks, AuditSpoolMax: c.AuditSpoolMaxMi << 20,
 		TrustDomain: td, DataDir: c.DataDir, ListenAddr: c.Listen, AdminSocket: c.AdminSocket,
 		AdminListenAddr: c.AdminListen, AdminIDs: adminIDs, HealthAddr: c.HealthAddr, MetricsAddr: c.MetricsAddr,
 		AuditLog: c.AuditLog, RootTTL: time.Duration(c.RootTTL), IntermediateTTL: time.Duration(c.IntermediateTTL),

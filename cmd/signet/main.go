@@ -62,6 +62,7 @@ func init() {
 		{"fetch x509", "[--socket ADDR] [--write DIR]", "the caller's X509-SVIDs from the Workload API, as a workload sees them", (*cli).fetchX509},
 		{"fetch jwt", "--audience AUD [--spiffe-id ID] [--socket ADDR]", "a JWT-SVID from the Workload API", (*cli).fetchJWT},
 		{"fetch bundle", "[--socket ADDR] [--write DIR]", "the trust bundles the Workload API gives the caller", (*cli).fetchBundle},
+		{"audit verify", "FILE...", "check the hash chain of CA audit log files (oldest first): every record unchanged, none removed or inserted", (*cli).auditVerify},
 		{"healthcheck", "[--addr HOST:PORT] [--live]", "ask a CA's or an agent's health endpoint whether it is ready (or live)", (*cli).healthcheck},
 		{"version", "", "print the version", (*cli).printVersion},
 	}
@@ -104,6 +105,9 @@ func main() {
 // errUsage is a mistake in the command line, already reported.
 var errUsage = errors.New("usage")
 
+// errSilent is a failure the command has reported itself.
+var errSilent = errors.New("failed")
+
 func (c *cli) run(ctx context.Context, args []string) int {
 	fs := flag.NewFlagSet("signet", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
@@ -144,8 +148,13 @@ func (c *cli) run(ctx context.Context, args []string) int {
 	if cmd == nil {
 		return code
 	}
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-	defer cancel()
+	// Every call to the admin API is bounded; an emergency rotation waits
+	// as long as its own flags say.
+	if cmd.name != "ca rotate" {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, 2*time.Minute)
+		defer cancel()
+	}
 	err := cmd.run(c, ctx, args)
 	switch {
 	case err == nil:
@@ -154,6 +163,8 @@ func (c *cli) run(ctx context.Context, args []string) int {
 		return 0
 	case errors.Is(err, errUsage):
 		return 2
+	case errors.Is(err, errSilent):
+		return 1
 	}
 	if st, ok := status.FromError(err); ok {
 		fmt.Fprintf(c.stderr, "signet %s: %s (%s)\n", cmd.name, st.Message(), st.Code())
