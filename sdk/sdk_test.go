@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	typesv1 "github.com/signet-id/signet/proto/signet/types/v1"
+
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"google.golang.org/grpc"
@@ -196,6 +198,57 @@ func TestPolicyChangeOnRunningServer(t *testing.T) {
 	az.SetCentral(nil)
 	if err := check(fc); err != nil {
 		t.Fatalf("after the deny is lifted: %v", err)
+	}
+}
+
+// TestWhenThroughGRPC: a central rule with a time window allows a real
+// mutual-TLS gRPC call inside its window and refuses it outside, by the
+// server's (injected) clock; outside every window the handshake itself
+// is refused.
+func TestWhenThroughGRPC(t *testing.T) {
+	w := newWorld(t)
+	serverSrc, _ := w.source(t, serverID, w.ca, time.Now().Add(time.Hour))
+	az, _ := authz.New(td)
+	rules, err := authz.PolicyRules([]*typesv1.AccessPolicy{{Name: "office-hours", Target: serverID, Rules: []*typesv1.PolicyRule{{
+		Action: "allow", Peers: []*typesv1.PolicyPeer{{Id: frontID}}, Methods: []string{"/grpc.health.v1.Health/Check"},
+		When: []*typesv1.TimeWindow{{Days: []string{"mon", "tue", "wed", "thu", "fri"}, Start: "08:00", End: "18:00", TimeZone: "America/New_York"}},
+	}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := az.SetCentral(rules); err != nil {
+		t.Fatal(err)
+	}
+	var clock atomic.Pointer[time.Time]
+	az.SetClock(func() time.Time { return *clock.Load() })
+	set := func(s string) {
+		ny, _ := time.LoadLocation("America/New_York")
+		tm, _ := time.ParseInLocation("2006-01-02 15:04", s, ny)
+		clock.Store(&tm)
+	}
+	set("2026-12-02 10:00") // a Wednesday morning in New York
+	var reached atomic.Int64
+	addr := grpcServer(t, serverSrc, az, &reached, nil)
+	front, _ := w.source(t, frontID, w.ca, time.Now().Add(time.Hour))
+	fc := healthClient(t, front, addr)
+	if err := check(fc); err != nil {
+		t.Fatalf("inside the window: %v", err)
+	}
+	set("2026-12-02 19:00") // the same day, after hours: the open connection's call
+	if err := check(fc); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("outside the window: %v, want PermissionDenied", err)
+	}
+	before := reached.Load()
+	set("2026-12-06 03:00") // Sunday night: a new connection is refused at the handshake
+	if err := check(healthClient(t, front, addr)); err == nil {
+		t.Fatal("a new connection outside every window was served")
+	}
+	if reached.Load() != before {
+		t.Fatal("a handler ran for a call outside the window")
+	}
+	set("2026-12-07 08:00")
+	if err := check(healthClient(t, front, addr)); err != nil {
+		t.Fatalf("back inside the window: %v", err)
 	}
 }
 

@@ -13,6 +13,9 @@ import (
 	"strings"
 	"syscall"
 	"time"
+	// Time zones of AccessPolicy windows, checked by the admission webhook
+	// and the admin API, whatever the image holds.
+	_ "time/tzdata"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
@@ -32,6 +33,8 @@ type Authorizer struct {
 	mu    sync.Mutex // serializes writers of hooks
 	// counts of decisions, for Counts.
 	allowed, denied, refused atomic.Uint64
+	// now is the clock of rules with windows.
+	now atomic.Pointer[func() time.Time]
 }
 
 // Decision is one decision of Check or CheckConnect.
@@ -61,6 +64,8 @@ func New(td spiffeid.TrustDomain, rules ...Rule) (*Authorizer, error) {
 		return nil, errors.New("authz: trust domain is required")
 	}
 	a := &Authorizer{td: td, code: append([]Rule(nil), rules...)}
+	now := time.Now
+	a.now.Store(&now)
 	set, err := compile(td, a.code, nil)
 	if err != nil {
 		return nil, err
@@ -68,6 +73,13 @@ func New(td spiffeid.TrustDomain, rules ...Rule) (*Authorizer, error) {
 	a.set.Store(set)
 	return a, nil
 }
+
+// SetClock makes rules with windows (Rule.When) read the time from now
+// (tests inject a clock); the default is time.Now.
+func (a *Authorizer) SetClock(now func() time.Time) { a.now.Store(&now) }
+
+// clock returns the current clock.
+func (a *Authorizer) clock() func() time.Time { return *a.now.Load() }
 
 // SetCentral replaces the central rules (from AccessPolicies), keeping the
 // rules declared in code. On error the rules in force do not change.
@@ -137,19 +149,19 @@ func (a *Authorizer) Counts() (allowed, denied, refusedAtHandshake uint64) {
 // Allowed decides a gRPC call (method is the full method,
 // "/pkg.Service/Method"). The decision is not passed to OnDecision.
 func (a *Authorizer) Allowed(peer spiffeid.ID, method string) bool {
-	return a.set.Load().decide(peer, "", method)
+	return a.set.Load().decide(peer, "", method, a.clock())
 }
 
 // AllowedHTTP decides an HTTP request. The decision is not passed to
 // OnDecision.
 func (a *Authorizer) AllowedHTTP(peer spiffeid.ID, verb, path string) bool {
-	return a.set.Load().decide(peer, verb, path)
+	return a.set.Load().decide(peer, verb, path, a.clock())
 }
 
 // Check decides a call as Allowed (verb "") or AllowedHTTP do, and passes
 // the decision to OnDecision's function. Servers call it once per call.
 func (a *Authorizer) Check(peer spiffeid.ID, verb, path string) bool {
-	ok := a.set.Load().decide(peer, verb, path)
+	ok := a.set.Load().decide(peer, verb, path, a.clock())
 	m := path
 	if verb != "" {
 		m = verb + " " + path
@@ -162,7 +174,7 @@ func (a *Authorizer) Check(peer spiffeid.ID, verb, path string) bool {
 // rule for all methods matches it, and some allow rule does. Handshakes
 // of other peers are refused.
 func (a *Authorizer) MayConnect(peer spiffeid.ID) bool {
-	return a.set.Load().mayConnect(peer)
+	return a.set.Load().mayConnect(peer, a.clock())
 }
 
 // CheckConnect decides a TLS handshake as MayConnect does, and passes a
@@ -180,6 +192,34 @@ func (a *Authorizer) CheckConnect(peer spiffeid.ID) bool {
 type crule struct {
 	deny    bool
 	methods []methodPattern // none: every method
+	when    []cwindow       // none: at any time
+}
+
+// now reads a clock once, and only if asked.
+type now struct {
+	clock func() time.Time
+	t     time.Time
+}
+
+func (n *now) get() time.Time {
+	if n.t.IsZero() {
+		n.t = n.clock()
+	}
+	return n.t
+}
+
+// inWindow reports whether the rule applies at the time of n.
+func (r *crule) inWindow(n *now) bool {
+	if len(r.when) == 0 {
+		return true
+	}
+	t := n.get()
+	for _, w := range r.when {
+		if w.contains(t) {
+			return true
+		}
+	}
+	return false
 }
 
 func (r *crule) matchesCall(verb, path string) bool {
@@ -277,6 +317,13 @@ func compile(td spiffeid.TrustDomain, code, central []Rule) (*ruleSet, error) {
 			return nil, fmt.Errorf("authz: %s: no peers", where)
 		}
 		cr := &crule{deny: r.Action == ActionDeny}
+		for j, w := range r.When {
+			cw, err := compileWindow(w)
+			if err != nil {
+				return nil, fmt.Errorf("authz: %s: when[%d]: %w", where, j, err)
+			}
+			cr.when = append(cr.when, cw)
+		}
 		for _, m := range r.Methods {
 			mp, err := compileMethod(m)
 			if err != nil {
@@ -360,7 +407,7 @@ func nsSA(path string) (ns, sa string, ok bool) {
 	return ns, sa, true
 }
 
-func (s *ruleSet) decide(peer spiffeid.ID, verb, path string) bool {
+func (s *ruleSet) decide(peer spiffeid.ID, verb, path string, clock func() time.Time) bool {
 	// A path with "." or ".." segments or empty ones names another path
 	// than it spells ("/public/../admin"): no rule decides for it, and no
 	// "**" reaches past its prefix, nor does it slip past a deny rule.
@@ -368,9 +415,10 @@ func (s *ruleSet) decide(peer spiffeid.ID, verb, path string) bool {
 		return false
 	}
 	allow, deny := false, false
+	n := now{clock: clock}
 	s.visitPeer(peer, func(rs []*crule) bool {
 		for _, r := range rs {
-			if r.matchesCall(verb, path) {
+			if r.matchesCall(verb, path) && r.inWindow(&n) {
 				if r.deny {
 					deny = true
 					return false
@@ -383,10 +431,14 @@ func (s *ruleSet) decide(peer spiffeid.ID, verb, path string) bool {
 	return allow && !deny
 }
 
-func (s *ruleSet) mayConnect(peer spiffeid.ID) bool {
+func (s *ruleSet) mayConnect(peer spiffeid.ID, clock func() time.Time) bool {
 	allow, deny := false, false
+	n := now{clock: clock}
 	s.visitPeer(peer, func(rs []*crule) bool {
 		for _, r := range rs {
+			if !r.inWindow(&n) {
+				continue
+			}
 			switch {
 			case r.deny && len(r.methods) == 0:
 				deny = true

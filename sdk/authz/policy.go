@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
@@ -43,9 +44,40 @@ func policyRules(p *typesv1.AccessPolicy) ([]Rule, error) {
 			r.Peers = append(r.Peers, peer)
 		}
 		r.Methods = pr.GetMethods()
+		for j, tw := range pr.GetWhen() {
+			w, err := policyWindow(tw)
+			if err != nil {
+				return nil, fmt.Errorf("rules[%d].when[%d]: %w", i, j, err)
+			}
+			r.When = append(r.When, w)
+		}
 		out = append(out, r)
 	}
 	return out, nil
+}
+
+// policyWindow reads a TimeWindow; its time zone must be in the
+// service's zone database (a scratch image needs time/tzdata).
+func policyWindow(tw *typesv1.TimeWindow) (Window, error) {
+	w := Window{Start: tw.GetStart(), End: tw.GetEnd()}
+	for _, d := range tw.GetDays() {
+		day, err := parseDay(d)
+		if err != nil {
+			return Window{}, err
+		}
+		w.Days = append(w.Days, day)
+	}
+	if z := tw.GetTimeZone(); z != "" {
+		loc, err := time.LoadLocation(z)
+		if err != nil {
+			return Window{}, fmt.Errorf("timeZone %q: %v", z, err)
+		}
+		w.Location = loc
+	}
+	if _, err := compileWindow(w); err != nil {
+		return Window{}, err
+	}
+	return w, nil
 }
 
 func policyPeer(pp *typesv1.PolicyPeer) (Peer, error) {

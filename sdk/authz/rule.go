@@ -38,6 +38,10 @@ type Rule struct {
 	// segment "*" matches one segment and a final "**" any number. Empty:
 	// every method.
 	Methods []string
+	// When limits the rule to weekly windows of time: it applies to calls
+	// made in one of them, by the Authorizer's clock, and to no other.
+	// None: at any time.
+	When []Window
 }
 
 // Allow returns a rule that allows peers.
@@ -45,6 +49,12 @@ func Allow(peers ...Peer) Rule { return Rule{Action: ActionAllow, Peers: peers} 
 
 // Deny returns a rule that denies peers.
 func Deny(peers ...Peer) Rule { return Rule{Action: ActionDeny, Peers: peers} }
+
+// During returns r limited to the windows (see Rule.When).
+func (r Rule) During(windows ...Window) Rule {
+	r.When = append(append([]Window(nil), r.When...), windows...)
+	return r
+}
 
 // OnMethods returns r limited to methods (see Rule.Methods).
 func (r Rule) OnMethods(methods ...string) Rule {

@@ -534,7 +534,10 @@ type PolicyRule struct {
 	Peers  []*PolicyPeer `protobuf:"bytes,2,rep,name=peers,proto3" json:"peers,omitempty"`
 	// methods are gRPC full methods ("/pkg.Service/Method", "/pkg.Service/*")
 	// or HTTP requests ("GET /items/*"); empty means every method.
-	Methods       []string `protobuf:"bytes,3,rep,name=methods,proto3" json:"methods,omitempty"`
+	Methods []string `protobuf:"bytes,3,rep,name=methods,proto3" json:"methods,omitempty"`
+	// when limits the rule to weekly time windows: it applies to a call
+	// made in one of them (the server's clock), and to no other.
+	When          []*TimeWindow `protobuf:"bytes,4,rep,name=when,proto3" json:"when,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -590,6 +593,87 @@ func (x *PolicyRule) GetMethods() []string {
 	return nil
 }
 
+func (x *PolicyRule) GetWhen() []*TimeWindow {
+	if x != nil {
+		return x.When
+	}
+	return nil
+}
+
+// TimeWindow is a weekly window of time in a named time zone.
+type TimeWindow struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// days are "mon" to "sun"; empty means every day. A window that ends
+	// past midnight belongs to the day it starts on.
+	Days []string `protobuf:"bytes,1,rep,name=days,proto3" json:"days,omitempty"`
+	// start and end are "HH:MM" (end may be "24:00"); start is included,
+	// end is not. An end before the start runs past midnight.
+	Start string `protobuf:"bytes,2,opt,name=start,proto3" json:"start,omitempty"`
+	End   string `protobuf:"bytes,3,opt,name=end,proto3" json:"end,omitempty"`
+	// time_zone is an IANA zone name ("Europe/Berlin"); empty means UTC.
+	TimeZone      string `protobuf:"bytes,4,opt,name=time_zone,json=timeZone,proto3" json:"time_zone,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TimeWindow) Reset() {
+	*x = TimeWindow{}
+	mi := &file_signet_types_v1_types_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TimeWindow) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TimeWindow) ProtoMessage() {}
+
+func (x *TimeWindow) ProtoReflect() protoreflect.Message {
+	mi := &file_signet_types_v1_types_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TimeWindow.ProtoReflect.Descriptor instead.
+func (*TimeWindow) Descriptor() ([]byte, []int) {
+	return file_signet_types_v1_types_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *TimeWindow) GetDays() []string {
+	if x != nil {
+		return x.Days
+	}
+	return nil
+}
+
+func (x *TimeWindow) GetStart() string {
+	if x != nil {
+		return x.Start
+	}
+	return ""
+}
+
+func (x *TimeWindow) GetEnd() string {
+	if x != nil {
+		return x.End
+	}
+	return ""
+}
+
+func (x *TimeWindow) GetTimeZone() string {
+	if x != nil {
+		return x.TimeZone
+	}
+	return ""
+}
+
 // AccessPolicy protects the servers its target names with its rules.
 type AccessPolicy struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -607,7 +691,7 @@ type AccessPolicy struct {
 
 func (x *AccessPolicy) Reset() {
 	*x = AccessPolicy{}
-	mi := &file_signet_types_v1_types_proto_msgTypes[7]
+	mi := &file_signet_types_v1_types_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -619,7 +703,7 @@ func (x *AccessPolicy) String() string {
 func (*AccessPolicy) ProtoMessage() {}
 
 func (x *AccessPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_signet_types_v1_types_proto_msgTypes[7]
+	mi := &file_signet_types_v1_types_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -632,7 +716,7 @@ func (x *AccessPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AccessPolicy.ProtoReflect.Descriptor instead.
 func (*AccessPolicy) Descriptor() ([]byte, []int) {
-	return file_signet_types_v1_types_proto_rawDescGZIP(), []int{7}
+	return file_signet_types_v1_types_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *AccessPolicy) GetName() string {
@@ -717,7 +801,7 @@ type Revocation struct {
 
 func (x *Revocation) Reset() {
 	*x = Revocation{}
-	mi := &file_signet_types_v1_types_proto_msgTypes[8]
+	mi := &file_signet_types_v1_types_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -729,7 +813,7 @@ func (x *Revocation) String() string {
 func (*Revocation) ProtoMessage() {}
 
 func (x *Revocation) ProtoReflect() protoreflect.Message {
-	mi := &file_signet_types_v1_types_proto_msgTypes[8]
+	mi := &file_signet_types_v1_types_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -742,7 +826,7 @@ func (x *Revocation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Revocation.ProtoReflect.Descriptor instead.
 func (*Revocation) Descriptor() ([]byte, []int) {
-	return file_signet_types_v1_types_proto_rawDescGZIP(), []int{8}
+	return file_signet_types_v1_types_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Revocation) GetId() string {
@@ -860,7 +944,7 @@ type BundleAck struct {
 
 func (x *BundleAck) Reset() {
 	*x = BundleAck{}
-	mi := &file_signet_types_v1_types_proto_msgTypes[9]
+	mi := &file_signet_types_v1_types_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -872,7 +956,7 @@ func (x *BundleAck) String() string {
 func (*BundleAck) ProtoMessage() {}
 
 func (x *BundleAck) ProtoReflect() protoreflect.Message {
-	mi := &file_signet_types_v1_types_proto_msgTypes[9]
+	mi := &file_signet_types_v1_types_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -885,7 +969,7 @@ func (x *BundleAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BundleAck.ProtoReflect.Descriptor instead.
 func (*BundleAck) Descriptor() ([]byte, []int) {
-	return file_signet_types_v1_types_proto_rawDescGZIP(), []int{9}
+	return file_signet_types_v1_types_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *BundleAck) GetAgentId() string {
@@ -974,7 +1058,7 @@ type WorkloadAck struct {
 
 func (x *WorkloadAck) Reset() {
 	*x = WorkloadAck{}
-	mi := &file_signet_types_v1_types_proto_msgTypes[10]
+	mi := &file_signet_types_v1_types_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -986,7 +1070,7 @@ func (x *WorkloadAck) String() string {
 func (*WorkloadAck) ProtoMessage() {}
 
 func (x *WorkloadAck) ProtoReflect() protoreflect.Message {
-	mi := &file_signet_types_v1_types_proto_msgTypes[10]
+	mi := &file_signet_types_v1_types_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -999,7 +1083,7 @@ func (x *WorkloadAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkloadAck.ProtoReflect.Descriptor instead.
 func (*WorkloadAck) Descriptor() ([]byte, []int) {
-	return file_signet_types_v1_types_proto_rawDescGZIP(), []int{10}
+	return file_signet_types_v1_types_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *WorkloadAck) GetSpiffeId() string {
@@ -1059,7 +1143,7 @@ type Decision struct {
 
 func (x *Decision) Reset() {
 	*x = Decision{}
-	mi := &file_signet_types_v1_types_proto_msgTypes[11]
+	mi := &file_signet_types_v1_types_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1071,7 +1155,7 @@ func (x *Decision) String() string {
 func (*Decision) ProtoMessage() {}
 
 func (x *Decision) ProtoReflect() protoreflect.Message {
-	mi := &file_signet_types_v1_types_proto_msgTypes[11]
+	mi := &file_signet_types_v1_types_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1084,7 +1168,7 @@ func (x *Decision) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Decision.ProtoReflect.Descriptor instead.
 func (*Decision) Descriptor() ([]byte, []int) {
-	return file_signet_types_v1_types_proto_rawDescGZIP(), []int{11}
+	return file_signet_types_v1_types_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Decision) GetServer() string {
@@ -1143,7 +1227,7 @@ type DecisionReport struct {
 
 func (x *DecisionReport) Reset() {
 	*x = DecisionReport{}
-	mi := &file_signet_types_v1_types_proto_msgTypes[12]
+	mi := &file_signet_types_v1_types_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1155,7 +1239,7 @@ func (x *DecisionReport) String() string {
 func (*DecisionReport) ProtoMessage() {}
 
 func (x *DecisionReport) ProtoReflect() protoreflect.Message {
-	mi := &file_signet_types_v1_types_proto_msgTypes[12]
+	mi := &file_signet_types_v1_types_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1168,7 +1252,7 @@ func (x *DecisionReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DecisionReport.ProtoReflect.Descriptor instead.
 func (*DecisionReport) Descriptor() ([]byte, []int) {
-	return file_signet_types_v1_types_proto_rawDescGZIP(), []int{12}
+	return file_signet_types_v1_types_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *DecisionReport) GetDecisions() []*Decision {
@@ -1194,7 +1278,7 @@ type DecisionReportAck struct {
 
 func (x *DecisionReportAck) Reset() {
 	*x = DecisionReportAck{}
-	mi := &file_signet_types_v1_types_proto_msgTypes[13]
+	mi := &file_signet_types_v1_types_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1206,7 +1290,7 @@ func (x *DecisionReportAck) String() string {
 func (*DecisionReportAck) ProtoMessage() {}
 
 func (x *DecisionReportAck) ProtoReflect() protoreflect.Message {
-	mi := &file_signet_types_v1_types_proto_msgTypes[13]
+	mi := &file_signet_types_v1_types_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1219,7 +1303,7 @@ func (x *DecisionReportAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DecisionReportAck.ProtoReflect.Descriptor instead.
 func (*DecisionReportAck) Descriptor() ([]byte, []int) {
-	return file_signet_types_v1_types_proto_rawDescGZIP(), []int{13}
+	return file_signet_types_v1_types_proto_rawDescGZIP(), []int{14}
 }
 
 var File_signet_types_v1_types_proto protoreflect.FileDescriptor
@@ -1271,12 +1355,19 @@ const file_signet_types_v1_types_proto_rawDesc = "" +
 	"\apattern\x18\x02 \x01(\tR\apattern\x12!\n" +
 	"\ftrust_domain\x18\x03 \x01(\tR\vtrustDomain\x12\x1c\n" +
 	"\tnamespace\x18\x04 \x01(\tR\tnamespace\x12'\n" +
-	"\x0fservice_account\x18\x05 \x01(\tR\x0eserviceAccount\"q\n" +
+	"\x0fservice_account\x18\x05 \x01(\tR\x0eserviceAccount\"\xa2\x01\n" +
 	"\n" +
 	"PolicyRule\x12\x16\n" +
 	"\x06action\x18\x01 \x01(\tR\x06action\x121\n" +
 	"\x05peers\x18\x02 \x03(\v2\x1b.signet.types.v1.PolicyPeerR\x05peers\x12\x18\n" +
-	"\amethods\x18\x03 \x03(\tR\amethods\"\x89\x01\n" +
+	"\amethods\x18\x03 \x03(\tR\amethods\x12/\n" +
+	"\x04when\x18\x04 \x03(\v2\x1b.signet.types.v1.TimeWindowR\x04when\"e\n" +
+	"\n" +
+	"TimeWindow\x12\x12\n" +
+	"\x04days\x18\x01 \x03(\tR\x04days\x12\x14\n" +
+	"\x05start\x18\x02 \x01(\tR\x05start\x12\x10\n" +
+	"\x03end\x18\x03 \x01(\tR\x03end\x12\x1b\n" +
+	"\ttime_zone\x18\x04 \x01(\tR\btimeZone\"\x89\x01\n" +
 	"\fAccessPolicy\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06target\x18\x02 \x01(\tR\x06target\x121\n" +
@@ -1347,7 +1438,7 @@ func file_signet_types_v1_types_proto_rawDescGZIP() []byte {
 	return file_signet_types_v1_types_proto_rawDescData
 }
 
-var file_signet_types_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_signet_types_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_signet_types_v1_types_proto_goTypes = []any{
 	(*Selector)(nil),          // 0: signet.types.v1.Selector
 	(*Entry)(nil),             // 1: signet.types.v1.Entry
@@ -1356,30 +1447,32 @@ var file_signet_types_v1_types_proto_goTypes = []any{
 	(*Agent)(nil),             // 4: signet.types.v1.Agent
 	(*PolicyPeer)(nil),        // 5: signet.types.v1.PolicyPeer
 	(*PolicyRule)(nil),        // 6: signet.types.v1.PolicyRule
-	(*AccessPolicy)(nil),      // 7: signet.types.v1.AccessPolicy
-	(*Revocation)(nil),        // 8: signet.types.v1.Revocation
-	(*BundleAck)(nil),         // 9: signet.types.v1.BundleAck
-	(*WorkloadAck)(nil),       // 10: signet.types.v1.WorkloadAck
-	(*Decision)(nil),          // 11: signet.types.v1.Decision
-	(*DecisionReport)(nil),    // 12: signet.types.v1.DecisionReport
-	(*DecisionReportAck)(nil), // 13: signet.types.v1.DecisionReportAck
-	nil,                       // 14: signet.types.v1.BundleAck.SvidsByRootEntry
-	nil,                       // 15: signet.types.v1.BundleAck.SvidsByIntermediateEntry
+	(*TimeWindow)(nil),        // 7: signet.types.v1.TimeWindow
+	(*AccessPolicy)(nil),      // 8: signet.types.v1.AccessPolicy
+	(*Revocation)(nil),        // 9: signet.types.v1.Revocation
+	(*BundleAck)(nil),         // 10: signet.types.v1.BundleAck
+	(*WorkloadAck)(nil),       // 11: signet.types.v1.WorkloadAck
+	(*Decision)(nil),          // 12: signet.types.v1.Decision
+	(*DecisionReport)(nil),    // 13: signet.types.v1.DecisionReport
+	(*DecisionReportAck)(nil), // 14: signet.types.v1.DecisionReportAck
+	nil,                       // 15: signet.types.v1.BundleAck.SvidsByRootEntry
+	nil,                       // 16: signet.types.v1.BundleAck.SvidsByIntermediateEntry
 }
 var file_signet_types_v1_types_proto_depIdxs = []int32{
 	0,  // 0: signet.types.v1.Entry.selectors:type_name -> signet.types.v1.Selector
 	2,  // 1: signet.types.v1.Bundle.jwt_authorities:type_name -> signet.types.v1.JWTKey
 	5,  // 2: signet.types.v1.PolicyRule.peers:type_name -> signet.types.v1.PolicyPeer
-	6,  // 3: signet.types.v1.AccessPolicy.rules:type_name -> signet.types.v1.PolicyRule
-	14, // 4: signet.types.v1.BundleAck.svids_by_root:type_name -> signet.types.v1.BundleAck.SvidsByRootEntry
-	10, // 5: signet.types.v1.BundleAck.workloads:type_name -> signet.types.v1.WorkloadAck
-	15, // 6: signet.types.v1.BundleAck.svids_by_intermediate:type_name -> signet.types.v1.BundleAck.SvidsByIntermediateEntry
-	11, // 7: signet.types.v1.DecisionReport.decisions:type_name -> signet.types.v1.Decision
-	8,  // [8:8] is the sub-list for method output_type
-	8,  // [8:8] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	7,  // 3: signet.types.v1.PolicyRule.when:type_name -> signet.types.v1.TimeWindow
+	6,  // 4: signet.types.v1.AccessPolicy.rules:type_name -> signet.types.v1.PolicyRule
+	15, // 5: signet.types.v1.BundleAck.svids_by_root:type_name -> signet.types.v1.BundleAck.SvidsByRootEntry
+	11, // 6: signet.types.v1.BundleAck.workloads:type_name -> signet.types.v1.WorkloadAck
+	16, // 7: signet.types.v1.BundleAck.svids_by_intermediate:type_name -> signet.types.v1.BundleAck.SvidsByIntermediateEntry
+	12, // 8: signet.types.v1.DecisionReport.decisions:type_name -> signet.types.v1.Decision
+	9,  // [9:9] is the sub-list for method output_type
+	9,  // [9:9] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_signet_types_v1_types_proto_init() }
@@ -1393,7 +1486,7 @@ func file_signet_types_v1_types_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_signet_types_v1_types_proto_rawDesc), len(file_signet_types_v1_types_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   16,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

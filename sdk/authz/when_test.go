@@ -1,0 +1,101 @@
+package authz
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	typesv1 "github.com/signet-id/signet/proto/signet/types/v1"
+)
+
+// TestWhen: a rule with windows applies in them only, in their time zone,
+// across midnight and daylight saving; a deny with a window lifts outside
+// it.
+func TestWhen(t *testing.T) {
+	policies := []*typesv1.AccessPolicy{{Name: "batch", Target: "spiffe://example.org/ns/shop/sa/db", Rules: []*typesv1.PolicyRule{
+		{Action: "allow", Peers: []*typesv1.PolicyPeer{{ServiceAccount: "shop/report"}}, Methods: []string{"/db.v1.DB/Read"},
+			When: []*typesv1.TimeWindow{
+				{Days: []string{"mon", "tue", "wed", "thu", "fri"}, Start: "09:00", End: "17:30", TimeZone: "Europe/Berlin"},
+				{Days: []string{"sat"}, Start: "22:00", End: "02:00", TimeZone: "Europe/Berlin"},
+			}},
+		{Action: "allow", Peers: []*typesv1.PolicyPeer{{ServiceAccount: "shop/admin"}}},
+		{Action: "deny", Peers: []*typesv1.PolicyPeer{{ServiceAccount: "shop/admin"}}, Methods: []string{"/db.v1.DB/Drop"},
+			When: []*typesv1.TimeWindow{{Start: "00:00", End: "24:00", Days: []string{"sun"}}}},
+	}}}
+	rules, err := PolicyRules(policies)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := New(td, rules...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	berlin, _ := time.LoadLocation("Europe/Berlin")
+	at := func(s string, loc *time.Location) time.Time {
+		tm, err := time.ParseInLocation("2006-01-02 15:04", s, loc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tm
+	}
+	report, admin := id("spiffe://example.org/ns/shop/sa/report"), id("spiffe://example.org/ns/shop/sa/admin")
+	for _, c := range []struct {
+		when   time.Time
+		peer   string
+		method string
+		want   bool
+	}{
+		{at("2026-12-02 10:00", berlin), "report", "/db.v1.DB/Read", true},     // Wednesday
+		{at("2026-12-02 08:59", berlin), "report", "/db.v1.DB/Read", false},    // before the window
+		{at("2026-12-02 17:30", berlin), "report", "/db.v1.DB/Read", false},    // the end is not in it
+		{at("2026-12-02 16:29", time.UTC), "report", "/db.v1.DB/Read", true},   // 17:29 in Berlin
+		{at("2026-12-06 03:00", berlin), "report", "/db.v1.DB/Read", false},    // Sunday 03:00
+		{at("2026-12-05 23:00", berlin), "report", "/db.v1.DB/Read", true},     // Saturday night
+		{at("2026-12-06 01:59", berlin), "report", "/db.v1.DB/Read", true},     // past midnight, still Saturday's
+		{at("2026-12-07 01:00", berlin), "report", "/db.v1.DB/Read", false},    // Sunday night is not
+		{at("2026-07-01 09:30", berlin), "report", "/db.v1.DB/Read", true},     // summer time
+		{at("2026-07-01 07:30", time.UTC), "report", "/db.v1.DB/Read", true},   // 09:30 CEST
+		{at("2026-07-01 06:30", time.UTC), "report", "/db.v1.DB/Read", false},  // 08:30 CEST
+		{at("2026-12-06 12:00", time.UTC), "admin", "/db.v1.DB/Drop", false},   // the Sunday deny
+		{at("2026-12-07 12:00", time.UTC), "admin", "/db.v1.DB/Drop", true},    // lifted on Monday
+		{at("2026-12-06 12:00", time.UTC), "admin", "/db.v1.DB/Read", true},    // other methods
+		{at("2026-12-02 10:00", berlin), "report", "/db.v1.DB/Write", false},   // not the method
+	} {
+		a.SetClock(func() time.Time { return c.when })
+		p := report
+		if c.peer == "admin" {
+			p = admin
+		}
+		if got := a.Allowed(p, c.method); got != c.want {
+			t.Errorf("%s %s at %s: %v, want %v", c.peer, c.method, c.when.In(berlin).Format("Mon 2006-01-02 15:04 MST"), got, c.want)
+		}
+	}
+	// The handshake: a peer only allowed in a window is refused outside it.
+	a.SetClock(func() time.Time { return at("2026-12-06 03:00", berlin) })
+	if a.MayConnect(report) {
+		t.Error("a peer allowed only in windows may connect outside them")
+	}
+	a.SetClock(func() time.Time { return at("2026-12-02 10:00", berlin) })
+	if !a.MayConnect(report) {
+		t.Error("a peer allowed in a window may not connect in it")
+	}
+
+	for name, c := range map[string]struct {
+		w    *typesv1.TimeWindow
+		want string
+	}{
+		"bad day":    {&typesv1.TimeWindow{Days: []string{"someday"}, Start: "09:00", End: "10:00"}, "day"},
+		"bad start":  {&typesv1.TimeWindow{Start: "9:00", End: "10:00"}, "HH:MM"},
+		"bad end":    {&typesv1.TimeWindow{Start: "09:00", End: "24:30"}, "24:00"},
+		"24 start":   {&typesv1.TimeWindow{Start: "24:00", End: "10:00"}, "24:00"},
+		"empty":      {&typesv1.TimeWindow{Start: "09:00", End: "09:00"}, "empty window"},
+		"bad zone":   {&typesv1.TimeWindow{Start: "09:00", End: "10:00", TimeZone: "Mars/Olympus"}, "timeZone"},
+		"minutes 60": {&typesv1.TimeWindow{Start: "09:60", End: "10:00"}, "HH:MM"},
+	} {
+		_, err := PolicyRules([]*typesv1.AccessPolicy{{Name: "p", Rules: []*typesv1.PolicyRule{{Action: "allow",
+			Peers: []*typesv1.PolicyPeer{{Namespace: "x"}}, When: []*typesv1.TimeWindow{c.w}}}}})
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v, want %q", name, err, c.want)
+		}
+	}
+}
