@@ -28,7 +28,9 @@ const (
 // then: the central AccessPolicies that protect this service become
 // az's central rules (SetCentral) as they change, and az's decisions
 // go to the CA's audit log (every denial; allowed calls counted per peer
-// and minute), buffered and delivered at least once. Run it in a
+// and minute), buffered and delivered at least once, with the traffic
+// its servers counted (per caller, method and minute: calls, denials,
+// bytes each way, latency). Run it in a
 // goroutine; it reconnects by itself. A policy update that does not
 // compile leaves the rules in force and is reported to onError, as are
 // connection errors (onError may be nil).
@@ -178,15 +180,17 @@ func (r *recorder) run(ctx context.Context, c workloadv1.DecisionsClient, onErro
 
 func (r *recorder) flush(ctx context.Context, c workloadv1.DecisionsClient, final bool, onError func(error)) {
 	den, counts, dropped := r.take()
-	if len(den) == 0 && len(counts) == 0 && dropped == 0 {
+	tr, trDropped := r.server.traffic.take()
+	if len(den) == 0 && len(counts) == 0 && dropped == 0 && len(tr) == 0 && trDropped == 0 {
 		return
 	}
 	id, err := r.server.ID()
 	if err != nil {
 		r.giveBack(den, counts, dropped)
+		r.server.traffic.giveBack(tr, trDropped)
 		return
 	}
-	req := &typesv1.DecisionReport{Dropped: dropped}
+	req := &typesv1.DecisionReport{Dropped: dropped + trDropped, Traffic: trafficProto(id.String(), tr)}
 	for _, d := range den {
 		d.Server = id.String()
 		req.Decisions = append(req.Decisions, d)
@@ -203,6 +207,7 @@ func (r *recorder) flush(ctx context.Context, c workloadv1.DecisionsClient, fina
 	}
 	if _, err := c.Report(sendCtx, req); err != nil {
 		r.giveBack(den, counts, dropped)
+		r.server.traffic.giveBack(tr, trDropped)
 		onError(err)
 	}
 }

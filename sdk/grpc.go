@@ -15,14 +15,20 @@ import (
 )
 
 // GRPCServerOptions returns the options that make a gRPC server mutually
-// authenticated and authorized: ServerCredentials and both interceptors.
+// authenticated and authorized: ServerCredentials and both interceptors,
+// and a stats handler that counts every call in the source's traffic
+// (Source.TrafficTotals, and the reports of Follow).
 func GRPCServerOptions(src *Source, az *authz.Authorizer) []grpc.ServerOption {
 	return []grpc.ServerOption{
 		grpc.Creds(ServerCredentials(src, az)),
 		grpc.ChainUnaryInterceptor(UnaryServerInterceptor(az)),
 		grpc.ChainStreamInterceptor(StreamServerInterceptor(az)),
+		grpc.StatsHandler(statsHandler{src: src}),
 	}
 }
+
+// deniedMessage is the status message of a call the policy denied.
+const deniedMessage = "not allowed by policy"
 
 // ServerCredentials are mutual TLS with the source's SVID; peers that az
 // would deny whatever they called, and revoked peers, are refused at the
@@ -56,7 +62,7 @@ func PeerIDFromContext(ctx context.Context) (spiffeid.ID, bool) {
 func authorize(ctx context.Context, az *authz.Authorizer, method string) (context.Context, error) {
 	id, ok := PeerIDFromContext(ctx)
 	if !ok || !az.Check(id, "", method) {
-		return nil, status.Error(codes.PermissionDenied, "not allowed by policy")
+		return nil, status.Error(codes.PermissionDenied, deniedMessage)
 	}
 	return context.WithValue(ctx, peerKey{}, id), nil
 }

@@ -43,6 +43,9 @@ func Middleware(az *authz.Authorizer, next http.Handler) http.Handler {
 		}
 		id, err := peerIDOfState(*r.TLS)
 		if err != nil || !az.Check(id, r.Method, r.URL.Path) {
+			if cw, ok := w.(*countingWriter); ok {
+				cw.denied = true
+			}
 			http.Error(w, "forbidden", http.StatusForbidden)
 			return
 		}
@@ -58,10 +61,11 @@ func hasEncodedSeparator(raw string) bool {
 }
 
 // NewHTTPServer returns a server on addr whose TLS configuration is
-// ServerTLSConfig and whose handler is Middleware(az, h). Serve it with
-// ListenAndServeTLS("", "").
+// ServerTLSConfig and whose handler is Middleware(az, h), with every
+// request counted in the source's traffic (Source.TrafficTotals, and the
+// reports of Follow). Serve it with ListenAndServeTLS("", "").
 func NewHTTPServer(addr string, src *Source, az *authz.Authorizer, h http.Handler) *http.Server {
-	return &http.Server{Addr: addr, TLSConfig: ServerTLSConfig(src, az), Handler: Middleware(az, h),
+	return &http.Server{Addr: addr, TLSConfig: ServerTLSConfig(src, az), Handler: countHTTP(src, Middleware(az, h)),
 		// Connections whose peer becomes revoked are closed.
 		ConnState: func(c net.Conn, st http.ConnState) {
 			if tc, ok := c.(*tls.Conn); ok && st == http.StateNew {

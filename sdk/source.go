@@ -49,8 +49,10 @@ type Source struct {
 	revs       atomic.Pointer[revocation.Set]
 	conns      conns
 	revUpdates atomic.Int64
-	stop       context.CancelFunc
-	stopped    chan struct{}
+	// traffic counts what this source's servers serve.
+	traffic traffic
+	stop    context.CancelFunc
+	stopped chan struct{}
 }
 
 // svids is where a Source's SVID and bundles come from: go-spiffe's

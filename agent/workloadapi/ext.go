@@ -139,6 +139,12 @@ func (s *DecisionServer) Report(ctx context.Context, req *typesv1.DecisionReport
 			return nil, status.Errorf(codes.PermissionDenied, "decisions[%d]: server %q is not one of the caller's identities", i, d.GetServer())
 		}
 	}
+	for i, tc := range req.GetTraffic() {
+		if !ids[tc.GetServer()] {
+			s.h.refuse(c, event, fmt.Sprintf("traffic[%d].server %q is not the caller", i, tc.GetServer()))
+			return nil, status.Errorf(codes.PermissionDenied, "traffic[%d]: server %q is not one of the caller's identities", i, tc.GetServer())
+		}
+	}
 	if err := s.sink.ReportDecisions(ctx, req); err != nil {
 		return nil, status.Errorf(codes.Unavailable, "the CA did not take the decisions: %v", status.Convert(err).Message())
 	}

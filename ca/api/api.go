@@ -271,10 +271,11 @@ func (n *Notifier) Notify() {
 
 // Metrics are the CA's Prometheus metrics.
 type Metrics struct {
-	issued       *prometheus.CounterVec
-	signDuration *prometheus.HistogramVec
-	refusals     *prometheus.CounterVec
-	attestations *prometheus.CounterVec
+	issued        *prometheus.CounterVec
+	signDuration  *prometheus.HistogramVec
+	refusals      *prometheus.CounterVec
+	attestations  *prometheus.CounterVec
+	trafficCounts prometheus.Counter
 }
 
 // NewMetrics registers the API metrics with reg.
@@ -293,8 +294,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		attestations: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "signet_ca_node_attestations_total", Help: "Node attestations, by method and result.",
 		}, []string{"method", "result"}),
+		trafficCounts: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "signet_ca_traffic_counts_total", Help: "Traffic counts (server, caller, method, minute) services reported through their agents.",
+		}),
 	}
-	reg.MustRegister(m.issued, m.signDuration, m.refusals, m.attestations)
+	reg.MustRegister(m.issued, m.signDuration, m.refusals, m.attestations, m.trafficCounts)
 	return m
 }
 

@@ -873,8 +873,8 @@ func (s *NodeServer) ReportDecisions(ctx context.Context, req *typesv1.DecisionR
 	if err != nil {
 		return nil, err
 	}
-	if len(req.GetDecisions()) > maxDecisions {
-		return nil, status.Errorf(codes.InvalidArgument, "%d decisions: at most %d per call", len(req.GetDecisions()), maxDecisions)
+	if len(req.GetDecisions()) > maxDecisions || len(req.GetTraffic()) > maxDecisions {
+		return nil, status.Errorf(codes.InvalidArgument, "%d decisions, %d traffic counts: at most %d of each per call", len(req.GetDecisions()), len(req.GetTraffic()), maxDecisions)
 	}
 	recs := make([]audit.Record, 0, len(req.GetDecisions())+1)
 	// An agent speaks for its own workloads only: decisions of any other
@@ -911,6 +911,24 @@ func (s *NodeServer) ReportDecisions(ctx context.Context, req *typesv1.DecisionR
 		}
 		recs = append(recs, r)
 	}
+	// Traffic counts: of the agent's own workloads only, like decisions.
+	var traffic []*typesv1.TrafficCount
+	for i, tc := range req.GetTraffic() {
+		if err := checkTraffic(tc); err != nil {
+			return nil, s.cfg.refuse(method, codes.InvalidArgument, audit.Record{Actor: c.id.String(), Reason: fmt.Sprintf("traffic[%d]: %v", i, err)})
+		}
+		own, err := owns(tc.GetServer())
+		if err != nil {
+			return nil, s.cfg.internal(ctx, "report traffic", err)
+		}
+		if !own {
+			if !slices.Contains(foreign, tc.GetServer()) {
+				foreign = append(foreign, tc.GetServer())
+			}
+			continue
+		}
+		traffic = append(traffic, tc)
+	}
 	if len(foreign) > 0 {
 		if len(foreign) > 5 {
 			foreign = append(foreign[:5], "...")
@@ -926,5 +944,26 @@ func (s *NodeServer) ReportDecisions(ctx context.Context, req *typesv1.DecisionR
 	if err := s.cfg.auditOrFail(recs...); err != nil {
 		return nil, err
 	}
+	s.cfg.Metrics.trafficCounts.Add(float64(len(traffic)))
 	return &typesv1.DecisionReportAck{}, nil
+}
+
+// checkTraffic checks one traffic count a service reported.
+func checkTraffic(tc *typesv1.TrafficCount) error {
+	if _, err := spiffeid.FromString(tc.GetServer()); err != nil {
+		return fmt.Errorf("server: %v", err)
+	}
+	if _, err := spiffeid.FromString(tc.GetPeer()); err != nil {
+		return fmt.Errorf("peer: %v", err)
+	}
+	if m := tc.GetMethod(); m == "" || len(m) > 512 {
+		return errors.New("method: want 1 to 512 bytes")
+	}
+	if tc.GetCalls() < 1 || tc.GetDenials() < 0 || tc.GetDenials() > tc.GetCalls() || tc.GetBytesIn() < 0 || tc.GetBytesOut() < 0 || tc.GetMinute()%60 != 0 {
+		return errors.New("counts: calls at least 1, denials at most calls, bytes not negative, minute on a minute")
+	}
+	if len(tc.GetLatency()) > 7 {
+		return errors.New("latency: at most 7 buckets")
+	}
+	return nil
 }

@@ -16,9 +16,11 @@ import (
 )
 
 // BenchmarkGRPCExample is the example gRPC service (health Check over
-// mutual TLS, SVIDs from a real agent) with the SDK's interceptors
-// (authorization and decision audit on every call, a policy of 100 rules)
-// and with the same mutual TLS but no interceptors, in one run.
+// mutual TLS, SVIDs from a real agent) with the SDK's options
+// (authorization and decision audit on every call, a policy of 100 rules,
+// and traffic counting: bytes, durations, reported with the decisions),
+// with the same but no traffic counting, and with the same mutual TLS but
+// none of it, in one run.
 //
 //	go test -run '^$' -bench GRPCExample -benchtime 3s -count 3 ./e2e/central/
 func BenchmarkGRPCExample(b *testing.B) {
@@ -44,6 +46,7 @@ func BenchmarkGRPCExample(b *testing.B) {
 		opts []grpc.ServerOption
 	}{
 		{"plain-mtls", []grpc.ServerOption{grpc.Creds(grpccredentials.MTLSServerCredentials(cart, cart, tlsconfig.AuthorizeMemberOf(cart.TrustDomain())))}},
+		{"sdk-without-traffic", sdk.GRPCServerOptions(cart, az)[:3]},
 		{"sdk", sdk.GRPCServerOptions(cart, az)},
 	} {
 		b.Run(tt.name, func(b *testing.B) {

@@ -8,7 +8,10 @@ import (
 	"context"
 	"crypto"
 	"crypto/tls"
+	"io"
 	"net"
+	"net/http"
+	"regexp"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -26,6 +29,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/signet-id/signet/ca/server"
 	"github.com/signet-id/signet/e2e/systest"
 	adminv1 "github.com/signet-id/signet/proto/signet/admin/v1"
 	typesv1 "github.com/signet-id/signet/proto/signet/types/v1"
@@ -96,7 +100,8 @@ func eventually(t *testing.T, what string, ok func() bool) {
 // reaches the server it targets through its agent and decides its calls;
 // a change applies without restart; decisions reach the CA's audit log.
 func TestCentralPolicyOnRunningServer(t *testing.T) {
-	ca := systest.StartCA(t)
+	metrics := systest.FreeAddr(t)
+	ca := systest.StartCA(t, func(c *server.Config) { c.HealthAddr = metrics })
 	agent := ca.StartAgent("node1")
 	for _, id := range []string{cartID, frontID} {
 		ca.CreateEntry(id, agent.ID.String(), time.Hour, "unix:uid:0")
@@ -159,6 +164,17 @@ func TestCentralPolicyOnRunningServer(t *testing.T) {
 	}
 	if allows != n || denies < 2 {
 		t.Fatalf("audit: %d allowed calls counted, %d denials; want %d and at least 2", allows, denies, n)
+	}
+	// The server's traffic counts reached the CA with the decisions.
+	resp, err := http.Get("http://" + metrics + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	m := regexp.MustCompile(`(?m)^signet_ca_traffic_counts_total (\d+)`).FindSubmatch(body)
+	if m == nil || string(m[1]) == "0" {
+		t.Fatalf("the CA got no traffic counts: %q", m)
 	}
 }
 

@@ -1220,7 +1220,10 @@ type DecisionReport struct {
 	Decisions []*Decision            `protobuf:"bytes,1,rep,name=decisions,proto3" json:"decisions,omitempty"`
 	// dropped is how many records the services dropped (full buffers) since
 	// their last report.
-	Dropped       int64 `protobuf:"varint,2,opt,name=dropped,proto3" json:"dropped,omitempty"`
+	Dropped int64 `protobuf:"varint,2,opt,name=dropped,proto3" json:"dropped,omitempty"`
+	// traffic counts the calls a service served, per caller, method and
+	// minute.
+	Traffic       []*TrafficCount `protobuf:"bytes,3,rep,name=traffic,proto3" json:"traffic,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1269,6 +1272,130 @@ func (x *DecisionReport) GetDropped() int64 {
 	return 0
 }
 
+func (x *DecisionReport) GetTraffic() []*TrafficCount {
+	if x != nil {
+		return x.Traffic
+	}
+	return nil
+}
+
+// TrafficCount is what one server saw of one caller's calls of one
+// method in one minute.
+type TrafficCount struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Server string                 `protobuf:"bytes,1,opt,name=server,proto3" json:"server,omitempty"`
+	Peer   string                 `protobuf:"bytes,2,opt,name=peer,proto3" json:"peer,omitempty"`
+	// method is the gRPC method, "VERB /path" for HTTP.
+	Method string `protobuf:"bytes,3,opt,name=method,proto3" json:"method,omitempty"`
+	// minute is the minute's start (Unix seconds).
+	Minute int64 `protobuf:"varint,4,opt,name=minute,proto3" json:"minute,omitempty"`
+	Calls  int64 `protobuf:"varint,5,opt,name=calls,proto3" json:"calls,omitempty"`
+	// denials are the calls the server's policy refused.
+	Denials int64 `protobuf:"varint,6,opt,name=denials,proto3" json:"denials,omitempty"`
+	// bytes_in and bytes_out are the calls' payload bytes: requests
+	// received and responses sent.
+	BytesIn  int64 `protobuf:"varint,7,opt,name=bytes_in,json=bytesIn,proto3" json:"bytes_in,omitempty"`
+	BytesOut int64 `protobuf:"varint,8,opt,name=bytes_out,json=bytesOut,proto3" json:"bytes_out,omitempty"`
+	// latency counts the calls by duration: at most 1, 5, 25, 100, 500 and
+	// 2500 ms, and longer (seven buckets).
+	Latency       []int64 `protobuf:"varint,9,rep,packed,name=latency,proto3" json:"latency,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TrafficCount) Reset() {
+	*x = TrafficCount{}
+	mi := &file_signet_types_v1_types_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TrafficCount) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TrafficCount) ProtoMessage() {}
+
+func (x *TrafficCount) ProtoReflect() protoreflect.Message {
+	mi := &file_signet_types_v1_types_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TrafficCount.ProtoReflect.Descriptor instead.
+func (*TrafficCount) Descriptor() ([]byte, []int) {
+	return file_signet_types_v1_types_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *TrafficCount) GetServer() string {
+	if x != nil {
+		return x.Server
+	}
+	return ""
+}
+
+func (x *TrafficCount) GetPeer() string {
+	if x != nil {
+		return x.Peer
+	}
+	return ""
+}
+
+func (x *TrafficCount) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+func (x *TrafficCount) GetMinute() int64 {
+	if x != nil {
+		return x.Minute
+	}
+	return 0
+}
+
+func (x *TrafficCount) GetCalls() int64 {
+	if x != nil {
+		return x.Calls
+	}
+	return 0
+}
+
+func (x *TrafficCount) GetDenials() int64 {
+	if x != nil {
+		return x.Denials
+	}
+	return 0
+}
+
+func (x *TrafficCount) GetBytesIn() int64 {
+	if x != nil {
+		return x.BytesIn
+	}
+	return 0
+}
+
+func (x *TrafficCount) GetBytesOut() int64 {
+	if x != nil {
+		return x.BytesOut
+	}
+	return 0
+}
+
+func (x *TrafficCount) GetLatency() []int64 {
+	if x != nil {
+		return x.Latency
+	}
+	return nil
+}
+
 // DecisionReportAck says the CA has written the report's records.
 type DecisionReportAck struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1278,7 +1405,7 @@ type DecisionReportAck struct {
 
 func (x *DecisionReportAck) Reset() {
 	*x = DecisionReportAck{}
-	mi := &file_signet_types_v1_types_proto_msgTypes[14]
+	mi := &file_signet_types_v1_types_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1290,7 +1417,7 @@ func (x *DecisionReportAck) String() string {
 func (*DecisionReportAck) ProtoMessage() {}
 
 func (x *DecisionReportAck) ProtoReflect() protoreflect.Message {
-	mi := &file_signet_types_v1_types_proto_msgTypes[14]
+	mi := &file_signet_types_v1_types_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1303,7 +1430,7 @@ func (x *DecisionReportAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DecisionReportAck.ProtoReflect.Descriptor instead.
 func (*DecisionReportAck) Descriptor() ([]byte, []int) {
-	return file_signet_types_v1_types_proto_rawDescGZIP(), []int{14}
+	return file_signet_types_v1_types_proto_rawDescGZIP(), []int{15}
 }
 
 var File_signet_types_v1_types_proto protoreflect.FileDescriptor
@@ -1420,10 +1547,21 @@ const file_signet_types_v1_types_proto_rawDesc = "" +
 	"\x06method\x18\x03 \x01(\tR\x06method\x12\x18\n" +
 	"\aallowed\x18\x04 \x01(\bR\aallowed\x12\x14\n" +
 	"\x05count\x18\x05 \x01(\x03R\x05count\x12\x12\n" +
-	"\x04time\x18\x06 \x01(\x03R\x04time\"c\n" +
+	"\x04time\x18\x06 \x01(\x03R\x04time\"\x9c\x01\n" +
 	"\x0eDecisionReport\x127\n" +
 	"\tdecisions\x18\x01 \x03(\v2\x19.signet.types.v1.DecisionR\tdecisions\x12\x18\n" +
-	"\adropped\x18\x02 \x01(\x03R\adropped\"\x13\n" +
+	"\adropped\x18\x02 \x01(\x03R\adropped\x127\n" +
+	"\atraffic\x18\x03 \x03(\v2\x1d.signet.types.v1.TrafficCountR\atraffic\"\xec\x01\n" +
+	"\fTrafficCount\x12\x16\n" +
+	"\x06server\x18\x01 \x01(\tR\x06server\x12\x12\n" +
+	"\x04peer\x18\x02 \x01(\tR\x04peer\x12\x16\n" +
+	"\x06method\x18\x03 \x01(\tR\x06method\x12\x16\n" +
+	"\x06minute\x18\x04 \x01(\x03R\x06minute\x12\x14\n" +
+	"\x05calls\x18\x05 \x01(\x03R\x05calls\x12\x18\n" +
+	"\adenials\x18\x06 \x01(\x03R\adenials\x12\x19\n" +
+	"\bbytes_in\x18\a \x01(\x03R\abytesIn\x12\x1b\n" +
+	"\tbytes_out\x18\b \x01(\x03R\bbytesOut\x12\x18\n" +
+	"\alatency\x18\t \x03(\x03R\alatency\"\x13\n" +
 	"\x11DecisionReportAckB;Z9github.com/signet-id/signet/proto/signet/types/v1;typesv1b\x06proto3"
 
 var (
@@ -1438,7 +1576,7 @@ func file_signet_types_v1_types_proto_rawDescGZIP() []byte {
 	return file_signet_types_v1_types_proto_rawDescData
 }
 
-var file_signet_types_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_signet_types_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_signet_types_v1_types_proto_goTypes = []any{
 	(*Selector)(nil),          // 0: signet.types.v1.Selector
 	(*Entry)(nil),             // 1: signet.types.v1.Entry
@@ -1454,9 +1592,10 @@ var file_signet_types_v1_types_proto_goTypes = []any{
 	(*WorkloadAck)(nil),       // 11: signet.types.v1.WorkloadAck
 	(*Decision)(nil),          // 12: signet.types.v1.Decision
 	(*DecisionReport)(nil),    // 13: signet.types.v1.DecisionReport
-	(*DecisionReportAck)(nil), // 14: signet.types.v1.DecisionReportAck
-	nil,                       // 15: signet.types.v1.BundleAck.SvidsByRootEntry
-	nil,                       // 16: signet.types.v1.BundleAck.SvidsByIntermediateEntry
+	(*TrafficCount)(nil),      // 14: signet.types.v1.TrafficCount
+	(*DecisionReportAck)(nil), // 15: signet.types.v1.DecisionReportAck
+	nil,                       // 16: signet.types.v1.BundleAck.SvidsByRootEntry
+	nil,                       // 17: signet.types.v1.BundleAck.SvidsByIntermediateEntry
 }
 var file_signet_types_v1_types_proto_depIdxs = []int32{
 	0,  // 0: signet.types.v1.Entry.selectors:type_name -> signet.types.v1.Selector
@@ -1464,15 +1603,16 @@ var file_signet_types_v1_types_proto_depIdxs = []int32{
 	5,  // 2: signet.types.v1.PolicyRule.peers:type_name -> signet.types.v1.PolicyPeer
 	7,  // 3: signet.types.v1.PolicyRule.when:type_name -> signet.types.v1.TimeWindow
 	6,  // 4: signet.types.v1.AccessPolicy.rules:type_name -> signet.types.v1.PolicyRule
-	15, // 5: signet.types.v1.BundleAck.svids_by_root:type_name -> signet.types.v1.BundleAck.SvidsByRootEntry
+	16, // 5: signet.types.v1.BundleAck.svids_by_root:type_name -> signet.types.v1.BundleAck.SvidsByRootEntry
 	11, // 6: signet.types.v1.BundleAck.workloads:type_name -> signet.types.v1.WorkloadAck
-	16, // 7: signet.types.v1.BundleAck.svids_by_intermediate:type_name -> signet.types.v1.BundleAck.SvidsByIntermediateEntry
+	17, // 7: signet.types.v1.BundleAck.svids_by_intermediate:type_name -> signet.types.v1.BundleAck.SvidsByIntermediateEntry
 	12, // 8: signet.types.v1.DecisionReport.decisions:type_name -> signet.types.v1.Decision
-	9,  // [9:9] is the sub-list for method output_type
-	9,  // [9:9] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	14, // 9: signet.types.v1.DecisionReport.traffic:type_name -> signet.types.v1.TrafficCount
+	10, // [10:10] is the sub-list for method output_type
+	10, // [10:10] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_signet_types_v1_types_proto_init() }
@@ -1486,7 +1626,7 @@ func file_signet_types_v1_types_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_signet_types_v1_types_proto_rawDesc), len(file_signet_types_v1_types_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   17,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
