@@ -1,0 +1,200 @@
+package traffic
+
+import (
+	"math/rand/v2"
+	"testing"
+	"time"
+
+	typesv1 "github.com/signet-id/signet/proto/signet/types/v1"
+)
+
+const (
+	front     = "spiffe://example.org/ns/shop/sa/front"
+	cart      = "spiffe://example.org/ns/shop/sa/cart"
+	payments  = "spiffe://example.org/ns/pay/sa/payments"
+	inventory = "spiffe://example.org/ns/shop/sa/inventory"
+	report    = "spiffe://example.org/ns/ops/sa/report"
+	mallory   = "spiffe://example.org/ns/dev/sa/mallory"
+)
+
+// call is one regular flow: peer calls server's method at about rate
+// calls a minute, of about size bytes each, when active says so.
+type call struct {
+	server, peer, method string
+	rate, size           float64
+	active               func(t time.Time) bool
+}
+
+func always(time.Time) bool { return true }
+
+func hours(from, to int) func(time.Time) bool {
+	return func(t time.Time) bool { return t.Hour() >= from && t.Hour() < to }
+}
+
+// regular is two weeks of five services' traffic: a shop front calling
+// its cart day and night, the cart calling inventory and payments in
+// business hours, and a weekly report job on Monday nights.
+var regular = []call{
+	{cart, front, "/shop.v1.Cart/Get", 30, 400, always},
+	{cart, front, "/shop.v1.Cart/Add", 5, 300, hours(8, 20)},
+	{inventory, cart, "/inv.v1.Inventory/Check", 20, 200, always},
+	{payments, cart, "/pay.v1.Payments/Charge", 2, 1000, hours(8, 22)},
+	{inventory, report, "/inv.v1.Inventory/Export", 50, 100_000, func(t time.Time) bool {
+		return t.Weekday() == time.Monday && t.Hour() == 2 && t.Minute() < 10
+	}},
+}
+
+// poisson draws a count with mean m (normal approximation, at least 0).
+func poisson(r *rand.Rand, m float64) int64 {
+	n := int64(m + r.NormFloat64()*sqrt(m) + 0.5)
+	return max(n, 0)
+}
+
+func sqrt(x float64) float64 {
+	z := x
+	for range 20 {
+		z = (z + x/z) / 2
+	}
+	return z
+}
+
+// simulate feeds the engine every minute from start to end, with the
+// extra counts of inject, and returns the anomalies.
+func simulate(e *Engine, r *rand.Rand, start, end time.Time, inject func(t time.Time) []*typesv1.TrafficCount) []Anomaly {
+	var out []Anomaly
+	for t := start; t.Before(end); t = t.Add(time.Minute) {
+		if t.Minute() == 0 {
+			e.Advance(t)
+		}
+		for _, c := range regular {
+			if !c.active(t) {
+				continue
+			}
+			n := poisson(r, c.rate)
+			if n == 0 {
+				continue
+			}
+			bytes := int64(float64(n) * c.size * (0.8 + 0.4*r.Float64()))
+			out = append(out, e.Add(&typesv1.TrafficCount{Server: c.server, Peer: c.peer, Method: c.method, Minute: t.Unix(),
+				Calls: n, BytesIn: bytes / 10, BytesOut: bytes})...)
+		}
+		if inject != nil {
+			for _, tc := range inject(t) {
+				out = append(out, e.Add(tc)...)
+			}
+		}
+	}
+	return out
+}
+
+// TestDetectsInjectedAnomalies: two simulated weeks of regular traffic
+// between five services, a weekly job among them, give at most one false
+// anomaly per day once learned; then a new caller, a known caller at
+// 03:00 on a Sunday, a caller downloading 20 times its usual bytes, and a
+// burst of denials are each detected, as what they are.
+func TestDetectsInjectedAnomalies(t *testing.T) {
+	e := New(Config{})
+	r := rand.New(rand.NewPCG(1, 2))
+	start := time.Date(2026, 11, 2, 0, 0, 0, 0, time.UTC) // a Monday
+	weeks := start.Add(14 * 24 * time.Hour)
+	regularAnomalies := simulate(e, r, start, weeks, nil)
+	for _, a := range regularAnomalies {
+		if a.At.Before(start.Add(7 * 24 * time.Hour)) {
+			t.Errorf("an anomaly while learning: %+v", a)
+		}
+	}
+	t.Logf("%d false anomalies in the second week of regular traffic", len(regularAnomalies))
+	if len(regularAnomalies) > 7 {
+		t.Errorf("more than one false anomaly a day: %+v", regularAnomalies)
+	}
+	for _, a := range regularAnomalies {
+		t.Logf("false: %s %s %s %s %s", a.Kind, a.Peer, a.Method, a.At.Format(time.RFC3339), a.Detail)
+	}
+
+	// Day 15 (Monday) to day 21 (Sunday): regular traffic, and four
+	// departures from it.
+	sunday3 := time.Date(2026, 11, 22, 3, 0, 0, 0, time.UTC)
+	heavy := time.Date(2026, 11, 18, 14, 0, 0, 0, time.UTC)
+	denied := time.Date(2026, 11, 19, 11, 0, 0, 0, time.UTC)
+	newCaller := time.Date(2026, 11, 17, 10, 30, 0, 0, time.UTC)
+	inject := func(t time.Time) []*typesv1.TrafficCount {
+		switch {
+		case t.Equal(newCaller):
+			return []*typesv1.TrafficCount{{Server: cart, Peer: mallory, Method: "/shop.v1.Cart/Get", Minute: t.Unix(), Calls: 3, BytesOut: 1200}}
+		case t.Equal(sunday3):
+			return []*typesv1.TrafficCount{{Server: payments, Peer: cart, Method: "/pay.v1.Payments/Charge", Minute: t.Unix(), Calls: 1, BytesOut: 1000}}
+		case !t.Before(heavy) && t.Before(heavy.Add(time.Hour)):
+			// 20 times the usual bytes of front's cart reads.
+			return []*typesv1.TrafficCount{{Server: cart, Peer: front, Method: "/shop.v1.Cart/Get", Minute: t.Unix(), Calls: 1, BytesOut: 19 * 30 * 400}}
+		case !t.Before(denied) && t.Before(denied.Add(2*time.Minute)):
+			return []*typesv1.TrafficCount{{Server: inventory, Peer: cart, Method: "/inv.v1.Inventory/Check", Minute: t.Unix(), Calls: 15, Denials: 15}}
+		}
+		return nil
+	}
+	found := simulate(e, r, weeks, weeks.Add(7*24*time.Hour), inject)
+	want := map[string]func(Anomaly) bool{
+		"new caller":   func(a Anomaly) bool { return a.Kind == NewCaller && a.Peer == mallory && a.Server == cart },
+		"Sunday 03:00": func(a Anomaly) bool { return a.Kind == UnusualTime && a.Peer == cart && a.Server == payments && a.At.Equal(sunday3) },
+		"20x bytes": func(a Anomaly) bool {
+			return a.Kind == Volume && a.Peer == front && a.Method == "/shop.v1.Cart/Get" && a.At.Sub(heavy) < time.Hour && !a.At.Before(heavy)
+		},
+		"denials": func(a Anomaly) bool { return a.Kind == Denials && a.Peer == cart && a.Server == inventory && a.At.Sub(denied) < 2*time.Minute },
+	}
+	injected := 0
+	for name, match := range want {
+		ok := false
+		for _, a := range found {
+			if match(a) {
+				ok = true
+				injected++
+				t.Logf("%s: %s %s", name, a.Kind, a.Detail)
+				break
+			}
+		}
+		if !ok {
+			t.Errorf("%s: not detected; found %+v", name, found)
+		}
+	}
+	if extra := len(found) - injected; extra > 7 {
+		t.Errorf("%d false anomalies in the week with the injected ones (at most one a day)", extra)
+	}
+}
+
+// TestWeeklyJobIsLearned: a job that runs an hour a week is no anomaly
+// once it has run, and one that first runs after the learning week is.
+func TestWeeklyJobIsLearned(t *testing.T) {
+	e := New(Config{})
+	start := time.Date(2026, 11, 2, 0, 0, 0, 0, time.UTC)
+	job := func(at time.Time) []Anomaly {
+		var out []Anomaly
+		for m := range 10 {
+			tm := at.Add(time.Duration(m) * time.Minute)
+			out = append(out, e.Add(&typesv1.TrafficCount{Server: inventory, Peer: report, Method: "/inv.v1.Inventory/Export", Minute: tm.Unix(), Calls: 50, BytesOut: 5_000_000})...)
+		}
+		return out
+	}
+	// Another caller keeps the server's profile going.
+	for d := range 35 {
+		day := start.Add(time.Duration(d) * 24 * time.Hour)
+		for h := range 24 {
+			tm := day.Add(time.Duration(h) * time.Hour)
+			e.Advance(tm)
+			e.Add(&typesv1.TrafficCount{Server: inventory, Peer: cart, Method: "/inv.v1.Inventory/Check", Minute: tm.Unix(), Calls: 20})
+			if tm.Weekday() == time.Monday && h == 2 {
+				if got := job(tm); len(got) > 0 {
+					t.Errorf("the weekly job on %s: %+v", tm.Format("2006-01-02"), got)
+				}
+			}
+		}
+	}
+	e2 := New(Config{})
+	for h := range 8 * 24 {
+		tm := start.Add(time.Duration(h) * time.Hour)
+		e2.Advance(tm)
+		e2.Add(&typesv1.TrafficCount{Server: inventory, Peer: cart, Method: "/inv.v1.Inventory/Check", Minute: tm.Unix(), Calls: 20})
+	}
+	got := e2.Add(&typesv1.TrafficCount{Server: inventory, Peer: report, Method: "/inv.v1.Inventory/Export", Minute: start.Add(8 * 24 * time.Hour).Unix(), Calls: 50})
+	if len(got) != 1 || got[0].Kind != NewCaller {
+		t.Errorf("a caller first seen after the learning week: %+v", got)
+	}
+}
