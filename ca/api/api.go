@@ -70,6 +70,9 @@ type Config struct {
 	// objects, shared by every replica: the admin API makes and deletes
 	// revocations there instead of in Store.
 	Revocations RevocationSource
+	// Traffic, if set, takes the traffic counts services report through
+	// their agents (the CA's detector); it must not block.
+	Traffic TrafficSink
 	// Acks keep what agents acknowledged holding of the bundle, shared by
 	// the replicas: Leases in Kubernetes (ca/cluster.LeaseAcks). If nil,
 	// Store.
@@ -192,6 +195,11 @@ func (c *Config) storeRevocations(ctx context.Context) ([]*typesv1.Revocation, e
 	}
 	rc.list, rc.valid = list, valid
 	return list, nil
+}
+
+// TrafficSink takes services' traffic counts.
+type TrafficSink interface {
+	ReportTraffic(counts []*typesv1.TrafficCount)
 }
 
 // AckStore keeps each agent's last bundle acknowledgement.

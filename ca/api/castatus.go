@@ -354,3 +354,16 @@ func (c *StatusCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(c.pending, prometheus.GaugeValue, pending)
 }
+
+// ListAnomalies implements adminv1.AdminServer.
+func (s *AdminServer) ListAnomalies(ctx context.Context, req *adminv1.ListAnomaliesRequest) (*adminv1.ListAnomaliesResponse, error) {
+	since := time.Unix(req.GetSince(), 0)
+	if req.GetSince() == 0 {
+		since = s.cfg.Now().Add(-24 * time.Hour)
+	}
+	as, err := s.cfg.Store.ListAnomalies(ctx, since, req.GetServer())
+	if err != nil {
+		return nil, s.cfg.internal(ctx, "list anomalies", err)
+	}
+	return &adminv1.ListAnomaliesResponse{Anomalies: as}, nil
+}

@@ -945,6 +945,9 @@ func (s *NodeServer) ReportDecisions(ctx context.Context, req *typesv1.DecisionR
 		return nil, err
 	}
 	s.cfg.Metrics.trafficCounts.Add(float64(len(traffic)))
+	if s.cfg.Traffic != nil && len(traffic) > 0 {
+		s.cfg.Traffic.ReportTraffic(traffic)
+	}
 	return &typesv1.DecisionReportAck{}, nil
 }
 

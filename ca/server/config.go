@@ -73,6 +73,12 @@ type Config struct {
 	// 256 MiB).
 	AuditSinks    []AuditSink
 	AuditSpoolMax int64
+	// TrafficLearn is how long the traffic detector only learns a new
+	// server's traffic before it reports anomalies; 0: not at all.
+	TrafficLearn time.Duration
+	// NoTrafficDetector turns the traffic detector off: services' traffic
+	// counts are checked and counted, and go no further.
+	NoTrafficDetector bool
 	// RootTTL, IntermediateTTL, JWTKeyTTL, AgentTTL, X509TTL and JWTTTL
 	// are the lifetimes of what the CA makes; each has a Default above.
 	// An intermediate lives at most a sixth of a root, and X.509-SVIDs

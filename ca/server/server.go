@@ -181,6 +181,14 @@ func build(ctx context.Context, g *tasks.Group, cfg Config) (ready func(), err e
 	if cluster != nil {
 		cluster.Configure(&apiCfg)
 	}
+	if !cfg.NoTrafficDetector {
+		det, err := newDetector(ctx, cfg, st, auditLog, reg, log.Named("traffic"))
+		if err != nil {
+			return nil, err
+		}
+		apiCfg.Traffic = det
+		p.Add("traffic detector", func(ctx context.Context) error { det.run(ctx); return nil }, nil)
+	}
 	apiCfg.SetDefaults()
 	reg.MustRegister(api.NewStatusCollector(&apiCfg))
 	if err := sinks.start(p, auth, cfg, reg, log); err != nil {

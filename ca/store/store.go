@@ -179,6 +179,19 @@ CREATE TABLE bundle_acks (
 	acked_at INTEGER NOT NULL
 );
 `,
+	// 7: traffic profiles and the anomalies found against them.
+	`
+CREATE TABLE traffic_profiles (
+	server TEXT PRIMARY KEY,
+	profile BLOB NOT NULL
+);
+CREATE TABLE anomalies (
+	id INTEGER PRIMARY KEY AUTOINCREMENT,
+	at INTEGER NOT NULL,
+	anomaly BLOB NOT NULL
+);
+CREATE INDEX anomalies_at ON anomalies (at);
+`,
 }
 
 func (s *Store) migrate(ctx context.Context) error {

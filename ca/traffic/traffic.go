@@ -30,7 +30,7 @@ type Config struct {
 	HalfLife time.Duration
 	// Learn is how long after a server's first report it only learns:
 	// no caller, method or hour is new before it has seen a whole week.
-	// Default 7 days.
+	// Default 7 days; negative: no learning period.
 	Learn time.Duration
 	// VolumeK, VolumeRatio and VolumeFloor: an hour's calls (or bytes) of
 	// one caller and method is anomalous when it exceeds all of mean +
@@ -58,8 +58,11 @@ func (c *Config) defaults() {
 	if c.HalfLife == 0 {
 		c.HalfLife = 28 * 24 * time.Hour
 	}
-	if c.Learn == 0 {
+	switch {
+	case c.Learn == 0:
 		c.Learn = 7 * 24 * time.Hour
+	case c.Learn < 0:
+		c.Learn = 0
 	}
 	if c.VolumeK == 0 {
 		c.VolumeK = 6

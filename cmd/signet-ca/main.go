@@ -48,6 +48,8 @@ type fileConfig struct {
 	AuditSinkCA     string            `json:"audit-sink-ca"`
 	AuditSinkSVID   bool              `json:"audit-sink-svid"`
 	AuditSpoolMaxMi int64             `json:"audit-spool-max-mib"`
+	TrafficLearn    config.Duration   `json:"traffic-learn"`
+	TrafficDetector bool              `json:"traffic-detector"`
 	RootTTL         config.Duration   `json:"root-ttl"`
 	IntermediateTTL config.Duration   `json:"intermediate-ttl"`
 	JWTKeyTTL       config.Duration   `json:"jwt-key-ttl"`
@@ -92,6 +94,8 @@ func defaults() fileConfig {
 		JWTTTL:          config.Duration(server.DefaultJWTTTL),
 		MinSVIDTTL:      config.Duration(server.DefaultMinSVIDTTL),
 		AuditSpoolMaxMi: 256,
+		TrafficLearn:    config.Duration(7 * 24 * time.Hour),
+		TrafficDetector: true,
 		RootActivation:  config.Duration(server.DefaultRootActivationTimeout),
 		KeyType:         server.DefaultKeyType,
 		LogLevel:        "info",
@@ -121,6 +125,8 @@ func register(fs *flag.FlagSet, c *fileConfig) {
 	fs.Var(&c.AuditSyslog, "audit-syslog", "also send every audit record to syslog, RFC 5424 at tcp://HOST:PORT or tls://HOST:PORT (repeatable)")
 	fs.StringVar(&c.AuditSinkCA, "audit-sink-ca", c.AuditSinkCA, "PEM roots that verify the audit sinks' server certificates (default the system's)")
 	fs.BoolVar(&c.AuditSinkSVID, "audit-sink-svid", c.AuditSinkSVID, "present the CA's own SVID as a client certificate to the audit sinks (mutual TLS)")
+	fs.BoolVar(&c.TrafficDetector, "traffic-detector", c.TrafficDetector, "learn services' traffic and report anomalies (false: the counts go no further)")
+	fs.Var(&c.TrafficLearn, "traffic-learn", "how long the traffic detector only learns a server's traffic before it reports anomalies (0s: at once)")
 	fs.Int64Var(&c.AuditSpoolMaxMi, "audit-spool-max-mib", c.AuditSpoolMaxMi, "MiB each audit sink's spool may hold while the sink is away; the oldest records go first past it")
 	fs.Var(&c.RootTTL, "root-ttl", "root certificate lifetime")
 	fs.Var(&c.IntermediateTTL, "intermediate-ttl", "intermediate certificate lifetime")
@@ -209,7 +215,7 @@ func validate(c fileConfig) (server.Config, hclog.Logger, error) {
 		return server.Config{}, nil, errors.New("audit-spool-max-mib: must be positive")
 	}
 	cfg := server.Config{
-		AuditSinks: sinks, AuditSpoolMax: c.AuditSpoolMaxMi << 20,
+		AuditSinks: sinks, AuditSpoolMax: c.AuditSpoolMaxMi << 20, TrafficLearn: time.Duration(c.TrafficLearn), NoTrafficDetector: !c.TrafficDetector,
 		TrustDomain: td, DataDir: c.DataDir, ListenAddr: c.Listen, AdminSocket: c.AdminSocket,
 		AdminListenAddr: c.AdminListen, AdminIDs: adminIDs, HealthAddr: c.HealthAddr, MetricsAddr: c.MetricsAddr,
 		AuditLog: c.AuditLog, RootTTL: time.Duration(c.RootTTL), IntermediateTTL: time.Duration(c.IntermediateTTL),

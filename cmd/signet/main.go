@@ -57,6 +57,7 @@ func init() {
 		{"revocation create", "--serial HEX | --spiffe-id ID | --agent ID | --ca-key ID", "revoke an X.509-SVID, every SVID of an ID, an agent and all it minted, or a CA key (with re-issue); peers refuse them within seconds", (*cli).revocationCreate},
 		{"revocation list", "", "list the revocations in force", (*cli).revocationList},
 		{"revocation delete", "--id ID", "withdraw a revocation", (*cli).revocationDelete},
+		{"anomaly list", "[--since 24h] [--server ID]", "anomalies the CA found in services' traffic: new callers or methods, unusual hours, volume, denial bursts", (*cli).anomalyList},
 		{"ca status", "", "the CA's keys, and which live agents and SDK workloads hold each root and JWT key", (*cli).caStatus},
 		{"ca rotate", "--now [--force] [--ack-timeout 5m] [--grace 10s]", "emergency root rotation: prepare a root, wait until every live agent holds it, activate it, revoke the previous one and follow the re-issue", (*cli).caRotate},
 		{"fetch x509", "[--socket ADDR] [--write DIR]", "the caller's X509-SVIDs from the Workload API, as a workload sees them", (*cli).fetchX509},

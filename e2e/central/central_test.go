@@ -176,6 +176,29 @@ func TestCentralPolicyOnRunningServer(t *testing.T) {
 	if m == nil || string(m[1]) == "0" {
 		t.Fatalf("the CA got no traffic counts: %q", m)
 	}
+	// The detector (no learning period here) found front, a caller cart
+	// never had: listed, and audited.
+	eventually(t, "the new caller among the anomalies", func() bool {
+		resp, err := ca.Admin.ListAnomalies(ctx, &adminv1.ListAnomaliesRequest{Server: cartID})
+		if err != nil {
+			return false
+		}
+		for _, a := range resp.GetAnomalies() {
+			if a.GetKind() == "new_caller" && a.GetPeer() == frontID {
+				return true
+			}
+		}
+		return false
+	})
+	audited := false
+	for _, r := range ca.AuditLog() {
+		if r["event"] == "anomaly.new_caller" && r["spiffe_id"] == cartID && r["peer"] == frontID {
+			audited = true
+		}
+	}
+	if !audited {
+		t.Error("no anomaly.new_caller in the audit log")
+	}
 }
 
 // TestPolicyWatchAnswersOnlyTheCaller: the agent holds policies of two

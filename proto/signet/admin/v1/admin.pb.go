@@ -2023,6 +2023,104 @@ func (x *ActivateRootResponse) GetRevocation() *v1.Revocation {
 	return nil
 }
 
+type ListAnomaliesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// since is Unix seconds; 0: the last 24 hours.
+	Since int64 `protobuf:"varint,1,opt,name=since,proto3" json:"since,omitempty"`
+	// server, if set, keeps the anomalies of one server.
+	Server        string `protobuf:"bytes,2,opt,name=server,proto3" json:"server,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListAnomaliesRequest) Reset() {
+	*x = ListAnomaliesRequest{}
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListAnomaliesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListAnomaliesRequest) ProtoMessage() {}
+
+func (x *ListAnomaliesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListAnomaliesRequest.ProtoReflect.Descriptor instead.
+func (*ListAnomaliesRequest) Descriptor() ([]byte, []int) {
+	return file_signet_admin_v1_admin_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *ListAnomaliesRequest) GetSince() int64 {
+	if x != nil {
+		return x.Since
+	}
+	return 0
+}
+
+func (x *ListAnomaliesRequest) GetServer() string {
+	if x != nil {
+		return x.Server
+	}
+	return ""
+}
+
+type ListAnomaliesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Anomalies     []*v1.Anomaly          `protobuf:"bytes,1,rep,name=anomalies,proto3" json:"anomalies,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListAnomaliesResponse) Reset() {
+	*x = ListAnomaliesResponse{}
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListAnomaliesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListAnomaliesResponse) ProtoMessage() {}
+
+func (x *ListAnomaliesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListAnomaliesResponse.ProtoReflect.Descriptor instead.
+func (*ListAnomaliesResponse) Descriptor() ([]byte, []int) {
+	return file_signet_admin_v1_admin_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *ListAnomaliesResponse) GetAnomalies() []*v1.Anomaly {
+	if x != nil {
+		return x.Anomalies
+	}
+	return nil
+}
+
 var File_signet_admin_v1_admin_proto protoreflect.FileDescriptor
 
 const file_signet_admin_v1_admin_proto_rawDesc = "" +
@@ -2147,7 +2245,12 @@ const file_signet_admin_v1_admin_proto_rawDesc = "" +
 	"\blaggards\x18\x02 \x03(\tR\blaggards\x12;\n" +
 	"\n" +
 	"revocation\x18\x03 \x01(\v2\x1b.signet.types.v1.RevocationR\n" +
-	"revocation2\x95\x0e\n" +
+	"revocation\"D\n" +
+	"\x14ListAnomaliesRequest\x12\x14\n" +
+	"\x05since\x18\x01 \x01(\x03R\x05since\x12\x16\n" +
+	"\x06server\x18\x02 \x01(\tR\x06server\"O\n" +
+	"\x15ListAnomaliesResponse\x126\n" +
+	"\tanomalies\x18\x01 \x03(\v2\x18.signet.types.v1.AnomalyR\tanomalies2\xf5\x0e\n" +
 	"\x05Admin\x12^\n" +
 	"\rCreateEntries\x12%.signet.admin.v1.CreateEntriesRequest\x1a&.signet.admin.v1.CreateEntriesResponse\x12^\n" +
 	"\rUpdateEntries\x12%.signet.admin.v1.UpdateEntriesRequest\x1a&.signet.admin.v1.UpdateEntriesResponse\x12^\n" +
@@ -2169,7 +2272,8 @@ const file_signet_admin_v1_admin_proto_rawDesc = "" +
 	"\x10DeleteRevocation\x12(.signet.admin.v1.DeleteRevocationRequest\x1a).signet.admin.v1.DeleteRevocationResponse\x12X\n" +
 	"\vGetCAStatus\x12#.signet.admin.v1.GetCAStatusRequest\x1a$.signet.admin.v1.GetCAStatusResponse\x12X\n" +
 	"\vPrepareRoot\x12#.signet.admin.v1.PrepareRootRequest\x1a$.signet.admin.v1.PrepareRootResponse\x12[\n" +
-	"\fActivateRoot\x12$.signet.admin.v1.ActivateRootRequest\x1a%.signet.admin.v1.ActivateRootResponseB;Z9github.com/signet-id/signet/proto/signet/admin/v1;adminv1b\x06proto3"
+	"\fActivateRoot\x12$.signet.admin.v1.ActivateRootRequest\x1a%.signet.admin.v1.ActivateRootResponse\x12^\n" +
+	"\rListAnomalies\x12%.signet.admin.v1.ListAnomaliesRequest\x1a&.signet.admin.v1.ListAnomaliesResponseB;Z9github.com/signet-id/signet/proto/signet/admin/v1;adminv1b\x06proto3"
 
 var (
 	file_signet_admin_v1_admin_proto_rawDescOnce sync.Once
@@ -2183,7 +2287,7 @@ func file_signet_admin_v1_admin_proto_rawDescGZIP() []byte {
 	return file_signet_admin_v1_admin_proto_rawDescData
 }
 
-var file_signet_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
+var file_signet_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
 var file_signet_admin_v1_admin_proto_goTypes = []any{
 	(*CreateEntriesRequest)(nil),     // 0: signet.admin.v1.CreateEntriesRequest
 	(*CreateEntriesResponse)(nil),    // 1: signet.admin.v1.CreateEntriesResponse
@@ -2225,79 +2329,85 @@ var file_signet_admin_v1_admin_proto_goTypes = []any{
 	(*PrepareRootResponse)(nil),      // 37: signet.admin.v1.PrepareRootResponse
 	(*ActivateRootRequest)(nil),      // 38: signet.admin.v1.ActivateRootRequest
 	(*ActivateRootResponse)(nil),     // 39: signet.admin.v1.ActivateRootResponse
-	(*v1.Entry)(nil),                 // 40: signet.types.v1.Entry
-	(*v1.Selector)(nil),              // 41: signet.types.v1.Selector
-	(*v1.Agent)(nil),                 // 42: signet.types.v1.Agent
-	(*v1.Bundle)(nil),                // 43: signet.types.v1.Bundle
-	(*v1.AccessPolicy)(nil),          // 44: signet.types.v1.AccessPolicy
-	(*v1.Revocation)(nil),            // 45: signet.types.v1.Revocation
-	(*v1.BundleAck)(nil),             // 46: signet.types.v1.BundleAck
+	(*ListAnomaliesRequest)(nil),     // 40: signet.admin.v1.ListAnomaliesRequest
+	(*ListAnomaliesResponse)(nil),    // 41: signet.admin.v1.ListAnomaliesResponse
+	(*v1.Entry)(nil),                 // 42: signet.types.v1.Entry
+	(*v1.Selector)(nil),              // 43: signet.types.v1.Selector
+	(*v1.Agent)(nil),                 // 44: signet.types.v1.Agent
+	(*v1.Bundle)(nil),                // 45: signet.types.v1.Bundle
+	(*v1.AccessPolicy)(nil),          // 46: signet.types.v1.AccessPolicy
+	(*v1.Revocation)(nil),            // 47: signet.types.v1.Revocation
+	(*v1.BundleAck)(nil),             // 48: signet.types.v1.BundleAck
+	(*v1.Anomaly)(nil),               // 49: signet.types.v1.Anomaly
 }
 var file_signet_admin_v1_admin_proto_depIdxs = []int32{
-	40, // 0: signet.admin.v1.CreateEntriesRequest.entries:type_name -> signet.types.v1.Entry
-	40, // 1: signet.admin.v1.CreateEntriesResponse.entries:type_name -> signet.types.v1.Entry
-	40, // 2: signet.admin.v1.UpdateEntriesRequest.entries:type_name -> signet.types.v1.Entry
-	40, // 3: signet.admin.v1.UpdateEntriesResponse.entries:type_name -> signet.types.v1.Entry
-	41, // 4: signet.admin.v1.ListEntriesRequest.selector:type_name -> signet.types.v1.Selector
-	41, // 5: signet.admin.v1.ListEntriesRequest.selectors:type_name -> signet.types.v1.Selector
-	40, // 6: signet.admin.v1.ListEntriesResponse.entries:type_name -> signet.types.v1.Entry
+	42, // 0: signet.admin.v1.CreateEntriesRequest.entries:type_name -> signet.types.v1.Entry
+	42, // 1: signet.admin.v1.CreateEntriesResponse.entries:type_name -> signet.types.v1.Entry
+	42, // 2: signet.admin.v1.UpdateEntriesRequest.entries:type_name -> signet.types.v1.Entry
+	42, // 3: signet.admin.v1.UpdateEntriesResponse.entries:type_name -> signet.types.v1.Entry
+	43, // 4: signet.admin.v1.ListEntriesRequest.selector:type_name -> signet.types.v1.Selector
+	43, // 5: signet.admin.v1.ListEntriesRequest.selectors:type_name -> signet.types.v1.Selector
+	42, // 6: signet.admin.v1.ListEntriesResponse.entries:type_name -> signet.types.v1.Entry
 	11, // 7: signet.admin.v1.ListJoinTokensResponse.tokens:type_name -> signet.admin.v1.JoinToken
-	42, // 8: signet.admin.v1.ListAgentsResponse.agents:type_name -> signet.types.v1.Agent
-	43, // 9: signet.admin.v1.GetBundleResponse.bundle:type_name -> signet.types.v1.Bundle
-	44, // 10: signet.admin.v1.CreatePolicyRequest.policy:type_name -> signet.types.v1.AccessPolicy
-	44, // 11: signet.admin.v1.CreatePolicyResponse.policy:type_name -> signet.types.v1.AccessPolicy
-	44, // 12: signet.admin.v1.ListPoliciesResponse.policies:type_name -> signet.types.v1.AccessPolicy
-	45, // 13: signet.admin.v1.CreateRevocationRequest.revocation:type_name -> signet.types.v1.Revocation
-	45, // 14: signet.admin.v1.CreateRevocationResponse.revocation:type_name -> signet.types.v1.Revocation
-	45, // 15: signet.admin.v1.ListRevocationsResponse.revocations:type_name -> signet.types.v1.Revocation
+	44, // 8: signet.admin.v1.ListAgentsResponse.agents:type_name -> signet.types.v1.Agent
+	45, // 9: signet.admin.v1.GetBundleResponse.bundle:type_name -> signet.types.v1.Bundle
+	46, // 10: signet.admin.v1.CreatePolicyRequest.policy:type_name -> signet.types.v1.AccessPolicy
+	46, // 11: signet.admin.v1.CreatePolicyResponse.policy:type_name -> signet.types.v1.AccessPolicy
+	46, // 12: signet.admin.v1.ListPoliciesResponse.policies:type_name -> signet.types.v1.AccessPolicy
+	47, // 13: signet.admin.v1.CreateRevocationRequest.revocation:type_name -> signet.types.v1.Revocation
+	47, // 14: signet.admin.v1.CreateRevocationResponse.revocation:type_name -> signet.types.v1.Revocation
+	47, // 15: signet.admin.v1.ListRevocationsResponse.revocations:type_name -> signet.types.v1.Revocation
 	35, // 16: signet.admin.v1.GetCAStatusResponse.keys:type_name -> signet.admin.v1.CAKeyStatus
-	46, // 17: signet.admin.v1.GetCAStatusResponse.acks:type_name -> signet.types.v1.BundleAck
+	48, // 17: signet.admin.v1.GetCAStatusResponse.acks:type_name -> signet.types.v1.BundleAck
 	35, // 18: signet.admin.v1.PrepareRootResponse.root:type_name -> signet.admin.v1.CAKeyStatus
 	35, // 19: signet.admin.v1.ActivateRootResponse.root:type_name -> signet.admin.v1.CAKeyStatus
-	45, // 20: signet.admin.v1.ActivateRootResponse.revocation:type_name -> signet.types.v1.Revocation
-	0,  // 21: signet.admin.v1.Admin.CreateEntries:input_type -> signet.admin.v1.CreateEntriesRequest
-	2,  // 22: signet.admin.v1.Admin.UpdateEntries:input_type -> signet.admin.v1.UpdateEntriesRequest
-	4,  // 23: signet.admin.v1.Admin.DeleteEntries:input_type -> signet.admin.v1.DeleteEntriesRequest
-	6,  // 24: signet.admin.v1.Admin.ListEntries:input_type -> signet.admin.v1.ListEntriesRequest
-	8,  // 25: signet.admin.v1.Admin.CreateJoinToken:input_type -> signet.admin.v1.CreateJoinTokenRequest
-	10, // 26: signet.admin.v1.Admin.ListJoinTokens:input_type -> signet.admin.v1.ListJoinTokensRequest
-	13, // 27: signet.admin.v1.Admin.RevokeJoinTokens:input_type -> signet.admin.v1.RevokeJoinTokensRequest
-	15, // 28: signet.admin.v1.Admin.ListAgents:input_type -> signet.admin.v1.ListAgentsRequest
-	17, // 29: signet.admin.v1.Admin.EvictAgent:input_type -> signet.admin.v1.EvictAgentRequest
-	19, // 30: signet.admin.v1.Admin.GetBundle:input_type -> signet.admin.v1.GetBundleRequest
-	21, // 31: signet.admin.v1.Admin.CreatePolicy:input_type -> signet.admin.v1.CreatePolicyRequest
-	23, // 32: signet.admin.v1.Admin.ListPolicies:input_type -> signet.admin.v1.ListPoliciesRequest
-	25, // 33: signet.admin.v1.Admin.DeletePolicy:input_type -> signet.admin.v1.DeletePolicyRequest
-	27, // 34: signet.admin.v1.Admin.CreateRevocation:input_type -> signet.admin.v1.CreateRevocationRequest
-	29, // 35: signet.admin.v1.Admin.ListRevocations:input_type -> signet.admin.v1.ListRevocationsRequest
-	31, // 36: signet.admin.v1.Admin.DeleteRevocation:input_type -> signet.admin.v1.DeleteRevocationRequest
-	33, // 37: signet.admin.v1.Admin.GetCAStatus:input_type -> signet.admin.v1.GetCAStatusRequest
-	36, // 38: signet.admin.v1.Admin.PrepareRoot:input_type -> signet.admin.v1.PrepareRootRequest
-	38, // 39: signet.admin.v1.Admin.ActivateRoot:input_type -> signet.admin.v1.ActivateRootRequest
-	1,  // 40: signet.admin.v1.Admin.CreateEntries:output_type -> signet.admin.v1.CreateEntriesResponse
-	3,  // 41: signet.admin.v1.Admin.UpdateEntries:output_type -> signet.admin.v1.UpdateEntriesResponse
-	5,  // 42: signet.admin.v1.Admin.DeleteEntries:output_type -> signet.admin.v1.DeleteEntriesResponse
-	7,  // 43: signet.admin.v1.Admin.ListEntries:output_type -> signet.admin.v1.ListEntriesResponse
-	9,  // 44: signet.admin.v1.Admin.CreateJoinToken:output_type -> signet.admin.v1.CreateJoinTokenResponse
-	12, // 45: signet.admin.v1.Admin.ListJoinTokens:output_type -> signet.admin.v1.ListJoinTokensResponse
-	14, // 46: signet.admin.v1.Admin.RevokeJoinTokens:output_type -> signet.admin.v1.RevokeJoinTokensResponse
-	16, // 47: signet.admin.v1.Admin.ListAgents:output_type -> signet.admin.v1.ListAgentsResponse
-	18, // 48: signet.admin.v1.Admin.EvictAgent:output_type -> signet.admin.v1.EvictAgentResponse
-	20, // 49: signet.admin.v1.Admin.GetBundle:output_type -> signet.admin.v1.GetBundleResponse
-	22, // 50: signet.admin.v1.Admin.CreatePolicy:output_type -> signet.admin.v1.CreatePolicyResponse
-	24, // 51: signet.admin.v1.Admin.ListPolicies:output_type -> signet.admin.v1.ListPoliciesResponse
-	26, // 52: signet.admin.v1.Admin.DeletePolicy:output_type -> signet.admin.v1.DeletePolicyResponse
-	28, // 53: signet.admin.v1.Admin.CreateRevocation:output_type -> signet.admin.v1.CreateRevocationResponse
-	30, // 54: signet.admin.v1.Admin.ListRevocations:output_type -> signet.admin.v1.ListRevocationsResponse
-	32, // 55: signet.admin.v1.Admin.DeleteRevocation:output_type -> signet.admin.v1.DeleteRevocationResponse
-	34, // 56: signet.admin.v1.Admin.GetCAStatus:output_type -> signet.admin.v1.GetCAStatusResponse
-	37, // 57: signet.admin.v1.Admin.PrepareRoot:output_type -> signet.admin.v1.PrepareRootResponse
-	39, // 58: signet.admin.v1.Admin.ActivateRoot:output_type -> signet.admin.v1.ActivateRootResponse
-	40, // [40:59] is the sub-list for method output_type
-	21, // [21:40] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	47, // 20: signet.admin.v1.ActivateRootResponse.revocation:type_name -> signet.types.v1.Revocation
+	49, // 21: signet.admin.v1.ListAnomaliesResponse.anomalies:type_name -> signet.types.v1.Anomaly
+	0,  // 22: signet.admin.v1.Admin.CreateEntries:input_type -> signet.admin.v1.CreateEntriesRequest
+	2,  // 23: signet.admin.v1.Admin.UpdateEntries:input_type -> signet.admin.v1.UpdateEntriesRequest
+	4,  // 24: signet.admin.v1.Admin.DeleteEntries:input_type -> signet.admin.v1.DeleteEntriesRequest
+	6,  // 25: signet.admin.v1.Admin.ListEntries:input_type -> signet.admin.v1.ListEntriesRequest
+	8,  // 26: signet.admin.v1.Admin.CreateJoinToken:input_type -> signet.admin.v1.CreateJoinTokenRequest
+	10, // 27: signet.admin.v1.Admin.ListJoinTokens:input_type -> signet.admin.v1.ListJoinTokensRequest
+	13, // 28: signet.admin.v1.Admin.RevokeJoinTokens:input_type -> signet.admin.v1.RevokeJoinTokensRequest
+	15, // 29: signet.admin.v1.Admin.ListAgents:input_type -> signet.admin.v1.ListAgentsRequest
+	17, // 30: signet.admin.v1.Admin.EvictAgent:input_type -> signet.admin.v1.EvictAgentRequest
+	19, // 31: signet.admin.v1.Admin.GetBundle:input_type -> signet.admin.v1.GetBundleRequest
+	21, // 32: signet.admin.v1.Admin.CreatePolicy:input_type -> signet.admin.v1.CreatePolicyRequest
+	23, // 33: signet.admin.v1.Admin.ListPolicies:input_type -> signet.admin.v1.ListPoliciesRequest
+	25, // 34: signet.admin.v1.Admin.DeletePolicy:input_type -> signet.admin.v1.DeletePolicyRequest
+	27, // 35: signet.admin.v1.Admin.CreateRevocation:input_type -> signet.admin.v1.CreateRevocationRequest
+	29, // 36: signet.admin.v1.Admin.ListRevocations:input_type -> signet.admin.v1.ListRevocationsRequest
+	31, // 37: signet.admin.v1.Admin.DeleteRevocation:input_type -> signet.admin.v1.DeleteRevocationRequest
+	33, // 38: signet.admin.v1.Admin.GetCAStatus:input_type -> signet.admin.v1.GetCAStatusRequest
+	36, // 39: signet.admin.v1.Admin.PrepareRoot:input_type -> signet.admin.v1.PrepareRootRequest
+	38, // 40: signet.admin.v1.Admin.ActivateRoot:input_type -> signet.admin.v1.ActivateRootRequest
+	40, // 41: signet.admin.v1.Admin.ListAnomalies:input_type -> signet.admin.v1.ListAnomaliesRequest
+	1,  // 42: signet.admin.v1.Admin.CreateEntries:output_type -> signet.admin.v1.CreateEntriesResponse
+	3,  // 43: signet.admin.v1.Admin.UpdateEntries:output_type -> signet.admin.v1.UpdateEntriesResponse
+	5,  // 44: signet.admin.v1.Admin.DeleteEntries:output_type -> signet.admin.v1.DeleteEntriesResponse
+	7,  // 45: signet.admin.v1.Admin.ListEntries:output_type -> signet.admin.v1.ListEntriesResponse
+	9,  // 46: signet.admin.v1.Admin.CreateJoinToken:output_type -> signet.admin.v1.CreateJoinTokenResponse
+	12, // 47: signet.admin.v1.Admin.ListJoinTokens:output_type -> signet.admin.v1.ListJoinTokensResponse
+	14, // 48: signet.admin.v1.Admin.RevokeJoinTokens:output_type -> signet.admin.v1.RevokeJoinTokensResponse
+	16, // 49: signet.admin.v1.Admin.ListAgents:output_type -> signet.admin.v1.ListAgentsResponse
+	18, // 50: signet.admin.v1.Admin.EvictAgent:output_type -> signet.admin.v1.EvictAgentResponse
+	20, // 51: signet.admin.v1.Admin.GetBundle:output_type -> signet.admin.v1.GetBundleResponse
+	22, // 52: signet.admin.v1.Admin.CreatePolicy:output_type -> signet.admin.v1.CreatePolicyResponse
+	24, // 53: signet.admin.v1.Admin.ListPolicies:output_type -> signet.admin.v1.ListPoliciesResponse
+	26, // 54: signet.admin.v1.Admin.DeletePolicy:output_type -> signet.admin.v1.DeletePolicyResponse
+	28, // 55: signet.admin.v1.Admin.CreateRevocation:output_type -> signet.admin.v1.CreateRevocationResponse
+	30, // 56: signet.admin.v1.Admin.ListRevocations:output_type -> signet.admin.v1.ListRevocationsResponse
+	32, // 57: signet.admin.v1.Admin.DeleteRevocation:output_type -> signet.admin.v1.DeleteRevocationResponse
+	34, // 58: signet.admin.v1.Admin.GetCAStatus:output_type -> signet.admin.v1.GetCAStatusResponse
+	37, // 59: signet.admin.v1.Admin.PrepareRoot:output_type -> signet.admin.v1.PrepareRootResponse
+	39, // 60: signet.admin.v1.Admin.ActivateRoot:output_type -> signet.admin.v1.ActivateRootResponse
+	41, // 61: signet.admin.v1.Admin.ListAnomalies:output_type -> signet.admin.v1.ListAnomaliesResponse
+	42, // [42:62] is the sub-list for method output_type
+	22, // [22:42] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_signet_admin_v1_admin_proto_init() }
@@ -2313,7 +2423,7 @@ func file_signet_admin_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_signet_admin_v1_admin_proto_rawDesc), len(file_signet_admin_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   40,
+			NumMessages:   42,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -41,6 +41,7 @@ const (
 	Admin_GetCAStatus_FullMethodName      = "/signet.admin.v1.Admin/GetCAStatus"
 	Admin_PrepareRoot_FullMethodName      = "/signet.admin.v1.Admin/PrepareRoot"
 	Admin_ActivateRoot_FullMethodName     = "/signet.admin.v1.Admin/ActivateRoot"
+	Admin_ListAnomalies_FullMethodName    = "/signet.admin.v1.Admin/ListAnomalies"
 )
 
 // AdminClient is the client API for Admin service.
@@ -90,6 +91,9 @@ type AdminClient interface {
 	// that have not acknowledged it) it refuses unless force is set, and then
 	// audits a warning naming them.
 	ActivateRoot(ctx context.Context, in *ActivateRootRequest, opts ...grpc.CallOption) (*ActivateRootResponse, error)
+	// ListAnomalies lists the anomalies found in services' traffic since a
+	// time, newest last.
+	ListAnomalies(ctx context.Context, in *ListAnomaliesRequest, opts ...grpc.CallOption) (*ListAnomaliesResponse, error)
 }
 
 type adminClient struct {
@@ -290,6 +294,16 @@ func (c *adminClient) ActivateRoot(ctx context.Context, in *ActivateRootRequest,
 	return out, nil
 }
 
+func (c *adminClient) ListAnomalies(ctx context.Context, in *ListAnomaliesRequest, opts ...grpc.CallOption) (*ListAnomaliesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListAnomaliesResponse)
+	err := c.cc.Invoke(ctx, Admin_ListAnomalies_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServer is the server API for Admin service.
 // All implementations must embed UnimplementedAdminServer
 // for forward compatibility.
@@ -337,6 +351,9 @@ type AdminServer interface {
 	// that have not acknowledged it) it refuses unless force is set, and then
 	// audits a warning naming them.
 	ActivateRoot(context.Context, *ActivateRootRequest) (*ActivateRootResponse, error)
+	// ListAnomalies lists the anomalies found in services' traffic since a
+	// time, newest last.
+	ListAnomalies(context.Context, *ListAnomaliesRequest) (*ListAnomaliesResponse, error)
 	mustEmbedUnimplementedAdminServer()
 }
 
@@ -403,6 +420,9 @@ func (UnimplementedAdminServer) PrepareRoot(context.Context, *PrepareRootRequest
 }
 func (UnimplementedAdminServer) ActivateRoot(context.Context, *ActivateRootRequest) (*ActivateRootResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ActivateRoot not implemented")
+}
+func (UnimplementedAdminServer) ListAnomalies(context.Context, *ListAnomaliesRequest) (*ListAnomaliesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListAnomalies not implemented")
 }
 func (UnimplementedAdminServer) mustEmbedUnimplementedAdminServer() {}
 func (UnimplementedAdminServer) testEmbeddedByValue()               {}
@@ -767,6 +787,24 @@ func _Admin_ActivateRoot_Handler(srv interface{}, ctx context.Context, dec func(
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Admin_ListAnomalies_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListAnomaliesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).ListAnomalies(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_ListAnomalies_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).ListAnomalies(ctx, req.(*ListAnomaliesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Admin_ServiceDesc is the grpc.ServiceDesc for Admin service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -849,6 +887,10 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ActivateRoot",
 			Handler:    _Admin_ActivateRoot_Handler,
+		},
+		{
+			MethodName: "ListAnomalies",
+			Handler:    _Admin_ListAnomalies_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

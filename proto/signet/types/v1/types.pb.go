@@ -1433,6 +1433,94 @@ func (*DecisionReportAck) Descriptor() ([]byte, []int) {
 	return file_signet_types_v1_types_proto_rawDescGZIP(), []int{15}
 }
 
+// Anomaly is a departure from a server's traffic profile that the CA
+// found.
+type Anomaly struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// kind is new_caller, new_method, unusual_time, volume or denials.
+	Kind   string `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
+	Server string `protobuf:"bytes,2,opt,name=server,proto3" json:"server,omitempty"`
+	Peer   string `protobuf:"bytes,3,opt,name=peer,proto3" json:"peer,omitempty"`
+	Method string `protobuf:"bytes,4,opt,name=method,proto3" json:"method,omitempty"`
+	// at is the minute it was seen in (Unix seconds).
+	At            int64  `protobuf:"varint,5,opt,name=at,proto3" json:"at,omitempty"`
+	Detail        string `protobuf:"bytes,6,opt,name=detail,proto3" json:"detail,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Anomaly) Reset() {
+	*x = Anomaly{}
+	mi := &file_signet_types_v1_types_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Anomaly) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Anomaly) ProtoMessage() {}
+
+func (x *Anomaly) ProtoReflect() protoreflect.Message {
+	mi := &file_signet_types_v1_types_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Anomaly.ProtoReflect.Descriptor instead.
+func (*Anomaly) Descriptor() ([]byte, []int) {
+	return file_signet_types_v1_types_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *Anomaly) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *Anomaly) GetServer() string {
+	if x != nil {
+		return x.Server
+	}
+	return ""
+}
+
+func (x *Anomaly) GetPeer() string {
+	if x != nil {
+		return x.Peer
+	}
+	return ""
+}
+
+func (x *Anomaly) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+func (x *Anomaly) GetAt() int64 {
+	if x != nil {
+		return x.At
+	}
+	return 0
+}
+
+func (x *Anomaly) GetDetail() string {
+	if x != nil {
+		return x.Detail
+	}
+	return ""
+}
+
 var File_signet_types_v1_types_proto protoreflect.FileDescriptor
 
 const file_signet_types_v1_types_proto_rawDesc = "" +
@@ -1562,7 +1650,14 @@ const file_signet_types_v1_types_proto_rawDesc = "" +
 	"\bbytes_in\x18\a \x01(\x03R\abytesIn\x12\x1b\n" +
 	"\tbytes_out\x18\b \x01(\x03R\bbytesOut\x12\x18\n" +
 	"\alatency\x18\t \x03(\x03R\alatency\"\x13\n" +
-	"\x11DecisionReportAckB;Z9github.com/signet-id/signet/proto/signet/types/v1;typesv1b\x06proto3"
+	"\x11DecisionReportAck\"\x89\x01\n" +
+	"\aAnomaly\x12\x12\n" +
+	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x16\n" +
+	"\x06server\x18\x02 \x01(\tR\x06server\x12\x12\n" +
+	"\x04peer\x18\x03 \x01(\tR\x04peer\x12\x16\n" +
+	"\x06method\x18\x04 \x01(\tR\x06method\x12\x0e\n" +
+	"\x02at\x18\x05 \x01(\x03R\x02at\x12\x16\n" +
+	"\x06detail\x18\x06 \x01(\tR\x06detailB;Z9github.com/signet-id/signet/proto/signet/types/v1;typesv1b\x06proto3"
 
 var (
 	file_signet_types_v1_types_proto_rawDescOnce sync.Once
@@ -1576,7 +1671,7 @@ func file_signet_types_v1_types_proto_rawDescGZIP() []byte {
 	return file_signet_types_v1_types_proto_rawDescData
 }
 
-var file_signet_types_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_signet_types_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_signet_types_v1_types_proto_goTypes = []any{
 	(*Selector)(nil),          // 0: signet.types.v1.Selector
 	(*Entry)(nil),             // 1: signet.types.v1.Entry
@@ -1594,8 +1689,9 @@ var file_signet_types_v1_types_proto_goTypes = []any{
 	(*DecisionReport)(nil),    // 13: signet.types.v1.DecisionReport
 	(*TrafficCount)(nil),      // 14: signet.types.v1.TrafficCount
 	(*DecisionReportAck)(nil), // 15: signet.types.v1.DecisionReportAck
-	nil,                       // 16: signet.types.v1.BundleAck.SvidsByRootEntry
-	nil,                       // 17: signet.types.v1.BundleAck.SvidsByIntermediateEntry
+	(*Anomaly)(nil),           // 16: signet.types.v1.Anomaly
+	nil,                       // 17: signet.types.v1.BundleAck.SvidsByRootEntry
+	nil,                       // 18: signet.types.v1.BundleAck.SvidsByIntermediateEntry
 }
 var file_signet_types_v1_types_proto_depIdxs = []int32{
 	0,  // 0: signet.types.v1.Entry.selectors:type_name -> signet.types.v1.Selector
@@ -1603,9 +1699,9 @@ var file_signet_types_v1_types_proto_depIdxs = []int32{
 	5,  // 2: signet.types.v1.PolicyRule.peers:type_name -> signet.types.v1.PolicyPeer
 	7,  // 3: signet.types.v1.PolicyRule.when:type_name -> signet.types.v1.TimeWindow
 	6,  // 4: signet.types.v1.AccessPolicy.rules:type_name -> signet.types.v1.PolicyRule
-	16, // 5: signet.types.v1.BundleAck.svids_by_root:type_name -> signet.types.v1.BundleAck.SvidsByRootEntry
+	17, // 5: signet.types.v1.BundleAck.svids_by_root:type_name -> signet.types.v1.BundleAck.SvidsByRootEntry
 	11, // 6: signet.types.v1.BundleAck.workloads:type_name -> signet.types.v1.WorkloadAck
-	17, // 7: signet.types.v1.BundleAck.svids_by_intermediate:type_name -> signet.types.v1.BundleAck.SvidsByIntermediateEntry
+	18, // 7: signet.types.v1.BundleAck.svids_by_intermediate:type_name -> signet.types.v1.BundleAck.SvidsByIntermediateEntry
 	12, // 8: signet.types.v1.DecisionReport.decisions:type_name -> signet.types.v1.Decision
 	14, // 9: signet.types.v1.DecisionReport.traffic:type_name -> signet.types.v1.TrafficCount
 	10, // [10:10] is the sub-list for method output_type
@@ -1626,7 +1722,7 @@ func file_signet_types_v1_types_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_signet_types_v1_types_proto_rawDesc), len(file_signet_types_v1_types_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   18,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
