@@ -1,11 +1,17 @@
 package traffic
 
 import (
+	"fmt"
 	"math/rand/v2"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
 	typesv1 "github.com/signet-id/signet/proto/signet/types/v1"
+	"github.com/signet-id/signet/sdk/authz"
 )
 
 const (
@@ -196,5 +202,98 @@ func TestWeeklyJobIsLearned(t *testing.T) {
 	got := e2.Add(&typesv1.TrafficCount{Server: inventory, Peer: report, Method: "/inv.v1.Inventory/Export", Minute: start.Add(8 * 24 * time.Hour).Unix(), Calls: 50})
 	if len(got) != 1 || got[0].Kind != NewCaller {
 		t.Errorf("a caller first seen after the learning week: %+v", got)
+	}
+}
+
+// TestSuggestAndDiff: the policy suggested from a week of regular traffic
+// allows every regular call of the next week and no call of a caller
+// never seen; its diff against that week (with a new caller, and a known
+// caller at 03:00 on a Sunday) is exactly those calls.
+func TestSuggestAndDiff(t *testing.T) {
+	td := spiffeid.RequireTrustDomainFromString("example.org")
+	all := func(string) bool { return true }
+	start := time.Date(2026, 11, 2, 0, 0, 0, 0, time.UTC)
+	week1 := New(Config{})
+	simulate(week1, rand.New(rand.NewPCG(3, 4)), start, start.Add(7*24*time.Hour), nil)
+	suggested := Suggest(Observations(week1.Profiles(), start, all))
+	for _, p := range suggested {
+		if err := authz.CheckPolicy(td, p); err != nil {
+			t.Fatalf("suggested policy %s: %v", p.GetName(), err)
+		}
+	}
+	if len(suggested) != 3 {
+		t.Errorf("%d policies suggested, want one for each of the 3 servers called", len(suggested))
+	}
+
+	next := start.Add(7 * 24 * time.Hour)
+	regularWeek := New(Config{})
+	simulate(regularWeek, rand.New(rand.NewPCG(5, 6)), next, next.Add(7*24*time.Hour), nil)
+	if denied, err := Diff(suggested, Observations(regularWeek.Profiles(), next, all), td); err != nil || len(denied) != 0 {
+		t.Fatalf("the suggestion denies regular calls of the next week: %+v, %v", denied, err)
+	}
+
+	sunday3 := time.Date(2026, 11, 15, 3, 0, 0, 0, time.UTC)
+	injected := New(Config{})
+	simulate(injected, rand.New(rand.NewPCG(7, 8)), next, next.Add(7*24*time.Hour), func(tm time.Time) []*typesv1.TrafficCount {
+		switch {
+		case tm.Equal(next.Add(30 * time.Hour)):
+			return []*typesv1.TrafficCount{{Server: cart, Peer: mallory, Method: "/shop.v1.Cart/Get", Minute: tm.Unix(), Calls: 3}}
+		case tm.Equal(sunday3):
+			return []*typesv1.TrafficCount{{Server: payments, Peer: cart, Method: "/pay.v1.Payments/Charge", Minute: tm.Unix(), Calls: 1}}
+		}
+		return nil
+	})
+	denied, err := Diff(suggested, Observations(injected.Profiles(), next, all), td)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, d := range denied {
+		got = append(got, fmt.Sprintf("%s %s %s h%d", d.Server, d.Peer, d.Method, d.Hour))
+	}
+	want := []string{
+		fmt.Sprintf("%s %s %s h%d", cart, mallory, "/shop.v1.Cart/Get", 30),
+		fmt.Sprintf("%s %s %s h%d", payments, cart, "/pay.v1.Payments/Charge", 6*24+3),
+	}
+	slices.Sort(got)
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Errorf("diff:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+// TestSuggestGeneralises: many IDs of one service account become a
+// pattern of it, many accounts of one namespace calling the same methods
+// the namespace.
+func TestSuggestGeneralises(t *testing.T) {
+	var obs []Observation
+	var hours [168]bool
+	for h := range hours {
+		hours[h] = true
+	}
+	for i := range 4 {
+		obs = append(obs, Observation{Server: cart, Peer: fmt.Sprintf("spiffe://example.org/ns/shop/sa/front/pod/%d", i), Method: "/shop.v1.Cart/Get", Hours: hours, Seen: hours})
+	}
+	for i := range 6 {
+		obs = append(obs, Observation{Server: cart, Peer: fmt.Sprintf("spiffe://example.org/ns/batch/sa/job%d", i), Method: "/shop.v1.Cart/Export", Hours: hours, Seen: hours})
+	}
+	obs = append(obs, Observation{Server: cart, Peer: "spiffe://example.org/ns/ops/sa/admin", Method: "/shop.v1.Cart/Reset", Hours: hours, Seen: hours})
+	ps := Suggest(obs)
+	if len(ps) != 1 {
+		t.Fatalf("%d policies", len(ps))
+	}
+	var peers []string
+	for _, r := range ps[0].GetRules() {
+		for _, p := range r.GetPeers() {
+			peers = append(peers, p.GetId()+p.GetPattern()+p.GetNamespace()+" "+strings.Join(r.GetMethods(), ","))
+		}
+		if len(r.GetWhen()) != 0 {
+			t.Errorf("windows for callers at every hour: %v", r.GetWhen())
+		}
+	}
+	slices.Sort(peers)
+	want := []string{"batch /shop.v1.Cart/Export", "spiffe://example.org/ns/ops/sa/admin /shop.v1.Cart/Reset", "spiffe://example.org/ns/shop/sa/front/** /shop.v1.Cart/Get"}
+	if !slices.Equal(peers, want) {
+		t.Errorf("peers: %q, want %q", peers, want)
 	}
 }
