@@ -24,6 +24,7 @@ import (
 	"github.com/signet-id/signet/ca/audit"
 	"github.com/signet-id/signet/ca/authority"
 	"github.com/signet-id/signet/ca/store"
+	"github.com/signet-id/signet/ca/traffic"
 	"github.com/signet-id/signet/internal/entry"
 	"github.com/signet-id/signet/internal/refusal"
 	typesv1 "github.com/signet-id/signet/proto/signet/types/v1"
@@ -197,9 +198,11 @@ func (c *Config) storeRevocations(ctx context.Context) ([]*typesv1.Revocation, e
 	return list, nil
 }
 
-// TrafficSink takes services' traffic counts.
+// TrafficSink takes services' traffic counts, and tells what it learned
+// of them (the CA's detector).
 type TrafficSink interface {
 	ReportTraffic(counts []*typesv1.TrafficCount)
+	Observations(since time.Time, keep func(server string) bool) []traffic.Observation
 }
 
 // AckStore keeps each agent's last bundle acknowledgement.

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -366,4 +367,37 @@ func (s *AdminServer) ListAnomalies(ctx context.Context, req *adminv1.ListAnomal
 		return nil, s.cfg.internal(ctx, "list anomalies", err)
 	}
 	return &adminv1.ListAnomaliesResponse{Anomalies: as}, nil
+}
+
+// ListObservedCalls implements adminv1.AdminServer.
+func (s *AdminServer) ListObservedCalls(_ context.Context, req *adminv1.ListObservedCallsRequest) (*adminv1.ListObservedCallsResponse, error) {
+	if s.cfg.Traffic == nil {
+		return nil, status.Error(codes.FailedPrecondition, "the traffic detector is off (signet-ca --traffic-detector=false)")
+	}
+	keep := func(server string) bool {
+		if req.GetServer() != "" && server != req.GetServer() {
+			return false
+		}
+		if ns := req.GetNamespace(); ns != "" {
+			id, err := spiffeid.FromString(server)
+			if err != nil || !strings.HasPrefix(id.Path(), "/ns/"+ns+"/") {
+				return false
+			}
+		}
+		return true
+	}
+	resp := &adminv1.ListObservedCallsResponse{}
+	for _, o := range s.cfg.Traffic.Observations(time.Unix(req.GetSince(), 0), keep) {
+		c := &adminv1.ObservedCall{Server: o.Server, Peer: o.Peer, Method: o.Method, LastSeen: o.LastSeen.Unix()}
+		for h := range o.Hours {
+			if o.Hours[h] {
+				c.Hours = append(c.Hours, uint32(h))
+			}
+			if o.Seen[h] {
+				c.Seen = append(c.Seen, uint32(h))
+			}
+		}
+		resp.Calls = append(resp.Calls, c)
+	}
+	return resp, nil
 }

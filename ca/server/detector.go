@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"encoding/json"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -20,6 +21,7 @@ import (
 // agents' reports nor issuance ever wait for it. It keeps its profiles in
 // the store, and writes what it finds to the audit log and the store.
 type detector struct {
+	mu      sync.Mutex // guards engine
 	engine  *traffic.Engine
 	in      chan []*typesv1.TrafficCount
 	st      *store.Store
@@ -75,12 +77,16 @@ func (d *detector) run(ctx context.Context) {
 			return
 		case counts := <-d.in:
 			var found []traffic.Anomaly
+			d.mu.Lock()
 			for _, tc := range counts {
 				found = append(found, d.engine.Add(tc)...)
 			}
+			d.mu.Unlock()
 			d.record(ctx, found)
 		case now := <-tick.C:
+			d.mu.Lock()
 			d.engine.Advance(now)
+			d.mu.Unlock()
 			if now.Sub(lastSave) >= 5*time.Minute {
 				d.save(ctx)
 				lastSave = now
@@ -109,8 +115,16 @@ func (d *detector) record(ctx context.Context, found []traffic.Anomaly) {
 	}
 }
 
+// Observations implements api.TrafficSink.
+func (d *detector) Observations(since time.Time, keep func(server string) bool) []traffic.Observation {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return traffic.Observations(d.engine.Profiles(), since, keep)
+}
+
 func (d *detector) save(ctx context.Context) {
 	out := map[string][]byte{}
+	d.mu.Lock()
 	for server, p := range d.engine.Profiles() {
 		raw, err := json.Marshal(p)
 		if err != nil {
@@ -118,6 +132,7 @@ func (d *detector) save(ctx context.Context) {
 		}
 		out[server] = raw
 	}
+	d.mu.Unlock()
 	if len(out) == 0 {
 		return
 	}

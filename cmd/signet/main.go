@@ -54,6 +54,8 @@ func init() {
 		{"policy create", "--file F", "create access policies (one, or the output of policy list -o json)", (*cli).policyCreate},
 		{"policy list", "", "list access policies", (*cli).policyList},
 		{"policy delete", "--name NAME", "delete an access policy", (*cli).policyDelete},
+		{"policy suggest", "--server ID | --namespace NS [--since 7d] [--format kubernetes|json]", "the least access policies that allow the calls the CA observed, and nothing more", (*cli).policySuggest},
+		{"policy diff", "FILE [--since 7d]", "the observed calls that the policies of FILE would deny", (*cli).policyDiff},
 		{"revocation create", "--serial HEX | --spiffe-id ID | --agent ID | --ca-key ID", "revoke an X.509-SVID, every SVID of an ID, an agent and all it minted, or a CA key (with re-issue); peers refuse them within seconds", (*cli).revocationCreate},
 		{"revocation list", "", "list the revocations in force", (*cli).revocationList},
 		{"revocation delete", "--id ID", "withdraw a revocation", (*cli).revocationDelete},

@@ -2121,6 +2121,199 @@ func (x *ListAnomaliesResponse) GetAnomalies() []*v1.Anomaly {
 	return nil
 }
 
+type ListObservedCallsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// since is Unix seconds: calls last seen before are left out.
+	Since int64 `protobuf:"varint,1,opt,name=since,proto3" json:"since,omitempty"`
+	// server or namespace, if set, keep the servers with this SPIFFE ID, or
+	// whose ID is spiffe://<td>/ns/<namespace>/...
+	Server        string `protobuf:"bytes,2,opt,name=server,proto3" json:"server,omitempty"`
+	Namespace     string `protobuf:"bytes,3,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListObservedCallsRequest) Reset() {
+	*x = ListObservedCallsRequest{}
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListObservedCallsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListObservedCallsRequest) ProtoMessage() {}
+
+func (x *ListObservedCallsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListObservedCallsRequest.ProtoReflect.Descriptor instead.
+func (*ListObservedCallsRequest) Descriptor() ([]byte, []int) {
+	return file_signet_admin_v1_admin_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *ListObservedCallsRequest) GetSince() int64 {
+	if x != nil {
+		return x.Since
+	}
+	return 0
+}
+
+func (x *ListObservedCallsRequest) GetServer() string {
+	if x != nil {
+		return x.Server
+	}
+	return ""
+}
+
+func (x *ListObservedCallsRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+type ListObservedCallsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Calls         []*ObservedCall        `protobuf:"bytes,1,rep,name=calls,proto3" json:"calls,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListObservedCallsResponse) Reset() {
+	*x = ListObservedCallsResponse{}
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListObservedCallsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListObservedCallsResponse) ProtoMessage() {}
+
+func (x *ListObservedCallsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListObservedCallsResponse.ProtoReflect.Descriptor instead.
+func (*ListObservedCallsResponse) Descriptor() ([]byte, []int) {
+	return file_signet_admin_v1_admin_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *ListObservedCallsResponse) GetCalls() []*ObservedCall {
+	if x != nil {
+		return x.Calls
+	}
+	return nil
+}
+
+type ObservedCall struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Server string                 `protobuf:"bytes,1,opt,name=server,proto3" json:"server,omitempty"`
+	Peer   string                 `protobuf:"bytes,2,opt,name=peer,proto3" json:"peer,omitempty"`
+	Method string                 `protobuf:"bytes,3,opt,name=method,proto3" json:"method,omitempty"`
+	// hours are the hours of the week (0: Monday 00:00 UTC) the caller
+	// calls in regularly; seen those it called in at all.
+	Hours         []uint32 `protobuf:"varint,4,rep,packed,name=hours,proto3" json:"hours,omitempty"`
+	Seen          []uint32 `protobuf:"varint,5,rep,packed,name=seen,proto3" json:"seen,omitempty"`
+	LastSeen      int64    `protobuf:"varint,6,opt,name=last_seen,json=lastSeen,proto3" json:"last_seen,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ObservedCall) Reset() {
+	*x = ObservedCall{}
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ObservedCall) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ObservedCall) ProtoMessage() {}
+
+func (x *ObservedCall) ProtoReflect() protoreflect.Message {
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ObservedCall.ProtoReflect.Descriptor instead.
+func (*ObservedCall) Descriptor() ([]byte, []int) {
+	return file_signet_admin_v1_admin_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *ObservedCall) GetServer() string {
+	if x != nil {
+		return x.Server
+	}
+	return ""
+}
+
+func (x *ObservedCall) GetPeer() string {
+	if x != nil {
+		return x.Peer
+	}
+	return ""
+}
+
+func (x *ObservedCall) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+func (x *ObservedCall) GetHours() []uint32 {
+	if x != nil {
+		return x.Hours
+	}
+	return nil
+}
+
+func (x *ObservedCall) GetSeen() []uint32 {
+	if x != nil {
+		return x.Seen
+	}
+	return nil
+}
+
+func (x *ObservedCall) GetLastSeen() int64 {
+	if x != nil {
+		return x.LastSeen
+	}
+	return 0
+}
+
 var File_signet_admin_v1_admin_proto protoreflect.FileDescriptor
 
 const file_signet_admin_v1_admin_proto_rawDesc = "" +
@@ -2250,7 +2443,20 @@ const file_signet_admin_v1_admin_proto_rawDesc = "" +
 	"\x05since\x18\x01 \x01(\x03R\x05since\x12\x16\n" +
 	"\x06server\x18\x02 \x01(\tR\x06server\"O\n" +
 	"\x15ListAnomaliesResponse\x126\n" +
-	"\tanomalies\x18\x01 \x03(\v2\x18.signet.types.v1.AnomalyR\tanomalies2\xf5\x0e\n" +
+	"\tanomalies\x18\x01 \x03(\v2\x18.signet.types.v1.AnomalyR\tanomalies\"f\n" +
+	"\x18ListObservedCallsRequest\x12\x14\n" +
+	"\x05since\x18\x01 \x01(\x03R\x05since\x12\x16\n" +
+	"\x06server\x18\x02 \x01(\tR\x06server\x12\x1c\n" +
+	"\tnamespace\x18\x03 \x01(\tR\tnamespace\"P\n" +
+	"\x19ListObservedCallsResponse\x123\n" +
+	"\x05calls\x18\x01 \x03(\v2\x1d.signet.admin.v1.ObservedCallR\x05calls\"\x99\x01\n" +
+	"\fObservedCall\x12\x16\n" +
+	"\x06server\x18\x01 \x01(\tR\x06server\x12\x12\n" +
+	"\x04peer\x18\x02 \x01(\tR\x04peer\x12\x16\n" +
+	"\x06method\x18\x03 \x01(\tR\x06method\x12\x14\n" +
+	"\x05hours\x18\x04 \x03(\rR\x05hours\x12\x12\n" +
+	"\x04seen\x18\x05 \x03(\rR\x04seen\x12\x1b\n" +
+	"\tlast_seen\x18\x06 \x01(\x03R\blastSeen2\xe1\x0f\n" +
 	"\x05Admin\x12^\n" +
 	"\rCreateEntries\x12%.signet.admin.v1.CreateEntriesRequest\x1a&.signet.admin.v1.CreateEntriesResponse\x12^\n" +
 	"\rUpdateEntries\x12%.signet.admin.v1.UpdateEntriesRequest\x1a&.signet.admin.v1.UpdateEntriesResponse\x12^\n" +
@@ -2273,7 +2479,8 @@ const file_signet_admin_v1_admin_proto_rawDesc = "" +
 	"\vGetCAStatus\x12#.signet.admin.v1.GetCAStatusRequest\x1a$.signet.admin.v1.GetCAStatusResponse\x12X\n" +
 	"\vPrepareRoot\x12#.signet.admin.v1.PrepareRootRequest\x1a$.signet.admin.v1.PrepareRootResponse\x12[\n" +
 	"\fActivateRoot\x12$.signet.admin.v1.ActivateRootRequest\x1a%.signet.admin.v1.ActivateRootResponse\x12^\n" +
-	"\rListAnomalies\x12%.signet.admin.v1.ListAnomaliesRequest\x1a&.signet.admin.v1.ListAnomaliesResponseB;Z9github.com/signet-id/signet/proto/signet/admin/v1;adminv1b\x06proto3"
+	"\rListAnomalies\x12%.signet.admin.v1.ListAnomaliesRequest\x1a&.signet.admin.v1.ListAnomaliesResponse\x12j\n" +
+	"\x11ListObservedCalls\x12).signet.admin.v1.ListObservedCallsRequest\x1a*.signet.admin.v1.ListObservedCallsResponseB;Z9github.com/signet-id/signet/proto/signet/admin/v1;adminv1b\x06proto3"
 
 var (
 	file_signet_admin_v1_admin_proto_rawDescOnce sync.Once
@@ -2287,127 +2494,133 @@ func file_signet_admin_v1_admin_proto_rawDescGZIP() []byte {
 	return file_signet_admin_v1_admin_proto_rawDescData
 }
 
-var file_signet_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
+var file_signet_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
 var file_signet_admin_v1_admin_proto_goTypes = []any{
-	(*CreateEntriesRequest)(nil),     // 0: signet.admin.v1.CreateEntriesRequest
-	(*CreateEntriesResponse)(nil),    // 1: signet.admin.v1.CreateEntriesResponse
-	(*UpdateEntriesRequest)(nil),     // 2: signet.admin.v1.UpdateEntriesRequest
-	(*UpdateEntriesResponse)(nil),    // 3: signet.admin.v1.UpdateEntriesResponse
-	(*DeleteEntriesRequest)(nil),     // 4: signet.admin.v1.DeleteEntriesRequest
-	(*DeleteEntriesResponse)(nil),    // 5: signet.admin.v1.DeleteEntriesResponse
-	(*ListEntriesRequest)(nil),       // 6: signet.admin.v1.ListEntriesRequest
-	(*ListEntriesResponse)(nil),      // 7: signet.admin.v1.ListEntriesResponse
-	(*CreateJoinTokenRequest)(nil),   // 8: signet.admin.v1.CreateJoinTokenRequest
-	(*CreateJoinTokenResponse)(nil),  // 9: signet.admin.v1.CreateJoinTokenResponse
-	(*ListJoinTokensRequest)(nil),    // 10: signet.admin.v1.ListJoinTokensRequest
-	(*JoinToken)(nil),                // 11: signet.admin.v1.JoinToken
-	(*ListJoinTokensResponse)(nil),   // 12: signet.admin.v1.ListJoinTokensResponse
-	(*RevokeJoinTokensRequest)(nil),  // 13: signet.admin.v1.RevokeJoinTokensRequest
-	(*RevokeJoinTokensResponse)(nil), // 14: signet.admin.v1.RevokeJoinTokensResponse
-	(*ListAgentsRequest)(nil),        // 15: signet.admin.v1.ListAgentsRequest
-	(*ListAgentsResponse)(nil),       // 16: signet.admin.v1.ListAgentsResponse
-	(*EvictAgentRequest)(nil),        // 17: signet.admin.v1.EvictAgentRequest
-	(*EvictAgentResponse)(nil),       // 18: signet.admin.v1.EvictAgentResponse
-	(*GetBundleRequest)(nil),         // 19: signet.admin.v1.GetBundleRequest
-	(*GetBundleResponse)(nil),        // 20: signet.admin.v1.GetBundleResponse
-	(*CreatePolicyRequest)(nil),      // 21: signet.admin.v1.CreatePolicyRequest
-	(*CreatePolicyResponse)(nil),     // 22: signet.admin.v1.CreatePolicyResponse
-	(*ListPoliciesRequest)(nil),      // 23: signet.admin.v1.ListPoliciesRequest
-	(*ListPoliciesResponse)(nil),     // 24: signet.admin.v1.ListPoliciesResponse
-	(*DeletePolicyRequest)(nil),      // 25: signet.admin.v1.DeletePolicyRequest
-	(*DeletePolicyResponse)(nil),     // 26: signet.admin.v1.DeletePolicyResponse
-	(*CreateRevocationRequest)(nil),  // 27: signet.admin.v1.CreateRevocationRequest
-	(*CreateRevocationResponse)(nil), // 28: signet.admin.v1.CreateRevocationResponse
-	(*ListRevocationsRequest)(nil),   // 29: signet.admin.v1.ListRevocationsRequest
-	(*ListRevocationsResponse)(nil),  // 30: signet.admin.v1.ListRevocationsResponse
-	(*DeleteRevocationRequest)(nil),  // 31: signet.admin.v1.DeleteRevocationRequest
-	(*DeleteRevocationResponse)(nil), // 32: signet.admin.v1.DeleteRevocationResponse
-	(*GetCAStatusRequest)(nil),       // 33: signet.admin.v1.GetCAStatusRequest
-	(*GetCAStatusResponse)(nil),      // 34: signet.admin.v1.GetCAStatusResponse
-	(*CAKeyStatus)(nil),              // 35: signet.admin.v1.CAKeyStatus
-	(*PrepareRootRequest)(nil),       // 36: signet.admin.v1.PrepareRootRequest
-	(*PrepareRootResponse)(nil),      // 37: signet.admin.v1.PrepareRootResponse
-	(*ActivateRootRequest)(nil),      // 38: signet.admin.v1.ActivateRootRequest
-	(*ActivateRootResponse)(nil),     // 39: signet.admin.v1.ActivateRootResponse
-	(*ListAnomaliesRequest)(nil),     // 40: signet.admin.v1.ListAnomaliesRequest
-	(*ListAnomaliesResponse)(nil),    // 41: signet.admin.v1.ListAnomaliesResponse
-	(*v1.Entry)(nil),                 // 42: signet.types.v1.Entry
-	(*v1.Selector)(nil),              // 43: signet.types.v1.Selector
-	(*v1.Agent)(nil),                 // 44: signet.types.v1.Agent
-	(*v1.Bundle)(nil),                // 45: signet.types.v1.Bundle
-	(*v1.AccessPolicy)(nil),          // 46: signet.types.v1.AccessPolicy
-	(*v1.Revocation)(nil),            // 47: signet.types.v1.Revocation
-	(*v1.BundleAck)(nil),             // 48: signet.types.v1.BundleAck
-	(*v1.Anomaly)(nil),               // 49: signet.types.v1.Anomaly
+	(*CreateEntriesRequest)(nil),      // 0: signet.admin.v1.CreateEntriesRequest
+	(*CreateEntriesResponse)(nil),     // 1: signet.admin.v1.CreateEntriesResponse
+	(*UpdateEntriesRequest)(nil),      // 2: signet.admin.v1.UpdateEntriesRequest
+	(*UpdateEntriesResponse)(nil),     // 3: signet.admin.v1.UpdateEntriesResponse
+	(*DeleteEntriesRequest)(nil),      // 4: signet.admin.v1.DeleteEntriesRequest
+	(*DeleteEntriesResponse)(nil),     // 5: signet.admin.v1.DeleteEntriesResponse
+	(*ListEntriesRequest)(nil),        // 6: signet.admin.v1.ListEntriesRequest
+	(*ListEntriesResponse)(nil),       // 7: signet.admin.v1.ListEntriesResponse
+	(*CreateJoinTokenRequest)(nil),    // 8: signet.admin.v1.CreateJoinTokenRequest
+	(*CreateJoinTokenResponse)(nil),   // 9: signet.admin.v1.CreateJoinTokenResponse
+	(*ListJoinTokensRequest)(nil),     // 10: signet.admin.v1.ListJoinTokensRequest
+	(*JoinToken)(nil),                 // 11: signet.admin.v1.JoinToken
+	(*ListJoinTokensResponse)(nil),    // 12: signet.admin.v1.ListJoinTokensResponse
+	(*RevokeJoinTokensRequest)(nil),   // 13: signet.admin.v1.RevokeJoinTokensRequest
+	(*RevokeJoinTokensResponse)(nil),  // 14: signet.admin.v1.RevokeJoinTokensResponse
+	(*ListAgentsRequest)(nil),         // 15: signet.admin.v1.ListAgentsRequest
+	(*ListAgentsResponse)(nil),        // 16: signet.admin.v1.ListAgentsResponse
+	(*EvictAgentRequest)(nil),         // 17: signet.admin.v1.EvictAgentRequest
+	(*EvictAgentResponse)(nil),        // 18: signet.admin.v1.EvictAgentResponse
+	(*GetBundleRequest)(nil),          // 19: signet.admin.v1.GetBundleRequest
+	(*GetBundleResponse)(nil),         // 20: signet.admin.v1.GetBundleResponse
+	(*CreatePolicyRequest)(nil),       // 21: signet.admin.v1.CreatePolicyRequest
+	(*CreatePolicyResponse)(nil),      // 22: signet.admin.v1.CreatePolicyResponse
+	(*ListPoliciesRequest)(nil),       // 23: signet.admin.v1.ListPoliciesRequest
+	(*ListPoliciesResponse)(nil),      // 24: signet.admin.v1.ListPoliciesResponse
+	(*DeletePolicyRequest)(nil),       // 25: signet.admin.v1.DeletePolicyRequest
+	(*DeletePolicyResponse)(nil),      // 26: signet.admin.v1.DeletePolicyResponse
+	(*CreateRevocationRequest)(nil),   // 27: signet.admin.v1.CreateRevocationRequest
+	(*CreateRevocationResponse)(nil),  // 28: signet.admin.v1.CreateRevocationResponse
+	(*ListRevocationsRequest)(nil),    // 29: signet.admin.v1.ListRevocationsRequest
+	(*ListRevocationsResponse)(nil),   // 30: signet.admin.v1.ListRevocationsResponse
+	(*DeleteRevocationRequest)(nil),   // 31: signet.admin.v1.DeleteRevocationRequest
+	(*DeleteRevocationResponse)(nil),  // 32: signet.admin.v1.DeleteRevocationResponse
+	(*GetCAStatusRequest)(nil),        // 33: signet.admin.v1.GetCAStatusRequest
+	(*GetCAStatusResponse)(nil),       // 34: signet.admin.v1.GetCAStatusResponse
+	(*CAKeyStatus)(nil),               // 35: signet.admin.v1.CAKeyStatus
+	(*PrepareRootRequest)(nil),        // 36: signet.admin.v1.PrepareRootRequest
+	(*PrepareRootResponse)(nil),       // 37: signet.admin.v1.PrepareRootResponse
+	(*ActivateRootRequest)(nil),       // 38: signet.admin.v1.ActivateRootRequest
+	(*ActivateRootResponse)(nil),      // 39: signet.admin.v1.ActivateRootResponse
+	(*ListAnomaliesRequest)(nil),      // 40: signet.admin.v1.ListAnomaliesRequest
+	(*ListAnomaliesResponse)(nil),     // 41: signet.admin.v1.ListAnomaliesResponse
+	(*ListObservedCallsRequest)(nil),  // 42: signet.admin.v1.ListObservedCallsRequest
+	(*ListObservedCallsResponse)(nil), // 43: signet.admin.v1.ListObservedCallsResponse
+	(*ObservedCall)(nil),              // 44: signet.admin.v1.ObservedCall
+	(*v1.Entry)(nil),                  // 45: signet.types.v1.Entry
+	(*v1.Selector)(nil),               // 46: signet.types.v1.Selector
+	(*v1.Agent)(nil),                  // 47: signet.types.v1.Agent
+	(*v1.Bundle)(nil),                 // 48: signet.types.v1.Bundle
+	(*v1.AccessPolicy)(nil),           // 49: signet.types.v1.AccessPolicy
+	(*v1.Revocation)(nil),             // 50: signet.types.v1.Revocation
+	(*v1.BundleAck)(nil),              // 51: signet.types.v1.BundleAck
+	(*v1.Anomaly)(nil),                // 52: signet.types.v1.Anomaly
 }
 var file_signet_admin_v1_admin_proto_depIdxs = []int32{
-	42, // 0: signet.admin.v1.CreateEntriesRequest.entries:type_name -> signet.types.v1.Entry
-	42, // 1: signet.admin.v1.CreateEntriesResponse.entries:type_name -> signet.types.v1.Entry
-	42, // 2: signet.admin.v1.UpdateEntriesRequest.entries:type_name -> signet.types.v1.Entry
-	42, // 3: signet.admin.v1.UpdateEntriesResponse.entries:type_name -> signet.types.v1.Entry
-	43, // 4: signet.admin.v1.ListEntriesRequest.selector:type_name -> signet.types.v1.Selector
-	43, // 5: signet.admin.v1.ListEntriesRequest.selectors:type_name -> signet.types.v1.Selector
-	42, // 6: signet.admin.v1.ListEntriesResponse.entries:type_name -> signet.types.v1.Entry
+	45, // 0: signet.admin.v1.CreateEntriesRequest.entries:type_name -> signet.types.v1.Entry
+	45, // 1: signet.admin.v1.CreateEntriesResponse.entries:type_name -> signet.types.v1.Entry
+	45, // 2: signet.admin.v1.UpdateEntriesRequest.entries:type_name -> signet.types.v1.Entry
+	45, // 3: signet.admin.v1.UpdateEntriesResponse.entries:type_name -> signet.types.v1.Entry
+	46, // 4: signet.admin.v1.ListEntriesRequest.selector:type_name -> signet.types.v1.Selector
+	46, // 5: signet.admin.v1.ListEntriesRequest.selectors:type_name -> signet.types.v1.Selector
+	45, // 6: signet.admin.v1.ListEntriesResponse.entries:type_name -> signet.types.v1.Entry
 	11, // 7: signet.admin.v1.ListJoinTokensResponse.tokens:type_name -> signet.admin.v1.JoinToken
-	44, // 8: signet.admin.v1.ListAgentsResponse.agents:type_name -> signet.types.v1.Agent
-	45, // 9: signet.admin.v1.GetBundleResponse.bundle:type_name -> signet.types.v1.Bundle
-	46, // 10: signet.admin.v1.CreatePolicyRequest.policy:type_name -> signet.types.v1.AccessPolicy
-	46, // 11: signet.admin.v1.CreatePolicyResponse.policy:type_name -> signet.types.v1.AccessPolicy
-	46, // 12: signet.admin.v1.ListPoliciesResponse.policies:type_name -> signet.types.v1.AccessPolicy
-	47, // 13: signet.admin.v1.CreateRevocationRequest.revocation:type_name -> signet.types.v1.Revocation
-	47, // 14: signet.admin.v1.CreateRevocationResponse.revocation:type_name -> signet.types.v1.Revocation
-	47, // 15: signet.admin.v1.ListRevocationsResponse.revocations:type_name -> signet.types.v1.Revocation
+	47, // 8: signet.admin.v1.ListAgentsResponse.agents:type_name -> signet.types.v1.Agent
+	48, // 9: signet.admin.v1.GetBundleResponse.bundle:type_name -> signet.types.v1.Bundle
+	49, // 10: signet.admin.v1.CreatePolicyRequest.policy:type_name -> signet.types.v1.AccessPolicy
+	49, // 11: signet.admin.v1.CreatePolicyResponse.policy:type_name -> signet.types.v1.AccessPolicy
+	49, // 12: signet.admin.v1.ListPoliciesResponse.policies:type_name -> signet.types.v1.AccessPolicy
+	50, // 13: signet.admin.v1.CreateRevocationRequest.revocation:type_name -> signet.types.v1.Revocation
+	50, // 14: signet.admin.v1.CreateRevocationResponse.revocation:type_name -> signet.types.v1.Revocation
+	50, // 15: signet.admin.v1.ListRevocationsResponse.revocations:type_name -> signet.types.v1.Revocation
 	35, // 16: signet.admin.v1.GetCAStatusResponse.keys:type_name -> signet.admin.v1.CAKeyStatus
-	48, // 17: signet.admin.v1.GetCAStatusResponse.acks:type_name -> signet.types.v1.BundleAck
+	51, // 17: signet.admin.v1.GetCAStatusResponse.acks:type_name -> signet.types.v1.BundleAck
 	35, // 18: signet.admin.v1.PrepareRootResponse.root:type_name -> signet.admin.v1.CAKeyStatus
 	35, // 19: signet.admin.v1.ActivateRootResponse.root:type_name -> signet.admin.v1.CAKeyStatus
-	47, // 20: signet.admin.v1.ActivateRootResponse.revocation:type_name -> signet.types.v1.Revocation
-	49, // 21: signet.admin.v1.ListAnomaliesResponse.anomalies:type_name -> signet.types.v1.Anomaly
-	0,  // 22: signet.admin.v1.Admin.CreateEntries:input_type -> signet.admin.v1.CreateEntriesRequest
-	2,  // 23: signet.admin.v1.Admin.UpdateEntries:input_type -> signet.admin.v1.UpdateEntriesRequest
-	4,  // 24: signet.admin.v1.Admin.DeleteEntries:input_type -> signet.admin.v1.DeleteEntriesRequest
-	6,  // 25: signet.admin.v1.Admin.ListEntries:input_type -> signet.admin.v1.ListEntriesRequest
-	8,  // 26: signet.admin.v1.Admin.CreateJoinToken:input_type -> signet.admin.v1.CreateJoinTokenRequest
-	10, // 27: signet.admin.v1.Admin.ListJoinTokens:input_type -> signet.admin.v1.ListJoinTokensRequest
-	13, // 28: signet.admin.v1.Admin.RevokeJoinTokens:input_type -> signet.admin.v1.RevokeJoinTokensRequest
-	15, // 29: signet.admin.v1.Admin.ListAgents:input_type -> signet.admin.v1.ListAgentsRequest
-	17, // 30: signet.admin.v1.Admin.EvictAgent:input_type -> signet.admin.v1.EvictAgentRequest
-	19, // 31: signet.admin.v1.Admin.GetBundle:input_type -> signet.admin.v1.GetBundleRequest
-	21, // 32: signet.admin.v1.Admin.CreatePolicy:input_type -> signet.admin.v1.CreatePolicyRequest
-	23, // 33: signet.admin.v1.Admin.ListPolicies:input_type -> signet.admin.v1.ListPoliciesRequest
-	25, // 34: signet.admin.v1.Admin.DeletePolicy:input_type -> signet.admin.v1.DeletePolicyRequest
-	27, // 35: signet.admin.v1.Admin.CreateRevocation:input_type -> signet.admin.v1.CreateRevocationRequest
-	29, // 36: signet.admin.v1.Admin.ListRevocations:input_type -> signet.admin.v1.ListRevocationsRequest
-	31, // 37: signet.admin.v1.Admin.DeleteRevocation:input_type -> signet.admin.v1.DeleteRevocationRequest
-	33, // 38: signet.admin.v1.Admin.GetCAStatus:input_type -> signet.admin.v1.GetCAStatusRequest
-	36, // 39: signet.admin.v1.Admin.PrepareRoot:input_type -> signet.admin.v1.PrepareRootRequest
-	38, // 40: signet.admin.v1.Admin.ActivateRoot:input_type -> signet.admin.v1.ActivateRootRequest
-	40, // 41: signet.admin.v1.Admin.ListAnomalies:input_type -> signet.admin.v1.ListAnomaliesRequest
-	1,  // 42: signet.admin.v1.Admin.CreateEntries:output_type -> signet.admin.v1.CreateEntriesResponse
-	3,  // 43: signet.admin.v1.Admin.UpdateEntries:output_type -> signet.admin.v1.UpdateEntriesResponse
-	5,  // 44: signet.admin.v1.Admin.DeleteEntries:output_type -> signet.admin.v1.DeleteEntriesResponse
-	7,  // 45: signet.admin.v1.Admin.ListEntries:output_type -> signet.admin.v1.ListEntriesResponse
-	9,  // 46: signet.admin.v1.Admin.CreateJoinToken:output_type -> signet.admin.v1.CreateJoinTokenResponse
-	12, // 47: signet.admin.v1.Admin.ListJoinTokens:output_type -> signet.admin.v1.ListJoinTokensResponse
-	14, // 48: signet.admin.v1.Admin.RevokeJoinTokens:output_type -> signet.admin.v1.RevokeJoinTokensResponse
-	16, // 49: signet.admin.v1.Admin.ListAgents:output_type -> signet.admin.v1.ListAgentsResponse
-	18, // 50: signet.admin.v1.Admin.EvictAgent:output_type -> signet.admin.v1.EvictAgentResponse
-	20, // 51: signet.admin.v1.Admin.GetBundle:output_type -> signet.admin.v1.GetBundleResponse
-	22, // 52: signet.admin.v1.Admin.CreatePolicy:output_type -> signet.admin.v1.CreatePolicyResponse
-	24, // 53: signet.admin.v1.Admin.ListPolicies:output_type -> signet.admin.v1.ListPoliciesResponse
-	26, // 54: signet.admin.v1.Admin.DeletePolicy:output_type -> signet.admin.v1.DeletePolicyResponse
-	28, // 55: signet.admin.v1.Admin.CreateRevocation:output_type -> signet.admin.v1.CreateRevocationResponse
-	30, // 56: signet.admin.v1.Admin.ListRevocations:output_type -> signet.admin.v1.ListRevocationsResponse
-	32, // 57: signet.admin.v1.Admin.DeleteRevocation:output_type -> signet.admin.v1.DeleteRevocationResponse
-	34, // 58: signet.admin.v1.Admin.GetCAStatus:output_type -> signet.admin.v1.GetCAStatusResponse
-	37, // 59: signet.admin.v1.Admin.PrepareRoot:output_type -> signet.admin.v1.PrepareRootResponse
-	39, // 60: signet.admin.v1.Admin.ActivateRoot:output_type -> signet.admin.v1.ActivateRootResponse
-	41, // 61: signet.admin.v1.Admin.ListAnomalies:output_type -> signet.admin.v1.ListAnomaliesResponse
-	42, // [42:62] is the sub-list for method output_type
-	22, // [22:42] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	50, // 20: signet.admin.v1.ActivateRootResponse.revocation:type_name -> signet.types.v1.Revocation
+	52, // 21: signet.admin.v1.ListAnomaliesResponse.anomalies:type_name -> signet.types.v1.Anomaly
+	44, // 22: signet.admin.v1.ListObservedCallsResponse.calls:type_name -> signet.admin.v1.ObservedCall
+	0,  // 23: signet.admin.v1.Admin.CreateEntries:input_type -> signet.admin.v1.CreateEntriesRequest
+	2,  // 24: signet.admin.v1.Admin.UpdateEntries:input_type -> signet.admin.v1.UpdateEntriesRequest
+	4,  // 25: signet.admin.v1.Admin.DeleteEntries:input_type -> signet.admin.v1.DeleteEntriesRequest
+	6,  // 26: signet.admin.v1.Admin.ListEntries:input_type -> signet.admin.v1.ListEntriesRequest
+	8,  // 27: signet.admin.v1.Admin.CreateJoinToken:input_type -> signet.admin.v1.CreateJoinTokenRequest
+	10, // 28: signet.admin.v1.Admin.ListJoinTokens:input_type -> signet.admin.v1.ListJoinTokensRequest
+	13, // 29: signet.admin.v1.Admin.RevokeJoinTokens:input_type -> signet.admin.v1.RevokeJoinTokensRequest
+	15, // 30: signet.admin.v1.Admin.ListAgents:input_type -> signet.admin.v1.ListAgentsRequest
+	17, // 31: signet.admin.v1.Admin.EvictAgent:input_type -> signet.admin.v1.EvictAgentRequest
+	19, // 32: signet.admin.v1.Admin.GetBundle:input_type -> signet.admin.v1.GetBundleRequest
+	21, // 33: signet.admin.v1.Admin.CreatePolicy:input_type -> signet.admin.v1.CreatePolicyRequest
+	23, // 34: signet.admin.v1.Admin.ListPolicies:input_type -> signet.admin.v1.ListPoliciesRequest
+	25, // 35: signet.admin.v1.Admin.DeletePolicy:input_type -> signet.admin.v1.DeletePolicyRequest
+	27, // 36: signet.admin.v1.Admin.CreateRevocation:input_type -> signet.admin.v1.CreateRevocationRequest
+	29, // 37: signet.admin.v1.Admin.ListRevocations:input_type -> signet.admin.v1.ListRevocationsRequest
+	31, // 38: signet.admin.v1.Admin.DeleteRevocation:input_type -> signet.admin.v1.DeleteRevocationRequest
+	33, // 39: signet.admin.v1.Admin.GetCAStatus:input_type -> signet.admin.v1.GetCAStatusRequest
+	36, // 40: signet.admin.v1.Admin.PrepareRoot:input_type -> signet.admin.v1.PrepareRootRequest
+	38, // 41: signet.admin.v1.Admin.ActivateRoot:input_type -> signet.admin.v1.ActivateRootRequest
+	40, // 42: signet.admin.v1.Admin.ListAnomalies:input_type -> signet.admin.v1.ListAnomaliesRequest
+	42, // 43: signet.admin.v1.Admin.ListObservedCalls:input_type -> signet.admin.v1.ListObservedCallsRequest
+	1,  // 44: signet.admin.v1.Admin.CreateEntries:output_type -> signet.admin.v1.CreateEntriesResponse
+	3,  // 45: signet.admin.v1.Admin.UpdateEntries:output_type -> signet.admin.v1.UpdateEntriesResponse
+	5,  // 46: signet.admin.v1.Admin.DeleteEntries:output_type -> signet.admin.v1.DeleteEntriesResponse
+	7,  // 47: signet.admin.v1.Admin.ListEntries:output_type -> signet.admin.v1.ListEntriesResponse
+	9,  // 48: signet.admin.v1.Admin.CreateJoinToken:output_type -> signet.admin.v1.CreateJoinTokenResponse
+	12, // 49: signet.admin.v1.Admin.ListJoinTokens:output_type -> signet.admin.v1.ListJoinTokensResponse
+	14, // 50: signet.admin.v1.Admin.RevokeJoinTokens:output_type -> signet.admin.v1.RevokeJoinTokensResponse
+	16, // 51: signet.admin.v1.Admin.ListAgents:output_type -> signet.admin.v1.ListAgentsResponse
+	18, // 52: signet.admin.v1.Admin.EvictAgent:output_type -> signet.admin.v1.EvictAgentResponse
+	20, // 53: signet.admin.v1.Admin.GetBundle:output_type -> signet.admin.v1.GetBundleResponse
+	22, // 54: signet.admin.v1.Admin.CreatePolicy:output_type -> signet.admin.v1.CreatePolicyResponse
+	24, // 55: signet.admin.v1.Admin.ListPolicies:output_type -> signet.admin.v1.ListPoliciesResponse
+	26, // 56: signet.admin.v1.Admin.DeletePolicy:output_type -> signet.admin.v1.DeletePolicyResponse
+	28, // 57: signet.admin.v1.Admin.CreateRevocation:output_type -> signet.admin.v1.CreateRevocationResponse
+	30, // 58: signet.admin.v1.Admin.ListRevocations:output_type -> signet.admin.v1.ListRevocationsResponse
+	32, // 59: signet.admin.v1.Admin.DeleteRevocation:output_type -> signet.admin.v1.DeleteRevocationResponse
+	34, // 60: signet.admin.v1.Admin.GetCAStatus:output_type -> signet.admin.v1.GetCAStatusResponse
+	37, // 61: signet.admin.v1.Admin.PrepareRoot:output_type -> signet.admin.v1.PrepareRootResponse
+	39, // 62: signet.admin.v1.Admin.ActivateRoot:output_type -> signet.admin.v1.ActivateRootResponse
+	41, // 63: signet.admin.v1.Admin.ListAnomalies:output_type -> signet.admin.v1.ListAnomaliesResponse
+	43, // 64: signet.admin.v1.Admin.ListObservedCalls:output_type -> signet.admin.v1.ListObservedCallsResponse
+	44, // [44:65] is the sub-list for method output_type
+	23, // [23:44] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_signet_admin_v1_admin_proto_init() }
@@ -2423,7 +2636,7 @@ func file_signet_admin_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_signet_admin_v1_admin_proto_rawDesc), len(file_signet_admin_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   42,
+			NumMessages:   45,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -22,26 +22,27 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Admin_CreateEntries_FullMethodName    = "/signet.admin.v1.Admin/CreateEntries"
-	Admin_UpdateEntries_FullMethodName    = "/signet.admin.v1.Admin/UpdateEntries"
-	Admin_DeleteEntries_FullMethodName    = "/signet.admin.v1.Admin/DeleteEntries"
-	Admin_ListEntries_FullMethodName      = "/signet.admin.v1.Admin/ListEntries"
-	Admin_CreateJoinToken_FullMethodName  = "/signet.admin.v1.Admin/CreateJoinToken"
-	Admin_ListJoinTokens_FullMethodName   = "/signet.admin.v1.Admin/ListJoinTokens"
-	Admin_RevokeJoinTokens_FullMethodName = "/signet.admin.v1.Admin/RevokeJoinTokens"
-	Admin_ListAgents_FullMethodName       = "/signet.admin.v1.Admin/ListAgents"
-	Admin_EvictAgent_FullMethodName       = "/signet.admin.v1.Admin/EvictAgent"
-	Admin_GetBundle_FullMethodName        = "/signet.admin.v1.Admin/GetBundle"
-	Admin_CreatePolicy_FullMethodName     = "/signet.admin.v1.Admin/CreatePolicy"
-	Admin_ListPolicies_FullMethodName     = "/signet.admin.v1.Admin/ListPolicies"
-	Admin_DeletePolicy_FullMethodName     = "/signet.admin.v1.Admin/DeletePolicy"
-	Admin_CreateRevocation_FullMethodName = "/signet.admin.v1.Admin/CreateRevocation"
-	Admin_ListRevocations_FullMethodName  = "/signet.admin.v1.Admin/ListRevocations"
-	Admin_DeleteRevocation_FullMethodName = "/signet.admin.v1.Admin/DeleteRevocation"
-	Admin_GetCAStatus_FullMethodName      = "/signet.admin.v1.Admin/GetCAStatus"
-	Admin_PrepareRoot_FullMethodName      = "/signet.admin.v1.Admin/PrepareRoot"
-	Admin_ActivateRoot_FullMethodName     = "/signet.admin.v1.Admin/ActivateRoot"
-	Admin_ListAnomalies_FullMethodName    = "/signet.admin.v1.Admin/ListAnomalies"
+	Admin_CreateEntries_FullMethodName     = "/signet.admin.v1.Admin/CreateEntries"
+	Admin_UpdateEntries_FullMethodName     = "/signet.admin.v1.Admin/UpdateEntries"
+	Admin_DeleteEntries_FullMethodName     = "/signet.admin.v1.Admin/DeleteEntries"
+	Admin_ListEntries_FullMethodName       = "/signet.admin.v1.Admin/ListEntries"
+	Admin_CreateJoinToken_FullMethodName   = "/signet.admin.v1.Admin/CreateJoinToken"
+	Admin_ListJoinTokens_FullMethodName    = "/signet.admin.v1.Admin/ListJoinTokens"
+	Admin_RevokeJoinTokens_FullMethodName  = "/signet.admin.v1.Admin/RevokeJoinTokens"
+	Admin_ListAgents_FullMethodName        = "/signet.admin.v1.Admin/ListAgents"
+	Admin_EvictAgent_FullMethodName        = "/signet.admin.v1.Admin/EvictAgent"
+	Admin_GetBundle_FullMethodName         = "/signet.admin.v1.Admin/GetBundle"
+	Admin_CreatePolicy_FullMethodName      = "/signet.admin.v1.Admin/CreatePolicy"
+	Admin_ListPolicies_FullMethodName      = "/signet.admin.v1.Admin/ListPolicies"
+	Admin_DeletePolicy_FullMethodName      = "/signet.admin.v1.Admin/DeletePolicy"
+	Admin_CreateRevocation_FullMethodName  = "/signet.admin.v1.Admin/CreateRevocation"
+	Admin_ListRevocations_FullMethodName   = "/signet.admin.v1.Admin/ListRevocations"
+	Admin_DeleteRevocation_FullMethodName  = "/signet.admin.v1.Admin/DeleteRevocation"
+	Admin_GetCAStatus_FullMethodName       = "/signet.admin.v1.Admin/GetCAStatus"
+	Admin_PrepareRoot_FullMethodName       = "/signet.admin.v1.Admin/PrepareRoot"
+	Admin_ActivateRoot_FullMethodName      = "/signet.admin.v1.Admin/ActivateRoot"
+	Admin_ListAnomalies_FullMethodName     = "/signet.admin.v1.Admin/ListAnomalies"
+	Admin_ListObservedCalls_FullMethodName = "/signet.admin.v1.Admin/ListObservedCalls"
 )
 
 // AdminClient is the client API for Admin service.
@@ -94,6 +95,10 @@ type AdminClient interface {
 	// ListAnomalies lists the anomalies found in services' traffic since a
 	// time, newest last.
 	ListAnomalies(ctx context.Context, in *ListAnomaliesRequest, opts ...grpc.CallOption) (*ListAnomaliesResponse, error)
+	// ListObservedCalls lists, from the traffic profiles, who called which
+	// methods of which servers, and in which hours of the week: what
+	// signet policy suggest and diff work from.
+	ListObservedCalls(ctx context.Context, in *ListObservedCallsRequest, opts ...grpc.CallOption) (*ListObservedCallsResponse, error)
 }
 
 type adminClient struct {
@@ -304,6 +309,16 @@ func (c *adminClient) ListAnomalies(ctx context.Context, in *ListAnomaliesReques
 	return out, nil
 }
 
+func (c *adminClient) ListObservedCalls(ctx context.Context, in *ListObservedCallsRequest, opts ...grpc.CallOption) (*ListObservedCallsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListObservedCallsResponse)
+	err := c.cc.Invoke(ctx, Admin_ListObservedCalls_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServer is the server API for Admin service.
 // All implementations must embed UnimplementedAdminServer
 // for forward compatibility.
@@ -354,6 +369,10 @@ type AdminServer interface {
 	// ListAnomalies lists the anomalies found in services' traffic since a
 	// time, newest last.
 	ListAnomalies(context.Context, *ListAnomaliesRequest) (*ListAnomaliesResponse, error)
+	// ListObservedCalls lists, from the traffic profiles, who called which
+	// methods of which servers, and in which hours of the week: what
+	// signet policy suggest and diff work from.
+	ListObservedCalls(context.Context, *ListObservedCallsRequest) (*ListObservedCallsResponse, error)
 	mustEmbedUnimplementedAdminServer()
 }
 
@@ -423,6 +442,9 @@ func (UnimplementedAdminServer) ActivateRoot(context.Context, *ActivateRootReque
 }
 func (UnimplementedAdminServer) ListAnomalies(context.Context, *ListAnomaliesRequest) (*ListAnomaliesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListAnomalies not implemented")
+}
+func (UnimplementedAdminServer) ListObservedCalls(context.Context, *ListObservedCallsRequest) (*ListObservedCallsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListObservedCalls not implemented")
 }
 func (UnimplementedAdminServer) mustEmbedUnimplementedAdminServer() {}
 func (UnimplementedAdminServer) testEmbeddedByValue()               {}
@@ -805,6 +827,24 @@ func _Admin_ListAnomalies_Handler(srv interface{}, ctx context.Context, dec func
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Admin_ListObservedCalls_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListObservedCallsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).ListObservedCalls(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_ListObservedCalls_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).ListObservedCalls(ctx, req.(*ListObservedCallsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Admin_ServiceDesc is the grpc.ServiceDesc for Admin service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -891,6 +931,10 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListAnomalies",
 			Handler:    _Admin_ListAnomalies_Handler,
+		},
+		{
+			MethodName: "ListObservedCalls",
+			Handler:    _Admin_ListObservedCalls_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
