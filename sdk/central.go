@@ -27,8 +27,8 @@ const (
 // Follow connects az to the local agent until ctx ends, and returns
 // then: the central AccessPolicies that protect this service become
 // az's central rules (SetCentral) as they change, and az's decisions
-// go to the CA's audit log (every denial; allowed calls counted per peer
-// and minute), buffered and delivered at least once, with the traffic
+// go to the CA's audit log (every denial, and every shadow denial of
+// audit-mode policies; allowed calls counted per peer and minute), buffered and delivered at least once, with the traffic
 // its servers counted (per caller, method and minute: calls, denials,
 // bytes each way, latency). Run it in a
 // goroutine; it reconnects by itself. A policy update that does not
@@ -84,6 +84,13 @@ func watch(ctx context.Context, c workloadv1.PolicyClient, az *authz.Authorizer)
 		if err == nil {
 			err = az.SetCentral(rules)
 		}
+		var shadow []authz.Rule
+		if err == nil {
+			shadow, err = authz.ShadowRules(resp.GetPolicies())
+		}
+		if err == nil {
+			err = az.SetShadow(shadow)
+		}
 		if err != nil {
 			return errors.Join(errors.New("sdk: central policy refused"), err)
 		}
@@ -118,6 +125,14 @@ func (r *recorder) note(d authz.Decision) {
 	now := time.Now()
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if d.Shadow {
+		if len(r.denials) >= maxDenials {
+			r.dropped++
+			return
+		}
+		r.denials = append(r.denials, &typesv1.Decision{Peer: peer, Method: method, Time: now.Unix(), Shadow: true})
+		return
+	}
 	if allowed {
 		k := allowKey{peer: peer, method: method, minute: now.Unix() / 60 * 60}
 		if _, ok := r.counts[k]; !ok && len(r.counts) >= maxAllowKeys {

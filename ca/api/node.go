@@ -904,9 +904,12 @@ func (s *NodeServer) ReportDecisions(ctx context.Context, req *typesv1.DecisionR
 			m = m[:512]
 		}
 		r := audit.Record{Actor: c.id.String(), SPIFFEID: server.String(), Peer: d.GetPeer(), Method: m}
-		if d.GetAllowed() {
+		switch {
+		case d.GetShadow():
+			r.Event, r.Result, r.Time = audit.AuthzShadowDeny, "shadow", time.Unix(d.GetTime(), 0).UTC()
+		case d.GetAllowed():
 			r.Event, r.Result, r.Count, r.Window = audit.AuthzAllow, audit.Success, d.GetCount(), time.Unix(d.GetTime(), 0).UTC()
-		} else {
+		default:
 			r.Event, r.Result, r.Time = audit.AuthzDeny, audit.Refused, time.Unix(d.GetTime(), 0).UTC()
 		}
 		recs = append(recs, r)

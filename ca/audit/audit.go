@@ -42,6 +42,9 @@ const (
 	AuthzDeny    = "authz.deny"
 	AuthzAllow   = "authz.allow"
 	AuthzDropped = "authz.dropped"
+	// AuthzShadowDeny is a call that audit-mode policies would have
+	// denied; nothing was refused.
+	AuthzShadowDeny = "authz.shadow_deny"
 	// KeyCreate, KeyState and KeyRetire follow the CA's own keys: a key
 	// made (active at once, or prepared and published first), a key
 	// changing state (prepared to active, active to old), a key leaving the

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/protobuf/proto"
 
 	typesv1 "github.com/signet-id/signet/proto/signet/types/v1"
 	"github.com/signet-id/signet/sdk/authz"
@@ -308,6 +309,9 @@ func Diff(policies []*typesv1.AccessPolicy, obs []Observation, td spiffeid.Trust
 			var mine []*typesv1.AccessPolicy
 			for _, p := range policies {
 				if authz.TargetMatches(p.GetTarget(), server) {
+					// Judged as if enforced, audit mode or not.
+					p = proto.CloneOf(p)
+					p.Mode = ""
 					mine = append(mine, p)
 				}
 			}

@@ -360,3 +360,54 @@ func TestWorkloadKeyOnlyIdentity(t *testing.T) {
 		t.Fatalf("the CA issued %d X509-SVIDs of %s; want 1, for the workload's own key", issued, cartID)
 	}
 }
+
+// TestAuditModePolicy: an audit-mode policy from the CA, at a running
+// server through its agent, refuses nothing; the calls it would deny
+// reach the CA's audit log as authz.shadow_deny.
+func TestAuditModePolicy(t *testing.T) {
+	ca := systest.StartCA(t)
+	agent := ca.StartAgent("node1")
+	for _, id := range []string{cartID, frontID} {
+		ca.CreateEntry(id, agent.ID.String(), time.Hour, "unix:uid:0")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	cart, front := newSource(t, agent, cartID), newSource(t, agent, frontID)
+	// In force: front may call. Proposed, in audit mode: only someone else.
+	if _, err := ca.Admin.CreatePolicy(ctx, &adminv1.CreatePolicyRequest{Policy: policy("cart", cartID, "allow", frontID)}); err != nil {
+		t.Fatal(err)
+	}
+	proposed := policy("cart-proposed", cartID, "allow", "spiffe://example.org/ns/shop/sa/other")
+	proposed.Mode = "audit"
+	if _, err := ca.Admin.CreatePolicy(ctx, &adminv1.CreatePolicyRequest{Policy: proposed}); err != nil {
+		t.Fatal(err)
+	}
+	az, _ := authz.New(cart.TrustDomain())
+	followCtx, stopFollow := context.WithCancel(ctx)
+	followed := make(chan struct{})
+	go func() {
+		cart.Follow(followCtx, az, func(err error) { t.Logf("follow: %v", err) })
+		close(followed)
+	}()
+	eventually(t, "the policies at the server", func() bool { return az.Allowed(spiffeid.RequireFromString(frontID), check) })
+	client := serveHealth(t, front, sdk.GRPCServerOptions(cart, az)...)
+	for range 3 {
+		if _, err := client.Check(ctx, &healthpb.HealthCheckRequest{}); err != nil {
+			t.Fatalf("an audit-mode policy refused a call: %v", err)
+		}
+	}
+	stopFollow()
+	<-followed
+	shadows := 0
+	for _, r := range ca.AuditLog() {
+		if r["event"] == "authz.shadow_deny" && r["spiffe_id"] == cartID && r["peer"] == frontID && r["method"] == check {
+			shadows++
+		}
+		if r["event"] == "authz.deny" {
+			t.Errorf("a real denial: %v", r)
+		}
+	}
+	if shadows != 3 {
+		t.Errorf("%d shadow denials in the audit log, want 3", shadows)
+	}
+}

@@ -28,6 +28,9 @@ type Authorizer struct {
 	td   spiffeid.TrustDomain
 	code []Rule
 	set  atomic.Pointer[ruleSet]
+	// shadow is the code rules with the audit-mode rules (SetShadow), or
+	// nil: decisions it would make differently are reported, not made.
+	shadow atomic.Pointer[ruleSet]
 	// hooks are the OnDecision functions, copied on write.
 	hooks atomic.Pointer[[]*hook]
 	mu    sync.Mutex // serializes writers of hooks
@@ -46,6 +49,10 @@ type Decision struct {
 	Allowed bool
 	// Reason says why a peer was refused at the handshake.
 	Reason string
+	// Shadow marks a call the audit-mode rules (SetShadow) would deny;
+	// Allowed is false, and the call itself was decided by the rules in
+	// force, in a decision of its own.
+	Shadow bool
 }
 
 // ReasonNoCall is the Reason of a handshake refusal.
@@ -72,6 +79,23 @@ func New(td spiffeid.TrustDomain, rules ...Rule) (*Authorizer, error) {
 	}
 	a.set.Store(set)
 	return a, nil
+}
+
+// SetShadow sets the audit-mode rules: with the rules declared in code
+// they form a second rule set that decides nothing, but every call it
+// would deny is passed to OnDecision's functions as a Shadow decision.
+// No rules (nil) turns it off. On error nothing changes.
+func (a *Authorizer) SetShadow(rules []Rule) error {
+	if len(rules) == 0 {
+		a.shadow.Store(nil)
+		return nil
+	}
+	set, err := compile(a.td, a.code, rules)
+	if err != nil {
+		return err
+	}
+	a.shadow.Store(set)
+	return nil
 }
 
 // SetClock makes rules with windows (Rule.When) read the time from now
@@ -161,13 +185,26 @@ func (a *Authorizer) AllowedHTTP(peer spiffeid.ID, verb, path string) bool {
 // Check decides a call as Allowed (verb "") or AllowedHTTP do, and passes
 // the decision to OnDecision's function. Servers call it once per call.
 func (a *Authorizer) Check(peer spiffeid.ID, verb, path string) bool {
-	ok := a.set.Load().decide(peer, verb, path, a.clock())
+	clock := a.clock()
+	ok := a.set.Load().decide(peer, verb, path, clock)
 	m := path
 	if verb != "" {
 		m = verb + " " + path
 	}
 	a.decided(Decision{Peer: peer, Method: m, Allowed: ok})
+	if sh := a.shadow.Load(); sh != nil && !sh.decide(peer, verb, path, clock) {
+		a.shadowDenied(Decision{Peer: peer, Method: m, Shadow: true})
+	}
 	return ok
+}
+
+// shadowDenied passes a shadow denial to the hooks, without counting it.
+func (a *Authorizer) shadowDenied(d Decision) {
+	if hs := a.hooks.Load(); hs != nil {
+		for _, h := range *hs {
+			h.fn(d)
+		}
+	}
 }
 
 // MayConnect reports whether some call of peer could be allowed: no deny

@@ -11,10 +11,27 @@ import (
 	typesv1 "github.com/signet-id/signet/proto/signet/types/v1"
 )
 
-// PolicyRules turns central AccessPolicies into rules, checking each.
+// PolicyRules turns central AccessPolicies into rules, checking each;
+// audit-mode policies are left out (ShadowRules takes them).
 func PolicyRules(policies []*typesv1.AccessPolicy) ([]Rule, error) {
+	return modeRules(policies, false)
+}
+
+// ShadowRules turns the audit-mode AccessPolicies into rules
+// (Authorizer.SetShadow).
+func ShadowRules(policies []*typesv1.AccessPolicy) ([]Rule, error) {
+	return modeRules(policies, true)
+}
+
+// Audit reports whether a policy is in audit mode.
+func Audit(p *typesv1.AccessPolicy) bool { return p.GetMode() == "audit" }
+
+func modeRules(policies []*typesv1.AccessPolicy, audit bool) ([]Rule, error) {
 	var out []Rule
 	for _, p := range policies {
+		if Audit(p) != audit {
+			continue
+		}
 		rules, err := policyRules(p)
 		if err != nil {
 			return nil, fmt.Errorf("policy %q: %w", p.GetName(), err)
@@ -121,6 +138,9 @@ func CheckPolicy(td spiffeid.TrustDomain, p *typesv1.AccessPolicy) error {
 	}
 	if len(p.GetRules()) == 0 {
 		return errors.New("rules: at least one")
+	}
+	if m := p.GetMode(); m != "" && m != "enforce" && m != "audit" {
+		return fmt.Errorf("mode: %q: want enforce or audit", m)
 	}
 	rules, err := policyRules(p)
 	if err != nil {

@@ -99,3 +99,49 @@ func TestWhen(t *testing.T) {
 		}
 	}
 }
+
+// TestShadow: audit-mode policies decide nothing; the calls they would
+// deny (with the code rules, as if they replaced the enforced policies)
+// are passed on as shadow denials.
+func TestShadow(t *testing.T) {
+	a, err := New(td, Allow(PeerTrustDomain("example.org")).OnMethods("/health.v1.Health/Check"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	enforced, _ := PolicyRules([]*typesv1.AccessPolicy{{Name: "open", Target: "spiffe://example.org/cart", Rules: []*typesv1.PolicyRule{
+		{Action: "allow", Peers: []*typesv1.PolicyPeer{{TrustDomain: "example.org"}}}}}})
+	audit := []*typesv1.AccessPolicy{{Name: "tight", Target: "spiffe://example.org/cart", Mode: "audit", Rules: []*typesv1.PolicyRule{
+		{Action: "allow", Peers: []*typesv1.PolicyPeer{{Id: "spiffe://example.org/front"}}, Methods: []string{"/cart.v1.Cart/Get"}}}}}
+	if rules, _ := PolicyRules(audit); len(rules) != 0 {
+		t.Fatal("an audit-mode policy among the enforced rules")
+	}
+	shadow, err := ShadowRules(audit)
+	if err != nil || len(shadow) != 1 {
+		t.Fatalf("shadow rules: %v, %v", shadow, err)
+	}
+	a.SetCentral(enforced)
+	a.SetShadow(shadow)
+	var seen []Decision
+	a.OnDecision(func(d Decision) { seen = append(seen, d) })
+	front, other := id("spiffe://example.org/front"), id("spiffe://example.org/other")
+	if !a.Check(front, "", "/cart.v1.Cart/Get") || !a.Check(other, "", "/cart.v1.Cart/Get") || !a.Check(other, "", "/health.v1.Health/Check") {
+		t.Fatal("an audit-mode policy refused a call")
+	}
+	var shadows []string
+	for _, d := range seen {
+		if d.Shadow {
+			shadows = append(shadows, d.Peer.String()+" "+d.Method)
+		}
+	}
+	// front's Get is allowed by the audit policy, the health check by a
+	// code rule; other's Get is not.
+	if len(shadows) != 1 || shadows[0] != "spiffe://example.org/other /cart.v1.Cart/Get" {
+		t.Errorf("shadow denials: %v", shadows)
+	}
+	if allowed, denied, _ := a.Counts(); allowed != 3 || denied != 0 {
+		t.Errorf("counts %d allowed %d denied: shadow denials are no denials", allowed, denied)
+	}
+	if err := CheckPolicy(td, &typesv1.AccessPolicy{Name: "x", Target: "spiffe://example.org/cart", Mode: "dry-run", Rules: audit[0].Rules}); err == nil || !strings.Contains(err.Error(), "mode") {
+		t.Errorf("a bad mode: %v", err)
+	}
+}

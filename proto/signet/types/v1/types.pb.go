@@ -684,7 +684,12 @@ type AccessPolicy struct {
 	Target string        `protobuf:"bytes,2,opt,name=target,proto3" json:"target,omitempty"`
 	Rules  []*PolicyRule `protobuf:"bytes,3,rep,name=rules,proto3" json:"rules,omitempty"`
 	// revision is the store revision at which the policy last changed.
-	Revision      int64 `protobuf:"varint,4,opt,name=revision,proto3" json:"revision,omitempty"`
+	Revision int64 `protobuf:"varint,4,opt,name=revision,proto3" json:"revision,omitempty"`
+	// mode is "enforce" (the default, also when empty) or "audit": an audit
+	// policy refuses nothing; servers evaluate it beside their code rules,
+	// as if it replaced the enforced central policies, and report the calls
+	// it would deny as shadow denials.
+	Mode          string `protobuf:"bytes,5,opt,name=mode,proto3" json:"mode,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -745,6 +750,13 @@ func (x *AccessPolicy) GetRevision() int64 {
 		return x.Revision
 	}
 	return 0
+}
+
+func (x *AccessPolicy) GetMode() string {
+	if x != nil {
+		return x.Mode
+	}
+	return ""
 }
 
 // Revocation withdraws trust in X.509-SVIDs before they expire. It names
@@ -1136,7 +1148,10 @@ type Decision struct {
 	Allowed bool  `protobuf:"varint,4,opt,name=allowed,proto3" json:"allowed,omitempty"`
 	Count   int64 `protobuf:"varint,5,opt,name=count,proto3" json:"count,omitempty"`
 	// window_start (Unix seconds) of an allow count; the time of a denial.
-	Time          int64 `protobuf:"varint,6,opt,name=time,proto3" json:"time,omitempty"`
+	Time int64 `protobuf:"varint,6,opt,name=time,proto3" json:"time,omitempty"`
+	// shadow marks a call that audit-mode policies would deny (the call
+	// itself was decided by the enforced ones).
+	Shadow        bool `protobuf:"varint,7,opt,name=shadow,proto3" json:"shadow,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1211,6 +1226,13 @@ func (x *Decision) GetTime() int64 {
 		return x.Time
 	}
 	return 0
+}
+
+func (x *Decision) GetShadow() bool {
+	if x != nil {
+		return x.Shadow
+	}
+	return false
 }
 
 // DecisionReport carries decisions from a service to its agent (the
@@ -1582,12 +1604,13 @@ const file_signet_types_v1_types_proto_rawDesc = "" +
 	"\x04days\x18\x01 \x03(\tR\x04days\x12\x14\n" +
 	"\x05start\x18\x02 \x01(\tR\x05start\x12\x10\n" +
 	"\x03end\x18\x03 \x01(\tR\x03end\x12\x1b\n" +
-	"\ttime_zone\x18\x04 \x01(\tR\btimeZone\"\x89\x01\n" +
+	"\ttime_zone\x18\x04 \x01(\tR\btimeZone\"\x9d\x01\n" +
 	"\fAccessPolicy\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06target\x18\x02 \x01(\tR\x06target\x121\n" +
 	"\x05rules\x18\x03 \x03(\v2\x1b.signet.types.v1.PolicyRuleR\x05rules\x12\x1a\n" +
-	"\brevision\x18\x04 \x01(\x03R\brevision\"\xe9\x02\n" +
+	"\brevision\x18\x04 \x01(\x03R\brevision\x12\x12\n" +
+	"\x04mode\x18\x05 \x01(\tR\x04mode\"\xe9\x02\n" +
 	"\n" +
 	"Revocation\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
@@ -1628,14 +1651,15 @@ const file_signet_types_v1_types_proto_rawDesc = "" +
 	"\binstance\x18\x02 \x01(\tR\binstance\x12)\n" +
 	"\x10x509_authorities\x18\x03 \x03(\tR\x0fx509Authorities\x12'\n" +
 	"\x0fjwt_authorities\x18\x04 \x03(\tR\x0ejwtAuthorities\x12\x19\n" +
-	"\backed_at\x18\x05 \x01(\x03R\aackedAt\"\x92\x01\n" +
+	"\backed_at\x18\x05 \x01(\x03R\aackedAt\"\xaa\x01\n" +
 	"\bDecision\x12\x16\n" +
 	"\x06server\x18\x01 \x01(\tR\x06server\x12\x12\n" +
 	"\x04peer\x18\x02 \x01(\tR\x04peer\x12\x16\n" +
 	"\x06method\x18\x03 \x01(\tR\x06method\x12\x18\n" +
 	"\aallowed\x18\x04 \x01(\bR\aallowed\x12\x14\n" +
 	"\x05count\x18\x05 \x01(\x03R\x05count\x12\x12\n" +
-	"\x04time\x18\x06 \x01(\x03R\x04time\"\x9c\x01\n" +
+	"\x04time\x18\x06 \x01(\x03R\x04time\x12\x16\n" +
+	"\x06shadow\x18\a \x01(\bR\x06shadow\"\x9c\x01\n" +
 	"\x0eDecisionReport\x127\n" +
 	"\tdecisions\x18\x01 \x03(\v2\x19.signet.types.v1.DecisionR\tdecisions\x12\x18\n" +
 	"\adropped\x18\x02 \x01(\x03R\adropped\x127\n" +
