@@ -59,9 +59,23 @@ func PeerIDFromContext(ctx context.Context) (spiffeid.ID, bool) {
 	return id, err == nil
 }
 
+// peerAttributes reads where a gRPC call's peer runs from its
+// certificate.
+func peerAttributes(ctx context.Context) authz.Attributes {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return authz.Attributes{}
+	}
+	ti, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok || len(ti.State.PeerCertificates) == 0 {
+		return authz.Attributes{}
+	}
+	return authz.AttributesOf(ti.State.PeerCertificates[0])
+}
+
 func authorize(ctx context.Context, az *authz.Authorizer, method string) (context.Context, error) {
 	id, ok := PeerIDFromContext(ctx)
-	if !ok || !az.Check(id, "", method) {
+	if !ok || !az.CheckFrom(id, peerAttributes(ctx), "", method) {
 		return nil, status.Error(codes.PermissionDenied, deniedMessage)
 	}
 	return context.WithValue(ctx, peerKey{}, id), nil

@@ -42,7 +42,11 @@ func Middleware(az *authz.Authorizer, next http.Handler) http.Handler {
 			return
 		}
 		id, err := peerIDOfState(*r.TLS)
-		if err != nil || !az.Check(id, r.Method, r.URL.Path) {
+		var attrs authz.Attributes
+		if len(r.TLS.PeerCertificates) > 0 {
+			attrs = authz.AttributesOf(r.TLS.PeerCertificates[0])
+		}
+		if err != nil || !az.CheckFrom(id, attrs, r.Method, r.URL.Path) {
 			if cw, ok := w.(*countingWriter); ok {
 				cw.denied = true
 			}

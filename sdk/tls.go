@@ -22,8 +22,12 @@ func ServerTLSConfig(src *Source, az *authz.Authorizer) *tls.Config {
 }
 
 func handshakeAuthorizer(az *authz.Authorizer) tlsconfig.Authorizer {
-	return func(id spiffeid.ID, _ [][]*x509.Certificate) error {
-		if az == nil || !az.CheckConnect(id) {
+	return func(id spiffeid.ID, chains [][]*x509.Certificate) error {
+		var leaf *x509.Certificate
+		if len(chains) > 0 && len(chains[0]) > 0 {
+			leaf = chains[0][0]
+		}
+		if az == nil || !az.CheckConnectFrom(id, authz.AttributesOf(leaf)) {
 			return fmt.Errorf("%w: %s", errDenied, id)
 		}
 		return nil

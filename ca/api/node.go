@@ -543,7 +543,7 @@ func (s *NodeServer) MintX509SVIDs(ctx context.Context, req *agentv1.MintX509SVI
 					nb = a
 				}
 				chains[i], errs[i] = signer.SignX509SVID(ca, signer.X509Params{CSR: csr, SPIFFEID: e.SPIFFEID, DNSNames: e.DNSNames, TTL: ttl, Now: now,
-					Units: []string{revocation.AgentMark(c.id.String())}, NotBeforeAtLeast: nb})
+					Units: svidUnits(c, e), NotBeforeAtLeast: nb})
 				s.cfg.Metrics.signDuration.WithLabelValues("x509").Observe(time.Since(start).Seconds())
 			}
 		}()
@@ -569,6 +569,25 @@ func (s *NodeServer) MintX509SVIDs(ctx context.Context, req *agentv1.MintX509SVI
 	}
 	s.cfg.Metrics.issued.WithLabelValues("x509").Add(float64(len(entries)))
 	return resp, nil
+}
+
+// svidUnits are the organizational units of an X.509-SVID the agent c
+// mints for e: the agent's mark (revocation), and where the workload runs
+// as the CA knows it, for policies' from conditions (authz.AttributesOf):
+// its node, and a pod's namespace.
+func svidUnits(c caller, e entry.Entry) []string {
+	units := []string{revocation.AgentMark(c.id.String())}
+	node := c.node
+	if node == "" {
+		node = c.agent.NodeName
+	}
+	if node != "" {
+		units = append(units, authz.NodeUnit+node)
+	}
+	if e.Namespace != "" {
+		units = append(units, authz.NamespaceUnit+e.Namespace)
+	}
+	return units
 }
 
 // MintJWTSVID implements agentv1.NodeServer.

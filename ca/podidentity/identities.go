@@ -210,7 +210,7 @@ func (r *rule) render(p *corev1.Pod, parent spiffeid.ID) (entry.Entry, error) {
 	return entry.Entry{
 		ID: entry.PodEntryID(string(p.UID), r.name), SPIFFEID: sid, ParentID: parent,
 		Selectors: []selector.Selector{selector.PodUID(string(p.UID))},
-		DNSNames:  dns, X509TTL: r.x509TTL, JWTTTL: r.jwtTTL, WorkloadKey: r.workloadKey,
+		DNSNames:  dns, X509TTL: r.x509TTL, JWTTTL: r.jwtTTL, WorkloadKey: r.workloadKey, Namespace: p.Namespace,
 	}, nil
 }
 

@@ -411,3 +411,45 @@ func TestAuditModePolicy(t *testing.T) {
 		t.Errorf("%d shadow denials in the audit log, want 3", shadows)
 	}
 }
+
+// TestFromNode: the CA marks the SVIDs an agent mints with its node; a
+// central rule from that node lets the caller in through the real SDK
+// path, and the same rule from another node does not.
+func TestFromNode(t *testing.T) {
+	ca := systest.StartCA(t)
+	agent := ca.StartAgent("node1")
+	for _, id := range []string{cartID, frontID} {
+		ca.CreateEntry(id, agent.ID.String(), time.Hour, "unix:uid:0")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	cart, front := newSource(t, agent, cartID), newSource(t, agent, frontID)
+	svid, _ := front.GetX509SVID()
+	if got := authz.AttributesOf(svid.Certificates[0]); got.Node != "node1" {
+		t.Fatalf("front's SVID says it runs on %+v", got)
+	}
+	fromNode := func(node string) *typesv1.AccessPolicy {
+		p := policy("cart", cartID, "allow", frontID)
+		p.Rules[0].From = []*typesv1.PolicySource{{Node: node}}
+		return p
+	}
+	if _, err := ca.Admin.CreatePolicy(ctx, &adminv1.CreatePolicyRequest{Policy: fromNode("node1")}); err != nil {
+		t.Fatal(err)
+	}
+	az, _ := authz.New(cart.TrustDomain())
+	go cart.Follow(ctx, az, nil)
+	eventually(t, "the policy at the server", func() bool {
+		return az.CheckFrom(spiffeid.RequireFromString(frontID), authz.Attributes{Node: "node1"}, "", check)
+	})
+	client := serveHealth(t, front, sdk.GRPCServerOptions(cart, az)...)
+	if _, err := client.Check(ctx, &healthpb.HealthCheckRequest{}); err != nil {
+		t.Fatalf("from its own node: %v", err)
+	}
+	if _, err := ca.Admin.CreatePolicy(ctx, &adminv1.CreatePolicyRequest{Policy: fromNode("node2")}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the call refused from another node", func() bool {
+		_, err := client.Check(ctx, &healthpb.HealthCheckRequest{})
+		return status.Code(err) == codes.PermissionDenied
+	})
+}

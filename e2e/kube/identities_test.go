@@ -21,6 +21,7 @@ import (
 	"github.com/signet-id/signet/internal/entry"
 	agentv1 "github.com/signet-id/signet/proto/signet/agent/v1"
 	typesv1 "github.com/signet-id/signet/proto/signet/types/v1"
+	"github.com/signet-id/signet/sdk/authz"
 )
 
 // podView follows one agent's Sync stream and keeps the pod entries it
@@ -150,6 +151,10 @@ func TestPodIdentities(t *testing.T) {
 	leaf, err := x509.ParseCertificate(resp.GetSvids()[0].GetCertChain()[0])
 	if err != nil || leaf.URIs[0].String() != "spiffe://example.org/ns/shop/sa/web" {
 		t.Fatalf("minted %v (%v)", leaf.URIs, err)
+	}
+	// The CA marks where the pod runs, for policies' from conditions.
+	if got := authz.AttributesOf(leaf); got != (authz.Attributes{Node: "node-p1", Namespace: "shop"}) {
+		t.Errorf("the SVID says it runs at %+v (units %v)", got, leaf.Subject.OrganizationalUnit)
 	}
 	_, err = clientA.MintX509SVIDs(context.Background(), &agentv1.MintX509SVIDsRequest{Requests: []*agentv1.X509SVIDRequest{{EntryId: dbEntry, Csr: csr}}})
 	if status.Code(err) != codes.PermissionDenied {

@@ -33,6 +33,9 @@ type Entry struct {
 	WorkloadKey bool
 	Revision    int64
 	CreatedAt   time.Time
+	// Namespace is the Kubernetes namespace of a pod entry's pod (the CA
+	// marks the pod's SVIDs with it); not carried on the wire.
+	Namespace string
 }
 
 // FieldError names the field of an entry that is at fault.

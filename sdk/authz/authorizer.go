@@ -173,26 +173,32 @@ func (a *Authorizer) Counts() (allowed, denied, refusedAtHandshake uint64) {
 // Allowed decides a gRPC call (method is the full method,
 // "/pkg.Service/Method"). The decision is not passed to OnDecision.
 func (a *Authorizer) Allowed(peer spiffeid.ID, method string) bool {
-	return a.set.Load().decide(peer, "", method, a.clock())
+	return a.set.Load().decide(peer, Attributes{}, "", method, a.clock())
 }
 
 // AllowedHTTP decides an HTTP request. The decision is not passed to
 // OnDecision.
 func (a *Authorizer) AllowedHTTP(peer spiffeid.ID, verb, path string) bool {
-	return a.set.Load().decide(peer, verb, path, a.clock())
+	return a.set.Load().decide(peer, Attributes{}, verb, path, a.clock())
 }
 
 // Check decides a call as Allowed (verb "") or AllowedHTTP do, and passes
 // the decision to OnDecision's function. Servers call it once per call.
 func (a *Authorizer) Check(peer spiffeid.ID, verb, path string) bool {
+	return a.CheckFrom(peer, Attributes{}, verb, path)
+}
+
+// CheckFrom is Check for a peer whose certificate says where it runs
+// (AttributesOf), for rules with From; the SDK's servers call it.
+func (a *Authorizer) CheckFrom(peer spiffeid.ID, attrs Attributes, verb, path string) bool {
 	clock := a.clock()
-	ok := a.set.Load().decide(peer, verb, path, clock)
+	ok := a.set.Load().decide(peer, attrs, verb, path, clock)
 	m := path
 	if verb != "" {
 		m = verb + " " + path
 	}
 	a.decided(Decision{Peer: peer, Method: m, Allowed: ok})
-	if sh := a.shadow.Load(); sh != nil && !sh.decide(peer, verb, path, clock) {
+	if sh := a.shadow.Load(); sh != nil && !sh.decide(peer, attrs, verb, path, clock) {
 		a.shadowDenied(Decision{Peer: peer, Method: m, Shadow: true})
 	}
 	return ok
@@ -211,14 +217,24 @@ func (a *Authorizer) shadowDenied(d Decision) {
 // rule for all methods matches it, and some allow rule does. Handshakes
 // of other peers are refused.
 func (a *Authorizer) MayConnect(peer spiffeid.ID) bool {
-	return a.set.Load().mayConnect(peer, a.clock())
+	return a.set.Load().mayConnect(peer, Attributes{}, a.clock())
+}
+
+// MayConnectFrom is MayConnect for a peer with attributes.
+func (a *Authorizer) MayConnectFrom(peer spiffeid.ID, attrs Attributes) bool {
+	return a.set.Load().mayConnect(peer, attrs, a.clock())
 }
 
 // CheckConnect decides a TLS handshake as MayConnect does, and passes a
 // refusal to OnDecision's function (an accepted handshake is no decision
 // yet: each call is checked).
 func (a *Authorizer) CheckConnect(peer spiffeid.ID) bool {
-	ok := a.MayConnect(peer)
+	return a.CheckConnectFrom(peer, Attributes{})
+}
+
+// CheckConnectFrom is CheckConnect for a peer with attributes.
+func (a *Authorizer) CheckConnectFrom(peer spiffeid.ID, attrs Attributes) bool {
+	ok := a.MayConnectFrom(peer, attrs)
 	if !ok {
 		a.decided(Decision{Peer: peer, Method: HandshakeMethod, Allowed: false, Reason: ReasonNoCall})
 	}
@@ -230,6 +246,7 @@ type crule struct {
 	deny    bool
 	methods []methodPattern // none: every method
 	when    []cwindow       // none: at any time
+	from    []Source        // none: from anywhere
 }
 
 // now reads a clock once, and only if asked.
@@ -353,7 +370,12 @@ func compile(td spiffeid.TrustDomain, code, central []Rule) (*ruleSet, error) {
 		if len(r.Peers) == 0 {
 			return nil, fmt.Errorf("authz: %s: no peers", where)
 		}
-		cr := &crule{deny: r.Action == ActionDeny}
+		cr := &crule{deny: r.Action == ActionDeny, from: r.From}
+		for _, f := range r.From {
+			if err := f.check(); err != nil {
+				return nil, fmt.Errorf("authz: %s: %w", where, err)
+			}
+		}
 		for j, w := range r.When {
 			cw, err := compileWindow(w)
 			if err != nil {
@@ -444,7 +466,7 @@ func nsSA(path string) (ns, sa string, ok bool) {
 	return ns, sa, true
 }
 
-func (s *ruleSet) decide(peer spiffeid.ID, verb, path string, clock func() time.Time) bool {
+func (s *ruleSet) decide(peer spiffeid.ID, attrs Attributes, verb, path string, clock func() time.Time) bool {
 	// A path with "." or ".." segments or empty ones names another path
 	// than it spells ("/public/../admin"): no rule decides for it, and no
 	// "**" reaches past its prefix, nor does it slip past a deny rule.
@@ -455,7 +477,7 @@ func (s *ruleSet) decide(peer spiffeid.ID, verb, path string, clock func() time.
 	n := now{clock: clock}
 	s.visitPeer(peer, func(rs []*crule) bool {
 		for _, r := range rs {
-			if r.matchesCall(verb, path) && r.inWindow(&n) {
+			if r.matchesCall(verb, path) && r.inWindow(&n) && fromMatches(r.from, attrs) {
 				if r.deny {
 					deny = true
 					return false
@@ -468,12 +490,12 @@ func (s *ruleSet) decide(peer spiffeid.ID, verb, path string, clock func() time.
 	return allow && !deny
 }
 
-func (s *ruleSet) mayConnect(peer spiffeid.ID, clock func() time.Time) bool {
+func (s *ruleSet) mayConnect(peer spiffeid.ID, attrs Attributes, clock func() time.Time) bool {
 	allow, deny := false, false
 	n := now{clock: clock}
 	s.visitPeer(peer, func(rs []*crule) bool {
 		for _, r := range rs {
-			if !r.inWindow(&n) {
+			if !r.inWindow(&n) || !fromMatches(r.from, attrs) {
 				continue
 			}
 			switch {

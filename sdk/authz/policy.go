@@ -61,6 +61,13 @@ func policyRules(p *typesv1.AccessPolicy) ([]Rule, error) {
 			r.Peers = append(r.Peers, peer)
 		}
 		r.Methods = pr.GetMethods()
+		for j, src := range pr.GetFrom() {
+			f := Source{Namespace: src.GetNamespace(), Node: src.GetNode()}
+			if err := f.check(); err != nil {
+				return nil, fmt.Errorf("rules[%d].from[%d]: %w", i, j, err)
+			}
+			r.From = append(r.From, f)
+		}
 		for j, tw := range pr.GetWhen() {
 			w, err := policyWindow(tw)
 			if err != nil {

@@ -42,6 +42,10 @@ type Rule struct {
 	// made in one of them, by the Authorizer's clock, and to no other.
 	// None: at any time.
 	When []Window
+	// From limits the rule to peers that run in one of these places, as
+	// their SVIDs say (Attributes); a call decided without attributes
+	// (Check rather than CheckFrom) matches no rule with From.
+	From []Source
 }
 
 // Allow returns a rule that allows peers.
@@ -53,6 +57,12 @@ func Deny(peers ...Peer) Rule { return Rule{Action: ActionDeny, Peers: peers} }
 // During returns r limited to the windows (see Rule.When).
 func (r Rule) During(windows ...Window) Rule {
 	r.When = append(append([]Window(nil), r.When...), windows...)
+	return r
+}
+
+// FromSources returns r limited to peers from the sources (see Rule.From).
+func (r Rule) FromSources(sources ...Source) Rule {
+	r.From = append(append([]Source(nil), r.From...), sources...)
 	return r
 }
 

@@ -145,3 +145,42 @@ func TestShadow(t *testing.T) {
 		t.Errorf("a bad mode: %v", err)
 	}
 }
+
+// TestFrom: a rule with from applies to peers whose attributes (their
+// SVID's marks) name one of its places; without attributes it applies to
+// none.
+func TestFrom(t *testing.T) {
+	rules, err := PolicyRules([]*typesv1.AccessPolicy{{Name: "db", Target: "spiffe://example.org/db", Rules: []*typesv1.PolicyRule{
+		{Action: "allow", Peers: []*typesv1.PolicyPeer{{TrustDomain: "example.org"}}, From: []*typesv1.PolicySource{{Namespace: "shop"}, {Node: "db-node-1"}}},
+	}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, _ := New(td, rules...)
+	p := id("spiffe://example.org/ns/shop/sa/web")
+	for _, c := range []struct {
+		attrs Attributes
+		want  bool
+	}{
+		{Attributes{Namespace: "shop", Node: "n7"}, true},
+		{Attributes{Namespace: "dev", Node: "db-node-1"}, true},
+		{Attributes{Namespace: "dev", Node: "n7"}, false},
+		{Attributes{}, false},
+	} {
+		if got := a.CheckFrom(p, c.attrs, "", "/db.v1.DB/Read"); got != c.want {
+			t.Errorf("from %+v: %v, want %v", c.attrs, got, c.want)
+		}
+		if got := a.MayConnectFrom(p, c.attrs); got != c.want {
+			t.Errorf("handshake from %+v: %v, want %v", c.attrs, got, c.want)
+		}
+	}
+	if a.Check(p, "", "/db.v1.DB/Read") {
+		t.Error("a call without attributes matched a rule with from")
+	}
+	for name, src := range map[string]*typesv1.PolicySource{"both": {Namespace: "a", Node: "b"}, "neither": {}} {
+		_, err := PolicyRules([]*typesv1.AccessPolicy{{Name: "x", Rules: []*typesv1.PolicyRule{{Action: "allow", Peers: []*typesv1.PolicyPeer{{Namespace: "x"}}, From: []*typesv1.PolicySource{src}}}}})
+		if err == nil || !strings.Contains(err.Error(), "from") {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+}

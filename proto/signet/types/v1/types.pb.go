@@ -537,7 +537,10 @@ type PolicyRule struct {
 	Methods []string `protobuf:"bytes,3,rep,name=methods,proto3" json:"methods,omitempty"`
 	// when limits the rule to weekly time windows: it applies to a call
 	// made in one of them (the server's clock), and to no other.
-	When          []*TimeWindow `protobuf:"bytes,4,rep,name=when,proto3" json:"when,omitempty"`
+	When []*TimeWindow `protobuf:"bytes,4,rep,name=when,proto3" json:"when,omitempty"`
+	// from limits the rule to peers that run in one of these places, as the
+	// CA marked their SVIDs.
+	From          []*PolicySource `protobuf:"bytes,5,rep,name=from,proto3" json:"from,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -600,6 +603,67 @@ func (x *PolicyRule) GetWhen() []*TimeWindow {
 	return nil
 }
 
+func (x *PolicyRule) GetFrom() []*PolicySource {
+	if x != nil {
+		return x.From
+	}
+	return nil
+}
+
+// PolicySource is where a peer runs: exactly one of a Kubernetes namespace
+// (of its pod) and a node.
+type PolicySource struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Namespace     string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Node          string                 `protobuf:"bytes,2,opt,name=node,proto3" json:"node,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PolicySource) Reset() {
+	*x = PolicySource{}
+	mi := &file_signet_types_v1_types_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PolicySource) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PolicySource) ProtoMessage() {}
+
+func (x *PolicySource) ProtoReflect() protoreflect.Message {
+	mi := &file_signet_types_v1_types_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PolicySource.ProtoReflect.Descriptor instead.
+func (*PolicySource) Descriptor() ([]byte, []int) {
+	return file_signet_types_v1_types_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *PolicySource) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *PolicySource) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
 // TimeWindow is a weekly window of time in a named time zone.
 type TimeWindow struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -618,7 +682,7 @@ type TimeWindow struct {
 
 func (x *TimeWindow) Reset() {
 	*x = TimeWindow{}
-	mi := &file_signet_types_v1_types_proto_msgTypes[7]
+	mi := &file_signet_types_v1_types_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -630,7 +694,7 @@ func (x *TimeWindow) String() string {
 func (*TimeWindow) ProtoMessage() {}
 
 func (x *TimeWindow) ProtoReflect() protoreflect.Message {
-	mi := &file_signet_types_v1_types_proto_msgTypes[7]
+	mi := &file_signet_types_v1_types_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -643,7 +707,7 @@ func (x *TimeWindow) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TimeWindow.ProtoReflect.Descriptor instead.
 func (*TimeWindow) Descriptor() ([]byte, []int) {
-	return file_signet_types_v1_types_proto_rawDescGZIP(), []int{7}
+	return file_signet_types_v1_types_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *TimeWindow) GetDays() []string {
@@ -696,7 +760,7 @@ type AccessPolicy struct {
 
 func (x *AccessPolicy) Reset() {
 	*x = AccessPolicy{}
-	mi := &file_signet_types_v1_types_proto_msgTypes[8]
+	mi := &file_signet_types_v1_types_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -708,7 +772,7 @@ func (x *AccessPolicy) String() string {
 func (*AccessPolicy) ProtoMessage() {}
 
 func (x *AccessPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_signet_types_v1_types_proto_msgTypes[8]
+	mi := &file_signet_types_v1_types_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -721,7 +785,7 @@ func (x *AccessPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AccessPolicy.ProtoReflect.Descriptor instead.
 func (*AccessPolicy) Descriptor() ([]byte, []int) {
-	return file_signet_types_v1_types_proto_rawDescGZIP(), []int{8}
+	return file_signet_types_v1_types_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *AccessPolicy) GetName() string {
@@ -813,7 +877,7 @@ type Revocation struct {
 
 func (x *Revocation) Reset() {
 	*x = Revocation{}
-	mi := &file_signet_types_v1_types_proto_msgTypes[9]
+	mi := &file_signet_types_v1_types_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -825,7 +889,7 @@ func (x *Revocation) String() string {
 func (*Revocation) ProtoMessage() {}
 
 func (x *Revocation) ProtoReflect() protoreflect.Message {
-	mi := &file_signet_types_v1_types_proto_msgTypes[9]
+	mi := &file_signet_types_v1_types_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -838,7 +902,7 @@ func (x *Revocation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Revocation.ProtoReflect.Descriptor instead.
 func (*Revocation) Descriptor() ([]byte, []int) {
-	return file_signet_types_v1_types_proto_rawDescGZIP(), []int{9}
+	return file_signet_types_v1_types_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Revocation) GetId() string {
@@ -956,7 +1020,7 @@ type BundleAck struct {
 
 func (x *BundleAck) Reset() {
 	*x = BundleAck{}
-	mi := &file_signet_types_v1_types_proto_msgTypes[10]
+	mi := &file_signet_types_v1_types_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -968,7 +1032,7 @@ func (x *BundleAck) String() string {
 func (*BundleAck) ProtoMessage() {}
 
 func (x *BundleAck) ProtoReflect() protoreflect.Message {
-	mi := &file_signet_types_v1_types_proto_msgTypes[10]
+	mi := &file_signet_types_v1_types_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -981,7 +1045,7 @@ func (x *BundleAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BundleAck.ProtoReflect.Descriptor instead.
 func (*BundleAck) Descriptor() ([]byte, []int) {
-	return file_signet_types_v1_types_proto_rawDescGZIP(), []int{10}
+	return file_signet_types_v1_types_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *BundleAck) GetAgentId() string {
@@ -1070,7 +1134,7 @@ type WorkloadAck struct {
 
 func (x *WorkloadAck) Reset() {
 	*x = WorkloadAck{}
-	mi := &file_signet_types_v1_types_proto_msgTypes[11]
+	mi := &file_signet_types_v1_types_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1082,7 +1146,7 @@ func (x *WorkloadAck) String() string {
 func (*WorkloadAck) ProtoMessage() {}
 
 func (x *WorkloadAck) ProtoReflect() protoreflect.Message {
-	mi := &file_signet_types_v1_types_proto_msgTypes[11]
+	mi := &file_signet_types_v1_types_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1095,7 +1159,7 @@ func (x *WorkloadAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkloadAck.ProtoReflect.Descriptor instead.
 func (*WorkloadAck) Descriptor() ([]byte, []int) {
-	return file_signet_types_v1_types_proto_rawDescGZIP(), []int{11}
+	return file_signet_types_v1_types_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *WorkloadAck) GetSpiffeId() string {
@@ -1158,7 +1222,7 @@ type Decision struct {
 
 func (x *Decision) Reset() {
 	*x = Decision{}
-	mi := &file_signet_types_v1_types_proto_msgTypes[12]
+	mi := &file_signet_types_v1_types_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1170,7 +1234,7 @@ func (x *Decision) String() string {
 func (*Decision) ProtoMessage() {}
 
 func (x *Decision) ProtoReflect() protoreflect.Message {
-	mi := &file_signet_types_v1_types_proto_msgTypes[12]
+	mi := &file_signet_types_v1_types_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1183,7 +1247,7 @@ func (x *Decision) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Decision.ProtoReflect.Descriptor instead.
 func (*Decision) Descriptor() ([]byte, []int) {
-	return file_signet_types_v1_types_proto_rawDescGZIP(), []int{12}
+	return file_signet_types_v1_types_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Decision) GetServer() string {
@@ -1252,7 +1316,7 @@ type DecisionReport struct {
 
 func (x *DecisionReport) Reset() {
 	*x = DecisionReport{}
-	mi := &file_signet_types_v1_types_proto_msgTypes[13]
+	mi := &file_signet_types_v1_types_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1264,7 +1328,7 @@ func (x *DecisionReport) String() string {
 func (*DecisionReport) ProtoMessage() {}
 
 func (x *DecisionReport) ProtoReflect() protoreflect.Message {
-	mi := &file_signet_types_v1_types_proto_msgTypes[13]
+	mi := &file_signet_types_v1_types_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1277,7 +1341,7 @@ func (x *DecisionReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DecisionReport.ProtoReflect.Descriptor instead.
 func (*DecisionReport) Descriptor() ([]byte, []int) {
-	return file_signet_types_v1_types_proto_rawDescGZIP(), []int{13}
+	return file_signet_types_v1_types_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *DecisionReport) GetDecisions() []*Decision {
@@ -1327,7 +1391,7 @@ type TrafficCount struct {
 
 func (x *TrafficCount) Reset() {
 	*x = TrafficCount{}
-	mi := &file_signet_types_v1_types_proto_msgTypes[14]
+	mi := &file_signet_types_v1_types_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1339,7 +1403,7 @@ func (x *TrafficCount) String() string {
 func (*TrafficCount) ProtoMessage() {}
 
 func (x *TrafficCount) ProtoReflect() protoreflect.Message {
-	mi := &file_signet_types_v1_types_proto_msgTypes[14]
+	mi := &file_signet_types_v1_types_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1352,7 +1416,7 @@ func (x *TrafficCount) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TrafficCount.ProtoReflect.Descriptor instead.
 func (*TrafficCount) Descriptor() ([]byte, []int) {
-	return file_signet_types_v1_types_proto_rawDescGZIP(), []int{14}
+	return file_signet_types_v1_types_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *TrafficCount) GetServer() string {
@@ -1427,7 +1491,7 @@ type DecisionReportAck struct {
 
 func (x *DecisionReportAck) Reset() {
 	*x = DecisionReportAck{}
-	mi := &file_signet_types_v1_types_proto_msgTypes[15]
+	mi := &file_signet_types_v1_types_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1439,7 +1503,7 @@ func (x *DecisionReportAck) String() string {
 func (*DecisionReportAck) ProtoMessage() {}
 
 func (x *DecisionReportAck) ProtoReflect() protoreflect.Message {
-	mi := &file_signet_types_v1_types_proto_msgTypes[15]
+	mi := &file_signet_types_v1_types_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1452,7 +1516,7 @@ func (x *DecisionReportAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DecisionReportAck.ProtoReflect.Descriptor instead.
 func (*DecisionReportAck) Descriptor() ([]byte, []int) {
-	return file_signet_types_v1_types_proto_rawDescGZIP(), []int{15}
+	return file_signet_types_v1_types_proto_rawDescGZIP(), []int{16}
 }
 
 // Anomaly is a departure from a server's traffic profile that the CA
@@ -1473,7 +1537,7 @@ type Anomaly struct {
 
 func (x *Anomaly) Reset() {
 	*x = Anomaly{}
-	mi := &file_signet_types_v1_types_proto_msgTypes[16]
+	mi := &file_signet_types_v1_types_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1485,7 +1549,7 @@ func (x *Anomaly) String() string {
 func (*Anomaly) ProtoMessage() {}
 
 func (x *Anomaly) ProtoReflect() protoreflect.Message {
-	mi := &file_signet_types_v1_types_proto_msgTypes[16]
+	mi := &file_signet_types_v1_types_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1498,7 +1562,7 @@ func (x *Anomaly) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Anomaly.ProtoReflect.Descriptor instead.
 func (*Anomaly) Descriptor() ([]byte, []int) {
-	return file_signet_types_v1_types_proto_rawDescGZIP(), []int{16}
+	return file_signet_types_v1_types_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Anomaly) GetKind() string {
@@ -1592,13 +1656,17 @@ const file_signet_types_v1_types_proto_rawDesc = "" +
 	"\apattern\x18\x02 \x01(\tR\apattern\x12!\n" +
 	"\ftrust_domain\x18\x03 \x01(\tR\vtrustDomain\x12\x1c\n" +
 	"\tnamespace\x18\x04 \x01(\tR\tnamespace\x12'\n" +
-	"\x0fservice_account\x18\x05 \x01(\tR\x0eserviceAccount\"\xa2\x01\n" +
+	"\x0fservice_account\x18\x05 \x01(\tR\x0eserviceAccount\"\xd5\x01\n" +
 	"\n" +
 	"PolicyRule\x12\x16\n" +
 	"\x06action\x18\x01 \x01(\tR\x06action\x121\n" +
 	"\x05peers\x18\x02 \x03(\v2\x1b.signet.types.v1.PolicyPeerR\x05peers\x12\x18\n" +
 	"\amethods\x18\x03 \x03(\tR\amethods\x12/\n" +
-	"\x04when\x18\x04 \x03(\v2\x1b.signet.types.v1.TimeWindowR\x04when\"e\n" +
+	"\x04when\x18\x04 \x03(\v2\x1b.signet.types.v1.TimeWindowR\x04when\x121\n" +
+	"\x04from\x18\x05 \x03(\v2\x1d.signet.types.v1.PolicySourceR\x04from\"@\n" +
+	"\fPolicySource\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
+	"\x04node\x18\x02 \x01(\tR\x04node\"e\n" +
 	"\n" +
 	"TimeWindow\x12\x12\n" +
 	"\x04days\x18\x01 \x03(\tR\x04days\x12\x14\n" +
@@ -1695,7 +1763,7 @@ func file_signet_types_v1_types_proto_rawDescGZIP() []byte {
 	return file_signet_types_v1_types_proto_rawDescData
 }
 
-var file_signet_types_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_signet_types_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_signet_types_v1_types_proto_goTypes = []any{
 	(*Selector)(nil),          // 0: signet.types.v1.Selector
 	(*Entry)(nil),             // 1: signet.types.v1.Entry
@@ -1704,35 +1772,37 @@ var file_signet_types_v1_types_proto_goTypes = []any{
 	(*Agent)(nil),             // 4: signet.types.v1.Agent
 	(*PolicyPeer)(nil),        // 5: signet.types.v1.PolicyPeer
 	(*PolicyRule)(nil),        // 6: signet.types.v1.PolicyRule
-	(*TimeWindow)(nil),        // 7: signet.types.v1.TimeWindow
-	(*AccessPolicy)(nil),      // 8: signet.types.v1.AccessPolicy
-	(*Revocation)(nil),        // 9: signet.types.v1.Revocation
-	(*BundleAck)(nil),         // 10: signet.types.v1.BundleAck
-	(*WorkloadAck)(nil),       // 11: signet.types.v1.WorkloadAck
-	(*Decision)(nil),          // 12: signet.types.v1.Decision
-	(*DecisionReport)(nil),    // 13: signet.types.v1.DecisionReport
-	(*TrafficCount)(nil),      // 14: signet.types.v1.TrafficCount
-	(*DecisionReportAck)(nil), // 15: signet.types.v1.DecisionReportAck
-	(*Anomaly)(nil),           // 16: signet.types.v1.Anomaly
-	nil,                       // 17: signet.types.v1.BundleAck.SvidsByRootEntry
-	nil,                       // 18: signet.types.v1.BundleAck.SvidsByIntermediateEntry
+	(*PolicySource)(nil),      // 7: signet.types.v1.PolicySource
+	(*TimeWindow)(nil),        // 8: signet.types.v1.TimeWindow
+	(*AccessPolicy)(nil),      // 9: signet.types.v1.AccessPolicy
+	(*Revocation)(nil),        // 10: signet.types.v1.Revocation
+	(*BundleAck)(nil),         // 11: signet.types.v1.BundleAck
+	(*WorkloadAck)(nil),       // 12: signet.types.v1.WorkloadAck
+	(*Decision)(nil),          // 13: signet.types.v1.Decision
+	(*DecisionReport)(nil),    // 14: signet.types.v1.DecisionReport
+	(*TrafficCount)(nil),      // 15: signet.types.v1.TrafficCount
+	(*DecisionReportAck)(nil), // 16: signet.types.v1.DecisionReportAck
+	(*Anomaly)(nil),           // 17: signet.types.v1.Anomaly
+	nil,                       // 18: signet.types.v1.BundleAck.SvidsByRootEntry
+	nil,                       // 19: signet.types.v1.BundleAck.SvidsByIntermediateEntry
 }
 var file_signet_types_v1_types_proto_depIdxs = []int32{
 	0,  // 0: signet.types.v1.Entry.selectors:type_name -> signet.types.v1.Selector
 	2,  // 1: signet.types.v1.Bundle.jwt_authorities:type_name -> signet.types.v1.JWTKey
 	5,  // 2: signet.types.v1.PolicyRule.peers:type_name -> signet.types.v1.PolicyPeer
-	7,  // 3: signet.types.v1.PolicyRule.when:type_name -> signet.types.v1.TimeWindow
-	6,  // 4: signet.types.v1.AccessPolicy.rules:type_name -> signet.types.v1.PolicyRule
-	17, // 5: signet.types.v1.BundleAck.svids_by_root:type_name -> signet.types.v1.BundleAck.SvidsByRootEntry
-	11, // 6: signet.types.v1.BundleAck.workloads:type_name -> signet.types.v1.WorkloadAck
-	18, // 7: signet.types.v1.BundleAck.svids_by_intermediate:type_name -> signet.types.v1.BundleAck.SvidsByIntermediateEntry
-	12, // 8: signet.types.v1.DecisionReport.decisions:type_name -> signet.types.v1.Decision
-	14, // 9: signet.types.v1.DecisionReport.traffic:type_name -> signet.types.v1.TrafficCount
-	10, // [10:10] is the sub-list for method output_type
-	10, // [10:10] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	8,  // 3: signet.types.v1.PolicyRule.when:type_name -> signet.types.v1.TimeWindow
+	7,  // 4: signet.types.v1.PolicyRule.from:type_name -> signet.types.v1.PolicySource
+	6,  // 5: signet.types.v1.AccessPolicy.rules:type_name -> signet.types.v1.PolicyRule
+	18, // 6: signet.types.v1.BundleAck.svids_by_root:type_name -> signet.types.v1.BundleAck.SvidsByRootEntry
+	12, // 7: signet.types.v1.BundleAck.workloads:type_name -> signet.types.v1.WorkloadAck
+	19, // 8: signet.types.v1.BundleAck.svids_by_intermediate:type_name -> signet.types.v1.BundleAck.SvidsByIntermediateEntry
+	13, // 9: signet.types.v1.DecisionReport.decisions:type_name -> signet.types.v1.Decision
+	15, // 10: signet.types.v1.DecisionReport.traffic:type_name -> signet.types.v1.TrafficCount
+	11, // [11:11] is the sub-list for method output_type
+	11, // [11:11] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_signet_types_v1_types_proto_init() }
@@ -1746,7 +1816,7 @@ func file_signet_types_v1_types_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_signet_types_v1_types_proto_rawDesc), len(file_signet_types_v1_types_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   19,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
