@@ -121,6 +121,19 @@ func startMesh(tb testing.TB, sock string, ids []string) *mesh {
 	return m
 }
 
+// meshOnOneAgent starts signet-ca and signet-agent as processes, and
+// one SDK workload per ID on the agent (startMesh); it returns the CA's
+// data directory and the workloads.
+func meshOnOneAgent(tb testing.TB, ids []string, caArgs ...string) (string, *mesh) {
+	tb.Helper()
+	dir := tb.TempDir()
+	caAddr := systest.FreeAddr(tb)
+	startCAWith(tb, dir, nil, append([]string{"--listen", caAddr}, caArgs...)...)
+	sock, _ := startAgentProcess(tb, dir, caAddr, "n1")
+	createEntries(tb, dir, "n1", ids)
+	return dir, startMesh(tb, sock, ids)
+}
+
 // echo sends back every byte of each connection until it ends.
 func echo(l net.Listener) {
 	for {
@@ -252,13 +265,7 @@ type spread struct {
 // is timed until it has closed that connection and refuses a new
 // handshake with the revoked SVID.
 func revocationUnderTraffic(tb testing.TB, n, workers int) spread {
-	dir := tb.TempDir()
-	caAddr := systest.FreeAddr(tb)
-	startCAWith(tb, dir, nil, "--listen", caAddr)
-	sock, _ := startAgentProcess(tb, dir, caAddr, "n1")
-	ids := workloadIDs(n)
-	createEntries(tb, dir, "n1", ids)
-	m := startMesh(tb, sock, ids)
+	dir, m := meshOnOneAgent(tb, workloadIDs(n))
 	revoked, _ := m.srcs[0].GetX509SVID()
 	open := make([]net.Conn, n)
 	for j := 1; j < n; j++ {
@@ -378,13 +385,7 @@ type compromise struct {
 // It checks that a copy of an SVID under the revoked intermediate (a
 // stolen one) works before and is refused after the grace.
 func intermediateCompromise(tb testing.TB, n, workers int, grace time.Duration) compromise {
-	dir := tb.TempDir()
-	caAddr := systest.FreeAddr(tb)
-	startCAWith(tb, dir, nil, "--listen", caAddr)
-	sock, _ := startAgentProcess(tb, dir, caAddr, "n1")
-	ids := workloadIDs(n)
-	createEntries(tb, dir, "n1", ids)
-	m := startMesh(tb, sock, ids)
+	dir, m := meshOnOneAgent(tb, workloadIDs(n))
 
 	stolen, _ := m.srcs[0].GetX509SVID()
 	if err := m.stolenDial(1, stolen); err != nil {

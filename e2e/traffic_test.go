@@ -16,7 +16,6 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
-	"github.com/signet-id/signet/e2e/systest"
 	"github.com/signet-id/signet/sdk"
 	"github.com/signet-id/signet/sdk/authz"
 )
@@ -28,13 +27,8 @@ import (
 // diff` of the suggestion denies nothing, and a diff of a policy that
 // allows someone else lists the call.
 func TestTrafficLoop(t *testing.T) {
-	dir := t.TempDir()
-	caAddr := systest.FreeAddr(t)
-	startCAWith(t, dir, nil, "--listen", caAddr, "--traffic-learn", "0s")
-	sock, _ := startAgentProcess(t, dir, caAddr, "n1")
 	const cartID, frontID = "spiffe://example.org/ns/shop/sa/cart", "spiffe://example.org/ns/shop/sa/front"
-	createEntries(t, dir, "n1", []string{cartID, frontID})
-	m := startMesh(t, sock, []string{cartID, frontID})
+	dir, m := meshOnOneAgent(t, []string{cartID, frontID}, "--traffic-learn", "0s")
 	cart, front := m.srcs[0], m.srcs[1]
 
 	az, _ := authz.New(cart.TrustDomain(), authz.Allow(authz.PeerID(frontID)).OnMethods("/grpc.health.v1.Health/Check"))

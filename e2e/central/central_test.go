@@ -51,6 +51,18 @@ func policy(name, target, action string, peer string) *typesv1.AccessPolicy {
 	}}
 }
 
+// cartAndFront starts a CA and an agent (in this process, with their real
+// sockets) and the SDK sources of cart and front on the agent.
+func cartAndFront(t *testing.T, opts ...func(*server.Config)) (*systest.CA, *sdk.Source, *sdk.Source) {
+	t.Helper()
+	ca := systest.StartCA(t, opts...)
+	agent := ca.StartAgent("node1")
+	for _, id := range []string{cartID, frontID} {
+		ca.CreateEntry(id, agent.ID.String(), time.Hour, "unix:uid:0")
+	}
+	return ca, newSource(t, agent, cartID), newSource(t, agent, frontID)
+}
+
 // newSource is an SDK source of identity id from agent, closed with the
 // test.
 func newSource(tb testing.TB, agent *systest.Agent, id string, opts ...sdk.Option) *sdk.Source {
@@ -101,14 +113,9 @@ func eventually(t *testing.T, what string, ok func() bool) {
 // a change applies without restart; decisions reach the CA's audit log.
 func TestCentralPolicyOnRunningServer(t *testing.T) {
 	metrics := systest.FreeAddr(t)
-	ca := systest.StartCA(t, func(c *server.Config) { c.HealthAddr = metrics })
-	agent := ca.StartAgent("node1")
-	for _, id := range []string{cartID, frontID} {
-		ca.CreateEntry(id, agent.ID.String(), time.Hour, "unix:uid:0")
-	}
+	ca, cart, front := cartAndFront(t, func(c *server.Config) { c.HealthAddr = metrics })
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	cart, front := newSource(t, agent, cartID), newSource(t, agent, frontID)
 
 	if _, err := ca.Admin.CreatePolicy(ctx, &adminv1.CreatePolicyRequest{Policy: policy("cart", cartID, "allow", frontID)}); err != nil {
 		t.Fatal(err)
@@ -365,14 +372,9 @@ func TestWorkloadKeyOnlyIdentity(t *testing.T) {
 // server through its agent, refuses nothing; the calls it would deny
 // reach the CA's audit log as authz.shadow_deny.
 func TestAuditModePolicy(t *testing.T) {
-	ca := systest.StartCA(t)
-	agent := ca.StartAgent("node1")
-	for _, id := range []string{cartID, frontID} {
-		ca.CreateEntry(id, agent.ID.String(), time.Hour, "unix:uid:0")
-	}
+	ca, cart, front := cartAndFront(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	cart, front := newSource(t, agent, cartID), newSource(t, agent, frontID)
 	// In force: front may call. Proposed, in audit mode: only someone else.
 	if _, err := ca.Admin.CreatePolicy(ctx, &adminv1.CreatePolicyRequest{Policy: policy("cart", cartID, "allow", frontID)}); err != nil {
 		t.Fatal(err)
@@ -416,14 +418,9 @@ func TestAuditModePolicy(t *testing.T) {
 // central rule from that node lets the caller in through the real SDK
 // path, and the same rule from another node does not.
 func TestFromNode(t *testing.T) {
-	ca := systest.StartCA(t)
-	agent := ca.StartAgent("node1")
-	for _, id := range []string{cartID, frontID} {
-		ca.CreateEntry(id, agent.ID.String(), time.Hour, "unix:uid:0")
-	}
+	ca, cart, front := cartAndFront(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	cart, front := newSource(t, agent, cartID), newSource(t, agent, frontID)
 	svid, _ := front.GetX509SVID()
 	if got := authz.AttributesOf(svid.Certificates[0]); got.Node != "node1" {
 		t.Fatalf("front's SVID says it runs on %+v", got)
