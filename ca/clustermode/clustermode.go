@@ -28,6 +28,7 @@ import (
 	"github.com/signet-id/signet/ca/authority"
 	"github.com/signet-id/signet/ca/cluster"
 	"github.com/signet-id/signet/ca/clusterrevocation"
+	"github.com/signet-id/signet/ca/clustertraffic"
 	"github.com/signet-id/signet/ca/clusterview"
 	"github.com/signet-id/signet/ca/nodeattest"
 	"github.com/signet-id/signet/ca/podidentity"
@@ -51,6 +52,7 @@ type kubeMode struct {
 	agentPods *agentpod.Pods
 	keys      *cluster.SecretKeyStore
 	acks      *cluster.LeaseAcks
+	traffic   clusterTraffic
 	leader    *cluster.Leader
 	client    kubernetes.Interface
 	bundle    *cluster.BundlePublisher
@@ -117,11 +119,29 @@ func Build(ctx context.Context, cfg server.Config, log hclog.Logger) (server.Clu
 	if w := kc.Webhook; w != nil {
 		m.caBundle = &cluster.CABundleKeeper{Client: clients.Client, Name: w.ConfigurationName, Log: log}
 	}
+	m.traffic = clusterTraffic{
+		Shards:   &clustertraffic.Shards{Client: clients.Client, Namespace: kc.Namespace, Replica: kc.Identity},
+		Profiles: &clustertraffic.Profiles{Client: clients.Client, Dynamic: clients.Dynamic, Namespace: kc.Namespace},
+		leader:   m.leader,
+	}
 	return m, nil
 }
 
 // KeyStore implements server.Cluster: the keys Secret.
 func (m *kubeMode) KeyStore() authority.KeyStore { return m.keys }
+
+// Traffic implements server.Cluster.
+func (m *kubeMode) Traffic() server.ClusterTraffic { return m.traffic }
+
+// clusterTraffic is the detector's state in the cluster: the shards and
+// the profiles, and the leader election.
+type clusterTraffic struct {
+	*clustertraffic.Shards
+	*clustertraffic.Profiles
+	leader *cluster.Leader
+}
+
+func (c clusterTraffic) IsLeader() bool { return c.leader.IsLeader() }
 
 // IsLeader implements server.Cluster.
 func (m *kubeMode) IsLeader() bool { return m.leader.IsLeader() }

@@ -17,8 +17,10 @@ import (
 	"github.com/signet-id/signet/ca/api"
 	"github.com/signet-id/signet/ca/audit"
 	"github.com/signet-id/signet/ca/authority"
+	"github.com/signet-id/signet/ca/traffic"
 	"github.com/signet-id/signet/internal/signetid"
 	"github.com/signet-id/signet/internal/tasks"
+	typesv1 "github.com/signet-id/signet/proto/signet/types/v1"
 )
 
 // Defaults of the Config fields that have one.
@@ -135,6 +137,24 @@ type Cluster interface {
 	// Start adds Kubernetes mode's tasks (leader election and what the
 	// leader does with auth's bundle; the admission webhook) to g.
 	Start(g *tasks.Group, auth *authority.Authority) error
+	// Traffic is where the traffic detector keeps its state, shared by
+	// the replicas (ca/clustertraffic).
+	Traffic() ClusterTraffic
+}
+
+// ClusterTraffic is the traffic detector's state in the cluster: the
+// replicas hand their traffic counts to the leader (Publish; the leader's
+// Start callback gets them), and the leader keeps the profiles and
+// records anomalies.
+type ClusterTraffic interface {
+	IsLeader() bool
+	Start(ctx context.Context, onShard func([]*typesv1.TrafficCount)) error
+	// CatchUp marks every replica's counts so far as taken.
+	CatchUp()
+	Publish(ctx context.Context, counts []*typesv1.TrafficCount) (dropped int, err error)
+	Save(ctx context.Context, p *traffic.Profile) error
+	LoadAll(ctx context.Context) ([]*traffic.Profile, error)
+	Event(ctx context.Context, a traffic.Anomaly) error
 }
 
 // ClusterBuilder connects Kubernetes mode for cfg.Kube; what it starts

@@ -16,30 +16,48 @@ import (
 	typesv1 "github.com/signet-id/signet/proto/signet/types/v1"
 )
 
+// maxPending bounds the counts a replica that does not lead holds for the
+// leader between two publications.
+const maxPending = 100_000
+
 // detector runs the traffic engine beside the APIs: reports are queued
 // (dropped, and counted, when the queue is full), so that neither the
-// agents' reports nor issuance ever wait for it. It keeps its profiles in
-// the store, and writes what it finds to the audit log and the store.
+// agents' reports nor issuance ever wait for it. Alone, it keeps its
+// profiles in the store. With replicas in Kubernetes (cluster set), only
+// the leader learns: the others hand it their counts through the cluster,
+// and it keeps the profiles as TrafficProfile objects, read back when
+// another replica takes over. What it finds goes to the audit log and the
+// store (and, in Kubernetes, Events on the profiles).
 type detector struct {
 	mu      sync.Mutex // guards engine
 	engine  *traffic.Engine
+	engCfg  traffic.Config
 	in      chan []*typesv1.TrafficCount
+	shards  chan []*typesv1.TrafficCount
 	st      *store.Store
+	cluster ClusterTraffic
 	audit   *audit.Log
 	log     hclog.Logger
 	dropped atomic.Int64
 	found   *prometheus.CounterVec
+	pending []*typesv1.TrafficCount
+	leading bool
 }
 
-func newDetector(ctx context.Context, cfg Config, st *store.Store, auditLog *audit.Log, reg prometheus.Registerer, log hclog.Logger) (*detector, error) {
+func newDetector(ctx context.Context, cfg Config, st *store.Store, cluster ClusterTraffic, auditLog *audit.Log, reg prometheus.Registerer, log hclog.Logger) (*detector, error) {
 	learn := cfg.TrafficLearn
 	if learn == 0 {
 		learn = -1 // none
 	}
-	d := &detector{engine: traffic.New(traffic.Config{Learn: learn}), in: make(chan []*typesv1.TrafficCount, 1024), st: st, audit: auditLog, log: log,
+	d := &detector{engCfg: traffic.Config{Learn: learn}, in: make(chan []*typesv1.TrafficCount, 1024), shards: make(chan []*typesv1.TrafficCount, 64),
+		st: st, cluster: cluster, audit: auditLog, log: log,
 		found: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "signet_ca_anomalies_total", Help: "Anomalies found in services' traffic, by kind."}, []string{"kind"})}
+	d.engine = traffic.New(d.engCfg)
 	reg.MustRegister(d.found, prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "signet_ca_traffic_counts_dropped_total",
-		Help: "Traffic counts the detector's queue had no room for."}, func() float64 { return float64(d.dropped.Load()) }))
+		Help: "Traffic counts the detector had no room for (its queue, a replica's hand-over to the leader)."}, func() float64 { return float64(d.dropped.Load()) }))
+	if cluster != nil {
+		return d, nil
+	}
 	stored, err := st.LoadTrafficProfiles(ctx)
 	if err != nil {
 		return nil, err
@@ -52,6 +70,7 @@ func newDetector(ctx context.Context, cfg Config, st *store.Store, auditLog *aud
 		}
 		d.engine.SetProfile(p)
 	}
+	d.leading = true
 	return d, nil
 }
 
@@ -64,35 +83,106 @@ func (d *detector) ReportTraffic(counts []*typesv1.TrafficCount) {
 	}
 }
 
-// run feeds the engine until ctx ends, folds the hours past every minute,
-// and stores the profiles every five minutes and at the end.
+// run feeds the engine until ctx ends; every 10 s it looks at the
+// leadership and hands counts over, every minute it folds the hours past,
+// every five minutes it stores the profiles.
 func (d *detector) run(ctx context.Context) {
-	tick := time.NewTicker(time.Minute)
+	if d.cluster != nil {
+		if err := d.cluster.Start(ctx, func(c []*typesv1.TrafficCount) {
+			select {
+			case d.shards <- c:
+			default:
+				d.dropped.Add(int64(len(c)))
+			}
+		}); err != nil {
+			d.log.Error("the traffic detector cannot reach the other replicas' counts; learning from this replica's only", "error", err)
+			d.cluster = nil
+			d.leading = true
+		}
+	}
+	tick := time.NewTicker(10 * time.Second)
 	defer tick.Stop()
-	lastSave := time.Now()
+	lastAdvance, lastSave := time.Now(), time.Now()
 	for {
 		select {
 		case <-ctx.Done():
 			d.save(context.Background())
 			return
 		case counts := <-d.in:
-			var found []traffic.Anomaly
-			d.mu.Lock()
-			for _, tc := range counts {
-				found = append(found, d.engine.Add(tc)...)
+			if !d.leading {
+				if len(d.pending)+len(counts) <= maxPending {
+					d.pending = append(d.pending, counts...)
+				} else {
+					d.dropped.Add(int64(len(counts)))
+				}
+				continue
 			}
-			d.mu.Unlock()
-			d.record(ctx, found)
+			d.learn(ctx, counts)
+		case counts := <-d.shards:
+			if d.leading {
+				d.learn(ctx, counts)
+			}
 		case now := <-tick.C:
-			d.mu.Lock()
-			d.engine.Advance(now)
-			d.mu.Unlock()
+			d.follow(ctx)
+			if len(d.pending) > 0 && d.cluster != nil {
+				n, err := d.cluster.Publish(ctx, d.pending)
+				d.dropped.Add(int64(n))
+				if err != nil {
+					d.log.Warn("could not hand traffic counts to the leader; keeping them", "error", err)
+				} else {
+					d.pending = d.pending[:0]
+				}
+			}
+			if now.Sub(lastAdvance) >= time.Minute {
+				d.mu.Lock()
+				d.engine.Advance(now)
+				d.mu.Unlock()
+				lastAdvance = now
+			}
 			if now.Sub(lastSave) >= 5*time.Minute {
 				d.save(ctx)
 				lastSave = now
 			}
 		}
 	}
+}
+
+// follow starts or stops learning as this replica gains or loses the
+// lead: a new leader starts from the profiles in the cluster.
+func (d *detector) follow(ctx context.Context) {
+	if d.cluster == nil {
+		return
+	}
+	leading := d.cluster.IsLeader()
+	if leading == d.leading {
+		return
+	}
+	e := traffic.New(d.engCfg)
+	if leading {
+		d.cluster.CatchUp()
+		profiles, err := d.cluster.LoadAll(ctx)
+		if err != nil {
+			d.log.Warn("could not read the traffic profiles; learning afresh", "error", err)
+		}
+		for _, p := range profiles {
+			e.SetProfile(p)
+		}
+		d.pending = d.pending[:0]
+		d.log.Info("leading: learning services' traffic", "profiles", len(profiles))
+	}
+	d.mu.Lock()
+	d.engine, d.leading = e, leading
+	d.mu.Unlock()
+}
+
+func (d *detector) learn(ctx context.Context, counts []*typesv1.TrafficCount) {
+	var found []traffic.Anomaly
+	d.mu.Lock()
+	for _, tc := range counts {
+		found = append(found, d.engine.Add(tc)...)
+	}
+	d.mu.Unlock()
+	d.record(ctx, found)
 }
 
 func (d *detector) record(ctx context.Context, found []traffic.Anomaly) {
@@ -113,6 +203,42 @@ func (d *detector) record(ctx context.Context, found []traffic.Anomaly) {
 	if err := d.st.PutAnomalies(ctx, pbs); err != nil {
 		d.log.Error("could not store anomalies", "error", err)
 	}
+	if d.cluster == nil {
+		return
+	}
+	saved := map[string]bool{}
+	for _, a := range found {
+		if !saved[a.Server] {
+			d.mu.Lock()
+			p := d.engine.Profiles()[a.Server]
+			d.mu.Unlock()
+			if p != nil {
+				if err := d.saveProfile(ctx, p); err != nil {
+					d.log.Warn("could not write a traffic profile", "server", a.Server, "error", err)
+				}
+			}
+			saved[a.Server] = true
+		}
+		if err := d.cluster.Event(ctx, a); err != nil {
+			d.log.Warn("could not record an anomaly as an Event", "server", a.Server, "error", err)
+		}
+	}
+}
+
+// saveProfile writes one profile to the cluster, under the engine's lock
+// while it encodes.
+func (d *detector) saveProfile(ctx context.Context, p *traffic.Profile) error {
+	d.mu.Lock()
+	raw, err := json.Marshal(p)
+	d.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	cp := &traffic.Profile{}
+	if err := json.Unmarshal(raw, cp); err != nil {
+		return err
+	}
+	return d.cluster.Save(ctx, cp)
 }
 
 // Observations implements api.TrafficSink.
@@ -123,6 +249,9 @@ func (d *detector) Observations(since time.Time, keep func(server string) bool) 
 }
 
 func (d *detector) save(ctx context.Context) {
+	if !d.leading {
+		return
+	}
 	out := map[string][]byte{}
 	d.mu.Lock()
 	for server, p := range d.engine.Profiles() {
@@ -134,6 +263,17 @@ func (d *detector) save(ctx context.Context) {
 	}
 	d.mu.Unlock()
 	if len(out) == 0 {
+		return
+	}
+	if d.cluster != nil {
+		for server, raw := range out {
+			p := &traffic.Profile{}
+			if json.Unmarshal(raw, p) == nil {
+				if err := d.cluster.Save(ctx, p); err != nil {
+					d.log.Warn("could not write a traffic profile", "server", server, "error", err)
+				}
+			}
+		}
 		return
 	}
 	if err := d.st.SaveTrafficProfiles(ctx, out); err != nil {

@@ -182,7 +182,11 @@ func build(ctx context.Context, g *tasks.Group, cfg Config) (ready func(), err e
 		cluster.Configure(&apiCfg)
 	}
 	if !cfg.NoTrafficDetector {
-		det, err := newDetector(ctx, cfg, st, auditLog, reg, log.Named("traffic"))
+		var ct ClusterTraffic
+		if cluster != nil {
+			ct = cluster.Traffic()
+		}
+		det, err := newDetector(ctx, cfg, st, ct, auditLog, reg, log.Named("traffic"))
 		if err != nil {
 			return nil, err
 		}

@@ -315,3 +315,64 @@ func TestCAKeysAcrossReplicas(t *testing.T) {
 }
 
 func keyIDOf(b []byte) string { return hex.EncodeToString(b) }
+
+// TestTrafficAcrossReplicas: traffic counts reported at the replica that
+// does not lead reach the leader (through the replica's shard); the
+// leader writes the server's TrafficProfile in the server's namespace and
+// records the new caller as an Event on it.
+func TestTrafficAcrossReplicas(t *testing.T) {
+	const ns = "signet-traffic"
+	ca1 := startCA(t, ns, "ca-1")
+	ca2 := startCA(t, ns, "ca-2")
+	ctx := context.Background()
+	var leader string
+	eventually(t, 30*time.Second, "a leader", func() bool {
+		l, err := cluster.Client.CoordinationV1().Leases(ns).Get(ctx, server.DefaultLeaseName, metav1.GetOptions{})
+		if err != nil || l.Spec.HolderIdentity == nil {
+			return false
+		}
+		leader = *l.Spec.HolderIdentity
+		return true
+	})
+	follower := ca1
+	if leader == "ca-1" {
+		follower = ca2
+	}
+	svid := attestAgent(t, follower, "node-t1")
+	createPod(t, "shop", "web-t1", "web", "node-t1", nil)
+	webID := "spiffe://example.org/ns/shop/sa/web"
+	eventually(t, 10*time.Second, "web's identity at the follower", func() bool {
+		_, err := follower.NodeClient(svid).ReportDecisions(ctx, &typesv1.DecisionReport{Traffic: []*typesv1.TrafficCount{{Server: webID,
+			Peer: "spiffe://example.org/ns/shop/sa/front", Method: "/shop.v1.Web/Get", Minute: time.Now().Unix() / 60 * 60, Calls: 5, BytesOut: 500}}})
+		return err == nil
+	})
+	profiles := dyn.Resource(schema.GroupVersionResource{Group: "signet.dev", Version: "v1alpha1", Resource: "trafficprofiles"}).Namespace("shop")
+	var name string
+	eventually(t, 60*time.Second, "web's TrafficProfile, written by the leader", func() bool {
+		list, err := profiles.List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return false
+		}
+		for _, u := range list.Items {
+			if s, _, _ := unstructured.NestedString(u.Object, "spec", "server"); s == webID {
+				callers, _, _ := unstructured.NestedInt64(u.Object, "status", "callers")
+				name = u.GetName()
+				return callers == 1
+			}
+		}
+		return false
+	})
+	eventually(t, 30*time.Second, "the new caller as an Event on the profile", func() bool {
+		evs, err := cluster.Client.CoreV1().Events("shop").List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return false
+		}
+		for _, e := range evs.Items {
+			if e.InvolvedObject.Kind == "TrafficProfile" && e.InvolvedObject.Name == name && e.Reason == "AnomalyNewCaller" &&
+				strings.Contains(e.Message, "spiffe://example.org/ns/shop/sa/front") {
+				return true
+			}
+		}
+		return false
+	})
+}
