@@ -109,28 +109,40 @@ func (s *Shards) take(cm *corev1.ConfigMap) {
 	}
 	s.seen[cm.Name] = seq
 	s.mu.Unlock()
+	if counts := decodeShard(cm); len(counts) > 0 {
+		s.onShard(counts)
+	}
+}
+
+// Current returns the counts of every other replica's shard as it is
+// now, and marks them taken: a new leader learns them (a batch its
+// predecessor had learned may be learned twice; counts are statistics).
+func (s *Shards) Current() []*typesv1.TrafficCount {
+	var out []*typesv1.TrafficCount
+	for _, obj := range s.store.List() {
+		cm, ok := obj.(*corev1.ConfigMap)
+		if !ok || cm.Name == s.shardName() {
+			continue
+		}
+		seq, _ := strconv.ParseInt(cm.Annotations[seqKey], 10, 64)
+		s.mu.Lock()
+		s.seen[cm.Name] = seq
+		s.mu.Unlock()
+		out = append(out, decodeShard(cm)...)
+	}
+	return out
+}
+
+func decodeShard(cm *corev1.ConfigMap) []*typesv1.TrafficCount {
 	raw, err := base64.StdEncoding.DecodeString(cm.Data[shardKey])
 	if err != nil {
-		return
+		return nil
 	}
 	var rep typesv1.DecisionReport
 	if proto.Unmarshal(raw, &rep) != nil {
-		return
+		return nil
 	}
-	s.onShard(rep.GetTraffic())
-}
-
-// Catch up marks every shard as taken as it is now: a new leader starts
-// from the profiles, not from counts older than them.
-func (s *Shards) CatchUp() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, obj := range s.store.List() {
-		if cm, ok := obj.(*corev1.ConfigMap); ok {
-			seq, _ := strconv.ParseInt(cm.Annotations[seqKey], 10, 64)
-			s.seen[cm.Name] = seq
-		}
-	}
+	return rep.GetTraffic()
 }
 
 // Publish replaces this replica's shard with counts (what it received

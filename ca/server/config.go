@@ -149,8 +149,9 @@ type Cluster interface {
 type ClusterTraffic interface {
 	IsLeader() bool
 	Start(ctx context.Context, onShard func([]*typesv1.TrafficCount)) error
-	// CatchUp marks every replica's counts so far as taken.
-	CatchUp()
+	// Current returns the counts in the other replicas' hands now, and
+	// marks them taken (for a new leader).
+	Current() []*typesv1.TrafficCount
 	Publish(ctx context.Context, counts []*typesv1.TrafficCount) (dropped int, err error)
 	Save(ctx context.Context, p *traffic.Profile) error
 	LoadAll(ctx context.Context) ([]*traffic.Profile, error)

@@ -109,6 +109,7 @@ func (d *detector) run(ctx context.Context) {
 			d.save(context.Background())
 			return
 		case counts := <-d.in:
+			d.follow(ctx)
 			if !d.leading {
 				if len(d.pending)+len(counts) <= maxPending {
 					d.pending = append(d.pending, counts...)
@@ -119,6 +120,7 @@ func (d *detector) run(ctx context.Context) {
 			}
 			d.learn(ctx, counts)
 		case counts := <-d.shards:
+			d.follow(ctx)
 			if d.leading {
 				d.learn(ctx, counts)
 			}
@@ -158,8 +160,8 @@ func (d *detector) follow(ctx context.Context) {
 		return
 	}
 	e := traffic.New(d.engCfg)
+	var backlog []*typesv1.TrafficCount
 	if leading {
-		d.cluster.CatchUp()
 		profiles, err := d.cluster.LoadAll(ctx)
 		if err != nil {
 			d.log.Warn("could not read the traffic profiles; learning afresh", "error", err)
@@ -167,12 +169,18 @@ func (d *detector) follow(ctx context.Context) {
 		for _, p := range profiles {
 			e.SetProfile(p)
 		}
+		// What the other replicas hold now, and what this one held for
+		// the leader.
+		backlog = append(d.cluster.Current(), d.pending...)
 		d.pending = d.pending[:0]
 		d.log.Info("leading: learning services' traffic", "profiles", len(profiles))
 	}
 	d.mu.Lock()
 	d.engine, d.leading = e, leading
 	d.mu.Unlock()
+	if len(backlog) > 0 {
+		d.learn(ctx, backlog)
+	}
 }
 
 func (d *detector) learn(ctx context.Context, counts []*typesv1.TrafficCount) {
