@@ -7,7 +7,12 @@ package central
 import (
 	"context"
 	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"io"
 	"net"
 	"net/http"
@@ -449,4 +454,40 @@ func TestFromNode(t *testing.T) {
 		_, err := client.Check(ctx, &healthpb.HealthCheckRequest{})
 		return status.Code(err) == codes.PermissionDenied
 	})
+}
+
+// TestForgedPlaceMarks: a workload that makes its own key asks, through
+// the agent's socket, for an SVID whose request claims another node and a
+// namespace in its subject; the SVID carries only the marks the CA sets
+// (its agent's node), so a policy's from conditions cannot be fooled.
+func TestForgedPlaceMarks(t *testing.T) {
+	ca := systest.StartCA(t)
+	agent := ca.StartAgent("node1")
+	ca.CreateEntry(cartID, agent.ID.String(), time.Hour, "unix:uid:0")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{
+		OrganizationalUnit: []string{authz.NodeUnit + "db-node-1", authz.NamespaceUnit + "kube-system"}, CommonName: "x"}}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := grpc.NewClient("unix://"+agent.Socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	var resp *workloadv1.SignX509SVIDResponse
+	eventually(t, "an SVID for the workload's key", func() bool {
+		resp, err = workloadv1.NewKeysClient(conn).SignX509SVID(metadata.AppendToOutgoingContext(ctx, "workload.spiffe.io", "true"),
+			&workloadv1.SignX509SVIDRequest{Csr: csr, SpiffeId: cartID})
+		return err == nil
+	})
+	leaf, err := x509.ParseCertificate(resp.GetCertChain()[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := authz.AttributesOf(leaf); got != (authz.Attributes{Node: "node1"}) {
+		t.Errorf("the SVID says it runs at %+v (units %v): the request chose its marks", got, leaf.Subject.OrganizationalUnit)
+	}
 }
