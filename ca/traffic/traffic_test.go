@@ -139,12 +139,16 @@ func TestDetectsInjectedAnomalies(t *testing.T) {
 	}
 	found := simulate(e, r, weeks, weeks.Add(7*24*time.Hour), inject)
 	want := map[string]func(Anomaly) bool{
-		"new caller":   func(a Anomaly) bool { return a.Kind == NewCaller && a.Peer == mallory && a.Server == cart },
-		"Sunday 03:00": func(a Anomaly) bool { return a.Kind == UnusualTime && a.Peer == cart && a.Server == payments && a.At.Equal(sunday3) },
+		"new caller": func(a Anomaly) bool { return a.Kind == NewCaller && a.Peer == mallory && a.Server == cart },
+		"Sunday 03:00": func(a Anomaly) bool {
+			return a.Kind == UnusualTime && a.Peer == cart && a.Server == payments && a.At.Equal(sunday3)
+		},
 		"20x bytes": func(a Anomaly) bool {
 			return a.Kind == Volume && a.Peer == front && a.Method == "/shop.v1.Cart/Get" && a.At.Sub(heavy) < time.Hour && !a.At.Before(heavy)
 		},
-		"denials": func(a Anomaly) bool { return a.Kind == Denials && a.Peer == cart && a.Server == inventory && a.At.Sub(denied) < 2*time.Minute },
+		"denials": func(a Anomaly) bool {
+			return a.Kind == Denials && a.Peer == cart && a.Server == inventory && a.At.Sub(denied) < 2*time.Minute
+		},
 	}
 	injected := 0
 	for name, match := range want {

@@ -70,4 +70,3 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstHistogram(c.latency, h.n, h.sum, h.buckets, m)
 	}
 }
-
