@@ -2,6 +2,7 @@ package sdk
 
 import (
 	"context"
+	"io"
 	"net/http"
 	"sort"
 	"sync"
@@ -207,11 +208,8 @@ func (statsHandler) HandleConn(context.Context, stats.ConnStats)                
 
 // countingBody counts the bytes read from a request body.
 type countingBody struct {
-	body interface {
-		Read([]byte) (int, error)
-		Close() error
-	}
-	n int64
+	body io.ReadCloser
+	n    int64
 }
 
 func (b *countingBody) Read(p []byte) (int, error) {

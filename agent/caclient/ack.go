@@ -35,6 +35,7 @@ const ackInterval = 250 * time.Millisecond
 func (m *Client) ackLoop(ctx context.Context) {
 	bo := backoff.Backoff{Max: 5 * time.Second}
 	iss := issuers{}
+	var cov covered
 	var sent *typesv1.BundleAck
 	for ctx.Err() == nil {
 		snap, snapChanged := m.cache.Snapshot()
@@ -44,7 +45,10 @@ func (m *Client) ackLoop(ctx context.Context) {
 			wl, wlChanged = m.cfg.WorkloadAcks.List()
 		}
 		ack := iss.ack(snap, wl)
-		m.setPending(snap)
+		pending := cov.count(snap)
+		m.mu.Lock()
+		m.pendingReissue = pending
+		m.mu.Unlock()
 		client, connChanged, err := m.nodeClient()
 		if err == nil && ack != nil && m.Synced() && !proto.Equal(ack, sent) {
 			cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
@@ -129,24 +133,41 @@ func (iss issuers) of(chain []byte) ([2]string, bool) {
 	return ids, true
 }
 
-// setPending records how many of the agent's SVIDs in snap a revocation
-// still covers (re-issue not done), for the metric.
-func (m *Client) setPending(snap *cache.Snapshot) {
-	set := revocation.New(snap.Revocations)
+// covered counts the SVIDs of a snapshot that its revocations cover. SVIDs
+// are immutable, so each is parsed once for a set of revocations, not at
+// every change of the cache.
+type covered struct {
+	revs []*typesv1.Revocation // what set was made from
+	set  *revocation.Set
+	by   map[*cache.SVID]bool
+}
+
+func (c *covered) count(snap *cache.Snapshot) int {
+	if len(snap.Revocations) == 0 {
+		c.revs, c.set, c.by = nil, nil, nil
+		return 0
+	}
+	if len(c.revs) != len(snap.Revocations) || &c.revs[0] != &snap.Revocations[0] {
+		c.revs, c.set, c.by = snap.Revocations, revocation.New(snap.Revocations), map[*cache.SVID]bool{}
+	}
 	n := 0
-	if set.Len() > 0 {
-		for _, it := range snap.Items {
-			if it.SVID == nil {
-				continue
-			}
-			if chain, err := x509.ParseCertificates(it.SVID.ChainDER); err == nil && set.Covers(chain) != nil {
-				n++
-			}
+	now := make(map[*cache.SVID]bool, len(c.by))
+	for _, it := range snap.Items {
+		if it.SVID == nil {
+			continue
+		}
+		v, ok := c.by[it.SVID]
+		if !ok {
+			chain, err := x509.ParseCertificates(it.SVID.ChainDER)
+			v = err == nil && c.set.Covers(chain) != nil
+		}
+		now[it.SVID] = v
+		if v {
+			n++
 		}
 	}
-	m.mu.Lock()
-	m.pendingReissue = n
-	m.mu.Unlock()
+	c.by = now
+	return n
 }
 
 // PendingReissue returns how many workload SVIDs a revocation covers:

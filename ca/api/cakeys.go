@@ -19,11 +19,7 @@ import (
 // the serial of a key's certificate (a Revocation object that names an
 // intermediate by serial). The authority stops signing with them.
 func (c *Config) RevokedKeys(ctx context.Context) (map[string]time.Time, error) {
-	now := time.Now()
-	if c.Now != nil {
-		now = c.Now()
-	}
-	revs, err := c.InForce(ctx, now)
+	revs, err := c.InForce(ctx, c.Now())
 	if err != nil {
 		return nil, err
 	}

@@ -136,7 +136,7 @@ func Verify(r io.Reader) (Verification, error) {
 			}
 			return v, &Break{Line: n, Seq: h.seq, Why: why}
 		}
-		if v.Records > 0 && h.seq != v.Last+1 && h.prev != genesis {
+		if v.Records > 0 && h.seq != v.Last+1 {
 			return v, &Break{Line: n, Seq: h.seq, Why: fmt.Sprintf("numbered %d after %d", h.seq, v.Last)}
 		}
 		v.Records++

@@ -169,15 +169,16 @@ type Engine struct {
 	hours    map[hourKey]*hourTotal
 	// denials are recent denials by (server, peer), per minute.
 	denials map[[2]string]map[int64]int64
-	// flagged keeps from reporting an anomaly twice in its hour.
-	flagged map[string]bool
+	// flagged keeps from reporting an anomaly twice in its hour: the key
+	// of each reported one, with its Unix hour.
+	flagged map[string]int64
 }
 
 // New returns an engine with no profiles.
 func New(cfg Config) *Engine {
 	cfg.defaults()
 	return &Engine{cfg: cfg, profiles: map[string]*Profile{}, hours: map[hourKey]*hourTotal{},
-		denials: map[[2]string]map[int64]int64{}, flagged: map[string]bool{}}
+		denials: map[[2]string]map[int64]int64{}, flagged: map[string]int64{}}
 }
 
 // Profiles returns the profiles, by server.
@@ -199,14 +200,15 @@ func (e *Engine) Add(tc *typesv1.TrafficCount) []Anomaly {
 	learning := at.Sub(p.Since) < e.cfg.Learn
 	var out []Anomaly
 	flag := func(kind, detail string) {
-		key := fmt.Sprintf("%s|%s|%s|%s|%d", kind, tc.GetServer(), tc.GetPeer(), tc.GetMethod(), at.Unix()/3600)
+		hour := at.Unix() / 3600
+		key := kind + "|" + tc.GetServer() + "|" + tc.GetPeer() + "|" + tc.GetMethod()
 		if kind == NewCaller || kind == UnusualTime {
-			key = fmt.Sprintf("%s|%s|%s|%d", kind, tc.GetServer(), tc.GetPeer(), at.Unix()/3600)
+			key = kind + "|" + tc.GetServer() + "|" + tc.GetPeer()
 		}
-		if e.flagged[key] {
+		if h, ok := e.flagged[key]; ok && h == hour {
 			return
 		}
-		e.flagged[key] = true
+		e.flagged[key] = hour
 		out = append(out, Anomaly{Kind: kind, Server: tc.GetServer(), Peer: tc.GetPeer(), Method: tc.GetMethod(), At: at, Detail: detail})
 	}
 
@@ -350,24 +352,11 @@ func (e *Engine) Advance(now time.Time) {
 			delete(e.denials, dk)
 		}
 	}
-	for key := range e.flagged {
-		var hour int64
-		if i := lastBar(key); i >= 0 {
-			fmt.Sscan(key[i+1:], &hour)
-		}
+	for key, hour := range e.flagged {
 		if hour < cur {
 			delete(e.flagged, key)
 		}
 	}
-}
-
-func lastBar(s string) int {
-	for i := len(s) - 1; i >= 0; i-- {
-		if s[i] == '|' {
-			return i
-		}
-	}
-	return -1
 }
 
 // decay brings the caller's hour weights to at.

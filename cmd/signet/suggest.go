@@ -140,15 +140,16 @@ func (c *cli) policyDiff(ctx context.Context, args []string) error {
 	if len(policies) == 0 {
 		return fmt.Errorf("%s: no policies", files[0])
 	}
-	target, err := spiffeid.FromString(strings.Replace(policies[0].GetTarget(), "*", "x", -1))
+	tdName, _, _ := strings.Cut(strings.TrimPrefix(policies[0].GetTarget(), "spiffe://"), "/")
+	td, err := spiffeid.TrustDomainFromString(tdName)
 	if err != nil {
-		return fmt.Errorf("%s: target: %v", files[0], err)
+		return fmt.Errorf("%s: target %q: %v", files[0], policies[0].GetTarget(), err)
 	}
 	obs, err := c.observed(ctx, since, "", "")
 	if err != nil {
 		return err
 	}
-	denied, err := traffic.Diff(policies, obs, target.TrustDomain())
+	denied, err := traffic.Diff(policies, obs, td)
 	if err != nil {
 		return err
 	}
