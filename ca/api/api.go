@@ -48,6 +48,9 @@ type Config struct {
 	// If zero, one hour and five minutes.
 	X509TTL time.Duration
 	JWTTTL  time.Duration
+	// JWTIssuer, if set, is the iss of every JWT-SVID: the CA's OIDC
+	// issuer (ca/oidc).
+	JWTIssuer string
 	// MinTTL is the shortest SVID lifetime an entry may ask for. If zero,
 	// one minute.
 	MinTTL time.Duration

@@ -614,7 +614,7 @@ func (s *NodeServer) MintJWTSVID(ctx context.Context, req *agentv1.MintJWTSVIDRe
 		return nil, err
 	}
 	start := time.Now()
-	tok, exp, err := signer.SignJWTSVID(jwtKey, signer.JWTParams{SPIFFEID: e.SPIFFEID, Audience: req.GetAudience(), TTL: ttl, Now: s.cfg.Now()})
+	tok, exp, err := signer.SignJWTSVID(jwtKey, signer.JWTParams{SPIFFEID: e.SPIFFEID, Audience: req.GetAudience(), TTL: ttl, Now: s.cfg.Now(), Issuer: s.cfg.JWTIssuer})
 	if err != nil {
 		return nil, s.cfg.refuse(method, codes.InvalidArgument, audit.Record{Actor: c.id.String(), EntryID: e.ID, SPIFFEID: e.SPIFFEID.String(), Reason: err.Error()})
 	}

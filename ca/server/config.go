@@ -17,6 +17,7 @@ import (
 	"github.com/signet-id/signet/ca/api"
 	"github.com/signet-id/signet/ca/audit"
 	"github.com/signet-id/signet/ca/authority"
+	"github.com/signet-id/signet/ca/oidc"
 	"github.com/signet-id/signet/ca/traffic"
 	"github.com/signet-id/signet/internal/signetid"
 	"github.com/signet-id/signet/internal/tasks"
@@ -110,6 +111,9 @@ type Config struct {
 	// RootActivationTimeout bounds how long a due root activation waits
 	// for every live agent to acknowledge the root. If zero, 24 hours.
 	RootActivationTimeout time.Duration
+	// OIDC, if set, gives JWT-SVIDs an issuer and may publish their keys
+	// for relying parties outside SPIFFE.
+	OIDC *OIDCConfig
 	// Log receives the CA's log. If nil, it is discarded.
 	Log hclog.Logger
 	// ReopenLogs, when it receives, reopens the audit log (after a
@@ -174,6 +178,34 @@ type AuditSink struct {
 	// (spiffe://<td>/signet/ca) as a client certificate (webhook, and
 	// syslog over TLS).
 	PresentSVID bool
+}
+
+// OIDCConfig makes the CA an OpenID Connect issuer of its JWT-SVIDs.
+type OIDCConfig struct {
+	// Issuer is every JWT-SVID's iss, an https URL. Required.
+	Issuer string
+	// ListenAddr, if set, serves the discovery document and the key set
+	// there over HTTPS, with the certificate and key in CertFile and
+	// KeyFile (read again when they change). Without it, something else
+	// must publish them at the issuer (signet bundle show --format jwks).
+	ListenAddr        string
+	CertFile, KeyFile string
+}
+
+func (o *OIDCConfig) validate() error {
+	if o.Issuer == "" {
+		return errors.New("oidc-issuer: required with oidc-listen")
+	}
+	if _, err := oidc.ParseIssuer(o.Issuer); err != nil {
+		return fmt.Errorf("oidc-issuer: %w", err)
+	}
+	if o.ListenAddr != "" && (o.CertFile == "" || o.KeyFile == "") {
+		return errors.New("oidc-tls-cert and oidc-tls-key: required with oidc-listen (the endpoint is HTTPS)")
+	}
+	if o.ListenAddr == "" && (o.CertFile != "" || o.KeyFile != "") {
+		return errors.New("oidc-tls-cert and oidc-tls-key: set, but oidc-listen is not")
+	}
+	return nil
 }
 
 // KubeConfig configures Kubernetes mode: PSAT node attestation, identities
@@ -313,6 +345,11 @@ func (c *Config) Validate() error {
 	}
 	if c.KMS != "" && !strings.HasPrefix(c.KMS, "awskms:") {
 		return errors.New("kms: want an awskms: URI, such as awskms:region=eu-west-1 (the only external KMS this build supports)")
+	}
+	if c.OIDC != nil {
+		if err := c.OIDC.validate(); err != nil {
+			return err
+		}
 	}
 	if c.Kube != nil {
 		return c.Kube.validate(c.TrustDomain)

@@ -35,11 +35,13 @@ import (
 	"github.com/signet-id/signet/ca/api"
 	"github.com/signet-id/signet/ca/audit"
 	"github.com/signet-id/signet/ca/authority"
+	"github.com/signet-id/signet/ca/oidc"
 	"github.com/signet-id/signet/ca/signer"
 	"github.com/signet-id/signet/ca/store"
 	"github.com/signet-id/signet/internal/datadir"
 	"github.com/signet-id/signet/internal/health"
 	"github.com/signet-id/signet/internal/peercred"
+	"github.com/signet-id/signet/internal/publicweb"
 	"github.com/signet-id/signet/internal/signetid"
 	"github.com/signet-id/signet/internal/tasks"
 	"github.com/signet-id/signet/internal/unixsock"
@@ -171,6 +173,9 @@ func build(ctx context.Context, g *tasks.Group, cfg Config) (ready func(), err e
 		Changes: api.NewNotifier(), AgentTTL: cfg.AgentTTL, X509TTL: cfg.X509TTL, JWTTTL: cfg.JWTTTL, MinTTL: cfg.MinSVIDTTL, Log: log.Named("api"),
 		Stopping: ctx.Done(),
 	}
+	if cfg.OIDC != nil {
+		apiCfg.JWTIssuer = cfg.OIDC.Issuer
+	}
 	// Refusals of callers that proved no identity: limited per source, so
 	// that anyone who reaches the port cannot fill the audit log's disk.
 	suppressed := prometheus.NewCounter(prometheus.CounterOpts{Name: "signet_ca_audit_unauthenticated_suppressed_total",
@@ -286,6 +291,10 @@ func build(ctx context.Context, g *tasks.Group, cfg Config) (ready func(), err e
 		log.Info("health/metrics listening", "addr", a)
 	}
 
+	if err := serveOIDC(p, cfg, auth, log); err != nil {
+		return nil, err
+	}
+
 	if cluster != nil {
 		if err := cluster.Start(p, auth); err != nil {
 			return nil, err
@@ -319,6 +328,34 @@ func build(ctx context.Context, g *tasks.Group, cfg Config) (ready func(), err e
 			cfg.Ready(addr)
 		}
 	}, nil
+}
+
+// serveOIDC serves the OIDC discovery document and key set, when
+// configured.
+func serveOIDC(p *tasks.Group, cfg Config, auth *authority.Authority, log hclog.Logger) error {
+	if cfg.OIDC == nil || cfg.OIDC.ListenAddr == "" {
+		return nil
+	}
+	iss, err := oidc.ParseIssuer(cfg.OIDC.Issuer)
+	if err != nil {
+		return err
+	}
+	docs, err := oidc.Documents(iss, func() authority.Bundle { b, _ := auth.Bundle(); return b })
+	if err != nil {
+		return err
+	}
+	kp, err := publicweb.LoadKeyPair(cfg.OIDC.CertFile, cfg.OIDC.KeyFile)
+	if err != nil {
+		return fmt.Errorf("oidc-tls-cert: %w", err)
+	}
+	srv, err := publicweb.Listen(cfg.OIDC.ListenAddr, &tls.Config{GetCertificate: kp.GetCertificate}, publicweb.Handler(docs, oidc.MaxAge))
+	if err != nil {
+		return fmt.Errorf("oidc-listen: %w", err)
+	}
+	p.OnClose(srv.Close)
+	p.Add("OIDC discovery", func(context.Context) error { return srv.Serve() }, srv.Shutdown)
+	log.Info("OIDC discovery listening", "addr", srv.Addr(), "issuer", iss.String())
+	return nil
 }
 
 // metrics is the CA's registry with the process's and the CA keys'

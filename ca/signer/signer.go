@@ -193,6 +193,10 @@ type JWTParams struct {
 	Audience []string
 	TTL      time.Duration
 	Now      time.Time
+	// Issuer, if set, is the token's iss: the CA's OIDC issuer, which
+	// relying parties outside SPIFFE (cloud IAM, the Kubernetes API)
+	// require.
+	Issuer string
 }
 
 // SignJWTSVID signs an ES256 JWT-SVID with key and returns it and its
@@ -221,6 +225,7 @@ func SignJWTSVID(key authority.JWTKey, p JWTParams) (string, time.Time, error) {
 		return "", time.Time{}, fmt.Errorf("signer: %w", err)
 	}
 	claims := jose.Claims{
+		Issuer:   p.Issuer,
 		Subject:  p.SPIFFEID.String(),
 		Audience: jose.Audience(p.Audience),
 		Expiry:   jose.NewNumericDate(exp),

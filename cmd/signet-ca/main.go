@@ -60,6 +60,10 @@ type fileConfig struct {
 	RootActivation  config.Duration   `json:"root-activation-timeout"`
 	KeyType         string            `json:"key-type"`
 	KMS             string            `json:"kms"`
+	OIDCIssuer      string            `json:"oidc-issuer"`
+	OIDCListen      string            `json:"oidc-listen"`
+	OIDCTLSCert     string            `json:"oidc-tls-cert"`
+	OIDCTLSKey      string            `json:"oidc-tls-key"`
 	LogLevel        string            `json:"log-level"`
 	LogJSON         bool              `json:"log-json"`
 
@@ -138,6 +142,10 @@ func register(fs *flag.FlagSet, c *fileConfig) {
 	fs.Var(&c.MinSVIDTTL, "min-svid-ttl", "shortest SVID lifetime the CA accepts, in its settings and in entries (at least 1s)")
 	fs.StringVar(&c.KeyType, "key-type", c.KeyType, "CA key type: ec-p256, ec-p384, rsa-2048, rsa-3072, rsa-4096")
 	fs.StringVar(&c.KMS, "kms", c.KMS, "keep the CA's keys in this KMS, a go.step.sm/crypto/kms URI (awskms:region=REGION); credentials come from the environment")
+	fs.StringVar(&c.OIDCIssuer, "oidc-issuer", c.OIDCIssuer, "OIDC issuer URL (https://HOST[/PATH]): the iss of every JWT-SVID, for cloud IAM and the Kubernetes API")
+	fs.StringVar(&c.OIDCListen, "oidc-listen", c.OIDCListen, "serve the issuer's discovery document and JWT keys (HTTPS, public, read-only) on this address")
+	fs.StringVar(&c.OIDCTLSCert, "oidc-tls-cert", c.OIDCTLSCert, "PEM certificate (chain) of the OIDC endpoint, for the issuer's host; read again when it changes")
+	fs.StringVar(&c.OIDCTLSKey, "oidc-tls-key", c.OIDCTLSKey, "PEM private key of the OIDC endpoint's certificate")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "trace, debug, info, warn or error")
 	fs.BoolVar(&c.LogJSON, "log-json", c.LogJSON, "log as JSON")
 	fs.StringVar(&c.Kubeconfig, "kubeconfig", c.Kubeconfig, "Kubernetes mode, with this kubeconfig file")
@@ -222,6 +230,9 @@ func validate(c fileConfig) (server.Config, hclog.Logger, error) {
 		JWTKeyTTL: time.Duration(c.JWTKeyTTL), AgentTTL: time.Duration(c.AgentTTL), X509TTL: time.Duration(c.X509TTL),
 		JWTTTL: time.Duration(c.JWTTTL), MinSVIDTTL: time.Duration(c.MinSVIDTTL), RootActivationTimeout: time.Duration(c.RootActivation), KeyType: c.KeyType, KMS: c.KMS, Kube: kube,
 		Cluster: clustermode.Build, OpenKMS: awskms.Open,
+	}
+	if c.OIDCIssuer != "" || c.OIDCListen != "" || c.OIDCTLSCert != "" || c.OIDCTLSKey != "" {
+		cfg.OIDC = &server.OIDCConfig{Issuer: c.OIDCIssuer, ListenAddr: c.OIDCListen, CertFile: c.OIDCTLSCert, KeyFile: c.OIDCTLSKey}
 	}
 	if err := cfg.Validate(); err != nil {
 		return server.Config{}, nil, err

@@ -55,6 +55,10 @@ func TestBadConfigNamesTheKey(t *testing.T) {
 		{file: "trust-domain: a.org\ndata-dir: /x\n", args: []string{"--admin-id", "spiffe://a.org/admin"}, want: "admin-listen"},
 		{file: "trust-domain: a.org\ndata-dir: /x\nx509-ttl: 1s\n", want: "x509-ttl: 1s is shorter than min-svid-ttl (1m0s)"},
 		{file: "trust-domain: a.org\ndata-dir: /x\nmin-svid-ttl: 100ms\n", want: "min-svid-ttl"},
+		{file: "trust-domain: a.org\ndata-dir: /x\noidc-issuer: http://oidc.a.org\n", want: "oidc-issuer: \"http://oidc.a.org\": an issuer is an https URL"},
+		{file: "trust-domain: a.org\ndata-dir: /x\noidc-issuer: https://oidc.a.org/\n", want: "trailing slash"},
+		{file: "trust-domain: a.org\ndata-dir: /x\noidc-listen: :8443\n", want: "oidc-issuer: required"},
+		{file: "trust-domain: a.org\ndata-dir: /x\noidc-issuer: https://oidc.a.org\noidc-listen: :8443\n", want: "oidc-tls-cert and oidc-tls-key: required"},
 	} {
 		p := writeConfig(t, tt.file)
 		_, _, err := parse(append([]string{"--config", p}, tt.args...), io.Discard)

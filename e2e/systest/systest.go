@@ -120,6 +120,9 @@ func (ca *CA) Stop() {
 	}
 }
 
+// TrustDomain is the CA's trust domain.
+func (ca *CA) TrustDomain() spiffeid.TrustDomain { return ca.cfg.TrustDomain }
+
 // Roots returns the trust bundle's roots.
 func (ca *CA) Roots() []*x509.Certificate {
 	ca.t.Helper()

@@ -152,3 +152,30 @@ func loadAuthority(dir string) (*authority, error) {
 	}
 	return &authority{cert: cert, key: k.(crypto.Signer)}, nil
 }
+
+// ServingCert makes a new certificate authority and a server certificate
+// it signs for hosts (DNS names or IP addresses), as a web PKI would for a
+// public endpoint: it writes name-ca.crt, name.crt and name.key into dir
+// and returns their paths.
+func ServingCert(dir, name string, hosts ...string) (caFile, certFile, keyFile string, err error) {
+	a, err := newAuthority()
+	if err != nil {
+		return "", "", "", err
+	}
+	l := leaf{cn: name, server: true}
+	for _, h := range hosts {
+		if ip := net.ParseIP(h); ip != nil {
+			l.ips = append(l.ips, ip)
+		} else {
+			l.dns = append(l.dns, h)
+		}
+	}
+	if err := a.issue(dir, name, l); err != nil {
+		return "", "", "", err
+	}
+	caFile = filepath.Join(dir, name+"-ca.crt")
+	if err := writePEM(caFile, "CERTIFICATE", a.cert.Raw); err != nil {
+		return "", "", "", err
+	}
+	return caFile, filepath.Join(dir, name+".crt"), filepath.Join(dir, name+".key"), nil
+}

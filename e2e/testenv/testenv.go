@@ -146,9 +146,19 @@ func freePort() (int, error) {
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
+// Options change how Start runs the control plane.
+type Options struct {
+	// APIServerArgs are added to kube-apiserver's flags (for example
+	// --authentication-config).
+	APIServerArgs []string
+}
+
 // Start starts etcd and kube-apiserver with state in dir and waits until
 // the API server is ready.
-func Start(dir string) (*Cluster, error) {
+func Start(dir string) (*Cluster, error) { return StartWith(dir, Options{}) }
+
+// StartWith is Start with options.
+func StartWith(dir string, opts Options) (*Cluster, error) {
 	bin := BinDir()
 	for _, b := range []string{"etcd", "kube-apiserver"} {
 		if _, err := os.Stat(filepath.Join(bin, b)); err != nil {
@@ -206,7 +216,7 @@ func Start(dir string) (*Cluster, error) {
 		return nil, err
 	}
 	c.procs = append(c.procs, etcd)
-	api, err := startProcess(dir, "kube-apiserver", filepath.Join(bin, "kube-apiserver"),
+	api, err := startProcess(dir, "kube-apiserver", append([]string{filepath.Join(bin, "kube-apiserver"),
 		"--etcd-servers="+etcdURL,
 		"--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", fmt.Sprintf("--secure-port=%d", ports[2]),
 		"--tls-cert-file="+filepath.Join(pki, "apiserver.crt"), "--tls-private-key-file="+filepath.Join(pki, "apiserver.key"),
@@ -216,7 +226,7 @@ func Start(dir string) (*Cluster, error) {
 		"--service-account-key-file="+filepath.Join(pki, "sa.pub"),
 		"--service-account-signing-key-file="+c.SAKeyFile,
 		"--service-cluster-ip-range=10.0.0.0/24", "--endpoint-reconciler-type=none",
-		"--allow-privileged=true", "--profiling=false", "--cert-dir="+filepath.Join(dir, "apiserver-certs"))
+		"--allow-privileged=true", "--profiling=false", "--cert-dir="+filepath.Join(dir, "apiserver-certs")}, opts.APIServerArgs...)...)
 	if err != nil {
 		c.Stop()
 		return nil, err
