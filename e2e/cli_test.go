@@ -11,8 +11,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/signet-id/signet/e2e/systest"
 	"sigs.k8s.io/yaml"
+
+	"github.com/signet-id/signet/e2e/systest"
 )
 
 // signetFails runs the CLI, which must fail, and returns what it said.

@@ -217,16 +217,16 @@ func StartWith(dir string, opts Options) (*Cluster, error) {
 	}
 	c.procs = append(c.procs, etcd)
 	api, err := startProcess(dir, "kube-apiserver", append([]string{filepath.Join(bin, "kube-apiserver"),
-		"--etcd-servers="+etcdURL,
+		"--etcd-servers=" + etcdURL,
 		"--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", fmt.Sprintf("--secure-port=%d", ports[2]),
-		"--tls-cert-file="+filepath.Join(pki, "apiserver.crt"), "--tls-private-key-file="+filepath.Join(pki, "apiserver.key"),
-		"--client-ca-file="+c.CAFile, "--token-auth-file="+tokens,
+		"--tls-cert-file=" + filepath.Join(pki, "apiserver.crt"), "--tls-private-key-file=" + filepath.Join(pki, "apiserver.key"),
+		"--client-ca-file=" + c.CAFile, "--token-auth-file=" + tokens,
 		"--authorization-mode=Node,RBAC",
-		"--service-account-issuer="+Issuer,
-		"--service-account-key-file="+filepath.Join(pki, "sa.pub"),
-		"--service-account-signing-key-file="+c.SAKeyFile,
+		"--service-account-issuer=" + Issuer,
+		"--service-account-key-file=" + filepath.Join(pki, "sa.pub"),
+		"--service-account-signing-key-file=" + c.SAKeyFile,
 		"--service-cluster-ip-range=10.0.0.0/24", "--endpoint-reconciler-type=none",
-		"--allow-privileged=true", "--profiling=false", "--cert-dir="+filepath.Join(dir, "apiserver-certs")}, opts.APIServerArgs...)...)
+		"--allow-privileged=true", "--profiling=false", "--cert-dir=" + filepath.Join(dir, "apiserver-certs")}, opts.APIServerArgs...)...)
 	if err != nil {
 		c.Stop()
 		return nil, err
