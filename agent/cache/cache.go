@@ -8,6 +8,7 @@ import (
 	"crypto"
 	"crypto/x509"
 	"encoding/json"
+	"fmt"
 	"math/rand/v2"
 	"sort"
 	"strings"
@@ -52,6 +53,32 @@ func NewBundle(td spiffeid.TrustDomain, roots []*x509.Certificate, jwtKeys map[s
 		b.JWKS, _ = json.Marshal(map[string]any{"keys": []any{}})
 	}
 	return b, nil
+}
+
+// BundleFromProto converts a bundle from the CA (a federated trust
+// domain's: this one's goes through the agent's own checks).
+func BundleFromProto(pb *typesv1.Bundle) (*Bundle, error) {
+	td, err := spiffeid.TrustDomainFromString(pb.GetTrustDomain())
+	if err != nil {
+		return nil, err
+	}
+	var roots []*x509.Certificate
+	for _, der := range pb.GetX509Authorities() {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			return nil, fmt.Errorf("X.509 authority: %w", err)
+		}
+		roots = append(roots, c)
+	}
+	keys := map[string]crypto.PublicKey{}
+	for _, k := range pb.GetJwtAuthorities() {
+		pub, err := x509.ParsePKIXPublicKey(k.GetPublicKey())
+		if err != nil {
+			return nil, fmt.Errorf("JWT authority %q: %w", k.GetKeyId(), err)
+		}
+		keys[k.GetKeyId()] = pub
+	}
+	return NewBundle(td, roots, keys, pb.GetSequence())
 }
 
 // SVID is an X509-SVID and its private key, kept in wire form only: with
@@ -99,6 +126,9 @@ type Item struct {
 // Snapshot is the cache's state at one moment. It is immutable.
 type Snapshot struct {
 	Bundle *Bundle
+	// Federated are the federated trust domains' bundles; a workload gets
+	// those its entries federate with (FederatedFor).
+	Federated map[spiffeid.TrustDomain]*Bundle
 	// Policies are the access policies of this node's workloads.
 	Policies []*typesv1.AccessPolicy
 	// Revocations are the revocations in force in the trust domain, and
@@ -137,6 +167,24 @@ func (s *Snapshot) Memo(key string, fn func() any) any {
 	s.memo[key] = v
 	s.mu.Unlock()
 	return v
+}
+
+// FederatedFor returns the federated bundles that entries federate with
+// and the agent holds, sorted by trust domain. A trust domain without a
+// bundle is left out; the entries work without it.
+func (s *Snapshot) FederatedFor(entries []entry.Entry) []*Bundle {
+	var out []*Bundle
+	seen := map[spiffeid.TrustDomain]bool{}
+	for _, e := range entries {
+		for _, td := range e.FederatesWith {
+			if b := s.Federated[td]; b != nil && !seen[td] {
+				seen[td] = true
+				out = append(out, b)
+			}
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].TrustDomain.Name() < out[j].TrustDomain.Name() })
+	return out
 }
 
 // UsesKey reports whether any entry has a selector of this type and key,
@@ -229,6 +277,7 @@ type Cache struct {
 	mu       sync.Mutex
 	items    map[string]*Item
 	bundle   *Bundle
+	fed      map[spiffeid.TrustDomain]*Bundle
 	policies []*typesv1.AccessPolicy
 	revs     []*typesv1.Revocation
 	denyList string
@@ -274,7 +323,7 @@ func (c *Cache) publishLocked() {
 			keys[sel.Type+":"+sel.Key()] = true
 		}
 	}
-	c.snap = &Snapshot{Bundle: c.bundle, Policies: c.policies, Revocations: c.revs, DenyList: c.denyList, Items: items, Synced: c.synced, keys: keys}
+	c.snap = &Snapshot{Bundle: c.bundle, Federated: c.fed, Policies: c.policies, Revocations: c.revs, DenyList: c.denyList, Items: items, Synced: c.synced, keys: keys}
 	close(c.changed)
 	c.changed = make(chan struct{})
 }
@@ -296,6 +345,9 @@ type Update struct {
 	PodsDeleted []string
 	// Bundle, if not nil, replaces the bundle.
 	Bundle *Bundle
+	// Federated replaces the federated bundles when FederatedSet.
+	Federated    map[spiffeid.TrustDomain]*Bundle
+	FederatedSet bool
 	// Policies replace the access policies when PoliciesSet.
 	Policies    []*typesv1.AccessPolicy
 	PoliciesSet bool
@@ -345,6 +397,9 @@ func (c *Cache) Apply(u Update) {
 	}
 	if u.PoliciesSet {
 		c.policies = u.Policies
+	}
+	if u.FederatedSet {
+		c.fed = u.Federated
 	}
 	if u.RevocationsSet {
 		c.revs, c.denyList = u.Revocations, u.DenyList

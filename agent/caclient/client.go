@@ -564,6 +564,9 @@ func (m *Client) applySync(msg *agentv1.SyncResponse) {
 			u.Bundle = b
 		}
 	}
+	if msg.GetFederatedBundlesSet() {
+		u.Federated, u.FederatedSet = m.federatedBundles(msg.GetFederatedBundles()), true
+	}
 	m.cache.Apply(u)
 	if u.RevocationsSet {
 		m.renewIfRevoked(u.Revocations)
@@ -591,6 +594,24 @@ func (m *Client) podEntries(pbs []*typesv1.Entry) []entry.Entry {
 			continue
 		}
 		out = append(out, e)
+	}
+	return out
+}
+
+// federatedBundles reads the federated trust domains' bundles, leaving
+// out (with a warning) any that is invalid or claims this trust domain.
+func (m *Client) federatedBundles(pbs []*typesv1.Bundle) map[spiffeid.TrustDomain]*cache.Bundle {
+	out := map[spiffeid.TrustDomain]*cache.Bundle{}
+	for _, pb := range pbs {
+		b, err := cache.BundleFromProto(pb)
+		if err == nil && b.TrustDomain == m.cfg.TrustDomain {
+			err = errors.New("it claims this trust domain")
+		}
+		if err != nil {
+			m.log.Warn("ignoring a federated bundle from the CA", "trust_domain", pb.GetTrustDomain(), "error", err)
+			continue
+		}
+		out[b.TrustDomain] = b
 	}
 	return out
 }

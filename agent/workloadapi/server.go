@@ -7,6 +7,7 @@ package workloadapi
 import (
 	"context"
 	"errors"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -264,6 +265,7 @@ func (h *Handler) FetchX509SVID(_ *workload.X509SVIDRequest, stream workload.Spi
 		return err
 	}
 	var sent []*cache.Item
+	var sentFed []*cache.Bundle
 	var completed <-chan caller
 	for {
 		items := snap.Match(c.selectors)
@@ -271,8 +273,9 @@ func (h *Handler) FetchX509SVID(_ *workload.X509SVIDRequest, stream workload.Spi
 			// The caller's identities went away (or were replaced).
 			return h.noIdentity(c, event, snap.MatchEntries(c.selectors))
 		}
-		if !sameItems(items, sent) {
-			wire, err := x509Response(snap, c.selectors, items)
+		fed := snap.FederatedFor(itemEntries(items))
+		if !sameItems(items, sent) || !slices.Equal(fed, sentFed) {
+			wire, err := x509Response(snap, c.selectors, items, fed)
 			if err != nil {
 				return status.Error(codes.Internal, "marshal response")
 			}
@@ -280,7 +283,7 @@ func (h *Handler) FetchX509SVID(_ *workload.X509SVIDRequest, stream workload.Spi
 				return err
 			}
 			h.grant(c, event, ids(items))
-			sent = items
+			sent, sentFed = items, fed
 			if c.partial && completed == nil {
 				// The caller has its pod's identities; learn its container
 				// too, for entries that select on it, for as long as the
@@ -390,23 +393,33 @@ func (h *Handler) completeLater(ctx context.Context, c caller, event string, ids
 	return out
 }
 
-// FetchX509Bundles implements the Workload API.
+// FetchX509Bundles implements the Workload API: the trust domain's bundle
+// and the federated bundles of the caller's entries.
 func (h *Handler) FetchX509Bundles(_ *workload.X509BundlesRequest, stream workload.SpiffeWorkloadAPI_FetchX509BundlesServer) error {
-	return h.streamBundles(stream.Context(), "workload.fetch_x509_bundles", func(b *cache.Bundle) error {
-		return stream.Send(&workload.X509BundlesResponse{Bundles: map[string][]byte{b.TrustDomain.IDString(): b.X509DER}})
+	return h.streamBundles(stream.Context(), "workload.fetch_x509_bundles", func(bs []*cache.Bundle) error {
+		m := make(map[string][]byte, len(bs))
+		for _, b := range bs {
+			m[b.TrustDomain.IDString()] = b.X509DER
+		}
+		return stream.Send(&workload.X509BundlesResponse{Bundles: m})
 	})
 }
 
-// FetchJWTBundles implements the Workload API.
+// FetchJWTBundles implements the Workload API, as FetchX509Bundles.
 func (h *Handler) FetchJWTBundles(_ *workload.JWTBundlesRequest, stream workload.SpiffeWorkloadAPI_FetchJWTBundlesServer) error {
-	return h.streamBundles(stream.Context(), "workload.fetch_jwt_bundles", func(b *cache.Bundle) error {
-		return stream.Send(&workload.JWTBundlesResponse{Bundles: map[string][]byte{b.TrustDomain.IDString(): b.JWKS}})
+	return h.streamBundles(stream.Context(), "workload.fetch_jwt_bundles", func(bs []*cache.Bundle) error {
+		m := make(map[string][]byte, len(bs))
+		for _, b := range bs {
+			m[b.TrustDomain.IDString()] = b.JWKS
+		}
+		return stream.Send(&workload.JWTBundlesResponse{Bundles: m})
 	})
 }
 
-// streamBundles sends the bundle to an attested caller that has an identity,
-// and again whenever it changes.
-func (h *Handler) streamBundles(ctx context.Context, event string, send func(*cache.Bundle) error) error {
+// streamBundles sends the bundles to an attested caller that has an
+// identity (the trust domain's first, then the federated ones its entries
+// name), and again whenever they change.
+func (h *Handler) streamBundles(ctx context.Context, event string, send func([]*cache.Bundle) error) error {
 	c, err := h.attest(ctx, event)
 	if err != nil {
 		return err
@@ -415,18 +428,20 @@ func (h *Handler) streamBundles(ctx context.Context, event string, send func(*ca
 	if err != nil {
 		return err
 	}
-	var sent *cache.Bundle
+	var sent []*cache.Bundle
 	for {
-		if len(snap.MatchEntries(c.selectors)) == 0 {
+		entries := snap.MatchEntries(c.selectors)
+		if len(entries) == 0 {
 			h.refuse(c, event, "no entry matches the caller's selectors")
 			return errNoIdentity
 		}
-		if snap.Bundle != sent {
-			if err := send(snap.Bundle); err != nil {
+		bundles := append([]*cache.Bundle{snap.Bundle}, snap.FederatedFor(entries)...)
+		if !slices.Equal(bundles, sent) {
+			if err := send(bundles); err != nil {
 				return err
 			}
 			h.grant(c, event, nil)
-			sent = snap.Bundle
+			sent = bundles
 		}
 		select {
 		case <-ctx.Done():
@@ -519,8 +534,12 @@ func (h *Handler) ValidateJWTSVID(ctx context.Context, req *workload.ValidateJWT
 		return nil, status.Error(codes.InvalidArgument, "svid must be specified")
 	}
 	snap, _ := h.cfg.Cache.Snapshot()
-	b := snap.Bundle
-	svid, err := jwtsvid.ParseAndValidate(req.GetSvid(), jwtbundle.FromJWTAuthorities(b.TrustDomain, b.JWTKeys), []string{req.GetAudience()})
+	// Tokens of this trust domain, and of every federated one.
+	set := jwtbundle.NewSet(jwtbundle.FromJWTAuthorities(snap.Bundle.TrustDomain, snap.Bundle.JWTKeys))
+	for _, fb := range snap.Federated {
+		set.Add(jwtbundle.FromJWTAuthorities(fb.TrustDomain, fb.JWTKeys))
+	}
+	svid, err := jwtsvid.ParseAndValidate(req.GetSvid(), set, []string{req.GetAudience()})
 	if err != nil {
 		reason := strings.TrimPrefix(err.Error(), "jwtsvid: ")
 		h.refuse(c, event, "invalid JWT-SVID: "+reason)
@@ -534,9 +553,17 @@ func (h *Handler) ValidateJWTSVID(ctx context.Context, req *workload.ValidateJWT
 	return &workload.ValidateJWTSVIDResponse{SpiffeId: svid.ID.String(), Claims: claims}, nil
 }
 
+func itemEntries(items []*cache.Item) []entry.Entry {
+	out := make([]entry.Entry, len(items))
+	for i, it := range items {
+		out[i] = it.Entry
+	}
+	return out
+}
+
 // x509Response is the marshaled FetchX509SVID answer for items, memoized in
 // the snapshot per selector set.
-func x509Response(snap *cache.Snapshot, sels []selector.Selector, items []*cache.Item) (wireMessage, error) {
+func x509Response(snap *cache.Snapshot, sels []selector.Selector, items []*cache.Item, fed []*cache.Bundle) (wireMessage, error) {
 	var key strings.Builder
 	key.WriteString("x509svid")
 	for _, s := range selector.Canonical(sels) {
@@ -551,6 +578,12 @@ func x509Response(snap *cache.Snapshot, sels []selector.Selector, items []*cache
 		resp := &workload.X509SVIDResponse{Svids: make([]*workload.X509SVID, len(items))}
 		for i, it := range items {
 			resp.Svids[i] = it.Proto
+		}
+		if len(fed) > 0 {
+			resp.FederatedBundles = make(map[string][]byte, len(fed))
+			for _, b := range fed {
+				resp.FederatedBundles[b.TrustDomain.IDString()] = b.X509DER
+			}
 		}
 		b, err := proto.Marshal(resp)
 		return result{wireMessage(b), err}

@@ -81,10 +81,25 @@ type Config struct {
 	// the replicas: Leases in Kubernetes (ca/cluster.LeaseAcks). If nil,
 	// Store.
 	Acks AckStore
+	// Federations are the trust domains this one federates with: their
+	// bundles go to agents on Sync. If nil, there are none (and the admin
+	// API refuses to create any).
+	Federations Federations
 	// revCache, set by setDefaults, keeps the store's revocations between
 	// its changes.
 	revCache    *revocationCache
 	ClusterName string
+}
+
+// Federations keeps the federated trust domains (ca/federation.Fetcher).
+type Federations interface {
+	Put(ctx context.Context, f *typesv1.FederatedTrustDomain) (*typesv1.FederatedTrustDomain, error)
+	Delete(ctx context.Context, td string) error
+	List(ctx context.Context) ([]*typesv1.FederatedTrustDomain, error)
+	// Bundles returns the fetched bundles and a key that changes with
+	// them; Changed is closed when they change.
+	Bundles() ([]*typesv1.Bundle, string)
+	Changed() <-chan struct{}
 }
 
 // PSATAttestor verifies a Kubernetes projected service-account token for

@@ -642,6 +642,7 @@ func (s *NodeServer) Sync(req *agentv1.SyncRequest, stream agentv1.Node_SyncServ
 	storeIDs := map[string]spiffeid.ID{} // entry ID -> SPIFFE ID the agent holds
 	sentPolicies := "\x00"               // none sent yet
 	sentRevocations := "\x00"
+	sentFederated := "\x00"
 	for {
 		entriesChanged := s.cfg.Changes.Wait()
 		var podsChanged, clusterChanged, policiesChanged, revocationsChanged <-chan struct{}
@@ -655,6 +656,7 @@ func (s *NodeServer) Sync(req *agentv1.SyncRequest, stream agentv1.Node_SyncServ
 			revocationsChanged = s.cfg.Revocations.Changed()
 		}
 		bundle, bundleChanged := s.cfg.Authority.Bundle()
+		federated, federatedKey, federatedChanged := s.cfg.federatedBundles()
 		ch, err := s.cfg.Store.EntriesSince(ctx, c.id.String(), rev)
 		if err != nil {
 			return s.cfg.internal(ctx, "sync entries", err)
@@ -702,8 +704,11 @@ func (s *NodeServer) Sync(req *agentv1.SyncRequest, stream agentv1.Node_SyncServ
 			}
 			msg.Revocations, msg.RevocationsSet, msg.DenyList, sentRevocations = revs, true, deny, key
 		}
+		if federatedKey != sentFederated {
+			msg.FederatedBundles, msg.FederatedBundlesSet, sentFederated = federated, true, federatedKey
+		}
 		if first || ch.Full || len(msg.Entries) > 0 || len(msg.DeletedEntryIds) > 0 || msg.Bundle != nil ||
-			len(msg.PodEntries) > 0 || len(msg.DeletedPodEntryIds) > 0 || msg.PoliciesSet || msg.RevocationsSet {
+			len(msg.PodEntries) > 0 || len(msg.DeletedPodEntryIds) > 0 || msg.PoliciesSet || msg.RevocationsSet || msg.FederatedBundlesSet {
 			if err := stream.Send(msg); err != nil {
 				return err
 			}
@@ -720,6 +725,7 @@ func (s *NodeServer) Sync(req *agentv1.SyncRequest, stream agentv1.Node_SyncServ
 		case <-policiesChanged:
 		case <-revocationsChanged:
 		case <-bundleChanged:
+		case <-federatedChanged:
 		case <-time.After(resyncInterval):
 		}
 		// An agent evicted while its stream is open loses the stream.
@@ -777,7 +783,8 @@ func podDiff(msg *agentv1.SyncResponse, cur []entry.Entry, sent map[string]entry
 }
 
 func samePodEntry(a, b entry.Entry) bool {
-	return a.SPIFFEID == b.SPIFFEID && a.X509TTL == b.X509TTL && a.JWTTTL == b.JWTTTL && slices.Equal(a.DNSNames, b.DNSNames)
+	return a.SPIFFEID == b.SPIFFEID && a.X509TTL == b.X509TTL && a.JWTTTL == b.JWTTTL && slices.Equal(a.DNSNames, b.DNSNames) &&
+		slices.Equal(a.FederatesWith, b.FederatesWith)
 }
 
 // nodePolicies returns the access policies whose targets match an identity

@@ -36,6 +36,12 @@ const (
 	// credentials, or withdrew a revocation.
 	RevocationCreate = "revocation.create"
 	RevocationDelete = "revocation.delete"
+	// FederationPut and FederationDelete: an operator federated with a
+	// trust domain (or changed how), or stopped. FederationBundle is a
+	// federated trust domain's bundle that changed when it was fetched.
+	FederationPut    = "federation.put"
+	FederationDelete = "federation.delete"
+	FederationBundle = "federation.bundle"
 	// AuthzDeny is one call a service refused; AuthzAllow a count of the
 	// calls it allowed a peer in a minute; AuthzDropped records a service
 	// lost (full buffer).
@@ -80,12 +86,16 @@ type Record struct {
 	// the minute from Window).
 	Policy string `json:"policy,omitempty"`
 	// Revocation is a revocation's ID.
-	Revocation string    `json:"revocation,omitempty"`
-	Peer       string    `json:"peer,omitempty"`
-	Method     string    `json:"method,omitempty"`
-	Count      int64     `json:"count,omitempty"`
-	Window     time.Time `json:"window,omitzero"`
-	Dropped    int64     `json:"dropped,omitempty"`
+	Revocation string `json:"revocation,omitempty"`
+	// TrustDomain is a federated trust domain, and URL its bundle
+	// endpoint.
+	TrustDomain string    `json:"trust_domain,omitempty"`
+	URL         string    `json:"url,omitempty"`
+	Peer        string    `json:"peer,omitempty"`
+	Method      string    `json:"method,omitempty"`
+	Count       int64     `json:"count,omitempty"`
+	Window      time.Time `json:"window,omitzero"`
+	Dropped     int64     `json:"dropped,omitempty"`
 	// Key describes a CA key event: kind, id, state, expiry and, for a key
 	// in a KMS, its name there (never key material).
 	Key *KeyInfo `json:"key,omitempty"`

@@ -17,6 +17,7 @@ import (
 	"github.com/signet-id/signet/ca/api"
 	"github.com/signet-id/signet/ca/audit"
 	"github.com/signet-id/signet/ca/authority"
+	"github.com/signet-id/signet/ca/federation"
 	"github.com/signet-id/signet/ca/oidc"
 	"github.com/signet-id/signet/ca/traffic"
 	"github.com/signet-id/signet/internal/signetid"
@@ -114,6 +115,10 @@ type Config struct {
 	// OIDC, if set, gives JWT-SVIDs an issuer and may publish their keys
 	// for relying parties outside SPIFFE.
 	OIDC *OIDCConfig
+	// Federation, if set, serves this trust domain's bundle at a SPIFFE
+	// bundle endpoint. The CA fetches federated trust domains' bundles
+	// whether or not it is set.
+	Federation *FederationConfig
 	// Log receives the CA's log. If nil, it is discarded.
 	Log hclog.Logger
 	// ReopenLogs, when it receives, reopens the audit log (after a
@@ -204,6 +209,31 @@ func (o *OIDCConfig) validate() error {
 	}
 	if o.ListenAddr == "" && (o.CertFile != "" || o.KeyFile != "") {
 		return errors.New("oidc-tls-cert and oidc-tls-key: set, but oidc-listen is not")
+	}
+	return nil
+}
+
+// FederationConfig serves the SPIFFE bundle endpoint.
+type FederationConfig struct {
+	// ListenAddr serves the bundle over HTTPS. Required.
+	ListenAddr string
+	// CertFile and KeyFile, if set, make the endpoint https_web with that
+	// certificate (read again when it changes); else it is https_spiffe,
+	// with the CA's own SVID (spiffe://<td>/signet/ca).
+	CertFile, KeyFile string
+	// RefreshHint is the bundle's refresh hint. If zero, five minutes.
+	RefreshHint time.Duration
+}
+
+func (f *FederationConfig) validate() error {
+	if f.ListenAddr == "" {
+		return errors.New("federation-listen: required with federation-tls-cert, federation-tls-key or federation-refresh-hint")
+	}
+	if (f.CertFile == "") != (f.KeyFile == "") {
+		return errors.New("federation-tls-cert and federation-tls-key: set both (https_web) or neither (https_spiffe)")
+	}
+	if f.RefreshHint < 0 || f.RefreshHint > 24*time.Hour {
+		return errors.New("federation-refresh-hint: between 1s and 24h")
 	}
 	return nil
 }
@@ -345,6 +375,14 @@ func (c *Config) Validate() error {
 	}
 	if c.KMS != "" && !strings.HasPrefix(c.KMS, "awskms:") {
 		return errors.New("kms: want an awskms: URI, such as awskms:region=eu-west-1 (the only external KMS this build supports)")
+	}
+	if c.Federation != nil {
+		if err := c.Federation.validate(); err != nil {
+			return err
+		}
+		if c.Federation.RefreshHint == 0 {
+			c.Federation.RefreshHint = federation.DefaultRefreshHint
+		}
 	}
 	if c.OIDC != nil {
 		if err := c.OIDC.validate(); err != nil {

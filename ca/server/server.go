@@ -35,6 +35,7 @@ import (
 	"github.com/signet-id/signet/ca/api"
 	"github.com/signet-id/signet/ca/audit"
 	"github.com/signet-id/signet/ca/authority"
+	"github.com/signet-id/signet/ca/federation"
 	"github.com/signet-id/signet/ca/oidc"
 	"github.com/signet-id/signet/ca/signer"
 	"github.com/signet-id/signet/ca/store"
@@ -47,6 +48,7 @@ import (
 	"github.com/signet-id/signet/internal/unixsock"
 	adminv1 "github.com/signet-id/signet/proto/signet/admin/v1"
 	agentv1 "github.com/signet-id/signet/proto/signet/agent/v1"
+	typesv1 "github.com/signet-id/signet/proto/signet/types/v1"
 )
 
 // auditDiskFree reports the free space of the audit log's filesystem, so
@@ -185,6 +187,20 @@ func build(ctx context.Context, g *tasks.Group, cfg Config) (ready func(), err e
 	p.Add("audit limiter", func(ctx context.Context) error { apiCfg.Unauthenticated.Run(ctx); return nil }, nil)
 	if cluster != nil {
 		cluster.Configure(&apiCfg)
+	} else {
+		fetcher := federation.NewFetcher(st, log.Named("federation"))
+		fetcher.OnBundle = func(td string, b *typesv1.Bundle) {
+			rec := audit.Record{Event: audit.FederationBundle, Actor: "signet-ca", TrustDomain: td, Result: audit.Success,
+				Reason: fmt.Sprintf("%d X.509 authorities, %d JWT authorities", len(b.GetX509Authorities()), len(b.GetJwtAuthorities()))}
+			if err := auditLog.Write(rec); err != nil {
+				log.Error("could not write the audit record of a federated bundle", "trust_domain", td, "error", err)
+			}
+		}
+		if err := fetcher.Load(ctx); err != nil {
+			return nil, err
+		}
+		apiCfg.Federations = fetcher
+		p.Add("federation", func(ctx context.Context) error { fetcher.Run(ctx); return nil }, nil)
 	}
 	if !cfg.NoTrafficDetector {
 		var ct ClusterTraffic
@@ -294,6 +310,9 @@ func build(ctx context.Context, g *tasks.Group, cfg Config) (ready func(), err e
 	if err := serveOIDC(p, cfg, auth, log); err != nil {
 		return nil, err
 	}
+	if err := serveBundleEndpoint(p, cfg, auth, certs, log); err != nil {
+		return nil, err
+	}
 
 	if cluster != nil {
 		if err := cluster.Start(p, auth); err != nil {
@@ -355,6 +374,34 @@ func serveOIDC(p *tasks.Group, cfg Config, auth *authority.Authority, log hclog.
 	p.OnClose(srv.Close)
 	p.Add("OIDC discovery", func(context.Context) error { return srv.Serve() }, srv.Shutdown)
 	log.Info("OIDC discovery listening", "addr", srv.Addr(), "issuer", iss.String())
+	return nil
+}
+
+// serveBundleEndpoint serves this trust domain's bundle at its SPIFFE
+// bundle endpoint, when configured: https_web with the configured
+// certificate, else https_spiffe with the CA's own SVID.
+func serveBundleEndpoint(p *tasks.Group, cfg Config, auth *authority.Authority, certs *servingCert, log hclog.Logger) error {
+	fc := cfg.Federation
+	if fc == nil {
+		return nil
+	}
+	tlsCfg := &tls.Config{GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return certs.get() }}
+	profile := federation.ProfileSPIFFE
+	if fc.CertFile != "" {
+		kp, err := publicweb.LoadKeyPair(fc.CertFile, fc.KeyFile)
+		if err != nil {
+			return fmt.Errorf("federation-tls-cert: %w", err)
+		}
+		tlsCfg, profile = &tls.Config{GetCertificate: kp.GetCertificate}, federation.ProfileWeb
+	}
+	docs := federation.EndpointDocuments(func() authority.Bundle { b, _ := auth.Bundle(); return b }, fc.RefreshHint)
+	srv, err := publicweb.Listen(fc.ListenAddr, tlsCfg, publicweb.Handler(docs, 0))
+	if err != nil {
+		return fmt.Errorf("federation-listen: %w", err)
+	}
+	p.OnClose(srv.Close)
+	p.Add("bundle endpoint", func(context.Context) error { return srv.Serve() }, srv.Shutdown)
+	log.Info("SPIFFE bundle endpoint listening", "addr", srv.Addr(), "profile", profile, "endpoint_spiffe_id", signetid.CA(cfg.TrustDomain).String())
 	return nil
 }
 

@@ -33,7 +33,7 @@ func (s *Store) CreateEntries(ctx context.Context, entries []entry.Entry, now ti
 		if err != nil {
 			return err
 		}
-		ins, err := tx.PrepareContext(ctx, `INSERT INTO entries (id, spiffe_id, parent_id, selectors, selector_key, x509_ttl, jwt_ttl, dns_names, workload_key, revision, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
+		ins, err := tx.PrepareContext(ctx, `INSERT INTO entries (id, spiffe_id, parent_id, selectors, selector_key, x509_ttl, jwt_ttl, dns_names, workload_key, revision, created_at, federates_with) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
 		if err != nil {
 			return err
 		}
@@ -66,8 +66,13 @@ func (s *Store) CreateEntries(ctx context.Context, entries []entry.Entry, now ti
 func insertEntry(ctx context.Context, ins, insSel *sql.Stmt, e entry.Entry) error {
 	sels, _ := json.Marshal(selectorStrings(e.Selectors))
 	dns, _ := json.Marshal(nonNil(e.DNSNames))
+	fed := []string{}
+	for _, td := range e.FederatesWith {
+		fed = append(fed, td.Name())
+	}
+	feds, _ := json.Marshal(fed)
 	_, err := ins.ExecContext(ctx, e.ID, e.SPIFFEID.String(), e.ParentID.String(), string(sels), e.SelectorKey(),
-		int64(e.X509TTL/time.Second), int64(e.JWTTTL/time.Second), string(dns), e.WorkloadKey, e.Revision, unix(e.CreatedAt))
+		int64(e.X509TTL/time.Second), int64(e.JWTTTL/time.Second), string(dns), e.WorkloadKey, e.Revision, unix(e.CreatedAt), string(feds))
 	if err != nil {
 		if isUniqueViolation(err) {
 			return &ConflictError{Msg: fmt.Sprintf("an entry for %s under %s with the same selectors already exists", e.SPIFFEID, e.ParentID)}
@@ -90,7 +95,7 @@ func (s *Store) UpdateEntries(ctx context.Context, entries []entry.Entry, now ti
 		if err != nil {
 			return err
 		}
-		ins, err := tx.PrepareContext(ctx, `INSERT INTO entries (id, spiffe_id, parent_id, selectors, selector_key, x509_ttl, jwt_ttl, dns_names, workload_key, revision, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
+		ins, err := tx.PrepareContext(ctx, `INSERT INTO entries (id, spiffe_id, parent_id, selectors, selector_key, x509_ttl, jwt_ttl, dns_names, workload_key, revision, created_at, federates_with) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
 		if err != nil {
 			return err
 		}
@@ -167,17 +172,17 @@ func (s *Store) DeleteEntries(ctx context.Context, ids []string, now time.Time) 
 	return deleted, nil
 }
 
-const entryColumns = `id, spiffe_id, parent_id, selectors, x509_ttl, jwt_ttl, dns_names, workload_key, revision, created_at`
+const entryColumns = `id, spiffe_id, parent_id, selectors, x509_ttl, jwt_ttl, dns_names, workload_key, revision, created_at, federates_with`
 
 type scanner interface{ Scan(...any) error }
 
 func scanEntry(row scanner) (entry.Entry, error) {
 	var (
 		e                          entry.Entry
-		id, parent, sels, dns      string
-		x509TTL, jwtTTL, createdAt int64
+		id, parent, sels, dns, feds string
+		x509TTL, jwtTTL, createdAt  int64
 	)
-	if err := row.Scan(&e.ID, &id, &parent, &sels, &x509TTL, &jwtTTL, &dns, &e.WorkloadKey, &e.Revision, &createdAt); err != nil {
+	if err := row.Scan(&e.ID, &id, &parent, &sels, &x509TTL, &jwtTTL, &dns, &e.WorkloadKey, &e.Revision, &createdAt, &feds); err != nil {
 		return entry.Entry{}, err
 	}
 	var err error
@@ -200,6 +205,17 @@ func scanEntry(row scanner) (entry.Entry, error) {
 	}
 	if len(e.DNSNames) == 0 {
 		e.DNSNames = nil
+	}
+	var fed []string
+	if err := json.Unmarshal([]byte(feds), &fed); err != nil {
+		return entry.Entry{}, fmt.Errorf("entry %s: stored federates_with: %w", e.ID, err)
+	}
+	for _, n := range fed {
+		td, err := spiffeid.TrustDomainFromString(n)
+		if err != nil {
+			return entry.Entry{}, fmt.Errorf("entry %s: stored federates_with: %w", e.ID, err)
+		}
+		e.FederatesWith = append(e.FederatesWith, td)
 	}
 	e.X509TTL = time.Duration(x509TTL) * time.Second
 	e.JWTTTL = time.Duration(jwtTTL) * time.Second

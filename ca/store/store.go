@@ -192,6 +192,15 @@ CREATE TABLE anomalies (
 );
 CREATE INDEX anomalies_at ON anomalies (at);
 `,
+	// 8: federation: the trust domains an entry federates with, and the
+	// federated trust domains with their last fetched bundles.
+	`
+ALTER TABLE entries ADD COLUMN federates_with TEXT NOT NULL DEFAULT '[]';
+CREATE TABLE federations (
+	trust_domain TEXT PRIMARY KEY,
+	federation BLOB NOT NULL
+);
+`,
 }
 
 func (s *Store) migrate(ctx context.Context) error {

@@ -34,38 +34,42 @@ import (
 // fileConfig holds every setting; its json tags are both the config file
 // keys and the flag names.
 type fileConfig struct {
-	TrustDomain     string            `json:"trust-domain"`
-	DataDir         string            `json:"data-dir"`
-	Listen          string            `json:"listen"`
-	AdminSocket     string            `json:"admin-socket"`
-	AdminListen     string            `json:"admin-listen"`
-	AdminID         config.StringList `json:"admin-id"`
-	HealthAddr      string            `json:"health-addr"`
-	MetricsAddr     string            `json:"metrics-addr"`
-	AuditLog        string            `json:"audit-log"`
-	AuditWebhook    config.StringList `json:"audit-webhook"`
-	AuditSyslog     config.StringList `json:"audit-syslog"`
-	AuditSinkCA     string            `json:"audit-sink-ca"`
-	AuditSinkSVID   bool              `json:"audit-sink-svid"`
-	AuditSpoolMaxMi int64             `json:"audit-spool-max-mib"`
-	TrafficLearn    config.Duration   `json:"traffic-learn"`
-	TrafficDetector bool              `json:"traffic-detector"`
-	RootTTL         config.Duration   `json:"root-ttl"`
-	IntermediateTTL config.Duration   `json:"intermediate-ttl"`
-	JWTKeyTTL       config.Duration   `json:"jwt-key-ttl"`
-	AgentTTL        config.Duration   `json:"agent-ttl"`
-	X509TTL         config.Duration   `json:"x509-ttl"`
-	JWTTTL          config.Duration   `json:"jwt-ttl"`
-	MinSVIDTTL      config.Duration   `json:"min-svid-ttl"`
-	RootActivation  config.Duration   `json:"root-activation-timeout"`
-	KeyType         string            `json:"key-type"`
-	KMS             string            `json:"kms"`
-	OIDCIssuer      string            `json:"oidc-issuer"`
-	OIDCListen      string            `json:"oidc-listen"`
-	OIDCTLSCert     string            `json:"oidc-tls-cert"`
-	OIDCTLSKey      string            `json:"oidc-tls-key"`
-	LogLevel        string            `json:"log-level"`
-	LogJSON         bool              `json:"log-json"`
+	TrustDomain      string            `json:"trust-domain"`
+	DataDir          string            `json:"data-dir"`
+	Listen           string            `json:"listen"`
+	AdminSocket      string            `json:"admin-socket"`
+	AdminListen      string            `json:"admin-listen"`
+	AdminID          config.StringList `json:"admin-id"`
+	HealthAddr       string            `json:"health-addr"`
+	MetricsAddr      string            `json:"metrics-addr"`
+	AuditLog         string            `json:"audit-log"`
+	AuditWebhook     config.StringList `json:"audit-webhook"`
+	AuditSyslog      config.StringList `json:"audit-syslog"`
+	AuditSinkCA      string            `json:"audit-sink-ca"`
+	AuditSinkSVID    bool              `json:"audit-sink-svid"`
+	AuditSpoolMaxMi  int64             `json:"audit-spool-max-mib"`
+	TrafficLearn     config.Duration   `json:"traffic-learn"`
+	TrafficDetector  bool              `json:"traffic-detector"`
+	RootTTL          config.Duration   `json:"root-ttl"`
+	IntermediateTTL  config.Duration   `json:"intermediate-ttl"`
+	JWTKeyTTL        config.Duration   `json:"jwt-key-ttl"`
+	AgentTTL         config.Duration   `json:"agent-ttl"`
+	X509TTL          config.Duration   `json:"x509-ttl"`
+	JWTTTL           config.Duration   `json:"jwt-ttl"`
+	MinSVIDTTL       config.Duration   `json:"min-svid-ttl"`
+	RootActivation   config.Duration   `json:"root-activation-timeout"`
+	KeyType          string            `json:"key-type"`
+	KMS              string            `json:"kms"`
+	FederationListen string            `json:"federation-listen"`
+	FederationCert   string            `json:"federation-tls-cert"`
+	FederationKey    string            `json:"federation-tls-key"`
+	FederationHint   config.Duration   `json:"federation-refresh-hint"`
+	OIDCIssuer       string            `json:"oidc-issuer"`
+	OIDCListen       string            `json:"oidc-listen"`
+	OIDCTLSCert      string            `json:"oidc-tls-cert"`
+	OIDCTLSKey       string            `json:"oidc-tls-key"`
+	LogLevel         string            `json:"log-level"`
+	LogJSON          bool              `json:"log-json"`
 
 	Kubeconfig          string            `json:"kubeconfig"`
 	InCluster           bool              `json:"in-cluster"`
@@ -142,6 +146,10 @@ func register(fs *flag.FlagSet, c *fileConfig) {
 	fs.Var(&c.MinSVIDTTL, "min-svid-ttl", "shortest SVID lifetime the CA accepts, in its settings and in entries (at least 1s)")
 	fs.StringVar(&c.KeyType, "key-type", c.KeyType, "CA key type: ec-p256, ec-p384, rsa-2048, rsa-3072, rsa-4096")
 	fs.StringVar(&c.KMS, "kms", c.KMS, "keep the CA's keys in this KMS, a go.step.sm/crypto/kms URI (awskms:region=REGION); credentials come from the environment")
+	fs.StringVar(&c.FederationListen, "federation-listen", c.FederationListen, "serve this trust domain's bundle at a SPIFFE bundle endpoint (HTTPS, public, read-only) on this address")
+	fs.StringVar(&c.FederationCert, "federation-tls-cert", c.FederationCert, "PEM certificate of the bundle endpoint for profile https_web (default: https_spiffe, with the CA's SVID spiffe://TD/signet/ca)")
+	fs.StringVar(&c.FederationKey, "federation-tls-key", c.FederationKey, "PEM private key of the https_web bundle endpoint's certificate")
+	fs.Var(&c.FederationHint, "federation-refresh-hint", "refresh hint of the served bundle: how often federated peers should fetch it (default 5m)")
 	fs.StringVar(&c.OIDCIssuer, "oidc-issuer", c.OIDCIssuer, "OIDC issuer URL (https://HOST[/PATH]): the iss of every JWT-SVID, for cloud IAM and the Kubernetes API")
 	fs.StringVar(&c.OIDCListen, "oidc-listen", c.OIDCListen, "serve the issuer's discovery document and JWT keys (HTTPS, public, read-only) on this address")
 	fs.StringVar(&c.OIDCTLSCert, "oidc-tls-cert", c.OIDCTLSCert, "PEM certificate (chain) of the OIDC endpoint, for the issuer's host; read again when it changes")
@@ -233,6 +241,10 @@ func validate(c fileConfig) (server.Config, hclog.Logger, error) {
 	}
 	if c.OIDCIssuer != "" || c.OIDCListen != "" || c.OIDCTLSCert != "" || c.OIDCTLSKey != "" {
 		cfg.OIDC = &server.OIDCConfig{Issuer: c.OIDCIssuer, ListenAddr: c.OIDCListen, CertFile: c.OIDCTLSCert, KeyFile: c.OIDCTLSKey}
+	}
+	if c.FederationListen != "" || c.FederationCert != "" || c.FederationKey != "" || c.FederationHint != 0 {
+		cfg.Federation = &server.FederationConfig{ListenAddr: c.FederationListen, CertFile: c.FederationCert, KeyFile: c.FederationKey,
+			RefreshHint: time.Duration(c.FederationHint)}
 	}
 	if err := cfg.Validate(); err != nil {
 		return server.Config{}, nil, err

@@ -40,9 +40,12 @@ type entryJSON struct {
 	DNSNames  []string `json:"dns_names,omitempty"`
 	// WorkloadKey: the workload makes its own key (sdk.WithWorkloadKey);
 	// the agent never holds one for this identity.
-	WorkloadKey bool   `json:"workload_key,omitempty"`
-	Revision    int64  `json:"revision,omitempty"`
-	CreatedAt   string `json:"created_at,omitempty"`
+	WorkloadKey bool `json:"workload_key,omitempty"`
+	// FederatesWith are the federated trust domains whose bundles the
+	// workload gets.
+	FederatesWith []string `json:"federates_with,omitempty"`
+	Revision      int64    `json:"revision,omitempty"`
+	CreatedAt     string   `json:"created_at,omitempty"`
 }
 
 type entriesFile struct {
@@ -50,7 +53,7 @@ type entriesFile struct {
 }
 
 func (e entryJSON) proto(i int) (*typesv1.Entry, error) {
-	pb := &typesv1.Entry{Id: e.ID, SpiffeId: e.SPIFFEID, ParentId: e.ParentID, DnsNames: e.DNSNames, WorkloadKey: e.WorkloadKey}
+	pb := &typesv1.Entry{Id: e.ID, SpiffeId: e.SPIFFEID, ParentId: e.ParentID, DnsNames: e.DNSNames, WorkloadKey: e.WorkloadKey, FederatesWith: e.FederatesWith}
 	for j, s := range e.Selectors {
 		typ, val, ok := strings.Cut(s, ":")
 		if !ok {
@@ -77,7 +80,7 @@ func (e entryJSON) proto(i int) (*typesv1.Entry, error) {
 
 func entryFromProto(pb *typesv1.Entry) entryJSON {
 	e := entryJSON{ID: pb.GetId(), SPIFFEID: pb.GetSpiffeId(), ParentID: pb.GetParentId(), DNSNames: pb.GetDnsNames(),
-		WorkloadKey: pb.GetWorkloadKey(), Revision: pb.GetRevision(), Selectors: []string{}}
+		WorkloadKey: pb.GetWorkloadKey(), FederatesWith: pb.GetFederatesWith(), Revision: pb.GetRevision(), Selectors: []string{}}
 	for _, s := range pb.GetSelectors() {
 		e.Selectors = append(e.Selectors, s.GetType()+":"+s.GetValue())
 	}
@@ -164,7 +167,7 @@ func lineCol(raw []byte, off int64) string {
 // flagOf maps an entry field, in an error about the one entry that flags
 // describe, to the flag the user typed.
 var flagOf = map[string]string{"spiffe_id": "--spiffe-id", "parent_id": "--parent-id", "selectors": "--selector",
-	"x509_ttl": "--x509-ttl", "jwt_ttl": "--jwt-ttl", "dns_names": "--dns", "id": "--id"}
+	"x509_ttl": "--x509-ttl", "jwt_ttl": "--jwt-ttl", "dns_names": "--dns", "id": "--id", "federates_with": "--federates-with"}
 
 var entryField = regexp.MustCompile(`entries\[0\]\.([a-z_0-9]+)(\[\d+\])?`)
 
@@ -197,7 +200,7 @@ func asFlags(err error) error {
 // entryFlags are the flags that describe one entry.
 type entryFlags struct {
 	spiffeID, parentID, x509TTL, jwtTTL string
-	selectors, dns                      config.StringList
+	selectors, dns, federatesWith       config.StringList
 	workloadKey                         bool
 }
 
@@ -209,6 +212,7 @@ func (f *entryFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.x509TTL, "x509-ttl", "", "X509-SVID lifetime, such as 30m, 1h or 1d (default: the CA's)")
 	fs.StringVar(&f.jwtTTL, "jwt-ttl", "", "JWT-SVID lifetime (default: the CA's)")
 	fs.BoolVar(&f.workloadKey, "workload-key", false, "the workload makes its own key (SDK WithWorkloadKey): the agent never mints an X509-SVID of it with a key of its own")
+	fs.Var(&f.federatesWith, "federates-with", "federated trust domain whose bundle the workload gets (repeatable; see signet federation create)")
 }
 
 func (c *cli) entryCreate(ctx context.Context, args []string) error {
@@ -231,7 +235,7 @@ func (c *cli) entryCreate(ctx context.Context, args []string) error {
 		}
 	} else {
 		in.Entries = []entryJSON{{SPIFFEID: ef.spiffeID, ParentID: ef.parentID, Selectors: ef.selectors, X509TTL: ef.x509TTL,
-			JWTTTL: ef.jwtTTL, DNSNames: ef.dns, WorkloadKey: ef.workloadKey}}
+			JWTTTL: ef.jwtTTL, DNSNames: ef.dns, WorkloadKey: ef.workloadKey, FederatesWith: ef.federatesWith}}
 	}
 	req := &adminv1.CreateEntriesRequest{}
 	for i, e := range in.Entries {
@@ -327,6 +331,9 @@ func (c *cli) entryUpdate(ctx context.Context, args []string) error {
 		}
 		if set["workload-key"] {
 			e.WorkloadKey = ef.workloadKey
+		}
+		if set["federates-with"] {
+			e.FederatesWith = ef.federatesWith
 		}
 		pb, err := e.proto(0)
 		if err != nil {

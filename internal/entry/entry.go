@@ -4,6 +4,7 @@ package entry
 
 import (
 	"fmt"
+	"sort"
 	"strings"
 	"time"
 
@@ -31,7 +32,10 @@ type Entry struct {
 	// WorkloadKey: the workload makes its own key; the agent never mints
 	// an X509-SVID of this entry with a key of its own.
 	WorkloadKey bool
-	Revision    int64
+	// FederatesWith are the federated trust domains whose bundles the
+	// workload gets, sorted.
+	FederatesWith []spiffeid.TrustDomain
+	Revision      int64
 	CreatedAt   time.Time
 	// Namespace is the Kubernetes namespace of a pod entry's pod (the CA
 	// marks the pod's SVIDs with it); not carried on the wire.
@@ -92,11 +96,36 @@ func FromProto(td spiffeid.TrustDomain, pb *typesv1.Entry) (Entry, error) {
 		e.DNSNames = append(e.DNSNames, n)
 	}
 	e.WorkloadKey = pb.GetWorkloadKey()
+	if e.FederatesWith, err = FederatesWith(td, pb.GetFederatesWith()); err != nil {
+		return Entry{}, err
+	}
 	e.Revision = pb.GetRevision()
 	if pb.GetCreatedAt() != 0 {
 		e.CreatedAt = time.Unix(pb.GetCreatedAt(), 0).UTC()
 	}
 	return e, nil
+}
+
+// FederatesWith parses trust domain names to federate with: valid, not
+// td itself, sorted, each once.
+func FederatesWith(td spiffeid.TrustDomain, names []string) ([]spiffeid.TrustDomain, error) {
+	var out []spiffeid.TrustDomain
+	seen := map[string]bool{}
+	for i, n := range names {
+		ftd, err := spiffeid.TrustDomainFromString(n)
+		if err != nil {
+			return nil, &FieldError{Field: fmt.Sprintf("federates_with[%d]", i), Err: fmt.Errorf("%q is not a trust domain: %v", n, err)}
+		}
+		if ftd == td {
+			return nil, fieldErr(fmt.Sprintf("federates_with[%d]", i), "%q is this trust domain", n)
+		}
+		if !seen[ftd.Name()] {
+			seen[ftd.Name()] = true
+			out = append(out, ftd)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name() < out[j].Name() })
+	return out, nil
 }
 
 func parseID(td spiffeid.TrustDomain, field, s string) (spiffeid.ID, error) {
@@ -160,6 +189,9 @@ func (e Entry) Proto() *typesv1.Entry {
 		DnsNames:           e.DNSNames,
 		WorkloadKey:        e.WorkloadKey,
 		Revision:           e.Revision,
+	}
+	for _, td := range e.FederatesWith {
+		pb.FederatesWith = append(pb.FederatesWith, td.Name())
 	}
 	if !e.CreatedAt.IsZero() {
 		pb.CreatedAt = e.CreatedAt.Unix()

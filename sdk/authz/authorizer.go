@@ -466,6 +466,16 @@ func nsSA(path string) (ns, sa string, ok bool) {
 	return ns, sa, true
 }
 
+// trusted returns the attributes of a peer that this trust domain's CA
+// marked: a federated trust domain's CA may write anything into its
+// SVIDs, so its peers run nowhere a from condition names.
+func (s *ruleSet) trusted(peer spiffeid.ID, attrs Attributes) Attributes {
+	if peer.TrustDomain().Name() != s.td {
+		return Attributes{}
+	}
+	return attrs
+}
+
 func (s *ruleSet) decide(peer spiffeid.ID, attrs Attributes, verb, path string, clock func() time.Time) bool {
 	// A path with "." or ".." segments or empty ones names another path
 	// than it spells ("/public/../admin"): no rule decides for it, and no
@@ -473,6 +483,7 @@ func (s *ruleSet) decide(peer spiffeid.ID, attrs Attributes, verb, path string, 
 	if !CanonicalPath(path) {
 		return false
 	}
+	attrs = s.trusted(peer, attrs)
 	allow, deny := false, false
 	n := now{clock: clock}
 	s.visitPeer(peer, func(rs []*crule) bool {
@@ -491,6 +502,7 @@ func (s *ruleSet) decide(peer spiffeid.ID, attrs Attributes, verb, path string, 
 }
 
 func (s *ruleSet) mayConnect(peer spiffeid.ID, attrs Attributes, clock func() time.Time) bool {
+	attrs = s.trusted(peer, attrs)
 	allow, deny := false, false
 	n := now{clock: clock}
 	s.visitPeer(peer, func(rs []*crule) bool {

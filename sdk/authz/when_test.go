@@ -184,3 +184,36 @@ func TestFrom(t *testing.T) {
 		}
 	}
 }
+
+// TestFederatedPeers: a federated trust domain's peer is allowed only by a
+// rule that names its trust domain, and never by a from condition (its CA
+// may write any place into its SVIDs).
+func TestFederatedPeers(t *testing.T) {
+	a, err := New(td,
+		Allow(PeerNamespace("shop")),
+		Allow(PeerPattern("spiffe://example.org/**")),
+		Allow(PeerTrustDomain("partner.test")).FromSources(Source{Namespace: "shop"}).OnMethods("/db.v1.DB/Write"),
+		Allow(PeerID("spiffe://partner.test/billing")).OnMethods("/db.v1.DB/Read"),
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	forged := Attributes{Namespace: "shop", Node: "db-node-1"}
+	for _, c := range []struct {
+		peer, method string
+		want         bool
+	}{
+		{"spiffe://partner.test/billing", "/db.v1.DB/Read", true},
+		{"spiffe://partner.test/billing", "/db.v1.DB/Write", false}, // from names a place the partner's CA cannot vouch for
+		{"spiffe://partner.test/ns/shop/sa/web", "/db.v1.DB/Read", false},
+		{"spiffe://other.test/billing", "/db.v1.DB/Read", false},
+		{"spiffe://example.org/ns/shop/sa/web", "/db.v1.DB/Write", true},
+	} {
+		if got := a.CheckFrom(id(c.peer), forged, "", c.method); got != c.want {
+			t.Errorf("%s %s: %v, want %v", c.peer, c.method, got, c.want)
+		}
+	}
+	if a.MayConnectFrom(id("spiffe://other.test/billing"), forged) {
+		t.Error("a handshake of an unnamed trust domain's peer passed")
+	}
+}

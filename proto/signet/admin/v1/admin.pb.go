@@ -2314,6 +2314,254 @@ func (x *ObservedCall) GetLastSeen() int64 {
 	return 0
 }
 
+type CreateFederationRequest struct {
+	state         protoimpl.MessageState   `protogen:"open.v1"`
+	Federation    *v1.FederatedTrustDomain `protobuf:"bytes,1,opt,name=federation,proto3" json:"federation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateFederationRequest) Reset() {
+	*x = CreateFederationRequest{}
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateFederationRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateFederationRequest) ProtoMessage() {}
+
+func (x *CreateFederationRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateFederationRequest.ProtoReflect.Descriptor instead.
+func (*CreateFederationRequest) Descriptor() ([]byte, []int) {
+	return file_signet_admin_v1_admin_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *CreateFederationRequest) GetFederation() *v1.FederatedTrustDomain {
+	if x != nil {
+		return x.Federation
+	}
+	return nil
+}
+
+type CreateFederationResponse struct {
+	state         protoimpl.MessageState   `protogen:"open.v1"`
+	Federation    *v1.FederatedTrustDomain `protobuf:"bytes,1,opt,name=federation,proto3" json:"federation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateFederationResponse) Reset() {
+	*x = CreateFederationResponse{}
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateFederationResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateFederationResponse) ProtoMessage() {}
+
+func (x *CreateFederationResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateFederationResponse.ProtoReflect.Descriptor instead.
+func (*CreateFederationResponse) Descriptor() ([]byte, []int) {
+	return file_signet_admin_v1_admin_proto_rawDescGZIP(), []int{46}
+}
+
+func (x *CreateFederationResponse) GetFederation() *v1.FederatedTrustDomain {
+	if x != nil {
+		return x.Federation
+	}
+	return nil
+}
+
+type ListFederationsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListFederationsRequest) Reset() {
+	*x = ListFederationsRequest{}
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[47]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListFederationsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListFederationsRequest) ProtoMessage() {}
+
+func (x *ListFederationsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[47]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListFederationsRequest.ProtoReflect.Descriptor instead.
+func (*ListFederationsRequest) Descriptor() ([]byte, []int) {
+	return file_signet_admin_v1_admin_proto_rawDescGZIP(), []int{47}
+}
+
+type ListFederationsResponse struct {
+	state         protoimpl.MessageState     `protogen:"open.v1"`
+	Federations   []*v1.FederatedTrustDomain `protobuf:"bytes,1,rep,name=federations,proto3" json:"federations,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListFederationsResponse) Reset() {
+	*x = ListFederationsResponse{}
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[48]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListFederationsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListFederationsResponse) ProtoMessage() {}
+
+func (x *ListFederationsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[48]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListFederationsResponse.ProtoReflect.Descriptor instead.
+func (*ListFederationsResponse) Descriptor() ([]byte, []int) {
+	return file_signet_admin_v1_admin_proto_rawDescGZIP(), []int{48}
+}
+
+func (x *ListFederationsResponse) GetFederations() []*v1.FederatedTrustDomain {
+	if x != nil {
+		return x.Federations
+	}
+	return nil
+}
+
+type DeleteFederationRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	TrustDomain   string                 `protobuf:"bytes,1,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteFederationRequest) Reset() {
+	*x = DeleteFederationRequest{}
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[49]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteFederationRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteFederationRequest) ProtoMessage() {}
+
+func (x *DeleteFederationRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[49]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteFederationRequest.ProtoReflect.Descriptor instead.
+func (*DeleteFederationRequest) Descriptor() ([]byte, []int) {
+	return file_signet_admin_v1_admin_proto_rawDescGZIP(), []int{49}
+}
+
+func (x *DeleteFederationRequest) GetTrustDomain() string {
+	if x != nil {
+		return x.TrustDomain
+	}
+	return ""
+}
+
+type DeleteFederationResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteFederationResponse) Reset() {
+	*x = DeleteFederationResponse{}
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[50]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteFederationResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteFederationResponse) ProtoMessage() {}
+
+func (x *DeleteFederationResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_signet_admin_v1_admin_proto_msgTypes[50]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteFederationResponse.ProtoReflect.Descriptor instead.
+func (*DeleteFederationResponse) Descriptor() ([]byte, []int) {
+	return file_signet_admin_v1_admin_proto_rawDescGZIP(), []int{50}
+}
+
 var File_signet_admin_v1_admin_proto protoreflect.FileDescriptor
 
 const file_signet_admin_v1_admin_proto_rawDesc = "" +
@@ -2456,7 +2704,21 @@ const file_signet_admin_v1_admin_proto_rawDesc = "" +
 	"\x06method\x18\x03 \x01(\tR\x06method\x12\x14\n" +
 	"\x05hours\x18\x04 \x03(\rR\x05hours\x12\x12\n" +
 	"\x04seen\x18\x05 \x03(\rR\x04seen\x12\x1b\n" +
-	"\tlast_seen\x18\x06 \x01(\x03R\blastSeen2\xe1\x0f\n" +
+	"\tlast_seen\x18\x06 \x01(\x03R\blastSeen\"`\n" +
+	"\x17CreateFederationRequest\x12E\n" +
+	"\n" +
+	"federation\x18\x01 \x01(\v2%.signet.types.v1.FederatedTrustDomainR\n" +
+	"federation\"a\n" +
+	"\x18CreateFederationResponse\x12E\n" +
+	"\n" +
+	"federation\x18\x01 \x01(\v2%.signet.types.v1.FederatedTrustDomainR\n" +
+	"federation\"\x18\n" +
+	"\x16ListFederationsRequest\"b\n" +
+	"\x17ListFederationsResponse\x12G\n" +
+	"\vfederations\x18\x01 \x03(\v2%.signet.types.v1.FederatedTrustDomainR\vfederations\"<\n" +
+	"\x17DeleteFederationRequest\x12!\n" +
+	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\"\x1a\n" +
+	"\x18DeleteFederationResponse2\x99\x12\n" +
 	"\x05Admin\x12^\n" +
 	"\rCreateEntries\x12%.signet.admin.v1.CreateEntriesRequest\x1a&.signet.admin.v1.CreateEntriesResponse\x12^\n" +
 	"\rUpdateEntries\x12%.signet.admin.v1.UpdateEntriesRequest\x1a&.signet.admin.v1.UpdateEntriesResponse\x12^\n" +
@@ -2480,7 +2742,10 @@ const file_signet_admin_v1_admin_proto_rawDesc = "" +
 	"\vPrepareRoot\x12#.signet.admin.v1.PrepareRootRequest\x1a$.signet.admin.v1.PrepareRootResponse\x12[\n" +
 	"\fActivateRoot\x12$.signet.admin.v1.ActivateRootRequest\x1a%.signet.admin.v1.ActivateRootResponse\x12^\n" +
 	"\rListAnomalies\x12%.signet.admin.v1.ListAnomaliesRequest\x1a&.signet.admin.v1.ListAnomaliesResponse\x12j\n" +
-	"\x11ListObservedCalls\x12).signet.admin.v1.ListObservedCallsRequest\x1a*.signet.admin.v1.ListObservedCallsResponseB;Z9github.com/signet-id/signet/proto/signet/admin/v1;adminv1b\x06proto3"
+	"\x11ListObservedCalls\x12).signet.admin.v1.ListObservedCallsRequest\x1a*.signet.admin.v1.ListObservedCallsResponse\x12g\n" +
+	"\x10CreateFederation\x12(.signet.admin.v1.CreateFederationRequest\x1a).signet.admin.v1.CreateFederationResponse\x12d\n" +
+	"\x0fListFederations\x12'.signet.admin.v1.ListFederationsRequest\x1a(.signet.admin.v1.ListFederationsResponse\x12g\n" +
+	"\x10DeleteFederation\x12(.signet.admin.v1.DeleteFederationRequest\x1a).signet.admin.v1.DeleteFederationResponseB;Z9github.com/signet-id/signet/proto/signet/admin/v1;adminv1b\x06proto3"
 
 var (
 	file_signet_admin_v1_admin_proto_rawDescOnce sync.Once
@@ -2494,7 +2759,7 @@ func file_signet_admin_v1_admin_proto_rawDescGZIP() []byte {
 	return file_signet_admin_v1_admin_proto_rawDescData
 }
 
-var file_signet_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
+var file_signet_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 51)
 var file_signet_admin_v1_admin_proto_goTypes = []any{
 	(*CreateEntriesRequest)(nil),      // 0: signet.admin.v1.CreateEntriesRequest
 	(*CreateEntriesResponse)(nil),     // 1: signet.admin.v1.CreateEntriesResponse
@@ -2541,86 +2806,102 @@ var file_signet_admin_v1_admin_proto_goTypes = []any{
 	(*ListObservedCallsRequest)(nil),  // 42: signet.admin.v1.ListObservedCallsRequest
 	(*ListObservedCallsResponse)(nil), // 43: signet.admin.v1.ListObservedCallsResponse
 	(*ObservedCall)(nil),              // 44: signet.admin.v1.ObservedCall
-	(*v1.Entry)(nil),                  // 45: signet.types.v1.Entry
-	(*v1.Selector)(nil),               // 46: signet.types.v1.Selector
-	(*v1.Agent)(nil),                  // 47: signet.types.v1.Agent
-	(*v1.Bundle)(nil),                 // 48: signet.types.v1.Bundle
-	(*v1.AccessPolicy)(nil),           // 49: signet.types.v1.AccessPolicy
-	(*v1.Revocation)(nil),             // 50: signet.types.v1.Revocation
-	(*v1.BundleAck)(nil),              // 51: signet.types.v1.BundleAck
-	(*v1.Anomaly)(nil),                // 52: signet.types.v1.Anomaly
+	(*CreateFederationRequest)(nil),   // 45: signet.admin.v1.CreateFederationRequest
+	(*CreateFederationResponse)(nil),  // 46: signet.admin.v1.CreateFederationResponse
+	(*ListFederationsRequest)(nil),    // 47: signet.admin.v1.ListFederationsRequest
+	(*ListFederationsResponse)(nil),   // 48: signet.admin.v1.ListFederationsResponse
+	(*DeleteFederationRequest)(nil),   // 49: signet.admin.v1.DeleteFederationRequest
+	(*DeleteFederationResponse)(nil),  // 50: signet.admin.v1.DeleteFederationResponse
+	(*v1.Entry)(nil),                  // 51: signet.types.v1.Entry
+	(*v1.Selector)(nil),               // 52: signet.types.v1.Selector
+	(*v1.Agent)(nil),                  // 53: signet.types.v1.Agent
+	(*v1.Bundle)(nil),                 // 54: signet.types.v1.Bundle
+	(*v1.AccessPolicy)(nil),           // 55: signet.types.v1.AccessPolicy
+	(*v1.Revocation)(nil),             // 56: signet.types.v1.Revocation
+	(*v1.BundleAck)(nil),              // 57: signet.types.v1.BundleAck
+	(*v1.Anomaly)(nil),                // 58: signet.types.v1.Anomaly
+	(*v1.FederatedTrustDomain)(nil),   // 59: signet.types.v1.FederatedTrustDomain
 }
 var file_signet_admin_v1_admin_proto_depIdxs = []int32{
-	45, // 0: signet.admin.v1.CreateEntriesRequest.entries:type_name -> signet.types.v1.Entry
-	45, // 1: signet.admin.v1.CreateEntriesResponse.entries:type_name -> signet.types.v1.Entry
-	45, // 2: signet.admin.v1.UpdateEntriesRequest.entries:type_name -> signet.types.v1.Entry
-	45, // 3: signet.admin.v1.UpdateEntriesResponse.entries:type_name -> signet.types.v1.Entry
-	46, // 4: signet.admin.v1.ListEntriesRequest.selector:type_name -> signet.types.v1.Selector
-	46, // 5: signet.admin.v1.ListEntriesRequest.selectors:type_name -> signet.types.v1.Selector
-	45, // 6: signet.admin.v1.ListEntriesResponse.entries:type_name -> signet.types.v1.Entry
+	51, // 0: signet.admin.v1.CreateEntriesRequest.entries:type_name -> signet.types.v1.Entry
+	51, // 1: signet.admin.v1.CreateEntriesResponse.entries:type_name -> signet.types.v1.Entry
+	51, // 2: signet.admin.v1.UpdateEntriesRequest.entries:type_name -> signet.types.v1.Entry
+	51, // 3: signet.admin.v1.UpdateEntriesResponse.entries:type_name -> signet.types.v1.Entry
+	52, // 4: signet.admin.v1.ListEntriesRequest.selector:type_name -> signet.types.v1.Selector
+	52, // 5: signet.admin.v1.ListEntriesRequest.selectors:type_name -> signet.types.v1.Selector
+	51, // 6: signet.admin.v1.ListEntriesResponse.entries:type_name -> signet.types.v1.Entry
 	11, // 7: signet.admin.v1.ListJoinTokensResponse.tokens:type_name -> signet.admin.v1.JoinToken
-	47, // 8: signet.admin.v1.ListAgentsResponse.agents:type_name -> signet.types.v1.Agent
-	48, // 9: signet.admin.v1.GetBundleResponse.bundle:type_name -> signet.types.v1.Bundle
-	49, // 10: signet.admin.v1.CreatePolicyRequest.policy:type_name -> signet.types.v1.AccessPolicy
-	49, // 11: signet.admin.v1.CreatePolicyResponse.policy:type_name -> signet.types.v1.AccessPolicy
-	49, // 12: signet.admin.v1.ListPoliciesResponse.policies:type_name -> signet.types.v1.AccessPolicy
-	50, // 13: signet.admin.v1.CreateRevocationRequest.revocation:type_name -> signet.types.v1.Revocation
-	50, // 14: signet.admin.v1.CreateRevocationResponse.revocation:type_name -> signet.types.v1.Revocation
-	50, // 15: signet.admin.v1.ListRevocationsResponse.revocations:type_name -> signet.types.v1.Revocation
+	53, // 8: signet.admin.v1.ListAgentsResponse.agents:type_name -> signet.types.v1.Agent
+	54, // 9: signet.admin.v1.GetBundleResponse.bundle:type_name -> signet.types.v1.Bundle
+	55, // 10: signet.admin.v1.CreatePolicyRequest.policy:type_name -> signet.types.v1.AccessPolicy
+	55, // 11: signet.admin.v1.CreatePolicyResponse.policy:type_name -> signet.types.v1.AccessPolicy
+	55, // 12: signet.admin.v1.ListPoliciesResponse.policies:type_name -> signet.types.v1.AccessPolicy
+	56, // 13: signet.admin.v1.CreateRevocationRequest.revocation:type_name -> signet.types.v1.Revocation
+	56, // 14: signet.admin.v1.CreateRevocationResponse.revocation:type_name -> signet.types.v1.Revocation
+	56, // 15: signet.admin.v1.ListRevocationsResponse.revocations:type_name -> signet.types.v1.Revocation
 	35, // 16: signet.admin.v1.GetCAStatusResponse.keys:type_name -> signet.admin.v1.CAKeyStatus
-	51, // 17: signet.admin.v1.GetCAStatusResponse.acks:type_name -> signet.types.v1.BundleAck
+	57, // 17: signet.admin.v1.GetCAStatusResponse.acks:type_name -> signet.types.v1.BundleAck
 	35, // 18: signet.admin.v1.PrepareRootResponse.root:type_name -> signet.admin.v1.CAKeyStatus
 	35, // 19: signet.admin.v1.ActivateRootResponse.root:type_name -> signet.admin.v1.CAKeyStatus
-	50, // 20: signet.admin.v1.ActivateRootResponse.revocation:type_name -> signet.types.v1.Revocation
-	52, // 21: signet.admin.v1.ListAnomaliesResponse.anomalies:type_name -> signet.types.v1.Anomaly
+	56, // 20: signet.admin.v1.ActivateRootResponse.revocation:type_name -> signet.types.v1.Revocation
+	58, // 21: signet.admin.v1.ListAnomaliesResponse.anomalies:type_name -> signet.types.v1.Anomaly
 	44, // 22: signet.admin.v1.ListObservedCallsResponse.calls:type_name -> signet.admin.v1.ObservedCall
-	0,  // 23: signet.admin.v1.Admin.CreateEntries:input_type -> signet.admin.v1.CreateEntriesRequest
-	2,  // 24: signet.admin.v1.Admin.UpdateEntries:input_type -> signet.admin.v1.UpdateEntriesRequest
-	4,  // 25: signet.admin.v1.Admin.DeleteEntries:input_type -> signet.admin.v1.DeleteEntriesRequest
-	6,  // 26: signet.admin.v1.Admin.ListEntries:input_type -> signet.admin.v1.ListEntriesRequest
-	8,  // 27: signet.admin.v1.Admin.CreateJoinToken:input_type -> signet.admin.v1.CreateJoinTokenRequest
-	10, // 28: signet.admin.v1.Admin.ListJoinTokens:input_type -> signet.admin.v1.ListJoinTokensRequest
-	13, // 29: signet.admin.v1.Admin.RevokeJoinTokens:input_type -> signet.admin.v1.RevokeJoinTokensRequest
-	15, // 30: signet.admin.v1.Admin.ListAgents:input_type -> signet.admin.v1.ListAgentsRequest
-	17, // 31: signet.admin.v1.Admin.EvictAgent:input_type -> signet.admin.v1.EvictAgentRequest
-	19, // 32: signet.admin.v1.Admin.GetBundle:input_type -> signet.admin.v1.GetBundleRequest
-	21, // 33: signet.admin.v1.Admin.CreatePolicy:input_type -> signet.admin.v1.CreatePolicyRequest
-	23, // 34: signet.admin.v1.Admin.ListPolicies:input_type -> signet.admin.v1.ListPoliciesRequest
-	25, // 35: signet.admin.v1.Admin.DeletePolicy:input_type -> signet.admin.v1.DeletePolicyRequest
-	27, // 36: signet.admin.v1.Admin.CreateRevocation:input_type -> signet.admin.v1.CreateRevocationRequest
-	29, // 37: signet.admin.v1.Admin.ListRevocations:input_type -> signet.admin.v1.ListRevocationsRequest
-	31, // 38: signet.admin.v1.Admin.DeleteRevocation:input_type -> signet.admin.v1.DeleteRevocationRequest
-	33, // 39: signet.admin.v1.Admin.GetCAStatus:input_type -> signet.admin.v1.GetCAStatusRequest
-	36, // 40: signet.admin.v1.Admin.PrepareRoot:input_type -> signet.admin.v1.PrepareRootRequest
-	38, // 41: signet.admin.v1.Admin.ActivateRoot:input_type -> signet.admin.v1.ActivateRootRequest
-	40, // 42: signet.admin.v1.Admin.ListAnomalies:input_type -> signet.admin.v1.ListAnomaliesRequest
-	42, // 43: signet.admin.v1.Admin.ListObservedCalls:input_type -> signet.admin.v1.ListObservedCallsRequest
-	1,  // 44: signet.admin.v1.Admin.CreateEntries:output_type -> signet.admin.v1.CreateEntriesResponse
-	3,  // 45: signet.admin.v1.Admin.UpdateEntries:output_type -> signet.admin.v1.UpdateEntriesResponse
-	5,  // 46: signet.admin.v1.Admin.DeleteEntries:output_type -> signet.admin.v1.DeleteEntriesResponse
-	7,  // 47: signet.admin.v1.Admin.ListEntries:output_type -> signet.admin.v1.ListEntriesResponse
-	9,  // 48: signet.admin.v1.Admin.CreateJoinToken:output_type -> signet.admin.v1.CreateJoinTokenResponse
-	12, // 49: signet.admin.v1.Admin.ListJoinTokens:output_type -> signet.admin.v1.ListJoinTokensResponse
-	14, // 50: signet.admin.v1.Admin.RevokeJoinTokens:output_type -> signet.admin.v1.RevokeJoinTokensResponse
-	16, // 51: signet.admin.v1.Admin.ListAgents:output_type -> signet.admin.v1.ListAgentsResponse
-	18, // 52: signet.admin.v1.Admin.EvictAgent:output_type -> signet.admin.v1.EvictAgentResponse
-	20, // 53: signet.admin.v1.Admin.GetBundle:output_type -> signet.admin.v1.GetBundleResponse
-	22, // 54: signet.admin.v1.Admin.CreatePolicy:output_type -> signet.admin.v1.CreatePolicyResponse
-	24, // 55: signet.admin.v1.Admin.ListPolicies:output_type -> signet.admin.v1.ListPoliciesResponse
-	26, // 56: signet.admin.v1.Admin.DeletePolicy:output_type -> signet.admin.v1.DeletePolicyResponse
-	28, // 57: signet.admin.v1.Admin.CreateRevocation:output_type -> signet.admin.v1.CreateRevocationResponse
-	30, // 58: signet.admin.v1.Admin.ListRevocations:output_type -> signet.admin.v1.ListRevocationsResponse
-	32, // 59: signet.admin.v1.Admin.DeleteRevocation:output_type -> signet.admin.v1.DeleteRevocationResponse
-	34, // 60: signet.admin.v1.Admin.GetCAStatus:output_type -> signet.admin.v1.GetCAStatusResponse
-	37, // 61: signet.admin.v1.Admin.PrepareRoot:output_type -> signet.admin.v1.PrepareRootResponse
-	39, // 62: signet.admin.v1.Admin.ActivateRoot:output_type -> signet.admin.v1.ActivateRootResponse
-	41, // 63: signet.admin.v1.Admin.ListAnomalies:output_type -> signet.admin.v1.ListAnomaliesResponse
-	43, // 64: signet.admin.v1.Admin.ListObservedCalls:output_type -> signet.admin.v1.ListObservedCallsResponse
-	44, // [44:65] is the sub-list for method output_type
-	23, // [23:44] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	59, // 23: signet.admin.v1.CreateFederationRequest.federation:type_name -> signet.types.v1.FederatedTrustDomain
+	59, // 24: signet.admin.v1.CreateFederationResponse.federation:type_name -> signet.types.v1.FederatedTrustDomain
+	59, // 25: signet.admin.v1.ListFederationsResponse.federations:type_name -> signet.types.v1.FederatedTrustDomain
+	0,  // 26: signet.admin.v1.Admin.CreateEntries:input_type -> signet.admin.v1.CreateEntriesRequest
+	2,  // 27: signet.admin.v1.Admin.UpdateEntries:input_type -> signet.admin.v1.UpdateEntriesRequest
+	4,  // 28: signet.admin.v1.Admin.DeleteEntries:input_type -> signet.admin.v1.DeleteEntriesRequest
+	6,  // 29: signet.admin.v1.Admin.ListEntries:input_type -> signet.admin.v1.ListEntriesRequest
+	8,  // 30: signet.admin.v1.Admin.CreateJoinToken:input_type -> signet.admin.v1.CreateJoinTokenRequest
+	10, // 31: signet.admin.v1.Admin.ListJoinTokens:input_type -> signet.admin.v1.ListJoinTokensRequest
+	13, // 32: signet.admin.v1.Admin.RevokeJoinTokens:input_type -> signet.admin.v1.RevokeJoinTokensRequest
+	15, // 33: signet.admin.v1.Admin.ListAgents:input_type -> signet.admin.v1.ListAgentsRequest
+	17, // 34: signet.admin.v1.Admin.EvictAgent:input_type -> signet.admin.v1.EvictAgentRequest
+	19, // 35: signet.admin.v1.Admin.GetBundle:input_type -> signet.admin.v1.GetBundleRequest
+	21, // 36: signet.admin.v1.Admin.CreatePolicy:input_type -> signet.admin.v1.CreatePolicyRequest
+	23, // 37: signet.admin.v1.Admin.ListPolicies:input_type -> signet.admin.v1.ListPoliciesRequest
+	25, // 38: signet.admin.v1.Admin.DeletePolicy:input_type -> signet.admin.v1.DeletePolicyRequest
+	27, // 39: signet.admin.v1.Admin.CreateRevocation:input_type -> signet.admin.v1.CreateRevocationRequest
+	29, // 40: signet.admin.v1.Admin.ListRevocations:input_type -> signet.admin.v1.ListRevocationsRequest
+	31, // 41: signet.admin.v1.Admin.DeleteRevocation:input_type -> signet.admin.v1.DeleteRevocationRequest
+	33, // 42: signet.admin.v1.Admin.GetCAStatus:input_type -> signet.admin.v1.GetCAStatusRequest
+	36, // 43: signet.admin.v1.Admin.PrepareRoot:input_type -> signet.admin.v1.PrepareRootRequest
+	38, // 44: signet.admin.v1.Admin.ActivateRoot:input_type -> signet.admin.v1.ActivateRootRequest
+	40, // 45: signet.admin.v1.Admin.ListAnomalies:input_type -> signet.admin.v1.ListAnomaliesRequest
+	42, // 46: signet.admin.v1.Admin.ListObservedCalls:input_type -> signet.admin.v1.ListObservedCallsRequest
+	45, // 47: signet.admin.v1.Admin.CreateFederation:input_type -> signet.admin.v1.CreateFederationRequest
+	47, // 48: signet.admin.v1.Admin.ListFederations:input_type -> signet.admin.v1.ListFederationsRequest
+	49, // 49: signet.admin.v1.Admin.DeleteFederation:input_type -> signet.admin.v1.DeleteFederationRequest
+	1,  // 50: signet.admin.v1.Admin.CreateEntries:output_type -> signet.admin.v1.CreateEntriesResponse
+	3,  // 51: signet.admin.v1.Admin.UpdateEntries:output_type -> signet.admin.v1.UpdateEntriesResponse
+	5,  // 52: signet.admin.v1.Admin.DeleteEntries:output_type -> signet.admin.v1.DeleteEntriesResponse
+	7,  // 53: signet.admin.v1.Admin.ListEntries:output_type -> signet.admin.v1.ListEntriesResponse
+	9,  // 54: signet.admin.v1.Admin.CreateJoinToken:output_type -> signet.admin.v1.CreateJoinTokenResponse
+	12, // 55: signet.admin.v1.Admin.ListJoinTokens:output_type -> signet.admin.v1.ListJoinTokensResponse
+	14, // 56: signet.admin.v1.Admin.RevokeJoinTokens:output_type -> signet.admin.v1.RevokeJoinTokensResponse
+	16, // 57: signet.admin.v1.Admin.ListAgents:output_type -> signet.admin.v1.ListAgentsResponse
+	18, // 58: signet.admin.v1.Admin.EvictAgent:output_type -> signet.admin.v1.EvictAgentResponse
+	20, // 59: signet.admin.v1.Admin.GetBundle:output_type -> signet.admin.v1.GetBundleResponse
+	22, // 60: signet.admin.v1.Admin.CreatePolicy:output_type -> signet.admin.v1.CreatePolicyResponse
+	24, // 61: signet.admin.v1.Admin.ListPolicies:output_type -> signet.admin.v1.ListPoliciesResponse
+	26, // 62: signet.admin.v1.Admin.DeletePolicy:output_type -> signet.admin.v1.DeletePolicyResponse
+	28, // 63: signet.admin.v1.Admin.CreateRevocation:output_type -> signet.admin.v1.CreateRevocationResponse
+	30, // 64: signet.admin.v1.Admin.ListRevocations:output_type -> signet.admin.v1.ListRevocationsResponse
+	32, // 65: signet.admin.v1.Admin.DeleteRevocation:output_type -> signet.admin.v1.DeleteRevocationResponse
+	34, // 66: signet.admin.v1.Admin.GetCAStatus:output_type -> signet.admin.v1.GetCAStatusResponse
+	37, // 67: signet.admin.v1.Admin.PrepareRoot:output_type -> signet.admin.v1.PrepareRootResponse
+	39, // 68: signet.admin.v1.Admin.ActivateRoot:output_type -> signet.admin.v1.ActivateRootResponse
+	41, // 69: signet.admin.v1.Admin.ListAnomalies:output_type -> signet.admin.v1.ListAnomaliesResponse
+	43, // 70: signet.admin.v1.Admin.ListObservedCalls:output_type -> signet.admin.v1.ListObservedCallsResponse
+	46, // 71: signet.admin.v1.Admin.CreateFederation:output_type -> signet.admin.v1.CreateFederationResponse
+	48, // 72: signet.admin.v1.Admin.ListFederations:output_type -> signet.admin.v1.ListFederationsResponse
+	50, // 73: signet.admin.v1.Admin.DeleteFederation:output_type -> signet.admin.v1.DeleteFederationResponse
+	50, // [50:74] is the sub-list for method output_type
+	26, // [26:50] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_signet_admin_v1_admin_proto_init() }
@@ -2636,7 +2917,7 @@ func file_signet_admin_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_signet_admin_v1_admin_proto_rawDesc), len(file_signet_admin_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   45,
+			NumMessages:   51,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

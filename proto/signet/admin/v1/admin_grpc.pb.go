@@ -43,6 +43,9 @@ const (
 	Admin_ActivateRoot_FullMethodName      = "/signet.admin.v1.Admin/ActivateRoot"
 	Admin_ListAnomalies_FullMethodName     = "/signet.admin.v1.Admin/ListAnomalies"
 	Admin_ListObservedCalls_FullMethodName = "/signet.admin.v1.Admin/ListObservedCalls"
+	Admin_CreateFederation_FullMethodName  = "/signet.admin.v1.Admin/CreateFederation"
+	Admin_ListFederations_FullMethodName   = "/signet.admin.v1.Admin/ListFederations"
+	Admin_DeleteFederation_FullMethodName  = "/signet.admin.v1.Admin/DeleteFederation"
 )
 
 // AdminClient is the client API for Admin service.
@@ -99,6 +102,12 @@ type AdminClient interface {
 	// methods of which servers, and in which hours of the week: what
 	// signet policy suggest and diff work from.
 	ListObservedCalls(ctx context.Context, in *ListObservedCallsRequest, opts ...grpc.CallOption) (*ListObservedCallsResponse, error)
+	// CreateFederation federates with another trust domain (or replaces how
+	// its bundle is fetched): the CA fetches the bundle at once and then at
+	// its refresh hint.
+	CreateFederation(ctx context.Context, in *CreateFederationRequest, opts ...grpc.CallOption) (*CreateFederationResponse, error)
+	ListFederations(ctx context.Context, in *ListFederationsRequest, opts ...grpc.CallOption) (*ListFederationsResponse, error)
+	DeleteFederation(ctx context.Context, in *DeleteFederationRequest, opts ...grpc.CallOption) (*DeleteFederationResponse, error)
 }
 
 type adminClient struct {
@@ -319,6 +328,36 @@ func (c *adminClient) ListObservedCalls(ctx context.Context, in *ListObservedCal
 	return out, nil
 }
 
+func (c *adminClient) CreateFederation(ctx context.Context, in *CreateFederationRequest, opts ...grpc.CallOption) (*CreateFederationResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CreateFederationResponse)
+	err := c.cc.Invoke(ctx, Admin_CreateFederation_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminClient) ListFederations(ctx context.Context, in *ListFederationsRequest, opts ...grpc.CallOption) (*ListFederationsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListFederationsResponse)
+	err := c.cc.Invoke(ctx, Admin_ListFederations_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminClient) DeleteFederation(ctx context.Context, in *DeleteFederationRequest, opts ...grpc.CallOption) (*DeleteFederationResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteFederationResponse)
+	err := c.cc.Invoke(ctx, Admin_DeleteFederation_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServer is the server API for Admin service.
 // All implementations must embed UnimplementedAdminServer
 // for forward compatibility.
@@ -373,6 +412,12 @@ type AdminServer interface {
 	// methods of which servers, and in which hours of the week: what
 	// signet policy suggest and diff work from.
 	ListObservedCalls(context.Context, *ListObservedCallsRequest) (*ListObservedCallsResponse, error)
+	// CreateFederation federates with another trust domain (or replaces how
+	// its bundle is fetched): the CA fetches the bundle at once and then at
+	// its refresh hint.
+	CreateFederation(context.Context, *CreateFederationRequest) (*CreateFederationResponse, error)
+	ListFederations(context.Context, *ListFederationsRequest) (*ListFederationsResponse, error)
+	DeleteFederation(context.Context, *DeleteFederationRequest) (*DeleteFederationResponse, error)
 	mustEmbedUnimplementedAdminServer()
 }
 
@@ -445,6 +490,15 @@ func (UnimplementedAdminServer) ListAnomalies(context.Context, *ListAnomaliesReq
 }
 func (UnimplementedAdminServer) ListObservedCalls(context.Context, *ListObservedCallsRequest) (*ListObservedCallsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListObservedCalls not implemented")
+}
+func (UnimplementedAdminServer) CreateFederation(context.Context, *CreateFederationRequest) (*CreateFederationResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CreateFederation not implemented")
+}
+func (UnimplementedAdminServer) ListFederations(context.Context, *ListFederationsRequest) (*ListFederationsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListFederations not implemented")
+}
+func (UnimplementedAdminServer) DeleteFederation(context.Context, *DeleteFederationRequest) (*DeleteFederationResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteFederation not implemented")
 }
 func (UnimplementedAdminServer) mustEmbedUnimplementedAdminServer() {}
 func (UnimplementedAdminServer) testEmbeddedByValue()               {}
@@ -845,6 +899,60 @@ func _Admin_ListObservedCalls_Handler(srv interface{}, ctx context.Context, dec 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Admin_CreateFederation_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateFederationRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).CreateFederation(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_CreateFederation_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).CreateFederation(ctx, req.(*CreateFederationRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Admin_ListFederations_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListFederationsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).ListFederations(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_ListFederations_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).ListFederations(ctx, req.(*ListFederationsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Admin_DeleteFederation_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteFederationRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).DeleteFederation(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_DeleteFederation_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).DeleteFederation(ctx, req.(*DeleteFederationRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Admin_ServiceDesc is the grpc.ServiceDesc for Admin service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -935,6 +1043,18 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListObservedCalls",
 			Handler:    _Admin_ListObservedCalls_Handler,
+		},
+		{
+			MethodName: "CreateFederation",
+			Handler:    _Admin_CreateFederation_Handler,
+		},
+		{
+			MethodName: "ListFederations",
+			Handler:    _Admin_ListFederations_Handler,
+		},
+		{
+			MethodName: "DeleteFederation",
+			Handler:    _Admin_DeleteFederation_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

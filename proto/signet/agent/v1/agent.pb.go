@@ -359,9 +359,14 @@ type SyncResponse struct {
 	// deny_list, with revocations_set, is the same revocations signed by the
 	// CA (a compact JWS with a JWT-SVID key of the trust bundle), for peers
 	// that check revocations offline without Signet's SDK.
-	DenyList      string `protobuf:"bytes,13,opt,name=deny_list,json=denyList,proto3" json:"deny_list,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	DenyList string `protobuf:"bytes,13,opt,name=deny_list,json=denyList,proto3" json:"deny_list,omitempty"`
+	// federated_bundles, when federated_bundles_set, replace the federated
+	// trust domains' bundles the agent holds (it serves each to the
+	// workloads whose entries federate with it).
+	FederatedBundles    []*v1.Bundle `protobuf:"bytes,14,rep,name=federated_bundles,json=federatedBundles,proto3" json:"federated_bundles,omitempty"`
+	FederatedBundlesSet bool         `protobuf:"varint,15,opt,name=federated_bundles_set,json=federatedBundlesSet,proto3" json:"federated_bundles_set,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *SyncResponse) Reset() {
@@ -483,6 +488,20 @@ func (x *SyncResponse) GetDenyList() string {
 		return x.DenyList
 	}
 	return ""
+}
+
+func (x *SyncResponse) GetFederatedBundles() []*v1.Bundle {
+	if x != nil {
+		return x.FederatedBundles
+	}
+	return nil
+}
+
+func (x *SyncResponse) GetFederatedBundlesSet() bool {
+	if x != nil {
+		return x.FederatedBundlesSet
+	}
+	return false
 }
 
 type FetchPodEntriesRequest struct {
@@ -1093,7 +1112,7 @@ const file_signet_agent_v1_agent_proto_rawDesc = "" +
 	"svid_chain\x18\x02 \x03(\fR\tsvidChain\x12/\n" +
 	"\x06bundle\x18\x03 \x01(\v2\x17.signet.types.v1.BundleR\x06bundle\")\n" +
 	"\vSyncRequest\x12\x1a\n" +
-	"\brevision\x18\x01 \x01(\x03R\brevision\"\xb9\x04\n" +
+	"\brevision\x18\x01 \x01(\x03R\brevision\"\xb3\x05\n" +
 	"\fSyncResponse\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\x12\x12\n" +
 	"\x04full\x18\x02 \x01(\bR\x04full\x120\n" +
@@ -1109,7 +1128,9 @@ const file_signet_agent_v1_agent_proto_rawDesc = "" +
 	" \x01(\bR\vpoliciesSet\x12=\n" +
 	"\vrevocations\x18\v \x03(\v2\x1b.signet.types.v1.RevocationR\vrevocations\x12'\n" +
 	"\x0frevocations_set\x18\f \x01(\bR\x0erevocationsSet\x12\x1b\n" +
-	"\tdeny_list\x18\r \x01(\tR\bdenyList\"1\n" +
+	"\tdeny_list\x18\r \x01(\tR\bdenyList\x12D\n" +
+	"\x11federated_bundles\x18\x0e \x03(\v2\x17.signet.types.v1.BundleR\x10federatedBundles\x122\n" +
+	"\x15federated_bundles_set\x18\x0f \x01(\bR\x13federatedBundlesSet\"1\n" +
 	"\x16FetchPodEntriesRequest\x12\x17\n" +
 	"\apod_uid\x18\x01 \x01(\tR\x06podUid\"K\n" +
 	"\x17FetchPodEntriesResponse\x120\n" +
@@ -1205,31 +1226,32 @@ var file_signet_agent_v1_agent_proto_depIdxs = []int32{
 	19, // 5: signet.agent.v1.SyncResponse.pod_entries:type_name -> signet.types.v1.Entry
 	20, // 6: signet.agent.v1.SyncResponse.policies:type_name -> signet.types.v1.AccessPolicy
 	21, // 7: signet.agent.v1.SyncResponse.revocations:type_name -> signet.types.v1.Revocation
-	19, // 8: signet.agent.v1.FetchPodEntriesResponse.entries:type_name -> signet.types.v1.Entry
-	8,  // 9: signet.agent.v1.MintX509SVIDsRequest.requests:type_name -> signet.agent.v1.X509SVIDRequest
-	10, // 10: signet.agent.v1.MintX509SVIDsResponse.svids:type_name -> signet.agent.v1.X509SVID
-	22, // 11: signet.agent.v1.AckBundleRequest.ack:type_name -> signet.types.v1.BundleAck
-	0,  // 12: signet.agent.v1.Node.AttestNode:input_type -> signet.agent.v1.AttestNodeRequest
-	4,  // 13: signet.agent.v1.Node.Sync:input_type -> signet.agent.v1.SyncRequest
-	9,  // 14: signet.agent.v1.Node.MintX509SVIDs:input_type -> signet.agent.v1.MintX509SVIDsRequest
-	12, // 15: signet.agent.v1.Node.MintJWTSVID:input_type -> signet.agent.v1.MintJWTSVIDRequest
-	14, // 16: signet.agent.v1.Node.RenewAgent:input_type -> signet.agent.v1.RenewAgentRequest
-	6,  // 17: signet.agent.v1.Node.FetchPodEntries:input_type -> signet.agent.v1.FetchPodEntriesRequest
-	16, // 18: signet.agent.v1.Node.AckBundle:input_type -> signet.agent.v1.AckBundleRequest
-	23, // 19: signet.agent.v1.Node.ReportDecisions:input_type -> signet.types.v1.DecisionReport
-	3,  // 20: signet.agent.v1.Node.AttestNode:output_type -> signet.agent.v1.AttestNodeResponse
-	5,  // 21: signet.agent.v1.Node.Sync:output_type -> signet.agent.v1.SyncResponse
-	11, // 22: signet.agent.v1.Node.MintX509SVIDs:output_type -> signet.agent.v1.MintX509SVIDsResponse
-	13, // 23: signet.agent.v1.Node.MintJWTSVID:output_type -> signet.agent.v1.MintJWTSVIDResponse
-	15, // 24: signet.agent.v1.Node.RenewAgent:output_type -> signet.agent.v1.RenewAgentResponse
-	7,  // 25: signet.agent.v1.Node.FetchPodEntries:output_type -> signet.agent.v1.FetchPodEntriesResponse
-	17, // 26: signet.agent.v1.Node.AckBundle:output_type -> signet.agent.v1.AckBundleResponse
-	24, // 27: signet.agent.v1.Node.ReportDecisions:output_type -> signet.types.v1.DecisionReportAck
-	20, // [20:28] is the sub-list for method output_type
-	12, // [12:20] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	18, // 8: signet.agent.v1.SyncResponse.federated_bundles:type_name -> signet.types.v1.Bundle
+	19, // 9: signet.agent.v1.FetchPodEntriesResponse.entries:type_name -> signet.types.v1.Entry
+	8,  // 10: signet.agent.v1.MintX509SVIDsRequest.requests:type_name -> signet.agent.v1.X509SVIDRequest
+	10, // 11: signet.agent.v1.MintX509SVIDsResponse.svids:type_name -> signet.agent.v1.X509SVID
+	22, // 12: signet.agent.v1.AckBundleRequest.ack:type_name -> signet.types.v1.BundleAck
+	0,  // 13: signet.agent.v1.Node.AttestNode:input_type -> signet.agent.v1.AttestNodeRequest
+	4,  // 14: signet.agent.v1.Node.Sync:input_type -> signet.agent.v1.SyncRequest
+	9,  // 15: signet.agent.v1.Node.MintX509SVIDs:input_type -> signet.agent.v1.MintX509SVIDsRequest
+	12, // 16: signet.agent.v1.Node.MintJWTSVID:input_type -> signet.agent.v1.MintJWTSVIDRequest
+	14, // 17: signet.agent.v1.Node.RenewAgent:input_type -> signet.agent.v1.RenewAgentRequest
+	6,  // 18: signet.agent.v1.Node.FetchPodEntries:input_type -> signet.agent.v1.FetchPodEntriesRequest
+	16, // 19: signet.agent.v1.Node.AckBundle:input_type -> signet.agent.v1.AckBundleRequest
+	23, // 20: signet.agent.v1.Node.ReportDecisions:input_type -> signet.types.v1.DecisionReport
+	3,  // 21: signet.agent.v1.Node.AttestNode:output_type -> signet.agent.v1.AttestNodeResponse
+	5,  // 22: signet.agent.v1.Node.Sync:output_type -> signet.agent.v1.SyncResponse
+	11, // 23: signet.agent.v1.Node.MintX509SVIDs:output_type -> signet.agent.v1.MintX509SVIDsResponse
+	13, // 24: signet.agent.v1.Node.MintJWTSVID:output_type -> signet.agent.v1.MintJWTSVIDResponse
+	15, // 25: signet.agent.v1.Node.RenewAgent:output_type -> signet.agent.v1.RenewAgentResponse
+	7,  // 26: signet.agent.v1.Node.FetchPodEntries:output_type -> signet.agent.v1.FetchPodEntriesResponse
+	17, // 27: signet.agent.v1.Node.AckBundle:output_type -> signet.agent.v1.AckBundleResponse
+	24, // 28: signet.agent.v1.Node.ReportDecisions:output_type -> signet.types.v1.DecisionReportAck
+	21, // [21:29] is the sub-list for method output_type
+	13, // [13:21] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_signet_agent_v1_agent_proto_init() }

@@ -100,7 +100,11 @@ type Entry struct {
 	// mints an X509-SVID of this entry itself (so no node component holds a
 	// key for it) and signs only CSRs the workload sends through
 	// signet.workload.v1.Keys.
-	WorkloadKey   bool `protobuf:"varint,10,opt,name=workload_key,json=workloadKey,proto3" json:"workload_key,omitempty"`
+	WorkloadKey bool `protobuf:"varint,10,opt,name=workload_key,json=workloadKey,proto3" json:"workload_key,omitempty"`
+	// federates_with names the federated trust domains whose bundles the
+	// workload gets beside its own (the Workload API's federated_bundles).
+	// A trust domain without a fetched bundle is left out: the entry works.
+	FederatesWith []string `protobuf:"bytes,11,rep,name=federates_with,json=federatesWith,proto3" json:"federates_with,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -203,6 +207,13 @@ func (x *Entry) GetWorkloadKey() bool {
 		return x.WorkloadKey
 	}
 	return false
+}
+
+func (x *Entry) GetFederatesWith() []string {
+	if x != nil {
+		return x.FederatesWith
+	}
+	return nil
 }
 
 // JWTKey is one public key of a JWT bundle.
@@ -1607,6 +1618,128 @@ func (x *Anomaly) GetDetail() string {
 	return ""
 }
 
+// FederatedTrustDomain is a trust domain this one federates with: where
+// its bundle is fetched, how that endpoint is authenticated, and the
+// bundle fetched last.
+type FederatedTrustDomain struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	TrustDomain string                 `protobuf:"bytes,1,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
+	// bundle_endpoint_url is the https URL of its SPIFFE bundle endpoint.
+	BundleEndpointUrl string `protobuf:"bytes,2,opt,name=bundle_endpoint_url,json=bundleEndpointUrl,proto3" json:"bundle_endpoint_url,omitempty"`
+	// profile is "https_web" (the endpoint's certificate verifies with the
+	// system's roots, or endpoint_ca) or "https_spiffe" (the endpoint
+	// presents endpoint_spiffe_id's SVID, verified with the trust domain's
+	// own bundle: the one fetched last, at first the one given).
+	Profile          string `protobuf:"bytes,3,opt,name=profile,proto3" json:"profile,omitempty"`
+	EndpointSpiffeId string `protobuf:"bytes,4,opt,name=endpoint_spiffe_id,json=endpointSpiffeId,proto3" json:"endpoint_spiffe_id,omitempty"`
+	// endpoint_ca is PEM roots for https_web instead of the system's.
+	EndpointCa []byte `protobuf:"bytes,5,opt,name=endpoint_ca,json=endpointCa,proto3" json:"endpoint_ca,omitempty"`
+	// bundle is the trust domain's bundle, fetched last (or given at
+	// creation, for https_spiffe's first fetch).
+	Bundle *Bundle `protobuf:"bytes,6,opt,name=bundle,proto3" json:"bundle,omitempty"`
+	// refreshed_at is when the bundle was last fetched, in Unix seconds;
+	// next_refresh_at when it will be next.
+	RefreshedAt   int64 `protobuf:"varint,7,opt,name=refreshed_at,json=refreshedAt,proto3" json:"refreshed_at,omitempty"`
+	NextRefreshAt int64 `protobuf:"varint,8,opt,name=next_refresh_at,json=nextRefreshAt,proto3" json:"next_refresh_at,omitempty"`
+	// last_error is why the last fetch failed, empty after a success.
+	LastError     string `protobuf:"bytes,9,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FederatedTrustDomain) Reset() {
+	*x = FederatedTrustDomain{}
+	mi := &file_signet_types_v1_types_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FederatedTrustDomain) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FederatedTrustDomain) ProtoMessage() {}
+
+func (x *FederatedTrustDomain) ProtoReflect() protoreflect.Message {
+	mi := &file_signet_types_v1_types_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FederatedTrustDomain.ProtoReflect.Descriptor instead.
+func (*FederatedTrustDomain) Descriptor() ([]byte, []int) {
+	return file_signet_types_v1_types_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *FederatedTrustDomain) GetTrustDomain() string {
+	if x != nil {
+		return x.TrustDomain
+	}
+	return ""
+}
+
+func (x *FederatedTrustDomain) GetBundleEndpointUrl() string {
+	if x != nil {
+		return x.BundleEndpointUrl
+	}
+	return ""
+}
+
+func (x *FederatedTrustDomain) GetProfile() string {
+	if x != nil {
+		return x.Profile
+	}
+	return ""
+}
+
+func (x *FederatedTrustDomain) GetEndpointSpiffeId() string {
+	if x != nil {
+		return x.EndpointSpiffeId
+	}
+	return ""
+}
+
+func (x *FederatedTrustDomain) GetEndpointCa() []byte {
+	if x != nil {
+		return x.EndpointCa
+	}
+	return nil
+}
+
+func (x *FederatedTrustDomain) GetBundle() *Bundle {
+	if x != nil {
+		return x.Bundle
+	}
+	return nil
+}
+
+func (x *FederatedTrustDomain) GetRefreshedAt() int64 {
+	if x != nil {
+		return x.RefreshedAt
+	}
+	return 0
+}
+
+func (x *FederatedTrustDomain) GetNextRefreshAt() int64 {
+	if x != nil {
+		return x.NextRefreshAt
+	}
+	return 0
+}
+
+func (x *FederatedTrustDomain) GetLastError() string {
+	if x != nil {
+		return x.LastError
+	}
+	return ""
+}
+
 var File_signet_types_v1_types_proto protoreflect.FileDescriptor
 
 const file_signet_types_v1_types_proto_rawDesc = "" +
@@ -1614,7 +1747,7 @@ const file_signet_types_v1_types_proto_rawDesc = "" +
 	"\x1bsignet/types/v1/types.proto\x12\x0fsignet.types.v1\"4\n" +
 	"\bSelector\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value\"\xe9\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value\"\x90\x03\n" +
 	"\x05Entry\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
 	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\x12\x1b\n" +
@@ -1627,7 +1760,8 @@ const file_signet_types_v1_types_proto_rawDesc = "" +
 	"\n" +
 	"created_at\x18\t \x01(\x03R\tcreatedAt\x12!\n" +
 	"\fworkload_key\x18\n" +
-	" \x01(\bR\vworkloadKey\"]\n" +
+	" \x01(\bR\vworkloadKey\x12%\n" +
+	"\x0efederates_with\x18\v \x03(\tR\rfederatesWith\"]\n" +
 	"\x06JWTKey\x12\x15\n" +
 	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x1d\n" +
 	"\n" +
@@ -1749,7 +1883,19 @@ const file_signet_types_v1_types_proto_rawDesc = "" +
 	"\x04peer\x18\x03 \x01(\tR\x04peer\x12\x16\n" +
 	"\x06method\x18\x04 \x01(\tR\x06method\x12\x0e\n" +
 	"\x02at\x18\x05 \x01(\x03R\x02at\x12\x16\n" +
-	"\x06detail\x18\x06 \x01(\tR\x06detailB;Z9github.com/signet-id/signet/proto/signet/types/v1;typesv1b\x06proto3"
+	"\x06detail\x18\x06 \x01(\tR\x06detail\"\xed\x02\n" +
+	"\x14FederatedTrustDomain\x12!\n" +
+	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12.\n" +
+	"\x13bundle_endpoint_url\x18\x02 \x01(\tR\x11bundleEndpointUrl\x12\x18\n" +
+	"\aprofile\x18\x03 \x01(\tR\aprofile\x12,\n" +
+	"\x12endpoint_spiffe_id\x18\x04 \x01(\tR\x10endpointSpiffeId\x12\x1f\n" +
+	"\vendpoint_ca\x18\x05 \x01(\fR\n" +
+	"endpointCa\x12/\n" +
+	"\x06bundle\x18\x06 \x01(\v2\x17.signet.types.v1.BundleR\x06bundle\x12!\n" +
+	"\frefreshed_at\x18\a \x01(\x03R\vrefreshedAt\x12&\n" +
+	"\x0fnext_refresh_at\x18\b \x01(\x03R\rnextRefreshAt\x12\x1d\n" +
+	"\n" +
+	"last_error\x18\t \x01(\tR\tlastErrorB;Z9github.com/signet-id/signet/proto/signet/types/v1;typesv1b\x06proto3"
 
 var (
 	file_signet_types_v1_types_proto_rawDescOnce sync.Once
@@ -1763,28 +1909,29 @@ func file_signet_types_v1_types_proto_rawDescGZIP() []byte {
 	return file_signet_types_v1_types_proto_rawDescData
 }
 
-var file_signet_types_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_signet_types_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_signet_types_v1_types_proto_goTypes = []any{
-	(*Selector)(nil),          // 0: signet.types.v1.Selector
-	(*Entry)(nil),             // 1: signet.types.v1.Entry
-	(*JWTKey)(nil),            // 2: signet.types.v1.JWTKey
-	(*Bundle)(nil),            // 3: signet.types.v1.Bundle
-	(*Agent)(nil),             // 4: signet.types.v1.Agent
-	(*PolicyPeer)(nil),        // 5: signet.types.v1.PolicyPeer
-	(*PolicyRule)(nil),        // 6: signet.types.v1.PolicyRule
-	(*PolicySource)(nil),      // 7: signet.types.v1.PolicySource
-	(*TimeWindow)(nil),        // 8: signet.types.v1.TimeWindow
-	(*AccessPolicy)(nil),      // 9: signet.types.v1.AccessPolicy
-	(*Revocation)(nil),        // 10: signet.types.v1.Revocation
-	(*BundleAck)(nil),         // 11: signet.types.v1.BundleAck
-	(*WorkloadAck)(nil),       // 12: signet.types.v1.WorkloadAck
-	(*Decision)(nil),          // 13: signet.types.v1.Decision
-	(*DecisionReport)(nil),    // 14: signet.types.v1.DecisionReport
-	(*TrafficCount)(nil),      // 15: signet.types.v1.TrafficCount
-	(*DecisionReportAck)(nil), // 16: signet.types.v1.DecisionReportAck
-	(*Anomaly)(nil),           // 17: signet.types.v1.Anomaly
-	nil,                       // 18: signet.types.v1.BundleAck.SvidsByRootEntry
-	nil,                       // 19: signet.types.v1.BundleAck.SvidsByIntermediateEntry
+	(*Selector)(nil),             // 0: signet.types.v1.Selector
+	(*Entry)(nil),                // 1: signet.types.v1.Entry
+	(*JWTKey)(nil),               // 2: signet.types.v1.JWTKey
+	(*Bundle)(nil),               // 3: signet.types.v1.Bundle
+	(*Agent)(nil),                // 4: signet.types.v1.Agent
+	(*PolicyPeer)(nil),           // 5: signet.types.v1.PolicyPeer
+	(*PolicyRule)(nil),           // 6: signet.types.v1.PolicyRule
+	(*PolicySource)(nil),         // 7: signet.types.v1.PolicySource
+	(*TimeWindow)(nil),           // 8: signet.types.v1.TimeWindow
+	(*AccessPolicy)(nil),         // 9: signet.types.v1.AccessPolicy
+	(*Revocation)(nil),           // 10: signet.types.v1.Revocation
+	(*BundleAck)(nil),            // 11: signet.types.v1.BundleAck
+	(*WorkloadAck)(nil),          // 12: signet.types.v1.WorkloadAck
+	(*Decision)(nil),             // 13: signet.types.v1.Decision
+	(*DecisionReport)(nil),       // 14: signet.types.v1.DecisionReport
+	(*TrafficCount)(nil),         // 15: signet.types.v1.TrafficCount
+	(*DecisionReportAck)(nil),    // 16: signet.types.v1.DecisionReportAck
+	(*Anomaly)(nil),              // 17: signet.types.v1.Anomaly
+	(*FederatedTrustDomain)(nil), // 18: signet.types.v1.FederatedTrustDomain
+	nil,                          // 19: signet.types.v1.BundleAck.SvidsByRootEntry
+	nil,                          // 20: signet.types.v1.BundleAck.SvidsByIntermediateEntry
 }
 var file_signet_types_v1_types_proto_depIdxs = []int32{
 	0,  // 0: signet.types.v1.Entry.selectors:type_name -> signet.types.v1.Selector
@@ -1793,16 +1940,17 @@ var file_signet_types_v1_types_proto_depIdxs = []int32{
 	8,  // 3: signet.types.v1.PolicyRule.when:type_name -> signet.types.v1.TimeWindow
 	7,  // 4: signet.types.v1.PolicyRule.from:type_name -> signet.types.v1.PolicySource
 	6,  // 5: signet.types.v1.AccessPolicy.rules:type_name -> signet.types.v1.PolicyRule
-	18, // 6: signet.types.v1.BundleAck.svids_by_root:type_name -> signet.types.v1.BundleAck.SvidsByRootEntry
+	19, // 6: signet.types.v1.BundleAck.svids_by_root:type_name -> signet.types.v1.BundleAck.SvidsByRootEntry
 	12, // 7: signet.types.v1.BundleAck.workloads:type_name -> signet.types.v1.WorkloadAck
-	19, // 8: signet.types.v1.BundleAck.svids_by_intermediate:type_name -> signet.types.v1.BundleAck.SvidsByIntermediateEntry
+	20, // 8: signet.types.v1.BundleAck.svids_by_intermediate:type_name -> signet.types.v1.BundleAck.SvidsByIntermediateEntry
 	13, // 9: signet.types.v1.DecisionReport.decisions:type_name -> signet.types.v1.Decision
 	15, // 10: signet.types.v1.DecisionReport.traffic:type_name -> signet.types.v1.TrafficCount
-	11, // [11:11] is the sub-list for method output_type
-	11, // [11:11] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	3,  // 11: signet.types.v1.FederatedTrustDomain.bundle:type_name -> signet.types.v1.Bundle
+	12, // [12:12] is the sub-list for method output_type
+	12, // [12:12] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_signet_types_v1_types_proto_init() }
@@ -1816,7 +1964,7 @@ func file_signet_types_v1_types_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_signet_types_v1_types_proto_rawDesc), len(file_signet_types_v1_types_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   20,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
