@@ -27,10 +27,13 @@ import (
 	"github.com/signet-id/signet/ca/api"
 	"github.com/signet-id/signet/ca/authority"
 	"github.com/signet-id/signet/ca/cluster"
+	"github.com/signet-id/signet/ca/clusterfederation"
 	"github.com/signet-id/signet/ca/clusterrevocation"
 	"github.com/signet-id/signet/ca/clustertraffic"
 	"github.com/signet-id/signet/ca/clusterview"
+	"github.com/signet-id/signet/ca/federation"
 	"github.com/signet-id/signet/ca/nodeattest"
+	"github.com/signet-id/signet/ca/podcert"
 	"github.com/signet-id/signet/ca/podidentity"
 	"github.com/signet-id/signet/ca/server"
 	"github.com/signet-id/signet/ca/webhook"
@@ -58,6 +61,14 @@ type kubeMode struct {
 	bundle    *cluster.BundlePublisher
 	// caBundle, with a webhook, keeps the webhook configurations current.
 	caBundle *cluster.CABundleKeeper
+	// podCerts, if configured, signs PodCertificateRequests (the leader),
+	// through the API's configuration.
+	podCerts *podcert.Signer
+	api      *api.Config
+	// feds are the FederatedTrustDomain objects; fetcher, made in
+	// Configure, fetches their bundles (the leader).
+	feds    *clusterfederation.Store
+	fetcher *federation.Fetcher
 }
 
 // Build connects to the cluster, starts the shared informers and waits for
@@ -86,12 +97,17 @@ func Build(ctx context.Context, cfg server.Config, log hclog.Logger) (server.Clu
 	if err != nil {
 		return nil, err
 	}
+	feds, err := clusterfederation.NewStore(view, clients.Dynamic, log)
+	if err != nil {
+		return nil, err
+	}
 	if err := view.Start(ctx); err != nil {
 		return nil, err
 	}
 	pods.Load()
 	policies.Load()
 	revs.Load()
+	feds.Load()
 	log.Info("watching pods and IdentityRules", "cluster", kc.ClusterName, "namespace", kc.Namespace)
 	evictions := &agentpod.Evictions{Client: clients.Client, Namespace: kc.Namespace, Name: kc.LeaseName + "-evictions"}
 	if err := evictions.Start(ctx); err != nil {
@@ -110,6 +126,7 @@ func Build(ctx context.Context, cfg server.Config, log hclog.Logger) (server.Clu
 		pods:      pods,
 		policies:  policies,
 		revs:      revs,
+		feds:      feds,
 		agentPods: agentpod.New(view, kc.AgentServiceAccounts, evictions),
 		acks:      acks,
 		keys:      &cluster.SecretKeyStore{Client: clients.Client, Namespace: kc.Namespace, Name: kc.SecretName},
@@ -150,6 +167,13 @@ func (m *kubeMode) IsLeader() bool { return m.leader.IsLeader() }
 func (m *kubeMode) Configure(c *api.Config) {
 	c.PSAT, c.ClusterName = psatAttestor{m.psat}, m.cfg.Kube.ClusterName
 	c.Pods, c.AgentPods, c.Policies, c.Revocations, c.Acks = m.pods, m.agentPods, m.policies, m.revs, m.acks
+	m.api = c
+	m.fetcher = federation.NewFetcher(m.feds, m.log.Named("federation"), c.Audit)
+	c.Federations = m.fetcher
+	if pc := m.cfg.Kube.PodCertificates; pc != nil {
+		m.podCerts = podcert.New(podcert.Config{Client: m.client, SignerName: pc.SignerName, Identities: m.pods,
+			Sign: c.SignPodCertificate, Lifetime: m.cfg.X509TTL, RefreshAfter: pc.RefreshAfter, Audit: c.Audit, Log: m.log.Named("podcert")})
+	}
 }
 
 // Start implements server.Cluster: leader election, and the webhook if
@@ -174,6 +198,19 @@ func (m *kubeMode) Start(g *tasks.Group, auth *authority.Authority) error {
 		g.Add("webhook", func(context.Context) error { return hookSrv.ServeTLS(hookLis, "", "") }, func() { hookSrv.Close() })
 		m.log.Info("admission webhook listening", "addr", hookLis.Addr().String())
 	}
+	// Every replica hands its agents the bundles the objects hold.
+	g.Add("federated trust domains", func(ctx context.Context) error {
+		for {
+			changed := m.feds.Changed()
+			m.fetcher.Reload(ctx)
+			m.fetcher.Kick()
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-changed:
+			}
+		}
+	}, nil)
 	g.Add("leader election", func(ctx context.Context) error { m.lead(ctx, auth); return nil }, nil)
 	return nil
 }
@@ -192,6 +229,11 @@ func (m *kubeMode) lead(ctx context.Context, auth *authority.Authority) {
 			go m.caBundle.Run(ctx, roots)
 		}
 		go m.revs.RunPruning(ctx, time.Hour, m.log)
+		go m.fetcher.Run(ctx)
+		if m.podCerts != nil {
+			go m.podCerts.PublishBundle(ctx, m.cfg.TrustDomain.Name(), roots)
+			go m.podCerts.Run(ctx)
+		}
 		m.pods.RunStatus(ctx)
 	})
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/signet-id/signet/ca/audit"
 	typesv1 "github.com/signet-id/signet/proto/signet/types/v1"
 )
 
@@ -31,10 +32,9 @@ type Fetcher struct {
 	log   hclog.Logger
 	// Now is the clock; tests replace it.
 	Now func() time.Time
-	// OnFetch, if set, is told of every fetch (trust domain, error), and
-	// OnBundle of every fetched bundle that differs from the one before.
-	OnFetch  func(td string, err error)
-	OnBundle func(td string, b *typesv1.Bundle)
+	// OnFetch, if set, is told of every fetch (trust domain, error).
+	OnFetch func(td string, err error)
+	audit   *audit.Log
 
 	kick    chan struct{}
 	writeMu sync.Mutex // serializes writes of relationships
@@ -46,9 +46,11 @@ type Fetcher struct {
 	changed chan struct{}
 }
 
-// NewFetcher returns a fetcher of the relationships in store.
-func NewFetcher(store Store, log hclog.Logger) *Fetcher {
-	return &Fetcher{store: store, log: log, Now: time.Now, kick: make(chan struct{}, 1), failures: map[string]int{}, changed: make(chan struct{})}
+// NewFetcher returns a fetcher of the relationships in store; every
+// fetched bundle that differs from the one before is audited
+// (federation.bundle).
+func NewFetcher(store Store, log hclog.Logger, auditLog *audit.Log) *Fetcher {
+	return &Fetcher{store: store, log: log, audit: auditLog, Now: time.Now, kick: make(chan struct{}, 1), failures: map[string]int{}, changed: make(chan struct{})}
 }
 
 // Load reads the stored bundles, so that agents get them before the
@@ -131,6 +133,10 @@ func (f *Fetcher) Delete(ctx context.Context, td string) error {
 	f.reload(ctx)
 	return nil
 }
+
+// Reload reads the relationships again (after the store changed under
+// the fetcher: another replica's write).
+func (f *Fetcher) Reload(ctx context.Context) { f.reload(ctx) }
 
 func (f *Fetcher) reload(ctx context.Context) {
 	all, err := f.store.ListFederations(ctx)
@@ -232,8 +238,10 @@ func (f *Fetcher) refresh(ctx context.Context, r *typesv1.FederatedTrustDomain) 
 		} else {
 			if !proto.Equal(pb, r.GetBundle()) {
 				f.log.Info("federated bundle changed", "trust_domain", td, "x509_authorities", len(pb.GetX509Authorities()), "jwt_authorities", len(pb.GetJwtAuthorities()))
-				if f.OnBundle != nil {
-					f.OnBundle(td, pb)
+				rec := audit.Record{Event: audit.FederationBundle, Actor: "signet-ca", TrustDomain: td, URL: r.GetBundleEndpointUrl(), Result: audit.Success,
+					Reason: fmt.Sprintf("%d X.509 authorities, %d JWT authorities", len(pb.GetX509Authorities()), len(pb.GetJwtAuthorities()))}
+				if err := f.audit.Write(rec); err != nil {
+					f.log.Error("could not write the audit record of a federated bundle", "trust_domain", td, "error", err)
 				}
 			}
 			upd.Bundle, upd.LastError = pb, ""
@@ -246,9 +254,9 @@ func (f *Fetcher) refresh(ctx context.Context, r *typesv1.FederatedTrustDomain) 
 	defer f.writeMu.Unlock()
 	cur, err := f.current(ctx, td)
 	if err != nil || cur == nil || !sameEndpoint(cur, r) {
-		// Deleted or replaced while we fetched: the new one is fetched
-		// on its own.
-		return now
+		// Deleted or replaced while we fetched (or not yet seen by the
+		// store's informer): looked at again shortly.
+		return now.Add(time.Second)
 	}
 	if err := f.store.PutFederation(ctx, upd); err != nil {
 		f.log.Error("could not store a federated bundle", "trust_domain", td, "error", err)

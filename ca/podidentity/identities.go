@@ -210,7 +210,7 @@ func (r *rule) render(p *corev1.Pod, parent spiffeid.ID) (entry.Entry, error) {
 	return entry.Entry{
 		ID: entry.PodEntryID(string(p.UID), r.name), SPIFFEID: sid, ParentID: parent,
 		Selectors: []selector.Selector{selector.PodUID(string(p.UID))},
-		DNSNames:  dns, X509TTL: r.x509TTL, JWTTTL: r.jwtTTL, WorkloadKey: r.workloadKey, Namespace: p.Namespace,
+		DNSNames:  dns, X509TTL: r.x509TTL, JWTTTL: r.jwtTTL, WorkloadKey: r.workloadKey, FederatesWith: r.federates, Namespace: p.Namespace,
 	}, nil
 }
 
@@ -234,6 +234,10 @@ func (id *Identities) renderFailures(r *rule) (failed, selected int, examples []
 	}
 	return failed, selected, examples
 }
+
+// ForPod returns the identities IdentityRules give pod p (without a
+// parent: for pod certificates, which no agent mints).
+func (id *Identities) ForPod(p *corev1.Pod) []entry.Entry { return id.derive(p, spiffeid.ID{}, "") }
 
 // ForNode returns the identities of the pods bound to node, parented to
 // the node's agent.

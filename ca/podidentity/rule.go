@@ -29,6 +29,7 @@ type IdentityRuleSpec struct {
 	JWTSVIDTTL        *metav1.Duration      `json:"jwtSVIDTTL,omitempty"`
 	AllowPodMetadata  bool                  `json:"allowPodMetadata,omitempty"`
 	WorkloadKey       bool                  `json:"workloadKey,omitempty"`
+	FederatesWith     []string              `json:"federatesWith,omitempty"`
 }
 
 // IdentityRuleStatus mirrors the CRD's status.
@@ -56,6 +57,7 @@ type rule struct {
 	jwtTTL      time.Duration
 	allowMeta   bool
 	workloadKey bool
+	federates   []spiffeid.TrustDomain
 	err         error
 }
 
@@ -71,6 +73,10 @@ func compileRule(td spiffeid.TrustDomain, u *unstructured.Unstructured) *rule {
 	s := ir.Spec
 	r.allowMeta, r.workloadKey = s.AllowPodMetadata, s.WorkloadKey
 	if r.compiled, r.err = identityrule.Compile(td, identityrule.Spec{SPIFFEIDTemplate: s.SPIFFEIDTemplate, DNSNameTemplates: s.DNSNameTemplates, AllowPodMetadata: s.AllowPodMetadata}); r.err != nil {
+		return r
+	}
+	if r.federates, r.err = entry.FederatesWith(td, s.FederatesWith); r.err != nil {
+		r.err = fmt.Errorf("federatesWith: %w", r.err)
 		return r
 	}
 	if r.pods, r.err = selectorOrAll(s.PodSelector); r.err != nil {

@@ -48,6 +48,8 @@ const (
 	DefaultCSIDir          = "/run/signet-csi"
 	DefaultAgentDaemonSet  = "signet-agent"
 	DefaultWebhookConfig   = "signet"
+	// DefaultPodCertificateSigner is the signer name of pod certificates.
+	DefaultPodCertificateSigner = "signet.dev/x509-svid"
 )
 
 // Config is everything signet-ca needs; cmd/signet-ca fills it from flags
@@ -266,6 +268,20 @@ type KubeConfig struct {
 	Identity string
 	// Webhook, if set, serves admission control.
 	Webhook *WebhookConfig
+	// PodCertificates, if set, makes the CA the signer of
+	// PodCertificateRequests for a signer name, with the trust bundle
+	// published as a ClusterTrustBundle.
+	PodCertificates *PodCertificateConfig
+}
+
+// PodCertificateConfig configures the pod certificate signer.
+type PodCertificateConfig struct {
+	// SignerName; if empty, signet.dev/x509-svid.
+	SignerName string
+	// RefreshAfter is how long after a certificate's NotBefore the kubelet
+	// should start refreshing it; if zero, half its lifetime. The API
+	// keeps it at least 10 minutes from either end.
+	RefreshAfter time.Duration
 }
 
 // WebhookConfig configures the admission webhook server.
@@ -433,6 +449,17 @@ func (k *KubeConfig) validate(td spiffeid.TrustDomain) error {
 	} {
 		if *d.v == "" {
 			*d.v = d.def
+		}
+	}
+	if pc := k.PodCertificates; pc != nil {
+		if pc.SignerName == "" {
+			pc.SignerName = DefaultPodCertificateSigner
+		}
+		if d, n, ok := strings.Cut(pc.SignerName, "/"); !ok || d == "" || n == "" || strings.Contains(n, "/") || strings.HasPrefix(d, "kubernetes.io") {
+			return fmt.Errorf("pod-certificate-signer: %q: want DOMAIN/NAME, outside kubernetes.io", pc.SignerName)
+		}
+		if pc.RefreshAfter < 0 {
+			return errors.New("pod-certificate-refresh: must be positive")
 		}
 	}
 	if w := k.Webhook; w != nil {

@@ -48,7 +48,6 @@ import (
 	"github.com/signet-id/signet/internal/unixsock"
 	adminv1 "github.com/signet-id/signet/proto/signet/admin/v1"
 	agentv1 "github.com/signet-id/signet/proto/signet/agent/v1"
-	typesv1 "github.com/signet-id/signet/proto/signet/types/v1"
 )
 
 // auditDiskFree reports the free space of the audit log's filesystem, so
@@ -188,14 +187,7 @@ func build(ctx context.Context, g *tasks.Group, cfg Config) (ready func(), err e
 	if cluster != nil {
 		cluster.Configure(&apiCfg)
 	} else {
-		fetcher := federation.NewFetcher(st, log.Named("federation"))
-		fetcher.OnBundle = func(td string, b *typesv1.Bundle) {
-			rec := audit.Record{Event: audit.FederationBundle, Actor: "signet-ca", TrustDomain: td, Result: audit.Success,
-				Reason: fmt.Sprintf("%d X.509 authorities, %d JWT authorities", len(b.GetX509Authorities()), len(b.GetJwtAuthorities()))}
-			if err := auditLog.Write(rec); err != nil {
-				log.Error("could not write the audit record of a federated bundle", "trust_domain", td, "error", err)
-			}
-		}
+		fetcher := federation.NewFetcher(st, log.Named("federation"), auditLog)
 		if err := fetcher.Load(ctx); err != nil {
 			return nil, err
 		}

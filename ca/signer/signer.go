@@ -6,6 +6,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/elliptic"
+	"crypto"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
@@ -114,7 +115,12 @@ func checkSANs(csr *x509.CertificateRequest, id spiffeid.ID, dnsNames []string) 
 
 // X509Params describes one X509-SVID to sign.
 type X509Params struct {
-	CSR      *x509.CertificateRequest
+	// CSR is the workload's request, whose SANs must be exactly the
+	// SPIFFE ID and DNS names. Without one, PublicKey is signed: a key
+	// whose possession someone else checked (a PodCertificateRequest's,
+	// which the API server verified).
+	CSR       *x509.CertificateRequest
+	PublicKey crypto.PublicKey
 	SPIFFEID spiffeid.ID
 	DNSNames []string
 	TTL      time.Duration
@@ -128,6 +134,9 @@ type X509Params struct {
 	NotBeforeAtLeast time.Time
 }
 
+// NotBefore is the NotBefore an SVID signed with p gets.
+func NotBefore(p X509Params) time.Time { return notBefore(p) }
+
 func notBefore(p X509Params) time.Time {
 	nb := p.Now.Add(-Backdate)
 	if p.NotBeforeAtLeast.After(nb) && !p.NotBeforeAtLeast.After(p.Now) {
@@ -139,8 +148,15 @@ func notBefore(p X509Params) time.Time {
 // SignX509SVID signs an X509-SVID for p with ca and returns the SVID and
 // the intermediate. The lifetime is p.TTL capped by ca's remaining life.
 func SignX509SVID(ca *authority.X509CA, p X509Params) ([]*x509.Certificate, error) {
-	if err := checkSANs(p.CSR, p.SPIFFEID, p.DNSNames); err != nil {
-		return nil, err
+	pub := p.PublicKey
+	if p.CSR != nil {
+		if err := checkSANs(p.CSR, p.SPIFFEID, p.DNSNames); err != nil {
+			return nil, err
+		}
+		pub = p.CSR.PublicKey
+	}
+	if pub == nil {
+		return nil, errors.New("signer: no CSR and no public key")
 	}
 	if p.TTL <= 0 {
 		return nil, errors.New("signer: TTL must be positive")
@@ -163,13 +179,13 @@ func SignX509SVID(ca *authority.X509CA, p X509Params) ([]*x509.Certificate, erro
 		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 		BasicConstraintsValid: true,
 		IsCA:                  false,
-		PublicKey:             p.CSR.PublicKey,
+		PublicKey:             pub,
 	}
 	if len(p.DNSNames) > 0 {
 		tmpl.Subject.CommonName = p.DNSNames[0]
 	}
 	// RSA keys need keyEncipherment for TLS 1.2 RSA key exchange.
-	if _, ok := p.CSR.PublicKey.(*rsa.PublicKey); ok {
+	if _, ok := pub.(*rsa.PublicKey); ok {
 		tmpl.KeyUsage |= x509.KeyUsageKeyEncipherment
 	}
 	resp, err := ca.CAS.CreateCertificate(&apiv1.CreateCertificateRequest{

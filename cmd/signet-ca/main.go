@@ -88,6 +88,9 @@ type fileConfig struct {
 	CSIDriver           string            `json:"csi-driver"`
 	AgentDaemonSet      string            `json:"agent-daemonset"`
 	AgentPodCreator     config.StringList `json:"agent-pod-creator"`
+	PodCertificates     bool              `json:"pod-certificates"`
+	PodCertSigner       string            `json:"pod-certificate-signer"`
+	PodCertRefresh      config.Duration   `json:"pod-certificate-refresh"`
 }
 
 func defaults() fileConfig {
@@ -116,6 +119,7 @@ func defaults() fileConfig {
 		SocketVolume:    webhook.SocketVolumeCSI,
 		CSIDriver:       signetid.CSIDriver,
 		AgentDaemonSet:  server.DefaultAgentDaemonSet,
+		PodCertSigner:   server.DefaultPodCertificateSigner,
 	}
 }
 
@@ -172,6 +176,9 @@ func register(fs *flag.FlagSet, c *fileConfig) {
 	fs.StringVar(&c.SocketVolume, "socket-volume", c.SocketVolume, "how the webhook injects the socket: csi (the agent's CSI driver; Pod Security baseline and restricted allow it) or hostPath (clusters without CSI; privileged only)")
 	fs.StringVar(&c.CSIDriver, "csi-driver", c.CSIDriver, "the agents' CSI driver name")
 	fs.StringVar(&c.AgentDaemonSet, "agent-daemonset", c.AgentDaemonSet, "the agents' DaemonSet, the only one whose pods may use the agent service account")
+	fs.BoolVar(&c.PodCertificates, "pod-certificates", c.PodCertificates, "sign PodCertificateRequests of pod-certificate-signer with X509-SVIDs, and publish the bundle as a ClusterTrustBundle (Kubernetes mode)")
+	fs.StringVar(&c.PodCertSigner, "pod-certificate-signer", c.PodCertSigner, "the signer name of pod certificates")
+	fs.Var(&c.PodCertRefresh, "pod-certificate-refresh", "how long after its NotBefore the kubelet refreshes a pod certificate (default: half its lifetime; at least 10m)")
 	fs.Var(&c.AgentPodCreator, "agent-pod-creator", "user that creates the agent DaemonSet's pods (repeatable; default: the DaemonSet controller, "+strings.Join(webhook.DefaultAgentPodCreators, " or ")+")")
 }
 
@@ -220,8 +227,11 @@ func validate(c fileConfig) (server.Config, hclog.Logger, error) {
 				SocketVolume: c.SocketVolume, CSIDriver: c.CSIDriver, CSIDir: c.AgentCSIDir,
 				AgentDaemonSet: c.AgentDaemonSet, AgentPodCreators: c.AgentPodCreator, ConfigurationName: c.WebhookConfig}
 		}
-	} else if c.ClusterName != "" || len(c.AgentServiceAccount) > 0 {
-		return server.Config{}, nil, errors.New("cluster-name and agent-service-account need kubeconfig or in-cluster")
+		if c.PodCertificates {
+			kube.PodCertificates = &server.PodCertificateConfig{SignerName: c.PodCertSigner, RefreshAfter: time.Duration(c.PodCertRefresh)}
+		}
+	} else if c.ClusterName != "" || len(c.AgentServiceAccount) > 0 || c.PodCertificates {
+		return server.Config{}, nil, errors.New("cluster-name, agent-service-account and pod-certificates need kubeconfig or in-cluster")
 	}
 	var sinks []server.AuditSink
 	for _, u := range append(append([]string(nil), c.AuditWebhook...), c.AuditSyslog...) {

@@ -58,6 +58,10 @@ func TestBadConfigNamesTheKey(t *testing.T) {
 		{file: "trust-domain: a.org\ndata-dir: /x\noidc-issuer: http://oidc.a.org\n", want: "oidc-issuer: \"http://oidc.a.org\": an issuer is an https URL"},
 		{file: "trust-domain: a.org\ndata-dir: /x\noidc-issuer: https://oidc.a.org/\n", want: "trailing slash"},
 		{file: "trust-domain: a.org\ndata-dir: /x\noidc-listen: :8443\n", want: "oidc-issuer: required"},
+		{file: "trust-domain: a.org\ndata-dir: /x\npod-certificates: true\n", want: "pod-certificates need kubeconfig or in-cluster"},
+		{file: "trust-domain: a.org\ndata-dir: /x\nkubeconfig: /k\ncluster-name: c\nagent-service-account: [a/b]\npod-certificates: true\npod-certificate-signer: kubernetes.io/x\n", want: "pod-certificate-signer"},
+		{file: "trust-domain: a.org\ndata-dir: /x\nfederation-tls-cert: /c\n", want: "federation-listen: required"},
+		{file: "trust-domain: a.org\ndata-dir: /x\nfederation-listen: :1\nfederation-tls-cert: /c\n", want: "set both"},
 		{file: "trust-domain: a.org\ndata-dir: /x\noidc-issuer: https://oidc.a.org\noidc-listen: :8443\n", want: "oidc-tls-cert and oidc-tls-key: required"},
 	} {
 		p := writeConfig(t, tt.file)

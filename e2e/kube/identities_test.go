@@ -30,8 +30,10 @@ type podView struct {
 	mu       sync.Mutex
 	entries  map[string]*typesv1.Entry
 	policies []string
-	changed  chan struct{}
-	err      error
+	// federated are the federated bundles the agent holds, by trust domain.
+	federated map[string]*typesv1.Bundle
+	changed   chan struct{}
+	err       error
 }
 
 func follow(t *testing.T, ca *systest.CA, svid *x509svid.SVID) *podView {
@@ -60,6 +62,12 @@ func follow(t *testing.T, ca *systest.CA, svid *x509svid.SVID) *podView {
 			}
 			for _, id := range msg.GetDeletedPodEntryIds() {
 				delete(v.entries, id)
+			}
+			if msg.GetFederatedBundlesSet() {
+				v.federated = map[string]*typesv1.Bundle{}
+				for _, b := range msg.GetFederatedBundles() {
+					v.federated[b.GetTrustDomain()] = b
+				}
 			}
 			if msg.GetPoliciesSet() {
 				v.policies = nil

@@ -68,14 +68,14 @@ func setup() error {
 		return err
 	}
 	ctx := context.Background()
-	for _, crd := range []string{"identityrules", "accesspolicies", "revocations", "trafficprofiles"} {
+	for _, crd := range []string{"identityrules", "accesspolicies", "revocations", "trafficprofiles", "federatedtrustdomains"} {
 		if err := apply(ctx, "../../deploy/base/crds/"+crd+".signet.dev.yaml"); err != nil {
 			return err
 		}
 	}
 	crd := schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
 	deadline := time.Now().Add(30 * time.Second)
-	for _, name := range []string{"identityrules.signet.dev", "accesspolicies.signet.dev", "revocations.signet.dev", "trafficprofiles.signet.dev"} {
+	for _, name := range []string{"identityrules.signet.dev", "accesspolicies.signet.dev", "revocations.signet.dev", "trafficprofiles.signet.dev", "federatedtrustdomains.signet.dev"} {
 		for {
 			u, err := dyn.Resource(crd).Get(ctx, name, metav1.GetOptions{})
 			if err == nil && established(u) {

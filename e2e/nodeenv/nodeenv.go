@@ -157,7 +157,7 @@ func (e *Env) setupCluster(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	for _, crd := range []string{"identityrules", "accesspolicies", "revocations"} {
+	for _, crd := range []string{"identityrules", "accesspolicies", "revocations", "trafficprofiles", "federatedtrustdomains"} {
 		if err := applyFile(ctx, dyn, "../../deploy/base/crds/"+crd+".signet.dev.yaml"); err != nil {
 			return err
 		}
@@ -327,7 +327,10 @@ func (e *Env) startSignet() (*Signet, error) {
 		"--listen", caAddr, "--health-addr", caHealth, "--kubeconfig", e.Cluster.Kubeconfig, "--cluster-name", "e2e",
 		// Its Secret, Lease and bundle ConfigMap live apart from those of
 		// the CA that TestDeployment installs from deploy/.
-		"--agent-service-account", "signet-system/signet-agent", "--namespace", "signet-proc")
+		"--agent-service-account", "signet-system/signet-agent", "--namespace", "signet-proc",
+		// Pod certificates, refreshed as early as the API allows, so that
+		// a test sees the kubelet refresh one.
+		"--pod-certificates", "--pod-certificate-refresh", "10m")
 	if err := StartLogged(s.CA, filepath.Join(e.Dir, "ca.log")); err != nil {
 		return nil, err
 	}
