@@ -18,3 +18,5 @@ go test -run '^$' -fuzz '^FuzzAdmissionReview$' -fuzztime "$t" ./ca/webhook/
 go test -run '^$' -fuzz '^FuzzParseMountInfo$' -fuzztime "$t" ./agent/csi/
 go test -run '^$' -fuzz '^FuzzNormalizeSerial$' -fuzztime "$t" ./ca/revocations/
 go test -run '^$' -fuzz '^FuzzVerify$' -fuzztime "$t" ./ca/audit/
+go test -run '^$' -fuzz '^FuzzParseBundle$' -fuzztime "$t" ./ca/federation/
+go test -run '^$' -fuzz '^FuzzFromObject$' -fuzztime "$t" ./ca/clusterfederation/

@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"math/big"
 	"net/url"
+	"strings"
 	"testing"
 	"time"
 
@@ -153,5 +154,37 @@ func TestBundleChangeRebuildsProtos(t *testing.T) {
 	snap, _ := c.Snapshot()
 	if string(snap.Items[0].Proto.Bundle) != string(root.Raw) {
 		t.Fatal("the SVID's Workload API form kept the old bundle")
+	}
+}
+
+// TestFederatedFor: a workload gets the federated bundles its entries name
+// and the agent holds, once each, sorted; a trust domain without a bundle
+// is left out.
+func TestFederatedFor(t *testing.T) {
+	tdOf := func(s string) spiffeid.TrustDomain { return spiffeid.RequireTrustDomainFromString(s) }
+	bundle := func(s string) *Bundle {
+		b, err := NewBundle(tdOf(s), nil, nil, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	c := New(bundle("example.org"))
+	c.Apply(Update{FederatedSet: true, Federated: map[spiffeid.TrustDomain]*Bundle{tdOf("b.test"): bundle("b.test"), tdOf("a.test"): bundle("a.test")}})
+	snap, _ := c.Snapshot()
+	got := snap.FederatedFor([]entry.Entry{
+		{FederatesWith: []spiffeid.TrustDomain{tdOf("b.test"), tdOf("missing.test")}},
+		{FederatesWith: []spiffeid.TrustDomain{tdOf("a.test"), tdOf("b.test")}},
+		{},
+	})
+	var names []string
+	for _, b := range got {
+		names = append(names, b.TrustDomain.Name())
+	}
+	if strings.Join(names, ",") != "a.test,b.test" {
+		t.Fatalf("federated bundles %v, want a.test,b.test", names)
+	}
+	if len(snap.FederatedFor([]entry.Entry{{}})) != 0 {
+		t.Fatal("an entry that federates with nothing got bundles")
 	}
 }

@@ -6,9 +6,11 @@
 package federation
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -228,6 +230,42 @@ func Fetch(ctx context.Context, f *typesv1.FederatedTrustDomain) (*spiffebundle.
 		return nil, errors.New("the bundle has no X.509 authority")
 	}
 	return b, nil
+}
+
+// ParseBundle reads a trust domain's bundle as an operator got it: the
+// SPIFFE bundle format (JSON, as `spire-server bundle show -format spiffe`
+// and `signet bundle show --format spiffe` print it), or PEM root
+// certificates.
+func ParseBundle(tdName string, raw []byte) (*typesv1.Bundle, error) {
+	td, err := spiffeid.TrustDomainFromString(tdName)
+	if err != nil {
+		return nil, err
+	}
+	if t := bytes.TrimSpace(raw); len(t) > 0 && t[0] == '{' {
+		b, err := spiffebundle.Parse(td, t)
+		if err != nil {
+			return nil, err
+		}
+		return ToProto(b)
+	}
+	pb := &typesv1.Bundle{TrustDomain: td.Name()}
+	for rest := raw; ; {
+		var blk *pem.Block
+		if blk, rest = pem.Decode(rest); blk == nil {
+			break
+		}
+		if blk.Type != "CERTIFICATE" {
+			continue
+		}
+		if _, err := x509.ParseCertificate(blk.Bytes); err != nil {
+			return nil, err
+		}
+		pb.X509Authorities = append(pb.X509Authorities, blk.Bytes)
+	}
+	if len(pb.X509Authorities) == 0 {
+		return nil, errors.New("neither a SPIFFE bundle nor PEM certificates")
+	}
+	return pb, nil
 }
 
 // RefreshAfter is when to fetch a bundle again: its refresh hint, within

@@ -1,19 +1,12 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"crypto/x509"
-	"encoding/pem"
-	"errors"
 	"fmt"
 	"io"
 	"os"
 	"text/tabwriter"
 	"time"
-
-	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/signet-id/signet/ca/federation"
 	adminv1 "github.com/signet-id/signet/proto/signet/admin/v1"
@@ -76,43 +69,14 @@ func (c *cli) federationCreate(ctx context.Context, args []string) error {
 	return c.printFederations(output, []*typesv1.FederatedTrustDomain{resp.GetFederation()})
 }
 
-// readBundle reads a trust domain's bundle: the SPIFFE bundle format
-// (JSON), or PEM root certificates.
-func readBundle(tdName, file string) (*typesv1.Bundle, error) {
-	td, err := spiffeid.TrustDomainFromString(tdName)
-	if err != nil {
-		return nil, err
-	}
+// readBundle reads a trust domain's bundle from a file (- for standard
+// input): the SPIFFE bundle format, or PEM root certificates.
+func readBundle(td, file string) (*typesv1.Bundle, error) {
 	raw, err := readInput(file)
 	if err != nil {
 		return nil, err
 	}
-	if t := bytes.TrimSpace(raw); len(t) > 0 && t[0] == '{' {
-		b, err := spiffebundle.Parse(td, t)
-		if err != nil {
-			return nil, err
-		}
-		return federation.ToProto(b)
-	}
-	pb := &typesv1.Bundle{TrustDomain: td.Name()}
-	for rest := raw; ; {
-		var blk *pem.Block
-		blk, rest = pem.Decode(rest)
-		if blk == nil {
-			break
-		}
-		if blk.Type != "CERTIFICATE" {
-			continue
-		}
-		if _, err := x509.ParseCertificate(blk.Bytes); err != nil {
-			return nil, err
-		}
-		pb.X509Authorities = append(pb.X509Authorities, blk.Bytes)
-	}
-	if len(pb.X509Authorities) == 0 {
-		return nil, errors.New("neither a SPIFFE bundle nor PEM certificates")
-	}
-	return pb, nil
+	return federation.ParseBundle(td, raw)
 }
 
 func (c *cli) federationList(ctx context.Context, args []string) error {
