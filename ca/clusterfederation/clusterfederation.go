@@ -91,7 +91,9 @@ func NewStore(view *clusterview.View, dyn dynamic.Interface, log hclog.Logger) (
 		f, err := FromObject(u)
 		return object{name: u.GetName(), f: f}, err
 	}
-	byTD := func(os []object) { sort.Slice(os, func(i, j int) bool { return os[i].f.GetTrustDomain() < os[j].f.GetTrustDomain() }) }
+	byTD := func(os []object) {
+		sort.Slice(os, func(i, j int) bool { return os[i].f.GetTrustDomain() < os[j].f.GetTrustDomain() })
+	}
 	objects, err := clusterview.NewObjects(view, Resource, "FederatedTrustDomain", read, byTD, log)
 	if err != nil {
 		return nil, err

@@ -42,8 +42,8 @@ type Fetcher struct {
 	mu       sync.Mutex
 	failures map[string]int
 	bundles  []*typesv1.Bundle
-	key     string
-	changed chan struct{}
+	key      string
+	changed  chan struct{}
 }
 
 // NewFetcher returns a fetcher of the relationships in store; every

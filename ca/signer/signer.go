@@ -3,10 +3,10 @@
 package signer
 
 import (
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/elliptic"
-	"crypto"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
@@ -121,10 +121,10 @@ type X509Params struct {
 	// which the API server verified).
 	CSR       *x509.CertificateRequest
 	PublicKey crypto.PublicKey
-	SPIFFEID spiffeid.ID
-	DNSNames []string
-	TTL      time.Duration
-	Now      time.Time
+	SPIFFEID  spiffeid.ID
+	DNSNames  []string
+	TTL       time.Duration
+	Now       time.Time
 	// Units go into the subject's organizational units (what the CA
 	// binds the SVID to beyond its SPIFFE ID, such as an agent's pod).
 	Units []string

@@ -178,7 +178,7 @@ type scanner interface{ Scan(...any) error }
 
 func scanEntry(row scanner) (entry.Entry, error) {
 	var (
-		e                          entry.Entry
+		e                           entry.Entry
 		id, parent, sels, dns, feds string
 		x509TTL, jwtTTL, createdAt  int64
 	)

@@ -57,4 +57,3 @@ func (s *Store) DeleteFederation(ctx context.Context, td string) error {
 	}
 	return nil
 }
-

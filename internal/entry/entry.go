@@ -36,7 +36,7 @@ type Entry struct {
 	// workload gets, sorted.
 	FederatesWith []spiffeid.TrustDomain
 	Revision      int64
-	CreatedAt   time.Time
+	CreatedAt     time.Time
 	// Namespace is the Kubernetes namespace of a pod entry's pod (the CA
 	// marks the pod's SVIDs with it); not carried on the wire.
 	Namespace string
