@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -267,5 +268,37 @@ func TestHelmAndKustomizeAgree(t *testing.T) {
 	}
 	if strings.Contains(string(agentRaw), "/var/lib/kubelet") {
 		t.Error("agent.kubeletRootDir: /var/lib/kubelet left in the agent DaemonSet")
+	}
+}
+
+// TestHelmPublicEndpoints: the chart with the OIDC issuer and the bundle
+// endpoint on passes a server-side dry-run apply, serves both on the
+// Service signet-ca-public, and lets them through its NetworkPolicy.
+func TestHelmPublicEndpoints(t *testing.T) {
+	hm := render(t, "helm", "template", "signet", "../../deploy/helm/signet", "--namespace", "signet-system", "--include-crds",
+		"--set", "ca.oidc.issuer=https://oidc.example.org", "--set", "ca.oidc.tlsSecret=oidc-tls",
+		"--set", "ca.federation.bundleEndpoint=true", "--set", "ca.federation.tlsSecret=bundle-tls")
+	applyObjects(t, hm, true)
+	objs := byKey(hm)
+	svc := objs["Service signet-system/signet-ca-public"]
+	if svc == nil {
+		t.Fatal("no Service signet-ca-public")
+	}
+	ports, _, _ := unstructured.NestedSlice(svc.Object, "spec", "ports")
+	if len(ports) != 2 {
+		t.Fatalf("signet-ca-public ports %v, want oidc and bundle-endpoint", ports)
+	}
+	dep := objs["Deployment signet-system/signet-ca"]
+	containers, _, _ := unstructured.NestedSlice(dep.Object, "spec", "template", "spec", "containers")
+	args := fmt.Sprint(containers[0].(map[string]any)["args"])
+	for _, want := range []string{"--oidc-issuer=https://oidc.example.org", "--oidc-listen=0.0.0.0:8444", "--federation-listen=0.0.0.0:8445", "--federation-tls-cert=/etc/signet/federation/tls.crt"} {
+		if !strings.Contains(args, want) {
+			t.Errorf("the CA's args lack %s: %s", want, args)
+		}
+	}
+	np := objs["NetworkPolicy signet-system/signet-ca"]
+	ingress, _, _ := unstructured.NestedSlice(np.Object, "spec", "ingress")
+	if s := fmt.Sprint(ingress); !strings.Contains(s, "8444") || !strings.Contains(s, "8445") {
+		t.Errorf("the CA's NetworkPolicy does not admit the public ports: %s", s)
 	}
 }

@@ -73,3 +73,37 @@ func report(b *testing.B, name string, ms []float64) {
 	b.ReportMetric(q(0.9), name+"-p90-ms")
 	b.ReportMetric(ms[len(ms)-1], name+"-max-ms")
 }
+
+// BenchmarkPodCertificate measures, on the real node, pod created → X509-SVID
+// in the pod for the two ways Signet delivers it, in the same rounds and
+// in alternating order: as pod certificate files (the kubelet's
+// PodCertificateRequest answered by signet-ca, projected with the
+// ClusterTrustBundle; "files-") and through the agent's CSI socket and the
+// Workload API ("agent-"). Warm identities: pods of one service account.
+//
+//	go test -run '^$' -bench PodCertificate -benchtime 20x ./e2e/node/
+func BenchmarkPodCertificate(b *testing.B) {
+	var files, agent []float64
+	for i := 0; i < b.N; i++ {
+		for j := 0; j < 2; j++ {
+			name := fmt.Sprintf("pc-%d-%d-%d", i, j, time.Now().UnixNano()%1e6)
+			if (i+j)%2 == 0 {
+				p, l, created := runPodCert(b, "bench-podcert", name, "warm")
+				if !l.Verified {
+					b.Fatalf("pod certificate: %+v", l)
+				}
+				files = append(files, float64(l.LoggedAt.Sub(created).Microseconds())/1000)
+				deletePod(b, p)
+			} else {
+				p, r, created := env.RunWorkloadVia(b, "bench-podcert", name, "warm", nodeenv.ViaCSI)
+				if r.SPIFFEID == "" {
+					b.Fatalf("agent: %v", r.Errors)
+				}
+				agent = append(agent, float64(r.LoggedAt.Sub(created).Microseconds())/1000)
+				deletePod(b, p)
+			}
+		}
+	}
+	report(b, "files-total", files)
+	report(b, "agent-total", agent)
+}

@@ -58,7 +58,7 @@ func podCertPod(ns, name, sa string, labels map[string]string) *corev1.Pod {
 }
 
 // podCertLines reads the workload's watch lines from its log.
-func podCertLines(t *testing.T, p *corev1.Pod) []podCertLine {
+func podCertLines(t testing.TB, p *corev1.Pod) []podCertLine {
 	t.Helper()
 	log, _ := env.Node.PodLog(p.Namespace, p.Name, string(p.UID), "main")
 	var out []podCertLine
@@ -79,7 +79,7 @@ func podCertLines(t *testing.T, p *corev1.Pod) []podCertLine {
 }
 
 // requests returns the PodCertificateRequests of pod uid.
-func requests(t *testing.T, ns string, uid types.UID) []certv1.PodCertificateRequest {
+func requests(t testing.TB, ns string, uid types.UID) []certv1.PodCertificateRequest {
 	t.Helper()
 	list, err := env.Cluster.Client.CertificatesV1().PodCertificateRequests(ns).List(context.Background(), metav1.ListOptions{})
 	if err != nil {
@@ -103,6 +103,33 @@ func condition(r certv1.PodCertificateRequest, typ string) *metav1.Condition {
 	return nil
 }
 
+// runPodCert creates a podCertPod and waits for its first line: the
+// certificate files are there.
+func runPodCert(t testing.TB, ns, name, sa string) (*corev1.Pod, podCertLine, time.Time) {
+	t.Helper()
+	ctx := context.Background()
+	if err := env.Namespace(ctx, ns); err != nil {
+		t.Fatal(err)
+	}
+	if err := env.ServiceAccount(ctx, ns, sa); err != nil {
+		t.Fatal(err)
+	}
+	created := time.Now()
+	p, err := env.Cluster.Client.CoreV1().Pods(ns).Create(ctx, podCertPod(ns, name, sa, nil), metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(2 * time.Minute)
+	for time.Now().Before(deadline) {
+		if ls := podCertLines(t, p); len(ls) > 0 {
+			return p, ls[0], created
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("no certificate files in pod %s/%s; requests %+v", ns, name, requests(t, ns, p.UID))
+	return nil, podCertLine{}, created
+}
+
 // TestPodCertificates: on the real node, a pod with a podCertificate and
 // a clusterTrustBundle projected volume gets an X509-SVID of the identity
 // its IdentityRules give it, whose chain verifies against the mounted
@@ -120,22 +147,8 @@ func TestPodCertificates(t *testing.T) {
 		t.Fatal(err)
 	}
 	pods := env.Cluster.Client.CoreV1().Pods(ns)
-	created := time.Now()
-	p, err := pods.Create(ctx, podCertPod(ns, "svid-files", sa, nil), metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	p, first, created := runPodCert(t, ns, "svid-files", sa)
 	defer deletePod(t, p)
-	var first podCertLine
-	wait(t, 2*time.Minute, "the pod's certificate files", func() bool {
-		ls := podCertLines(t, p)
-		if len(ls) > 0 {
-			first = ls[0]
-		}
-		return len(ls) > 0
-	}, func() string {
-		return fmt.Sprintf("requests %+v", requests(t, ns, p.UID))
-	})
 	if want := "spiffe://example.org/ns/" + ns + "/sa/" + sa; !first.Verified || first.SPIFFEID != want {
 		t.Fatalf("the pod's certificate: %+v, want a verified X509-SVID of %s", first, want)
 	}
