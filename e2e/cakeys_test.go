@@ -116,7 +116,7 @@ func startMesh(tb testing.TB, sock string, ids []string) *mesh {
 		}
 		tb.Cleanup(func() { l.Close() })
 		m.addrs[i] = l.Addr().String()
-		go echo(l)
+		go systest.Echo(l)
 	}
 	return m
 }
@@ -132,29 +132,6 @@ func meshOnOneAgent(tb testing.TB, ids []string, caArgs ...string) (string, *mes
 	sock, _ := startAgentProcess(tb, dir, caAddr, "n1")
 	createEntries(tb, dir, "n1", ids)
 	return dir, startMesh(tb, sock, ids)
-}
-
-// echo sends back every byte of each connection until it ends.
-func echo(l net.Listener) {
-	for {
-		c, err := l.Accept()
-		if err != nil {
-			return
-		}
-		go func() {
-			defer c.Close()
-			var b [1]byte
-			for {
-				c.SetDeadline(time.Now().Add(time.Minute))
-				if _, err := io.ReadFull(c, b[:]); err != nil {
-					return
-				}
-				if _, err := c.Write(b[:]); err != nil {
-					return
-				}
-			}
-		}()
-	}
 }
 
 // handshake dials workload to from workload from, and exchanges a byte:

@@ -1,7 +1,6 @@
 package federation
 
 import (
-	"sync"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
@@ -24,40 +23,20 @@ const DefaultRefreshHint = 5 * time.Minute
 // format (X.509 roots, JWT keys, refresh hint, sequence number), encoded
 // again only when the bundle changes.
 func EndpointDocuments(bundle func() authority.Bundle, refreshHint time.Duration) map[string]publicweb.Document {
-	d := &endpointDoc{bundle: bundle, hint: refreshHint}
-	return map[string]publicweb.Document{EndpointPath: d.document}
-}
-
-type endpointDoc struct {
-	bundle func() authority.Bundle
-	hint   time.Duration
-
-	mu   sync.Mutex
-	seq  uint64
-	body []byte
-}
-
-func (d *endpointDoc) document() ([]byte, string, error) {
-	b := d.bundle()
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.body == nil || b.Sequence != d.seq {
+	encode := func(b authority.Bundle) ([]byte, error) {
 		sb := spiffebundle.New(b.TrustDomain)
 		for _, r := range b.X509Roots {
 			sb.AddX509Authority(r)
 		}
 		for _, k := range b.JWTKeys {
 			if err := sb.AddJWTAuthority(k.ID, k.PublicKey); err != nil {
-				return nil, "", err
+				return nil, err
 			}
 		}
-		sb.SetRefreshHint(d.hint)
+		sb.SetRefreshHint(refreshHint)
 		sb.SetSequenceNumber(b.Sequence)
-		body, err := sb.Marshal()
-		if err != nil {
-			return nil, "", err
-		}
-		d.body, d.seq = body, b.Sequence
+		return sb.Marshal()
 	}
-	return d.body, "application/json", nil
+	doc := publicweb.Versioned(func() (authority.Bundle, uint64) { b := bundle(); return b, b.Sequence }, encode, "application/json")
+	return map[string]publicweb.Document{EndpointPath: doc}
 }

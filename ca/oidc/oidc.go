@@ -13,7 +13,6 @@ import (
 	"fmt"
 	"net/url"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
@@ -82,34 +81,13 @@ func Documents(issuer *url.URL, bundle func() authority.Bundle) (map[string]publ
 	if err != nil {
 		return nil, err
 	}
-	ks := &keySet{bundle: bundle}
+	keys := publicweb.Versioned(func() (authority.Bundle, uint64) { b := bundle(); return b, b.Sequence },
+		func(b authority.Bundle) ([]byte, error) { return JWKS(b.JWTKeys) }, "application/json")
 	prefix := strings.TrimSuffix(issuer.EscapedPath(), "/")
 	return map[string]publicweb.Document{
 		prefix + DiscoveryPath: func() ([]byte, string, error) { return disc, "application/json", nil },
-		prefix + KeysPath:      ks.document,
+		prefix + KeysPath:      keys,
 	}, nil
-}
-
-type keySet struct {
-	bundle func() authority.Bundle
-
-	mu   sync.Mutex
-	seq  uint64
-	body []byte
-}
-
-func (k *keySet) document() ([]byte, string, error) {
-	b := k.bundle()
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	if k.body == nil || b.Sequence != k.seq {
-		body, err := JWKS(b.JWTKeys)
-		if err != nil {
-			return nil, "", err
-		}
-		k.body, k.seq = body, b.Sequence
-	}
-	return k.body, "application/json", nil
 }
 
 // JWKS encodes keys as a JSON Web Key Set of signing keys.

@@ -313,7 +313,7 @@ plugins {
 		t.Fatal(err)
 	}
 	defer lis.Close()
-	go echo(lis)
+	go systest.Echo(lis)
 	// SPIRE's server, a plain go-spiffe workload, allows Signet's client.
 	spireLis, err := tls.Listen("tcp", "127.0.0.1:0", tlsconfig.MTLSServerConfig(spireServerWL, spireServerWL,
 		tlsconfig.AuthorizeID(spiffeid.RequireFromString(td.IDString()+"/client"))))
@@ -321,7 +321,7 @@ plugins {
 		t.Fatal(err)
 	}
 	defer spireLis.Close()
-	go echo(spireLis)
+	go systest.Echo(spireLis)
 
 	toSignet := func(src *workloadapi.X509Source) error {
 		cfg := tlsconfig.MTLSClientConfig(src, src, tlsconfig.AuthorizeID(spiffeid.RequireFromString(td.IDString()+"/server")))
@@ -470,25 +470,6 @@ func pool(certs []*x509.Certificate, keyID string) *x509.CertPool {
 		}
 	}
 	return p
-}
-
-// echo answers each connection with what it reads, once.
-func echo(l net.Listener) {
-	for {
-		c, err := l.Accept()
-		if err != nil {
-			return
-		}
-		go func() {
-			defer c.Close()
-			c.SetDeadline(time.Now().Add(10 * time.Second))
-			buf := make([]byte, 4)
-			if _, err := io.ReadFull(c, buf); err != nil {
-				return
-			}
-			c.Write(buf)
-		}()
-	}
 }
 
 // roundTrip dials, writes "ping" and expects it back.

@@ -1,7 +1,6 @@
 package node
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -62,17 +61,12 @@ func podCertLines(t testing.TB, p *corev1.Pod) []podCertLine {
 	t.Helper()
 	log, _ := env.Node.PodLog(p.Namespace, p.Name, string(p.UID), "main")
 	var out []podCertLine
-	sc := bufio.NewScanner(strings.NewReader(log))
-	for sc.Scan() {
-		f := strings.SplitN(sc.Text(), " ", 4)
-		if len(f) != 4 || f[1] != "stdout" {
-			continue
-		}
+	for _, ll := range nodeenv.StdoutLines(log) {
 		var l podCertLine
-		if json.Unmarshal([]byte(f[3]), &l) != nil {
+		if json.Unmarshal([]byte(ll.Text), &l) != nil {
 			continue
 		}
-		l.LoggedAt, _ = time.Parse(time.RFC3339Nano, f[0])
+		l.LoggedAt = ll.At
 		out = append(out, l)
 	}
 	return out

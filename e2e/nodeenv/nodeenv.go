@@ -473,20 +473,12 @@ func (e *Env) RunWorkloadVia(t testing.TB, ns, name, sa, via string) (*corev1.Po
 	deadline := time.Now().Add(90 * time.Second)
 	for time.Now().Before(deadline) {
 		log, _ := e.Node.PodLog(ns, name, string(p.UID), "main")
-		sc := bufio.NewScanner(strings.NewReader(log))
-		for sc.Scan() {
-			// "<time> stdout F <json>"
-			f := strings.SplitN(sc.Text(), " ", 4)
-			if len(f) != 4 || f[1] != "stdout" {
-				continue
-			}
+		for _, l := range StdoutLines(log) {
 			var r WorkloadResult
-			if json.Unmarshal([]byte(f[3]), &r) != nil {
+			if json.Unmarshal([]byte(l.Text), &r) != nil {
 				continue
 			}
-			if r.LoggedAt, err = time.Parse(time.RFC3339Nano, f[0]); err != nil {
-				t.Fatalf("log time %q: %v", f[0], err)
-			}
+			r.LoggedAt = l.At
 			return p, r, created
 		}
 		time.Sleep(20 * time.Millisecond)
@@ -494,6 +486,32 @@ func (e *Env) RunWorkloadVia(t testing.TB, ns, name, sa, via string) (*corev1.Po
 	got, _ := e.Cluster.Client.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
 	t.Fatalf("no result from workload %s/%s; pod status %+v", ns, name, got.Status)
 	return nil, WorkloadResult{}, created
+}
+
+// LogLine is one line a container wrote to its standard output, with the
+// time the runtime logged it.
+type LogLine struct {
+	At   time.Time
+	Text string
+}
+
+// StdoutLines reads the standard output lines of a container log in the
+// CRI format ("<time> stdout F <text>"); other lines are left out.
+func StdoutLines(log string) []LogLine {
+	var out []LogLine
+	sc := bufio.NewScanner(strings.NewReader(log))
+	for sc.Scan() {
+		f := strings.SplitN(sc.Text(), " ", 4)
+		if len(f) != 4 || f[1] != "stdout" {
+			continue
+		}
+		at, err := time.Parse(time.RFC3339Nano, f[0])
+		if err != nil {
+			continue
+		}
+		out = append(out, LogLine{At: at, Text: f[3]})
+	}
+	return out
 }
 
 // DeletePod deletes p at once.

@@ -12,6 +12,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"encoding/json"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -332,4 +333,28 @@ func (ca *CA) AuditRaw() string {
 		ca.t.Fatal(err)
 	}
 	return string(raw)
+}
+
+// Echo serves l until it closes: each connection gets back every byte it
+// sends, until it ends or is idle for a minute.
+func Echo(l net.Listener) {
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			var b [1]byte
+			for {
+				c.SetDeadline(time.Now().Add(time.Minute))
+				if _, err := io.ReadFull(c, b[:]); err != nil {
+					return
+				}
+				if _, err := c.Write(b[:]); err != nil {
+					return
+				}
+			}
+		}()
+	}
 }

@@ -40,6 +40,30 @@ const (
 // It is called for every request, so it should return bytes it keeps.
 type Document func() (body []byte, contentType string, err error)
 
+// Versioned is a Document of a value that changes now and then: get
+// returns the value and its version, and encode runs only when the version
+// changes (every request reads the current value; most reuse the bytes).
+func Versioned[T any](get func() (T, uint64), encode func(T) ([]byte, error), contentType string) Document {
+	var (
+		mu      sync.Mutex
+		version uint64
+		body    []byte
+	)
+	return func() ([]byte, string, error) {
+		v, ver := get()
+		mu.Lock()
+		defer mu.Unlock()
+		if body == nil || ver != version {
+			b, err := encode(v)
+			if err != nil {
+				return nil, "", err
+			}
+			body, version = b, ver
+		}
+		return body, contentType, nil
+	}
+}
+
 // Handler serves docs by exact path, GET and HEAD only; every other path
 // is 404 and every other method 405. Responses may be cached for maxAge.
 func Handler(docs map[string]Document, maxAge time.Duration) http.Handler {
