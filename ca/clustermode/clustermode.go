@@ -231,7 +231,7 @@ func (m *kubeMode) lead(ctx context.Context, auth *authority.Authority) {
 		go m.revs.RunPruning(ctx, time.Hour, m.log)
 		go m.fetcher.Run(ctx)
 		if m.podCerts != nil {
-			go m.podCerts.PublishBundle(ctx, m.cfg.TrustDomain.Name(), roots)
+			go m.podCerts.PublishBundle(ctx, m.cfg.TrustDomain.Name(), m.cfg.Kube.Namespace, roots)
 			go m.podCerts.Run(ctx)
 		}
 		m.pods.RunStatus(ctx)

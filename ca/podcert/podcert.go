@@ -18,6 +18,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"maps"
 	"sort"
 	"strings"
 	"time"
@@ -352,22 +353,29 @@ func (s *Signer) checkClaims(ctx context.Context, req *certv1.PodCertificateRequ
 	return pod, nil
 }
 
-// TrustBundleName is the ClusterTrustBundle the CA keeps for its signer:
-// the signer name with ':' for '/', and a suffix of the trust domain
-// (hashed: trust domain names may be longer than a name allows).
-func TrustBundleName(signerName, trustDomain string) string {
-	h := sha256.Sum256([]byte(trustDomain))
+// TrustBundleName is the ClusterTrustBundle a CA keeps for its signer:
+// the signer name with ':' for '/', and a suffix of the trust domain and
+// the CA's namespace (hashed: names are short), so that two installations
+// never overwrite each other's.
+func TrustBundleName(signerName, trustDomain, namespace string) string {
+	h := sha256.Sum256([]byte(trustDomain + "/" + namespace))
 	return strings.ReplaceAll(signerName, "/", ":") + ":" + hex.EncodeToString(h[:8])
 }
 
-// TrustDomainLabel labels the ClusterTrustBundle with its trust domain, so
-// that projected volumes may select it.
-const TrustDomainLabel = "signet.dev/trust-domain"
+// Labels of the ClusterTrustBundle: its trust domain, so that projected
+// volumes may select it, and the namespace of the CA that keeps it (delete
+// it by this label when uninstalling: it is cluster-scoped).
+const (
+	TrustDomainLabel = "signet.dev/trust-domain"
+	CANamespaceLabel = "signet.dev/ca-namespace"
+)
 
 // PublishBundle keeps the signer's ClusterTrustBundle holding the trust
-// bundle's roots until ctx ends (the leader runs it).
-func (s *Signer) PublishBundle(ctx context.Context, trustDomain string, roots func() ([]*x509.Certificate, <-chan struct{})) {
-	name := TrustBundleName(s.cfg.SignerName, trustDomain)
+// bundle's roots until ctx ends (the leader runs it): at once, when the
+// roots change, and every minute, which also undoes anyone else's edit.
+func (s *Signer) PublishBundle(ctx context.Context, trustDomain, namespace string, roots func() ([]*x509.Certificate, <-chan struct{})) {
+	name := TrustBundleName(s.cfg.SignerName, trustDomain, namespace)
+	labels := map[string]string{TrustDomainLabel: trustDomain, CANamespaceLabel: namespace}
 	ctbs := s.cfg.Client.CertificatesV1().ClusterTrustBundles()
 	for {
 		rs, changed := roots()
@@ -375,38 +383,40 @@ func (s *Signer) PublishBundle(ctx context.Context, trustDomain string, roots fu
 		for _, r := range rs {
 			pem.Encode(&b, &pem.Block{Type: "CERTIFICATE", Bytes: r.Raw})
 		}
-		want := certv1.ClusterTrustBundle{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{TrustDomainLabel: trustDomain}},
-			Spec: certv1.ClusterTrustBundleSpec{SignerName: s.cfg.SignerName, TrustBundle: b.String()}}
 		err := func() error {
 			cur, err := ctbs.Get(ctx, name, metav1.GetOptions{})
 			if apierrors.IsNotFound(err) {
-				_, err = ctbs.Create(ctx, &want, metav1.CreateOptions{})
+				_, err = ctbs.Create(ctx, &certv1.ClusterTrustBundle{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels},
+					Spec: certv1.ClusterTrustBundleSpec{SignerName: s.cfg.SignerName, TrustBundle: b.String()}}, metav1.CreateOptions{})
 				return err
 			}
 			if err != nil {
 				return err
 			}
-			if cur.Spec.TrustBundle == want.Spec.TrustBundle && cur.Labels[TrustDomainLabel] == trustDomain {
+			if cur.Spec.TrustBundle == b.String() && cur.Labels[TrustDomainLabel] == trustDomain && cur.Labels[CANamespaceLabel] == namespace {
 				return nil
 			}
-			cur.Spec.TrustBundle = want.Spec.TrustBundle
+			cur.Spec.TrustBundle = b.String()
 			if cur.Labels == nil {
 				cur.Labels = map[string]string{}
 			}
-			cur.Labels[TrustDomainLabel] = trustDomain
+			maps.Copy(cur.Labels, labels)
 			_, err = ctbs.Update(ctx, cur, metav1.UpdateOptions{})
 			return err
 		}()
-		retry := (<-chan time.Time)(nil)
+		next := time.Minute
 		if err != nil && ctx.Err() == nil {
 			s.cfg.Log.Warn("could not publish the ClusterTrustBundle; retrying", "name", name, "error", err)
-			retry = time.After(5 * time.Second)
+			next = 5 * time.Second
 		}
+		t := time.NewTimer(next)
 		select {
 		case <-ctx.Done():
+			t.Stop()
 			return
 		case <-changed:
-		case <-retry:
+		case <-t.C:
 		}
+		t.Stop()
 	}
 }

@@ -23,6 +23,7 @@ import (
 	"k8s.io/client-go/dynamic"
 
 	"github.com/signet-id/signet/agent/csi"
+	"github.com/signet-id/signet/ca/podcert"
 	"github.com/signet-id/signet/e2e/nodeenv"
 	"github.com/signet-id/signet/e2e/testenv"
 )
@@ -395,6 +396,10 @@ func uninstall(t *testing.T, ns string) {
 	kube.AppsV1().DaemonSets("signet-system").Delete(ctx, "signet-agent", metav1.DeleteOptions{})
 	kube.AppsV1().Deployments("signet-system").Delete(ctx, "signet-ca", metav1.DeleteOptions{})
 	kube.StorageV1().CSIDrivers().Delete(ctx, "csi.signet.dev", metav1.DeleteOptions{})
+	// The CA's ClusterTrustBundle is cluster-scoped: it outlives the
+	// namespace (docs/pod-certificates.md).
+	kube.CertificatesV1().ClusterTrustBundles().DeleteCollection(ctx, metav1.DeleteOptions{},
+		metav1.ListOptions{LabelSelector: podcert.CANamespaceLabel + "=signet-system"})
 	sel := metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=signet"}
 	wait(t, 2*time.Minute, "Signet's pods gone", func() bool {
 		kube.CoreV1().Pods("signet-system").DeleteCollection(ctx, metav1.DeleteOptions{GracePeriodSeconds: new(int64)}, sel)
