@@ -347,6 +347,19 @@ func TestTrafficAcrossReplicas(t *testing.T) {
 		return err == nil
 	})
 	profiles := dyn.Resource(schema.GroupVersionResource{Group: "signet.dev", Version: "v1alpha1", Resource: "trafficprofiles"}).Namespace("shop")
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		// What the leader had to learn from, for the failure's reader.
+		if l, err := cluster.Client.CoordinationV1().Leases(ns).Get(ctx, server.DefaultLeaseName, metav1.GetOptions{}); err == nil && l.Spec.HolderIdentity != nil {
+			t.Logf("leader now %s (was %s), %d transitions", *l.Spec.HolderIdentity, leader, ptrOr(l.Spec.LeaseTransitions))
+		}
+		cms, _ := cluster.Client.CoreV1().ConfigMaps(ns).List(ctx, metav1.ListOptions{LabelSelector: "signet.dev/traffic-shard"})
+		for _, cm := range cms.Items {
+			t.Logf("shard %s: annotations %v, %d bytes", cm.Name, cm.Annotations, len(cm.Data["counts"]))
+		}
+	})
 	var name string
 	eventually(t, 60*time.Second, "web's TrafficProfile, written by the leader", func() bool {
 		list, err := profiles.List(ctx, metav1.ListOptions{})
@@ -375,4 +388,11 @@ func TestTrafficAcrossReplicas(t *testing.T) {
 		}
 		return false
 	})
+}
+
+func ptrOr(p *int32) int32 {
+	if p == nil {
+		return 0
+	}
+	return *p
 }
