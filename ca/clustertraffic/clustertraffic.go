@@ -114,14 +114,16 @@ func (s *Shards) take(cm *corev1.ConfigMap) {
 	}
 }
 
-// Current returns the counts of every other replica's shard as it is
-// now, and marks them taken: a new leader learns them (a batch its
-// predecessor had learned may be learned twice; counts are statistics).
+// Current returns the counts of every replica's shard as it is now, and
+// marks them taken: a new leader learns them (a batch its predecessor had
+// learned may be learned twice; counts are statistics). This replica's
+// own shard is among them: what it handed the old leader, which may have
+// lost the lead before it learned them.
 func (s *Shards) Current() []*typesv1.TrafficCount {
 	var out []*typesv1.TrafficCount
 	for _, obj := range s.store.List() {
 		cm, ok := obj.(*corev1.ConfigMap)
-		if !ok || cm.Name == s.shardName() {
+		if !ok {
 			continue
 		}
 		seq, _ := strconv.ParseInt(cm.Annotations[seqKey], 10, 64)

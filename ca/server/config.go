@@ -160,8 +160,10 @@ type Cluster interface {
 type ClusterTraffic interface {
 	IsLeader() bool
 	Start(ctx context.Context, onShard func([]*typesv1.TrafficCount)) error
-	// Current returns the counts in the other replicas' hands now, and
-	// marks them taken (for a new leader).
+	// Current returns the counts every replica handed the leader (this
+	// one's too), as they are now, and marks them taken (for a new
+	// leader, which may have handed them to a leader that lost the lead
+	// before it learned them).
 	Current() []*typesv1.TrafficCount
 	Publish(ctx context.Context, counts []*typesv1.TrafficCount) (dropped int, err error)
 	Save(ctx context.Context, p *traffic.Profile) error
