@@ -67,20 +67,7 @@ func TestRevocationThroughProcesses(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := grpc.NewServer(sdk.GRPCServerOptions(cart, az)...)
-	healthpb.RegisterHealthServer(srv, health.NewServer())
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(l)
-	defer srv.Stop()
-	conn, err := grpc.NewClient(l.Addr().String(), grpc.WithTransportCredentials(sdk.ClientCredentials(front, tlsconfig.AuthorizeID(spiffeid.RequireFromString(cartID)))))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	client := healthpb.NewHealthClient(conn)
+	client := healthOverSDK(t, cart, front, cartID, az)
 	call := func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
@@ -228,4 +215,25 @@ func checkDenyList(t *testing.T, sock, path, serial string) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// healthOverSDK serves gRPC health at server through the SDK (authorized
+// by az), and returns a client that calls it as client, expecting the
+// server's identity serverID. Both close when the test ends.
+func healthOverSDK(t *testing.T, server, client *sdk.Source, serverID string, az *authz.Authorizer) healthpb.HealthClient {
+	t.Helper()
+	srv := grpc.NewServer(sdk.GRPCServerOptions(server, az)...)
+	healthpb.RegisterHealthServer(srv, health.NewServer())
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(l)
+	t.Cleanup(srv.Stop)
+	conn, err := grpc.NewClient(l.Addr().String(), grpc.WithTransportCredentials(sdk.ClientCredentials(client, tlsconfig.AuthorizeID(spiffeid.RequireFromString(serverID)))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return healthpb.NewHealthClient(conn)
 }

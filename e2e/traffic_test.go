@@ -3,20 +3,14 @@ package e2e
 import (
 	"context"
 	"encoding/json"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
-	"github.com/signet-id/signet/sdk"
 	"github.com/signet-id/signet/sdk/authz"
 )
 
@@ -35,20 +29,7 @@ func TestTrafficLoop(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go cart.Follow(ctx, az, nil)
-	srv := grpc.NewServer(sdk.GRPCServerOptions(cart, az)...)
-	healthpb.RegisterHealthServer(srv, health.NewServer())
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(l)
-	defer srv.Stop()
-	conn, err := grpc.NewClient(l.Addr().String(), grpc.WithTransportCredentials(sdk.ClientCredentials(front, tlsconfig.AuthorizeID(spiffeid.RequireFromString(cartID)))))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	hc := healthpb.NewHealthClient(conn)
+	hc := healthOverSDK(t, cart, front, cartID, az)
 	for range 20 {
 		if _, err := hc.Check(ctx, &healthpb.HealthCheckRequest{}); err != nil {
 			t.Fatal(err)

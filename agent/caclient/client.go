@@ -629,33 +629,16 @@ func (m *Client) bundleFromProto(pb *typesv1.Bundle) *cache.Bundle {
 	if pb == nil || pb.GetTrustDomain() != m.cfg.TrustDomain.Name() {
 		return nil
 	}
-	var roots []*x509.Certificate
-	for _, der := range pb.GetX509Authorities() {
-		c, err := x509.ParseCertificate(der)
-		if err != nil {
-			m.log.Warn("ignoring bundle with a bad root", "error", err)
-			return nil
-		}
-		roots = append(roots, c)
-	}
-	if len(roots) == 0 {
-		m.log.Warn("ignoring bundle without roots")
-		return nil
-	}
-	keys := map[string]crypto.PublicKey{}
-	for _, k := range pb.GetJwtAuthorities() {
-		pub, err := x509.ParsePKIXPublicKey(k.GetPublicKey())
-		if err != nil {
-			m.log.Warn("ignoring bundle with a bad JWT key", "kid", k.GetKeyId(), "error", err)
-			return nil
-		}
-		keys[k.GetKeyId()] = pub
-	}
-	b, err := cache.NewBundle(m.cfg.TrustDomain, roots, keys, pb.GetSequence())
+	b, err := cache.BundleFromProto(pb)
 	if err != nil {
 		m.log.Warn("ignoring bundle", "error", err)
 		return nil
 	}
+	if len(b.X509Roots) == 0 {
+		m.log.Warn("ignoring bundle without roots")
+		return nil
+	}
+	roots := b.X509Roots
 	m.mu.Lock()
 	changed := pb.GetSequence() != m.bundleSeq
 	m.bundleSeq = pb.GetSequence()

@@ -576,16 +576,22 @@ func (s *NodeServer) MintX509SVIDs(ctx context.Context, req *agentv1.MintX509SVI
 // as the CA knows it, for policies' from conditions (authz.AttributesOf):
 // its node, and a pod's namespace.
 func svidUnits(c caller, e entry.Entry) []string {
-	units := []string{revocation.AgentMark(c.id.String())}
 	node := c.node
 	if node == "" {
 		node = c.agent.NodeName
 	}
+	return append([]string{revocation.AgentMark(c.id.String())}, placeUnits(node, e.Namespace)...)
+}
+
+// placeUnits are the marks of where a workload runs, as the CA knows it:
+// its node and its pod's namespace, each when known.
+func placeUnits(node, namespace string) []string {
+	var units []string
 	if node != "" {
 		units = append(units, authz.NodeUnit+node)
 	}
-	if e.Namespace != "" {
-		units = append(units, authz.NamespaceUnit+e.Namespace)
+	if namespace != "" {
+		units = append(units, authz.NamespaceUnit+namespace)
 	}
 	return units
 }

@@ -11,7 +11,6 @@ import (
 	"github.com/signet-id/signet/ca/revocations"
 	"github.com/signet-id/signet/ca/signer"
 	"github.com/signet-id/signet/internal/entry"
-	"github.com/signet-id/signet/sdk/authz"
 )
 
 // PodCertificate describes one X509-SVID for a PodCertificateRequest: a
@@ -44,11 +43,7 @@ func (c *Config) SignPodCertificate(ctx context.Context, pc PodCertificate) ([]*
 	if err != nil {
 		return nil, err
 	}
-	units := []string{authz.NodeUnit + pc.Node}
-	if pc.Entry.Namespace != "" {
-		units = append(units, authz.NamespaceUnit+pc.Entry.Namespace)
-	}
-	p := signer.X509Params{PublicKey: pc.PublicKey, SPIFFEID: pc.Entry.SPIFFEID, DNSNames: pc.Entry.DNSNames, Now: now, Units: units,
+	p := signer.X509Params{PublicKey: pc.PublicKey, SPIFFEID: pc.Entry.SPIFFEID, DNSNames: pc.Entry.DNSNames, Now: now, Units: placeUnits(pc.Node, pc.Entry.Namespace),
 		NotBeforeAtLeast: revocations.NotBeforeFloor(revs)[pc.Entry.SPIFFEID.String()]}
 	// The lifetime counts from NotBefore, which is backdated.
 	p.TTL = pc.Lifetime - now.Sub(signer.NotBefore(p))

@@ -29,7 +29,7 @@ type BundlePublisher struct {
 // Run publishes the roots now, each time they change, and every minute
 // (repairing edits by others), until ctx ends. Only the leader runs it.
 func (p *BundlePublisher) Run(ctx context.Context, roots RootsFunc) {
-	followRoots(ctx, roots, nil, p.publish, func(err error) {
+	FollowRoots(ctx, roots, nil, p.publish, func(err error) {
 		p.Log.Warn("publishing the trust bundle failed; retrying", "configmap", p.Namespace+"/"+p.Name, "error", err)
 	})
 }
@@ -38,10 +38,10 @@ func (p *BundlePublisher) Run(ctx context.Context, roots RootsFunc) {
 // they change (authority.Authority's Bundle, narrowed).
 type RootsFunc func() ([]*x509.Certificate, <-chan struct{})
 
-// followRoots calls apply with the roots as PEM now, when they change,
+// FollowRoots calls apply with the roots as PEM now, when they change,
 // when nudged, and every minute; a failure is reported and tried again
 // after 5 s.
-func followRoots(ctx context.Context, roots RootsFunc, nudge <-chan struct{}, apply func(context.Context, []byte) error, report func(error)) {
+func FollowRoots(ctx context.Context, roots RootsFunc, nudge <-chan struct{}, apply func(context.Context, []byte) error, report func(error)) {
 	for {
 		rs, changed := roots()
 		var pemRoots []byte

@@ -48,7 +48,7 @@ func (k *CABundleKeeper) Run(ctx context.Context, roots RootsFunc) {
 	adm.ValidatingWebhookConfigurations().Informer().AddEventHandler(h)
 	f.Start(ctx.Done())
 	defer f.Shutdown()
-	followRoots(ctx, roots, nudge, k.update, func(err error) {
+	FollowRoots(ctx, roots, nudge, k.update, func(err error) {
 		k.Log.Warn("updating the webhook caBundle failed", "name", k.Name, "error", err)
 	})
 }

@@ -224,8 +224,10 @@ func (f *Fetcher) refresh(ctx context.Context, r *typesv1.FederatedTrustDomain) 
 	if err != nil {
 		// 10 s, 20 s, 40 s... up to the bundle's own refresh interval.
 		limit := DefaultRefresh
-		if old, cerr := FromProto(r.GetBundle()); cerr == nil && r.GetBundle() != nil {
-			limit = RefreshAfter(old)
+		if r.GetBundle() != nil {
+			if old, err := FromProto(r.GetBundle()); err == nil {
+				limit = RefreshAfter(old)
+			}
 		}
 		next = now.Add(min(10*time.Second<<min(failures-1, 10), limit))
 		upd.LastError = err.Error()

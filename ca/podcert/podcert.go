@@ -36,6 +36,7 @@ import (
 
 	"github.com/signet-id/signet/ca/api"
 	"github.com/signet-id/signet/ca/audit"
+	"github.com/signet-id/signet/ca/cluster"
 	"github.com/signet-id/signet/internal/entry"
 )
 
@@ -373,50 +374,32 @@ const (
 // PublishBundle keeps the signer's ClusterTrustBundle holding the trust
 // bundle's roots until ctx ends (the leader runs it): at once, when the
 // roots change, and every minute, which also undoes anyone else's edit.
-func (s *Signer) PublishBundle(ctx context.Context, trustDomain, namespace string, roots func() ([]*x509.Certificate, <-chan struct{})) {
+func (s *Signer) PublishBundle(ctx context.Context, trustDomain, namespace string, roots cluster.RootsFunc) {
 	name := TrustBundleName(s.cfg.SignerName, trustDomain, namespace)
 	labels := map[string]string{TrustDomainLabel: trustDomain, CANamespaceLabel: namespace}
 	ctbs := s.cfg.Client.CertificatesV1().ClusterTrustBundles()
-	for {
-		rs, changed := roots()
-		var b strings.Builder
-		for _, r := range rs {
-			pem.Encode(&b, &pem.Block{Type: "CERTIFICATE", Bytes: r.Raw})
-		}
-		err := func() error {
-			cur, err := ctbs.Get(ctx, name, metav1.GetOptions{})
-			if apierrors.IsNotFound(err) {
-				_, err = ctbs.Create(ctx, &certv1.ClusterTrustBundle{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels},
-					Spec: certv1.ClusterTrustBundleSpec{SignerName: s.cfg.SignerName, TrustBundle: b.String()}}, metav1.CreateOptions{})
-				return err
-			}
-			if err != nil {
-				return err
-			}
-			if cur.Spec.TrustBundle == b.String() && cur.Labels[TrustDomainLabel] == trustDomain && cur.Labels[CANamespaceLabel] == namespace {
-				return nil
-			}
-			cur.Spec.TrustBundle = b.String()
-			if cur.Labels == nil {
-				cur.Labels = map[string]string{}
-			}
-			maps.Copy(cur.Labels, labels)
-			_, err = ctbs.Update(ctx, cur, metav1.UpdateOptions{})
+	apply := func(ctx context.Context, pemRoots []byte) error {
+		cur, err := ctbs.Get(ctx, name, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			_, err = ctbs.Create(ctx, &certv1.ClusterTrustBundle{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels},
+				Spec: certv1.ClusterTrustBundleSpec{SignerName: s.cfg.SignerName, TrustBundle: string(pemRoots)}}, metav1.CreateOptions{})
 			return err
-		}()
-		next := time.Minute
-		if err != nil && ctx.Err() == nil {
-			s.cfg.Log.Warn("could not publish the ClusterTrustBundle; retrying", "name", name, "error", err)
-			next = 5 * time.Second
 		}
-		t := time.NewTimer(next)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return
-		case <-changed:
-		case <-t.C:
+		if err != nil {
+			return err
 		}
-		t.Stop()
+		if cur.Spec.TrustBundle == string(pemRoots) && cur.Labels[TrustDomainLabel] == trustDomain && cur.Labels[CANamespaceLabel] == namespace {
+			return nil
+		}
+		cur.Spec.TrustBundle = string(pemRoots)
+		if cur.Labels == nil {
+			cur.Labels = map[string]string{}
+		}
+		maps.Copy(cur.Labels, labels)
+		_, err = ctbs.Update(ctx, cur, metav1.UpdateOptions{})
+		return err
 	}
+	cluster.FollowRoots(ctx, roots, nil, apply, func(err error) {
+		s.cfg.Log.Warn("could not publish the ClusterTrustBundle; retrying", "name", name, "error", err)
+	})
 }

@@ -223,6 +223,12 @@ func TestPolicyWatchAnswersOnlyTheCaller(t *testing.T) {
 	ca.CreateEntry(otherID, agent.ID.String(), time.Hour, "unix:uid:4242") // another workload on the node
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
+	// The agent holds this caller's entry (the CA's push is asynchronous;
+	// until it arrives the caller has no identity to watch policies for).
+	eventually(t, "the caller's identity at the agent", func() bool {
+		_, err := workloadapi.FetchX509SVID(ctx, workloadapi.WithAddr(agent.Addr))
+		return err == nil
+	})
 	for _, p := range []*typesv1.AccessPolicy{policy("mine", cartID, "allow", frontID), policy("theirs", otherID, "allow", frontID),
 		policy("all", "spiffe://example.org/*", "deny", otherID)} {
 		if _, err := ca.Admin.CreatePolicy(ctx, &adminv1.CreatePolicyRequest{Policy: p}); err != nil {

@@ -120,6 +120,15 @@ func TestFederatedTrustDomainObjects(t *testing.T) {
 	if _, err := ca.Admin.DeleteFederation(ctx, &adminv1.DeleteFederationRequest{TrustDomain: "partner.test"}); err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			_, err := objs.Get(ctx, "partner.test", metav1.GetOptions{})
+			roots := rootIDs()
+			v.mu.Lock()
+			t.Logf("object: %v; agent's partner roots %v; sync stream error: %v", err, roots, v.err)
+			v.mu.Unlock()
+		}
+	})
 	eventually(t, 30*time.Second, "the bundle leaves the agent with the relationship", func() bool {
 		_, err := objs.Get(ctx, "partner.test", metav1.GetOptions{})
 		return apierrors.IsNotFound(err) && len(rootIDs()) == 0

@@ -52,6 +52,10 @@ func follow(t *testing.T, ca *systest.CA, svid *x509svid.SVID) *podView {
 			if err != nil {
 				v.err = err
 				v.mu.Unlock()
+				select {
+				case v.changed <- struct{}{}:
+				default:
+				}
 				return
 			}
 			if msg.GetPodsFull() {

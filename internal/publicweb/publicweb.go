@@ -19,6 +19,8 @@ import (
 	"os"
 	"sync"
 	"time"
+
+	"golang.org/x/net/netutil"
 )
 
 // Limits of every public server.
@@ -117,7 +119,7 @@ func Listen(addr string, tlsCfg *tls.Config, h http.Handler) (*Server, error) {
 		// the CA's log's.
 		ErrorLog: log.New(io.Discard, "", 0),
 	}
-	return &Server{srv: srv, lis: tls.NewListener(limit(lis, MaxConns), tlsCfg)}, nil
+	return &Server{srv: srv, lis: tls.NewListener(netutil.LimitListener(lis, MaxConns), tlsCfg)}, nil
 }
 
 // Addr is the bound address.
@@ -145,38 +147,6 @@ func (s *Server) Shutdown() {
 func (s *Server) Close() {
 	s.srv.Close()
 	s.lis.Close()
-}
-
-// limit lets at most n connections be open at once.
-func limit(l net.Listener, n int) net.Listener {
-	return &limitListener{Listener: l, sem: make(chan struct{}, n)}
-}
-
-type limitListener struct {
-	net.Listener
-	sem chan struct{}
-}
-
-func (l *limitListener) Accept() (net.Conn, error) {
-	l.sem <- struct{}{}
-	c, err := l.Listener.Accept()
-	if err != nil {
-		<-l.sem
-		return nil, err
-	}
-	return &limitConn{Conn: c, release: func() { <-l.sem }}, nil
-}
-
-type limitConn struct {
-	net.Conn
-	once    sync.Once
-	release func()
-}
-
-func (c *limitConn) Close() error {
-	err := c.Conn.Close()
-	c.once.Do(c.release)
-	return err
 }
 
 // KeyPair is a certificate and key read from files, read again when
