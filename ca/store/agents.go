@@ -26,7 +26,7 @@ func (s *Store) CreateJoinToken(ctx context.Context, token, nodeName string, exp
 func (s *Store) ConsumeJoinToken(ctx context.Context, token string, now time.Time) (string, error) {
 	h := sha256.Sum256([]byte(token))
 	var node string
-	err := s.tx(ctx, func(tx *sql.Tx) error {
+	err := s.tx(ctx, func(tx *txn) error {
 		var expires int64
 		var used sql.NullInt64
 		err := tx.QueryRowContext(ctx, `SELECT node_name, expires_at, used_at FROM join_tokens WHERE token_hash = ?`, h[:]).Scan(&node, &expires, &used)
@@ -88,7 +88,7 @@ func (s *Store) ListJoinTokens(ctx context.Context) ([]JoinToken, error) {
 // and returns those it deleted.
 func (s *Store) RevokeJoinTokens(ctx context.Context, id, node string) ([]JoinToken, error) {
 	var revoked []JoinToken
-	err := s.tx(ctx, func(tx *sql.Tx) error {
+	err := s.tx(ctx, func(tx *txn) error {
 		rows, err := tx.QueryContext(ctx, `SELECT token_hash, node_name FROM join_tokens WHERE used_at IS NULL`)
 		if err != nil {
 			return err
@@ -173,7 +173,7 @@ func scanAgent(row scanner) (Agent, error) {
 // if one was live.
 func (s *Store) RegisterAgent(ctx context.Context, a Agent) (*Agent, error) {
 	var prev *Agent
-	err := s.tx(ctx, func(tx *sql.Tx) error {
+	err := s.tx(ctx, func(tx *txn) error {
 		old, err := scanAgent(tx.QueryRowContext(ctx, `SELECT `+agentColumns+` FROM agents WHERE spiffe_id = ?`, a.SPIFFEID))
 		switch {
 		case errors.Is(err, sql.ErrNoRows):
@@ -241,12 +241,15 @@ func (s *Store) RenewAgent(ctx context.Context, spiffeID, currentSerial, newSeri
 
 // EvictAgent marks the agent evicted; its SVIDs are refused from then on.
 func (s *Store) EvictAgent(ctx context.Context, spiffeID string, now time.Time) error {
-	res, err := s.db.ExecContext(ctx, `UPDATE agents SET evicted_at = ? WHERE spiffe_id = ? AND evicted_at IS NULL`, unix(now), spiffeID)
-	if err != nil {
-		return fmt.Errorf("store: evict agent: %w", err)
-	}
-	if n, _ := res.RowsAffected(); n != 1 {
-		return fmt.Errorf("store: evict agent %q: %w", spiffeID, ErrNotFound)
-	}
-	return nil
+	return s.tx(ctx, func(tx *txn) error {
+		res, err := tx.ExecContext(ctx, `UPDATE agents SET evicted_at = ? WHERE spiffe_id = ? AND evicted_at IS NULL`, unix(now), spiffeID)
+		if err != nil {
+			return fmt.Errorf("store: evict agent: %w", err)
+		}
+		if n, _ := res.RowsAffected(); n != 1 {
+			return fmt.Errorf("store: evict agent %q: %w", spiffeID, ErrNotFound)
+		}
+		tx.notify(ChangedAgents)
+		return nil
+	})
 }

@@ -2,7 +2,6 @@ package store
 
 import (
 	"context"
-	"database/sql"
 	"fmt"
 	"time"
 )
@@ -67,7 +66,8 @@ func (s *Store) LoadCAKeys(ctx context.Context) ([]CAKey, uint64, error) {
 
 // SaveCAKeys replaces the stored CA keys and bundle sequence, atomically.
 func (s *Store) SaveCAKeys(ctx context.Context, keys []CAKey, bundleSequence uint64) error {
-	err := s.tx(ctx, func(tx *sql.Tx) error {
+	err := s.tx(ctx, func(tx *txn) error {
+		tx.notify(ChangedCAKeys)
 		if _, err := tx.ExecContext(ctx, `DELETE FROM ca_keys`); err != nil {
 			return err
 		}

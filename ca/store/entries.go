@@ -28,11 +28,12 @@ func (e *BatchError) Unwrap() error { return e.Err }
 // revision and the creation time. It is all or nothing.
 func (s *Store) CreateEntries(ctx context.Context, entries []entry.Entry, now time.Time) ([]entry.Entry, error) {
 	out := make([]entry.Entry, len(entries))
-	err := s.tx(ctx, func(tx *sql.Tx) error {
+	err := s.tx(ctx, func(tx *txn) error {
 		rev, err := bumpRevision(ctx, tx)
 		if err != nil {
 			return err
 		}
+		tx.notify(ChangedEntries)
 		ins, err := tx.PrepareContext(ctx, `INSERT INTO entries (id, spiffe_id, parent_id, selectors, selector_key, x509_ttl, jwt_ttl, dns_names, workload_key, revision, created_at, federates_with) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
 		if err != nil {
 			return err
@@ -63,7 +64,7 @@ func (s *Store) CreateEntries(ctx context.Context, entries []entry.Entry, now ti
 	return out, nil
 }
 
-func insertEntry(ctx context.Context, ins, insSel *sql.Stmt, e entry.Entry) error {
+func insertEntry(ctx context.Context, ins, insSel *stmt, e entry.Entry) error {
 	sels, _ := json.Marshal(selectorStrings(e.Selectors))
 	dns, _ := json.Marshal(nonNil(e.DNSNames))
 	fed := []string{}
@@ -71,7 +72,13 @@ func insertEntry(ctx context.Context, ins, insSel *sql.Stmt, e entry.Entry) erro
 		fed = append(fed, td.Name())
 	}
 	feds, _ := json.Marshal(fed)
-	_, err := ins.ExecContext(ctx, e.ID, e.SPIFFEID.String(), e.ParentID.String(), string(sels), e.SelectorKey(),
+	key := e.SelectorKey()
+	if ins.d.pg {
+		// PostgreSQL's text holds no NUL, which SelectorKey joins with.
+		k, _ := json.Marshal(strings.Split(key, "\x00"))
+		key = string(k)
+	}
+	_, err := ins.ExecContext(ctx, e.ID, e.SPIFFEID.String(), e.ParentID.String(), string(sels), key,
 		int64(e.X509TTL/time.Second), int64(e.JWTTTL/time.Second), string(dns), e.WorkloadKey, e.Revision, unix(e.CreatedAt), string(feds))
 	if err != nil {
 		if isUniqueViolation(err) {
@@ -90,11 +97,12 @@ func insertEntry(ctx context.Context, ins, insSel *sql.Stmt, e entry.Entry) erro
 // UpdateEntries replaces entries by id in one transaction.
 func (s *Store) UpdateEntries(ctx context.Context, entries []entry.Entry, now time.Time) ([]entry.Entry, error) {
 	out := make([]entry.Entry, len(entries))
-	err := s.tx(ctx, func(tx *sql.Tx) error {
+	err := s.tx(ctx, func(tx *txn) error {
 		rev, err := bumpRevision(ctx, tx)
 		if err != nil {
 			return err
 		}
+		tx.notify(ChangedEntries)
 		ins, err := tx.PrepareContext(ctx, `INSERT INTO entries (id, spiffe_id, parent_id, selectors, selector_key, x509_ttl, jwt_ttl, dns_names, workload_key, revision, created_at, federates_with) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
 		if err != nil {
 			return err
@@ -144,11 +152,12 @@ func (s *Store) UpdateEntries(ctx context.Context, entries []entry.Entry, now ti
 // tombstones so that agents resuming a sync learn of the deletion.
 func (s *Store) DeleteEntries(ctx context.Context, ids []string, now time.Time) ([]entry.Entry, error) {
 	var deleted []entry.Entry
-	err := s.tx(ctx, func(tx *sql.Tx) error {
+	err := s.tx(ctx, func(tx *txn) error {
 		rev, err := bumpRevision(ctx, tx)
 		if err != nil {
 			return err
 		}
+		tx.notify(ChangedEntries)
 		for i, id := range ids {
 			row := tx.QueryRowContext(ctx, `DELETE FROM entries WHERE id = ? RETURNING `+entryColumns, id)
 			e, err := scanEntry(row)
@@ -375,7 +384,7 @@ func (s *Store) EntriesSince(ctx context.Context, parentID string, since int64) 
 // PruneDeleted forgets deletions older than before; agents whose revision is
 // older than what remains get a full sync instead.
 func (s *Store) PruneDeleted(ctx context.Context, before time.Time) error {
-	return s.tx(ctx, func(tx *sql.Tx) error {
+	return s.tx(ctx, func(tx *txn) error {
 		var maxRev sql.NullInt64
 		if err := tx.QueryRowContext(ctx, `SELECT MAX(revision) FROM deleted_entries WHERE deleted_at < ?`, unix(before)).Scan(&maxRev); err != nil {
 			return err
@@ -409,7 +418,7 @@ func nonNil[S ~[]E, E any](s S) S {
 }
 
 func isUniqueViolation(err error) bool {
-	return err != nil && strings.Contains(err.Error(), "UNIQUE constraint failed")
+	return err != nil && (strings.Contains(err.Error(), "UNIQUE constraint failed") || isPostgresUniqueViolation(err))
 }
 
 // FetchEntries returns the entries with these ids that exist, by id, in

@@ -16,8 +16,13 @@ func (s *Store) PutFederation(ctx context.Context, f *typesv1.FederatedTrustDoma
 	if err != nil {
 		return err
 	}
-	if _, err := s.db.ExecContext(ctx, `INSERT INTO federations (trust_domain, federation) VALUES (?, ?)
-		ON CONFLICT (trust_domain) DO UPDATE SET federation = excluded.federation`, f.GetTrustDomain(), b); err != nil {
+	err = s.tx(ctx, func(tx *txn) error {
+		tx.notify(ChangedFederations)
+		_, err := tx.ExecContext(ctx, `INSERT INTO federations (trust_domain, federation) VALUES (?, ?)
+		ON CONFLICT (trust_domain) DO UPDATE SET federation = excluded.federation`, f.GetTrustDomain(), b)
+		return err
+	})
+	if err != nil {
 		return fmt.Errorf("store: put federation %s: %w", f.GetTrustDomain(), err)
 	}
 	return nil
@@ -48,12 +53,15 @@ func (s *Store) ListFederations(ctx context.Context) ([]*typesv1.FederatedTrustD
 
 // DeleteFederation forgets a federated trust domain.
 func (s *Store) DeleteFederation(ctx context.Context, td string) error {
-	res, err := s.db.ExecContext(ctx, `DELETE FROM federations WHERE trust_domain = ?`, td)
-	if err != nil {
-		return fmt.Errorf("store: delete federation %s: %w", td, err)
-	}
-	if n, _ := res.RowsAffected(); n == 0 {
-		return fmt.Errorf("store: federation %q: %w", td, ErrNotFound)
-	}
-	return nil
+	return s.tx(ctx, func(tx *txn) error {
+		res, err := tx.ExecContext(ctx, `DELETE FROM federations WHERE trust_domain = ?`, td)
+		if err != nil {
+			return fmt.Errorf("store: delete federation %s: %w", td, err)
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return fmt.Errorf("store: federation %q: %w", td, ErrNotFound)
+		}
+		tx.notify(ChangedFederations)
+		return nil
+	})
 }

@@ -2,7 +2,6 @@ package store
 
 import (
 	"context"
-	"database/sql"
 	"errors"
 	"fmt"
 
@@ -15,12 +14,13 @@ import (
 // validated) and returns it with its revision.
 func (s *Store) PutPolicy(ctx context.Context, p *typesv1.AccessPolicy) (*typesv1.AccessPolicy, error) {
 	p = proto.CloneOf(p)
-	err := s.tx(ctx, func(tx *sql.Tx) error {
+	err := s.tx(ctx, func(tx *txn) error {
 		rev, err := bumpRevision(ctx, tx)
 		if err != nil {
 			return err
 		}
 		p.Revision = rev
+		tx.notify(ChangedPolicies)
 		raw, err := proto.Marshal(p)
 		if err != nil {
 			return err
@@ -37,7 +37,7 @@ func (s *Store) PutPolicy(ctx context.Context, p *typesv1.AccessPolicy) (*typesv
 
 // DeletePolicy deletes the policy of this name.
 func (s *Store) DeletePolicy(ctx context.Context, name string) error {
-	err := s.tx(ctx, func(tx *sql.Tx) error {
+	err := s.tx(ctx, func(tx *txn) error {
 		res, err := tx.ExecContext(ctx, `DELETE FROM access_policies WHERE name = ?`, name)
 		if err != nil {
 			return err
@@ -45,6 +45,7 @@ func (s *Store) DeletePolicy(ctx context.Context, name string) error {
 		if n, _ := res.RowsAffected(); n == 0 {
 			return ErrNotFound
 		}
+		tx.notify(ChangedPolicies)
 		_, err = bumpRevision(ctx, tx)
 		return err
 	})

@@ -1,10 +1,11 @@
 package store
 
 import (
+	"cmp"
 	"context"
-	"database/sql"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -16,12 +17,13 @@ import (
 // set) and returns it with its revision.
 func (s *Store) PutRevocation(ctx context.Context, r *typesv1.Revocation) (*typesv1.Revocation, error) {
 	r = proto.CloneOf(r)
-	err := s.tx(ctx, func(tx *sql.Tx) error {
+	err := s.tx(ctx, func(tx *txn) error {
 		rev, err := bumpRevision(ctx, tx)
 		if err != nil {
 			return err
 		}
 		r.Revision = rev
+		tx.notify(ChangedRevocations)
 		raw, err := proto.Marshal(r)
 		if err != nil {
 			return err
@@ -37,7 +39,7 @@ func (s *Store) PutRevocation(ctx context.Context, r *typesv1.Revocation) (*type
 
 // DeleteRevocation withdraws the revocation of this ID.
 func (s *Store) DeleteRevocation(ctx context.Context, id string) error {
-	err := s.tx(ctx, func(tx *sql.Tx) error {
+	err := s.tx(ctx, func(tx *txn) error {
 		res, err := tx.ExecContext(ctx, `DELETE FROM revocations WHERE id = ?`, id)
 		if err != nil {
 			return err
@@ -45,6 +47,7 @@ func (s *Store) DeleteRevocation(ctx context.Context, id string) error {
 		if n, _ := res.RowsAffected(); n == 0 {
 			return ErrNotFound
 		}
+		tx.notify(ChangedRevocations)
 		_, err = bumpRevision(ctx, tx)
 		return err
 	})
@@ -56,7 +59,7 @@ func (s *Store) DeleteRevocation(ctx context.Context, id string) error {
 
 // ListRevocations returns the revocations in force at now, oldest first.
 func (s *Store) ListRevocations(ctx context.Context, now time.Time) ([]*typesv1.Revocation, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT revocation FROM revocations WHERE expires_at > ? ORDER BY rowid`, now.Unix())
+	rows, err := s.db.QueryContext(ctx, `SELECT revocation FROM revocations WHERE expires_at > ?`, now.Unix())
 	if err != nil {
 		return nil, fmt.Errorf("store: list revocations: %w", err)
 	}
@@ -73,6 +76,8 @@ func (s *Store) ListRevocations(ctx context.Context, now time.Time) ([]*typesv1.
 		}
 		out = append(out, r)
 	}
+	// Each revocation took a revision of its own when it was stored.
+	slices.SortFunc(out, func(a, b *typesv1.Revocation) int { return cmp.Compare(a.GetRevision(), b.GetRevision()) })
 	return out, rows.Err()
 }
 
@@ -80,7 +85,7 @@ func (s *Store) ListRevocations(ctx context.Context, now time.Time) ([]*typesv1.
 // returns their IDs.
 func (s *Store) PruneRevocations(ctx context.Context, now time.Time) ([]string, error) {
 	var ids []string
-	err := s.tx(ctx, func(tx *sql.Tx) error {
+	err := s.tx(ctx, func(tx *txn) error {
 		rows, err := tx.QueryContext(ctx, `DELETE FROM revocations WHERE expires_at <= ? RETURNING id`, now.Unix())
 		if err != nil {
 			return err
@@ -98,6 +103,7 @@ func (s *Store) PruneRevocations(ctx context.Context, now time.Time) ([]string, 
 			return err
 		}
 		if len(ids) > 0 {
+			tx.notify(ChangedRevocations)
 			_, err = bumpRevision(ctx, tx)
 		}
 		return err

@@ -1,6 +1,10 @@
 // Package store keeps the CA's state in SQL: entries, join tokens, agents,
 // CA keys and the revision counter. The embedded default is SQLite (pure Go,
 // WAL, synchronous commits), so an acknowledged write survives kill -9.
+// Several CA replicas share one PostgreSQL database instead: the same
+// schema and behaviour, writers serialized by an advisory lock, changes
+// announced to the other replicas with NOTIFY, and the leader chosen by
+// another advisory lock.
 package store
 
 import (
@@ -12,6 +16,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	_ "modernc.org/sqlite" // registers the "sqlite" driver
@@ -35,12 +40,29 @@ func (e *ConflictError) Error() string { return e.Msg }
 
 // Store is the SQL state of one CA. It is safe for concurrent use.
 type Store struct {
-	db *sql.DB
+	db *db
+	// dsn is the PostgreSQL connection string, for the connections that
+	// listen and hold the leader lock; it may hold a password and is never
+	// logged.
+	dsn string
 }
 
-// Open opens (creating if needed) the SQLite database at path and applies
-// migrations.
-func Open(ctx context.Context, path string) (*Store, error) {
+// IsPostgres says whether location names a PostgreSQL database
+// (postgres:// or postgresql://) rather than a SQLite file.
+func IsPostgres(location string) bool {
+	return strings.HasPrefix(location, "postgres://") || strings.HasPrefix(location, "postgresql://")
+}
+
+// Open opens the store at location, a PostgreSQL URL or the path of a
+// SQLite database (created if needed), and applies migrations.
+func Open(ctx context.Context, location string) (*Store, error) {
+	if IsPostgres(location) {
+		return openPostgres(ctx, location)
+	}
+	return openSQLite(ctx, location)
+}
+
+func openSQLite(ctx context.Context, path string) (*Store, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("store: %w", err)
 	}
@@ -58,21 +80,21 @@ func Open(ctx context.Context, path string) (*Store, error) {
 		"&_pragma=synchronous(FULL)" +
 		"&_pragma=busy_timeout(10000)" +
 		"&_pragma=foreign_keys(ON)"
-	db, err := sql.Open("sqlite", dsn)
+	sqlDB, err := sql.Open("sqlite", dsn)
 	if err != nil {
 		return nil, fmt.Errorf("store: open %s: %w", path, err)
 	}
-	db.SetMaxOpenConns(8)
-	s := &Store{db: db}
+	sqlDB.SetMaxOpenConns(8)
+	s := &Store{db: &db{DB: sqlDB}}
 	if err := s.migrate(ctx); err != nil {
-		db.Close()
+		sqlDB.Close()
 		return nil, err
 	}
 	// Files left by an older version, or made under a wider umask, are
 	// tightened too.
 	for _, p := range []string{path, path + "-wal", path + "-shm"} {
 		if _, err := datadir.Tighten(p); err != nil {
-			db.Close()
+			sqlDB.Close()
 			return nil, fmt.Errorf("store: %w", err)
 		}
 	}
@@ -207,42 +229,76 @@ func (s *Store) migrate(ctx context.Context) error {
 	if _, err := s.db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY)`); err != nil {
 		return fmt.Errorf("store: migrate: %w", err)
 	}
-	var have int
-	if err := s.db.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM schema_migrations`).Scan(&have); err != nil {
-		return fmt.Errorf("store: migrate: %w", err)
-	}
-	if have > len(migrations) {
-		return fmt.Errorf("store: database schema version %d is newer than this binary knows (%d)", have, len(migrations))
-	}
-	for v := have + 1; v <= len(migrations); v++ {
-		err := s.tx(ctx, func(tx *sql.Tx) error {
-			if _, err := tx.ExecContext(ctx, migrations[v-1]); err != nil {
+	// Each migration is one transaction that reads the version under the
+	// write lock, so replicas starting together apply each once.
+	for {
+		done := false
+		var v int
+		err := s.tx(ctx, func(tx *txn) error {
+			var have int
+			if err := tx.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM schema_migrations`).Scan(&have); err != nil {
+				return err
+			}
+			if have > len(migrations) {
+				return fmt.Errorf("database schema version %d is newer than this binary knows (%d)", have, len(migrations))
+			}
+			if have == len(migrations) {
+				done = true
+				return nil
+			}
+			v = have + 1
+			m := migrations[v-1]
+			if s.db.pg {
+				m = postgresDDL(m)
+			}
+			if _, err := tx.ExecContext(ctx, m); err != nil {
 				return err
 			}
 			_, err := tx.ExecContext(ctx, `INSERT INTO schema_migrations (version) VALUES (?)`, v)
 			return err
 		})
-		if err != nil {
+		switch {
+		case err != nil && v > 0:
 			return fmt.Errorf("store: migration %d: %w", v, err)
+		case err != nil:
+			return fmt.Errorf("store: migrate: %w", err)
+		case done:
+			return nil
 		}
 	}
-	return nil
 }
 
-func (s *Store) tx(ctx context.Context, fn func(*sql.Tx) error) error {
+// tx runs fn in a write transaction and commits it if fn returns nil.
+// With PostgreSQL, writers take the write lock first, and what the
+// transaction changed is announced at its commit.
+func (s *Store) tx(ctx context.Context, fn func(*txn) error) error {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return err
+	}
+	if s.db.pg {
+		if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock(?)`, int64(writeLockKey)); err != nil {
+			tx.Rollback()
+			return err
+		}
 	}
 	if err := fn(tx); err != nil {
 		tx.Rollback()
 		return err
 	}
+	if s.db.pg {
+		for _, k := range tx.kinds {
+			if _, err := tx.ExecContext(ctx, `SELECT pg_notify(?, ?)`, notifyChannel, k); err != nil {
+				tx.Rollback()
+				return err
+			}
+		}
+	}
 	return tx.Commit()
 }
 
 // bumpRevision increments and returns the revision counter within tx.
-func bumpRevision(ctx context.Context, tx *sql.Tx) (int64, error) {
+func bumpRevision(ctx context.Context, tx *txn) (int64, error) {
 	var rev int64
 	err := tx.QueryRowContext(ctx, `UPDATE revision SET value = value + 1 WHERE id = 1 RETURNING value`).Scan(&rev)
 	return rev, err

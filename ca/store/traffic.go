@@ -2,7 +2,6 @@ package store
 
 import (
 	"context"
-	"database/sql"
 	"fmt"
 	"time"
 
@@ -17,7 +16,7 @@ const maxAnomalies = 100_000
 // SaveTrafficProfiles stores profiles (each an encoded profile, by
 // server), replacing those of the same servers.
 func (s *Store) SaveTrafficProfiles(ctx context.Context, profiles map[string][]byte) error {
-	err := s.tx(ctx, func(tx *sql.Tx) error {
+	err := s.tx(ctx, func(tx *txn) error {
 		for server, p := range profiles {
 			if _, err := tx.ExecContext(ctx, `INSERT INTO traffic_profiles (server, profile) VALUES (?, ?)
 				ON CONFLICT (server) DO UPDATE SET profile = excluded.profile`, server, p); err != nil {
@@ -54,7 +53,7 @@ func (s *Store) LoadTrafficProfiles(ctx context.Context) (map[string][]byte, err
 // PutAnomalies stores anomalies, and drops the oldest past the store's
 // bound.
 func (s *Store) PutAnomalies(ctx context.Context, as []*typesv1.Anomaly) error {
-	err := s.tx(ctx, func(tx *sql.Tx) error {
+	err := s.tx(ctx, func(tx *txn) error {
 		for _, a := range as {
 			raw, err := proto.Marshal(a)
 			if err != nil {
