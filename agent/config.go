@@ -4,7 +4,9 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"net"
 	"path/filepath"
+	"strings"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -40,7 +42,9 @@ type Config struct {
 	// roots of TrustBundle name (or, after the first start, of the bundle
 	// the agent keeps in DataDir); when both are known they must agree.
 	TrustDomain spiffeid.TrustDomain
-	// CAAddress is the host:port of the CA's agent API. Required.
+	// CAAddress is the host:port of the CA's agent API, or a comma-separated
+	// list of the host:ports of replicas sharing one store: the agent uses
+	// one (picked at random) and moves to another when it fails. Required.
 	CAAddress string
 	// DataDir keeps the agent SVID, its key and the last trust bundle.
 	// Required.
@@ -101,6 +105,13 @@ func (c *Config) Validate() error {
 		return errors.New("data-dir: required")
 	case c.CAAddress == "":
 		return errors.New("ca-address: required")
+	}
+	for _, a := range strings.Split(c.CAAddress, ",") {
+		if _, _, err := net.SplitHostPort(strings.TrimSpace(a)); err != nil {
+			return fmt.Errorf("ca-address: %q: %w", a, err)
+		}
+	}
+	switch {
 	case c.JoinToken != "" && c.JoinTokenFile != "":
 		return errors.New("join-token and join-token-file: give one, not both")
 	}

@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/signet-id/signet/e2e/pgenv"
 	"github.com/signet-id/signet/e2e/systest"
 	adminv1 "github.com/signet-id/signet/proto/signet/admin/v1"
 	typesv1 "github.com/signet-id/signet/proto/signet/types/v1"
@@ -43,6 +44,7 @@ func TestMain(m *testing.M) {
 	os.Chmod(dir, 0o755)
 	binDir = dir
 	code := m.Run()
+	pgenv.StopShared()
 	os.RemoveAll(dir)
 	os.Exit(code)
 }

@@ -2,7 +2,8 @@
 # Installs what the tests need on a fresh Debian or Ubuntu machine: openssl
 # (an independent X.509 verifier), protoc (to check that the committed
 # generated code is current), containerd + runc (the container runtime of
-# the real test node) and the CNI plugins of its pod network. Go modules come
+# the real test node), the CNI plugins of its pod network, and PostgreSQL
+# (the shared store's tests start their own server with it). Go modules come
 # through the module proxy; the Kubernetes binaries are built by
 # e2e/testenv/build.sh.
 set -euo pipefail
@@ -14,6 +15,8 @@ command -v containerd >/dev/null 2>&1 || need+=(containerd)
 command -v runc >/dev/null 2>&1 || need+=(runc)
 # The test node's pod network: the bridge, host-local and loopback plugins.
 [ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
+# PostgreSQL's server binaries (the package's own cluster is not used).
+ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
 [ ${#need[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -29,6 +29,8 @@ import (
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/resolver"
+	"google.golang.org/grpc/resolver/manual"
 	"google.golang.org/grpc/status"
 
 	"github.com/signet-id/signet/agent/cache"
@@ -196,13 +198,33 @@ func (m *Client) dial(svid bool) (*grpc.ClientConn, error) {
 	if svid {
 		tlsCfg = tlsconfig.MTLSClientConfig(m, m, tlsconfig.AuthorizeID(m.caID))
 	}
-	return grpc.NewClient(m.cfg.CAAddress,
+	target, replicas := caTarget(m.cfg.CAAddress)
+	return grpc.NewClient(target, append(replicas,
 		grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 20 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
 		// Reconnect to a CA that comes back within seconds, not gRPC's
 		// default of up to two minutes.
 		grpc.WithConnectParams(grpc.ConnectParams{Backoff: grpcbackoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 2 * time.Second}, MinConnectTimeout: 5 * time.Second}),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)))
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)))...)
+}
+
+// caTarget is the gRPC target of the CA's address: as given for one, and
+// for a comma-separated list of replicas, a resolver of its own that
+// holds them all, with pick_first over a shuffled list, so that agents
+// spread over the replicas and move to another when theirs fails.
+func caTarget(addr string) (string, []grpc.DialOption) {
+	addrs := strings.Split(addr, ",")
+	if len(addrs) == 1 {
+		return addr, nil
+	}
+	r := manual.NewBuilderWithScheme("signet-ca")
+	var state resolver.State
+	for _, a := range addrs {
+		state.Addresses = append(state.Addresses, resolver.Address{Addr: strings.TrimSpace(a)})
+	}
+	r.InitialState(state)
+	return r.Scheme() + ":///signet-ca", []grpc.DialOption{grpc.WithResolvers(r),
+		grpc.WithDefaultServiceConfig(`{"loadBalancingConfig": [{"pick_first": {"shuffleAddressList": true}}]}`)}
 }
 
 // nodeClient returns the current connection's client and a channel closed

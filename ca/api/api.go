@@ -305,6 +305,7 @@ type Metrics struct {
 	refusals      *prometheus.CounterVec
 	attestations  *prometheus.CounterVec
 	trafficCounts prometheus.Counter
+	syncStreams   prometheus.Gauge
 }
 
 // NewMetrics registers the API metrics with reg.
@@ -326,8 +327,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		trafficCounts: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "signet_ca_traffic_counts_total", Help: "Traffic counts (server, caller, method, minute) services reported through their agents.",
 		}),
+		syncStreams: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "signet_ca_sync_streams", Help: "Agents' Sync streams open on this replica.",
+		}),
 	}
-	reg.MustRegister(m.issued, m.signDuration, m.refusals, m.attestations, m.trafficCounts)
+	reg.MustRegister(m.issued, m.signDuration, m.refusals, m.attestations, m.trafficCounts, m.syncStreams)
 	return m
 }
 

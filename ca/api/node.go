@@ -641,6 +641,8 @@ func (s *NodeServer) Sync(req *agentv1.SyncRequest, stream agentv1.Node_SyncServ
 	if err != nil {
 		return err
 	}
+	s.cfg.Metrics.syncStreams.Inc()
+	defer s.cfg.Metrics.syncStreams.Dec()
 	rev := req.GetRevision()
 	var sentSeq uint64
 	first := true

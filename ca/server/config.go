@@ -19,6 +19,7 @@ import (
 	"github.com/signet-id/signet/ca/authority"
 	"github.com/signet-id/signet/ca/federation"
 	"github.com/signet-id/signet/ca/oidc"
+	"github.com/signet-id/signet/ca/store"
 	"github.com/signet-id/signet/ca/traffic"
 	"github.com/signet-id/signet/internal/signetid"
 	"github.com/signet-id/signet/internal/tasks"
@@ -60,6 +61,10 @@ type Config struct {
 	// DataDir holds the database and, by default, the admin socket and the
 	// audit log.
 	DataDir string
+	// Datastore is where the CA keeps its state: a PostgreSQL URL
+	// (postgres://…), which several replicas may share, or the path of a
+	// SQLite file. If empty, DataDir/signet.db.
+	Datastore string
 	// ListenAddr serves the agent API (mTLS).
 	ListenAddr string
 	// AdminSocket is the admin API's Unix socket. If empty, DataDir/admin.sock.
@@ -330,6 +335,11 @@ func (c *Config) Validate() error {
 	}
 	if c.Log == nil {
 		c.Log = hclog.NewNullLogger()
+	}
+	if c.Datastore == "" {
+		c.Datastore = filepath.Join(c.DataDir, "signet.db")
+	} else if strings.Contains(c.Datastore, "://") && !store.IsPostgres(c.Datastore) {
+		return errors.New("datastore: a postgres:// URL or the path of a SQLite file")
 	}
 	if c.AdminSocket == "" {
 		c.AdminSocket = filepath.Join(c.DataDir, "admin.sock")

@@ -93,7 +93,7 @@ func build(ctx context.Context, g *tasks.Group, cfg Config) (ready func(), err e
 		return nil, err
 	}
 	p.OnClose(unlock)
-	st, err := store.Open(ctx, filepath.Join(cfg.DataDir, "signet.db"))
+	st, err := store.Open(ctx, cfg.Datastore)
 	if err != nil {
 		return nil, err
 	}
@@ -161,6 +161,13 @@ func build(ctx context.Context, g *tasks.Group, cfg Config) (ready func(), err e
 		}
 		authCfg.Store, authCfg.IsLeader = cluster.KeyStore(), cluster.IsLeader
 	}
+	// Replicas sharing a PostgreSQL store: the one holding its leader lock
+	// rotates the keys; the others adopt what it stored.
+	shared := cluster == nil && st.Shared()
+	var replica replicaState
+	if shared {
+		authCfg.IsLeader = replica.leading.Load
+	}
 	auth, err := authority.New(ctx, authCfg)
 	if err != nil {
 		return nil, err
@@ -192,7 +199,11 @@ func build(ctx context.Context, g *tasks.Group, cfg Config) (ready func(), err e
 			return nil, err
 		}
 		apiCfg.Federations = fetcher
-		p.Add("federation", func(ctx context.Context) error { fetcher.Run(ctx); return nil }, nil)
+		if shared {
+			replica.fetcher = fetcher
+		} else {
+			p.Add("federation", func(ctx context.Context) error { fetcher.Run(ctx); return nil }, nil)
+		}
 	}
 	if !cfg.NoTrafficDetector {
 		var ct ClusterTraffic
@@ -284,6 +295,11 @@ func build(ctx context.Context, g *tasks.Group, cfg Config) (ready func(), err e
 			if _, err := st.Revision(r.Context()); err != nil {
 				return fmt.Errorf("store: %w", err)
 			}
+			if shared {
+				if err := replica.listenErr(); err != nil {
+					return fmt.Errorf("store: not hearing the other replicas' changes: %w", err)
+				}
+			}
 			if time.Until(auth.X509CA().Certificate.NotAfter) <= 0 {
 				return errors.New("signing CA expired")
 			}
@@ -310,6 +326,9 @@ func build(ctx context.Context, g *tasks.Group, cfg Config) (ready func(), err e
 		if err := cluster.Start(p, auth); err != nil {
 			return nil, err
 		}
+	}
+	if shared {
+		replica.start(p, st, auth, &apiCfg, reg, log)
 	}
 	p.Add("rotation", func(ctx context.Context) error { return auth.Run(ctx, cfg.RotateInterval) }, nil)
 	p.Add("CA key revocations", func(ctx context.Context) error { followKeyRevocations(ctx, &apiCfg, auth); return nil }, nil)

@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"time"
 )
@@ -29,18 +30,33 @@ type CAKey struct {
 	ChainedUntil time.Time
 }
 
-const bundleSequenceKey = "bundle_sequence"
+const (
+	bundleSequenceKey = "bundle_sequence"
+	// caKeysVersionKey counts the saves of the CA keys, so that a replica
+	// storing keys it derived from an older set gets ErrConflict.
+	caKeysVersionKey = "ca_keys_version"
+)
 
 // LoadCAKeys returns every stored CA key and the trust bundle's sequence
-// number.
+// number, read in one snapshot. SaveCAKeys stores only on top of what this
+// Store last loaded or saved.
 func (s *Store) LoadCAKeys(ctx context.Context) ([]CAKey, uint64, error) {
+	tx, err := s.db.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	if err != nil {
+		return nil, 0, fmt.Errorf("store: load CA keys: %w", err)
+	}
+	defer tx.Rollback()
 	var seq uint64
-	if v, err := s.Meta(ctx, bundleSequenceKey); err != nil {
+	if v, err := metaIn(ctx, tx, bundleSequenceKey); err != nil {
 		return nil, 0, fmt.Errorf("store: load CA keys: %w", err)
 	} else if v != "" {
 		fmt.Sscan(v, &seq)
 	}
-	rows, err := s.db.QueryContext(ctx, `SELECT id, kind, state, parent_id, key_pem, key_uri, cert_der, not_before, not_after, activated_at, chained_until FROM ca_keys ORDER BY not_before, id`)
+	version, err := metaIn(ctx, tx, caKeysVersionKey)
+	if err != nil {
+		return nil, 0, fmt.Errorf("store: load CA keys: %w", err)
+	}
+	rows, err := tx.QueryContext(ctx, `SELECT id, kind, state, parent_id, key_pem, key_uri, cert_der, not_before, not_after, activated_at, chained_until FROM ca_keys ORDER BY not_before, id`)
 	if err != nil {
 		return nil, 0, fmt.Errorf("store: load CA keys: %w", err)
 	}
@@ -61,12 +77,41 @@ func (s *Store) LoadCAKeys(ctx context.Context) ([]CAKey, uint64, error) {
 		}
 		out = append(out, k)
 	}
-	return out, seq, rows.Err()
+	if err := rows.Err(); err != nil {
+		return nil, 0, fmt.Errorf("store: load CA keys: %w", err)
+	}
+	s.setCAKeysVersion(version)
+	return out, seq, nil
 }
 
-// SaveCAKeys replaces the stored CA keys and bundle sequence, atomically.
+func (s *Store) setCAKeysVersion(v string) {
+	s.caKeysMu.Lock()
+	s.caKeysVersion = v
+	s.caKeysMu.Unlock()
+}
+
+// SaveCAKeys replaces the stored CA keys and the bundle sequence number.
+// It returns ErrConflict if another replica saved keys since this Store
+// last loaded or saved them.
 func (s *Store) SaveCAKeys(ctx context.Context, keys []CAKey, bundleSequence uint64) error {
+	s.caKeysMu.Lock()
+	defer s.caKeysMu.Unlock()
+	var next string
 	err := s.tx(ctx, func(tx *txn) error {
+		cur, err := metaIn(ctx, tx, caKeysVersionKey)
+		if err != nil {
+			return err
+		}
+		if cur != s.caKeysVersion {
+			return ErrConflict
+		}
+		var n int64
+		fmt.Sscan(cur, &n)
+		next = fmt.Sprint(n + 1)
+		if _, err := tx.ExecContext(ctx, `INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value`,
+			caKeysVersionKey, next); err != nil {
+			return err
+		}
 		tx.notify(ChangedCAKeys)
 		if _, err := tx.ExecContext(ctx, `DELETE FROM ca_keys`); err != nil {
 			return err
@@ -93,5 +138,6 @@ func (s *Store) SaveCAKeys(ctx context.Context, keys []CAKey, bundleSequence uin
 	if err != nil {
 		return fmt.Errorf("store: save CA keys: %w", err)
 	}
+	s.caKeysVersion = next
 	return nil
 }

@@ -17,6 +17,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	_ "modernc.org/sqlite" // registers the "sqlite" driver
@@ -45,6 +46,11 @@ type Store struct {
 	// listen and hold the leader lock; it may hold a password and is never
 	// logged.
 	dsn string
+
+	// caKeysVersion is the version of the CA keys this Store last loaded
+	// or saved.
+	caKeysMu      sync.Mutex
+	caKeysVersion string
 }
 
 // IsPostgres says whether location names a PostgreSQL database
@@ -315,6 +321,16 @@ func (s *Store) Revision(ctx context.Context) (int64, error) {
 func (s *Store) Meta(ctx context.Context, key string) (string, error) {
 	var v string
 	err := s.db.QueryRowContext(ctx, `SELECT value FROM meta WHERE key = ?`, key).Scan(&v)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", nil
+	}
+	return v, err
+}
+
+// metaIn reads a value of the key/value table within tx, or "" if unset.
+func metaIn(ctx context.Context, tx *txn, key string) (string, error) {
+	var v string
+	err := tx.QueryRowContext(ctx, `SELECT value FROM meta WHERE key = ?`, key).Scan(&v)
 	if errors.Is(err, sql.ErrNoRows) {
 		return "", nil
 	}

@@ -399,3 +399,37 @@ func TestBundleAcks(t *testing.T) {
 		}
 	})
 }
+
+// CA keys are stored only on top of the set the replica last read: a
+// replica that rotated from an older set gets ErrConflict, not the last
+// word.
+func TestCAKeysConflict(t *testing.T) {
+	eachBackend(t, func(t *testing.T, loc string) {
+		ctx := context.Background()
+		a, b := open(t, loc), open(t, loc)
+		for _, s := range []*store.Store{a, b} {
+			if _, _, err := s.LoadCAKeys(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+		key := func(id string) []store.CAKey {
+			return []store.CAKey{{ID: id, Kind: "root", State: "active", KeyPEM: []byte("k"), NotBefore: now, NotAfter: now.Add(time.Hour)}}
+		}
+		if err := a.SaveCAKeys(ctx, key("a"), 1); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.SaveCAKeys(ctx, key("b"), 1); !errors.Is(err, store.ErrConflict) {
+			t.Fatalf("a save over keys the replica never read: %v; want ErrConflict", err)
+		}
+		keys, _, err := b.LoadCAKeys(ctx)
+		if err != nil || len(keys) != 1 || keys[0].ID != "a" {
+			t.Fatalf("keys after the refused save = %v, %v; want a's", keys, err)
+		}
+		if err := b.SaveCAKeys(ctx, key("b"), 2); err != nil {
+			t.Fatalf("a save after reading the current keys: %v", err)
+		}
+		if err := a.SaveCAKeys(ctx, key("a2"), 2); !errors.Is(err, store.ErrConflict) {
+			t.Fatalf("a's save over b's: %v; want ErrConflict", err)
+		}
+	})
+}

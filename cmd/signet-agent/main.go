@@ -74,7 +74,7 @@ func defaults() fileConfig {
 
 func register(fs *flag.FlagSet, c *fileConfig) {
 	fs.StringVar(&c.TrustDomain, "trust-domain", c.TrustDomain, "trust domain (default: the one the trust bundle's roots name)")
-	fs.StringVar(&c.CAAddress, "ca-address", c.CAAddress, "host:port of signet-ca's agent API")
+	fs.StringVar(&c.CAAddress, "ca-address", c.CAAddress, "host:port of signet-ca's agent API, or a comma-separated list of replicas' host:ports")
 	fs.StringVar(&c.JoinToken, "join-token", c.JoinToken, "join token from 'signet token create' (needed at first start); visible in ps, prefer join-token-file")
 	fs.StringVar(&c.JoinTokenFile, "join-token-file", c.JoinTokenFile, "file holding the join token; a new token written here re-attests an evicted agent")
 	fs.StringVar(&c.TrustBundle, "trust-bundle", c.TrustBundle, "PEM file of the CA roots ('signet bundle show'), needed at first start")

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
 	// Time zones of AccessPolicy windows, checked by the admission webhook
 	// and the admin API, whatever the image holds.
 	_ "time/tzdata"
@@ -36,6 +37,7 @@ import (
 type fileConfig struct {
 	TrustDomain      string            `json:"trust-domain"`
 	DataDir          string            `json:"data-dir"`
+	Datastore        string            `json:"datastore"`
 	Listen           string            `json:"listen"`
 	AdminSocket      string            `json:"admin-socket"`
 	AdminListen      string            `json:"admin-listen"`
@@ -126,6 +128,7 @@ func defaults() fileConfig {
 func register(fs *flag.FlagSet, c *fileConfig) {
 	fs.StringVar(&c.TrustDomain, "trust-domain", c.TrustDomain, "trust domain, e.g. example.org (required)")
 	fs.StringVar(&c.DataDir, "data-dir", c.DataDir, "directory for everything the CA keeps (required)")
+	fs.StringVar(&c.Datastore, "datastore", c.Datastore, "the CA's state: a PostgreSQL URL postgres://… that replicas share (password from PGPASSWORD or ~/.pgpass), or a SQLite file (default DATA-DIR/signet.db)")
 	fs.StringVar(&c.Listen, "listen", c.Listen, "address of the agent API (mTLS)")
 	fs.StringVar(&c.AdminSocket, "admin-socket", c.AdminSocket, "admin API Unix socket (default DATA-DIR/admin.sock)")
 	fs.StringVar(&c.AdminListen, "admin-listen", c.AdminListen, "also serve the admin API over mTLS on this address")
@@ -242,7 +245,7 @@ func validate(c fileConfig) (server.Config, hclog.Logger, error) {
 	}
 	cfg := server.Config{
 		AuditSinks: sinks, AuditSpoolMax: c.AuditSpoolMaxMi << 20, TrafficLearn: time.Duration(c.TrafficLearn), NoTrafficDetector: !c.TrafficDetector,
-		TrustDomain: td, DataDir: c.DataDir, ListenAddr: c.Listen, AdminSocket: c.AdminSocket,
+		TrustDomain: td, DataDir: c.DataDir, Datastore: c.Datastore, ListenAddr: c.Listen, AdminSocket: c.AdminSocket,
 		AdminListenAddr: c.AdminListen, AdminIDs: adminIDs, HealthAddr: c.HealthAddr, MetricsAddr: c.MetricsAddr,
 		AuditLog: c.AuditLog, RootTTL: time.Duration(c.RootTTL), IntermediateTTL: time.Duration(c.IntermediateTTL),
 		JWTKeyTTL: time.Duration(c.JWTKeyTTL), AgentTTL: time.Duration(c.AgentTTL), X509TTL: time.Duration(c.X509TTL),

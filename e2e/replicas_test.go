@@ -1,0 +1,305 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/signet-id/signet/e2e/pgenv"
+	"github.com/signet-id/signet/e2e/systest"
+	adminv1 "github.com/signet-id/signet/proto/signet/admin/v1"
+	typesv1 "github.com/signet-id/signet/proto/signet/types/v1"
+)
+
+// replica is one signet-ca process of several sharing a PostgreSQL store.
+type replica struct {
+	cmd    *exec.Cmd
+	dir    string
+	listen string
+	health string
+	logs   *lockedBuffer
+	admin  adminv1.AdminClient
+}
+
+// newReplica picks the addresses of a replica on the store at dsn; start
+// starts it.
+func newReplica(t *testing.T, dsn string) *replica {
+	r := &replica{dir: t.TempDir(), listen: systest.FreeAddr(t), health: systest.FreeAddr(t), logs: &lockedBuffer{}}
+	r.cmd = exec.Command(filepath.Join(binDir, "signet-ca"), "--trust-domain", "example.org", "--data-dir", r.dir,
+		"--datastore", dsn, "--listen", r.listen, "--health-addr", r.health)
+	return r
+}
+
+func (r *replica) start(t *testing.T) {
+	t.Helper()
+	r.cmd.Stderr = r.logs
+	if err := r.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.cmd.Process.Kill(); r.cmd.Wait() })
+	sock := filepath.Join(r.dir, "admin.sock")
+	waitFor(t, 30*time.Second, func() error {
+		c, err := net.Dial("unix", sock)
+		if err == nil {
+			c.Close()
+		}
+		return err
+	}, func() string { return "signet-ca did not open its admin socket; logs:\n" + r.logs.String() })
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	r.admin = adminv1.NewAdminClient(conn)
+}
+
+// metric reads one unlabelled metric of the replica, or an error.
+func (r *replica) metric(name string) (string, error) {
+	resp, err := http.Get("http://" + r.health + "/metrics")
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
+			return v, nil
+		}
+	}
+	return "", fmt.Errorf("no metric %s", name)
+}
+
+func (r *replica) leads() bool {
+	v, err := r.metric("signet_ca_leader")
+	return err == nil && v == "1"
+}
+
+// streams waits until n agents' Sync streams are open on the replica.
+func (r *replica) streams(t *testing.T, n int) {
+	t.Helper()
+	want := fmt.Sprint(n)
+	waitFor(t, 60*time.Second, func() error {
+		v, err := r.metric("signet_ca_sync_streams")
+		if err == nil && v != want {
+			err = fmt.Errorf("%s streams", v)
+		}
+		return err
+	}, func() string { return fmt.Sprintf("the replica at %s never had %d Sync streams", r.listen, n) })
+}
+
+// waitFor polls cond until it returns nil, failing the test with what()
+// and cond's last error after d.
+func waitFor(t *testing.T, d time.Duration, cond func() error, what func() string) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		err := cond()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s (last: %v)", what(), err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestReplicasOnPostgres runs two signet-ca replicas on one PostgreSQL
+// database: both serve agents and admin calls, a change made on one
+// reaches agents of the other through the database's notifications, and
+// after kill -9 of the leader under registration and issuance load the
+// other replica leads, nothing acknowledged is lost, the agents move over
+// and keep their workloads served, and the trust bundle is unchanged.
+func TestReplicasOnPostgres(t *testing.T) {
+	dsn := pgenv.Database(t)
+	a, b := newReplica(t, dsn), newReplica(t, dsn)
+	a.start(t)
+	waitFor(t, 30*time.Second, func() error {
+		if !a.leads() {
+			return fmt.Errorf("not leading")
+		}
+		return nil
+	}, func() string { return "the first replica does not lead; logs:\n" + a.logs.String() })
+	uid := fmt.Sprint(os.Getuid())
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+
+	// Agents given both replicas, started while only the leader runs so
+	// that they are all on it when it is killed; one more agent given only
+	// the leader, to see a change made on the other replica arrive
+	// through the database.
+	both := a.listen + "," + b.listen
+	socks := map[string]string{}
+	for _, node := range []string{"n1", "n2"} {
+		sock, _ := startAgentProcess(t, a.dir, both, node)
+		socks[node] = sock
+	}
+	pinned, _ := startAgentProcess(t, a.dir, a.listen, "pinned")
+	a.streams(t, 3)
+	b.start(t)
+	if b.leads() {
+		t.Fatal("both replicas lead")
+	}
+	bundle := signet(t, a.dir, "bundle", "show")
+	if got := signet(t, b.dir, "bundle", "show"); got != bundle {
+		t.Fatal("the replicas serve different bundles")
+	}
+	b.streams(t, 0)
+	entry := func(r *replica, id, node string, selector string) (*typesv1.Entry, error) {
+		resp, err := r.admin.CreateEntries(ctx, &adminv1.CreateEntriesRequest{Entries: []*typesv1.Entry{{
+			SpiffeId: "spiffe://example.org/" + id, ParentId: "spiffe://example.org/signet/agent/join/" + node,
+			Selectors: []*typesv1.Selector{{Type: "unix", Value: selector}},
+		}}})
+		if err != nil {
+			return nil, err
+		}
+		return resp.GetEntries()[0], nil
+	}
+	// holds waits until the workload (this process) gets id from the
+	// agent at sock.
+	holds := func(sock, id string, within time.Duration) time.Duration {
+		t.Helper()
+		start := time.Now()
+		waitFor(t, within, func() error {
+			fctx, fcancel := context.WithTimeout(ctx, 5*time.Second)
+			defer fcancel()
+			svids, err := workloadapi.FetchX509SVIDs(fctx, workloadapi.WithAddr("unix://"+sock))
+			if err != nil {
+				return err
+			}
+			for _, s := range svids {
+				if s.ID.String() == "spiffe://example.org/"+id {
+					return nil
+				}
+			}
+			return fmt.Errorf("%d SVIDs, none for %s", len(svids), id)
+		}, func() string { return fmt.Sprintf("the workload on %s never got %s", sock, id) })
+		return time.Since(start)
+	}
+	// Created on the follower, served by the agent that only knows the
+	// leader: the leader heard of it from PostgreSQL, not by polling
+	// (a stream re-reads the store on its own only every minute).
+	if _, err := entry(b, "cross", "pinned", "uid:"+uid); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("an entry created on the follower reached an agent of the leader in %s", holds(pinned, "cross", 20*time.Second))
+	for node, sock := range socks {
+		if _, err := entry(a, "w-"+node, node, "uid:"+uid); err != nil {
+			t.Fatal(err)
+		}
+		holds(sock, "w-"+node, 30*time.Second)
+	}
+
+	// Registration and issuance load on both replicas: entries for the
+	// agents' nodes, which the agents mint SVIDs for.
+	var (
+		mu    sync.Mutex
+		acked = map[string]string{}
+		wg    sync.WaitGroup
+	)
+	load, stopLoad := context.WithCancel(ctx)
+	defer stopLoad()
+	for w, r := range []*replica{a, b, a, b} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; load.Err() == nil; i++ {
+				node := []string{"n1", "n2"}[i%2]
+				id := fmt.Sprintf("load/%d/%d", w, i)
+				e, err := entry(r, id, node, fmt.Sprintf("uid:%d", 100000+i))
+				if err != nil {
+					if r == a {
+						return // the leader is gone
+					}
+					continue
+				}
+				mu.Lock()
+				acked[e.GetId()] = e.GetSpiffeId()
+				mu.Unlock()
+			}
+		}()
+	}
+	count := func() int { mu.Lock(); defer mu.Unlock(); return len(acked) }
+	waitFor(t, 60*time.Second, func() error {
+		if n := count(); n < 100 {
+			return fmt.Errorf("%d acknowledged", n)
+		}
+		return nil
+	}, func() string { return "the load made too little progress" })
+
+	// kill -9 of the leader.
+	if err := a.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	a.cmd.Wait()
+	killed := time.Now()
+	waitFor(t, 60*time.Second, func() error {
+		if !b.leads() {
+			return fmt.Errorf("not leading")
+		}
+		return nil
+	}, func() string { return "the other replica did not take the lead; logs:\n" + b.logs.String() })
+	t.Logf("the other replica led %s after the kill", time.Since(killed).Round(time.Millisecond))
+	b.streams(t, 2)
+	t.Logf("both agents' streams were open on the other replica %s after the kill", time.Since(killed).Round(time.Millisecond))
+	// The agents keep serving, and now through the other replica: a new
+	// entry reaches each of their workloads, and a JWT-SVID (signed by the
+	// CA for each request) is issued.
+	for node, sock := range socks {
+		if _, err := entry(b, "after-"+node, node, "uid:"+uid); err != nil {
+			t.Fatal(err)
+		}
+		took := holds(sock, "after-"+node, 60*time.Second)
+		t.Logf("agent %s served an entry created after the kill %s after it was created", node, took.Round(time.Millisecond))
+		waitFor(t, 30*time.Second, func() error {
+			jctx, jcancel := context.WithTimeout(ctx, 5*time.Second)
+			defer jcancel()
+			_, err := workloadapi.FetchJWTSVID(jctx, jwtsvid.Params{Audience: "after-kill-" + node}, workloadapi.WithAddr("unix://"+sock))
+			return err
+		}, func() string { return "no JWT-SVID from agent " + node + " after the kill" })
+	}
+	stopLoad()
+	wg.Wait()
+
+	// Nothing acknowledged is lost.
+	var listed struct {
+		Entries []struct {
+			ID       string `json:"id"`
+			SPIFFEID string `json:"spiffe_id"`
+		} `json:"entries"`
+	}
+	if err := json.Unmarshal([]byte(signet(t, b.dir, "entry", "list", "-o", "json")), &listed); err != nil {
+		t.Fatal(err)
+	}
+	have := map[string]string{}
+	for _, e := range listed.Entries {
+		have[e.ID] = e.SPIFFEID
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for id, spiffeID := range acked {
+		if have[id] != spiffeID {
+			t.Errorf("acknowledged entry %s (%s) lost", id, spiffeID)
+		}
+	}
+	if got := signet(t, b.dir, "bundle", "show"); got != bundle {
+		t.Error("the bundle changed when the leader was killed")
+	}
+	t.Logf("%d entries acknowledged under load, all present after the kill", len(acked))
+}
