@@ -7,7 +7,9 @@ package cluster
 import (
 	"errors"
 	"fmt"
+	"net/http"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -19,6 +21,9 @@ type Clients struct {
 	Config  *rest.Config
 	Client  kubernetes.Interface
 	Dynamic dynamic.Interface
+	// Requests counts the requests the clients send, by verb and
+	// resource (signet_ca_kube_requests_total).
+	Requests *prometheus.CounterVec
 }
 
 // NewClients connects with a kubeconfig file or, with inCluster, the pod's
@@ -41,6 +46,8 @@ func NewClients(kubeconfig string, inCluster bool) (*Clients, error) {
 	}
 	cfg.QPS, cfg.Burst = 100, 200
 	cfg.UserAgent = "signet-ca"
+	requests := newRequestCounter()
+	cfg.Wrap(func(rt http.RoundTripper) http.RoundTripper { return requestCounter{next: rt, count: requests} })
 	c, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("cluster: %w", err)
@@ -49,5 +56,5 @@ func NewClients(kubeconfig string, inCluster bool) (*Clients, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cluster: %w", err)
 	}
-	return &Clients{Config: cfg, Client: c, Dynamic: d}, nil
+	return &Clients{Config: cfg, Client: c, Dynamic: d, Requests: requests}, nil
 }

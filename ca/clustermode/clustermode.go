@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
 	authnv1 "k8s.io/api/authentication/v1"
 	authzv1 "k8s.io/api/authorization/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -58,6 +59,7 @@ type kubeMode struct {
 	traffic   clusterTraffic
 	leader    *cluster.Leader
 	client    kubernetes.Interface
+	requests  prometheus.Collector
 	bundle    *cluster.BundlePublisher
 	// caBundle, with a webhook, keeps the webhook configurations current.
 	caBundle *cluster.CABundleKeeper
@@ -121,6 +123,7 @@ func Build(ctx context.Context, cfg server.Config, log hclog.Logger) (server.Clu
 		cfg:       cfg,
 		log:       log,
 		client:    clients.Client,
+		requests:  clients.Requests,
 		psat:      &nodeattest.PSAT{Client: clients.Client, Audience: kc.Audience, ServiceAccounts: kc.AgentServiceAccounts},
 		view:      view,
 		pods:      pods,
@@ -162,6 +165,9 @@ func (c clusterTraffic) IsLeader() bool { return c.leader.IsLeader() }
 
 // IsLeader implements server.Cluster.
 func (m *kubeMode) IsLeader() bool { return m.leader.IsLeader() }
+
+// Collectors is server.Cluster's.
+func (m *kubeMode) Collectors() []prometheus.Collector { return []prometheus.Collector{m.requests} }
 
 // Configure implements server.Cluster.
 func (m *kubeMode) Configure(c *api.Config) {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/signet-id/signet/ca/api"
@@ -156,6 +157,9 @@ type Cluster interface {
 	// Traffic is where the traffic detector keeps its state, shared by
 	// the replicas (ca/clustertraffic).
 	Traffic() ClusterTraffic
+	// Collectors are Kubernetes mode's metrics (the requests sent to the
+	// API server).
+	Collectors() []prometheus.Collector
 }
 
 // ClusterTraffic is the traffic detector's state in the cluster: the

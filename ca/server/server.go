@@ -176,6 +176,9 @@ func build(ctx context.Context, g *tasks.Group, cfg Config) (ready func(), err e
 	log.Info("CA ready", "trust_domain", cfg.TrustDomain.Name(), "roots", len(b.X509Roots), "intermediate_expires", auth.X509CA().Certificate.NotAfter)
 
 	reg := metrics(auth, cfg.AuditLog)
+	if cluster != nil {
+		reg.MustRegister(cluster.Collectors()...)
+	}
 	apiCfg = api.Config{
 		TrustDomain: cfg.TrustDomain, Store: st, Authority: auth, Audit: auditLog, Metrics: api.NewMetrics(reg),
 		Changes: api.NewNotifier(), AgentTTL: cfg.AgentTTL, X509TTL: cfg.X509TTL, JWTTTL: cfg.JWTTTL, MinTTL: cfg.MinSVIDTTL, Log: log.Named("api"),
