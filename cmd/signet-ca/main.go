@@ -81,6 +81,7 @@ type fileConfig struct {
 	Namespace           string            `json:"namespace"`
 	KeysSecret          string            `json:"keys-secret"`
 	LeaderLease         string            `json:"leader-lease"`
+	ReplicaID           string            `json:"replica-id"`
 	WebhookListen       string            `json:"webhook-listen"`
 	WebhookDNS          config.StringList `json:"webhook-dns"`
 	WebhookConfig       string            `json:"webhook-configuration"`
@@ -171,6 +172,7 @@ func register(fs *flag.FlagSet, c *fileConfig) {
 	fs.StringVar(&c.Namespace, "namespace", c.Namespace, "namespace of the keys Secret and the Lease (default: the pod's)")
 	fs.StringVar(&c.KeysSecret, "keys-secret", c.KeysSecret, "Secret holding the CA's keys (Kubernetes mode)")
 	fs.StringVar(&c.LeaderLease, "leader-lease", c.LeaderLease, "Lease for leader election (Kubernetes mode)")
+	fs.StringVar(&c.ReplicaID, "replica-id", c.ReplicaID, "this replica's name in the leader Lease and the traffic shards, unique among the replicas (Kubernetes mode; default: the hostname, the pod's name)")
 	fs.StringVar(&c.WebhookListen, "webhook-listen", c.WebhookListen, "serve the admission webhook (HTTPS) on this address (Kubernetes mode)")
 	fs.Var(&c.WebhookDNS, "webhook-dns", "DNS name of the webhook's Service, for its certificate (repeatable)")
 	fs.StringVar(&c.WebhookConfig, "webhook-configuration", c.WebhookConfig, "name of the Mutating/ValidatingWebhookConfiguration whose caBundle the CA keeps current")
@@ -224,7 +226,7 @@ func validate(c fileConfig) (server.Config, hclog.Logger, error) {
 	if c.Kubeconfig != "" || c.InCluster {
 		kube = &server.KubeConfig{Kubeconfig: c.Kubeconfig, InCluster: c.InCluster, ClusterName: c.ClusterName,
 			AgentServiceAccounts: c.AgentServiceAccount, Audience: c.AgentAudience, Namespace: c.Namespace,
-			SecretName: c.KeysSecret, LeaseName: c.LeaderLease}
+			SecretName: c.KeysSecret, LeaseName: c.LeaderLease, Identity: c.ReplicaID}
 		if c.WebhookListen != "" {
 			kube.Webhook = &server.WebhookConfig{ListenAddr: c.WebhookListen, DNSNames: c.WebhookDNS, SocketDir: c.AgentSocketDir,
 				SocketVolume: c.SocketVolume, CSIDriver: c.CSIDriver, CSIDir: c.AgentCSIDir,

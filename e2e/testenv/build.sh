@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # build.sh: builds the Kubernetes pieces the end-to-end tests run (etcd,
-# kube-apiserver, kubelet, helm and kustomize to render deploy/, and
-# local-kms, an AWS KMS emulator) from the Go module proxy into a cache directory, and
+# kube-apiserver, kubelet, helm and kustomize to render deploy/,
+# local-kms, an AWS KMS emulator, and kwok, fake nodes and pods) from the Go module proxy into a cache directory, and
 # prints that directory's bin/ on the last line. Binaries already present at the
 # wanted version are kept, so a second run takes well under a second.
 #
@@ -115,4 +115,18 @@ tool helm helm.sh/helm/v3/cmd/helm@v3.22.0
 tool kustomize sigs.k8s.io/kustomize/kustomize/v5@v5.8.1
 # An AWS KMS emulator, for the tests of signet-ca --kms awskms:...
 tool local-kms github.com/nsmithuk/local-kms@v0.0.0-20260228092603-2a5e92d09ab6
+# kwok: fake nodes and pods on the real API server (the scale runs), and
+# the stages it plays: nodes become Ready and keep a Lease; pods become
+# Running, complete and go when deleted.
+KWOK_VERSION=v0.8.0
+tool kwok "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
+if [[ "$(cat "$BIN/kwok-stages/version" 2>/dev/null)" != "$KWOK_VERSION" ]]; then
+  kwok_dir=$(cd "$SRC" && go mod download -json "sigs.k8s.io/kwok@$KWOK_VERSION" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",*$/\1/p')
+  rm -rf "$BIN/kwok-stages" && mkdir -p "$BIN/kwok-stages"
+  for f in node/fast/node-initialize.yaml node/heartbeat-with-lease/node-heartbeat-with-lease.yaml \
+    pod/fast/pod-ready.yaml pod/fast/pod-complete.yaml pod/fast/pod-delete.yaml; do
+    cp "$kwok_dir/kustomize/stage/$f" "$BIN/kwok-stages/"
+  done
+  echo "$KWOK_VERSION" >"$BIN/kwok-stages/version"
+fi
 echo "$BIN"
