@@ -19,8 +19,8 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
-	"github.com/signet-id/signet/agent/caclient"
 	"github.com/signet-id/signet/agent/cache"
+	"github.com/signet-id/signet/agent/caclient"
 	"github.com/signet-id/signet/agent/rotation"
 	"github.com/signet-id/signet/internal/selector"
 )
