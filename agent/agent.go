@@ -340,8 +340,15 @@ func registerMetrics(reg prometheus.Registerer, ca *caclient.Client, rot *rotati
 			_, n := rot.Counts()
 			return float64(n)
 		}),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "signet_agent_ready", Help: "1 when the agent is attested, synced and not evicted."}, func() float64 {
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "signet_agent_ready",
+			Help: "1 when the agent is attested, synced, not evicted, and its Sync stream to the CA serves (or has been down under 5 s)."}, func() float64 {
 			if ok, _ := ca.Status(); ok {
+				return 1
+			}
+			return 0
+		}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "signet_agent_ca_stream_up", Help: "1 while the Sync stream to the CA delivers."}, func() float64 {
+			if ca.StreamUp() {
 				return 1
 			}
 			return 0

@@ -19,6 +19,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/signet-id/signet/internal/clock"
 	"github.com/signet-id/signet/internal/entry"
 	"github.com/signet-id/signet/internal/selector"
 	typesv1 "github.com/signet-id/signet/proto/signet/types/v1"
@@ -107,7 +108,24 @@ const MinRotation = 5 * time.Second
 // MinRotation. (NotBefore is backdated for clock skew, so it is not where
 // the life starts.)
 func RotationTime(notAfter, now time.Time) time.Time {
-	life := notAfter.Sub(now)
+	return rotateAfter(notAfter.Sub(now), now)
+}
+
+// RotationAfter returns when an SVID with this validity, received at
+// received, should be replaced: RotationTime over the SVID's own lifetime
+// (NotAfter - NotBefore - clock.Backdate, by the CA's clock) counted from
+// when it was received (by this host's clock), so that a clock here that
+// is minutes off the CA's moves nothing: an SVID is never held past its
+// expiry, nor re-minted in a loop.
+func RotationAfter(notBefore, notAfter, received time.Time) time.Time {
+	life := notAfter.Sub(notBefore) - clock.Backdate
+	if life <= 0 {
+		return RotationTime(notAfter, received)
+	}
+	return rotateAfter(life, received)
+}
+
+func rotateAfter(life time.Duration, now time.Time) time.Time {
 	jitter := time.Duration((rand.Float64()*0.1 - 0.05) * float64(life))
 	return now.Add(max(life/2+jitter, MinRotation))
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/signet-id/signet/internal/clock"
 	"github.com/signet-id/signet/internal/entry"
 	"github.com/signet-id/signet/internal/selector"
 )
@@ -186,5 +187,19 @@ func TestFederatedFor(t *testing.T) {
 	}
 	if len(snap.FederatedFor([]entry.Entry{{}})) != 0 {
 		t.Fatal("an entry that federates with nothing got bundles")
+	}
+}
+
+// TestRotationAfterIgnoresClockSkew: an SVID's rotation is half its life
+// after it arrived, whatever this host's clock says against the CA's.
+func TestRotationAfterIgnoresClockSkew(t *testing.T) {
+	issued := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC) // by the CA's clock
+	nb, na := issued.Add(-clock.Backdate), issued.Add(time.Minute)
+	for _, skew := range []time.Duration{-5 * time.Minute, 0, 5 * time.Minute} {
+		received := issued.Add(skew)
+		at := RotationAfter(nb, na, received)
+		if d := at.Sub(received); d < 28*time.Second || d > 32*time.Second {
+			t.Errorf("skew %s: rotation %s after receipt; want 30 s ± 5%% of the minute", skew, d)
+		}
 	}
 }

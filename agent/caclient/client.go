@@ -102,7 +102,16 @@ type Client struct {
 	// pendingReissue counts SVIDs a revocation covered at the last
 	// acknowledgement.
 	pendingReissue int
+	// streamUp says whether the Sync stream delivers; when it does not,
+	// streamDown is since when and streamErr why.
+	streamUp   bool
+	streamDown time.Time
+	streamErr  string
 }
+
+// StreamGrace is how long the Sync stream may be down (a reconnect, a
+// replica's restart) before the agent reports it not ready.
+const StreamGrace = 5 * time.Second
 
 // New loads the agent's state from its data directory.
 func New(cfg Config) (*Client, error) {
@@ -168,8 +177,29 @@ func (m *Client) Status() (ready bool, reason string) {
 		return false, "not attested"
 	case !m.firstSync:
 		return false, "waiting for the first sync from the CA"
+	case !m.streamUp && m.cfg.Clock.Now().Sub(m.streamDown) > StreamGrace:
+		return false, fmt.Sprintf("no Sync stream to the CA at %s for %s (%s); serving the SVIDs it holds",
+			m.cfg.CAAddress, m.cfg.Clock.Now().Sub(m.streamDown).Round(time.Second), m.streamErr)
 	}
 	return true, "ok"
+}
+
+// StreamUp says whether the Sync stream to the CA delivers now.
+func (m *Client) StreamUp() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.streamUp
+}
+
+// streamEnded records that the Sync stream stopped delivering, and why.
+func (m *Client) streamEnded(err error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.streamUp || m.streamDown.IsZero() {
+		m.streamDown = m.cfg.Clock.Now()
+	}
+	m.streamUp = false
+	m.streamErr = status.Convert(err).Message()
 }
 
 // GetX509SVID implements x509svid.Source with the agent SVID, for mTLS to
@@ -250,7 +280,7 @@ func (m *Client) setSVID(svid *x509svid.SVID) {
 	m.mu.Lock()
 	old := m.conn
 	m.svid, m.conn, m.client = svid, nil, nil
-	m.renewAt = cache.RotationTime(svid.Certificates[0].NotAfter, m.cfg.Clock.Now())
+	m.renewAt = cache.RotationAfter(svid.Certificates[0].NotBefore, svid.Certificates[0].NotAfter, m.cfg.Clock.Now())
 	m.evicted = ""
 	close(m.connChanged)
 	m.connChanged = make(chan struct{})
@@ -532,6 +562,9 @@ func (m *Client) syncLoop(ctx context.Context) {
 	for ctx.Err() == nil {
 		client, connChanged, err := m.nodeClient()
 		if err != nil || m.isEvicted() {
+			if err != nil {
+				m.streamEnded(err)
+			}
 			m.sleep(ctx, time.Second, connChanged)
 			continue
 		}
@@ -542,6 +575,7 @@ func (m *Client) syncLoop(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
+		m.streamEnded(err)
 		if isAgentRefusal(err) {
 			m.markEvicted(status.Convert(err).Message())
 			continue
@@ -566,6 +600,14 @@ func (m *Client) followSync(ctx context.Context, client agentv1.NodeClient, rev 
 		}
 		bo.Reset()
 		m.applySync(msg)
+		m.mu.Lock()
+		if !m.streamUp {
+			if !m.streamDown.IsZero() {
+				m.log.Info("Sync stream to the CA serves again", "down_for", m.cfg.Clock.Now().Sub(m.streamDown).Round(time.Millisecond))
+			}
+			m.streamUp = true
+		}
+		m.mu.Unlock()
 	}
 }
 

@@ -169,7 +169,7 @@ func (r *Rotator) mint(ctx context.Context, due []entry.Entry) error {
 			for _, der := range s.GetCertChain() {
 				chain = append(chain, der...)
 			}
-			got[batch[i].ID] = &cache.SVID{ChainDER: chain, KeyPKCS8: pkcs8, NotAfter: leaf.NotAfter, RotateAt: cache.RotationTime(leaf.NotAfter, now)}
+			got[batch[i].ID] = &cache.SVID{ChainDER: chain, KeyPKCS8: pkcs8, NotAfter: leaf.NotAfter, RotateAt: cache.RotationAfter(leaf.NotBefore, leaf.NotAfter, now)}
 		}
 		r.cfg.Cache.SetSVIDs(got)
 		r.mu.Lock()

@@ -77,7 +77,7 @@ func (f *fakeCA) MintX509SVIDs(_ context.Context, reqs []*agentv1.X509SVIDReques
 		id := f.ids[r.GetEntryId()]
 		u, _ := url.Parse(id.String())
 		tmpl := &x509.Certificate{SerialNumber: big.NewInt(now.UnixNano() + int64(i)), URIs: []*url.URL{u},
-			NotBefore: now.Add(-time.Minute), NotAfter: now.Add(cmp.Or(f.life, time.Hour))}
+			NotBefore: now.Add(-clock.Backdate), NotAfter: now.Add(cmp.Or(f.life, time.Hour))}
 		der, err := x509.CreateCertificate(rand.Reader, tmpl, f.root, csr.PublicKey, f.key)
 		if err != nil {
 			return nil, err

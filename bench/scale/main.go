@@ -65,6 +65,7 @@ type options struct {
 	realAgent   bool
 	jsonOut     string
 	keep        bool
+	baseline    bool
 }
 
 // Report is what one run measured.
@@ -127,6 +128,16 @@ type Reissue struct {
 	BaselineSVIDsPerSec float64 `json:"baselineSVIDsPerSecond"`
 	Ratio               float64 `json:"ratio"`
 	Complete            bool    `json:"complete"`
+	// CPUCores is what each process used over the re-issue, in cores
+	// (CPU seconds / seconds): the CA replicas, this process (the
+	// simulated agents: keys, CSRs, certificate parsing), kube-apiserver,
+	// etcd and kwok.
+	CPUCores map[string]float64 `json:"cpuCores"`
+	// CACPUPerSVIDus is the CA replicas' CPU time per SVID signed, in µs.
+	CACPUPerSVIDus float64 `json:"caCPUPerSVIDus"`
+	// ProfileTop is the head of `go tool pprof -top` of the leader's CPU
+	// profile over the re-issue.
+	ProfileTop []string `json:"profileTop,omitempty"`
 }
 
 // Failover is kill -9 of the leader with every agent connected.
@@ -164,6 +175,7 @@ func main() {
 	flag.BoolVar(&o.realAgent, "real-agent", true, "run one real signet-agent process on its own node")
 	flag.StringVar(&o.jsonOut, "json", "", "also write the report to this file")
 	flag.BoolVar(&o.keep, "keep", false, "keep the working directory")
+	flag.BoolVar(&o.baseline, "baseline", true, "measure the CA's single-process signing rate first (ca/server's benchmark), for the rule change's ratio")
 	flag.Parse()
 	for _, s := range strings.Split(*steps, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))
@@ -212,7 +224,7 @@ func run(o options) (*Report, error) {
 		return rep, fmt.Errorf("build: %v\n%s", err, out)
 	}
 	baseline := 0.0
-	if o.push >= 0 {
+	if o.baseline {
 		logf("measuring the CA's single-process signing rate (ca/server BenchmarkMintX509SVIDs1000)")
 		if baseline, err = signingBaseline(root); err != nil {
 			return rep, err
@@ -282,7 +294,7 @@ func repoRoot() (string, error) {
 
 // signingBaseline runs ca/server's mint benchmark and returns SVIDs/s.
 func signingBaseline(root string) (float64, error) {
-	out, err := exec.Command("go", "-C", root, "test", "-run", "^$", "-bench", "MintX509SVIDs1000$", "-benchtime", "5000x", "./ca/server/").CombinedOutput()
+	out, err := exec.Command("go", "-C", root, "test", "-run", "^$", "-bench", "MintX509SVIDs1000/quiet$", "-benchtime", "5000x", "./ca/server/").CombinedOutput()
 	if err != nil {
 		return 0, fmt.Errorf("baseline: %v\n%s", err, out)
 	}
@@ -518,7 +530,7 @@ func (p *proc) metrics() (map[string]float64, error) {
 }
 
 // procStat is the process's resident memory (MiB) and CPU time (s).
-func (p *proc) procStat() (rssMiB, cpuSeconds float64, err error) {
+func (p *proc) procStat() (rssMiB, cpu float64, err error) {
 	pid := p.cmd.Process.Pid
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
@@ -530,20 +542,27 @@ func (p *proc) procStat() (rssMiB, cpuSeconds float64, err error) {
 			rssMiB = kb / 1024
 		}
 	}
-	b, err = os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	cpu, err = cpuSeconds(pid)
+	return rssMiB, cpu, err
+}
+
+// cpuSeconds is the CPU time process pid has used.
+func cpuSeconds(pid int) (float64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return 0, 0, err
+		return 0, err
 	}
 	// Fields after the command's closing parenthesis: utime and stime
 	// are the 12th and 13th, in clock ticks (100 per second on Linux).
 	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
 	ut, _ := strconv.ParseFloat(f[11], 64)
 	stt, _ := strconv.ParseFloat(f[12], 64)
-	return rssMiB, (ut + stt) / 100, nil
+	return (ut + stt) / 100, nil
 }
 
 type caProc struct {
 	proc
+	pprof  string
 	id     string
 	listen string
 	dir    string
@@ -562,7 +581,8 @@ func (h *harness) startCA(i int) (*caProc, error) {
 	c := &caProc{id: fmt.Sprintf("ca-%d", i), listen: freeAddr(), dir: filepath.Join(h.dir, fmt.Sprintf("ca-%d", i))}
 	c.health = freeAddr()
 	c.logs = filepath.Join(h.dir, c.id+".log")
-	c.cmd = exec.Command(filepath.Join(h.bin, "signet-ca"), "--trust-domain", trustDomain, "--data-dir", c.dir,
+	c.pprof = freeAddr()
+	c.cmd = exec.Command(filepath.Join(h.bin, "signet-ca"), "--pprof-addr", c.pprof, "--trust-domain", trustDomain, "--data-dir", c.dir,
 		"--kubeconfig", h.cl.Kubeconfig, "--cluster-name", "scale", "--agent-service-account", agentNS+"/"+agentSA,
 		"--namespace", agentNS, "--replica-id", c.id, "--listen", c.listen, "--health-addr", c.health, "--log-level", "warn")
 	if err := c.start(); err != nil {
@@ -973,6 +993,10 @@ func (h *harness) ruleChange(baseline float64) (*Reissue, error) {
 	}
 	pods := h.clusterPods()
 	logf("rule change: every one of %d pods gets a new identity", pods)
+	cpu0 := h.cpuByProcess()
+	leader := h.leader(ctx)
+	profile := make(chan []string, 1)
+	go func() { profile <- h.profile(leader, 8*time.Second) }()
 	start := time.Now()
 	if err := h.applyRetry(ctx, `apiVersion: signet.dev/v1alpha1
 kind: IdentityRule
@@ -987,13 +1011,80 @@ spec:
 	r.Seconds = round3(time.Since(start).Seconds())
 	r.Complete = err == nil
 	after, _ := h.caCounters()
+	cpu1 := h.cpuByProcess()
+	r.CPUCores = map[string]float64{}
+	for k, v := range cpu1 {
+		r.CPUCores[k] = round3((v - cpu0[k]) / r.Seconds)
+	}
 	r.SVIDsSigned = after["svids"] - before["svids"]
 	r.SVIDsPerSec = round1(r.SVIDsSigned / r.Seconds)
+	if r.SVIDsSigned > 0 {
+		r.CACPUPerSVIDus = round1((cpu1["signet-ca"] - cpu0["signet-ca"]) / r.SVIDsSigned * 1e6)
+	}
+	r.ProfileTop = <-profile
 	if baseline > 0 {
 		r.Ratio = round3(r.SVIDsPerSec / baseline)
 	}
-	logf("rule change: %d SVIDs signed, all held after %.1fs (%.0f/s, %.2f of the baseline)", int(r.SVIDsSigned), r.Seconds, r.SVIDsPerSec, r.Ratio)
+	logf("rule change: %d SVIDs signed, all held after %.1fs (%.0f/s, %.2f of the baseline); CPU cores %v; CA %.0f µs of CPU per SVID",
+		int(r.SVIDsSigned), r.Seconds, r.SVIDsPerSec, r.Ratio, r.CPUCores, r.CACPUPerSVIDus)
 	return r, err
+}
+
+// cpuByProcess is the CPU seconds used so far by the CA replicas
+// (together), this process, and the cluster's processes.
+func (h *harness) cpuByProcess() map[string]float64 {
+	out := map[string]float64{}
+	for _, c := range h.cas {
+		if !c.dead {
+			_, cpu, _ := c.procStat()
+			out["signet-ca"] += cpu
+		}
+	}
+	pids := h.cl.Pids()
+	pids["agentsim (this process)"] = os.Getpid()
+	for name, pid := range pids {
+		if cpu, err := cpuSeconds(pid); err == nil {
+			out[name] = cpu
+		}
+	}
+	return out
+}
+
+// leader is the replica holding the Lease (the first, if none does).
+func (h *harness) leader(ctx context.Context) *caProc {
+	if l, err := h.kc.CoordinationV1().Leases(agentNS).Get(ctx, "signet-ca", metav1.GetOptions{}); err == nil && l.Spec.HolderIdentity != nil {
+		for _, c := range h.cas {
+			if c.id == *l.Spec.HolderIdentity {
+				return c
+			}
+		}
+	}
+	return h.cas[0]
+}
+
+// profile takes a CPU profile of the replica over d and returns the head
+// of pprof's -top.
+func (h *harness) profile(c *caProc, d time.Duration) []string {
+	resp, err := http.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", c.pprof, int(d.Seconds())))
+	if err != nil {
+		return []string{err.Error()}
+	}
+	defer resp.Body.Close()
+	path := filepath.Join(h.dir, c.id+"-rulechange.pprof")
+	f, err := os.Create(path)
+	if err != nil {
+		return []string{err.Error()}
+	}
+	if _, err := f.ReadFrom(resp.Body); err != nil {
+		f.Close()
+		return []string{err.Error()}
+	}
+	f.Close()
+	out, err := exec.Command("go", "tool", "pprof", "-top", "-nodecount=25", filepath.Join(h.bin, "signet-ca"), path).Output()
+	if err != nil {
+		return []string{err.Error()}
+	}
+	return strings.Split(strings.TrimSpace(string(out)), "\n")
 }
 
 // failover kills the leader with every agent connected and times the

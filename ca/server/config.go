@@ -77,6 +77,9 @@ type Config struct {
 	// MetricsAddr is empty).
 	HealthAddr  string
 	MetricsAddr string
+	// PprofAddr, if set, serves Go's /debug/pprof/ profiles; it must be a
+	// loopback address (the profiles show the process's memory).
+	PprofAddr string
 	// AuditLog is the audit file; "-" is stderr. If empty, DataDir/audit.log.
 	AuditLog string
 	// AuditSinks are external systems that get every audit record written
@@ -336,6 +339,12 @@ func (c *Config) Validate() error {
 	}
 	if c.DataDir == "" {
 		return errors.New("data-dir: required")
+	}
+	if c.PprofAddr != "" {
+		host, _, err := net.SplitHostPort(c.PprofAddr)
+		if ip := net.ParseIP(host); err != nil || (host != "localhost" && (ip == nil || !ip.IsLoopback())) {
+			return fmt.Errorf("pprof-addr: %q: want a loopback address such as 127.0.0.1:6060 (the profiles show the process's memory)", c.PprofAddr)
+		}
 	}
 	if c.Log == nil {
 		c.Log = hclog.NewNullLogger()

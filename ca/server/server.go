@@ -16,6 +16,7 @@ import (
 	"math"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"path/filepath"
 	"sync"
@@ -318,6 +319,11 @@ func build(ctx context.Context, g *tasks.Group, cfg Config) (ready func(), err e
 		log.Info("health/metrics listening", "addr", a)
 	}
 
+	if cfg.PprofAddr != "" {
+		if err := servePprof(p, cfg.PprofAddr, log); err != nil {
+			return nil, err
+		}
+	}
 	if err := serveOIDC(p, cfg, auth, log); err != nil {
 		return nil, err
 	}
@@ -577,4 +583,28 @@ func (s *servingCert) get() (*tls.Certificate, error) {
 	s.cert, s.issuer = c, ca.Certificate
 	s.renew = now.Add(chain[0].NotAfter.Sub(now) / 2)
 	return c, nil
+}
+
+// servePprof serves Go's profiles on addr (a loopback address: Validate
+// checks), for diagnosis.
+func servePprof(p *tasks.Group, addr string, log hclog.Logger) error {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("pprof-addr: %w", err)
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	p.OnClose(func() { srv.Close() })
+	p.Add("pprof", func(context.Context) error {
+		if err := srv.Serve(l); !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		return nil
+	}, func() { srv.Close() })
+	log.Warn("serving Go profiles (for diagnosis only)", "addr", l.Addr().String())
+	return nil
 }

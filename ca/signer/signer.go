@@ -26,12 +26,13 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/signet-id/signet/ca/authority"
+	"github.com/signet-id/signet/internal/clock"
 	typesv1 "github.com/signet-id/signet/proto/signet/types/v1"
 )
 
 // Backdate is how far NotBefore is set in the past, for clock skew: an
 // SVID issued at t has NotBefore t - Backdate.
-const Backdate = 10 * time.Second
+const Backdate = clock.Backdate
 
 // CSRError is a refusal of a certificate request; its text is safe to return
 // to the caller.

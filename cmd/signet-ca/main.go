@@ -44,6 +44,7 @@ type fileConfig struct {
 	AdminID          config.StringList `json:"admin-id"`
 	HealthAddr       string            `json:"health-addr"`
 	MetricsAddr      string            `json:"metrics-addr"`
+	PprofAddr        string            `json:"pprof-addr"`
 	AuditLog         string            `json:"audit-log"`
 	AuditWebhook     config.StringList `json:"audit-webhook"`
 	AuditSyslog      config.StringList `json:"audit-syslog"`
@@ -136,6 +137,7 @@ func register(fs *flag.FlagSet, c *fileConfig) {
 	fs.Var(&c.AdminID, "admin-id", "SPIFFE ID allowed to use the admin API over mTLS (repeatable)")
 	fs.StringVar(&c.HealthAddr, "health-addr", c.HealthAddr, "address of /healthz and /readyz")
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", c.MetricsAddr, "address of /metrics (default: the health address)")
+	fs.StringVar(&c.PprofAddr, "pprof-addr", c.PprofAddr, "serve Go's /debug/pprof/ profiles on this loopback address, for diagnosis (off by default)")
 	fs.StringVar(&c.AuditLog, "audit-log", c.AuditLog, "audit log file, - for stderr (default DATA-DIR/audit.log)")
 	fs.Var(&c.AuditWebhook, "audit-webhook", "also send every audit record to this HTTPS URL, in batches of JSON (repeatable)")
 	fs.Var(&c.AuditSyslog, "audit-syslog", "also send every audit record to syslog, RFC 5424 at tcp://HOST:PORT or tls://HOST:PORT (repeatable)")
@@ -248,7 +250,7 @@ func validate(c fileConfig) (server.Config, hclog.Logger, error) {
 	cfg := server.Config{
 		AuditSinks: sinks, AuditSpoolMax: c.AuditSpoolMaxMi << 20, TrafficLearn: time.Duration(c.TrafficLearn), NoTrafficDetector: !c.TrafficDetector,
 		TrustDomain: td, DataDir: c.DataDir, Datastore: c.Datastore, ListenAddr: c.Listen, AdminSocket: c.AdminSocket,
-		AdminListenAddr: c.AdminListen, AdminIDs: adminIDs, HealthAddr: c.HealthAddr, MetricsAddr: c.MetricsAddr,
+		AdminListenAddr: c.AdminListen, AdminIDs: adminIDs, HealthAddr: c.HealthAddr, MetricsAddr: c.MetricsAddr, PprofAddr: c.PprofAddr,
 		AuditLog: c.AuditLog, RootTTL: time.Duration(c.RootTTL), IntermediateTTL: time.Duration(c.IntermediateTTL),
 		JWTKeyTTL: time.Duration(c.JWTKeyTTL), AgentTTL: time.Duration(c.AgentTTL), X509TTL: time.Duration(c.X509TTL),
 		JWTTTL: time.Duration(c.JWTTTL), MinSVIDTTL: time.Duration(c.MinSVIDTTL), RootActivationTimeout: time.Duration(c.RootActivation), KeyType: c.KeyType, KMS: c.KMS, Kube: kube,

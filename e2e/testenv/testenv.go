@@ -276,6 +276,18 @@ func (c *Cluster) waitReady(timeout time.Duration) error {
 	}
 }
 
+// Pids returns the process IDs of the environment's processes by name
+// (etcd, kube-apiserver, kwok, ...), for measurements.
+func (c *Cluster) Pids() map[string]int {
+	out := map[string]int{}
+	for _, p := range c.procs {
+		if !p.exited() {
+			out[p.name] = p.cmd.Process.Pid
+		}
+	}
+	return out
+}
+
 // Stop stops the processes, the API server first.
 func (c *Cluster) Stop() {
 	for i := len(c.procs) - 1; i >= 0; i-- {

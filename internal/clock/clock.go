@@ -7,6 +7,11 @@ import (
 	"time"
 )
 
+// Backdate is how far the CA sets an SVID's NotBefore before the moment
+// it signs it, so that a peer whose clock is a little behind accepts it;
+// an agent subtracts it from NotAfter - NotBefore to learn the lifetime.
+const Backdate = 10 * time.Second
+
 // Clock tells the time and waits.
 type Clock interface {
 	Now() time.Time
