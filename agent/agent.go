@@ -67,13 +67,13 @@ func build(ctx context.Context, g *tasks.Group, cfg Config) (ready func(), err e
 	ca, err := caclient.New(caclient.Config{
 		TrustDomain: cfg.TrustDomain, CAAddress: cfg.CAAddress, DataDir: cfg.DataDir,
 		JoinToken: cfg.JoinToken, JoinTokenFile: cfg.JoinTokenFile, PSATTokenFile: cfg.PSATTokenFile, NodeName: cfg.NodeName,
-		TrustBundle: cfg.TrustBundle, Log: log.Named("caclient"), WorkloadAcks: acks,
+		TrustBundle: cfg.TrustBundle, Log: log.Named("caclient"), WorkloadAcks: acks, Clock: cfg.Clock,
 	})
 	if err != nil {
 		return nil, err
 	}
 	g.OnClose(ca.Close)
-	rot := rotation.New(rotation.Config{CA: ca, Cache: ca.Cache(), Log: log.Named("rotation")})
+	rot := rotation.New(rotation.Config{CA: ca, Cache: ca.Cache(), Log: log.Named("rotation"), Clock: cfg.Clock})
 
 	// Health and metrics serve from the start, so that a probe tells an
 	// agent that is still attesting (not ready, and why) from a dead one.

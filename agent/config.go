@@ -14,6 +14,7 @@ import (
 	"github.com/signet-id/signet/agent/caclient"
 	"github.com/signet-id/signet/agent/kubelet"
 	"github.com/signet-id/signet/agent/workloadapi"
+	"github.com/signet-id/signet/internal/clock"
 )
 
 // DefaultSocket is the Workload API socket unless configured.
@@ -42,6 +43,9 @@ type Config struct {
 	// roots of TrustBundle name (or, after the first start, of the bundle
 	// the agent keeps in DataDir); when both are known they must agree.
 	TrustDomain spiffeid.TrustDomain
+	// Clock is the time the agent decides by (rotation, renewal). If nil,
+	// the system clock.
+	Clock clock.Clock
 	// CAAddress is the host:port of the CA's agent API, or a comma-separated
 	// list of the host:ports of replicas sharing one store: the agent uses
 	// one (picked at random) and moves to another when it fails. Required.

@@ -612,7 +612,10 @@ func (h *harness) startCA(i int) (*caProc, error) {
 	return c, nil
 }
 
-func waitUntil(d time.Duration, cond func() error) error {
+func waitUntil(d time.Duration, cond func() error) error { return waitEvery(d, 100*time.Millisecond, cond) }
+
+// waitEvery calls cond every interval until it returns nil or d passed.
+func waitEvery(d, interval time.Duration, cond func() error) error {
 	deadline := time.Now().Add(d)
 	for {
 		err := cond()
@@ -622,7 +625,7 @@ func waitUntil(d time.Duration, cond func() error) error {
 		if time.Now().After(deadline) {
 			return err
 		}
-		time.Sleep(100 * time.Millisecond)
+		time.Sleep(interval)
 	}
 }
 
@@ -726,18 +729,35 @@ func (h *harness) grow(n int) (Step, error) {
 	h.nodes = append(h.nodes, fresh...)
 	st := Step{Nodes: n, Pods: h.clusterPods()}
 	logf("step %d nodes: %d pods created in %s; waiting for kwok to run the agent pods", n, st.Pods, time.Since(t0).Round(time.Second))
-	if err := waitUntil(10*time.Minute, func() error {
+	lastRunning, lastProgress := -1, time.Now()
+	// Every 2 s: a list of every agent pod is work for the API server
+	// that would be counted against the CA's figures.
+	if err := waitEvery(10*time.Minute, 2*time.Second, func() error {
 		pods, err := h.kc.CoreV1().Pods(agentNS).List(ctx, metav1.ListOptions{})
 		if err != nil {
 			return err
 		}
 		running := 0
+		var stuck []string
 		for _, p := range pods.Items {
 			if p.Status.Phase == corev1.PodRunning {
 				running++
+			} else {
+				stuck = append(stuck, p.Name)
 			}
 		}
-		if want := len(h.nodes) + h.realNodes(); running < want {
+		want := len(h.nodes) + h.realNodes()
+		if running < want {
+			// kwok now and then fails to play a pod's stage and never
+			// tries again (two IPs of one family): a pod-bound token works
+			// for a pending pod too, so a few stragglers are let be.
+			if running != lastRunning {
+				lastRunning, lastProgress = running, time.Now()
+			}
+			if len(stuck) <= max(1, want/200) && time.Since(lastProgress) > 20*time.Second {
+				logf("step %d nodes: %d agent pods kwok left pending (%v); going on", n, len(stuck), stuck)
+				return nil
+			}
 			return fmt.Errorf("%d of %d agent pods running", running, want)
 		}
 		return nil

@@ -128,6 +128,10 @@ type Log struct {
 	prev  string
 	seq   uint64
 	sinks []Sink
+	// failed is why the last write failed (nil once one succeeds); torn
+	// says it left part of a line in the file.
+	failed error
+	torn   bool
 
 	reopen func() error
 }
@@ -193,6 +197,12 @@ func (l *Log) Write(recs ...Record) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.buf = l.buf[:0]
+	if l.torn {
+		// End the part of a line a failed write left, so that this
+		// record starts a line of its own.
+		l.buf = append(l.buf, '\n')
+	}
+	prev, seq := l.prev, l.seq
 	now := l.now().UTC()
 	for _, r := range recs {
 		if r.Time.IsZero() {
@@ -208,15 +218,29 @@ func (l *Log) Write(recs ...Record) error {
 		l.buf = append(l.buf, line...)
 		l.buf = append(l.buf, '\n')
 	}
-	if _, err := l.w.Write(l.buf); err != nil {
-		return fmt.Errorf("audit: %w", err)
+	if n, err := l.w.Write(l.buf); err != nil {
+		// The records are not in the file: the chain goes on from the
+		// last line that is.
+		l.prev, l.seq = prev, seq
+		l.torn = l.torn || n > 0
+		l.failed = fmt.Errorf("audit: %w", err)
+		return l.failed
 	}
+	l.failed, l.torn = nil, false
 	for _, s := range l.sinks {
 		// The file has the records: a sink that cannot take them counts
 		// the loss itself.
 		s.Append(l.buf)
 	}
 	return nil
+}
+
+// Err is why the last write failed, or nil if it succeeded: while it is
+// not nil, every request that must be audited is refused.
+func (l *Log) Err() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.failed
 }
 
 // Close closes the file, if Open opened one.

@@ -24,6 +24,8 @@ type Clients struct {
 	// Requests counts the requests the clients send, by verb and
 	// resource (signet_ca_kube_requests_total).
 	Requests *prometheus.CounterVec
+	// Reachability says whether the API server answers.
+	Reachability *Reachability
 }
 
 // NewClients connects with a kubeconfig file or, with inCluster, the pod's
@@ -46,8 +48,8 @@ func NewClients(kubeconfig string, inCluster bool) (*Clients, error) {
 	}
 	cfg.QPS, cfg.Burst = 100, 200
 	cfg.UserAgent = "signet-ca"
-	requests := newRequestCounter()
-	cfg.Wrap(func(rt http.RoundTripper) http.RoundTripper { return requestCounter{next: rt, count: requests} })
+	requests, reach := newRequestCounter(), &Reachability{}
+	cfg.Wrap(func(rt http.RoundTripper) http.RoundTripper { return requestCounter{next: rt, count: requests, health: reach} })
 	c, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("cluster: %w", err)
@@ -56,5 +58,5 @@ func NewClients(kubeconfig string, inCluster bool) (*Clients, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cluster: %w", err)
 	}
-	return &Clients{Config: cfg, Client: c, Dynamic: d, Requests: requests}, nil
+	return &Clients{Config: cfg, Client: c, Dynamic: d, Requests: requests, Reachability: reach}, nil
 }

@@ -60,6 +60,7 @@ type kubeMode struct {
 	leader    *cluster.Leader
 	client    kubernetes.Interface
 	requests  prometheus.Collector
+	reach     *cluster.Reachability
 	bundle    *cluster.BundlePublisher
 	// caBundle, with a webhook, keeps the webhook configurations current.
 	caBundle *cluster.CABundleKeeper
@@ -124,6 +125,7 @@ func Build(ctx context.Context, cfg server.Config, log hclog.Logger) (server.Clu
 		log:       log,
 		client:    clients.Client,
 		requests:  clients.Requests,
+		reach:     clients.Reachability,
 		psat:      &nodeattest.PSAT{Client: clients.Client, Audience: kc.Audience, ServiceAccounts: kc.AgentServiceAccounts},
 		view:      view,
 		pods:      pods,
@@ -165,6 +167,9 @@ func (c clusterTraffic) IsLeader() bool { return c.leader.IsLeader() }
 
 // IsLeader implements server.Cluster.
 func (m *kubeMode) IsLeader() bool { return m.leader.IsLeader() }
+
+// Ready is server.Cluster's: the API server answers.
+func (m *kubeMode) Ready() error { return m.reach.Err() }
 
 // Collectors is server.Cluster's.
 func (m *kubeMode) Collectors() []prometheus.Collector { return []prometheus.Collector{m.requests} }

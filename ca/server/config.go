@@ -163,6 +163,9 @@ type Cluster interface {
 	// Collectors are Kubernetes mode's metrics (the requests sent to the
 	// API server).
 	Collectors() []prometheus.Collector
+	// Ready is why the replica is not ready in the cluster (the API server
+	// fails every request), or nil.
+	Ready() error
 }
 
 // ClusterTraffic is the traffic detector's state in the cluster: the

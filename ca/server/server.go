@@ -307,6 +307,14 @@ func build(ctx context.Context, g *tasks.Group, cfg Config) (ready func(), err e
 			if time.Until(auth.X509CA().Certificate.NotAfter) <= 0 {
 				return errors.New("signing CA expired")
 			}
+			if cluster != nil {
+				if err := cluster.Ready(); err != nil {
+					return err
+				}
+			}
+			if err := auditLog.Err(); err != nil {
+				return fmt.Errorf("the last audit record could not be written, so requests are refused: %w", err)
+			}
 			return nil
 		},
 	})

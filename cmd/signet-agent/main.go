@@ -13,6 +13,7 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
@@ -20,6 +21,7 @@ import (
 	"github.com/signet-id/signet/agent/caclient"
 	"github.com/signet-id/signet/agent/csi"
 	"github.com/signet-id/signet/agent/kubelet"
+	"github.com/signet-id/signet/internal/clock"
 	"github.com/signet-id/signet/internal/config"
 	"github.com/signet-id/signet/internal/logfile"
 	"github.com/signet-id/signet/internal/systemlog"
@@ -99,6 +101,10 @@ func register(fs *flag.FlagSet, c *fileConfig) {
 	fs.BoolVar(&c.LogJSON, "log-json", c.LogJSON, "log as JSON")
 }
 
+// testClockOffsetEnv moves the agent's clock by a duration, for tests of
+// clock skew between the agent and the CA.
+const testClockOffsetEnv = "SIGNET_TEST_CLOCK_OFFSET"
+
 func parse(args []string, stderr io.Writer) (agent.Config, error) {
 	c, err := config.ParseFlags("signet-agent", args, stderr, defaults, register)
 	if err != nil {
@@ -157,6 +163,16 @@ func parse(args []string, stderr io.Writer) (agent.Config, error) {
 	}
 	if err := cfg.Validate(); err != nil {
 		return agent.Config{}, err
+	}
+	// For the tests of clock skew only: the wall clock cannot be moved for
+	// one process, and fake-time libraries do not reach Go.
+	if v := os.Getenv(testClockOffsetEnv); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return agent.Config{}, fmt.Errorf("%s: %v", testClockOffsetEnv, err)
+		}
+		cfg.Clock = clock.Offset(d)
+		cfg.Log.Warn("deciding by a clock moved for a test; never set this in production", "env", testClockOffsetEnv, "offset", d)
 	}
 	if c.KubeletInsecure {
 		cfg.Log.Warn("kubelet-insecure-skip-verify is set: the kubelet's certificate is not verified, so anyone on the path can answer as the kubelet and choose workload selectors")

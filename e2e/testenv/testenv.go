@@ -85,11 +85,13 @@ type process struct {
 	cmd  *exec.Cmd
 	done chan struct{}
 	log  string
+	dir  string
+	args []string
 }
 
 func startProcess(dir, name string, args ...string) (*process, error) {
 	logPath := filepath.Join(dir, name+".log")
-	f, err := os.Create(logPath)
+	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, err
 	}
@@ -100,7 +102,7 @@ func startProcess(dir, name string, args ...string) (*process, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("testenv: start %s: %w", name, err)
 	}
-	p := &process{name: name, cmd: cmd, done: make(chan struct{}), log: logPath}
+	p := &process{name: name, cmd: cmd, done: make(chan struct{}), log: logPath, dir: dir, args: args}
 	go func() { cmd.Wait(); close(p.done) }()
 	return p, nil
 }
@@ -274,6 +276,41 @@ func (c *Cluster) waitReady(timeout time.Duration) error {
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
+}
+
+// StopProcess stops the environment's process of this name (etcd,
+// kube-apiserver, kwok) until StartProcess, for tests of faults.
+func (c *Cluster) StopProcess(name string) error {
+	for _, p := range c.procs {
+		if p.name == name {
+			p.stop()
+			return nil
+		}
+	}
+	return fmt.Errorf("testenv: no process %s", name)
+}
+
+// StartProcess starts a stopped process again, with the same arguments
+// and state, and for kube-apiserver waits until it is ready.
+func (c *Cluster) StartProcess(name string) error {
+	for i, p := range c.procs {
+		if p.name != name {
+			continue
+		}
+		if !p.exited() {
+			return fmt.Errorf("testenv: %s runs", name)
+		}
+		np, err := startProcess(p.dir, p.name, p.args...)
+		if err != nil {
+			return err
+		}
+		c.procs[i] = np
+		if name == "kube-apiserver" {
+			return c.waitReady(3 * time.Minute)
+		}
+		return nil
+	}
+	return fmt.Errorf("testenv: no process %s", name)
 }
 
 // Pids returns the process IDs of the environment's processes by name

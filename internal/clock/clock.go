@@ -25,6 +25,16 @@ var Real Clock = real{}
 
 type real struct{}
 
+// Offset is the system clock moved by d: a host whose clock is d off,
+// for tests of clock skew (the wall clock cannot be moved per process).
+func Offset(d time.Duration) Clock { return offset(d) }
+
+type offset time.Duration
+
+func (o offset) Now() time.Time { return time.Now().Add(time.Duration(o)) }
+
+func (offset) After(d time.Duration) (<-chan time.Time, func() bool) { return Real.After(d) }
+
 func (real) Now() time.Time { return time.Now() }
 
 func (real) After(d time.Duration) (<-chan time.Time, func() bool) {
