@@ -226,9 +226,13 @@ func (a *agentProc) notReady(t *testing.T, want, logWant string, within time.Dur
 	if v, err := metricValue(a.health, "signet_agent_ready"); err != nil || v != 0 {
 		t.Errorf("signet_agent_ready = %v, %v; want 0 while %s", v, err, want)
 	}
-	if !strings.Contains(a.logs.String(), logWant) {
-		t.Errorf("the agent's log does not say %q; logs:\n%s", logWant, a.logs.String())
-	}
+	// The log is copied from the process's stderr as it comes.
+	waitFor(t, 10*time.Second, func() error {
+		if !strings.Contains(a.logs.String(), logWant) {
+			return errors.New("not yet")
+		}
+		return nil
+	}, func() string { return fmt.Sprintf("the agent's log does not say %q; logs:\n%s", logWant, a.logs.String()) })
 	return body
 }
 
@@ -334,6 +338,22 @@ func holdsID(t *testing.T, sock, id string, within time.Duration) time.Duration 
 	return time.Since(start)
 }
 
+// listAll lists every entry of the CA.
+func listAll(t *testing.T, ca *caProc) []*typesv1.Entry {
+	t.Helper()
+	var out []*typesv1.Entry
+	for tok := ""; ; {
+		resp, err := ca.admin.ListEntries(context.Background(), &adminv1.ListEntriesRequest{PageSize: 1000, PageToken: tok})
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, resp.GetEntries()...)
+		if tok = resp.GetNextPageToken(); tok == "" {
+			return out
+		}
+	}
+}
+
 func ids(prefix string, n int) []string {
 	var out []string
 	for i := 0; i < n; i++ {
@@ -427,13 +447,9 @@ func TestFaultCAKilledDuringBatches(t *testing.T) {
 	ca.start(t)
 	agent.streamUp(t, recoveryBound)
 	last := <-inflight
-	resp, err := ca.admin.ListEntries(ctx, &adminv1.ListEntriesRequest{PageSize: 100000})
-	if err != nil {
-		t.Fatal(err)
-	}
 	have := map[string]bool{}
 	byID := map[string]bool{}
-	for _, e := range resp.GetEntries() {
+	for _, e := range listAll(t, ca) {
 		have[e.GetId()] = true
 		byID[strings.TrimPrefix(e.GetSpiffeId(), "spiffe://example.org/")] = true
 	}
@@ -719,14 +735,18 @@ func TestFaultClockSkew(t *testing.T) {
 	const ttl = 20 * time.Second
 	for _, skew := range []string{"5m", "-5m"} {
 		t.Run(skew, func(t *testing.T) {
+			t.Parallel()
 			node := "skew" + strings.TrimPrefix(skew, "-")
 			if strings.HasPrefix(skew, "-") {
 				node += "-behind"
 			}
 			agent := newAgentProc(t, ca, node, ca.listen, "", systest.FreeAddr(t), "SIGNET_TEST_CLOCK_OFFSET="+skew)
-			if !strings.Contains(agent.logs.String(), "deciding by a clock moved for a test") {
-				t.Fatalf("the agent did not take the clock offset; logs:\n%s", agent.logs.String())
-			}
+			waitFor(t, 10*time.Second, func() error {
+				if !strings.Contains(agent.logs.String(), "deciding by a clock moved for a test") {
+					return errors.New("not in the log")
+				}
+				return nil
+			}, func() string { return "the agent did not take the clock offset; logs:\n" + agent.logs.String() })
 			if _, err := ca.entries(ctx, node, ids(node, 3), ttl, true); err != nil {
 				t.Fatal(err)
 			}
@@ -734,7 +754,7 @@ func TestFaultClockSkew(t *testing.T) {
 			start := time.Now()
 			minted0, _ := metricValue(agent.health, "signet_agent_svids_minted_total")
 			// Three lifetimes.
-			w.waitAll(t, "renewed", 2*ttl, func(s *x509svid.SVID) bool { return s.Certificates[0].NotBefore.After(start.Add(2 * ttl)) })
+			w.waitAll(t, "renewed", 4*ttl, func(s *x509svid.SVID) bool { return s.Certificates[0].NotBefore.After(start.Add(2 * ttl)) })
 			minted, _ := metricValue(agent.health, "signet_agent_svids_minted_total")
 			elapsed := time.Since(start)
 			// At half life, each of the three SVIDs about once per ttl/2.
@@ -802,6 +822,13 @@ func TestFaultCADiskFull(t *testing.T) {
 		t.Fatalf("creating entries on a full disk: %v; want a refusal that names the full disk", err)
 	}
 	t.Logf("refused: %v", err)
+	// The log is copied from the process's stderr as it comes.
+	waitFor(t, 10*time.Second, func() error {
+		if l := ca.logs.String(); !strings.Contains(l, "disk is full") && !strings.Contains(l, "no space left on device") {
+			return errors.New("not yet")
+		}
+		return nil
+	}, func() string { return "the CA's log does not name the full disk:\n" + ca.logs.String() })
 	waitFor(t, 30*time.Second, func() error {
 		code, body, err := httpGet("http://" + ca.health + "/readyz")
 		if err == nil && (code == 200 || !strings.Contains(body, "no space left")) {
@@ -813,12 +840,9 @@ func TestFaultCADiskFull(t *testing.T) {
 		t.Errorf("signet_ca_audit_disk_free_ratio = %v, %v; want about 0", v, err)
 	}
 	// Nothing of the refused batch is stored.
-	resp, err := ca.admin.ListEntries(ctx, &adminv1.ListEntriesRequest{PageSize: 1000})
-	if err == nil {
-		for _, e := range resp.GetEntries() {
-			if strings.Contains(e.GetSpiffeId(), "/full/") {
-				t.Fatalf("entry %s of the refused batch is stored", e.GetSpiffeId())
-			}
+	for _, e := range listAll(t, ca) {
+		if strings.Contains(e.GetSpiffeId(), "/full/") {
+			t.Fatalf("entry %s of the refused batch is stored", e.GetSpiffeId())
 		}
 	}
 	time.Sleep(2 * time.Second) // the load runs on a full disk for a while

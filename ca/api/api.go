@@ -11,7 +11,9 @@ import (
 	"fmt"
 	"net"
 	"slices"
+	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -356,9 +358,23 @@ func BundleProto(b authority.Bundle) (*typesv1.Bundle, error) {
 func (c *Config) auditOrFail(recs ...audit.Record) error {
 	if err := c.Audit.Write(recs...); err != nil {
 		c.Log.Error("audit write failed", "error", err)
+		if diskFull(err) {
+			return status.Error(codes.Unavailable, "audit log unavailable: "+diskFullMessage)
+		}
 		return status.Error(codes.Internal, "audit log unavailable")
 	}
 	return nil
+}
+
+// diskFullMessage is what callers are told when the CA's disk is full: a
+// cause they can act on, and no detail of the CA's files.
+const diskFullMessage = "the CA's disk is full (no space left on device)"
+
+// diskFull says whether err is a full disk (of the audit log or the
+// SQLite database).
+func diskFull(err error) bool {
+	return errors.Is(err, syscall.ENOSPC) || strings.Contains(err.Error(), "no space left on device") ||
+		strings.Contains(err.Error(), "database or disk is full")
 }
 
 // auditUnauthenticated records the refusal of a caller that proved no
@@ -424,5 +440,8 @@ func (c *Config) internal(ctx context.Context, what string, err error) error {
 		return status.Error(codes.Canceled, what+": canceled")
 	}
 	c.Log.Error(what, "error", err)
+	if diskFull(err) {
+		return status.Error(codes.Unavailable, what+" failed: "+diskFullMessage)
+	}
 	return status.Error(codes.Internal, what+" failed")
 }

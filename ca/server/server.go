@@ -68,6 +68,30 @@ func auditDiskFree(path string) prometheus.Collector {
 	})
 }
 
+// minFree is the room the CA needs on the filesystems of its data
+// directory and audit log to take requests.
+const minFree = 1 << 20
+
+// diskRoom is an error naming the filesystem of the data directory or the
+// audit log that is (all but) full: every request that must be stored or
+// audited fails there.
+func diskRoom(cfg Config) error {
+	paths := []string{cfg.DataDir}
+	if cfg.AuditLog != "-" {
+		paths = append(paths, filepath.Dir(cfg.AuditLog))
+	}
+	for _, p := range paths {
+		var st unix.Statfs_t
+		if err := unix.Statfs(p, &st); err != nil {
+			continue
+		}
+		if free := st.Bavail * uint64(st.Bsize); free < minFree {
+			return fmt.Errorf("the filesystem of %s is full (%d bytes free; no space left on device): requests that must be stored or audited fail", p, free)
+		}
+	}
+	return nil
+}
+
 // Run starts signet-ca and blocks until ctx is done or a part fails.
 func Run(ctx context.Context, cfg Config) error {
 	if err := cfg.Validate(); err != nil {
@@ -311,6 +335,9 @@ func build(ctx context.Context, g *tasks.Group, cfg Config) (ready func(), err e
 				if err := cluster.Ready(); err != nil {
 					return err
 				}
+			}
+			if err := diskRoom(cfg); err != nil {
+				return err
 			}
 			if err := auditLog.Err(); err != nil {
 				return fmt.Errorf("the last audit record could not be written, so requests are refused: %w", err)
