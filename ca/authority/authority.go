@@ -251,32 +251,53 @@ func (a *Authority) load(ctx context.Context) ([]*key, uint64, error) {
 	if err != nil {
 		return nil, 0, fmt.Errorf("authority: %w", err)
 	}
+	keys, err := a.parse(stored)
+	return keys, seq, err
+}
+
+// parse opens stored keys. a.mu is held, or a is not shared yet.
+func (a *Authority) parse(stored []store.CAKey) ([]*key, error) {
 	var keys []*key
 	for _, sk := range stored {
 		k, err := a.loadKey(sk)
 		if err != nil {
-			return nil, 0, fmt.Errorf("authority: stored key %s: %w", sk.ID, err)
+			return nil, fmt.Errorf("authority: stored key %s: %w", sk.ID, err)
 		}
 		if k.cert != nil && sk.Kind == kindRoot {
 			if err := checkTrustDomain(k.cert, a.cfg.TrustDomain); err != nil {
-				return nil, 0, fmt.Errorf("authority: stored root %s: %w", sk.ID, err)
+				return nil, fmt.Errorf("authority: stored root %s: %w", sk.ID, err)
 			}
 		}
 		keys = append(keys, k)
 	}
-	return keys, seq, nil
+	return keys, nil
 }
 
 // Reload adopts the stored keys when another replica changed them, and
-// reports whether the trust bundle changed.
+// reports whether the trust bundle changed. The store is read before the
+// lock is taken: signing goes on while a slow store (an API server whose
+// etcd is away) answers.
 func (a *Authority) Reload(ctx context.Context) (bool, error) {
+	stored, seq, err := a.cfg.Store.LoadCAKeys(ctx)
+	if err != nil {
+		return false, fmt.Errorf("authority: %w", err)
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.reloadLocked(ctx)
+	return a.adoptLocked(stored, seq)
 }
 
 func (a *Authority) reloadLocked(ctx context.Context) (bool, error) {
-	keys, seq, err := a.load(ctx)
+	stored, seq, err := a.cfg.Store.LoadCAKeys(ctx)
+	if err != nil {
+		return false, fmt.Errorf("authority: %w", err)
+	}
+	return a.adoptLocked(stored, seq)
+}
+
+// adoptLocked makes the stored keys the authority's; a.mu is held.
+func (a *Authority) adoptLocked(stored []store.CAKey, seq uint64) (bool, error) {
+	keys, err := a.parse(stored)
 	if err != nil {
 		return false, err
 	}
@@ -1110,9 +1131,11 @@ func (a *Authority) Run(ctx context.Context, interval time.Duration) error {
 		case <-t.C:
 		}
 		if a.cfg.IsLeader != nil && !a.cfg.IsLeader() {
-			if _, err := a.Reload(ctx); err != nil {
-				a.log.Error("reloading keys failed", "error", err)
+			rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			if _, err := a.Reload(rctx); err != nil {
+				a.log.Error("reloading keys failed; signing with the ones held", "error", err)
 			}
+			cancel()
 			continue
 		}
 		if _, err := a.Rotate(ctx); err != nil {
