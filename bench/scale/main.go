@@ -385,6 +385,18 @@ spec:
 		h.cas = append(h.cas, ca)
 		addrs = append(addrs, ca.listen)
 	}
+	// The leader's traffic detector reads the profiles once when it
+	// starts to lead (on its next 10 s tick): wait for that, so that no
+	// step's steady window holds it.
+	if err := waitEvery(2*time.Minute, 200*time.Millisecond, func() error {
+		c, err := h.caCounters()
+		if err == nil && c["list trafficprofiles"] < 1 {
+			err = errors.New("the leader's detector has not started")
+		}
+		return err
+	}); err != nil {
+		return err
+	}
 	pemOut, err := exec.Command(filepath.Join(h.bin, "signet"), "bundle", "show").Output()
 	if err != nil {
 		return fmt.Errorf("bundle show: %w", err)
