@@ -246,6 +246,7 @@ type workloads struct {
 	firstExp  atomic.Value
 	fetchOK   atomic.Int64
 	fetchFail atomic.Int64
+	fetchErr  atomic.Value
 	stop      context.CancelFunc
 	wg        *sync.WaitGroup
 }
@@ -281,10 +282,14 @@ func startWorkloads(t *testing.T, sock string, ids []string) *workloads {
 			fctx, fcancel := context.WithTimeout(ctx, 2*time.Second)
 			_, err := workloadapi.FetchX509SVID(fctx, workloadapi.WithAddr("unix://"+sock))
 			fcancel()
-			if err != nil {
-				w.fetchFail.Add(1)
+			switch {
+			case ctx.Err() != nil:
+			case err != nil:
+				if w.fetchFail.Add(1) == 1 {
+					w.fetchErr.Store(err.Error())
+				}
 				time.Sleep(50 * time.Millisecond)
-			} else {
+			default:
 				w.fetchOK.Add(1)
 			}
 		}
@@ -314,7 +319,7 @@ func (w *workloads) check(t *testing.T) {
 	if w.ok.Load() == 0 || w.fetchOK.Load() == 0 {
 		t.Errorf("the load did not run: %d calls, %d fetches", w.ok.Load(), w.fetchOK.Load())
 	}
-	t.Logf("load: %d calls between workloads, %d SVID fetches (%d failed), no expired SVID held", w.ok.Load(), w.fetchOK.Load(), w.fetchFail.Load())
+	t.Logf("load: %d calls between workloads, %d SVID fetches (%d failed; first: %v), no expired SVID held", w.ok.Load(), w.fetchOK.Load(), w.fetchFail.Load(), w.fetchErr.Load())
 }
 
 // holds waits until the workload API at sock serves id.
