@@ -232,7 +232,9 @@ func (a *agentProc) notReady(t *testing.T, want, logWant string, within time.Dur
 			return errors.New("not yet")
 		}
 		return nil
-	}, func() string { return fmt.Sprintf("the agent's log does not say %q; logs:\n%s", logWant, a.logs.String()) })
+	}, func() string {
+		return fmt.Sprintf("the agent's log does not say %q; logs:\n%s", logWant, a.logs.String())
+	})
 	return body
 }
 
