@@ -624,7 +624,9 @@ func (h *harness) startCA(i int) (*caProc, error) {
 	return c, nil
 }
 
-func waitUntil(d time.Duration, cond func() error) error { return waitEvery(d, 100*time.Millisecond, cond) }
+func waitUntil(d time.Duration, cond func() error) error {
+	return waitEvery(d, 100*time.Millisecond, cond)
+}
 
 // waitEvery calls cond every interval until it returns nil or d passed.
 func waitEvery(d, interval time.Duration, cond func() error) error {

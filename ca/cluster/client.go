@@ -49,7 +49,9 @@ func NewClients(kubeconfig string, inCluster bool) (*Clients, error) {
 	cfg.QPS, cfg.Burst = 100, 200
 	cfg.UserAgent = "signet-ca"
 	requests, reach := newRequestCounter(), &Reachability{}
-	cfg.Wrap(func(rt http.RoundTripper) http.RoundTripper { return requestCounter{next: rt, count: requests, health: reach} })
+	cfg.Wrap(func(rt http.RoundTripper) http.RoundTripper {
+		return requestCounter{next: rt, count: requests, health: reach}
+	})
 	c, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("cluster: %w", err)
