@@ -492,7 +492,7 @@ func rootRotation(tb testing.TB, n, workers int, handshakes int64, ackTimeout ti
 	start := time.Now()
 	rotate := exec.Command(filepath.Join(binDir, "signet"), "ca", "rotate", "--now", "--ack-timeout", ackTimeout.String(), "--grace", "3s", "--poll", "200ms", "--reissue-timeout", "60s")
 	rotate.Env = append(os.Environ(), "SIGNET_ADMIN_SOCKET="+filepath.Join(dir, "admin.sock"))
-	var progress lockedBuffer
+	var progress systest.Buffer
 	rotate.Stdout, rotate.Stderr = &progress, &progress
 	if err := rotate.Start(); err != nil {
 		tb.Fatal(err)

@@ -134,7 +134,7 @@ func TestDevRunsTheWholeSystem(t *testing.T) {
 func TestFetchAsAWorkload(t *testing.T) {
 	dir := t.TempDir()
 	dev := exec.Command(filepath.Join(binDir, "signet"), "dev", "--data-dir", dir)
-	var devOut lockedBuffer
+	var devOut systest.Buffer
 	dev.Stdout = &devOut
 	if err := dev.Start(); err != nil {
 		t.Fatal(err)

@@ -317,7 +317,7 @@ func TestAgentHealthWhileAttesting(t *testing.T) {
 	down := systest.FreeAddr(t) // no CA listens here
 	cmd := exec.Command(filepath.Join(binDir, "signet-agent"), "--ca-address", down, "--join-token", "unused",
 		"--trust-bundle", bundle, "--data-dir", t.TempDir(), "--socket", filepath.Join(t.TempDir(), "a.sock"), "--health-addr", healthAddr)
-	var logs lockedBuffer
+	var logs systest.Buffer
 	cmd.Stderr = &logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -360,25 +360,6 @@ func TestAgentHealthWhileAttesting(t *testing.T) {
 	if out, err := exec.Command(filepath.Join(binDir, "signet"), "healthcheck", "--addr", healthAddr, "--live").CombinedOutput(); err != nil {
 		t.Errorf("signet healthcheck --live of an attesting agent: %v\n%s", err, out)
 	}
-}
-
-// lockedBuffer is a process's output, written by its copier goroutine
-// and read by the test.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // TestEntryTTLFloor: the CA refuses an entry whose SVIDs would live less
@@ -435,7 +416,7 @@ func TestLongDataDirectory(t *testing.T) {
 // it still runs after 30 s.
 func runBounded(t *testing.T, cmd *exec.Cmd, what string) ([]byte, error) {
 	t.Helper()
-	var buf lockedBuffer
+	var buf systest.Buffer
 	cmd.Stdout, cmd.Stderr = &buf, &buf
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -51,13 +51,13 @@ type caProc struct {
 	dir, listen, health string
 	args                []string
 	cmd                 *exec.Cmd
-	logs                *lockedBuffer
+	logs                *systest.Buffer
 	admin               adminv1.AdminClient
 }
 
 func newCAProc(t *testing.T, listen string, args ...string) *caProc {
 	t.Helper()
-	c := &caProc{dir: t.TempDir(), listen: listen, health: systest.FreeAddr(t), args: args, logs: &lockedBuffer{}}
+	c := &caProc{dir: t.TempDir(), listen: listen, health: systest.FreeAddr(t), args: args, logs: &systest.Buffer{}}
 	c.start(t)
 	conn, err := grpc.NewClient("unix://"+filepath.Join(c.dir, "admin.sock"), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -73,27 +73,36 @@ func (c *caProc) start(t *testing.T) {
 	t.Helper()
 	c.cmd = exec.Command(filepath.Join(binDir, "signet-ca"), append([]string{"--trust-domain", "example.org", "--data-dir", c.dir,
 		"--listen", c.listen, "--health-addr", c.health}, c.args...)...)
-	c.cmd.Stderr = c.logs
-	if err := c.cmd.Start(); err != nil {
+	startReady(t, c.cmd, c.logs, c.health)
+}
+
+func (c *caProc) kill9(t *testing.T) { t.Helper(); kill9(t, c.cmd) }
+
+// startReady starts cmd, its stderr into logs, and waits until its
+// /readyz on health answers 200; the process is killed when the test ends.
+func startReady(t *testing.T, cmd *exec.Cmd, logs *systest.Buffer, health string) {
+	t.Helper()
+	cmd.Stderr = logs
+	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	cmd := c.cmd
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
 	waitFor(t, 60*time.Second, func() error {
-		code, body, err := httpGet("http://" + c.health + "/readyz")
+		code, body, err := httpGet("http://" + health + "/readyz")
 		if err == nil && code != 200 {
 			err = fmt.Errorf("%d %s", code, body)
 		}
 		return err
-	}, func() string { return "signet-ca not ready; logs:\n" + c.logs.String() })
+	}, func() string { return filepath.Base(cmd.Path) + " not ready; logs:\n" + logs.String() })
 }
 
-func (c *caProc) kill9(t *testing.T) {
+// kill9 kills cmd with SIGKILL and reaps it.
+func kill9(t *testing.T, cmd *exec.Cmd) {
 	t.Helper()
-	if err := c.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	c.cmd.Wait()
+	cmd.Wait()
 }
 
 // entries creates entries for node's agent, with selectors this process
@@ -146,7 +155,7 @@ type agentProc struct {
 	netns                                          string
 	env                                            []string
 	cmd                                            *exec.Cmd
-	logs                                           *lockedBuffer
+	logs                                           *systest.Buffer
 }
 
 func newAgentProc(t *testing.T, ca *caProc, node, caAddr, netns, health string, env ...string) *agentProc {
@@ -169,31 +178,13 @@ func (a *agentProc) start(t *testing.T) {
 	if a.netns != "" {
 		args = append([]string{"ip", "netns", "exec", a.netns}, args...)
 	}
-	a.logs = &lockedBuffer{}
+	a.logs = &systest.Buffer{}
 	a.cmd = exec.Command(args[0], args[1:]...)
 	a.cmd.Env = append(os.Environ(), a.env...)
-	a.cmd.Stderr = a.logs
-	if err := a.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	cmd := a.cmd
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	waitFor(t, 60*time.Second, func() error {
-		code, body, err := httpGet("http://" + a.health + "/readyz")
-		if err == nil && code != 200 {
-			err = fmt.Errorf("%d %s", code, body)
-		}
-		return err
-	}, func() string { return "signet-agent not ready; logs:\n" + a.logs.String() })
+	startReady(t, a.cmd, a.logs, a.health)
 }
 
-func (a *agentProc) kill9(t *testing.T) {
-	t.Helper()
-	if err := a.cmd.Process.Signal(syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	a.cmd.Wait()
-}
+func (a *agentProc) kill9(t *testing.T) { t.Helper(); kill9(t, a.cmd) }
 
 // streamUp waits until the agent's Sync stream to the CA serves, and
 // returns how long that took.
@@ -788,7 +779,7 @@ func TestFaultCADiskFull(t *testing.T) {
 		t.Fatalf("mount tmpfs (the test runs as root): %v\n%s", err, out)
 	}
 	t.Cleanup(func() { exec.Command("umount", "-l", dir).Run() })
-	ca := &caProc{dir: filepath.Join(dir, "ca"), listen: systest.FreeAddr(t), health: systest.FreeAddr(t), logs: &lockedBuffer{}}
+	ca := &caProc{dir: filepath.Join(dir, "ca"), listen: systest.FreeAddr(t), health: systest.FreeAddr(t), logs: &systest.Buffer{}}
 	ca.start(t)
 	conn, err := grpc.NewClient("unix://"+filepath.Join(ca.dir, "admin.sock"), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {

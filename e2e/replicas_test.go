@@ -33,14 +33,14 @@ type replica struct {
 	dir    string
 	listen string
 	health string
-	logs   *lockedBuffer
+	logs   *systest.Buffer
 	admin  adminv1.AdminClient
 }
 
 // newReplica picks the addresses of a replica on the store at dsn; start
 // starts it.
 func newReplica(t *testing.T, dsn string) *replica {
-	r := &replica{dir: t.TempDir(), listen: systest.FreeAddr(t), health: systest.FreeAddr(t), logs: &lockedBuffer{}}
+	r := &replica{dir: t.TempDir(), listen: systest.FreeAddr(t), health: systest.FreeAddr(t), logs: &systest.Buffer{}}
 	r.cmd = exec.Command(filepath.Join(binDir, "signet-ca"), "--trust-domain", "example.org", "--data-dir", r.dir,
 		"--datastore", dsn, "--listen", r.listen, "--health-addr", r.health)
 	return r
@@ -171,39 +171,18 @@ func TestReplicasOnPostgres(t *testing.T) {
 		}
 		return resp.GetEntries()[0], nil
 	}
-	// holds waits until the workload (this process) gets id from the
-	// agent at sock.
-	holds := func(sock, id string, within time.Duration) time.Duration {
-		t.Helper()
-		start := time.Now()
-		waitFor(t, within, func() error {
-			fctx, fcancel := context.WithTimeout(ctx, 5*time.Second)
-			defer fcancel()
-			svids, err := workloadapi.FetchX509SVIDs(fctx, workloadapi.WithAddr("unix://"+sock))
-			if err != nil {
-				return err
-			}
-			for _, s := range svids {
-				if s.ID.String() == "spiffe://example.org/"+id {
-					return nil
-				}
-			}
-			return fmt.Errorf("%d SVIDs, none for %s", len(svids), id)
-		}, func() string { return fmt.Sprintf("the workload on %s never got %s", sock, id) })
-		return time.Since(start)
-	}
 	// Created on the follower, served by the agent that only knows the
 	// leader: the leader heard of it from PostgreSQL, not by polling
 	// (a stream re-reads the store on its own only every minute).
 	if _, err := entry(b, "cross", "pinned", "uid:"+uid); err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("an entry created on the follower reached an agent of the leader in %s", holds(pinned, "cross", 20*time.Second))
+	t.Logf("an entry created on the follower reached an agent of the leader in %s", holdsID(t, pinned, "cross", 20*time.Second))
 	for node, sock := range socks {
 		if _, err := entry(a, "w-"+node, node, "uid:"+uid); err != nil {
 			t.Fatal(err)
 		}
-		holds(sock, "w-"+node, 30*time.Second)
+		holdsID(t, sock, "w-"+node, 30*time.Second)
 	}
 
 	// Registration and issuance load on both replicas: entries for the
@@ -265,7 +244,7 @@ func TestReplicasOnPostgres(t *testing.T) {
 		if _, err := entry(b, "after-"+node, node, "uid:"+uid); err != nil {
 			t.Fatal(err)
 		}
-		took := holds(sock, "after-"+node, 60*time.Second)
+		took := holdsID(t, sock, "after-"+node, 60*time.Second)
 		t.Logf("agent %s served an entry created after the kill %s after it was created", node, took.Round(time.Millisecond))
 		waitFor(t, 30*time.Second, func() error {
 			jctx, jcancel := context.WithTimeout(ctx, 5*time.Second)

@@ -1,13 +1,11 @@
 package kube
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -21,24 +19,6 @@ import (
 	agentv1 "github.com/signet-id/signet/proto/signet/agent/v1"
 )
 
-// syncBuffer is a log the CA writes and the test reads.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // TestControlPlaneFaults (the fault matrix, docs/faults.md): the
 // kube-apiserver restarts, then etcd stops for 30 s. Through both the CA
 // keeps the agent's Sync stream and signs its pods' SVIDs from what it
@@ -46,7 +26,7 @@ func (s *syncBuffer) String() string {
 // it fails; once the control plane is back, a new pod's identity reaches
 // its agent within the bound.
 func TestControlPlaneFaults(t *testing.T) {
-	logs := &syncBuffer{}
+	logs := &systest.Buffer{}
 	health := systest.FreeAddr(t)
 	ca := startCA(t, "faults-ca", "faults", func(c *server.Config) {
 		c.HealthAddr = health
