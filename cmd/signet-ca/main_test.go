@@ -63,6 +63,9 @@ func TestBadConfigNamesTheKey(t *testing.T) {
 		{file: "trust-domain: a.org\ndata-dir: /x\nfederation-tls-cert: /c\n", want: "federation-listen: required"},
 		{file: "trust-domain: a.org\ndata-dir: /x\nfederation-listen: :1\nfederation-tls-cert: /c\n", want: "set both"},
 		{file: "trust-domain: a.org\ndata-dir: /x\noidc-issuer: https://oidc.a.org\noidc-listen: :8443\n", want: "oidc-tls-cert and oidc-tls-key: required"},
+		{file: "trust-domain: a.org\ndata-dir: /x\npprof-addr: 0.0.0.0:6060\n", want: "pprof-addr: \"0.0.0.0:6060\": want a loopback address"},
+		{file: "trust-domain: a.org\ndata-dir: /x\npprof-addr: 10.0.0.1:6060\n", want: "pprof-addr"},
+		{file: "trust-domain: a.org\ndata-dir: /x\ndatastore: mysql://db/signet\n", want: "datastore: a postgres:// URL or the path of a SQLite file"},
 	} {
 		p := writeConfig(t, tt.file)
 		_, _, err := parse(append([]string{"--config", p}, tt.args...), io.Discard)
