@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -281,4 +282,87 @@ func TestReplicasOnPostgres(t *testing.T) {
 		t.Error("the bundle changed when the leader was killed")
 	}
 	t.Logf("%d entries acknowledged under load, all present after the kill", len(acked))
+}
+
+// TestReplicasSurvivePostgresAway: the PostgreSQL server goes away for a
+// while under two replicas. Both say so (/readyz names the store,
+// signet_ca_store_listening is 0), writes are refused, the agent and its
+// workloads keep what they hold; when PostgreSQL is back the replicas
+// listen again by themselves and a change made on one reaches the agent.
+func TestReplicasSurvivePostgresAway(t *testing.T) {
+	srv, err := pgenv.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Stop()
+	dsn, err := srv.Database()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := newReplica(t, dsn), newReplica(t, dsn)
+	a.start(t)
+	b.start(t)
+	ctx := context.Background()
+	agent := newAgentProc(t, &caProc{dir: a.dir}, "n1", a.listen+","+b.listen, "", systest.FreeAddr(t))
+	uid := fmt.Sprint(os.Getuid())
+	for _, id := range ids("w", 3) {
+		if _, err := b.admin.CreateEntries(ctx, &adminv1.CreateEntriesRequest{Entries: []*typesv1.Entry{{
+			SpiffeId: "spiffe://example.org/" + id, ParentId: "spiffe://example.org/signet/agent/join/n1",
+			Selectors: []*typesv1.Selector{{Type: "unix", Value: "uid:" + uid}}}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w := startWorkloads(t, agent.sock, ids("w", 3))
+
+	srv.Pause()
+	gone := time.Now()
+	for _, r := range []*replica{a, b} {
+		waitFor(t, 30*time.Second, func() error {
+			code, body, err := httpGet("http://" + r.health + "/readyz")
+			if err == nil && (code == 200 || !strings.Contains(body, "store")) {
+				err = fmt.Errorf("%d %s", code, body)
+			}
+			return err
+		}, func() string { return "a replica's /readyz never named the store; logs:\n" + r.logs.String() })
+		if v, err := r.metric("signet_ca_store_listening"); err != nil || v != "0" {
+			t.Errorf("signet_ca_store_listening = %q, %v; want 0 with PostgreSQL away", v, err)
+		}
+	}
+	if _, err := a.admin.CreateEntries(ctx, &adminv1.CreateEntriesRequest{Entries: []*typesv1.Entry{{
+		SpiffeId: "spiffe://example.org/refused", ParentId: "spiffe://example.org/signet/agent/join/n1",
+		Selectors: []*typesv1.Selector{{Type: "unix", Value: "uid:" + uid}}}}}); err == nil {
+		t.Fatal("an entry was created with the database away")
+	}
+	waitFor(t, 10*time.Second, func() error {
+		if !strings.Contains(a.logs.String(), "lost the store's notification connection") {
+			return errors.New("not in the log")
+		}
+		return nil
+	}, func() string { return "the replica's log never said it lost PostgreSQL:\n" + a.logs.String() })
+	t.Logf("PostgreSQL away: both replicas not ready %s after it went", time.Since(gone).Round(time.Millisecond))
+
+	if err := srv.Resume(); err != nil {
+		t.Fatal(err)
+	}
+	back := time.Now()
+	for _, r := range []*replica{a, b} {
+		waitFor(t, 30*time.Second, func() error {
+			v, err := r.metric("signet_ca_store_listening")
+			if err == nil && v != "1" {
+				err = errors.New("not listening")
+			}
+			return err
+		}, func() string { return "a replica never listened again; logs:\n" + r.logs.String() })
+	}
+	t.Logf("both replicas listening again %s after PostgreSQL was back", time.Since(back).Round(time.Millisecond))
+	var created error
+	waitFor(t, 30*time.Second, func() error {
+		_, created = b.admin.CreateEntries(ctx, &adminv1.CreateEntriesRequest{Entries: []*typesv1.Entry{{
+			SpiffeId: "spiffe://example.org/after", ParentId: "spiffe://example.org/signet/agent/join/n1",
+			Selectors: []*typesv1.Selector{{Type: "unix", Value: "uid:" + uid}}}}})
+		return created
+	}, func() string { return "writes still refused after PostgreSQL was back" })
+	holdsID(t, agent.sock, "after", 30*time.Second)
+	t.Logf("a new entry reached the agent %s after PostgreSQL was back", time.Since(back).Round(time.Millisecond))
+	w.check(t)
 }

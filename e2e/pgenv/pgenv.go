@@ -29,6 +29,8 @@ import (
 type Server struct {
 	dir  string
 	sock string
+	bin  string
+	cred *syscall.Credential
 	cmd  *exec.Cmd
 	done chan struct{}
 	n    atomic.Int64
@@ -81,7 +83,7 @@ func Start() (*Server, error) {
 			return nil, err
 		}
 	}
-	s := &Server{dir: dir, sock: dir, done: make(chan struct{}), log: filepath.Join(dir, "postgres.log")}
+	s := &Server{dir: dir, sock: dir, bin: bin, cred: cred, log: filepath.Join(dir, "postgres.log")}
 	data := filepath.Join(dir, "data")
 	initdb := exec.Command(filepath.Join(bin, "initdb"), "-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-instructions")
 	initdb.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
@@ -90,41 +92,70 @@ func Start() (*Server, error) {
 		os.RemoveAll(dir)
 		return nil, fmt.Errorf("pgenv: initdb: %v\n%s", err, out)
 	}
-	logf, err := os.Create(s.log)
-	if err != nil {
+	if err := s.launch(); err != nil {
 		os.RemoveAll(dir)
 		return nil, err
 	}
+	return s, nil
+}
+
+// launch starts the server on its data directory and waits until it
+// accepts connections.
+func (s *Server) launch() error {
+	logf, err := os.OpenFile(s.log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
 	defer logf.Close()
-	s.cmd = exec.Command(filepath.Join(bin, "postgres"), "-D", data, "-k", s.sock, "-c", "listen_addresses=",
+	s.done = make(chan struct{})
+	s.cmd = exec.Command(filepath.Join(s.bin, "postgres"), "-D", filepath.Join(s.dir, "data"), "-k", s.sock, "-c", "listen_addresses=",
 		"-c", "max_connections=300", "-c", "shared_buffers=64MB")
-	s.cmd.Dir = dir
+	s.cmd.Dir = s.dir
 	s.cmd.Stdout, s.cmd.Stderr = logf, logf
 	// The server dies with the test process, whatever ends it.
-	s.cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred, Pdeathsig: syscall.SIGQUIT, Setpgid: true}
+	s.cmd.SysProcAttr = &syscall.SysProcAttr{Credential: s.cred, Pdeathsig: syscall.SIGQUIT, Setpgid: true}
 	if err := s.cmd.Start(); err != nil {
-		os.RemoveAll(dir)
-		return nil, fmt.Errorf("pgenv: start postgres: %w", err)
+		return fmt.Errorf("pgenv: start postgres: %w", err)
 	}
-	go func() { s.cmd.Wait(); close(s.done) }()
+	done := s.done
+	go func() { s.cmd.Wait(); close(done) }()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	for {
 		conn, err := pgx.Connect(ctx, s.dsn("postgres"))
 		if err == nil {
 			conn.Close(ctx)
-			return s, nil
+			return nil
 		}
 		select {
-		case <-s.done:
+		case <-done:
 			out, _ := os.ReadFile(s.log)
-			os.RemoveAll(dir)
-			return nil, fmt.Errorf("pgenv: postgres exited: %s", out)
+			return fmt.Errorf("pgenv: postgres exited: %s", out)
 		case <-ctx.Done():
-			s.Stop()
-			return nil, fmt.Errorf("pgenv: postgres did not accept connections: %w", err)
+			s.halt()
+			return fmt.Errorf("pgenv: postgres did not accept connections: %w", err)
 		case <-time.After(50 * time.Millisecond):
 		}
+	}
+}
+
+// Pause stops the server (fast shutdown: clients are disconnected) and
+// keeps its data, for Resume: a database that goes away.
+func (s *Server) Pause() { s.halt() }
+
+// Resume starts a paused server again on the same data.
+func (s *Server) Resume() error { return s.launch() }
+
+func (s *Server) halt() {
+	if s.cmd == nil || s.cmd.Process == nil {
+		return
+	}
+	s.cmd.Process.Signal(syscall.SIGINT)
+	select {
+	case <-s.done:
+	case <-time.After(30 * time.Second):
+		s.cmd.Process.Kill()
+		<-s.done
 	}
 }
 
@@ -151,15 +182,7 @@ func (s *Server) Database() (string, error) {
 
 // Stop stops the server (fast shutdown) and removes its directory.
 func (s *Server) Stop() {
-	if s.cmd != nil && s.cmd.Process != nil {
-		s.cmd.Process.Signal(syscall.SIGINT)
-		select {
-		case <-s.done:
-		case <-time.After(30 * time.Second):
-			s.cmd.Process.Kill()
-			<-s.done
-		}
-	}
+	s.halt()
 	os.RemoveAll(s.dir)
 }
 

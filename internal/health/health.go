@@ -48,7 +48,9 @@ func Listen(cfg Config) (*Server, error) {
 		}
 		fmt.Fprintln(w, "ok")
 	})
-	metrics := promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{})
+	// A collector that fails (one that reads a store that is away) costs
+	// its own metrics, not the page: the others say what is wrong.
+	metrics := promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError})
 	if cfg.MetricsAddr == "" || cfg.MetricsAddr == cfg.HealthAddr {
 		mux.Handle("/metrics", metrics)
 	} else {
