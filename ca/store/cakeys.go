@@ -47,12 +47,12 @@ func (s *Store) LoadCAKeys(ctx context.Context) ([]CAKey, uint64, error) {
 	}
 	defer tx.Rollback()
 	var seq uint64
-	if v, err := metaIn(ctx, tx, bundleSequenceKey); err != nil {
+	if v, err := getMeta(ctx, tx, bundleSequenceKey); err != nil {
 		return nil, 0, fmt.Errorf("store: load CA keys: %w", err)
 	} else if v != "" {
 		fmt.Sscan(v, &seq)
 	}
-	version, err := metaIn(ctx, tx, caKeysVersionKey)
+	version, err := getMeta(ctx, tx, caKeysVersionKey)
 	if err != nil {
 		return nil, 0, fmt.Errorf("store: load CA keys: %w", err)
 	}
@@ -98,7 +98,7 @@ func (s *Store) SaveCAKeys(ctx context.Context, keys []CAKey, bundleSequence uin
 	defer s.caKeysMu.Unlock()
 	var next string
 	err := s.tx(ctx, func(tx *txn) error {
-		cur, err := metaIn(ctx, tx, caKeysVersionKey)
+		cur, err := getMeta(ctx, tx, caKeysVersionKey)
 		if err != nil {
 			return err
 		}
@@ -108,16 +108,14 @@ func (s *Store) SaveCAKeys(ctx context.Context, keys []CAKey, bundleSequence uin
 		var n int64
 		fmt.Sscan(cur, &n)
 		next = fmt.Sprint(n + 1)
-		if _, err := tx.ExecContext(ctx, `INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value`,
-			caKeysVersionKey, next); err != nil {
+		if err := putMeta(ctx, tx, caKeysVersionKey, next); err != nil {
 			return err
 		}
 		tx.notify(ChangedCAKeys)
 		if _, err := tx.ExecContext(ctx, `DELETE FROM ca_keys`); err != nil {
 			return err
 		}
-		if _, err := tx.ExecContext(ctx, `INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value`,
-			bundleSequenceKey, fmt.Sprint(bundleSequence)); err != nil {
+		if err := putMeta(ctx, tx, bundleSequenceKey, fmt.Sprint(bundleSequence)); err != nil {
 			return err
 		}
 		for _, k := range keys {

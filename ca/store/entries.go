@@ -333,9 +333,8 @@ func (s *Store) EntriesSince(ctx context.Context, parentID string, since int64) 
 		return ch, fmt.Errorf("store: entries since: %w", err)
 	}
 	var floor int64
-	var floorStr string
-	if err := tx.QueryRowContext(ctx, `SELECT value FROM meta WHERE key = ?`, tombstoneFloorKey).Scan(&floorStr); err == nil {
-		fmt.Sscan(floorStr, &floor)
+	if v, err := getMeta(ctx, tx, tombstoneFloorKey); err == nil && v != "" {
+		fmt.Sscan(v, &floor)
 	}
 	if since <= 0 || since < floor || since > ch.Revision {
 		ch.Full = true
@@ -395,9 +394,7 @@ func (s *Store) PruneDeleted(ctx context.Context, before time.Time) error {
 		if _, err := tx.ExecContext(ctx, `DELETE FROM deleted_entries WHERE revision <= ?`, maxRev.Int64); err != nil {
 			return err
 		}
-		_, err := tx.ExecContext(ctx, `INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value`,
-			tombstoneFloorKey, fmt.Sprint(maxRev.Int64))
-		return err
+		return putMeta(ctx, tx, tombstoneFloorKey, fmt.Sprint(maxRev.Int64))
 	})
 }
 

@@ -318,28 +318,32 @@ func (s *Store) Revision(ctx context.Context) (int64, error) {
 }
 
 // Meta returns a value of the key/value table, or "" if unset.
-func (s *Store) Meta(ctx context.Context, key string) (string, error) {
-	var v string
-	err := s.db.QueryRowContext(ctx, `SELECT value FROM meta WHERE key = ?`, key).Scan(&v)
-	if errors.Is(err, sql.ErrNoRows) {
-		return "", nil
-	}
-	return v, err
-}
-
-// metaIn reads a value of the key/value table within tx, or "" if unset.
-func metaIn(ctx context.Context, tx *txn, key string) (string, error) {
-	var v string
-	err := tx.QueryRowContext(ctx, `SELECT value FROM meta WHERE key = ?`, key).Scan(&v)
-	if errors.Is(err, sql.ErrNoRows) {
-		return "", nil
-	}
-	return v, err
-}
+func (s *Store) Meta(ctx context.Context, key string) (string, error) { return getMeta(ctx, s.db, key) }
 
 // SetMeta sets a value of the key/value table.
 func (s *Store) SetMeta(ctx context.Context, key, value string) error {
-	_, err := s.db.ExecContext(ctx, `INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value`, key, value)
+	return putMeta(ctx, s.db, key, value)
+}
+
+// querier is what the database and a transaction share.
+type querier interface {
+	QueryRowContext(ctx context.Context, q string, args ...any) *sql.Row
+	ExecContext(ctx context.Context, q string, args ...any) (sql.Result, error)
+}
+
+// getMeta reads a value of the key/value table, or "" if unset.
+func getMeta(ctx context.Context, q querier, key string) (string, error) {
+	var v string
+	err := q.QueryRowContext(ctx, `SELECT value FROM meta WHERE key = ?`, key).Scan(&v)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", nil
+	}
+	return v, err
+}
+
+// putMeta sets a value of the key/value table.
+func putMeta(ctx context.Context, q querier, key, value string) error {
+	_, err := q.ExecContext(ctx, `INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value`, key, value)
 	return err
 }
 
