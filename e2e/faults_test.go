@@ -55,16 +55,16 @@ type caProc struct {
 	admin               adminv1.AdminClient
 }
 
+// newCAProc is a signet-ca process on listen with args, not started yet.
 func newCAProc(t *testing.T, listen string, args ...string) *caProc {
+	return &caProc{dir: t.TempDir(), listen: listen, health: systest.FreeAddr(t), args: args, logs: &systest.Buffer{}}
+}
+
+// runCA is newCAProc, started.
+func runCA(t *testing.T, listen string, args ...string) *caProc {
 	t.Helper()
-	c := &caProc{dir: t.TempDir(), listen: listen, health: systest.FreeAddr(t), args: args, logs: &systest.Buffer{}}
+	c := newCAProc(t, listen, args...)
 	c.start(t)
-	conn, err := grpc.NewClient("unix://"+filepath.Join(c.dir, "admin.sock"), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	c.admin = adminv1.NewAdminClient(conn)
 	return c
 }
 
@@ -74,6 +74,32 @@ func (c *caProc) start(t *testing.T) {
 	c.cmd = exec.Command(filepath.Join(binDir, "signet-ca"), append([]string{"--trust-domain", "example.org", "--data-dir", c.dir,
 		"--listen", c.listen, "--health-addr", c.health}, c.args...)...)
 	startReady(t, c.cmd, c.logs, c.health)
+	if c.admin == nil {
+		conn, err := grpc.NewClient("unix://"+filepath.Join(c.dir, "admin.sock"), grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		c.admin = adminv1.NewAdminClient(conn)
+	}
+}
+
+// leads says whether the replica holds the shared store's leader lock.
+func (c *caProc) leads() bool {
+	v, err := metricValue(c.health, "signet_ca_leader")
+	return err == nil && v == 1
+}
+
+// streams waits until n agents' Sync streams are open on the CA.
+func (c *caProc) streams(t *testing.T, n int) {
+	t.Helper()
+	waitFor(t, 60*time.Second, func() error {
+		v, err := metricValue(c.health, "signet_ca_sync_streams")
+		if err == nil && v != float64(n) {
+			err = fmt.Errorf("%v streams", v)
+		}
+		return err
+	}, func() string { return fmt.Sprintf("the CA at %s never had %d Sync streams", c.listen, n) })
 }
 
 func (c *caProc) kill9(t *testing.T) { t.Helper(); kill9(t, c.cmd) }
@@ -368,7 +394,7 @@ func ids(prefix string, n int) []string {
 // again once the CA is back.
 func TestFaultCAKilledDuringBatches(t *testing.T) {
 	ctx := context.Background()
-	ca := newCAProc(t, systest.FreeAddr(t))
+	ca := runCA(t, systest.FreeAddr(t))
 	agent := newAgentProc(t, ca, "n1", ca.listen, "", systest.FreeAddr(t))
 	if _, err := ca.entries(ctx, "n1", ids("w", 4), 0, true); err != nil {
 		t.Fatal(err)
@@ -476,7 +502,7 @@ func TestFaultCAKilledDuringBatches(t *testing.T) {
 // agent is started again their streams are served within the bound.
 func TestFaultAgentKilled(t *testing.T) {
 	ctx := context.Background()
-	ca := newCAProc(t, systest.FreeAddr(t))
+	ca := runCA(t, systest.FreeAddr(t))
 	agent := newAgentProc(t, ca, "n1", ca.listen, "", systest.FreeAddr(t))
 	if _, err := ca.entries(ctx, "n1", ids("w", 4), 0, true); err != nil {
 		t.Fatal(err)
@@ -595,7 +621,7 @@ func TestFaultPartition(t *testing.T) {
 	ctx := context.Background()
 	ns := newNetNS(t)
 	port := strings.Split(systest.FreeAddr(t), ":")[1]
-	ca := newCAProc(t, net.JoinHostPort(ns.hostIP, port))
+	ca := runCA(t, net.JoinHostPort(ns.hostIP, port))
 	agent := newAgentProc(t, ca, "n1", ca.listen, ns.name, net.JoinHostPort(ns.nsIP, strings.Split(systest.FreeAddr(t), ":")[1]))
 	const ttl = time.Minute
 	if _, err := ca.entries(ctx, "n1", ids("w", 4), ttl, true); err != nil {
@@ -693,7 +719,7 @@ func delayProxy(t *testing.T, listen, target string, d time.Duration) {
 func TestFaultLossAndLatency(t *testing.T) {
 	ctx := context.Background()
 	ns := newNetNS(t)
-	ca := newCAProc(t, systest.FreeAddr(t), "--min-svid-ttl", "10s")
+	ca := runCA(t, systest.FreeAddr(t), "--min-svid-ttl", "10s")
 	proxy := net.JoinHostPort(ns.hostIP, strings.Split(systest.FreeAddr(t), ":")[1])
 	delayProxy(t, proxy, ca.listen, 300*time.Millisecond)
 	agent := newAgentProc(t, ca, "n1", proxy, ns.name, net.JoinHostPort(ns.nsIP, strings.Split(systest.FreeAddr(t), ":")[1]))
@@ -729,7 +755,7 @@ func TestFaultLossAndLatency(t *testing.T) {
 // loop.
 func TestFaultClockSkew(t *testing.T) {
 	ctx := context.Background()
-	ca := newCAProc(t, systest.FreeAddr(t), "--min-svid-ttl", "10s")
+	ca := runCA(t, systest.FreeAddr(t), "--min-svid-ttl", "10s")
 	const ttl = 20 * time.Second
 	for _, skew := range []string{"5m", "-5m"} {
 		t.Run(skew, func(t *testing.T) {
@@ -779,14 +805,9 @@ func TestFaultCADiskFull(t *testing.T) {
 		t.Fatalf("mount tmpfs (the test runs as root): %v\n%s", err, out)
 	}
 	t.Cleanup(func() { exec.Command("umount", "-l", dir).Run() })
-	ca := &caProc{dir: filepath.Join(dir, "ca"), listen: systest.FreeAddr(t), health: systest.FreeAddr(t), logs: &systest.Buffer{}}
+	ca := newCAProc(t, systest.FreeAddr(t))
+	ca.dir = filepath.Join(dir, "ca")
 	ca.start(t)
-	conn, err := grpc.NewClient("unix://"+filepath.Join(ca.dir, "admin.sock"), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	ca.admin = adminv1.NewAdminClient(conn)
 	agent := newAgentProc(t, ca, "n1", ca.listen, "", systest.FreeAddr(t))
 	if _, err := ca.entries(ctx, "n1", ids("w", 4), 0, true); err != nil {
 		t.Fatal(err)

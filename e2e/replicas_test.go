@@ -1,26 +1,18 @@
 package e2e
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
-	"net/http"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/signet-id/signet/e2e/pgenv"
 	"github.com/signet-id/signet/e2e/systest"
@@ -28,80 +20,10 @@ import (
 	typesv1 "github.com/signet-id/signet/proto/signet/types/v1"
 )
 
-// replica is one signet-ca process of several sharing a PostgreSQL store.
-type replica struct {
-	cmd    *exec.Cmd
-	dir    string
-	listen string
-	health string
-	logs   *systest.Buffer
-	admin  adminv1.AdminClient
-}
-
-// newReplica picks the addresses of a replica on the store at dsn; start
-// starts it.
-func newReplica(t *testing.T, dsn string) *replica {
-	r := &replica{dir: t.TempDir(), listen: systest.FreeAddr(t), health: systest.FreeAddr(t), logs: &systest.Buffer{}}
-	r.cmd = exec.Command(filepath.Join(binDir, "signet-ca"), "--trust-domain", "example.org", "--data-dir", r.dir,
-		"--datastore", dsn, "--listen", r.listen, "--health-addr", r.health)
-	return r
-}
-
-func (r *replica) start(t *testing.T) {
-	t.Helper()
-	r.cmd.Stderr = r.logs
-	if err := r.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { r.cmd.Process.Kill(); r.cmd.Wait() })
-	sock := filepath.Join(r.dir, "admin.sock")
-	waitFor(t, 30*time.Second, func() error {
-		c, err := net.Dial("unix", sock)
-		if err == nil {
-			c.Close()
-		}
-		return err
-	}, func() string { return "signet-ca did not open its admin socket; logs:\n" + r.logs.String() })
-	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	r.admin = adminv1.NewAdminClient(conn)
-}
-
-// metric reads one unlabelled metric of the replica, or an error.
-func (r *replica) metric(name string) (string, error) {
-	resp, err := http.Get("http://" + r.health + "/metrics")
-	if err != nil {
-		return "", err
-	}
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
-			return v, nil
-		}
-	}
-	return "", fmt.Errorf("no metric %s", name)
-}
-
-func (r *replica) leads() bool {
-	v, err := r.metric("signet_ca_leader")
-	return err == nil && v == "1"
-}
-
-// streams waits until n agents' Sync streams are open on the replica.
-func (r *replica) streams(t *testing.T, n int) {
-	t.Helper()
-	want := fmt.Sprint(n)
-	waitFor(t, 60*time.Second, func() error {
-		v, err := r.metric("signet_ca_sync_streams")
-		if err == nil && v != want {
-			err = fmt.Errorf("%s streams", v)
-		}
-		return err
-	}, func() string { return fmt.Sprintf("the replica at %s never had %d Sync streams", r.listen, n) })
+// newReplica is a signet-ca process on the store at dsn, not started
+// yet.
+func newReplica(t *testing.T, dsn string) *caProc {
+	return newCAProc(t, systest.FreeAddr(t), "--datastore", dsn)
 }
 
 // waitFor polls cond until it returns nil, failing the test with what()
@@ -162,7 +84,7 @@ func TestReplicasOnPostgres(t *testing.T) {
 		t.Fatal("the replicas serve different bundles")
 	}
 	b.streams(t, 0)
-	entry := func(r *replica, id, node string, selector string) (*typesv1.Entry, error) {
+	entry := func(r *caProc, id, node string, selector string) (*typesv1.Entry, error) {
 		resp, err := r.admin.CreateEntries(ctx, &adminv1.CreateEntriesRequest{Entries: []*typesv1.Entry{{
 			SpiffeId: "spiffe://example.org/" + id, ParentId: "spiffe://example.org/signet/agent/join/" + node,
 			Selectors: []*typesv1.Selector{{Type: "unix", Value: selector}},
@@ -195,7 +117,7 @@ func TestReplicasOnPostgres(t *testing.T) {
 	)
 	load, stopLoad := context.WithCancel(ctx)
 	defer stopLoad()
-	for w, r := range []*replica{a, b, a, b} {
+	for w, r := range []*caProc{a, b, a, b} {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -224,10 +146,7 @@ func TestReplicasOnPostgres(t *testing.T) {
 	}, func() string { return "the load made too little progress" })
 
 	// kill -9 of the leader.
-	if err := a.cmd.Process.Signal(syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	a.cmd.Wait()
+	a.kill9(t)
 	killed := time.Now()
 	waitFor(t, 60*time.Second, func() error {
 		if !b.leads() {
@@ -303,7 +222,7 @@ func TestReplicasSurvivePostgresAway(t *testing.T) {
 	a.start(t)
 	b.start(t)
 	ctx := context.Background()
-	agent := newAgentProc(t, &caProc{dir: a.dir}, "n1", a.listen+","+b.listen, "", systest.FreeAddr(t))
+	agent := newAgentProc(t, a, "n1", a.listen+","+b.listen, "", systest.FreeAddr(t))
 	uid := fmt.Sprint(os.Getuid())
 	for _, id := range ids("w", 3) {
 		if _, err := b.admin.CreateEntries(ctx, &adminv1.CreateEntriesRequest{Entries: []*typesv1.Entry{{
@@ -316,7 +235,7 @@ func TestReplicasSurvivePostgresAway(t *testing.T) {
 
 	srv.Pause()
 	gone := time.Now()
-	for _, r := range []*replica{a, b} {
+	for _, r := range []*caProc{a, b} {
 		waitFor(t, 30*time.Second, func() error {
 			code, body, err := httpGet("http://" + r.health + "/readyz")
 			if err == nil && (code == 200 || !strings.Contains(body, "store")) {
@@ -324,8 +243,8 @@ func TestReplicasSurvivePostgresAway(t *testing.T) {
 			}
 			return err
 		}, func() string { return "a replica's /readyz never named the store; logs:\n" + r.logs.String() })
-		if v, err := r.metric("signet_ca_store_listening"); err != nil || v != "0" {
-			t.Errorf("signet_ca_store_listening = %q, %v; want 0 with PostgreSQL away", v, err)
+		if v, err := metricValue(r.health, "signet_ca_store_listening"); err != nil || v != 0 {
+			t.Errorf("signet_ca_store_listening = %v, %v; want 0 with PostgreSQL away", v, err)
 		}
 	}
 	if _, err := a.admin.CreateEntries(ctx, &adminv1.CreateEntriesRequest{Entries: []*typesv1.Entry{{
@@ -345,10 +264,10 @@ func TestReplicasSurvivePostgresAway(t *testing.T) {
 		t.Fatal(err)
 	}
 	back := time.Now()
-	for _, r := range []*replica{a, b} {
+	for _, r := range []*caProc{a, b} {
 		waitFor(t, 30*time.Second, func() error {
-			v, err := r.metric("signet_ca_store_listening")
-			if err == nil && v != "1" {
+			v, err := metricValue(r.health, "signet_ca_store_listening")
+			if err == nil && v != 1 {
 				err = errors.New("not listening")
 			}
 			return err
