@@ -22,7 +22,6 @@ import (
 	"flag"
 	"fmt"
 	"math"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -38,7 +37,6 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	authnv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -580,20 +578,11 @@ type caProc struct {
 	dir    string
 }
 
-func freeAddr() string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		panic(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
 func (h *harness) startCA(i int) (*caProc, error) {
-	c := &caProc{id: fmt.Sprintf("ca-%d", i), listen: freeAddr(), dir: filepath.Join(h.dir, fmt.Sprintf("ca-%d", i))}
-	c.health = freeAddr()
+	c := &caProc{id: fmt.Sprintf("ca-%d", i), listen: testenv.FreeAddr(), dir: filepath.Join(h.dir, fmt.Sprintf("ca-%d", i))}
+	c.health = testenv.FreeAddr()
 	c.logs = filepath.Join(h.dir, c.id+".log")
-	c.pprof = freeAddr()
+	c.pprof = testenv.FreeAddr()
 	c.cmd = exec.Command(filepath.Join(h.bin, "signet-ca"), "--pprof-addr", c.pprof, "--trust-domain", trustDomain, "--data-dir", c.dir,
 		"--kubeconfig", h.cl.Kubeconfig, "--cluster-name", "scale", "--agent-service-account", agentNS+"/"+agentSA,
 		"--namespace", agentNS, "--replica-id", c.id, "--listen", c.listen, "--health-addr", c.health, "--log-level", "warn")
@@ -853,15 +842,7 @@ func (h *harness) agentToken(ctx context.Context, node string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	exp := int64(6 * 3600)
-	tr, err := h.kc.CoreV1().ServiceAccounts(agentNS).CreateToken(ctx, agentSA, &authnv1.TokenRequest{Spec: authnv1.TokenRequestSpec{
-		Audiences: []string{"signet-ca"}, ExpirationSeconds: &exp,
-		BoundObjectRef: &authnv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: p.Name, UID: p.UID},
-	}}, metav1.CreateOptions{})
-	if err != nil {
-		return "", err
-	}
-	return tr.Status.Token, nil
+	return h.cl.BoundToken(ctx, p, []string{"signet-ca"}, 6*time.Hour)
 }
 
 // caCounters sums signet_ca_kube_requests_total of the live replicas by
@@ -1028,7 +1009,10 @@ func (h *harness) ruleChange(baseline float64) (*Reissue, error) {
 	pods := h.clusterPods()
 	logf("rule change: every one of %d pods gets a new identity", pods)
 	cpu0 := h.cpuByProcess()
-	leader := h.leader(ctx)
+	leader, _, _ := h.leader(ctx)
+	if leader == nil {
+		leader = h.cas[0]
+	}
 	profile := make(chan []string, 1)
 	go func() { profile <- h.profile(leader, 8*time.Second) }()
 	start := time.Now()
@@ -1084,16 +1068,23 @@ func (h *harness) cpuByProcess() map[string]float64 {
 	return out
 }
 
-// leader is the replica holding the Lease (the first, if none does).
-func (h *harness) leader(ctx context.Context) *caProc {
-	if l, err := h.kc.CoordinationV1().Leases(agentNS).Get(ctx, "signet-ca", metav1.GetOptions{}); err == nil && l.Spec.HolderIdentity != nil {
-		for _, c := range h.cas {
-			if c.id == *l.Spec.HolderIdentity {
-				return c
-			}
+// leader is the replica holding the Lease, or nil with the holder's name
+// when none of the replicas does.
+func (h *harness) leader(ctx context.Context) (*caProc, string, error) {
+	l, err := h.kc.CoordinationV1().Leases(agentNS).Get(ctx, "signet-ca", metav1.GetOptions{})
+	if err != nil {
+		return nil, "", err
+	}
+	holder := ""
+	if l.Spec.HolderIdentity != nil {
+		holder = *l.Spec.HolderIdentity
+	}
+	for _, c := range h.cas {
+		if c.id == holder {
+			return c, holder, nil
 		}
 	}
-	return h.cas[0]
+	return nil, holder, nil
 }
 
 // profile takes a CPU profile of the replica over d and returns the head
@@ -1125,19 +1116,9 @@ func (h *harness) profile(c *caProc, d time.Duration) []string {
 // re-sync.
 func (h *harness) failover() (*Failover, error) {
 	ctx := context.Background()
-	lease, err := h.kc.CoordinationV1().Leases(agentNS).Get(ctx, "signet-ca", metav1.GetOptions{})
+	leader, holder, err := h.leader(ctx)
 	if err != nil {
 		return nil, err
-	}
-	holder := ""
-	if lease.Spec.HolderIdentity != nil {
-		holder = *lease.Spec.HolderIdentity
-	}
-	var leader *caProc
-	for _, c := range h.cas {
-		if c.id == holder {
-			leader = c
-		}
 	}
 	if leader == nil {
 		return nil, fmt.Errorf("failover: no replica holds the Lease (holder %q)", holder)
@@ -1231,7 +1212,7 @@ func (h *harness) startRealAgent(caAddr string) (*realAgent, error) {
 		bundle = append(bundle, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
 	}
 	os.WriteFile(filepath.Join(d, "bundle.pem"), bundle, 0o600)
-	r := &realAgent{node: node, h: h, proc: proc{health: freeAddr(), logs: filepath.Join(h.dir, "real-agent.log")}}
+	r := &realAgent{node: node, h: h, proc: proc{health: testenv.FreeAddr(), logs: filepath.Join(h.dir, "real-agent.log")}}
 	r.proc.cmd = exec.Command(filepath.Join(h.bin, "signet-agent"), "--node-attestor", "k8s_psat", "--token-file", filepath.Join(d, "token"),
 		"--node-name", node, "--ca-address", caAddr, "--trust-bundle", filepath.Join(d, "bundle.pem"), "--data-dir", filepath.Join(d, "data"),
 		"--socket", filepath.Join(d, "agent.sock"), "--health-addr", r.proc.health, "--log-level", "warn",

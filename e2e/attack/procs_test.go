@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/signet-id/signet/e2e/nodeenv"
+	"github.com/signet-id/signet/e2e/testenv"
 )
 
 // standalone is signet-ca on its SQLite store and a signet-agent attested
@@ -39,8 +40,8 @@ func startStandalone(t testing.TB, agentArgs ...string) *standalone {
 			t.Fatal(err)
 		}
 	}
-	s.caAddr = nodeenv.FreeAddr()
-	s.caHealth = nodeenv.FreeAddr()
+	s.caAddr = testenv.FreeAddr()
+	s.caHealth = testenv.FreeAddr()
 	s.ca = exec.Command(filepath.Join(env.Bin, "signet-ca"), "--trust-domain", "example.org", "--data-dir", s.caData,
 		"--listen", s.caAddr, "--health-addr", s.caHealth)
 	s.caLog = filepath.Join(dir, "ca.log")
@@ -63,7 +64,7 @@ func startStandalone(t testing.TB, agentArgs ...string) *standalone {
 	if err := os.WriteFile(tokenFile, []byte(tok.Token), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	s.agentHealth = nodeenv.FreeAddr()
+	s.agentHealth = testenv.FreeAddr()
 	s.agent = exec.Command(filepath.Join(env.Bin, "signet-agent"), append([]string{"--trust-domain", "example.org", "--ca-address", s.caAddr,
 		"--data-dir", s.agentData, "--trust-bundle", bundle, "--socket", s.socket, "--health-addr", s.agentHealth,
 		"--join-token-file", tokenFile}, agentArgs...)...)

@@ -11,7 +11,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -21,7 +20,6 @@ import (
 	"testing"
 	"time"
 
-	authnv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	storagev1 "k8s.io/api/storage/v1"
@@ -300,16 +298,6 @@ type Signet struct {
 	CAAddr string
 }
 
-// FreeAddr is a loopback address with a free port.
-func FreeAddr() string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		panic(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
 func (e *Env) startSignet() (*Signet, error) {
 	ctx := context.Background()
 	s := &Signet{
@@ -321,7 +309,7 @@ func (e *Env) startSignet() (*Signet, error) {
 			return nil, err
 		}
 	}
-	caAddr, caHealth := FreeAddr(), FreeAddr()
+	caAddr, caHealth := testenv.FreeAddr(), testenv.FreeAddr()
 	s.CAAddr = caAddr
 	s.CA = exec.Command(filepath.Join(e.Bin, "signet-ca"), "--trust-domain", "example.org", "--data-dir", s.CAData,
 		"--listen", caAddr, "--health-addr", caHealth, "--kubeconfig", e.Cluster.Kubeconfig, "--cluster-name", "e2e",
@@ -355,17 +343,15 @@ func (e *Env) startSignet() (*Signet, error) {
 	}
 	caToken, kubeletToken := filepath.Join(e.Dir, "ca.token"), filepath.Join(e.Dir, "kubelet.token")
 	for file, aud := range map[string][]string{caToken: {"signet-ca"}, kubeletToken: nil} {
-		tr, err := e.Cluster.Client.CoreV1().ServiceAccounts("signet-system").CreateToken(ctx, "signet-agent", &authnv1.TokenRequest{
-			Spec: authnv1.TokenRequestSpec{Audiences: aud, BoundObjectRef: &authnv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: agentPod.Name, UID: agentPod.UID}},
-		}, metav1.CreateOptions{})
+		tok, err := e.Cluster.BoundToken(ctx, agentPod, aud, 0)
 		if err != nil {
 			return nil, err
 		}
-		if err := os.WriteFile(file, []byte(tr.Status.Token), 0o600); err != nil {
+		if err := os.WriteFile(file, []byte(tok), 0o600); err != nil {
 			return nil, err
 		}
 	}
-	agentHealth := FreeAddr()
+	agentHealth := testenv.FreeAddr()
 	s.Agent = exec.Command(filepath.Join(e.Bin, "signet-agent"), "--trust-domain", "example.org", "--ca-address", caAddr,
 		"--data-dir", s.AgentData, "--trust-bundle", bundle, "--socket", filepath.Join(s.SocketDir, "agent.sock"),
 		"--health-addr", agentHealth, "--node-attestor", "k8s_psat", "--token-file", caToken, "--node-name", testenv.NodeName,

@@ -78,16 +78,28 @@ func (c *Cluster) DeletePod(t testing.TB, p *corev1.Pod) {
 // bound to the pod, with audience aud.
 func (c *Cluster) PodToken(t testing.TB, p *corev1.Pod, aud string) string {
 	t.Helper()
-	tr, err := c.Client.CoreV1().ServiceAccounts(p.Namespace).CreateToken(context.Background(), p.Spec.ServiceAccountName, &authnv1.TokenRequest{
-		Spec: authnv1.TokenRequestSpec{
-			Audiences:      []string{aud},
-			BoundObjectRef: &authnv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: p.Name, UID: p.UID},
-		},
-	}, metav1.CreateOptions{})
+	tok, err := c.BoundToken(context.Background(), p, []string{aud}, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return tr.Status.Token
+	return tok
+}
+
+// BoundToken asks the API server for a token of the pod's service
+// account, bound to the pod, with audiences aud (the API server's if
+// none), valid for expiration (the API server's default if zero).
+func (c *Cluster) BoundToken(ctx context.Context, p *corev1.Pod, aud []string, expiration time.Duration) (string, error) {
+	spec := authnv1.TokenRequestSpec{Audiences: aud,
+		BoundObjectRef: &authnv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: p.Name, UID: p.UID}}
+	if expiration > 0 {
+		secs := int64(expiration / time.Second)
+		spec.ExpirationSeconds = &secs
+	}
+	tr, err := c.Client.CoreV1().ServiceAccounts(p.Namespace).CreateToken(ctx, p.Spec.ServiceAccountName, &authnv1.TokenRequest{Spec: spec}, metav1.CreateOptions{})
+	if err != nil {
+		return "", err
+	}
+	return tr.Status.Token, nil
 }
 
 // Eventually waits for ok, asking every 10 ms, and fails the test after
