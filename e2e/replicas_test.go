@@ -2,21 +2,33 @@ package e2e
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
 
 	"github.com/signet-id/signet/e2e/pgenv"
 	"github.com/signet-id/signet/e2e/systest"
 	adminv1 "github.com/signet-id/signet/proto/signet/admin/v1"
+	agentv1 "github.com/signet-id/signet/proto/signet/agent/v1"
 	typesv1 "github.com/signet-id/signet/proto/signet/types/v1"
 )
 
@@ -284,4 +296,119 @@ func TestReplicasSurvivePostgresAway(t *testing.T) {
 	holdsID(t, agent.sock, "after", 30*time.Second)
 	t.Logf("a new entry reached the agent %s after PostgreSQL was back", time.Since(back).Round(time.Millisecond))
 	w.check(t)
+}
+
+// TestJoinTokenReplayAcrossReplicas attacks the single use of a join
+// token through the agent API of two replicas on one database: twenty
+// attestations with the same token race, half at each replica, and
+// exactly one gets an agent SVID.
+func TestJoinTokenReplayAcrossReplicas(t *testing.T) {
+	dsn := pgenv.Database(t)
+	a, b := newReplica(t, dsn), newReplica(t, dsn)
+	a.start(t)
+	b.start(t)
+	var tok struct{ Token string }
+	if err := json.Unmarshal([]byte(signet(t, a.dir, "token", "create", "--node", "victim", "-o", "json")), &tok); err != nil {
+		t.Fatal(err)
+	}
+	var roots []*x509.Certificate
+	for rest := []byte(signet(t, a.dir, "bundle", "show")); ; {
+		var blk *pem.Block
+		if blk, rest = pem.Decode(rest); blk == nil {
+			break
+		}
+		c, err := x509.ParseCertificate(blk.Bytes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		roots = append(roots, c)
+	}
+	td := spiffeid.RequireTrustDomainFromString("example.org")
+	tlsCfg := tlsconfig.TLSClientConfig(x509bundle.FromX509Authorities(td, roots), tlsconfig.AuthorizeID(spiffeid.RequireFromPath(td, "/signet/ca")))
+	var (
+		wg       sync.WaitGroup
+		mu       sync.Mutex
+		won      int
+		refusals = map[codes.Code]int{}
+	)
+	start := make(chan struct{})
+	for i := 0; i < 20; i++ {
+		addr := a.listen
+		if i%2 == 1 {
+			addr = b.listen
+		}
+		conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		_, csr := systest.NewCSR(t)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			_, err := agentv1.NewNodeClient(conn).AttestNode(context.Background(), &agentv1.AttestNodeRequest{
+				Attestation: &agentv1.AttestNodeRequest_JoinToken{JoinToken: &agentv1.JoinTokenAttestation{Token: tok.Token}}, Csr: csr})
+			mu.Lock()
+			defer mu.Unlock()
+			if err == nil {
+				won++
+			} else {
+				refusals[status.Code(err)]++
+			}
+		}()
+	}
+	close(start)
+	wg.Wait()
+	if won != 1 {
+		t.Fatalf("%d attestations with one join token succeeded across two replicas; want 1 (refusals: %v)", won, refusals)
+	}
+	for code := range refusals {
+		if code == codes.Internal || code == codes.Unknown || code == codes.Unavailable {
+			t.Errorf("replays refused with %v; want a refusal of the token: %v", code, refusals)
+		}
+	}
+	t.Logf("1 attestation won, the replays were refused: %v", refusals)
+}
+
+// TestDatastorePasswordNeverShown: signet-ca given a PostgreSQL URL with a
+// password it cannot use fails at start, naming the store, and the
+// password is in neither its output nor its error.
+func TestDatastorePasswordNeverShown(t *testing.T) {
+	dir := t.TempDir()
+	cmd := exec.Command(filepath.Join(binDir, "signet-ca"), "--trust-domain", "example.org", "--data-dir", dir,
+		"--datastore", "postgres://signet:s3cret-pw@127.0.0.1:1/signet?sslmode=disable&connect_timeout=2",
+		"--listen", systest.FreeAddr(t), "--health-addr", systest.FreeAddr(t))
+	out, err := runBounded(t, cmd, "signet-ca with an unreachable datastore")
+	if err == nil {
+		t.Fatalf("signet-ca started with a datastore it cannot reach:\n%s", out)
+	}
+	if !strings.Contains(string(out), "PostgreSQL") {
+		t.Errorf("the error does not name the store:\n%s", out)
+	}
+	if strings.Contains(string(out), "s3cret-pw") {
+		t.Fatalf("the password shows:\n%s", out)
+	}
+	for _, f := range []string{"audit.log"} {
+		if b, err := os.ReadFile(filepath.Join(dir, f)); err == nil && strings.Contains(string(b), "s3cret-pw") {
+			t.Fatalf("the password is in %s", f)
+		}
+	}
+}
+
+// TestPprofOnlyOnLoopback: signet-ca refuses to serve its profiles (they
+// show its memory, keys included) on any address but a loopback one.
+func TestPprofOnlyOnLoopback(t *testing.T) {
+	for _, addr := range []string{"0.0.0.0:0", ":0", "[::]:0"} {
+		cmd := exec.Command(filepath.Join(binDir, "signet-ca"), "--trust-domain", "example.org", "--data-dir", t.TempDir(),
+			"--pprof-addr", addr, "--listen", systest.FreeAddr(t), "--health-addr", systest.FreeAddr(t))
+		out, err := runBounded(t, cmd, "signet-ca --pprof-addr "+addr)
+		if err == nil || !strings.Contains(string(out), "pprof-addr") {
+			t.Errorf("--pprof-addr %s: %v\n%s; want a refusal naming pprof-addr", addr, err, out)
+		}
+	}
+	ca := runCA(t, systest.FreeAddr(t), "--pprof-addr", "127.0.0.1:0")
+	if !strings.Contains(ca.logs.String(), "serving Go profiles") {
+		t.Fatalf("no profiles on loopback; logs:\n%s", ca.logs.String())
+	}
 }
