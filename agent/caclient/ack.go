@@ -29,6 +29,14 @@ type WorkloadAcks interface {
 // mints changes the counts once, not once per SVID.
 const ackInterval = 250 * time.Millisecond
 
+// ackSettle is the longest an acknowledgement waits for mints under way
+// (an entry without its SVID yet). A re-issue (a rule change, a
+// revocation) first drops an entry's SVID from the counts, then adds the
+// new one: acknowledging the state in between is a write at the CA, and
+// in Kubernetes one to the API server, that says nothing an operator
+// waits for.
+const ackSettle = 2 * time.Second
+
 // ackLoop tells the CA what the agent holds (AckBundle) whenever it
 // changes, and again after every reconnect, until ctx ends. A CA without
 // AckBundle (an older one) ends it.
@@ -37,6 +45,7 @@ func (m *Client) ackLoop(ctx context.Context) {
 	iss := issuers{}
 	var cov covered
 	var sent *typesv1.BundleAck
+	var unsettled time.Time // since when a changed acknowledgement waits on mints
 	for ctx.Err() == nil {
 		snap, snapChanged := m.cache.Snapshot()
 		var wl []*typesv1.WorkloadAck
@@ -50,7 +59,23 @@ func (m *Client) ackLoop(ctx context.Context) {
 		m.pendingReissue = pending
 		m.mu.Unlock()
 		client, connChanged, err := m.nodeClient()
-		if err == nil && ack != nil && m.Synced() && !proto.Equal(ack, sent) {
+		send := err == nil && ack != nil && m.Synced() && !proto.Equal(ack, sent)
+		var settled <-chan time.Time
+		stop := func() bool { return false }
+		switch {
+		case !send:
+			unsettled = time.Time{}
+		case minting(snap):
+			now := m.cfg.Clock.Now()
+			if unsettled.IsZero() {
+				unsettled = now
+			}
+			if left := ackSettle - now.Sub(unsettled); left > 0 {
+				send = false
+				settled, stop = m.cfg.Clock.After(left)
+			}
+		}
+		if send {
 			cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 			_, err = client.AckBundle(cctx, &agentv1.AckBundleRequest{Ack: ack})
 			cancel()
@@ -59,25 +84,37 @@ func (m *Client) ackLoop(ctx context.Context) {
 				return
 			}
 			if err == nil {
-				sent = ack
+				sent, unsettled = ack, time.Time{}
 				bo.Reset()
 			}
 		}
 		if err != nil {
+			stop()
 			m.Pause(ctx, bo.Next(), connChanged)
 			continue
 		}
 		select {
 		case <-ctx.Done():
-			return
 		case <-snapChanged:
 		case <-wlChanged:
+		case <-settled:
 		case <-connChanged:
 			// Another connection, maybe another replica: say it again.
 			sent = nil
 		}
+		stop()
 		m.sleep(ctx, ackInterval, nil)
 	}
+}
+
+// minting tells whether some entry of snap has no SVID yet.
+func minting(snap *cache.Snapshot) bool {
+	for _, it := range snap.Items {
+		if it.SVID == nil {
+			return true
+		}
+	}
+	return false
 }
 
 // issuers caches the key IDs of the intermediates the agent's SVIDs

@@ -65,7 +65,15 @@ func leaseName(agentID string) string {
 	return ackPrefix + hex.EncodeToString(sum[:12])
 }
 
-// PutBundleAck writes an agent's acknowledgement.
+// ackRefresh is how old a stored acknowledgement may grow before an
+// unchanged one is written again: an agent repeats its acknowledgement
+// after every reconnect, and a thousand agents moving to another replica
+// need not rewrite a thousand Leases to say what they said a moment ago.
+const ackRefresh = time.Minute
+
+// PutBundleAck writes an agent's acknowledgement. It updates the Lease
+// the informer holds, reading it from the API server only on a conflict,
+// and leaves it alone when it already says the same and is recent.
 func (l *LeaseAcks) PutBundleAck(ctx context.Context, ack *typesv1.BundleAck) error {
 	raw, err := proto.Marshal(ack)
 	if err != nil {
@@ -76,22 +84,31 @@ func (l *LeaseAcks) PutBundleAck(ctx context.Context, ack *typesv1.BundleAck) er
 	now := metav1.NewMicroTime(time.Unix(ack.GetAckedAt(), 0))
 	leases := l.Client.CoordinationV1().Leases(l.Namespace)
 	name := leaseName(ack.GetAgentId())
+	cached := l.cached(name)
+	if cached != nil && sameAck(cached, ack) {
+		return nil
+	}
 	return retry.RetryOnConflict(retry.DefaultRetry, func() error {
-		cur, err := leases.Get(ctx, name, metav1.GetOptions{})
-		if apierrors.IsNotFound(err) {
-			_, err = leases.Create(ctx, &coordinationv1.Lease{
-				ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: l.Namespace,
-					Labels:      map[string]string{AckLabel: "true", "app.kubernetes.io/name": "signet"},
-					Annotations: map[string]string{ackAnnotation: value}},
-				Spec: coordinationv1.LeaseSpec{HolderIdentity: &holder, RenewTime: &now},
-			}, metav1.CreateOptions{})
-			if apierrors.IsAlreadyExists(err) {
-				return apierrors.NewConflict(coordinationv1.Resource("leases"), name, err)
+		cur := cached
+		cached = nil
+		if cur == nil {
+			got, err := leases.Get(ctx, name, metav1.GetOptions{})
+			if apierrors.IsNotFound(err) {
+				_, err = leases.Create(ctx, &coordinationv1.Lease{
+					ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: l.Namespace,
+						Labels:      map[string]string{AckLabel: "true", "app.kubernetes.io/name": "signet"},
+						Annotations: map[string]string{ackAnnotation: value}},
+					Spec: coordinationv1.LeaseSpec{HolderIdentity: &holder, RenewTime: &now},
+				}, metav1.CreateOptions{})
+				if apierrors.IsAlreadyExists(err) {
+					return apierrors.NewConflict(coordinationv1.Resource("leases"), name, err)
+				}
+				return err
 			}
-			return err
-		}
-		if err != nil {
-			return err
+			if err != nil {
+				return err
+			}
+			cur = got
 		}
 		cur = cur.DeepCopy()
 		if cur.Annotations == nil {
@@ -102,6 +119,39 @@ func (l *LeaseAcks) PutBundleAck(ctx context.Context, ack *typesv1.BundleAck) er
 		_, err = leases.Update(ctx, cur, metav1.UpdateOptions{})
 		return err
 	})
+}
+
+// cached is the informer's copy of the Lease name, or nil. It is shared:
+// not to be changed.
+func (l *LeaseAcks) cached(name string) *coordinationv1.Lease {
+	if l.store == nil {
+		return nil
+	}
+	obj, ok, err := l.store.GetByKey(l.Namespace + "/" + name)
+	if err != nil || !ok {
+		return nil
+	}
+	lease, _ := obj.(*coordinationv1.Lease)
+	return lease
+}
+
+// sameAck tells whether lease already holds ack, but for when it was
+// acknowledged, from less than ackRefresh before it.
+func sameAck(lease *coordinationv1.Lease, ack *typesv1.BundleAck) bool {
+	raw, err := base64.StdEncoding.DecodeString(lease.Annotations[ackAnnotation])
+	if err != nil {
+		return false
+	}
+	var held typesv1.BundleAck
+	if proto.Unmarshal(raw, &held) != nil {
+		return false
+	}
+	age := time.Duration(ack.GetAckedAt()-held.GetAckedAt()) * time.Second
+	if age < 0 || age >= ackRefresh {
+		return false
+	}
+	held.AckedAt = ack.GetAckedAt()
+	return proto.Equal(&held, ack)
 }
 
 // ListBundleAcks returns every acknowledgement the informer holds, by

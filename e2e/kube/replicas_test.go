@@ -14,11 +14,13 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	coordinationv1 "k8s.io/api/coordination/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 
+	kcluster "github.com/signet-id/signet/ca/cluster"
 	"github.com/signet-id/signet/ca/server"
 	"github.com/signet-id/signet/ca/store"
 	"github.com/signet-id/signet/e2e/systest"
@@ -289,6 +291,41 @@ func TestCAKeysAcrossReplicas(t *testing.T) {
 		}
 		return false
 	})
+	// A changed acknowledgement at the other replica replaces it (that
+	// replica writes over the Lease its informer holds, or reads it after
+	// a conflict); the same one again writes nothing.
+	ack := &typesv1.BundleAck{BundleSequence: 1, X509Authorities: []string{root}, SvidsByRoot: map[string]uint32{root: 5}}
+	if _, err := ca1.NodeClient(svid).AckBundle(ctx, &agentv1.AckBundleRequest{Ack: ack}); err != nil {
+		t.Fatal(err)
+	}
+	var lease *coordinationv1.Lease
+	eventually(t, 20*time.Second, "the acknowledgement taken at ca-1 in ca-2's status", func() bool {
+		st, err := ca2.Admin.GetCAStatus(ctx, &adminv1.GetCAStatusRequest{})
+		if err != nil {
+			return false
+		}
+		for _, k := range st.GetKeys() {
+			if k.GetId() == root && k.GetSvids() == 5 {
+				list, err := cluster.Client.CoordinationV1().Leases(ns).List(ctx, metav1.ListOptions{LabelSelector: kcluster.AckLabel + "=true"})
+				if err != nil || len(list.Items) != 1 {
+					t.Fatalf("acknowledgement Leases: %v, %v", list, err)
+				}
+				lease = &list.Items[0]
+				return true
+			}
+		}
+		return false
+	})
+	if _, err := ca2.NodeClient(svid).AckBundle(ctx, &agentv1.AckBundleRequest{Ack: ack}); err != nil {
+		t.Fatal(err)
+	}
+	again, err := cluster.Client.CoordinationV1().Leases(ns).Get(ctx, lease.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again.ResourceVersion != lease.ResourceVersion {
+		t.Fatalf("the same acknowledgement rewrote the Lease (resourceVersion %s → %s)", lease.ResourceVersion, again.ResourceVersion)
+	}
 
 	inter := svid.Certificates[1]
 	resp, err := ca2.Admin.CreateRevocation(ctx, &adminv1.CreateRevocationRequest{Revocation: &typesv1.Revocation{CaKey: keyIDOf(inter.SubjectKeyId)}})
