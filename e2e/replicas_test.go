@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
@@ -19,6 +20,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -311,20 +313,7 @@ func TestJoinTokenReplayAcrossReplicas(t *testing.T) {
 	if err := json.Unmarshal([]byte(signet(t, a.dir, "token", "create", "--node", "victim", "-o", "json")), &tok); err != nil {
 		t.Fatal(err)
 	}
-	var roots []*x509.Certificate
-	for rest := []byte(signet(t, a.dir, "bundle", "show")); ; {
-		var blk *pem.Block
-		if blk, rest = pem.Decode(rest); blk == nil {
-			break
-		}
-		c, err := x509.ParseCertificate(blk.Bytes)
-		if err != nil {
-			t.Fatal(err)
-		}
-		roots = append(roots, c)
-	}
-	td := spiffeid.RequireTrustDomainFromString("example.org")
-	tlsCfg := tlsconfig.TLSClientConfig(x509bundle.FromX509Authorities(td, roots), tlsconfig.AuthorizeID(spiffeid.RequireFromPath(td, "/signet/ca")))
+	tlsCfg := tlsconfig.TLSClientConfig(bundleOf(t, a), tlsconfig.AuthorizeID(spiffeid.RequireFromPath(exampleTD, "/signet/ca")))
 	var (
 		wg       sync.WaitGroup
 		mu       sync.Mutex
@@ -410,5 +399,142 @@ func TestPprofOnlyOnLoopback(t *testing.T) {
 	ca := runCA(t, systest.FreeAddr(t), "--pprof-addr", "127.0.0.1:0")
 	if !strings.Contains(ca.logs.String(), "serving Go profiles") {
 		t.Fatalf("no profiles on loopback; logs:\n%s", ca.logs.String())
+	}
+}
+
+var exampleTD = spiffeid.RequireTrustDomainFromString("example.org")
+
+// bundleOf is the trust bundle r serves (signet bundle show).
+func bundleOf(t *testing.T, r *caProc) *x509bundle.Bundle {
+	t.Helper()
+	var roots []*x509.Certificate
+	for rest := []byte(signet(t, r.dir, "bundle", "show")); ; {
+		var blk *pem.Block
+		if blk, rest = pem.Decode(rest); blk == nil {
+			break
+		}
+		c, err := x509.ParseCertificate(blk.Bytes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		roots = append(roots, c)
+	}
+	return x509bundle.FromX509Authorities(exampleTD, roots)
+}
+
+// joinAgentAt attests an agent for node with a join token at replica r
+// and returns the agent API of r as that agent.
+func joinAgentAt(t *testing.T, r *caProc, node string) agentv1.NodeClient {
+	t.Helper()
+	var tok struct{ Token string }
+	if err := json.Unmarshal([]byte(signet(t, r.dir, "token", "create", "--node", node, "-o", "json")), &tok); err != nil {
+		t.Fatal(err)
+	}
+	b := bundleOf(t, r)
+	authz := tlsconfig.AuthorizeID(spiffeid.RequireFromPath(exampleTD, "/signet/ca"))
+	dial := func(cfg *tls.Config) agentv1.NodeClient {
+		conn, err := grpc.NewClient(r.listen, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		return agentv1.NewNodeClient(conn)
+	}
+	key, csr := systest.NewCSR(t)
+	resp, err := dial(tlsconfig.TLSClientConfig(b, authz)).AttestNode(context.Background(), &agentv1.AttestNodeRequest{
+		Attestation: &agentv1.AttestNodeRequest_JoinToken{JoinToken: &agentv1.JoinTokenAttestation{Token: tok.Token}}, Csr: csr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	svid := &x509svid.SVID{ID: spiffeid.RequireFromString(resp.GetSpiffeId()), PrivateKey: key}
+	for _, der := range resp.GetSvidChain() {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			t.Fatal(err)
+		}
+		svid.Certificates = append(svid.Certificates, c)
+	}
+	return dial(tlsconfig.MTLSClientConfig(svid, b, authz))
+}
+
+// TestReplicasLearnTrafficTogether: on one PostgreSQL database only the
+// leader learns services' traffic; a replica that does not lead hands
+// its agents' counts over through the database. A service that runs on
+// two nodes, whose agents report to different replicas, has one profile:
+// a caller both nodes saw is new once, not once per replica, and the
+// profile holds the callers of both.
+func TestReplicasLearnTrafficTogether(t *testing.T) {
+	dsn := pgenv.Database(t)
+	a := newCAProc(t, systest.FreeAddr(t), "--datastore", dsn, "--traffic-learn", "0s")
+	b := newCAProc(t, systest.FreeAddr(t), "--datastore", dsn, "--traffic-learn", "0s")
+	a.start(t)
+	waitFor(t, 30*time.Second, func() error {
+		if !a.leads() {
+			return errors.New("not leading")
+		}
+		return nil
+	}, func() string { return "the first replica does not lead; logs:\n" + a.logs.String() })
+	b.start(t)
+	ctx := context.Background()
+	const server, both, onlyB = "spiffe://example.org/shop", "spiffe://example.org/web", "spiffe://example.org/batch"
+	na, nb := joinAgentAt(t, a, "shop-a"), joinAgentAt(t, b, "shop-b")
+	for _, node := range []string{"shop-a", "shop-b"} {
+		signet(t, a.dir, "entry", "create", "--spiffe-id", server, "--parent-id", "spiffe://example.org/signet/agent/join/"+node, "--selector", "unix:uid:1000")
+	}
+	minute := time.Now().Unix() / 60 * 60
+	report := func(n agentv1.NodeClient, peers ...string) {
+		var counts []*typesv1.TrafficCount
+		for _, p := range peers {
+			counts = append(counts, &typesv1.TrafficCount{Server: server, Peer: p, Method: "/shop.v1.Shop/Buy", Minute: minute, Calls: 5})
+		}
+		// Entries reach the CA's ownership check through the store; an
+		// agent's report may come before its replica has read them.
+		waitFor(t, 20*time.Second, func() error {
+			_, err := n.ReportDecisions(ctx, &typesv1.DecisionReport{Traffic: counts})
+			return err
+		}, func() string { return "report traffic" })
+	}
+	newCallers := func() map[string]int {
+		resp, err := b.admin.ListAnomalies(ctx, &adminv1.ListAnomaliesRequest{Server: server})
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]int{}
+		for _, an := range resp.GetAnomalies() {
+			if an.GetKind() == "new_caller" {
+				out[an.GetPeer()]++
+			}
+		}
+		return out
+	}
+	report(na, both)
+	waitFor(t, 20*time.Second, func() error {
+		if n := newCallers()[both]; n != 1 {
+			return fmt.Errorf("%d new-caller anomalies", n)
+		}
+		return nil
+	}, func() string {
+		return "the leader did not find the new caller its own agent reported; logs:\n" + a.logs.String()
+	})
+	// The same caller and one more, at the replica that does not lead:
+	// handed to the leader, learned together.
+	report(nb, both, onlyB)
+	waitFor(t, 40*time.Second, func() error {
+		if n := newCallers()[onlyB]; n != 1 {
+			return fmt.Errorf("%d new-caller anomalies", n)
+		}
+		return nil
+	}, func() string {
+		return "the caller reported at the other replica was not found; logs:\n" + b.logs.String()
+	})
+	if got := newCallers(); got[both] != 1 {
+		t.Fatalf("new-caller anomalies by caller %v: the caller both nodes saw is new %d times; want once", got, got[both])
+	}
+	// Either replica suggests a policy from the one profile.
+	for name, r := range map[string]*caProc{"leader": a, "other replica": b} {
+		out := signet(t, r.dir, "policy", "suggest", "--server", server, "--format", "json")
+		if !strings.Contains(out, both) || !strings.Contains(out, onlyB) {
+			t.Errorf("the %s suggests a policy without both nodes' callers:\n%s", name, out)
+		}
 	}
 }

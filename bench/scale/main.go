@@ -27,6 +27,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"sort"
 	"strconv"
@@ -64,6 +65,7 @@ type options struct {
 	jsonOut     string
 	keep        bool
 	baseline    bool
+	simProfile  string
 }
 
 // Report is what one run measured.
@@ -133,6 +135,14 @@ type Reissue struct {
 	CPUCores map[string]float64 `json:"cpuCores"`
 	// CACPUPerSVIDus is the CA replicas' CPU time per SVID signed, in µs.
 	CACPUPerSVIDus float64 `json:"caCPUPerSVIDus"`
+	// CACoreRatio is the rate per CA core against the benchmark's rate
+	// per core (two): how close the CA's own cost per SVID comes to the
+	// benchmark's when it shares the machine with the agents and the API
+	// server.
+	CACoreRatio float64 `json:"caCoreRatio"`
+	// RequestsPerSecond: what the replicas sent to the API server per
+	// second over the re-issue, by verb/resource.
+	RequestsPerSecond map[string]float64 `json:"requestsPerSecond"`
 	// ProfileTop is the head of `go tool pprof -top` of the leader's CPU
 	// profile over the re-issue.
 	ProfileTop []string `json:"profileTop,omitempty"`
@@ -173,6 +183,7 @@ func main() {
 	flag.BoolVar(&o.realAgent, "real-agent", true, "run one real signet-agent process on its own node")
 	flag.StringVar(&o.jsonOut, "json", "", "also write the report to this file")
 	flag.BoolVar(&o.keep, "keep", false, "keep the working directory")
+	flag.StringVar(&o.simProfile, "sim-cpuprofile", "", "write a CPU profile of this process (the simulated agents) over the rule change to this file")
 	flag.BoolVar(&o.baseline, "baseline", true, "measure the CA's single-process signing rate first (ca/server's benchmark), for the rule change's ratio")
 	flag.Parse()
 	for _, s := range strings.Split(*steps, ",") {
@@ -1015,6 +1026,19 @@ func (h *harness) ruleChange(baseline float64) (*Reissue, error) {
 	}
 	profile := make(chan []string, 1)
 	go func() { profile <- h.profile(leader, 8*time.Second) }()
+	if h.o.simProfile != "" {
+		f, err := os.Create(h.o.simProfile)
+		if err != nil {
+			return nil, err
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return nil, err
+		}
+		defer func() {
+			pprof.StopCPUProfile()
+			f.Close()
+		}()
+	}
 	start := time.Now()
 	if err := h.applyRetry(ctx, `apiVersion: signet.dev/v1alpha1
 kind: IdentityRule
@@ -1036,15 +1060,21 @@ spec:
 	}
 	r.SVIDsSigned = after["svids"] - before["svids"]
 	r.SVIDsPerSec = round1(r.SVIDsSigned / r.Seconds)
+	delete(after, "svids")
+	delete(before, "svids")
+	r.RequestsPerSecond = diff(before, after, r.Seconds)
 	if r.SVIDsSigned > 0 {
 		r.CACPUPerSVIDus = round1((cpu1["signet-ca"] - cpu0["signet-ca"]) / r.SVIDsSigned * 1e6)
 	}
 	r.ProfileTop = <-profile
 	if baseline > 0 {
 		r.Ratio = round3(r.SVIDsPerSec / baseline)
+		if cores := r.CPUCores["signet-ca"]; cores > 0 {
+			r.CACoreRatio = round3(r.SVIDsPerSec / cores / (baseline / float64(runtime.NumCPU())))
+		}
 	}
-	logf("rule change: %d SVIDs signed, all held after %.1fs (%.0f/s, %.2f of the baseline); CPU cores %v; CA %.0f µs of CPU per SVID",
-		int(r.SVIDsSigned), r.Seconds, r.SVIDsPerSec, r.Ratio, r.CPUCores, r.CACPUPerSVIDus)
+	logf("rule change: %d SVIDs signed, all held after %.1fs (%.0f/s, %.2f of the baseline, %.2f per CA core); CPU cores %v; CA %.0f µs of CPU per SVID; API requests/s %v",
+		int(r.SVIDsSigned), r.Seconds, r.SVIDsPerSec, r.Ratio, r.CACoreRatio, r.CPUCores, r.CACPUPerSVIDus, r.RequestsPerSecond)
 	return r, err
 }
 

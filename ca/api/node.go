@@ -971,7 +971,7 @@ func (s *NodeServer) ReportDecisions(ctx context.Context, req *typesv1.DecisionR
 			foreign = append(foreign[:5], "...")
 		}
 		recs = append(recs, audit.Record{Event: audit.RequestRefuse, Actor: c.id.String(), Result: audit.Refused,
-			Reason: method + ": decisions of servers that are not this agent's workloads left out: " + strings.Join(foreign, ", ")})
+			Reason: method + ": decisions and traffic counts of servers that are not this agent's workloads left out: " + strings.Join(foreign, ", ")})
 		s.cfg.Metrics.refusals.WithLabelValues(method).Inc()
 	}
 	if n := req.GetDropped(); n > 0 {

@@ -23,9 +23,10 @@ const maxPending = 100_000
 // detector runs the traffic engine beside the APIs: reports are queued
 // (dropped, and counted, when the queue is full), so that neither the
 // agents' reports nor issuance ever wait for it. Alone, it keeps its
-// profiles in the store. With replicas in Kubernetes (cluster set), only
-// the leader learns: the others hand it their counts through the cluster,
-// and it keeps the profiles as TrafficProfile objects, read back when
+// profiles in the store. With replicas (cluster set), only the leader
+// learns: the others hand it their counts (in Kubernetes through the API
+// server, and it keeps the profiles as TrafficProfile objects; on a shared
+// PostgreSQL store through the store, storeTraffic), read back when
 // another replica takes over. What it finds goes to the audit log and the
 // store (and, in Kubernetes, Events on the profiles).
 type detector struct {
@@ -249,11 +250,28 @@ func (d *detector) saveProfile(ctx context.Context, p *traffic.Profile) error {
 	return d.cluster.Save(ctx, cp)
 }
 
-// Observations implements api.TrafficSink.
+// Observations implements api.TrafficSink. A replica that does not lead
+// learns nothing itself: it answers from the profiles the leader stored
+// last (every five minutes, and on each anomaly).
 func (d *detector) Observations(since time.Time, keep func(server string) bool) []traffic.Observation {
 	d.mu.Lock()
-	defer d.mu.Unlock()
-	return traffic.Observations(d.engine.Profiles(), since, keep)
+	if d.leading || d.cluster == nil {
+		defer d.mu.Unlock()
+		return traffic.Observations(d.engine.Profiles(), since, keep)
+	}
+	d.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	stored, err := d.cluster.LoadAll(ctx)
+	if err != nil {
+		d.log.Warn("could not read the leader's traffic profiles", "error", err)
+		return nil
+	}
+	profiles := make(map[string]*traffic.Profile, len(stored))
+	for _, p := range stored {
+		profiles[p.Server] = p
+	}
+	return traffic.Observations(profiles, since, keep)
 }
 
 func (d *detector) save(ctx context.Context) {

@@ -18,12 +18,14 @@ import (
 
 // replicaState is one of several CA replicas sharing a PostgreSQL store:
 // every replica serves agents and admin calls; the one holding the store's
-// leader lock also rotates the CA keys and fetches federated bundles; each
+// leader lock also rotates the CA keys, fetches federated bundles and
+// learns services' traffic (storeTraffic); each
 // hears the others' commits through the store's notifications and wakes
 // its agents' streams, reloads the keys or the federations.
 type replicaState struct {
 	leading atomic.Bool
 	fetcher *federation.Fetcher
+	traffic *storeTraffic
 
 	mu sync.Mutex
 	// listenError is why the replica is not listening (nil once it is).
@@ -98,7 +100,10 @@ func (r *replicaState) start(p *tasks.Group, st *store.Store, auth *authority.Au
 				r.fetcher.Reload(ctx)
 				r.fetcher.Kick()
 			}
-			if kind != store.ChangedCAKeys {
+			if r.traffic != nil {
+				r.traffic.changed(kind)
+			}
+			if kind != store.ChangedCAKeys && kind != store.ChangedTraffic {
 				apiCfg.Changes.Notify()
 			}
 		}, func(ok bool, err error) {

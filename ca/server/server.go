@@ -235,8 +235,12 @@ func build(ctx context.Context, g *tasks.Group, cfg Config) (ready func(), err e
 	}
 	if !cfg.NoTrafficDetector {
 		var ct ClusterTraffic
-		if cluster != nil {
+		switch {
+		case cluster != nil:
 			ct = cluster.Traffic()
+		case shared:
+			replica.traffic = newStoreTraffic(replica.leading.Load, st, log.Named("traffic"))
+			ct = replica.traffic
 		}
 		det, err := newDetector(ctx, cfg, st, ct, auditLog, reg, log.Named("traffic"))
 		if err != nil {

@@ -23,6 +23,8 @@ const (
 	ChangedAgents      = "agents"
 	ChangedFederations = "federations"
 	ChangedCAKeys      = "ca_keys"
+	// ChangedTraffic: a replica handed traffic counts to the leader.
+	ChangedTraffic = "traffic"
 	// ChangedUnknown is reported when (re)connecting to listen: changes
 	// made while not listening were not heard, so anything may have
 	// changed.

@@ -53,6 +53,12 @@ func TestListenHearsOtherReplicas(t *testing.T) {
 	if _, seq, err := b.LoadCAKeys(ctx); err != nil || seq != 7 {
 		t.Fatalf("the other replica reads sequence %d, %v; want 7", seq, err)
 	}
+	if err := a.PutTrafficShard(ctx, "a", []byte("counts"), now); err != nil {
+		t.Fatal(err)
+	}
+	if k := <-heard; k != store.ChangedTraffic {
+		t.Fatalf("after traffic counts were handed over: heard %q; want %q", k, store.ChangedTraffic)
+	}
 }
 
 // One replica at a time leads; when its connection ends, another takes

@@ -229,6 +229,15 @@ CREATE TABLE federations (
 	federation BLOB NOT NULL
 );
 `,
+	// 9: traffic counts replicas on a shared store hand to the leader.
+	`
+CREATE TABLE traffic_shards (
+	id INTEGER PRIMARY KEY AUTOINCREMENT,
+	replica TEXT NOT NULL,
+	created_at INTEGER NOT NULL,
+	counts BLOB NOT NULL
+);
+`,
 }
 
 func (s *Store) migrate(ctx context.Context) error {

@@ -433,3 +433,39 @@ func TestCAKeysConflict(t *testing.T) {
 		}
 	})
 }
+
+// Traffic shards: each is taken once, oldest first, by whichever replica
+// takes them; shards nobody took within an hour are dropped.
+func TestTrafficShards(t *testing.T) {
+	eachBackend(t, func(t *testing.T, loc string) {
+		ctx := context.Background()
+		a, b := open(t, loc), open(t, loc)
+		if got, err := b.TakeTrafficShards(ctx); err != nil || len(got) != 0 {
+			t.Fatalf("take from an empty store: %q, %v", got, err)
+		}
+		if err := a.PutTrafficShard(ctx, "r1", []byte("stale"), now.Add(-2*time.Hour)); err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range []string{"one", "two"} {
+			if err := a.PutTrafficShard(ctx, "r1", []byte(c), now); err != nil {
+				t.Fatal(err)
+			}
+		}
+		got, err := b.TakeTrafficShards(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) != 2 || string(got[0]) != "one" || string(got[1]) != "two" {
+			t.Fatalf("taken %q; want [one two] (the stale shard dropped)", got)
+		}
+		if got, err := a.TakeTrafficShards(ctx); err != nil || len(got) != 0 {
+			t.Fatalf("taken twice: %q, %v", got, err)
+		}
+		if err := a.PutTrafficShard(ctx, "r2", []byte("three"), now); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := a.TakeTrafficShards(ctx); err != nil || len(got) != 1 || string(got[0]) != "three" {
+			t.Fatalf("taken %q, %v; want [three]", got, err)
+		}
+	})
+}

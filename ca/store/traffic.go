@@ -96,3 +96,61 @@ func (s *Store) ListAnomalies(ctx context.Context, since time.Time, server strin
 	}
 	return out, rows.Err()
 }
+
+// shardTTL is how long counts handed to the leader wait for it: past it
+// (no replica led for that long) they are dropped; they are statistics.
+const shardTTL = time.Hour
+
+// PutTrafficShard stores counts (encoded) that replica hands to the
+// leader, announced to the replicas, and drops those older than shardTTL.
+func (s *Store) PutTrafficShard(ctx context.Context, replica string, counts []byte, now time.Time) error {
+	err := s.tx(ctx, func(tx *txn) error {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO traffic_shards (replica, created_at, counts) VALUES (?, ?, ?)`, replica, now.Unix(), counts); err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, `DELETE FROM traffic_shards WHERE created_at < ?`, now.Add(-shardTTL).Unix()); err != nil {
+			return err
+		}
+		tx.notify(ChangedTraffic)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("store: put traffic shard: %w", err)
+	}
+	return nil
+}
+
+// TakeTrafficShards returns every stored shard's counts, oldest first,
+// and deletes them, in one transaction: each shard is taken once.
+func (s *Store) TakeTrafficShards(ctx context.Context) ([][]byte, error) {
+	var out [][]byte
+	err := s.tx(ctx, func(tx *txn) error {
+		out = out[:0]
+		rows, err := tx.QueryContext(ctx, `SELECT id, counts FROM traffic_shards ORDER BY id`)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		var last int64
+		for rows.Next() {
+			var c []byte
+			if err := rows.Scan(&last, &c); err != nil {
+				return err
+			}
+			out = append(out, c)
+		}
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		rows.Close()
+		if len(out) == 0 {
+			return nil
+		}
+		_, err = tx.ExecContext(ctx, `DELETE FROM traffic_shards WHERE id <= ?`, last)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("store: take traffic shards: %w", err)
+	}
+	return out, nil
+}

@@ -4,8 +4,11 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -101,6 +104,50 @@ func TestForgedDecisions(t *testing.T) {
 	}
 	if !refused {
 		t.Error("the forged decisions were not audited as refused")
+	}
+}
+
+// TestForgedTraffic: an agent reports traffic counts in the name of a
+// server on another node, to teach the CA's learner that a thief is one
+// of its usual callers (so that no anomaly is found, and the suggested
+// least-privilege policy lets the thief in). Only counts of the agent's
+// own workloads may reach the profiles; the attempt is audited.
+func TestForgedTraffic(t *testing.T) {
+	s := startStandalone(t)
+	const own, other = "spiffe://example.org/attack/own-traffic", "spiffe://example.org/payments-traffic"
+	const thief, caller = "spiffe://example.org/thief", "spiffe://example.org/caller"
+	s.cli(t, "entry", "create", "--spiffe-id", own, "--parent-id", "spiffe://example.org/signet/agent/join/attack-node", "--selector", "unix:uid:12345")
+	s.cli(t, "entry", "create", "--spiffe-id", other, "--parent-id", "spiffe://example.org/signet/agent/join/elsewhere", "--selector", "unix:uid:12345")
+	minute := time.Now().Unix() / 60 * 60
+	_, err := s.nodeClient(t).ReportDecisions(context.Background(), &typesv1.DecisionReport{Traffic: []*typesv1.TrafficCount{
+		{Server: other, Peer: thief, Method: "/pay.v1.Pay/Refund", Minute: minute, Calls: 1000, BytesOut: 1 << 20},
+		{Server: own, Peer: caller, Method: "/own.v1.Own/Get", Minute: minute, Calls: 3},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The counts of one report are learned together: once the own
+	// server's caller is in its suggested policy, the forged ones were
+	// either learned too or left out.
+	eventually(t, 20*time.Second, "the own workload's caller in its suggested policy", func() bool {
+		return strings.Contains(s.cli(t, "policy", "suggest", "--server", own, "--format", "json"), caller)
+	})
+	out, err := exec.Command(filepath.Join(env.Bin, "signet"), "--admin-socket", s.adminSocket, "policy", "suggest", "--server", other, "--format", "json").CombinedOutput()
+	if strings.Contains(string(out), thief) {
+		t.Fatalf("counts forged for another node's server were learned; its suggested policy:\n%s", out)
+	}
+	if err != nil && !strings.Contains(string(out), "no calls observed") {
+		t.Fatalf("signet policy suggest for the other server: %v\n%s", err, out)
+	}
+	refused := false
+	for _, rec := range s.auditRecords(t) {
+		if rec["event"] == "request.refuse" && rec["actor"] == "spiffe://example.org/signet/agent/join/attack-node" &&
+			strings.Contains(fmt.Sprint(rec["reason"]), other) {
+			refused = true
+		}
+	}
+	if !refused {
+		t.Error("the forged traffic counts were not audited as refused")
 	}
 }
 
