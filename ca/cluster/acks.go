@@ -72,8 +72,9 @@ func leaseName(agentID string) string {
 const ackRefresh = time.Minute
 
 // PutBundleAck writes an agent's acknowledgement. It updates the Lease
-// the informer holds, reading it from the API server only on a conflict,
-// and leaves it alone when it already says the same and is recent.
+// the informer holds, or creates one when the informer has none, reading
+// it from the API server only on a conflict; it leaves a Lease alone that
+// already says the same and is recent.
 func (l *LeaseAcks) PutBundleAck(ctx context.Context, ack *typesv1.BundleAck) error {
 	raw, err := proto.Marshal(ack)
 	if err != nil {
@@ -84,26 +85,34 @@ func (l *LeaseAcks) PutBundleAck(ctx context.Context, ack *typesv1.BundleAck) er
 	now := metav1.NewMicroTime(time.Unix(ack.GetAckedAt(), 0))
 	leases := l.Client.CoordinationV1().Leases(l.Namespace)
 	name := leaseName(ack.GetAgentId())
-	cached := l.cached(name)
+	create := func() error {
+		_, err := leases.Create(ctx, &coordinationv1.Lease{
+			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: l.Namespace,
+				Labels:      map[string]string{AckLabel: "true", "app.kubernetes.io/name": "signet"},
+				Annotations: map[string]string{ackAnnotation: value}},
+			Spec: coordinationv1.LeaseSpec{HolderIdentity: &holder, RenewTime: &now},
+		}, metav1.CreateOptions{})
+		if apierrors.IsAlreadyExists(err) {
+			return apierrors.NewConflict(coordinationv1.Resource("leases"), name, err)
+		}
+		return err
+	}
+	cached, known := l.cached(name)
 	if cached != nil && sameAck(cached, ack) {
 		return nil
 	}
 	return retry.RetryOnConflict(retry.DefaultRetry, func() error {
 		cur := cached
 		cached = nil
+		if cur == nil && known {
+			// The informer has no such Lease: a new agent, most likely.
+			known = false
+			return create()
+		}
 		if cur == nil {
 			got, err := leases.Get(ctx, name, metav1.GetOptions{})
 			if apierrors.IsNotFound(err) {
-				_, err = leases.Create(ctx, &coordinationv1.Lease{
-					ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: l.Namespace,
-						Labels:      map[string]string{AckLabel: "true", "app.kubernetes.io/name": "signet"},
-						Annotations: map[string]string{ackAnnotation: value}},
-					Spec: coordinationv1.LeaseSpec{HolderIdentity: &holder, RenewTime: &now},
-				}, metav1.CreateOptions{})
-				if apierrors.IsAlreadyExists(err) {
-					return apierrors.NewConflict(coordinationv1.Resource("leases"), name, err)
-				}
-				return err
+				return create()
 			}
 			if err != nil {
 				return err
@@ -121,18 +130,21 @@ func (l *LeaseAcks) PutBundleAck(ctx context.Context, ack *typesv1.BundleAck) er
 	})
 }
 
-// cached is the informer's copy of the Lease name, or nil. It is shared:
-// not to be changed.
-func (l *LeaseAcks) cached(name string) *coordinationv1.Lease {
+// cached is the informer's copy of the Lease name (shared: not to be
+// changed), or nil; known says whether the informer answered at all.
+func (l *LeaseAcks) cached(name string) (lease *coordinationv1.Lease, known bool) {
 	if l.store == nil {
-		return nil
+		return nil, false
 	}
 	obj, ok, err := l.store.GetByKey(l.Namespace + "/" + name)
-	if err != nil || !ok {
-		return nil
+	if err != nil {
+		return nil, false
 	}
-	lease, _ := obj.(*coordinationv1.Lease)
-	return lease
+	if !ok {
+		return nil, true
+	}
+	lease, _ = obj.(*coordinationv1.Lease)
+	return lease, true
 }
 
 // sameAck tells whether lease already holds ack, but for when it was
