@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -271,24 +272,84 @@ func TestHelmAndKustomizeAgree(t *testing.T) {
 	}
 }
 
-// TestHelmPublicEndpoints: the chart with the OIDC issuer and the bundle
-// endpoint on passes a server-side dry-run apply, serves both on the
-// Service signet-ca-public, and lets them through its NetworkPolicy.
-func TestHelmPublicEndpoints(t *testing.T) {
+// TestPublicEndpoints: the chart with the OIDC issuer and the bundle
+// endpoint (https_web) on, and the kustomize base with the components
+// oidc, bundle-endpoint and bundle-endpoint-web and the issuer as an
+// overlay's patch, give the same objects; both pass a server-side dry-run
+// apply, serve each endpoint on a Service of its own, and let them through
+// the CA's NetworkPolicy.
+func TestPublicEndpoints(t *testing.T) {
 	hm := render(t, "helm", "template", "signet", "../../deploy/helm/signet", "--namespace", "signet-system", "--include-crds",
-		"--set", "ca.oidc.issuer=https://oidc.example.org", "--set", "ca.oidc.tlsSecret=oidc-tls",
-		"--set", "ca.federation.bundleEndpoint=true", "--set", "ca.federation.tlsSecret=bundle-tls")
+		"--set", "ca.oidc.issuer=https://oidc.example.org", "--set", "ca.oidc.tlsSecret=signet-oidc-tls",
+		"--set", "ca.federation.bundleEndpoint=true", "--set", "ca.federation.tlsSecret=signet-bundle-endpoint-tls")
+	overlay := t.TempDir()
+	abs, err := filepath.Abs("../../deploy")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// kustomize takes bases and components by relative path only.
+	if abs, err = filepath.Rel(overlay, abs); err != nil {
+		t.Fatal(err)
+	}
+	kust := fmt.Sprintf(`resources: [%[1]s/base]
+components: [%[1]s/components/oidc, %[1]s/components/bundle-endpoint, %[1]s/components/bundle-endpoint-web]
+patches:
+  - target: {kind: Deployment, name: signet-ca}
+    patch: |
+      - op: add
+        path: /spec/template/spec/containers/0/args/-
+        value: --oidc-issuer=https://oidc.example.org
+`, abs)
+	if err := os.WriteFile(filepath.Join(overlay, "kustomization.yaml"), []byte(kust), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	kz := render(t, "kustomize", "build", overlay)
+	h, k := byKey(hm), byKey(kz)
+	// The issuer comes from the overlay's patch, after the components'
+	// arguments: the CA's arguments are compared as a set.
+	for _, objs := range []map[string]*unstructured.Unstructured{h, k} {
+		dep := objs["Deployment signet-system/signet-ca"]
+		if dep == nil {
+			t.Fatal("no CA Deployment")
+		}
+		containers, _, _ := unstructured.NestedSlice(dep.Object, "spec", "template", "spec", "containers")
+		c := containers[0].(map[string]any)
+		args, _ := c["args"].([]any)
+		slices.SortFunc(args, func(a, b any) int { return strings.Compare(fmt.Sprint(a), fmt.Sprint(b)) })
+		c["args"] = args
+		unstructured.SetNestedSlice(dep.Object, containers, "spec", "template", "spec", "containers")
+	}
+	for key, want := range k {
+		got, ok := h[key]
+		if !ok {
+			t.Errorf("helm does not render %s", key)
+			continue
+		}
+		if !equality.Semantic.DeepEqual(got.Object, want.Object) {
+			gj, _ := json.Marshal(got.Object)
+			wj, _ := json.Marshal(want.Object)
+			t.Errorf("%s differs:\nhelm:      %s\nkustomize: %s", key, gj, wj)
+		}
+	}
+	for key := range h {
+		if _, ok := k[key]; !ok {
+			t.Errorf("helm renders %s, kustomize does not", key)
+		}
+	}
 	applyObjects(t, hm, true)
-	objs := byKey(hm)
-	svc := objs["Service signet-system/signet-ca-public"]
-	if svc == nil {
-		t.Fatal("no Service signet-ca-public")
+	applyObjects(t, kz, true)
+
+	for name, port := range map[string]string{"signet-ca-oidc": "oidc", "signet-ca-bundle-endpoint": "bundle-endpoint"} {
+		svc := k["Service signet-system/"+name]
+		if svc == nil {
+			t.Fatalf("no Service %s", name)
+		}
+		ports, _, _ := unstructured.NestedSlice(svc.Object, "spec", "ports")
+		if len(ports) != 1 || ports[0].(map[string]any)["targetPort"] != port {
+			t.Errorf("Service %s ports %v; want %s only", name, ports, port)
+		}
 	}
-	ports, _, _ := unstructured.NestedSlice(svc.Object, "spec", "ports")
-	if len(ports) != 2 {
-		t.Fatalf("signet-ca-public ports %v, want oidc and bundle-endpoint", ports)
-	}
-	dep := objs["Deployment signet-system/signet-ca"]
+	dep := k["Deployment signet-system/signet-ca"]
 	containers, _, _ := unstructured.NestedSlice(dep.Object, "spec", "template", "spec", "containers")
 	args := fmt.Sprint(containers[0].(map[string]any)["args"])
 	for _, want := range []string{"--oidc-issuer=https://oidc.example.org", "--oidc-listen=0.0.0.0:8444", "--federation-listen=0.0.0.0:8445", "--federation-tls-cert=/etc/signet/federation/tls.crt"} {
@@ -296,7 +357,7 @@ func TestHelmPublicEndpoints(t *testing.T) {
 			t.Errorf("the CA's args lack %s: %s", want, args)
 		}
 	}
-	np := objs["NetworkPolicy signet-system/signet-ca"]
+	np := k["NetworkPolicy signet-system/signet-ca"]
 	ingress, _, _ := unstructured.NestedSlice(np.Object, "spec", "ingress")
 	if s := fmt.Sprint(ingress); !strings.Contains(s, "8444") || !strings.Contains(s, "8445") {
 		t.Errorf("the CA's NetworkPolicy does not admit the public ports: %s", s)
