@@ -221,3 +221,25 @@ func TestAuditSinks(t *testing.T) {
 		t.Errorf("removed record: %s", out)
 	}
 }
+
+// TestAuditWebhookPlainHTTPOnlyOnHost: audit records leave the host only
+// over TLS. signet-ca refuses a plain http:// webhook anywhere but on
+// loopback (an address that would carry them in the clear over a
+// network), and sends them to one on loopback (a collector beside it).
+func TestAuditWebhookPlainHTTPOnlyOnHost(t *testing.T) {
+	for _, url := range []string{"http://audit.example.com/in", "http://192.0.2.10:8080/in", "http://[2001:db8::1]/in", "http://127.0.0.1.example.com/in"} {
+		cmd := exec.Command(filepath.Join(binDir, "signet-ca"), "--trust-domain", "example.org", "--data-dir", t.TempDir(),
+			"--audit-webhook", url, "--listen", systest.FreeAddr(t), "--health-addr", systest.FreeAddr(t))
+		out, err := runBounded(t, cmd, "signet-ca --audit-webhook "+url)
+		if err == nil || !strings.Contains(string(out), "only over https") {
+			t.Errorf("--audit-webhook %s: %v\n%s; want a refusal saying records leave only over https", url, err, out)
+		}
+	}
+	rcv := &receiver{bySeq: map[uint64]string{}}
+	srv := httptest.NewServer(rcv)
+	defer srv.Close()
+	dir := t.TempDir()
+	startCAWith(t, dir, nil, "--listen", systest.FreeAddr(t), "--audit-webhook", srv.URL+"/audit")
+	signet(t, dir, "token", "create", "--node", "plain")
+	eventuallyTB(t, "the loopback webhook has every record", func() bool { return rcv.upTo(lastSeq(t, filepath.Join(dir, "audit.log"))) })
+}
