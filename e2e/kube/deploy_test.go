@@ -129,6 +129,15 @@ func TestDeployRBAC(t *testing.T) {
 		{nsAdmin, authzv1.ResourceAttributes{Verb: "create", Group: "signet.dev", Resource: "revocations"}, false},
 		{nsAdmin, authzv1.ResourceAttributes{Verb: "delete", Group: "signet.dev", Resource: "revocations", Name: "leaked-svid"}, false},
 		{agent, authzv1.ResourceAttributes{Verb: "create", Group: "signet.dev", Resource: "revocations"}, false},
+		// A FederatedTrustDomain makes another trust domain's identities
+		// trusted everywhere: cluster admins (and the CA, for its admin
+		// API) only.
+		{nsAdmin, authzv1.ResourceAttributes{Verb: "create", Group: "signet.dev", Resource: "federatedtrustdomains"}, false},
+		{nsAdmin, authzv1.ResourceAttributes{Verb: "update", Group: "signet.dev", Resource: "federatedtrustdomains", Name: "partner.example"}, false},
+		{nsAdmin, authzv1.ResourceAttributes{Verb: "update", Group: "signet.dev", Resource: "federatedtrustdomains", Subresource: "status", Name: "partner.example"}, false},
+		{agent, authzv1.ResourceAttributes{Verb: "create", Group: "signet.dev", Resource: "federatedtrustdomains"}, false},
+		{agent, authzv1.ResourceAttributes{Verb: "update", Group: "signet.dev", Resource: "federatedtrustdomains", Subresource: "status", Name: "partner.example"}, false},
+		{ca, authzv1.ResourceAttributes{Verb: "update", Group: "signet.dev", Resource: "federatedtrustdomains", Subresource: "status", Name: "partner.example"}, true},
 		{ca, authzv1.ResourceAttributes{Verb: "update", Resource: "configmaps", Namespace: "signet-system", Name: "signet-bundle"}, true},
 		{ca, authzv1.ResourceAttributes{Verb: "update", Resource: "configmaps", Namespace: "kube-system", Name: "signet-bundle"}, false},
 		{ca, authzv1.ResourceAttributes{Verb: "create", Group: "signet.dev", Resource: "trafficprofiles", Namespace: "shop"}, true},
