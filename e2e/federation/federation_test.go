@@ -3,7 +3,8 @@
 // bench/install-spire.sh): each serves its bundle at a bundle endpoint and
 // fetches the other's, and workloads of each trust domain call each other
 // with mutual TLS, each authorized by the other side's rules, through a
-// root rotation of Signet's.
+// root rotation of Signet's; and a federated trust domain's compromised CA
+// forging Signet's place marks.
 package federation
 
 import (
