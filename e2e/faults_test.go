@@ -50,9 +50,11 @@ const recoveryBound = 10 * time.Second
 type caProc struct {
 	dir, listen, health string
 	args                []string
-	cmd                 *exec.Cmd
-	logs                *systest.Buffer
-	admin               adminv1.AdminClient
+	// netns, if set, is the network namespace the CA runs in.
+	netns string
+	cmd   *exec.Cmd
+	logs  *systest.Buffer
+	admin adminv1.AdminClient
 }
 
 // newCAProc is a signet-ca process on listen with args, not started yet.
@@ -71,8 +73,12 @@ func runCA(t *testing.T, listen string, args ...string) *caProc {
 // start starts the CA and waits until it is ready.
 func (c *caProc) start(t *testing.T) {
 	t.Helper()
-	c.cmd = exec.Command(filepath.Join(binDir, "signet-ca"), append([]string{"--trust-domain", "example.org", "--data-dir", c.dir,
-		"--listen", c.listen, "--health-addr", c.health}, c.args...)...)
+	args := append([]string{filepath.Join(binDir, "signet-ca"), "--trust-domain", "example.org", "--data-dir", c.dir,
+		"--listen", c.listen, "--health-addr", c.health}, c.args...)
+	if c.netns != "" {
+		args = append([]string{"ip", "netns", "exec", c.netns}, args...)
+	}
+	c.cmd = exec.Command(args[0], args[1:]...)
 	startReady(t, c.cmd, c.logs, c.health)
 	if c.admin == nil {
 		conn, err := grpc.NewClient("unix://"+filepath.Join(c.dir, "admin.sock"), grpc.WithTransportCredentials(insecure.NewCredentials()))

@@ -284,6 +284,23 @@ func (m *Client) setSVID(svid *x509svid.SVID) {
 	m.svid, m.conn, m.client = svid, nil, nil
 	m.renewAt = cache.RotationAfter(svid.Certificates[0].NotBefore, svid.Certificates[0].NotAfter, m.cfg.Clock.Now())
 	m.evicted = ""
+	m.mu.Unlock()
+	m.dropConn(old)
+}
+
+// redial drops the connection to the CA: the next call dials again.
+func (m *Client) redial() {
+	m.mu.Lock()
+	old := m.conn
+	m.conn, m.client = nil, nil
+	m.mu.Unlock()
+	m.dropConn(old)
+}
+
+// dropConn announces a new connection (m.conn was cleared under m.mu by
+// the caller) and closes old.
+func (m *Client) dropConn(old *grpc.ClientConn) {
+	m.mu.Lock()
 	close(m.connChanged)
 	m.connChanged = make(chan struct{})
 	m.mu.Unlock()
@@ -581,6 +598,13 @@ func (m *Client) syncLoop(ctx context.Context) {
 		if isAgentRefusal(err) {
 			m.markEvicted(status.Convert(err).Message())
 			continue
+		}
+		if reason, _ := refusal.Of(err); reason == refusal.ReplicaDeaf && strings.Contains(m.cfg.CAAddress, ",") {
+			// The replica is up but cannot serve: its connection is
+			// healthy, so gRPC would stay on it. Dial again (the list
+			// shuffled) until another replica takes the stream.
+			m.log.Warn("the CA replica cannot serve (it does not hear the other replicas); trying another", "error", err)
+			m.redial()
 		}
 		d := bo.Next()
 		m.log.Warn("sync stream ended; reconnecting", "error", err, "retry_in", d)

@@ -63,6 +63,11 @@ type Config struct {
 	// Stopping, when closed, ends Sync streams so that a graceful stop does
 	// not wait for agents to hang up.
 	Stopping <-chan struct{}
+	// Deaf, if set, returns a channel that is closed while this replica
+	// does not hear the other replicas' changes (its shared store is out
+	// of reach): Sync streams end and new ones are refused, so that agents
+	// move to a replica that hears them instead of waiting on this one.
+	Deaf func() <-chan struct{}
 
 	// Kubernetes mode: PSAT attests agents, Pods derives the identities of
 	// pods from IdentityRules, AgentPods tells whether an agent's pod is

@@ -641,6 +641,15 @@ func (s *NodeServer) Sync(req *agentv1.SyncRequest, stream agentv1.Node_SyncServ
 	if err != nil {
 		return err
 	}
+	var deaf <-chan struct{}
+	if s.cfg.Deaf != nil {
+		deaf = s.cfg.Deaf()
+		select {
+		case <-deaf:
+			return errDeaf
+		default:
+		}
+	}
 	s.cfg.Metrics.syncStreams.Inc()
 	defer s.cfg.Metrics.syncStreams.Dec()
 	rev := req.GetRevision()
@@ -727,6 +736,8 @@ func (s *NodeServer) Sync(req *agentv1.SyncRequest, stream agentv1.Node_SyncServ
 			return nil
 		case <-s.cfg.Stopping:
 			return status.Error(codes.Unavailable, "CA shutting down")
+		case <-deaf:
+			return errDeaf
 		case <-entriesChanged:
 		case <-podsChanged:
 		case <-clusterChanged:
@@ -742,6 +753,10 @@ func (s *NodeServer) Sync(req *agentv1.SyncRequest, stream agentv1.Node_SyncServ
 		}
 	}
 }
+
+// errDeaf ends the Sync streams of a replica that does not hear the
+// others' changes.
+var errDeaf = refusal.Error(codes.Unavailable, "this CA replica does not hear the other replicas' changes (its store is out of reach): use another", refusal.ReplicaDeaf, nil)
 
 // denyList returns the deny list of revs signed with jwtKey, signing it
 // only if no stream has for key yet.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
@@ -30,6 +31,59 @@ type replicaState struct {
 	mu sync.Mutex
 	// listenError is why the replica is not listening (nil once it is).
 	listenError error
+	// deafCh is closed once the replica has not listened for deafAfter
+	// (deafClosed); a fresh one replaces it when it listens again.
+	deafCh     chan struct{}
+	deafClosed bool
+	deafTimer  *time.Timer
+}
+
+// deafAfter is how long a replica may miss the others' changes before its
+// agents are sent elsewhere: longer than a reconnect to a restarting
+// PostgreSQL, shorter than what agents notice by themselves.
+const deafAfter = 10 * time.Second
+
+// deaf implements api.Config.Deaf.
+func (r *replicaState) deaf() <-chan struct{} {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.deafCh == nil {
+		r.deafCh = make(chan struct{})
+	}
+	return r.deafCh
+}
+
+// listening records the state of the listening connection, and makes the
+// replica deaf after deafAfter without it.
+func (r *replicaState) listening(ok bool, err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if ok {
+		r.listenError = nil
+		if r.deafTimer != nil {
+			r.deafTimer.Stop()
+			r.deafTimer = nil
+		}
+		if r.deafClosed {
+			r.deafCh, r.deafClosed = make(chan struct{}), false
+		}
+		return
+	}
+	r.listenError = err
+	if r.deafCh == nil {
+		r.deafCh = make(chan struct{})
+	}
+	if r.deafTimer == nil && !r.deafClosed {
+		r.deafTimer = time.AfterFunc(deafAfter, func() {
+			r.mu.Lock()
+			defer r.mu.Unlock()
+			if r.listenError != nil && !r.deafClosed {
+				close(r.deafCh)
+				r.deafClosed = true
+			}
+			r.deafTimer = nil
+		})
+	}
 }
 
 func (r *replicaState) listenErr() error {
@@ -107,16 +161,11 @@ func (r *replicaState) start(p *tasks.Group, st *store.Store, auth *authority.Au
 				apiCfg.Changes.Notify()
 			}
 		}, func(ok bool, err error) {
-			r.mu.Lock()
-			r.listenError = err
-			if ok {
-				r.listenError = nil
-			}
-			r.mu.Unlock()
+			r.listening(ok, err)
 			if ok {
 				log.Info("listening for the other replicas' changes")
 			} else {
-				log.Error("lost the store's notification connection: agents of this replica miss other replicas' changes until it is back", "error", err)
+				log.Error("lost the store's notification connection: this replica misses other replicas' changes until it is back, and sends its agents to another after 10 s", "error", err)
 			}
 		})
 		return nil

@@ -155,7 +155,9 @@ func build(ctx context.Context, g *tasks.Group, cfg Config) (ready func(), err e
 		if apiCfg.Store == nil {
 			return nil
 		}
-		revoked, err := apiCfg.RevokedKeys(context.Background())
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		revoked, err := apiCfg.RevokedKeys(ctx)
 		if err != nil {
 			log.Error("could not read the revocations of CA keys", "error", err)
 		}
@@ -212,6 +214,9 @@ func build(ctx context.Context, g *tasks.Group, cfg Config) (ready func(), err e
 	if cfg.OIDC != nil {
 		apiCfg.JWTIssuer = cfg.OIDC.Issuer
 	}
+	if shared {
+		apiCfg.Deaf = replica.deaf
+	}
 	// Refusals of callers that proved no identity: limited per source, so
 	// that anyone who reaches the port cannot fill the audit log's disk.
 	suppressed := prometheus.NewCounter(prometheus.CounterOpts{Name: "signet_ca_audit_unauthenticated_suppressed_total",
@@ -256,7 +261,9 @@ func build(ctx context.Context, g *tasks.Group, cfg Config) (ready func(), err e
 	}
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "signet_ca_revocations",
 		Help: "Revocations in force (of the store, and the cluster's Revocation objects)."}, func() float64 {
-		rs, err := apiCfg.InForce(context.Background(), time.Now())
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		rs, err := apiCfg.InForce(ctx, time.Now())
 		if err != nil {
 			return -1
 		}

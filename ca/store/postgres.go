@@ -4,7 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"strings"
+	"syscall"
 	"time"
+
+	sysunix "golang.org/x/sys/unix"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -44,6 +49,7 @@ func openPostgres(ctx context.Context, dsn string) (*Store, error) {
 		// pgx's parse errors hide a password of the URL.
 		return nil, fmt.Errorf("store: %w", err)
 	}
+	noticeDeadPeers(&cfg.Config)
 	sqlDB := stdlib.OpenDB(*cfg)
 	sqlDB.SetMaxOpenConns(16)
 	sqlDB.SetMaxIdleConns(16)
@@ -58,6 +64,34 @@ func openPostgres(ctx context.Context, dsn string) (*Store, error) {
 		return nil, err
 	}
 	return s, nil
+}
+
+// deadPeer is how long a TCP connection to PostgreSQL may go unanswered
+// before it fails. Without it a partition holds every query on the
+// connection, and a replica that no longer hears the others' changes
+// goes on saying it does, until the kernel gives up: minutes to hours.
+const deadPeer = 10 * time.Second
+
+// noticeDeadPeers makes cfg's TCP connections fail once PostgreSQL has not
+// answered for deadPeer: unacknowledged data (TCP_USER_TIMEOUT), or an idle
+// connection whose keepalive probes go unanswered.
+func noticeDeadPeers(cfg *pgconn.Config) {
+	d := &net.Dialer{
+		KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: 5 * time.Second, Interval: 2 * time.Second, Count: 3},
+		Control: func(network, _ string, c syscall.RawConn) error {
+			if !strings.HasPrefix(network, "tcp") {
+				return nil
+			}
+			var serr error
+			if err := c.Control(func(fd uintptr) {
+				serr = sysunix.SetsockoptInt(int(fd), sysunix.IPPROTO_TCP, sysunix.TCP_USER_TIMEOUT, int(deadPeer/time.Millisecond))
+			}); err != nil {
+				return err
+			}
+			return serr
+		},
+	}
+	cfg.DialFunc = d.DialContext
 }
 
 // Shared says whether other CA replicas may share this store (it is
@@ -136,6 +170,7 @@ func (s *Store) connect(ctx context.Context) (*pgx.Conn, error) {
 	cfg.RuntimeParams["tcp_keepalives_idle"] = "10"
 	cfg.RuntimeParams["tcp_keepalives_interval"] = "5"
 	cfg.RuntimeParams["tcp_keepalives_count"] = "3"
+	noticeDeadPeers(&cfg.Config)
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	conn, err := pgx.ConnectConfig(cctx, cfg)

@@ -24,6 +24,10 @@ const (
 	// example the identity of a pod that left the node. Metadata EntryID
 	// names it.
 	Entry = "ENTRY_REFUSED"
+	// ReplicaDeaf: the CA replica does not hear the other replicas'
+	// changes (its shared store is out of reach), so it cannot serve the
+	// agent's Sync stream. The agent tries another replica.
+	ReplicaDeaf = "REPLICA_DEAF"
 )
 
 // EntryID is the metadata key of the refused entry's ID.
