@@ -672,6 +672,12 @@ func delayProxy(t *testing.T, listen, target string, d time.Duration) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	forward(t, l, func() (net.Conn, error) { return net.Dial("tcp", target) }, d)
+}
+
+// forward carries every connection l accepts to one dial makes, each way
+// d late, until the test ends.
+func forward(t *testing.T, l net.Listener, dial func() (net.Conn, error), d time.Duration) {
 	t.Cleanup(func() { l.Close() })
 	pipe := func(dst, src net.Conn) {
 		type chunk struct {
@@ -707,7 +713,7 @@ func delayProxy(t *testing.T, listen, target string, d time.Duration) {
 			if err != nil {
 				return
 			}
-			up, err := net.Dial("tcp", target)
+			up, err := dial()
 			if err != nil {
 				c.Close()
 				continue

@@ -46,38 +46,7 @@ func pgTCP(t *testing.T, addr, sock string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { l.Close() })
-	pipe := func(dst, src net.Conn) {
-		buf := make([]byte, 32<<10)
-		for {
-			n, err := src.Read(buf)
-			if n > 0 {
-				if _, werr := dst.Write(buf[:n]); werr != nil {
-					break
-				}
-			}
-			if err != nil {
-				break
-			}
-		}
-		dst.Close()
-		src.Close()
-	}
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			up, err := net.Dial("unix", sock)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			go pipe(up, c)
-			go pipe(c, up)
-		}
-	}()
+	forward(t, l, func() (net.Conn, error) { return net.Dial("unix", sock) }, 0)
 }
 
 // TestReplicaCutFromPostgres: the leading replica is cut from PostgreSQL
