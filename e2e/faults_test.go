@@ -51,10 +51,11 @@ type caProc struct {
 	dir, listen, health string
 	args                []string
 	// netns, if set, is the network namespace the CA runs in.
-	netns string
-	cmd   *exec.Cmd
-	logs  *systest.Buffer
-	admin adminv1.AdminClient
+	netns     string
+	cmd       *exec.Cmd
+	logs      *systest.Buffer
+	admin     adminv1.AdminClient
+	adminConn *grpc.ClientConn
 }
 
 // newCAProc is a signet-ca process on listen with args, not started yet.
@@ -80,14 +81,17 @@ func (c *caProc) start(t *testing.T) {
 	}
 	c.cmd = exec.Command(args[0], args[1:]...)
 	startReady(t, c.cmd, c.logs, c.health)
-	if c.admin == nil {
-		conn, err := grpc.NewClient("unix://"+filepath.Join(c.dir, "admin.sock"), grpc.WithTransportCredentials(insecure.NewCredentials()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { conn.Close() })
-		c.admin = adminv1.NewAdminClient(conn)
+	// A connection of its own for each start: one that saw the CA killed
+	// is in gRPC's reconnect backoff, and would fail the first calls.
+	if c.adminConn != nil {
+		c.adminConn.Close()
 	}
+	conn, err := grpc.NewClient("unix://"+filepath.Join(c.dir, "admin.sock"), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	c.adminConn, c.admin = conn, adminv1.NewAdminClient(conn)
 }
 
 // leads says whether the replica holds the shared store's leader lock.
