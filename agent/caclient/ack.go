@@ -107,10 +107,12 @@ func (m *Client) ackLoop(ctx context.Context) {
 	}
 }
 
-// minting tells whether some entry of snap has no SVID yet.
+// minting tells whether some entry of snap waits for the agent to mint
+// its first SVID (the workloads of own-key entries make their keys, and
+// the agent holds none for them).
 func minting(snap *cache.Snapshot) bool {
 	for _, it := range snap.Items {
-		if it.SVID == nil {
+		if it.SVID == nil && !it.Entry.WorkloadKey {
 			return true
 		}
 	}
