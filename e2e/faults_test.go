@@ -615,8 +615,24 @@ func (n *netNS) iptables(t *testing.T, args ...string) {
 	}
 }
 
-// toCA are the iptables match arguments of the agent's traffic to and
-// from the CA at addr.
+// partition drops the namespace's packets to and from addr until heal
+// (or the end of the test).
+func (n *netNS) partition(t *testing.T, addr string) (heal func()) {
+	t.Helper()
+	out, in := toCA(addr)
+	rules := func(op string) {
+		n.iptables(t, append(append([]string{op}, out...), "-j", "DROP")...)
+		n.iptables(t, append(append([]string{op}, in...), "-j", "DROP")...)
+	}
+	rules("-A")
+	var once sync.Once
+	heal = func() { once.Do(func() { rules("-D") }) }
+	t.Cleanup(heal)
+	return heal
+}
+
+// toCA are the iptables match arguments of the traffic to and from addr
+// (the CA's, PostgreSQL's).
 func toCA(addr string) (out, in []string) {
 	host, port, _ := net.SplitHostPort(addr)
 	return []string{"OUTPUT", "-p", "tcp", "-d", host, "--dport", port}, []string{"INPUT", "-p", "tcp", "-s", host, "--sport", port}
@@ -638,19 +654,8 @@ func TestFaultPartition(t *testing.T) {
 		t.Fatal(err)
 	}
 	w := startWorkloads(t, agent.sock, ids("w", 4))
-	out, in := toCA(ca.listen)
-	drop := func(op string) {
-		ns.iptables(t, append(append([]string{op}, out...), "-j", "DROP")...)
-		ns.iptables(t, append(append([]string{op}, in...), "-j", "DROP")...)
-	}
-	drop("-A")
+	heal := ns.partition(t, ca.listen)
 	cut := time.Now()
-	healed := false
-	defer func() {
-		if !healed {
-			drop("-D")
-		}
-	}()
 	body := agent.notReady(t, "no Sync stream to the CA", "sync stream ended", 40*time.Second)
 	t.Logf("%s into the partition the agent's /readyz said: %s", time.Since(cut).Round(time.Second), body)
 	// Longer than half the lifetime: every SVID's rotation falls in the
@@ -658,8 +663,7 @@ func TestFaultPartition(t *testing.T) {
 	for time.Since(cut) < ttl/2+10*time.Second {
 		time.Sleep(100 * time.Millisecond)
 	}
-	drop("-D")
-	healed = true
+	heal()
 	took := agent.streamUp(t, recoveryBound)
 	t.Logf("the partition lasted %s; the Sync stream served again %s after it ended", (time.Since(cut) - took).Round(time.Second), took.Round(time.Millisecond))
 	// The SVIDs are renewed before they expire.

@@ -99,19 +99,8 @@ func TestReplicaCutFromPostgres(t *testing.T) {
 	w := startWorkloads(t, agent.sock, ids("w", 2))
 	bundle := signet(t, b.dir, "bundle", "show")
 
-	out, in := toCA(pgAddr)
-	drop := func(op string) {
-		ns.iptables(t, append(append([]string{op}, out...), "-j", "DROP")...)
-		ns.iptables(t, append(append([]string{op}, in...), "-j", "DROP")...)
-	}
-	drop("-A")
+	heal := ns.partition(t, pgAddr)
 	cut := time.Now()
-	healed := false
-	defer func() {
-		if !healed {
-			drop("-D")
-		}
-	}()
 	waitFor(t, 20*time.Second, func() error {
 		if v, err := metricValue(a.health, "signet_ca_leader"); err != nil || v != 0 {
 			return fmt.Errorf("signet_ca_leader %v, %v", v, err)
@@ -149,8 +138,7 @@ func TestReplicaCutFromPostgres(t *testing.T) {
 	}
 	t.Logf("an entry written during the partition reached the agent %s after it was written", holdsID(t, agent.sock, "during", 60*time.Second))
 
-	drop("-D")
-	healed = true
+	heal()
 	back := time.Now()
 	waitFor(t, 60*time.Second, func() error {
 		if v, err := metricValue(a.health, "signet_ca_store_listening"); err != nil || v != 1 {

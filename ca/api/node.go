@@ -637,10 +637,8 @@ func (s *NodeServer) MintJWTSVID(ctx context.Context, req *agentv1.MintJWTSVIDRe
 // until the agent goes away or is evicted.
 func (s *NodeServer) Sync(req *agentv1.SyncRequest, stream agentv1.Node_SyncServer) error {
 	ctx := stream.Context()
-	c, err := s.authAgent(ctx, "Sync")
-	if err != nil {
-		return err
-	}
+	// Before anything that reads the store, which a deaf replica may not
+	// reach in time.
 	var deaf <-chan struct{}
 	if s.cfg.Deaf != nil {
 		deaf = s.cfg.Deaf()
@@ -649,6 +647,10 @@ func (s *NodeServer) Sync(req *agentv1.SyncRequest, stream agentv1.Node_SyncServ
 			return errDeaf
 		default:
 		}
+	}
+	c, err := s.authAgent(ctx, "Sync")
+	if err != nil {
+		return err
 	}
 	s.cfg.Metrics.syncStreams.Inc()
 	defer s.cfg.Metrics.syncStreams.Dec()

@@ -73,9 +73,16 @@ func openPostgres(ctx context.Context, dsn string) (*Store, error) {
 const deadPeer = 10 * time.Second
 
 // noticeDeadPeers makes cfg's TCP connections fail once PostgreSQL has not
-// answered for deadPeer: unacknowledged data (TCP_USER_TIMEOUT), or an idle
+// answered for deadPeer: a connection attempt (unless the URL sets
+// connect_timeout), unacknowledged data (TCP_USER_TIMEOUT), or an idle
 // connection whose keepalive probes go unanswered.
 func noticeDeadPeers(cfg *pgconn.Config) {
+	if cfg.ConnectTimeout == 0 {
+		// A dial on a dead path otherwise waits for the kernel's SYN
+		// retries (about two minutes), holding whatever request needed a
+		// new connection.
+		cfg.ConnectTimeout = deadPeer
+	}
 	d := &net.Dialer{
 		KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: 5 * time.Second, Interval: 2 * time.Second, Count: 3},
 		Control: func(network, _ string, c syscall.RawConn) error {
