@@ -378,7 +378,14 @@ func TestTrafficAcrossReplicas(t *testing.T) {
 	svid := attestAgent(t, follower, "node-t1")
 	createPod(t, "shop", "web-t1", "web", "node-t1", nil)
 	webID := "spiffe://example.org/ns/shop/sa/web"
-	eventually(t, 10*time.Second, "web's identity at the follower", func() bool {
+	// The follower takes an agent's counts only for its node's workloads
+	// (others are refused, and the call still succeeds): wait until it
+	// serves the pod's identity to the agent.
+	v := follow(t, follower, svid)
+	eventually(t, 30*time.Second, "web's identity pushed to the agent by the follower", func() bool {
+		return slices.Contains(mapValues(v.ids()), webID)
+	})
+	eventually(t, 10*time.Second, "web's counts taken by the follower", func() bool {
 		_, err := follower.NodeClient(svid).ReportDecisions(ctx, &typesv1.DecisionReport{Traffic: []*typesv1.TrafficCount{{Server: webID,
 			Peer: "spiffe://example.org/ns/shop/sa/front", Method: "/shop.v1.Web/Get", Minute: time.Now().Unix() / 60 * 60, Calls: 5, BytesOut: 500}}})
 		return err == nil
