@@ -1,24 +1,19 @@
 package e2e
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/pem"
 	"fmt"
-	"math/big"
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/signet-id/signet/e2e/systest"
+	"github.com/signet-id/signet/e2e/testenv"
 	"github.com/signet-id/signet/internal/publicweb"
 )
 
@@ -29,8 +24,10 @@ import (
 // connection after its handshake timeout, and a relying party (cloud IAM
 // fetching the key set) must still be served while the flood goes on.
 func TestPublicEndpointConnectionFlood(t *testing.T) {
-	dir := t.TempDir()
-	cert, key := servingCert(t, dir)
+	caFile, cert, key, err := testenv.ServingCert(t.TempDir(), "oidc", "127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
 	addr := systest.FreeAddr(t)
 	runCA(t, systest.FreeAddr(t), "--oidc-issuer", "https://"+addr, "--oidc-listen", addr, "--oidc-tls-cert", cert, "--oidc-tls-key", key)
 
@@ -77,7 +74,7 @@ func TestPublicEndpointConnectionFlood(t *testing.T) {
 	}, func() string { return "the CA did not close the silent connections" })
 
 	roots := x509.NewCertPool()
-	pemBytes, err := os.ReadFile(cert)
+	pemBytes, err := os.ReadFile(caFile)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -106,32 +103,4 @@ func TestPublicEndpointConnectionFlood(t *testing.T) {
 		t.Errorf("a silent connection was kept %s; want it cut within %s", longest, limit)
 	}
 	t.Logf("%d silent connections cut, the longest kept %s; %d dials refused", len(held), longest.Round(time.Millisecond), refused.Load())
-}
-
-// servingCert writes a self-signed certificate for 127.0.0.1 and its key
-// into dir.
-func servingCert(t *testing.T, dir string) (certFile, keyFile string) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour),
-		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	certFile, keyFile = filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
-	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return certFile, keyFile
 }

@@ -279,28 +279,23 @@ func (m *Client) nodeClient() (agentv1.NodeClient, <-chan struct{}, error) {
 
 // setSVID installs a new agent SVID and a fresh connection that presents it.
 func (m *Client) setSVID(svid *x509svid.SVID) {
-	m.mu.Lock()
-	old := m.conn
-	m.svid, m.conn, m.client = svid, nil, nil
-	m.renewAt = cache.RotationAfter(svid.Certificates[0].NotBefore, svid.Certificates[0].NotAfter, m.cfg.Clock.Now())
-	m.evicted = ""
-	m.mu.Unlock()
-	m.dropConn(old)
+	m.replaceConn(func() {
+		m.svid = svid
+		m.renewAt = cache.RotationAfter(svid.Certificates[0].NotBefore, svid.Certificates[0].NotAfter, m.cfg.Clock.Now())
+		m.evicted = ""
+	})
 }
 
 // redial drops the connection to the CA: the next call dials again.
-func (m *Client) redial() {
+func (m *Client) redial() { m.replaceConn(func() {}) }
+
+// replaceConn runs change and drops the connection in one step under
+// m.mu, announces it (connChanged), and closes the old connection.
+func (m *Client) replaceConn(change func()) {
 	m.mu.Lock()
 	old := m.conn
+	change()
 	m.conn, m.client = nil, nil
-	m.mu.Unlock()
-	m.dropConn(old)
-}
-
-// dropConn announces a new connection (m.conn was cleared under m.mu by
-// the caller) and closes old.
-func (m *Client) dropConn(old *grpc.ClientConn) {
-	m.mu.Lock()
 	close(m.connChanged)
 	m.connChanged = make(chan struct{})
 	m.mu.Unlock()

@@ -43,13 +43,14 @@ type replicaState struct {
 // PostgreSQL, shorter than what agents notice by themselves.
 const deafAfter = 10 * time.Second
 
+func newReplicaState() *replicaState {
+	return &replicaState{listenError: errors.New("not listening yet"), deafCh: make(chan struct{})}
+}
+
 // deaf implements api.Config.Deaf.
 func (r *replicaState) deaf() <-chan struct{} {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.deafCh == nil {
-		r.deafCh = make(chan struct{})
-	}
 	return r.deafCh
 }
 
@@ -70,9 +71,6 @@ func (r *replicaState) listening(ok bool, err error) {
 		return
 	}
 	r.listenError = err
-	if r.deafCh == nil {
-		r.deafCh = make(chan struct{})
-	}
 	if r.deafTimer == nil && !r.deafClosed {
 		r.deafTimer = time.AfterFunc(deafAfter, func() {
 			r.mu.Lock()
@@ -93,7 +91,6 @@ func (r *replicaState) listenErr() error {
 }
 
 func (r *replicaState) start(p *tasks.Group, st *store.Store, auth *authority.Authority, apiCfg *api.Config, reg prometheus.Registerer, log hclog.Logger) {
-	r.listenError = errors.New("not listening yet")
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "signet_ca_leader",
 		Help: "1 if this replica holds the shared store's leader lock (it rotates the CA keys), else 0."}, func() float64 {
 		if r.leading.Load() {

@@ -191,7 +191,7 @@ func build(ctx context.Context, g *tasks.Group, cfg Config) (ready func(), err e
 	// Replicas sharing a PostgreSQL store: the one holding its leader lock
 	// rotates the keys; the others adopt what it stored.
 	shared := cluster == nil && st.Shared()
-	var replica replicaState
+	replica := newReplicaState()
 	if shared {
 		authCfg.IsLeader = replica.leading.Load
 	}
