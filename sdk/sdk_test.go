@@ -390,6 +390,76 @@ func TestTCPListenDial(t *testing.T) {
 	}
 }
 
+// TestListenCountsTraffic: a connection from Listen counts as a call of
+// authz.ConnectionMethod with the bytes it carried, under a rule that
+// allows that connection and no call; a peer refused at the handshake
+// counts nothing.
+func TestListenCountsTraffic(t *testing.T) {
+	w := newWorld(t)
+	serverSrc, _ := w.source(t, serverID, w.ca, time.Now().Add(time.Hour))
+	az, _ := authz.New(td, authz.Allow(authz.PeerID(frontID)).OnMethods(authz.ConnectionMethod))
+	l, err := sdk.Listen("tcp", "127.0.0.1:0", serverSrc, az)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	served := make(chan error, 2)
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				buf := make([]byte, 64<<10)
+				_, err := io.ReadFull(c, buf)
+				if err == nil {
+					_, err = c.Write([]byte("hi"))
+				}
+				c.Close()
+				served <- err
+			}()
+		}
+	}()
+	dial := func(id string) error {
+		src, _ := w.source(t, id, w.ca, time.Now().Add(time.Hour))
+		c, err := sdk.Dial(context.Background(), "tcp", l.Addr().String(), src, tlsconfig.AuthorizeID(spiffeid.RequireFromString(serverID)))
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		if _, err := c.Write(make([]byte, 64<<10)); err != nil {
+			return err
+		}
+		_, err = io.ReadAll(c)
+		return err
+	}
+	start := time.Now().Unix() / 60
+	if err := dial(frontID); err != nil {
+		t.Fatalf("the allowed peer: %v", err)
+	}
+	if err := <-served; err != nil {
+		t.Fatalf("server: %v", err)
+	}
+	// One call per minute the connection read or wrote in: one, unless
+	// the test crossed into a new minute.
+	calls := time.Now().Unix()/60 - start + 1
+	if err := dial("spiffe://example.org/ns/billing/sa/x"); err == nil {
+		t.Fatal("a peer no rule allows was served")
+	}
+	<-served
+	got := serverSrc.TrafficTotals()
+	if len(got) != 1 || got[0].Peer != frontID || got[0].Method != authz.ConnectionMethod || got[0].Calls < 1 || got[0].Calls > calls {
+		t.Fatalf("traffic %+v, want %d call(s) of %s by %s", got, calls, authz.ConnectionMethod, frontID)
+	}
+	t.Logf("counted: %+v", got[0])
+	// The bytes on the wire: the payload, the handshake (certificates,
+	// mostly the peer's chain one way and ours the other) and framing.
+	if in, out := got[0].BytesIn, got[0].BytesOut; in < 64<<10+500 || out < 2+500 || in > 64<<10+8<<10 || out > 2+8<<10 {
+		t.Fatalf("bytes in %d, out %d: want the payload (64 KiB in, 2 bytes out) and a handshake's worth", in, out)
+	}
+}
+
 // TestDependenciesStaySmall: the SDK pulls in neither Kubernetes nor any
 // Signet package but its own and the public proto types.
 func TestDependenciesStaySmall(t *testing.T) {

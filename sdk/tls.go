@@ -44,28 +44,37 @@ func ClientTLSConfig(src *Source, server tlsconfig.Authorizer) *tls.Config {
 
 // Listen listens on a TCP address and returns a listener of mutually
 // authenticated TLS connections; peers az would deny are refused at
-// the handshake. Use PeerIDOfConn to learn who is calling. A connection
-// whose peer becomes revoked is closed.
+// the handshake (a peer may connect when some allow rule names it, on
+// any method; authz.ConnectionMethod allows the connection and no call).
+// Use PeerIDOfConn to learn who is calling. A connection whose peer
+// becomes revoked is closed. The connections are *tls.Conn; the traffic
+// of each is counted under authz.ConnectionMethod, one call per minute in
+// which it reads or writes, with its bytes on the wire (TrafficTotals, and
+// the reports the Source sends).
 func Listen(network, addr string, src *Source, az *authz.Authorizer) (net.Listener, error) {
 	l, err := net.Listen(network, addr)
 	if err != nil {
 		return nil, err
 	}
-	return trackingListener{Listener: tls.NewListener(l, ServerTLSConfig(src, az)), src: src}, nil
+	return trackingListener{Listener: l, config: meteredConfig(ServerTLSConfig(src, az)), src: src}, nil
 }
 
-// trackingListener hands the Source every connection it accepts.
+// trackingListener makes the TLS connections of Listen, hands the
+// Source every one it accepts, and counts their traffic.
 type trackingListener struct {
 	net.Listener
-	src *Source
+	config *tls.Config
+	src    *Source
 }
 
 func (l trackingListener) Accept() (net.Conn, error) {
 	c, err := l.Listener.Accept()
-	if tc, ok := c.(*tls.Conn); ok {
-		l.src.conns.addTLS(tc)
+	if err != nil {
+		return nil, err
 	}
-	return c, err
+	tc := tls.Server(&meteredConn{Conn: c, src: l.src}, l.config)
+	l.src.conns.addTLS(tc)
+	return tc, nil
 }
 
 // Dial connects to a server over mutually authenticated TLS and completes

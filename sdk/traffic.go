@@ -84,7 +84,13 @@ func (t *traffic) record(peer, method string, denied bool, in, out int64, d time
 		}
 	}
 	one.Latency[b] = 1
-	k := trafficKey{peer: peer, method: method, minute: now.Unix() / 60 * 60}
+	t.add(peer, method, one, now.Unix()/60*60)
+}
+
+// add counts one under a caller, method and minute (Unix seconds, on a
+// minute).
+func (t *traffic) add(peer, method string, one Traffic, minute int64) {
+	k := trafficKey{peer: peer, method: method, minute: minute}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.counts == nil {

@@ -332,13 +332,19 @@ func Diff(policies []*typesv1.AccessPolicy, obs []Observation, td spiffeid.Trust
 		if v, p, ok := strings.Cut(o.Method, " "); ok && !strings.HasPrefix(o.Method, "/") {
 			verb, path = v, p
 		}
+		allowed := func() bool { return az.AllowedHTTP(peer, verb, path) }
+		if o.Method == authz.ConnectionMethod {
+			// A plain TLS connection: its handshake is all the policy
+			// decides.
+			allowed = func() bool { return az.MayConnect(peer) }
+		}
 		for h, on := range o.Seen {
 			if !on {
 				continue
 			}
 			at := monday.Add(time.Duration(h) * time.Hour)
 			az.SetClock(func() time.Time { return at })
-			if !az.AllowedHTTP(peer, verb, path) {
+			if !allowed() {
 				out = append(out, Denied{Observation: o, Hour: h})
 			}
 		}

@@ -301,3 +301,44 @@ func TestSuggestGeneralises(t *testing.T) {
 		t.Errorf("peers: %q, want %q", peers, want)
 	}
 }
+
+// TestSuggestAndDiffConnections: the connections of a plain TLS listener
+// (authz.ConnectionMethod) are suggested as rules on that method, which
+// allow the connection and no call, and judged by the handshake in diff.
+func TestSuggestAndDiffConnections(t *testing.T) {
+	td := spiffeid.RequireTrustDomainFromString("example.org")
+	db := "spiffe://example.org/ns/data/sa/db"
+	var office [168]bool
+	for h := 9; h < 17; h++ {
+		office[h] = true
+	}
+	seen := func(peer string, hours [168]bool) Observation {
+		return Observation{Server: db, Peer: peer, Method: authz.ConnectionMethod, Hours: hours, Seen: hours}
+	}
+	suggested := Suggest([]Observation{seen(cart, office)})
+	if len(suggested) != 1 {
+		t.Fatalf("%d policies, want 1", len(suggested))
+	}
+	if err := authz.CheckPolicy(td, suggested[0]); err != nil {
+		t.Fatalf("suggested policy: %v", err)
+	}
+	if r := suggested[0].GetRules(); len(r) != 1 || !slices.Equal(r[0].GetMethods(), []string{authz.ConnectionMethod}) {
+		t.Fatalf("rules %v, want one on %s", r, authz.ConnectionMethod)
+	}
+	var night [168]bool
+	night[6*24+3] = true
+	denied, err := Diff(suggested, []Observation{seen(cart, office), seen(mallory, office), seen(cart, night)}, td)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, d := range denied {
+		got = append(got, fmt.Sprintf("%s h%d", d.Peer, d.Hour))
+	}
+	want := []string{mallory + " h9", mallory + " h10", mallory + " h11", mallory + " h12", mallory + " h13", mallory + " h14", mallory + " h15", mallory + " h16", cart + " h147"}
+	slices.Sort(got)
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Errorf("diff:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}

@@ -61,6 +61,12 @@ const ReasonNoCall = "no rule allows any call of this peer"
 // HandshakeMethod is the Method of a decision made at the TLS handshake.
 const HandshakeMethod = "(handshake)"
 
+// ConnectionMethod is the method under which the SDK counts the traffic
+// of a plain TLS connection (sdk.Listen), which carries no calls it can
+// see. In a rule's Methods it allows the peer to connect to such a
+// listener and no gRPC or HTTP call: no call's method matches it.
+const ConnectionMethod = "(connection)"
+
 type hook struct{ fn func(Decision) }
 
 // New returns an Authorizer for a service in trust domain td
@@ -214,7 +220,8 @@ func (a *Authorizer) shadowDenied(d Decision) {
 }
 
 // MayConnect reports whether some call of peer could be allowed: no deny
-// rule for all methods matches it, and some allow rule does. Handshakes
+// rule for all methods (or for ConnectionMethod) matches it, and some
+// allow rule does. Handshakes
 // of other peers are refused.
 func (a *Authorizer) MayConnect(peer spiffeid.ID) bool {
 	return a.set.Load().mayConnect(peer, Attributes{}, a.clock())
@@ -247,6 +254,17 @@ type crule struct {
 	methods []methodPattern // none: every method
 	when    []cwindow       // none: at any time
 	from    []Source        // none: from anywhere
+}
+
+// onConnection reports whether the rule names ConnectionMethod: a deny
+// rule that does refuses the handshake.
+func (r *crule) onConnection() bool {
+	for _, m := range r.methods {
+		if m.verb == ConnectionMethod {
+			return true
+		}
+	}
+	return false
 }
 
 // now reads a clock once, and only if asked.
@@ -511,7 +529,7 @@ func (s *ruleSet) mayConnect(peer spiffeid.ID, attrs Attributes, clock func() ti
 				continue
 			}
 			switch {
-			case r.deny && len(r.methods) == 0:
+			case r.deny && (len(r.methods) == 0 || r.onConnection()):
 				deny = true
 				return false
 			case !r.deny:

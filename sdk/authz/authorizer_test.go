@@ -255,3 +255,33 @@ func TestNonCanonicalPathsAreDenied(t *testing.T) {
 		}
 	}
 }
+
+// TestConnectionMethod: a rule on ConnectionMethod lets its peer connect
+// to a plain TLS listener and allows no call; a deny rule on it refuses
+// the handshake.
+func TestConnectionMethod(t *testing.T) {
+	a, err := New(td,
+		Allow(PeerID("spiffe://example.org/db-client")).OnMethods(ConnectionMethod),
+		Allow(PeerNamespace("shop")),
+		Deny(PeerID("spiffe://example.org/ns/shop/sa/old")).OnMethods(ConnectionMethod),
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for peer, want := range map[string]bool{
+		"spiffe://example.org/db-client":      true,
+		"spiffe://example.org/ns/shop/sa/new": true,
+		"spiffe://example.org/ns/shop/sa/old": false,
+		"spiffe://example.org/someone-else":   false,
+	} {
+		if got := a.MayConnect(id(peer)); got != want {
+			t.Errorf("MayConnect(%s) = %v, want %v", peer, got, want)
+		}
+	}
+	client := id("spiffe://example.org/db-client")
+	for _, call := range [][2]string{{"", "/db.v1.DB/Query"}, {"GET", "/"}, {"CONNECT", "/"}, {"", ConnectionMethod}, {ConnectionMethod, "/"}} {
+		if a.AllowedHTTP(client, call[0], call[1]) {
+			t.Errorf("a rule on %s allowed the call %q %q", ConnectionMethod, call[0], call[1])
+		}
+	}
+}

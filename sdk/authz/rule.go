@@ -35,8 +35,9 @@ type Rule struct {
 	// Methods limits the rule to some calls: gRPC full methods
 	// ("/shop.v1.Cart/Add", or "/shop.v1.Cart/*" for a whole service) or
 	// HTTP requests ("GET /items", "POST /items/*", "* /admin/**"). A path
-	// segment "*" matches one segment and a final "**" any number. Empty:
-	// every method.
+	// segment "*" matches one segment and a final "**" any number.
+	// ConnectionMethod ("(connection)") stands for the connections of a
+	// plain TLS listener: it matches no call. Empty: every method.
 	Methods []string
 	// When limits the rule to weekly windows of time: it applies to calls
 	// made in one of them, by the Authorizer's clock, and to no other.
@@ -199,6 +200,11 @@ type methodPattern struct {
 }
 
 func compileMethod(m string) (methodPattern, error) {
+	if m == ConnectionMethod {
+		// No call has this verb: HTTP methods are tokens, which
+		// exclude parentheses, and gRPC calls have none.
+		return methodPattern{verb: ConnectionMethod}, nil
+	}
 	verb, path, isHTTP := strings.Cut(m, " ")
 	if !isHTTP {
 		verb, path = "", m
