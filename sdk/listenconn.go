@@ -21,6 +21,7 @@ import (
 type meteredConn struct {
 	net.Conn
 	src *Source
+	now func() time.Time // time.Now but in tests
 
 	mu      sync.Mutex
 	peer    string // set by the handshake's verification
@@ -66,7 +67,7 @@ func (c *meteredConn) verified(peer string) {
 }
 
 func (c *meteredConn) count(in, out int64) {
-	now := time.Now()
+	now := c.now()
 	minute := now.Unix() / 60 * 60
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -92,7 +93,7 @@ func (c *meteredConn) count(in, out int64) {
 func (c *meteredConn) flushIfPast() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.minute != 0 && c.minute < time.Now().Unix()/60*60 {
+	if c.minute != 0 && c.minute < c.now().Unix()/60*60 {
 		c.flushLocked()
 	}
 }
