@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/client-go/dynamic"
@@ -50,7 +51,9 @@ func NewClients(kubeconfig string, inCluster bool) (*Clients, error) {
 	cfg.UserAgent = "signet-ca"
 	requests, reach := newRequestCounter(), &Reachability{}
 	cfg.Wrap(func(rt http.RoundTripper) http.RoundTripper {
-		return requestCounter{next: rt, count: requests, health: reach}
+		// Outside the counter, so that every attempt is counted and
+		// feeds the API server's reachability.
+		return watchRetry{next: requestCounter{next: rt, count: requests, health: reach}, max: 2 * time.Second}
 	})
 	c, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
