@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync/atomic"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -49,8 +50,10 @@ type Source struct {
 	revs       atomic.Pointer[revocation.Set]
 	conns      conns
 	revUpdates atomic.Int64
-	// traffic counts what this source's servers serve.
+	// traffic counts what this source's servers serve; now stamps the
+	// minute of each count (SetClock).
 	traffic traffic
+	now     atomic.Pointer[func() time.Time]
 	stop    context.CancelFunc
 	stopped chan struct{}
 }

@@ -6,7 +6,6 @@ import (
 	"crypto/x509"
 	"fmt"
 	"net"
-	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
@@ -73,7 +72,7 @@ func (l trackingListener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	tc := tls.Server(&meteredConn{Conn: c, src: l.src, now: time.Now}, l.config)
+	tc := tls.Server(&meteredConn{Conn: c, src: l.src, now: l.src.clock}, l.config)
 	l.src.conns.addTLS(tc)
 	return tc, nil
 }

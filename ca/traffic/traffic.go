@@ -166,7 +166,11 @@ type hourTotal struct {
 type Engine struct {
 	cfg      Config
 	profiles map[string]*Profile
-	hours    map[hourKey]*hourTotal
+	// hours are the totals of the hours not yet folded into the
+	// baselines, by server; mark the latest hour each server's counts
+	// have reached.
+	hours map[string]map[hourKey]*hourTotal
+	mark  map[string]int64
 	// denials are recent denials by (server, peer), per minute.
 	denials map[[2]string]map[int64]int64
 	// flagged keeps from reporting an anomaly twice in its hour: the key
@@ -177,7 +181,7 @@ type Engine struct {
 // New returns an engine with no profiles.
 func New(cfg Config) *Engine {
 	cfg.defaults()
-	return &Engine{cfg: cfg, profiles: map[string]*Profile{}, hours: map[hourKey]*hourTotal{},
+	return &Engine{cfg: cfg, profiles: map[string]*Profile{}, hours: map[string]map[hourKey]*hourTotal{}, mark: map[string]int64{},
 		denials: map[[2]string]map[int64]int64{}, flagged: map[string]int64{}}
 }
 
@@ -196,6 +200,14 @@ func (e *Engine) Add(tc *typesv1.TrafficCount) []Anomaly {
 	if p == nil {
 		p = &Profile{Server: tc.GetServer(), Since: at, Callers: map[string]*Caller{}}
 		e.profiles[tc.GetServer()] = p
+	}
+	// The counts' own time moves the server's hours on: a count of a
+	// later hour folds the ones before it (a service's reports come in
+	// order of time), as Advance does on the CA's clock for servers that
+	// have gone quiet.
+	if h := tc.GetMinute() / 3600; h > e.mark[tc.GetServer()] {
+		e.mark[tc.GetServer()] = h
+		e.fold(tc.GetServer(), h)
 	}
 	learning := at.Sub(p.Since) < e.cfg.Learn
 	var out []Anomaly
@@ -277,10 +289,15 @@ func (e *Engine) Add(tc *typesv1.TrafficCount) []Anomaly {
 
 	// Volume: the hour so far against the baseline.
 	hk := hourKey{tc.GetServer(), tc.GetPeer(), tc.GetMethod(), tc.GetMinute() / 3600}
-	ht := e.hours[hk]
+	byHour := e.hours[tc.GetServer()]
+	if byHour == nil {
+		byHour = map[hourKey]*hourTotal{}
+		e.hours[tc.GetServer()] = byHour
+	}
+	ht := byHour[hk]
 	if ht == nil {
 		ht = &hourTotal{}
-		e.hours[hk] = ht
+		byHour[hk] = ht
 	}
 	ht.calls += tc.GetCalls()
 	ht.bytes += tc.GetBytesIn() + tc.GetBytesOut()
@@ -313,34 +330,8 @@ func (e *Engine) overVolume(b Baseline, x, floor float64) string {
 // forgets denials older than five minutes.
 func (e *Engine) Advance(now time.Time) {
 	cur := now.Unix() / 3600
-	alpha := 1 - math.Pow(0.5, float64(time.Hour)/float64(e.cfg.HalfLife))
-	// Baselines need far fewer hours than a half-life holds to be useful:
-	// weigh the first ones more, as if averaging them plainly.
-	keys := make([]hourKey, 0, len(e.hours))
-	for k := range e.hours {
-		if k.hour < cur {
-			keys = append(keys, k)
-		}
-	}
-	sort.Slice(keys, func(i, j int) bool { return keys[i].hour < keys[j].hour })
-	for _, k := range keys {
-		ht := e.hours[k]
-		delete(e.hours, k)
-		p := e.profiles[k.server]
-		if p == nil {
-			continue
-		}
-		c := p.Callers[k.peer]
-		if c == nil {
-			continue
-		}
-		m := c.Methods[k.method]
-		if m == nil {
-			continue
-		}
-		a := math.Max(alpha, 1/float64(m.Calls.Hours+1))
-		m.Calls.add(float64(ht.calls), a)
-		m.Bytes.add(float64(ht.bytes), a)
+	for server := range e.hours {
+		e.fold(server, cur)
 	}
 	for dk, byMinute := range e.denials {
 		for minute := range byMinute {
@@ -356,6 +347,44 @@ func (e *Engine) Advance(now time.Time) {
 		if hour < cur {
 			delete(e.flagged, key)
 		}
+	}
+}
+
+// fold folds the hours of server before hour into the baselines.
+func (e *Engine) fold(server string, hour int64) {
+	byHour := e.hours[server]
+	keys := make([]hourKey, 0, len(byHour))
+	for k := range byHour {
+		if k.hour < hour {
+			keys = append(keys, k)
+		}
+	}
+	sort.Slice(keys, func(i, j int) bool { return keys[i].hour < keys[j].hour })
+	alpha := 1 - math.Pow(0.5, float64(time.Hour)/float64(e.cfg.HalfLife))
+	p := e.profiles[server]
+	for _, k := range keys {
+		ht := byHour[k]
+		delete(byHour, k)
+		if p == nil {
+			continue
+		}
+		c := p.Callers[k.peer]
+		if c == nil {
+			continue
+		}
+		m := c.Methods[k.method]
+		if m == nil {
+			continue
+		}
+		// Baselines need far fewer hours than a half-life holds to be
+		// useful: weigh the first ones more, as if averaging them
+		// plainly.
+		a := math.Max(alpha, 1/float64(m.Calls.Hours+1))
+		m.Calls.add(float64(ht.calls), a)
+		m.Bytes.add(float64(ht.bytes), a)
+	}
+	if len(byHour) == 0 {
+		delete(e.hours, server)
 	}
 }
 

@@ -342,3 +342,28 @@ func TestSuggestAndDiffConnections(t *testing.T) {
 		t.Errorf("diff:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }
+
+// TestHoursFoldOnTheCountsTime: a server's hours are folded into its
+// baselines as its counts move on to later hours, without the CA's clock
+// (Advance), so traffic replayed or simulated faster than time passes is
+// judged as it would be live.
+func TestHoursFoldOnTheCountsTime(t *testing.T) {
+	e := New(Config{})
+	start := time.Date(2026, 11, 2, 0, 0, 0, 0, time.UTC)
+	for h := range 48 {
+		at := start.Add(time.Duration(h)*time.Hour + 30*time.Minute)
+		e.Add(&typesv1.TrafficCount{Server: cart, Peer: front, Method: "/shop.v1.Cart/Get", Minute: at.Unix(), Calls: 10, BytesOut: 4000})
+		e.Add(&typesv1.TrafficCount{Server: inventory, Peer: cart, Method: "/inv.v1.Inventory/Check", Minute: start.Unix() + 60, Calls: 1})
+	}
+	m := e.Profiles()[cart].Callers[front].Methods["/shop.v1.Cart/Get"]
+	if m.Calls.Hours != 47 || m.Calls.Mean != 10 || m.Bytes.Mean != 4000 {
+		t.Fatalf("cart's baseline after 48 hours of counts: %+v, %+v; want 47 hours folded (the last still open) of 10 calls, 4000 bytes", m.Calls, m.Bytes)
+	}
+	if n := e.Profiles()[inventory].Callers[cart].Methods["/inv.v1.Inventory/Check"].Calls.Hours; n != 0 {
+		t.Fatalf("inventory, whose counts stayed in one hour, has %d hours folded", n)
+	}
+	e.Advance(start.Add(49 * time.Hour))
+	if n := e.Profiles()[inventory].Callers[cart].Methods["/inv.v1.Inventory/Check"].Calls.Hours; n != 1 {
+		t.Fatalf("after Advance, inventory has %d hours folded, want 1", n)
+	}
+}
