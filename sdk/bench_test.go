@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"io"
 	"net"
 	"testing"
 	"time"
@@ -85,6 +86,69 @@ func BenchmarkHandshake(b *testing.B) {
 				// would wait for a reader.
 				c1.Close()
 				c2.Close()
+			}
+		})
+	}
+}
+
+// BenchmarkListenEcho measures what metering a listener's connections
+// costs: 1 KiB round trips on one connection from sdk.Listen (traffic
+// counted) against the same TLS configuration on a plain tls.NewListener
+// (nothing counted), over loopback TCP in the same run.
+//
+//	go test -run '^$' -bench ListenEcho -benchtime 3s -count 3 ./sdk/
+func BenchmarkListenEcho(b *testing.B) {
+	ca := sdktest.NewCA(b, "example.org")
+	src := func(id string) *sdk.Source {
+		api := sdktest.NewWorkloadAPI(b, ca.Issue(b, id, time.Now().Add(-time.Hour), time.Now().Add(time.Hour)), ca)
+		source, err := sdk.NewSource(context.Background(), sdk.WithAddr(api.Addr))
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { source.Close() })
+		return source
+	}
+	server, client := src(serverID), src(frontID)
+	az, _ := authz.New(td, authz.Allow(authz.PeerNamespace("shop")))
+	listeners := map[string]func() (net.Listener, error){
+		"tls.NewListener": func() (net.Listener, error) {
+			l, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				return nil, err
+			}
+			return tls.NewListener(l, sdk.ServerTLSConfig(server, az)), nil
+		},
+		"sdk.Listen": func() (net.Listener, error) { return sdk.Listen("tcp", "127.0.0.1:0", server, az) },
+	}
+	for _, name := range []string{"tls.NewListener", "sdk.Listen"} {
+		b.Run(name, func(b *testing.B) {
+			l, err := listeners[name]()
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer l.Close()
+			go func() {
+				c, err := l.Accept()
+				if err != nil {
+					return
+				}
+				defer c.Close()
+				io.Copy(c, c)
+			}()
+			c, err := sdk.Dial(context.Background(), "tcp", l.Addr().String(), client, tlsconfig.AuthorizeID(spiffeid.RequireFromString(serverID)))
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer c.Close()
+			buf := make([]byte, 1024)
+			b.SetBytes(int64(len(buf)))
+			for b.Loop() {
+				if _, err := c.Write(buf); err != nil {
+					b.Fatal(err)
+				}
+				if _, err := io.ReadFull(c, buf); err != nil {
+					b.Fatal(err)
+				}
 			}
 		})
 	}
