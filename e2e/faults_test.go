@@ -190,8 +190,11 @@ type agentProc struct {
 	node, caAddr, dir, sock, health, bundle, token string
 	netns                                          string
 	env                                            []string
-	cmd                                            *exec.Cmd
-	logs                                           *systest.Buffer
+	// attest are the flags of its node attestation; none: the join
+	// token in token.
+	attest []string
+	cmd    *exec.Cmd
+	logs   *systest.Buffer
 }
 
 func newAgentProc(t *testing.T, ca *caProc, node, caAddr, netns, health string, env ...string) *agentProc {
@@ -209,8 +212,12 @@ func newAgentProc(t *testing.T, ca *caProc, node, caAddr, netns, health string, 
 
 func (a *agentProc) start(t *testing.T) {
 	t.Helper()
-	args := []string{filepath.Join(binDir, "signet-agent"), "--ca-address", a.caAddr, "--join-token-file", a.token, "--trust-bundle", a.bundle,
-		"--data-dir", filepath.Join(a.dir, "data"), "--socket", a.sock, "--health-addr", a.health}
+	attest := a.attest
+	if attest == nil {
+		attest = []string{"--join-token-file", a.token}
+	}
+	args := append([]string{filepath.Join(binDir, "signet-agent"), "--ca-address", a.caAddr, "--trust-bundle", a.bundle,
+		"--data-dir", filepath.Join(a.dir, "data"), "--socket", a.sock, "--health-addr", a.health}, attest...)
 	if a.netns != "" {
 		args = append([]string{"ip", "netns", "exec", a.netns}, args...)
 	}
