@@ -36,12 +36,22 @@ func (w watchRetry) RoundTrip(r *http.Request) (*http.Response, error) {
 	b := backoff.Backoff{Max: w.max}
 	for attempt := 1; ; attempt++ {
 		resp, err := w.next.RoundTrip(r)
-		if !retryWatch(resp, err) || r.Context().Err() != nil {
-			if attempt > 1 && err == nil {
+		if !retryWatch(resp, err) {
+			if attempt > 1 {
 				_, resource := requestKind(r)
 				klog.Background().Info("the API server took the watch again", "resource", resource, "attempts", attempt)
 			}
 			return resp, err
+		}
+		if resp != nil {
+			// Drain a little so the connection may be kept, then drop it.
+			_, _ = io.CopyN(io.Discard, resp.Body, 4<<10)
+			resp.Body.Close()
+		}
+		if ctxErr := r.Context().Err(); ctxErr != nil {
+			// The informer stopped: that, not the attempt's failure, is
+			// why the watch ends.
+			return nil, ctxErr
 		}
 		if attempt == 1 {
 			_, resource := requestKind(r)
@@ -52,11 +62,6 @@ func (w watchRetry) RoundTrip(r *http.Request) (*http.Response, error) {
 				why = resp.Status
 			}
 			klog.Background().Info("watch failed; sending it again every 2s at most", "resource", resource, "error", why)
-		}
-		if resp != nil {
-			// Drain a little so the connection may be kept, then drop it.
-			_, _ = io.CopyN(io.Discard, resp.Body, 4<<10)
-			resp.Body.Close()
 		}
 		if !sleepCtx(r.Context(), jitter(b.Next())) {
 			return nil, r.Context().Err()
