@@ -64,8 +64,9 @@ func sizedReply(_ any, stream grpc.ServerStream) error {
 // SDK stamps the counts with an injected clock, so that three weeks pass
 // in seconds. Week one is learned; week two is regular traffic (at most
 // one false anomaly a day); week three adds a new caller, a known caller
-// at 03:00 on a Sunday, a caller downloading 20 times its usual bytes
-// and a burst of denials, which must all be found. `signet policy
+// at 03:00 on a Sunday, a known caller calling a method it never called,
+// a caller downloading 20 times its usual bytes and a burst of denials,
+// which must all be found. `signet policy
 // suggest` on week one allows all of week two, and `signet policy diff`
 // of it lists exactly the injected calls a policy can refuse.
 func TestTrafficThreeSimulatedWeeks(t *testing.T) {
@@ -283,12 +284,16 @@ func TestTrafficThreeSimulatedWeeks(t *testing.T) {
 	newCaller := week3.AddDate(0, 0, 1).Add(10*time.Hour + 30*time.Minute) // Tuesday 10:30
 	sunday3 := week3.AddDate(0, 0, 6).Add(3 * time.Hour)                   // Sunday 03:00
 	denials := week3.AddDate(0, 0, 3).Add(11*time.Hour + 2*time.Minute)    // Thursday 11:02, in maintenance
+	refund := week3.AddDate(0, 0, 2).Add(10*time.Hour + 15*time.Minute)    // Wednesday 10:15
 	run(week3, end, func(h time.Time) {
 		switch {
 		case h.Equal(newCaller.Truncate(time.Hour)):
 			do(newCaller, mallory, cart, "/shop.v1.Cart/Get", 3, 400, false)
 		case h.Equal(sunday3):
 			do(sunday3, cart, payments, "/pay.v1.Payments/Charge", 1, 1000, false)
+		case h.Equal(refund.Truncate(time.Hour)):
+			// A known caller calls a method it never called.
+			do(refund, cart, payments, "/pay.v1.Payments/Refund", 1, 100, false)
 		case h.Equal(denials.Truncate(time.Hour)):
 			// 60, three times the rule's 20 in five minutes: should the
 			// SDK's reports split the burst, and the CA's clock (far past
@@ -306,6 +311,9 @@ func TestTrafficThreeSimulatedWeeks(t *testing.T) {
 		},
 		"20 times the usual bytes": func(a string) bool {
 			return strings.HasPrefix(a, heavy.Format("Mon 15")) && strings.Contains(a, "volume "+front+"→"+cart+" /shop.v1.Cart/Get")
+		},
+		"a method the caller never called": func(a string) bool {
+			return strings.HasPrefix(a, "Wed 10:15 new_method "+cart+"→"+payments+" /pay.v1.Payments/Refund")
 		},
 		"a burst of denials": func(a string) bool {
 			return strings.HasPrefix(a, "Thu 11:") && strings.Contains(a, "denials "+cart+"→"+inventory)
@@ -339,6 +347,7 @@ func TestTrafficThreeSimulatedWeeks(t *testing.T) {
 	wantDiff := []string{
 		"Tuesday 10:00 UTC " + mallory + " " + cart + " /shop.v1.Cart/Get",
 		"Sunday 03:00 UTC " + cart + " " + payments + " /pay.v1.Payments/Charge",
+		"Wednesday 10:00 UTC " + cart + " " + payments + " /pay.v1.Payments/Refund",
 	}
 	slices.Sort(got)
 	slices.Sort(wantDiff)

@@ -15,8 +15,10 @@ import (
 
 // Observation is what a profile holds of one caller's calls of one
 // method on one server: in which hours of the week (UTC, from Monday
-// 00:00) it calls regularly (Hours: a thousandth of its weight or more)
-// and at all (Seen), and when it was last seen.
+// 00:00) the caller calls regularly (Hours: a thousandth of its weight or
+// more), in which it called this method at all (Seen; the caller's hours
+// for profiles kept before methods recorded theirs), and when it was
+// last seen.
 type Observation struct {
 	Server, Peer, Method string
 	Hours, Seen          [168]bool
@@ -49,7 +51,15 @@ func Observations(profiles map[string]*Profile, since time.Time, keep func(serve
 				if m.LastSeen.Before(since) {
 					continue
 				}
-				out = append(out, Observation{Server: server, Peer: peer, Method: method, Hours: hours, Seen: seen, LastSeen: m.LastSeen})
+				// The hours this method was called in, where the profile
+				// knows them; else the caller's.
+				mseen := seen
+				if _, ok := m.Seen(0); ok {
+					for h := range mseen {
+						mseen[h], _ = m.Seen(h)
+					}
+				}
+				out = append(out, Observation{Server: server, Peer: peer, Method: method, Hours: hours, Seen: mseen, LastSeen: m.LastSeen})
 			}
 		}
 	}

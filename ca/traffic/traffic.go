@@ -132,6 +132,27 @@ type Method struct {
 	FirstSeen, LastSeen time.Time
 	Calls, Bytes        Baseline
 	Denials             int64
+	// SeenHours are the hours of the week (bits 0 to 167, as Hours) in
+	// which the method had calls that were not denied; nil in profiles
+	// kept before it was recorded.
+	SeenHours []uint64 `json:",omitempty"`
+}
+
+// seenIn records an allowed call in hour h of the week.
+func (m *Method) seenIn(h int) {
+	if m.SeenHours == nil {
+		m.SeenHours = make([]uint64, 3)
+	}
+	m.SeenHours[h/64] |= 1 << (h % 64)
+}
+
+// Seen reports whether the method had allowed calls in hour h of the
+// week, and whether the profile knows (ok false: kept before it did).
+func (m *Method) Seen(h int) (seen, ok bool) {
+	if len(m.SeenHours) != 3 {
+		return false, false
+	}
+	return m.SeenHours[h/64]&(1<<(h%64)) != 0, true
 }
 
 // Baseline is a decayed mean and mean absolute deviation of a caller's
@@ -267,6 +288,9 @@ func (e *Engine) Add(tc *typesv1.TrafficCount) []Anomaly {
 	c.LastSeen, m.LastSeen = at, at
 	c.decay(at, e.cfg.HalfLife)
 	c.Hours[hourOfWeek(at)] += float64(tc.GetCalls() - tc.GetDenials())
+	if tc.GetCalls() > tc.GetDenials() {
+		m.seenIn(hourOfWeek(at))
+	}
 	m.Denials += tc.GetDenials()
 
 	// Denials: a burst in five minutes.

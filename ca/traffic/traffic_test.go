@@ -367,3 +367,33 @@ func TestHoursFoldOnTheCountsTime(t *testing.T) {
 		t.Fatalf("after Advance, inventory has %d hours folded, want 1", n)
 	}
 }
+
+// TestDiffNewMethodAtItsHour: a known caller that calls a method once, at
+// one hour, shows in a diff at that hour only, not at every hour it calls
+// its other methods in; a profile kept before methods recorded their
+// hours falls back to the caller's.
+func TestDiffNewMethodAtItsHour(t *testing.T) {
+	td := spiffeid.RequireTrustDomainFromString("example.org")
+	e := New(Config{Learn: -1})
+	start := time.Date(2026, 11, 2, 0, 0, 0, 0, time.UTC)
+	for h := range 7 * 24 {
+		at := start.Add(time.Duration(h)*time.Hour + 30*time.Minute)
+		e.Add(&typesv1.TrafficCount{Server: payments, Peer: cart, Method: "/pay.v1.Payments/Charge", Minute: at.Unix(), Calls: 5})
+	}
+	suggested := Suggest(Observations(e.Profiles(), start, func(string) bool { return true }))
+	refund := start.AddDate(0, 0, 2).Add(10 * time.Hour) // Wednesday 10:00
+	e.Add(&typesv1.TrafficCount{Server: payments, Peer: cart, Method: "/pay.v1.Payments/Refund", Minute: refund.Unix(), Calls: 1})
+	denied, err := Diff(suggested, Observations(e.Profiles(), start, func(string) bool { return true }), td)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(denied) != 1 || denied[0].Method != "/pay.v1.Payments/Refund" || denied[0].Hour != 2*24+10 {
+		t.Fatalf("diff: %+v; want the refund at Wednesday 10:00 only", denied)
+	}
+	// A profile from before: the method's hours unknown.
+	e.Profiles()[payments].Callers[cart].Methods["/pay.v1.Payments/Refund"].SeenHours = nil
+	denied, _ = Diff(suggested, Observations(e.Profiles(), start, func(string) bool { return true }), td)
+	if len(denied) != 7*24 {
+		t.Fatalf("diff of an old profile: %d hours, want the caller's 168", len(denied))
+	}
+}
