@@ -324,7 +324,7 @@ func TestTrafficThreeSimulatedWeeks(t *testing.T) {
 	for name, match := range want {
 		i := slices.IndexFunc(found, match)
 		if i < 0 {
-			t.Errorf("%s: not found among week three's anomalies:\n%s", name, strings.Join(found, "\n"))
+			t.Errorf("%s: not found among week three's anomalies:\n%s\n%s", name, strings.Join(found, "\n"), auditSummary(t, dir, week3))
 			continue
 		}
 		injected++
@@ -355,6 +355,38 @@ func TestTrafficThreeSimulatedWeeks(t *testing.T) {
 		t.Errorf("policy diff of the suggestion:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(wantDiff, "\n"))
 	}
 	t.Logf("%d real calls over three simulated weeks", calls)
+}
+
+// auditSummary says, from the CA's audit log, which denials it received
+// (decided since from, in real time) and which anomalies it found: whether
+// a missing anomaly was never found, or found and not listed.
+func auditSummary(t *testing.T, dir string, from time.Time) string {
+	b, err := os.ReadFile(filepath.Join(dir, "audit.log"))
+	if err != nil {
+		return "audit log: " + err.Error()
+	}
+	denials := map[string]int{}
+	var anomalies []string
+	for _, line := range strings.Split(string(b), "\n") {
+		var r struct {
+			Event    string    `json:"event"`
+			SPIFFEID string    `json:"spiffe_id"`
+			Peer     string    `json:"peer"`
+			Method   string    `json:"method"`
+			Time     time.Time `json:"time"`
+			Window   time.Time `json:"window"`
+		}
+		if json.Unmarshal([]byte(line), &r) != nil {
+			continue
+		}
+		switch {
+		case r.Event == "authz.deny" && !r.Time.Before(from):
+			denials[r.Time.Format("Mon 15:04")+" "+r.Peer+"→"+r.SPIFFEID+" "+r.Method]++
+		case strings.HasPrefix(r.Event, "anomaly."):
+			anomalies = append(anomalies, r.Window.Format("Mon 15:04")+" "+r.Event+" "+r.Peer+"→"+r.SPIFFEID+" "+r.Method)
+		}
+	}
+	return fmt.Sprintf("the CA's audit log: denial decisions received (by caller, method and the time the service decided) %v; anomalies found:\n%s", denials, strings.Join(anomalies, "\n"))
 }
 
 // heavyHour is the hour of week three's heavy download: Wednesday 14:00
