@@ -319,7 +319,19 @@ func TestTrafficThreeSimulatedWeeks(t *testing.T) {
 			return strings.HasPrefix(a, "Thu 11:") && strings.Contains(a, "denials "+cart+"→"+inventory)
 		},
 	}
-	found := anomalies(week3, end)
+	// Wait for the anomalies themselves (the CA stores them as it learns
+	// the counts that show them; 30 s allows for a loaded machine).
+	var found []string
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		found = anomalies(week3, end)
+		all := true
+		for _, match := range want {
+			all = all && slices.ContainsFunc(found, match)
+		}
+		if all || time.Now().After(deadline) {
+			break
+		}
+	}
 	injected := 0
 	for name, match := range want {
 		i := slices.IndexFunc(found, match)

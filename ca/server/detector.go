@@ -190,11 +190,17 @@ func (d *detector) learn(ctx context.Context, counts []*typesv1.TrafficCount) {
 	for _, tc := range counts {
 		found = append(found, d.engine.Add(tc)...)
 	}
+	// The anomalies are in the audit log and the store before the counts
+	// that showed them can be seen (Observations reads the engine under
+	// d.mu): whoever sees a call in the observed calls also sees what it
+	// set off.
+	d.store(ctx, found)
 	d.mu.Unlock()
-	d.record(ctx, found)
+	d.announce(ctx, found)
 }
 
-func (d *detector) record(ctx context.Context, found []traffic.Anomaly) {
+// store writes anomalies to the audit log and the store.
+func (d *detector) store(ctx context.Context, found []traffic.Anomaly) {
 	if len(found) == 0 {
 		return
 	}
@@ -212,6 +218,11 @@ func (d *detector) record(ctx context.Context, found []traffic.Anomaly) {
 	if err := d.st.PutAnomalies(ctx, pbs); err != nil {
 		d.log.Error("could not store anomalies", "error", err)
 	}
+}
+
+// announce saves the profiles of the servers with anomalies and records
+// the anomalies as Events, in Kubernetes.
+func (d *detector) announce(ctx context.Context, found []traffic.Anomaly) {
 	if d.cluster == nil {
 		return
 	}
