@@ -140,5 +140,7 @@ func applyYAML(t *testing.T, cl *testenv.Cluster, y string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 60*time.Second, func() error { return cl.Apply(context.Background(), objs, false) }, func() string { return "applying objects" })
+	if err := cl.ApplyWhenServed(context.Background(), objs, 60*time.Second); err != nil {
+		t.Fatal(err)
+	}
 }

@@ -451,14 +451,7 @@ func (h *harness) applyRetry(ctx context.Context, y string) error {
 	if err != nil {
 		return err
 	}
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		err := h.cl.Apply(ctx, objs, false)
-		if err == nil || time.Now().After(deadline) {
-			return err
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+	return h.cl.ApplyWhenServed(ctx, objs, 60*time.Second)
 }
 
 func (h *harness) stop() {

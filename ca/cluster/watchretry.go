@@ -61,7 +61,7 @@ func (w watchRetry) RoundTrip(r *http.Request) (*http.Response, error) {
 			} else {
 				why = resp.Status
 			}
-			klog.Background().Info("watch failed; sending it again every 2s at most", "resource", resource, "error", why)
+			klog.Background().Info("watch failed; sending it again until the API server takes it", "resource", resource, "error", why, "maxWait", w.max)
 		}
 		if !sleepCtx(r.Context(), jitter(b.Next())) {
 			return nil, r.Context().Err()

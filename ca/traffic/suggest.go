@@ -53,11 +53,9 @@ func Observations(profiles map[string]*Profile, since time.Time, keep func(serve
 				}
 				// The hours this method was called in, where the profile
 				// knows them; else the caller's.
-				mseen := seen
-				if _, ok := m.Seen(0); ok {
-					for h := range mseen {
-						mseen[h], _ = m.Seen(h)
-					}
+				mseen, known := m.seenHours()
+				if !known {
+					mseen = seen
 				}
 				out = append(out, Observation{Server: server, Peer: peer, Method: method, Hours: hours, Seen: mseen, LastSeen: m.LastSeen})
 			}

@@ -146,13 +146,16 @@ func (m *Method) seenIn(h int) {
 	m.SeenHours[h/64] |= 1 << (h % 64)
 }
 
-// Seen reports whether the method had allowed calls in hour h of the
-// week, and whether the profile knows (ok false: kept before it did).
-func (m *Method) Seen(h int) (seen, ok bool) {
+// seenHours are the hours of the week the method had allowed calls in,
+// if the profile knows them (known false: kept before it did).
+func (m *Method) seenHours() (hours [168]bool, known bool) {
 	if len(m.SeenHours) != 3 {
-		return false, false
+		return hours, false
 	}
-	return m.SeenHours[h/64]&(1<<(h%64)) != 0, true
+	for h := range hours {
+		hours[h] = m.SeenHours[h/64]&(1<<(h%64)) != 0
+	}
+	return hours, true
 }
 
 // Baseline is a decayed mean and mean absolute deviation of a caller's

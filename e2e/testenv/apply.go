@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"time"
 
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -28,6 +29,24 @@ func ParseYAML(data []byte) ([]*unstructured.Unstructured, error) {
 		}
 	}
 	return objs, nil
+}
+
+// ApplyWhenServed applies objects as Apply does, again and again for up
+// to within while the API server does not serve their resources yet (a
+// CRD just created is served a moment later).
+func (c *Cluster) ApplyWhenServed(ctx context.Context, objs []*unstructured.Unstructured, within time.Duration) error {
+	deadline := time.Now().Add(within)
+	for {
+		err := c.Apply(ctx, objs, false)
+		if err == nil || time.Now().After(deadline) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 }
 
 // Apply applies objects server-side as a cluster admin, for real or as a

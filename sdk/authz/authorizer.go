@@ -221,8 +221,7 @@ func (a *Authorizer) shadowDenied(d Decision) {
 
 // MayConnect reports whether some call of peer could be allowed: no deny
 // rule for all methods (or for ConnectionMethod) matches it, and some
-// allow rule does. Handshakes
-// of other peers are refused.
+// allow rule does. Handshakes of other peers are refused.
 func (a *Authorizer) MayConnect(peer spiffeid.ID) bool {
 	return a.set.Load().mayConnect(peer, Attributes{}, a.clock())
 }
