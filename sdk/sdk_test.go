@@ -564,3 +564,73 @@ func TestRefusalIsRecognisable(t *testing.T) {
 		t.Fatalf("the authorizer counted %d refusals, want 3", refusedN)
 	}
 }
+
+// TestConnectionRuleThroughSockets attacks the (connection) rule through
+// real servers: a peer allowed only to connect completes a gRPC
+// handshake and has every call refused before handler code, and a deny
+// rule on (connection) refuses its peer's handshake at a Listen server
+// whose other rules would let it in.
+func TestConnectionRuleThroughSockets(t *testing.T) {
+	w := newWorld(t)
+	serverSrc, _ := w.source(t, serverID, w.ca, time.Now().Add(time.Hour))
+	front, _ := w.source(t, frontID, w.ca, time.Now().Add(time.Hour))
+
+	connectOnly, err := authz.New(td, authz.Allow(authz.PeerID(frontID)).OnMethods(authz.ConnectionMethod))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var reached atomic.Int64
+	addr := grpcServer(t, serverSrc, connectOnly, &reached, make(chan spiffeid.ID, 1))
+	if err := check(healthClient(t, front, addr)); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("a gRPC call under a rule on %s: %v, want PermissionDenied", authz.ConnectionMethod, err)
+	}
+	if n := reached.Load(); n != 0 {
+		t.Fatalf("%d calls reached handler code, want 0", n)
+	}
+
+	denyConnect, err := authz.New(td, authz.Allow(authz.PeerNamespace("shop")),
+		authz.Deny(authz.PeerID(frontID)).OnMethods(authz.ConnectionMethod))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := sdk.Listen("tcp", "127.0.0.1:0", serverSrc, denyConnect)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go echoAll(l)
+	exchange := func(src *sdk.Source) error {
+		c, err := sdk.Dial(context.Background(), "tcp", l.Addr().String(), src, tlsconfig.AuthorizeID(spiffeid.RequireFromString(serverID)))
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := c.Write([]byte{1}); err != nil {
+			return err
+		}
+		_, err = io.ReadFull(c, make([]byte, 1))
+		return err
+	}
+	stranger, _ := w.source(t, strangerID, w.ca, time.Now().Add(time.Hour))
+	if err := exchange(stranger); err != nil {
+		t.Fatalf("another peer of the namespace: %v", err)
+	}
+	if err := exchange(front); !sdk.IsRefused(err) {
+		t.Fatalf("the peer denied (connection): %v, want refused at the handshake", err)
+	}
+}
+
+// echoAll echoes, on each connection l accepts, what the peer sends.
+func echoAll(l net.Listener) {
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			io.Copy(c, c)
+		}()
+	}
+}
