@@ -115,13 +115,29 @@ func serialHex(c *x509.Certificate) string { return hex.EncodeToString(c.SerialN
 // authAgent checks that the call comes from a live agent with its current
 // SVID; an evicted or replaced agent is refused on every call.
 func (s *NodeServer) authAgent(ctx context.Context, method string) (caller, error) {
+	leaf, id, err := s.agentCert(ctx, method)
+	if err != nil {
+		return caller{}, err
+	}
+	return s.authAgentState(ctx, method, leaf, id)
+}
+
+// agentCert checks what the caller's certificate alone shows: an SVID of
+// an agent of this trust domain. It reads no state.
+func (s *NodeServer) agentCert(ctx context.Context, method string) (*x509.Certificate, spiffeid.ID, error) {
 	leaf, id, err := peerSVID(ctx)
 	if err != nil {
-		return caller{}, s.cfg.refuseUnauthenticated(ctx, method, codes.Unauthenticated, audit.Record{Actor: "unauthenticated", Reason: method + ": " + err.Error()})
+		return nil, spiffeid.ID{}, s.cfg.refuseUnauthenticated(ctx, method, codes.Unauthenticated, audit.Record{Actor: "unauthenticated", Reason: method + ": " + err.Error()})
 	}
 	if !signetid.IsAgent(s.cfg.TrustDomain, id) {
-		return caller{}, s.cfg.refuse(method, codes.PermissionDenied, audit.Record{Actor: id.String(), Reason: method + ": caller is not an agent"})
+		return nil, spiffeid.ID{}, s.cfg.refuse(method, codes.PermissionDenied, audit.Record{Actor: id.String(), Reason: method + ": caller is not an agent"})
 	}
+	return leaf, id, nil
+}
+
+// authAgentState checks the agent against the state: revocations, and
+// its attestation (the store's agent record, or its Kubernetes pod).
+func (s *NodeServer) authAgentState(ctx context.Context, method string, leaf *x509.Certificate, id spiffeid.ID) (caller, error) {
 	serial := serialHex(leaf)
 	// A revoked agent (by its ID, or its SVID's serial) is refused
 	// whatever else holds: it mints nothing more, not even SVIDs that
@@ -637,8 +653,13 @@ func (s *NodeServer) MintJWTSVID(ctx context.Context, req *agentv1.MintJWTSVIDRe
 // until the agent goes away or is evicted.
 func (s *NodeServer) Sync(req *agentv1.SyncRequest, stream agentv1.Node_SyncServer) error {
 	ctx := stream.Context()
-	// Before anything that reads the store, which a deaf replica may not
-	// reach in time.
+	// The certificate first, so that only agents learn a replica is deaf;
+	// then deafness, before anything that reads the store, which a deaf
+	// replica may not reach in time.
+	leaf, id, err := s.agentCert(ctx, "Sync")
+	if err != nil {
+		return err
+	}
 	var deaf <-chan struct{}
 	if s.cfg.Deaf != nil {
 		deaf = s.cfg.Deaf()
@@ -648,7 +669,7 @@ func (s *NodeServer) Sync(req *agentv1.SyncRequest, stream agentv1.Node_SyncServ
 		default:
 		}
 	}
-	c, err := s.authAgent(ctx, "Sync")
+	c, err := s.authAgentState(ctx, "Sync", leaf, id)
 	if err != nil {
 		return err
 	}

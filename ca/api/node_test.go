@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
@@ -251,5 +252,58 @@ func TestNodeRPCOwnEntriesOnly(t *testing.T) {
 	}
 	if !refusedMint || !ownDeny || otherDeny {
 		t.Fatalf("audit: refused mint %v, own server's denial %v, other server's denial %v; want true, true, false", refusedMint, ownDeny, otherDeny)
+	}
+}
+
+// syncStream is the server side of one Sync stream: the call's context,
+// and the messages sent on it.
+type syncStream struct {
+	grpc.ServerStream
+	ctx  context.Context
+	sent []*agentv1.SyncResponse
+}
+
+func (s *syncStream) Context() context.Context { return s.ctx }
+
+func (s *syncStream) Send(m *agentv1.SyncResponse) error {
+	s.sent = append(s.sent, m)
+	return nil
+}
+
+// TestSyncDeafReplica: a replica that does not hear the others sends its
+// agents away with the refusal they act on, and tells nothing of it to a
+// caller that is not an agent.
+func TestSyncDeafReplica(t *testing.T) {
+	w := newNodeWorld(t)
+	deaf := make(chan struct{})
+	close(deaf)
+	w.srv.cfg.Deaf = func() <-chan struct{} { return deaf }
+	agent := w.attest(t, "node1")
+	eid := w.entry(t, "spiffe://example.org/w/1", "spiffe://example.org/signet/agent/join/node1")
+	mint, err := w.srv.MintX509SVIDs(asPeer(agent), &agentv1.MintX509SVIDsRequest{Requests: []*agentv1.X509SVIDRequest{{EntryId: eid, Csr: csrDER(t)}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		who    string
+		chain  [][]byte
+		code   codes.Code
+		reason string
+	}{
+		{"no SVID", nil, codes.Unauthenticated, ""},
+		{"a workload SVID", mint.GetSvids()[0].GetCertChain(), codes.PermissionDenied, ""},
+		{"the agent", agent, codes.Unavailable, refusal.ReplicaDeaf},
+	} {
+		s := &syncStream{ctx: asPeer(c.chain)}
+		err := w.srv.Sync(&agentv1.SyncRequest{}, s)
+		if status.Code(err) != c.code {
+			t.Errorf("Sync by %s: %v, want %s", c.who, err, c.code)
+		}
+		if r, _ := refusal.Of(err); r != c.reason {
+			t.Errorf("Sync by %s: refusal %q, want %q", c.who, r, c.reason)
+		}
+		if len(s.sent) != 0 {
+			t.Errorf("Sync by %s: %d messages sent by a deaf replica", c.who, len(s.sent))
+		}
 	}
 }
