@@ -14,7 +14,10 @@ package authority
 import (
 	"context"
 	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/rsa"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/hex"
@@ -87,6 +90,11 @@ type Config struct {
 	// KeyType is one of "ec-p256" (default), "ec-p384", "rsa-2048",
 	// "rsa-3072", "rsa-4096".
 	KeyType string
+	// JWTKeyType is the type of the JWT-SVID signing keys, from the same
+	// set: ec-p256 (ES256, the default), ec-p384 (ES384), rsa-* (RS256,
+	// which Microsoft Entra ID requires). A change applies from the next
+	// key, which is prepared at once and activated on the usual schedule.
+	JWTKeyType string
 	// KMS, if set, is the go.step.sm/crypto/kms URI of an external KMS
 	// (awskms:region=...) that creates and holds the keys made from now on;
 	// the store then keeps only their names and certificates. If empty, keys
@@ -218,6 +226,12 @@ func New(ctx context.Context, cfg Config) (*Authority, error) {
 	}
 	if _, err := signatureAlgorithm(cfg.KeyType); err != nil {
 		return nil, err
+	}
+	if cfg.JWTKeyType == "" {
+		cfg.JWTKeyType = "ec-p256"
+	}
+	if _, err := signatureAlgorithm(cfg.JWTKeyType); err != nil {
+		return nil, fmt.Errorf("JWT key: %w", err)
 	}
 	if cfg.IntermediateTTL > cfg.RootTTL/6 {
 		return nil, fmt.Errorf("authority: intermediate TTL %s must be at most a sixth of the root TTL %s", cfg.IntermediateTTL, cfg.RootTTL)
@@ -768,7 +782,15 @@ func (a *Authority) rotateJWT(keys []*key, now time.Time) ([]*key, bool, error) 
 		active.State, active.ActivatedAt = stateActive, now
 		changed = true
 	}
-	if prepared == nil && !now.Before(lifeFraction(active, 1, 2)) {
+	// A change of JWT key type: the next key, of the new type, is
+	// prepared at once (a prepared key of the old type was never used,
+	// and goes).
+	if prepared != nil && a.otherJWTKeyType(prepared) {
+		keys = without(keys, prepared)
+		prepared = nil
+		changed = true
+	}
+	if prepared == nil && (!now.Before(lifeFraction(active, 1, 2)) || a.otherJWTKeyType(active)) {
 		k, err := a.newJWTKey(now)
 		if err != nil {
 			return nil, false, err
@@ -808,10 +830,45 @@ func signatureAlgorithm(keyType string) (kmsapi.SignatureAlgorithm, error) {
 	return 0, fmt.Errorf("authority: unknown key type %q (want ec-p256, ec-p384, rsa-2048, rsa-3072 or rsa-4096)", keyType)
 }
 
-func (a *Authority) createKeyRequest() *kmsapi.CreateKeyRequest {
-	alg, _ := signatureAlgorithm(a.cfg.KeyType)
+// keyTypeOf names the type of a public key as KeyType does, or "" for
+// any other.
+func keyTypeOf(pub crypto.PublicKey) string {
+	switch k := pub.(type) {
+	case *ecdsa.PublicKey:
+		switch k.Curve {
+		case elliptic.P256():
+			return "ec-p256"
+		case elliptic.P384():
+			return "ec-p384"
+		}
+	case *rsa.PublicKey:
+		return fmt.Sprintf("rsa-%d", k.N.BitLen())
+	}
+	return ""
+}
+
+// JWTAlgorithm is the JWS algorithm ("alg") of tokens signed with the
+// private key of pub: ES256 (P-256), ES384 (P-384) or RS256 (RSA).
+func JWTAlgorithm(pub crypto.PublicKey) (string, error) {
+	switch k := pub.(type) {
+	case *ecdsa.PublicKey:
+		switch k.Curve {
+		case elliptic.P256():
+			return "ES256", nil
+		case elliptic.P384():
+			return "ES384", nil
+		}
+	case *rsa.PublicKey:
+		return "RS256", nil
+	}
+	return "", fmt.Errorf("authority: no JWT algorithm for a %T key", pub)
+}
+
+// keyRequest asks for a key of keyType (checked by New).
+func keyRequest(keyType string) *kmsapi.CreateKeyRequest {
+	alg, _ := signatureAlgorithm(keyType)
 	req := &kmsapi.CreateKeyRequest{SignatureAlgorithm: alg}
-	switch a.cfg.KeyType {
+	switch keyType {
 	case "rsa-2048":
 		req.Bits = 2048
 	case "rsa-3072":
@@ -845,7 +902,7 @@ func (a *Authority) newRoot(now time.Time) (*key, error) {
 		Type:      apiv1.RootCA,
 		Template:  tmpl,
 		Lifetime:  a.cfg.RootTTL,
-		CreateKey: a.km.createKeyRequest(a.createKeyRequest(), kindRoot),
+		CreateKey: a.km.createKeyRequest(keyRequest(a.cfg.KeyType), kindRoot),
 	})
 	if err != nil {
 		return nil, err
@@ -868,7 +925,7 @@ func (a *Authority) newIntermediate(root *key, now time.Time) (*key, error) {
 		Type:      apiv1.IntermediateCA,
 		Template:  tmpl,
 		Lifetime:  ttl,
-		CreateKey: a.km.createKeyRequest(a.createKeyRequest(), kindIntermediate),
+		CreateKey: a.km.createKeyRequest(keyRequest(a.cfg.KeyType), kindIntermediate),
 		Parent:    &apiv1.CreateCertificateAuthorityResponse{Certificate: root.cert, Signer: root.signer},
 	})
 	if err != nil {
@@ -902,9 +959,18 @@ func (a *Authority) newKey(kind string, resp *apiv1.CreateCertificateAuthorityRe
 	}, nil
 }
 
+// otherJWTKeyType says whether k is known to be of another type than
+// JWTKeyType.
+func (a *Authority) otherJWTKeyType(k *key) bool {
+	if k.signer == nil {
+		return false
+	}
+	t := keyTypeOf(k.signer.Public())
+	return t != "" && t != a.cfg.JWTKeyType
+}
+
 func (a *Authority) newJWTKey(now time.Time) (*key, error) {
-	// JWT-SVIDs are ES256 whatever the X.509 key type.
-	resp, err := a.km.CreateKey(a.km.createKeyRequest(&kmsapi.CreateKeyRequest{SignatureAlgorithm: kmsapi.ECDSAWithSHA256}, kindJWT))
+	resp, err := a.km.CreateKey(a.km.createKeyRequest(keyRequest(a.cfg.JWTKeyType), kindJWT))
 	if err != nil {
 		return nil, err
 	}

@@ -270,13 +270,14 @@ func BenchmarkSignX509SVID(b *testing.B) {
 	}
 }
 
-// TestExternalKMSKeyTypes: every --key-type makes KMS keys that sign
-// verifiable SVIDs (JWT keys stay P-256).
+// TestExternalKMSKeyTypes: every --key-type and --jwt-key-type makes KMS
+// keys that sign verifiable SVIDs.
 func TestExternalKMSKeyTypes(t *testing.T) {
 	startKMS(t)
 	for _, kt := range []string{"ec-p384", "rsa-2048"} {
 		t.Run(kt, func(t *testing.T) {
-			a, err := authority.New(context.Background(), authority.Config{TrustDomain: td, Store: openStore(t, t.TempDir()), KMS: testenv.KMSURI, OpenKMS: kmsopen.Open, KeyType: kt})
+			a, err := authority.New(context.Background(), authority.Config{TrustDomain: td, Store: openStore(t, t.TempDir()), KMS: testenv.KMSURI, OpenKMS: kmsopen.Open,
+				KeyType: kt, JWTKeyType: kt})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -287,6 +288,16 @@ func TestExternalKMSKeyTypes(t *testing.T) {
 			}
 			if _, _, err := x509svid.Verify(chain, x509Bundle(b)); err != nil {
 				t.Fatal(err)
+			}
+			tok, _, err := signer.SignJWTSVID(a.JWTKey(), signer.JWTParams{SPIFFEID: spiffeid.RequireFromPath(td, "/w"), Audience: []string{"a"}, TTL: time.Minute, Now: time.Now()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := verifyJWT(b, tok); err != nil {
+				t.Fatal(err)
+			}
+			if alg, want := jwtAlg(t, tok), map[string]string{"ec-p384": "ES384", "rsa-2048": "RS256"}[kt]; alg != want {
+				t.Errorf("JWT-SVID alg %s, want %s", alg, want)
 			}
 		})
 	}

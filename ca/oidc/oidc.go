@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -68,33 +69,63 @@ type Discovery struct {
 // expires), and is re-encoded only when the bundle changes.
 func Documents(issuer *url.URL, bundle func() authority.Bundle) (map[string]publicweb.Document, error) {
 	iss := issuer.String()
-	disc, err := json.Marshal(Discovery{
-		Issuer: iss, JWKSURI: iss + KeysPath,
-		// No authorization endpoint: tokens come from the Workload API.
-		// The field is required by the specification, so it is empty.
-		AuthorizationEndpoint: "",
-		ResponseTypes:         []string{"id_token"},
-		SubjectTypes:          []string{"public"},
-		SigningAlgs:           []string{string(jose.ES256)},
-		Claims:                []string{"sub", "aud", "exp", "iat", "iss"},
-	})
-	if err != nil {
-		return nil, err
-	}
-	keys := publicweb.Versioned(func() (authority.Bundle, uint64) { b := bundle(); return b, b.Sequence },
-		func(b authority.Bundle) ([]byte, error) { return JWKS(b.JWTKeys) }, "application/json")
+	get := func() (authority.Bundle, uint64) { b := bundle(); return b, b.Sequence }
+	// The algorithms are those of the keys in the bundle, which change
+	// with them (a change of --jwt-key-type).
+	disc := publicweb.Versioned(get, func(b authority.Bundle) ([]byte, error) {
+		algs, err := signingAlgs(b.JWTKeys)
+		if err != nil {
+			return nil, err
+		}
+		return json.Marshal(Discovery{
+			Issuer: iss, JWKSURI: iss + KeysPath,
+			// No authorization endpoint: tokens come from the Workload
+			// API. The field is required by the specification, so it is
+			// empty.
+			AuthorizationEndpoint: "",
+			ResponseTypes:         []string{"id_token"},
+			SubjectTypes:          []string{"public"},
+			SigningAlgs:           algs,
+			Claims:                []string{"sub", "aud", "exp", "iat", "iss"},
+		})
+	}, "application/json")
+	keys := publicweb.Versioned(get, func(b authority.Bundle) ([]byte, error) { return JWKS(b.JWTKeys) }, "application/json")
 	prefix := strings.TrimSuffix(issuer.EscapedPath(), "/")
 	return map[string]publicweb.Document{
-		prefix + DiscoveryPath: func() ([]byte, string, error) { return disc, "application/json", nil },
+		prefix + DiscoveryPath: disc,
 		prefix + KeysPath:      keys,
 	}, nil
+}
+
+// signingAlgs are the algorithms of keys, sorted, ES256 if there are none
+// (a bundle always has a JWT key once the CA has started).
+func signingAlgs(keys []authority.PublicJWTKey) ([]string, error) {
+	var algs []string
+	for _, k := range keys {
+		alg, err := authority.JWTAlgorithm(k.PublicKey)
+		if err != nil {
+			return nil, err
+		}
+		if !slices.Contains(algs, alg) {
+			algs = append(algs, alg)
+		}
+	}
+	if len(algs) == 0 {
+		return []string{string(jose.ES256)}, nil
+	}
+	slices.Sort(algs)
+	return algs, nil
 }
 
 // JWKS encodes keys as a JSON Web Key Set of signing keys.
 func JWKS(keys []authority.PublicJWTKey) ([]byte, error) {
 	set := jose.JSONWebKeySet{Keys: []jose.JSONWebKey{}}
 	for _, k := range keys {
-		jwk := jose.JSONWebKey{Key: k.PublicKey, KeyID: k.ID, Use: "sig", Algorithm: string(jose.ES256)}
+		alg, err := authority.JWTAlgorithm(k.PublicKey)
+		if err != nil {
+			return nil, fmt.Errorf("oidc: JWT key %s: %w", k.ID, err)
+		}
+		jwk := jose.JSONWebKey{Key: k.PublicKey, KeyID: k.ID, Use: "sig", Algorithm: alg}
 		if !jwk.Valid() {
 			return nil, errors.New("oidc: a JWT key is not a valid public key")
 		}

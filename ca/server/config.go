@@ -112,6 +112,11 @@ type Config struct {
 	// KeyType of the CA's keys: ec-p256 (default), ec-p384, rsa-2048,
 	// rsa-3072 or rsa-4096.
 	KeyType string
+	// JWTKeyType of the JWT-SVID signing keys, from the same set:
+	// ec-p256 (ES256, default), ec-p384 (ES384), rsa-* (RS256, which
+	// Microsoft Entra ID requires). A change takes effect from the next
+	// JWT key, prepared at once and activated on the usual schedule.
+	JWTKeyType string
 	// KMS is the go.step.sm/crypto/kms URI of an external KMS holding the
 	// CA's keys (awskms:region=...), which OpenKMS opens
 	// (ca/authority/awskms.Open); empty keeps them in the store.
@@ -412,10 +417,15 @@ func (c *Config) Validate() error {
 	if c.KeyType == "" {
 		c.KeyType = DefaultKeyType
 	}
-	switch c.KeyType {
-	case "ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096":
-	default:
-		return fmt.Errorf("key-type: %q: want ec-p256, ec-p384, rsa-2048, rsa-3072 or rsa-4096", c.KeyType)
+	if c.JWTKeyType == "" {
+		c.JWTKeyType = DefaultKeyType
+	}
+	for _, kt := range []struct{ flag, value string }{{"key-type", c.KeyType}, {"jwt-key-type", c.JWTKeyType}} {
+		switch kt.value {
+		case "ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096":
+		default:
+			return fmt.Errorf("%s: %q: want ec-p256, ec-p384, rsa-2048, rsa-3072 or rsa-4096", kt.flag, kt.value)
+		}
 	}
 	if c.KMS != "" && !strings.HasPrefix(c.KMS, "awskms:") {
 		return errors.New("kms: want an awskms: URI, such as awskms:region=eu-west-1 (the only external KMS this build supports)")

@@ -136,7 +136,7 @@ func build(ctx context.Context, g *tasks.Group, cfg Config) (ready func(), err e
 	}
 	authCfg := authority.Config{
 		TrustDomain: cfg.TrustDomain, Store: st, RootTTL: cfg.RootTTL, IntermediateTTL: cfg.IntermediateTTL,
-		JWTKeyTTL: cfg.JWTKeyTTL, KeyType: cfg.KeyType, KMS: cfg.KMS, OpenKMS: cfg.OpenKMS, Log: log.Named("authority"),
+		JWTKeyTTL: cfg.JWTKeyTTL, KeyType: cfg.KeyType, JWTKeyType: cfg.JWTKeyType, KMS: cfg.KMS, OpenKMS: cfg.OpenKMS, Log: log.Named("authority"),
 		OnKeyChange: func(c authority.KeyChange) {
 			event := map[string]string{"create": audit.KeyCreate, "state": audit.KeyState, "retire": audit.KeyRetire}[c.Change]
 			rec := audit.Record{Event: event, Actor: "signet-ca", Result: audit.Success,

@@ -216,7 +216,8 @@ type JWTParams struct {
 	Issuer string
 }
 
-// SignJWTSVID signs an ES256 JWT-SVID with key and returns it and its
+// SignJWTSVID signs a JWT-SVID (ES256, ES384 or RS256 by the key's type)
+// with key and returns it and its
 // expiry, capped by the key's own.
 func SignJWTSVID(key authority.JWTKey, p JWTParams) (string, time.Time, error) {
 	if len(p.Audience) == 0 {
@@ -234,10 +235,7 @@ func SignJWTSVID(key authority.JWTKey, p JWTParams) (string, time.Time, error) {
 	if !exp.After(p.Now) {
 		return "", time.Time{}, errors.New("signer: JWT signing key has expired")
 	}
-	sig, err := jose.NewSigner(jose.SigningKey{
-		Algorithm: jose.ES256,
-		Key:       jose.JSONWebKey{Key: jose.NewOpaqueSigner(key.Signer), KeyID: key.ID},
-	}, (&jose.SignerOptions{}).WithType("JWT"))
+	sig, err := jwsSigner(key, "JWT")
 	if err != nil {
 		return "", time.Time{}, fmt.Errorf("signer: %w", err)
 	}
@@ -253,6 +251,19 @@ func SignJWTSVID(key authority.JWTKey, p JWTParams) (string, time.Time, error) {
 		return "", time.Time{}, fmt.Errorf("signer: sign JWT-SVID for %s: %w", p.SPIFFEID, err)
 	}
 	return tok, exp.Truncate(time.Second), nil
+}
+
+// jwsSigner signs compact JWS of type typ with key, in the algorithm of
+// the key's type, naming the key by its ID.
+func jwsSigner(key authority.JWTKey, typ string) (jose.Signer, error) {
+	alg, err := authority.JWTAlgorithm(key.Signer.Public())
+	if err != nil {
+		return nil, err
+	}
+	return jose.NewSigner(jose.SigningKey{
+		Algorithm: jose.SignatureAlgorithm(alg),
+		Key:       jose.JSONWebKey{Key: jose.NewOpaqueSigner(key.Signer), KeyID: key.ID},
+	}, (&jose.SignerOptions{}).WithType(jose.ContentType(typ)))
 }
 
 // DenyListType is the JWS "typ" of a signed deny list.
@@ -291,10 +302,7 @@ func SignDenyList(key authority.JWTKey, td spiffeid.TrustDomain, revs []*typesv1
 	if err != nil {
 		return "", err
 	}
-	sig, err := jose.NewSigner(jose.SigningKey{
-		Algorithm: jose.ES256,
-		Key:       jose.JSONWebKey{Key: jose.NewOpaqueSigner(key.Signer), KeyID: key.ID},
-	}, (&jose.SignerOptions{}).WithType(DenyListType))
+	sig, err := jwsSigner(key, DenyListType)
 	if err != nil {
 		return "", fmt.Errorf("signer: %w", err)
 	}

@@ -26,6 +26,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"go.step.sm/crypto/jose"
 
 	"github.com/signet-id/signet/ca/authority"
 	"github.com/signet-id/signet/ca/signer"
@@ -242,29 +243,50 @@ func TestCSRRefusals(t *testing.T) {
 	}
 }
 
+// TestSignJWTSVID signs with each JWT key type and validates with
+// go-spiffe, as a workload would.
 func TestSignJWTSVID(t *testing.T) {
-	a := newAuthority(t, nil)
-	tok, exp, err := signer.SignJWTSVID(a.JWTKey(), signer.JWTParams{SPIFFEID: id, Audience: []string{"billing", "audit"}, TTL: 5 * time.Minute, Now: time.Now()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, _ := a.Bundle()
-	jb := jwtbundle.New(td)
-	for _, k := range b.JWTKeys {
-		jb.AddJWTAuthority(k.ID, k.PublicKey)
-	}
-	svid, err := jwtsvid.ParseAndValidate(tok, jb, []string{"billing"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if svid.ID != id || !svid.Expiry.Equal(exp) || len(svid.Audience) != 2 {
-		t.Errorf("JWT-SVID = %v exp %s aud %v", svid.ID, svid.Expiry, svid.Audience)
-	}
-	if _, err := jwtsvid.ParseAndValidate(tok, jb, []string{"other"}); err == nil {
-		t.Error("JWT-SVID validated for an audience it lacks")
-	}
-	if _, _, err := signer.SignJWTSVID(a.JWTKey(), signer.JWTParams{SPIFFEID: id, TTL: time.Minute, Now: time.Now()}); err == nil {
-		t.Error("JWT-SVID signed without an audience")
+	for keyType, alg := range map[string]string{"ec-p256": "ES256", "ec-p384": "ES384", "rsa-2048": "RS256"} {
+		t.Run(keyType, func(t *testing.T) {
+			s, err := store.Open(context.Background(), filepath.Join(t.TempDir(), "signet.db"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { s.Close() })
+			a, err := authority.New(context.Background(), authority.Config{TrustDomain: td, Store: s, JWTKeyType: keyType})
+			if err != nil {
+				t.Fatal(err)
+			}
+			tok, exp, err := signer.SignJWTSVID(a.JWTKey(), signer.JWTParams{SPIFFEID: id, Audience: []string{"billing", "audit"}, TTL: 5 * time.Minute, Now: time.Now()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := a.Bundle()
+			jb := jwtbundle.New(td)
+			for _, k := range b.JWTKeys {
+				jb.AddJWTAuthority(k.ID, k.PublicKey)
+			}
+			svid, err := jwtsvid.ParseAndValidate(tok, jb, []string{"billing"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if svid.ID != id || !svid.Expiry.Equal(exp) || len(svid.Audience) != 2 {
+				t.Errorf("JWT-SVID = %v exp %s aud %v", svid.ID, svid.Expiry, svid.Audience)
+			}
+			jws, err := jose.ParseSigned(tok)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := jws.Headers[0].Algorithm; got != alg {
+				t.Errorf("alg %s, want %s", got, alg)
+			}
+			if _, err := jwtsvid.ParseAndValidate(tok, jb, []string{"other"}); err == nil {
+				t.Error("JWT-SVID validated for an audience it lacks")
+			}
+			if _, _, err := signer.SignJWTSVID(a.JWTKey(), signer.JWTParams{SPIFFEID: id, TTL: time.Minute, Now: time.Now()}); err == nil {
+				t.Error("JWT-SVID signed without an audience")
+			}
+		})
 	}
 }
 

@@ -62,6 +62,7 @@ type fileConfig struct {
 	MinSVIDTTL       config.Duration   `json:"min-svid-ttl"`
 	RootActivation   config.Duration   `json:"root-activation-timeout"`
 	KeyType          string            `json:"key-type"`
+	JWTKeyType       string            `json:"jwt-key-type"`
 	KMS              string            `json:"kms"`
 	FederationListen string            `json:"federation-listen"`
 	FederationCert   string            `json:"federation-tls-cert"`
@@ -113,6 +114,7 @@ func defaults() fileConfig {
 		TrafficDetector: true,
 		RootActivation:  config.Duration(server.DefaultRootActivationTimeout),
 		KeyType:         server.DefaultKeyType,
+		JWTKeyType:      server.DefaultKeyType,
 		LogLevel:        "info",
 		AgentAudience:   signetid.AgentAudience,
 		KeysSecret:      server.DefaultSecretName,
@@ -155,6 +157,7 @@ func register(fs *flag.FlagSet, c *fileConfig) {
 	fs.Var(&c.RootActivation, "root-activation-timeout", "how long a due root activation waits for every live agent to acknowledge the root before it goes ahead (audited with the laggards)")
 	fs.Var(&c.MinSVIDTTL, "min-svid-ttl", "shortest SVID lifetime the CA accepts, in its settings and in entries (at least 1s)")
 	fs.StringVar(&c.KeyType, "key-type", c.KeyType, "CA key type: ec-p256, ec-p384, rsa-2048, rsa-3072, rsa-4096")
+	fs.StringVar(&c.JWTKeyType, "jwt-key-type", c.JWTKeyType, "JWT-SVID signing key type: ec-p256 (ES256), ec-p384 (ES384), rsa-2048, rsa-3072, rsa-4096 (RS256, needed by Microsoft Entra ID); a change applies from the next JWT key")
 	fs.StringVar(&c.KMS, "kms", c.KMS, "keep the CA's keys in this KMS, a go.step.sm/crypto/kms URI (awskms:region=REGION); credentials come from the environment")
 	fs.StringVar(&c.FederationListen, "federation-listen", c.FederationListen, "serve this trust domain's bundle at a SPIFFE bundle endpoint (HTTPS, public, read-only) on this address")
 	fs.StringVar(&c.FederationCert, "federation-tls-cert", c.FederationCert, "PEM certificate of the bundle endpoint for profile https_web (default: https_spiffe, with the CA's SVID spiffe://TD/signet/ca)")
@@ -253,7 +256,7 @@ func validate(c fileConfig) (server.Config, hclog.Logger, error) {
 		AdminListenAddr: c.AdminListen, AdminIDs: adminIDs, HealthAddr: c.HealthAddr, MetricsAddr: c.MetricsAddr, PprofAddr: c.PprofAddr,
 		AuditLog: c.AuditLog, RootTTL: time.Duration(c.RootTTL), IntermediateTTL: time.Duration(c.IntermediateTTL),
 		JWTKeyTTL: time.Duration(c.JWTKeyTTL), AgentTTL: time.Duration(c.AgentTTL), X509TTL: time.Duration(c.X509TTL),
-		JWTTTL: time.Duration(c.JWTTTL), MinSVIDTTL: time.Duration(c.MinSVIDTTL), RootActivationTimeout: time.Duration(c.RootActivation), KeyType: c.KeyType, KMS: c.KMS, Kube: kube,
+		JWTTTL: time.Duration(c.JWTTTL), MinSVIDTTL: time.Duration(c.MinSVIDTTL), RootActivationTimeout: time.Duration(c.RootActivation), KeyType: c.KeyType, JWTKeyType: c.JWTKeyType, KMS: c.KMS, Kube: kube,
 		Cluster: clustermode.Build, OpenKMS: awskms.Open,
 	}
 	if c.OIDCIssuer != "" || c.OIDCListen != "" || c.OIDCTLSCert != "" || c.OIDCTLSKey != "" {

@@ -46,6 +46,7 @@ func TestBadConfigNamesTheKey(t *testing.T) {
 		{file: "trust-domain: a.org\ndata-dir: /x\ntrust_domain: b\n", want: `unknown key "trust_domain"`},
 		{file: "trust-domain: a.org\ndata-dir: /x\nx509-ttl: soon\n", want: `key "x509-ttl"`},
 		{file: "trust-domain: a.org\ndata-dir: /x\nkey-type: dsa\n", want: "key-type"},
+		{file: "trust-domain: a.org\ndata-dir: /x\njwt-key-type: ed25519\n", want: "jwt-key-type: \"ed25519\""},
 		{file: "trust-domain: a.org\ndata-dir: /x\nkms: cloudkms:projects/p\n", want: "kms: want an awskms: URI"},
 		{file: "trust-domain: Not A Domain\ndata-dir: /x\n", want: "trust-domain"},
 		{file: "trust-domain: a.org\n", want: "data-dir: required"},

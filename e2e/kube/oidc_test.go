@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -39,7 +40,10 @@ import (
 const authenticationConfig = `apiVersion: apiserver.config.k8s.io/v1
 kind: AuthenticationConfiguration
 jwt:
-- issuer:
+`
+
+// jwtAuthenticator is one entry of authenticationConfig's jwt list.
+const jwtAuthenticator = `- issuer:
     url: %[1]s
     audiences: [%[2]s]
     certificateAuthority: |
@@ -62,7 +66,10 @@ jwt:
 // Kubernetes API with the JWT-SVID its agent gives it, RBAC allows exactly
 // what is bound to its SPIFFE ID, and the tokens that must not pass (of
 // another trust domain signed by another CA claiming the same issuer,
-// expired, for another audience) are refused.
+// expired, for another audience) are refused. A second issuer, a CA with
+// RSA JWT keys (--jwt-key-type rsa-2048, as Microsoft Entra ID needs),
+// is trusted the same way: its RS256 JWT-SVIDs pass the agent's
+// validation and the API server's.
 func TestKubernetesTrustsJWTSVIDs(t *testing.T) {
 	dir := t.TempDir()
 	caFile, certFile, keyFile, err := testenv.ServingCert(dir, "oidc", "127.0.0.1")
@@ -90,7 +97,16 @@ func TestKubernetesTrustsJWTSVIDs(t *testing.T) {
 	authnPath := filepath.Join(dir, "authentication.yaml")
 	indented := "      " + strings.ReplaceAll(strings.TrimSpace(string(caPEM)), "\n", "\n      ")
 	td := systest.TrustDomain.Name()
-	if err := os.WriteFile(authnPath, fmt.Appendf(nil, authenticationConfig, issuer, audience, indented, td), 0o600); err != nil {
+	rsaAddr := systest.FreeAddr(t)
+	rsaIssuer := "https://" + rsaAddr
+	rsaCA := systest.StartCA(t, func(c *server.Config) {
+		c.TrustDomain = spiffeid.RequireTrustDomainFromString("rsa.test")
+		c.JWTKeyType = "rsa-2048"
+		c.OIDC = &server.OIDCConfig{Issuer: rsaIssuer, ListenAddr: rsaAddr, CertFile: certFile, KeyFile: keyFile}
+	})
+	authn := authenticationConfig + fmt.Sprintf(jwtAuthenticator, issuer, audience, indented, td) +
+		fmt.Sprintf(jwtAuthenticator, rsaIssuer, audience, indented, "rsa.test")
+	if err := os.WriteFile(authnPath, []byte(authn), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	kube, err := testenv.StartWith(filepath.Join(dir, "cluster"), testenv.Options{APIServerArgs: []string{"--authentication-config=" + authnPath}})
@@ -112,6 +128,9 @@ func TestKubernetesTrustsJWTSVIDs(t *testing.T) {
 		t.Fatal(err)
 	}
 	oag := other.StartAgent("node-other", func(c *agent.Config) { c.TrustDomain = other.TrustDomain() })
+	rag := rsaCA.StartAgent("node-rsa", func(c *agent.Config) { c.TrustDomain = rsaCA.TrustDomain() })
+	rsaReader := "spiffe://rsa.test/ns/apps/sa/reader"
+	rsaCA.CreateEntry(rsaReader, rag.ID.String(), time.Hour, "unix:uid:0")
 	foreign := "spiffe://other.test/ns/apps/sa/reader"
 	other.CreateEntry(foreign, oag.ID.String(), time.Hour, "unix:uid:0")
 
@@ -127,7 +146,7 @@ func TestKubernetesTrustsJWTSVIDs(t *testing.T) {
 	}
 	if _, err := rbac.RoleBindings("apps").Create(ctx, &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "reader"},
 		RoleRef:  rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: "configmap-reader"},
-		Subjects: []rbacv1.Subject{{APIGroup: rbacv1.GroupName, Kind: "User", Name: reader}}}, metav1.CreateOptions{}); err != nil {
+		Subjects: []rbacv1.Subject{{APIGroup: rbacv1.GroupName, Kind: "User", Name: reader}, {APIGroup: rbacv1.GroupName, Kind: "User", Name: rsaReader}}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 
@@ -150,15 +169,29 @@ func TestKubernetesTrustsJWTSVIDs(t *testing.T) {
 		return c
 	}
 
-	readerTok := fetch(ag.Addr, reader, audience)
-	var claims jwt.Claims
-	if tok, err := jwt.ParseSigned(readerTok, []jose.SignatureAlgorithm{jose.ES256}); err != nil {
-		t.Fatal(err)
-	} else if err := tok.UnsafeClaimsWithoutVerification(&claims); err != nil {
-		t.Fatal(err)
+	// claimsOf reads a token's claims, and checks its algorithm.
+	claimsOf := func(tok string, alg jose.SignatureAlgorithm) jwt.Claims {
+		t.Helper()
+		var claims jwt.Claims
+		parsed, err := jwt.ParseSigned(tok, []jose.SignatureAlgorithm{alg})
+		if err != nil {
+			t.Fatalf("JWT-SVID: %v, want one signed %s", err, alg)
+		}
+		if err := parsed.UnsafeClaimsWithoutVerification(&claims); err != nil {
+			t.Fatal(err)
+		}
+		return claims
 	}
-	if claims.Issuer != issuer {
+	readerTok := fetch(ag.Addr, reader, audience)
+	if claims := claimsOf(readerTok, jose.ES256); claims.Issuer != issuer {
 		t.Fatalf("JWT-SVID iss %q, want the issuer %q", claims.Issuer, issuer)
+	}
+	rsaTok := fetch(rag.Addr, rsaReader, audience)
+	if claims := claimsOf(rsaTok, jose.RS256); claims.Issuer != rsaIssuer {
+		t.Fatalf("RS256 JWT-SVID iss %q, want the issuer %q", claims.Issuer, rsaIssuer)
+	}
+	if _, err := workloadapi.ValidateJWTSVID(ctx, rsaTok, audience, workloadapi.WithAddr(rag.Addr)); err != nil {
+		t.Fatalf("the agent's validation of an RS256 JWT-SVID of its trust domain: %v", err)
 	}
 
 	// The JWT authenticator starts in the background: wait until the
@@ -174,6 +207,21 @@ func TestKubernetesTrustsJWTSVIDs(t *testing.T) {
 	rc := as(readerTok).CoreV1()
 	if _, err := rc.ConfigMaps("apps").List(ctx, metav1.ListOptions{}); err != nil {
 		t.Fatalf("the reader lists ConfigMaps in apps, which it is bound to: %v", err)
+	}
+	// The RS256 issuer's workload, the same way (each issuer's
+	// authenticator starts on its own).
+	eventually(t, time.Minute, "the API server accepts the RS256 JWT-SVID", func() bool {
+		review, err = as(rsaTok).AuthenticationV1().SelfSubjectReviews().Create(ctx, &authnv1.SelfSubjectReview{}, metav1.CreateOptions{})
+		return err == nil
+	})
+	if u := review.Status.UserInfo; u.Username != rsaReader {
+		t.Fatalf("the API server sees %q for the RS256 JWT-SVID, want %q", u.Username, rsaReader)
+	}
+	if _, err := as(rsaTok).CoreV1().ConfigMaps("apps").List(ctx, metav1.ListOptions{}); err != nil {
+		t.Fatalf("the RS256 reader lists ConfigMaps in apps, which it is bound to: %v", err)
+	}
+	if _, err := as(rsaTok).CoreV1().Secrets("apps").List(ctx, metav1.ListOptions{}); !apierrors.IsForbidden(err) {
+		t.Fatalf("the RS256 reader lists Secrets in apps: %v, want forbidden", err)
 	}
 	if _, err := rc.Secrets("apps").List(ctx, metav1.ListOptions{}); !apierrors.IsForbidden(err) {
 		t.Fatalf("the reader lists Secrets in apps: %v, want forbidden", err)
@@ -197,12 +245,7 @@ func TestKubernetesTrustsJWTSVIDs(t *testing.T) {
 	refused("a JWT-SVID for another audience", fetch(ag.Addr, reader, "vault"))
 	refused("a JWT-SVID of another trust domain, signed by its CA, with this issuer", fetch(oag.Addr, foreign, audience))
 	shortTok := fetch(ag.Addr, short, audience)
-	var sc jwt.Claims
-	if tok, err := jwt.ParseSigned(shortTok, []jose.SignatureAlgorithm{jose.ES256}); err != nil {
-		t.Fatal(err)
-	} else if err := tok.UnsafeClaimsWithoutVerification(&sc); err != nil {
-		t.Fatal(err)
-	}
+	sc := claimsOf(shortTok, jose.ES256)
 	// Wait for the condition itself: the token's expiry has passed.
 	for time.Now().Before(sc.Expiry.Time().Add(time.Second)) {
 		time.Sleep(time.Until(sc.Expiry.Time().Add(time.Second)))
@@ -211,6 +254,17 @@ func TestKubernetesTrustsJWTSVIDs(t *testing.T) {
 
 	// The issuer's documents are all the endpoint serves, read-only.
 	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: tlsTrusting(t, caFile)}, Timeout: 10 * time.Second}
+	for iss, want := range map[string]string{issuer: `"id_token_signing_alg_values_supported":["ES256"]`, rsaIssuer: `"id_token_signing_alg_values_supported":["RS256"]`} {
+		resp, err := hc.Get(iss + "/.well-known/openid-configuration")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if !strings.Contains(string(body), want) {
+			t.Errorf("%s discovery document: %s, want %s", iss, body, want)
+		}
+	}
 	for _, c := range []struct {
 		method, path string
 		want         int
