@@ -53,6 +53,7 @@ type caStatus struct {
 	Keys           []struct {
 		ID               string   `json:"id"`
 		Kind             string   `json:"kind"`
+		KeyType          string   `json:"keyType"`
 		State            string   `json:"state"`
 		Revoked          bool     `json:"revoked"`
 		AgentsHolding    int      `json:"agentsHolding"`

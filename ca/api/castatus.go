@@ -95,7 +95,7 @@ func (c *Config) caStatus(ctx context.Context) (*adminv1.GetCAStatusResponse, er
 	}
 	sort.Strings(resp.LiveAgents)
 	for _, k := range c.Authority.Keys() {
-		ks := &adminv1.CAKeyStatus{Id: k.ID, Kind: k.Kind, State: k.State, Serial: k.Serial, ParentId: k.ParentID,
+		ks := &adminv1.CAKeyStatus{Id: k.ID, Kind: k.Kind, State: k.State, Serial: k.Serial, ParentId: k.ParentID, KeyType: k.KeyType,
 			NotBefore: k.NotBefore.Unix(), NotAfter: k.NotAfter.Unix()}
 		_, ks.Revoked = revoked[k.ID]
 		for _, id := range resp.LiveAgents {

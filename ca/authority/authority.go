@@ -1086,10 +1086,15 @@ type KeyInfo struct {
 	// Serial is an X.509 key's certificate serial (lower-case hex).
 	Serial              string
 	NotBefore, NotAfter time.Time
+	// KeyType names the key's type as Config.KeyType does.
+	KeyType string
 }
 
 func (k *key) info() KeyInfo {
 	i := KeyInfo{ID: k.ID, Kind: k.Kind, State: k.State, ParentID: k.ParentID, NotBefore: k.NotBefore, NotAfter: k.NotAfter}
+	if k.signer != nil {
+		i.KeyType = keyTypeOf(k.signer.Public())
+	}
 	if k.cert != nil {
 		i.Serial = k.cert.SerialNumber.Text(16)
 	}

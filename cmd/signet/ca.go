@@ -43,7 +43,7 @@ func rawProto(m proto.Message) json.RawMessage {
 func writeCAStatus(w io.Writer, st *adminv1.GetCAStatusResponse) error {
 	fmt.Fprintf(w, "bundle sequence %d, %d live agents\n\n", st.GetBundleSequence(), len(st.GetLiveAgents()))
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "KIND\tID\tSTATE\tEXPIRES\tAGENTS\tWORKLOADS\tSVIDS")
+	fmt.Fprintln(tw, "KIND\tID\tKEY\tSTATE\tEXPIRES\tAGENTS\tWORKLOADS\tSVIDS")
 	for _, k := range st.GetKeys() {
 		state := k.GetState()
 		if k.GetRevoked() {
@@ -58,7 +58,11 @@ func writeCAStatus(w io.Writer, st *adminv1.GetCAStatusResponse) error {
 		if k.GetKind() != "jwt" {
 			svids = fmt.Sprint(k.GetSvids())
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", k.GetKind(), k.GetId(), state,
+		keyType := k.GetKeyType()
+		if keyType == "" {
+			keyType = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", k.GetKind(), k.GetId(), keyType, state,
 			time.Unix(k.GetNotAfter(), 0).UTC().Format(time.RFC3339), agents, workloads, svids)
 	}
 	if err := tw.Flush(); err != nil {

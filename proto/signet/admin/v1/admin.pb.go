@@ -1673,8 +1673,12 @@ type CAKeyStatus struct {
 	WorkloadsHolding uint32   `protobuf:"varint,10,opt,name=workloads_holding,json=workloadsHolding,proto3" json:"workloads_holding,omitempty"`
 	WorkloadsLagging []string `protobuf:"bytes,11,rep,name=workloads_lagging,json=workloadsLagging,proto3" json:"workloads_lagging,omitempty"`
 	// svids counts the workload X.509-SVIDs the agents hold under a root.
-	Svids         uint32 `protobuf:"varint,12,opt,name=svids,proto3" json:"svids,omitempty"`
-	ParentId      string `protobuf:"bytes,13,opt,name=parent_id,json=parentId,proto3" json:"parent_id,omitempty"`
+	Svids    uint32 `protobuf:"varint,12,opt,name=svids,proto3" json:"svids,omitempty"`
+	ParentId string `protobuf:"bytes,13,opt,name=parent_id,json=parentId,proto3" json:"parent_id,omitempty"`
+	// key_type is the key's type as --key-type and --jwt-key-type name it
+	// (ec-p256, ec-p384, rsa-2048...); empty for a key the CA no longer
+	// holds.
+	KeyType       string `protobuf:"bytes,14,opt,name=key_type,json=keyType,proto3" json:"key_type,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1796,6 +1800,13 @@ func (x *CAKeyStatus) GetSvids() uint32 {
 func (x *CAKeyStatus) GetParentId() string {
 	if x != nil {
 		return x.ParentId
+	}
+	return ""
+}
+
+func (x *CAKeyStatus) GetKeyType() string {
+	if x != nil {
+		return x.KeyType
 	}
 	return ""
 }
@@ -2654,7 +2665,7 @@ const file_signet_admin_v1_admin_proto_rawDesc = "" +
 	"\x04keys\x18\x02 \x03(\v2\x1c.signet.admin.v1.CAKeyStatusR\x04keys\x12\x1f\n" +
 	"\vlive_agents\x18\x03 \x03(\tR\n" +
 	"liveAgents\x12.\n" +
-	"\x04acks\x18\x04 \x03(\v2\x1a.signet.types.v1.BundleAckR\x04acks\"\x90\x03\n" +
+	"\x04acks\x18\x04 \x03(\v2\x1a.signet.types.v1.BundleAckR\x04acks\"\xab\x03\n" +
 	"\vCAKeyStatus\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x14\n" +
@@ -2670,7 +2681,8 @@ const file_signet_admin_v1_admin_proto_rawDesc = "" +
 	" \x01(\rR\x10workloadsHolding\x12+\n" +
 	"\x11workloads_lagging\x18\v \x03(\tR\x10workloadsLagging\x12\x14\n" +
 	"\x05svids\x18\f \x01(\rR\x05svids\x12\x1b\n" +
-	"\tparent_id\x18\r \x01(\tR\bparentId\"\x14\n" +
+	"\tparent_id\x18\r \x01(\tR\bparentId\x12\x19\n" +
+	"\bkey_type\x18\x0e \x01(\tR\akeyType\"\x14\n" +
 	"\x12PrepareRootRequest\"G\n" +
 	"\x13PrepareRootResponse\x120\n" +
 	"\x04root\x18\x01 \x01(\v2\x1c.signet.admin.v1.CAKeyStatusR\x04root\"\xb2\x01\n" +
