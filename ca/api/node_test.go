@@ -163,6 +163,15 @@ func (w *nodeWorld) calls(t *testing.T, entryID string) map[string]func(ctx cont
 	}
 }
 
+// testCaller is who calls (the chain it presents), and the code and refusal
+// reason it should get.
+type testCaller struct {
+	who    string
+	chain  [][]byte
+	code   codes.Code
+	reason string
+}
+
 // TestNodeRPCAuthorization: every Node RPC refuses a caller without an
 // SVID, with an SVID that is not an agent's, and with an agent SVID the
 // CA replaced (the node attested again); each refusal is audited and
@@ -179,12 +188,7 @@ func TestNodeRPCAuthorization(t *testing.T) {
 	workload := mint.GetSvids()[0].GetCertChain()
 
 	for name, call := range w.calls(t, eid) {
-		for _, c := range []struct {
-			who    string
-			chain  [][]byte
-			code   codes.Code
-			reason string
-		}{
+		for _, c := range []testCaller{
 			{"no SVID", nil, codes.Unauthenticated, ""},
 			{"a workload SVID", workload, codes.PermissionDenied, ""},
 			{"a replaced agent SVID", old, codes.PermissionDenied, refusal.Agent},
@@ -284,12 +288,7 @@ func TestSyncDeafReplica(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, c := range []struct {
-		who    string
-		chain  [][]byte
-		code   codes.Code
-		reason string
-	}{
+	for _, c := range []testCaller{
 		{"no SVID", nil, codes.Unauthenticated, ""},
 		{"a workload SVID", mint.GetSvids()[0].GetCertChain(), codes.PermissionDenied, ""},
 		{"the agent", agent, codes.Unavailable, refusal.ReplicaDeaf},

@@ -40,12 +40,20 @@ var (
 
 func newAuthority(t testing.TB, now func() time.Time) *authority.Authority {
 	t.Helper()
+	return newAuthorityWith(t, authority.Config{Now: now})
+}
+
+// newAuthorityWith is an authority of td on a new store, with cfg's other
+// settings.
+func newAuthorityWith(t testing.TB, cfg authority.Config) *authority.Authority {
+	t.Helper()
 	s, err := store.Open(context.Background(), filepath.Join(t.TempDir(), "signet.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
-	a, err := authority.New(context.Background(), authority.Config{TrustDomain: td, Store: s, Now: now})
+	cfg.TrustDomain, cfg.Store = td, s
+	a, err := authority.New(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -248,15 +256,7 @@ func TestCSRRefusals(t *testing.T) {
 func TestSignJWTSVID(t *testing.T) {
 	for keyType, alg := range map[string]string{"ec-p256": "ES256", "ec-p384": "ES384", "rsa-2048": "RS256"} {
 		t.Run(keyType, func(t *testing.T) {
-			s, err := store.Open(context.Background(), filepath.Join(t.TempDir(), "signet.db"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { s.Close() })
-			a, err := authority.New(context.Background(), authority.Config{TrustDomain: td, Store: s, JWTKeyType: keyType})
-			if err != nil {
-				t.Fatal(err)
-			}
+			a := newAuthorityWith(t, authority.Config{JWTKeyType: keyType})
 			tok, exp, err := signer.SignJWTSVID(a.JWTKey(), signer.JWTParams{SPIFFEID: id, Audience: []string{"billing", "audit"}, TTL: 5 * time.Minute, Now: time.Now()})
 			if err != nil {
 				t.Fatal(err)
