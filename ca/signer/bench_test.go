@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/signet-id/signet/ca/authority"
 	"github.com/signet-id/signet/ca/signer"
 )
 
@@ -55,14 +56,18 @@ func BenchmarkRawCreateCertificate(b *testing.B) {
 	}
 }
 
+// BenchmarkSignJWTSVID signs JWT-SVIDs with each --jwt-key-type.
 func BenchmarkSignJWTSVID(b *testing.B) {
-	a := newAuthority(b, nil)
-	key := a.JWTKey()
-	b.ReportAllocs()
-	for b.Loop() {
-		if _, _, err := signer.SignJWTSVID(key, signer.JWTParams{SPIFFEID: id, Audience: []string{"a"}, TTL: 5 * time.Minute, Now: time.Now()}); err != nil {
-			b.Fatal(err)
-		}
+	for _, keyType := range []string{"ec-p256", "ec-p384", "rsa-2048"} {
+		b.Run(keyType, func(b *testing.B) {
+			key := newAuthorityWith(b, authority.Config{JWTKeyType: keyType}).JWTKey()
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, _, err := signer.SignJWTSVID(key, signer.JWTParams{SPIFFEID: id, Audience: []string{"a"}, TTL: 5 * time.Minute, Now: time.Now()}); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
 
