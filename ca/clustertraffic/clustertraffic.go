@@ -270,7 +270,8 @@ func encode(prof *traffic.Profile) (string, int, error) {
 	}
 }
 
-// LoadAll reads every TrafficProfile object the CA wrote.
+// LoadAll reads every TrafficProfile object the CA wrote, each found
+// where Save writes its server's profile.
 func (p *Profiles) LoadAll(ctx context.Context) ([]*traffic.Profile, error) {
 	list, err := p.Dynamic.Resource(Resource).List(ctx, metav1.ListOptions{LabelSelector: managedLabel + "=signet-ca"})
 	if err != nil {
@@ -293,6 +294,12 @@ func (p *Profiles) LoadAll(ctx context.Context) ([]*traffic.Profile, error) {
 		}
 		prof := &traffic.Profile{}
 		if json.Unmarshal(js, prof) != nil || prof.Server == "" {
+			continue
+		}
+		// Only the object where Save puts this server's profile counts:
+		// one planted in another namespace (or under another name) does
+		// not speak for the server.
+		if ns, name := p.where(prof.Server); u.GetNamespace() != ns || u.GetName() != name {
 			continue
 		}
 		out = append(out, prof)

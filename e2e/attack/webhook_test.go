@@ -19,12 +19,9 @@ import (
 	"github.com/signet-id/signet/e2e/testenv"
 )
 
-// shippedWebhooks renders the webhook configurations as a user installs
-// them (kustomize build deploy/base, or helm template deploy/helm/signet)
-// and changes only how the API server reaches the webhook: a URL on
-// localhost instead of the Service (this cluster has no pod network), and
-// the objects' name. Rules, selectors and match conditions are as shipped.
-func shippedWebhooks(t *testing.T, renderer, url, name string) []*unstructured.Unstructured {
+// shipped renders the objects as a user installs them: kustomize build
+// deploy/base, or helm template deploy/helm/signet into signet-system.
+func shipped(t *testing.T, renderer string) []*unstructured.Unstructured {
 	t.Helper()
 	var cmd *exec.Cmd
 	switch renderer {
@@ -32,6 +29,8 @@ func shippedWebhooks(t *testing.T, renderer, url, name string) []*unstructured.U
 		cmd = exec.Command(filepath.Join(testenv.BinDir(), "kustomize"), "build", "../../deploy/base")
 	case "helm":
 		cmd = exec.Command(filepath.Join(testenv.BinDir(), "helm"), "template", "signet", "../../deploy/helm/signet", "--namespace", "signet-system")
+	default:
+		t.Fatalf("no renderer %s", renderer)
 	}
 	out, err := cmd.Output()
 	if err != nil {
@@ -41,8 +40,18 @@ func shippedWebhooks(t *testing.T, renderer, url, name string) []*unstructured.U
 	if err != nil {
 		t.Fatal(err)
 	}
+	return objs
+}
+
+// shippedWebhooks renders the webhook configurations as a user installs
+// them (kustomize build deploy/base, or helm template deploy/helm/signet)
+// and changes only how the API server reaches the webhook: a URL on
+// localhost instead of the Service (this cluster has no pod network), and
+// the objects' name. Rules, selectors and match conditions are as shipped.
+func shippedWebhooks(t *testing.T, renderer, url, name string) []*unstructured.Unstructured {
+	t.Helper()
 	var hooks []*unstructured.Unstructured
-	for _, u := range objs {
+	for _, u := range shipped(t, renderer) {
 		if k := u.GetKind(); k != "MutatingWebhookConfiguration" && k != "ValidatingWebhookConfiguration" {
 			continue
 		}

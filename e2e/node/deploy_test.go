@@ -391,6 +391,8 @@ func uninstall(t *testing.T, ns string) {
 	adm := kube.AdmissionregistrationV1()
 	adm.MutatingWebhookConfigurations().Delete(ctx, "signet", metav1.DeleteOptions{})
 	adm.ValidatingWebhookConfigurations().Delete(ctx, "signet", metav1.DeleteOptions{})
+	adm.ValidatingAdmissionPolicyBindings().Delete(ctx, "signet-trafficprofiles", metav1.DeleteOptions{})
+	adm.ValidatingAdmissionPolicies().Delete(ctx, "signet-trafficprofiles", metav1.DeleteOptions{})
 	kube.CoreV1().Namespaces().Delete(ctx, ns, metav1.DeleteOptions{})
 	kube.CoreV1().Pods(ns).DeleteCollection(ctx, metav1.DeleteOptions{GracePeriodSeconds: new(int64)}, metav1.ListOptions{})
 	kube.AppsV1().DaemonSets("signet-system").Delete(ctx, "signet-agent", metav1.DeleteOptions{})
