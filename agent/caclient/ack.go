@@ -37,6 +37,28 @@ const ackInterval = 250 * time.Millisecond
 // waits for.
 const ackSettle = 2 * time.Second
 
+// ackSettleMax bounds the wait for the agent's own mint calls under way:
+// their answers change what it holds, so it waits for them (a re-issue of
+// a whole cluster keeps each node's batch at the CA for seconds), but no
+// longer than this.
+const ackSettleMax = 30 * time.Second
+
+// settleWait says how long a changed acknowledgement waits before it is
+// sent, 0 for at once: while entries wait for their SVIDs (minting), for
+// the agent's mint calls under way (inFlight) up to ackSettleMax, else up
+// to ackSettle; waited is how long it has waited already.
+func settleWait(minting, inFlight bool, waited time.Duration) time.Duration {
+	switch {
+	case !minting:
+		return 0
+	case inFlight && waited < ackSettleMax:
+		return ackSettleMax - waited
+	case waited < ackSettle:
+		return ackSettle - waited
+	}
+	return 0
+}
+
 // ackLoop tells the CA what the agent holds (AckBundle) whenever it
 // changes, and again after every reconnect, until ctx ends. A CA without
 // AckBundle (an older one) ends it.
@@ -61,6 +83,7 @@ func (m *Client) ackLoop(ctx context.Context) {
 		client, connChanged, err := m.nodeClient()
 		send := err == nil && ack != nil && m.Synced() && !proto.Equal(ack, sent)
 		var settled <-chan time.Time
+		var minted <-chan struct{}
 		stop := func() bool { return false }
 		switch {
 		case !send:
@@ -70,9 +93,13 @@ func (m *Client) ackLoop(ctx context.Context) {
 			if unsettled.IsZero() {
 				unsettled = now
 			}
-			if left := ackSettle - now.Sub(unsettled); left > 0 {
+			inFlight, done := m.mintsUnderWay()
+			if left := settleWait(true, inFlight, now.Sub(unsettled)); left > 0 {
 				send = false
 				settled, stop = m.cfg.Clock.After(left)
+				if inFlight {
+					minted = done
+				}
 			}
 		}
 		if send {
@@ -98,6 +125,7 @@ func (m *Client) ackLoop(ctx context.Context) {
 		case <-snapChanged:
 		case <-wlChanged:
 		case <-settled:
+		case <-minted:
 		case <-connChanged:
 			// Another connection, maybe another replica: say it again.
 			sent = nil

@@ -102,6 +102,10 @@ type Client struct {
 	// pendingReissue counts SVIDs a revocation covered at the last
 	// acknowledgement.
 	pendingReissue int
+	// mints counts MintX509SVIDs calls under way; mintsDone is closed
+	// (and replaced) when the count falls to zero.
+	mints     int
+	mintsDone chan struct{}
 	// streamUp says whether the Sync stream delivers; when it does not,
 	// streamDown is since when and streamErr why.
 	streamUp   bool
@@ -755,6 +759,8 @@ func (m *Client) MintX509SVIDs(ctx context.Context, reqs []*agentv1.X509SVIDRequ
 	if err != nil {
 		return nil, err
 	}
+	m.startMint()
+	defer m.endMint()
 	resp, err := client.MintX509SVIDs(ctx, &agentv1.MintX509SVIDsRequest{Requests: reqs})
 	if err != nil {
 		if isAgentRefusal(err) {
@@ -767,6 +773,32 @@ func (m *Client) MintX509SVIDs(ctx context.Context, reqs []*agentv1.X509SVIDRequ
 		return nil, err
 	}
 	return resp.GetSvids(), nil
+}
+
+func (m *Client) startMint() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.mints == 0 {
+		m.mintsDone = make(chan struct{})
+	}
+	m.mints++
+}
+
+func (m *Client) endMint() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.mints--
+	if m.mints == 0 {
+		close(m.mintsDone)
+	}
+}
+
+// mintsUnderWay says whether MintX509SVIDs calls are under way, and
+// returns a channel closed when none is.
+func (m *Client) mintsUnderWay() (bool, <-chan struct{}) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.mints > 0, m.mintsDone
 }
 
 // MintJWTSVID has the CA sign a JWT-SVID for an entry of this agent.

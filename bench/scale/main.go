@@ -46,6 +46,7 @@ import (
 
 	"github.com/signet-id/signet/bench/agentsim"
 	"github.com/signet-id/signet/e2e/testenv"
+	_ "github.com/signet-id/signet/internal/grpcbuf" // buffers sized for batches of SVIDs
 )
 
 const (
@@ -133,6 +134,9 @@ type Reissue struct {
 	// simulated agents: keys, CSRs, certificate parsing), kube-apiserver,
 	// etcd and kwok.
 	CPUCores map[string]float64 `json:"cpuCores"`
+	// CAPeakRSSMiB is each replica's peak resident memory over the
+	// re-issue.
+	CAPeakRSSMiB []float64 `json:"caPeakRSSMiB"`
 	// CACPUPerSVIDus is the CA replicas' CPU time per SVID signed, in µs.
 	CACPUPerSVIDus float64 `json:"caCPUPerSVIDus"`
 	// CACoreRatio is the rate per CA core against the benchmark's rate
@@ -558,6 +562,18 @@ func (p *proc) procStat() (rssMiB, cpu float64, err error) {
 	}
 	cpu, err = cpuSeconds(pid)
 	return rssMiB, cpu, err
+}
+
+// peakRSSMiB is the process's peak resident memory (VmHWM) in MiB.
+func (p *proc) peakRSSMiB() float64 {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "VmHWM:"); ok {
+			kb, _ := strconv.ParseFloat(strings.Fields(v)[0], 64)
+			return kb / 1024
+		}
+	}
+	return 0
 }
 
 // cpuSeconds is the CPU time process pid has used.
@@ -1013,6 +1029,13 @@ func (h *harness) ruleChange(baseline float64) (*Reissue, error) {
 	pods := h.clusterPods()
 	logf("rule change: every one of %d pods gets a new identity", pods)
 	cpu0 := h.cpuByProcess()
+	// Peak memory over the re-issue: each replica's high-water mark,
+	// reset first (clear_refs 5).
+	for _, c := range h.cas {
+		if !c.dead {
+			os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", c.cmd.Process.Pid), []byte("5"), 0)
+		}
+	}
 	leader, _, _ := h.leader(ctx)
 	if leader == nil {
 		leader = h.cas[0]
@@ -1044,6 +1067,11 @@ spec:
 	r := &Reissue{Pods: pods, BaselineSVIDsPerSec: round1(baseline)}
 	err = h.waitAllHeld(15*time.Minute, "/v2/ns/app-")
 	r.Seconds = round3(time.Since(start).Seconds())
+	for _, c := range h.cas {
+		if !c.dead {
+			r.CAPeakRSSMiB = append(r.CAPeakRSSMiB, round1(c.peakRSSMiB()))
+		}
+	}
 	r.Complete = err == nil
 	after, _ := h.caCounters()
 	cpu1 := h.cpuByProcess()
@@ -1066,8 +1094,8 @@ spec:
 			r.CACoreRatio = round3(r.SVIDsPerSec / cores / (baseline / float64(runtime.NumCPU())))
 		}
 	}
-	logf("rule change: %d SVIDs signed, all held after %.1fs (%.0f/s, %.2f of the baseline, %.2f per CA core); CPU cores %v; CA %.0f µs of CPU per SVID; API requests/s %v",
-		int(r.SVIDsSigned), r.Seconds, r.SVIDsPerSec, r.Ratio, r.CACoreRatio, r.CPUCores, r.CACPUPerSVIDus, r.RequestsPerSecond)
+	logf("rule change: %d SVIDs signed, all held after %.1fs (%.0f/s, %.2f of the baseline, %.2f per CA core); CPU cores %v; CA %.0f µs of CPU per SVID, peak RSS %v MiB; API requests/s %v",
+		int(r.SVIDsSigned), r.Seconds, r.SVIDsPerSec, r.Ratio, r.CACoreRatio, r.CPUCores, r.CACPUPerSVIDus, r.CAPeakRSSMiB, r.RequestsPerSecond)
 	return r, err
 }
 

@@ -23,6 +23,7 @@ import (
 	"github.com/signet-id/signet/agent/kubelet"
 	"github.com/signet-id/signet/internal/clock"
 	"github.com/signet-id/signet/internal/config"
+	_ "github.com/signet-id/signet/internal/grpcbuf" // buffers sized for batches of SVIDs
 	"github.com/signet-id/signet/internal/logfile"
 	"github.com/signet-id/signet/internal/systemlog"
 	"github.com/signet-id/signet/internal/version"

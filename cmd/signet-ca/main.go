@@ -26,6 +26,7 @@ import (
 	"github.com/signet-id/signet/ca/server"
 	"github.com/signet-id/signet/ca/webhook"
 	"github.com/signet-id/signet/internal/config"
+	_ "github.com/signet-id/signet/internal/grpcbuf" // buffers sized for batches of SVIDs
 	"github.com/signet-id/signet/internal/logfile"
 	"github.com/signet-id/signet/internal/signetid"
 	"github.com/signet-id/signet/internal/systemlog"

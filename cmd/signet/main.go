@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
 
+	_ "github.com/signet-id/signet/internal/grpcbuf" // buffers sized for batches of SVIDs
 	"github.com/signet-id/signet/internal/version"
 	adminv1 "github.com/signet-id/signet/proto/signet/admin/v1"
 )
