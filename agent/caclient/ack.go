@@ -126,6 +126,8 @@ func (m *Client) ackLoop(ctx context.Context) {
 		case <-wlChanged:
 		case <-settled:
 		case <-minted:
+			// The rotation puts the answer into the cache as soon as it
+			// has parsed it, well within the ackInterval below.
 		case <-connChanged:
 			// Another connection, maybe another replica: say it again.
 			sent = nil
