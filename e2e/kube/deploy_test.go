@@ -241,7 +241,7 @@ func TestHelmAndKustomizeAgree(t *testing.T) {
 
 	// Values reach the objects.
 	custom := render(t, "helm", "template", "signet", "../../deploy/helm/signet", "--namespace", "id",
-		"--set", "trustDomain=corp.example", "--set", "webhook.enabled=false", "--set", "ca.replicas=3", "--set", "ca.keyType=ec-p384",
+		"--set", "trustDomain=corp.example", "--set", "webhook.enabled=false", "--set", "ca.replicas=3", "--set", "ca.keyType=ec-p384", "--set", "ca.jwtKeyType=rsa-2048",
 		"--set", "ca.kms=awskms:region=eu-west-1", "--set", "ca.serviceAccountAnnotations.eks\\.amazonaws\\.com/role-arn=arn:aws:iam::111122223333:role/signet-ca",
 		"--set", "ca.env[0].name=AWS_REGION", "--set", "ca.env[0].value=eu-west-1",
 		"--set", "webhook.agentPodCreators[0]=system:serviceaccount:kube-system:ds-operator")
@@ -251,11 +251,16 @@ func TestHelmAndKustomizeAgree(t *testing.T) {
 		t.Fatal("no CA Deployment with custom values")
 	}
 	raw, _ := json.Marshal(dep.Object)
-	for _, want := range []string{`"replicas":3`, "--trust-domain=corp.example", "--key-type=ec-p384", "--agent-service-account=id/signet-agent",
+	for _, want := range []string{`"replicas":3`, "--trust-domain=corp.example", "--key-type=ec-p384", "--jwt-key-type=rsa-2048", "--agent-service-account=id/signet-agent",
 		"--kms=awskms:region=eu-west-1", `"env":[{"name":"AWS_REGION","value":"eu-west-1"}]`} {
 		if !strings.Contains(string(raw), want) {
 			t.Errorf("custom values: %s missing from the CA Deployment", want)
 		}
+	}
+	// The TrafficProfile policy names the CA's account in the release's
+	// namespace.
+	if vap, _ := json.Marshal(c["ValidatingAdmissionPolicy /signet-trafficprofiles"]); !strings.Contains(string(vap), "system:serviceaccount:id:signet-ca") {
+		t.Errorf("the TrafficProfile admission policy of a release in id does not name id's CA account: %s", vap)
 	}
 	if sa := c["ServiceAccount id/signet-ca"]; sa == nil || sa.GetAnnotations()["eks.amazonaws.com/role-arn"] != "arn:aws:iam::111122223333:role/signet-ca" {
 		t.Error("ca.serviceAccountAnnotations missing from the CA's ServiceAccount")
