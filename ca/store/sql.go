@@ -139,11 +139,15 @@ func (d *db) args(args []any) []any {
 }
 
 // postgresDDL turns a migration, written for SQLite, into PostgreSQL's:
-// 64-bit integers, byte arrays, and identity columns.
+// 64-bit integers, byte arrays, identity columns, and text compared byte
+// by byte (collation "C", as SQLite's BINARY), whatever the database's
+// collation: lists come in the same order from both stores, and a
+// page's key (`id > ?`) means the same.
 func postgresDDL(m string) string {
 	return strings.NewReplacer(
 		"INTEGER PRIMARY KEY AUTOINCREMENT", "BIGSERIAL PRIMARY KEY",
 		"INTEGER", "BIGINT",
 		"BLOB", "BYTEA",
+		"TEXT", `TEXT COLLATE "C"`,
 	).Replace(m)
 }

@@ -469,3 +469,33 @@ func TestTrafficShards(t *testing.T) {
 		}
 	})
 }
+
+// TestListOrderIsBytewise: lists come in the byte order of their keys on
+// both backends, whatever the PostgreSQL database's collation (the test
+// databases use ICU's en-US, where punctuation and case weigh less than
+// letters).
+func TestListOrderIsBytewise(t *testing.T) {
+	eachBackend(t, func(t *testing.T, loc string) {
+		s := open(t, loc)
+		ctx := context.Background()
+		nodes := []string{"node1", "node-2", "Node3", "node_4", "node.5", "node10", "nodeA"}
+		for i, n := range nodes {
+			a := store.Agent{SPIFFEID: "spiffe://example.org/signet/agent/join/" + n, NodeName: n, AttestationType: "join_token",
+				Serial: fmt.Sprintf("%02x", i+1), ExpiresAt: now.Add(time.Hour), AttestedAt: now}
+			if _, err := s.RegisterAgent(ctx, a); err != nil {
+				t.Fatal(err)
+			}
+		}
+		agents, err := s.ListAgents(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, a := range agents {
+			got = append(got, a.SPIFFEID)
+		}
+		if !slices.IsSorted(got) || len(got) != len(nodes) {
+			t.Errorf("agents listed as %v, want the %d IDs in byte order", got, len(nodes))
+		}
+	})
+}

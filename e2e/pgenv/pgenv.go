@@ -164,7 +164,10 @@ func (s *Server) dsn(db string) string {
 		RawQuery: url.Values{"host": {s.sock}, "sslmode": {"disable"}}.Encode()}).String()
 }
 
-// Database creates a new, empty database and returns its URL.
+// Database creates a new, empty database and returns its URL. Its
+// collation is ICU's en-US, as a database made with a language's locale
+// has, rather than the server's C: text sorts there by language rules
+// (punctuation and case weigh less), which Signet must not depend on.
 func (s *Server) Database() (string, error) {
 	name := fmt.Sprintf("t%d", s.n.Add(1))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -174,7 +177,7 @@ func (s *Server) Database() (string, error) {
 		return "", fmt.Errorf("pgenv: %w", err)
 	}
 	defer conn.Close(ctx)
-	if _, err := conn.Exec(ctx, "CREATE DATABASE "+name); err != nil {
+	if _, err := conn.Exec(ctx, "CREATE DATABASE "+name+" TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C.UTF-8'"); err != nil {
 		return "", fmt.Errorf("pgenv: create database: %w", err)
 	}
 	return s.dsn(name), nil
