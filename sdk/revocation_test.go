@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"io"
+	"net"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -151,20 +152,12 @@ func TestResumedSessionRevoked(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer l.Close()
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				if _, err := sdk.PeerIDOfConn(c); err == nil {
-					c.Write([]byte("ok"))
-				}
-			}()
+	go serveEach(l, func(c net.Conn) {
+		defer c.Close()
+		if _, err := sdk.PeerIDOfConn(c); err == nil {
+			c.Write([]byte("ok"))
 		}
-	}()
+	})
 	cfg := sdk.ClientTLSConfig(front, tlsconfig.AuthorizeID(spiffeid.RequireFromString(serverID)))
 	cfg.ClientSessionCache = tls.NewLRUClientSessionCache(8)
 	dial := func() (resumed bool, err error) {

@@ -404,23 +404,15 @@ func TestListenCountsTraffic(t *testing.T) {
 	}
 	defer l.Close()
 	served := make(chan error, 2)
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				buf := make([]byte, 64<<10)
-				_, err := io.ReadFull(c, buf)
-				if err == nil {
-					_, err = c.Write([]byte("hi"))
-				}
-				c.Close()
-				served <- err
-			}()
+	go serveEach(l, func(c net.Conn) {
+		buf := make([]byte, 64<<10)
+		_, err := io.ReadFull(c, buf)
+		if err == nil {
+			_, err = c.Write([]byte("hi"))
 		}
-	}()
+		c.Close()
+		served <- err
+	})
 	dial := func(id string) error {
 		src, _ := w.source(t, id, w.ca, time.Now().Add(time.Hour))
 		c, err := sdk.Dial(context.Background(), "tcp", l.Addr().String(), src, tlsconfig.AuthorizeID(spiffeid.RequireFromString(serverID)))
@@ -530,15 +522,7 @@ func TestRefusalIsRecognisable(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer l.Close()
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() { c.Read(make([]byte, 1)); c.Close() }()
-		}
-	}()
+	go serveEach(l, func(c net.Conn) { c.Read(make([]byte, 1)); c.Close() })
 	c, err := sdk.Dial(context.Background(), "tcp", l.Addr().String(), stranger, server)
 	if err == nil {
 		_, err = c.Read(make([]byte, 1))
@@ -621,16 +605,21 @@ func TestConnectionRuleThroughSockets(t *testing.T) {
 	}
 }
 
-// echoAll echoes, on each connection l accepts, what the peer sends.
-func echoAll(l net.Listener) {
+// serveEach runs handle on each connection l accepts, until l closes.
+func serveEach(l net.Listener, handle func(net.Conn)) {
 	for {
 		c, err := l.Accept()
 		if err != nil {
 			return
 		}
-		go func() {
-			defer c.Close()
-			io.Copy(c, c)
-		}()
+		go handle(c)
 	}
+}
+
+// echoAll echoes, on each connection l accepts, what the peer sends.
+func echoAll(l net.Listener) {
+	serveEach(l, func(c net.Conn) {
+		defer c.Close()
+		io.Copy(c, c)
+	})
 }

@@ -554,12 +554,7 @@ func (p *proc) procStat() (rssMiB, cpu float64, err error) {
 	if err != nil {
 		return 0, 0, err
 	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
-			kb, _ := strconv.ParseFloat(strings.Fields(v)[0], 64)
-			rssMiB = kb / 1024
-		}
-	}
+	rssMiB = statusKB(b, "VmRSS:") / 1024
 	cpu, err = cpuSeconds(pid)
 	return rssMiB, cpu, err
 }
@@ -567,10 +562,18 @@ func (p *proc) procStat() (rssMiB, cpu float64, err error) {
 // peakRSSMiB is the process's peak resident memory (VmHWM) in MiB.
 func (p *proc) peakRSSMiB() float64 {
 	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
-	for _, l := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, "VmHWM:"); ok {
-			kb, _ := strconv.ParseFloat(strings.Fields(v)[0], 64)
-			return kb / 1024
+	return statusKB(b, "VmHWM:") / 1024
+}
+
+// statusKB is the value in kB of field (with its colon) in the text of
+// /proc/<pid>/status, or 0.
+func statusKB(status []byte, field string) float64 {
+	for _, l := range strings.Split(string(status), "\n") {
+		if v, ok := strings.CutPrefix(l, field); ok {
+			if f := strings.Fields(v); len(f) > 0 {
+				kb, _ := strconv.ParseFloat(f[0], 64)
+				return kb
+			}
 		}
 	}
 	return 0

@@ -850,15 +850,12 @@ func keyTypeOf(pub crypto.PublicKey) string {
 // JWTAlgorithm is the JWS algorithm ("alg") of tokens signed with the
 // private key of pub: ES256 (P-256), ES384 (P-384) or RS256 (RSA).
 func JWTAlgorithm(pub crypto.PublicKey) (string, error) {
-	switch k := pub.(type) {
-	case *ecdsa.PublicKey:
-		switch k.Curve {
-		case elliptic.P256():
-			return "ES256", nil
-		case elliptic.P384():
-			return "ES384", nil
-		}
-	case *rsa.PublicKey:
+	switch t := keyTypeOf(pub); {
+	case t == "ec-p256":
+		return "ES256", nil
+	case t == "ec-p384":
+		return "ES384", nil
+	case strings.HasPrefix(t, "rsa-"):
 		return "RS256", nil
 	}
 	return "", fmt.Errorf("authority: no JWT algorithm for a %T key", pub)
