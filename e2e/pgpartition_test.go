@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -14,10 +15,15 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
 
 	"github.com/signet-id/signet/e2e/pgenv"
 	"github.com/signet-id/signet/e2e/systest"
 	adminv1 "github.com/signet-id/signet/proto/signet/admin/v1"
+	agentv1 "github.com/signet-id/signet/proto/signet/agent/v1"
 	typesv1 "github.com/signet-id/signet/proto/signet/types/v1"
 )
 
@@ -137,6 +143,12 @@ func TestReplicaCutFromPostgres(t *testing.T) {
 		t.Fatalf("the replica that reaches PostgreSQL refused a write: %v", err)
 	}
 	t.Logf("an entry written during the partition reached the agent %s after it was written", holdsID(t, agent.sock, "during", 60*time.Second))
+	// The cut replica sends agents away (REPLICA_DEAF); a caller without
+	// an agent's SVID is refused for what it is, and learns nothing of the
+	// replica's state.
+	if err := anonymousSync(a.listen); status.Code(err) != codes.Unauthenticated {
+		t.Errorf("Sync without a client certificate at the cut replica: %v, want Unauthenticated", err)
+	}
 
 	heal()
 	back := time.Now()
@@ -176,4 +188,23 @@ func TestReplicaCutFromPostgres(t *testing.T) {
 		}
 	}
 	w.check(t)
+}
+
+// anonymousSync opens a Sync stream at addr over TLS without a client
+// certificate, as anyone who reaches the port can, and returns how it
+// ends.
+func anonymousSync(addr string) error {
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{InsecureSkipVerify: true})))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	stream, err := agentv1.NewNodeClient(conn).Sync(ctx, &agentv1.SyncRequest{})
+	if err != nil {
+		return err
+	}
+	_, err = stream.Recv()
+	return err
 }
